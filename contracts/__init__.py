@@ -1,0 +1,26 @@
+"""The contracts every part of Democratic_AI shares: the MCP v2 message, subjects, streams,
+error codes and the events of the REGISTRY stream."""
+
+from __future__ import annotations
+
+from .errors import ErrorCode
+from .mcp_v2_pb2 import Context, Error, MCPMessage, MessageType
+from .messages import DEFAULT_TTL_SECONDS, JSON, decode, error_details, error_reply, new_request, reply
+from .streams import STREAMS, ensure_streams
+
+__all__ = [
+    "DEFAULT_TTL_SECONDS",
+    "JSON",
+    "STREAMS",
+    "Context",
+    "Error",
+    "ErrorCode",
+    "MCPMessage",
+    "MessageType",
+    "decode",
+    "ensure_streams",
+    "error_details",
+    "error_reply",
+    "new_request",
+    "reply",
+]

@@ -1,0 +1,30 @@
+"""Stable error codes: the ``code`` of every error that crosses the wire.
+
+Clients switch on these strings, so a code is never renamed or reused. The HTTP status that
+goes with each code is the gateway's business (``services``), not the contract's.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["ErrorCode"]
+
+
+class ErrorCode(StrEnum):
+    VALIDATION_FAILED = "VALIDATION_FAILED"          # input or output does not match its schema
+    BAD_REQUEST = "BAD_REQUEST"                      # malformed JSON, wrong content type, bad parameter
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    UNAUTHENTICATED = "UNAUTHENTICATED"              # no or bad credential
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"                          # no such HTTP route
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    CAPABILITY_NOT_FOUND = "CAPABILITY_NOT_FOUND"    # no module ever registered it
+    CAPABILITY_UNAVAILABLE = "CAPABILITY_UNAVAILABLE"  # registered, but no module serves it now
+    MODULE_NOT_FOUND = "MODULE_NOT_FOUND"            # direct call to a module that is not there
+    TIMEOUT = "TIMEOUT"                              # the call's ttl passed
+    MODULE_ERROR = "MODULE_ERROR"                    # the handler raised
+    RATE_LIMITED = "RATE_LIMITED"
+    NOT_READY = "NOT_READY"
+    INTERNAL = "INTERNAL"                            # a bug of ours; logged with its traceback

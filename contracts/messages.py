@@ -1,0 +1,122 @@
+"""Building and reading MCP v2 messages.
+
+The gateway, the router and the SDK all go through these helpers, so a request, its response
+and its error always agree on ids, context and content type.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from .errors import ErrorCode
+from .mcp_v2_pb2 import Context, Error, MCPMessage, MessageType
+
+__all__ = [
+    "DEFAULT_TTL_SECONDS",
+    "JSON",
+    "decode",
+    "error_details",
+    "error_reply",
+    "new_request",
+    "reply",
+]
+
+JSON = "application/json"
+DEFAULT_TTL_SECONDS = 30
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+def new_request(
+    action: str,
+    payload: bytes,
+    *,
+    tenant_id: str,
+    source_module_id: str,
+    target_module_id: str = "",
+    user_id: str = "",
+    api_key_id: str = "",
+    priority: int = 5,
+    ttl: int = DEFAULT_TTL_SECONDS,
+    content_type: str = JSON,
+) -> MCPMessage:
+    """A REQUEST whose id is also the call's correlation id."""
+    call_id = str(uuid.uuid4())
+    message = MCPMessage(
+        id=call_id,
+        type=MessageType.REQUEST,
+        source_module_id=source_module_id,
+        target_module_id=target_module_id,
+        action=action,
+        context=Context(tenant_id=tenant_id, user_id=user_id, api_key_id=api_key_id),
+        payload=payload,
+        correlation_id=call_id,
+        priority=priority,
+        ttl=ttl,
+        content_type=content_type,
+    )
+    message.timestamp.FromNanoseconds(time.time_ns())
+    return message
+
+
+def reply(request: MCPMessage, payload: bytes, *, source_module_id: str) -> MCPMessage:
+    """The RESPONSE to ``request``."""
+    message = MCPMessage(
+        id=str(uuid.uuid4()),
+        type=MessageType.RESPONSE,
+        source_module_id=source_module_id,
+        target_module_id=request.source_module_id,
+        action=request.action,
+        context=request.context,
+        payload=payload,
+        correlation_id=request.correlation_id,
+        content_type=JSON,
+    )
+    message.timestamp.FromNanoseconds(time.time_ns())
+    return message
+
+
+def error_reply(
+    request: MCPMessage,
+    code: ErrorCode,
+    text: str,
+    *,
+    source_module_id: str,
+    details: dict[str, Any] | None = None,
+) -> MCPMessage:
+    """The ERROR answering ``request``: a stable code, a sentence, and JSON details."""
+    message = MCPMessage(
+        id=str(uuid.uuid4()),
+        type=MessageType.ERROR,
+        source_module_id=source_module_id,
+        target_module_id=request.source_module_id,
+        action=request.action,
+        context=request.context,
+        correlation_id=request.correlation_id,
+        error=Error(code=code.value, message=text, details=_json_encode(details or {})),
+    )
+    message.timestamp.FromNanoseconds(time.time_ns())
+    return message
+
+
+def error_details(message: MCPMessage) -> dict[str, Any]:
+    """The JSON details of an ERROR message (``{}`` when absent or unreadable)."""
+    if not message.error.details:
+        return {}
+    try:
+        details = _json_decode(message.error.details)
+    except msgspec.DecodeError:
+        return {}
+    return details if isinstance(details, dict) else {"value": details}
+
+
+def decode(data: bytes) -> MCPMessage:
+    """Parse an MCP message; raises ``google.protobuf.message.DecodeError`` when it is not one."""
+    message = MCPMessage()
+    message.ParseFromString(data)
+    return message

@@ -1,0 +1,76 @@
+"""The streams of the log, declared once.
+
+Every process that starts (``dai up``, the hub, the gateway, a projection worker) calls
+:func:`ensure_streams`, which creates missing streams and updates changed ones, so the
+configuration in this file is the configuration on the server.
+"""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+__all__ = ["STREAMS", "ensure_streams"]
+
+_DAY = 24 * 3600.0
+
+STREAMS: tuple[StreamConfig, ...] = (
+    StreamConfig(
+        name="MCP",
+        description="Every MCP message: requests, responses, errors, stream chunks and events.",
+        subjects=["mcp.req.>", "mcp.res.>", "mcp.evt.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=30 * _DAY,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=120.0,
+        # Records are published with core NATS: acknowledging them would cost the hot path a
+        # round trip and is not needed, since a lost record is not a lost call.
+        no_ack=True,
+    ),
+    StreamConfig(
+        name="USAGE",
+        description="Usage events: api_calls, compute_ms, bytes_in, bytes_out, storage_bytes.",
+        subjects=["usage.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=400 * _DAY,  # a year of invoices can be recomputed from it
+        duplicate_window=600.0,
+    ),
+    StreamConfig(
+        name="IDENTITY",
+        description="Tenants, users, roles, API keys and token revocations.",
+        subjects=["iam.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=600.0,
+    ),
+    StreamConfig(
+        name="BILLING",
+        description="Subscriptions, plans, invoices and payments.",
+        subjects=["billing.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=24 * 3600.0,
+    ),
+    StreamConfig(
+        name="REGISTRY",
+        description="Modules and their capabilities with JSON Schemas.",
+        subjects=["registry.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=600.0,
+    ),
+)
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create every stream of :data:`STREAMS`, or update it to the declared configuration."""
+    for config in STREAMS:
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)

@@ -1,0 +1,125 @@
+"""The registry: what every module offers, folded in memory from the REGISTRY stream.
+
+The hub is its only writer (:class:`Registrar`); the gateway and the hub read it through
+:class:`RegistryIndex`, which replays the stream on start and then follows it live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import jsonschema
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from democratic_ai.contracts import subjects
+from democratic_ai.contracts.registry_events import (
+    ModuleManifest,
+    ModuleRegistered,
+    ModuleUpdated,
+    decode_event,
+    encode_event,
+)
+
+__all__ = ["InvalidManifest", "Registrar", "RegistryIndex"]
+
+log = logging.getLogger(__name__)
+
+
+class RegistryIndex:
+    """Module manifests by module id, kept current from the REGISTRY stream."""
+
+    def __init__(self) -> None:
+        self.manifests: dict[str, ModuleManifest] = {}
+        self.digests: dict[str, str] = {}
+        self._actions: set[str] = set()
+        self._last_sequence = 0
+        self._progress = asyncio.Condition()
+        self._subscription: JetStreamContext.PushSubscription | None = None
+
+    async def start(self, js: JetStreamContext, timeout: float = 10.0) -> None:
+        """Replay the stream, follow it live, and return once caught up with its end."""
+        target = (await js.stream_info("REGISTRY")).state.last_seq
+        self._subscription = await js.subscribe(
+            "registry.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=self._on_event
+        )
+        await self.wait_for(target, timeout)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+    async def wait_for(self, sequence: int, timeout: float = 10.0) -> None:
+        """Wait until the event at stream ``sequence`` has been applied."""
+        async with self._progress:
+            await asyncio.wait_for(self._progress.wait_for(lambda: self._last_sequence >= sequence), timeout)
+
+    def is_registered(self, action: str) -> bool:
+        return action in self._actions
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            event = decode_event(msg.data)
+        except msgspec.ValidationError:
+            log.error("skipped an unreadable REGISTRY event on %s", msg.subject)
+        else:
+            self.manifests[event.manifest.module_id] = event.manifest
+            self.digests[event.manifest.module_id] = event.digest
+            self._actions = {c.action for m in self.manifests.values() for c in m.capabilities}
+        async with self._progress:
+            self._last_sequence = msg.metadata.sequence.stream
+            self._progress.notify_all()
+
+
+class InvalidManifest(ValueError):
+    """A module announced a manifest the registry cannot accept."""
+
+
+class Registrar:
+    """Append REGISTRY events for announced manifests: registered, updated, or nothing if unchanged."""
+
+    def __init__(self, js: JetStreamContext, index: RegistryIndex) -> None:
+        self._js = js
+        self._index = index
+
+    async def announce(self, manifest: ModuleManifest) -> bool:
+        """Record ``manifest``; returns whether an event was appended."""
+        _validate(manifest)
+        digest = manifest.digest()
+        module_id = manifest.module_id
+        known = self._index.digests.get(module_id)
+        if known == digest:
+            return False
+        now = datetime.now(UTC)
+        if known is None:
+            event: ModuleRegistered | ModuleUpdated = ModuleRegistered(manifest=manifest, digest=digest, at=now)
+            name = "registered"
+        else:
+            event = ModuleUpdated(manifest=manifest, digest=digest, at=now)
+            name = "updated"
+        # Two hubs announcing the same manifest at once append it once: same id, same window.
+        ack = await self._js.publish(
+            subjects.registry(module_id, name), encode_event(event), headers={"Nats-Msg-Id": f"{module_id}:{digest}"}
+        )
+        await self._index.wait_for(ack.seq)
+        return not ack.duplicate
+
+
+def _validate(manifest: ModuleManifest) -> None:
+    try:
+        subjects.validate_token(manifest.module_id, "module_id")
+        for spec in manifest.capabilities:
+            subjects.validate_capability(spec.action)
+            for schema in (spec.input_schema, spec.output_schema):
+                jsonschema.validators.validator_for(schema).check_schema(schema)
+    except subjects.InvalidSubjectToken as exc:
+        raise InvalidManifest(str(exc)) from exc
+    except jsonschema.SchemaError as exc:
+        raise InvalidManifest(f"invalid JSON Schema: {exc.message}") from exc
+    if not manifest.capabilities:
+        raise InvalidManifest(f"module {manifest.module_id!r} offers no capability.")

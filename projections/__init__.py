@@ -1,0 +1,11 @@
+"""JetStream consumers that fold events into Postgres read models; checkpoints; rebuild."""
+
+from __future__ import annotations
+
+from .base import Projection
+from .registry import RegistryProjection
+from .runner import ProjectionRunner, rebuild
+
+PROJECTIONS: dict[str, Projection] = {p.name: p for p in (RegistryProjection(),)}
+
+__all__ = ["PROJECTIONS", "Projection", "ProjectionRunner", "RegistryProjection", "rebuild"]

@@ -1,0 +1,150 @@
+"""Run a projection: fetch batches from its durable consumer, fold them, checkpoint, ack.
+
+Exactly once: a batch's rows and its last stream sequence commit in one transaction, and the
+batch is acknowledged only after that commit. A crash before the commit loses nothing (the
+events are delivered again); a crash after it and before the ack makes JetStream redeliver
+events whose sequence is at or below the checkpoint, and those are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import asyncpg
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from .base import Projection
+
+__all__ = ["ProjectionRunner", "rebuild"]
+
+log = logging.getLogger(__name__)
+
+
+def consumer_name(projection: Projection) -> str:
+    return f"projection-{projection.name}"
+
+
+async def _checkpoint(conn: asyncpg.Connection, name: str) -> int:
+    """Lock and return the projection's checkpoint (creating it at 0)."""
+    await conn.execute("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
+    return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1 FOR UPDATE", name)
+
+
+async def _advance(conn: asyncpg.Connection, name: str, sequence: int) -> None:
+    await conn.execute(
+        "UPDATE projection_checkpoints SET last_sequence = $2, updated_at = now() WHERE name = $1", name, sequence
+    )
+
+
+class ProjectionRunner:
+    def __init__(
+        self, js: JetStreamContext, pool: asyncpg.Pool, projection: Projection, *, batch: int = 512
+    ) -> None:
+        self._js = js
+        self._pool = pool
+        self.projection = projection
+        self._batch = batch
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fold events until ``stop`` is set."""
+        subscription = await self._subscribe()
+        try:
+            while not stop.is_set():
+                try:
+                    messages = await subscription.fetch(self._batch, timeout=0.5)
+                except nats.errors.TimeoutError:
+                    continue
+                if not messages:
+                    continue
+                await self.apply(messages)
+                await messages[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+        finally:
+            await subscription.unsubscribe()
+
+    async def apply(self, messages: Sequence[Msg]) -> int:
+        """Fold one batch in one transaction; returns the new checkpoint."""
+        name = self.projection.name
+        async with self._pool.acquire() as conn, conn.transaction():
+            last = await _checkpoint(conn, name)
+            fresh = [m for m in messages if m.metadata.sequence.stream > last]
+            if not fresh:
+                return last
+            await self.projection.apply(conn, fresh)
+            last = fresh[-1].metadata.sequence.stream
+            await _advance(conn, name, last)
+            return last
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        """(Re)create the durable consumer just after the checkpoint.
+
+        Postgres, not the consumer, knows what was applied: recreating the consumer at start
+        means a worker killed mid-batch resumes at once instead of waiting out ``ack_wait``.
+        """
+        projection = self.projection
+        async with self._pool.acquire() as conn, conn.transaction():
+            last = await _checkpoint(conn, projection.name)
+        try:
+            await self._js.delete_consumer(projection.stream, consumer_name(projection))
+        except NotFoundError:
+            pass
+        config = ConsumerConfig(
+            durable_name=consumer_name(projection),
+            ack_policy=AckPolicy.ALL,
+            ack_wait=60.0,
+            max_ack_pending=-1,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last else DeliverPolicy.ALL,
+            opt_start_seq=last + 1 if last else None,
+            filter_subject=projection.filter_subject,
+            description=f"folds {projection.stream} into the {projection.name} read model",
+        )
+        return await self._js.pull_subscribe(
+            projection.filter_subject, durable=consumer_name(projection), stream=projection.stream, config=config
+        )
+
+
+async def rebuild(js: JetStreamContext, pool: asyncpg.Pool, projection: Projection, *, batch: int = 1024) -> int:
+    """Empty the read model and replay the whole stream into it, atomically.
+
+    Everything happens in one transaction that holds the checkpoint's row lock: readers see
+    the old rows until the commit and the new ones after it, and a live runner waits, then
+    skips what the rebuild applied. Returns the number of events replayed.
+    """
+    target = (await js.stream_info(projection.stream)).state.last_seq
+    replayed = 0
+    async with pool.acquire() as conn, conn.transaction():
+        await _checkpoint(conn, projection.name)
+        for table in projection.tables:
+            await conn.execute(f'DELETE FROM "{table}"')  # DELETE, not TRUNCATE: readers keep reading
+        last = 0
+        if target:
+            subscription = await js.pull_subscribe(
+                projection.filter_subject,
+                stream=projection.stream,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0
+                ),
+            )
+            try:
+                while last < target:
+                    try:
+                        messages = await subscription.fetch(batch, timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        break  # the filter matched nothing past `last`
+                    messages = [m for m in messages if m.metadata.sequence.stream <= target]
+                    if not messages:
+                        break
+                    await projection.apply(conn, messages)
+                    replayed += len(messages)
+                    last = messages[-1].metadata.sequence.stream
+                    if messages[-1].metadata.num_pending == 0:
+                        break
+            finally:
+                await subscription.unsubscribe()
+        await _advance(conn, projection.name, max(last, target))
+    return replayed

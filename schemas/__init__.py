@@ -1,0 +1,50 @@
+"""Read-model DDL (``sql/``) and the migrations that apply it, in file-name order, once each."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import asyncpg
+
+from .database import create_pool
+
+__all__ = ["create_pool", "migrate", "migrations"]
+
+# Any fixed number works; it only has to be the same in every process that migrates.
+_MIGRATION_LOCK = 0x6461695F6D6967  # "dai_mig"
+
+
+def migrations() -> list[tuple[str, str]]:
+    """``(version, sql)`` for every migration shipped with the package, in order."""
+    folder = resources.files(__package__).joinpath("sql")
+    return [
+        (entry.name.removesuffix(".sql"), entry.read_text(encoding="utf-8"))
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".sql")
+    ]
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply the migrations this database lacks; returns the versions applied.
+
+    An advisory lock serialises concurrent starters, and each migration commits together
+    with its ``schema_migrations`` row, so a crash never leaves one half-applied.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for version, sql in migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            applied.append(version)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)

@@ -1,0 +1,95 @@
+"""The ``@capability`` decorator: it marks a coroutine method as a capability, nothing more.
+
+The method keeps working as a plain method; :class:`~democratic_ai.sdk.Module` finds the
+marks when it starts and serves them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from democratic_ai.contracts.registry_events import CapabilitySpec
+from democratic_ai.contracts.subjects import validate_capability
+
+from .schema import Schema, to_schema
+
+__all__ = ["CapabilityDefinition", "capability", "definitions_of"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_MARK = "__dai_capability__"
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilityDefinition:
+    action: str
+    description: str
+    input: Schema
+    output: Schema
+    method_name: str
+    # How the handler takes its input: the validated model as one argument (schema is a type),
+    # or the JSON object's fields as keyword arguments (schema is a dict).
+    takes_model: bool
+    parameters: frozenset[str]
+    required: frozenset[str]
+    takes_any_keyword: bool
+
+    def spec(self) -> CapabilitySpec:
+        return CapabilitySpec(
+            action=self.action,
+            description=self.description,
+            input_schema=self.input.json_schema,
+            output_schema=self.output.json_schema,
+        )
+
+
+def capability(
+    action: str,
+    input_schema: dict[str, Any] | type | None = None,
+    output_schema: dict[str, Any] | type | None = None,
+    description: str = "",
+) -> Callable[[F], F]:
+    """Mark ``async def method(self, ...)`` as the handler of capability ``action``.
+
+    With a dict schema the handler receives the input object's fields as keyword arguments
+    (``async def summarize(self, text: str, max_length: int = 100)``); with a msgspec Struct or
+    pydantic model it receives one validated instance. It returns a dict, Struct or model.
+    """
+    validate_capability(action)
+    input_ = to_schema(input_schema)
+    output = to_schema(output_schema)
+
+    def mark(method: F) -> F:
+        if not inspect.iscoroutinefunction(method):
+            raise TypeError(f"capability {action!r}: {method.__qualname__} must be an 'async def' method.")
+        params = list(inspect.signature(method).parameters.values())[1:]  # drop self
+        named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        definition = CapabilityDefinition(
+            action=action,
+            description=description or inspect.getdoc(method) or "",
+            input=input_,
+            output=output,
+            method_name=method.__name__,
+            takes_model=not isinstance(input_schema, dict) and input_schema is not None,
+            parameters=frozenset(p.name for p in named),
+            required=frozenset(p.name for p in named if p.default is p.empty),
+            takes_any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
+        )
+        setattr(method, _MARK, definition)
+        return method
+
+    return mark
+
+
+def definitions_of(obj: object) -> dict[str, CapabilityDefinition]:
+    """The capabilities an object's class declares, by action."""
+    found: dict[str, CapabilityDefinition] = {}
+    for name in dir(type(obj)):
+        definition = getattr(getattr(type(obj), name), _MARK, None)
+        if isinstance(definition, CapabilityDefinition):
+            if definition.action in found:
+                raise TypeError(f"capability {definition.action!r} is declared twice on {type(obj).__name__}.")
+            found[definition.action] = definition
+    return found

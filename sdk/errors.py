@@ -1,0 +1,30 @@
+"""Errors of the SDK.
+
+    DaiError
+    ├── CallError          a call answered with an error: ``code``, ``message``, ``details``
+    └── SchemaError        a capability declared a schema the SDK cannot use
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CallError", "DaiError", "SchemaError"]
+
+
+class DaiError(Exception):
+    """Root of every error the SDK raises."""
+
+
+class CallError(DaiError):
+    """A capability call failed; ``code`` is one of :class:`democratic_ai.contracts.ErrorCode`."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+class SchemaError(DaiError, TypeError):
+    """A schema is neither a JSON Schema dict, a msgspec Struct nor a pydantic model."""

@@ -1,0 +1,8 @@
+"""The HTTP edge gateway."""
+
+from __future__ import annotations
+
+from .app import create_app
+from .config import GatewayConfig
+
+__all__ = ["GatewayConfig", "create_app"]

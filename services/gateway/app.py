@@ -1,0 +1,76 @@
+"""The HTTP edge: an aiohttp application whose NATS connection, Postgres pool and in-memory
+indexes are opened and closed by ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import nats
+from aiohttp import web
+
+from democratic_ai.contracts import ErrorCode, ensure_streams
+from democratic_ai.hub import PresenceIndex, RegistryIndex, Router
+from democratic_ai.schemas import create_pool, migrate
+from democratic_ai.services.identity import ApiKeyIndex
+
+from .auth import auth_middleware
+from .capabilities import invoke, list_capabilities
+from .config import GatewayConfig
+from .errors import error_middleware, error_response
+from .state import API_KEYS, CONFIG, NC, POOL, PRESENCE, REGISTRY, ROUTER
+
+__all__ = ["create_app"]
+
+
+async def _connections(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    nc = await nats.connect(config.nats_url, name="dai-gateway", max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    pool = await create_pool(config.database_url, max_size=8)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    registry, presence, api_keys = RegistryIndex(), PresenceIndex(), ApiKeyIndex()
+    await registry.start(js)
+    await presence.start(nc)
+    await api_keys.start(js)
+    app[NC], app[POOL] = nc, pool
+    app[REGISTRY], app[PRESENCE], app[API_KEYS] = registry, presence, api_keys
+    app[ROUTER] = Router(nc, source_id="gateway", is_registered=registry.is_registered)
+    yield
+    await api_keys.stop()
+    await presence.stop()
+    await registry.stop()
+    await nc.drain()
+    await pool.close()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when NATS is connected and Postgres answers."""
+    problems = []
+    if not request.app[NC].is_connected:
+        problems.append("nats")
+    try:
+        async with request.app[POOL].acquire(timeout=2.0) as conn:
+            await conn.fetchval("SELECT 1")
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        problems.append(f"postgres: {exc}")
+    if problems:
+        return error_response(ErrorCode.NOT_READY, "not ready", {"failing": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_connections)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/capabilities", list_capabilities)
+    app.router.add_post("/v1/capabilities/{capability}/invoke", invoke)
+    return app

@@ -1,0 +1,108 @@
+"""``POST /v1/capabilities/{capability}/invoke`` and ``GET /v1/capabilities``."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from democratic_ai.contracts import ErrorCode, MessageType, error_details, new_request, subjects, tracing
+
+from .auth import principal_of
+from .errors import STATUS, ApiError, error_response
+from .state import POOL, PRESENCE, ROUTER
+
+__all__ = ["invoke", "list_capabilities"]
+
+_encode = msgspec.json.Encoder().encode
+_validate_json = msgspec.json.Decoder().decode
+
+MAX_TTL_SECONDS = 300
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiError(
+            ErrorCode.BAD_REQUEST, f"query parameter {name!r} must be an integer from {low} to {high}",
+            {"parameter": name, "value": raw},
+        )
+    return value
+
+
+async def invoke(request: web.Request) -> web.Response:
+    if tracing.tracing_enabled():
+        with tracing.tracer.start_as_current_span(f"gateway invoke {request.match_info['capability']}"):
+            return await _invoke(request)
+    return await _invoke(request)
+
+
+async def _invoke(request: web.Request) -> web.Response:
+    capability = request.match_info["capability"]
+    try:
+        subjects.validate_capability(capability)
+    except subjects.InvalidSubjectToken as exc:
+        raise ApiError(ErrorCode.BAD_REQUEST, str(exc), {"capability": capability}) from None
+    target = request.query.get("module", "")
+    if target:
+        try:
+            subjects.validate_token(target, "module")
+        except subjects.InvalidSubjectToken as exc:
+            raise ApiError(ErrorCode.BAD_REQUEST, str(exc), {"parameter": "module"}) from None
+    priority = _int_param(request, "priority", 5, 0, 9)
+    ttl = _int_param(request, "ttl", 30, 1, MAX_TTL_SECONDS)
+    if request.content_type != "application/json":
+        raise ApiError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send the payload as JSON with 'Content-Type: application/json'",
+            {"content_type": request.content_type},
+        )
+    body = await request.read()
+    if not body.strip():
+        raise ApiError(ErrorCode.BAD_REQUEST, "the request body is empty; send the payload as a JSON object")
+    try:
+        _validate_json(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(ErrorCode.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
+
+    principal = principal_of(request)
+    call = new_request(
+        capability, body, tenant_id=principal.tenant_id, source_module_id="gateway", target_module_id=target,
+        api_key_id=principal.key_id, priority=priority, ttl=ttl,
+    )
+    answer = await request.app[ROUTER].call(call)
+    if answer.type == MessageType.ERROR:
+        code = answer.error.code
+        details = error_details(answer)
+        status = STATUS.get(ErrorCode(code), 500) if code in ErrorCode.__members__ else 500
+        if code == ErrorCode.VALIDATION_FAILED and details.get("where") == "output":
+            status = 502  # the module broke its own contract: not the caller's fault
+        return error_response(code, answer.error.message, details, status=status, headers={"X-Call-Id": call.id})
+    document = {"call_id": call.id, "module_id": answer.source_module_id, "result": msgspec.Raw(answer.payload)}
+    return web.Response(body=_encode(document), content_type="application/json", headers={"X-Call-Id": call.id})
+
+
+async def list_capabilities(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        rows = await conn.fetch(
+            """
+            SELECT c.action, c.description, c.input_schema, c.output_schema, c.streaming,
+                   m.module_id, m.name AS module_name, m.version AS module_version
+            FROM registry_capabilities c JOIN registry_modules m USING (module_id)
+            ORDER BY c.action, m.module_id
+            """
+        )
+    presence = request.app[PRESENCE]
+    live = presence.instances()
+    capabilities = [
+        {
+            **dict(row),
+            "instances": sum(1 for beat in live if beat.module_id == row["module_id"] and row["action"] in beat.capabilities),
+        }
+        for row in rows
+    ]
+    return web.Response(body=_encode({"capabilities": capabilities}), content_type="application/json")

@@ -1,0 +1,88 @@
+"""Every error of the HTTP edge is ``{"error": {"code", "message", "details"}}`` with a fitting status.
+
+    ApiError            raised by handlers and middlewares with a stable ErrorCode
+    aiohttp HTTPException (unknown route, wrong method, body too large) → the same shape
+    anything else       → 500 INTERNAL, logged with its traceback
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from democratic_ai.contracts import ErrorCode
+
+__all__ = ["STATUS", "ApiError", "error_middleware", "error_response"]
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CAPABILITY_NOT_FOUND: 404,
+    ErrorCode.MODULE_NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.VALIDATION_FAILED: 422,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.MODULE_ERROR: 502,
+    ErrorCode.CAPABILITY_UNAVAILABLE: 503,
+    ErrorCode.NOT_READY: 503,
+    ErrorCode.TIMEOUT: 504,
+}
+
+_encode = msgspec.json.Encoder().encode
+
+
+class ApiError(Exception):
+    def __init__(
+        self, code: ErrorCode, message: str, details: dict[str, Any] | None = None, *, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.status = status or STATUS.get(code, 500)
+
+
+def error_response(
+    code: ErrorCode | str, message: str, details: dict[str, Any] | None = None, *, status: int,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = _encode({"error": {"code": str(code), "message": message, "details": details or {}}})
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+_HTTP_CODES: dict[int, tuple[ErrorCode, str]] = {
+    404: (ErrorCode.NOT_FOUND, "no such endpoint"),
+    405: (ErrorCode.METHOD_NOT_ALLOWED, "method not allowed on this endpoint"),
+    413: (ErrorCode.PAYLOAD_TOO_LARGE, "the request body is too large"),
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.code, exc.message, exc.details, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, message = _HTTP_CODES.get(exc.status, (ErrorCode.BAD_REQUEST, exc.reason))
+        details: dict[str, Any] = {}
+        if exc.status == 413:
+            details = {"max_bytes": request.app._client_max_size}
+        elif exc.status == 405:
+            details = {"allowed": sorted(getattr(exc, "allowed_methods", ()))}
+        return error_response(code, message, details, status=exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(ErrorCode.INTERNAL, "internal error; it has been logged", status=500)
