@@ -18,7 +18,7 @@ from .state import API_KEYS
 
 __all__ = ["PRINCIPAL", "auth_middleware", "principal_of"]
 
-PRINCIPAL = "dai.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
 
@@ -50,5 +50,4 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
 
 
 def principal_of(request: web.Request) -> Principal:
-    principal: Principal = request[PRINCIPAL]
-    return principal
+    return request[PRINCIPAL]

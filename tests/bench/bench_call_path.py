@@ -1,0 +1,352 @@
+"""Benchmark of the call path: what the platform costs on top of raw NATS and a bare HTTP app.
+
+    /work/venv/bin/python tests/bench/bench_call_path.py [--seconds 5] [--concurrency 64]
+
+From one run it prints calls/s and p50/p99 latency, with ``--concurrency`` calls in flight, for
+
+    (a) raw nats-py request/reply to an echo responder          (floor of b)
+    (b) ``sdk.Client.call`` to a no-op capability of a ``Module``
+    (c) HTTP through the real gateway (API key, router, records) to that ``Module``
+    (d) a bare aiohttp app doing the raw NATS request of (a)     (floor of c)
+
+and the ratios b/a and c/d in throughput and the p50 difference c - d.
+
+Process layout. On a small machine the Python process is the bottleneck, so each side of a
+call gets a process of its own, the same way in every scenario, so a ratio compares code and
+not scheduling:
+
+    main process     embedded nats-server and PostgreSQL (children of their own), the NATS
+                     caller of (a)/(b), the HTTP server of (c)/(d)
+    --serve raw      the echo responder of (a) and (d)
+    --serve module   the no-op ``Module`` of (b) and (c)
+    --load URL       the HTTP load generator of (c) and (d): aiohttp, one connector limited
+                     to ``--concurrency``; prints its result as JSON
+
+Every process runs uvloop. The MCP stream exists before (b)/(c), so the records the SDK and
+the gateway publish for each request and response are stored and counted. Each measurement
+follows a warm-up; every wait is bounded; the servers stop on errors and Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import uvloop
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from democratic_ai.contracts import ensure_streams
+from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.ops.postgres_server import PostgresServer
+from democratic_ai.sdk import Client, Module, capability
+from democratic_ai.services.gateway import GatewayConfig, create_app
+from democratic_ai.services.identity import issue_api_key
+
+RAW_SUBJECT = "bench.raw"  # not captured by any stream, like mcp.call.*
+CAPABILITY = "bench.noop"
+TENANT = "bench"
+PAYLOAD: dict[str, Any] = {"n": 1}
+BODY = json.dumps(PAYLOAD).encode()
+INVOKE_PATH = f"/v1/capabilities/{CAPABILITY}/invoke"
+CALL_TIMEOUT = 5.0  # seconds; any single call
+READY_TIMEOUT = 30.0  # seconds; a responder, module or gateway becoming usable
+API_KEY_ENV = "BENCH_API_KEY"  # the load generator's key travels in its environment, not argv
+
+Call = Callable[[], Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    calls: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds
+
+
+class NoopModule(Module):
+    """A module whose only capability does nothing."""
+
+    module_id = "bench"
+
+    @capability(CAPABILITY, {"type": "object"}, {"type": "object"})
+    async def noop(self, **fields: Any) -> dict[str, Any]:
+        return {"ok": True}
+
+
+async def drive(call: Call, concurrency: int, warmup: float, seconds: float) -> Result:
+    """Run ``concurrency`` loops of ``call`` for ``warmup + seconds``; measure calls started after the warm-up."""
+    latencies: list[float] = []
+    errors = 0
+    measure_from = time.perf_counter() + warmup
+    until = measure_from + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        while (started := time.perf_counter()) < until:
+            try:
+                await call()
+            except Exception:  # counted, not fatal: a failing path shows as errors in the table
+                ok = False
+            else:
+                ok = True
+            if started >= measure_from:
+                if ok:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    latencies.sort()
+
+    def quantile(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
+
+    return Result(calls=len(latencies), errors=errors, seconds=seconds, p50_ms=quantile(0.50), p99_ms=quantile(0.99))
+
+
+async def until_ok(call: Call, what: str) -> None:
+    """Retry ``call`` until it succeeds, at most :data:`READY_TIMEOUT` seconds."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        try:
+            await call()
+            return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not ready within {READY_TIMEOUT:g} s: {exc!r}") from exc
+        await asyncio.sleep(0.1)
+
+
+async def post(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> bytes:
+    """POST the benchmark payload; raise unless the answer is 200."""
+    async with session.post(url, data=BODY, headers=headers) as response:
+        body = await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
+        return body
+
+
+# --- child processes -------------------------------------------------------------------------
+
+
+async def serve(kind: str, nats_url: str) -> None:
+    """``--serve raw|module``: answer calls until SIGTERM/SIGINT or until the parent closes our stdin."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def on_stdin() -> None:
+        if not os.read(sys.stdin.fileno(), 4096):  # EOF: the parent is gone or done with us
+            loop.remove_reader(sys.stdin.fileno())
+            stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    # No hub runs here: the module's announcement retries stay unanswered, which is cheap but chatty.
+    logging.getLogger("democratic_ai.sdk.module").setLevel(logging.ERROR)
+    nc = await nats.connect(nats_url, name=f"bench-serve-{kind}")
+    module: Module | None = None
+    if kind == "raw":
+
+        async def echo(msg: Msg) -> None:
+            await msg.respond(msg.data)
+
+        await nc.subscribe(RAW_SUBJECT, cb=echo)
+    else:
+        module = NoopModule()
+        await module.start(nc)
+    await nc.flush()
+    await stop.wait()
+    if module is not None:
+        await module.stop(grace=1.0)
+    await nc.drain()
+
+
+async def load(url: str, concurrency: int, warmup: float, seconds: float) -> Result:
+    """``--load URL``: POST to ``url`` from ``concurrency`` workers over one connector."""
+    headers = {"X-API-Key": os.environ[API_KEY_ENV], "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        return await drive(lambda: post(session, url, headers), concurrency, warmup, seconds)
+
+
+async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """This script in another process (stdin is a pipe: closing it tells a server to stop)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).resolve()), *args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+    )
+
+
+async def stop_child(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+# --- scenarios (main process) ----------------------------------------------------------------
+
+
+def bare_app(nats_url: str) -> web.Application:
+    """The HTTP floor: same route as the gateway, one raw NATS request, the answer's bytes as JSON."""
+    app = web.Application()
+    nc_key = web.AppKey("nc", NATS)
+
+    async def connection(app: web.Application) -> AsyncIterator[None]:
+        app[nc_key] = await nats.connect(nats_url, name="bench-bare-http")
+        yield
+        await app[nc_key].drain()
+
+    async def invoke(request: web.Request) -> web.Response:
+        answer = await request.app[nc_key].request(RAW_SUBJECT, await request.read(), timeout=CALL_TIMEOUT)
+        return web.Response(body=answer.data, content_type="application/json")
+
+    app.cleanup_ctx.append(connection)
+    app.router.add_post(INVOKE_PATH, invoke)
+    return app
+
+
+async def over_http(app: web.Application, api_key: str, args: argparse.Namespace) -> Result:
+    """Serve ``app`` here and load it from a ``--load`` child, once it answers 200."""
+    runner = web.AppRunner(app, access_log=None)  # as ops.services.run_gateway does
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}{INVOKE_PATH}"
+        headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT)) as session:
+            # Non-200 until the API-key index has the key (401) and the module serves (503).
+            await until_ok(lambda: post(session, url, headers), url)
+        proc = await spawn(
+            "--load", url, "--concurrency", str(args.concurrency), "--warmup", str(args.warmup),
+            "--seconds", str(args.seconds), env={**os.environ, API_KEY_ENV: api_key},
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), args.warmup + args.seconds + READY_TIMEOUT)
+        finally:
+            await stop_child(proc)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the load generator exited with code {proc.returncode}")
+        return Result(**json.loads(out))
+    finally:
+        await runner.cleanup()
+
+
+async def run_all(nats_url: str, database_url: str, args: argparse.Namespace) -> dict[str, Result]:
+    results: dict[str, Result] = {}
+    nc = await nats.connect(nats_url, name="bench-caller")
+    children: list[asyncio.subprocess.Process] = []
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        key = await issue_api_key(js, tenant_id=TENANT, role="super_admin", name="bench")
+        n, warmup, seconds = args.concurrency, args.warmup, args.seconds
+
+        children.append(await spawn("--serve", "raw", "--nats-url", nats_url))
+        raw_call: Call = lambda: nc.request(RAW_SUBJECT, BODY, timeout=CALL_TIMEOUT)  # noqa: E731
+        await until_ok(raw_call, "the raw responder")
+        print("running (a) raw NATS ...", file=sys.stderr, flush=True)
+        results["a"] = await drive(raw_call, n, warmup, seconds)
+        print("running (d) bare HTTP -> raw NATS ...", file=sys.stderr, flush=True)
+        results["d"] = await over_http(bare_app(nats_url), key.secret, args)
+        await stop_child(children.pop())
+
+        children.append(await spawn("--serve", "module", "--nats-url", nats_url))
+        client = Client(nc, source_id="bench", tenant=TENANT)
+        sdk_call: Call = lambda: client.call(CAPABILITY, PAYLOAD)  # noqa: E731
+        await until_ok(sdk_call, "the module")
+        print("running (b) SDK -> Module ...", file=sys.stderr, flush=True)
+        results["b"] = await drive(sdk_call, n, warmup, seconds)
+        print("running (c) gateway -> Module ...", file=sys.stderr, flush=True)
+        gateway = create_app(GatewayConfig(nats_url=nats_url, database_url=database_url, port=0))
+        results["c"] = await over_http(gateway, key.secret, args)
+    finally:
+        for proc in children:
+            await stop_child(proc)
+        await nc.close()
+    return results
+
+
+def report(results: dict[str, Result], args: argparse.Namespace) -> None:
+    names = {
+        "a": "(a) raw NATS request/reply",
+        "b": "(b) SDK Client -> Module",
+        "c": "(c) HTTP gateway -> Module",
+        "d": "(d) HTTP bare aiohttp -> raw NATS",
+    }
+    print(f"\ncall path, {args.concurrency} calls in flight, {args.seconds:g} s each after {args.warmup:g} s warm-up")
+    print(f"{'scenario':<36}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for key, name in names.items():
+        r = results[key]
+        print(f"{name:<36}{r.rate:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}")
+    a, b, c, d = (results[k] for k in "abcd")
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISS"
+
+    print(f"{'b/a throughput':<36}{b.rate / a.rate:>10.2f}   target >= 0.70  {verdict(b.rate / a.rate >= 0.7)}")
+    print(f"{'c/d throughput':<36}{c.rate / d.rate:>10.2f}   target >= 0.70  {verdict(c.rate / d.rate >= 0.7)}")
+    diff = c.p50_ms - d.p50_ms
+    print(f"{'c-d p50 (ms)':<36}{diff:>+10.2f}   target <= 1.00  {verdict(diff <= 1.0)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per scenario")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each measurement")
+    parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
+    parser.add_argument("--serve", choices=("raw", "module"), help=argparse.SUPPRESS)
+    parser.add_argument("--nats-url", help=argparse.SUPPRESS)
+    parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.serve:
+        uvloop.run(serve(args.serve, args.nats_url))
+        return
+    if args.load:
+        result = uvloop.run(load(args.load, args.concurrency, args.warmup, args.seconds))
+        print(json.dumps(asdict(result)))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="dai-bench-", ignore_cleanup_errors=True) as tmp:
+        nats_server, postgres = NatsServer(Path(tmp), port=0), PostgresServer(Path(tmp))
+        try:
+            nats_server.start()
+            postgres.start()
+            database_url = postgres.ensure_database("bench")
+            results = uvloop.run(run_all(nats_server.url, database_url, args))
+        except KeyboardInterrupt:
+            sys.exit("interrupted")
+        finally:
+            postgres.stop()
+            nats_server.stop()
+    report(results, args)
+
+
+if __name__ == "__main__":
+    main()
