@@ -9,6 +9,7 @@ for the hub, the projections, the gateway and the example modules. Ctrl-C stops 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -33,7 +34,8 @@ from .postgres_server import PostgresServer
 
 __all__ = ["UpOptions", "up"]
 
-EXAMPLE_MODULES = ("democratic_ai.sdk.examples.text_tools:TextTools",)
+# module id → the class `dai module run` starts
+EXAMPLE_MODULES = {"text-tools": "democratic_ai.sdk.examples.text_tools:TextTools"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,20 +81,28 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", *args], env=env)
 
 
-def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
+def _wait_ready(url: str, admin_key: str, children: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
+    """Wait until the gateway lists every example capability with a live instance.
+
+    Ready means the first call succeeds: the gateway answers, the modules serve, and the
+    registry read model is folded.
+    """
     deadline = time.monotonic() + timeout
+    request = urllib.request.Request(f"{url}/v1/capabilities", headers={"X-API-Key": admin_key})
     while time.monotonic() < deadline:
         for child in children:
             if child.poll() is not None:
                 raise ServerStartError(f"a platform process exited during start-up: {' '.join(map(str, child.args))}")
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1.0) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
+            with urllib.request.urlopen(request, timeout=1.0) as response:
+                listing = json.loads(response.read())["capabilities"]
+            serving = {c["module_id"] for c in listing if c["instances"] > 0}
+            if set(EXAMPLE_MODULES) <= serving:
+                return
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
             pass
         time.sleep(0.2)
-    raise ServerStartError(f"the gateway was not ready within {timeout:g} s")
+    raise ServerStartError(f"the platform was not ready within {timeout:g} s")
 
 
 def _stop_children(children: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
@@ -144,7 +154,7 @@ def up(options: UpOptions) -> int:
         children = [
             _spawn(["hub"], env),
             _spawn(["projections", "run"], env),
-            *(_spawn(["module", "run", spec], env) for spec in EXAMPLE_MODULES),
+            *(_spawn(["module", "run", spec], env) for spec in EXAMPLE_MODULES.values()),
             _spawn(["gateway", "--port", str(options.port)], env),
         ]
         stack.callback(_stop_children, children)
@@ -152,7 +162,7 @@ def up(options: UpOptions) -> int:
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
         try:
-            _wait_ready(gateway_url, children)
+            _wait_ready(gateway_url, (data_dir / "admin.key").read_text().strip(), children)
         except ServerStartError as exc:
             _say(f"dai: {exc}")
             return 1

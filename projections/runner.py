@@ -13,7 +13,6 @@ import logging
 from collections.abc import Sequence
 
 import asyncpg
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -58,7 +57,7 @@ class ProjectionRunner:
             while not stop.is_set():
                 try:
                     messages = await subscription.fetch(self._batch, timeout=0.5)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # builtin: nats raises both its own and asyncio's
                     continue
                 if not messages:
                     continue
@@ -134,7 +133,7 @@ async def rebuild(js: JetStreamContext, pool: asyncpg.Pool, projection: Projecti
                 while last < target:
                     try:
                         messages = await subscription.fetch(batch, timeout=1.0)
-                    except nats.errors.TimeoutError:
+                    except TimeoutError:  # builtin: nats raises both its own and asyncio's
                         break  # the filter matched nothing past `last`
                     messages = [m for m in messages if m.metadata.sequence.stream <= target]
                     if not messages:

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError, TimeoutError
+from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, decode, error_reply, presence, reply, subjects, tracing
 from democratic_ai.contracts.registry_events import ModuleManifest
@@ -106,8 +106,8 @@ class Module:
             )
         await nc.flush()
         self._background = [
-            asyncio.create_task(self._announce(), name=f"{self.module_id}-announce"),
-            asyncio.create_task(self._heartbeat(), name=f"{self.module_id}-heartbeat"),
+            asyncio.create_task(self._announce(nc), name=f"{self.module_id}-announce"),
+            asyncio.create_task(self._heartbeat(nc), name=f"{self.module_id}-heartbeat"),
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -134,15 +134,16 @@ class Module:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _announce(self) -> None:
+    async def _announce(self, nc: NATS) -> None:
         """Tell the hub our manifest until it acknowledges; modules serve calls meanwhile."""
-        assert self._nc is not None
         data = msgspec.json.encode(self.manifest)
         attempts = 0
         while True:
             attempts += 1
             try:
-                answer = await self._nc.request(subjects.ANNOUNCE, data, timeout=5.0)
+                answer = await nc.request(subjects.ANNOUNCE, data, timeout=5.0)
+            except ConnectionClosedError:
+                return
             except (NoRespondersError, TimeoutError):
                 # At start-up the hub may simply not be up yet: only persistence is worth a warning.
                 level = logging.WARNING if attempts >= 3 else logging.DEBUG
@@ -154,8 +155,7 @@ class Module:
                 return
             await asyncio.sleep(self.config.announce_retry)
 
-    async def _heartbeat(self) -> None:
-        assert self._nc is not None
+    async def _heartbeat(self, nc: NATS) -> None:
         subject = subjects.heartbeat(self.module_id)
         actions = tuple(sorted(self.capabilities))
         while True:
@@ -166,7 +166,10 @@ class Module:
                 interval=self.config.heartbeat_interval,
                 in_flight=len(self._tasks),
             )
-            await self._nc.publish(subject, presence.encode(beat))
+            try:
+                await nc.publish(subject, presence.encode(beat))
+            except ConnectionClosedError:
+                return  # the connection's owner closed it; nothing is left to announce on
             await asyncio.sleep(self.config.heartbeat_interval)
 
     async def _serve(self, definition: CapabilityDefinition, msg: Msg) -> None:

@@ -61,6 +61,7 @@ class JsonSchema:
 
 # msgspec says e.g. "Expected `str`, got `int` - at `$.text`".
 _MSGSPEC_PATH = re.compile(r" - at `(?P<path>\$[^`]*)`$")
+_MSGSPEC_MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
 
 
 class StructSchema:
@@ -74,9 +75,11 @@ class StructSchema:
         except msgspec.ValidationError as exc:
             text = str(exc)
             found = _MSGSPEC_PATH.search(text)
-            if found is None:
-                return None, Invalid(path="$", message=text)
-            return None, Invalid(path=found["path"], message=text[: found.start()])
+            path, message = (found["path"], text[: found.start()]) if found else ("$", text)
+            missing = _MSGSPEC_MISSING.search(message)
+            if missing:  # point at the field itself, as the other schema kinds do
+                path = f"{path}.{missing['field']}"
+            return None, Invalid(path=path, message=message)
 
     def dump(self, value: Any) -> Any:
         return msgspec.to_builtins(value)

@@ -1,0 +1,54 @@
+"""The committed generated code matches the .proto contract, and the public surfaces are curated."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def test_generated_code_is_current(repo_root: Path, tmp_path: Path) -> None:
+    contracts = repo_root / "contracts"
+    protos = sorted(p.name for p in contracts.glob("*.proto"))
+    assert protos, "no .proto files found"
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{contracts}", f"--python_out={tmp_path}",
+         f"--pyi_out={tmp_path}", *protos],
+        check=True,
+    )
+    generated = sorted(p.name for p in tmp_path.iterdir())
+    assert generated, "protoc generated nothing"
+    stale = [name for name in generated if (contracts / name).read_bytes() != (tmp_path / name).read_bytes()]
+    assert not stale, f"regenerate with: python -m grpc_tools.protoc -Icontracts --python_out=contracts --pyi_out=contracts contracts/*.proto ({stale})"
+
+
+def test_mcp_message_round_trips() -> None:
+    from democratic_ai.contracts import ErrorCode, MessageType, decode, error_details, error_reply, new_request
+
+    request = new_request("text.summarize", b'{"text": "x"}', tenant_id="acme", source_module_id="t", priority=9, ttl=3)
+    again = decode(request.SerializeToString())
+    assert again == request
+    assert again.type == MessageType.REQUEST and again.correlation_id == again.id
+    assert (again.priority, again.ttl, again.context.tenant_id) == (9, 3, "acme")
+    error = error_reply(request, ErrorCode.TIMEOUT, "late", source_module_id="hub", details={"ttl": 3})
+    assert error.correlation_id == request.id and error_details(error) == {"ttl": 3}
+
+
+@pytest.mark.parametrize(
+    ("package", "names"),
+    [
+        ("democratic_ai.sdk", {"Module", "capability", "Client", "HttpClient", "CallError"}),
+        ("democratic_ai.contracts", {"MCPMessage", "ErrorCode", "new_request", "ensure_streams"}),
+        ("democratic_ai.hub", {"Hub", "Router", "PresenceIndex", "RegistryIndex"}),
+        ("democratic_ai.projections", {"ProjectionRunner", "rebuild", "PROJECTIONS"}),
+    ],
+)
+def test_public_surface_is_explicit(package: str, names: set[str]) -> None:
+    module = importlib.import_module(package)
+    exported = set(module.__all__)
+    assert names <= exported
+    assert all(hasattr(module, name) for name in exported)
+    assert exported == {n for n in exported if not n.startswith("_")}

@@ -1,0 +1,110 @@
+"""``dai up`` on an empty data dir brings the platform up; stopped and started again, it keeps its state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from democratic_ai.ops.ports import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _start(data_dir: Path, port: int, nats_port: int) -> tuple[subprocess.Popen[str], str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "democratic_ai.ops.cli", "up", "--data-dir", str(data_dir),
+         "--port", str(port), "--nats-port", str(nats_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    lines = []
+    deadline = time.monotonic() + 90
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        lines.append(line)
+        if line.startswith("Press Ctrl-C"):
+            return process, "".join(lines)
+    process.kill()
+    process.stdout.close()
+    raise AssertionError("dai up did not come up:\n" + "".join(lines))
+
+
+def _stop(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _call(port: int, key: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None:
+    data_dir, port, nats_port = tmp_path / ".dai", free_port(), free_port()
+    process, banner = _start(data_dir, port, nats_port)
+    try:
+        key_file = data_dir / "admin.key"
+        key = key_file.read_text().strip()
+        assert key in banner  # shown once, on first start
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert f"http://127.0.0.1:{port}" in banner and "curl" in banner
+        status, body = _call(port, key, "/v1/capabilities/text.summarize/invoke",
+                             {"text": "Streams store messages. Consumers read them. Cats sleep a lot.", "max_length": 40})
+        assert status == 200 and 0 < len(body["result"]["summary"]) <= 40
+    finally:
+        assert _stop(process) == 0
+
+    process, banner = _start(data_dir, port, nats_port)
+    try:
+        assert key_file.read_text().strip() == key
+        assert key not in banner  # never printed twice
+        deadline = time.monotonic() + 10
+        while True:  # the registry read model persisted; the module re-announces an unchanged manifest
+            _, listing = _call(port, key, "/v1/capabilities")
+            actions = {c["action"] for c in listing["capabilities"]}
+            if {"text.summarize", "text.analyze"} <= actions or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert {"text.summarize", "text.analyze"} <= actions
+        status, _ = _call(port, key, "/v1/capabilities/text.analyze/invoke", {"text": "Still here."})
+        assert status == 200
+    finally:
+        assert _stop(process) == 0
+
+
+def test_a_taken_port_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "democratic_ai.ops.cli", "up", "--data-dir", str(tmp_path), "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    lines = [line for line in result.stdout.splitlines() + result.stderr.splitlines() if line.strip()]
+    assert lines == [f"dai: port {port} is already in use (gateway); stop what is using it or pass --port"]

@@ -1,0 +1,101 @@
+"""The hub: announcements become REGISTRY events once; presence follows heartbeats and leaves."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from democratic_ai.contracts import presence, subjects
+from democratic_ai.contracts.registry_events import CapabilitySpec, ModuleManifest
+from democratic_ai.hub import Hub
+from democratic_ai.sdk import Module, ModuleConfig, capability
+
+from conftest import registered, unique
+
+
+def _module_class(module_id: str, version: str = "1.0.0") -> type[Module]:
+    class Probe(Module):
+        @capability("probe.ping", {"type": "object"})
+        async def ping(self) -> dict:
+            return {"pong": True}
+
+    Probe.module_id = module_id
+    Probe.version = version
+    return Probe
+
+
+async def _registry_subjects(nc: NATS, module_id: str) -> list[str]:
+    info = await nc.jetstream().stream_info("REGISTRY", subjects_filter=f"registry.{module_id}.>")
+    return sorted((info.state.subjects or {}).items())
+
+
+async def test_announcement_is_recorded_once_and_changes_as_updates(nc: NATS, hub: Hub) -> None:
+    module_id = unique("probe")
+    first = _module_class(module_id)()
+    await first.start(nc)
+    await registered(hub, first)
+    await first.stop()
+    again = _module_class(module_id)()  # a restart with the same manifest appends nothing
+    await again.start(nc)
+    await registered(hub, again)
+    await again.stop()
+    assert await _registry_subjects(nc, module_id) == [(f"registry.{module_id}.registered", 1)]
+    newer = _module_class(module_id, version="2.0.0")()
+    await newer.start(nc)
+    await registered(hub, newer)
+    await newer.stop()
+    assert await _registry_subjects(nc, module_id) == [
+        (f"registry.{module_id}.registered", 1),
+        (f"registry.{module_id}.updated", 1),
+    ]
+    assert hub.registry.manifests[module_id].version == "2.0.0"
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        b"not json",
+        msgspec.json.encode(ModuleManifest(module_id="Bad Id", capabilities=(CapabilitySpec(action="a.b"),))),
+        msgspec.json.encode(ModuleManifest(module_id="ok-id", capabilities=())),
+        msgspec.json.encode(
+            ModuleManifest(module_id="ok-id", capabilities=(CapabilitySpec(action="a.b", input_schema={"type": 5}),))
+        ),
+    ],
+)
+async def test_bad_announcements_are_refused(nc: NATS, hub: Hub, manifest: bytes) -> None:
+    answer = await nc.request(subjects.ANNOUNCE, manifest, timeout=2)
+    assert answer.data.startswith(b"refused: ")
+
+
+async def test_presence_follows_heartbeats_leaves_and_silence(nats_server: object, hub: Hub) -> None:
+    module_id = unique("probe")
+    config = ModuleConfig(heartbeat_interval=0.2)
+    leaver, silent = _module_class(module_id)(config), _module_class(module_id)(config)
+    connections = [await nats.connect(nats_server.url) for _ in range(2)]
+    await leaver.start(connections[0])
+    await silent.start(connections[1])
+
+    def live() -> set[str]:
+        return {beat.instance_id for beat in hub.presence.instances() if beat.module_id == module_id}
+
+    async def until(condition: object, timeout: float) -> float:
+        start = asyncio.get_running_loop().time()
+        while not condition():  # type: ignore[operator]
+            assert asyncio.get_running_loop().time() - start < timeout
+            await asyncio.sleep(0.02)
+        return asyncio.get_running_loop().time() - start
+
+    await until(lambda: live() == {leaver.instance_id, silent.instance_id}, 2.0)
+    answer = await connections[0].request(subjects.MODULES, b"", timeout=2)
+    listed = msgspec.json.decode(answer.data, type=list[presence.Heartbeat])
+    assert {leaver.instance_id, silent.instance_id} <= {beat.instance_id for beat in listed}
+
+    await leaver.stop()  # says goodbye: gone at once
+    assert await until(lambda: silent.instance_id in live() and leaver.instance_id not in live(), 0.5) < 0.5
+    await connections[1].close()  # dies without a word: gone after three missed heartbeats
+    assert await until(lambda: not live(), 2.0) < 2.0
+    await connections[0].close()
