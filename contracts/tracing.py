@@ -22,9 +22,14 @@ _enabled = False
 tracer = trace.get_tracer("democratic_ai")
 
 
-def configure_tracing(service_name: str, exporter: str | None = None) -> None:
-    """Install a tracer provider exporting to ``exporter`` (default: ``$DAI_TRACING``)."""
-    global _enabled
+def configure_tracing(service_name: str, exporter: str | SpanExporter | None = None) -> None:
+    """Install a tracer provider exporting to ``exporter`` (default: ``$DAI_TRACING``).
+
+    ``exporter`` is ``"console"``, ``"otlp"``, ``"off"``, or a ``SpanExporter`` instance.
+    """
+    if isinstance(exporter, SpanExporter):
+        _install(service_name, exporter)
+        return
     choice = (exporter if exporter is not None else os.environ.get("DAI_TRACING", "")).strip().lower()
     if choice in ("", "off", "none"):
         return
@@ -37,8 +42,13 @@ def configure_tracing(service_name: str, exporter: str | None = None) -> None:
         span_exporter = OTLPSpanExporter()
     else:
         raise ValueError(f"DAI_TRACING must be 'console', 'otlp' or 'off', not {choice!r}.")
+    _install(service_name, span_exporter)
+
+
+def _install(service_name: str, exporter: SpanExporter) -> None:
+    global _enabled
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _enabled = True
 

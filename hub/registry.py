@@ -36,7 +36,7 @@ class RegistryIndex:
     def __init__(self) -> None:
         self.manifests: dict[str, ModuleManifest] = {}
         self.digests: dict[str, str] = {}
-        self._actions: set[str] = set()
+        self._offered_by: dict[str, set[str]] = {}  # action → module ids
         self._last_sequence = 0
         self._progress = asyncio.Condition()
         self._subscription: JetStreamContext.PushSubscription | None = None
@@ -60,7 +60,7 @@ class RegistryIndex:
             await asyncio.wait_for(self._progress.wait_for(lambda: self._last_sequence >= sequence), timeout)
 
     def is_registered(self, action: str) -> bool:
-        return action in self._actions
+        return bool(self._offered_by.get(action))
 
     async def _on_event(self, msg: Msg) -> None:
         try:
@@ -68,9 +68,14 @@ class RegistryIndex:
         except msgspec.ValidationError:
             log.error("skipped an unreadable REGISTRY event on %s", msg.subject)
         else:
-            self.manifests[event.manifest.module_id] = event.manifest
-            self.digests[event.manifest.module_id] = event.digest
-            self._actions = {c.action for m in self.manifests.values() for c in m.capabilities}
+            manifest = event.manifest
+            previous = self.manifests.get(manifest.module_id)
+            for spec in previous.capabilities if previous else ():
+                self._offered_by[spec.action].discard(manifest.module_id)
+            for spec in manifest.capabilities:
+                self._offered_by.setdefault(spec.action, set()).add(manifest.module_id)
+            self.manifests[manifest.module_id] = manifest
+            self.digests[manifest.module_id] = event.digest
         async with self._progress:
             self._last_sequence = msg.metadata.sequence.stream
             self._progress.notify_all()

@@ -43,6 +43,13 @@ class Router:
         self._is_registered = is_registered
 
     async def call(self, request: MCPMessage) -> MCPMessage:
+        """Carry ``request`` to a module and return its answer, or the routing error."""
+        if tracing.tracing_enabled():
+            with tracing.tracer.start_as_current_span(f"hub route {request.action}"):
+                return await self._call(request)
+        return await self._call(request)
+
+    async def _call(self, request: MCPMessage) -> MCPMessage:
         tenant = request.context.tenant_id
         action = request.action
         if request.target_module_id:
