@@ -104,9 +104,12 @@ class Flaky(Module):
         return {"slept": seconds}
 
 
-async def test_handler_exception_is_module_error_and_module_keeps_serving(gateway: Gateway, nc: NATS) -> None:
+async def test_handler_exception_is_module_error_and_module_keeps_serving(
+    gateway: Gateway, nc: NATS, hub: Hub
+) -> None:
     module = Flaky()
     await module.start(nc)
+    await registered(hub, module)
     try:
         status, body = await _post(gateway, "test.flaky", '{"fail": true}')
         assert status == 502 and body["error"]["code"] == "MODULE_ERROR"
@@ -117,9 +120,10 @@ async def test_handler_exception_is_module_error_and_module_keeps_serving(gatewa
         await module.stop()
 
 
-async def test_ttl_passing_gives_timeout_504(gateway: Gateway, nc: NATS) -> None:
+async def test_ttl_passing_gives_timeout_504(gateway: Gateway, nc: NATS, hub: Hub) -> None:
     module = Flaky()
     await module.start(nc)
+    await registered(hub, module)
     try:
         started = time.monotonic()
         status, body = await _post(gateway, "test.sleepy", '{"seconds": 3}', params={"ttl": "1"})
@@ -129,7 +133,7 @@ async def test_ttl_passing_gives_timeout_504(gateway: Gateway, nc: NATS) -> None
         await module.stop()
 
 
-async def test_two_replicas_share_the_calls(gateway: Gateway, nats_server: object) -> None:
+async def test_two_replicas_share_the_calls(gateway: Gateway, nats_server: object, hub: Hub) -> None:
     connections = [await nats.connect(nats_server.url) for _ in range(2)]
     replicas = [TextTools(), TextTools()]
     served: dict[str, int] = {}
@@ -143,6 +147,7 @@ async def test_two_replicas_share_the_calls(gateway: Gateway, nats_server: objec
         replica.analyze = counting  # type: ignore[method-assign]
     for replica, connection in zip(replicas, connections):
         await replica.start(connection)
+    await registered(hub, replicas[0])
     try:
         results = await asyncio.gather(*(_post(gateway, "text.analyze", '{"text": "Hello there."}') for _ in range(60)))
         assert all(status == 200 for status, _ in results)
