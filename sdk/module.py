@@ -40,7 +40,7 @@ _decode_json = msgspec.json.Decoder().decode
 class ModuleConfig:
     heartbeat_interval: float = 1.0
     max_concurrency: int = 256  # handlers running at once; further calls wait their turn
-    announce_retry: float = 2.0  # seconds between announcements while no hub answers
+    announce_retry: float = 2.0  # longest wait between announcements while no hub answers
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -153,7 +153,8 @@ class Module:
                     return
                 log.error("the hub refused the manifest of %s: %s", self.module_id, answer.data.decode(errors="replace"))
                 return
-            await asyncio.sleep(self.config.announce_retry)
+            # Start quickly (the hub may be starting alongside us), then back off.
+            await asyncio.sleep(min(self.config.announce_retry, 0.1 * 2**attempts))
 
     async def _heartbeat(self, nc: NATS) -> None:
         subject = subjects.heartbeat(self.module_id)

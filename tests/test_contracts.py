@@ -52,3 +52,15 @@ def test_public_surface_is_explicit(package: str, names: set[str]) -> None:
     assert names <= exported
     assert all(hasattr(module, name) for name in exported)
     assert exported == {n for n in exported if not n.startswith("_")}
+
+
+def test_every_package_folder_is_installed(repo_root: Path) -> None:
+    """A package folder missing from pyproject.toml works in a checkout and breaks on install."""
+    import tomllib
+
+    setuptools = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = {(repo_root / folder).resolve(): name for name, folder in setuptools["package-dir"].items()}
+    assert set(mapped.values()) == set(setuptools["packages"])
+    tops = {"contracts", "hub", "projections", "services", "sdk", "ops", "schemas"}
+    folders = {init.parent.resolve() for top in tops for init in (repo_root / top).rglob("__init__.py")}
+    assert folders == set(mapped), f"not installed: {sorted(map(str, folders - set(mapped)))}"
