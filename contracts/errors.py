@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "FORBIDDEN"
     NOT_FOUND = "NOT_FOUND"                          # no such HTTP route
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    CONFLICT = "CONFLICT"                            # e.g. the e-mail is taken, the key is already revoked
     CAPABILITY_NOT_FOUND = "CAPABILITY_NOT_FOUND"    # no module ever registered it
     CAPABILITY_UNAVAILABLE = "CAPABILITY_UNAVAILABLE"  # registered, but no module serves it now
     MODULE_NOT_FOUND = "MODULE_NOT_FOUND"            # direct call to a module that is not there

@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8080, help="gateway port (default: 8080)")
     up.add_argument("--nats-port", type=int, default=None, help="embedded NATS port (default: 4222, from nats.conf)")
 
-    gateway = commands.add_parser("gateway", help="run the HTTP gateway (needs NATS_URL and DATABASE_URL)")
+    gateway = commands.add_parser(
+        "gateway", help="run the HTTP gateway (needs NATS_URL and DATABASE_APP_URL, or DATABASE_URL to derive it)"
+    )
     gateway.add_argument("--host", default="127.0.0.1")
     gateway.add_argument("--port", type=int, default=8080)
 
@@ -44,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     prun.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default: all)")
     rebuild = projection_commands.add_parser("rebuild", help="empty a read model and replay its stream")
     rebuild.add_argument("name", metavar="NAME")
+    identity = commands.add_parser("identity", help="identity commands")
+    identity_commands = identity.add_subparsers(dest="identity_command", required=True, metavar="ACTION")
+    identity_commands.add_parser("rotate-jwt-key", help="sign new access tokens with a new key (old ones stay valid)")
     return parser
 
 
@@ -62,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gateway":
         from democratic_ai.services.gateway import GatewayConfig
 
-        config = GatewayConfig(nats_url=_env("NATS_URL"), database_url=_env("DATABASE_URL"), host=args.host, port=args.port)
+        from democratic_ai.schemas import app_dsn
+
+        database_url = os.environ.get("DATABASE_APP_URL") or app_dsn(_env("DATABASE_URL"))
+        config = GatewayConfig(nats_url=_env("NATS_URL"), database_url=database_url, host=args.host, port=args.port)
         run_until_signalled(lambda stop: services.run_gateway(config, stop))
     elif args.command == "hub":
         nats_url = _env("NATS_URL")
@@ -74,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "projections" and args.projection_command == "run":
         nats_url, database_url = _env("NATS_URL"), _env("DATABASE_URL")
         run_until_signalled(lambda stop: services.run_projections(nats_url, database_url, args.names, stop))
+    elif args.command == "identity":
+        kid = asyncio.run(services.rotate_jwt_key(_env("NATS_URL")))
+        print(f"new JWT signing key {kid}; tokens signed by the previous key stay valid until they expire")
     elif args.command == "projections" and args.projection_command == "rebuild":
         count = asyncio.run(services.rebuild_projection(_env("NATS_URL"), _env("DATABASE_URL"), args.name))
         print(f"rebuilt {args.name} from {count} events")

@@ -15,8 +15,9 @@ from democratic_ai.projections import PROJECTIONS, ProjectionRunner, rebuild
 from democratic_ai.schemas import create_pool, migrate
 from democratic_ai.sdk import Module
 from democratic_ai.services.gateway import GatewayConfig, create_app
+from democratic_ai.services.identity import rotate_signing_key
 
-__all__ = ["load_module_class", "rebuild_projection", "run_gateway", "run_hub", "run_module", "run_projections"]
+__all__ = ["load_module_class", "rebuild_projection", "rotate_jwt_key", "run_gateway", "run_hub", "run_module", "run_projections"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,14 @@ async def run_module(nats_url: str, module_class: type[Module], stop: asyncio.Ev
     await stop.wait()
     await module.stop()
     await nc.drain()
+
+
+async def rotate_jwt_key(nats_url: str) -> str:
+    nc = await _connect(nats_url, "dai-identity")
+    try:
+        return await rotate_signing_key(nc.jetstream())
+    finally:
+        await nc.drain()
 
 
 async def rebuild_projection(nats_url: str, database_url: str, name: str) -> int:

@@ -25,8 +25,8 @@ from pathlib import Path
 import nats
 
 from democratic_ai.contracts import ensure_streams
-from democratic_ai.schemas import create_pool, migrate
-from democratic_ai.services.identity import issue_api_key
+from democratic_ai.schemas import app_dsn, create_pool, migrate
+from democratic_ai.services.identity import ensure_bootstrap
 
 from .nats_server import NatsServer
 from .ports import PortInUseError, ServerStartError, ensure_port_free
@@ -50,7 +50,7 @@ def _say(text: str) -> None:
 
 
 async def _prepare(nats_url: str, database_url: str, key_file: Path) -> str | None:
-    """Streams, migrations and the admin key; returns the key if it was created just now."""
+    """Streams, migrations and the bootstrap admin key; returns the key if it was created now."""
     nc = await nats.connect(nats_url, name="dai-up")
     try:
         js = nc.jetstream()
@@ -62,17 +62,16 @@ async def _prepare(nats_url: str, database_url: str, key_file: Path) -> str | No
         finally:
             await pool.close()
         if key_file.exists():
-            # Record the stored key again: harmless when the log has it (issued once, ever),
+            # Record the stored key again: harmless when the log has it (it enters once, ever),
             # and it heals a log that was reset while the key file stayed.
-            await issue_api_key(js, tenant_id="system", role="super_admin", name="bootstrap admin",
-                                key=key_file.read_text().strip())
+            await ensure_bootstrap(js, key_file.read_text().strip())
             return None
-        issued = await issue_api_key(js, tenant_id="system", role="super_admin", name="bootstrap admin")
+        secret = await ensure_bootstrap(js)
         key_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(issued.secret + "\n")
-        return issued.secret
+            handle.write(secret + "\n")
+        return secret
     finally:
         await nc.drain()
 
@@ -150,7 +149,12 @@ def up(options: UpOptions) -> int:
             return 1
 
         new_key = asyncio.run(_prepare(nats_url, database_url, data_dir / "admin.key"))
-        env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url}
+        env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "DATABASE_URL": database_url,
+            "DATABASE_APP_URL": os.environ.get("DATABASE_APP_URL") or app_dsn(database_url),
+        }
         children = [
             _spawn(["hub"], env),
             _spawn(["projections", "run"], env),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import Projection
+from .identity import IdentityProjection
 from .registry import RegistryProjection
 from .runner import ProjectionRunner, rebuild
 
-PROJECTIONS: dict[str, Projection] = {p.name: p for p in (RegistryProjection(),)}
+PROJECTIONS: dict[str, Projection] = {p.name: p for p in (RegistryProjection(), IdentityProjection())}
 
-__all__ = ["PROJECTIONS", "Projection", "ProjectionRunner", "RegistryProjection", "rebuild"]
+__all__ = ["PROJECTIONS", "IdentityProjection", "Projection", "ProjectionRunner", "RegistryProjection", "rebuild"]

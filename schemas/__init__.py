@@ -7,8 +7,18 @@ from importlib import resources
 import asyncpg
 
 from .database import create_pool
+from .roles import APP_ROLE, UnsafeRole, app_dsn, check_app_role, ensure_app_role
 
-__all__ = ["create_pool", "migrate", "migrations"]
+__all__ = [
+    "APP_ROLE",
+    "UnsafeRole",
+    "app_dsn",
+    "check_app_role",
+    "create_pool",
+    "ensure_app_role",
+    "migrate",
+    "migrations",
+]
 
 # Any fixed number works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK = 0x6461695F6D6967  # "dai_mig"
@@ -25,7 +35,8 @@ def migrations() -> list[tuple[str, str]]:
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply the migrations this database lacks; returns the versions applied.
+    """Apply the migrations this database lacks, then grant the app role its reads; returns
+    the versions applied.
 
     An advisory lock serialises concurrent starters, and each migration commits together
     with its ``schema_migrations`` row, so a crash never leaves one half-applied.
@@ -45,6 +56,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
             applied.append(version)
+        await ensure_app_role(conn)
         return applied
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)

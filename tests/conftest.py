@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -19,14 +20,16 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import ensure_streams
+from democratic_ai.contracts.identity_events import ApiKeyIssued, Meta, TenantCreated, encode_event
 from democratic_ai.hub import Hub
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.ops.postgres_server import PostgresServer
-from democratic_ai.schemas import create_pool, migrate
+from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.sdk import Module
 from democratic_ai.services.gateway import GatewayConfig, create_app
-from democratic_ai.services.identity import issue_api_key
+from democratic_ai.services.identity.bootstrap import new_api_key_secret
+from democratic_ai.services.identity.principal import sha256_hex
 
 
 def unique(prefix: str) -> str:
@@ -79,16 +82,30 @@ class Gateway:
         return {"X-API-Key": self.api_key, "Content-Type": "application/json"}
 
 
+async def issue_key(nc: NATS, tenant: str, role: str = "super_admin") -> str:
+    """Record a tenant and an owner-less API key of ``role`` for it, as ``dai up`` does for its admin."""
+    js = nc.jetstream()
+    meta = Meta(at=datetime.now(UTC))
+    await js.publish(f"iam.{tenant}.tenant.{tenant}", encode_event(TenantCreated(tenant_id=tenant, meta=meta, name=tenant)))
+    secret = new_api_key_secret()
+    key_id = secret.split("_", 2)[1]
+    await js.publish(f"iam.{tenant}.api_key.{key_id}", encode_event(ApiKeyIssued(
+        tenant_id=tenant, meta=meta, key_id=key_id, prefix=secret[:16], sha256=sha256_hex(secret), role=role,
+    )))
+    return secret
+
+
 @pytest.fixture
-async def gateway(nats_server: NatsServer, database_url: str, nc: NATS) -> AsyncIterator[Gateway]:
-    """A gateway on a random port, and an admin key of a tenant of its own."""
+async def gateway(nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS) -> AsyncIterator[Gateway]:
+    """A gateway on a random port (as the read-only app role), and a super-admin key of a tenant of its own."""
     tenant = unique("tenant")
-    key = await issue_api_key(nc.jetstream(), tenant_id=tenant, role="super_admin", name="test")
+    key = await issue_key(nc, tenant)
     port = free_port()
-    runner = web.AppRunner(create_app(GatewayConfig(nats_url=nats_server.url, database_url=database_url, port=port)))
+    config = GatewayConfig(nats_url=nats_server.url, database_url=app_dsn(database_url), port=port)
+    runner = web.AppRunner(create_app(config))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield Gateway(url=f"http://127.0.0.1:{port}", api_key=key.secret, tenant=tenant)
+    yield Gateway(url=f"http://127.0.0.1:{port}", api_key=key, tenant=tenant)
     await runner.cleanup()
 
 

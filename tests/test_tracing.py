@@ -9,8 +9,10 @@ import subprocess
 import sys
 import textwrap
 
+import asyncpg
+
 from democratic_ai.ops.nats_server import NatsServer
-from democratic_ai.ops.postgres_server import PostgresServer
+from democratic_ai.schemas import app_dsn
 
 SCRIPT = textwrap.dedent(
     """
@@ -23,7 +25,7 @@ SCRIPT = textwrap.dedent(
     from democratic_ai.ops.ports import free_port
     from democratic_ai.sdk.examples import TextTools
     from democratic_ai.services.gateway import GatewayConfig, create_app
-    from democratic_ai.services.identity import issue_api_key
+    from democratic_ai.services.identity import ensure_bootstrap
     from aiohttp import web
 
     async def main(nats_url, database_url):
@@ -34,14 +36,14 @@ SCRIPT = textwrap.dedent(
         await ensure_streams(js)
         hub = Hub(); await hub.start(nc)
         module = TextTools(); await module.start(nc)
-        key = await issue_api_key(js, tenant_id="tracing", role="super_admin")
+        key = await ensure_bootstrap(js)
         port = free_port()
         runner = web.AppRunner(create_app(GatewayConfig(nats_url=nats_url, database_url=database_url, port=port)))
         await runner.setup(); await web.TCPSite(runner, "127.0.0.1", port).start()
         async with aiohttp.ClientSession() as session:
             async with session.post(f"http://127.0.0.1:{port}/v1/capabilities/text.analyze/invoke",
                                     data=b'{"text": "Trace me."}',
-                                    headers={"X-API-Key": key.secret, "Content-Type": "application/json"}) as r:
+                                    headers={"X-API-Key": key, "Content-Type": "application/json"}) as r:
                 assert r.status == 200, await r.text()
         await module.stop(); await hub.stop(); await runner.cleanup(); await nc.close()
         trace.get_tracer_provider().force_flush()
@@ -54,9 +56,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_one_call_is_one_trace(nats_server: NatsServer, database_url: str) -> None:
+def test_one_call_is_one_trace(nats_server: NatsServer, database_url: str, pool: asyncpg.Pool) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, nats_server.url, database_url], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", SCRIPT, nats_server.url, app_dsn(database_url)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     spans = {name: (int(trace_id), int(span_id), int(parent)) for *words, trace_id, span_id, parent in

@@ -11,14 +11,15 @@ from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode, ensure_streams
 from democratic_ai.hub import PresenceIndex, RegistryIndex, Router
-from democratic_ai.schemas import create_pool, migrate
-from democratic_ai.services.identity import ApiKeyIndex
+from democratic_ai.schemas import UnsafeRole, check_app_role, create_pool
+from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing
 
 from .auth import auth_middleware
 from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .errors import error_middleware, error_response
-from .state import API_KEYS, CONFIG, NC, POOL, PRESENCE, REGISTRY, ROUTER
+from .identity_routes import add_identity_routes
+from .state import CONFIG, IDENTITY, KEY_RING, NC, POOL, PRESENCE, REGISTRY, ROUTER, USERS
 
 __all__ = ["create_app"]
 
@@ -29,17 +30,25 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     js = nc.jetstream()
     await ensure_streams(js)
     pool = await create_pool(config.database_url, max_size=8)
-    async with pool.acquire() as conn:
-        await migrate(conn)
-    registry, presence, api_keys = RegistryIndex(), PresenceIndex(), ApiKeyIndex()
+    try:
+        async with pool.acquire() as conn:
+            await check_app_role(conn)
+    except UnsafeRole:
+        await pool.close()
+        await nc.close()
+        raise
+    registry, presence, identity, ring = RegistryIndex(), PresenceIndex(), IdentityIndex(), KeyRing()
     await registry.start(js)
     await presence.start(nc)
-    await api_keys.start(js)
+    await identity.start(js)
+    await ring.start(js)
     app[NC], app[POOL] = nc, pool
-    app[REGISTRY], app[PRESENCE], app[API_KEYS] = registry, presence, api_keys
+    app[REGISTRY], app[PRESENCE], app[IDENTITY], app[KEY_RING] = registry, presence, identity, ring
+    app[USERS] = IdentityService(js, identity, ring)
     app[ROUTER] = Router(nc, source_id="gateway", is_registered=registry.is_registered)
     yield
-    await api_keys.stop()
+    await ring.stop()
+    await identity.stop()
     await presence.stop()
     await registry.stop()
     await nc.drain()
@@ -73,4 +82,5 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/capabilities", list_capabilities)
     app.router.add_post("/v1/capabilities/{capability}/invoke", invoke)
+    add_identity_routes(app)
     return app

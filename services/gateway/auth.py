@@ -1,7 +1,7 @@
-"""Authentication at the edge: every route but the health checks needs an API key.
+"""Authentication at the edge, and the permission check every handler makes.
 
-The key comes as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>`` and is checked
-against the in-memory :class:`ApiKeyIndex` — no database round trip per call.
+A credential comes as ``X-API-Key: <key>`` or ``Authorization: Bearer <key or access token>``
+and is resolved against the in-memory identity index — no database round trip per call.
 """
 
 from __future__ import annotations
@@ -11,21 +11,21 @@ from typing import Any
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
-from democratic_ai.services.identity import Principal
+from democratic_ai.services.identity import Principal, Unauthenticated, authenticate
 
 from .errors import ApiError
-from .state import API_KEYS
+from .state import IDENTITY, KEY_RING
 
-__all__ = ["PRINCIPAL", "auth_middleware", "principal_of"]
+__all__ = ["PRINCIPAL", "auth_middleware", "principal_of", "require", "require_tenant"]
 
 PRINCIPAL = web.RequestKey("principal", Principal)
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/v1/auth/login", "/v1/auth/refresh"})
 
 
 def _credential(request: web.Request) -> str | None:
-    key = request.headers.get("X-API-Key")
+    key = request.headers.get("X-API-Key", "").strip()
     if key:
-        return key.strip()
+        return key
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
@@ -36,18 +36,39 @@ def _credential(request: web.Request) -> str | None:
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
         return await handler(request)
-    key = _credential(request)
-    if key is None:
+    credential = _credential(request)
+    if credential is None:
         raise ApiError(
             ErrorCode.UNAUTHENTICATED,
-            "an API key is required: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
+            "a credential is required: send 'X-API-Key: <key>' or 'Authorization: Bearer <key or token>'",
         )
-    principal = request.app[API_KEYS].authenticate(key)
-    if principal is None:
-        raise ApiError(ErrorCode.UNAUTHENTICATED, "the API key is not valid")
-    request[PRINCIPAL] = principal
+    try:
+        request[PRINCIPAL] = authenticate(request.app[IDENTITY], request.app[KEY_RING], credential)
+    except Unauthenticated as exc:
+        raise ApiError(ErrorCode.UNAUTHENTICATED, exc.message) from None
     return await handler(request)
 
 
 def principal_of(request: web.Request) -> Principal:
     return request[PRINCIPAL]
+
+
+def require(request: web.Request, *permissions: str) -> Principal:
+    """The caller, if it holds one of ``permissions``; otherwise 403."""
+    principal = request[PRINCIPAL]
+    if not any(principal.can(p) for p in permissions):
+        raise ApiError(ErrorCode.FORBIDDEN, f"this needs the permission {' or '.join(permissions)}",
+                       {"needed": list(permissions)})
+    return principal
+
+
+def require_tenant(request: web.Request, tenant_id: str) -> Principal:
+    """The caller, if ``tenant_id`` is its own tenant (or it is a super admin).
+
+    Another tenant's resources answer 404, as if they did not exist: a caller learns nothing
+    about tenants it cannot see.
+    """
+    principal = request[PRINCIPAL]
+    if principal.tenant_id != tenant_id and not principal.is_super_admin:
+        raise ApiError(ErrorCode.NOT_FOUND, f"no tenant {tenant_id!r}")
+    return principal

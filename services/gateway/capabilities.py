@@ -7,7 +7,7 @@ from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode, MessageType, error_details, new_request, subjects, tracing
 
-from .auth import principal_of
+from .auth import require
 from .errors import STATUS, ApiError, error_response
 from .state import POOL, PRESENCE, ROUTER
 
@@ -43,6 +43,7 @@ async def invoke(request: web.Request) -> web.Response:
 
 
 async def _invoke(request: web.Request) -> web.Response:
+    principal = require(request, "module:use")
     capability = request.match_info["capability"]
     try:
         subjects.validate_capability(capability)
@@ -69,10 +70,9 @@ async def _invoke(request: web.Request) -> web.Response:
     except msgspec.DecodeError as exc:
         raise ApiError(ErrorCode.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
 
-    principal = principal_of(request)
     call = new_request(
         capability, body, tenant_id=principal.tenant_id, source_module_id="gateway", target_module_id=target,
-        api_key_id=principal.key_id, priority=priority, ttl=ttl,
+        user_id=principal.user_id, api_key_id=principal.key_id, priority=priority, ttl=ttl,
     )
     answer = await request.app[ROUTER].call(call)
     if answer.type == MessageType.ERROR:
@@ -87,6 +87,7 @@ async def _invoke(request: web.Request) -> web.Response:
 
 
 async def list_capabilities(request: web.Request) -> web.Response:
+    require(request, "module:read")
     async with request.app[POOL].acquire() as conn:
         rows = await conn.fetch(
             """

@@ -10,7 +10,7 @@ __all__ = ["GatewayConfig"]
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     nats_url: str
-    database_url: str
+    database_url: str  # as the read-only app role (dai_app), never the tables' owner
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1024 * 1024

@@ -1,6 +1,7 @@
 """Every error of the HTTP edge is ``{"error": {"code", "message", "details"}}`` with a fitting status.
 
     ApiError            raised by handlers and middlewares with a stable ErrorCode
+    IdentityError       raised by identity commands; its code decides the status
     aiohttp HTTPException (unknown route, wrong method, body too large) → the same shape
     anything else       → 500 INTERNAL, logged with its traceback
 """
@@ -14,6 +15,7 @@ import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
+from democratic_ai.services.identity import IdentityError, Throttled
 
 __all__ = ["STATUS", "ApiError", "error_middleware", "error_response"]
 
@@ -27,6 +29,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.CAPABILITY_NOT_FOUND: 404,
     ErrorCode.MODULE_NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.CONFLICT: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.VALIDATION_FAILED: 422,
@@ -73,6 +76,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.code, exc.message, exc.details, status=exc.status)
+    except IdentityError as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
+        return error_response(exc.code, exc.message, exc.details, status=STATUS.get(exc.code, 500), headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

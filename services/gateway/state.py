@@ -7,16 +7,18 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from democratic_ai.hub import PresenceIndex, RegistryIndex, Router
-from democratic_ai.services.identity import ApiKeyIndex
+from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing
 
 from .config import GatewayConfig
 
-__all__ = ["API_KEYS", "CONFIG", "NC", "POOL", "PRESENCE", "REGISTRY", "ROUTER"]
+__all__ = ["CONFIG", "IDENTITY", "KEY_RING", "NC", "POOL", "PRESENCE", "REGISTRY", "ROUTER", "USERS"]
 
-API_KEYS = web.AppKey("api_keys", ApiKeyIndex)
 CONFIG = web.AppKey("config", GatewayConfig)
 NC = web.AppKey("nc", NATS)
 POOL = web.AppKey("pool", asyncpg.Pool)
 PRESENCE = web.AppKey("presence", PresenceIndex)
 REGISTRY = web.AppKey("registry", RegistryIndex)
 ROUTER = web.AppKey("router", Router)
+IDENTITY = web.AppKey("identity", IdentityIndex)
+KEY_RING = web.AppKey("key_ring", KeyRing)
+USERS = web.AppKey("users", IdentityService)

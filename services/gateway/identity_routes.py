@@ -1,0 +1,312 @@
+"""Identity over HTTP: tenants, users, sessions and API keys.
+
+Every handler checks a permission of the seed's table, and every tenant-scoped path checks
+that the tenant is the caller's own (super admins excepted). Commands append events; reads
+come from the read models, inside a transaction that sets the tenant with ``SET LOCAL`` so
+Row Level Security confines them to it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from democratic_ai.contracts import ErrorCode
+from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.services.identity import Principal
+from democratic_ai.services.identity.passwords import verify_password
+
+from .auth import principal_of, require, require_tenant
+from .bodies import read_json
+from .errors import ApiError
+from .state import IDENTITY, KEY_RING, POOL, USERS
+
+__all__ = ["add_identity_routes"]
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encode(document), status=status, content_type="application/json")
+
+
+def _meta(request: web.Request, principal: Principal | None = None) -> Meta:
+    return Meta(
+        at=datetime.now(UTC),
+        actor=principal.actor if principal else "anonymous",
+        ip=request.remote or "",
+        user_agent=request.headers.get("User-Agent", "")[:256],
+    )
+
+
+async def _rows(request: web.Request, tenant_id: str | None, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Run a read in a transaction scoped to ``tenant_id`` (``None``: platform-wide tenants only)."""
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        if tenant_id is None:
+            await conn.execute("SELECT set_config('dai.scope', 'platform', true)")
+        else:
+            await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant_id)
+        return await conn.fetch(query, *args)
+
+
+# Tenants ---------------------------------------------------------------------------------------
+
+
+class NewTenant(msgspec.Struct, forbid_unknown_fields=True):
+    tenant_id: str
+    name: str = ""
+
+
+async def create_tenant(request: web.Request) -> web.Response:
+    principal = require(request, "tenant:create")
+    body = await read_json(request, NewTenant)
+    event = await request.app[USERS].create_tenant(_meta(request, principal), body.tenant_id, body.name)
+    return _json({"tenant_id": event.tenant_id, "name": event.name}, status=201)
+
+
+async def list_tenants(request: web.Request) -> web.Response:
+    require(request, "tenant:list")
+    rows = await _rows(request, None, "SELECT tenant_id, name, suspended, created_at FROM tenants ORDER BY tenant_id")
+    return _json({"tenants": [dict(r) for r in rows]})
+
+
+async def get_tenant(request: web.Request) -> web.Response:
+    tenant_id = request.match_info["tenant"]
+    require_tenant(request, tenant_id)
+    require(request, "tenant:read")
+    rows = await _rows(request, tenant_id, "SELECT tenant_id, name, suspended, created_at FROM tenants WHERE tenant_id = $1",
+                       tenant_id)
+    if not rows:
+        raise ApiError(ErrorCode.NOT_FOUND, f"no tenant {tenant_id!r}")
+    return _json(dict(rows[0]))
+
+
+class Suspension(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str = ""
+
+
+async def suspend_tenant(request: web.Request) -> web.Response:
+    principal = require(request, "tenant:suspend")
+    body = await read_json(request, Suspension)
+    await request.app[USERS].suspend_tenant(_meta(request, principal), request.match_info["tenant"], body.reason)
+    return web.Response(status=204)
+
+
+# Users -----------------------------------------------------------------------------------------
+
+
+class NewUser(msgspec.Struct, forbid_unknown_fields=True):
+    email: str
+    password: str
+    role: str = "user"
+
+
+class UserChange(msgspec.Struct, forbid_unknown_fields=True):
+    role: str | None = None
+    password: str | None = None
+    current_password: str | None = None
+
+
+_USER_COLUMNS = "user_id, tenant_id, email, role, active, created_at, updated_at"
+
+
+async def create_user(request: web.Request) -> web.Response:
+    tenant_id = request.match_info["tenant"]
+    principal = require_tenant(request, tenant_id)
+    require(request, "user:create")
+    body = await read_json(request, NewUser)
+    event = await request.app[USERS].register_user(_meta(request, principal), tenant_id, body.email, body.password, body.role)
+    return _json({"user_id": event.user_id, "tenant_id": tenant_id, "email": event.email, "role": event.role,
+                  "active": True}, status=201)
+
+
+async def list_users(request: web.Request) -> web.Response:
+    tenant_id = request.match_info["tenant"]
+    principal = require_tenant(request, tenant_id)
+    require(request, "user:read", "user:read:self")
+    if principal.can("user:read"):
+        rows = await _rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users ORDER BY email")
+    else:
+        rows = await _rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1",
+                           principal.user_id)
+    return _json({"users": [dict(r) for r in rows]})
+
+
+def _self_or(request: web.Request, principal: Principal, user_id: str, permission: str) -> None:
+    """Allow ``permission`` on anyone, or ``permission:self`` on the caller's own user."""
+    if principal.can(permission) or (principal.user_id == user_id and principal.can(f"{permission}:self")):
+        return
+    if principal.can(f"{permission}:self"):
+        raise ApiError(ErrorCode.FORBIDDEN, "you may only do this for your own user", {"needed": [permission]})
+    require(request, permission, f"{permission}:self")
+
+
+async def get_user(request: web.Request) -> web.Response:
+    tenant_id, user_id = request.match_info["tenant"], request.match_info["user"]
+    principal = require_tenant(request, tenant_id)
+    _self_or(request, principal, user_id, "user:read")
+    rows = await _rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1", user_id)
+    if not rows:
+        raise ApiError(ErrorCode.NOT_FOUND, f"no user {user_id!r} in tenant {tenant_id!r}")
+    return _json(dict(rows[0]))
+
+
+async def update_user(request: web.Request) -> web.Response:
+    tenant_id, user_id = request.match_info["tenant"], request.match_info["user"]
+    principal = require_tenant(request, tenant_id)
+    service = request.app[USERS]
+    body = await read_json(request, UserChange)
+    if body.role is None and body.password is None:
+        raise ApiError(ErrorCode.VALIDATION_FAILED, "nothing to change: send 'role' and/or 'password'", {"path": "$"})
+    if body.role is not None:
+        require(request, "user:update")
+    if body.password is not None:
+        _self_or(request, principal, user_id, "user:update")
+    user = service.user(tenant_id, user_id)
+    meta = _meta(request, principal)
+    if body.password is not None:
+        if not principal.can("user:update"):
+            # Changing one's own password needs the current one: a stolen token is not enough.
+            matches, _ = await verify_password(user.password_hash, body.current_password or "")
+            if not matches:
+                raise ApiError(ErrorCode.FORBIDDEN, "current_password is wrong or missing", {"path": "$.current_password"})
+        await service.change_password(meta, user, body.password)
+    if body.role is not None:
+        await service.change_role(meta, service.user(tenant_id, user_id), body.role)
+    user = service.user(tenant_id, user_id)
+    return _json({"user_id": user.user_id, "tenant_id": tenant_id, "email": user.email, "role": user.role,
+                  "active": user.active})
+
+
+async def deactivate_user(request: web.Request) -> web.Response:
+    tenant_id, user_id = request.match_info["tenant"], request.match_info["user"]
+    principal = require_tenant(request, tenant_id)
+    require(request, "user:delete")
+    service = request.app[USERS]
+    await service.deactivate(_meta(request, principal), service.user(tenant_id, user_id))
+    return web.Response(status=204)
+
+
+# Sessions --------------------------------------------------------------------------------------
+
+
+class Login(msgspec.Struct, forbid_unknown_fields=True):
+    tenant_id: str
+    email: str
+    password: str
+
+
+class Refresh(msgspec.Struct, forbid_unknown_fields=True):
+    refresh_token: str
+
+
+class Logout(msgspec.Struct, forbid_unknown_fields=True):
+    refresh_token: str | None = None
+
+
+def _tokens(tokens: Any) -> web.Response:
+    return _json({"access_token": tokens.access_token, "token_type": "Bearer", "expires_in": tokens.expires_in,
+                  "refresh_token": tokens.refresh_token})
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await read_json(request, Login)
+    return _tokens(await request.app[USERS].login(_meta(request), body.tenant_id, body.email, body.password))
+
+
+async def refresh(request: web.Request) -> web.Response:
+    body = await read_json(request, Refresh)
+    return _tokens(await request.app[USERS].refresh(_meta(request), body.refresh_token))
+
+
+async def logout(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    body = await read_json(request, Logout) if request.can_read_body else Logout()
+    await request.app[USERS].logout(_meta(request, principal), principal, body.refresh_token)
+    return web.Response(status=204)
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return _json(request.app[KEY_RING].jwks())
+
+
+# API keys --------------------------------------------------------------------------------------
+
+
+class NewApiKey(msgspec.Struct, forbid_unknown_fields=True):
+    name: str = ""
+    scopes: list[str] = []
+    expires_at: datetime | None = None
+    rate_limit: int | None = None
+
+
+_KEY_COLUMNS = "key_id, tenant_id, user_id, name, prefix, role, scopes, expires_at, rate_limit, created_at, revoked_at"
+
+
+async def create_api_key(request: web.Request) -> web.Response:
+    tenant_id = request.match_info["tenant"]
+    principal = require_tenant(request, tenant_id)
+    require(request, "api_key:create", "api_key:create:own")
+    body = await read_json(request, NewApiKey)
+    if principal.tenant_id != tenant_id:
+        raise ApiError(ErrorCode.FORBIDDEN, "API keys are created by a user of their own tenant")
+    if body.expires_at is not None and body.expires_at.tzinfo is None:
+        raise ApiError(ErrorCode.VALIDATION_FAILED, "expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z",
+                       {"path": "$.expires_at"})
+    issued = await request.app[USERS].issue_api_key(
+        _meta(request, principal), tenant_id=tenant_id, role=principal.role, user_id=principal.user_id,
+        name=body.name, scopes=body.scopes or sorted(principal.permissions), expires_at=body.expires_at,
+        rate_limit=body.rate_limit,
+    )
+    event = issued.event
+    return _json({"key_id": issued.key_id, "api_key": issued.secret, "prefix": event.prefix, "name": event.name,
+                  "scopes": list(event.scopes), "expires_at": event.expires_at, "rate_limit": event.rate_limit},
+                 status=201)
+
+
+async def list_api_keys(request: web.Request) -> web.Response:
+    tenant_id = request.match_info["tenant"]
+    principal = require_tenant(request, tenant_id)
+    require(request, "api_key:read", "api_key:read:own")
+    if principal.can("api_key:read"):
+        rows = await _rows(request, tenant_id, f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")
+    else:
+        rows = await _rows(request, tenant_id, f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1"
+                           " ORDER BY created_at", principal.user_id)
+    return _json({"api_keys": [dict(r) for r in rows]})
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    tenant_id, key_id = request.match_info["tenant"], request.match_info["key"]
+    principal = require_tenant(request, tenant_id)
+    require(request, "api_key:delete", "api_key:delete:own")
+    key = request.app[IDENTITY].api_keys.get(key_id)
+    if key is None or key.tenant_id != tenant_id:
+        raise ApiError(ErrorCode.NOT_FOUND, f"no API key {key_id!r} in tenant {tenant_id!r}")
+    if not principal.can("api_key:delete") and (not principal.user_id or key.user_id != principal.user_id):
+        raise ApiError(ErrorCode.FORBIDDEN, "you may only revoke your own API keys", {"needed": ["api_key:delete"]})
+    await request.app[USERS].revoke_api_key(_meta(request, principal), tenant_id, key_id)
+    return web.Response(status=204)
+
+
+def add_identity_routes(app: web.Application) -> None:
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_post("/v1/auth/login", login)
+    app.router.add_post("/v1/auth/refresh", refresh)
+    app.router.add_post("/v1/auth/logout", logout)
+    app.router.add_post("/v1/tenants", create_tenant)
+    app.router.add_get("/v1/tenants", list_tenants)
+    app.router.add_get("/v1/tenants/{tenant}", get_tenant)
+    app.router.add_post("/v1/tenants/{tenant}/suspend", suspend_tenant)
+    app.router.add_post("/v1/tenants/{tenant}/users", create_user)
+    app.router.add_get("/v1/tenants/{tenant}/users", list_users)
+    app.router.add_get("/v1/tenants/{tenant}/users/{user}", get_user)
+    app.router.add_patch("/v1/tenants/{tenant}/users/{user}", update_user)
+    app.router.add_post("/v1/tenants/{tenant}/users/{user}/deactivate", deactivate_user)
+    app.router.add_post("/v1/tenants/{tenant}/api-keys", create_api_key)
+    app.router.add_get("/v1/tenants/{tenant}/api-keys", list_api_keys)
+    app.router.add_delete("/v1/tenants/{tenant}/api-keys/{key}", revoke_api_key)

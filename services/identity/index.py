@@ -1,0 +1,203 @@
+"""The identity state every gateway holds in memory, folded from the IDENTITY stream.
+
+Authentication and authorisation read only this index — never the database — so a call costs
+a hash and a few dict lookups. Every gateway replica follows the stream live, which is how a
+revocation made through one replica is enforced by all of them within milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from democratic_ai.contracts.identity_events import (
+    AccessTokenRevoked,
+    ApiKeyIssued,
+    ApiKeyRevoked,
+    IdentityEvent,
+    LoginAttempted,
+    PasswordChanged,
+    SessionRefreshed,
+    SessionRevoked,
+    SessionStarted,
+    TenantCreated,
+    TenantSuspended,
+    UserDeactivated,
+    UserRegistered,
+    UserRoleChanged,
+    decode_event,
+)
+
+__all__ = ["ApiKeyState", "IdentityIndex", "SessionState", "TenantState", "UserState"]
+
+log = logging.getLogger(__name__)
+
+LOGIN_WINDOW = timedelta(minutes=15)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantState:
+    tenant_id: str
+    name: str
+    suspended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    user_id: str
+    tenant_id: str
+    email: str
+    role: str
+    password_hash: str
+    active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyState:
+    key_id: str
+    tenant_id: str
+    user_id: str
+    role: str
+    scopes: tuple[str, ...]
+    prefix: str
+    name: str
+    expires_at: datetime | None
+    rate_limit: int | None
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    family_id: str
+    tenant_id: str
+    user_id: str
+    refresh_sha256: str
+    expires_at: datetime
+    revoked: bool = False
+
+
+@dataclass
+class IdentityIndex:
+    tenants: dict[str, TenantState] = field(default_factory=dict)
+    users: dict[str, UserState] = field(default_factory=dict)
+    users_by_email: dict[tuple[str, str], str] = field(default_factory=dict)  # (tenant, email) → user id
+    api_keys: dict[str, ApiKeyState] = field(default_factory=dict)  # key id → key
+    api_keys_by_hash: dict[str, str] = field(default_factory=dict)  # sha256 → key id
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+    revoked_tokens: dict[str, datetime] = field(default_factory=dict)  # jti → when it expires anyway
+    failures_by_account: dict[tuple[str, str], deque[datetime]] = field(default_factory=dict)
+    failures_by_ip: dict[str, deque[datetime]] = field(default_factory=dict)
+    subject_sequences: dict[str, int] = field(default_factory=dict)  # for optimistic concurrency
+    last_sequence: int = 0
+
+    def __post_init__(self) -> None:
+        self._progress = asyncio.Condition()
+        self._subscription: JetStreamContext.PushSubscription | None = None
+
+    async def start(self, js: JetStreamContext, timeout: float = 30.0) -> None:
+        """Replay the stream, follow it live, and return once caught up with its end."""
+        target = (await js.stream_info("IDENTITY")).state.last_seq
+        self._subscription = await js.subscribe(
+            "iam.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=self._on_message
+        )
+        await self.wait_for(target, timeout)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+    async def wait_for(self, sequence: int, timeout: float = 10.0) -> None:
+        """Wait until the event at stream ``sequence`` has been applied (read your own writes)."""
+        async with self._progress:
+            await asyncio.wait_for(self._progress.wait_for(lambda: self.last_sequence >= sequence), timeout)
+
+    def expected_sequence(self, subject: str) -> int:
+        """The last stream sequence on ``subject`` this index has seen (0: none)."""
+        return self.subject_sequences.get(subject, 0)
+
+    def recent_failures(self, tenant_id: str, email_sha256: str, ip: str, now: datetime) -> tuple[int, int]:
+        """Failed logins within the window: ``(for this account, from this IP)``."""
+        since = now - LOGIN_WINDOW
+        account = self.failures_by_account.get((tenant_id, email_sha256), ())
+        by_ip = self.failures_by_ip.get(ip, ()) if ip else ()
+        return sum(1 for t in account if t > since), sum(1 for t in by_ip if t > since)
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            event = decode_event(msg.data)
+        except msgspec.ValidationError:
+            log.error("skipped an unreadable IDENTITY event on %s", msg.subject)
+        else:
+            self.apply(event)
+        sequence = msg.metadata.sequence.stream
+        self.subject_sequences[msg.subject] = sequence
+        async with self._progress:
+            self.last_sequence = sequence
+            self._progress.notify_all()
+
+    def apply(self, event: IdentityEvent) -> None:
+        match event:
+            case TenantCreated():
+                self.tenants[event.tenant_id] = TenantState(event.tenant_id, event.name)
+            case TenantSuspended():
+                if tenant := self.tenants.get(event.tenant_id):
+                    self.tenants[event.tenant_id] = replace(tenant, suspended=True)
+            case UserRegistered():
+                self.users[event.user_id] = UserState(
+                    event.user_id, event.tenant_id, event.email, event.role, event.password_hash
+                )
+                self.users_by_email[(event.tenant_id, event.email)] = event.user_id
+            case UserRoleChanged():
+                self._update_user(event.user_id, role=event.role)
+            case UserDeactivated():
+                self._update_user(event.user_id, active=False)
+            case PasswordChanged():
+                self._update_user(event.user_id, password_hash=event.password_hash)
+            case ApiKeyIssued():
+                self.api_keys[event.key_id] = ApiKeyState(
+                    event.key_id, event.tenant_id, event.user_id, event.role, event.scopes, event.prefix,
+                    event.name, event.expires_at, event.rate_limit,
+                )
+                self.api_keys_by_hash[event.sha256] = event.key_id
+            case ApiKeyRevoked():
+                if key := self.api_keys.get(event.key_id):
+                    self.api_keys[event.key_id] = replace(key, revoked=True)
+            case SessionStarted():
+                self.sessions[event.family_id] = SessionState(
+                    event.family_id, event.tenant_id, event.user_id, event.refresh_sha256, event.expires_at
+                )
+            case SessionRefreshed():
+                if session := self.sessions.get(event.family_id):
+                    self.sessions[event.family_id] = replace(session, refresh_sha256=event.refresh_sha256)
+            case SessionRevoked():
+                if session := self.sessions.get(event.family_id):
+                    self.sessions[event.family_id] = replace(session, revoked=True)
+            case AccessTokenRevoked():
+                self.revoked_tokens[event.jti] = event.expires_at
+            case LoginAttempted():
+                if not event.success:
+                    self._count_failure(event)
+
+    def _update_user(self, user_id: str, **changes: object) -> None:
+        if user := self.users.get(user_id):
+            self.users[user_id] = replace(user, **changes)  # type: ignore[arg-type]
+
+    def _count_failure(self, event: LoginAttempted) -> None:
+        at = event.meta.at
+        for bucket in (
+            self.failures_by_account.setdefault((event.tenant_id, event.email_sha256), deque(maxlen=100)),
+            self.failures_by_ip.setdefault(event.meta.ip, deque(maxlen=1000)) if event.meta.ip else None,
+        ):
+            if bucket is not None:
+                while bucket and bucket[0] < at - LOGIN_WINDOW:
+                    bucket.popleft()
+                bucket.append(at)

@@ -1,0 +1,65 @@
+"""Roles and their permissions, exactly as the product's table.
+
+A permission is ``resource:action`` with an optional scope: ``:own`` (things the caller owns,
+e.g. its API keys) or ``:self`` (the caller's own user). ``*`` grants everything and
+``resource:*`` every action on a resource (scoped ones included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+__all__ = ["ROLE_PERMISSIONS", "Role", "allows", "permissions_of"]
+
+
+class Role(StrEnum):
+    SUPER_ADMIN = "super_admin"
+    TENANT_ADMIN = "tenant_admin"
+    DEVELOPER = "developer"
+    USER = "user"
+    VIEWER = "viewer"
+
+
+ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
+    Role.SUPER_ADMIN: frozenset({"*"}),
+    Role.TENANT_ADMIN: frozenset({
+        "tenant:read", "tenant:update",
+        "user:create", "user:read", "user:update", "user:delete",
+        "module:*", "api_key:*", "billing:read",
+    }),
+    Role.DEVELOPER: frozenset({
+        "tenant:read",
+        "user:read:self", "user:update:self",
+        "module:create", "module:read", "module:update", "module:delete:own",
+        "api_key:create:own", "api_key:read:own", "api_key:delete:own",
+    }),
+    Role.USER: frozenset({
+        "tenant:read",
+        "user:read:self", "user:update:self",
+        "module:read", "module:use",
+        "api_key:read:own",
+    }),
+    Role.VIEWER: frozenset({
+        "tenant:read",
+        "user:read:self",
+        "module:read",
+    }),
+}
+
+
+def permissions_of(role: str) -> frozenset[str]:
+    """The permissions of ``role`` (none for an unknown role)."""
+    try:
+        return ROLE_PERMISSIONS[Role(role)]
+    except ValueError:
+        return frozenset()
+
+
+def allows(granted: Iterable[str], needed: str) -> bool:
+    """Whether ``granted`` covers ``needed`` (e.g. ``"user:read"`` or ``"api_key:read:own"``)."""
+    resource = needed.split(":", 1)[0]
+    for permission in granted:
+        if permission == needed or permission == "*" or permission == f"{resource}:*":
+            return True
+    return False

@@ -1,0 +1,98 @@
+"""Who a request speaks for, resolved from an API key or an access token against the index."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .errors import Unauthenticated
+from .index import IdentityIndex
+from .permissions import Role, allows, permissions_of
+from .tokens import InvalidToken, KeyRing
+
+__all__ = ["Principal", "authenticate", "sha256_hex"]
+
+
+def sha256_hex(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant_id: str
+    role: str
+    permissions: frozenset[str]
+    user_id: str = ""
+    key_id: str = ""
+    jti: str = ""  # set for access tokens
+    token_expires_at: datetime | None = None
+    rate_limit: int | None = None
+
+    @property
+    def actor(self) -> str:
+        return f"user:{self.user_id}" if self.user_id else f"api_key:{self.key_id}"
+
+    @property
+    def is_super_admin(self) -> bool:
+        return self.role == Role.SUPER_ADMIN
+
+    def can(self, permission: str) -> bool:
+        return allows(self.permissions, permission)
+
+
+def authenticate(index: IdentityIndex, ring: KeyRing, credential: str) -> Principal:
+    """Resolve an API key (``dai_…``) or an access token (a JWT); raises :class:`Unauthenticated`.
+
+    Permissions come from the owner's *current* role (narrowed by a key's scopes), so a role
+    change or a deactivation takes effect on the next request, not when a token expires.
+    """
+    if credential.startswith("dai_"):
+        return _api_key(index, credential)
+    try:
+        claims = ring.verify(credential)
+    except InvalidToken as exc:
+        raise Unauthenticated(f"the access token is not valid: {exc}") from None
+    if claims["jti"] in index.revoked_tokens:
+        raise Unauthenticated("the access token has been revoked")
+    user = index.users.get(str(claims["sub"]))
+    if user is None or not user.active or user.tenant_id != claims.get("tenant_id"):
+        raise Unauthenticated("the access token's user is not active")
+    _tenant_active(index, user.tenant_id)
+    return Principal(
+        tenant_id=user.tenant_id,
+        role=user.role,
+        permissions=permissions_of(user.role),
+        user_id=user.user_id,
+        jti=claims["jti"],
+        token_expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+    )
+
+
+def _api_key(index: IdentityIndex, credential: str) -> Principal:
+    key_id = index.api_keys_by_hash.get(sha256_hex(credential))
+    key = index.api_keys.get(key_id) if key_id else None
+    if key is None or key.revoked:
+        raise Unauthenticated("the API key is not valid")
+    if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+        raise Unauthenticated("the API key has expired")
+    role = key.role
+    if key.user_id:
+        owner = index.users.get(key.user_id)
+        if owner is None or not owner.active:
+            raise Unauthenticated("the API key's owner is not active")
+        role = owner.role
+    _tenant_active(index, key.tenant_id)
+    granted = permissions_of(role)
+    if key.scopes:
+        granted = frozenset(s for s in key.scopes if allows(granted, s))
+    return Principal(
+        tenant_id=key.tenant_id, role=role, permissions=granted, user_id=key.user_id, key_id=key.key_id,
+        rate_limit=key.rate_limit,
+    )
+
+
+def _tenant_active(index: IdentityIndex, tenant_id: str) -> None:
+    tenant = index.tenants.get(tenant_id)
+    if tenant is not None and tenant.suspended:
+        raise Unauthenticated(f"tenant {tenant_id!r} is suspended")

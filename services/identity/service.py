@@ -1,0 +1,339 @@
+"""Identity commands: validate against the index, then append an event with optimistic concurrency.
+
+Nothing here writes a database row. A command checks the current state (the in-memory index),
+appends one event with ``Nats-Expected-Last-Subject-Sequence`` on its aggregate's subject, and
+waits until its own index has applied it, so the caller's next request sees the change.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError
+
+from democratic_ai.contracts import subjects
+from democratic_ai.contracts.identity_events import (
+    AccessTokenRevoked,
+    ApiKeyIssued,
+    ApiKeyRevoked,
+    IdentityEvent,
+    LoginAttempted,
+    Meta,
+    PasswordChanged,
+    SessionRefreshed,
+    SessionRevoked,
+    SessionStarted,
+    TenantCreated,
+    TenantSuspended,
+    UserDeactivated,
+    UserRegistered,
+    UserRoleChanged,
+    encode_event,
+)
+
+from .bootstrap import new_api_key_secret
+from .errors import Conflict, Forbidden, Invalid, NotFound, Throttled, Unauthenticated
+from .index import LOGIN_WINDOW, IdentityIndex, UserState
+from .passwords import PASSWORD_HASHER, PasswordRejected, check_policy, hash_password, verify_password
+from .permissions import Role, allows, permissions_of
+from .principal import Principal, sha256_hex
+from .tokens import KeyRing
+
+__all__ = ["IssuedKey", "IdentityService", "Tokens"]
+
+WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
+REFRESH_TOKEN_TTL = timedelta(days=30)
+MAX_FAILURES_PER_ACCOUNT = 5
+MAX_FAILURES_PER_IP = 20
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
+# A fixed hash to verify against when the e-mail is unknown, so both paths cost one argon2 run.
+_DUMMY_HASH = PASSWORD_HASHER.hash(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key_id: str
+    secret: str  # the whole key; shown once, never stored by the platform
+    event: ApiKeyIssued
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+def _email_subject(tenant_id: str, email: str) -> str:
+    return f"iam.{tenant_id}.email.{sha256_hex(email)[:32]}"
+
+
+def normalise_email(email: str) -> str:
+    email = email.strip().lower()
+    if len(email) > 254 or not _EMAIL.fullmatch(email):
+        raise Invalid("the e-mail address is not valid", field="email")
+    return email
+
+
+class IdentityService:
+    def __init__(self, js: JetStreamContext, index: IdentityIndex, ring: KeyRing) -> None:
+        self._js = js
+        self.index = index
+        self.ring = ring
+
+    async def _append(self, subject: str, event: IdentityEvent, *, expected: int | None) -> int:
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected)} if expected is not None else None
+        try:
+            ack = await self._js.publish(subject, encode_event(event), headers=headers)
+        except BadRequestError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise Conflict("a concurrent change won; read the current state and retry") from None
+            raise
+        await self.index.wait_for(ack.seq)
+        return ack.seq
+
+    # Tenants ---------------------------------------------------------------------------------
+
+    async def create_tenant(self, meta: Meta, tenant_id: str, name: str) -> TenantCreated:
+        _token(tenant_id, "tenant")
+        event = TenantCreated(tenant_id=tenant_id, meta=meta, name=name.strip() or tenant_id)
+        try:
+            await self._append(f"iam.{tenant_id}.tenant.{tenant_id}", event, expected=0)
+        except Conflict:
+            raise Conflict(f"tenant {tenant_id!r} already exists", tenant_id=tenant_id) from None
+        return event
+
+    async def suspend_tenant(self, meta: Meta, tenant_id: str, reason: str) -> None:
+        tenant = self.index.tenants.get(tenant_id)
+        if tenant is None:
+            raise NotFound(f"no tenant {tenant_id!r}")
+        if tenant.suspended:
+            raise Conflict(f"tenant {tenant_id!r} is already suspended")
+        subject = f"iam.{tenant_id}.tenant.{tenant_id}"
+        await self._append(subject, TenantSuspended(tenant_id=tenant_id, meta=meta, reason=reason),
+                           expected=self.index.expected_sequence(subject))
+
+    # Users -----------------------------------------------------------------------------------
+
+    async def register_user(self, meta: Meta, tenant_id: str, email: str, password: str, role: str) -> UserRegistered:
+        tenant = self.index.tenants.get(tenant_id)
+        if tenant is None or tenant.suspended:
+            raise NotFound(f"no active tenant {tenant_id!r}")
+        email = normalise_email(email)
+        _role(role)
+        if role == Role.SUPER_ADMIN:
+            raise Forbidden("super admins are not created through the API")
+        _policy(password, email)
+        event = UserRegistered(
+            tenant_id=tenant_id, meta=meta, user_id=uuid.uuid4().hex, email=email, role=role,
+            password_hash=await hash_password(password),
+        )
+        try:
+            # The e-mail's own subject can hold one registration, ever: that is the uniqueness rule.
+            await self._append(_email_subject(tenant_id, email), event, expected=0)
+        except Conflict:
+            raise Conflict("a user with this e-mail already exists in the tenant", field="email") from None
+        return event
+
+    def user(self, tenant_id: str, user_id: str) -> UserState:
+        user = self.index.users.get(user_id)
+        if user is None or user.tenant_id != tenant_id:
+            raise NotFound(f"no user {user_id!r} in tenant {tenant_id!r}")
+        return user
+
+    async def _user_event(self, user: UserState, event: IdentityEvent) -> None:
+        subject = f"iam.{user.tenant_id}.user.{user.user_id}"
+        await self._append(subject, event, expected=self.index.expected_sequence(subject))
+
+    async def change_role(self, meta: Meta, user: UserState, role: str) -> None:
+        _role(role)
+        if role == Role.SUPER_ADMIN:
+            raise Forbidden("super admins are not created through the API")
+        if role != user.role:
+            await self._user_event(user, UserRoleChanged(tenant_id=user.tenant_id, meta=meta, user_id=user.user_id, role=role))
+
+    async def change_password(self, meta: Meta, user: UserState, password: str) -> None:
+        _policy(password, user.email)
+        event = PasswordChanged(
+            tenant_id=user.tenant_id, meta=meta, user_id=user.user_id, password_hash=await hash_password(password)
+        )
+        await self._user_event(user, event)
+
+    async def deactivate(self, meta: Meta, user: UserState) -> None:
+        if not user.active:
+            raise Conflict("the user is already deactivated")
+        await self._user_event(user, UserDeactivated(tenant_id=user.tenant_id, meta=meta, user_id=user.user_id))
+        for session in [s for s in self.index.sessions.values() if s.user_id == user.user_id and not s.revoked]:
+            await self._revoke_session(meta, session.tenant_id, session.family_id, "user_deactivated")
+
+    # API keys --------------------------------------------------------------------------------
+
+    async def issue_api_key(
+        self,
+        meta: Meta,
+        *,
+        tenant_id: str,
+        role: str,
+        user_id: str = "",
+        name: str = "",
+        scopes: Sequence[str] = (),
+        expires_at: datetime | None = None,
+        rate_limit: int | None = None,
+    ) -> IssuedKey:
+        """Issue a key whose scopes are a subset of what ``role`` may do."""
+        _token(tenant_id, "tenant")
+        granted = permissions_of(role)
+        outside = sorted(s for s in scopes if not allows(granted, s))
+        if outside:
+            raise Forbidden("a key's scopes must be a subset of its owner's permissions", scopes=outside)
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            raise Invalid("expires_at must be in the future", field="expires_at")
+        if rate_limit is not None and rate_limit < 1:
+            raise Invalid("rate_limit must be a positive number of calls per minute", field="rate_limit")
+        secret = new_api_key_secret()
+        key_id = secret.split("_", 2)[1]
+        event = ApiKeyIssued(
+            tenant_id=tenant_id, meta=meta, key_id=key_id, prefix=secret[:16], sha256=sha256_hex(secret), role=role,
+            user_id=user_id, name=name, scopes=tuple(sorted(set(scopes))), expires_at=expires_at, rate_limit=rate_limit,
+        )
+        await self._append(f"iam.{tenant_id}.api_key.{key_id}", event, expected=0)
+        return IssuedKey(key_id=key_id, secret=secret, event=event)
+
+    async def revoke_api_key(self, meta: Meta, tenant_id: str, key_id: str) -> None:
+        key = self.index.api_keys.get(key_id)
+        if key is None or key.tenant_id != tenant_id:
+            raise NotFound(f"no API key {key_id!r} in tenant {tenant_id!r}")
+        if key.revoked:
+            raise Conflict("the API key is already revoked")
+        subject = f"iam.{tenant_id}.api_key.{key_id}"
+        try:
+            await self._append(subject, ApiKeyRevoked(tenant_id=tenant_id, meta=meta, key_id=key_id),
+                               expected=self.index.expected_sequence(subject))
+        except Conflict:
+            raise Conflict("the API key is already revoked") from None
+
+    # Sessions --------------------------------------------------------------------------------
+
+    async def login(self, meta: Meta, tenant_id: str, email: str, password: str) -> Tokens:
+        """Check the password; a failure says the same whether or not the e-mail exists."""
+        email = email.strip().lower()
+        email_hash = sha256_hex(email)
+        by_account, by_ip = self.index.recent_failures(tenant_id, email_hash, meta.ip, meta.at)
+        if by_account >= MAX_FAILURES_PER_ACCOUNT or by_ip >= MAX_FAILURES_PER_IP:
+            raise Throttled("too many failed logins; try again later", retry_after=int(LOGIN_WINDOW.total_seconds()))
+        user_id = self.index.users_by_email.get((tenant_id, email)) if tenant_id in self.index.tenants else None
+        user = self.index.users.get(user_id) if user_id else None
+        matches, needs_rehash = await verify_password(user.password_hash if user else _DUMMY_HASH, password)
+        tenant = self.index.tenants.get(tenant_id)
+        ok = bool(user and matches and user.active and tenant and not tenant.suspended)
+        attempt = LoginAttempted(
+            tenant_id=_safe_tenant(tenant_id), meta=meta, email_sha256=email_hash, success=ok,
+            user_id=user.user_id if ok and user else "",
+        )
+        await self._append(f"iam.{_safe_tenant(tenant_id)}.login.{email_hash[:32]}", attempt, expected=None)
+        if not ok or user is None:
+            raise Unauthenticated("invalid e-mail, password or tenant")
+        if needs_rehash:
+            await self._user_event(user, PasswordChanged(
+                tenant_id=tenant_id, meta=meta, user_id=user.user_id, password_hash=await hash_password(password),
+                rehash=True,
+            ))
+        family_id = uuid.uuid4().hex
+        refresh = _refresh_token(family_id)
+        await self._append(
+            f"iam.{tenant_id}.session.{family_id}",
+            SessionStarted(tenant_id=tenant_id, meta=meta, family_id=family_id, user_id=user.user_id,
+                           refresh_sha256=sha256_hex(refresh), expires_at=meta.at + REFRESH_TOKEN_TTL),
+            expected=0,
+        )
+        return self._tokens(user, refresh)
+
+    async def refresh(self, meta: Meta, refresh_token: str) -> Tokens:
+        """Rotate the refresh token; presenting a replaced one revokes the whole family."""
+        parts = refresh_token.split("_", 2)
+        session = self.index.sessions.get(parts[1]) if len(parts) == 3 and parts[0] == "dairt" else None
+        if session is None or session.revoked or session.expires_at <= meta.at:
+            raise Unauthenticated("the refresh token is not valid")
+        if sha256_hex(refresh_token) != session.refresh_sha256:
+            # A replaced token came back: it was stolen, or the real one was. End the session.
+            await self._revoke_session(meta, session.tenant_id, session.family_id, "reuse_detected")
+            raise Unauthenticated("the refresh token was already used; the session has been ended")
+        user = self.index.users.get(session.user_id)
+        if user is None or not user.active:
+            raise Unauthenticated("the refresh token's user is not active")
+        refresh = _refresh_token(session.family_id)
+        subject = f"iam.{session.tenant_id}.session.{session.family_id}"
+        try:
+            await self._append(subject, SessionRefreshed(
+                tenant_id=session.tenant_id, meta=meta, family_id=session.family_id,
+                refresh_sha256=sha256_hex(refresh),
+            ), expected=self.index.expected_sequence(subject))
+        except Conflict:
+            # Two refreshes with the same token raced: one of them is a replay.
+            await self._revoke_session(meta, session.tenant_id, session.family_id, "reuse_detected")
+            raise Unauthenticated("the refresh token was already used; the session has been ended") from None
+        return self._tokens(user, refresh)
+
+    async def logout(self, meta: Meta, principal: Principal, refresh_token: str | None) -> None:
+        if principal.jti and principal.token_expires_at is not None:
+            await self._append(
+                f"iam.{principal.tenant_id}.token.{principal.jti}",
+                AccessTokenRevoked(tenant_id=principal.tenant_id, meta=meta, jti=principal.jti,
+                                   expires_at=principal.token_expires_at),
+                expected=None,
+            )
+        if refresh_token:
+            parts = refresh_token.split("_", 2)
+            session = self.index.sessions.get(parts[1]) if len(parts) == 3 else None
+            if (session and not session.revoked and session.user_id == principal.user_id
+                    and sha256_hex(refresh_token) == session.refresh_sha256):
+                await self._revoke_session(meta, session.tenant_id, session.family_id, "logout")
+
+    async def _revoke_session(self, meta: Meta, tenant_id: str, family_id: str, reason: str) -> None:
+        await self._append(f"iam.{tenant_id}.session.{family_id}",
+                           SessionRevoked(tenant_id=tenant_id, meta=meta, family_id=family_id, reason=reason),
+                           expected=None)
+
+    def _tokens(self, user: UserState, refresh: str) -> Tokens:
+        access, _, _ = self.ring.issue({
+            "sub": user.user_id, "tenant_id": user.tenant_id, "role": user.role,
+            "permissions": sorted(permissions_of(user.role)),
+        })
+        return Tokens(access_token=access, refresh_token=refresh, expires_in=15 * 60)
+
+
+def _refresh_token(family_id: str) -> str:
+    return f"dairt_{family_id}_{secrets.token_urlsafe(32)}"
+
+
+def _token(value: str, what: str) -> None:
+    try:
+        subjects.validate_token(value, what)
+    except subjects.InvalidSubjectToken as exc:
+        raise Invalid(str(exc), field=what) from None
+
+
+def _safe_tenant(tenant_id: str) -> str:
+    """A login for a tenant name that cannot be a subject is recorded under ``unknown``."""
+    try:
+        return subjects.validate_token(tenant_id, "tenant")
+    except subjects.InvalidSubjectToken:
+        return "unknown"
+
+
+def _role(role: str) -> None:
+    if role not in {r.value for r in Role}:
+        raise Invalid(f"unknown role {role!r}", field="role", allowed=[r.value for r in Role])
+
+
+def _policy(password: str, email: str) -> None:
+    try:
+        check_policy(password, email=email)
+    except PasswordRejected as exc:
+        raise Invalid(str(exc), field="password", rule=exc.rule) from None

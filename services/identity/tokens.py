@@ -1,0 +1,179 @@
+"""Access tokens: EdDSA-signed JWTs with a ``kid``, from a key ring every gateway shares.
+
+The ring lives in the NATS KV bucket ``dai_jwt_keys`` (kept out of the IDENTITY stream so that
+replaying the log never hands out signing keys). Each gateway watches the bucket: a rotated key
+reaches all replicas at once, and old keys keep verifying until the tokens they signed expire,
+so a rotation logs nobody out. Verification pins the algorithm and requires exp, iss and aud.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import msgspec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+__all__ = ["ACCESS_TOKEN_TTL", "AUDIENCE", "ISSUER", "InvalidToken", "KeyRing", "rotate_signing_key"]
+
+log = logging.getLogger(__name__)
+
+BUCKET = "dai_jwt_keys"
+ALGORITHM = "EdDSA"
+ISSUER = "democratic-ai"
+AUDIENCE = "democratic-ai-api"
+ACCESS_TOKEN_TTL = timedelta(minutes=15)
+# A replaced key stays for verification this long after its successor appears: longer than
+# any token it signed can live.
+RETIRED_KEY_GRACE = 2 * ACCESS_TOKEN_TTL
+
+
+class InvalidToken(Exception):
+    """A token that is malformed, forged, expired, for someone else, or signed by an unknown key."""
+
+
+class _StoredKey(msgspec.Struct, frozen=True):
+    kid: str
+    private_pem: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    kid: str
+    private: Ed25519PrivateKey
+    public: Ed25519PublicKey
+    created_at: datetime
+
+
+async def _bucket(js: JetStreamContext) -> KeyValue:
+    return await js.create_key_value(
+        KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, description="JWT signing keys")
+    )
+
+
+async def rotate_signing_key(js: JetStreamContext) -> str:
+    """Add a new signing key (used from now on) and drop keys retired long enough ago."""
+    kv = await _bucket(js)
+    private = Ed25519PrivateKey.generate()
+    kid = uuid.uuid4().hex[:16]
+    stored = _StoredKey(
+        kid=kid,
+        private_pem=private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+        created_at=datetime.now(UTC),
+    )
+    await kv.create(kid, msgspec.json.encode(stored))
+    return kid
+
+
+class KeyRing:
+    """The signing keys, kept current by watching the KV bucket."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, _Key] = {}
+        self._watch_task: asyncio.Task[None] | None = None
+        self._kv: KeyValue | None = None
+
+    async def start(self, js: JetStreamContext) -> None:
+        self._kv = await _bucket(js)
+        loaded = asyncio.Event()
+        watcher = await self._kv.watchall()
+        self._watch_task = asyncio.create_task(self._follow(watcher, loaded))
+        await asyncio.wait_for(loaded.wait(), 10.0)
+        if not self._keys:
+            try:
+                await rotate_signing_key(js)
+            except KeyWrongLastSequenceError:
+                pass  # another gateway created one at the same instant: it arrives by the watch
+            await self._until(lambda: bool(self._keys))
+        await self._prune()
+
+    async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+
+    async def _until(self, condition: Any, timeout: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("the JWT key ring did not load")
+            await asyncio.sleep(0.01)
+
+    async def _follow(self, watcher: Any, loaded: asyncio.Event) -> None:
+        async for entry in watcher:
+            if entry is None:  # the watcher's marker: every existing key has been delivered
+                loaded.set()
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._keys.pop(entry.key, None)
+                continue
+            stored = msgspec.json.decode(entry.value, type=_StoredKey)
+            private = serialization.load_pem_private_key(stored.private_pem.encode(), password=None)
+            if not isinstance(private, Ed25519PrivateKey):
+                log.error("ignored JWT key %s: not an Ed25519 key", stored.kid)
+                continue
+            self._keys[stored.kid] = _Key(stored.kid, private, private.public_key(), stored.created_at)
+            loaded.set()
+
+    async def _prune(self) -> None:
+        """Delete keys whose successor has existed longer than any token they signed can live."""
+        if self._kv is None or len(self._keys) < 2:
+            return
+        ordered = sorted(self._keys.values(), key=lambda k: k.created_at)
+        now = datetime.now(UTC)
+        for key, successor in zip(ordered, ordered[1:]):
+            if now - successor.created_at > RETIRED_KEY_GRACE:
+                await self._kv.delete(key.kid)
+
+    def _signing_key(self) -> _Key:
+        return max(self._keys.values(), key=lambda k: k.created_at)
+
+    def issue(self, claims: dict[str, Any]) -> tuple[str, str, datetime]:
+        """Sign ``claims`` plus jti, iss, aud, iat, exp; returns ``(token, jti, expires_at)``."""
+        key = self._signing_key()
+        now = datetime.now(UTC)
+        expires = now + ACCESS_TOKEN_TTL
+        jti = uuid.uuid4().hex
+        payload = {**claims, "jti": jti, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": expires}
+        token = jwt.encode(payload, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
+        return token, jti, expires
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The verified claims of ``token``; raises :class:`InvalidToken`."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"malformed token: {exc}") from None
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise InvalidToken("the token names no known signing key")
+        try:
+            return jwt.decode(
+                token, key.public, algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER,
+                options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(str(exc)) from None
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """The public keys as a JSON Web Key Set."""
+        keys = []
+        for key in sorted(self._keys.values(), key=lambda k: k.created_at):
+            raw = key.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+            keys.append({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": key.kid, "alg": ALGORITHM, "use": "sig"})
+        return {"keys": keys}
