@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import nats
 import uvloop
 from aiohttp import web
@@ -58,13 +59,15 @@ from nats.aio.msg import Msg
 from democratic_ai.contracts import ensure_streams
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.postgres_server import PostgresServer
+from democratic_ai.schemas import app_dsn, migrate
 from democratic_ai.sdk import Client, Module, capability
 from democratic_ai.services.gateway import GatewayConfig, create_app
-from democratic_ai.services.identity import issue_api_key
+from democratic_ai.services.identity import ensure_bootstrap
+from democratic_ai.services.identity.bootstrap import SYSTEM_TENANT
 
 RAW_SUBJECT = "bench.raw"  # not captured by any stream, like mcp.call.*
 CAPABILITY = "bench.noop"
-TENANT = "bench"
+TENANT = SYSTEM_TENANT  # the tenant of the bootstrap key, so (b) and (c) record under the same one
 PAYLOAD: dict[str, Any] = {"n": 1}
 BODY = json.dumps(PAYLOAD).encode()
 INVOKE_PATH = f"/v1/capabilities/{CAPABILITY}/invoke"
@@ -274,12 +277,17 @@ def progress(scenario: str) -> None:
 
 async def run_all(nats_url: str, database_url: str, args: argparse.Namespace) -> dict[str, Result]:
     results: dict[str, Result] = {}
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn)  # the read models, and the app role the gateway connects as
+    finally:
+        await conn.close()
     nc = await nats.connect(nats_url, name="bench-caller")
     children: list[asyncio.subprocess.Process] = []
     try:
         js = nc.jetstream()
         await ensure_streams(js)
-        key = await issue_api_key(js, tenant_id=TENANT, role="super_admin", name="bench")
+        key = await ensure_bootstrap(js)  # a super-admin API key of the system tenant
         n, warmup, seconds = args.concurrency, args.warmup, args.seconds
         raw_call = partial(nc.request, RAW_SUBJECT, BODY, timeout=CALL_TIMEOUT)
         sdk_call = partial(Client(nc, source_id="bench", tenant=TENANT).call, CAPABILITY, PAYLOAD)
@@ -289,7 +297,7 @@ async def run_all(nats_url: str, database_url: str, args: argparse.Namespace) ->
         progress("a")
         results["a"] = await drive(raw_call, n, warmup, seconds)
         progress("d")
-        results["d"] = await over_http(bare_app(nats_url), key.secret, args)
+        results["d"] = await over_http(bare_app(nats_url), key, args)
         await stop_child(children.pop())
 
         children.append(await spawn("--serve", "module", "--nats-url", nats_url))
@@ -297,8 +305,9 @@ async def run_all(nats_url: str, database_url: str, args: argparse.Namespace) ->
         progress("b")
         results["b"] = await drive(sdk_call, n, warmup, seconds)
         progress("c")
-        gateway = create_app(GatewayConfig(nats_url=nats_url, database_url=database_url, port=0))
-        results["c"] = await over_http(gateway, key.secret, args)
+        # As in production, the gateway reads the read models as the read-only app role.
+        gateway = create_app(GatewayConfig(nats_url=nats_url, database_url=app_dsn(database_url), port=0))
+        results["c"] = await over_http(gateway, key, args)
     finally:
         for proc in children:
             await stop_child(proc)
