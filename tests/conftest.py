@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import asyncpg
+import msgspec
 import nats
 import pytest
 from aiohttp import web
@@ -25,6 +27,7 @@ from democratic_ai.hub import Hub
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.ops.postgres_server import PostgresServer
+from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.sdk import Module
 from democratic_ai.services.gateway import GatewayConfig, create_app
@@ -96,7 +99,9 @@ async def issue_key(nc: NATS, tenant: str, role: str = "super_admin") -> str:
 
 
 @pytest.fixture
-async def gateway(nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS) -> AsyncIterator[Gateway]:
+async def gateway(
+    nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS, projections: None
+) -> AsyncIterator[Gateway]:
     """A gateway on a random port (as the read-only app role), and a super-admin key of a tenant of its own."""
     tenant = unique("tenant")
     key = await issue_key(nc, tenant)
@@ -129,4 +134,41 @@ async def registered(hub: Hub, module: Module, timeout: float = 5.0) -> None:
     while hub.registry.digests.get(module.module_id) != digest:
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"{module.module_id} was not registered within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+async def http(
+    method: str, url: str, *, json: object = None, credential: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict]:
+    """One HTTP request; returns the status and the JSON body (``{}`` for an empty one)."""
+    sent = dict(headers or {})
+    if credential is not None:
+        sent["Authorization"] = f"Bearer {credential}"
+    async with aiohttp.ClientSession() as session, session.request(method, url, json=json, headers=sent) as response:
+        body = await response.read()
+        return response.status, (msgspec.json.decode(body) if body else {})
+
+
+@pytest.fixture
+async def projections(nc: NATS, pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """Every projection folding into this test's database, in-process."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(ProjectionRunner(nc.jetstream(), pool, p, batch=256).run(stop)) for p in PROJECTIONS.values()]
+    yield
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
+async def caught_up(nc: NATS, pool: asyncpg.Pool, name: str, timeout: float = 10.0) -> None:
+    """Wait until projection ``name`` has applied everything its stream holds now."""
+    projection = PROJECTIONS[name]
+    target = (await nc.jetstream().stream_info(projection.stream)).state.last_seq
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with pool.acquire() as conn:
+            done = await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", name) or 0
+        if done >= target:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"projection {name} at {done}, stream at {target}")
         await asyncio.sleep(0.02)

@@ -8,6 +8,8 @@ Row Level Security confines them to it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +30,7 @@ from .state import IDENTITY, KEY_RING, POOL, USERS
 __all__ = ["add_identity_routes"]
 
 _encode = msgspec.json.Encoder().encode
+log = logging.getLogger(__name__)
 
 
 def _json(document: Any, status: int = 200) -> web.Response:
@@ -53,6 +56,24 @@ async def _rows(request: web.Request, tenant_id: str | None, query: str, *args: 
         return await conn.fetch(query, *args)
 
 
+async def _read_your_writes(request: web.Request, timeout: float = 2.0) -> None:
+    """Wait (briefly) until the identity read model holds what this gateway has seen.
+
+    Writes are events; reads come from a projection a moment behind. Waiting here after a
+    command means a client that creates a user and then lists users sees it. If the projection
+    worker is down the command has still happened: the wait gives up and the answer goes out.
+    """
+    target = request.app[IDENTITY].last_sequence
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with request.app[POOL].acquire() as conn:
+        while asyncio.get_running_loop().time() < deadline:
+            done = await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = 'identity'")
+            if done is not None and done >= target:
+                return
+            await asyncio.sleep(0.01)
+    log.warning("the identity read model lags behind the log; is the projection worker running?")
+
+
 # Tenants ---------------------------------------------------------------------------------------
 
 
@@ -65,6 +86,7 @@ async def create_tenant(request: web.Request) -> web.Response:
     principal = require(request, "tenant:create")
     body = await read_json(request, NewTenant)
     event = await request.app[USERS].create_tenant(_meta(request, principal), body.tenant_id, body.name)
+    await _read_your_writes(request)
     return _json({"tenant_id": event.tenant_id, "name": event.name}, status=201)
 
 
@@ -93,6 +115,7 @@ async def suspend_tenant(request: web.Request) -> web.Response:
     principal = require(request, "tenant:suspend")
     body = await read_json(request, Suspension)
     await request.app[USERS].suspend_tenant(_meta(request, principal), request.match_info["tenant"], body.reason)
+    await _read_your_writes(request)
     return web.Response(status=204)
 
 
@@ -120,6 +143,7 @@ async def create_user(request: web.Request) -> web.Response:
     require(request, "user:create")
     body = await read_json(request, NewUser)
     event = await request.app[USERS].register_user(_meta(request, principal), tenant_id, body.email, body.password, body.role)
+    await _read_your_writes(request)
     return _json({"user_id": event.user_id, "tenant_id": tenant_id, "email": event.email, "role": event.role,
                   "active": True}, status=201)
 
@@ -177,6 +201,7 @@ async def update_user(request: web.Request) -> web.Response:
         await service.change_password(meta, user, body.password)
     if body.role is not None:
         await service.change_role(meta, service.user(tenant_id, user_id), body.role)
+    await _read_your_writes(request)
     user = service.user(tenant_id, user_id)
     return _json({"user_id": user.user_id, "tenant_id": tenant_id, "email": user.email, "role": user.role,
                   "active": user.active})
@@ -188,6 +213,7 @@ async def deactivate_user(request: web.Request) -> web.Response:
     require(request, "user:delete")
     service = request.app[USERS]
     await service.deactivate(_meta(request, principal), service.user(tenant_id, user_id))
+    await _read_your_writes(request)
     return web.Response(status=204)
 
 
@@ -262,6 +288,7 @@ async def create_api_key(request: web.Request) -> web.Response:
         name=body.name, scopes=body.scopes or sorted(principal.permissions), expires_at=body.expires_at,
         rate_limit=body.rate_limit,
     )
+    await _read_your_writes(request)
     event = issued.event
     return _json({"key_id": issued.key_id, "api_key": issued.secret, "prefix": event.prefix, "name": event.name,
                   "scopes": list(event.scopes), "expires_at": event.expires_at, "rate_limit": event.rate_limit},
@@ -290,6 +317,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     if not principal.can("api_key:delete") and (not principal.user_id or key.user_id != principal.user_id):
         raise ApiError(ErrorCode.FORBIDDEN, "you may only revoke your own API keys", {"needed": ["api_key:delete"]})
     await request.app[USERS].revoke_api_key(_meta(request, principal), tenant_id, key_id)
+    await _read_your_writes(request)
     return web.Response(status=204)
 
 
