@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .errors import ErrorCode
 from .mcp_v2_pb2 import Context, Error, MCPMessage, MessageType
-from .messages import DEFAULT_TTL_SECONDS, JSON, decode, error_details, error_reply, new_request, reply
+from .messages import DEFAULT_TTL_SECONDS, JSON, decode, error_details, error_reply, expired, new_request, reply
 from .streams import STREAMS, ensure_streams
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ensure_streams",
     "error_details",
     "error_reply",
+    "expired",
     "new_request",
     "reply",
 ]

@@ -12,7 +12,8 @@ import aiohttp
 import msgspec
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts import DEFAULT_TTL_SECONDS, MessageType, error_details, new_request, subjects
+from democratic_ai.contracts import DEFAULT_TTL_SECONDS, error_details, new_request, subjects
+from democratic_ai.contracts.messages import ERROR
 from democratic_ai.hub.router import Router
 
 from .errors import CallError
@@ -60,7 +61,7 @@ class Client:
             ttl=ttl,
         )
         answer = await self._router.call(request)
-        if answer.type == MessageType.ERROR:
+        if answer.type == ERROR:
             raise CallError(answer.error.code, answer.error.message, error_details(answer))
         return _decode(answer.payload) if answer.payload else None
 

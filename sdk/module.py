@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,7 +20,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError
 
-from democratic_ai.contracts import ErrorCode, MCPMessage, decode, error_reply, presence, reply, subjects, tracing
+from democratic_ai.contracts import (
+    ErrorCode, MCPMessage, decode, error_reply, expired, presence, reply, subjects, tracing,
+)
 from democratic_ai.contracts.registry_events import ModuleManifest
 
 from .capability import CapabilityDefinition, definitions_of
@@ -182,7 +183,7 @@ class Module:
         except DecodeError:
             log.warning("dropped an unreadable call on %s", msg.subject)
             return
-        if _expired(request):
+        if expired(request):
             # The caller stopped waiting: running the work now would only waste it.
             log.info("dropped expired call %s of %s", request.correlation_id, request.action)
             return
@@ -244,12 +245,6 @@ class Module:
                 validator=invalid.validator,
             )
         return reply(request, _encode_json(out), source_module_id=self.module_id)
-
-
-def _expired(request: MCPMessage) -> bool:
-    if request.ttl <= 0 or not request.HasField("timestamp"):
-        return False
-    return time.time_ns() > request.timestamp.ToNanoseconds() + request.ttl * 1_000_000_000
 
 
 def _keyword_arguments(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,60 @@ def test_every_package_folder_is_installed(repo_root: Path) -> None:
     tops = {"contracts", "hub", "projections", "services", "sdk", "ops", "schemas"}
     folders = {init.parent.resolve() for top in tops for init in (repo_root / top).rglob("__init__.py")}
     assert folders == set(mapped), f"not installed: {sorted(map(str, folders - set(mapped)))}"
+
+
+def test_message_ids_are_unique_version_4_uuids() -> None:
+    from democratic_ai.contracts.ids import new_id
+
+    ids = [new_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for value in (ids[0], ids[-1]):
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value  # canonical lowercase form
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+# Python 3.12+ warns about fork() in a process with threads; the child here only writes one id.
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_a_forked_child_draws_ids_of_its_own() -> None:
+    """A child of ``fork`` must not repeat its parent's ids: it gets a new random prefix."""
+    from democratic_ai.contracts.ids import new_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report one id and leave without running pytest's teardown
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = new_id()
+    assert uuid.UUID(child).version == 4
+    assert child[:24] != parent[:24]
+
+
+@pytest.mark.parametrize(("age_ns", "ttl", "expired"), [
+    (0, 30, False),
+    (29_999_000_000, 30, False),
+    (30_001_000_000, 30, True),
+    (3_600_000_000_000, 0, False),  # no ttl: never expires
+])
+def test_expiry_follows_the_ttl(age_ns: int, ttl: int, expired: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from democratic_ai.contracts import expired as is_expired, new_request
+
+    request = new_request("text.summarize", b"{}", tenant_id="acme", source_module_id="t", ttl=ttl)
+    sent = request.timestamp.ToNanoseconds()
+    monkeypatch.setattr(time, "time_ns", lambda: sent + age_ns)
+    assert is_expired(request) is expired
+
+
+def test_messages_carry_their_timestamp() -> None:
+    from democratic_ai.contracts import new_request, reply
+
+    before = time.time_ns()
+    request = new_request("text.summarize", b"{}", tenant_id="acme", source_module_id="t")
+    response = reply(request, b"{}", source_module_id="m")
+    after = time.time_ns()
+    assert before <= request.timestamp.ToNanoseconds() <= response.timestamp.ToNanoseconds() <= after
+    assert response.correlation_id == request.id != response.id
