@@ -183,9 +183,16 @@ class IdentityIndex:
                     self.sessions[event.family_id] = replace(session, revoked=True)
             case AccessTokenRevoked():
                 self.revoked_tokens[event.jti] = event.expires_at
+                if len(self.revoked_tokens) % 1024 == 0:
+                    self._forget_expired_revocations(event.meta.at)
             case LoginAttempted():
                 if not event.success:
                     self._count_failure(event)
+
+    def _forget_expired_revocations(self, now: datetime) -> None:
+        """A revoked token past its expiry is refused anyway: keeping it would only grow memory."""
+        for jti in [jti for jti, expires in self.revoked_tokens.items() if expires <= now]:
+            del self.revoked_tokens[jti]
 
     def _update_user(self, user_id: str, **changes: object) -> None:
         if user := self.users.get(user_id):
