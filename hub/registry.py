@@ -6,7 +6,6 @@ The hub is its only writer (:class:`Registrar`); the gateway and the hub read it
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 
@@ -14,9 +13,9 @@ import jsonschema
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
 from democratic_ai.contracts import subjects
+from democratic_ai.contracts.follower import StreamFollower
 from democratic_ai.contracts.registry_events import (
     ModuleManifest,
     ModuleRegistered,
@@ -30,39 +29,22 @@ __all__ = ["InvalidManifest", "Registrar", "RegistryIndex"]
 log = logging.getLogger(__name__)
 
 
-class RegistryIndex:
+class RegistryIndex(StreamFollower):
     """Module manifests by module id, kept current from the REGISTRY stream."""
 
+    stream = "REGISTRY"
+    filter_subject = "registry.>"
+
     def __init__(self) -> None:
+        super().__init__()
         self.manifests: dict[str, ModuleManifest] = {}
         self.digests: dict[str, str] = {}
         self._offered_by: dict[str, set[str]] = {}  # action → module ids
-        self._last_sequence = 0
-        self._progress = asyncio.Condition()
-        self._subscription: JetStreamContext.PushSubscription | None = None
-
-    async def start(self, js: JetStreamContext, timeout: float = 10.0) -> None:
-        """Replay the stream, follow it live, and return once caught up with its end."""
-        target = (await js.stream_info("REGISTRY")).state.last_seq
-        self._subscription = await js.subscribe(
-            "registry.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=self._on_event
-        )
-        await self.wait_for(target, timeout)
-
-    async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-            self._subscription = None
-
-    async def wait_for(self, sequence: int, timeout: float = 10.0) -> None:
-        """Wait until the event at stream ``sequence`` has been applied."""
-        async with self._progress:
-            await asyncio.wait_for(self._progress.wait_for(lambda: self._last_sequence >= sequence), timeout)
 
     def is_registered(self, action: str) -> bool:
         return bool(self._offered_by.get(action))
 
-    async def _on_event(self, msg: Msg) -> None:
+    def apply_message(self, msg: Msg) -> None:
         try:
             event = decode_event(msg.data)
         except msgspec.ValidationError:
@@ -76,9 +58,6 @@ class RegistryIndex:
                 self._offered_by.setdefault(spec.action, set()).add(manifest.module_id)
             self.manifests[manifest.module_id] = manifest
             self.digests[manifest.module_id] = event.digest
-        async with self._progress:
-            self._last_sequence = msg.metadata.sequence.stream
-            self._progress.notify_all()
 
 
 class InvalidManifest(ValueError):

@@ -7,17 +7,15 @@ revocation made through one replica is enforced by all of them within millisecon
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
+from democratic_ai.contracts.follower import StreamFollower
 from democratic_ai.contracts.identity_events import (
     AccessTokenRevoked,
     ApiKeyIssued,
@@ -84,41 +82,22 @@ class SessionState:
     revoked: bool = False
 
 
-@dataclass
-class IdentityIndex:
-    tenants: dict[str, TenantState] = field(default_factory=dict)
-    users: dict[str, UserState] = field(default_factory=dict)
-    users_by_email: dict[tuple[str, str], str] = field(default_factory=dict)  # (tenant, email) → user id
-    api_keys: dict[str, ApiKeyState] = field(default_factory=dict)  # key id → key
-    api_keys_by_hash: dict[str, str] = field(default_factory=dict)  # sha256 → key id
-    sessions: dict[str, SessionState] = field(default_factory=dict)
-    revoked_tokens: dict[str, datetime] = field(default_factory=dict)  # jti → when it expires anyway
-    failures_by_account: dict[tuple[str, str], deque[datetime]] = field(default_factory=dict)
-    failures_by_ip: dict[str, deque[datetime]] = field(default_factory=dict)
-    subject_sequences: dict[str, int] = field(default_factory=dict)  # for optimistic concurrency
-    last_sequence: int = 0
+class IdentityIndex(StreamFollower):
+    stream = "IDENTITY"
+    filter_subject = "iam.>"
 
-    def __post_init__(self) -> None:
-        self._progress = asyncio.Condition()
-        self._subscription: JetStreamContext.PushSubscription | None = None
-
-    async def start(self, js: JetStreamContext, timeout: float = 30.0) -> None:
-        """Replay the stream, follow it live, and return once caught up with its end."""
-        target = (await js.stream_info("IDENTITY")).state.last_seq
-        self._subscription = await js.subscribe(
-            "iam.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=self._on_message
-        )
-        await self.wait_for(target, timeout)
-
-    async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-            self._subscription = None
-
-    async def wait_for(self, sequence: int, timeout: float = 10.0) -> None:
-        """Wait until the event at stream ``sequence`` has been applied (read your own writes)."""
-        async with self._progress:
-            await asyncio.wait_for(self._progress.wait_for(lambda: self.last_sequence >= sequence), timeout)
+    def __init__(self) -> None:
+        super().__init__()
+        self.tenants: dict[str, TenantState] = {}
+        self.users: dict[str, UserState] = {}
+        self.users_by_email: dict[tuple[str, str], str] = {}  # (tenant, email) → user id
+        self.api_keys: dict[str, ApiKeyState] = {}  # key id → key
+        self.api_keys_by_hash: dict[str, str] = {}  # sha256 → key id
+        self.sessions: dict[str, SessionState] = {}
+        self.revoked_tokens: dict[str, datetime] = {}  # jti → when it expires anyway
+        self.failures_by_account: dict[tuple[str, str], deque[datetime]] = {}
+        self.failures_by_ip: dict[str, deque[datetime]] = {}
+        self.subject_sequences: dict[str, int] = {}  # last sequence per subject, for optimistic concurrency
 
     def expected_sequence(self, subject: str) -> int:
         """The last stream sequence on ``subject`` this index has seen (0: none)."""
@@ -131,18 +110,14 @@ class IdentityIndex:
         by_ip = self.failures_by_ip.get(ip, ()) if ip else ()
         return sum(1 for t in account if t > since), sum(1 for t in by_ip if t > since)
 
-    async def _on_message(self, msg: Msg) -> None:
+    def apply_message(self, msg: Msg) -> None:
         try:
             event = decode_event(msg.data)
         except msgspec.ValidationError:
             log.error("skipped an unreadable IDENTITY event on %s", msg.subject)
         else:
             self.apply(event)
-        sequence = msg.metadata.sequence.stream
-        self.subject_sequences[msg.subject] = sequence
-        async with self._progress:
-            self.last_sequence = sequence
-            self._progress.notify_all()
+        self.subject_sequences[msg.subject] = msg.metadata.sequence.stream
 
     def apply(self, event: IdentityEvent) -> None:
         match event:
