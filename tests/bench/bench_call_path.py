@@ -9,7 +9,9 @@ From one run it prints calls/s and p50/p99 latency, with ``--concurrency`` calls
     (c) HTTP through the real gateway (API key, router, records) to that ``Module``
     (d) a bare aiohttp app doing the raw NATS request of (a)     (floor of c)
 
-and the ratios b/a and c/d in throughput and the p50 difference c - d.
+and the ratios b/a and c/d in throughput and the p50 difference c - d; then the CPU time each
+process spent per call in the measured window, which shows where a call's cost goes and is
+steadier than throughput when other work shares the machine.
 
 Process layout. On a small machine the Python process is the bottleneck, so each side of a
 call gets a process of its own, the same way in every scenario, so a ratio compares code and
@@ -43,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import nats
+import psutil
 import uvloop
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -80,6 +83,9 @@ SCENARIOS = {
     "c": "(c) HTTP gateway -> Module",
     "d": "(d) HTTP bare aiohttp -> raw NATS",
 }
+# The processes whose CPU time is counted: the NATS caller of (a)/(b) or the load generator of
+# (c)/(d), the HTTP server of (c)/(d), the responder or module, and nats-server.
+ROLES = ("caller", "http", "server", "nats")
 
 Call = Callable[[], Awaitable[object]]
 
@@ -91,6 +97,7 @@ class Result:
     seconds: float
     p50_ms: float
     p99_ms: float
+    cpu_us: dict[str, float] = field(default_factory=dict)  # CPU µs per call, by role
 
     @property
     def rate(self) -> float:
@@ -136,6 +143,25 @@ async def drive(call: Call, concurrency: int, warmup: float, seconds: float) -> 
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
 
     return Result(calls=len(latencies), errors=errors, seconds=seconds, p50_ms=quantile(0.50), p99_ms=quantile(0.99))
+
+
+async def cpu_seconds(pids: dict[str, int], warmup: float, seconds: float) -> dict[str, float]:
+    """CPU seconds (user + system) each process spends in the measured window of a scenario
+    that starts now: after ``warmup``, for ``seconds``."""
+    processes = {role: psutil.Process(pid) for role, pid in pids.items()}
+
+    def snapshot() -> dict[str, float]:
+        return {role: sum(p.cpu_times()[:2]) for role, p in processes.items()}
+
+    await asyncio.sleep(warmup)
+    before = snapshot()
+    await asyncio.sleep(seconds)
+    after = snapshot()
+    return {role: after[role] - before[role] for role in processes}
+
+
+def with_cpu(result: Result, spent: dict[str, float]) -> Result:
+    return replace(result, cpu_us={role: s / result.calls * 1e6 for role, s in spent.items()} if result.calls else {})
 
 
 async def until_ok(call: Call, what: str) -> None:
@@ -201,6 +227,7 @@ async def load(url: str, concurrency: int, warmup: float, seconds: float) -> Res
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        print("go", flush=True)  # the parent starts counting CPU time from this line
         return await drive(partial(post, session, url, headers), concurrency, warmup, seconds)
 
 
@@ -245,8 +272,9 @@ def bare_app(nats_url: str) -> web.Application:
     return app
 
 
-async def over_http(app: web.Application, api_key: str, args: argparse.Namespace) -> Result:
-    """Serve ``app`` here and load it from a ``--load`` child, once it answers 200."""
+async def over_http(app: web.Application, api_key: str, args: argparse.Namespace, pids: dict[str, int]) -> Result:
+    """Serve ``app`` here and load it from a ``--load`` child, once it answers 200; count the
+    CPU time of the processes in ``pids``, of this one and of the load generator."""
     runner = web.AppRunner(app, access_log=None)  # as ops.services.run_gateway does
     await runner.setup()
     try:
@@ -260,13 +288,20 @@ async def over_http(app: web.Application, api_key: str, args: argparse.Namespace
             "--load", url, "--concurrency", str(args.concurrency), "--warmup", str(args.warmup),
             "--seconds", str(args.seconds), env={**os.environ, API_KEY_ENV: api_key}, stdout=asyncio.subprocess.PIPE,
         )
+        assert proc.stdout is not None
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), args.warmup + args.seconds + READY_TIMEOUT)
+            await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
+            pids = {**pids, "caller": proc.pid, "http": os.getpid()}
+            spent, out = await asyncio.wait_for(
+                asyncio.gather(cpu_seconds(pids, args.warmup, args.seconds), proc.stdout.read()),
+                args.warmup + args.seconds + READY_TIMEOUT,
+            )
+            await proc.wait()
         finally:
             await stop_child(proc)
         if proc.returncode != 0:
             raise RuntimeError(f"the load generator exited with code {proc.returncode}")
-        return Result(**json.loads(out))
+        return with_cpu(Result(**json.loads(out)), spent)
     finally:
         await runner.cleanup()
 
@@ -289,25 +324,32 @@ async def run_all(nats_url: str, database_url: str, args: argparse.Namespace) ->
         await ensure_streams(js)
         key = await ensure_bootstrap(js)  # a super-admin API key of the system tenant
         n, warmup, seconds = args.concurrency, args.warmup, args.seconds
+        nats_pid = next(p.pid for p in psutil.Process().children() if p.name().startswith("nats-server"))
+
+        async def measure(call: Call) -> Result:
+            pids = {"caller": os.getpid(), "server": children[-1].pid, "nats": nats_pid}
+            result, spent = await asyncio.gather(drive(call, n, warmup, seconds), cpu_seconds(pids, warmup, seconds))
+            return with_cpu(result, spent)
+
         raw_call = partial(nc.request, RAW_SUBJECT, BODY, timeout=CALL_TIMEOUT)
         sdk_call = partial(Client(nc, source_id="bench", tenant=TENANT).call, CAPABILITY, PAYLOAD)
 
         children.append(await spawn("--serve", "raw", "--nats-url", nats_url))
         await until_ok(raw_call, "the raw responder")
         progress("a")
-        results["a"] = await drive(raw_call, n, warmup, seconds)
+        results["a"] = await measure(raw_call)
         progress("d")
-        results["d"] = await over_http(bare_app(nats_url), key, args)
+        results["d"] = await over_http(bare_app(nats_url), key, args, {"server": children[-1].pid, "nats": nats_pid})
         await stop_child(children.pop())
 
         children.append(await spawn("--serve", "module", "--nats-url", nats_url))
         await until_ok(sdk_call, "the module")
         progress("b")
-        results["b"] = await drive(sdk_call, n, warmup, seconds)
+        results["b"] = await measure(sdk_call)
         progress("c")
         # As in production, the gateway reads the read models as the read-only app role.
         gateway = create_app(GatewayConfig(nats_url=nats_url, database_url=app_dsn(database_url), port=0))
-        results["c"] = await over_http(gateway, key, args)
+        results["c"] = await over_http(gateway, key, args, {"server": children[-1].pid, "nats": nats_pid})
     finally:
         for proc in children:
             await stop_child(proc)
@@ -328,6 +370,12 @@ def report(results: dict[str, Result], args: argparse.Namespace) -> None:
         ("c-d p50 (ms)", f"{c.p50_ms - d.p50_ms:+.2f}", "<= 1.00", c.p50_ms - d.p50_ms <= 1.0),
     ):
         print(f"{label:<36}{value:>10}   target {target}  {'ok' if ok else 'MISS'}")
+    print("\nCPU µs per call (caller: the NATS caller of a/b, the load generator of c/d)")
+    print(f"{'scenario':<36}" + "".join(f"{role:>8}" for role in (*ROLES, "total")))
+    for key, name in SCENARIOS.items():
+        cpu = results[key].cpu_us
+        cells = [f"{cpu[role]:>8.1f}" if role in cpu else f"{'-':>8}" for role in ROLES]
+        print(f"{name:<36}{''.join(cells)}{sum(cpu.values()):>8.1f}")
 
 
 def main() -> None:
