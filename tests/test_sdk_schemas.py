@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
+import jsonschema
 import msgspec
 import pydantic
 import pytest
+from jsonschema.exceptions import best_match
 from nats.aio.client import Client as NATS
 
 from democratic_ai.sdk import CallError, Client, Module, SchemaError, capability
-from democratic_ai.sdk.schema import to_schema
+from democratic_ai.sdk.schema import _fast_check, to_schema
 
 from conftest import unique
 
@@ -84,3 +88,73 @@ async def test_models_reach_handlers_and_outputs_are_checked(nc: NATS) -> None:
         assert bad_output.value.details["where"] == "output"
     finally:
         await shop.stop()
+
+
+# Schemas a module might declare, in the drafts jsonschema picks by "$schema" (none: 2020-12).
+SCHEMAS: list[dict[str, object]] = [
+    {},
+    {"type": "object"},
+    {"type": "object", "title": "anything", "format": "email"},
+    {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"}}}},
+    {"type": "object", "required": ["a"], "additionalProperties": False, "properties": {"a": {"type": ["integer", "null"]}}},
+    {"type": "object", "patternProperties": {"^x": {"type": "number"}}, "additionalProperties": {"type": "string"}},
+    {"type": "array", "uniqueItems": True},
+    {"type": "array", "items": {"enum": [1, "a", None, False]}, "minItems": 1, "maxItems": 2},
+    {"const": 1},
+    {"const": [1]},
+    {"type": "number", "minimum": 0, "exclusiveMaximum": 2, "multipleOf": 0.5},
+    {"type": "integer", "maximum": 1},
+    {"type": "string", "minLength": 1, "maxLength": 3, "pattern": "^[a-z]+$"},
+    {"anyOf": [{"type": "string"}, {"type": "object", "minProperties": 2}]},
+    {"oneOf": [{"type": "integer"}, {"type": "number", "minimum": 1}]},
+    {"allOf": [{"type": "object"}, {"not": {"required": ["b"]}}]},
+    {"if": {"type": "object", "required": ["a"]}, "then": {"required": ["b"]}, "else": {"type": "object"}},
+    {"type": "array", "contains": {"type": "string"}},
+    {"type": "object", "propertyNames": {"maxLength": 1}, "maxProperties": 2},
+    {"$defs": {"n": {"type": "integer"}}, "type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}},
+    {"$defs": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/$defs/n", "minimum": 5}}},
+    {"$schema": "http://json-schema.org/draft-07/schema#", "definitions": {"n": {"type": "integer"}},
+     "properties": {"a": {"$ref": "#/definitions/n", "minimum": 5}}},
+    {"$schema": "http://json-schema.org/draft-04/schema#", "type": "integer", "maximum": 1, "exclusiveMaximum": True},
+    {"$schema": "http://json-schema.org/draft-06/schema#", "type": "array", "items": [{"type": "integer"}]},
+    {"type": "object", "dependentRequired": {"a": ["b"]}},
+    {"type": "array", "prefixItems": [{"type": "integer"}], "items": False},
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "unevaluatedProperties": False},
+    {"type": "object", "dependencies": {"a": ["b"]}},
+]
+VALUES: list[object] = [
+    None, True, False, 0, 1, 1.0, 1.5, -1, 2**70, "", "a", "abc\n", "ABC", "abcd",
+    [], [1], [1, 1.0], [1, True], [0, False], ["a", "b"], [[1], [True]], [None, "a"],
+    {}, {"a": 1}, {"a": 5}, {"a": "x"}, {"a": [1, "x"]}, {"a": None}, {"b": 1}, {"a": 1, "b": 2},
+    {"x1": 1, "x2": "s"}, {"x1": "s"}, {"ab": 1}, {"a": 1.0, "c": {"k": [1, 2]}},
+]
+
+
+@pytest.mark.parametrize("spec", SCHEMAS, ids=lambda s: json.dumps(s)[:60])
+def test_fast_checks_agree_with_jsonschema(spec: dict[str, object]) -> None:
+    """Whichever check a schema gets, it accepts what jsonschema accepts and names the same path."""
+    reference = jsonschema.validators.validator_for(spec)(spec)
+    schema = to_schema(spec)
+    for value in VALUES:
+        checked, invalid = schema.check(value)
+        expected = best_match(reference.iter_errors(value))
+        if expected is None:
+            assert (checked, invalid) == (value, None), value
+        else:
+            assert checked is None and invalid is not None, value
+            assert (invalid.path, invalid.validator) == (expected.json_path, str(expected.validator)), value
+
+
+@pytest.mark.parametrize(("spec", "fast"), [
+    ({}, True),
+    ({"type": "object"}, True),
+    ({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}, True),
+    ({"$defs": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/$defs/n"}}}, True),
+    ({"properties": {"a": {"$ref": "#/$defs/n", "minimum": 5}}, "$defs": {"n": {"type": "integer"}}}, False),
+    ({"$ref": "https://example.com/schema.json"}, False),
+    ({"type": "object", "unevaluatedProperties": False}, False),
+    ({"$schema": "http://json-schema.org/draft-03/schema#", "type": "object", "properties": {}}, False),
+])
+def test_only_portable_schemas_get_a_fast_check(spec: dict[str, object], fast: bool) -> None:
+    validator_class = jsonschema.validators.validator_for(spec)
+    assert (_fast_check(spec, validator_class) is not None) is fast
