@@ -187,7 +187,9 @@ class Module:
             # The caller stopped waiting: running the work now would only waste it.
             log.info("dropped expired call %s of %s", request.correlation_id, request.action)
             return
-        async with self._slots:
+        # acquire/release rather than "async with": two coroutines fewer on every call.
+        await self._slots.acquire()
+        try:
             if tracing.tracing_enabled():
                 with tracing.tracer.start_as_current_span(
                     f"module {definition.action}", context=tracing.extract(msg.headers)
@@ -195,6 +197,8 @@ class Module:
                     answer = await self._execute(definition, request)
             else:
                 answer = await self._execute(definition, request)
+        finally:
+            self._slots.release()
         data = answer.SerializeToString()
         if msg.reply:
             await nc.publish(msg.reply, data)
