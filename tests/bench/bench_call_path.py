@@ -5,11 +5,13 @@
 From one run it prints calls/s and p50/p99 latency, with ``--concurrency`` calls in flight, for
 
     (a) raw nats-py request/reply to an echo responder          (floor of b)
+    (r) (a) plus the two record publishes of the design          (floor of b with its records)
     (b) ``sdk.Client.call`` to a no-op capability of a ``Module``
     (c) HTTP through the real gateway (API key, router, records) to that ``Module``
     (d) a bare aiohttp app doing the raw NATS request of (a)     (floor of c)
 
-and the ratios b/a and c/d in throughput and the p50 difference c - d; then the CPU time each
+and the ratios b/a and c/d in throughput and the p50 difference c - d (b/r: what the SDK
+costs beyond the records every call publishes by design); then the CPU time each
 process spent per call in the measured window, which shows where a call's cost goes and is
 steadier than throughput when other work shares the machine.
 
@@ -20,6 +22,7 @@ not scheduling:
     main process     embedded nats-server and PostgreSQL (children of their own), the NATS
                      caller of (a)/(b), the HTTP server of (c)/(d)
     --serve raw      the echo responder of (a) and (d)
+    --serve raw-records  the echo responder of (r): it also publishes the response record
     --serve module   the no-op ``Module`` of (b) and (c)
     --load URL       the HTTP load generator of (c) and (d): aiohttp, one connector limited
                      to ``--concurrency``; prints its result as JSON
@@ -59,7 +62,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from democratic_ai.contracts import ensure_streams
+from democratic_ai.contracts import ensure_streams, subjects
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.schemas import app_dsn, migrate
@@ -79,6 +82,7 @@ READY_TIMEOUT = 30.0  # seconds; a responder, module or gateway becoming usable
 API_KEY_ENV = "BENCH_API_KEY"  # the load generator's key travels in its environment, not argv
 SCENARIOS = {
     "a": "(a) raw NATS request/reply",
+    "r": "(r) raw NATS + records",
     "b": "(b) SDK Client -> Module",
     "c": "(c) HTTP gateway -> Module",
     "d": "(d) HTTP bare aiohttp -> raw NATS",
@@ -190,7 +194,7 @@ async def post(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
 
 
 async def serve(kind: str, nats_url: str) -> None:
-    """``--serve raw|module``: answer calls until SIGTERM or until the parent closes our stdin."""
+    """``--serve raw|raw-records|module``: answer calls until SIGTERM or until the parent closes our stdin."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -211,6 +215,14 @@ async def serve(kind: str, nats_url: str) -> None:
             await msg.respond(msg.data)
 
         await nc.subscribe(RAW_SUBJECT, cb=echo)
+    elif kind == "raw-records":
+        record = subjects.record_response(TENANT, RAW_SUBJECT)
+
+        async def echo_recorded(msg: Msg) -> None:
+            await msg.respond(msg.data)
+            await nc.publish(record, msg.data)
+
+        await nc.subscribe(RAW_SUBJECT, cb=echo_recorded)
     else:
         module = NoopModule()
         await module.start(nc)
@@ -332,6 +344,13 @@ async def run_all(nats_url: str, database_url: str, args: argparse.Namespace) ->
             return with_cpu(result, spent)
 
         raw_call = partial(nc.request, RAW_SUBJECT, BODY, timeout=CALL_TIMEOUT)
+        request_record = subjects.record_request(TENANT, RAW_SUBJECT)
+
+        async def recorded_call() -> Msg:
+            """(a) with the SDK's record of the request, published first as the router does."""
+            await nc.publish(request_record, BODY)
+            return await nc.request(RAW_SUBJECT, BODY, timeout=CALL_TIMEOUT)
+
         sdk_call = partial(Client(nc, source_id="bench", tenant=TENANT).call, CAPABILITY, PAYLOAD)
 
         children.append(await spawn("--serve", "raw", "--nats-url", nats_url))
@@ -340,6 +359,12 @@ async def run_all(nats_url: str, database_url: str, args: argparse.Namespace) ->
         results["a"] = await measure(raw_call)
         progress("d")
         results["d"] = await over_http(bare_app(nats_url), key, args, {"server": children[-1].pid, "nats": nats_pid})
+        await stop_child(children.pop())
+
+        children.append(await spawn("--serve", "raw-records", "--nats-url", nats_url))
+        await until_ok(recorded_call, "the recording raw responder")
+        progress("r")
+        results["r"] = await measure(recorded_call)
         await stop_child(children.pop())
 
         children.append(await spawn("--serve", "module", "--nats-url", nats_url))
@@ -363,19 +388,25 @@ def report(results: dict[str, Result], args: argparse.Namespace) -> None:
     for key, name in SCENARIOS.items():
         r = results[key]
         print(f"{name:<36}{r.rate:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}")
-    a, b, c, d = (results[k] for k in "abcd")
+    a, r, b, c, d = (results[k] for k in "arbcd")
     for label, value, target, ok in (
         ("b/a throughput", f"{b.rate / a.rate:.2f}", ">= 0.70", b.rate / a.rate >= 0.7),
         ("c/d throughput", f"{c.rate / d.rate:.2f}", ">= 0.70", c.rate / d.rate >= 0.7),
         ("c-d p50 (ms)", f"{c.p50_ms - d.p50_ms:+.2f}", "<= 1.00", c.p50_ms - d.p50_ms <= 1.0),
     ):
         print(f"{label:<36}{value:>10}   target {target}  {'ok' if ok else 'MISS'}")
+    print(f"{'r/a, b/r throughput':<36}{f'{r.rate / a.rate:.2f}, {b.rate / r.rate:.2f}':>10}   (the records; the SDK beyond them)")
     print("\nCPU µs per call (caller: the NATS caller of a/b, the load generator of c/d)")
     print(f"{'scenario':<36}" + "".join(f"{role:>8}" for role in (*ROLES, "total")))
     for key, name in SCENARIOS.items():
         cpu = results[key].cpu_us
         cells = [f"{cpu[role]:>8.1f}" if role in cpu else f"{'-':>8}" for role in ROLES]
         print(f"{name:<36}{''.join(cells)}{sum(cpu.values()):>8.1f}")
+    # Where all processes compete for the cores, throughput goes as 1 / total CPU per call.
+    total = {key: sum(results[key].cpu_us.values()) for key in SCENARIOS}
+    if all(total.values()):
+        print(f"{'b/a, c/d, b/r by total CPU':<36}{total['a'] / total['b']:>10.2f}{total['d'] / total['c']:>8.2f}"
+              f"{total['r'] / total['b']:>8.2f}   (the throughput ratios when the cores are the limit)")
 
 
 def main() -> None:
@@ -383,7 +414,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per scenario")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each measurement")
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
-    parser.add_argument("--serve", choices=("raw", "module"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=("raw", "raw-records", "module"), help=argparse.SUPPRESS)
     parser.add_argument("--nats-url", help=argparse.SUPPRESS)
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
