@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -41,6 +43,11 @@ _LINE_COLUMNS = ("line_no, kind, description, metric, plan_id, quantity, unit, u
 
 def _json(document: Any, status: int = 200) -> web.Response:
     return web.Response(body=_encode(document), status=status, content_type="application/json")
+
+
+def _plain(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as JSON-ready values: decimals as plain strings ("50000", never "5E+4")."""
+    return {k: f"{v:f}" if isinstance(v, Decimal) else v for k, v in record.items()}
 
 
 def _meta(request: web.Request, principal: Principal) -> Meta:
@@ -83,7 +90,7 @@ def _catalogue(service: BillingService) -> list[dict[str, Any]]:
 async def _plan_document(request: web.Request, tenant_id: str) -> dict[str, Any]:
     rows = await _rows(request, tenant_id, "SELECT tenant_id, plan_id, plan_name, interval, time_zone, currency, status,"
                        " terms, started_at, current_since, cancelled_at FROM billing_subscriptions")
-    return {"tenant_id": tenant_id, "subscription": dict(rows[0]) if rows else None,
+    return {"tenant_id": tenant_id, "subscription": _plain(rows[0]) if rows else None,
             "plans": _catalogue(request.app[BILLING])}
 
 
@@ -123,7 +130,7 @@ async def list_invoices(request: web.Request) -> web.Response:
     _, tenant_id = _tenant(request)
     require(request, "billing:read")
     rows = await _rows(request, tenant_id, f"SELECT {_INVOICE_COLUMNS} FROM billing_invoices ORDER BY period DESC")
-    return _json({"invoices": [dict(r) for r in rows]})
+    return _json({"invoices": [_plain(r) for r in rows]})
 
 
 def _wants_html(request: web.Request) -> bool:
@@ -151,7 +158,7 @@ async def get_invoice(request: web.Request) -> web.Response:
         tenant = request.app[IDENTITY].tenants.get(tenant_id)
         page = render_invoice(invoice, lines, tenant.name if tenant else tenant_id)
         return web.Response(text=page, content_type="text/html", charset="utf-8")
-    return _json({**dict(invoice), "lines": [dict(r) for r in lines], "payments": [dict(r) for r in payments]})
+    return _json({**_plain(invoice), "lines": [_plain(r) for r in lines], "payments": [_plain(r) for r in payments]})
 
 
 class ClosePeriod(msgspec.Struct, forbid_unknown_fields=True):
