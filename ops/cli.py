@@ -73,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     from . import services
 
     if args.command == "gateway":
+        from democratic_ai.schemas import app_dsn
+        from democratic_ai.services.billing import BillingConfig
         from democratic_ai.services.gateway import GatewayConfig
 
-        from democratic_ai.schemas import app_dsn
-
         database_url = os.environ.get("DATABASE_APP_URL") or app_dsn(_env("DATABASE_URL"))
-        config = GatewayConfig(nats_url=_env("NATS_URL"), database_url=database_url, host=args.host, port=args.port)
+        config = GatewayConfig(nats_url=_env("NATS_URL"), database_url=database_url, host=args.host, port=args.port,
+                               billing=BillingConfig.from_env())
         run_until_signalled(lambda stop: services.run_gateway(config, stop))
     elif args.command == "hub":
         nats_url = _env("NATS_URL")

@@ -1,4 +1,5 @@
-"""The long-running processes of the platform, one function each: hub, gateway, projections, module."""
+"""The processes of the platform, one function each: hub, gateway, projections, module; and the
+one-shot commands (key rotation, rebuild, closing billing periods)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import nats
 from aiohttp import web
 
 from democratic_ai.contracts import ensure_streams, tracing
+from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.hub import Hub
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner, rebuild
 from democratic_ai.schemas import create_pool, migrate
@@ -26,7 +28,6 @@ from democratic_ai.services.billing import (
     format_money,
     load_pricing,
 )
-from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.identity import rotate_signing_key
 

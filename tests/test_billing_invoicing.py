@@ -214,3 +214,10 @@ def test_invoice_events_carry_money_as_strings_and_round_trip() -> None:
     assert document["tax_rate"] == "0.10" and document["lines"][1]["unit_price"] == "0.05"
     assert b"." not in msgspec.json.encode(document["total"])  # integers, not floats
     assert decode_event(wire) == invoice
+
+
+def test_the_billing_package_exports_what_it_lists() -> None:
+    import democratic_ai.services.billing as billing
+
+    assert billing.__all__ == sorted(billing.__all__, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
+    assert all(hasattr(billing, name) for name in billing.__all__)
