@@ -20,6 +20,7 @@ from .errors import (
     UsageUnavailable,
 )
 from .eventlog import BillingLog
+from .html import render_invoice
 from .invoicing import build_invoice, invoice_id, usage_window
 from .money import format_money, format_price, round_line, tax_amount
 from .payments import Payments
@@ -59,6 +60,7 @@ __all__ = [
     "format_price",
     "invoice_id",
     "load_pricing",
+    "render_invoice",
     "round_line",
     "tax_amount",
     "usage_window",

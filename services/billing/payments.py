@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from democratic_ai.contracts.billing_events import (
     CustomerLinked,
@@ -36,7 +36,7 @@ __all__ = ["Payments", "WebhookOutcome"]
 
 log = logging.getLogger(__name__)
 
-WebhookOutcome = str  # "recorded", "duplicate" or "ignored"
+WebhookOutcome = Literal["recorded", "duplicate", "ignored"]
 
 
 class Payments:

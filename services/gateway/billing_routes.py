@@ -21,8 +21,7 @@ from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
 from democratic_ai.contracts.identity_events import Meta
-from democratic_ai.services.billing import BillingService, Payments
-from democratic_ai.services.billing.html import render_invoice
+from democratic_ai.services.billing import BillingService, Payments, render_invoice
 from democratic_ai.services.identity import Principal
 
 from .auth import STRIPE_WEBHOOK_PATH, principal_of, require, require_tenant
