@@ -28,4 +28,6 @@ class ErrorCode(StrEnum):
     MODULE_ERROR = "MODULE_ERROR"                    # the handler raised
     RATE_LIMITED = "RATE_LIMITED"
     NOT_READY = "NOT_READY"
+    PAYMENT_PROVIDER_UNAVAILABLE = "PAYMENT_PROVIDER_UNAVAILABLE"  # Stripe is off (no STRIPE_API_KEY)
+    PAYMENT_PROVIDER_ERROR = "PAYMENT_PROVIDER_ERROR"  # Stripe answered with an error or not at all
     INTERNAL = "INTERNAL"                            # a bug of ours; logged with its traceback

@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     identity = commands.add_parser("identity", help="identity commands")
     identity_commands = identity.add_subparsers(dest="identity_command", required=True, metavar="ACTION")
     identity_commands.add_parser("rotate-jwt-key", help="sign new access tokens with a new key (old ones stay valid)")
+    billing = commands.add_parser("billing", help="billing commands")
+    billing_commands = billing.add_subparsers(dest="billing_command", required=True, metavar="ACTION")
+    close = billing_commands.add_parser(
+        "close-period", help="issue the invoices of ended months (needs NATS_URL, DATABASE_URL; pushes to Stripe"
+        " when STRIPE_API_KEY is set)")
+    close.add_argument("--tenant", default=None, help="only this tenant (default: every tenant with a subscription)")
+    close.add_argument("--period", default=None, metavar="YYYY-MM",
+                       help="only this month of the tenant's time zone (default: every ended month not yet invoiced)")
     return parser
 
 
@@ -65,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     from . import services
 
     if args.command == "gateway":
+        from democratic_ai.schemas import app_dsn
+        from democratic_ai.services.billing import BillingConfig
         from democratic_ai.services.gateway import GatewayConfig
 
-        from democratic_ai.schemas import app_dsn
-
         database_url = os.environ.get("DATABASE_APP_URL") or app_dsn(_env("DATABASE_URL"))
-        config = GatewayConfig(nats_url=_env("NATS_URL"), database_url=database_url, host=args.host, port=args.port)
+        config = GatewayConfig(nats_url=_env("NATS_URL"), database_url=database_url, host=args.host, port=args.port,
+                               billing=BillingConfig.from_env())
         run_until_signalled(lambda stop: services.run_gateway(config, stop))
     elif args.command == "hub":
         nats_url = _env("NATS_URL")
@@ -85,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "identity":
         kid = asyncio.run(services.rotate_jwt_key(_env("NATS_URL")))
         print(f"new JWT signing key {kid}; tokens signed by the previous key stay valid until they expire")
+    elif args.command == "billing":
+        closed = asyncio.run(services.close_billing_periods(_env("NATS_URL"), _env("DATABASE_URL"), args.tenant,
+                                                            args.period))
+        for line in closed:
+            print(line)
     elif args.command == "projections" and args.projection_command == "rebuild":
         count = asyncio.run(services.rebuild_projection(_env("NATS_URL"), _env("DATABASE_URL"), args.name))
         print(f"rebuilt {args.name} from {count} events")

@@ -1,23 +1,37 @@
-"""The long-running processes of the platform, one function each: hub, gateway, projections, module."""
+"""The processes of the platform, one function each: hub, gateway, projections, module; and the
+one-shot commands (key rotation, rebuild, closing billing periods)."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import logging
+from datetime import UTC, datetime
 
 import nats
 from aiohttp import web
 
 from democratic_ai.contracts import ensure_streams, tracing
+from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.hub import Hub
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner, rebuild
 from democratic_ai.schemas import create_pool, migrate
 from democratic_ai.sdk import Module
+from democratic_ai.services.billing import (
+    BillingConfig,
+    BillingError,
+    BillingLog,
+    BillingService,
+    Payments,
+    PostgresUsageTotals,
+    StripeBilling,
+    format_money,
+    load_pricing,
+)
 from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.identity import rotate_signing_key
 
-__all__ = ["load_module_class", "rebuild_projection", "rotate_jwt_key", "run_gateway", "run_hub", "run_module", "run_projections"]
+__all__ = ["close_billing_periods", "load_module_class", "rebuild_projection", "rotate_jwt_key", "run_gateway", "run_hub", "run_module", "run_projections"]
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +126,40 @@ async def rebuild_projection(nats_url: str, database_url: str, name: str) -> int
     finally:
         await pool.close()
         await nc.drain()
+
+
+async def close_billing_periods(nats_url: str, database_url: str, tenant: str | None, period: str | None) -> list[str]:
+    """Close months into invoices (and push them to Stripe when it is configured); one line per month."""
+    config = BillingConfig.from_env()
+    nc = await _connect(nats_url, "dai-billing")
+    pool = await create_pool(database_url, max_size=2)
+    stripe = StripeBilling(config.stripe) if config.stripe else None
+    lines = []
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        js = nc.jetstream()
+        service = BillingService(js, load_pricing(), PostgresUsageTotals(pool, js), config)
+        payments = Payments(BillingLog(js), stripe)
+        try:
+            closed = await service.close_due(tenant, period)
+            for result in closed:
+                invoice = result.invoice
+                if invoice is None:
+                    lines.append(f"{result.tenant_id} {result.period}: nothing to bill")
+                    continue
+                state = "issued" if result.created else "already issued"
+                pushed = ""
+                if payments.enabled:
+                    pushed = await payments.push(Meta(at=datetime.now(UTC), actor="system"), invoice)
+                lines.append(f"{result.tenant_id} {result.period}: {state} {invoice.invoice_id}, total"
+                             f" {format_money(invoice.total, invoice.currency)}"
+                             + (f", Stripe {pushed}" if pushed else ""))
+        except BillingError as exc:
+            raise SystemExit(f"dai: {exc.message}") from None
+    finally:
+        if stripe is not None:
+            await stripe.close()
+        await pool.close()
+        await nc.drain()
+    return lines

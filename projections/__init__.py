@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .base import Projection
+from .billing import BillingProjection
 from .identity import IdentityProjection
 from .registry import RegistryProjection
 from .runner import ProjectionRunner, rebuild
 
-PROJECTIONS: dict[str, Projection] = {p.name: p for p in (RegistryProjection(), IdentityProjection())}
+PROJECTIONS: dict[str, Projection] = {p.name: p for p in (RegistryProjection(), IdentityProjection(), BillingProjection())}
 
-__all__ = ["PROJECTIONS", "IdentityProjection", "Projection", "ProjectionRunner", "RegistryProjection", "rebuild"]
+__all__ = ["PROJECTIONS", "BillingProjection", "IdentityProjection", "Projection", "ProjectionRunner", "RegistryProjection", "rebuild"]

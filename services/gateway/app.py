@@ -12,16 +12,28 @@ from aiohttp import web
 from democratic_ai.contracts import ErrorCode, ensure_streams
 from democratic_ai.hub import PresenceIndex, RegistryIndex, Router
 from democratic_ai.schemas import UnsafeRole, check_app_role, create_pool
+from democratic_ai.services.billing import (
+    BillingLog,
+    BillingService,
+    Payments,
+    PostgresUsageTotals,
+    StripeBilling,
+    UsageTotals,
+    load_pricing,
+)
 from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing
 
 from .auth import auth_middleware
+from .billing_routes import add_billing_routes
 from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .errors import error_middleware, error_response
 from .identity_routes import add_identity_routes
-from .state import CONFIG, IDENTITY, KEY_RING, NC, POOL, PRESENCE, REGISTRY, ROUTER, USERS
+from .state import BILLING, CONFIG, IDENTITY, KEY_RING, NC, PAYMENTS, POOL, PRESENCE, REGISTRY, ROUTER, USERS
 
 __all__ = ["create_app"]
+
+USAGE_TOTALS = web.AppKey("usage_totals", UsageTotals)  # set by create_app's caller to replace the read model
 
 
 async def _connections(app: web.Application) -> AsyncIterator[None]:
@@ -46,7 +58,13 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     app[REGISTRY], app[PRESENCE], app[IDENTITY], app[KEY_RING] = registry, presence, identity, ring
     app[USERS] = IdentityService(js, identity, ring)
     app[ROUTER] = Router(nc, source_id="gateway", is_registered=registry.is_registered)
+    stripe = StripeBilling(config.billing.stripe) if config.billing.stripe else None
+    usage = app.get(USAGE_TOTALS) or PostgresUsageTotals(pool, js)
+    app[BILLING] = BillingService(js, load_pricing(), usage, config.billing)
+    app[PAYMENTS] = Payments(BillingLog(js), stripe)
     yield
+    if stripe is not None:
+        await stripe.close()
     await ring.stop()
     await identity.stop()
     await presence.stop()
@@ -74,13 +92,17 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-def create_app(config: GatewayConfig) -> web.Application:
+def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> web.Application:
+    """The gateway; ``usage`` replaces the usage read model that invoices are computed from."""
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
+    if usage is not None:
+        app[USAGE_TOTALS] = usage
     app.cleanup_ctx.append(_connections)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/capabilities", list_capabilities)
     app.router.add_post("/v1/capabilities/{capability}/invoke", invoke)
     add_identity_routes(app)
+    add_billing_routes(app)
     return app

@@ -16,10 +16,13 @@ from democratic_ai.services.identity import Principal, Unauthenticated, authenti
 from .errors import ApiError
 from .state import IDENTITY, KEY_RING
 
-__all__ = ["PRINCIPAL", "auth_middleware", "principal_of", "require", "require_tenant"]
+__all__ = ["PRINCIPAL", "STRIPE_WEBHOOK_PATH", "auth_middleware", "principal_of", "require", "require_tenant"]
 
 PRINCIPAL = web.RequestKey("principal", Principal)
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/v1/auth/login", "/v1/auth/refresh"})
+# Stripe authenticates its webhook with a signature over the body, checked by the handler.
+STRIPE_WEBHOOK_PATH = "/v1/billing/stripe/webhook"
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/v1/auth/login", "/v1/auth/refresh",
+                          STRIPE_WEBHOOK_PATH})
 
 
 def _credential(request: web.Request) -> str | None:

@@ -2,6 +2,7 @@
 
     ApiError            raised by handlers and middlewares with a stable ErrorCode
     IdentityError       raised by identity commands; its code decides the status
+    BillingError        raised by billing commands; it carries its status
     aiohttp HTTPException (unknown route, wrong method, body too large) → the same shape
     anything else       → 500 INTERNAL, logged with its traceback
 """
@@ -15,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
+from democratic_ai.services.billing import BillingError
 from democratic_ai.services.identity import IdentityError, Throttled
 
 __all__ = ["STATUS", "ApiError", "error_middleware", "error_response"]
@@ -38,6 +40,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.MODULE_ERROR: 502,
     ErrorCode.CAPABILITY_UNAVAILABLE: 503,
     ErrorCode.NOT_READY: 503,
+    ErrorCode.PAYMENT_PROVIDER_UNAVAILABLE: 503,
+    ErrorCode.PAYMENT_PROVIDER_ERROR: 502,
     ErrorCode.TIMEOUT: 504,
 }
 
@@ -79,6 +83,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except IdentityError as exc:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
         return error_response(exc.code, exc.message, exc.details, status=STATUS.get(exc.code, 500), headers=headers)
+    except BillingError as exc:
+        if exc.status >= 500:
+            log.warning("billing on %s %s: %s", request.method, request.path, exc.message)
+        return error_response(exc.code, exc.message, exc.details, status=exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

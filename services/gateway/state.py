@@ -7,11 +7,12 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from democratic_ai.hub import PresenceIndex, RegistryIndex, Router
+from democratic_ai.services.billing import BillingService, Payments
 from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing
 
 from .config import GatewayConfig
 
-__all__ = ["CONFIG", "IDENTITY", "KEY_RING", "NC", "POOL", "PRESENCE", "REGISTRY", "ROUTER", "USERS"]
+__all__ = ["BILLING", "CONFIG", "IDENTITY", "KEY_RING", "NC", "PAYMENTS", "POOL", "PRESENCE", "REGISTRY", "ROUTER", "USERS"]
 
 CONFIG = web.AppKey("config", GatewayConfig)
 NC = web.AppKey("nc", NATS)
@@ -22,3 +23,5 @@ ROUTER = web.AppKey("router", Router)
 IDENTITY = web.AppKey("identity", IdentityIndex)
 KEY_RING = web.AppKey("key_ring", KeyRing)
 USERS = web.AppKey("users", IdentityService)
+BILLING = web.AppKey("billing", BillingService)
+PAYMENTS = web.AppKey("payments", Payments)

@@ -1,4 +1,10 @@
-"""Roles and their permissions, exactly as the product's table.
+"""Roles and their permissions: the product's table, plus one addition.
+
+The addition: ``tenant_admin`` also holds ``billing:update`` — choosing its tenant's plan and
+adding a card through Stripe Checkout — because a tenant upgrading itself is the normal way a
+plan changes; the seed's table gave it ``billing:read`` only, which would leave every plan
+change to a super admin. Closing a month into invoices (``billing:close``) stays with super
+admins (``*``).
 
 A permission is ``resource:action`` with an optional scope: ``:own`` (things the caller owns,
 e.g. its API keys) or ``:self`` (the caller's own user). ``*`` grants everything and
@@ -26,7 +32,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
     Role.TENANT_ADMIN: frozenset({
         "tenant:read", "tenant:update",
         "user:create", "user:read", "user:update", "user:delete",
-        "module:*", "api_key:*", "billing:read",
+        "module:*", "api_key:*", "billing:read", "billing:update",
     }),
     Role.DEVELOPER: frozenset({
         "tenant:read",

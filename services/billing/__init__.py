@@ -1,0 +1,67 @@
+"""Billing from the log: plans as data, subscriptions as events, invoices computed from usage,
+payments through Stripe.
+
+Commands (:class:`BillingService`, :class:`Payments`) append BILLING events; the billing
+projection folds them into read models; an invoice is a pure function of the log
+(:func:`build_invoice`) and the usage read model (:class:`UsageTotals`).
+"""
+
+from __future__ import annotations
+
+from .config import BillingConfig, StripeConfig
+from .errors import (
+    BadSignature,
+    BillingError,
+    Conflict,
+    Invalid,
+    NotFound,
+    StripeDisabled,
+    StripeFailed,
+    UsageUnavailable,
+)
+from .eventlog import BillingLog
+from .html import render_invoice
+from .invoicing import build_invoice, invoice_id, usage_window
+from .money import format_money, format_price, round_line, tax_amount
+from .payments import Payments
+from .pricing import InvalidPricing, PriceBook, load_pricing
+from .service import DEFAULT_TIME_ZONE, BillingService, Closed
+from .stripe_gateway import CheckoutSession, StripeBilling
+from .subscription import Subscription, Tenure, fold_subscription
+from .usage import PostgresUsageTotals, UsageTotals
+
+__all__ = [
+    "DEFAULT_TIME_ZONE",
+    "BadSignature",
+    "BillingConfig",
+    "BillingError",
+    "BillingLog",
+    "BillingService",
+    "CheckoutSession",
+    "Closed",
+    "Conflict",
+    "Invalid",
+    "InvalidPricing",
+    "NotFound",
+    "Payments",
+    "PostgresUsageTotals",
+    "PriceBook",
+    "StripeBilling",
+    "StripeConfig",
+    "StripeDisabled",
+    "StripeFailed",
+    "Subscription",
+    "Tenure",
+    "UsageTotals",
+    "UsageUnavailable",
+    "build_invoice",
+    "fold_subscription",
+    "format_money",
+    "format_price",
+    "invoice_id",
+    "load_pricing",
+    "render_invoice",
+    "round_line",
+    "tax_amount",
+    "usage_window",
+]

@@ -1,0 +1,66 @@
+"""Reading one aggregate's events from the BILLING stream, and appending with optimistic concurrency.
+
+A billing command loads its aggregate straight from the log — a subscription is a handful of
+events on one subject — instead of trusting a read model that may lag: the decision and the
+``Nats-Expected-Last-Subject-Sequence`` it appends with come from the same read.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+
+from democratic_ai.contracts.billing_events import BillingEvent, decode_event, encode_event
+
+from .errors import Conflict
+
+__all__ = ["STREAM", "BillingLog"]
+
+log = logging.getLogger(__name__)
+
+STREAM = "BILLING"
+WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
+
+
+class BillingLog:
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def read(self, subject: str) -> list[tuple[int, BillingEvent]]:
+        """Every event on ``subject``, in stream order, with its sequence."""
+        events: list[tuple[int, BillingEvent]] = []
+        sequence = 1
+        while True:
+            try:
+                msg = await self.js.get_msg(STREAM, sequence, subject=subject, next=True)
+            except NotFoundError:
+                return events
+            if msg.seq is None or msg.data is None:
+                return events
+            try:
+                events.append((msg.seq, decode_event(msg.data)))
+            except msgspec.ValidationError as exc:
+                log.error("skipped unreadable BILLING event %d on %s: %s", msg.seq, subject, exc)
+            sequence = msg.seq + 1
+
+    async def append(self, subject: str, event: BillingEvent, *, expected: int | None, msg_id: str | None = None) -> int:
+        """Append ``event``; raises :class:`Conflict` when ``subject`` has moved past ``expected``.
+
+        With ``msg_id``, a retried append within the duplicate window is dropped by JetStream
+        and answers the first one's sequence.
+        """
+        headers: dict[str, str] = {}
+        if expected is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
+        if msg_id is not None:
+            headers["Nats-Msg-Id"] = msg_id
+        try:
+            ack = await self.js.publish(subject, encode_event(event), headers=headers or None)
+        except BadRequestError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise Conflict("a concurrent change won; read the current state and retry") from None
+            raise
+        return ack.seq

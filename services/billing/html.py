@@ -1,0 +1,80 @@
+"""An invoice as a printable HTML page.
+
+Every value that came from outside — the tenant's name, a line's description, ids — passes
+through :func:`html.escape`; the page has no script and loads nothing, so it prints the same
+offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from html import escape
+from typing import Any
+
+from .money import format_money, format_price
+from .periods import zone
+
+__all__ = ["render_invoice"]
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 52rem; color: #111; }
+h1 { font-size: 1.6rem; margin-bottom: 0; } .muted { color: #555; }
+table { width: 100%; border-collapse: collapse; margin-top: 1.5rem; }
+th, td { padding: .4rem .5rem; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }
+td.num, th.num { text-align: right; white-space: nowrap; }
+tfoot td { border-bottom: none; } tfoot tr.total td { font-weight: bold; border-top: 2px solid #111; }
+.status { display: inline-block; padding: .1rem .5rem; border: 1px solid #555; border-radius: .3rem; }
+@media print { body { margin: 0; } .noprint { display: none; } }
+"""
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def _local(at: datetime, time_zone: str) -> str:
+    return at.astimezone(zone(time_zone)).strftime("%Y-%m-%d %H:%M")
+
+
+def _quantity(value: Decimal) -> str:
+    return f"{value.normalize():,f}"
+
+
+def render_invoice(invoice: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], tenant_name: str) -> str:
+    """The page of one invoice row and its line rows (as the read model returns them)."""
+    currency, time_zone = invoice["currency"], invoice["time_zone"]
+    body_rows = "\n".join(
+        f"<tr><td>{_e(line['description'])}</td><td class=\"num\">{_e(_quantity(line['quantity']))}"
+        f" {_e(line['unit'])}</td><td class=\"num\">{_e(format_price(line['unit_price'], currency))}</td>"
+        f"<td class=\"num\">{_e(format_money(line['amount'], currency))}</td></tr>"
+        for line in lines
+    )
+    rate = f"{_quantity(invoice['tax_rate'] * 100)}%"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Invoice {_e(invoice['invoice_id'])}</title><style>{_STYLE}</style></head>
+<body>
+<h1>Invoice {_e(invoice['invoice_id'])}</h1>
+<p class="muted">Democratic_AI · billed to <strong>{_e(tenant_name)}</strong> ({_e(invoice['tenant_id'])})</p>
+<p>Period {_e(invoice['period'])}: {_e(_local(invoice['period_start'], time_zone))} –
+{_e(_local(invoice['period_end'], time_zone))} ({_e(time_zone)})<br>
+Issued {_e(_local(invoice['issued_at'], time_zone))} · <span class="status">{_e(invoice['status'])}</span></p>
+<table>
+<thead><tr><th>Description</th><th class="num">Quantity</th><th class="num">Unit price</th>
+<th class="num">Amount</th></tr></thead>
+<tbody>
+{body_rows}
+</tbody>
+<tfoot>
+<tr><td colspan="3" class="num">Subtotal</td><td class="num">{_e(format_money(invoice['subtotal'], currency))}</td></tr>
+<tr><td colspan="3" class="num">Consumption tax {_e(rate)} (rounded down)</td>
+<td class="num">{_e(format_money(invoice['tax'], currency))}</td></tr>
+<tr class="total"><td colspan="3" class="num">Total</td><td class="num">{_e(format_money(invoice['total'], currency))}</td></tr>
+</tfoot>
+</table>
+<p class="muted">Line amounts are rounded half up to the currency's smallest unit; tax is computed on the subtotal
+and rounded down.</p>
+</body></html>
+"""

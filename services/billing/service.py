@@ -1,0 +1,218 @@
+"""Billing commands: choose a plan, cancel, close a month into an invoice.
+
+Nothing here writes a database row. A command loads its aggregate from the log, decides, and
+appends one event with ``Nats-Expected-Last-Subject-Sequence``; the billing projection folds
+it into the read models.
+
+Closing a month is idempotent by construction: the invoice is appended with expected last
+subject sequence 0 on ``billing.<tenant>.invoice.<YYYY-MM>`` and a ``Nats-Msg-Id`` of its
+deterministic id, so of any number of concurrent closes exactly one appends, and every one of
+them answers that invoice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from nats.js import JetStreamContext
+
+from democratic_ai.contracts.billing_events import (
+    InvoiceIssued,
+    PlanChanged,
+    SubscriptionCancelled,
+    SubscriptionStarted,
+    invoice_subject,
+    subscription_subject,
+)
+from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.subjects import InvalidSubjectToken, validate_token
+
+from .config import BillingConfig
+from .errors import Conflict, Invalid, NotFound
+from .eventlog import STREAM, BillingLog
+from .invoicing import build_invoice, period_id, usage_window
+from .periods import InvalidPeriod, InvalidTimeZone, Month, add_months, month_of, month_period, parse_month, zone
+from .pricing import INTERVALS, PriceBook
+from .subscription import Subscription, fold_subscription
+from .usage import UsageTotals
+
+__all__ = ["DEFAULT_TIME_ZONE", "BillingService", "Closed"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIME_ZONE = "Asia/Tokyo"  # the seed's market; a tenant may choose another on its first subscription
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The outcome of closing one month of one tenant."""
+
+    tenant_id: str
+    period: str
+    invoice: InvoiceIssued | None  # None: nothing to bill that month
+    created: bool  # False: the invoice already existed (or nothing was billed)
+
+
+class BillingService:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        prices: PriceBook,
+        usage: UsageTotals,
+        config: BillingConfig,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.log = BillingLog(js)
+        self.prices = prices
+        self.usage = usage
+        self.config = config
+        self.clock = clock
+
+    # Subscriptions -------------------------------------------------------------------------------
+
+    async def subscription(self, tenant_id: str) -> Subscription:
+        _tenant(tenant_id)
+        return fold_subscription(tenant_id, await self.log.read(subscription_subject(tenant_id)))
+
+    async def set_plan(
+        self, meta: Meta, tenant_id: str, plan_id: str, interval: str = "month", time_zone: str | None = None
+    ) -> int:
+        """Subscribe to ``plan_id``, or change to it (at once, prorated); returns the event's
+        sequence, or 0 when the tenant is already on that plan and interval."""
+        try:
+            terms = self.prices.terms(plan_id)
+        except KeyError:
+            raise Invalid(f"there is no plan {plan_id!r}", field="plan", allowed=sorted(self.prices.plans)) from None
+        if interval not in INTERVALS:
+            raise Invalid(f"interval must be one of {', '.join(INTERVALS)}", field="interval")
+        if time_zone is not None:
+            _zone(time_zone)
+        subscription = await self.subscription(tenant_id)
+        if time_zone is not None and subscription.time_zone not in (None, time_zone):
+            raise Invalid(f"the billing time zone is {subscription.time_zone}: it is set by the first subscription"
+                          " and kept, so that months never overlap", field="time_zone")
+        current = subscription.current
+        event: SubscriptionStarted | PlanChanged
+        if current is None:
+            event = SubscriptionStarted(tenant_id=tenant_id, meta=meta, terms=terms, interval=interval,
+                                        time_zone=subscription.time_zone or time_zone or DEFAULT_TIME_ZONE)
+        elif current.terms.plan_id == plan_id and current.interval == interval:
+            return 0
+        elif current.terms.currency != terms.currency:
+            raise Invalid(f"plan {plan_id!r} is priced in {terms.currency}, the subscription in"
+                          f" {current.terms.currency}; an invoice has one currency", field="plan")
+        else:
+            event = PlanChanged(tenant_id=tenant_id, meta=meta, terms=terms, interval=interval)
+        return await self.log.append(subscription_subject(tenant_id), event, expected=subscription.sequence)
+
+    async def cancel(self, meta: Meta, tenant_id: str, reason: str = "") -> int:
+        """End the subscription now; its last pieces are billed, prorated, with this month."""
+        subscription = await self.subscription(tenant_id)
+        if subscription.current is None:
+            raise Conflict(f"tenant {tenant_id!r} has no subscription to cancel")
+        return await self.log.append(
+            subscription_subject(tenant_id), SubscriptionCancelled(tenant_id=tenant_id, meta=meta, reason=reason),
+            expected=subscription.sequence,
+        )
+
+    # Invoices ------------------------------------------------------------------------------------
+
+    async def invoice(self, tenant_id: str, period: str) -> tuple[InvoiceIssued | None, int]:
+        """The invoice of ``period`` and the last sequence on its subject (0: never closed)."""
+        events = await self.log.read(invoice_subject(tenant_id, period))
+        issued = next((e for _, e in events if isinstance(e, InvoiceIssued)), None)
+        return issued, events[-1][0] if events else 0
+
+    def closable_from(self, month: Month, time_zone: str) -> datetime:
+        return month_period(month, time_zone).end + timedelta(seconds=self.config.close_grace_seconds)
+
+    async def close_period(self, tenant_id: str, month: Month | str, actor: str = "system") -> Closed:
+        """Issue the invoice of ``month`` (``YYYY-MM`` in the tenant's time zone), once."""
+        if isinstance(month, str):
+            month = _month(month)
+        subscription = await self.subscription(tenant_id)
+        time_zone = subscription.time_zone
+        if time_zone is None:
+            raise NotFound(f"tenant {tenant_id!r} has never subscribed to a plan")
+        period, now = period_id(month), self.clock()
+        if now < self.closable_from(month, time_zone):
+            raise Invalid(f"{period} can be closed from {self.closable_from(month, time_zone).isoformat()}:"
+                          " a month is closed only after it has ended and its usage has settled", field="period")
+        existing, _ = await self.invoice(tenant_id, period)
+        if existing is not None:
+            return Closed(tenant_id, period, existing, created=False)
+        bounds = month_period(month, time_zone)
+        # Only what was recorded before the month ended decides its invoice: a later close,
+        # or one after a rebuild, sees the same subscription.
+        events = [(s, e) for s, e in await self.log.read(subscription_subject(tenant_id)) if e.meta.at < bounds.end]
+        before_end = fold_subscription(tenant_id, events)
+        window = usage_window(before_end, bounds)
+        if window is None:
+            return Closed(tenant_id, period, None, created=False)
+        usage = await self.usage.totals(tenant_id, window.start, window.end)
+        invoice = build_invoice(before_end, month, usage, self.config.tax_rate, Meta(at=now, actor=actor))
+        if invoice is None:
+            return Closed(tenant_id, period, None, created=False)
+        try:
+            sequence = await self.log.append(invoice_subject(tenant_id, period), invoice, expected=0,
+                                             msg_id=invoice.invoice_id)
+        except Conflict:
+            sequence = 0  # a concurrent close won
+        stored, _ = await self.invoice(tenant_id, period)
+        if stored is None:
+            raise Conflict(f"the invoice of {period} was appended but cannot be read back; retry")
+        if msgspec.structs.replace(stored, meta=invoice.meta) != invoice:
+            log.error("tenant %s %s: the stored invoice differs from a recomputation; is usage still arriving?",
+                      tenant_id, period)
+        return Closed(tenant_id, period, stored, created=sequence != 0 and stored.meta == invoice.meta)
+
+    async def subscribed_tenants(self) -> list[str]:
+        info = await self.log.js.stream_info(STREAM, subjects_filter="billing.*.subscription.*")
+        return sorted({subject.split(".")[1] for subject in (info.state.subjects or {})})
+
+    async def close_due(self, tenant_id: str | None = None, month: Month | str | None = None) -> list[Closed]:
+        """Close ``month`` — or, without one, every ended month not yet invoiced — for ``tenant_id``
+        or for every tenant that ever subscribed."""
+        tenants = [tenant_id] if tenant_id else await self.subscribed_tenants()
+        results = []
+        for tenant in tenants:
+            if month is not None:
+                results.append(await self.close_period(tenant, month))
+                continue
+            subscription = await self.subscription(tenant)
+            if subscription.time_zone is None:
+                continue
+            info = await self.log.js.stream_info(STREAM, subjects_filter=invoice_subject(tenant, "*"))
+            invoiced = {subject.rsplit(".", 1)[1] for subject in (info.state.subjects or {})}
+            cursor = month_of(subscription.tenures[0].start, subscription.time_zone)
+            while self.clock() >= self.closable_from(cursor, subscription.time_zone):
+                if period_id(cursor) not in invoiced:
+                    results.append(await self.close_period(tenant, cursor))
+                cursor = add_months(cursor, 1)
+        return results
+
+
+def _tenant(tenant_id: str) -> None:
+    try:
+        validate_token(tenant_id, "tenant")
+    except InvalidSubjectToken as exc:
+        raise Invalid(str(exc), field="tenant") from None
+
+
+def _zone(time_zone: str) -> None:
+    try:
+        zone(time_zone)
+    except InvalidTimeZone as exc:
+        raise Invalid(str(exc), field="time_zone") from None
+
+
+def _month(text: str) -> Month:
+    try:
+        return parse_month(text)
+    except InvalidPeriod as exc:
+        raise Invalid(str(exc), field="period") from None

@@ -1,0 +1,117 @@
+"""Where invoices read usage: the :class:`UsageTotals` port, and its Postgres adapter.
+
+Billing never counts events itself: the usage read model (the ``usage`` projection of the
+USAGE stream) does, exactly once. :class:`PostgresUsageTotals` reads its tables:
+
+* ``usage_daily (tenant_id, day, metric, outcome, value)`` — sums per UTC day;
+* ``usage_events (tenant_id, metric, at, outcome, value, …)`` — every event, partitioned by month.
+
+A tenant's month starts at its own midnight, which is not a UTC day boundary in most time
+zones, so the whole UTC days inside the window come from ``usage_daily`` and the two partial
+days at its edges from ``usage_events`` (index ``(tenant_id, at)``): exact at any boundary,
+and a month costs one small query. Only ``outcome = 'success'`` is billable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, time, timedelta
+from typing import Protocol
+
+import asyncpg
+from nats.js import JetStreamContext
+
+from .errors import UsageUnavailable
+
+__all__ = ["PostgresUsageTotals", "UsageTotals"]
+
+FLOW_METRICS = ("api_calls", "compute_ms")
+STOCK_METRICS = ("storage_bytes",)  # events are deltas (bytes written, or freed): bill the balance
+
+
+class UsageTotals(Protocol):
+    """Billable usage of a tenant, per metric, in metered units (calls, milliseconds, bytes)."""
+
+    async def totals(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, int]:
+        """Successful usage in ``[start, end)`` for flow metrics (``api_calls``, ``compute_ms``);
+        for ``storage_bytes``, the bytes held at ``end`` (every storage event before it, summed).
+        Metrics with no usage may be left out."""
+        ...
+
+
+_QUERY = """
+WITH parts AS (
+    SELECT metric, value FROM usage_daily
+     WHERE tenant_id = $1 AND outcome = 'success' AND metric = any($2::text[]) AND day >= $3 AND day < $4
+    UNION ALL
+    SELECT metric, value FROM usage_events
+     WHERE tenant_id = $1 AND outcome = 'success' AND metric = any($2::text[])
+       AND ((at >= $5 AND at < $6) OR (at >= $7 AND at < $8))
+    UNION ALL
+    SELECT metric, value FROM usage_daily
+     WHERE tenant_id = $1 AND outcome = 'success' AND metric = any($9::text[]) AND day < $10
+    UNION ALL
+    SELECT metric, value FROM usage_events
+     WHERE tenant_id = $1 AND outcome = 'success' AND metric = any($9::text[]) AND at >= $11 AND at < $8
+)
+SELECT metric, sum(value)::bigint AS total FROM parts GROUP BY metric
+"""
+
+
+def _day_start(at: datetime) -> datetime:
+    return datetime.combine(at.astimezone(UTC).date(), time(), tzinfo=UTC)
+
+
+class PostgresUsageTotals:
+    """:class:`UsageTotals` over the usage read model.
+
+    With ``js`` it first waits until the ``usage`` projection has applied everything the USAGE
+    stream held when the read began, so an invoice never misses an event that was already in
+    the log.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext | None = None, *, catch_up_timeout: float = 60.0,
+                 projection: str = "usage", stream: str = "USAGE") -> None:
+        self._pool = pool
+        self._js = js
+        self._timeout = catch_up_timeout
+        self._projection = projection
+        self._stream = stream
+
+    async def totals(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, int]:
+        await self._caught_up()
+        first_full = _day_start(start) if start == _day_start(start) else _day_start(start) + timedelta(days=1)
+        last_full = max(_day_start(end), first_full)  # whole days are [first_full, last_full)
+        head_end = min(first_full, end)
+        tail_start = max(last_full, head_end)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                # The usage tables use row level security; naming the tenant lets the gateway's
+                # read-only role run this too.
+                await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant_id)
+                rows = await conn.fetch(
+                    _QUERY, tenant_id, list(FLOW_METRICS), first_full.date(), last_full.date(),
+                    start, head_end, tail_start, end, list(STOCK_METRICS), _day_start(end).date(), _day_start(end),
+                )
+        except asyncpg.UndefinedTableError as exc:
+            raise UsageUnavailable(f"the usage read model is not installed ({exc}); run the usage projection") from None
+        return {row["metric"]: int(row["total"]) for row in rows}
+
+    async def _caught_up(self) -> None:
+        if self._js is None:
+            return
+        target = (await self._js.stream_info(self._stream)).state.last_seq
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while True:
+            async with self._pool.acquire() as conn:
+                done = await conn.fetchval(
+                    "SELECT last_sequence FROM projection_checkpoints WHERE name = $1", self._projection) or 0
+            if done >= target:
+                return
+            if loop.time() > deadline:
+                raise UsageUnavailable(
+                    f"the {self._projection} projection is at {done} of {target} {self._stream} events;"
+                    " is the projection worker running?"
+                )
+            await asyncio.sleep(0.05)

@@ -1,0 +1,215 @@
+"""Billing over HTTP: the tenant's plan, its invoices (JSON or a printable page), closing a
+month, Stripe Checkout and Stripe's webhook.
+
+Reads come from the billing read models inside a transaction that names the tenant, so Row
+Level Security confines them to it: another tenant's invoice id answers 404 like any unknown
+one. A super admin may name a tenant with ``?tenant=``; anyone else gets their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from democratic_ai.contracts import ErrorCode
+from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.services.billing import BillingService, Payments, render_invoice
+from democratic_ai.services.identity import Principal
+
+from .auth import STRIPE_WEBHOOK_PATH, principal_of, require, require_tenant
+from .bodies import read_json
+from .errors import ApiError
+from .state import BILLING, IDENTITY, PAYMENTS, POOL
+
+__all__ = ["add_billing_routes"]
+
+log = logging.getLogger(__name__)
+_encode = msgspec.json.Encoder().encode
+
+_INVOICE_COLUMNS = ("invoice_id, tenant_id, period, period_start, period_end, time_zone, currency, subtotal,"
+                    " tax_rate, tax, total, usage, status, issued_at, stripe_invoice_id, paid_at")
+_LINE_COLUMNS = ("line_no, kind, description, metric, plan_id, quantity, unit, unit_price, amount, service_start,"
+                 " service_end")
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encode(document), status=status, content_type="application/json")
+
+
+def _plain(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as JSON-ready values: decimals as plain strings ("50000", never "5E+4")."""
+    return {k: f"{v:f}" if isinstance(v, Decimal) else v for k, v in record.items()}
+
+
+def _meta(request: web.Request, principal: Principal) -> Meta:
+    return Meta(at=datetime.now(UTC), actor=principal.actor, ip=request.remote or "",
+                user_agent=request.headers.get("User-Agent", "")[:256])
+
+
+def _tenant(request: web.Request) -> tuple[Principal, str]:
+    """The tenant a request is about: ``?tenant=`` for super admins, else the caller's own."""
+    tenant_id = request.query.get("tenant") or principal_of(request).tenant_id
+    return require_tenant(request, tenant_id), tenant_id
+
+
+async def _rows(request: web.Request, tenant_id: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant_id)
+        return await conn.fetch(query, *args)
+
+
+async def _caught_up(request: web.Request, sequence: int, timeout: float = 2.0) -> None:
+    """Wait (briefly) until the billing read model holds the event just appended at ``sequence``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with request.app[POOL].acquire() as conn:
+        while loop.time() < deadline:
+            done = await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = 'billing'")
+            if done is not None and done >= sequence:
+                return
+            await asyncio.sleep(0.01)
+    log.warning("the billing read model lags behind the log; is the projection worker running?")
+
+
+# The plan -----------------------------------------------------------------------------------------
+
+
+def _catalogue(service: BillingService) -> list[dict[str, Any]]:
+    return [{"plan_id": plan_id, **msgspec.to_builtins(terms)} for plan_id, terms in sorted(service.prices.plans.items())]
+
+
+async def _plan_document(request: web.Request, tenant_id: str) -> dict[str, Any]:
+    rows = await _rows(request, tenant_id, "SELECT tenant_id, plan_id, plan_name, interval, time_zone, currency, status,"
+                       " terms, started_at, current_since, cancelled_at FROM billing_subscriptions")
+    return {"tenant_id": tenant_id, "subscription": _plain(rows[0]) if rows else None,
+            "plans": _catalogue(request.app[BILLING])}
+
+
+async def get_plan(request: web.Request) -> web.Response:
+    _, tenant_id = _tenant(request)
+    require(request, "billing:read")
+    return _json(await _plan_document(request, tenant_id))
+
+
+class PlanChoice(msgspec.Struct, forbid_unknown_fields=True):
+    plan: str
+    interval: str = "month"
+    time_zone: str | None = None
+
+
+async def put_plan(request: web.Request) -> web.Response:
+    principal, tenant_id = _tenant(request)
+    require(request, "billing:update")
+    body = await read_json(request, PlanChoice)
+    sequence = await request.app[BILLING].set_plan(_meta(request, principal), tenant_id, body.plan, body.interval,
+                                                   body.time_zone)
+    await _caught_up(request, sequence)
+    return _json(await _plan_document(request, tenant_id))
+
+
+async def cancel_plan(request: web.Request) -> web.Response:
+    principal, tenant_id = _tenant(request)
+    require(request, "billing:update")
+    await _caught_up(request, await request.app[BILLING].cancel(_meta(request, principal), tenant_id))
+    return _json(await _plan_document(request, tenant_id))
+
+
+# Invoices -----------------------------------------------------------------------------------------
+
+
+async def list_invoices(request: web.Request) -> web.Response:
+    _, tenant_id = _tenant(request)
+    require(request, "billing:read")
+    rows = await _rows(request, tenant_id, f"SELECT {_INVOICE_COLUMNS} FROM billing_invoices ORDER BY period DESC")
+    return _json({"invoices": [_plain(r) for r in rows]})
+
+
+def _wants_html(request: web.Request) -> bool:
+    if request.query.get("format") == "html":
+        return True
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept and "application/json" not in accept
+
+
+async def get_invoice(request: web.Request) -> web.Response:
+    _, tenant_id = _tenant(request)
+    require(request, "billing:read")
+    invoice_id = request.match_info["invoice"]
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant_id)
+        invoice = await conn.fetchrow(f"SELECT {_INVOICE_COLUMNS} FROM billing_invoices WHERE invoice_id = $1",
+                                      invoice_id)
+        lines = await conn.fetch(f"SELECT {_LINE_COLUMNS} FROM billing_invoice_lines WHERE invoice_id = $1"
+                                 " ORDER BY line_no", invoice_id)
+        payments = await conn.fetch("SELECT stripe_event_id, outcome, amount, currency, reason, at FROM billing_payments"
+                                    " WHERE invoice_id = $1 ORDER BY at", invoice_id)
+    if invoice is None:
+        raise ApiError(ErrorCode.NOT_FOUND, f"no invoice {invoice_id!r}")
+    if _wants_html(request):
+        tenant = request.app[IDENTITY].tenants.get(tenant_id)
+        page = render_invoice(invoice, lines, tenant.name if tenant else tenant_id)
+        return web.Response(text=page, content_type="text/html", charset="utf-8")
+    return _json({**_plain(invoice), "lines": [_plain(r) for r in lines], "payments": [_plain(r) for r in payments]})
+
+
+class ClosePeriod(msgspec.Struct, forbid_unknown_fields=True):
+    tenant_id: str | None = None
+    period: str | None = None
+
+
+async def close_period(request: web.Request) -> web.Response:
+    """Admin: issue the invoices of ended months (and push them to Stripe when it is on)."""
+    principal = require(request, "billing:close")
+    body = await read_json(request, ClosePeriod) if request.can_read_body else ClosePeriod()
+    closed = await request.app[BILLING].close_due(body.tenant_id, body.period)
+    payments: Payments = request.app[PAYMENTS]
+    results = []
+    for result in closed:
+        stripe_invoice_id = ""
+        if result.invoice is not None and payments.enabled:
+            stripe_invoice_id = await payments.push(_meta(request, principal), result.invoice)
+        results.append({"tenant_id": result.tenant_id, "period": result.period, "created": result.created,
+                        "invoice": result.invoice, "stripe_invoice_id": stripe_invoice_id})
+    return _json({"closed": results})
+
+
+# Stripe -------------------------------------------------------------------------------------------
+
+
+async def payment_method(request: web.Request) -> web.Response:
+    """A Stripe Checkout page (setup mode) where the tenant enters a card; we never see it."""
+    principal, tenant_id = _tenant(request)
+    require(request, "billing:update")
+    tenant = request.app[IDENTITY].tenants.get(tenant_id)
+    subscription = await request.app[BILLING].subscription(tenant_id)
+    currency = subscription.current.terms.currency if subscription.current else "JPY"
+    session = await request.app[PAYMENTS].checkout(_meta(request, principal), tenant_id,
+                                                   tenant.name if tenant else tenant_id, currency)
+    return _json({"session_id": session.session_id, "url": session.url}, status=201)
+
+
+async def stripe_webhook(request: web.Request) -> web.Response:
+    """Stripe's webhook: verified by signature (no credential), recorded at most once per event."""
+    payload = await request.read()
+    meta = Meta(at=datetime.now(UTC), actor="stripe", ip=request.remote or "")
+    outcome = await request.app[PAYMENTS].webhook(meta, payload, request.headers.get("Stripe-Signature"))
+    return _json({"received": True, "outcome": outcome})
+
+
+def add_billing_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/billing/plan", get_plan)
+    app.router.add_put("/v1/billing/plan", put_plan)
+    app.router.add_delete("/v1/billing/plan", cancel_plan)
+    app.router.add_post("/v1/billing/close-period", close_period)
+    app.router.add_post("/v1/billing/payment-method", payment_method)
+    app.router.add_post(STRIPE_WEBHOOK_PATH, stripe_webhook)
+    app.router.add_get("/v1/invoices", list_invoices)
+    app.router.add_get("/v1/invoices/{invoice}", get_invoice)
