@@ -1,11 +1,39 @@
-"""JetStream consumers that fold events into Postgres read models; checkpoints; rebuild."""
+"""JetStream consumers that fold events into Postgres read models; checkpoints; rebuild; replay.
+
+``ProjectionRunner`` folds a stream live. ``rebuild``, ``rebuild_as_of`` and ``verify`` fold it
+into a shadow schema first (see :mod:`.rebuild`); ``read_log`` reads any window of a stream;
+``projection_status`` says how far behind each projection is.
+"""
 
 from __future__ import annotations
 
 from .base import Projection
+from .errors import MissingReadModel, ProjectionError, ReadModelChanged, RebuildInProgress
+from .log import LogRange, read_log, sequence_at
+from .rebuild import AsOfResult, TableComparison, rebuild, rebuild_as_of, verify
 from .registry import RegistryProjection
-from .runner import ProjectionRunner, rebuild
+from .runner import ProjectionRunner
+from .status import ProjectionStatus, projection_status
 
 PROJECTIONS: dict[str, Projection] = {p.name: p for p in (RegistryProjection(),)}
 
-__all__ = ["PROJECTIONS", "Projection", "ProjectionRunner", "RegistryProjection", "rebuild"]
+__all__ = [
+    "PROJECTIONS",
+    "AsOfResult",
+    "LogRange",
+    "MissingReadModel",
+    "Projection",
+    "ProjectionError",
+    "ProjectionRunner",
+    "ProjectionStatus",
+    "ReadModelChanged",
+    "RebuildInProgress",
+    "RegistryProjection",
+    "TableComparison",
+    "projection_status",
+    "read_log",
+    "rebuild",
+    "rebuild_as_of",
+    "sequence_at",
+    "verify",
+]
