@@ -1,7 +1,7 @@
 """JetStream consumers that fold events into Postgres read models; checkpoints; rebuild; replay.
 
 ``ProjectionRunner`` folds a stream live. ``rebuild``, ``rebuild_as_of`` and ``verify`` fold it
-into a shadow schema first (see :mod:`.rebuild`); ``read_log`` reads any window of a stream;
+into a shadow schema first (see :mod:`.rebuild`); ``LogReader`` reads any window of a stream;
 ``projection_status`` says how far behind each projection is.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .base import Projection
 from .errors import MissingReadModel, ProjectionError, ReadModelChanged, RebuildInProgress
-from .log import LogRange, read_log, sequence_at
+from .log import LogRange, LogReader, sequence_at
 from .rebuild import AsOfResult, TableComparison, rebuild, rebuild_as_of, verify
 from .registry import RegistryProjection
 from .runner import ProjectionRunner
@@ -21,6 +21,7 @@ __all__ = [
     "PROJECTIONS",
     "AsOfResult",
     "LogRange",
+    "LogReader",
     "MissingReadModel",
     "Projection",
     "ProjectionError",
@@ -31,7 +32,6 @@ __all__ = [
     "RegistryProjection",
     "TableComparison",
     "projection_status",
-    "read_log",
     "rebuild",
     "rebuild_as_of",
     "sequence_at",

@@ -1,6 +1,6 @@
 """Reading a window of the log: one stream, an optional subject filter, an inclusive range of sequences.
 
-Rebuilds, verifications and ``dai replay`` read through :func:`read_log`. It uses an ephemeral
+Rebuilds, verifications and ``dai replay`` read through :class:`LogReader`. It uses an ephemeral
 pull consumer that acknowledges nothing (``AckPolicy.NONE``: the server keeps no pending state
 per message) and forgets itself when idle (``inactive_threshold``), so an interrupted reader
 leaves nothing behind. The window's end is fixed when reading starts, so a read terminates
@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-__all__ = ["LogRange", "read_log", "sequence_at", "stream_last_sequence"]
+__all__ = ["LogRange", "LogReader", "sequence_at", "stream_last_sequence"]
 
 _IDLE_SECONDS = 30.0  # an abandoned reader's consumer disappears after this long
 _PREFETCH = 2  # batches fetched ahead of the one being processed
@@ -80,46 +80,69 @@ async def sequence_at(js: JetStreamContext, stream: str, when: datetime, *, afte
     return info.delivered.stream_seq + 1
 
 
-async def read_log(js: JetStreamContext, window: LogRange, *, batch: int = 1024) -> AsyncIterator[list[Msg]]:
-    """Yield the window's messages in stream order, in lists of at most ``batch``.
+class LogReader:
+    """An open window of the log: ``async with LogReader(js, window) as reader: async for batch in reader``.
 
     The next batches are fetched while the caller processes the current one (JetStream and
     the caller's work overlap); at most ``_PREFETCH`` batches wait in memory.
     """
-    if batch < 1:
-        raise ValueError("batch must be at least 1.")
-    last = await stream_last_sequence(js, window.stream)
-    if window.last_seq is not None:
-        last = min(last, window.last_seq)
-    if window.first_seq > last:
-        return
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=window.first_seq,
-        filter_subject=window.filter_subject,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=_IDLE_SECONDS,
-        mem_storage=True,
-        max_waiting=1,
-    )
-    info = await js.add_consumer(window.stream, config)
-    if info.num_pending == 0:
-        await _delete_consumer(js, window.stream, info.name)
-        return
-    subscription = await js.pull_subscribe_bind(consumer=info.name, stream=window.stream)
-    queue: asyncio.Queue[list[Msg] | BaseException | None] = asyncio.Queue(maxsize=_PREFETCH)
-    fetcher = asyncio.create_task(_fetch_into(subscription, queue, batch, last))
-    try:
+
+    def __init__(self, js: JetStreamContext, window: LogRange, *, batch: int = 1024) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1.")
+        self._js = js
+        self._window = window
+        self._batch = batch
+        self._last = 0
+        self._consumer: str | None = None
+        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._fetcher: asyncio.Task[None] | None = None
+        self.pending = 0  # matching events from the window's start to the stream's end, when opened
+
+    async def __aenter__(self) -> LogReader:
+        window = self._window
+        self._last = await stream_last_sequence(self._js, window.stream)
+        if window.last_seq is not None:
+            self._last = min(self._last, window.last_seq)
+        if window.first_seq > self._last:
+            return self
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=window.first_seq,
+            filter_subject=window.filter_subject,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=_IDLE_SECONDS,
+            mem_storage=True,
+        )
+        info = await self._js.add_consumer(window.stream, config)
+        self._consumer = info.name
+        self.pending = info.num_pending
+        if self.pending:
+            self._subscription = await self._js.pull_subscribe_bind(consumer=info.name, stream=window.stream)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._fetcher is not None:
+            self._fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fetcher
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+        if self._consumer is not None:
+            # The inactive threshold would remove it anyway; deleting now keeps `nats consumer ls` tidy.
+            with contextlib.suppress(NotFoundError):
+                await self._js.delete_consumer(self._window.stream, self._consumer)
+
+    async def __aiter__(self) -> AsyncIterator[list[Msg]]:
+        """Yield the window's messages in stream order, in lists of at most ``batch``."""
+        if self._subscription is None:
+            return
+        queue: asyncio.Queue[list[Msg] | BaseException | None] = asyncio.Queue(maxsize=_PREFETCH)
+        self._fetcher = asyncio.create_task(_fetch_into(self._subscription, queue, self._batch, self._last))
         while (item := await queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
-        fetcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await fetcher
-        await subscription.unsubscribe()
-        await _delete_consumer(js, window.stream, info.name)
 
 
 async def _fetch_into(
@@ -152,9 +175,3 @@ async def _fetch_into(
         await queue.put(exc)
         return
     await queue.put(None)
-
-
-async def _delete_consumer(js: JetStreamContext, stream: str, name: str) -> None:
-    # The inactive threshold would remove it anyway; deleting now keeps `nats consumer ls` tidy.
-    with contextlib.suppress(NotFoundError):
-        await js.delete_consumer(stream, name)

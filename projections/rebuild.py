@@ -33,7 +33,7 @@ from . import shadow
 from .base import Projection
 from .checkpoints import advance_checkpoint, lock_checkpoint, read_checkpoints
 from .errors import RebuildInProgress
-from .log import LogRange, read_log, sequence_at, stream_last_sequence
+from .log import LogRange, LogReader, sequence_at, stream_last_sequence
 
 __all__ = ["AsOfResult", "TableComparison", "rebuild", "rebuild_as_of", "verify"]
 
@@ -76,13 +76,14 @@ class _Builder:
         pending: asyncio.Task[None] | None = None
         chunk: list[Msg] = []
         try:
-            async for messages in self._read(last, batch):
-                chunk += messages
-                if len(chunk) >= CHUNK:
-                    if pending is not None:
-                        await pending
-                    pending = asyncio.create_task(self._commit(chunk))
-                    chunk = []
+            async with self._reader(last, batch) as reader:
+                async for messages in reader:
+                    chunk += messages
+                    if len(chunk) >= CHUNK:
+                        if pending is not None:
+                            await pending
+                        pending = asyncio.create_task(self._commit(chunk))
+                        chunk = []
             if pending is not None:
                 await pending
                 pending = None
@@ -97,9 +98,10 @@ class _Builder:
 
     async def catch_up(self, last: int, *, batch: int) -> None:
         """Fold up to ``last`` inside the caller's transaction."""
-        async for messages in self._read(last, batch):
-            await shadow.fold(self._conn, self._schema, self._projection, messages)
-            self.events += len(messages)
+        async with self._reader(last, batch) as reader:
+            async for messages in reader:
+                await shadow.fold(self._conn, self._schema, self._projection, messages)
+                self.events += len(messages)
         self.position = max(self.position, last)
 
     async def _commit(self, messages: list[Msg]) -> None:
@@ -107,15 +109,11 @@ class _Builder:
             await shadow.fold(self._conn, self._schema, self._projection, messages)
         self.events += len(messages)
 
-    async def _read(self, last: int, batch: int) -> AsyncIterator[list[Msg]]:
-        if last <= self.position:
-            return
-        window = LogRange(
-            self._projection.stream, self._projection.filter_subject, first_seq=self.position + 1, last_seq=last
-        )
-        async with contextlib.aclosing(read_log(self._js, window, batch=batch)) as batches:
-            async for messages in batches:
-                yield messages
+    def _reader(self, last: int, batch: int) -> LogReader:
+        """The events after ``position`` up to ``last`` (an empty window once ``last`` is reached)."""
+        first = self.position + 1
+        window = LogRange(self._projection.stream, self._projection.filter_subject, first_seq=first, last_seq=max(last, first - 1))
+        return LogReader(self._js, window, batch=batch)
 
 
 @contextlib.asynccontextmanager
