@@ -11,12 +11,12 @@ from aiohttp import web
 
 from democratic_ai.contracts import ensure_streams, tracing
 from democratic_ai.hub import Hub
-from democratic_ai.projections import PROJECTIONS, ProjectionRunner, rebuild
+from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import create_pool, migrate
 from democratic_ai.sdk import Module
 from democratic_ai.services.gateway import GatewayConfig, create_app
 
-__all__ = ["load_module_class", "rebuild_projection", "run_gateway", "run_hub", "run_module", "run_projections"]
+__all__ = ["load_module_class", "run_gateway", "run_hub", "run_module", "run_projections"]
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +89,3 @@ async def run_module(nats_url: str, module_class: type[Module], stop: asyncio.Ev
     await stop.wait()
     await module.stop()
     await nc.drain()
-
-
-async def rebuild_projection(nats_url: str, database_url: str, name: str) -> int:
-    if name not in PROJECTIONS:
-        raise SystemExit(f"dai: unknown projection {name!r}; known: {', '.join(sorted(PROJECTIONS))}")
-    nc = await _connect(nats_url, "dai-rebuild")
-    pool = await create_pool(database_url, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
-        return await rebuild(nc.jetstream(), pool, PROJECTIONS[name])
-    finally:
-        await pool.close()
-        await nc.drain()

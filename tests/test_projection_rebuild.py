@@ -225,3 +225,45 @@ async def test_status_counts_lag_in_events_and_stream_seconds(nc: NATS, pool: as
         await conn.execute("UPDATE projection_checkpoints SET last_sequence = $2 WHERE name = $1", projection.name, sequences[2])
     [current] = await projection_status(nc.jetstream(), pool, [projection])
     assert (current.lag_events, current.lag_seconds) == (0, 0.0)
+
+
+async def test_the_projection_commands(
+    nc: NATS, pool: asyncpg.Pool, nats_server: object, database_url: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from democratic_ai.ops.cli import main
+
+    ids = await _publish_many(nc, 5)
+    await _catch_up(nc, pool)
+    monkeypatch.setenv("NATS_URL", nats_server.url)  # type: ignore[attr-defined]
+    monkeypatch.setenv("DATABASE_URL", database_url)
+
+    async def dai(*argv: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(main, list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, _ = await dai("projections", "status")
+    last = (await nc.jetstream().stream_info("REGISTRY")).state.last_seq
+    assert code == 0
+    assert out.splitlines()[1].split() == ["registry", "REGISTRY", str(last), str(last), "0", "0.000"]
+
+    code, out, _ = await dai("projections", "verify", "registry")
+    assert code == 0 and out.splitlines()[-1] == "registry: equal to a rebuild from the log"
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM registry_modules WHERE module_id = $1", ids[0])
+    code, out, _ = await dai("projections", "verify", "registry")
+    assert code == 1
+    assert out.splitlines()[-1] == 'registry: different: "public"."registry_capabilities", "public"."registry_modules"'
+
+    code, out, _ = await dai("projections", "rebuild", "registry")
+    assert code == 0 and out.startswith("rebuilt registry from ")
+    code, out, _ = await dai("projections", "verify", "registry")
+    assert code == 0
+
+    code, out, _ = await dai("projections", "rebuild", "registry", "--as-of", "2000-01-01")
+    assert code == 0
+    assert "as of 2000-01-01T00:00:00+00:00: 0 events up to REGISTRY sequence 0, in schema dai_asof_registry" in out
+
+    code, _, err = await dai("projections", "rebuild", "nope")
+    assert (code, err.strip()) == (2, "dai: unknown projection 'nope'; known: registry")
