@@ -217,3 +217,13 @@ def test_usage_errors_exit_2_in_one_line(
     assert code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(message)
+
+
+async def test_the_runbook_purge_removes_one_tenant_and_keeps_the_others(nc: NATS) -> None:
+    """``nats stream purge MCP --subject 'mcp.*.<tenant>.>'`` is a purge with a wildcard filter."""
+    gone, kept = unique("gone"), unique("kept")
+    await _record_calls(nc, gone)
+    await _record_calls(nc, kept)
+    assert await nc.jetstream().purge_stream("MCP", subject=f"mcp.*.{gone}.>")
+    assert await _replay(nc, stream="MCP", tenant=gone) == []
+    assert len(await _replay(nc, stream="MCP", tenant=kept)) == 4
