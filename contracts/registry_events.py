@@ -3,6 +3,17 @@
 Subjects are ``registry.<module>.registered`` and ``registry.<module>.updated``. Events are
 JSON (readable with ``nats stream view REGISTRY``) decoded by one typed decoder that ignores
 unknown fields, so an older reader survives a newer writer.
+
+Every event carries its schema version ``v``; the log is never rewritten, so :func:`decode_event`
+upcasts older versions on read, one step at a time:
+
+    v1  ``digest`` is the bare SHA-256 hex of the manifest.
+    v2  ``digest`` names its algorithm, ``sha256:<hex>`` (the OCI convention), so the hash can
+        change later without a reader mistaking one algorithm's digest for another's.
+        :func:`upcast_v1_v2` prefixes v1 digests, so a module registered under v1 and announced
+        again under v2 compares equal and is not recorded twice.
+
+A version newer than this reader knows is read as the current one (unknown fields ignored).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "VERSION",
     "CapabilitySpec",
     "ModuleManifest",
     "ModuleRegistered",
@@ -21,7 +33,10 @@ __all__ = [
     "RegistryEvent",
     "decode_event",
     "encode_event",
+    "upcast_v1_v2",
 ]
+
+VERSION = 2  # the schema version this module writes
 
 
 class CapabilitySpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,19 +57,19 @@ class ModuleManifest(msgspec.Struct, frozen=True, kw_only=True):
     capabilities: tuple[CapabilitySpec, ...] = ()
 
     def digest(self) -> str:
-        """A stable hash of the manifest: equal manifests give equal digests."""
-        return hashlib.sha256(msgspec.json.encode(self, order="sorted")).hexdigest()
+        """A stable hash of the manifest, ``sha256:<hex>``: equal manifests give equal digests."""
+        return "sha256:" + hashlib.sha256(msgspec.json.encode(self, order="sorted")).hexdigest()
 
 
 class ModuleRegistered(msgspec.Struct, frozen=True, kw_only=True, tag="module.registered", tag_field="type"):
-    v: int = 1
+    v: int = VERSION
     manifest: ModuleManifest
     digest: str
     at: datetime
 
 
 class ModuleUpdated(msgspec.Struct, frozen=True, kw_only=True, tag="module.updated", tag_field="type"):
-    v: int = 1
+    v: int = VERSION
     manifest: ModuleManifest
     digest: str
     at: datetime
@@ -70,6 +85,26 @@ def encode_event(event: RegistryEvent) -> bytes:
     return _encoder.encode(event)
 
 
+def upcast_v1_v2(event: RegistryEvent) -> RegistryEvent:
+    """v1 digests were bare SHA-256 hex; v2 digests say ``sha256:``."""
+    return msgspec.structs.replace(event, v=2, digest=f"sha256:{event.digest}")
+
+
+# version → the upcaster that lifts an event of that version to the next one. v1 and v2 share
+# their field names, so the typed decoder reads both; a version that renames fields would
+# decode into a struct of its own before its upcaster runs.
+_UPCASTERS = {1: upcast_v1_v2}
+
+
 def decode_event(data: bytes) -> RegistryEvent:
-    """Decode a REGISTRY event; raises ``msgspec.ValidationError`` for a malformed one."""
-    return _decoder.decode(data)
+    """Decode a REGISTRY event of any version, upcast to :data:`VERSION`.
+
+    Raises ``msgspec.ValidationError`` for a malformed event or a version that never existed.
+    """
+    event = _decoder.decode(data)
+    while event.v < VERSION:
+        upcast = _UPCASTERS.get(event.v)
+        if upcast is None:
+            raise msgspec.ValidationError(f"REGISTRY event version {event.v} does not exist (current: {VERSION})")
+        event = upcast(event)
+    return event

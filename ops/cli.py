@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 __all__ = ["main"]
 
@@ -18,8 +19,15 @@ def _env(name: str) -> str:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (argparse prints the whole usage first), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dai", description="Democratic_AI: an open platform for sharing AI tools.")
+    parser = _Parser(prog="dai", description="Democratic_AI: an open platform for sharing AI tools.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="run the whole platform on this machine (embedded NATS and Postgres)")
@@ -44,8 +52,28 @@ def _parser() -> argparse.ArgumentParser:
     projection_commands = projections.add_subparsers(dest="projection_command", required=True, metavar="ACTION")
     prun = projection_commands.add_parser("run", help="fold events into read models (needs NATS_URL, DATABASE_URL)")
     prun.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default: all)")
-    rebuild = projection_commands.add_parser("rebuild", help="empty a read model and replay its stream")
+    projection_commands.add_parser("status", help="each projection's position and lag (needs NATS_URL, DATABASE_URL)")
+    rebuild = projection_commands.add_parser(
+        "rebuild", help="rebuild a read model from its stream in a shadow schema and swap it in atomically"
+    )
     rebuild.add_argument("name", metavar="NAME")
+    rebuild.add_argument(
+        "--as-of", metavar="TIME", help="build the state as of TIME into schema dai_asof_NAME; the live model is untouched"
+    )
+    verify = projection_commands.add_parser("verify", help="prove a read model equals a rebuild (exit 1 if not)")
+    verify.add_argument("name", metavar="NAME")
+
+    replay = commands.add_parser("replay", help="decode a stream's events to JSON lines or CSV (needs NATS_URL)")
+    replay.add_argument("stream", metavar="STREAM", help="MCP, USAGE, IDENTITY, BILLING, REGISTRY")
+    replay.add_argument("--tenant", help="only this tenant's events")
+    replay.add_argument("--capability", help="only this capability's events (MCP)")
+    replay.add_argument("--subject", help="a NATS subject filter, e.g. 'mcp.req.acme.>'")
+    replay.add_argument("--since", metavar="TIME", help="from TIME: ISO 8601 (UTC unless an offset is given) or an age like 15m, 2h, 7d")
+    replay.add_argument("--from-seq", type=int, metavar="N", help="from stream sequence N")
+    replay.add_argument("--until", metavar="TIME", help="up to TIME (inclusive)")
+    replay.add_argument("--to-seq", type=int, metavar="N", help="up to stream sequence N (inclusive)")
+    replay.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    replay.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of stdout")
     identity = commands.add_parser("identity", help="identity commands")
     identity_commands = identity.add_subparsers(dest="identity_command", required=True, metavar="ACTION")
     identity_commands.add_parser("rotate-jwt-key", help="sign new access tokens with a new key (old ones stay valid)")
@@ -99,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                                                             args.period))
         for line in closed:
             print(line)
-    elif args.command == "projections" and args.projection_command == "rebuild":
-        count = asyncio.run(services.rebuild_projection(_env("NATS_URL"), _env("DATABASE_URL"), args.name))
-        print(f"rebuilt {args.name} from {count} events")
+    else:
+        from . import log_commands
+
+        return log_commands.run(args, _env)
     return 0
 
 

@@ -1,5 +1,5 @@
 """The processes of the platform, one function each: hub, gateway, projections, module; and the
-one-shot commands (key rotation, rebuild, closing billing periods)."""
+one-shot commands (key rotation, closing billing periods)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from aiohttp import web
 from democratic_ai.contracts import ensure_streams, tracing
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.hub import Hub
-from democratic_ai.projections import PROJECTIONS, ProjectionRunner, rebuild
+from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import create_pool, migrate
 from democratic_ai.sdk import Module
 from democratic_ai.services.billing import (
@@ -31,7 +31,7 @@ from democratic_ai.services.billing import (
 from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.identity import rotate_signing_key
 
-__all__ = ["close_billing_periods", "load_module_class", "rebuild_projection", "rotate_jwt_key", "run_gateway", "run_hub", "run_module", "run_projections"]
+__all__ = ["close_billing_periods", "load_module_class", "rotate_jwt_key", "run_gateway", "run_hub", "run_module", "run_projections"]
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +111,6 @@ async def rotate_jwt_key(nats_url: str) -> str:
     try:
         return await rotate_signing_key(nc.jetstream())
     finally:
-        await nc.drain()
-
-
-async def rebuild_projection(nats_url: str, database_url: str, name: str) -> int:
-    if name not in PROJECTIONS:
-        raise SystemExit(f"dai: unknown projection {name!r}; known: {', '.join(sorted(PROJECTIONS))}")
-    nc = await _connect(nats_url, "dai-rebuild")
-    pool = await create_pool(database_url, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
-        return await rebuild(nc.jetstream(), pool, PROJECTIONS[name])
-    finally:
-        await pool.close()
         await nc.drain()
 
 

@@ -1,13 +1,43 @@
-"""JetStream consumers that fold events into Postgres read models; checkpoints; rebuild."""
+"""JetStream consumers that fold events into Postgres read models; checkpoints; rebuild; replay.
+
+``ProjectionRunner`` folds a stream live. ``rebuild``, ``rebuild_as_of`` and ``verify`` fold it
+into a shadow schema first (see :mod:`.rebuild`); ``LogReader`` reads any window of a stream;
+``projection_status`` says how far behind each projection is.
+"""
 
 from __future__ import annotations
 
 from .base import Projection
 from .billing import BillingProjection
 from .identity import IdentityProjection
+from .errors import MissingReadModel, ProjectionError, ReadModelChanged, RebuildInProgress
+from .log import LogRange, LogReader, sequence_at
+from .rebuild import AsOfResult, TableComparison, rebuild, rebuild_as_of, verify
 from .registry import RegistryProjection
-from .runner import ProjectionRunner, rebuild
+from .runner import ProjectionRunner
+from .status import ProjectionStatus, projection_status
 
 PROJECTIONS: dict[str, Projection] = {p.name: p for p in (RegistryProjection(), IdentityProjection(), BillingProjection())}
 
-__all__ = ["PROJECTIONS", "BillingProjection", "IdentityProjection", "Projection", "ProjectionRunner", "RegistryProjection", "rebuild"]
+__all__ = [
+    "PROJECTIONS",
+    "AsOfResult",
+    "BillingProjection",
+    "IdentityProjection",
+    "LogRange",
+    "LogReader",
+    "MissingReadModel",
+    "Projection",
+    "ProjectionError",
+    "ProjectionRunner",
+    "ProjectionStatus",
+    "ReadModelChanged",
+    "RebuildInProgress",
+    "RegistryProjection",
+    "TableComparison",
+    "projection_status",
+    "rebuild",
+    "rebuild_as_of",
+    "sequence_at",
+    "verify",
+]

@@ -1,4 +1,7 @@
-"""The registry read model: modules and their capabilities with JSON Schemas."""
+"""The registry read model: modules and their capabilities with JSON Schemas.
+
+Events of every schema version are folded: :func:`decode_event` upcasts them to the current one.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
-from democratic_ai.contracts.registry_events import ModuleManifest, ModuleRegistered, decode_event
+from democratic_ai.contracts.registry_events import ModuleRegistered, RegistryEvent, decode_event
 
 __all__ = ["RegistryProjection"]
 
@@ -24,8 +27,9 @@ class RegistryProjection:
     tables = ("registry_capabilities", "registry_modules")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:
-        # Fold the batch first: only each module's last manifest reaches the database.
-        latest: dict[str, tuple[ModuleManifest, str, datetime, datetime | None, int]] = {}
+        # Fold the batch first: only each module's last manifest reaches the database, and only
+        # those events' metadata is parsed (it costs more than decoding the event itself).
+        latest: dict[str, tuple[RegistryEvent, Msg, datetime | None]] = {}
         for msg in events:
             try:
                 event = decode_event(msg.data)
@@ -34,9 +38,9 @@ class RegistryProjection:
                 continue
             module_id = event.manifest.module_id
             registered_at = event.at if isinstance(event, ModuleRegistered) else None
-            if module_id in latest and registered_at is None:
-                registered_at = latest[module_id][3]
-            latest[module_id] = (event.manifest, event.digest, event.at, registered_at, msg.metadata.sequence.stream)
+            if registered_at is None and module_id in latest:
+                registered_at = latest[module_id][2]
+            latest[module_id] = (event, msg, registered_at)
         if not latest:
             return
         await conn.executemany(
@@ -50,8 +54,11 @@ class RegistryProjection:
                 registered_at = coalesce($6::timestamptz, registry_modules.registered_at)
             """,
             [
-                (m.module_id, m.name, m.version, m.description, digest, registered_at, at, seq)
-                for m, digest, at, registered_at, seq in latest.values()
+                (
+                    e.manifest.module_id, e.manifest.name, e.manifest.version, e.manifest.description, e.digest,
+                    registered_at, e.at, msg.metadata.sequence.stream,
+                )
+                for e, msg, registered_at in latest.values()
             ],
         )
         await conn.execute("DELETE FROM registry_capabilities WHERE module_id = any($1::text[])", list(latest))
@@ -62,8 +69,8 @@ class RegistryProjection:
             VALUES ($1, $2, $3, $4, $5, $6)
             """,
             [
-                (m.module_id, c.action, c.description, c.input_schema, c.output_schema, c.streaming)
-                for m, *_ in latest.values()
-                for c in m.capabilities
+                (e.manifest.module_id, c.action, c.description, c.input_schema, c.output_schema, c.streaming)
+                for e, _, _ in latest.values()
+                for c in e.manifest.capabilities
             ],
         )

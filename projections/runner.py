@@ -19,26 +19,16 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from .base import Projection
+from .checkpoints import advance_checkpoint, lock_checkpoint
 
-__all__ = ["ProjectionRunner", "rebuild"]
+__all__ = ["ProjectionRunner", "consumer_name"]
 
 log = logging.getLogger(__name__)
 
 
 def consumer_name(projection: Projection) -> str:
+    """The durable consumer of the live runner: ``nats consumer info <STREAM> projection-<name>``."""
     return f"projection-{projection.name}"
-
-
-async def _checkpoint(conn: asyncpg.Connection, name: str) -> int:
-    """Lock and return the projection's checkpoint (creating it at 0)."""
-    await conn.execute("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
-    return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1 FOR UPDATE", name)
-
-
-async def _advance(conn: asyncpg.Connection, name: str, sequence: int) -> None:
-    await conn.execute(
-        "UPDATE projection_checkpoints SET last_sequence = $2, updated_at = now() WHERE name = $1", name, sequence
-    )
 
 
 class ProjectionRunner:
@@ -70,13 +60,13 @@ class ProjectionRunner:
         """Fold one batch in one transaction; returns the new checkpoint."""
         name = self.projection.name
         async with self._pool.acquire() as conn, conn.transaction():
-            last = await _checkpoint(conn, name)
+            last = await lock_checkpoint(conn, name)
             fresh = [m for m in messages if m.metadata.sequence.stream > last]
             if not fresh:
                 return last
             await self.projection.apply(conn, fresh)
             last = fresh[-1].metadata.sequence.stream
-            await _advance(conn, name, last)
+            await advance_checkpoint(conn, name, last)
             return last
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
@@ -87,7 +77,7 @@ class ProjectionRunner:
         """
         projection = self.projection
         async with self._pool.acquire() as conn, conn.transaction():
-            last = await _checkpoint(conn, projection.name)
+            last = await lock_checkpoint(conn, projection.name)
         try:
             await self._js.delete_consumer(projection.stream, consumer_name(projection))
         except NotFoundError:
@@ -105,45 +95,3 @@ class ProjectionRunner:
         return await self._js.pull_subscribe(
             projection.filter_subject, durable=consumer_name(projection), stream=projection.stream, config=config
         )
-
-
-async def rebuild(js: JetStreamContext, pool: asyncpg.Pool, projection: Projection, *, batch: int = 1024) -> int:
-    """Empty the read model and replay the whole stream into it, atomically.
-
-    Everything happens in one transaction that holds the checkpoint's row lock: readers see
-    the old rows until the commit and the new ones after it, and a live runner waits, then
-    skips what the rebuild applied. Returns the number of events replayed.
-    """
-    target = (await js.stream_info(projection.stream)).state.last_seq
-    replayed = 0
-    async with pool.acquire() as conn, conn.transaction():
-        await _checkpoint(conn, projection.name)
-        for table in projection.tables:
-            await conn.execute(f'DELETE FROM "{table}"')  # DELETE, not TRUNCATE: readers keep reading
-        last = 0
-        if target:
-            subscription = await js.pull_subscribe(
-                projection.filter_subject,
-                stream=projection.stream,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0
-                ),
-            )
-            try:
-                while last < target:
-                    try:
-                        messages = await subscription.fetch(batch, timeout=1.0)
-                    except TimeoutError:  # builtin: nats raises both its own and asyncio's
-                        break  # the filter matched nothing past `last`
-                    messages = [m for m in messages if m.metadata.sequence.stream <= target]
-                    if not messages:
-                        break
-                    await projection.apply(conn, messages)
-                    replayed += len(messages)
-                    last = messages[-1].metadata.sequence.stream
-                    if messages[-1].metadata.num_pending == 0:
-                        break
-            finally:
-                await subscription.unsubscribe()
-        await _advance(conn, projection.name, max(last, target))
-    return replayed

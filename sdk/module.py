@@ -2,13 +2,16 @@
 
 A started module subscribes each capability on two subjects — the capability route, shared by
 every replica of every module that offers it (one queue group per capability), and its own
-direct route — announces its manifest to the hub, and heartbeats until it stops.
+direct route — announces its manifest to the hub, and heartbeats until it stops. It is also a
+NATS micro service (:mod:`.micro`): each route is an endpoint, so ``nats micro ls|info|stats``
+shows the module's instances and their request, error and latency figures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,13 +24,14 @@ from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError
 
 from democratic_ai.contracts import (
-    ErrorCode, MCPMessage, decode, error_reply, expired, presence, reply, subjects, tracing,
+    ErrorCode, MCPMessage, MessageType, decode, error_reply, expired, presence, reply, subjects, tracing,
 )
 from democratic_ai.contracts.registry_events import ModuleManifest
 
 from .capability import CapabilityDefinition, definitions_of
 from .client import Client
 from .errors import CallError
+from .micro import Endpoint, MicroService
 
 __all__ = ["Module", "ModuleConfig"]
 
@@ -72,6 +76,7 @@ class Module:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.config.max_concurrency)
         self._background: list[asyncio.Task[None]] = []
+        self._micro: MicroService | None = None
 
     @property
     def manifest(self) -> ModuleManifest:
@@ -93,18 +98,35 @@ class Module:
     async def start(self, nc: NATS) -> None:
         """Subscribe every capability, then announce and heartbeat in the background."""
         self._nc = nc
-        for definition in self.capabilities.values():
+        endpoints: list[Endpoint] = []
+        for definition in sorted(self.capabilities.values(), key=lambda d: d.action):
             action = definition.action
-
-            async def on_call(msg: Msg, definition: CapabilityDefinition = definition) -> None:
-                self._spawn(self._serve(definition, msg))
-
-            self._subscriptions.append(
-                await nc.subscribe(subjects.call("*", action), queue=subjects.capability_queue(action), cb=on_call)
+            routes = (
+                Endpoint(
+                    name=action.replace(".", "_"), subject=subjects.call("*", action),
+                    queue_group=subjects.capability_queue(action),
+                    metadata={"capability": action, "route": "capability", "description": definition.description},
+                ),
+                Endpoint(
+                    name=action.replace(".", "_") + "-direct", subject=subjects.direct(self.module_id, "*", action),
+                    queue_group=self.module_id,
+                    metadata={"capability": action, "route": "direct", "description": definition.description},
+                ),
             )
-            self._subscriptions.append(
-                await nc.subscribe(subjects.direct(self.module_id, "*", action), queue=self.module_id, cb=on_call)
-            )
+            for endpoint in routes:
+
+                async def on_call(msg: Msg, definition: CapabilityDefinition = definition, endpoint: Endpoint = endpoint) -> None:
+                    self._spawn(self._serve(definition, msg, endpoint, time.perf_counter_ns()))
+
+                self._subscriptions.append(
+                    await nc.subscribe(endpoint.subject, queue=endpoint.queue_group, cb=on_call)
+                )
+                endpoints.append(endpoint)
+        self._micro = MicroService(
+            name=self.module_id, instance_id=self.instance_id, version=self.version,
+            description=self.manifest.description, endpoints=endpoints,
+        )
+        await self._micro.start(nc)
         await nc.flush()
         self._background = [
             asyncio.create_task(self._announce(nc), name=f"{self.module_id}-announce"),
@@ -118,6 +140,9 @@ class Module:
         for subscription in self._subscriptions:
             await subscription.unsubscribe()
         self._subscriptions.clear()
+        if self._micro is not None:
+            await self._micro.stop()
+            self._micro = None
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -174,7 +199,7 @@ class Module:
                 return  # the connection's owner closed it; nothing is left to announce on
             await asyncio.sleep(self.config.heartbeat_interval)
 
-    async def _serve(self, definition: CapabilityDefinition, msg: Msg) -> None:
+    async def _serve(self, definition: CapabilityDefinition, msg: Msg, endpoint: Endpoint, received_ns: int) -> None:
         nc = self._nc
         if nc is None:
             return
@@ -182,10 +207,12 @@ class Module:
             request = decode(msg.data)
         except DecodeError:
             log.warning("dropped an unreadable call on %s", msg.subject)
+            endpoint.record(time.perf_counter_ns() - received_ns, "dropped an unreadable call")
             return
         if expired(request):
             # The caller stopped waiting: running the work now would only waste it.
             log.info("dropped expired call %s of %s", request.correlation_id, request.action)
+            endpoint.record(time.perf_counter_ns() - received_ns, "dropped a call whose ttl had expired")
             return
         # acquire/release rather than "async with": two coroutines fewer on every call.
         await self._slots.acquire()
@@ -203,6 +230,8 @@ class Module:
         if msg.reply:
             await nc.publish(msg.reply, data)
         await nc.publish(subjects.record_response(request.context.tenant_id, request.action), data)
+        failed = answer.type == MessageType.ERROR
+        endpoint.record(time.perf_counter_ns() - received_ns, f"{answer.error.code}: {answer.error.message}" if failed else None)
 
     async def _execute(self, definition: CapabilityDefinition, request: MCPMessage) -> MCPMessage:
         def fail(code: ErrorCode, text: str, **details: Any) -> MCPMessage:

@@ -1,0 +1,92 @@
+"""How far each projection is behind its stream, in events and in seconds."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from .base import Projection
+from .checkpoints import read_checkpoints
+
+__all__ = ["ProjectionStatus", "projection_status"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionStatus:
+    name: str
+    stream: str
+    applied: int  # the last stream sequence folded into the read model (its checkpoint)
+    stream_last: int  # the stream's last sequence
+    lag_events: int  # events of the projection's filter stored after ``applied``
+    lag_seconds: float  # stream time between the last applied event and the stream's last event
+
+
+async def projection_status(
+    js: JetStreamContext, pool: asyncpg.Pool, projections: Iterable[Projection]
+) -> list[ProjectionStatus]:
+    """The status of each projection, read without locking anything."""
+    async with pool.acquire() as conn:
+        checkpoints = await read_checkpoints(conn)
+    return [await _status(js, projection, checkpoints.get(projection.name, 0)) for projection in projections]
+
+
+async def _status(js: JetStreamContext, projection: Projection, applied: int) -> ProjectionStatus:
+    stream_last = (await js.stream_info(projection.stream)).state.last_seq
+    lag_events, first_pending = await _pending(js, projection, applied) if applied < stream_last else (0, None)
+    lag_seconds = 0.0
+    if lag_events:
+        newest = (await js.get_msg(projection.stream, stream_last)).time
+        reference = await _stored_at(js, projection.stream, applied) or first_pending
+        if newest is not None and reference is not None:
+            lag_seconds = max(0.0, (newest - reference).total_seconds())
+    return ProjectionStatus(projection.name, projection.stream, applied, stream_last, lag_events, lag_seconds)
+
+
+async def _pending(js: JetStreamContext, projection: Projection, applied: int) -> tuple[int, datetime | None]:
+    """How many matching events follow ``applied``, and when the first of them was stored.
+
+    The server counts them for a consumer that starts just after the checkpoint — exact with
+    any subject filter and any deleted messages, and without reading the events.
+    """
+    info = await js.add_consumer(
+        projection.stream,
+        ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=applied + 1,
+            filter_subject=projection.filter_subject,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=10.0,
+            mem_storage=True,
+        ),
+    )
+    try:
+        if not info.num_pending:
+            return 0, None
+        subscription = await js.pull_subscribe_bind(consumer=info.name, stream=projection.stream)
+        try:
+            first = (await subscription.fetch(1, timeout=2.0))[0]
+        except TimeoutError:  # the events were removed in between (nats raises a subclass)
+            return info.num_pending, None
+        finally:
+            await subscription.unsubscribe()
+        return info.num_pending, first.metadata.timestamp
+    finally:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(projection.stream, info.name)
+
+
+async def _stored_at(js: JetStreamContext, stream: str, sequence: int) -> datetime | None:
+    """When message ``sequence`` was stored; ``None`` before the first one or once it is gone."""
+    if sequence < 1:
+        return None
+    try:
+        return (await js.get_msg(stream, sequence)).time
+    except NotFoundError:
+        return None
