@@ -151,6 +151,10 @@ class Module:
                 await nc.subscribe(subjects.event("*", handler.topic), queue=self.module_id, cb=on_event)
             )
         self._subscriptions.append(await nc.subscribe(self._control, cb=self._on_control))
+        # Twice: nats-py writes flush()'s PING straight to the socket, ahead of SUBs still in its
+        # buffer, so one PONG does not prove the server has them and a call sent at once could
+        # find "no responders". The second PING leaves after the SUBs the first wait flushed.
+        await nc.flush()
         await nc.flush()
         self._background = [
             asyncio.create_task(self._announce(nc), name=f"{self.module_id}-announce"),
@@ -158,7 +162,7 @@ class Module:
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Leave: stop taking calls, say so, and let calls in progress finish (up to ``grace``)."""
+        """Leave: stop taking calls, say so, let calls in progress finish (up to ``grace``), cancel the rest."""
         if self._nc is None:
             return
         for subscription in self._subscriptions:
@@ -172,6 +176,12 @@ class Module:
             await self._nc.publish(subjects.leave(self.module_id), presence.encode(leave))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace)
+        # Past the grace period, calls still running are cancelled: streamed ones still record
+        # their CANCELLED end (with compute time) while the connection is open.
+        late = list(self._tasks)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         if self._nc.is_connected:
             await self._nc.flush()
         self._nc = None
@@ -192,6 +202,10 @@ class Module:
             except ConnectionClosedError:
                 return
             except (NoRespondersError, TimeoutError):
+                # Python 3.11's wait_for (inside nats-py's request) drops a cancel that races with
+                # the answer: honour it here, or stop() would wait for this task forever.
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    return
                 # At start-up the hub may simply not be up yet: only persistence is worth a warning.
                 level = logging.WARNING if attempts >= 3 else logging.DEBUG
                 log.log(level, "no hub answered the announcement of %s; retrying", self.module_id)

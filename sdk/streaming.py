@@ -20,6 +20,7 @@ chunk back until then would delay all progress by one step.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncGenerator
@@ -27,12 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, streaming, subjects
 
 from .execution import Invocation
 
 __all__ = ["Chunk", "ChunkSender", "CreditTimeout", "elapsed_ms", "last_data", "stream_answers"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +109,11 @@ class ChunkSender:
             return
         self.ended = True
         message.headers[streaming.COMPUTE_MS] = f"{compute_ms:.3f}"
-        await self._publish(message)
+        try:
+            await self._publish(message)
+        except ConnectionClosedError:
+            # The module is shutting down and its owner closed the connection: nobody can hear it.
+            log.info("call %s ended after the connection closed; its end was not sent", self.request.correlation_id)
 
     async def _publish(self, message: MCPMessage) -> None:
         data = message.SerializeToString()
@@ -138,6 +146,9 @@ async def stream_answers(
             await sender.send(payload, chunk.progress, chunk.message)
     except CreditTimeout as exc:
         await sender.end(invocation.error(ErrorCode.TIMEOUT, str(exc)), elapsed_ms(started))
+        return
+    except ConnectionClosedError:
+        log.info("stopped streaming call %s: the connection closed", invocation.request.correlation_id)
         return
     except Exception as exc:
         # A handler's bug must not take the module down: answer, log, keep serving.
