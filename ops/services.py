@@ -14,7 +14,7 @@ from democratic_ai.hub import Hub
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner, rebuild
 from democratic_ai.schemas import create_pool, migrate
 from democratic_ai.sdk import Module
-from democratic_ai.services.gateway import GatewayConfig, create_app
+from democratic_ai.services.gateway import GatewayConfig, create_runner
 
 __all__ = ["load_module_class", "rebuild_projection", "run_gateway", "run_hub", "run_module", "run_projections"]
 
@@ -40,7 +40,7 @@ async def run_hub(nats_url: str, stop: asyncio.Event) -> None:
 
 async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
     tracing.configure_tracing("dai-gateway")
-    runner = web.AppRunner(create_app(config), access_log=None)
+    runner = create_runner(config, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

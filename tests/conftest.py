@@ -25,7 +25,7 @@ from democratic_ai.ops.ports import free_port
 from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.schemas import create_pool, migrate
 from democratic_ai.sdk import Module
-from democratic_ai.services.gateway import GatewayConfig, create_app
+from democratic_ai.services.gateway import GatewayConfig, create_runner
 from democratic_ai.services.identity import issue_api_key
 
 
@@ -85,7 +85,7 @@ async def gateway(nats_server: NatsServer, database_url: str, nc: NATS) -> Async
     tenant = unique("tenant")
     key = await issue_api_key(nc.jetstream(), tenant_id=tenant, role="super_admin", name="test")
     port = free_port()
-    runner = web.AppRunner(create_app(GatewayConfig(nats_url=nats_server.url, database_url=database_url, port=port)))
+    runner = create_runner(GatewayConfig(nats_url=nats_server.url, database_url=database_url, port=port))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     yield Gateway(url=f"http://127.0.0.1:{port}", api_key=key.secret, tenant=tenant)

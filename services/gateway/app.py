@@ -1,9 +1,10 @@
 """The HTTP edge: an aiohttp application whose NATS connection, Postgres pool and in-memory
-indexes are opened and closed by ``cleanup_ctx``."""
+indexes are opened and closed by ``cleanup_ctx``, and the runner that serves it."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import nats
@@ -19,8 +20,9 @@ from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .errors import error_middleware, error_response
 from .state import API_KEYS, CONFIG, NC, POOL, PRESENCE, REGISTRY, ROUTER
+from .websocket import websocket
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_runner"]
 
 
 async def _connections(app: web.Application) -> AsyncIterator[None]:
@@ -73,4 +75,14 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/capabilities", list_capabilities)
     app.router.add_post("/v1/capabilities/{capability}/invoke", invoke)
+    app.router.add_get("/v1/ws", websocket)
     return app
+
+
+def create_runner(config: GatewayConfig, **kwargs: Any) -> web.AppRunner:
+    """The runner to serve the gateway with: a client that hangs up cancels its handler.
+
+    ``handler_cancellation`` is what turns a closed SSE connection into a CANCEL at the module
+    at once, instead of at the next chunk the gateway fails to write.
+    """
+    return web.AppRunner(create_app(config), handler_cancellation=True, **kwargs)

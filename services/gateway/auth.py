@@ -1,7 +1,9 @@
 """Authentication at the edge: every route but the health checks needs an API key.
 
 The key comes as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>`` and is checked
-against the in-memory :class:`ApiKeyIndex` — no database round trip per call.
+against the in-memory :class:`ApiKeyIndex` — no database round trip per call. The WebSocket
+endpoint alone may be opened without a key, because browsers cannot set headers on a WebSocket:
+it then requires the key in the socket's first message (see :mod:`.websocket`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = ["PRINCIPAL", "auth_middleware", "principal_of"]
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+FIRST_MESSAGE_AUTH_PATHS = frozenset({"/v1/ws"})
 
 
 def _credential(request: web.Request) -> str | None:
@@ -38,6 +41,8 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         return await handler(request)
     key = _credential(request)
     if key is None:
+        if request.path in FIRST_MESSAGE_AUTH_PATHS:
+            return await handler(request)
         raise ApiError(
             ErrorCode.UNAUTHENTICATED,
             "an API key is required: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
