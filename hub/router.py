@@ -13,13 +13,15 @@ answered at once; its chunks then flow as :mod:`democratic_ai.contracts.streamin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, TimeoutError
 
 from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, deadline_ns, decode, error_reply
@@ -50,6 +52,7 @@ class Router:
         self._nc = nc
         self._source_id = source_id
         self._is_registered = is_registered
+        self._tasks: set[asyncio.Future[None]] = set()  # streams abandoned while opening, being cancelled
 
     async def call(self, request: MCPMessage) -> MCPMessage:
         """Carry ``request`` to a module and return its answer, or the routing error."""
@@ -105,22 +108,47 @@ class Router:
             return stream
         await stream.listen()
         data = request.SerializeToString()
-        trace_headers = tracing.inject({}) if tracing.tracing_enabled() else None
-        headers = {**(trace_headers or {}), streaming.STREAM_HEADER: stream.inbox, streaming.WINDOW_HEADER: str(window)}
-        await self._nc.publish(subjects.record_request(request.context.tenant_id, request.action), data, headers=trace_headers)
+        trace = tracing.inject({}) if tracing.tracing_enabled() else None
+        headers = {**(trace or {}), streaming.STREAM_HEADER: stream.inbox, streaming.WINDOW_HEADER: str(window)}
+        await self._nc.publish(subjects.record_request(request.context.tenant_id, request.action), data, headers=trace)
+        opening = asyncio.ensure_future(self._nc.request(self._subject(request), data, timeout=timeout, headers=headers))
         try:
-            answer = await self._nc.request(self._subject(request), data, timeout=timeout, headers=headers)
+            # Shielded: a caller that gives up now (a client hanging up) must still learn where the
+            # module runs the call, or it could not cancel it there.
+            answer = await asyncio.shield(opening)
         except NoRespondersError:
             await stream.refuse(await self._fail(request, *self._no_responders(request)))
         except TimeoutError:
             await stream.refuse(await self._timed_out(request))
+        except asyncio.CancelledError:
+            self._background(self._abandon(stream, opening))
+            raise
         else:
-            try:
-                await stream.start(decode(answer.data))
-            except DecodeError:
-                log.error("unreadable answer to streamed %s (call %s)", request.action, request.correlation_id)
-                await stream.refuse(await self._fail(request, ErrorCode.INTERNAL, "the module's answer could not be read", {}))
+            await self._start(stream, answer.data)
         return stream
+
+    async def _start(self, stream: CallStream, data: bytes) -> None:
+        try:
+            await stream.start(decode(data))
+        except DecodeError:
+            request = stream.request
+            log.error("unreadable answer to streamed %s (call %s)", request.action, request.correlation_id)
+            await stream.refuse(await self._fail(request, ErrorCode.INTERNAL, "the module's answer could not be read", {}))
+
+    async def _abandon(self, stream: CallStream, opening: asyncio.Future[Msg]) -> None:
+        """Cancel at the module a streamed call whose caller left while it was being opened."""
+        try:
+            answer = await opening
+        except (NoRespondersError, TimeoutError):
+            await stream.close()
+            return
+        await self._start(stream, answer.data)
+        await stream.close()
+
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     def _subject(request: MCPMessage) -> str:
