@@ -1,9 +1,10 @@
 """Broadcast events: ``@event_handler("topic")`` marks a method that receives the events of a topic.
 
 An event is an MCP message of type EVENT published once on ``mcp.evt.<tenant>.<topic>``: the MCP
-stream records it from there and every module subscribed to the topic receives it. Each module
+stream records it from there and every module subscribed to the topic receives it. Each handler
 gets each event once — the replicas of one module share it in a queue group, as they share
-calls — and nobody answers. Publish one with :meth:`Client.publish_event
+calls — and nobody answers. Handlers run outside the module's concurrency slots; a failure is
+logged, never answered. Publish one with :meth:`Client.publish_event
 <democratic_ai.sdk.Client.publish_event>`.
 """
 

@@ -147,19 +147,19 @@ class Module:
             async def on_event(msg: Msg, handler: EventHandlerDefinition = handler) -> None:
                 self._spawn(self._deliver(handler, msg))
 
-            self._subscriptions.append(
-                await nc.subscribe(subjects.event("*", handler.topic), queue=self.module_id, cb=on_event)
-            )
+            # One queue group per handler: the replicas of this module share its events, while two
+            # handlers whose topics overlap each still get every event (NATS picks one member per group).
+            queue = f"{self.module_id}.{handler.method_name}"
+            self._subscriptions.append(await nc.subscribe(subjects.event("*", handler.topic), queue=queue, cb=on_event))
         self._subscriptions.append(await nc.subscribe(self._control, cb=self._on_control))
         # Twice: nats-py writes flush()'s PING straight to the socket, ahead of SUBs still in its
         # buffer, so one PONG does not prove the server has them and a call sent at once could
         # find "no responders". The second PING leaves after the SUBs the first wait flushed.
         await nc.flush()
         await nc.flush()
-        self._background = [
-            asyncio.create_task(self._announce(nc), name=f"{self.module_id}-announce"),
-            asyncio.create_task(self._heartbeat(nc), name=f"{self.module_id}-heartbeat"),
-        ]
+        self._background = [asyncio.create_task(self._heartbeat(nc), name=f"{self.module_id}-heartbeat")]
+        if self.capabilities:  # a module that only listens to events has nothing to register
+            self._background.append(asyncio.create_task(self._announce(nc), name=f"{self.module_id}-announce"))
 
     async def stop(self, grace: float = 10.0) -> None:
         """Leave: stop taking calls, say so, let calls in progress finish (up to ``grace``), cancel the rest."""
