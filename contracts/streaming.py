@@ -3,15 +3,16 @@
 ::
 
     caller                                              module instance
-      │ subscribe <inbox>                                      │
-      │ request mcp.call.<tenant>.<capability> ───────────────▶│  NATS headers Dai-Stream: <inbox>,
-      │   (nobody subscribed: "no responders", answered at once)│               Dai-Window: <n>
-      │◀──────── ACCEPTED, headers["control"] = mcp.ctl.<instance>
-      │◀── <inbox>: STREAM_CHUNK 0, 1, 2 … (each also recorded on mcp.res.<tenant>.<capability>)
-      │ STREAM_ACK sequence=k ── mcp.ctl.<instance> ──────────▶│  may now send chunks up to k + n - 1
-      │◀── <inbox>: the end — STREAM_CHUNK final, RESPONSE or ERROR, with headers["compute_ms"]
-      │ CANCEL ──────────────── mcp.ctl.<instance> ───────────▶│  cancels the handler's task; an ERROR
-                                                               │  CANCELLED with compute_ms is recorded
+      │ subscribe <inbox>                               │
+      │ request mcp.call.<tenant>.<capability> ────────▶│  NATS headers Dai-Stream: <inbox>,
+      │   (nobody subscribed: no responders, at once)   │               Dai-Window: <n>
+      │◀─ ACCEPTED, headers["control"] = mcp.ctl.<inst> │
+      │◀─ <inbox>: STREAM_CHUNK 0, 1, 2 ...             │  each also recorded on mcp.res.<t>.<c>
+      │ STREAM_ACK sequence=k ── mcp.ctl.<instance> ───▶│  may send chunks up to k + n - 1
+      │◀─ <inbox>: the end: final STREAM_CHUNK,         │
+      │       RESPONSE or ERROR, with compute_ms        │
+      │ CANCEL ──────────────── mcp.ctl.<instance> ────▶│  cancels the handler's task, records
+      │                                                 │  ERROR CANCELLED with compute_ms
 
 The call itself is a NATS request so that a capability nobody serves is refused at once; the
 module answers it as soon as it has the call (before it runs), so the caller learns where to send

@@ -33,6 +33,8 @@ __all__ = ["Router"]
 
 log = logging.getLogger(__name__)
 
+_UNREADABLE = "the module's answer could not be read"
+
 
 class Router:
     """Route MCP requests over NATS and always answer with a RESPONSE or an ERROR message.
@@ -83,7 +85,7 @@ class Router:
             return decode(answer.data)
         except DecodeError:
             log.error("unreadable answer to %s (call %s)", action, request.correlation_id)
-            return await self._fail(request, ErrorCode.INTERNAL, "the module's answer could not be read", {})
+            return await self._fail(request, ErrorCode.INTERNAL, _UNREADABLE, {})
 
     async def open_stream(self, request: MCPMessage, *, window: int = streaming.DEFAULT_WINDOW) -> CallStream:
         """Send ``request`` as a streamed call and return its stream once a module took it (or none did).
@@ -111,7 +113,9 @@ class Router:
         trace = tracing.inject({}) if tracing.tracing_enabled() else None
         headers = {**(trace or {}), streaming.STREAM_HEADER: stream.inbox, streaming.WINDOW_HEADER: str(window)}
         await self._nc.publish(subjects.record_request(request.context.tenant_id, request.action), data, headers=trace)
-        opening = asyncio.ensure_future(self._nc.request(self._subject(request), data, timeout=timeout, headers=headers))
+        opening = asyncio.ensure_future(
+            self._nc.request(self._subject(request), data, timeout=timeout, headers=headers)
+        )
         try:
             # Shielded: a caller that gives up now (a client hanging up) must still learn where the
             # module runs the call, or it could not cancel it there.
@@ -133,7 +137,7 @@ class Router:
         except DecodeError:
             request = stream.request
             log.error("unreadable answer to streamed %s (call %s)", request.action, request.correlation_id)
-            await stream.refuse(await self._fail(request, ErrorCode.INTERNAL, "the module's answer could not be read", {}))
+            await stream.refuse(await self._fail(request, ErrorCode.INTERNAL, _UNREADABLE, {}))
 
     async def _abandon(self, stream: CallStream, opening: asyncio.Future[Msg]) -> None:
         """Cancel at the module a streamed call whose caller left while it was being opened."""

@@ -107,19 +107,19 @@ class CallStream:
 
     async def start(self, answer: MCPMessage) -> None:
         """Take the module's answer to the call: ACCEPTED with its control subject, or a final answer."""
-        if answer.type == MessageType.ACCEPTED:
-            control = answer.headers.get(streaming.CONTROL, "")
-            # A module names the subject we publish to; refuse anything but a control subject.
-            if subjects.is_control(control):
-                self._control = control
-                return
-            log.error("module %s named %r as its control subject", answer.source_module_id, control)
-            await self.refuse(await self._fail(self.request, ErrorCode.INTERNAL, "the module's answer could not be read", {}))
-        elif answer.type in _TERMINAL:
+        if answer.type in _TERMINAL:
             self._first = answer
             await self._unsubscribe()
-        else:
-            await self.refuse(await self._fail(self.request, ErrorCode.INTERNAL, "the module's answer could not be read", {}))
+            return
+        control = answer.headers.get(streaming.CONTROL, "")
+        # A module names the subject we publish to: accept nothing but a control subject.
+        if answer.type == MessageType.ACCEPTED and subjects.is_control(control):
+            self._control = control
+            return
+        log.error("module %s answered a streamed call with %s, control %r",
+                  answer.source_module_id, MessageType.Name(answer.type), control)
+        error = await self._fail(self.request, ErrorCode.INTERNAL, "the module's answer is not one of a stream", {})
+        await self.refuse(error)
 
     def __aiter__(self) -> CallStream:
         return self

@@ -112,7 +112,7 @@ class _Session:
         if isinstance(message, Cancel):
             task = self._calls.get(message.correlation_id)
             if task is None:
-                await self.error(message.correlation_id, ErrorCode.BAD_REQUEST, "no call in flight has this correlation_id")
+                await self.error(message.correlation_id, ErrorCode.BAD_REQUEST, "no call in flight has this id")
             else:
                 task.cancel()
         elif isinstance(message, Auth):
