@@ -75,24 +75,13 @@ class CallStream:
     def inbox(self) -> str:
         return self._inbox
 
-    @property
-    def window(self) -> int:
-        return self._window
-
-    @property
-    def buffered(self) -> int:
-        """Messages received and not yet taken: never more than ``window`` + 2."""
-        return self._queue.qsize()
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
     async def listen(self) -> None:
         """Subscribe the inbox; before the call is sent, so no chunk can arrive unheard."""
         self._subscription = await self._nc.subscribe(self._inbox, cb=self._on_message)
 
     async def _on_message(self, msg: Msg) -> None:
+        if self._overflowed:
+            return
         if self._queue.qsize() >= self._limit:
             self._overflowed = True
             self._queue.put_nowait(None)  # wake the reader, which ends the stream
@@ -161,7 +150,7 @@ class CallStream:
             if message.type in _TERMINAL:
                 await self._finish()
                 return message
-            log.warning("ignored a %s message in the stream of call %s", message.type, self.call_id)
+            log.warning("ignored a %s message in the stream of call %s", MessageType.Name(message.type), self.call_id)
 
     async def _grant(self) -> None:
         """Credit the module with the chunks taken so far, in batches of half a window."""

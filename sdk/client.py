@@ -105,8 +105,8 @@ class Client:
         subjects.validate_capability(capability)
         if not 0 <= priority <= 9:
             raise ValueError("priority must be between 0 and 9.")
-        if ttl < 1:
-            raise ValueError("ttl must be at least 1 second.")
+        if ttl < 0:
+            raise ValueError("ttl must be a number of seconds, or 0 for the platform's default.")
         return new_request(
             capability,
             _encode(payload if payload is not None else {}),

@@ -7,7 +7,7 @@ so both check input and output the same way and turn the same failures into the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -75,8 +75,14 @@ class Invocation:
             )
         return _encode_json(out), None
 
-    def reply(self, payload: bytes) -> MCPMessage:
-        return reply(self.request, payload, source_module_id=self.module_id)
+    async def answer(self, result: Awaitable[Any]) -> MCPMessage:
+        """Await the handler's ``result``: the RESPONSE, or the ERROR it raised or its output earned."""
+        try:
+            payload, invalid = self.output(await result)
+        except Exception as exc:
+            # A handler's bug must not take the module down: answer, log, keep serving.
+            return self.failure(exc)
+        return reply(self.request, payload, source_module_id=self.module_id) if invalid is None else invalid
 
     def failure(self, exc: Exception) -> MCPMessage:
         """The ERROR for an exception of the handler; anything but a CallError is logged as a bug."""

@@ -234,9 +234,9 @@ class Module:
                 return  # the connection's owner closed it; nothing is left to announce on
             await asyncio.sleep(self.config.heartbeat_interval)
 
-
     async def _serve(self, definition: CapabilityDefinition, msg: Msg) -> None:
-        if self._nc is None:
+        nc = self._nc
+        if nc is None:
             return
         try:
             request = decode(msg.data)
@@ -267,8 +267,8 @@ class Module:
             self.scheduler.release()
         data = answer.SerializeToString()
         if msg.reply:
-            await self._nc.publish(msg.reply, data)
-        await self._nc.publish(subjects.record_response(request.context.tenant_id, request.action), data)
+            await nc.publish(msg.reply, data)
+        await nc.publish(subjects.record_response(request.context.tenant_id, request.action), data)
 
     async def _answer(self, definition: CapabilityDefinition, request: MCPMessage) -> MCPMessage:
         """Run the handler for a caller waiting for one answer: a streaming one gives its last data."""
@@ -277,13 +277,7 @@ class Module:
         if error is not None:
             return error
         started = time.perf_counter()
-        try:
-            payload, invalid = invocation.output(await (last_data(call) if definition.streaming else call))
-        except Exception as exc:
-            # A handler's bug must not take the module down: answer, log, keep serving.
-            answer = invocation.failure(exc)
-        else:
-            answer = invocation.reply(payload) if invalid is None else invalid
+        answer = await invocation.answer(last_data(call) if definition.streaming else call)
         answer.headers[streaming.COMPUTE_MS] = f"{elapsed_ms(started):.3f}"
         return answer
 
@@ -341,13 +335,7 @@ class Module:
         elif invocation.definition.streaming:
             await stream_answers(invocation, call, sender, started)
         else:
-            try:
-                payload, invalid = invocation.output(await call)
-            except Exception as exc:
-                # A handler's bug must not take the module down: answer, log, keep serving.
-                answer = invocation.failure(exc)
-            else:
-                answer = invocation.reply(payload) if invalid is None else invalid
+            answer = await invocation.answer(call)
             await sender.end(answer, elapsed_ms(started))
 
     async def _on_control(self, msg: Msg) -> None:

@@ -74,10 +74,6 @@ class ChunkSender:
         self._source = source_module_id
         self._sequence = 0
 
-    @property
-    def sent(self) -> int:
-        return self._sequence
-
     def grant(self, consumed: int) -> None:
         """The caller has taken every chunk before sequence ``consumed``."""
         if consumed + self._window > self._granted:

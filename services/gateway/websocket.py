@@ -23,7 +23,6 @@ Closing the socket cancels every call still running.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -39,8 +38,6 @@ from .state import API_KEYS, CONFIG, ROUTER
 from .wire import Auth, Cancel, Request, WireError, WireMessage, decode_client_message, encode, to_wire
 
 __all__ = ["websocket"]
-
-log = logging.getLogger(__name__)
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
