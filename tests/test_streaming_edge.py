@@ -13,7 +13,9 @@ import aiohttp
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from democratic_ai.contracts import MessageType, decode
 from democratic_ai.hub import Hub
 from democratic_ai.sdk import CallError, Chunk, HttpClient
 from democratic_ai.sdk.sse import read_events
@@ -108,11 +110,12 @@ async def test_http_client_streams_over_sse(gateway: Gateway, streamer: Streamer
 
 
 async def test_hanging_up_an_sse_stream_cancels_the_handler_within_100_ms(
-    gateway: Gateway, streamer: Streamer
+    gateway: Gateway, streamer: Streamer, nc: NATS
 ) -> None:
     async with aiohttp.ClientSession() as session:
         response = await session.post(_invoke(gateway, "test.hang"), data=b"{}", headers={**gateway.headers, **SSE})
         assert response.status == 200
+        call_id = response.headers["X-Call-Id"]
         first = await response.content.readuntil(b"\n\n")
         assert first.startswith(b"event: chunk")
         await streamer.started.wait()
@@ -121,6 +124,27 @@ async def test_hanging_up_an_sse_stream_cancels_the_handler_within_100_ms(
         await _wait_for(lambda: streamer.cancelled_at)
     assert streamer.cancelled_at, "the handler was never cancelled"
     assert streamer.cancelled_at[0] - hung_up < 0.1
+
+    # The log shows the cancel and the compute time the handler used until then (what metering reads).
+    subscription = await nc.jetstream().pull_subscribe(
+        f"mcp.*.{gateway.tenant}.test.hang", stream="MCP",
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy="none"),
+    )
+    records = [(m.subject.split(".")[1], decode(m.data)) for m in await subscription.fetch(4, timeout=2)]
+    assert sorted((kind, MessageType.Name(r.type)) for kind, r in records) == [
+        ("req", "CANCEL"), ("req", "REQUEST"), ("res", "ERROR"), ("res", "STREAM_CHUNK")
+    ]
+    assert {r.correlation_id for _, r in records} == {call_id}
+    error = next(r for _, r in records if r.type == MessageType.ERROR)
+    assert error.error.code == "CANCELLED" and float(error.headers["compute_ms"]) >= 0
+
+
+async def test_sse_to_a_capability_whose_modules_are_gone_is_503_at_once(gateway: Gateway, streamer: Streamer) -> None:
+    await streamer.stop(grace=1.0)
+    started = time.monotonic()
+    status, events = await _sse(gateway, "test.count", b"{}")
+    assert (status, events[0][1]["error"]["code"]) == (503, "CAPABILITY_UNAVAILABLE")
+    assert time.monotonic() - started < 0.3
 
 
 async def test_a_slow_sse_reader_holds_the_module_back(gateway: Gateway, streamer: Streamer) -> None:

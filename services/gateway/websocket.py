@@ -13,7 +13,7 @@ Client → gateway::
     {"type": "CANCEL", "correlation_id": "c1"}
 
 Gateway → client: ``READY`` (authenticated, with ``tenant_id``), then for each call
-``ACCEPTED`` (with the platform's ``call_id``), its ``STREAM_CHUNK``\\s, and exactly one end: the
+``ACCEPTED`` (with the platform's ``call_id``), its STREAM_CHUNK messages, and exactly one end: the
 chunk with ``"final": true``, a ``RESPONSE``, or an ``ERROR`` (``CANCELLED`` after a CANCEL).
 Every frame names the client's ``correlation_id``, which must be unique among its calls in flight.
 A frame that cannot be read is answered with an ``ERROR`` (``BAD_REQUEST``); the socket stays open.
