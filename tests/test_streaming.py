@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from democratic_ai.contracts import MessageType, decode, new_request, streaming, subjects
@@ -127,3 +128,29 @@ async def test_a_cancel_from_another_tenant_is_ignored(nc: NATS, streamer: Strea
     await call.close()
     await asyncio.sleep(0.1)
     assert streamer.cancelled_at
+
+
+async def test_a_caller_leaving_while_the_stream_opens_still_cancels_it(nc: NATS) -> None:
+    """Cancelled before the module's ACCEPTED arrived, the router still learns the control subject and cancels."""
+    control = subjects.control("slow-acceptor-1")
+    cancels = await nc.subscribe(control)
+
+    async def accept_late(msg: Msg) -> None:
+        await asyncio.sleep(0.2)
+        request = decode(msg.data)
+        await msg.respond(streaming.accepted(request, control, source_module_id="slow").SerializeToString())
+
+    acceptor = await nc.subscribe(subjects.call("*", "test.slow-accept"), cb=accept_late)
+    try:
+        router = Router(nc, source_id="test")
+        request = new_request("test.slow-accept", b"{}", tenant_id=unique("tenant"), source_module_id="t")
+        opening = asyncio.create_task(router.open_stream(request))
+        await asyncio.sleep(0.05)  # the call is out; its ACCEPTED is not back yet
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        cancel = decode((await cancels.next_msg(timeout=1)).data)
+        assert cancel.type == MessageType.CANCEL and cancel.correlation_id == request.correlation_id
+    finally:
+        await acceptor.unsubscribe()
+        await cancels.unsubscribe()

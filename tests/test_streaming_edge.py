@@ -293,6 +293,22 @@ async def test_websocket_cancel_reaches_the_handler_within_100_ms(gateway: Gatew
     assert streamer.cancelled_at and streamer.cancelled_at[0] - cancelled < 0.1
 
 
+async def test_a_cancel_right_behind_its_request_ends_the_call_once(gateway: Gateway, streamer: Streamer) -> None:
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+        f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}
+    ) as ws:
+        await ws.receive_json(timeout=5)
+        await ws.send_str('{"type": "REQUEST", "correlation_id": "quick", "action": "test.hang"}')
+        await ws.send_str('{"type": "CANCEL", "correlation_id": "quick"}')
+        frames = (await _frames_until_ends(ws, {"quick"}))["quick"]
+        assert frames[-1]["type"] == "ERROR" and frames[-1]["error"]["code"] == "CANCELLED"
+        assert frames[-1]["call_id"]
+        with pytest.raises(asyncio.TimeoutError):
+            await ws.receive(timeout=0.3)  # nothing follows the call's one end
+    await _wait_for(lambda: not streamer._streams)
+    assert not streamer._streams  # nothing left running at the module
+
+
 async def test_closing_the_websocket_cancels_its_calls(gateway: Gateway, streamer: Streamer) -> None:
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key})

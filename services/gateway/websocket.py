@@ -23,11 +23,12 @@ Closing the socket cancels every call still running.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from democratic_ai.contracts import ErrorCode, MCPMessage, new_request
+from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, new_request
 from democratic_ai.hub import Router
 from democratic_ai.services.identity import Principal
 
@@ -38,6 +39,8 @@ from .state import API_KEYS, CONFIG, ROUTER
 from .wire import Auth, Cancel, Request, WireError, WireMessage, decode_client_message, encode, to_wire
 
 __all__ = ["websocket"]
+
+_TERMINAL = (MessageType.RESPONSE, MessageType.ERROR)
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -89,6 +92,15 @@ async def _refuse(ws: web.WebSocketResponse, text: str) -> None:
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthenticated")
 
 
+@dataclass(slots=True)
+class _Call:
+    """One call of a socket; ``ended`` once the client has been sent (or is being sent) its last frame."""
+
+    call_id: str
+    task: asyncio.Task[None] | None = None
+    ended: bool = False
+
+
 class _Session:
     """The calls of one authenticated socket, by the client's correlation id."""
 
@@ -97,8 +109,7 @@ class _Session:
         self._principal = principal
         self._router = router
         self._max_in_flight = max_in_flight
-        self._calls: dict[str, asyncio.Task[None]] = {}
-        self._closing = False
+        self._calls: dict[str, _Call] = {}
 
     async def handle(self, data: str) -> None:
         try:
@@ -107,15 +118,21 @@ class _Session:
             await self.error("", ErrorCode.BAD_REQUEST, f"unreadable message: {exc}")
             return
         if isinstance(message, Cancel):
-            task = self._calls.get(message.correlation_id)
-            if task is None:
-                await self.error(message.correlation_id, ErrorCode.BAD_REQUEST, "no call in flight has this id")
-            else:
-                task.cancel()
+            await self._cancel(message.correlation_id)
         elif isinstance(message, Auth):
             await self.error("", ErrorCode.BAD_REQUEST, "this connection is authenticated already")
         else:
             await self._start(message)
+
+    async def _cancel(self, correlation_id: str) -> None:
+        call = self._calls.get(correlation_id)
+        if call is None or call.ended or call.task is None:
+            await self.error(correlation_id, ErrorCode.BAD_REQUEST, "no call in flight has this id")
+            return
+        # Answered here, not by the call's task: a task cancelled before its first step runs no code.
+        call.ended = True
+        call.task.cancel()
+        await self.error(correlation_id, ErrorCode.CANCELLED, "the call was cancelled", call_id=call.call_id)
 
     async def _start(self, message: Request) -> None:
         correlation_id = message.correlation_id
@@ -129,13 +146,14 @@ class _Session:
             )
             return
         try:
-            call = self._request(message)
+            request = self._request(message)
         except ApiError as exc:
             await self.error(correlation_id, exc.code, exc.message, exc.details)
             return
-        task = asyncio.create_task(self._run(correlation_id, call))
-        self._calls[correlation_id] = task
-        task.add_done_callback(lambda _: self._calls.pop(correlation_id, None))
+        call = _Call(request.id)
+        call.task = asyncio.create_task(self._run(correlation_id, call, request))
+        self._calls[correlation_id] = call
+        call.task.add_done_callback(lambda _: self._calls.pop(correlation_id, None))
 
     def _request(self, message: Request) -> MCPMessage:
         return new_request(
@@ -144,18 +162,18 @@ class _Session:
             api_key_id=self._principal.key_id, priority=message.priority, ttl=message.ttl,
         )
 
-    async def _run(self, correlation_id: str, call: MCPMessage) -> None:
+    async def _run(self, correlation_id: str, call: _Call, request: MCPMessage) -> None:
         stream = None
         try:
-            stream = await self._router.open_stream(call)
+            stream = await self._router.open_stream(request)
             if stream.refusal is None:
-                await self.send(WireMessage(type="ACCEPTED", correlation_id=correlation_id, call_id=call.id))
+                await self.send(WireMessage(type="ACCEPTED", correlation_id=correlation_id, call_id=call.call_id))
             async for message in stream:
+                if message.type in _TERMINAL or message.final:
+                    call.ended = True  # from here a CANCEL would come too late to mean anything
                 await self.send(to_wire(message, correlation_id))
         except asyncio.CancelledError:
-            # Cancelled by the client's CANCEL (then it hears so) or by the socket closing.
-            if not self._closing:
-                await self.error(correlation_id, ErrorCode.CANCELLED, "the call was cancelled", call_id=call.id)
+            pass  # by the client's CANCEL, which answered it, or by the socket closing
         finally:
             if stream is not None:
                 await stream.close()
@@ -179,8 +197,7 @@ class _Session:
 
     async def close(self) -> None:
         """Cancel every call still running (each sends CANCEL to its module) and wait for them."""
-        self._closing = True
-        tasks = list(self._calls.values())
+        tasks = [call.task for call in self._calls.values() if call.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
