@@ -24,6 +24,7 @@ _validate_json = msgspec.json.Decoder().decode
 
 
 def checked_capability(capability: str) -> str:
+    """``capability`` if it is a valid name, else a BAD_REQUEST (HTTP invoke and WebSocket alike)."""
     try:
         return subjects.validate_capability(capability)
     except subjects.InvalidSubjectToken as exc:
