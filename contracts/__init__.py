@@ -1,11 +1,22 @@
 """The contracts every part of Democratic_AI shares: the MCP v2 message, subjects, streams,
-error codes and the events of the REGISTRY stream."""
+error codes, the streaming protocol and the events of the REGISTRY stream."""
 
 from __future__ import annotations
 
 from .errors import ErrorCode
 from .mcp_v2_pb2 import Context, Error, MCPMessage, MessageType
-from .messages import DEFAULT_TTL_SECONDS, JSON, decode, error_details, error_reply, expired, new_request, reply
+from .messages import (
+    DEFAULT_TTL_SECONDS,
+    JSON,
+    deadline_ns,
+    decode,
+    error_details,
+    error_reply,
+    expired,
+    new_event,
+    new_request,
+    reply,
+)
 from .streams import STREAMS, ensure_streams
 
 __all__ = [
@@ -17,11 +28,13 @@ __all__ = [
     "ErrorCode",
     "MCPMessage",
     "MessageType",
+    "deadline_ns",
     "decode",
     "ensure_streams",
     "error_details",
     "error_reply",
     "expired",
+    "new_event",
     "new_request",
     "reply",
 ]

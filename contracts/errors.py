@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     CAPABILITY_UNAVAILABLE = "CAPABILITY_UNAVAILABLE"  # registered, but no module serves it now
     MODULE_NOT_FOUND = "MODULE_NOT_FOUND"            # direct call to a module that is not there
     TIMEOUT = "TIMEOUT"                              # the call's ttl passed
+    CANCELLED = "CANCELLED"                          # the caller cancelled the call (or hung up)
     MODULE_ERROR = "MODULE_ERROR"                    # the handler raised
     RATE_LIMITED = "RATE_LIMITED"
     NOT_READY = "NOT_READY"

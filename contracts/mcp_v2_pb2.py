@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cmcp_v2.proto\x12\x14\x64\x65mocratic_ai.mcp.v2\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x01\n\x07\x43ontext\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x12\n\napi_key_id\x18\x04 \x01(\t\x12\x10\n\x08trace_id\x18\x05 \x01(\t\x12\x35\n\x04\x61uth\x18\x06 \x03(\x0b\x32\'.democratic_ai.mcp.v2.Context.AuthEntry\x1a+\n\tAuthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\x0c\"\x87\x04\n\nMCPMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x04type\x18\x02 \x01(\x0e\x32!.democratic_ai.mcp.v2.MessageType\x12\x18\n\x10source_module_id\x18\x03 \x01(\t\x12\x18\n\x10target_module_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12.\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x1d.democratic_ai.mcp.v2.Context\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12-\n\ttimestamp\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\t\x12>\n\x07headers\x18\n \x03(\x0b\x32-.democratic_ai.mcp.v2.MCPMessage.HeadersEntry\x12\x10\n\x08priority\x18\x0b \x01(\x05\x12\x0b\n\x03ttl\x18\x0c \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\r \x01(\t\x12*\n\x05\x65rror\x18\x0e \x01(\x0b\x32\x1b.democratic_ai.mcp.v2.Error\x12\x10\n\x08sequence\x18\x0f \x01(\x04\x12\r\n\x05\x66inal\x18\x10 \x01(\x08\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x89\x01\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07REQUEST\x10\x01\x12\x0c\n\x08RESPONSE\x10\x02\x12\t\n\x05\x45VENT\x10\x03\x12\t\n\x05\x45RROR\x10\x04\x12\x10\n\x0cSTREAM_CHUNK\x10\x05\x12\n\n\x06\x43\x41NCEL\x10\x06\x12\r\n\tHEARTBEAT\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cmcp_v2.proto\x12\x14\x64\x65mocratic_ai.mcp.v2\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x01\n\x07\x43ontext\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x12\n\napi_key_id\x18\x04 \x01(\t\x12\x10\n\x08trace_id\x18\x05 \x01(\t\x12\x35\n\x04\x61uth\x18\x06 \x03(\x0b\x32\'.democratic_ai.mcp.v2.Context.AuthEntry\x1a+\n\tAuthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\x0c\"?\n\x08Progress\x12\x15\n\x08\x66raction\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x02 \x01(\tB\x0b\n\t_fraction\"\xb9\x04\n\nMCPMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x04type\x18\x02 \x01(\x0e\x32!.democratic_ai.mcp.v2.MessageType\x12\x18\n\x10source_module_id\x18\x03 \x01(\t\x12\x18\n\x10target_module_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12.\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x1d.democratic_ai.mcp.v2.Context\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12-\n\ttimestamp\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\t\x12>\n\x07headers\x18\n \x03(\x0b\x32-.democratic_ai.mcp.v2.MCPMessage.HeadersEntry\x12\x10\n\x08priority\x18\x0b \x01(\x05\x12\x0b\n\x03ttl\x18\x0c \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\r \x01(\t\x12*\n\x05\x65rror\x18\x0e \x01(\x0b\x32\x1b.democratic_ai.mcp.v2.Error\x12\x10\n\x08sequence\x18\x0f \x01(\x04\x12\r\n\x05\x66inal\x18\x10 \x01(\x08\x12\x30\n\x08progress\x18\x11 \x01(\x0b\x32\x1e.democratic_ai.mcp.v2.Progress\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xa7\x01\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07REQUEST\x10\x01\x12\x0c\n\x08RESPONSE\x10\x02\x12\t\n\x05\x45VENT\x10\x03\x12\t\n\x05\x45RROR\x10\x04\x12\x10\n\x0cSTREAM_CHUNK\x10\x05\x12\n\n\x06\x43\x41NCEL\x10\x06\x12\r\n\tHEARTBEAT\x10\x07\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x08\x12\x0e\n\nSTREAM_ACK\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTEXT_AUTHENTRY']._serialized_options = b'8\001'
   _globals['_MCPMESSAGE_HEADERSENTRY']._loaded_options = None
   _globals['_MCPMESSAGE_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_MESSAGETYPE']._serialized_start=857
-  _globals['_MESSAGETYPE']._serialized_end=994
+  _globals['_MESSAGETYPE']._serialized_start=972
+  _globals['_MESSAGETYPE']._serialized_end=1139
   _globals['_CONTEXT']._serialized_start=72
   _globals['_CONTEXT']._serialized_end=275
   _globals['_CONTEXT_AUTHENTRY']._serialized_start=232
   _globals['_CONTEXT_AUTHENTRY']._serialized_end=275
   _globals['_ERROR']._serialized_start=277
   _globals['_ERROR']._serialized_end=332
-  _globals['_MCPMESSAGE']._serialized_start=335
-  _globals['_MCPMESSAGE']._serialized_end=854
-  _globals['_MCPMESSAGE_HEADERSENTRY']._serialized_start=808
-  _globals['_MCPMESSAGE_HEADERSENTRY']._serialized_end=854
+  _globals['_PROGRESS']._serialized_start=334
+  _globals['_PROGRESS']._serialized_end=397
+  _globals['_MCPMESSAGE']._serialized_start=400
+  _globals['_MCPMESSAGE']._serialized_end=969
+  _globals['_MCPMESSAGE_HEADERSENTRY']._serialized_start=923
+  _globals['_MCPMESSAGE_HEADERSENTRY']._serialized_end=969
 # @@protoc_insertion_point(module_scope)

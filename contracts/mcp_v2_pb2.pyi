@@ -20,6 +20,8 @@ class MessageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STREAM_CHUNK: _ClassVar[MessageType]
     CANCEL: _ClassVar[MessageType]
     HEARTBEAT: _ClassVar[MessageType]
+    ACCEPTED: _ClassVar[MessageType]
+    STREAM_ACK: _ClassVar[MessageType]
 MESSAGE_TYPE_UNSPECIFIED: MessageType
 REQUEST: MessageType
 RESPONSE: MessageType
@@ -28,6 +30,8 @@ ERROR: MessageType
 STREAM_CHUNK: MessageType
 CANCEL: MessageType
 HEARTBEAT: MessageType
+ACCEPTED: MessageType
+STREAM_ACK: MessageType
 
 class Context(_message.Message):
     __slots__ = ("tenant_id", "user_id", "session_id", "api_key_id", "trace_id", "auth")
@@ -62,8 +66,16 @@ class Error(_message.Message):
     details: bytes
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., details: _Optional[bytes] = ...) -> None: ...
 
+class Progress(_message.Message):
+    __slots__ = ("fraction", "message")
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    fraction: float
+    message: str
+    def __init__(self, fraction: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
 class MCPMessage(_message.Message):
-    __slots__ = ("id", "type", "source_module_id", "target_module_id", "action", "context", "payload", "timestamp", "correlation_id", "headers", "priority", "ttl", "content_type", "error", "sequence", "final")
+    __slots__ = ("id", "type", "source_module_id", "target_module_id", "action", "context", "payload", "timestamp", "correlation_id", "headers", "priority", "ttl", "content_type", "error", "sequence", "final", "progress")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +99,7 @@ class MCPMessage(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: MessageType
     source_module_id: str
@@ -103,4 +116,5 @@ class MCPMessage(_message.Message):
     error: Error
     sequence: int
     final: bool
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[_Union[MessageType, str]] = ..., source_module_id: _Optional[str] = ..., target_module_id: _Optional[str] = ..., action: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., payload: _Optional[bytes] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., correlation_id: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., ttl: _Optional[int] = ..., content_type: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., sequence: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
+    progress: Progress
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[_Union[MessageType, str]] = ..., source_module_id: _Optional[str] = ..., target_module_id: _Optional[str] = ..., action: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., payload: _Optional[bytes] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., correlation_id: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., ttl: _Optional[int] = ..., content_type: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., sequence: _Optional[int] = ..., final: _Optional[bool] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...

@@ -26,10 +26,12 @@ __all__ = [
     "JSON",
     "REQUEST",
     "RESPONSE",
+    "deadline_ns",
     "decode",
     "error_details",
     "error_reply",
     "expired",
+    "new_event",
     "new_request",
     "reply",
 ]
@@ -82,6 +84,21 @@ def new_request(
         priority=priority,
         ttl=ttl,
         content_type=content_type,
+    ))
+
+
+def new_event(topic: str, payload: bytes, *, tenant_id: str, source_module_id: str) -> MCPMessage:
+    """An EVENT: a fact about ``topic`` for whoever subscribes; nobody answers it."""
+    event_id = new_id()
+    return _stamp(MCPMessage(
+        id=event_id,
+        type=MessageType.EVENT,
+        source_module_id=source_module_id,
+        action=topic,
+        context={"tenant_id": tenant_id},
+        payload=payload,
+        correlation_id=event_id,
+        content_type=JSON,
     ))
 
 
@@ -142,6 +159,17 @@ def error_details(message: MCPMessage) -> dict[str, Any]:
     except msgspec.DecodeError:
         return {}
     return details if isinstance(details, dict) else {"value": details}
+
+
+def deadline_ns(message: MCPMessage) -> int | None:
+    """When the caller stops waiting (``time.time_ns()`` scale), or None if it set no ttl.
+
+    The deadline is the request's own timestamp plus its ttl, so every hop — router, module,
+    a queue in front of a busy module — measures against the same instant.
+    """
+    if message.ttl <= 0 or not message.HasField("timestamp"):
+        return None
+    return message.timestamp.ToNanoseconds() + message.ttl * 1_000_000_000
 
 
 def decode(data: bytes) -> MCPMessage:

@@ -4,17 +4,20 @@ Live traffic (core NATS, never stored):
 
     mcp.call.<tenant>.<capability…>              a call routed by capability (queue group per capability)
     mcp.direct.<module>.<tenant>.<capability…>   a call routed to one module
+    mcp.ctl.<instance>                           CANCEL and STREAM_ACK for the streamed calls an
+                                                 instance runs (named in its ACCEPTED answer)
 
 The log (JetStream, stream MCP):
 
     mcp.req.<tenant>.<capability…>   the record of a request
     mcp.res.<tenant>.<capability…>   the record of its response, error or stream chunk
-    mcp.evt.<tenant>.<capability…>   events and broadcasts
+    mcp.evt.<tenant>.<topic…>        events and broadcasts: published here, delivered from here
 
 Calls travel on subjects that no stream captures so that NATS answers "no responders" the
 instant no module serves them; a stream listening on the call subject would count as interest
 and turn that instant answer into a timeout. The caller records the request and the module
-records its answer, each with one extra core-NATS publish.
+records its answer, each with one extra core-NATS publish. Events need no answer, so they are
+published once, on their record subject, and modules subscribe to it.
 
 Presence (core NATS): ``hub.heartbeat.<module>``, ``hub.leave.<module>``; the hub answers
 ``hub.announce`` and ``hub.modules``.
@@ -30,19 +33,25 @@ __all__ = [
     "InvalidSubjectToken",
     "call",
     "capability_queue",
+    "control",
     "direct",
     "event",
     "heartbeat",
+    "is_control",
     "leave",
     "record_request",
     "record_response",
     "registry",
     "validate_capability",
+    "validate_topic_pattern",
     "validate_token",
 ]
 
 _TOKEN = re.compile(r"[a-z0-9_-]{1,64}")
 _CAPABILITY = re.compile(r"[a-z0-9_-]{1,64}(?:\.[a-z0-9_-]{1,64}){0,7}")
+# A topic a module subscribes to: dotted tokens, any of them "*", optionally ending in ">".
+_TOPIC_PATTERN = re.compile(r"(?:[a-z0-9_-]{1,64}|\*)(?:\.(?:[a-z0-9_-]{1,64}|\*)){0,7}(?:\.>)?|>")
+_CONTROL = re.compile(r"mcp\.ctl\.[a-z0-9_-]{1,128}")
 
 ANNOUNCE = "hub.announce"
 MODULES = "hub.modules"
@@ -71,6 +80,16 @@ def validate_capability(value: str) -> str:
     return value
 
 
+def validate_topic_pattern(value: str) -> str:
+    """Return ``value`` if it is an event topic to subscribe to: ``orders.created``, ``orders.*``, ``orders.>``."""
+    if not _TOPIC_PATTERN.fullmatch(value):
+        raise InvalidSubjectToken(
+            f"event topic {value!r} is not valid: use dotted lowercase words of a-z, 0-9, '_' or '-',"
+            " where a word may be '*' and the last may be '>', e.g. 'orders.created' or 'orders.>'."
+        )
+    return value
+
+
 def call(tenant: str, capability: str) -> str:
     return f"mcp.call.{tenant}.{capability}"
 
@@ -94,6 +113,16 @@ def record_response(tenant: str, capability: str) -> str:
 
 def event(tenant: str, capability: str) -> str:
     return f"mcp.evt.{tenant}.{capability}"
+
+
+def control(instance_id: str) -> str:
+    """Where a module instance takes CANCEL and STREAM_ACK messages for its streamed calls."""
+    return f"mcp.ctl.{instance_id}"
+
+
+def is_control(subject: str) -> bool:
+    """Whether ``subject`` is a control subject: a caller sends nothing anywhere else a module names."""
+    return _CONTROL.fullmatch(subject) is not None
 
 
 def heartbeat(module: str) -> str:

@@ -1,4 +1,4 @@
-"""The thin subject router: routing (in-process), presence, the registry, and the hub process."""
+"""The thin subject router: routing and streamed calls (in-process), presence, the registry, the hub process."""
 
 from __future__ import annotations
 
@@ -6,5 +6,6 @@ from .presence import PresenceIndex
 from .registry import InvalidManifest, Registrar, RegistryIndex
 from .router import Router
 from .service import Hub
+from .streaming import CallStream
 
-__all__ = ["Hub", "InvalidManifest", "PresenceIndex", "Registrar", "RegistryIndex", "Router"]
+__all__ = ["CallStream", "Hub", "InvalidManifest", "PresenceIndex", "Registrar", "RegistryIndex", "Router"]

@@ -4,23 +4,36 @@ The router is a library, not a process: the gateway and the SDK client run it in
 a call costs one NATS request and no extra hop. Routing by capability publishes on
 ``mcp.call.<tenant>.<capability>``, where every replica of every module serving it shares one
 queue group; routing to a module publishes on ``mcp.direct.<module>.<tenant>.<capability>``.
+
+The router enforces a call's ttl: a request whose deadline (its timestamp plus ttl) has passed
+is answered TIMEOUT without being sent, and no answer is awaited beyond the deadline. A streamed
+call (:meth:`Router.open_stream`) is opened with the same NATS request, so "no module" is still
+answered at once; its chunks then flow as :mod:`democratic_ai.contracts.streaming` describes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, TimeoutError
 
-from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, decode, error_reply
-from democratic_ai.contracts import subjects, tracing
+from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, deadline_ns, decode, error_reply
+from democratic_ai.contracts import streaming, subjects, tracing
+
+from .streaming import CallStream
 
 __all__ = ["Router"]
 
 log = logging.getLogger(__name__)
+
+_UNREADABLE = "the module's answer could not be read"
 
 
 class Router:
@@ -41,6 +54,7 @@ class Router:
         self._nc = nc
         self._source_id = source_id
         self._is_registered = is_registered
+        self._tasks: set[asyncio.Future[None]] = set()  # streams abandoned while opening, being cancelled
 
     async def call(self, request: MCPMessage) -> MCPMessage:
         """Carry ``request`` to a module and return its answer, or the routing error."""
@@ -52,11 +66,9 @@ class Router:
     async def _call(self, request: MCPMessage) -> MCPMessage:
         tenant = request.context.tenant_id
         action = request.action
-        if request.target_module_id:
-            subject = subjects.direct(request.target_module_id, tenant, action)
-        else:
-            subject = subjects.call(tenant, action)
-        timeout = float(request.ttl or DEFAULT_TTL_SECONDS)
+        timeout = _remaining(request)
+        if timeout <= 0:
+            return await self._expired(request)
         data = request.SerializeToString()
         headers = tracing.inject({}) if tracing.tracing_enabled() else None
 
@@ -64,21 +76,102 @@ class Router:
         # any module can answer it.
         await self._nc.publish(subjects.record_request(tenant, action), data, headers=headers)
         try:
-            answer = await self._nc.request(subject, data, timeout=timeout, headers=headers)
+            answer = await self._nc.request(self._subject(request), data, timeout=timeout, headers=headers)
         except NoRespondersError:
             return await self._fail(request, *self._no_responders(request))
         except TimeoutError:
-            return await self._fail(
-                request,
-                ErrorCode.TIMEOUT,
-                f"no answer to {action!r} within its ttl of {timeout:g} s",
-                {"ttl": timeout},
-            )
+            return await self._timed_out(request)
         try:
             return decode(answer.data)
         except DecodeError:
             log.error("unreadable answer to %s (call %s)", action, request.correlation_id)
-            return await self._fail(request, ErrorCode.INTERNAL, "the module's answer could not be read", {})
+            return await self._fail(request, ErrorCode.INTERNAL, _UNREADABLE, {})
+
+    async def open_stream(self, request: MCPMessage, *, window: int = streaming.DEFAULT_WINDOW) -> CallStream:
+        """Send ``request`` as a streamed call and return its stream once a module took it (or none did).
+
+        The returned stream's ``refusal`` is set when no module took the call. Each wait for the
+        next message is bounded by the request's ttl, so a long call that keeps reporting may
+        outlive its ttl, but a silent one may not. ``window`` is how many chunks may wait unread.
+        """
+        if tracing.tracing_enabled():
+            with tracing.tracer.start_as_current_span(f"hub stream {request.action}"):
+                return await self._open_stream(request, window)
+        return await self._open_stream(request, window)
+
+    async def _open_stream(self, request: MCPMessage, window: int) -> CallStream:
+        stream = CallStream(
+            self._nc, request, source_id=self._source_id, window=window,
+            idle_timeout=float(request.ttl or DEFAULT_TTL_SECONDS), fail=self._fail,
+        )
+        timeout = _remaining(request)
+        if timeout <= 0:
+            await stream.refuse(await self._expired(request))
+            return stream
+        await stream.listen()
+        data = request.SerializeToString()
+        trace = tracing.inject({}) if tracing.tracing_enabled() else None
+        headers = {**(trace or {}), streaming.STREAM_HEADER: stream.inbox, streaming.WINDOW_HEADER: str(window)}
+        await self._nc.publish(subjects.record_request(request.context.tenant_id, request.action), data, headers=trace)
+        opening = asyncio.ensure_future(
+            self._nc.request(self._subject(request), data, timeout=timeout, headers=headers)
+        )
+        try:
+            # Shielded: a caller that gives up now (a client hanging up) must still learn where the
+            # module runs the call, or it could not cancel it there.
+            answer = await asyncio.shield(opening)
+        except NoRespondersError:
+            await stream.refuse(await self._fail(request, *self._no_responders(request)))
+        except TimeoutError:
+            await stream.refuse(await self._timed_out(request))
+        except asyncio.CancelledError:
+            self._background(self._abandon(stream, opening))
+            raise
+        else:
+            await self._start(stream, answer.data)
+        return stream
+
+    async def _start(self, stream: CallStream, data: bytes) -> None:
+        try:
+            await stream.start(decode(data))
+        except DecodeError:
+            request = stream.request
+            log.error("unreadable answer to streamed %s (call %s)", request.action, request.correlation_id)
+            await stream.refuse(await self._fail(request, ErrorCode.INTERNAL, _UNREADABLE, {}))
+
+    async def _abandon(self, stream: CallStream, opening: asyncio.Future[Msg]) -> None:
+        """Cancel at the module a streamed call whose caller left while it was being opened."""
+        try:
+            answer = await opening
+        except (NoRespondersError, TimeoutError):
+            await stream.close()
+            return
+        await self._start(stream, answer.data)
+        await stream.close()
+
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _subject(request: MCPMessage) -> str:
+        if request.target_module_id:
+            return subjects.direct(request.target_module_id, request.context.tenant_id, request.action)
+        return subjects.call(request.context.tenant_id, request.action)
+
+    async def _expired(self, request: MCPMessage) -> MCPMessage:
+        """A request whose deadline passed before it was sent: never sent, answered TIMEOUT."""
+        return await self._fail(
+            request, ErrorCode.TIMEOUT, f"the ttl of {request.action!r} passed before it was sent",
+            {"ttl": request.ttl},
+        )
+
+    async def _timed_out(self, request: MCPMessage) -> MCPMessage:
+        ttl = float(request.ttl or DEFAULT_TTL_SECONDS)
+        return await self._fail(
+            request, ErrorCode.TIMEOUT, f"no answer to {request.action!r} within its ttl of {ttl:g} s", {"ttl": ttl}
+        )
 
     def _no_responders(self, request: MCPMessage) -> tuple[ErrorCode, str, dict[str, str]]:
         action = request.action
@@ -96,12 +189,18 @@ class Router:
             {"capability": action},
         )
 
-    async def _fail(
-        self, request: MCPMessage, code: ErrorCode, text: str, details: dict[str, object]
-    ) -> MCPMessage:
+    async def _fail(self, request: MCPMessage, code: ErrorCode, text: str, details: dict[str, Any]) -> MCPMessage:
         """Answer with an error of the router's own and record it like a module's answer."""
         error = error_reply(request, code, text, source_module_id=self._source_id, details=details)
         await self._nc.publish(
             subjects.record_response(request.context.tenant_id, request.action), error.SerializeToString()
         )
         return error
+
+
+def _remaining(request: MCPMessage) -> float:
+    """Seconds until the request's deadline; its ttl when it carries no timestamp."""
+    deadline = deadline_ns(request)
+    if deadline is None:
+        return float(request.ttl or DEFAULT_TTL_SECONDS)
+    return (deadline - time.time_ns()) / 1e9

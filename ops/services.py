@@ -28,7 +28,7 @@ from democratic_ai.services.billing import (
     format_money,
     load_pricing,
 )
-from democratic_ai.services.gateway import GatewayConfig, create_app
+from democratic_ai.services.gateway import GatewayConfig, create_runner
 from democratic_ai.services.identity import rotate_signing_key
 
 __all__ = ["close_billing_periods", "load_module_class", "rotate_jwt_key", "run_gateway", "run_hub", "run_module", "run_projections"]
@@ -55,7 +55,7 @@ async def run_hub(nats_url: str, stop: asyncio.Event) -> None:
 
 async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
     tracing.configure_tracing("dai-gateway")
-    runner = web.AppRunner(create_app(config), access_log=None)
+    runner = create_runner(config, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -35,7 +35,10 @@ from .postgres_server import PostgresServer
 __all__ = ["UpOptions", "up"]
 
 # module id → the class `dai module run` starts
-EXAMPLE_MODULES = {"text-tools": "democratic_ai.sdk.examples.text_tools:TextTools"}
+EXAMPLE_MODULES = {
+    "text-tools": "democratic_ai.sdk.examples.text_tools:TextTools",
+    "image-tools": "democratic_ai.sdk.examples.image_tools:ImageTools",
+}
 
 
 @dataclass(frozen=True, slots=True)

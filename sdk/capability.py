@@ -1,7 +1,8 @@
 """The ``@capability`` decorator: it marks a coroutine method as a capability, nothing more.
 
 The method keeps working as a plain method; :class:`~democratic_ai.sdk.Module` finds the
-marks when it starts and serves them.
+marks when it starts and serves them. An ``async def`` containing ``yield`` is a streaming
+capability: each yielded value becomes one STREAM_CHUNK (see :mod:`democratic_ai.sdk.streaming`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class CapabilityDefinition:
     parameters: frozenset[str]
     required: frozenset[str]
     takes_any_keyword: bool
+    streaming: bool = False  # an async generator: each yielded value is one chunk
 
     def spec(self) -> CapabilitySpec:
         return CapabilitySpec(
@@ -42,6 +44,7 @@ class CapabilityDefinition:
             description=self.description,
             input_schema=self.input.json_schema,
             output_schema=self.output.json_schema,
+            streaming=self.streaming,
         )
 
 
@@ -55,14 +58,17 @@ def capability(
 
     With a dict schema the handler receives the input object's fields as keyword arguments
     (``async def summarize(self, text: str, max_length: int = 100)``); with a msgspec Struct or
-    pydantic model it receives one validated instance. It returns a dict, Struct or model.
+    pydantic model it receives one validated instance. It returns a dict, Struct or model — or,
+    as an async generator, yields them (or :class:`~democratic_ai.sdk.Chunk` objects with progress);
+    ``output_schema`` then describes the data of one chunk.
     """
     validate_capability(action)
     input_ = to_schema(input_schema)
     output = to_schema(output_schema)
 
     def mark(method: F) -> F:
-        if not inspect.iscoroutinefunction(method):
+        streams = inspect.isasyncgenfunction(method)
+        if not (streams or inspect.iscoroutinefunction(method)):
             raise TypeError(f"capability {action!r}: {method.__qualname__} must be an 'async def' method.")
         params = list(inspect.signature(method).parameters.values())[1:]  # drop self
         named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -76,6 +82,7 @@ def capability(
             parameters=frozenset(p.name for p in named),
             required=frozenset(p.name for p in named if p.default is p.empty),
             takes_any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
+            streaming=streams,
         )
         setattr(method, _MARK, definition)
         return method

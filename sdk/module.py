@@ -2,9 +2,16 @@
 
 A started module subscribes each capability on two subjects — the capability route, shared by
 every replica of every module that offers it (one queue group per capability), and its own
-direct route — announces its manifest to the hub, and heartbeats until it stops. It is also a
-NATS micro service (:mod:`.micro`): each route is an endpoint, so ``nats micro ls|info|stats``
-shows the module's instances and their request, error and latency figures.
+direct route — plus its instance's control subject (CANCEL and credit of streamed calls) and
+the topics of its event handlers; it announces its manifest to the hub and heartbeats until it
+stops. It is also a NATS micro service (:mod:`.micro`): each route is an endpoint, so
+``nats micro ls|info|stats`` shows the module's instances and their request, error and latency figures.
+
+A call is answered once (request/reply) unless the caller asked to stream it (NATS header
+``Dai-Stream``): then the module acknowledges at once with ACCEPTED and sends its answers to the
+caller's inbox (:mod:`democratic_ai.sdk.streaming`). Either way the handler waits for one of
+``max_concurrency`` slots (:mod:`democratic_ai.sdk.scheduling`), and a call whose ttl passed
+before it got one is dropped without running.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import msgspec
 from google.protobuf.message import DecodeError
@@ -24,20 +31,31 @@ from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError
 
 from democratic_ai.contracts import (
-    ErrorCode, MCPMessage, MessageType, decode, error_reply, expired, presence, reply, subjects, tracing,
+    DEFAULT_TTL_SECONDS,
+    ErrorCode,
+    MCPMessage,
+    MessageType,
+    deadline_ns,
+    decode,
+    presence,
+    streaming,
+    subjects,
+    tracing,
 )
 from democratic_ai.contracts.registry_events import ModuleManifest
 
 from .capability import CapabilityDefinition, definitions_of
 from .client import Client
-from .errors import CallError
+from .events import Event, EventHandlerDefinition, event_handlers_of
+from .execution import Invocation
+from .scheduling import Scheduler
+from .streaming import ChunkSender, elapsed_ms, last_data, stream_answers
 from .micro import Endpoint, MicroService
 
 __all__ = ["Module", "ModuleConfig"]
 
 log = logging.getLogger(__name__)
 
-_encode_json = msgspec.json.Encoder().encode
 _decode_json = msgspec.json.Decoder().decode
 
 
@@ -46,12 +64,26 @@ class ModuleConfig:
     heartbeat_interval: float = 1.0
     max_concurrency: int = 256  # handlers running at once; further calls wait their turn
     announce_retry: float = 2.0  # longest wait between announcements while no hub answers
+    # Seconds of waiting for a slot that raise a call by one priority level, so that under
+    # saturation a priority-0 call waits at most ~9 x this longer than a priority-9 one.
+    priority_aging: float = 1.0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be a positive number of seconds.")
         if self.max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1.")
+        if self.priority_aging <= 0:
+            raise ValueError("priority_aging must be a positive number of seconds.")
+
+
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """A streamed call this instance holds, found by its correlation id for CANCEL and credit."""
+
+    task: asyncio.Task[None]
+    sender: ChunkSender
+    tenant_id: str
 
 
 class Module:
@@ -68,13 +100,16 @@ class Module:
         subjects.validate_token(self.module_id, "module_id")
         self.config = config or ModuleConfig()
         self.capabilities: dict[str, CapabilityDefinition] = definitions_of(self)
-        if not self.capabilities:
-            raise TypeError(f"{type(self).__name__} declares no @capability method.")
+        self.event_handlers: list[EventHandlerDefinition] = event_handlers_of(self)
+        if not self.capabilities and not self.event_handlers:
+            raise TypeError(f"{type(self).__name__} declares no @capability or @event_handler method.")
         self.instance_id = f"{self.module_id}-{uuid.uuid4().hex[:12]}"
+        self.scheduler = Scheduler(self.config.max_concurrency, self.config.priority_aging)
         self._nc: NATS | None = None
+        self._control = subjects.control(self.instance_id)
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(self.config.max_concurrency)
+        self._streams: dict[str, _Streamed] = {}
         self._background: list[asyncio.Task[None]] = []
         self._micro: MicroService | None = None
 
@@ -96,7 +131,7 @@ class Module:
         return Client(self._nc, source_id=self.module_id)
 
     async def start(self, nc: NATS) -> None:
-        """Subscribe every capability, then announce and heartbeat in the background."""
+        """Subscribe every capability and event topic, then announce and heartbeat in the background."""
         self._nc = nc
         endpoints: list[Endpoint] = []
         for definition in sorted(self.capabilities.values(), key=lambda d: d.action):
@@ -127,14 +162,27 @@ class Module:
             description=self.manifest.description, endpoints=endpoints,
         )
         await self._micro.start(nc)
+        for handler in self.event_handlers:
+
+            async def on_event(msg: Msg, handler: EventHandlerDefinition = handler) -> None:
+                self._spawn(self._deliver(handler, msg))
+
+            # One queue group per handler: the replicas of this module share its events, while two
+            # handlers whose topics overlap each still get every event (NATS picks one member per group).
+            queue = f"{self.module_id}.{handler.method_name}"
+            self._subscriptions.append(await nc.subscribe(subjects.event("*", handler.topic), queue=queue, cb=on_event))
+        self._subscriptions.append(await nc.subscribe(self._control, cb=self._on_control))
+        # Twice: nats-py writes flush()'s PING straight to the socket, ahead of SUBs still in its
+        # buffer, so one PONG does not prove the server has them and a call sent at once could
+        # find "no responders". The second PING leaves after the SUBs the first wait flushed.
         await nc.flush()
-        self._background = [
-            asyncio.create_task(self._announce(nc), name=f"{self.module_id}-announce"),
-            asyncio.create_task(self._heartbeat(nc), name=f"{self.module_id}-heartbeat"),
-        ]
+        await nc.flush()
+        self._background = [asyncio.create_task(self._heartbeat(nc), name=f"{self.module_id}-heartbeat")]
+        if self.capabilities:  # a module that only listens to events has nothing to register
+            self._background.append(asyncio.create_task(self._announce(nc), name=f"{self.module_id}-announce"))
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Leave: stop taking calls, say so, and let calls in progress finish (up to ``grace``)."""
+        """Leave: stop taking calls, say so, let calls in progress finish (up to ``grace``), cancel the rest."""
         if self._nc is None:
             return
         for subscription in self._subscriptions:
@@ -151,6 +199,12 @@ class Module:
             await self._nc.publish(subjects.leave(self.module_id), presence.encode(leave))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace)
+        # Past the grace period, calls still running are cancelled: streamed ones still record
+        # their CANCELLED end (with compute time) while the connection is open.
+        late = list(self._tasks)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         if self._nc.is_connected:
             await self._nc.flush()
         self._nc = None
@@ -171,6 +225,10 @@ class Module:
             except ConnectionClosedError:
                 return
             except (NoRespondersError, TimeoutError):
+                # Python 3.11's wait_for (inside nats-py's request) drops a cancel that races with
+                # the answer: honour it here, or stop() would wait for this task forever.
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    return
                 # At start-up the hub may simply not be up yet: only persistence is worth a warning.
                 level = logging.WARNING if attempts >= 3 else logging.DEBUG
                 log.log(level, "no hub answered the announcement of %s; retrying", self.module_id)
@@ -209,23 +267,31 @@ class Module:
             log.warning("dropped an unreadable call on %s", msg.subject)
             endpoint.record(time.perf_counter_ns() - received_ns, "dropped an unreadable call")
             return
-        if expired(request):
+        deadline = deadline_ns(request)
+        if deadline is not None and time.time_ns() > deadline:
             # The caller stopped waiting: running the work now would only waste it.
             log.info("dropped expired call %s of %s", request.correlation_id, request.action)
             endpoint.record(time.perf_counter_ns() - received_ns, "dropped a call whose ttl had expired")
             return
-        # acquire/release rather than "async with": two coroutines fewer on every call.
-        await self._slots.acquire()
+        inbox = msg.headers.get(streaming.STREAM_HEADER) if msg.headers else None
+        if inbox:
+            await self._serve_stream(definition, request, msg, inbox, deadline)
+            endpoint.record(time.perf_counter_ns() - received_ns, None)
+            return
+        if not (self.scheduler.try_acquire() or await self.scheduler.acquire(request.priority, deadline)):
+            log.info("dropped call %s of %s: its ttl passed while it waited", request.correlation_id, request.action)
+            endpoint.record(time.perf_counter_ns() - received_ns, "dropped a call whose ttl passed while it waited")
+            return
         try:
             if tracing.tracing_enabled():
                 with tracing.tracer.start_as_current_span(
                     f"module {definition.action}", context=tracing.extract(msg.headers)
                 ):
-                    answer = await self._execute(definition, request)
+                    answer = await self._answer(definition, request)
             else:
-                answer = await self._execute(definition, request)
+                answer = await self._answer(definition, request)
         finally:
-            self._slots.release()
+            self.scheduler.release()
         data = answer.SerializeToString()
         if msg.reply:
             await nc.publish(msg.reply, data)
@@ -233,64 +299,98 @@ class Module:
         failed = answer.type == MessageType.ERROR
         endpoint.record(time.perf_counter_ns() - received_ns, f"{answer.error.code}: {answer.error.message}" if failed else None)
 
-    async def _execute(self, definition: CapabilityDefinition, request: MCPMessage) -> MCPMessage:
-        def fail(code: ErrorCode, text: str, **details: Any) -> MCPMessage:
-            return error_reply(request, code, text, source_module_id=self.module_id, details=details)
+    async def _answer(self, definition: CapabilityDefinition, request: MCPMessage) -> MCPMessage:
+        """Run the handler for a caller waiting for one answer: a streaming one gives its last data."""
+        invocation = Invocation(self.module_id, definition, request)
+        call, error = invocation.start(getattr(self, definition.method_name))
+        if error is not None:
+            return error
+        started = time.perf_counter()
+        answer = await invocation.answer(last_data(call) if definition.streaming else call)
+        answer.headers[streaming.COMPUTE_MS] = f"{elapsed_ms(started):.3f}"
+        return answer
 
+    async def _serve_stream(
+        self, definition: CapabilityDefinition, request: MCPMessage, msg: Msg, inbox: str, deadline: int | None
+    ) -> None:
+        """Acknowledge a streamed call at once, then run it when a slot is free, answering to ``inbox``."""
+        nc = self._nc
+        if nc is None:
+            return
         try:
-            payload = _decode_json(request.payload) if request.payload else {}
-        except msgspec.DecodeError as exc:
-            return fail(ErrorCode.VALIDATION_FAILED, f"the payload is not valid JSON: {exc}", where="input", path="$")
-        value, invalid = definition.input.check(payload)
-        if invalid is not None:
-            return fail(
-                ErrorCode.VALIDATION_FAILED,
-                f"input {invalid.path}: {invalid.message}",
-                where="input",
-                path=invalid.path,
-                validator=invalid.validator,
-            )
-        handler = getattr(self, definition.method_name)
+            window = min(max(int(msg.headers.get(streaming.WINDOW_HEADER, "")), 1), streaming.MAX_WINDOW)
+        except ValueError:
+            window = streaming.DEFAULT_WINDOW
+        sender = ChunkSender(
+            nc, request, inbox, window, source_module_id=self.module_id,
+            credit_timeout=float(request.ttl or DEFAULT_TTL_SECONDS),
+        )
+        # Always a task: _spawn started this coroutine as one, and a CANCEL cancels exactly it.
+        task = cast("asyncio.Task[None]", asyncio.current_task())
+        self._streams[request.correlation_id] = _Streamed(task, sender, request.context.tenant_id)
+        invocation = Invocation(self.module_id, definition, request)
+        started: float | None = None  # when the handler got its slot; compute time counts from there
         try:
-            if definition.takes_model:
-                result = await handler(value)
-            else:
-                kwargs, problem = _keyword_arguments(definition, value)
-                if problem is not None:
-                    return fail(ErrorCode.VALIDATION_FAILED, problem[1], where="input", path=problem[0])
-                result = await handler(**kwargs)
-        except CallError as exc:
-            code = ErrorCode(exc.code) if exc.code in ErrorCode.__members__ else ErrorCode.MODULE_ERROR
-            return fail(code, exc.message, **exc.details)
+            if msg.reply:
+                accepted = streaming.accepted(request, self._control, source_module_id=self.module_id)
+                await nc.publish(msg.reply, accepted.SerializeToString())
+            if not (self.scheduler.try_acquire() or await self.scheduler.acquire(request.priority, deadline)):
+                log.info("dropped streamed call %s of %s: its ttl passed while it waited for a slot",
+                         request.correlation_id, request.action)
+                await sender.end(invocation.error(ErrorCode.TIMEOUT, "the ttl passed before a slot was free"), 0.0)
+                return
+            try:
+                started = time.perf_counter()
+                if tracing.tracing_enabled():
+                    with tracing.tracer.start_as_current_span(
+                        f"module stream {definition.action}", context=tracing.extract(msg.headers)
+                    ):
+                        await self._stream(invocation, sender, started)
+                else:
+                    await self._stream(invocation, sender, started)
+            finally:
+                self.scheduler.release()
+        except asyncio.CancelledError:
+            # The caller cancelled (or hung up): record how long the handler ran until then.
+            compute_ms = 0.0 if started is None else elapsed_ms(started)
+            await sender.end(invocation.error(ErrorCode.CANCELLED, "the caller cancelled the call"), compute_ms)
+        finally:
+            self._streams.pop(request.correlation_id, None)
+
+    async def _stream(self, invocation: Invocation, sender: ChunkSender, started: float) -> None:
+        call, error = invocation.start(getattr(self, invocation.definition.method_name))
+        if error is not None:
+            await sender.end(error, elapsed_ms(started))
+        elif invocation.definition.streaming:
+            await stream_answers(invocation, call, sender, started)
+        else:
+            answer = await invocation.answer(call)
+            await sender.end(answer, elapsed_ms(started))
+
+    async def _on_control(self, msg: Msg) -> None:
+        """CANCEL or credit for a streamed call of this instance."""
+        try:
+            message = decode(msg.data)
+        except DecodeError:
+            log.warning("ignored an unreadable control message")
+            return
+        streamed = self._streams.get(message.correlation_id)
+        if streamed is None or streamed.tenant_id != message.context.tenant_id:
+            return  # finished already, or not ours to touch
+        if message.type == MessageType.STREAM_ACK:
+            streamed.sender.grant(message.sequence)
+        elif message.type == MessageType.CANCEL and not streamed.sender.ended:
+            streamed.task.cancel()
+
+    async def _deliver(self, handler: EventHandlerDefinition, msg: Msg) -> None:
+        try:
+            message = decode(msg.data)
+            data = _decode_json(message.payload) if message.payload else None
+        except (DecodeError, msgspec.DecodeError):
+            log.warning("dropped an unreadable event on %s", msg.subject)
+            return
+        try:
+            await getattr(self, handler.method_name)(Event.from_message(message, data))
         except Exception:
-            # A handler's bug must not take the module down: answer, log, keep serving.
-            log.exception("capability %s failed on call %s", definition.action, request.correlation_id)
-            return fail(ErrorCode.MODULE_ERROR, f"the module {self.module_id!r} failed while handling {definition.action!r}")
-        out = definition.output.dump(result)
-        _, invalid = definition.output.check(out)
-        if invalid is not None:
-            log.error("capability %s returned output that breaks its schema: %s", definition.action, invalid)
-            return fail(
-                ErrorCode.VALIDATION_FAILED,
-                f"output {invalid.path}: {invalid.message}",
-                where="output",
-                path=invalid.path,
-                validator=invalid.validator,
-            )
-        return reply(request, _encode_json(out), source_module_id=self.module_id)
-
-
-def _keyword_arguments(
-    definition: CapabilityDefinition, value: Any
-) -> tuple[dict[str, Any], tuple[str, str] | None]:
-    """Map a JSON object onto the handler's parameters, or say which field does not fit."""
-    if not isinstance(value, dict):
-        return {}, ("$", "the input must be a JSON object")
-    if not definition.takes_any_keyword:
-        for key in value:
-            if key not in definition.parameters:
-                return {}, (f"$.{key}", f"input $.{key}: unexpected field")
-    for name in definition.required:
-        if name not in value:
-            return {}, (f"$.{name}", f"input $.{name}: required field is missing")
-    return value, None
+            # Nobody waits for an event's outcome, so the log is the only place a failure can go.
+            log.exception("event handler %s of %s failed on event %s", handler.method_name, self.module_id, message.id)

@@ -30,7 +30,7 @@ from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.sdk import Module
-from democratic_ai.services.gateway import GatewayConfig, create_app
+from democratic_ai.services.gateway import GatewayConfig, create_runner
 from democratic_ai.services.identity.bootstrap import new_api_key_secret
 from democratic_ai.services.identity.principal import sha256_hex
 
@@ -107,7 +107,7 @@ async def gateway(
     key = await issue_key(nc, tenant)
     port = free_port()
     config = GatewayConfig(nats_url=nats_server.url, database_url=app_dsn(database_url), port=port)
-    runner = web.AppRunner(create_app(config))
+    runner = create_runner(config)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     yield Gateway(url=f"http://127.0.0.1:{port}", api_key=key, tenant=tenant)

@@ -40,12 +40,28 @@ def test_mcp_message_round_trips() -> None:
     assert error.correlation_id == request.id and error_details(error) == {"ttl": 3}
 
 
+def test_stream_chunks_carry_sequence_progress_and_final() -> None:
+    from democratic_ai.contracts import MessageType, decode, new_request, streaming
+
+    request = new_request("image.upscale", b"{}", tenant_id="acme", source_module_id="t")
+    started = decode(streaming.chunk(request, 0, b"", source_module_id="m", fraction=0.0, status="queued")
+                     .SerializeToString())
+    assert started.type == MessageType.STREAM_CHUNK and started.correlation_id == request.correlation_id
+    assert started.progress.HasField("fraction") and started.progress.fraction == 0.0  # 0 is not "unknown"
+    assert not started.payload and not started.final
+    data = decode(streaming.chunk(request, 1, b'{"x": 1}', source_module_id="m", final=True).SerializeToString())
+    assert (data.sequence, data.final, data.payload, data.HasField("progress")) == (1, True, b'{"x": 1}', False)
+    accepted = streaming.accepted(request, "mcp.ctl.m-1", source_module_id="m")
+    assert accepted.type == MessageType.ACCEPTED and accepted.headers[streaming.CONTROL] == "mcp.ctl.m-1"
+
+
 @pytest.mark.parametrize(
     ("package", "names"),
     [
-        ("democratic_ai.sdk", {"Module", "capability", "Client", "HttpClient", "CallError"}),
-        ("democratic_ai.contracts", {"MCPMessage", "ErrorCode", "new_request", "ensure_streams"}),
-        ("democratic_ai.hub", {"Hub", "Router", "PresenceIndex", "RegistryIndex"}),
+        ("democratic_ai.sdk", {"Module", "capability", "Client", "HttpClient", "CallError", "Chunk", "event_handler"}),
+        ("democratic_ai.contracts", {"MCPMessage", "ErrorCode", "new_request", "new_event", "ensure_streams"}),
+        ("democratic_ai.hub", {"Hub", "Router", "CallStream", "PresenceIndex", "RegistryIndex"}),
+        ("democratic_ai.services.gateway", {"GatewayConfig", "create_app", "create_runner"}),
         ("democratic_ai.projections", {"ProjectionRunner", "rebuild", "PROJECTIONS"}),
     ],
 )

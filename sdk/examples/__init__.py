@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .image_tools import ImageTools
 from .text_tools import TextTools
 
-__all__ = ["TextTools"]
+__all__ = ["ImageTools", "TextTools"]

@@ -1,4 +1,4 @@
-"""The example module ``text-tools``: extractive summaries and text statistics.
+"""The example module ``text-tools``: extractive summaries (also streamed) and text statistics.
 
 Run it on its own with ``dai module run democratic_ai.sdk.examples.text_tools:TextTools``.
 """
@@ -6,17 +6,28 @@ Run it on its own with ``dai module run democratic_ai.sdk.examples.text_tools:Te
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
-from democratic_ai.sdk import Module, capability
+from democratic_ai.sdk import Chunk, Module, capability
 
-from .textkit import analyze, summarize
+from .textkit import analyze, join_sentences, summarize, summary_sentences
 
 __all__ = ["TextTools"]
 
 # Scoring sentences is CPU work: texts above this size go to a worker thread so that one long
 # document does not hold up every other call on the event loop.
 _INLINE_LIMIT = 20_000
+
+_SUMMARIZE_INPUT = {
+    "type": "object",
+    "properties": {
+        "text": {"type": "string", "minLength": 1, "maxLength": 200_000},
+        "max_length": {"type": "integer", "minimum": 10, "maximum": 5000, "default": 100},
+    },
+    "required": ["text"],
+    "additionalProperties": False,
+}
 
 
 class TextTools(Module):
@@ -28,15 +39,7 @@ class TextTools(Module):
 
     @capability(
         "text.summarize",
-        input_schema={
-            "type": "object",
-            "properties": {
-                "text": {"type": "string", "minLength": 1, "maxLength": 200_000},
-                "max_length": {"type": "integer", "minimum": 10, "maximum": 5000, "default": 100},
-            },
-            "required": ["text"],
-            "additionalProperties": False,
-        },
+        input_schema=_SUMMARIZE_INPUT,
         output_schema={
             "type": "object",
             "properties": {
@@ -53,6 +56,31 @@ class TextTools(Module):
         else:
             result = summarize(text, max_length)
         return {"summary": result.summary, "compression_ratio": result.compression_ratio}
+
+    @capability(
+        "text.summarize.stream",
+        input_schema=_SUMMARIZE_INPUT,
+        output_schema={
+            "type": "object",
+            "properties": {
+                "sentence": {"type": "string"},
+                "summary": {"type": "string", "description": "the summary so far"},
+            },
+            "required": ["sentence", "summary"],
+        },
+        description="Summarise like text.summarize, streaming the summary one sentence at a time with progress.",
+    )
+    async def summarize_stream(self, text: str, max_length: int = 100) -> AsyncIterator[Chunk]:
+        if len(text) > _INLINE_LIMIT:
+            sentences = await asyncio.to_thread(summary_sentences, text, max_length)
+        else:
+            sentences = summary_sentences(text, max_length)
+        for count, sentence in enumerate(sentences, start=1):
+            yield Chunk(
+                {"sentence": sentence, "summary": join_sentences(sentences[:count])},
+                progress=count / len(sentences),
+                message=f"sentence {count} of {len(sentences)}",
+            )
 
     @capability(
         "text.analyze",

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["Analysis", "Summary", "analyze", "summarize"]
+__all__ = ["Analysis", "Summary", "analyze", "join_sentences", "summarize", "summary_sentences"]
 
 # --- character classes ----------------------------------------------------------------
 
@@ -168,17 +168,35 @@ def summarize(text: str, max_length: int = 100) -> Summary:
     """
     if max_length < 1:
         raise ValueError(f"max_length must be at least 1, got {max_length}")
+    if not text.strip():
+        return Summary(summary="", compression_ratio=0.0)
+    summary = join_sentences(summary_sentences(text, max_length))
+    return Summary(summary=summary, compression_ratio=round(len(summary) / len(text), 3))
+
+
+def summary_sentences(text: str, max_length: int = 100) -> tuple[str, ...]:
+    """The sentences :func:`summarize` joins, in original order: what its streaming form sends one by one."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
     sentences = _split_sentences(text)
     if not sentences:
-        return Summary(summary="", compression_ratio=0.0)
+        return ()
     language = _guess_language(text, _tokenize(text))
     scores = _score_sentences(sentences, language)
     ranked = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
     if len(sentences[ranked[0]]) > max_length:
-        summary = _truncate(sentences[ranked[0]], max_length)
-    else:
-        summary = _join(sentences, _select(sentences, ranked, max_length))
-    return Summary(summary=summary, compression_ratio=round(len(summary) / len(text), 3))
+        return (_truncate(sentences[ranked[0]], max_length),)
+    return tuple(sentences[i] for i in _select(sentences, ranked, max_length))
+
+
+def join_sentences(sentences: tuple[str, ...] | list[str]) -> str:
+    """Join summary sentences: Japanese ones run on without a space, Latin ones need one."""
+    parts: list[str] = []
+    for sentence in sentences:
+        if parts and parts[-1][-1] not in _CJK_CLOSERS:
+            parts.append(" ")
+        parts.append(sentence)
+    return "".join(parts)
 
 
 def _score_sentences(sentences: list[str], language: str) -> list[float]:
@@ -201,20 +219,10 @@ def _select(sentences: list[str], ranked: list[int], max_length: int) -> list[in
         if used + len(sentences[index]) > max_length:
             continue  # cannot fit even without a separator
         candidate = sorted([*chosen, index])
-        joined = len(_join(sentences, candidate))
+        joined = len(join_sentences([sentences[i] for i in candidate]))
         if joined <= max_length:
             chosen, used = candidate, joined
     return chosen
-
-
-def _join(sentences: list[str], indices: list[int]) -> str:
-    parts: list[str] = []
-    for index in indices:
-        # Japanese sentences run on without a space; Latin ones need one.
-        if parts and parts[-1][-1] not in _CJK_CLOSERS:
-            parts.append(" ")
-        parts.append(sentences[index])
-    return "".join(parts)
 
 
 def _truncate(sentence: str, max_length: int) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .app import create_app
+from .app import create_app, create_runner
 from .config import GatewayConfig
 
-__all__ = ["GatewayConfig", "create_app"]
+__all__ = ["GatewayConfig", "create_app", "create_runner"]

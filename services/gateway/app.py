@@ -1,9 +1,10 @@
 """The HTTP edge: an aiohttp application whose NATS connection, Postgres pool and in-memory
-indexes are opened and closed by ``cleanup_ctx``."""
+indexes are opened and closed by ``cleanup_ctx``, and the runner that serves it."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import nats
@@ -30,8 +31,9 @@ from .config import GatewayConfig
 from .errors import error_middleware, error_response
 from .identity_routes import add_identity_routes
 from .state import BILLING, CONFIG, IDENTITY, KEY_RING, NC, PAYMENTS, POOL, PRESENCE, REGISTRY, ROUTER, USERS
+from .websocket import websocket
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_runner"]
 
 USAGE_TOTALS = web.AppKey("usage_totals", UsageTotals)  # set by create_app's caller to replace the read model
 
@@ -105,4 +107,14 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     app.router.add_post("/v1/capabilities/{capability}/invoke", invoke)
     add_identity_routes(app)
     add_billing_routes(app)
+    app.router.add_get("/v1/ws", websocket)
     return app
+
+
+def create_runner(config: GatewayConfig, **kwargs: Any) -> web.AppRunner:
+    """The runner to serve the gateway with: a client that hangs up cancels its handler.
+
+    ``handler_cancellation`` is what turns a closed SSE connection into a CANCEL at the module
+    at once, instead of at the next chunk the gateway fails to write.
+    """
+    return web.AppRunner(create_app(config), handler_cancellation=True, **kwargs)

@@ -1,7 +1,9 @@
 """Authentication at the edge, and the permission check every handler makes.
 
 A credential comes as ``X-API-Key: <key>`` or ``Authorization: Bearer <key or access token>``
-and is resolved against the in-memory identity index — no database round trip per call.
+and is resolved against the in-memory identity index — no database round trip per call. The
+WebSocket endpoint alone may be opened without one, because browsers cannot set headers on a
+WebSocket: it then requires the credential in the socket's first message (see :mod:`.websocket`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 STRIPE_WEBHOOK_PATH = "/v1/billing/stripe/webhook"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/v1/auth/login", "/v1/auth/refresh",
                           STRIPE_WEBHOOK_PATH})
+FIRST_MESSAGE_AUTH_PATHS = frozenset({"/v1/ws"})
 
 
 def _credential(request: web.Request) -> str | None:
@@ -41,6 +44,8 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         return await handler(request)
     credential = _credential(request)
     if credential is None:
+        if request.path in FIRST_MESSAGE_AUTH_PATHS:
+            return await handler(request)
         raise ApiError(
             ErrorCode.UNAUTHENTICATED,
             "a credential is required: send 'X-API-Key: <key>' or 'Authorization: Bearer <key or token>'",

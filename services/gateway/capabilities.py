@@ -1,22 +1,44 @@
-"""``POST /v1/capabilities/{capability}/invoke`` and ``GET /v1/capabilities``."""
+"""``POST /v1/capabilities/{capability}/invoke`` and ``GET /v1/capabilities``.
+
+The invoke endpoint answers with one JSON document, or — when the client sends
+``Accept: text/event-stream`` — streams the call as Server-Sent Events (:mod:`.sse`).
+"""
 
 from __future__ import annotations
 
 import msgspec
 from aiohttp import web
 
-from democratic_ai.contracts import ErrorCode, MessageType, error_details, new_request, subjects, tracing
+from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, new_request, subjects, tracing
 
 from .auth import require
-from .errors import STATUS, ApiError, error_response
+from .errors import ApiError
+from .sse import stream_call
 from .state import POOL, PRESENCE, ROUTER
+from .wire import MAX_TTL_SECONDS, http_error
 
-__all__ = ["invoke", "list_capabilities"]
+__all__ = ["checked_capability", "checked_module", "invoke", "list_capabilities"]
 
 _encode = msgspec.json.Encoder().encode
 _validate_json = msgspec.json.Decoder().decode
 
-MAX_TTL_SECONDS = 300
+
+def checked_capability(capability: str) -> str:
+    """``capability`` if it is a valid name, else a BAD_REQUEST (HTTP invoke and WebSocket alike)."""
+    try:
+        return subjects.validate_capability(capability)
+    except subjects.InvalidSubjectToken as exc:
+        raise ApiError(ErrorCode.BAD_REQUEST, str(exc), {"capability": capability}) from None
+
+
+def checked_module(module: str) -> str:
+    """An empty name (route by capability) or a valid module id."""
+    if module:
+        try:
+            subjects.validate_token(module, "module")
+        except subjects.InvalidSubjectToken as exc:
+            raise ApiError(ErrorCode.BAD_REQUEST, str(exc), {"parameter": "module"}) from None
+    return module
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -35,26 +57,28 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
-async def invoke(request: web.Request) -> web.Response:
+async def invoke(request: web.Request) -> web.StreamResponse:
     if tracing.tracing_enabled():
         with tracing.tracer.start_as_current_span(f"gateway invoke {request.match_info['capability']}"):
             return await _invoke(request)
     return await _invoke(request)
 
 
-async def _invoke(request: web.Request) -> web.Response:
-    principal = require(request, "module:use")
-    capability = request.match_info["capability"]
-    try:
-        subjects.validate_capability(capability)
-    except subjects.InvalidSubjectToken as exc:
-        raise ApiError(ErrorCode.BAD_REQUEST, str(exc), {"capability": capability}) from None
-    target = request.query.get("module", "")
-    if target:
-        try:
-            subjects.validate_token(target, "module")
-        except subjects.InvalidSubjectToken as exc:
-            raise ApiError(ErrorCode.BAD_REQUEST, str(exc), {"parameter": "module"}) from None
+async def _invoke(request: web.Request) -> web.StreamResponse:
+    call = await _call_of(request)
+    if "text/event-stream" in request.headers.get("Accept", ""):
+        return await stream_call(request, call)
+    answer = await request.app[ROUTER].call(call)
+    if answer.type == MessageType.ERROR:
+        return http_error(answer, call.id)
+    document = {"call_id": call.id, "module_id": answer.source_module_id, "result": msgspec.Raw(answer.payload)}
+    return web.Response(body=_encode(document), content_type="application/json", headers={"X-Call-Id": call.id})
+
+
+async def _call_of(request: web.Request) -> MCPMessage:
+    """The MCP request an invoke asks for, once its name, parameters and body are checked."""
+    capability = checked_capability(request.match_info["capability"])
+    target = checked_module(request.query.get("module", ""))
     priority = _int_param(request, "priority", 5, 0, 9)
     ttl = _int_param(request, "ttl", 30, 1, MAX_TTL_SECONDS)
     if request.content_type != "application/json":
@@ -69,21 +93,11 @@ async def _invoke(request: web.Request) -> web.Response:
         _validate_json(body)
     except msgspec.DecodeError as exc:
         raise ApiError(ErrorCode.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
-
-    call = new_request(
+    principal = require(request, "module:use")
+    return new_request(
         capability, body, tenant_id=principal.tenant_id, source_module_id="gateway", target_module_id=target,
         user_id=principal.user_id, api_key_id=principal.key_id, priority=priority, ttl=ttl,
     )
-    answer = await request.app[ROUTER].call(call)
-    if answer.type == MessageType.ERROR:
-        code = answer.error.code
-        details = error_details(answer)
-        status = STATUS.get(ErrorCode(code), 500) if code in ErrorCode.__members__ else 500
-        if code == ErrorCode.VALIDATION_FAILED and details.get("where") == "output":
-            status = 502  # the module broke its own contract: not the caller's fault
-        return error_response(code, answer.error.message, details, status=status, headers={"X-Call-Id": call.id})
-    document = {"call_id": call.id, "module_id": answer.source_module_id, "result": msgspec.Raw(answer.payload)}
-    return web.Response(body=_encode(document), content_type="application/json", headers={"X-Call-Id": call.id})
 
 
 async def list_capabilities(request: web.Request) -> web.Response:

@@ -17,9 +17,15 @@ class GatewayConfig:
     port: int = 8080
     max_body_bytes: int = 1024 * 1024
     billing: BillingConfig = field(default_factory=BillingConfig)
+    ws_auth_timeout: float = 10.0  # seconds a WebSocket without a key in its headers has to send AUTH
+    ws_max_in_flight: int = 64  # calls one WebSocket may have running at once
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, not {self.port}.")
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1024.")
+        if self.ws_auth_timeout <= 0:
+            raise ValueError("ws_auth_timeout must be a positive number of seconds.")
+        if self.ws_max_in_flight < 1:
+            raise ValueError("ws_max_in_flight must be at least 1.")

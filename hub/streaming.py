@@ -1,0 +1,197 @@
+"""The caller's end of a streamed call: an inbox of bounded size, credits, cancel, idle timeout.
+
+The protocol is drawn in :mod:`democratic_ai.contracts.streaming`. :class:`CallStream` is what
+:meth:`Router.open_stream <democratic_ai.hub.Router.open_stream>` returns; the gateway's SSE and
+WebSocket handlers and the SDK's ``Client.stream`` all read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, decode, streaming, subjects
+
+__all__ = ["CallStream"]
+
+log = logging.getLogger(__name__)
+
+# The router's own error answers: (request, code, text, details) → the recorded ERROR message.
+Fail = Callable[[MCPMessage, ErrorCode, str, dict[str, Any]], Awaitable[MCPMessage]]
+
+_TERMINAL = (MessageType.RESPONSE, MessageType.ERROR)
+
+
+class CallStream:
+    """The answers to one streamed call, in order: its chunks, then exactly one terminal message.
+
+    Iterating yields every STREAM_CHUNK and then the end — the chunk marked ``final``, a RESPONSE
+    (a capability that does not stream answers once), or an ERROR — and stops. Asking for the next
+    message is what grants the module credit, so a consumer that stops reading stops the module
+    after ``window`` chunks: at most that many (plus the terminal message) ever wait here.
+
+    ``refusal`` is the ERROR when no module took the call (nobody serves it, or the ttl passed
+    first); iterating a refused stream yields just that error. Call :meth:`close` (or use
+    ``async with``) when done: an unfinished stream is then cancelled at the module.
+    """
+
+    def __init__(
+        self, nc: NATS, request: MCPMessage, *, source_id: str, window: int, idle_timeout: float, fail: Fail
+    ) -> None:
+        if not 1 <= window <= streaming.MAX_WINDOW:
+            raise ValueError(f"window must be between 1 and {streaming.MAX_WINDOW} chunks.")
+        self.request = request
+        self.refusal: MCPMessage | None = None
+        self._nc = nc
+        self._source_id = source_id
+        self._window = window
+        self._idle_timeout = idle_timeout
+        self._fail = fail
+        self._inbox = nc.new_inbox()
+        self._subscription: Subscription | None = None
+        # Credit bounds what the module sends; the terminal message and one stray message more
+        # may come on top. Anything beyond that is a module ignoring the protocol.
+        self._limit = window + 2
+        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._overflowed = False
+        self._control = ""
+        self._first: MCPMessage | None = None  # answered at once instead of ACCEPTED
+        self._next_sequence = 0
+        self._acknowledged = 0
+        self._finished = False
+
+    @property
+    def call_id(self) -> str:
+        return self.request.correlation_id
+
+    @property
+    def inbox(self) -> str:
+        return self._inbox
+
+    async def listen(self) -> None:
+        """Subscribe the inbox; before the call is sent, so no chunk can arrive unheard."""
+        self._subscription = await self._nc.subscribe(self._inbox, cb=self._on_message)
+
+    async def _on_message(self, msg: Msg) -> None:
+        if self._overflowed:
+            return
+        if self._queue.qsize() >= self._limit:
+            self._overflowed = True
+            self._queue.put_nowait(None)  # wake the reader, which ends the stream
+            return
+        self._queue.put_nowait(msg)
+
+    async def refuse(self, error: MCPMessage) -> None:
+        """No module took the call: the stream is just ``error``."""
+        self.refusal = error
+        self._first = error
+        await self._unsubscribe()
+
+    async def start(self, answer: MCPMessage) -> None:
+        """Take the module's answer to the call: ACCEPTED with its control subject, or a final answer."""
+        if answer.type in _TERMINAL:
+            self._first = answer
+            await self._unsubscribe()
+            return
+        control = answer.headers.get(streaming.CONTROL, "")
+        # A module names the subject we publish to: accept nothing but a control subject.
+        if answer.type == MessageType.ACCEPTED and subjects.is_control(control):
+            self._control = control
+            return
+        log.error("module %s answered a streamed call with %s, control %r",
+                  answer.source_module_id, MessageType.Name(answer.type), control)
+        error = await self._fail(self.request, ErrorCode.INTERNAL, "the module's answer is not one of a stream", {})
+        await self.refuse(error)
+
+    def __aiter__(self) -> CallStream:
+        return self
+
+    async def __anext__(self) -> MCPMessage:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._first is not None:
+            self._finished = True
+            return self._first
+        await self._grant()
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_timeout):
+                    msg = await self._queue.get()
+            except TimeoutError:
+                return await self._abort(
+                    ErrorCode.TIMEOUT, f"no message of the stream within its ttl of {self._idle_timeout:g} s",
+                    {"ttl": self._idle_timeout},
+                )
+            if msg is None:
+                return await self._abort(
+                    ErrorCode.INTERNAL, "the module sent more than the stream's window", {"window": self._window}
+                )
+            try:
+                message = decode(msg.data)
+            except DecodeError:
+                return await self._abort(ErrorCode.INTERNAL, "a message of the stream could not be read", {})
+            if message.type == MessageType.STREAM_CHUNK:
+                if message.sequence != self._next_sequence:
+                    return await self._abort(
+                        ErrorCode.INTERNAL, "chunks of the stream were lost",
+                        {"expected": self._next_sequence, "received": message.sequence},
+                    )
+                self._next_sequence += 1
+                if message.final:
+                    await self._finish()
+                return message
+            if message.type in _TERMINAL:
+                await self._finish()
+                return message
+            log.warning("ignored a %s message in the stream of call %s", MessageType.Name(message.type), self.call_id)
+
+    async def _grant(self) -> None:
+        """Credit the module with the chunks taken so far, in batches of half a window."""
+        taken = self._next_sequence
+        if self._control and taken - self._acknowledged >= max(1, self._window // 2):
+            self._acknowledged = taken
+            await self._nc.publish(self._control, streaming.stream_ack(self.request, taken).SerializeToString())
+
+    async def _abort(self, code: ErrorCode, text: str, details: dict[str, Any]) -> MCPMessage:
+        error = await self._fail(self.request, code, text, details)
+        await self.cancel()
+        return error
+
+    async def cancel(self) -> None:
+        """Stop the call: the module cancels its handler; the CANCEL is recorded with the request."""
+        if self._finished:
+            return
+        await self._finish()
+        if not self._control:
+            return
+        message = streaming.cancel(self.request, source_module_id=self._source_id).SerializeToString()
+        await self._nc.publish(self._control, message)
+        await self._nc.publish(subjects.record_request(self.request.context.tenant_id, self.request.action), message)
+
+    async def close(self) -> None:
+        """Cancel the call if it is still running, and stop listening."""
+        await self.cancel()
+        await self._unsubscribe()
+
+    async def _finish(self) -> None:
+        self._finished = True
+        await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        if self._subscription is not None:
+            subscription, self._subscription = self._subscription, None
+            if not self._nc.is_closed:
+                await subscription.unsubscribe()
+
+    async def __aenter__(self) -> CallStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,206 @@
+"""``GET /v1/ws``: MCP messages as JSON over one WebSocket, many calls at once, for interactive clients.
+
+Authentication happens on connect. Send the API key as for every endpoint (``X-API-Key`` or
+``Authorization: Bearer``); a browser, which cannot set headers on a WebSocket, sends instead
+``{"type": "AUTH", "api_key": "..."}`` as its first message, within ``ws_auth_timeout`` seconds.
+Nothing else is accepted before it. The key is never taken from the URL: query strings end up
+in access logs, proxy logs and browser history.
+
+Client → gateway::
+
+    {"type": "REQUEST", "correlation_id": "c1", "action": "image.upscale", "payload": {...},
+     "priority": 5, "ttl": 30, "target_module_id": ""}
+    {"type": "CANCEL", "correlation_id": "c1"}
+
+Gateway → client: ``READY`` (authenticated, with ``tenant_id``), then for each call
+``ACCEPTED`` (with the platform's ``call_id``), its STREAM_CHUNK messages, and exactly one end: the
+chunk with ``"final": true``, a ``RESPONSE``, or an ``ERROR`` (``CANCELLED`` after a CANCEL).
+Every frame names the client's ``correlation_id``, which must be unique among its calls in flight.
+A frame that cannot be read is answered with an ``ERROR`` (``BAD_REQUEST``); the socket stays open.
+Closing the socket cancels every call still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, new_request
+from democratic_ai.hub import Router
+from democratic_ai.services.identity import Principal, Unauthenticated, authenticate
+
+from .auth import PRINCIPAL
+from .capabilities import checked_capability, checked_module
+from .errors import ApiError
+from .state import CONFIG, IDENTITY, KEY_RING, ROUTER
+from .wire import Auth, Cancel, Request, WireError, WireMessage, decode_client_message, encode, to_wire
+
+__all__ = ["websocket"]
+
+_TERMINAL = (MessageType.RESPONSE, MessageType.ERROR)
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    config = request.app[CONFIG]
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=config.max_body_bytes)
+    await ws.prepare(request)
+    principal = request.get(PRINCIPAL) or await _authenticate(ws, request)
+    if principal is None:
+        return ws
+    session = _Session(ws, principal, request.app[ROUTER], config.ws_max_in_flight)
+    await session.send(WireMessage(type="READY", tenant_id=principal.tenant_id))
+    try:
+        async for frame in ws:
+            if frame.type == WSMsgType.TEXT:
+                await session.handle(frame.data)
+            elif frame.type == WSMsgType.BINARY:
+                await session.error("", ErrorCode.BAD_REQUEST, "send MCP messages as JSON text frames")
+    finally:
+        await session.close()
+    return ws
+
+
+async def _authenticate(ws: web.WebSocketResponse, request: web.Request) -> Principal | None:
+    """The principal of a connection that sent no key in its headers: its first message must be AUTH."""
+    timeout = request.app[CONFIG].ws_auth_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            frame = await ws.receive()
+    except TimeoutError:
+        return await _refuse(ws, f"send {{'type': 'AUTH', 'api_key': ...}} within {timeout:g} s of connecting")
+    first = None
+    if frame.type == WSMsgType.TEXT:
+        try:
+            first = decode_client_message(frame.data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            first = None
+    if not isinstance(first, Auth):
+        return await _refuse(ws, "the first message must be {'type': 'AUTH', 'api_key': ...}")
+    try:
+        return authenticate(request.app[IDENTITY], request.app[KEY_RING], first.api_key)
+    except Unauthenticated as exc:
+        return await _refuse(ws, exc.message)
+
+
+async def _refuse(ws: web.WebSocketResponse, text: str) -> None:
+    if not ws.closed:
+        error = WireError(ErrorCode.UNAUTHENTICATED.value, text)
+        await ws.send_frame(encode(WireMessage(type="ERROR", error=error)), WSMsgType.TEXT)
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthenticated")
+
+
+@dataclass(slots=True)
+class _Call:
+    """One call of a socket; ``ended`` once the client has been sent (or is being sent) its last frame."""
+
+    call_id: str
+    task: asyncio.Task[None] | None = None
+    ended: bool = False
+
+
+class _Session:
+    """The calls of one authenticated socket, by the client's correlation id."""
+
+    def __init__(self, ws: web.WebSocketResponse, principal: Principal, router: Router, max_in_flight: int) -> None:
+        self._ws = ws
+        self._principal = principal
+        self._router = router
+        self._max_in_flight = max_in_flight
+        self._calls: dict[str, _Call] = {}
+
+    async def handle(self, data: str) -> None:
+        try:
+            message = decode_client_message(data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            await self.error("", ErrorCode.BAD_REQUEST, f"unreadable message: {exc}")
+            return
+        if isinstance(message, Cancel):
+            await self._cancel(message.correlation_id)
+        elif isinstance(message, Auth):
+            await self.error("", ErrorCode.BAD_REQUEST, "this connection is authenticated already")
+        else:
+            await self._start(message)
+
+    async def _cancel(self, correlation_id: str) -> None:
+        call = self._calls.get(correlation_id)
+        if call is None or call.ended or call.task is None:
+            await self.error(correlation_id, ErrorCode.BAD_REQUEST, "no call in flight has this id")
+            return
+        # Answered here, not by the call's task: a task cancelled before its first step runs no code.
+        call.ended = True
+        call.task.cancel()
+        await self.error(correlation_id, ErrorCode.CANCELLED, "the call was cancelled", call_id=call.call_id)
+
+    async def _start(self, message: Request) -> None:
+        correlation_id = message.correlation_id
+        if correlation_id in self._calls:
+            await self.error(correlation_id, ErrorCode.BAD_REQUEST, "a call with this correlation_id is in flight")
+            return
+        if len(self._calls) >= self._max_in_flight:
+            await self.error(
+                correlation_id, ErrorCode.RATE_LIMITED, f"at most {self._max_in_flight} calls may be in flight",
+                {"max_in_flight": self._max_in_flight},
+            )
+            return
+        try:
+            request = self._request(message)
+        except ApiError as exc:
+            await self.error(correlation_id, exc.code, exc.message, exc.details)
+            return
+        call = _Call(request.id)
+        call.task = asyncio.create_task(self._run(correlation_id, call, request))
+        self._calls[correlation_id] = call
+        call.task.add_done_callback(lambda _: self._calls.pop(correlation_id, None))
+
+    def _request(self, message: Request) -> MCPMessage:
+        if not self._principal.can("module:use"):
+            raise ApiError(ErrorCode.FORBIDDEN, "this needs the permission module:use", {"needed": ["module:use"]})
+        return new_request(
+            checked_capability(message.action), bytes(message.payload), tenant_id=self._principal.tenant_id,
+            source_module_id="gateway", target_module_id=checked_module(message.target_module_id),
+            user_id=self._principal.user_id, api_key_id=self._principal.key_id, priority=message.priority,
+            ttl=message.ttl,
+        )
+
+    async def _run(self, correlation_id: str, call: _Call, request: MCPMessage) -> None:
+        stream = None
+        try:
+            stream = await self._router.open_stream(request)
+            if stream.refusal is None:
+                await self.send(WireMessage(type="ACCEPTED", correlation_id=correlation_id, call_id=call.call_id))
+            async for message in stream:
+                if message.type in _TERMINAL or message.final:
+                    call.ended = True  # from here a CANCEL would come too late to mean anything
+                await self.send(to_wire(message, correlation_id))
+        except asyncio.CancelledError:
+            pass  # by the client's CANCEL, which answered it, or by the socket closing
+        finally:
+            if stream is not None:
+                await stream.close()
+
+    async def send(self, message: WireMessage) -> None:
+        """Send a frame; waits while the client's socket is full, which is what paces its streams."""
+        if self._ws.closed:
+            return
+        try:
+            # msgspec's JSON is UTF-8 already: send it as a text frame without a str round trip.
+            await self._ws.send_frame(encode(message), WSMsgType.TEXT)
+        except ConnectionResetError:
+            pass  # the socket is closing; its calls are being cancelled
+
+    async def error(
+        self, correlation_id: str, code: ErrorCode, text: str, details: dict[str, object] | None = None,
+        call_id: str = "",
+    ) -> None:
+        error = WireError(code.value, text, dict(details or {}))
+        await self.send(WireMessage(type="ERROR", correlation_id=correlation_id, call_id=call_id, error=error))
+
+    async def close(self) -> None:
+        """Cancel every call still running (each sends CANCEL to its module) and wait for them."""
+        tasks = [call.task for call in self._calls.values() if call.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

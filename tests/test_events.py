@@ -1,0 +1,102 @@
+"""Broadcast events: published once on mcp.evt.<tenant>.<topic>, recorded, delivered to every subscribing module."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from democratic_ai.contracts import MessageType, decode, subjects
+from democratic_ai.sdk import Client, Event, Module, event_handler
+
+from conftest import unique
+
+
+class Orders(Module):
+    module_id = "orders-listener-test"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: list[Event] = []
+        self.any_order: list[str] = []
+
+    @event_handler("orders.created")
+    async def on_created(self, event: Event) -> None:
+        self.created.append(event)
+
+    @event_handler("orders.*")
+    async def on_any(self, event: Event) -> None:
+        if event.data == {"fail": True}:
+            raise RuntimeError("a failing handler must not stop the module")
+        self.any_order.append(event.topic)
+
+
+class Audit(Module):
+    module_id = "audit-listener-test"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    @event_handler(">")
+    async def on_everything(self, event: Event) -> None:
+        self.seen.append(f"{event.tenant_id}:{event.topic}")
+
+
+@pytest.fixture
+async def listeners(nc: NATS) -> AsyncIterator[tuple[Orders, Audit]]:
+    modules = (Orders(), Audit())
+    for module in modules:
+        await module.start(nc)
+    yield modules
+    for module in modules:
+        await module.stop(grace=1.0)
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_every_subscribing_module_gets_the_event_and_the_log_records_it(
+    nc: NATS, listeners: tuple[Orders, Audit]
+) -> None:
+    orders, audit = listeners
+    tenant = unique("tenant")
+    client = Client(nc, source_id="shop", tenant=tenant)
+    await client.publish_event("orders.created", {"order_id": 7})
+    await client.publish_event("orders.shipped", {"order_id": 7})
+    await client.publish_event("orders.created", {"fail": True})
+    await client.publish_event("orders.created", {"order_id": 8})
+    await _until(lambda: len(orders.created) == 3 and len(audit.seen) == 4 and len(orders.any_order) == 3)
+
+    first = orders.created[0]
+    assert (first.topic, first.tenant_id, first.data, first.source_module_id) == (
+        "orders.created", tenant, {"order_id": 7}, "shop"
+    )
+    assert orders.any_order == ["orders.created", "orders.shipped", "orders.created"]
+    assert audit.seen == [f"{tenant}:orders.created", f"{tenant}:orders.shipped"] + [f"{tenant}:orders.created"] * 2
+
+    subscription = await nc.jetstream().pull_subscribe(
+        subjects.event(tenant, ">"), stream="MCP",
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy="none"),
+    )
+    records = [decode(m.data) for m in await subscription.fetch(4, timeout=2)]
+    assert [r.type for r in records] == [MessageType.EVENT] * 4
+    assert records[0].id == first.id and records[0].action == "orders.created"
+
+
+def test_event_topics_are_checked() -> None:
+    with pytest.raises(subjects.InvalidSubjectToken):
+        event_handler("Orders.Created")
+    with pytest.raises(subjects.InvalidSubjectToken):
+        event_handler("orders.>.created")
+
+
+async def test_publishing_needs_a_concrete_topic(nc: NATS) -> None:
+    with pytest.raises(subjects.InvalidSubjectToken):
+        await Client(nc).publish_event("orders.*", {})

@@ -1,0 +1,156 @@
+"""Streaming over NATS: chunks in order with progress, recorded in the log; cancel reaches the handler."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from democratic_ai.contracts import MessageType, decode, new_request, streaming, subjects
+from democratic_ai.hub import Router
+from democratic_ai.sdk import CallError, Chunk, Client
+
+from conftest import unique
+from streaming_modules import Streamer
+
+
+@pytest.fixture
+async def streamer(nc: NATS) -> AsyncIterator[Streamer]:
+    module = Streamer()
+    await module.start(nc)
+    yield module
+    await module.stop(grace=1.0)
+
+
+async def _records(nc: NATS, subject: str, expected: int) -> list:
+    subscription = await nc.jetstream().pull_subscribe(
+        subject, stream="MCP", config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy="none")
+    )
+    messages = await subscription.fetch(expected, timeout=2)
+    return [(m.subject, decode(m.data)) for m in messages]
+
+
+async def test_chunks_arrive_in_order_with_progress_and_are_recorded(nc: NATS, streamer: Streamer) -> None:
+    tenant = unique("tenant")
+    chunks = [chunk async for chunk in Client(nc, tenant=tenant).stream("test.count", {"n": 4})]
+    assert chunks == [Chunk({"i": i}, (i + 1) / 4, f"{i + 1} of 4") for i in range(4)]
+
+    records = await _records(nc, f"mcp.*.{tenant}.test.count", 6)
+    request = [m for s, m in records if s.startswith("mcp.req.")]
+    answers = [m for s, m in records if s.startswith("mcp.res.")]
+    assert len(request) == 1 and request[0].type == MessageType.REQUEST
+    assert [m.type for m in answers] == [MessageType.STREAM_CHUNK] * 5
+    assert [m.sequence for m in answers] == [0, 1, 2, 3, 4]
+    assert [m.final for m in answers] == [False] * 4 + [True]
+    assert {m.correlation_id for m in answers} == {request[0].correlation_id}
+    assert answers[1].progress.fraction == 0.5 and answers[1].progress.message == "2 of 4"
+    assert float(answers[-1].headers[streaming.COMPUTE_MS]) >= 0
+
+
+async def test_a_plain_call_of_a_streaming_capability_gets_its_last_data(nc: NATS, streamer: Streamer) -> None:
+    assert await Client(nc).call("test.count", {"n": 5}) == {"i": 4}
+
+
+async def test_a_capability_that_does_not_stream_streams_as_one_chunk(nc: NATS, streamer: Streamer) -> None:
+    assert [c async for c in Client(nc).stream("test.once", {"text": "hi"})] == [Chunk({"echo": "hi"})]
+
+
+async def test_streaming_no_module_is_refused_at_once(nc: NATS) -> None:
+    started = time.monotonic()
+    with pytest.raises(CallError) as caught:
+        async for _ in Client(nc).stream("test.nobody-serves-this"):
+            pass
+    assert caught.value.code == "CAPABILITY_UNAVAILABLE"
+    assert time.monotonic() - started < 0.3
+
+
+@pytest.mark.parametrize(
+    ("how", "code"), [("raise", "MODULE_ERROR"), ("schema", "VALIDATION_FAILED"), ("call_error", "RATE_LIMITED")]
+)
+async def test_a_failure_mid_stream_ends_it_with_an_error(nc: NATS, streamer: Streamer, how: str, code: str) -> None:
+    received = []
+    with pytest.raises(CallError) as caught:
+        async for chunk in Client(nc).stream("test.broken", {"fail_after": 2, "how": how}):
+            received.append(chunk.data)
+    assert received == [{"i": 0}, {"i": 1}]  # output is checked per chunk: good ones pass
+    assert caught.value.code == code
+    if how == "schema":
+        assert caught.value.details["where"] == "output" and caught.value.details["path"] == "$.i"
+
+
+async def test_bad_input_to_a_stream_is_validation_failed(nc: NATS, streamer: Streamer) -> None:
+    with pytest.raises(CallError) as caught:
+        async for _ in Client(nc).stream("test.count", {"n": 2, "unknown": 1}):
+            pass
+    assert caught.value.code == "VALIDATION_FAILED" and caught.value.details["path"] == "$.unknown"
+
+
+async def test_leaving_the_loop_cancels_the_handler_within_100_ms(nc: NATS, streamer: Streamer) -> None:
+    tenant = unique("tenant")
+    stream = Client(nc, tenant=tenant).stream("test.hang")
+    async for chunk in stream:
+        assert chunk.data == {"i": 0}
+        break
+    await streamer.started.wait()
+    left = time.monotonic()
+    await stream.aclose()
+    for _ in range(100):
+        if streamer.cancelled_at:
+            break
+        await asyncio.sleep(0.005)
+    assert streamer.cancelled_at, "the handler was never cancelled"
+    assert streamer.cancelled_at[0] - left < 0.1
+
+    # The log holds the caller's CANCEL and the module's CANCELLED error with the compute time.
+    records = await _records(nc, f"mcp.*.{tenant}.test.hang", 4)
+    cancel = [m for s, m in records if s.startswith("mcp.req.") and m.type == MessageType.CANCEL]
+    errors = [m for s, m in records if s.startswith("mcp.res.") and m.type == MessageType.ERROR]
+    assert len(cancel) == 1 and len(errors) == 1
+    assert errors[0].error.code == "CANCELLED"
+    assert 0 <= float(errors[0].headers[streaming.COMPUTE_MS]) < 5_000
+
+
+async def test_a_cancel_from_another_tenant_is_ignored(nc: NATS, streamer: Streamer) -> None:
+    router = Router(nc, source_id="test")
+    call = await router.open_stream(new_request("test.hang", b"{}", tenant_id=unique("tenant"), source_module_id="t"))
+    first = await anext(call)
+    assert first.type == MessageType.STREAM_CHUNK
+    intruder = new_request("test.hang", b"{}", tenant_id=unique("other"), source_module_id="t")
+    intruder.correlation_id = call.call_id
+    await nc.publish(subjects.control(streamer.instance_id), streaming.cancel(intruder, source_module_id="t").SerializeToString())
+    await asyncio.sleep(0.1)
+    assert not streamer.cancelled_at
+    await call.close()
+    await asyncio.sleep(0.1)
+    assert streamer.cancelled_at
+
+
+async def test_a_caller_leaving_while_the_stream_opens_still_cancels_it(nc: NATS) -> None:
+    """Cancelled before the module's ACCEPTED arrived, the router still learns the control subject and cancels."""
+    control = subjects.control("slow-acceptor-1")
+    cancels = await nc.subscribe(control)
+
+    async def accept_late(msg: Msg) -> None:
+        await asyncio.sleep(0.2)
+        request = decode(msg.data)
+        await msg.respond(streaming.accepted(request, control, source_module_id="slow").SerializeToString())
+
+    acceptor = await nc.subscribe(subjects.call("*", "test.slow-accept"), cb=accept_late)
+    try:
+        router = Router(nc, source_id="test")
+        request = new_request("test.slow-accept", b"{}", tenant_id=unique("tenant"), source_module_id="t")
+        opening = asyncio.create_task(router.open_stream(request))
+        await asyncio.sleep(0.05)  # the call is out; its ACCEPTED is not back yet
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        cancel = decode((await cancels.next_msg(timeout=1)).data)
+        assert cancel.type == MessageType.CANCEL and cancel.correlation_id == request.correlation_id
+    finally:
+        await acceptor.unsubscribe()
+        await cancels.unsubscribe()
