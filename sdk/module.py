@@ -75,6 +75,7 @@ class Module:
         self._slots = asyncio.Semaphore(self.config.max_concurrency)
         self._background: list[asyncio.Task[None]] = []
         self._micro: MicroService | None = None
+        self._stopping = False
 
     @property
     def manifest(self) -> ModuleManifest:
@@ -96,6 +97,7 @@ class Module:
     async def start(self, nc: NATS) -> None:
         """Subscribe every capability, then announce and heartbeat in the background."""
         self._nc = nc
+        self._stopping = False
         endpoints: list[Endpoint] = []
         for definition in sorted(self.capabilities.values(), key=lambda d: d.action):
             action = definition.action
@@ -141,6 +143,9 @@ class Module:
         if self._micro is not None:
             await self._micro.stop()
             self._micro = None
+        # The loops also check this flag: on Python 3.11 a cancellation that lands just as a
+        # request's answer arrives can be swallowed by asyncio.wait_for, and the loop would go on.
+        self._stopping = True
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -162,7 +167,7 @@ class Module:
         """Tell the hub our manifest until it acknowledges; modules serve calls meanwhile."""
         data = msgspec.json.encode(self.manifest)
         attempts = 0
-        while True:
+        while not self._stopping:
             attempts += 1
             try:
                 answer = await nc.request(subjects.ANNOUNCE, data, timeout=5.0)
@@ -183,7 +188,7 @@ class Module:
     async def _heartbeat(self, nc: NATS) -> None:
         subject = subjects.heartbeat(self.module_id)
         actions = tuple(sorted(self.capabilities))
-        while True:
+        while not self._stopping:
             beat = presence.Heartbeat(
                 module_id=self.module_id,
                 instance_id=self.instance_id,
