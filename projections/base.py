@@ -15,7 +15,9 @@ class Projection(Protocol):
     name: str  # also the name of its checkpoint and of its durable consumer ("projection-<name>")
     stream: str
     filter_subject: str
-    tables: tuple[str, ...]  # the read-model tables it owns, children first (emptied on rebuild)
+    # The read-model tables it owns, children first: a rebuild's swap empties them in this order
+    # and fills them in reverse. Only these tables may be referenced by its SQL (see .shadow).
+    tables: tuple[str, ...]
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:
         """Fold ``events`` (in stream order) into the read model, inside the caller's transaction.

@@ -11,7 +11,8 @@ Swapping copies instead of renaming. :func:`replace_live` deletes the live rows 
 the shadow's, in the caller's transaction. Renaming tables would be O(1), but it is not
 MVCC-safe — a REPEATABLE READ reader that began before the swap would find the new tables
 empty, as PostgreSQL documents for TRUNCATE — and it would have to rebuild what ``LIKE`` does
-not copy (foreign keys, grants, dependent views, index names). The copy is set-based and
+not copy (foreign keys, grants, row-level security policies, dependent views, index names);
+a missed policy would silently open a tenant's rows to every other tenant. The copy is set-based and
 costs O(rows of the read model), not O(events): the expensive fold of the log happened
 earlier, outside any lock. Readers are never blocked and see the old rows until the commit.
 """

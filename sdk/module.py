@@ -112,6 +112,7 @@ class Module:
         self._streams: dict[str, _Streamed] = {}
         self._background: list[asyncio.Task[None]] = []
         self._micro: MicroService | None = None
+        self._stopping = False
 
     @property
     def manifest(self) -> ModuleManifest:
@@ -133,6 +134,7 @@ class Module:
     async def start(self, nc: NATS) -> None:
         """Subscribe every capability and event topic, then announce and heartbeat in the background."""
         self._nc = nc
+        self._stopping = False
         endpoints: list[Endpoint] = []
         for definition in sorted(self.capabilities.values(), key=lambda d: d.action):
             action = definition.action
@@ -191,6 +193,9 @@ class Module:
         if self._micro is not None:
             await self._micro.stop()
             self._micro = None
+        # The loops also check this flag: on Python 3.11 a cancellation that lands just as a
+        # request's answer arrives can be swallowed by asyncio.wait_for, and the loop would go on.
+        self._stopping = True
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -218,7 +223,7 @@ class Module:
         """Tell the hub our manifest until it acknowledges; modules serve calls meanwhile."""
         data = msgspec.json.encode(self.manifest)
         attempts = 0
-        while True:
+        while not self._stopping:
             attempts += 1
             try:
                 answer = await nc.request(subjects.ANNOUNCE, data, timeout=5.0)
@@ -243,7 +248,7 @@ class Module:
     async def _heartbeat(self, nc: NATS) -> None:
         subject = subjects.heartbeat(self.module_id)
         actions = tuple(sorted(self.capabilities))
-        while True:
+        while not self._stopping:
             beat = presence.Heartbeat(
                 module_id=self.module_id,
                 instance_id=self.instance_id,
