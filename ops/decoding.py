@@ -5,8 +5,8 @@ readable: JSON events are shown as they are and anything else as base64.
 
     MCP        protobuf ``MCPMessage``; a JSON payload (and error details) shown as JSON
     REGISTRY   msgspec JSON events of every version, upcast to the current one
-    IDENTITY   msgspec JSON events
-    USAGE, BILLING   JSON as stored
+    IDENTITY, BILLING   msgspec JSON events
+    USAGE   JSON as stored
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import msgspec
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
-from democratic_ai.contracts import JSON, decode, identity_events, registry_events, subjects
+from democratic_ai.contracts import JSON, billing_events, decode, identity_events, registry_events, subjects
 
 __all__ = ["CODECS", "FilterError", "StreamCodec", "codec_for"]
 
@@ -133,7 +133,7 @@ CODECS: dict[str, StreamCodec] = {
         StreamCodec("REGISTRY", _typed(registry_events.decode_event), _registry_filter),
         StreamCodec("IDENTITY", _typed(identity_events.decode_event), _tenant_first("iam", "IDENTITY")),
         StreamCodec("USAGE", _decode_json, _tenant_first("usage", "USAGE")),
-        StreamCodec("BILLING", _decode_json, _tenant_first("billing", "BILLING")),
+        StreamCodec("BILLING", _typed(billing_events.decode_event), _tenant_first("billing", "BILLING")),
     )
 }
 
