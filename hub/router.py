@@ -17,6 +17,7 @@ from nats.errors import NoRespondersError, TimeoutError
 
 from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, decode, error_reply
 from democratic_ai.contracts import subjects, tracing
+from democratic_ai.contracts.usage_events import BYTES_IN_HEADER
 
 __all__ = ["Router"]
 
@@ -99,8 +100,12 @@ class Router:
     async def _fail(
         self, request: MCPMessage, code: ErrorCode, text: str, details: dict[str, object]
     ) -> MCPMessage:
-        """Answer with an error of the router's own and record it like a module's answer."""
+        """Answer with an error of the router's own and record it like a module's answer.
+
+        It carries the request's size, as a module's answer does, so the failed call is
+        metered the same from the answer or from its record."""
         error = error_reply(request, code, text, source_module_id=self._source_id, details=details)
+        error.headers[BYTES_IN_HEADER] = str(len(request.payload))
         await self._nc.publish(
             subjects.record_response(request.context.tenant_id, request.action), error.SerializeToString()
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ from democratic_ai.contracts import (
     ErrorCode, MCPMessage, decode, error_reply, expired, presence, reply, subjects, tracing,
 )
 from democratic_ai.contracts.registry_events import ModuleManifest
+from democratic_ai.contracts.usage_events import BYTES_IN_HEADER, COMPUTE_MS_HEADER
 
 from .capability import CapabilityDefinition, definitions_of
 from .client import Client
@@ -188,6 +190,7 @@ class Module:
             log.info("dropped expired call %s of %s", request.correlation_id, request.action)
             return
         async with self._slots:
+            started = time.perf_counter_ns()
             if tracing.tracing_enabled():
                 with tracing.tracer.start_as_current_span(
                     f"module {definition.action}", context=tracing.extract(msg.headers)
@@ -195,10 +198,19 @@ class Module:
                     answer = await self._execute(definition, request)
             else:
                 answer = await self._execute(definition, request)
+            elapsed = time.perf_counter_ns() - started
+        # What only the module can measure travels with its answer, for metering: the work
+        # done (whole milliseconds, rounded up, as compute is billed) and the input's size.
+        headers = answer.headers
+        headers[COMPUTE_MS_HEADER] = str(-(-elapsed // 1_000_000))
+        headers[BYTES_IN_HEADER] = str(len(request.payload))
         data = answer.SerializeToString()
+        # The record goes out before the reply, on the same connection: by the time the
+        # caller holds the answer, the log holds it too, and the call's usage can always be
+        # re-derived from the log (services/metering/recovery.py).
+        await nc.publish(subjects.record_response(request.context.tenant_id, request.action), data)
         if msg.reply:
             await nc.publish(msg.reply, data)
-        await nc.publish(subjects.record_response(request.context.tenant_id, request.action), data)
 
     async def _execute(self, definition: CapabilityDefinition, request: MCPMessage) -> MCPMessage:
         def fail(code: ErrorCode, text: str, **details: Any) -> MCPMessage:
