@@ -13,13 +13,15 @@ from democratic_ai.contracts import ErrorCode, ensure_streams
 from democratic_ai.hub import PresenceIndex, RegistryIndex, Router
 from democratic_ai.schemas import UnsafeRole, check_app_role, create_pool
 from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing
+from democratic_ai.services.metering import GATEWAY, Metering
 
 from .auth import auth_middleware
 from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .errors import error_middleware, error_response
 from .identity_routes import add_identity_routes
-from .state import CONFIG, IDENTITY, KEY_RING, NC, POOL, PRESENCE, REGISTRY, ROUTER, USERS
+from .state import CONFIG, IDENTITY, KEY_RING, METERING, NC, POOL, PRESENCE, REGISTRY, ROUTER, USERS
+from .usage_routes import add_usage_routes
 
 __all__ = ["create_app"]
 
@@ -45,8 +47,12 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     app[NC], app[POOL] = nc, pool
     app[REGISTRY], app[PRESENCE], app[IDENTITY], app[KEY_RING] = registry, presence, identity, ring
     app[USERS] = IdentityService(js, identity, ring)
-    app[ROUTER] = Router(nc, source_id="gateway", is_registered=registry.is_registered)
+    app[ROUTER] = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered)
+    metering = Metering(nc, config.metering)
+    await metering.start()
+    app[METERING] = metering
     yield
+    await metering.stop()  # flushes buffered usage while NATS is still connected
     await ring.stop()
     await identity.stop()
     await presence.stop()
@@ -83,4 +89,5 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/v1/capabilities", list_capabilities)
     app.router.add_post("/v1/capabilities/{capability}/invoke", invoke)
     add_identity_routes(app)
+    add_usage_routes(app)
     return app

@@ -1,15 +1,25 @@
-"""``POST /v1/capabilities/{capability}/invoke`` and ``GET /v1/capabilities``."""
+"""``POST /v1/capabilities/{capability}/invoke`` and ``GET /v1/capabilities``.
+
+An invocation is admitted by the rate limiter first (in memory unless call quota must be
+leased), metered when its answer comes back, and answered with ``RateLimit-Policy`` and
+``RateLimit`` headers; a refusal is a 429 with ``Retry-After``.
+"""
 
 from __future__ import annotations
 
 import msgspec
 from aiohttp import web
 
-from democratic_ai.contracts import ErrorCode, MessageType, error_details, new_request, subjects, tracing
+from democratic_ai.contracts import (
+    ErrorCode, MCPMessage, MessageType, error_details, error_reply, new_request, subjects, tracing,
+)
+from democratic_ai.services.identity import Principal
+from democratic_ai.services.metering import GATEWAY, AdmissionUnavailable, Decision
 
 from .auth import require
 from .errors import STATUS, ApiError, error_response
-from .state import POOL, PRESENCE, ROUTER
+from .ratelimit_headers import limit_header, policy_header, retry_after_header
+from .state import METERING, NC, POOL, PRESENCE, ROUTER
 
 __all__ = ["invoke", "list_capabilities"]
 
@@ -71,19 +81,51 @@ async def _invoke(request: web.Request) -> web.Response:
         raise ApiError(ErrorCode.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
 
     call = new_request(
-        capability, body, tenant_id=principal.tenant_id, source_module_id="gateway", target_module_id=target,
+        capability, body, tenant_id=principal.tenant_id, source_module_id=GATEWAY, target_module_id=target,
         user_id=principal.user_id, api_key_id=principal.key_id, priority=priority, ttl=ttl,
     )
+    metering = request.app[METERING]
+    try:
+        decision = await metering.admit(principal, len(body))
+    except AdmissionUnavailable as exc:
+        raise ApiError(ErrorCode.NOT_READY, exc.message, status=503) from None
+    if not decision.allowed:
+        return await _refuse(request, call, decision, principal)
     answer = await request.app[ROUTER].call(call)
+    metering.record(answer)
+    policies = metering.policies(principal)
+    headers = {"X-Call-Id": call.id}
+    if policies:
+        headers["RateLimit-Policy"] = policy_header(policies)
+        headers["RateLimit"] = limit_header(policies)
     if answer.type == MessageType.ERROR:
         code = answer.error.code
         details = error_details(answer)
         status = STATUS.get(ErrorCode(code), 500) if code in ErrorCode.__members__ else 500
         if code == ErrorCode.VALIDATION_FAILED and details.get("where") == "output":
             status = 502  # the module broke its own contract: not the caller's fault
-        return error_response(code, answer.error.message, details, status=status, headers={"X-Call-Id": call.id})
+        return error_response(code, answer.error.message, details, status=status, headers=headers)
     document = {"call_id": call.id, "module_id": answer.source_module_id, "result": msgspec.Raw(answer.payload)}
-    return web.Response(body=_encode(document), content_type="application/json", headers={"X-Call-Id": call.id})
+    return web.Response(body=_encode(document), content_type="application/json", headers=headers)
+
+
+async def _refuse(request: web.Request, call: MCPMessage, decision: Decision, principal: Principal) -> web.Response:
+    """429: the refusal is answered, recorded in the MCP log and metered like any call's end."""
+    retry_after = retry_after_header(decision.retry_after)
+    details = {"policy": decision.refused_by, "retry_after": int(retry_after)}
+    refusal = error_reply(call, ErrorCode.RATE_LIMITED, decision.message, source_module_id=GATEWAY, details=details)
+    await request.app[NC].publish(subjects.record_response(call.context.tenant_id, call.action),
+                                  refusal.SerializeToString())
+    metering = request.app[METERING]
+    metering.record(refusal)
+    policies = metering.policies(principal)
+    headers = {
+        "X-Call-Id": call.id,
+        "Retry-After": retry_after,
+        "RateLimit-Policy": policy_header(policies),
+        "RateLimit": limit_header(policies, decision.refused_by, decision.retry_after),
+    }
+    return error_response(ErrorCode.RATE_LIMITED, decision.message, details, status=429, headers=headers)
 
 
 async def list_capabilities(request: web.Request) -> web.Response:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from democratic_ai.services.metering import MeteringConfig
 
 __all__ = ["GatewayConfig"]
 
@@ -14,6 +16,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1024 * 1024
+    metering: MeteringConfig = field(default_factory=MeteringConfig)  # plans, usage publishing, leases
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -8,10 +8,11 @@ from nats.aio.client import Client as NATS
 
 from democratic_ai.hub import PresenceIndex, RegistryIndex, Router
 from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing
+from democratic_ai.services.metering import Metering
 
 from .config import GatewayConfig
 
-__all__ = ["CONFIG", "IDENTITY", "KEY_RING", "NC", "POOL", "PRESENCE", "REGISTRY", "ROUTER", "USERS"]
+__all__ = ["CONFIG", "IDENTITY", "KEY_RING", "METERING", "NC", "POOL", "PRESENCE", "REGISTRY", "ROUTER", "USERS"]
 
 CONFIG = web.AppKey("config", GatewayConfig)
 NC = web.AppKey("nc", NATS)
@@ -22,3 +23,4 @@ ROUTER = web.AppKey("router", Router)
 IDENTITY = web.AppKey("identity", IdentityIndex)
 KEY_RING = web.AppKey("key_ring", KeyRing)
 USERS = web.AppKey("users", IdentityService)
+METERING = web.AppKey("metering", Metering)
