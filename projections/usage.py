@@ -1,8 +1,9 @@
-"""Usage read models: raw events by month, and aggregates per day, hour × capability, day × module.
+"""Usage read models: raw events by month; aggregates per tenant × day × metric (billing) and per
+tenant × hour × capability × module × metric (series, capabilities, modules).
 
-A batch costs two round trips however large it is: the batch goes to Postgres as eleven
-arrays (``unnest``), and one statement inserts the raw rows and, from the rows that insert
-actually added (``RETURNING``), adds to the three aggregates. Exactly once holds twice over:
+A batch costs two round trips however large it is (one checks the month partitions): the batch
+goes to Postgres as one JSON array, and one statement unpacks it, inserts the raw rows and, from
+the rows that insert actually added (``RETURNING``), adds to both aggregates. Exactly once holds twice over:
 the runner commits rows and checkpoint together, and an event that arrives again anyway —
 republished by recovery, or by hand — conflicts on its raw key and adds nothing.
 """
@@ -17,7 +18,7 @@ import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
-from democratic_ai.contracts.usage_events import CallMetered, decode_usage_event
+from democratic_ai.contracts.usage_events import UsageEvent, decode_usage_event
 
 __all__ = ["UsageProjection"]
 
@@ -27,12 +28,14 @@ PARTITION_SCHEMA = "usage_partitions"
 
 _FOLD = """
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[], $6::text[],
-                         $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[])
-        AS t(call_id, metric, at, tenant_id, value, outcome, capability, module_id, user_id, api_key_id, sequence)
+    SELECT coalesce(call_id, operation_id) AS call_id, metric, at, tenant_id, value, outcome, capability,
+           coalesce(module_id, store) AS module_id, user_id, api_key_id
+    FROM json_to_recordset(convert_from($1::bytea, 'UTF8')::json)
+        AS t(call_id text, operation_id text, metric text, at timestamptz, tenant_id text, value bigint,
+             outcome text, capability text, module_id text, store text, user_id text, api_key_id text)
 ), added AS (
     INSERT INTO usage_events (call_id, metric, at, tenant_id, value, outcome, capability, module_id, user_id,
-                              api_key_id, sequence)
+                              api_key_id)
     SELECT * FROM input
     ON CONFLICT DO NOTHING
     RETURNING tenant_id, metric, at, value, outcome, capability, module_id
@@ -43,20 +46,44 @@ WITH input AS (
     ON CONFLICT (tenant_id, day, metric, outcome)
     DO UPDATE SET value = d.value + excluded.value, events = d.events + excluded.events
 ), hourly AS (
-    INSERT INTO usage_hourly_capability AS h (tenant_id, hour, capability, metric, outcome, value, events)
-    SELECT tenant_id, date_trunc('hour', at, 'UTC'), capability, metric, outcome, sum(value), count(*)
-    FROM added GROUP BY 1, 2, 3, 4, 5
-    ON CONFLICT (tenant_id, hour, capability, metric, outcome)
+    INSERT INTO usage_hourly AS h (tenant_id, hour, capability, module_id, metric, outcome, value, events)
+    SELECT tenant_id, date_trunc('hour', at, 'UTC'), capability, module_id, metric, outcome, sum(value), count(*)
+    FROM added GROUP BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (tenant_id, hour, capability, module_id, metric, outcome)
     DO UPDATE SET value = h.value + excluded.value, events = h.events + excluded.events
-), modules AS (
-    INSERT INTO usage_daily_module AS m (tenant_id, day, module_id, metric, outcome, value, events)
-    SELECT tenant_id, (at AT TIME ZONE 'UTC')::date, module_id, metric, outcome, sum(value), count(*)
-    FROM added GROUP BY 1, 2, 3, 4, 5
-    ON CONFLICT (tenant_id, day, module_id, metric, outcome)
-    DO UPDATE SET value = m.value + excluded.value, events = m.events + excluded.events
 )
 SELECT count(*) FROM added
 """
+
+
+_batch_decoder = msgspec.json.Decoder(list[UsageEvent])
+_encode = msgspec.json.Encoder().encode
+
+
+def _decode(events: Sequence[Msg]) -> tuple[bytes, list[UsageEvent]]:
+    """The batch as one JSON array, validated, and its events.
+
+    The array goes to Postgres as it is — one parameter that ``json_to_recordset`` unpacks in
+    C — so no Python code touches each event's fields on the way. It is decoded here anyway, in
+    one call, to validate every event first; if any is malformed, the events are decoded one by
+    one, the bad ones logged and skipped, and the good ones encoded again."""
+    document = b"[" + b",".join([m.data for m in events]) + b"]"
+    try:
+        return document, _batch_decoder.decode(document)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass
+    decoded = []
+    for msg in events:
+        try:
+            decoded.append(decode_usage_event(msg.data))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.error("skipped USAGE event %d: %s", msg.metadata.sequence.stream, exc)
+    return _encode(decoded), decoded
+
+
+def _month(at: datetime) -> tuple[int, int]:
+    utc = at if at.tzinfo is UTC else at.astimezone(UTC)
+    return utc.year, utc.month
 
 
 def _partition(month: tuple[int, int]) -> tuple[str, str, str]:
@@ -71,45 +98,15 @@ class UsageProjection:
     name = "usage"
     stream = "USAGE"
     filter_subject = "usage.>"
-    tables = ("usage_daily_module", "usage_hourly_capability", "usage_daily", "usage_events")
+    tables = ("usage_hourly", "usage_daily", "usage_events")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:
-        columns: tuple[list[object], ...] = tuple([] for _ in range(11))
-        (call_ids, metrics, stamps, tenants, values, outcomes, capabilities, modules, users, keys,
-         sequences) = columns
-        seen: set[tuple[str, str, datetime]] = set()
-        months: set[tuple[int, int]] = set()
-        for msg in events:
-            try:
-                event = decode_usage_event(msg.data)
-            except msgspec.ValidationError as exc:
-                log.error("skipped USAGE event %d: %s", msg.metadata.sequence.stream, exc)
-                continue
-            if isinstance(event, CallMetered):
-                key, module = event.call_id, event.module_id
-            else:
-                key, module = event.operation_id, event.store
-            identity = (key, event.metric, event.at)
-            if identity in seen:
-                continue
-            seen.add(identity)
-            utc = event.at.astimezone(UTC)
-            months.add((utc.year, utc.month))
-            call_ids.append(key)
-            metrics.append(event.metric)
-            stamps.append(event.at)
-            tenants.append(event.tenant_id)
-            values.append(event.value)
-            outcomes.append(event.outcome)
-            capabilities.append(event.capability)
-            modules.append(module)
-            users.append(event.user_id)
-            keys.append(event.api_key_id)
-            sequences.append(msg.metadata.sequence.stream)
-        if not call_ids:
+        document, decoded = _decode(events)
+        if not decoded:
             return
-        await self._ensure_partitions(conn, months)
-        await conn.fetchval(_FOLD, *columns)
+        await self._ensure_partitions(conn, {_month(e.at) for e in decoded})
+        # A duplicate, in the batch or of an earlier one, conflicts on the raw key and is skipped.
+        await conn.fetchval(_FOLD, document)
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, months: set[tuple[int, int]]) -> None:
         """Create the partitions the batch needs. Checked in the catalog on every batch (one

@@ -94,6 +94,10 @@ async def test_calls_are_metered_by_outcome_with_the_modules_measurements(
     assert status == 200, hourly
     assert {r["metric"] for r in hourly["usage"]} == {"api_calls"}
     assert hourly["totals"] == {"api_calls": {"success": 4, "failed": 1}}
+    status, by_module = await http("GET", f"{gateway.url}/v1/usage?module=echo-test&metric=compute_ms",
+                                   headers={"X-API-Key": gateway.api_key})
+    assert status == 200 and set(by_module["totals"]) == {"compute_ms"}
+    assert by_module["totals"]["compute_ms"]["success"] >= 30
     now = datetime.now(UTC)
     month = f"{gateway.url}/v1/usage?granularity=month&from={(now - timedelta(days=40)).date()}&to={now:%Y-%m-%dT%H:%M:%SZ}"
     status, monthly = await http("GET", month, headers={"X-API-Key": gateway.api_key})
@@ -105,6 +109,7 @@ BAD_QUERIES = [
     ("granularity=week", "granularity"),
     ("metric=tokens", "metric"),
     ("capability=Not.Valid", "capability"),
+    ("module=a.b", "module"),
     ("from=yesterday", "from"),
     ("from=2025-06-01T00:00:00", "from"),  # no time zone
     ("from=2025-06-02&to=2025-06-01", "from"),
@@ -195,7 +200,7 @@ async def test_storage_is_metered_once_per_write_within_its_fixed_window(
     async with pool.acquire() as conn:
         total = await conn.fetchval(
             "SELECT sum(value) FROM usage_daily WHERE tenant_id = $1 AND metric = 'storage_bytes'", gateway.tenant)
-        stores = await conn.fetch("SELECT DISTINCT module_id FROM usage_daily_module WHERE tenant_id = $1",
+        stores = await conn.fetch("SELECT DISTINCT module_id FROM usage_hourly WHERE tenant_id = $1",
                                   gateway.tenant)
     assert total == limit - 150
     assert [r["module_id"] for r in stores] == ["files"]

@@ -20,7 +20,7 @@ from democratic_ai.schemas import app_dsn
 
 from conftest import caught_up, unique
 
-AGGREGATES = ("usage_daily", "usage_hourly_capability", "usage_daily_module")
+AGGREGATES = ("usage_daily", "usage_hourly")
 
 
 def _events(tenant: str, count: int, *, start: datetime | None = None) -> list[CallMetered]:
@@ -49,8 +49,11 @@ async def _publish(nc: NATS, events: list[CallMetered], *, with_ids: bool = True
 
 async def _snapshot(pool: asyncpg.Pool, tenant: str) -> dict[str, list[tuple]]:
     async with pool.acquire() as conn:
-        snapshot = {t: [tuple(r) for r in await conn.fetch(f"SELECT * FROM {t} WHERE tenant_id = $1 ORDER BY 1, 2, 3, 4, 5",
-                                                           tenant)] for t in AGGREGATES}
+        snapshot = {
+            table: [tuple(r) for r in await conn.fetch(
+                f"SELECT * FROM {table} WHERE tenant_id = $1 ORDER BY 1, 2, 3, 4, 5, 6", tenant)]
+            for table in AGGREGATES
+        }
         snapshot["raw"] = [tuple(r) for r in await conn.fetch(
             "SELECT call_id, metric, at, value, outcome, capability, module_id FROM usage_events WHERE tenant_id = $1"
             " ORDER BY 1, 2", tenant)]

@@ -1,6 +1,10 @@
 """Usage over HTTP: ``GET /v1/usage`` (series from the read models) and ``GET /v1/usage/limits``
 (each limit's state now, from the gateway's memory).
 
+Series come from ``usage_daily`` when a day or month granularity needs nothing finer, and from
+``usage_hourly`` for hours or a ``capability`` / ``module`` filter; ``from`` and ``to`` are
+rounded outwards to whole periods (UTC), so every figure is exact.
+
 Usage is billing data: reading it needs ``billing:read`` (tenant admins; super admins for any
 tenant with ``?tenant=``). The limits a caller is subject to are also shown to anyone who may
 call capabilities (``module:use``). Reads run in a transaction scoped to the tenant with
@@ -105,6 +109,12 @@ async def get_usage(request: web.Request) -> web.Response:
             subjects.validate_capability(capability)
         except subjects.InvalidSubjectToken as exc:
             raise _bad("capability", str(exc), capability) from None
+    module = query.get("module") or None
+    if module is not None:
+        try:
+            subjects.validate_token(module, "module")
+        except subjects.InvalidSubjectToken as exc:
+            raise _bad("module", str(exc), module) from None
     end = _instant("to", query["to"]) if "to" in query else datetime.now(UTC)
     start = _instant("from", query["from"]) if "from" in query else end - default
     if start >= end:
@@ -117,13 +127,14 @@ async def get_usage(request: web.Request) -> web.Response:
     if metric is not None:
         args.append(metric)
         filters.append(f"metric = ${len(args)}")
-    if capability is not None or granularity == "hour":
-        if capability is not None:
-            args.append(capability)
-            filters.append(f"capability = ${len(args)}")
+    if capability is not None or module is not None or granularity == "hour":
+        for column, value in (("capability", capability), ("module_id", module)):
+            if value is not None:
+                args.append(value)
+                filters.append(f"{column} = ${len(args)}")
         args += [start, end]
         sql = ("SELECT date_trunc($1, hour, 'UTC') AS period, metric, outcome, sum(value)::bigint AS value,"
-               " sum(events)::bigint AS events FROM usage_hourly_capability"
+               " sum(events)::bigint AS events FROM usage_hourly"
                f" WHERE hour >= ${len(args) - 1} AND hour < ${len(args)}")
     else:
         args += [start.date(), end.date()]
@@ -141,7 +152,7 @@ async def get_usage(request: web.Request) -> web.Response:
         by_outcome[row["outcome"]] = by_outcome.get(row["outcome"], 0) + row["value"]
     return _json({
         "tenant_id": tenant, "from": start, "to": end, "granularity": granularity,
-        "metric": metric, "capability": capability,
+        "metric": metric, "capability": capability, "module": module,
         "usage": [dict(row) for row in rows],
         "totals": totals,
     })

@@ -110,7 +110,7 @@ class _Holder:
         self.log = SlidingLog(window)
         self.last_sequence = 0  # the last RATELIMIT sequence applied on this holder's subject
         self.lease: _LocalLease | None = None
-        self.waiting: deque[asyncio.Future[bool]] = deque()
+        self.waiting: deque[asyncio.Future[int]] = deque()
         self.committing = False
         self.recent = 0  # calls this replica admitted since ``recent_since``
         self.recent_since = 0.0
@@ -161,44 +161,49 @@ class Admission:
         await asyncio.gather(*tasks, return_exceptions=True)
         for holder in self._holders.values():
             await self._return_lease(holder, time.time(), force=True)
-            _settle(holder, False)
+            _settle(holder)
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
 
     # Decisions -----------------------------------------------------------------------------
 
-    def take_local(self, tenant_id: str, name: str, now: float) -> bool:
-        """Take one call from this replica's current lease: the in-memory hot path."""
+    def take_local(self, tenant_id: str, name: str, now: float) -> int:
+        """Take one call from this replica's current lease: the in-memory hot path. Returns the
+        lease's sequence, or 0 when this replica holds no usable quota."""
         holder = self._holders.get(quota_subject(tenant_id, name))
         if holder is None:
-            return False
+            return 0
         lease = holder.lease
         if lease is None or lease.left <= 0 or now > lease.until:
-            return False
+            return 0
         lease.left -= 1
         holder.recent += 1
-        return True
+        return lease.sequence
 
-    def put_back(self, tenant_id: str, name: str, now: float) -> None:
-        """Undo :meth:`take_local` (another limit refused the call); lost if the lease ended."""
+    def put_back(self, tenant_id: str, name: str, sequence: int, now: float) -> None:
+        """Undo a take from lease ``sequence`` (another limit refused the call). Only into that
+        same lease, while it lasts: a unit put into a later lease would grant one call too many."""
         holder = self._holders.get(quota_subject(tenant_id, name))
-        if holder is not None and holder.lease is not None and now <= holder.lease.until:
-            holder.lease.left += 1
+        lease = holder.lease if holder is not None else None
+        if holder is not None and lease is not None and lease.sequence == sequence and now <= lease.until:
+            lease.left += 1
             holder.recent -= 1
 
-    async def take(self, tenant_id: str, name: str, limit: int, window: float) -> bool:
-        """Admit one call, leasing quota if this replica holds none; ``False``: the limit is reached.
+    async def take(self, tenant_id: str, name: str, limit: int, window: float) -> int:
+        """Admit one call, leasing quota if this replica holds none. Returns the sequence of the
+        lease it came from, or 0 when the limit is reached.
 
         Raises :class:`AdmissionUnavailable` when the log cannot be reached in time."""
         now = time.time()
-        if self.take_local(tenant_id, name, now):
-            return True
+        sequence = self.take_local(tenant_id, name, now)
+        if sequence:
+            return sequence
         holder = self._holder(tenant_id, name)
         holder.log.window = window
         if not holder.waiting and holder.log.used(now) >= limit:
-            return False  # refused from memory: a full window costs no round trip
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            return 0  # refused from memory: a full window costs no round trip
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         holder.waiting.append(future)
         if not holder.committing:
             holder.committing = True
@@ -236,7 +241,7 @@ class Admission:
                     holder.waiting.clear()
                     break
                 if free <= 0:
-                    _settle(holder, False)
+                    _settle(holder)
                     break
                 n = min(free, want + self._expected_extra(holder, now, free - want))
                 lease = QuotaLeased(tenant_id=holder.tenant_id, holder=holder.name, replica=self.replica, n=n,
@@ -255,7 +260,7 @@ class Admission:
                     if not future.done():
                         holder.lease.left -= 1
                         holder.recent += 1
-                        future.set_result(True)
+                        future.set_result(sequence)
                 if previous is not None and previous.left > 0:
                     await self._give_back(holder, previous)
         except AdmissionUnavailable as exc:
@@ -374,8 +379,9 @@ class Admission:
             self._progress.notify_all()
 
 
-def _settle(holder: _Holder, admitted: bool) -> None:
+def _settle(holder: _Holder) -> None:
+    """Refuse every request still waiting for quota."""
     for future in holder.waiting:
         if not future.done():
-            future.set_result(admitted)
+            future.set_result(0)
     holder.waiting.clear()

@@ -74,21 +74,22 @@ class RateLimiter:
                             message=f"{refusal.message}; retry in {_seconds(refusal.retry_after)} s")
         admission = self.admission
         calls = plan.api_calls
-        if calls is not None and not (
-            admission.take_local(tenant, TENANT_HOLDER, now)
-            or await admission.take(tenant, TENANT_HOLDER, calls.limit, calls.window_seconds)
-        ):
-            retry = admission.retry_after(tenant, TENANT_HOLDER, calls.limit, time.time())
-            return Decision(False, refused_by="calls", retry_after=retry, message=(
-                f"the tenant's plan allows {calls.limit} calls per {calls.window_seconds} s;"
-                f" retry in {_seconds(retry)} s"))
+        lease = 0
+        if calls is not None:
+            lease = (admission.take_local(tenant, TENANT_HOLDER, now)
+                     or await admission.take(tenant, TENANT_HOLDER, calls.limit, calls.window_seconds))
+            if not lease:
+                retry = admission.retry_after(tenant, TENANT_HOLDER, calls.limit, time.time())
+                return Decision(False, refused_by="calls", retry_after=retry, message=(
+                    f"the tenant's plan allows {calls.limit} calls per {calls.window_seconds} s;"
+                    f" retry in {_seconds(retry)} s"))
         key_limit = principal.rate_limit if principal.key_id else None
         if key_limit is not None:
             holder = key_holder(principal.key_id)
             if not (admission.take_local(tenant, holder, now)
                     or await admission.take(tenant, holder, key_limit, API_KEY_WINDOW_SECONDS)):
-                if calls is not None:
-                    admission.put_back(tenant, TENANT_HOLDER, time.time())
+                if lease:
+                    admission.put_back(tenant, TENANT_HOLDER, lease, time.time())
                 retry = admission.retry_after(tenant, holder, key_limit, time.time())
                 return Decision(False, refused_by="key-calls", retry_after=retry, message=(
                     f"this API key allows {key_limit} calls per {API_KEY_WINDOW_SECONDS} s;"
