@@ -10,13 +10,21 @@ or operation id and the metric), so a retried or re-derived publish is dropped b
 duplicate window, and read models key their rows on the same pair. Failed and rate-limited
 calls are recorded with their :class:`Outcome`; only ``success`` is billable.
 
-RATELIMIT, subject ``ratelimit.<tenant>.<holder>`` (``tenant`` or ``key-<api key id>``):
+RATELIMIT, the state of the limits every gateway replica follows:
 
-    quota.leased    QuotaLeased     a gateway replica took ``n`` calls of a sliding-window quota
-    quota.returned  QuotaReturned   it gives back what it did not use before the lease ended
+    ratelimit.<tenant>.<holder>   quota.leased    QuotaLeased     a replica took ``n`` calls of a
+                                                                  sliding-window quota
+                                  quota.returned  QuotaReturned   it gives back what it did not use
+    ratelimit.<tenant>.meter      meter.consumed  MeterConsumed   what a replica's calls took from the
+                                                                  tenant's compute and bandwidth buckets
+                                                                  over the last fraction of a second
 
-Leases are appended with ``Nats-Expected-Last-Subject-Sequence`` on the holder's subject, so
-every grant is decided knowing every earlier one (``services/metering/admission.py``).
+A holder is ``tenant`` (the plan's limit) or ``key-<api key id>``. Leases are appended with
+``Nats-Expected-Last-Subject-Sequence`` on the holder's subject, so every grant is decided
+knowing every earlier one (``services/metering/admission.py``). ``MeterConsumed`` sums the same
+consumption the USAGE events record, per tenant and replica, so that following the limits costs
+each replica a message per active tenant and interval rather than three per call of every
+replica (``services/metering/meters.py``).
 
 Every event carries a version ``v``; decoders ignore unknown fields, so older readers survive
 newer writers.
@@ -33,17 +41,19 @@ __all__ = [
     "BYTES_IN_HEADER",
     "COMPUTE_MS_HEADER",
     "CallMetered",
+    "MeterConsumed",
     "Metric",
     "Outcome",
-    "QuotaEvent",
     "QuotaLeased",
     "QuotaReturned",
+    "RateLimitEvent",
     "StorageMetered",
     "UsageEvent",
-    "decode_quota_event",
+    "decode_ratelimit_event",
     "decode_usage_event",
     "encode_event",
     "message_id",
+    "meter_subject",
     "quota_subject",
     "usage_subject",
 ]
@@ -96,29 +106,37 @@ class StorageMetered(_UsageEvent, tag="usage.storage"):
 UsageEvent = CallMetered | StorageMetered
 
 
-class _QuotaEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class _RateLimitEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     v: int = 1
     tenant_id: str
+    replica: str  # the gateway replica that wrote it
+
+
+class QuotaLeased(_RateLimitEvent, tag="quota.leased"):
     holder: str  # "tenant" or "key-<api key id>"
-    replica: str  # the gateway replica that holds the lease
-
-
-class QuotaLeased(_QuotaEvent, tag="quota.leased"):
     n: int  # calls granted
     at: float  # UTC epoch seconds: the lease may be used from here …
     until: float  # … to here
 
 
-class QuotaReturned(_QuotaEvent, tag="quota.returned"):
+class QuotaReturned(_RateLimitEvent, tag="quota.returned"):
+    holder: str
     lease_sequence: int  # the RATELIMIT stream sequence of the lease
     n: int  # calls of it that were not used
 
 
-QuotaEvent = QuotaLeased | QuotaReturned
+class MeterConsumed(_RateLimitEvent, tag="meter.consumed"):
+    since: float  # UTC epoch seconds: the calls ended between here …
+    until: float  # … and here
+    compute_ms: int = 0
+    bandwidth_bytes: int = 0  # bytes in and out
+
+
+RateLimitEvent = QuotaLeased | QuotaReturned | MeterConsumed
 
 encode_event = msgspec.json.Encoder().encode
 _usage_decoder = msgspec.json.Decoder(UsageEvent)
-_quota_decoder = msgspec.json.Decoder(QuotaEvent)
+_ratelimit_decoder = msgspec.json.Decoder(RateLimitEvent)
 
 
 def decode_usage_event(data: bytes) -> UsageEvent:
@@ -126,9 +144,9 @@ def decode_usage_event(data: bytes) -> UsageEvent:
     return _usage_decoder.decode(data)
 
 
-def decode_quota_event(data: bytes) -> QuotaEvent:
+def decode_ratelimit_event(data: bytes) -> RateLimitEvent:
     """Decode a RATELIMIT event; raises ``msgspec.ValidationError`` for a malformed one."""
-    return _quota_decoder.decode(data)
+    return _ratelimit_decoder.decode(data)
 
 
 def usage_subject(tenant_id: str, metric: str) -> str:
@@ -137,6 +155,10 @@ def usage_subject(tenant_id: str, metric: str) -> str:
 
 def quota_subject(tenant_id: str, holder: str) -> str:
     return f"ratelimit.{tenant_id}.{holder}"
+
+
+def meter_subject(tenant_id: str) -> str:
+    return f"ratelimit.{tenant_id}.meter"
 
 
 def message_id(event: UsageEvent) -> str:

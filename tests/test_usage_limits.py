@@ -155,3 +155,26 @@ async def test_compute_and_bandwidth_buckets_refuse_with_their_policy(
     assert status == 429 and body["error"]["details"]["policy"] == "bandwidth"
     status, _ = await http("POST", invoke, json={"text": "z"}, headers={"X-API-Key": other.api_key})
     assert status == 200  # a small request still fits: the leaky bucket limits bytes, not calls
+
+
+async def test_compute_used_through_one_replica_is_seen_by_another(start_gateway: StartGateway, echo: Echo) -> None:
+    config = MeteringConfig(plans=TIGHT, publisher=TEST_METERING.publisher)
+    first = await start_gateway(config)
+    second = await start_gateway(config, tenant=first.tenant)
+    status, _ = await http("POST", f"{first.url}/v1/capabilities/test.echo/invoke", json={"sleep_ms": 60},
+                           headers={"X-API-Key": first.api_key})
+    assert status == 200
+    # The first replica tells the others what the tenant used every 0.25 s. Until the second
+    # hears of it, each of its own calls takes a millisecond of its 50: it would need about 50
+    # calls to run dry alone.
+    attempts = 0
+    async with asyncio.timeout(5):
+        while True:
+            attempts += 1
+            status, body = await http("POST", f"{second.url}/v1/capabilities/test.echo/invoke", json={"text": "x"},
+                                      headers={"X-API-Key": second.api_key})
+            if status == 429:
+                break
+            await asyncio.sleep(0.05)
+    assert body["error"]["details"]["policy"] == "compute"
+    assert attempts <= 20

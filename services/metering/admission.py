@@ -39,6 +39,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -50,9 +51,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
 
 from democratic_ai.contracts.usage_events import (
+    MeterConsumed,
     QuotaLeased,
     QuotaReturned,
-    decode_quota_event,
+    decode_ratelimit_event,
     encode_event,
     quota_subject,
 )
@@ -133,12 +135,15 @@ class Admission:
         self._returner: asyncio.Task[None] | None = None
         self.appends = 0  # leases this replica appended (for tests and benchmarks)
         self.conflicts = 0  # appends lost to another replica
+        # Where the follower hands the stream's meter events (the buckets of .meters).
+        self.on_meter: Callable[[MeterConsumed], None] | None = None
 
-    async def start(self, longest_window: float, timeout: float = 30.0) -> None:
-        """Replay the leases that can still occupy a window, follow the stream live, and
-        return once caught up."""
+    async def start(self, longest_window: float, history: float = 0.0, timeout: float = 30.0) -> None:
+        """Replay the stream's last ``history`` seconds (at least enough for every lease that
+        can still occupy a window), follow it live, and return once caught up."""
         self._default_window = longest_window
-        self._since = datetime.now(UTC) - timedelta(seconds=longest_window + self.config.lease_seconds + 5)
+        history = max(history, longest_window + self.config.lease_seconds) + 5
+        self._since = datetime.now(UTC) - timedelta(seconds=history)
         caught_up = asyncio.Event()
 
         async def on_message(msg: Msg) -> None:
@@ -363,20 +368,28 @@ class Admission:
     async def _apply(self, msg: Msg) -> None:
         sequence = msg.metadata.sequence.stream
         try:
-            event = decode_quota_event(msg.data)
+            event = decode_ratelimit_event(msg.data)
         except msgspec.ValidationError:
             log.error("skipped an unreadable RATELIMIT event on %s", msg.subject)
         else:
-            holder = self._holder(event.tenant_id, event.holder)
-            if sequence > holder.last_sequence:  # a lease of ours may be applied already
-                if isinstance(event, QuotaLeased):
-                    holder.log.add(Grant(event.at, event.until, event.n, sequence))
-                else:
-                    holder.log.give_back(event.lease_sequence, event.n)
-                holder.last_sequence = sequence
+            if isinstance(event, MeterConsumed):
+                if self.on_meter is not None:
+                    self.on_meter(event)
+            else:
+                self._apply_quota(event, sequence)
         async with self._progress:
             self.last_sequence = sequence
             self._progress.notify_all()
+
+    def _apply_quota(self, event: QuotaLeased | QuotaReturned, sequence: int) -> None:
+        holder = self._holder(event.tenant_id, event.holder)
+        if sequence <= holder.last_sequence:
+            return  # a lease of ours, applied when its append was acknowledged
+        if isinstance(event, QuotaLeased):
+            holder.log.add(Grant(event.at, event.until, event.n, sequence))
+        else:
+            holder.log.give_back(event.lease_sequence, event.n)
+        holder.last_sequence = sequence
 
 
 def _settle(holder: _Holder) -> None:

@@ -1,17 +1,25 @@
-"""Compute, bandwidth and storage limits: per-tenant buckets folded from the USAGE stream.
+"""Compute, bandwidth and storage limits: per-tenant buckets every replica holds alike.
 
-Every gateway replica follows ``usage.*.compute_ms``, ``usage.*.bytes_in``,
-``usage.*.bytes_out`` and ``usage.*.storage_bytes`` — from far enough back that no bucket
-remembers anything older (:meth:`.plans.PlanBook.horizon`; storage from the start of its
-current window) — so every replica holds the same buckets, fed by every replica's calls.
+Compute and bandwidth are post-paid — their cost is known only after a call — so a call is
+admitted while the tenant's bucket has room and its cost is taken afterwards. A replica takes
+its own calls' cost at once (:meth:`Meters.note`) and, every ``interval`` (0.25 s), appends
+what each tenant's calls took since the last time as one ``MeterConsumed`` event on
+``ratelimit.<tenant>.meter``. Every replica follows RATELIMIT (with the call leases, in
+:mod:`.admission`) and takes the other replicas' consumption into its buckets; a starting
+replica replays as much of it as any bucket remembers (:meth:`.plans.PlanBook.horizon`).
 
-A replica applies its own calls at once (:meth:`Meters.note`) instead of waiting for them to
-come back through the log, and skips them when they do (by their message id). What another
-replica used reaches this one after that replica's publisher flushes it (``max_delay``, 1 s
-by default) and the stream delivers it, so across N replicas these limits can be overshot by
-at most what the other replicas admit in that time. They are post-paid by nature — compute and
-the answer's size are known only after a call — so no scheme decides them exactly before the
-call; the call limits, which can be, are exact (:mod:`.admission`).
+Why not fold the USAGE events themselves: each replica would then process three events per call
+*of every replica*, a cost that grows with the number of replicas (each would pay N × its own
+traffic); a meter event per active tenant and interval stays small. The events sum exactly the
+values the USAGE events carry; only limits read them, never billing.
+
+Across N replicas these limits can therefore be overshot by what the other replicas admit
+between two meter events plus the delivery (about ``interval``): no scheme can decide a post-paid
+cost exactly before the call. The call limits, which can be exact, are (:mod:`.admission`).
+
+Storage is rare and written through :meth:`.service.Metering.record_storage`; its fixed-window
+state is folded from the USAGE stream's ``usage.*.storage_bytes`` events directly, from the
+start of the current window.
 """
 
 from __future__ import annotations
@@ -22,14 +30,24 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from democratic_ai.contracts.usage_events import Metric, UsageEvent, decode_usage_event, message_id
+from democratic_ai.contracts.usage_events import (
+    MeterConsumed,
+    Metric,
+    UsageEvent,
+    decode_usage_event,
+    encode_event,
+    message_id,
+    meter_subject,
+)
 
 from .algorithms import FixedWindow, LeakyBucket, TokenBucket
 from .plans import Plan, PlanResolver
@@ -39,8 +57,7 @@ __all__ = ["Meters", "Refusal", "TenantMeters"]
 log = logging.getLogger(__name__)
 
 _FORGET_OWN_AFTER = 300.0  # seconds; an own event not seen again by then is no longer awaited
-_COMPUTE, _IN, _OUT, _STORAGE = (m.value for m in (Metric.COMPUTE_MS, Metric.BYTES_IN, Metric.BYTES_OUT,
-                                                    Metric.STORAGE_BYTES))
+_API_CALLS, _COMPUTE, _IN, _OUT, _STORAGE = (m.value for m in Metric)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,42 +117,48 @@ class TenantMeters:
 class Meters:
     """Every tenant's compute, bandwidth and storage buckets, shared by all replicas via the log."""
 
-    def __init__(self, js: JetStreamContext, plans: PlanResolver) -> None:
-        self._js = js
+    def __init__(self, nc: NATS, plans: PlanResolver, replica: str, interval: float = 0.25) -> None:
+        self._nc = nc
         self._plans = plans
+        self.replica = replica
+        self.interval = interval
         self._tenants: dict[str, TenantMeters] = {}
-        self._own: OrderedDict[str, float] = OrderedDict()  # message ids applied before the log echoes them
+        # tenant → [compute ms, bandwidth bytes, first, last]: this replica's calls not yet told
+        self._pending: dict[str, list[float]] = {}
+        self._own: OrderedDict[str, float] = OrderedDict()  # storage writes applied before the log echoes them
         self._storage_seen: OrderedDict[str, None] = OrderedDict()  # storage writes already applied from the log
-        self._subscriptions: list[JetStreamContext.PushSubscription] = []
+        self._subscription: JetStreamContext.PushSubscription | None = None
+        self._teller: asyncio.Task[None] | None = None
 
-    async def start(self, horizon: float, storage_window: float, timeout: float = 30.0) -> None:
-        """Replay what the buckets still remember, then follow the stream live."""
-        now = datetime.now(UTC)
-        since = now - timedelta(seconds=horizon + 5)
-        storage_since = datetime.fromtimestamp(math.floor(now.timestamp() / storage_window) * storage_window, UTC)
-        pending = []
-        for metric, start in ((_COMPUTE, since), (_IN, since), (_OUT, since), (_STORAGE, storage_since)):
-            caught_up = asyncio.Event()
+    async def start(self, storage_window: float, timeout: float = 30.0) -> None:
+        """Replay the current storage window, follow it, and start telling other replicas."""
+        now = time.time()
+        since = datetime.fromtimestamp(math.floor(now / storage_window) * storage_window, UTC)
+        caught_up = asyncio.Event()
 
-            async def on_message(msg: Msg, caught_up: asyncio.Event = caught_up) -> None:
-                self._apply(msg)
-                if msg.metadata.num_pending == 0:
-                    caught_up.set()
+        async def on_message(msg: Msg) -> None:
+            self._apply_storage(msg)
+            if msg.metadata.num_pending == 0:
+                caught_up.set()
 
-            subscription = await self._js.subscribe(
-                f"usage.*.{metric}", stream="USAGE", ordered_consumer=True, cb=on_message,
-                config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start),
-            )
-            self._subscriptions.append(subscription)
-            if (await subscription.consumer_info()).num_pending:
-                pending.append(caught_up.wait())
-        if pending:
-            await asyncio.wait_for(asyncio.gather(*pending), timeout)
+        self._subscription = await self._nc.jetstream().subscribe(
+            f"usage.*.{_STORAGE}", stream="USAGE", ordered_consumer=True, cb=on_message,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since),
+        )
+        if (await self._subscription.consumer_info()).num_pending:
+            await asyncio.wait_for(caught_up.wait(), timeout)
+        self._teller = asyncio.create_task(self._tell(), name="meter-events")
 
     async def stop(self) -> None:
-        for subscription in self._subscriptions:
-            await subscription.unsubscribe()
-        self._subscriptions.clear()
+        if self._teller is not None:
+            self._teller.cancel()
+            await asyncio.gather(self._teller, return_exceptions=True)
+            self._teller = None
+        if self._nc.is_connected:
+            await self._flush()
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
 
     def tenant(self, tenant_id: str, now: float) -> TenantMeters:
         meters = self._tenants.get(tenant_id)
@@ -168,34 +191,74 @@ class Meters:
         return key in self._storage_seen or key in self._own
 
     def note(self, events: list[UsageEvent]) -> None:
-        """Apply this replica's own events now; their echo from the log will be skipped."""
-        now = time.monotonic()
+        """Take this replica's own usage into the buckets now; what fills a compute or bandwidth
+        bucket is told to the other replicas with the next meter event."""
         for event in events:
             metric = event.metric
-            if metric == _COMPUTE or metric == _IN or metric == _OUT or metric == _STORAGE:
+            if metric == _API_CALLS:
+                continue
+            at = event.at.timestamp()
+            meters = self.tenant(event.tenant_id, at)
+            if metric == _STORAGE:
                 key = message_id(event)
-                if metric == _STORAGE and key in self._storage_seen:
-                    continue  # a write recorded before, already applied from the log
-                self._own[key] = now
-                self.tenant(event.tenant_id, event.at.timestamp()).add(metric, event.value, event.at.timestamp())
+                if key not in self._storage_seen:
+                    self._own[key] = time.monotonic()
+                    meters.add(metric, event.value, at)
+                continue
+            bucket = meters.compute if metric == _COMPUTE else meters.bandwidth
+            if bucket is None:
+                continue  # no such limit on the tenant's plan: nothing to keep or to tell
+            meters.add(metric, event.value, at)
+            pending = self._pending.get(event.tenant_id)
+            if pending is None:
+                pending = self._pending[event.tenant_id] = [0, 0, at, at]
+            pending[0 if metric == _COMPUTE else 1] += event.value
+            pending[2], pending[3] = min(pending[2], at), max(pending[3], at)
         own = self._own
-        while own and next(iter(own.values())) < now - _FORGET_OWN_AFTER:
+        cutoff = time.monotonic() - _FORGET_OWN_AFTER
+        while own and next(iter(own.values())) < cutoff:
             own.popitem(last=False)
 
-    def _apply(self, msg: Msg) -> None:
+    def apply_remote(self, event: MeterConsumed) -> None:
+        """Take another replica's consumption into the buckets (our own is in them already)."""
+        if event.replica == self.replica:
+            return
+        meters = self.tenant(event.tenant_id, event.until)
+        if event.compute_ms:
+            meters.add(_COMPUTE, event.compute_ms, event.until)
+        if event.bandwidth_bytes:
+            meters.add(_IN, event.bandwidth_bytes, event.until)
+
+    async def _tell(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for tenant_id, (compute, bandwidth, since, until) in pending.items():
+            event = MeterConsumed(tenant_id=tenant_id, replica=self.replica, compute_ms=int(compute),
+                                  bandwidth_bytes=int(bandwidth), since=since, until=until)
+            try:
+                # Plain publish: the stream stores it, nobody waits for an acknowledgement. A lost
+                # meter event only makes the other replicas' buckets a little more lenient.
+                await self._nc.publish(meter_subject(tenant_id), encode_event(event))
+            except (ConnectionClosedError, OutboundBufferLimitError) as exc:
+                log.warning("could not tell the other replicas what %s used: %r", tenant_id, exc)
+
+    def _apply_storage(self, msg: Msg) -> None:
         try:
             event = decode_usage_event(msg.data)
         except msgspec.ValidationError:
             log.error("skipped an unreadable USAGE event on %s", msg.subject)
             return
         key = message_id(event)
-        if event.metric == _STORAGE:
-            # Remembered even when it is our own, so that recording the same write again
-            # (its retry is a duplicate the log drops) is not counted twice here either.
-            self._storage_seen[key] = None
-            if len(self._storage_seen) > 100_000:
-                self._storage_seen.popitem(last=False)
-        if self._own and self._own.pop(key, None) is not None:
+        # Remembered even when it is our own, so that recording the same write again (its
+        # retry is a duplicate the log drops) is not counted twice here either.
+        self._storage_seen[key] = None
+        if len(self._storage_seen) > 100_000:
+            self._storage_seen.popitem(last=False)
+        if self._own.pop(key, None) is not None:
             return
         at = event.at.timestamp()
         self.tenant(event.tenant_id, at).add(event.metric, event.value, at)

@@ -48,7 +48,8 @@ class Metering:
         self._js = js
         self.plans = self.config.plans
         self.admission = Admission(js, self.config.admission)
-        self.meters = Meters(js, self.plans)
+        self.meters = Meters(nc, self.plans, self.admission.replica)
+        self.admission.on_meter = self.meters.apply_remote  # meter events arrive on RATELIMIT
         self.limiter = RateLimiter(self.plans, self.admission, self.meters)
         self.publisher = UsagePublisher(nc, self.config.publisher)
 
@@ -56,8 +57,8 @@ class Metering:
         """Rebuild limit state from the log, then follow it."""
         storage_window = max((p.storage_bytes.window_seconds for p in self.plans.plans.values() if p.storage_bytes),
                              default=86_400)
-        await self.admission.start(self.plans.longest_call_window())
-        await self.meters.start(self.plans.horizon(), storage_window)
+        await self.admission.start(self.plans.longest_call_window(), history=self.plans.horizon())
+        await self.meters.start(storage_window)
         await self.publisher.start()
 
     async def stop(self) -> None:
