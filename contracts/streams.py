@@ -39,6 +39,18 @@ STREAMS: tuple[StreamConfig, ...] = (
         duplicate_window=600.0,
     ),
     StreamConfig(
+        name="RATELIMIT",
+        description="Quota leases of the sliding-window call limits, one subject per holder.",
+        subjects=["ratelimit.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        # A lease matters for one window (minutes); a day keeps enough to rebuild any limit.
+        max_age=_DAY,
+        duplicate_window=120.0,
+        # A replica whose optimistic append lost reads the winner's lease with a direct get.
+        allow_direct=True,
+    ),
+    StreamConfig(
         name="IDENTITY",
         description="Tenants, users, roles, API keys and token revocations.",
         subjects=["iam.>"],

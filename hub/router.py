@@ -28,6 +28,7 @@ from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, 
 from democratic_ai.contracts import streaming, subjects, tracing
 
 from .streaming import CallStream
+from democratic_ai.contracts.usage_events import BYTES_IN_HEADER
 
 __all__ = ["Router"]
 
@@ -189,9 +190,15 @@ class Router:
             {"capability": action},
         )
 
-    async def _fail(self, request: MCPMessage, code: ErrorCode, text: str, details: dict[str, Any]) -> MCPMessage:
-        """Answer with an error of the router's own and record it like a module's answer."""
+    async def _fail(
+        self, request: MCPMessage, code: ErrorCode, text: str, details: dict[str, object]
+    ) -> MCPMessage:
+        """Answer with an error of the router's own and record it like a module's answer.
+
+        It carries the request's size, as a module's answer does, so the failed call is
+        metered the same from the answer or from its record."""
         error = error_reply(request, code, text, source_module_id=self._source_id, details=details)
+        error.headers[BYTES_IN_HEADER] = str(len(request.payload))
         await self._nc.publish(
             subjects.record_response(request.context.tenant_id, request.action), error.SerializeToString()
         )

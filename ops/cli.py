@@ -11,6 +11,8 @@ from typing import NoReturn
 
 __all__ = ["main"]
 
+USAGE_FLUSH_ENV = "DAI_USAGE_FLUSH_SECONDS"  # longest a gateway buffers usage events (default 1 s)
+
 
 def _env(name: str) -> str:
     value = os.environ.get(name)
@@ -105,9 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         from democratic_ai.services.billing import BillingConfig
         from democratic_ai.services.gateway import GatewayConfig
 
+        from democratic_ai.services.metering import MeteringConfig, PublisherConfig
+
         database_url = os.environ.get("DATABASE_APP_URL") or app_dsn(_env("DATABASE_URL"))
+        flush = services.env_seconds(USAGE_FLUSH_ENV, PublisherConfig().max_delay)
+        if flush <= 0:
+            raise SystemExit(f"dai: {USAGE_FLUSH_ENV} must be a positive number of seconds")
+        metering = MeteringConfig(publisher=PublisherConfig(max_delay=flush))
         config = GatewayConfig(nats_url=_env("NATS_URL"), database_url=database_url, host=args.host, port=args.port,
-                               billing=BillingConfig.from_env())
+                               metering=metering, billing=BillingConfig.from_env())
         run_until_signalled(lambda stop: services.run_gateway(config, stop))
     elif args.command == "hub":
         nats_url = _env("NATS_URL")

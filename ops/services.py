@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 from datetime import UTC, datetime
 
 import nats
@@ -30,10 +31,36 @@ from democratic_ai.services.billing import (
 )
 from democratic_ai.services.gateway import GatewayConfig, create_runner
 from democratic_ai.services.identity import rotate_signing_key
+from democratic_ai.services.metering import RecoveryConfig, UsageRecovery
 
-__all__ = ["close_billing_periods", "load_module_class", "rotate_jwt_key", "run_gateway", "run_hub", "run_module", "run_projections"]
+__all__ = [
+    "close_billing_periods",
+    "env_seconds",
+    "load_module_class",
+    "rotate_jwt_key",
+    "run_gateway",
+    "run_hub",
+    "run_module",
+    "run_projections",
+]
 
 log = logging.getLogger(__name__)
+
+RECOVERY_GRACE_ENV = "DAI_USAGE_RECOVERY_GRACE"  # seconds an answer must age before recovery checks it
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A number of seconds from the environment variable ``name`` (``default`` when unset)."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"dai: {name} must be a number of seconds, not {raw!r}") from None
+    if value < 0:
+        raise SystemExit(f"dai: {name} must not be negative")
+    return value
 
 
 async def _connect(url: str, name: str) -> nats.NATS:
@@ -74,8 +101,14 @@ async def run_projections(nats_url: str, database_url: str, names: list[str], st
         await migrate(conn)
     runners = [ProjectionRunner(nc.jetstream(), pool, PROJECTIONS[name]) for name in names or sorted(PROJECTIONS)]
     log.info("projections running: %s", ", ".join(r.projection.name for r in runners))
+    tasks = [runner.run(stop) for runner in runners]
+    if any(r.projection.name == "usage" for r in runners):
+        # Recovery re-derives usage that crashed gateways never published; it checks the usage
+        # read model, so it runs next to the projection that keeps it.
+        recovery = RecoveryConfig(grace=env_seconds(RECOVERY_GRACE_ENV, RecoveryConfig().grace))
+        tasks.append(UsageRecovery(nc.jetstream(), pool, recovery).run(stop))
     try:
-        await asyncio.gather(*(runner.run(stop) for runner in runners))
+        await asyncio.gather(*tasks)
     finally:
         await pool.close()
         await nc.drain()

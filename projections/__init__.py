@@ -16,8 +16,9 @@ from .rebuild import AsOfResult, TableComparison, rebuild, rebuild_as_of, verify
 from .registry import RegistryProjection
 from .runner import ProjectionRunner
 from .status import ProjectionStatus, projection_status
+from .usage import UsageProjection
 
-PROJECTIONS: dict[str, Projection] = {p.name: p for p in (RegistryProjection(), IdentityProjection(), BillingProjection())}
+PROJECTIONS: dict[str, Projection] = {p.name: p for p in (RegistryProjection(), IdentityProjection(), UsageProjection(), BillingProjection())}
 
 __all__ = [
     "PROJECTIONS",
@@ -35,6 +36,7 @@ __all__ = [
     "RebuildInProgress",
     "RegistryProjection",
     "TableComparison",
+    "UsageProjection",
     "projection_status",
     "rebuild",
     "rebuild_as_of",

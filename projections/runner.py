@@ -33,35 +33,54 @@ def consumer_name(projection: Projection) -> str:
 
 class ProjectionRunner:
     def __init__(
-        self, js: JetStreamContext, pool: asyncpg.Pool, projection: Projection, *, batch: int = 512
+        self, js: JetStreamContext, pool: asyncpg.Pool, projection: Projection, *, batch: int = 1024
     ) -> None:
+        # A fetch returns what is there at once, so a larger batch adds no latency; under load
+        # it spreads each transaction's fixed cost over more events (bench_usage.py).
         self._js = js
         self._pool = pool
         self.projection = projection
         self._batch = batch
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fold events until ``stop`` is set."""
+        """Fold events until ``stop`` is set.
+
+        Pipelined: the next batch is fetched while Postgres writes the current one, so the
+        database's work overlaps with this process's. Exactly once is unchanged — a batch is
+        acknowledged only after its commit, and a batch fetched but not applied when the
+        worker stops is delivered again from the checkpoint.
+        """
         subscription = await self._subscribe()
+        fetching = asyncio.ensure_future(self._fetch(subscription))
         try:
             while not stop.is_set():
-                try:
-                    messages = await subscription.fetch(self._batch, timeout=0.5)
-                except TimeoutError:  # builtin: nats raises both its own and asyncio's
-                    continue
+                messages = await fetching
+                fetching = asyncio.ensure_future(self._fetch(subscription))
                 if not messages:
                     continue
                 await self.apply(messages)
                 await messages[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
         finally:
+            fetching.cancel()
+            await asyncio.gather(fetching, return_exceptions=True)
             await subscription.unsubscribe()
+
+    async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
+        try:
+            return await subscription.fetch(self._batch, timeout=0.5)
+        except TimeoutError:  # builtin: nats raises both its own and asyncio's
+            return []
 
     async def apply(self, messages: Sequence[Msg]) -> int:
         """Fold one batch in one transaction; returns the new checkpoint."""
         name = self.projection.name
         async with self._pool.acquire() as conn, conn.transaction():
             last = await lock_checkpoint(conn, name)
-            fresh = [m for m in messages if m.metadata.sequence.stream > last]
+            # A batch is in stream order: unless its first event is at or below the checkpoint (a
+            # redelivery), all of it is fresh — without parsing every message's metadata.
+            fresh = messages
+            if messages[0].metadata.sequence.stream <= last:
+                fresh = [m for m in messages if m.metadata.sequence.stream > last]
             if not fresh:
                 return last
             await self.projection.apply(conn, fresh)

@@ -43,6 +43,7 @@ from democratic_ai.contracts import (
     tracing,
 )
 from democratic_ai.contracts.registry_events import ModuleManifest
+from democratic_ai.contracts.usage_events import BYTES_IN_HEADER
 
 from .capability import CapabilityDefinition, definitions_of
 from .client import Client
@@ -297,10 +298,15 @@ class Module:
                 answer = await self._answer(definition, request)
         finally:
             self.scheduler.release()
+        # The input's size travels with the answer, for metering (compute_ms is set by _answer).
+        answer.headers[BYTES_IN_HEADER] = str(len(request.payload))
         data = answer.SerializeToString()
+        # The record goes out before the reply, on the same connection: by the time the
+        # caller holds the answer, the log holds it too, and the call's usage can always be
+        # re-derived from the log (services/metering/recovery.py).
+        await nc.publish(subjects.record_response(request.context.tenant_id, request.action), data)
         if msg.reply:
             await nc.publish(msg.reply, data)
-        await nc.publish(subjects.record_response(request.context.tenant_id, request.action), data)
         failed = answer.type == MessageType.ERROR
         endpoint.record(time.perf_counter_ns() - received_ns, f"{answer.error.code}: {answer.error.message}" if failed else None)
 

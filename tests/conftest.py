@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,10 +29,12 @@ from democratic_ai.ops.ports import free_port
 from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import app_dsn, create_pool, migrate
-from democratic_ai.sdk import Module
-from democratic_ai.services.gateway import GatewayConfig, create_runner
+from democratic_ai.sdk import Module, capability
+from democratic_ai.services.gateway import GatewayConfig, create_app
+from democratic_ai.services.gateway.state import METERING
 from democratic_ai.services.identity.bootstrap import new_api_key_secret
 from democratic_ai.services.identity.principal import sha256_hex
+from democratic_ai.services.metering import Metering, MeteringConfig, PublisherConfig
 
 
 def unique(prefix: str) -> str:
@@ -79,39 +81,100 @@ class Gateway:
     url: str
     api_key: str
     tenant: str
+    app: web.Application | None = None
 
     @property
     def headers(self) -> dict[str, str]:
         return {"X-API-Key": self.api_key, "Content-Type": "application/json"}
 
+    @property
+    def metering(self) -> Metering:
+        if self.app is None:
+            raise RuntimeError("this gateway runs in another process")
+        return self.app[METERING]
 
-async def issue_key(nc: NATS, tenant: str, role: str = "super_admin") -> str:
-    """Record a tenant and an owner-less API key of ``role`` for it, as ``dai up`` does for its admin."""
+
+# Test gateways flush usage every 50 ms, so read models catch up quickly.
+TEST_METERING = MeteringConfig(publisher=PublisherConfig(max_delay=0.05))
+
+
+async def issue_key(nc: NATS, tenant: str, role: str = "super_admin", rate_limit: int | None = None) -> str:
+    """Record a tenant (once) and an owner-less API key of ``role`` for it, as ``dai up`` does
+    for its admin; ``rate_limit`` is the key's own limit in calls per minute."""
     js = nc.jetstream()
     meta = Meta(at=datetime.now(UTC))
-    await js.publish(f"iam.{tenant}.tenant.{tenant}", encode_event(TenantCreated(tenant_id=tenant, meta=meta, name=tenant)))
+    await js.publish(f"iam.{tenant}.tenant.{tenant}", encode_event(TenantCreated(tenant_id=tenant, meta=meta, name=tenant)),
+                     headers={"Nats-Msg-Id": f"tenant-{tenant}"})
     secret = new_api_key_secret()
     key_id = secret.split("_", 2)[1]
     await js.publish(f"iam.{tenant}.api_key.{key_id}", encode_event(ApiKeyIssued(
         tenant_id=tenant, meta=meta, key_id=key_id, prefix=secret[:16], sha256=sha256_hex(secret), role=role,
+        rate_limit=rate_limit,
     )))
     return secret
 
 
+StartGateway = Callable[..., Awaitable[Gateway]]
+
+
 @pytest.fixture
-async def gateway(
+async def start_gateway(
     nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS, projections: None
-) -> AsyncIterator[Gateway]:
+) -> AsyncIterator[StartGateway]:
+    """Start in-process gateways on random ports (as the read-only app role), each with a
+    super-admin key of a tenant of its own; ``metering`` sets their plans and publishing."""
+    runners: list[web.AppRunner] = []
+
+    async def start(metering: MeteringConfig = TEST_METERING, tenant: str | None = None) -> Gateway:
+        tenant = tenant or unique("tenant")
+        key = await issue_key(nc, tenant)
+        port = free_port()
+        config = GatewayConfig(nats_url=nats_server.url, database_url=app_dsn(database_url), port=port,
+                               metering=metering)
+        app = create_app(config)
+        runner = web.AppRunner(app, handler_cancellation=True)  # as create_runner serves it
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return Gateway(url=f"http://127.0.0.1:{port}", api_key=key, tenant=tenant, app=app)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def gateway(start_gateway: StartGateway) -> Gateway:
     """A gateway on a random port (as the read-only app role), and a super-admin key of a tenant of its own."""
-    tenant = unique("tenant")
-    key = await issue_key(nc, tenant)
-    port = free_port()
-    config = GatewayConfig(nats_url=nats_server.url, database_url=app_dsn(database_url), port=port)
-    runner = create_runner(config)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield Gateway(url=f"http://127.0.0.1:{port}", api_key=key, tenant=tenant)
-    await runner.cleanup()
+    return await start_gateway()
+
+
+class Echo(Module):
+    """A trivial module: answers its input, or fails on request."""
+
+    module_id = "echo-test"
+
+    @capability(
+        "test.echo",
+        input_schema={"type": "object", "properties": {"text": {"type": "string"}, "fail": {"type": "boolean"},
+                                                       "sleep_ms": {"type": "integer"}}},
+        output_schema={"type": "object"},
+    )
+    async def echo(self, text: str = "", fail: bool = False, sleep_ms: int = 0) -> dict:
+        if sleep_ms:
+            await asyncio.sleep(sleep_ms / 1000)
+        if fail:
+            raise RuntimeError("asked to fail")
+        return {"text": text}
+
+
+@pytest.fixture
+async def echo(nc: NATS) -> AsyncIterator[Echo]:
+    """The ``test.echo`` capability, served in-process."""
+    module = Echo()
+    await module.start(nc)
+    yield module
+    await module.stop()
 
 
 @pytest.fixture(scope="session")
@@ -172,3 +235,12 @@ async def caught_up(nc: NATS, pool: asyncpg.Pool, name: str, timeout: float = 10
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"projection {name} at {done}, stream at {target}")
         await asyncio.sleep(0.02)
+
+
+async def forget_usage(nc: NATS, tenant: str) -> None:
+    """Purge a bulk test's usage events from the shared USAGE stream.
+
+    Every test's fresh database folds the whole stream from the start; a test that publishes
+    a hundred thousand events would otherwise slow down every test after it.
+    """
+    await nc.jetstream().purge_stream("USAGE", subject=f"usage.{tenant}.>")

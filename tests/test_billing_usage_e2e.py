@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -26,7 +27,7 @@ from democratic_ai.services.billing import BillingConfig, BillingService, Postgr
 from democratic_ai.services.gateway import GatewayConfig, create_app
 
 from billing_helpers import new_billing_tenant
-from conftest import Gateway, caught_up, http, issue_key, unique
+from conftest import Gateway, caught_up, forget_usage, http, issue_key, unique
 
 usage_events = pytest.importorskip("democratic_ai.contracts.usage_events", reason="metering (issue 4) is not merged")
 pytest.importorskip("democratic_ai.projections.usage", reason="metering (issue 4) is not merged")
@@ -83,6 +84,15 @@ async def test_a_month_of_usage_events_becomes_the_seeds_invoice(
     service = BillingService(nc.jetstream(), load_pricing(), PostgresUsageTotals(pool, nc.jetstream()),
                              BillingConfig(close_grace_seconds=0))
     await service.set_plan(Meta(at=JAN_START), tenant.tenant_id, "starter")
+    try:
+        await _a_month_becomes_the_invoice(gateway, nc, pool, service, tenant)
+    finally:
+        await forget_usage(nc, tenant.tenant_id)
+
+
+async def _a_month_becomes_the_invoice(
+    gateway: Gateway, nc: NATS, pool: asyncpg.Pool, service: BillingService, tenant: Any
+) -> None:
     await publish_calls(nc, tenant.tenant_id)
     await caught_up(nc, pool, "usage", timeout=120.0)
 

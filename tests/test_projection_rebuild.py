@@ -18,6 +18,7 @@ from democratic_ai.contracts.registry_events import (
     encode_event,
 )
 from democratic_ai.projections import (
+    PROJECTIONS,
     ProjectionRunner,
     RebuildInProgress,
     RegistryProjection,
@@ -267,4 +268,5 @@ async def test_the_projection_commands(
     assert "as of 2000-01-01T00:00:00+00:00: 0 events up to REGISTRY sequence 0, in schema dai_asof_registry" in out
 
     code, _, err = await dai("projections", "rebuild", "nope")
-    assert (code, err.strip()) == (2, "dai: unknown projection 'nope'; known: billing, identity, registry")
+    known = ", ".join(sorted(PROJECTIONS))
+    assert (code, err.strip()) == (2, f"dai: unknown projection 'nope'; known: {known}")

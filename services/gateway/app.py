@@ -23,6 +23,7 @@ from democratic_ai.services.billing import (
     load_pricing,
 )
 from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing
+from democratic_ai.services.metering import GATEWAY, Metering
 
 from .auth import auth_middleware
 from .billing_routes import add_billing_routes
@@ -30,8 +31,9 @@ from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .errors import error_middleware, error_response
 from .identity_routes import add_identity_routes
-from .state import BILLING, CONFIG, IDENTITY, KEY_RING, NC, PAYMENTS, POOL, PRESENCE, REGISTRY, ROUTER, USERS
+from .state import BILLING, CONFIG, IDENTITY, KEY_RING, METERING, NC, PAYMENTS, POOL, PRESENCE, REGISTRY, ROUTER, USERS
 from .websocket import websocket
+from .usage_routes import add_usage_routes
 
 __all__ = ["create_app", "create_runner"]
 
@@ -59,7 +61,10 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     app[NC], app[POOL] = nc, pool
     app[REGISTRY], app[PRESENCE], app[IDENTITY], app[KEY_RING] = registry, presence, identity, ring
     app[USERS] = IdentityService(js, identity, ring)
-    app[ROUTER] = Router(nc, source_id="gateway", is_registered=registry.is_registered)
+    app[ROUTER] = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered)
+    metering = Metering(nc, config.metering)
+    await metering.start()
+    app[METERING] = metering
     stripe = StripeBilling(config.billing.stripe) if config.billing.stripe else None
     usage = app.get(USAGE_TOTALS) or PostgresUsageTotals(pool, js)
     app[BILLING] = BillingService(js, load_pricing(), usage, config.billing)
@@ -67,6 +72,7 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     yield
     if stripe is not None:
         await stripe.close()
+    await metering.stop()  # flushes buffered usage while NATS is still connected
     await ring.stop()
     await identity.stop()
     await presence.stop()
@@ -108,6 +114,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     add_identity_routes(app)
     add_billing_routes(app)
     app.router.add_get("/v1/ws", websocket)
+    add_usage_routes(app)
     return app
 
 

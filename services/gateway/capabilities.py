@@ -2,6 +2,10 @@
 
 The invoke endpoint answers with one JSON document, or — when the client sends
 ``Accept: text/event-stream`` — streams the call as Server-Sent Events (:mod:`.sse`).
+
+An invocation is admitted by the rate limiter first (in memory unless call quota must be
+leased), metered when its answer comes back, and answered with ``RateLimit-Policy`` and
+``RateLimit`` headers; a refusal is a 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -9,12 +13,15 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, new_request, subjects, tracing
+from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, error_reply, new_request, subjects, tracing
+from democratic_ai.services.identity import Principal
+from democratic_ai.services.metering import GATEWAY, AdmissionUnavailable, Decision
 
 from .auth import require
-from .errors import ApiError
+from .errors import ApiError, error_response
+from .ratelimit_headers import limit_header, policy_header, retry_after_header
 from .sse import stream_call
-from .state import POOL, PRESENCE, ROUTER
+from .state import METERING, NC, POOL, PRESENCE, ROUTER
 from .wire import MAX_TTL_SECONDS, http_error
 
 __all__ = ["checked_capability", "checked_module", "invoke", "list_capabilities"]
@@ -65,17 +72,33 @@ async def invoke(request: web.Request) -> web.StreamResponse:
 
 
 async def _invoke(request: web.Request) -> web.StreamResponse:
-    call = await _call_of(request)
+    principal = require(request, "module:use")
+    call = await _call_of(request, principal)
+    metering = request.app[METERING]
+    try:
+        decision = await metering.admit(principal, len(call.payload))
+    except AdmissionUnavailable as exc:
+        raise ApiError(ErrorCode.NOT_READY, exc.message, status=503) from None
+    if not decision.allowed:
+        return await _refuse(request, call, decision, principal)
     if "text/event-stream" in request.headers.get("Accept", ""):
         return await stream_call(request, call)
     answer = await request.app[ROUTER].call(call)
+    metering.record(answer)
+    headers = {"X-Call-Id": call.id}
+    policies = metering.policies(principal)
+    if policies:
+        headers["RateLimit-Policy"] = policy_header(policies)
+        headers["RateLimit"] = limit_header(policies)
     if answer.type == MessageType.ERROR:
-        return http_error(answer, call.id)
+        response = http_error(answer, call.id)
+        response.headers.update(headers)
+        return response
     document = {"call_id": call.id, "module_id": answer.source_module_id, "result": msgspec.Raw(answer.payload)}
-    return web.Response(body=_encode(document), content_type="application/json", headers={"X-Call-Id": call.id})
+    return web.Response(body=_encode(document), content_type="application/json", headers=headers)
 
 
-async def _call_of(request: web.Request) -> MCPMessage:
+async def _call_of(request: web.Request, principal: Principal) -> MCPMessage:
     """The MCP request an invoke asks for, once its name, parameters and body are checked."""
     capability = checked_capability(request.match_info["capability"])
     target = checked_module(request.query.get("module", ""))
@@ -93,11 +116,29 @@ async def _call_of(request: web.Request) -> MCPMessage:
         _validate_json(body)
     except msgspec.DecodeError as exc:
         raise ApiError(ErrorCode.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
-    principal = require(request, "module:use")
     return new_request(
-        capability, body, tenant_id=principal.tenant_id, source_module_id="gateway", target_module_id=target,
+        capability, body, tenant_id=principal.tenant_id, source_module_id=GATEWAY, target_module_id=target,
         user_id=principal.user_id, api_key_id=principal.key_id, priority=priority, ttl=ttl,
     )
+
+
+async def _refuse(request: web.Request, call: MCPMessage, decision: Decision, principal: Principal) -> web.Response:
+    """429: the refusal is answered, recorded in the MCP log and metered like any call's end."""
+    retry_after = retry_after_header(decision.retry_after)
+    details = {"policy": decision.refused_by, "retry_after": int(retry_after)}
+    refusal = error_reply(call, ErrorCode.RATE_LIMITED, decision.message, source_module_id=GATEWAY, details=details)
+    await request.app[NC].publish(subjects.record_response(call.context.tenant_id, call.action),
+                                  refusal.SerializeToString())
+    metering = request.app[METERING]
+    metering.record(refusal)
+    policies = metering.policies(principal)
+    headers = {
+        "X-Call-Id": call.id,
+        "Retry-After": retry_after,
+        "RateLimit-Policy": policy_header(policies),
+        "RateLimit": limit_header(policies, decision.refused_by, decision.retry_after),
+    }
+    return error_response(ErrorCode.RATE_LIMITED, decision.message, details, status=429, headers=headers)
 
 
 async def list_capabilities(request: web.Request) -> web.Response:

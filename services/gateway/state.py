@@ -9,10 +9,12 @@ from nats.aio.client import Client as NATS
 from democratic_ai.hub import PresenceIndex, RegistryIndex, Router
 from democratic_ai.services.billing import BillingService, Payments
 from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing
+from democratic_ai.services.metering import Metering
 
 from .config import GatewayConfig
 
-__all__ = ["BILLING", "CONFIG", "IDENTITY", "KEY_RING", "NC", "PAYMENTS", "POOL", "PRESENCE", "REGISTRY", "ROUTER", "USERS"]
+__all__ = ["BILLING", "CONFIG", "IDENTITY", "KEY_RING", "METERING", "NC", "PAYMENTS", "POOL", "PRESENCE", "REGISTRY", "ROUTER",
+           "USERS"]
 
 CONFIG = web.AppKey("config", GatewayConfig)
 NC = web.AppKey("nc", NATS)
@@ -25,3 +27,4 @@ KEY_RING = web.AppKey("key_ring", KeyRing)
 USERS = web.AppKey("users", IdentityService)
 BILLING = web.AppKey("billing", BillingService)
 PAYMENTS = web.AppKey("payments", Payments)
+METERING = web.AppKey("metering", Metering)

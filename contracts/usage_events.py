@@ -1,0 +1,167 @@
+"""Events of the USAGE stream (what was used) and the RATELIMIT stream (what was admitted).
+
+USAGE, subject ``usage.<tenant>.<metric>``, one event per metric and call:
+
+    usage.call      CallMetered     api_calls, compute_ms, bytes_in, bytes_out of one call
+    usage.storage   StorageMetered  storage_bytes written (or, negative, freed) by a store
+
+Each event is published with a deterministic ``Nats-Msg-Id`` (:func:`message_id`: the call
+or operation id and the metric), so a retried or re-derived publish is dropped by JetStream's
+duplicate window, and read models key their rows on the same pair. Failed and rate-limited
+calls are recorded with their :class:`Outcome`; only ``success`` is billable.
+
+RATELIMIT, the state of the limits every gateway replica follows:
+
+    ratelimit.<tenant>.<holder>   quota.leased    QuotaLeased     a replica took ``n`` calls of a
+                                                                  sliding-window quota
+                                  quota.returned  QuotaReturned   it gives back what it did not use
+    ratelimit.<tenant>.meter      meter.consumed  MeterConsumed   what a replica's calls took from the
+                                                                  tenant's compute and bandwidth buckets
+                                                                  over the last fraction of a second
+
+A holder is ``tenant`` (the plan's limit) or ``key-<api key id>``. Leases are appended with
+``Nats-Expected-Last-Subject-Sequence`` on the holder's subject, so every grant is decided
+knowing every earlier one (``services/metering/admission.py``). ``MeterConsumed`` sums the same
+consumption the USAGE events record, per tenant and replica, so that following the limits costs
+each replica a message per active tenant and interval rather than three per call of every
+replica (``services/metering/meters.py``).
+
+Every event carries a version ``v``; decoders ignore unknown fields, so older readers survive
+newer writers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+import msgspec
+
+__all__ = [
+    "BYTES_IN_HEADER",
+    "COMPUTE_MS_HEADER",
+    "CallMetered",
+    "MeterConsumed",
+    "Metric",
+    "Outcome",
+    "QuotaLeased",
+    "QuotaReturned",
+    "RateLimitEvent",
+    "StorageMetered",
+    "UsageEvent",
+    "decode_ratelimit_event",
+    "decode_usage_event",
+    "encode_event",
+    "message_id",
+    "meter_subject",
+    "quota_subject",
+    "usage_subject",
+]
+
+# Headers of an MCP answer (``MCPMessage.headers``) that carry what only the module can measure.
+COMPUTE_MS_HEADER = "compute_ms"  # milliseconds the module spent on the call, rounded up
+BYTES_IN_HEADER = "bytes_in"  # size of the request payload the answer is for
+
+
+class Metric(StrEnum):
+    API_CALLS = "api_calls"
+    COMPUTE_MS = "compute_ms"
+    BYTES_IN = "bytes_in"
+    BYTES_OUT = "bytes_out"
+    STORAGE_BYTES = "storage_bytes"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"  # billable
+    FAILED = "failed"  # the module or the routing failed: recorded, not billed
+    RATE_LIMITED = "rate_limited"  # refused at the edge: recorded, not billed
+
+
+class _UsageEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    v: int = 1
+    tenant_id: str
+    metric: str  # a Metric
+    value: int
+    at: datetime  # UTC
+
+
+class CallMetered(_UsageEvent, tag="usage.call"):
+    call_id: str
+    capability: str
+    module_id: str = ""  # empty when no module answered (routing errors, rate limits)
+    user_id: str = ""
+    api_key_id: str = ""
+    outcome: str = Outcome.SUCCESS
+
+
+class StorageMetered(_UsageEvent, tag="usage.storage"):
+    operation_id: str  # the write's idempotency key: the same write is counted once
+    store: str  # what stores the data, e.g. a module id
+    capability: str = ""
+    user_id: str = ""
+    api_key_id: str = ""
+    outcome: str = Outcome.SUCCESS
+
+
+UsageEvent = CallMetered | StorageMetered
+
+
+class _RateLimitEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    v: int = 1
+    tenant_id: str
+    replica: str  # the gateway replica that wrote it
+
+
+class QuotaLeased(_RateLimitEvent, tag="quota.leased"):
+    holder: str  # "tenant" or "key-<api key id>"
+    n: int  # calls granted
+    at: float  # UTC epoch seconds: the lease may be used from here …
+    until: float  # … to here
+
+
+class QuotaReturned(_RateLimitEvent, tag="quota.returned"):
+    holder: str
+    lease_sequence: int  # the RATELIMIT stream sequence of the lease
+    n: int  # calls of it that were not used
+
+
+class MeterConsumed(_RateLimitEvent, tag="meter.consumed"):
+    since: float  # UTC epoch seconds: the calls ended between here …
+    until: float  # … and here
+    compute_ms: int = 0
+    bandwidth_bytes: int = 0  # bytes in and out
+
+
+RateLimitEvent = QuotaLeased | QuotaReturned | MeterConsumed
+
+encode_event = msgspec.json.Encoder().encode
+_usage_decoder = msgspec.json.Decoder(UsageEvent)
+_ratelimit_decoder = msgspec.json.Decoder(RateLimitEvent)
+
+
+def decode_usage_event(data: bytes) -> UsageEvent:
+    """Decode a USAGE event; raises ``msgspec.ValidationError`` for a malformed one."""
+    return _usage_decoder.decode(data)
+
+
+def decode_ratelimit_event(data: bytes) -> RateLimitEvent:
+    """Decode a RATELIMIT event; raises ``msgspec.ValidationError`` for a malformed one."""
+    return _ratelimit_decoder.decode(data)
+
+
+def usage_subject(tenant_id: str, metric: str) -> str:
+    return f"usage.{tenant_id}.{metric}"
+
+
+def quota_subject(tenant_id: str, holder: str) -> str:
+    return f"ratelimit.{tenant_id}.{holder}"
+
+
+def meter_subject(tenant_id: str) -> str:
+    return f"ratelimit.{tenant_id}.meter"
+
+
+def message_id(event: UsageEvent) -> str:
+    """The deterministic ``Nats-Msg-Id`` of a usage event: one per call (or write) and metric."""
+    key = event.call_id if isinstance(event, CallMetered) else event.operation_id
+    return f"{key}:{event.metric}"

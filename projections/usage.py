@@ -1,0 +1,124 @@
+"""Usage read models: raw events by month; aggregates per tenant × day × metric (billing) and per
+tenant × hour × capability × module × metric (series, capabilities, modules).
+
+A batch costs two round trips however large it is (one checks the month partitions): the batch
+goes to Postgres as one JSON array, and one statement unpacks it, inserts the raw rows and, from
+the rows that insert actually added (``RETURNING``), adds to both aggregates. Exactly once holds twice over:
+the runner commits rows and checkpoint together, and an event that arrives again anyway —
+republished by recovery, or by hand — conflicts on its raw key and adds nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import msgspec
+from nats.aio.msg import Msg
+
+from democratic_ai.contracts.usage_events import UsageEvent, decode_usage_event
+
+__all__ = ["UsageProjection"]
+
+log = logging.getLogger(__name__)
+
+PARTITION_SCHEMA = "usage_partitions"
+
+_FOLD = """
+WITH input AS (
+    SELECT coalesce(call_id, operation_id) AS call_id, metric, at, tenant_id, value, outcome, capability,
+           coalesce(module_id, store) AS module_id, user_id, api_key_id
+    FROM json_to_recordset(convert_from($1::bytea, 'UTF8')::json)
+        AS t(call_id text, operation_id text, metric text, at timestamptz, tenant_id text, value bigint,
+             outcome text, capability text, module_id text, store text, user_id text, api_key_id text)
+), added AS (
+    INSERT INTO usage_events (call_id, metric, at, tenant_id, value, outcome, capability, module_id, user_id,
+                              api_key_id)
+    SELECT * FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, metric, at, value, outcome, capability, module_id
+), daily AS (
+    INSERT INTO usage_daily AS d (tenant_id, day, metric, outcome, value, events)
+    SELECT tenant_id, (at AT TIME ZONE 'UTC')::date, metric, outcome, sum(value), count(*)
+    FROM added GROUP BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, day, metric, outcome)
+    DO UPDATE SET value = d.value + excluded.value, events = d.events + excluded.events
+), hourly AS (
+    INSERT INTO usage_hourly AS h (tenant_id, hour, capability, module_id, metric, outcome, value, events)
+    SELECT tenant_id, date_trunc('hour', at, 'UTC'), capability, module_id, metric, outcome, sum(value), count(*)
+    FROM added GROUP BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (tenant_id, hour, capability, module_id, metric, outcome)
+    DO UPDATE SET value = h.value + excluded.value, events = h.events + excluded.events
+)
+SELECT count(*) FROM added
+"""
+
+
+_batch_decoder = msgspec.json.Decoder(list[UsageEvent])
+_encode = msgspec.json.Encoder().encode
+
+
+def _decode(events: Sequence[Msg]) -> tuple[bytes, list[UsageEvent]]:
+    """The batch as one JSON array, validated, and its events.
+
+    The array goes to Postgres as it is — one parameter that ``json_to_recordset`` unpacks in
+    C — so no Python code touches each event's fields on the way. It is decoded here anyway, in
+    one call, to validate every event first; if any is malformed, the events are decoded one by
+    one, the bad ones logged and skipped, and the good ones encoded again."""
+    document = b"[" + b",".join([m.data for m in events]) + b"]"
+    try:
+        return document, _batch_decoder.decode(document)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass
+    decoded = []
+    for msg in events:
+        try:
+            decoded.append(decode_usage_event(msg.data))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.error("skipped USAGE event %d: %s", msg.metadata.sequence.stream, exc)
+    return _encode(decoded), decoded
+
+
+def _month(at: datetime) -> tuple[int, int]:
+    utc = at if at.tzinfo is UTC else at.astimezone(UTC)
+    return utc.year, utc.month
+
+
+def _partition(month: tuple[int, int]) -> tuple[str, str, str]:
+    """The partition of ``(year, month)``: its name and its bounds (UTC)."""
+    year, number = month
+    after = (year + 1, 1) if number == 12 else (year, number + 1)
+    return (f"usage_events_{year:04d}_{number:02d}", f"{year:04d}-{number:02d}-01 00:00:00+00",
+            f"{after[0]:04d}-{after[1]:02d}-01 00:00:00+00")
+
+
+class UsageProjection:
+    name = "usage"
+    stream = "USAGE"
+    filter_subject = "usage.>"
+    tables = ("usage_hourly", "usage_daily", "usage_events")
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:
+        document, decoded = _decode(events)
+        if not decoded:
+            return
+        await self._ensure_partitions(conn, {_month(e.at) for e in decoded})
+        # A duplicate, in the batch or of an earlier one, conflicts on the raw key and is skipped.
+        await conn.fetchval(_FOLD, document)
+
+    async def _ensure_partitions(self, conn: asyncpg.Connection, months: set[tuple[int, int]]) -> None:
+        """Create the partitions the batch needs. Checked in the catalog on every batch (one
+        small query) rather than remembered: a partition created in a transaction that rolled
+        back, or in another database, must not be taken for existing."""
+        wanted = {_partition(m)[0]: m for m in months}
+        existing = await conn.fetch(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = $1 AND c.relname = any($2::text[])", PARTITION_SCHEMA, list(wanted))
+        for name in set(wanted) - {r["relname"] for r in existing}:
+            _, start, end = _partition(wanted[name])
+            await conn.execute(
+                f'CREATE TABLE IF NOT EXISTS {PARTITION_SCHEMA}."{name}" PARTITION OF usage_events'
+                f" FOR VALUES FROM ('{start}') TO ('{end}')"
+            )

@@ -1,0 +1,182 @@
+"""Usage over HTTP: ``GET /v1/usage`` (series from the read models) and ``GET /v1/usage/limits``
+(each limit's state now, from the gateway's memory).
+
+Series come from ``usage_daily`` when a day or month granularity needs nothing finer, and from
+``usage_hourly`` for hours or a ``capability`` / ``module`` filter; ``from`` and ``to`` are
+rounded outwards to whole periods (UTC), so every figure is exact.
+
+Usage is billing data: reading it needs ``billing:read`` (tenant admins; super admins for any
+tenant with ``?tenant=``). The limits a caller is subject to are also shown to anyone who may
+call capabilities (``module:use``). Reads run in a transaction scoped to the tenant with
+``SET LOCAL``, so Row Level Security confines them to it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from democratic_ai.contracts import ErrorCode, subjects
+from democratic_ai.contracts.usage_events import Metric
+from democratic_ai.services.identity import Principal
+
+from .auth import require, require_tenant
+from .errors import ApiError
+from .state import METERING, POOL
+
+__all__ = ["add_usage_routes"]
+
+_encode = msgspec.json.Encoder().encode
+_METRICS = frozenset(m.value for m in Metric)
+# granularity → (longest range it may cover, the default range)
+_RANGES = {
+    "hour": (timedelta(days=31), timedelta(days=1)),
+    "day": (timedelta(days=366), timedelta(days=30)),
+    "month": (timedelta(days=3660), timedelta(days=365)),
+}
+
+
+def _json(document: Any) -> web.Response:
+    return web.Response(body=_encode(document), content_type="application/json")
+
+
+def _bad(parameter: str, message: str, value: str | None = None) -> ApiError:
+    details = {"parameter": parameter} if value is None else {"parameter": parameter, "value": value}
+    return ApiError(ErrorCode.BAD_REQUEST, message, details)
+
+
+def _instant(parameter: str, raw: str) -> datetime:
+    """An ISO 8601 date (midnight UTC) or date-time with a time zone."""
+    try:
+        if len(raw) == 10:
+            return datetime.combine(date.fromisoformat(raw), datetime.min.time(), UTC)
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise _bad(parameter, f"{parameter!r} must be an ISO 8601 date or date-time, e.g. 2025-06-01 or"
+                              " 2025-06-01T12:00:00Z", raw) from None
+    if value.tzinfo is None:
+        raise _bad(parameter, f"{parameter!r} needs a time zone, e.g. 2025-06-01T12:00:00Z", raw)
+    return value.astimezone(UTC)
+
+
+def _floor(value: datetime, granularity: str) -> datetime:
+    value = value.replace(minute=0, second=0, microsecond=0)
+    if granularity in ("day", "month"):
+        value = value.replace(hour=0)
+    if granularity == "month":
+        value = value.replace(day=1)
+    return value
+
+
+def _ceil(value: datetime, granularity: str) -> datetime:
+    floored = _floor(value, granularity)
+    if floored == value:
+        return value
+    if granularity == "hour":
+        return floored + timedelta(hours=1)
+    if granularity == "day":
+        return floored + timedelta(days=1)
+    return (floored + timedelta(days=32)).replace(day=1)
+
+
+def _tenant(request: web.Request, principal: Principal) -> str:
+    tenant = request.query.get("tenant", principal.tenant_id)
+    try:
+        subjects.validate_token(tenant, "tenant")
+    except subjects.InvalidSubjectToken as exc:
+        raise _bad("tenant", str(exc), tenant) from None
+    require_tenant(request, tenant)
+    return tenant
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    principal = require(request, "billing:read")
+    tenant = _tenant(request, principal)
+    query = request.query
+    granularity = query.get("granularity", "day")
+    if granularity not in _RANGES:
+        raise _bad("granularity", "'granularity' must be hour, day or month", granularity)
+    longest, default = _RANGES[granularity]
+    metric = query.get("metric") or None
+    if metric is not None and metric not in _METRICS:
+        raise _bad("metric", f"'metric' must be one of {', '.join(sorted(_METRICS))}", metric)
+    capability = query.get("capability") or None
+    if capability is not None:
+        try:
+            subjects.validate_capability(capability)
+        except subjects.InvalidSubjectToken as exc:
+            raise _bad("capability", str(exc), capability) from None
+    module = query.get("module") or None
+    if module is not None:
+        try:
+            subjects.validate_token(module, "module")
+        except subjects.InvalidSubjectToken as exc:
+            raise _bad("module", str(exc), module) from None
+    end = _instant("to", query["to"]) if "to" in query else datetime.now(UTC)
+    start = _instant("from", query["from"]) if "from" in query else end - default
+    if start >= end:
+        raise _bad("from", "'from' must be earlier than 'to'")
+    start, end = _floor(start, granularity), _ceil(end, granularity)
+    if end - start > longest:
+        raise _bad("from", f"a {granularity}ly series covers at most {longest.days} days; narrow 'from' and 'to'")
+
+    filters, args = [], [granularity]
+    if metric is not None:
+        args.append(metric)
+        filters.append(f"metric = ${len(args)}")
+    if capability is not None or module is not None or granularity == "hour":
+        for column, value in (("capability", capability), ("module_id", module)):
+            if value is not None:
+                args.append(value)
+                filters.append(f"{column} = ${len(args)}")
+        args += [start, end]
+        sql = ("SELECT date_trunc($1, hour, 'UTC') AS period, metric, outcome, sum(value)::bigint AS value,"
+               " sum(events)::bigint AS events FROM usage_hourly"
+               f" WHERE hour >= ${len(args) - 1} AND hour < ${len(args)}")
+    else:
+        args += [start.date(), end.date()]
+        sql = ("SELECT date_trunc($1, day::timestamp) AT TIME ZONE 'UTC' AS period, metric, outcome,"
+               " sum(value)::bigint AS value, sum(events)::bigint AS events FROM usage_daily"
+               f" WHERE day >= ${len(args) - 1} AND day < ${len(args)}")
+    sql += "".join(f" AND {f}" for f in filters) + " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant)
+        rows = await conn.fetch(sql, *args)
+
+    totals: dict[str, dict[str, int]] = {}
+    for row in rows:
+        by_outcome = totals.setdefault(row["metric"], {})
+        by_outcome[row["outcome"]] = by_outcome.get(row["outcome"], 0) + row["value"]
+    return _json({
+        "tenant_id": tenant, "from": start, "to": end, "granularity": granularity,
+        "metric": metric, "capability": capability, "module": module,
+        "usage": [dict(row) for row in rows],
+        "totals": totals,
+    })
+
+
+async def get_limits(request: web.Request) -> web.Response:
+    principal = require(request, "billing:read", "module:use")
+    tenant = _tenant(request, principal)
+    if tenant != principal.tenant_id:  # a super admin looking at another tenant: its plan only
+        principal = Principal(tenant_id=tenant, role="", permissions=frozenset())
+    metering = request.app[METERING]
+    return _json({
+        "tenant_id": tenant,
+        "plan": metering.plans.plan_of(tenant).name,
+        "api_key_id": principal.key_id or None,
+        "limits": [
+            {"name": s.name, "algorithm": s.algorithm, "metric": s.metric, "unit": s.unit, "quota": s.quota,
+             "window_seconds": s.window, "used": s.used, "remaining": s.remaining,
+             "reset_seconds": round(s.reset, 3)}
+            for s in metering.policies(principal, storage=True)
+        ],
+    })
+
+
+def add_usage_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/usage", get_usage)
+    app.router.add_get("/v1/usage/limits", get_limits)

@@ -1,0 +1,400 @@
+"""Exact call limits across gateway replicas: quota leases on the RATELIMIT stream.
+
+A sliding-window call limit belongs to a *holder* (a tenant's plan, or one API key) and has
+one subject, ``ratelimit.<tenant>.<holder>``. Every gateway replica follows the stream and
+folds each holder's leases into a :class:`~.algorithms.SlidingLog`.
+
+To admit calls a replica takes a **lease**: "replica R may use n calls between t and t+d"
+(``QuotaLeased``). It appends the lease with ``Nats-Expected-Last-Subject-Sequence`` set to
+the last sequence it has applied on that subject, so the append succeeds only if the replica
+decided knowing *every* earlier lease of the holder. If another replica appended first, the
+server refuses (wrong last sequence); the replica reads the winner's lease (a direct get of
+the subject's last message), waits until its follower has applied it, decides again and
+retries. Leases are therefore serialised per holder, each checked against all before it.
+
+**The bound.** A lease occupies the window from ``t`` until ``t + d + window`` (its calls
+happen in ``[t, t+d]``), and a lease is granted only if it fits the limit together with every
+earlier lease still occupying the window. Take any window of ``window`` seconds and the latest
+lease whose calls fall in it: every earlier such lease still occupied the window when it was
+granted, so their sum is at most the limit. Hence **no window ever holds more than ``limit``
+admitted calls, across any number of replicas** — the bound is exactly L, not L × (1 + ε).
+It assumes the replicas' clocks agree (NTP): a skew of s seconds between two replicas acts
+like a window shorter by s. The price is the other way: calls leased but unused until a lease
+ends are given back (``QuotaReturned``), and until the return lands they are counted, so near
+the limit a replica may refuse a call another replica's idle lease is holding.
+
+**Group commit.** One lease append per holder is in flight per replica. Requests that find
+no local quota wait for it, and the next lease asks for all of them at once (plus, away from
+the limit, what this replica used over the last lease period, so a busy replica leases about
+once per lease period). While a replica holds quota, admitting a call is an in-memory
+decrement — no round trip: the hot path stays in memory, and only a lease costs one
+JetStream append (~0.3 ms), shared by every request waiting for it. Near the limit, leases
+shrink to exactly the requests waiting, which keeps the limit exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
+
+from democratic_ai.contracts.usage_events import (
+    MeterConsumed,
+    QuotaLeased,
+    QuotaReturned,
+    decode_ratelimit_event,
+    encode_event,
+    quota_subject,
+)
+
+from .algorithms import Grant, SlidingLog
+from .errors import AdmissionUnavailable
+
+__all__ = ["Admission", "AdmissionConfig", "HolderView", "TENANT_HOLDER", "key_holder"]
+
+log = logging.getLogger(__name__)
+
+STREAM = "RATELIMIT"
+TENANT_HOLDER = "tenant"
+_WRONG_LAST_SEQUENCE = 10071
+
+
+def key_holder(key_id: str) -> str:
+    return f"key-{key_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    lease_seconds: float = 1.0  # how long a replica may use a lease; longer: fewer appends, more idle quota
+    append_timeout: float = 2.0  # a lease append (or catching up after losing a race) taking longer fails closed
+    replica: str = ""  # this replica's name in the log (default: random)
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0 or self.append_timeout <= 0:
+            raise ValueError("lease_seconds and append_timeout must be positive numbers of seconds.")
+
+
+@dataclass(frozen=True, slots=True)
+class HolderView:
+    """A holder's state at one instant, for headers and ``GET /v1/usage/limits``."""
+
+    used: int  # calls counted in the window, every replica's leases included
+    remaining: int  # calls this replica could still admit now
+    reset: float  # seconds until the whole quota is free again
+
+
+class _LocalLease:
+    __slots__ = ("left", "sequence", "until")
+
+    def __init__(self, sequence: int, until: float, left: int) -> None:
+        self.sequence, self.until, self.left = sequence, until, left
+
+
+class _Holder:
+    __slots__ = ("committing", "last_sequence", "lease", "log", "recent", "recent_since", "subject", "tenant_id",
+                 "name", "waiting")
+
+    def __init__(self, tenant_id: str, name: str, window: float) -> None:
+        self.tenant_id, self.name = tenant_id, name
+        self.subject = quota_subject(tenant_id, name)
+        self.log = SlidingLog(window)
+        self.last_sequence = 0  # the last RATELIMIT sequence applied on this holder's subject
+        self.lease: _LocalLease | None = None
+        self.waiting: deque[asyncio.Future[int]] = deque()
+        self.committing = False
+        self.recent = 0  # calls this replica admitted since ``recent_since``
+        self.recent_since = 0.0
+
+
+class Admission:
+    """Decide sliding-window call limits exactly, shared by every replica through the log."""
+
+    def __init__(self, js: JetStreamContext, config: AdmissionConfig | None = None) -> None:
+        self._js = js
+        self.config = config or AdmissionConfig()
+        self.replica = self.config.replica or f"gw-{uuid.uuid4().hex[:12]}"
+        self._holders: dict[str, _Holder] = {}
+        self._default_window = 60.0
+        self._subscription: JetStreamContext.PushSubscription | None = None
+        self._since = datetime.now(UTC)
+        self.last_sequence = 0  # the last RATELIMIT sequence the follower applied
+        self._progress = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._returner: asyncio.Task[None] | None = None
+        self.appends = 0  # leases this replica appended (for tests and benchmarks)
+        self.conflicts = 0  # appends lost to another replica
+        # Where the follower hands the stream's meter events (the buckets of .meters).
+        self.on_meter: Callable[[MeterConsumed], None] | None = None
+
+    async def start(self, longest_window: float, history: float = 0.0, timeout: float = 30.0) -> None:
+        """Replay the stream's last ``history`` seconds (at least enough for every lease that
+        can still occupy a window), follow it live, and return once caught up."""
+        self._default_window = longest_window
+        history = max(history, longest_window + self.config.lease_seconds) + 5
+        self._since = datetime.now(UTC) - timedelta(seconds=history)
+        caught_up = asyncio.Event()
+
+        async def on_message(msg: Msg) -> None:
+            await self._apply(msg)
+            if msg.metadata.num_pending == 0:
+                caught_up.set()
+
+        self._subscription = await self._js.subscribe(
+            "ratelimit.>", stream=STREAM, ordered_consumer=True, cb=on_message,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._since),
+        )
+        if (await self._subscription.consumer_info()).num_pending:
+            await asyncio.wait_for(caught_up.wait(), timeout)
+        self._returner = asyncio.create_task(self._return_idle_leases(), name="quota-returns")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._returner, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for holder in self._holders.values():
+            await self._return_lease(holder, time.time(), force=True)
+            _settle(holder)
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+    # Decisions -----------------------------------------------------------------------------
+
+    def take_local(self, tenant_id: str, name: str, now: float) -> int:
+        """Take one call from this replica's current lease: the in-memory hot path. Returns the
+        lease's sequence, or 0 when this replica holds no usable quota."""
+        holder = self._holders.get(quota_subject(tenant_id, name))
+        if holder is None:
+            return 0
+        lease = holder.lease
+        if lease is None or lease.left <= 0 or now > lease.until:
+            return 0
+        lease.left -= 1
+        holder.recent += 1
+        return lease.sequence
+
+    def put_back(self, tenant_id: str, name: str, sequence: int, now: float) -> None:
+        """Undo a take from lease ``sequence`` (another limit refused the call). Only into that
+        same lease, while it lasts: a unit put into a later lease would grant one call too many."""
+        holder = self._holders.get(quota_subject(tenant_id, name))
+        lease = holder.lease if holder is not None else None
+        if holder is not None and lease is not None and lease.sequence == sequence and now <= lease.until:
+            lease.left += 1
+            holder.recent -= 1
+
+    async def take(self, tenant_id: str, name: str, limit: int, window: float) -> int:
+        """Admit one call, leasing quota if this replica holds none. Returns the sequence of the
+        lease it came from, or 0 when the limit is reached.
+
+        Raises :class:`AdmissionUnavailable` when the log cannot be reached in time."""
+        now = time.time()
+        sequence = self.take_local(tenant_id, name, now)
+        if sequence:
+            return sequence
+        holder = self._holder(tenant_id, name)
+        holder.log.window = window
+        if not holder.waiting and holder.log.used(now) >= limit:
+            return 0  # refused from memory: a full window costs no round trip
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        holder.waiting.append(future)
+        if not holder.committing:
+            holder.committing = True
+            task = asyncio.create_task(self._commit(holder, limit, window), name=f"lease {holder.subject}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    def view(self, tenant_id: str, name: str, limit: int, window: float, now: float) -> HolderView:
+        """Cheap enough for every response: no sorting, no round trip."""
+        holder = self._holders.get(quota_subject(tenant_id, name))
+        if holder is None:
+            return HolderView(used=0, remaining=limit, reset=0.0)
+        holder.log.window = window
+        used = holder.log.used(now)
+        lease = holder.lease
+        own = lease.left if lease is not None and now <= lease.until else 0
+        return HolderView(used=used, remaining=min(limit, max(0, limit - used) + own),
+                          reset=holder.log.frees_all_in(now))
+
+    def retry_after(self, tenant_id: str, name: str, limit: int, now: float) -> float:
+        """Seconds until one more call fits the holder's window."""
+        holder = self._holders.get(quota_subject(tenant_id, name))
+        return 0.0 if holder is None else holder.log.retry_after(now, limit)
+
+    async def _commit(self, holder: _Holder, limit: int, window: float) -> None:
+        """Lease quota for every waiting request, one append at a time, until none waits."""
+        try:
+            while holder.waiting:
+                now = time.time()
+                holder.log.window = window
+                free = limit - holder.log.used(now)
+                want = sum(1 for f in holder.waiting if not f.done())
+                if want == 0:
+                    holder.waiting.clear()
+                    break
+                if free <= 0:
+                    _settle(holder)
+                    break
+                n = min(free, want + self._expected_extra(holder, now, free - want))
+                lease = QuotaLeased(tenant_id=holder.tenant_id, holder=holder.name, replica=self.replica, n=n,
+                                    at=now, until=now + self.config.lease_seconds)
+                sequence = await self._append(holder, lease)
+                if sequence is None:
+                    continue  # another replica won the race: decide again with its lease applied
+                previous = holder.lease
+                if holder.last_sequence < sequence:
+                    holder.log.add(Grant(lease.at, lease.until, n, sequence))
+                    holder.last_sequence = sequence
+                holder.lease = _LocalLease(sequence, lease.until, n)
+                holder.recent, holder.recent_since = 0, now
+                while holder.waiting and holder.lease.left > 0:
+                    future = holder.waiting.popleft()
+                    if not future.done():
+                        holder.lease.left -= 1
+                        holder.recent += 1
+                        future.set_result(sequence)
+                if previous is not None and previous.left > 0:
+                    await self._give_back(holder, previous)
+        except AdmissionUnavailable as exc:
+            for future in holder.waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            holder.waiting.clear()
+        finally:
+            holder.committing = False
+
+    def _expected_extra(self, holder: _Holder, now: float, spare: int) -> int:
+        """Calls beyond those waiting worth leasing now: what this replica admitted over the
+        last lease period, capped at half the spare quota so other replicas keep room."""
+        if spare <= 0 or not holder.recent_since:
+            return 0
+        period = self.config.lease_seconds
+        rate = holder.recent / max(now - holder.recent_since, period)
+        return min(int(rate * period), spare // 2)
+
+    async def _append(self, holder: _Holder, lease: QuotaLeased) -> int | None:
+        """Append ``lease`` if nobody else did first; returns its sequence, or ``None`` after
+        catching up with the winner."""
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(holder.last_sequence)}
+        try:
+            ack = await self._js.publish(holder.subject, encode_event(lease), headers=headers,
+                                         timeout=self.config.append_timeout)
+        except BadRequestError as exc:
+            if exc.err_code != _WRONG_LAST_SEQUENCE:
+                raise AdmissionUnavailable(f"the RATELIMIT stream refused a lease: {exc.description}") from None
+            self.conflicts += 1
+            await self._catch_up(holder)
+            return None
+        except (NatsTimeoutError, TimeoutError, NoStreamResponseError, APIError) as exc:
+            raise AdmissionUnavailable(f"no lease could be recorded: {exc!r}") from None
+        self.appends += 1
+        return ack.seq
+
+    async def _catch_up(self, holder: _Holder) -> None:
+        """Apply everything up to the subject's last message, as read with a direct get."""
+        try:
+            last = await self._js.get_last_msg(STREAM, holder.subject, direct=True)
+        except NotFoundError:
+            holder.last_sequence = 0  # the subject's messages have aged out of the stream
+            return
+        except (NatsTimeoutError, TimeoutError, APIError) as exc:
+            raise AdmissionUnavailable(f"could not read the winning lease: {exc!r}") from None
+        sequence = last.seq or 0
+        if last.time is not None and last.time < self._since:
+            # Older than anything the follower replays: it cannot occupy any window any more.
+            holder.last_sequence = max(holder.last_sequence, sequence)
+            return
+        try:
+            await self.wait_for(sequence, self.config.append_timeout)
+        except TimeoutError:
+            raise AdmissionUnavailable("the RATELIMIT follower lags behind the stream") from None
+
+    async def wait_for(self, sequence: int, timeout: float) -> None:
+        async with self._progress:
+            await asyncio.wait_for(self._progress.wait_for(lambda: self.last_sequence >= sequence), timeout)
+
+    # Leases that end unused -------------------------------------------------------------------
+
+    async def _return_idle_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_seconds)
+            now = time.time()
+            for holder in list(self._holders.values()):
+                await self._return_lease(holder, now)
+
+    async def _return_lease(self, holder: _Holder, now: float, *, force: bool = False) -> None:
+        """Give back what is left of this replica's lease once it has ended (or, ``force``, at
+        shutdown), so other replicas need not wait for the window to forget it."""
+        lease = holder.lease
+        if lease is None or (now <= lease.until and not force):
+            return
+        holder.lease = None
+        if lease.left > 0:
+            await self._give_back(holder, lease)
+
+    async def _give_back(self, holder: _Holder, lease: _LocalLease) -> None:
+        """Append ``QuotaReturned``. The follower applies it, not this method: other leases may
+        precede it on the subject, and they must be applied first."""
+        event = QuotaReturned(tenant_id=holder.tenant_id, holder=holder.name, replica=self.replica,
+                              lease_sequence=lease.sequence, n=lease.left)
+        try:
+            await self._js.publish(holder.subject, encode_event(event), timeout=self.config.append_timeout)
+        except (NatsTimeoutError, TimeoutError, APIError) as exc:
+            log.warning("could not return %d unused calls of %s (they free up with the window): %r",
+                        lease.left, holder.subject, exc)
+
+    # Following the stream ----------------------------------------------------------------------
+
+    def _holder(self, tenant_id: str, name: str) -> _Holder:
+        subject = quota_subject(tenant_id, name)
+        holder = self._holders.get(subject)
+        if holder is None:
+            holder = self._holders[subject] = _Holder(tenant_id, name, self._default_window)
+        return holder
+
+    async def _apply(self, msg: Msg) -> None:
+        sequence = msg.metadata.sequence.stream
+        try:
+            event = decode_ratelimit_event(msg.data)
+        except msgspec.ValidationError:
+            log.error("skipped an unreadable RATELIMIT event on %s", msg.subject)
+        else:
+            if isinstance(event, MeterConsumed):
+                if self.on_meter is not None:
+                    self.on_meter(event)
+            else:
+                self._apply_quota(event, sequence)
+        async with self._progress:
+            self.last_sequence = sequence
+            self._progress.notify_all()
+
+    def _apply_quota(self, event: QuotaLeased | QuotaReturned, sequence: int) -> None:
+        holder = self._holder(event.tenant_id, event.holder)
+        if sequence <= holder.last_sequence:
+            return  # a lease of ours, applied when its append was acknowledged
+        if isinstance(event, QuotaLeased):
+            holder.log.add(Grant(event.at, event.until, event.n, sequence))
+        else:
+            holder.log.give_back(event.lease_sequence, event.n)
+        holder.last_sequence = sequence
+
+
+def _settle(holder: _Holder) -> None:
+    """Refuse every request still waiting for quota."""
+    for future in holder.waiting:
+        if not future.done():
+            future.set_result(0)
+    holder.waiting.clear()

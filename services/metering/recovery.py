@@ -1,0 +1,192 @@
+"""Recovering usage a crashed gateway never published, from the MCP log.
+
+A gateway buffers usage events for up to ``max_delay`` before publishing them
+(:mod:`.publisher`); killed in between, it takes them along. The calls themselves are not
+lost: every answer a client received was first recorded on ``mcp.res.<tenant>.<capability>``
+by whoever answered (the module writes the record before the reply; the gateway records its
+own errors and refusals), and an answer carries everything :func:`.derive.usage_of` needs.
+
+The sweeper follows those records at a distance of ``grace`` seconds — longer than any
+publisher takes to flush and retry — and for each batch of answers to gateway calls:
+
+1. waits until the usage projection has applied everything the USAGE stream holds now, so
+   any event a gateway published for these calls is in ``usage_events``;
+2. asks ``usage_events`` which (call id, metric) pairs it has, in one query;
+3. publishes the missing events — derived from the same answer, so identical, with the same
+   ``Nats-Msg-Id`` — and only then advances its checkpoint (``projection_checkpoints`` row
+   ``usage-recovery``, the last MCP sequence handled).
+
+Every step is idempotent: a sweep repeated after a crash finds the events present; an event
+the sweeper publishes while a slow gateway publishes it too is dropped by the duplicate
+window, and beyond it by the read model's key. One edge stays: a call that timed out at the
+gateway *and* whose module answered late, when the gateway also crashed before publishing,
+may be metered from either answer (the first the sweeper reads) — once, but possibly as a
+success the client saw as a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from democratic_ai.contracts import MCPMessage, decode
+from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id, usage_subject
+
+from .derive import GATEWAY, at_of, is_metered, usage_of
+
+__all__ = ["RecoveryConfig", "UsageRecovery"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "usage-recovery"
+USAGE_PROJECTION = "usage"
+_LATE_ANSWER_MARGIN = timedelta(days=1)  # how much earlier than its answer a call's usage may be stamped
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryConfig:
+    grace: float = 30.0  # answers younger than this may still sit in a live publisher's buffer
+    batch: int = 1000
+    initial_lookback: float = 600.0  # first start (no checkpoint): how far back to look
+    catch_up_timeout: float = 30.0  # longest wait for the usage projection before sweeping anyway
+
+    def __post_init__(self) -> None:
+        if self.grace < 0 or self.batch < 1 or self.initial_lookback < 0 or self.catch_up_timeout < 0:
+            raise ValueError("grace, initial_lookback and catch_up_timeout must be >= 0 and batch >= 1.")
+
+
+class UsageRecovery:
+    """Re-derive and publish usage events missing for calls recorded in the MCP stream."""
+
+    def __init__(self, js: JetStreamContext, pool: asyncpg.Pool, config: RecoveryConfig | None = None) -> None:
+        self._js = js
+        self._pool = pool
+        self.config = config or RecoveryConfig()
+        self.recovered = 0  # events published by this sweeper
+        self.swept = 0  # answers examined
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sweep until ``stop`` is set."""
+        config = self.config
+        subscription = await self._subscribe()
+        held: list[Msg] = []
+        try:
+            while not stop.is_set():
+                if len(held) < config.batch:
+                    try:
+                        held += await subscription.fetch(config.batch - len(held), timeout=0.5)
+                    except TimeoutError:  # builtin: nats raises both its own and asyncio's
+                        pass
+                if not held:
+                    continue
+                cutoff = datetime.now(UTC) - timedelta(seconds=config.grace)
+                ready = 0
+                while ready < len(held) and held[ready].metadata.timestamp <= cutoff:
+                    ready += 1
+                if not ready:
+                    wait = (held[0].metadata.timestamp - cutoff).total_seconds()
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=min(max(wait, 0.01), 1.0))
+                    except TimeoutError:
+                        pass
+                    continue
+                try:
+                    await self.sweep(held[:ready])
+                except (asyncpg.PostgresError, OSError, NatsError, TimeoutError) as exc:
+                    log.warning("usage recovery sweep failed (%r); retrying", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                held = held[ready:]
+        finally:
+            await subscription.unsubscribe()
+
+    async def sweep(self, records: Sequence[Msg]) -> int:
+        """Handle one batch of answer records (in stream order); returns the events published."""
+        answers: dict[str, MCPMessage] = {}
+        for msg in records:
+            try:
+                answer = decode(msg.data)
+            except DecodeError:
+                continue
+            if not is_metered(answer):
+                continue
+            known = answers.get(answer.correlation_id)
+            # The gateway's own error (a timeout, say) is the answer its client got.
+            if known is None or (answer.source_module_id == GATEWAY and known.source_module_id != GATEWAY):
+                answers[answer.correlation_id] = answer
+        self.swept += len(answers)
+        published = 0
+        if answers:
+            await self._wait_for_projection()
+            present = await self._present(list(answers.values()))
+            missing = [e for a in answers.values() for e in usage_of(a) if (e.call_id, e.metric) not in present]
+            if missing:
+                await self._publish(missing)
+                published = len(missing)
+                self.recovered += published
+                log.warning("recovered %d usage events of %d calls that no gateway had published",
+                            published, len({e.call_id for e in missing}))
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO projection_checkpoints (name, last_sequence) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = now()",
+                CHECKPOINT, records[-1].metadata.sequence.stream,
+            )
+        return published
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        async with self._pool.acquire() as conn:
+            last = await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", CHECKPOINT)
+        if last:
+            start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": last + 1}
+        else:
+            since = datetime.now(UTC) - timedelta(seconds=self.config.initial_lookback)
+            start = {"deliver_policy": DeliverPolicy.BY_START_TIME, "opt_start_time": since}
+        return await self._js.pull_subscribe(
+            "mcp.res.>", stream="MCP",
+            config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=60.0, **start),
+        )
+
+    async def _wait_for_projection(self) -> None:
+        target = (await self._js.stream_info("USAGE")).state.last_seq
+        deadline = time.monotonic() + self.config.catch_up_timeout
+        async with self._pool.acquire() as conn:
+            while True:
+                done = await conn.fetchval(
+                    "SELECT last_sequence FROM projection_checkpoints WHERE name = $1", USAGE_PROJECTION) or 0
+                if done >= target:
+                    return
+                if time.monotonic() > deadline:
+                    # Sweep anyway: what the read model lacks but the stream has is dropped as a duplicate.
+                    log.warning("the usage projection lags (%d < %d); sweeping without waiting", done, target)
+                    return
+                await asyncio.sleep(0.05)
+
+    async def _present(self, answers: list[MCPMessage]) -> set[tuple[str, str]]:
+        stamps = [at_of(a) for a in answers]
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT call_id, metric FROM usage_events"
+                " WHERE call_id = any($1::text[]) AND at >= $2 AND at <= $3",
+                [a.correlation_id for a in answers], min(stamps) - _LATE_ANSWER_MARGIN, max(stamps),
+            )
+        return {(r["call_id"], r["metric"]) for r in rows}
+
+    async def _publish(self, events: list[CallMetered]) -> None:
+        futures = [
+            await self._js.publish_async(usage_subject(e.tenant_id, e.metric), encode_event(e),
+                                         headers={"Nats-Msg-Id": message_id(e)})
+            for e in events
+        ]
+        await asyncio.wait_for(asyncio.gather(*futures), timeout=30.0)
