@@ -40,11 +40,11 @@ STREAMS: tuple[StreamConfig, ...] = (
     ),
     StreamConfig(
         name="RATELIMIT",
-        description="Quota leases of the sliding-window call limits, one subject per holder.",
+        description="The state of the rate limits: quota leases of the call limits, meter events of the buckets.",
         subjects=["ratelimit.>"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        # A lease matters for one window (minutes); a day keeps enough to rebuild any limit.
+        # A lease or meter event matters for minutes at most; a day keeps enough to rebuild any limit.
         max_age=_DAY,
         duplicate_window=120.0,
         # A replica whose optimistic append lost reads the winner's lease with a direct get.

@@ -20,8 +20,9 @@ granted, so their sum is at most the limit. Hence **no window ever holds more th
 admitted calls, across any number of replicas** — the bound is exactly L, not L × (1 + ε).
 It assumes the replicas' clocks agree (NTP): a skew of s seconds between two replicas acts
 like a window shorter by s. The price is the other way: calls leased but unused until a lease
-ends are given back (``QuotaReturned``), and until the return lands they are counted, so near
-the limit a replica may refuse a call another replica's idle lease is holding.
+ends are given back (``QuotaReturned``); the replica that held them counts them free at once,
+but until the return lands the others count them used, so near the limit a replica may refuse
+a call another replica's idle lease is holding.
 
 **Group commit.** One lease append per holder is in flight per replica. Requests that find
 no local quota wait for it, and the next lease asks for all of them at once (plus, away from
@@ -206,7 +207,9 @@ class Admission:
             return sequence
         holder = self._holder(tenant_id, name)
         holder.log.window = window
-        if not holder.waiting and holder.log.used(now) >= limit:
+        lease = holder.lease
+        unused = lease.left if lease is not None and now > lease.until else 0  # an ended lease of ours
+        if not holder.waiting and holder.log.used(now) - unused >= limit:
             return 0  # refused from memory: a full window costs no round trip
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         holder.waiting.append(future)
@@ -235,12 +238,19 @@ class Admission:
         return 0.0 if holder is None else holder.log.retry_after(now, limit)
 
     async def _commit(self, holder: _Holder, limit: int, window: float) -> None:
-        """Lease quota for every waiting request, one append at a time, until none waits."""
+        """Lease quota for every waiting request, one append at a time, until none waits.
+
+        If this replica's previous lease ended with calls unused, they are free again for this
+        decision (nobody can use an ended lease), and are given back to the log afterwards."""
+        ended: list[_LocalLease] = []
         try:
             while holder.waiting:
                 now = time.time()
                 holder.log.window = window
-                free = limit - holder.log.used(now)
+                if holder.lease is not None and now > holder.lease.until:
+                    ended.append(holder.lease)  # ours to give back: the returner no longer sees it
+                    holder.lease = None
+                free = limit - holder.log.used(now) + sum(lease.left for lease in ended)
                 want = sum(1 for f in holder.waiting if not f.done())
                 if want == 0:
                     holder.waiting.clear()
@@ -254,7 +264,6 @@ class Admission:
                 sequence = await self._append(holder, lease)
                 if sequence is None:
                     continue  # another replica won the race: decide again with its lease applied
-                previous = holder.lease
                 if holder.last_sequence < sequence:
                     holder.log.add(Grant(lease.at, lease.until, n, sequence))
                     holder.last_sequence = sequence
@@ -266,8 +275,6 @@ class Admission:
                         holder.lease.left -= 1
                         holder.recent += 1
                         future.set_result(sequence)
-                if previous is not None and previous.left > 0:
-                    await self._give_back(holder, previous)
         except AdmissionUnavailable as exc:
             for future in holder.waiting:
                 if not future.done():
@@ -275,6 +282,9 @@ class Admission:
             holder.waiting.clear()
         finally:
             holder.committing = False
+        for lease in ended:
+            if lease.left > 0:
+                await self._give_back(holder, lease)
 
     def _expected_extra(self, holder: _Holder, now: float, spare: int) -> int:
         """Calls beyond those waiting worth leasing now: what this replica admitted over the
