@@ -13,6 +13,7 @@ from typing import ClassVar
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 
 __all__ = ["StreamFollower"]
 
@@ -33,7 +34,12 @@ class StreamFollower:
         raise NotImplementedError
 
     async def start(self, js: JetStreamContext, timeout: float = 30.0) -> None:
-        target = (await js.stream_info(self.stream)).state.last_seq
+        # The last message the filter selects, not the stream's last: a fold of some subjects
+        # would otherwise wait for a message it never receives.
+        try:
+            target = (await js.get_last_msg(self.stream, self.filter_subject)).seq or 0
+        except NotFoundError:
+            target = 0
         self._subscription = await js.subscribe(
             self.filter_subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=self._on_message
         )

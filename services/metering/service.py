@@ -30,6 +30,7 @@ from .limiter import Decision, PolicyState, RateLimiter
 from .meters import Meters
 from .plans import PlanBook, load_plans
 from .publisher import PublisherConfig, UsagePublisher
+from .subscriptions import SubscribedPlans
 
 __all__ = ["Metering", "MeteringConfig"]
 
@@ -52,9 +53,11 @@ class Metering:
         self.admission.on_meter = self.meters.apply_remote  # meter events arrive on RATELIMIT
         self.limiter = RateLimiter(self.plans, self.admission, self.meters)
         self.publisher = UsagePublisher(nc, self.config.publisher)
+        self.subscriptions = SubscribedPlans(self.plans)
 
     async def start(self) -> None:
         """Rebuild limit state from the log, then follow it."""
+        await self.subscriptions.start(self._js)
         storage_window = max((p.storage_bytes.window_seconds for p in self.plans.plans.values() if p.storage_bytes),
                              default=86_400)
         await self.admission.start(self.plans.longest_call_window(), history=self.plans.horizon())
@@ -65,6 +68,7 @@ class Metering:
         await self.publisher.stop()
         await self.meters.stop()
         await self.admission.stop()
+        await self.subscriptions.stop()
 
     async def admit(self, principal: Principal, bytes_in: int) -> Decision:
         return await self.limiter.admit(principal, bytes_in)
