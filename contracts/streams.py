@@ -11,9 +11,12 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-__all__ = ["STREAMS", "ensure_streams"]
+__all__ = ["STREAMS", "WRONG_LAST_SEQUENCE", "ensure_streams"]
 
 _DAY = 24 * 3600.0
+
+# JetStream's error code when Nats-Expected-Last-Subject-Sequence did not match: another writer won.
+WRONG_LAST_SEQUENCE = 10071
 
 STREAMS: tuple[StreamConfig, ...] = (
     StreamConfig(

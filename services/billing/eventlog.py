@@ -13,6 +13,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
+from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
 from democratic_ai.contracts.billing_events import BillingEvent, decode_event, encode_event
 
 from .errors import Conflict
@@ -22,7 +23,6 @@ __all__ = ["STREAM", "BillingLog"]
 log = logging.getLogger(__name__)
 
 STREAM = "BILLING"
-WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
 
 
 class BillingLog:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 
+from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
 from democratic_ai.contracts.identity_events import ApiKeyIssued, Meta, TenantCreated, encode_event
 
 from .permissions import Role
@@ -20,7 +21,6 @@ from .principal import sha256_hex
 __all__ = ["SYSTEM_TENANT", "ensure_bootstrap", "new_api_key_secret"]
 
 SYSTEM_TENANT = "system"
-_WRONG_LAST_SEQUENCE = 10071
 
 
 def new_api_key_secret() -> str:
@@ -31,7 +31,7 @@ async def _append_once(js: JetStreamContext, subject: str, data: bytes) -> None:
     try:
         await js.publish(subject, data, headers={"Nats-Expected-Last-Subject-Sequence": "0"})
     except BadRequestError as exc:
-        if exc.err_code != _WRONG_LAST_SEQUENCE:
+        if exc.err_code != WRONG_LAST_SEQUENCE:
             raise
 
 

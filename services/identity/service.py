@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 
+from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
 from democratic_ai.contracts import subjects
 from democratic_ai.contracts.identity_events import (
     AccessTokenRevoked,
@@ -47,7 +48,6 @@ from .tokens import KeyRing
 
 __all__ = ["IssuedKey", "IdentityService", "Tokens"]
 
-WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
 REFRESH_TOKEN_TTL = timedelta(days=30)
 MAX_FAILURES_PER_ACCOUNT = 5
 MAX_FAILURES_PER_IP = 20

@@ -51,6 +51,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
 
+from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
 from democratic_ai.contracts.usage_events import (
     MeterConsumed,
     QuotaLeased,
@@ -69,7 +70,6 @@ log = logging.getLogger(__name__)
 
 STREAM = "RATELIMIT"
 TENANT_HOLDER = "tenant"
-_WRONG_LAST_SEQUENCE = 10071
 
 
 def key_holder(key_id: str) -> str:
@@ -303,7 +303,7 @@ class Admission:
             ack = await self._js.publish(holder.subject, encode_event(lease), headers=headers,
                                          timeout=self.config.append_timeout)
         except BadRequestError as exc:
-            if exc.err_code != _WRONG_LAST_SEQUENCE:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise AdmissionUnavailable(f"the RATELIMIT stream refused a lease: {exc.description}") from None
             self.conflicts += 1
             await self._catch_up(holder)
