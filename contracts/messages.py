@@ -43,6 +43,7 @@ DEFAULT_TTL_SECONDS = 30
 REQUEST: MessageType.ValueType = MessageType.REQUEST
 RESPONSE: MessageType.ValueType = MessageType.RESPONSE
 ERROR: MessageType.ValueType = MessageType.ERROR
+STREAM_CHUNK: MessageType.ValueType = MessageType.STREAM_CHUNK
 
 _NANOS = 1_000_000_000
 

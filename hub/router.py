@@ -27,7 +27,7 @@ from nats.errors import NoRespondersError, TimeoutError
 from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, deadline_ns, decode, error_reply
 from democratic_ai.contracts import streaming, subjects, tracing
 
-from .streaming import CallStream
+from .streaming import CANCEL_WAIT_SECONDS, CallStream, OnEnd
 from democratic_ai.contracts.usage_events import BYTES_IN_HEADER
 
 __all__ = ["Router"]
@@ -43,6 +43,7 @@ class Router:
     ``is_registered(capability)`` tells a capability that no module ever registered (an error
     of the caller: ``CAPABILITY_NOT_FOUND``) from one whose modules are all gone right now
     (``CAPABILITY_UNAVAILABLE``). It is consulted only after NATS answered "no responders".
+    ``cancel_wait`` is how long closing a running stream waits for its module to confirm.
     """
 
     def __init__(
@@ -51,8 +52,10 @@ class Router:
         *,
         source_id: str,
         is_registered: Callable[[str], bool] | None = None,
+        cancel_wait: float = CANCEL_WAIT_SECONDS,
     ) -> None:
         self._nc = nc
+        self._cancel_wait = cancel_wait
         self._source_id = source_id
         self._is_registered = is_registered
         self._tasks: set[asyncio.Future[None]] = set()  # streams abandoned while opening, being cancelled
@@ -88,22 +91,27 @@ class Router:
             log.error("unreadable answer to %s (call %s)", action, request.correlation_id)
             return await self._fail(request, ErrorCode.INTERNAL, _UNREADABLE, {})
 
-    async def open_stream(self, request: MCPMessage, *, window: int = streaming.DEFAULT_WINDOW) -> CallStream:
+    async def open_stream(
+        self, request: MCPMessage, *, window: int = streaming.DEFAULT_WINDOW, on_end: OnEnd | None = None
+    ) -> CallStream:
         """Send ``request`` as a streamed call and return its stream once a module took it (or none did).
 
         The returned stream's ``refusal`` is set when no module took the call. Each wait for the
         next message is bounded by the request's ttl, so a long call that keeps reporting may
         outlive its ttl, but a silent one may not. ``window`` is how many chunks may wait unread.
+        ``on_end`` is told the message that ended the call, once — also when the caller left
+        while the stream was being opened and the stream is closed in the background.
         """
         if tracing.tracing_enabled():
             with tracing.tracer.start_as_current_span(f"hub stream {request.action}"):
-                return await self._open_stream(request, window)
-        return await self._open_stream(request, window)
+                return await self._open_stream(request, window, on_end)
+        return await self._open_stream(request, window, on_end)
 
-    async def _open_stream(self, request: MCPMessage, window: int) -> CallStream:
+    async def _open_stream(self, request: MCPMessage, window: int, on_end: OnEnd | None) -> CallStream:
         stream = CallStream(
             self._nc, request, source_id=self._source_id, window=window,
-            idle_timeout=float(request.ttl or DEFAULT_TTL_SECONDS), fail=self._fail,
+            idle_timeout=float(request.ttl or DEFAULT_TTL_SECONDS), fail=self._fail, on_end=on_end,
+            cancel_wait=self._cancel_wait,
         )
         timeout = _remaining(request)
         if timeout <= 0:

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 # The router's own error answers: (request, code, text, details) → the recorded ERROR message.
 Fail = Callable[[MCPMessage, ErrorCode, str, dict[str, Any]], Awaitable[MCPMessage]]
+# Told the message that ended a call, once: how the gateway meters streamed calls.
+OnEnd = Callable[[MCPMessage], None]
+
+CANCEL_WAIT_SECONDS = 1.0  # how long closing a running stream waits for the module to confirm the cancel
 
 _TERMINAL = (MessageType.RESPONSE, MessageType.ERROR)
 
@@ -40,10 +44,25 @@ class CallStream:
     ``refusal`` is the ERROR when no module took the call (nobody serves it, or the ttl passed
     first); iterating a refused stream yields just that error. Call :meth:`close` (or use
     ``async with``) when done: an unfinished stream is then cancelled at the module.
+
+    ``end`` is the message that ended the call, and ``on_end`` is told it exactly once: the
+    terminal message, the refusal, the router's own error when it gave up on the stream, or —
+    for a stream closed while running — the module's confirmation of the cancel (an ERROR
+    CANCELLED carrying the compute time spent until then). A module that does not confirm
+    within ``cancel_wait`` seconds is answered CANCELLED by the router instead.
     """
 
     def __init__(
-        self, nc: NATS, request: MCPMessage, *, source_id: str, window: int, idle_timeout: float, fail: Fail
+        self,
+        nc: NATS,
+        request: MCPMessage,
+        *,
+        source_id: str,
+        window: int,
+        idle_timeout: float,
+        fail: Fail,
+        on_end: OnEnd | None = None,
+        cancel_wait: float = CANCEL_WAIT_SECONDS,
     ) -> None:
         if not 1 <= window <= streaming.MAX_WINDOW:
             raise ValueError(f"window must be between 1 and {streaming.MAX_WINDOW} chunks.")
@@ -54,6 +73,9 @@ class CallStream:
         self._window = window
         self._idle_timeout = idle_timeout
         self._fail = fail
+        self._on_end = on_end
+        self._cancel_wait = cancel_wait
+        self.end: MCPMessage | None = None
         self._inbox = nc.new_inbox()
         self._subscription: Subscription | None = None
         # Credit bounds what the module sends; the terminal message and one stray message more
@@ -92,12 +114,14 @@ class CallStream:
         """No module took the call: the stream is just ``error``."""
         self.refusal = error
         self._first = error
+        self._ended(error)
         await self._unsubscribe()
 
     async def start(self, answer: MCPMessage) -> None:
         """Take the module's answer to the call: ACCEPTED with its control subject, or a final answer."""
         if answer.type in _TERMINAL:
             self._first = answer
+            self._ended(answer)
             await self._unsubscribe()
             return
         control = answer.headers.get(streaming.CONTROL, "")
@@ -145,9 +169,11 @@ class CallStream:
                     )
                 self._next_sequence += 1
                 if message.final:
+                    self._ended(message)
                     await self._finish()
                 return message
             if message.type in _TERMINAL:
+                self._ended(message)
                 await self._finish()
                 return message
             log.warning("ignored a %s message in the stream of call %s", MessageType.Name(message.type), self.call_id)
@@ -159,21 +185,56 @@ class CallStream:
             self._acknowledged = taken
             await self._nc.publish(self._control, streaming.stream_ack(self.request, taken).SerializeToString())
 
+    def _ended(self, message: MCPMessage) -> None:
+        if self.end is None:
+            self.end = message
+            if self._on_end is not None:
+                self._on_end(message)
+
     async def _abort(self, code: ErrorCode, text: str, details: dict[str, Any]) -> MCPMessage:
         error = await self._fail(self.request, code, text, details)
+        self._ended(error)  # the client is told this error, whatever the module answers the cancel with
         await self.cancel()
         return error
 
     async def cancel(self) -> None:
-        """Stop the call: the module cancels its handler; the CANCEL is recorded with the request."""
+        """Stop the call: the module cancels its handler; the CANCEL is recorded with the request.
+
+        Waits up to ``cancel_wait`` for the module's last message, so that ``end`` says what
+        the call used until it stopped.
+        """
         if self._finished:
             return
-        await self._finish()
+        self._finished = True
         if not self._control:
+            await self._unsubscribe()
             return
         message = streaming.cancel(self.request, source_module_id=self._source_id).SerializeToString()
         await self._nc.publish(self._control, message)
         await self._nc.publish(subjects.record_request(self.request.context.tenant_id, self.request.action), message)
+        if self.end is None:
+            confirmation = await self._last_message()
+            await self._unsubscribe()
+            self._ended(confirmation or await self._fail(
+                self.request, ErrorCode.CANCELLED,
+                f"the call was cancelled; its module did not confirm within {self._cancel_wait:g} s", {},
+            ))
+        await self._unsubscribe()
+
+    async def _last_message(self) -> MCPMessage | None:
+        """The module's terminal message, skipping the chunks still on their way; None if it takes too long."""
+        try:
+            async with asyncio.timeout(self._cancel_wait):
+                while (msg := await self._queue.get()) is not None:
+                    try:
+                        message = decode(msg.data)
+                    except DecodeError:
+                        continue
+                    if message.type in _TERMINAL or (message.type == MessageType.STREAM_CHUNK and message.final):
+                        return message
+        except TimeoutError:
+            pass
+        return None
 
     async def close(self) -> None:
         """Cancel the call if it is still running, and stop listening."""

@@ -12,9 +12,10 @@ or a :class:`Chunk` to report progress (with or without data)::
 
 The data of each chunk is checked against the capability's output schema on its own; chunks with
 progress alone carry no data and are not checked. When the generator ends, one more chunk marked
-``final`` closes the stream: it carries no data, only the handler's ``compute_ms``, because
-whether a yielded value is the last is only known once the generator says so — holding every
-chunk back until then would delay all progress by one step.
+``final`` closes the stream: it carries no data, only what the call used (the handler's
+``compute_ms``, and ``bytes_in`` / ``bytes_out``, the request's size and the sum of the payloads
+sent, for metering), because whether a yielded value is the last is only known once the
+generator says so — holding every chunk back until then would delay all progress by one step.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, streaming, subjects
+from democratic_ai.contracts.usage_events import BYTES_IN_HEADER, BYTES_OUT_HEADER
 
 from .execution import Invocation
 
@@ -73,6 +75,7 @@ class ChunkSender:
         self._credit_timeout = credit_timeout
         self._source = source_module_id
         self._sequence = 0
+        self._bytes_out = 0  # payload bytes sent so far
 
     def grant(self, consumed: int) -> None:
         """The caller has taken every chunk before sequence ``consumed``."""
@@ -93,6 +96,7 @@ class ChunkSender:
             self.request, self._sequence, payload, source_module_id=self._source, fraction=fraction, status=status
         )
         self._sequence += 1
+        self._bytes_out += len(payload)
         await self._publish(message)
 
     def final_chunk(self) -> MCPMessage:
@@ -100,11 +104,17 @@ class ChunkSender:
         return streaming.chunk(self.request, self._sequence, b"", source_module_id=self._source, final=True)
 
     async def end(self, message: MCPMessage, compute_ms: float) -> None:
-        """Send the stream's last message (final chunk, RESPONSE or ERROR); it needs no credit."""
+        """Send the stream's last message (final chunk, RESPONSE or ERROR); it needs no credit.
+
+        It carries what the whole call used, so the call is metered from this one message.
+        """
         if self.ended:
             return
         self.ended = True
-        message.headers[streaming.COMPUTE_MS] = f"{compute_ms:.3f}"
+        headers = message.headers
+        headers[streaming.COMPUTE_MS] = f"{compute_ms:.3f}"
+        headers[BYTES_IN_HEADER] = str(len(self.request.payload))
+        headers[BYTES_OUT_HEADER] = str(self._bytes_out + len(message.payload))
         try:
             await self._publish(message)
         except ConnectionClosedError:

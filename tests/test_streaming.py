@@ -154,3 +154,36 @@ async def test_a_caller_leaving_while_the_stream_opens_still_cancels_it(nc: NATS
     finally:
         await acceptor.unsubscribe()
         await cancels.unsubscribe()
+
+
+async def test_a_stream_reports_its_end_once_also_when_the_module_never_confirms_a_cancel(nc: NATS) -> None:
+    """Closed while running, a stream waits ``cancel_wait`` for the module's last word, then ends
+    with the router's own CANCELLED — recorded, and told to ``on_end`` exactly once."""
+    control = subjects.control("deaf-1")
+    cancels = await nc.subscribe(control)
+
+    async def accept(msg: Msg) -> None:
+        request = decode(msg.data)
+        await msg.respond(streaming.accepted(request, control, source_module_id="deaf").SerializeToString())
+
+    acceptor = await nc.subscribe(subjects.call("*", "test.deaf"), cb=accept)
+    ends: list = []
+    try:
+        router = Router(nc, source_id="test", cancel_wait=0.2)
+        tenant = unique("tenant")
+        request = new_request("test.deaf", b"{}", tenant_id=tenant, source_module_id="t")
+        stream = await router.open_stream(request, on_end=ends.append)
+        started = time.monotonic()
+        await stream.close()
+        waited = time.monotonic() - started
+        await stream.close()  # closing again neither waits nor ends it twice
+        assert (await cancels.next_msg(timeout=1)).data
+    finally:
+        await acceptor.unsubscribe()
+        await cancels.unsubscribe()
+    assert 0.2 <= waited < 1.0
+    assert len(ends) == 1 and ends[0] is stream.end
+    assert ends[0].type == MessageType.ERROR and ends[0].error.code == "CANCELLED"
+    assert ends[0].source_module_id == "test"
+    records = await _records(nc, f"mcp.res.{tenant}.test.deaf", 1)
+    assert [m.id for _, m in records] == [ends[0].id]  # what the client was told is in the log

@@ -7,11 +7,15 @@ a re-derived event that was already published is a harmless duplicate.
 
 An answer carries everything needed: its context (tenant, user, API key), the capability
 (``action``), the module that answered, the call id (``correlation_id``), its own timestamp,
-and two headers the module measured (``compute_ms``, ``bytes_in``). ``bytes_out`` is the size
-of the result payload.
+and the headers the module measured (``compute_ms``, ``bytes_in``). ``bytes_out`` is the size
+of the result payload — or, for a streamed call, the ``bytes_out`` header of its last message,
+the sum of the payloads of all its chunks.
 
-Metered calls are those that entered through the gateway: their answers are addressed to it
-(``target_module_id == "gateway"``). Module-to-module calls are not metered here.
+A call ends with a RESPONSE, an ERROR, or — streamed — a STREAM_CHUNK marked ``final``, which
+is a success. Metered calls are those that entered through the gateway: their answers are
+addressed to it (``target_module_id == "gateway"``). A call a module makes while serving one
+(module to module) is not metered on its own: it is part of the outer call, whose handler time
+(``compute_ms``) includes waiting for it, and the tenant asked for one call, not two.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 import msgspec
 
 from democratic_ai.contracts import ErrorCode, MCPMessage
-from democratic_ai.contracts.messages import ERROR, RESPONSE
+from democratic_ai.contracts.messages import ERROR, RESPONSE, STREAM_CHUNK
 from democratic_ai.contracts.usage_events import (
     BYTES_IN_HEADER,
+    BYTES_OUT_HEADER,
     COMPUTE_MS_HEADER,
     CallMetered,
     Metric,
@@ -43,12 +48,15 @@ _RATE_LIMITED = ErrorCode.RATE_LIMITED.value
 
 def is_metered(answer: MCPMessage) -> bool:
     """Whether ``answer`` closes a call the gateway meters."""
-    return answer.target_module_id == GATEWAY and (answer.type == RESPONSE or answer.type == ERROR)
+    kind = answer.type
+    return answer.target_module_id == GATEWAY and (
+        kind == RESPONSE or kind == ERROR or (kind == STREAM_CHUNK and answer.final)
+    )
 
 
 def outcome_of(answer: MCPMessage) -> Outcome:
-    if answer.type == RESPONSE:
-        return Outcome.SUCCESS
+    if answer.type != ERROR:
+        return Outcome.SUCCESS  # a RESPONSE, or the final chunk of a stream that ended well
     # Only the gateway's own refusal is a rate limit; a module answering RATE_LIMITED (say, its
     # upstream throttled it) is a failed call like any other.
     if answer.error.code == _RATE_LIMITED and answer.source_module_id == GATEWAY:
@@ -76,6 +84,12 @@ def _header(answer: MCPMessage, name: str) -> int:
     return max(0, int(value)) if value.is_finite() else 0
 
 
+def _bytes_out(answer: MCPMessage) -> int:
+    if BYTES_OUT_HEADER in answer.headers:
+        return _header(answer, BYTES_OUT_HEADER)  # the whole of a stream, counted by the module
+    return len(answer.payload) if answer.type == RESPONSE else 0
+
+
 def usage_of(answer: MCPMessage) -> list[CallMetered]:
     """The usage events of the call ``answer`` closes: always one ``api_calls``, then each of
     ``compute_ms``, ``bytes_in`` and ``bytes_out`` that is not zero. A refused call used nothing
@@ -94,7 +108,7 @@ def usage_of(answer: MCPMessage) -> list[CallMetered]:
     for metric, value in (
         (_COMPUTE_MS, _header(answer, COMPUTE_MS_HEADER)),
         (_BYTES_IN, _header(answer, BYTES_IN_HEADER)),
-        (_BYTES_OUT, len(answer.payload) if answer.type == RESPONSE else 0),
+        (_BYTES_OUT, _bytes_out(answer)),
     ):
         if value:
             events.append(_replace(call, metric=metric, value=value))  # a copy in C: this runs per call

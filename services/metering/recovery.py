@@ -4,7 +4,8 @@ A gateway buffers usage events for up to ``max_delay`` before publishing them
 (:mod:`.publisher`); killed in between, it takes them along. The calls themselves are not
 lost: every answer a client received was first recorded on ``mcp.res.<tenant>.<capability>``
 by whoever answered (the module writes the record before the reply; the gateway records its
-own errors and refusals), and an answer carries everything :func:`.derive.usage_of` needs.
+own errors and refusals), and an answer — for a streamed call, its last message, the ``final``
+chunk or the ERROR — carries everything :func:`.derive.usage_of` needs.
 
 The sweeper follows those records at a distance of ``grace`` seconds — longer than any
 publisher takes to flush and retry — and for each batch of answers to gateway calls:
