@@ -36,6 +36,8 @@ from democratic_ai.services.identity.bootstrap import new_api_key_secret
 from democratic_ai.services.identity.principal import sha256_hex
 from democratic_ai.services.metering import Metering, MeteringConfig, PublisherConfig
 
+from streaming_modules import Streamer
+
 
 def unique(prefix: str) -> str:
     """A subject-safe name no other test uses."""
@@ -198,6 +200,16 @@ async def registered(hub: Hub, module: Module, timeout: float = 5.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"{module.module_id} was not registered within {timeout} s")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def streamer(nc: NATS, hub: Hub) -> AsyncIterator[Streamer]:
+    """The streaming test module, started and registered (so the gateway lists and routes it)."""
+    module = Streamer()
+    await module.start(nc)
+    await registered(hub, module)
+    yield module
+    await module.stop(grace=1.0)
 
 
 async def http(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +15,13 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from democratic_ai.contracts import MessageType, decode
-from democratic_ai.hub import Hub
 from democratic_ai.sdk import CallError, Chunk, HttpClient
 from democratic_ai.sdk.sse import read_events
 
-from conftest import Gateway, registered
+from conftest import Gateway
 from streaming_modules import Streamer
 
 SSE = {"Accept": "text/event-stream"}
-
-
-@pytest.fixture
-async def streamer(nc: NATS, hub: Hub) -> AsyncIterator[Streamer]:
-    module = Streamer()
-    await module.start(nc)
-    await registered(hub, module)
-    yield module
-    await module.stop(grace=1.0)
 
 
 def _invoke(gateway: Gateway, capability: str) -> str:

@@ -4,8 +4,9 @@ The invoke endpoint answers with one JSON document, or — when the client sends
 ``Accept: text/event-stream`` — streams the call as Server-Sent Events (:mod:`.sse`).
 
 An invocation is admitted by the rate limiter first (in memory unless call quota must be
-leased), metered when its answer comes back, and answered with ``RateLimit-Policy`` and
-``RateLimit`` headers; a refusal is a 429 with ``Retry-After``.
+leased, :mod:`.limits`), metered when it ends — its answer, or a stream's last message — and
+answered with ``RateLimit-Policy`` and ``RateLimit`` headers; a refusal is a 429 with
+``Retry-After``.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, error_reply, new_request, subjects, tracing
+from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, error_details, new_request, subjects, tracing
 from democratic_ai.services.identity import Principal
-from democratic_ai.services.metering import GATEWAY, AdmissionUnavailable, Decision
+from democratic_ai.services.metering import GATEWAY, Decision
 
 from .auth import require
 from .errors import ApiError, error_response
-from .ratelimit_headers import limit_header, policy_header, retry_after_header
+from .limits import admit, refusal
+from .ratelimit_headers import limit_header, policy_header
 from .sse import stream_call
-from .state import METERING, NC, POOL, PRESENCE, ROUTER
+from .state import METERING, POOL, PRESENCE, ROUTER
 from .wire import MAX_TTL_SECONDS, http_error
 
 __all__ = ["checked_capability", "checked_module", "invoke", "list_capabilities"]
@@ -74,22 +76,20 @@ async def invoke(request: web.Request) -> web.StreamResponse:
 async def _invoke(request: web.Request) -> web.StreamResponse:
     principal = require(request, "module:use")
     call = await _call_of(request, principal)
-    metering = request.app[METERING]
-    try:
-        decision = await metering.admit(principal, len(call.payload))
-    except AdmissionUnavailable as exc:
-        raise ApiError(ErrorCode.NOT_READY, exc.message, status=503) from None
+    app = request.app
+    decision = await admit(app, principal, call)
     if not decision.allowed:
         return await _refuse(request, call, decision, principal)
-    if "text/event-stream" in request.headers.get("Accept", ""):
-        return await stream_call(request, call)
-    answer = await request.app[ROUTER].call(call)
-    metering.record(answer)
+    metering = app[METERING]
     headers = {"X-Call-Id": call.id}
     policies = metering.policies(principal)
     if policies:
         headers["RateLimit-Policy"] = policy_header(policies)
         headers["RateLimit"] = limit_header(policies)
+    if "text/event-stream" in request.headers.get("Accept", ""):
+        return await stream_call(request, call, headers)
+    answer = await app[ROUTER].call(call)
+    metering.record(answer)
     if answer.type == MessageType.ERROR:
         response = http_error(answer, call.id)
         response.headers.update(headers)
@@ -123,18 +123,13 @@ async def _call_of(request: web.Request, principal: Principal) -> MCPMessage:
 
 
 async def _refuse(request: web.Request, call: MCPMessage, decision: Decision, principal: Principal) -> web.Response:
-    """429: the refusal is answered, recorded in the MCP log and metered like any call's end."""
-    retry_after = retry_after_header(decision.retry_after)
-    details = {"policy": decision.refused_by, "retry_after": int(retry_after)}
-    refusal = error_reply(call, ErrorCode.RATE_LIMITED, decision.message, source_module_id=GATEWAY, details=details)
-    await request.app[NC].publish(subjects.record_response(call.context.tenant_id, call.action),
-                                  refusal.SerializeToString())
-    metering = request.app[METERING]
-    metering.record(refusal)
-    policies = metering.policies(principal)
+    """429 with ``Retry-After`` and the state of every policy."""
+    answer = await refusal(request.app, call, decision)
+    details = error_details(answer)
+    policies = request.app[METERING].policies(principal)
     headers = {
         "X-Call-Id": call.id,
-        "Retry-After": retry_after,
+        "Retry-After": str(details["retry_after"]),
         "RateLimit-Policy": policy_header(policies),
         "RateLimit": limit_header(policies, decision.refused_by, decision.retry_after),
     }

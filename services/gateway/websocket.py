@@ -15,6 +15,9 @@ Client → gateway::
 Gateway → client: ``READY`` (authenticated, with ``tenant_id``), then for each call
 ``ACCEPTED`` (with the platform's ``call_id``), its STREAM_CHUNK messages, and exactly one end: the
 chunk with ``"final": true``, a ``RESPONSE``, or an ``ERROR`` (``CANCELLED`` after a CANCEL).
+A call is admitted by the same rate limits as over HTTP: a refused one gets only an ``ERROR``
+``RATE_LIMITED`` whose details name the ``policy`` and the seconds to wait (``retry_after``).
+Every call is metered when it ends, as over HTTP.
 Every frame names the client's ``correlation_id``, which must be unique among its calls in flight.
 A frame that cannot be read is answered with an ``ERROR`` (``BAD_REQUEST``); the socket stays open.
 Closing the socket cancels every call still running.
@@ -29,13 +32,14 @@ import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, new_request
-from democratic_ai.hub import Router
 from democratic_ai.services.identity import Principal, Unauthenticated, authenticate
+from democratic_ai.services.metering import GATEWAY
 
 from .auth import PRINCIPAL
 from .capabilities import checked_capability, checked_module
 from .errors import ApiError
-from .state import CONFIG, IDENTITY, KEY_RING, ROUTER
+from .limits import admit, refusal
+from .state import CONFIG, IDENTITY, KEY_RING, METERING, ROUTER
 from .wire import Auth, Cancel, Request, WireError, WireMessage, decode_client_message, encode, to_wire
 
 __all__ = ["websocket"]
@@ -50,7 +54,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     principal = request.get(PRINCIPAL) or await _authenticate(ws, request)
     if principal is None:
         return ws
-    session = _Session(ws, principal, request.app[ROUTER], config.ws_max_in_flight)
+    session = _Session(ws, principal, request.app, config.ws_max_in_flight)
     await session.send(WireMessage(type="READY", tenant_id=principal.tenant_id))
     try:
         async for frame in ws:
@@ -104,10 +108,10 @@ class _Call:
 class _Session:
     """The calls of one authenticated socket, by the client's correlation id."""
 
-    def __init__(self, ws: web.WebSocketResponse, principal: Principal, router: Router, max_in_flight: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, principal: Principal, app: web.Application, max_in_flight: int) -> None:
         self._ws = ws
         self._principal = principal
-        self._router = router
+        self._app = app
         self._max_in_flight = max_in_flight
         self._calls: dict[str, _Call] = {}
 
@@ -160,15 +164,26 @@ class _Session:
             raise ApiError(ErrorCode.FORBIDDEN, "this needs the permission module:use", {"needed": ["module:use"]})
         return new_request(
             checked_capability(message.action), bytes(message.payload), tenant_id=self._principal.tenant_id,
-            source_module_id="gateway", target_module_id=checked_module(message.target_module_id),
+            source_module_id=GATEWAY, target_module_id=checked_module(message.target_module_id),
             user_id=self._principal.user_id, api_key_id=self._principal.key_id, priority=message.priority,
             ttl=message.ttl,
         )
 
     async def _run(self, correlation_id: str, call: _Call, request: MCPMessage) -> None:
         stream = None
+        app = self._app
         try:
-            stream = await self._router.open_stream(request)
+            try:
+                decision = await admit(app, self._principal, request)
+            except ApiError as exc:
+                call.ended = True
+                await self.error(correlation_id, exc.code, exc.message, exc.details, call_id=call.call_id)
+                return
+            if not decision.allowed:
+                call.ended = True
+                await self.send(to_wire(await refusal(app, request, decision), correlation_id))
+                return
+            stream = await app[ROUTER].open_stream(request, on_end=app[METERING].record)
             if stream.refusal is None:
                 await self.send(WireMessage(type="ACCEPTED", correlation_id=correlation_id, call_id=call.call_id))
             async for message in stream:
@@ -199,8 +214,15 @@ class _Session:
         await self.send(WireMessage(type="ERROR", correlation_id=correlation_id, call_id=call_id, error=error))
 
     async def close(self) -> None:
-        """Cancel every call still running (each sends CANCEL to its module) and wait for them."""
+        """Cancel every call still running (each sends CANCEL to its module) and wait for them.
+
+        A call that has ended already is left to finish: it may be waiting for its module to
+        confirm a cancel, which is what meters it. Should this handler itself be cancelled (the
+        client vanished), the calls still finish: ``asyncio.wait`` does not cancel what it waits for.
+        """
         tasks = [call.task for call in self._calls.values() if call.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for call in self._calls.values():
+            if call.task is not None and not call.ended:
+                call.task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
