@@ -8,6 +8,7 @@ import asyncio
 
 import aiohttp
 import asyncpg
+import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import ErrorCode, error_reply, new_request, streaming
@@ -15,7 +16,7 @@ from democratic_ai.contracts.usage_events import CallMetered
 from democratic_ai.hub import Router
 from democratic_ai.services.metering import GATEWAY, RecoveryConfig, UsageRecovery, is_metered, usage_of
 
-from conftest import Gateway, issue_key, unique
+from conftest import Echo, Gateway, issue_key, unique
 from streaming_modules import Streamer
 from test_streaming_edge import SSE, _frames_until_ends, _invoke, _sse
 from test_usage_limits import _ready
@@ -177,3 +178,27 @@ async def test_recovery_meters_a_stream_from_its_final_chunk(
     assert metrics["api_calls"].outcome == "success" and metrics["api_calls"].api_key_id == "k1"
     assert metrics["bytes_out"].value == 4 * CHUNK and metrics["bytes_in"].value == len(b'{"n": 4}')
     assert metrics["compute_ms"].value >= 1
+
+
+async def test_a_plain_call_whose_client_hung_up_is_metered_from_the_modules_record(
+    gateway: Gateway, echo: Echo, nc: NATS, pool: asyncpg.Pool
+) -> None:
+    with pytest.raises(TimeoutError):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.1)) as session:
+            await session.post(_invoke(gateway, "test.echo"), json={"sleep_ms": 400}, headers=gateway.headers)
+    await asyncio.sleep(0.6)  # the module finished the call and recorded its answer
+    await settled(gateway, nc, pool)
+    assert await usage_events(nc, gateway.tenant) == []  # the gateway had stopped waiting
+
+    stop = asyncio.Event()
+    recovery = UsageRecovery(nc.jetstream(), pool, RecoveryConfig(grace=0.2, initial_lookback=30))
+    task = asyncio.create_task(recovery.run(stop))
+    try:
+        async with asyncio.timeout(20):
+            while not (events := await usage_events(nc, gateway.tenant)):
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await task
+    calls = [e for e in events if e.metric == "api_calls"]
+    assert [(c.outcome, c.module_id) for c in calls] == [("success", "echo-test")]  # the work was done

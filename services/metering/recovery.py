@@ -7,6 +7,10 @@ by whoever answered (the module writes the record before the reply; the gateway 
 own errors and refusals), and an answer — for a streamed call, its last message, the ``final``
 chunk or the ERROR — carries everything :func:`.derive.usage_of` needs.
 
+The same holds for a plain call whose client hung up before the answer came: the gateway
+stopped waiting, the module did the work, and its record is how the call is metered. (Waiting
+on in the gateway instead would cost a task per call on the hot path.)
+
 The sweeper follows those records at a distance of ``grace`` seconds — longer than any
 publisher takes to flush and retry — and for each batch of answers to gateway calls:
 
@@ -136,8 +140,9 @@ class UsageRecovery:
                 await self._publish(missing)
                 published = len(missing)
                 self.recovered += published
-                log.warning("recovered %d usage events of %d calls that no gateway had published",
-                            published, len({e.call_id for e in missing}))
+                log.info("recovered %d usage events of %d calls that no gateway had published"
+                         " (a gateway stopped, or a client hung up before its answer came)",
+                         published, len({e.call_id for e in missing}))
         async with self._pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO projection_checkpoints (name, last_sequence) VALUES ($1, $2)"
