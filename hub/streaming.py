@@ -206,19 +206,17 @@ class CallStream:
         if self._finished:
             return
         self._finished = True
-        if not self._control:
-            await self._unsubscribe()
-            return
-        message = streaming.cancel(self.request, source_module_id=self._source_id).SerializeToString()
-        await self._nc.publish(self._control, message)
-        await self._nc.publish(subjects.record_request(self.request.context.tenant_id, self.request.action), message)
-        if self.end is None:
-            confirmation = await self._last_message()
-            await self._unsubscribe()
-            self._ended(confirmation or await self._fail(
-                self.request, ErrorCode.CANCELLED,
-                f"the call was cancelled; its module did not confirm within {self._cancel_wait:g} s", {},
-            ))
+        if self._control:
+            message = streaming.cancel(self.request, source_module_id=self._source_id).SerializeToString()
+            await self._nc.publish(self._control, message)
+            record = subjects.record_request(self.request.context.tenant_id, self.request.action)
+            await self._nc.publish(record, message)
+            if self.end is None:
+                confirmation = await self._last_message()
+                self._ended(confirmation or await self._fail(
+                    self.request, ErrorCode.CANCELLED,
+                    f"the call was cancelled; its module did not confirm within {self._cancel_wait:g} s", {},
+                ))
         await self._unsubscribe()
 
     async def _last_message(self) -> MCPMessage | None:

@@ -7,6 +7,9 @@ tenants and modules uniquely, so streams shared by all tests never mix their res
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -234,19 +237,43 @@ async def projections(nc: NATS, pool: asyncpg.Pool) -> AsyncIterator[None]:
     await asyncio.gather(*tasks)
 
 
+async def checkpoint(pool: asyncpg.Pool, name: str) -> int:
+    """The last stream sequence projection ``name`` has applied in this test's database."""
+    async with pool.acquire() as conn:
+        return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", name) or 0
+
+
+async def reached(pool: asyncpg.Pool, name: str, target: int, timeout: float = 30.0) -> None:
+    """Wait until projection ``name`` has applied the stream up to sequence ``target``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (done := await checkpoint(pool, name)) < target:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"projection {name} at {done}, expected {target}")
+        await asyncio.sleep(0.02)
+
+
 async def caught_up(nc: NATS, pool: asyncpg.Pool, name: str, timeout: float = 10.0) -> None:
     """Wait until projection ``name`` has applied everything its stream holds now."""
-    projection = PROJECTIONS[name]
-    target = (await nc.jetstream().stream_info(projection.stream)).state.last_seq
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        async with pool.acquire() as conn:
-            done = await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", name) or 0
-        if done >= target:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"projection {name} at {done}, stream at {target}")
-        await asyncio.sleep(0.02)
+    target = (await nc.jetstream().stream_info(PROJECTIONS[name].stream)).state.last_seq
+    await reached(pool, name, target, timeout)
+
+
+async def kill_9_mid_batch(pool: asyncpg.Pool, name: str, env: dict[str, str], last: int) -> None:
+    """Run ``dai projections run <name>`` as a process, kill -9 it once it has applied part of
+    the stream (but not up to ``last``), start it again and wait until it has applied ``last``."""
+    command = [sys.executable, "-m", "democratic_ai.ops.cli", "projections", "run", name]
+    worker = subprocess.Popen(command, env=env)
+    try:
+        while (applied := await checkpoint(pool, name)) == 0:
+            await asyncio.sleep(0.005)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        assert 0 < applied < last, "the worker finished before it could be killed mid-way"
+        worker = subprocess.Popen(command, env=env)
+        await reached(pool, name, last, timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=15)
 
 
 async def forget_usage(nc: NATS, tenant: str) -> None:

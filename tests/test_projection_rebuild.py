@@ -28,7 +28,7 @@ from democratic_ai.projections import (
     verify,
 )
 
-from conftest import unique
+from conftest import caught_up, checkpoint, reached, unique
 
 
 def _manifest(module_id: str, version: str = "1.0.0") -> ModuleManifest:
@@ -68,23 +68,10 @@ async def _catch_up(nc: NATS, pool: asyncpg.Pool, timeout: float = 30.0) -> None
     stop = asyncio.Event()
     task = asyncio.create_task(ProjectionRunner(nc.jetstream(), pool, RegistryProjection()).run(stop))
     try:
-        await _wait_for_checkpoint(pool, target, timeout)
+        await reached(pool, "registry", target, timeout)
     finally:
         stop.set()
         await task
-
-
-async def _wait_for_checkpoint(pool: asyncpg.Pool, target: int, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await _checkpoint(pool) < target:
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"the checkpoint did not reach {target}")
-        await asyncio.sleep(0.02)
-
-
-async def _checkpoint(pool: asyncpg.Pool, name: str = "registry") -> int:
-    async with pool.acquire() as conn:
-        return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", name) or 0
 
 
 async def _rows(pool: asyncpg.Pool, schema: str = "public") -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
@@ -120,7 +107,7 @@ async def test_readers_see_the_old_complete_model_until_the_swap(nc: NATS, pool:
         late = asyncio.create_task(_publish_many(nc, 50))
         replayed = await rebuild(nc.jetstream(), pool, RegistryProjection())
         late_ids = await late
-        await _wait_for_checkpoint(pool, (await nc.jetstream().stream_info("REGISTRY")).state.last_seq)
+        await caught_up(nc, pool, "registry", timeout=30)
     finally:
         done.set()
         stop.set()
@@ -162,7 +149,7 @@ async def test_as_of_builds_the_past_apart_from_the_live_model(nc: NATS, pool: a
     await _publish(nc, old, "2.0.0", update=True)
     await _publish(nc, new)
     await _catch_up(nc, pool)
-    live_rows, live_checkpoint = await _rows(pool), await _checkpoint(pool)
+    live_rows, live_checkpoint = await _rows(pool), await checkpoint(pool, "registry")
 
     result = await rebuild_as_of(nc.jetstream(), pool, RegistryProjection(), instant)
 
@@ -173,7 +160,7 @@ async def test_as_of_builds_the_past_apart_from_the_live_model(nc: NATS, pool: a
     async with pool.acquire() as conn:
         stopped = await conn.fetchrow("SELECT * FROM dai_asof_registry.checkpoint")
     assert (stopped["projection"], stopped["last_sequence"], stopped["as_of"]) == ("registry", first, instant)
-    assert await _rows(pool) == live_rows and await _checkpoint(pool) == live_checkpoint
+    assert await _rows(pool) == live_rows and await checkpoint(pool, "registry") == live_checkpoint
 
     before_everything = await rebuild_as_of(nc.jetstream(), pool, RegistryProjection(), datetime(2000, 1, 1, tzinfo=UTC))
     assert (before_everything.last_sequence, before_everything.events) == (0, 0)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -22,7 +19,7 @@ from democratic_ai.hub import Hub
 from democratic_ai.projections import ProjectionRunner, RegistryProjection, rebuild
 from democratic_ai.sdk.examples import TextTools
 
-from conftest import Gateway, registered, unique
+from conftest import Gateway, caught_up, kill_9_mid_batch, registered, unique
 
 
 async def _rows(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
@@ -30,19 +27,6 @@ async def _rows(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.
         modules = await conn.fetch("SELECT * FROM registry_modules ORDER BY module_id")
         capabilities = await conn.fetch("SELECT * FROM registry_capabilities ORDER BY module_id, action")
     return modules, capabilities
-
-
-async def _checkpoint(pool: asyncpg.Pool, name: str = "registry") -> int:
-    async with pool.acquire() as conn:
-        return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", name) or 0
-
-
-async def _wait_for_checkpoint(pool: asyncpg.Pool, target: int, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await _checkpoint(pool) < target:
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"checkpoint stuck at {await _checkpoint(pool)}, expected {target}")
-        await asyncio.sleep(0.02)
 
 
 async def _publish_manifests(nc: NATS, count: int) -> tuple[list[str], int]:
@@ -65,14 +49,13 @@ async def _publish_manifests(nc: NATS, count: int) -> tuple[list[str], int]:
 async def test_live_registry_rows_and_capability_listing(
     nc: NATS, hub: Hub, pool: asyncpg.Pool, gateway: Gateway
 ) -> None:
-    stop = asyncio.Event()
-    runner = ProjectionRunner(nc.jetstream(), pool, RegistryProjection())
-    task = asyncio.create_task(runner.run(stop))
+    # The gateway fixture runs every projection already: a second registry runner here would
+    # recreate the durable consumer under the first one's feet.
     module = TextTools()
     await module.start(nc)
     try:
         await registered(hub, module)
-        await _wait_for_checkpoint(pool, (await nc.jetstream().stream_info("REGISTRY")).state.last_seq)
+        await caught_up(nc, pool, "registry", timeout=30)
         async with aiohttp.ClientSession() as session, session.get(
             f"{gateway.url}/v1/capabilities", headers=gateway.headers
         ) as response:
@@ -84,8 +67,6 @@ async def test_live_registry_rows_and_capability_listing(
         assert summarize["instances"] >= 1
     finally:
         await module.stop()
-        stop.set()
-        await task
 
 
 class CountingProjection:
@@ -133,19 +114,7 @@ async def test_kill_9_of_the_worker_mid_batch_loses_and_repeats_nothing(
 ) -> None:
     ids, last = await _publish_manifests(nc, 20_000)
     env = {**os.environ, "NATS_URL": nats_server.url, "DATABASE_URL": database_url, "DAI_LOG_LEVEL": "WARNING"}
-    command = [sys.executable, "-m", "democratic_ai.ops.cli", "projections", "run", "registry"]
-    worker = subprocess.Popen(command, env=env)
-    try:
-        while (applied := await _checkpoint(pool)) == 0:
-            await asyncio.sleep(0.005)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
-        assert 0 < applied < last, "the worker finished before it could be killed mid-way"
-        worker = subprocess.Popen(command, env=env)
-        await _wait_for_checkpoint(pool, last)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=15)
+    await kill_9_mid_batch(pool, "registry", env, last)
     modules, capabilities = await _rows(pool)
     present = {row["module_id"] for row in modules}
     assert set(ids) <= present
@@ -159,7 +128,7 @@ async def test_rebuild_yields_identical_rows(nc: NATS, pool: asyncpg.Pool) -> No
     await _publish_manifests(nc, 300)
     stop = asyncio.Event()
     task = asyncio.create_task(ProjectionRunner(nc.jetstream(), pool, RegistryProjection(), batch=64).run(stop))
-    await _wait_for_checkpoint(pool, (await nc.jetstream().stream_info("REGISTRY")).state.last_seq)
+    await caught_up(nc, pool, "registry", timeout=30)
     stop.set()
     await task
     live = await _rows(pool)

@@ -3,11 +3,7 @@ events, partitioned by month on demand, and confined to one tenant for the app r
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -18,7 +14,7 @@ from democratic_ai.contracts.usage_events import CallMetered, Outcome, encode_ev
 from democratic_ai.projections import UsageProjection, rebuild
 from democratic_ai.schemas import app_dsn
 
-from conftest import caught_up, unique
+from conftest import caught_up, forget_usage, kill_9_mid_batch, unique
 
 AGGREGATES = ("usage_daily", "usage_hourly")
 
@@ -74,11 +70,6 @@ def _expected(events: list[CallMetered]) -> dict[tuple[str, str], int]:
     return totals
 
 
-async def _checkpoint(pool: asyncpg.Pool) -> int:
-    async with pool.acquire() as conn:
-        return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = 'usage'") or 0
-
-
 @pytest.mark.slow
 async def test_kill_9_of_the_worker_mid_batch_and_a_restart_equal_a_fresh_rebuild(
     nc: NATS, pool: asyncpg.Pool, nats_server: object, database_url: str
@@ -87,27 +78,13 @@ async def test_kill_9_of_the_worker_mid_batch_and_a_restart_equal_a_fresh_rebuil
     events = _events(tenant, 10_000)
     last = await _publish(nc, events)
     env = {**os.environ, "NATS_URL": nats_server.url, "DATABASE_URL": database_url, "DAI_LOG_LEVEL": "WARNING"}
-    command = [sys.executable, "-m", "democratic_ai.ops.cli", "projections", "run", "usage"]
-    worker = subprocess.Popen(command, env=env)
-    try:
-        while (applied := await _checkpoint(pool)) == 0:
-            await asyncio.sleep(0.005)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
-        assert 0 < applied < last, "the worker finished before it could be killed mid-way"
-        worker = subprocess.Popen(command, env=env)
-        async with asyncio.timeout(60):
-            while await _checkpoint(pool) < last:
-                await asyncio.sleep(0.05)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=15)
+    await kill_9_mid_batch(pool, "usage", env, last)
     live = await _snapshot(pool, tenant)
     assert await _totals(pool, tenant) == _expected(events)
     assert len(live["raw"]) == len(events)
     await rebuild(nc.jetstream(), pool, UsageProjection())
     assert await _snapshot(pool, tenant) == live
-    await nc.jetstream().purge_stream("USAGE", subject=f"usage.{tenant}.>")  # spare later tests the replay
+    await forget_usage(nc, tenant)
 
 
 async def test_republishing_the_same_events_leaves_totals_unchanged(
