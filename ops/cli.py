@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from democratic_ai.contracts.bus import BusCredentialError, BusOptions
+
 __all__ = ["main"]
 
 USAGE_FLUSH_ENV = "DAI_USAGE_FLUSH_SECONDS"  # longest a gateway buffers usage events (default 1 s)
@@ -19,6 +21,14 @@ def _env(name: str) -> str:
     if not value:
         raise SystemExit(f"dai: set {name} (e.g. {'nats://127.0.0.1:4222' if name == 'NATS_URL' else 'postgresql://…'})")
     return value
+
+
+def _bus(credential_file: Path | None = None) -> BusOptions:
+    """Where NATS is (``NATS_URL``) and this process's credential (see democratic_ai.contracts.bus)."""
+    try:
+        return BusOptions.from_env(_env("NATS_URL"), credential_file)
+    except BusCredentialError as exc:
+        raise SystemExit(f"dai: {exc}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path, default=Path(".dai"), help="where all state lives (default: ./.dai)")
     up.add_argument("--port", type=int, default=8080, help="gateway port (default: 8080)")
     up.add_argument("--nats-port", type=int, default=None, help="embedded NATS port (default: 4222, from nats.conf)")
+    up.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                    help="serve NATS clients over TLS with this certificate (PEM; needs --tls-key)")
+    up.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="the private key of --tls-cert (PEM)")
+
+    commands.add_parser(
+        "bus-auth", help="run the bus's authorization service (the auth callout that admits modules; needs NATS_URL,"
+        " DAI_BUS_CREDENTIAL_FILE, DAI_BUS_SYS_CREDENTIAL_FILE, DAI_BUS_ISSUER_SEED_FILE)")
 
     gateway = commands.add_parser(
         "gateway", help="run the HTTP gateway (needs NATS_URL and DATABASE_APP_URL, or DATABASE_URL to derive it)"
@@ -49,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     module_commands = module.add_subparsers(dest="module_command", required=True, metavar="ACTION")
     run = module_commands.add_parser("run", help="run a module class against NATS_URL")
     run.add_argument("spec", metavar="package.module:Class")
+    run.add_argument("--credential-file", type=Path, default=None, metavar="FILE",
+                     help="the module credential from POST /v1/modules (default: $DAI_BUS_CREDENTIAL or the file"
+                     " named by $DAI_BUS_CREDENTIAL_FILE)")
 
     projections = commands.add_parser("projections", help="projection commands")
     projection_commands = projections.add_subparsers(dest="projection_command", required=True, metavar="ACTION")
@@ -98,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         from .up import UpOptions, up
 
-        return up(UpOptions(data_dir=args.data_dir, port=args.port, nats_port=args.nats_port))
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise SystemExit("dai: --tls-cert and --tls-key go together")
+        tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+        return up(UpOptions(data_dir=args.data_dir, port=args.port, nats_port=args.nats_port, tls=tls))
 
     from . import services
 
@@ -114,25 +137,28 @@ def main(argv: list[str] | None = None) -> int:
         if flush <= 0:
             raise SystemExit(f"dai: {USAGE_FLUSH_ENV} must be a positive number of seconds")
         metering = MeteringConfig(publisher=PublisherConfig(max_delay=flush))
-        config = GatewayConfig(nats_url=_env("NATS_URL"), database_url=database_url, host=args.host, port=args.port,
+        config = GatewayConfig(bus=_bus(), database_url=database_url, host=args.host, port=args.port,
                                metering=metering, billing=BillingConfig.from_env())
         run_until_signalled(lambda stop: services.run_gateway(config, stop))
+    elif args.command == "bus-auth":
+        auth, system = _bus(), _bus(Path(_env("DAI_BUS_SYS_CREDENTIAL_FILE")))
+        seed = Path(_env("DAI_BUS_ISSUER_SEED_FILE")).read_text()
+        run_until_signalled(lambda stop: services.run_busauth(auth, system, seed, stop))
     elif args.command == "hub":
-        nats_url = _env("NATS_URL")
-        run_until_signalled(lambda stop: services.run_hub(nats_url, stop))
+        options = _bus()
+        run_until_signalled(lambda stop: services.run_hub(options, stop))
     elif args.command == "module":
         module_class = services.load_module_class(args.spec)
-        nats_url = _env("NATS_URL")
-        run_until_signalled(lambda stop: services.run_module(nats_url, module_class, stop))
+        options = _bus(args.credential_file)
+        run_until_signalled(lambda stop: services.run_module(options, module_class, stop))
     elif args.command == "projections" and args.projection_command == "run":
-        nats_url, database_url = _env("NATS_URL"), _env("DATABASE_URL")
-        run_until_signalled(lambda stop: services.run_projections(nats_url, database_url, args.names, stop))
+        options, database_url = _bus(), _env("DATABASE_URL")
+        run_until_signalled(lambda stop: services.run_projections(options, database_url, args.names, stop))
     elif args.command == "identity":
-        kid = asyncio.run(services.rotate_jwt_key(_env("NATS_URL")))
+        kid = asyncio.run(services.rotate_jwt_key(_bus()))
         print(f"new JWT signing key {kid}; tokens signed by the previous key stay valid until they expire")
     elif args.command == "billing":
-        closed = asyncio.run(services.close_billing_periods(_env("NATS_URL"), _env("DATABASE_URL"), args.tenant,
-                                                            args.period))
+        closed = asyncio.run(services.close_billing_periods(_bus(), _env("DATABASE_URL"), args.tenant, args.period))
         for line in closed:
             print(line)
     else:

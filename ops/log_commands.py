@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import asyncpg
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+
+from democratic_ai.contracts.bus import BusCredentialError, BusOptions, connect
 
 from democratic_ai.projections import (
     PROJECTIONS,
@@ -51,7 +52,8 @@ def _projection(name: str) -> Projection:
 
 @asynccontextmanager
 async def _nats(url: str, name: str) -> AsyncIterator[NATS]:
-    nc = await nats.connect(url, name=name, connect_timeout=5, max_reconnect_attempts=0)
+    # The credential comes from the environment, as for every dai command (contracts/bus.py).
+    nc = await connect(BusOptions.from_env(url), name, connect_timeout=5, max_reconnect_attempts=0)
     try:
         yield nc
     finally:
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace, env: Callable[[str], str]) -> int:
             as_of = parse_time(args.as_of) if args.as_of else None
             return _run(rebuild_command(nats_url, database_url, args.name, as_of))
         return _run(verify_command(nats_url, database_url, args.name))
-    except (ReplayError, InvalidTime, UsageError) as exc:
+    except (ReplayError, InvalidTime, UsageError, BusCredentialError) as exc:
         print(f"dai: {exc}", file=sys.stderr)
         return 2
     except ProjectionError as exc:

@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from democratic_ai.contracts.bus import CA_FILE_ENV, CREDENTIAL_FILE_ENV, BusOptions
+
+from .credentials import PlatformCredentials
 from .ports import ServerStartError, ensure_port_free
 
 CONFIG_PATH = Path(__file__).with_name("nats.conf")
@@ -69,12 +72,17 @@ class NatsServer:
 
     `port=None` uses the port from nats.conf (4222), `port=0` lets the server pick a
     free one (read back from its ports file), any other value is used as given.
+    Authorization is always on: the users' passwords and the auth callout's issuer come
+    from `<data_dir>/credentials` (generated on first start). `tls` is a certificate and
+    its key file: client connections then use TLS (`tls://` URLs).
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, tls: tuple[Path, Path] | None = None) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.store_dir = self.data_dir / "nats"
         self.log_path = self.store_dir / "nats-server.log"
+        self.credentials = PlatformCredentials.ensure(self.data_dir)
+        self.tls = tls
         self._requested_port = port
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -87,7 +95,21 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{HOST}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{HOST}:{self.port}"
+
+    def bus(self, role: str = "operator") -> BusOptions:
+        """How a process of platform ``role`` connects to this server."""
+        return BusOptions(url=self.url, credential=self.credentials.credential(role),
+                          ca_file=self.tls[0] if self.tls else None)
+
+    def environment(self, role: str = "operator") -> dict[str, str]:
+        """The environment variables that make a ``dai`` command connect to this server as ``role``."""
+        env = {"NATS_URL": self.url, CREDENTIAL_FILE_ENV: str(self.credentials.file(role))}
+        if role in ("gateway", "operator"):
+            env["DAI_KEK_FILE"] = str(self.credentials.kek_file)  # they read the secrets at rest
+        if self.tls is not None:
+            env[CA_FILE_ENV] = str(self.tls[0])
+        return env
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and return once it accepts clients with JetStream on."""
@@ -103,6 +125,10 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         cmd = [str(binary), "-c", str(CONFIG_PATH), "-js", "-sd", str(self.store_dir), "-a", HOST, *port_args]
         cmd += ["--ports_file_dir", str(self.store_dir)]
+        if self.tls is not None:
+            cert, key = self.tls
+            cmd += ["--tls", "--tlscert", str(cert), "--tlskey", str(key)]
+        env = {**os.environ, **self.credentials.server_environment()}
         with self.log_path.open("ab") as log:
             log_offset = log.tell()
             # stdout/stderr go to the log rather than `-l`, so errors printed before
@@ -110,7 +136,7 @@ class NatsServer:
             # A new session keeps the terminal's Ctrl-C away from the server: the
             # owner stops it, after the services that use it.
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         self._proc = proc
         atexit.register(self.stop)

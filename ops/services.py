@@ -9,10 +9,10 @@ import logging
 import os
 from datetime import UTC, datetime
 
-import nats
 from aiohttp import web
 
-from democratic_ai.contracts import ensure_streams, tracing
+from democratic_ai.contracts import tracing
+from democratic_ai.contracts.bus import BusOptions, connect
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.hub import Hub
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner
@@ -29,6 +29,8 @@ from democratic_ai.services.billing import (
     format_money,
     load_pricing,
 )
+from democratic_ai.services.busauth import BusAuthorizer, Signer, inbox_prefix
+from democratic_ai.services.identity import IdentityIndex
 from democratic_ai.services.gateway import GatewayConfig, create_runner
 from democratic_ai.services.identity import rotate_signing_key
 from democratic_ai.services.metering import RecoveryConfig, UsageRecovery
@@ -40,6 +42,7 @@ __all__ = [
     "rotate_jwt_key",
     "run_gateway",
     "run_hub",
+    "run_busauth",
     "run_module",
     "run_projections",
 ]
@@ -63,15 +66,22 @@ def env_seconds(name: str, default: float) -> float:
     return value
 
 
-async def _connect(url: str, name: str) -> nats.NATS:
-    nc = await nats.connect(url, name=name, max_reconnect_attempts=-1)
-    await ensure_streams(nc.jetstream())
-    return nc
+async def run_busauth(auth: BusOptions, system: BusOptions, issuer_seed: str, stop: asyncio.Event) -> None:
+    """The auth callout: admit modules with their own credentials, disconnect revoked ones."""
+    auth_nc = await connect(auth, "dai-busauth", max_reconnect_attempts=-1)
+    sys_nc = await connect(system, "dai-busauth-sys", max_reconnect_attempts=-1)
+    authorizer = BusAuthorizer(Signer(issuer_seed), IdentityIndex())
+    await authorizer.start(auth_nc, sys_nc)
+    log.info("bus authorization ready")
+    await stop.wait()
+    await authorizer.stop()
+    await sys_nc.drain()
+    await auth_nc.drain()
 
 
-async def run_hub(nats_url: str, stop: asyncio.Event) -> None:
+async def run_hub(options: BusOptions, stop: asyncio.Event) -> None:
     tracing.configure_tracing("dai-hub")
-    nc = await _connect(nats_url, "dai-hub")
+    nc = await connect(options, "dai-hub", max_reconnect_attempts=-1)
     hub = Hub()
     await hub.start(nc)
     log.info("hub ready")
@@ -91,11 +101,11 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
     await runner.cleanup()
 
 
-async def run_projections(nats_url: str, database_url: str, names: list[str], stop: asyncio.Event) -> None:
+async def run_projections(options: BusOptions, database_url: str, names: list[str], stop: asyncio.Event) -> None:
     unknown = sorted(set(names) - set(PROJECTIONS))
     if unknown:
         raise SystemExit(f"dai: unknown projection(s) {', '.join(unknown)}; known: {', '.join(sorted(PROJECTIONS))}")
-    nc = await _connect(nats_url, "dai-projections")
+    nc = await connect(options, "dai-projections", max_reconnect_attempts=-1)
     pool = await create_pool(database_url, max_size=max(2, len(names) + 1))
     async with pool.acquire() as conn:
         await migrate(conn)
@@ -128,9 +138,12 @@ def load_module_class(spec: str) -> type[Module]:
     return found
 
 
-async def run_module(nats_url: str, module_class: type[Module], stop: asyncio.Event) -> None:
+async def run_module(options: BusOptions, module_class: type[Module], stop: asyncio.Event) -> None:
     tracing.configure_tracing(f"dai-module-{module_class.module_id}")
-    nc = await nats.connect(nats_url, name=f"dai-module-{module_class.module_id}", max_reconnect_attempts=-1)
+    nc = await connect(
+        options, f"dai-module-{module_class.module_id}", max_reconnect_attempts=-1,
+        inbox_prefix=inbox_prefix(module_class.module_id).encode(),
+    )
     module = module_class()
     await module.start(nc)
     log.info("module %s serving %s", module.module_id, ", ".join(sorted(module.capabilities)))
@@ -139,18 +152,20 @@ async def run_module(nats_url: str, module_class: type[Module], stop: asyncio.Ev
     await nc.drain()
 
 
-async def rotate_jwt_key(nats_url: str) -> str:
-    nc = await _connect(nats_url, "dai-identity")
+async def rotate_jwt_key(options: BusOptions) -> str:
+    nc = await connect(options, "dai-identity")
     try:
         return await rotate_signing_key(nc.jetstream())
     finally:
         await nc.drain()
 
 
-async def close_billing_periods(nats_url: str, database_url: str, tenant: str | None, period: str | None) -> list[str]:
+async def close_billing_periods(
+    options: BusOptions, database_url: str, tenant: str | None, period: str | None
+) -> list[str]:
     """Close months into invoices (and push them to Stripe when it is configured); one line per month."""
     config = BillingConfig.from_env()
-    nc = await _connect(nats_url, "dai-billing")
+    nc = await connect(options, "dai-billing")
     pool = await create_pool(database_url, max_size=2)
     stripe = StripeBilling(config.stripe) if config.stripe else None
     lines = []

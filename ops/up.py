@@ -22,12 +22,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
-
 from democratic_ai.contracts import ensure_streams
+from democratic_ai.contracts.bus import CA_FILE_ENV, CREDENTIAL_FILE_ENV, BusOptions, connect
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.services.identity import ensure_bootstrap
 
+from .credentials import PlatformCredentials
 from .nats_server import NatsServer
 from .ports import PortInUseError, ServerStartError, ensure_port_free
 from .postgres_server import PostgresServer
@@ -46,15 +46,16 @@ class UpOptions:
     data_dir: Path
     port: int = 8080
     nats_port: int | None = None  # None: the port of nats.conf (4222)
+    tls: tuple[Path, Path] | None = None  # certificate and key: NATS clients connect over TLS
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-async def _prepare(nats_url: str, database_url: str, key_file: Path) -> str | None:
+async def _prepare(operator: BusOptions, database_url: str, key_file: Path) -> str | None:
     """Streams, migrations and the bootstrap admin key; returns the key if it was created now."""
-    nc = await nats.connect(nats_url, name="dai-up")
+    nc = await connect(operator, "dai-up")
     try:
         js = nc.jetstream()
         await ensure_streams(js)
@@ -79,8 +80,10 @@ async def _prepare(nats_url: str, database_url: str, key_file: Path) -> str | No
         await nc.drain()
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", *args], env=env)
+def _spawn(args: list[str], env: dict[str, str], credential: Path, **extra: str) -> subprocess.Popen[bytes]:
+    """Start ``dai <args>`` with the bus credential of its role, and nothing else's."""
+    child_env = {**env, CREDENTIAL_FILE_ENV: str(credential), **extra}
+    return subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", *args], env=child_env)
 
 
 def _wait_ready(url: str, admin_key: str, children: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
@@ -135,9 +138,10 @@ def up(options: UpOptions) -> int:
     with ExitStack() as stack:
         try:
             ensure_port_free(options.port, "gateway", flag="--port")
+            credentials = PlatformCredentials.ensure(data_dir)
             nats_url = os.environ.get("NATS_URL")
             if not nats_url:
-                nats_server = NatsServer(data_dir, port=options.nats_port)
+                nats_server = NatsServer(data_dir, port=options.nats_port, tls=options.tls)
                 nats_server.start()
                 stack.callback(nats_server.stop)
                 nats_url = nats_server.url
@@ -151,18 +155,28 @@ def up(options: UpOptions) -> int:
             _say(f"dai: {exc}")
             return 1
 
-        new_key = asyncio.run(_prepare(nats_url, database_url, data_dir / "admin.key"))
         env = {
             **os.environ,
             "NATS_URL": nats_url,
             "DATABASE_URL": database_url,
             "DATABASE_APP_URL": os.environ.get("DATABASE_APP_URL") or app_dsn(database_url),
         }
+        env.pop("DAI_BUS_CREDENTIAL", None)  # each child gets its own role's credential file
+        if options.tls is not None and not env.get(CA_FILE_ENV):
+            env[CA_FILE_ENV] = str(options.tls[0].resolve())  # a self-signed certificate is its own authority
+        operator = BusOptions(url=nats_url, credential=credentials.credential("operator"),
+                              ca_file=Path(env[CA_FILE_ENV]) if env.get(CA_FILE_ENV) else None)
+        new_key = asyncio.run(_prepare(operator, database_url, data_dir / "admin.key"))
         children = [
-            _spawn(["hub"], env),
-            _spawn(["projections", "run"], env),
-            *(_spawn(["module", "run", spec], env) for spec in EXAMPLE_MODULES.values()),
-            _spawn(["gateway", "--port", str(options.port)], env),
+            _spawn(["bus-auth"], env, credentials.file("busauth"),
+                   DAI_BUS_SYS_CREDENTIAL_FILE=str(credentials.file("sys")),
+                   DAI_BUS_ISSUER_SEED_FILE=str(credentials.issuer_seed_file)),
+            _spawn(["hub"], env, credentials.file("hub")),
+            _spawn(["projections", "run"], env, credentials.file("projections")),
+            *(_spawn(["module", "run", spec], env, credentials.module_file(module_id))
+              for module_id, spec in EXAMPLE_MODULES.items()),
+            _spawn(["gateway", "--port", str(options.port)], env, credentials.file("gateway"),
+                   DAI_KEK_FILE=str(credentials.kek_file)),
         ]
         stack.callback(_stop_children, children)
         gateway_url = f"http://127.0.0.1:{options.port}"

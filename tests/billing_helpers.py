@@ -17,6 +17,7 @@ import asyncpg
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from democratic_ai.contracts.bus import BusOptions
 from democratic_ai.ops.ports import free_port
 from democratic_ai.schemas import app_dsn
 from democratic_ai.services.billing import BillingConfig, BillingService, load_pricing
@@ -52,11 +53,11 @@ class TableUsageTotals:
 
 @asynccontextmanager
 async def billing_gateway(
-    nats_url: str, database_url: str, api_key: str, tenant: str, usage: TableUsageTotals,
+    bus: BusOptions, database_url: str, api_key: str, tenant: str, usage: TableUsageTotals,
     billing: BillingConfig | None = None,
 ) -> AsyncIterator[Gateway]:
     port = free_port()
-    config = GatewayConfig(nats_url=nats_url, database_url=app_dsn(database_url), port=port,
+    config = GatewayConfig(bus=bus, database_url=app_dsn(database_url), port=port,
                            billing=billing or BillingConfig(close_grace_seconds=0))
     runner = web.AppRunner(create_app(config, usage=usage))
     await runner.setup()

@@ -19,12 +19,12 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import msgspec
-import nats
 import pytest
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import ensure_streams
+from democratic_ai.contracts.bus import connect
 from democratic_ai.contracts.identity_events import ApiKeyIssued, Meta, TenantCreated, encode_event
 from democratic_ai.hub import Hub
 from democratic_ai.ops.nats_server import NatsServer
@@ -61,7 +61,8 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
 
 @pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    connection = await nats.connect(nats_server.url, name="test")
+    """A connection with the operator's credential (it may do anything on the bus), streams ensured."""
+    connection = await connect(nats_server.bus("operator"), "test")
     await ensure_streams(connection.jetstream())
     yield connection
     await connection.close()
@@ -134,7 +135,7 @@ async def start_gateway(
         tenant = tenant or unique("tenant")
         key = await issue_key(nc, tenant)
         port = free_port()
-        config = GatewayConfig(nats_url=nats_server.url, database_url=app_dsn(database_url), port=port,
+        config = GatewayConfig(bus=nats_server.bus("gateway"), database_url=app_dsn(database_url), port=port,
                                metering=metering)
         app = create_app(config)
         runner = web.AppRunner(app, handler_cancellation=True)  # as create_runner serves it

@@ -40,7 +40,7 @@ async def gateway(
 ) -> AsyncIterator[Gateway]:
     tenant = unique("tenant")
     key = await issue_key(nc, tenant)
-    async with billing_gateway(nats_server.url, database_url, key, tenant, usage) as gw:
+    async with billing_gateway(nats_server.bus("gateway"), database_url, key, tenant, usage) as gw:
         yield gw
 
 

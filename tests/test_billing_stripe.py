@@ -107,7 +107,7 @@ async def gateway(
     tenant = unique("tenant")
     key = await issue_key(nc, tenant)
     stripe = StripeConfig(api_key="sk_test_fake", webhook_secret=SECRET, api_base=fake_stripe.url)
-    async with billing_gateway(nats_server.url, database_url, key, tenant, usage,
+    async with billing_gateway(nats_server.bus("gateway"), database_url, key, tenant, usage,
                                BillingConfig(close_grace_seconds=0, stripe=stripe)) as gw:
         yield gw
 
@@ -275,7 +275,7 @@ async def test_stripe_is_off_without_an_api_key(
     tenant = unique("tenant")
     key = await issue_key(nc, tenant)
     assert BillingConfig.from_env({}).stripe is None
-    async with billing_gateway(nats_server.url, database_url, key, tenant, usage) as gateway:
+    async with billing_gateway(nats_server.bus("gateway"), database_url, key, tenant, usage) as gateway:
         customer = await new_billing_tenant(gateway)
         status, body = await http("POST", f"{gateway.url}/v1/billing/payment-method", credential=customer.admin_token)
         assert status == 503 and body["error"]["code"] == "PAYMENT_PROVIDER_UNAVAILABLE"

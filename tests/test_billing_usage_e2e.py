@@ -47,7 +47,7 @@ async def gateway(
     tenant = unique("tenant")
     key = await issue_key(nc, tenant)
     port = free_port()
-    config = GatewayConfig(nats_url=nats_server.url, database_url=app_dsn(database_url), port=port,
+    config = GatewayConfig(bus=nats_server.bus("gateway"), database_url=app_dsn(database_url), port=port,
                            billing=BillingConfig(close_grace_seconds=0))
     runner = web.AppRunner(create_app(config))
     await runner.setup()

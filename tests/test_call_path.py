@@ -6,11 +6,11 @@ import asyncio
 import time
 
 import aiohttp
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from democratic_ai.contracts.bus import connect
 from democratic_ai.contracts import MessageType, decode
 from democratic_ai.sdk import Module, capability
 from democratic_ai.sdk.examples import TextTools
@@ -134,7 +134,7 @@ async def test_ttl_passing_gives_timeout_504(gateway: Gateway, nc: NATS, hub: Hu
 
 
 async def test_two_replicas_share_the_calls(gateway: Gateway, nats_server: object, hub: Hub) -> None:
-    connections = [await nats.connect(nats_server.url) for _ in range(2)]
+    connections = [await connect(nats_server.bus(), "test") for _ in range(2)]
     replicas = [TextTools(), TextTools()]
     served: dict[str, int] = {}
     for replica in replicas:
@@ -162,7 +162,7 @@ async def test_two_replicas_share_the_calls(gateway: Gateway, nats_server: objec
 async def test_stopping_the_module_gives_capability_unavailable_at_once(
     gateway: Gateway, nats_server: object, hub: Hub
 ) -> None:
-    connection = await nats.connect(nats_server.url)
+    connection = await connect(nats_server.bus(), "test")
     module = TextTools()
     await module.start(connection)
     await registered(hub, module)

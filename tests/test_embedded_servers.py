@@ -11,6 +11,7 @@ import nats
 import psutil
 import pytest
 
+from democratic_ai.contracts.bus import connect
 from democratic_ai.ops import nats_server
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import PortInUseError, ServerStartError
@@ -28,8 +29,8 @@ def _processes_using(path: Path) -> list[psutil.Process]:
 
 
 def test_nats_random_port_has_jetstream(tmp_path: Path) -> None:
-    async def check(url: str) -> int:
-        nc = await nats.connect(url)
+    async def check(server: NatsServer) -> int:
+        nc = await connect(server.bus(), "test")
         try:
             info = await nc.jetstream().account_info()
             return info.streams
@@ -38,15 +39,15 @@ def test_nats_random_port_has_jetstream(tmp_path: Path) -> None:
 
     with NatsServer(tmp_path, port=0) as server:
         assert server.url == f"nats://127.0.0.1:{server.port}"
-        assert asyncio.run(check(server.url)) == 0
+        assert asyncio.run(check(server)) == 0
         assert (tmp_path / "nats" / "jetstream").is_dir()
         assert "Server is ready" in (tmp_path / "nats" / "nats-server.log").read_text()
     assert _processes_using(tmp_path / "nats") == []
 
 
 def test_nats_stream_survives_restart(tmp_path: Path) -> None:
-    async def create(url: str) -> None:
-        nc = await nats.connect(url)
+    async def create(server: NatsServer) -> None:
+        nc = await connect(server.bus(), "test")
         try:
             js = nc.jetstream()
             await js.add_stream(name="EVENTS", subjects=["events.>"])
@@ -54,8 +55,8 @@ def test_nats_stream_survives_restart(tmp_path: Path) -> None:
         finally:
             await nc.close()
 
-    async def read(url: str) -> tuple[int, bytes]:
-        nc = await nats.connect(url)
+    async def read(server: NatsServer) -> tuple[int, bytes]:
+        nc = await connect(server.bus(), "test")
         try:
             js = nc.jetstream()
             info = await js.stream_info("EVENTS")
@@ -67,14 +68,14 @@ def test_nats_stream_survives_restart(tmp_path: Path) -> None:
     server = NatsServer(tmp_path, port=0)
     server.start()
     try:
-        asyncio.run(create(server.url))
+        asyncio.run(create(server))
     finally:
         server.stop()
     assert _processes_using(tmp_path / "nats") == []
     server.stop()  # idempotent
 
     with NatsServer(tmp_path, port=0) as again:
-        assert asyncio.run(read(again.url)) == (1, b"hello")
+        assert asyncio.run(read(again)) == (1, b"hello")
 
 
 def test_nats_taken_port_is_one_clear_line(tmp_path: Path) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from democratic_ai.contracts.bus import connect
 from democratic_ai.contracts import presence, subjects
 from democratic_ai.contracts.registry_events import CapabilitySpec, ModuleManifest
 from democratic_ai.hub import Hub
@@ -75,7 +75,7 @@ async def test_presence_follows_heartbeats_leaves_and_silence(nats_server: objec
     module_id = unique("probe")
     config = ModuleConfig(heartbeat_interval=0.2)
     leaver, silent = _module_class(module_id)(config), _module_class(module_id)(config)
-    connections = [await nats.connect(nats_server.url) for _ in range(2)]
+    connections = [await connect(nats_server.bus(), "test") for _ in range(2)]
     await leaver.start(connections[0])
     await silent.start(connections[1])
 

@@ -274,7 +274,7 @@ async def test_a_revocation_reaches_a_second_gateway_process_within_a_second(
     _, key = await http("POST", world.url("/v1/tenants/{t}/api-keys"), json={"name": "replica"},
                         credential=world.credentials["tenant_admin"])
     port = free_port()
-    env = {**os.environ, "NATS_URL": nats_server.url, "DATABASE_APP_URL": app_dsn(database_url),
+    env = {**os.environ, **nats_server.environment("gateway"), "DATABASE_APP_URL": app_dsn(database_url),
            "DAI_LOG_LEVEL": "WARNING"}
     second = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", "gateway", "--port", str(port)], env=env)
     try:

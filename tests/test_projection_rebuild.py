@@ -224,7 +224,8 @@ async def test_the_projection_commands(
 
     ids = await _publish_many(nc, 5)
     await _catch_up(nc, pool)
-    monkeypatch.setenv("NATS_URL", nats_server.url)  # type: ignore[attr-defined]
+    for name, value in nats_server.environment("operator").items():  # type: ignore[attr-defined]
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("DATABASE_URL", database_url)
 
     async def dai(*argv: str) -> tuple[int, str, str]:

@@ -180,7 +180,7 @@ async def test_the_command_writes_a_file_and_fails_in_one_line(
 ) -> None:
     tenant = unique("acme")
     await _record_calls(nc, tenant)
-    env = {**os.environ, "NATS_URL": nats_server.url}
+    env = {**os.environ, **nats_server.environment("operator")}
     out = tmp_path / "calls.jsonl"
     command = [sys.executable, "-m", "democratic_ai.ops.cli", "replay", "MCP", "--tenant", tenant, "--out", str(out)]
     done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)

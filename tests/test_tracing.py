@@ -5,6 +5,7 @@ This test installs the process-wide tracer provider, so it runs in a child proce
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,9 @@ SCRIPT = textwrap.dedent(
     import aiohttp, nats
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry import trace
+    from pathlib import Path
     from democratic_ai.contracts import ensure_streams, tracing
+    from democratic_ai.contracts.bus import BusOptions, connect
     from democratic_ai.hub import Hub
     from democratic_ai.ops.ports import free_port
     from democratic_ai.sdk.examples import TextTools
@@ -31,14 +34,15 @@ SCRIPT = textwrap.dedent(
     async def main(nats_url, database_url):
         exporter = InMemorySpanExporter()
         tracing.configure_tracing("test", exporter)
-        nc = await nats.connect(nats_url)
+        nc = await connect(BusOptions.from_env(nats_url), "test")
         js = nc.jetstream()
         await ensure_streams(js)
         hub = Hub(); await hub.start(nc)
         module = TextTools(); await module.start(nc)
         key = await ensure_bootstrap(js)
         port = free_port()
-        runner = web.AppRunner(create_app(GatewayConfig(nats_url=nats_url, database_url=database_url, port=port)))
+        runner = web.AppRunner(create_app(GatewayConfig(
+            bus=BusOptions.from_env(nats_url, Path(sys.argv[3])), database_url=database_url, port=port)))
         await runner.setup(); await web.TCPSite(runner, "127.0.0.1", port).start()
         async with aiohttp.ClientSession() as session:
             async with session.post(f"http://127.0.0.1:{port}/v1/capabilities/text.analyze/invoke",
@@ -58,7 +62,8 @@ SCRIPT = textwrap.dedent(
 
 def test_one_call_is_one_trace(nats_server: NatsServer, database_url: str, pool: asyncpg.Pool) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, nats_server.url, app_dsn(database_url)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", SCRIPT, nats_server.url, app_dsn(database_url), str(nats_server.credentials.file("gateway"))],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **nats_server.environment("operator")},
     )
     assert result.returncode == 0, result.stderr
     spans = {name: (int(trace_id), int(span_id), int(parent)) for *words, trace_id, span_id, parent in

@@ -90,7 +90,7 @@ async def test_two_gateway_processes_share_one_exact_limit(
     key = await issue_key(nc, gateway.tenant, rate_limit=LIMIT)
     paced = await issue_key(nc, gateway.tenant, rate_limit=LIMIT)
     port = free_port()
-    env = {**os.environ, "NATS_URL": nats_server.url, "DATABASE_APP_URL": app_dsn(database_url),
+    env = {**os.environ, **nats_server.environment("gateway"), "DATABASE_APP_URL": app_dsn(database_url),
            "DAI_LOG_LEVEL": "WARNING", "DAI_USAGE_FLUSH_SECONDS": "0.05"}
     second = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", "gateway", "--port", str(port)], env=env)
     try:

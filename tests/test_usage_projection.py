@@ -77,7 +77,7 @@ async def test_kill_9_of_the_worker_mid_batch_and_a_restart_equal_a_fresh_rebuil
     tenant = unique("bulk")
     events = _events(tenant, 10_000)
     last = await _publish(nc, events)
-    env = {**os.environ, "NATS_URL": nats_server.url, "DATABASE_URL": database_url, "DAI_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, **nats_server.environment("projections"), "DATABASE_URL": database_url, "DAI_LOG_LEVEL": "WARNING"}
     await kill_9_mid_batch(pool, "usage", env, last)
     live = await _snapshot(pool, tenant)
     assert await _totals(pool, tenant) == _expected(events)

@@ -32,7 +32,7 @@ async def test_usage_buffered_by_a_killed_gateway_is_recovered_exactly(
     tenant = unique("tenant")
     key = await issue_key(nc, tenant)
     port = free_port()
-    env = {**os.environ, "NATS_URL": nats_server.url, "DATABASE_APP_URL": app_dsn(database_url),
+    env = {**os.environ, **nats_server.environment("gateway"), "DATABASE_APP_URL": app_dsn(database_url),
            "DAI_LOG_LEVEL": "WARNING", "DAI_USAGE_FLUSH_SECONDS": "600"}
     gateway = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", "gateway", "--port", str(port)], env=env)
     try:

@@ -7,10 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import nats
 from aiohttp import web
 
-from democratic_ai.contracts import ErrorCode, ensure_streams
+from democratic_ai.contracts import ErrorCode, bus
 from democratic_ai.hub import PresenceIndex, RegistryIndex, Router
 from democratic_ai.schemas import UnsafeRole, check_app_role, create_pool
 from democratic_ai.services.billing import (
@@ -42,9 +41,8 @@ USAGE_TOTALS = web.AppKey("usage_totals", UsageTotals)  # set by create_app's ca
 
 async def _connections(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    nc = await nats.connect(config.nats_url, name="dai-gateway", max_reconnect_attempts=-1)
+    nc = await bus.connect(config.bus, "dai-gateway", max_reconnect_attempts=-1)
     js = nc.jetstream()
-    await ensure_streams(js)
     pool = await create_pool(config.database_url, max_size=8)
     try:
         async with pool.acquire() as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from democratic_ai.contracts.bus import BusOptions
 from democratic_ai.services.billing import BillingConfig
 from democratic_ai.services.metering import MeteringConfig
 
@@ -12,7 +13,7 @@ __all__ = ["GatewayConfig"]
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    nats_url: str
+    bus: BusOptions  # where NATS is, and the gateway role's credential
     database_url: str  # as the read-only app role (dai_app), never the tables' owner
     host: str = "127.0.0.1"
     port: int = 8080
