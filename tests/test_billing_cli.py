@@ -25,6 +25,6 @@ async def test_close_period_explains_what_is_wrong(
     monkeypatch.delenv("STRIPE_API_KEY", raising=False)
     tenant = unique("nobody")
     with pytest.raises(SystemExit, match=f"tenant '{tenant}' has never subscribed"):
-        await close_billing_periods(nats_server.url, database_url, tenant, "2025-01")
+        await close_billing_periods(nats_server.bus(), database_url, tenant, "2025-01")
     with pytest.raises(SystemExit, match="'2025-13' is not a month"):
-        await close_billing_periods(nats_server.url, database_url, tenant, "2025-13")
+        await close_billing_periods(nats_server.bus(), database_url, tenant, "2025-13")

@@ -1,0 +1,237 @@
+"""The bus admits only who belongs there: every attack of issue 11, tried against the running platform.
+
+Each attack is made the way an attacker holding a module credential (or nothing) would make it,
+and fails with the server's own permissions violation — asserted from the error NATS sends back,
+and from the log, which holds nothing the attacker wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import msgspec
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
+
+from democratic_ai.contracts import MessageType, decode, new_request, subjects
+from democratic_ai.contracts.bus import BusOptions, connect
+from democratic_ai.contracts.identity_events import ApiKeyIssued, Meta, encode_event
+from democratic_ai.hub import Hub, Router
+from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.sdk import Module, capability
+from democratic_ai.services.busauth import inbox_prefix
+
+from conftest import Gateway, http, unique
+
+
+class Violations:
+    """The errors the server sent one connection, kept for assertions."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    async def __call__(self, error: Exception) -> None:
+        self.errors.append(str(error))
+
+    async def wait_for(self, fragment: str, timeout: float = 3.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for error in self.errors:
+                if fragment in error:
+                    return error
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no permissions violation mentioning {fragment!r}; got {self.errors}")
+
+
+def make_module(module_id: str) -> type[Module]:
+    class Shouter(Module):
+        @capability("test.shout", input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+                    output_schema={"type": "object"})
+        async def shout(self, text: str = "") -> dict:
+            return {"text": text.upper()}
+
+    Shouter.module_id = module_id
+    return Shouter
+
+
+async def register(gateway: Gateway, module_id: str, capabilities: list[str]) -> str:
+    status, body = await http("POST", f"{gateway.url}/v1/modules", headers=gateway.headers,
+                              json={"module_id": module_id, "name": module_id, "capabilities": capabilities})
+    assert status == 201, body
+    return body["credential"]
+
+
+async def module_connection(
+    nats_server: NatsServer, credential: str, module_id: str, violations: Violations | None = None, **kwargs: object
+) -> NATS:
+    options = BusOptions(url=nats_server.url, credential=credential)
+    return await connect(options, f"test-{module_id}", error_cb=violations, inbox_prefix=inbox_prefix(module_id).encode(),
+                         connect_timeout=3, **kwargs)
+
+
+@pytest.fixture
+async def attacker(nats_server: NatsServer, gateway: Gateway, bus_authorizer: None) -> AsyncIterator[tuple[NATS, Violations, str]]:
+    """A module's connection, with its own valid credential: the attacker of these tests."""
+    module_id = unique("mallory")
+    credential = await register(gateway, module_id, ["test.shout"])
+    violations = Violations()
+    connection = await module_connection(nats_server, credential, module_id, violations)
+    yield connection, violations, module_id
+    await connection.close()
+
+
+async def test_an_anonymous_connection_is_refused(nats_server: NatsServer, bus_authorizer: None) -> None:
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(nats_server.url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0)
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(nats_server.url, token="dai-module.system.nobody.forged", connect_timeout=3,
+                           allow_reconnect=False, max_reconnect_attempts=0)
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(nats_server.url, user="gateway", password="guessed", connect_timeout=3,
+                           allow_reconnect=False, max_reconnect_attempts=0)
+
+
+async def test_a_module_cannot_mint_a_super_admin_key(attacker: tuple[NATS, Violations, str], nc: NATS) -> None:
+    connection, violations, _ = attacker
+    subject = "iam.system.api_key.forged0001"
+    event = ApiKeyIssued(tenant_id="system", meta=Meta(at=datetime.now(UTC)), key_id="forged0001",
+                         prefix="dai_forged000", sha256="0" * 64, role="super_admin")
+    await connection.publish(subject, encode_event(event))
+    await violations.wait_for(f'publish to "{subject}"')
+    with pytest.raises(NotFoundError):
+        await nc.jetstream().get_last_msg("IDENTITY", subject)
+
+
+async def test_a_module_cannot_read_other_tenants_calls(attacker: tuple[NATS, Violations, str]) -> None:
+    connection, violations, _ = attacker
+    for subject in ("mcp.req.>", "mcp.call.*.text.summarize", "mcp.res.>", ">"):
+        await connection.subscribe(subject)
+        await violations.wait_for(f'subscription to "{subject}"')
+
+
+async def test_a_module_cannot_forge_usage_or_billing(attacker: tuple[NATS, Violations, str], nc: NATS) -> None:
+    connection, violations, _ = attacker
+    for subject in ("usage.acme.api_calls", "billing.acme.invoice.2020-01", "ratelimit.acme.lease.x",
+                    "registry.text-tools.registered"):
+        await connection.publish(subject, b"{}")
+        await violations.wait_for(f'publish to "{subject}"')
+    for stream, subject in (("USAGE", "usage.acme.api_calls"), ("BILLING", "billing.acme.invoice.2020-01")):
+        with pytest.raises(NotFoundError):
+            await nc.jetstream().get_last_msg(stream, subject)
+
+
+async def test_a_module_cannot_read_the_signing_keys_or_replay_identity(attacker: tuple[NATS, Violations, str]) -> None:
+    connection, violations, _ = attacker
+    js = connection.jetstream(timeout=1.0)
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.key_value("dai_jwt_keys")
+    await violations.wait_for('publish to "$JS.API.STREAM.INFO.KV_dai_jwt_keys"')
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.subscribe("iam.>", stream="IDENTITY", ordered_consumer=True)
+    await violations.wait_for('publish to "$JS.API.CONSUMER.CREATE.IDENTITY')
+    await connection.publish("$JS.API.DIRECT.GET.IDENTITY", b'{"seq": 1}')
+    await violations.wait_for('publish to "$JS.API.DIRECT.GET.IDENTITY"')
+
+
+async def test_a_module_serves_its_capabilities_and_nothing_else(
+    nats_server: NatsServer, gateway: Gateway, nc: NATS, hub: Hub, bus_authorizer: None
+) -> None:
+    module_id = unique("shouter")
+    credential = await register(gateway, module_id, ["test.shout"])
+    violations = Violations()
+    connection = await module_connection(nats_server, credential, module_id, violations)
+    module = make_module(module_id)()
+    try:
+        await module.start(connection)
+        answer = await Router(nc, source_id="test").call(new_request("test.shout", b'{"text": "hi"}', tenant_id="acme"))
+        assert answer.type == MessageType.RESPONSE, answer
+        assert msgspec.json.decode(answer.payload) == {"text": "HI"}
+        # Another module's capability, and a direct route under another module's id: refused.
+        await connection.subscribe(subjects.call("*", "text.summarize"), queue="text.summarize")
+        await violations.wait_for('subscription to "mcp.call.*.text.summarize"')
+        await connection.subscribe(subjects.direct("text-tools", "*", "test.shout"), queue="text-tools")
+        await violations.wait_for('subscription to "mcp.direct.text-tools.*.test.shout"')
+        # Its own capability outside its queue group: refused too (it may not skim every call).
+        await connection.subscribe(subjects.call("*", "test.shout"))
+        await violations.wait_for('subscription to "mcp.call.*.test.shout"')
+        # Announcing or heartbeating as another module.
+        for subject in ("hub.announce.text-tools", subjects.heartbeat("text-tools")):
+            await connection.publish(subject, b"{}")
+            await violations.wait_for(f'publish to "{subject}"')
+    finally:
+        await module.stop(grace=1.0)
+        await connection.close()
+
+
+async def test_revoking_a_credential_disconnects_the_module_within_a_second(
+    nats_server: NatsServer, gateway: Gateway, bus_authorizer: None
+) -> None:
+    module_id = unique("revoked")
+    credential = await register(gateway, module_id, ["test.shout"])
+    closed = asyncio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    connection = await module_connection(nats_server, credential, module_id, allow_reconnect=True,
+                                         max_reconnect_attempts=3, reconnect_time_wait=0.05, closed_cb=on_closed)
+    status, body = await http("DELETE", f"{gateway.url}/v1/modules/{module_id}", headers=gateway.headers)
+    assert status in (200, 204), body
+    revoked_at = time.monotonic()
+    await asyncio.wait_for(closed.wait(), 5.0)  # reconnects are refused: the client gives up
+    assert connection.is_closed
+    # Disconnected within 1 s of the revocation's answer (reconnect attempts come after that).
+    assert time.monotonic() - revoked_at < 1.0 + 3 * 0.1 + 3 * 0.5
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await module_connection(nats_server, credential, module_id, allow_reconnect=False)
+
+
+async def test_a_rotated_credential_works_and_the_old_one_is_refused(
+    nats_server: NatsServer, gateway: Gateway, bus_authorizer: None
+) -> None:
+    module_id = unique("rotated")
+    old = await register(gateway, module_id, ["test.shout"])
+    disconnected = asyncio.Event()
+
+    async def on_disconnect() -> None:
+        disconnected.set()
+
+    connection = await module_connection(nats_server, old, module_id, allow_reconnect=False,
+                                         disconnected_cb=on_disconnect)
+    status, body = await http("POST", f"{gateway.url}/v1/modules/{module_id}/credential", headers=gateway.headers)
+    assert status in (200, 201), body
+    rotated_at = time.monotonic()
+    await asyncio.wait_for(disconnected.wait(), 1.0)
+    assert time.monotonic() - rotated_at < 1.0
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await module_connection(nats_server, old, module_id, allow_reconnect=False)
+    fresh = await module_connection(nats_server, body["credential"], module_id, allow_reconnect=False)
+    assert fresh.is_connected
+    await fresh.close()
+    await connection.close()
+
+
+async def test_platform_roles_are_narrow(nats_server: NatsServer) -> None:
+    """A leaked hub or projections credential cannot mint keys; the gateway cannot rewrite the registry."""
+    for role, subject in (("hub", "iam.system.api_key.x"), ("projections", "iam.system.api_key.x"),
+                          ("projections", "billing.acme.invoice.x"), ("gateway", "registry.text-tools.registered")):
+        violations = Violations()
+        connection = await connect(nats_server.bus(role), f"test-{role}", error_cb=violations)
+        try:
+            await connection.publish(subject, b"{}")
+            await violations.wait_for(f'publish to "{subject}"')
+        finally:
+            await connection.close()
+    violations = Violations()
+    connection = await connect(nats_server.bus("gateway"), "test-gateway", error_cb=violations)
+    try:
+        await connection.publish("$JS.API.STREAM.DELETE.IDENTITY", b"")
+        await violations.wait_for('publish to "$JS.API.STREAM.DELETE.IDENTITY"')
+    finally:
+        await connection.close()
