@@ -107,7 +107,7 @@ class Module:
         self.instance_id = f"{self.module_id}-{uuid.uuid4().hex[:12]}"
         self.scheduler = Scheduler(self.config.max_concurrency, self.config.priority_aging)
         self._nc: NATS | None = None
-        self._control = subjects.control(self.instance_id)
+        self._control = subjects.control(self.module_id, self.instance_id)
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: dict[str, _Streamed] = {}
@@ -223,11 +223,12 @@ class Module:
     async def _announce(self, nc: NATS) -> None:
         """Tell the hub our manifest until it acknowledges; modules serve calls meanwhile."""
         data = msgspec.json.encode(self.manifest)
+        subject = subjects.announce(self.module_id)
         attempts = 0
         while not self._stopping:
             attempts += 1
             try:
-                answer = await nc.request(subjects.ANNOUNCE, data, timeout=5.0)
+                answer = await nc.request(subject, data, timeout=5.0)
             except ConnectionClosedError:
                 return
             except (NoRespondersError, TimeoutError):
