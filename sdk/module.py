@@ -4,7 +4,11 @@ A started module subscribes each capability on two subjects — the capability r
 every replica of every module that offers it (one queue group per capability), and its own
 direct route — plus its instance's control subject (CANCEL and credit of streamed calls) and
 the topics of its event handlers; it announces its manifest to the hub and heartbeats until it
-stops. It is also a NATS micro service (:mod:`.micro`): each route is an endpoint, so
+stops.
+
+A module belongs to a tenant (``ModuleConfig.tenant``, or the one its credential names:
+:meth:`Module.config_for_credential`). It serves every tenant's calls, but hears only its own
+tenant's events — a module owned by ``system``, a platform module, hears every tenant's. It is also a NATS micro service (:mod:`.micro`): each route is an endpoint, so
 ``nats micro ls|info|stats`` shows the module's instances and their request, error and latency figures.
 
 A call is answered once (request/reply) unless the caller asked to stream it (NATS header
@@ -20,7 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, cast
 
 import msgspec
@@ -47,6 +51,8 @@ from democratic_ai.contracts.usage_events import BYTES_IN_HEADER
 
 from .capability import CapabilityDefinition, definitions_of
 from .client import Client
+from .credentials import parse_module_credential
+from .errors import CredentialError
 from .events import Event, EventHandlerDefinition, event_handlers_of
 from .execution import Invocation
 from .scheduling import Scheduler
@@ -68,8 +74,11 @@ class ModuleConfig:
     # Seconds of waiting for a slot that raise a call by one priority level, so that under
     # saturation a priority-0 call waits at most ~9 x this longer than a priority-9 one.
     priority_aging: float = 1.0
+    # The tenant that owns the module: it hears that tenant's events only, unless it is "system".
+    tenant: str = subjects.SYSTEM_TENANT
 
     def __post_init__(self) -> None:
+        subjects.validate_token(self.tenant, "tenant")
         if self.heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be a positive number of seconds.")
         if self.max_concurrency < 1:
@@ -125,6 +134,27 @@ class Module:
             capabilities=tuple(d.spec() for d in sorted(self.capabilities.values(), key=lambda d: d.action)),
         )
 
+    @classmethod
+    def config_for_credential(cls, credential: str, config: ModuleConfig | None = None) -> ModuleConfig:
+        """``config`` (or the defaults) owned by the tenant ``credential`` names, if it is this module's.
+
+        Raises :class:`~democratic_ai.sdk.errors.CredentialError` when the credential is malformed
+        or was issued for another module id: the bus would refuse this module's subjects anyway,
+        and a clear error at start beats a permissions violation on the first subscription.
+        """
+        named = parse_module_credential(credential)
+        if named.module_id != cls.module_id:
+            raise CredentialError(
+                f"the credential is for module {named.module_id!r}, but {cls.__name__}.module_id is"
+                f" {cls.module_id!r}: use the credential the platform issued for {cls.module_id!r}."
+            )
+        return replace(config or ModuleConfig(), tenant=named.tenant)
+
+    @property
+    def tenant(self) -> str:
+        """The tenant that owns this module."""
+        return self.config.tenant
+
     @property
     def client(self) -> Client:
         """A client for module-to-module calls, on the same subjects as every other call."""
@@ -172,8 +202,11 @@ class Module:
 
             # One queue group per handler: the replicas of this module share its events, while two
             # handlers whose topics overlap each still get every event (NATS picks one member per group).
+            # The subject holds the events of this module's tenant, or of all tenants for a "system"
+            # module: exactly what the bus lets its connection subscribe to.
             queue = f"{self.module_id}.{handler.method_name}"
-            self._subscriptions.append(await nc.subscribe(subjects.event("*", handler.topic), queue=queue, cb=on_event))
+            subject = subjects.event(subjects.event_scope(self.tenant), handler.topic)
+            self._subscriptions.append(await nc.subscribe(subject, queue=queue, cb=on_event))
         self._subscriptions.append(await nc.subscribe(self._control, cb=self._on_control))
         # Twice: nats-py writes flush()'s PING straight to the socket, ahead of SUBs still in its
         # buffer, so one PONG does not prove the server has them and a call sent at once could
@@ -400,6 +433,10 @@ class Module:
             data = _decode_json(message.payload) if message.payload else None
         except (DecodeError, msgspec.DecodeError):
             log.warning("dropped an unreadable event on %s", msg.subject)
+            return
+        if message.context.tenant_id != msg.subject.split(".")[2]:
+            # The subject is what the bus authorizes; a body claiming another tenant is forged.
+            log.warning("dropped an event on %s that names tenant %r", msg.subject, message.context.tenant_id)
             return
         try:
             await getattr(self, handler.method_name)(Event.from_message(message, data))
