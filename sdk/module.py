@@ -57,6 +57,7 @@ from .events import Event, EventHandlerDefinition, event_handlers_of
 from .execution import Invocation
 from .scheduling import Scheduler
 from .streaming import ChunkSender, elapsed_ms, last_data, stream_answers
+from .tenancy import ModuleClient, serving, serving_tenant
 from .micro import Endpoint, MicroService
 
 __all__ = ["Module", "ModuleConfig"]
@@ -156,11 +157,20 @@ class Module:
         return self.config.tenant
 
     @property
+    def current_tenant(self) -> str:
+        """The tenant this code acts for: that of the call (or event) being served, else the module's own."""
+        return serving_tenant() or self.tenant
+
+    @property
     def client(self) -> Client:
-        """A client for module-to-module calls, on the same subjects as every other call."""
+        """A client for module-to-module calls, on the same subjects as every other call.
+
+        Its calls and events carry :attr:`current_tenant` unless they name one (``tenant=``); a
+        module owned by a tenant may name only its own or its caller's (:mod:`.tenancy`).
+        """
         if self._nc is None:
             raise RuntimeError("the module is not started.")
-        return Client(self._nc, source_id=self.module_id)
+        return ModuleClient(self._nc, module_id=self.module_id, owner=self.tenant)
 
     async def start(self, nc: NATS) -> None:
         """Subscribe every capability and event topic, then announce and heartbeat in the background."""
@@ -351,7 +361,8 @@ class Module:
         if error is not None:
             return error
         started = time.perf_counter()
-        answer = await invocation.answer(last_data(call) if definition.streaming else call)
+        with serving(request.context.tenant_id):
+            answer = await invocation.answer(last_data(call) if definition.streaming else call)
         answer.headers[streaming.COMPUTE_MS] = f"{elapsed_ms(started):.3f}"
         return answer
 
@@ -406,11 +417,12 @@ class Module:
         call, error = invocation.start(getattr(self, invocation.definition.method_name))
         if error is not None:
             await sender.end(error, elapsed_ms(started))
-        elif invocation.definition.streaming:
-            await stream_answers(invocation, call, sender, started)
-        else:
-            answer = await invocation.answer(call)
-            await sender.end(answer, elapsed_ms(started))
+            return
+        with serving(invocation.request.context.tenant_id):
+            if invocation.definition.streaming:
+                await stream_answers(invocation, call, sender, started)
+            else:
+                await sender.end(await invocation.answer(call), elapsed_ms(started))
 
     async def _on_control(self, msg: Msg) -> None:
         """CANCEL or credit for a streamed call of this instance."""
@@ -439,7 +451,8 @@ class Module:
             log.warning("dropped an event on %s that names tenant %r", msg.subject, message.context.tenant_id)
             return
         try:
-            await getattr(self, handler.method_name)(Event.from_message(message, data))
+            with serving(message.context.tenant_id):
+                await getattr(self, handler.method_name)(Event.from_message(message, data))
         except Exception:
             # Nobody waits for an event's outcome, so the log is the only place a failure can go.
             log.exception("event handler %s of %s failed on event %s", handler.method_name, self.module_id, message.id)
