@@ -116,15 +116,21 @@ async def test_a_tenant_module_may_name_its_own_or_its_callers_tenant_and_no_oth
         with pytest.raises(TenantError, match=globex):
             await owned.client.call("tenancy.whoami", tenant=globex)
         with pytest.raises(TenantError):
-            await owned.client.publish_event("tenancy.relayed", {}, tenant=globex)
-        with pytest.raises(TenantError):
             await anext(owned.client.stream("tenancy.whoami", tenant=globex))
-        caller = Client(nc, tenant=globex)  # globex calls acme's module: it may act for globex or acme
+        caller = Client(nc, tenant=globex)  # globex calls acme's module: it may call for globex or acme
+        events = await nc.subscribe(subjects.event("*", "tenancy.relayed"))
+        assert await caller.call("tenancy.relay") == {"outer": globex, "inner": globex}
         assert await caller.call("tenancy.relay", {"tenant": globex}) == {"outer": globex, "inner": globex}
         assert await caller.call("tenancy.relay", {"tenant": acme}) == {"outer": globex, "inner": acme}
         with pytest.raises(CallError) as refused:
             await caller.call("tenancy.relay", {"tenant": initech})
         assert refused.value.code == "MODULE_ERROR"
+        # Its events stay in acme's space, whoever it serves: the bus lets it publish there only.
+        published = [await events.next_msg(timeout=2) for _ in range(3)]
+        await events.unsubscribe()
+        assert {m.subject for m in published} == {subjects.event(acme, "tenancy.relayed")}
+        with pytest.raises(TenantError):
+            await owned.client.publish_event("tenancy.relayed", {}, tenant=globex)
     finally:
         await owned.stop(grace=1.0)
 
