@@ -4,12 +4,13 @@ A started module subscribes each capability on two subjects — the capability r
 every replica of every module that offers it (one queue group per capability), and its own
 direct route — plus its instance's control subject (CANCEL and credit of streamed calls) and
 the topics of its event handlers; it announces its manifest to the hub and heartbeats until it
-stops.
+stops. It is also a NATS micro service (:mod:`.micro`): each route is an endpoint, so
+``nats micro ls|info|stats`` shows the module's instances and their request, error and latency figures.
 
 A module belongs to a tenant (``ModuleConfig.tenant``, or the one its credential names:
 :meth:`Module.config_for_credential`). It serves every tenant's calls, but hears only its own
-tenant's events — a module owned by ``system``, a platform module, hears every tenant's. It is also a NATS micro service (:mod:`.micro`): each route is an endpoint, so
-``nats micro ls|info|stats`` shows the module's instances and their request, error and latency figures.
+tenant's events — a module owned by ``system``, a platform module, hears every tenant's. While it
+serves a call, its client calls for the caller's tenant (:mod:`.tenancy`).
 
 A call is answered once (request/reply) unless the caller asked to stream it (NATS header
 ``Dai-Stream``): then the module acknowledges at once with ACCEPTED and sends its answers to the
@@ -165,8 +166,9 @@ class Module:
     def client(self) -> Client:
         """A client for module-to-module calls, on the same subjects as every other call.
 
-        Its calls and events carry :attr:`current_tenant` unless they name one (``tenant=``); a
-        module owned by a tenant may name only its own or its caller's (:mod:`.tenancy`).
+        Its calls carry :attr:`current_tenant` unless they name one (``tenant=``), and a module owned
+        by a tenant may name only its own or its caller's; its events go to its own tenant, or for a
+        ``system`` module to :attr:`current_tenant` (:mod:`.tenancy`).
         """
         if self._nc is None:
             raise RuntimeError("the module is not started.")
