@@ -6,12 +6,12 @@
       │ subscribe <inbox>                               │
       │ request mcp.call.<tenant>.<capability> ────────▶│  NATS headers Dai-Stream: <inbox>,
       │   (nobody subscribed: no responders, at once)   │               Dai-Window: <n>
-      │◀─ ACCEPTED, headers["control"] = mcp.ctl.<inst> │
+      │◀─ ACCEPTED, headers["control"] = mcp.ctl.<m>.<i>│
       │◀─ <inbox>: STREAM_CHUNK 0, 1, 2 ...             │  each also recorded on mcp.res.<t>.<c>
-      │ STREAM_ACK sequence=k ── mcp.ctl.<instance> ───▶│  may send chunks up to k + n - 1
+      │ STREAM_ACK sequence=k ── mcp.ctl.<m>.<i> ──────▶│  may send chunks up to k + n - 1
       │◀─ <inbox>: the end: final STREAM_CHUNK,         │
       │       RESPONSE or ERROR, with compute_ms        │
-      │ CANCEL ──────────────── mcp.ctl.<instance> ────▶│  cancels the handler's task, records
+      │ CANCEL ──────────────── mcp.ctl.<m>.<i> ───────▶│  cancels the handler's task, records
       │                                                 │  ERROR CANCELLED with compute_ms
 
 The call itself is a NATS request so that a capability nobody serves is refused at once; the

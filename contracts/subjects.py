@@ -4,7 +4,7 @@ Live traffic (core NATS, never stored):
 
     mcp.call.<tenant>.<capability…>              a call routed by capability (queue group per capability)
     mcp.direct.<module>.<tenant>.<capability…>   a call routed to one module
-    mcp.ctl.<instance>                           CANCEL and STREAM_ACK for the streamed calls an
+    mcp.ctl.<module>.<instance>                  CANCEL and STREAM_ACK for the streamed calls an
                                                  instance runs (named in its ACCEPTED answer)
 
 The log (JetStream, stream MCP):
@@ -20,7 +20,13 @@ records its answer, each with one extra core-NATS publish. Events need no answer
 published once, on their record subject, and modules subscribe to it.
 
 Presence (core NATS): ``hub.heartbeat.<module>``, ``hub.leave.<module>``; the hub answers
-``hub.announce`` and ``hub.modules``.
+``hub.announce.<module>`` and ``hub.modules``.
+
+A module's own subjects (its direct route, control, presence and announcement) carry its module
+id, never an instance id alone (drawn at run time), so the bus can grant a module's connection
+exactly its own with wildcards: ``mcp.ctl.<module>.*``, ``hub.announce.<module>``. Of the events,
+a module owned by a tenant receives that tenant's only, a platform module (owned by ``system``)
+every tenant's (:func:`event_scope`).
 """
 
 from __future__ import annotations
@@ -28,14 +34,16 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "ANNOUNCE",
     "MODULES",
+    "SYSTEM_TENANT",
     "InvalidSubjectToken",
+    "announce",
     "call",
     "capability_queue",
     "control",
     "direct",
     "event",
+    "event_scope",
     "heartbeat",
     "is_control",
     "leave",
@@ -51,10 +59,11 @@ _TOKEN = re.compile(r"[a-z0-9_-]{1,64}")
 _CAPABILITY = re.compile(r"[a-z0-9_-]{1,64}(?:\.[a-z0-9_-]{1,64}){0,7}")
 # A topic a module subscribes to: dotted tokens, any of them "*", optionally ending in ">".
 _TOPIC_PATTERN = re.compile(r"(?:[a-z0-9_-]{1,64}|\*)(?:\.(?:[a-z0-9_-]{1,64}|\*)){0,7}(?:\.>)?|>")
-_CONTROL = re.compile(r"mcp\.ctl\.[a-z0-9_-]{1,128}")
+_CONTROL = re.compile(r"mcp\.ctl\.[a-z0-9_-]{1,64}\.[a-z0-9_-]{1,128}")
 
-ANNOUNCE = "hub.announce"
 MODULES = "hub.modules"
+# The tenant that owns the platform's own modules: they serve and hear every tenant.
+SYSTEM_TENANT = "system"
 
 
 class InvalidSubjectToken(ValueError):
@@ -115,14 +124,24 @@ def event(tenant: str, capability: str) -> str:
     return f"mcp.evt.{tenant}.{capability}"
 
 
-def control(instance_id: str) -> str:
+def event_scope(owner_tenant: str) -> str:
+    """The tenant token of the events a module owned by ``owner_tenant`` receives: its own, or ``*`` for ``system``."""
+    return "*" if owner_tenant == SYSTEM_TENANT else owner_tenant
+
+
+def control(module: str, instance_id: str) -> str:
     """Where a module instance takes CANCEL and STREAM_ACK messages for its streamed calls."""
-    return f"mcp.ctl.{instance_id}"
+    return f"mcp.ctl.{module}.{instance_id}"
 
 
 def is_control(subject: str) -> bool:
     """Whether ``subject`` is a control subject: a caller sends nothing anywhere else a module names."""
     return _CONTROL.fullmatch(subject) is not None
+
+
+def announce(module: str) -> str:
+    """Where a module asks the hub to record its manifest; the hub answers ``ok`` or ``refused: …``."""
+    return f"hub.announce.{module}"
 
 
 def heartbeat(module: str) -> str:

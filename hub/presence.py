@@ -1,7 +1,9 @@
 """Which module instances are alive right now, from their heartbeats.
 
 An instance is alive until it says it leaves or misses three heartbeats in a row, so a module
-that dies without a word disappears within three heartbeat intervals (3 s by default).
+that dies without a word disappears within three heartbeat intervals (3 s by default). A
+heartbeat or leave counts only for the module its subject names (``hub.heartbeat.<module>``):
+one module cannot keep another's instance alive or make it leave.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ MISSED_HEARTBEATS = 3
 
 class PresenceIndex:
     def __init__(self) -> None:
-        self._alive: dict[str, tuple[presence.Heartbeat, float]] = {}  # instance id → (beat, deadline)
+        # (module id, instance id) → (beat, deadline): keyed by both, so that a module's presence
+        # messages can only ever touch entries under its own id.
+        self._alive: dict[tuple[str, str], tuple[presence.Heartbeat, float]] = {}
         self._subscriptions: list[Subscription] = []
 
     async def start(self, nc: NATS) -> None:
@@ -42,8 +46,8 @@ class PresenceIndex:
     def instances(self) -> list[presence.Heartbeat]:
         """The live instances, oldest knowledge pruned first."""
         now = time.monotonic()
-        for instance_id in [i for i, (_, deadline) in self._alive.items() if deadline < now]:
-            del self._alive[instance_id]
+        for key in [k for k, (_, deadline) in self._alive.items() if deadline < now]:
+            del self._alive[key]
         return [beat for beat, _ in self._alive.values()]
 
     def serving(self, capability: str) -> int:
@@ -56,7 +60,10 @@ class PresenceIndex:
         except msgspec.DecodeError:
             log.warning("ignored a malformed heartbeat on %s", msg.subject)
             return
-        self._alive[beat.instance_id] = (beat, time.monotonic() + MISSED_HEARTBEATS * beat.interval)
+        if not _speaks_for(msg.subject, beat.module_id):
+            log.warning("ignored a heartbeat of %s on %s", beat.module_id, msg.subject)
+            return
+        self._alive[beat.module_id, beat.instance_id] = (beat, time.monotonic() + MISSED_HEARTBEATS * beat.interval)
 
     async def _on_leave(self, msg: Msg) -> None:
         try:
@@ -64,4 +71,16 @@ class PresenceIndex:
         except msgspec.DecodeError:
             log.warning("ignored a malformed leave on %s", msg.subject)
             return
-        self._alive.pop(leave.instance_id, None)
+        if not _speaks_for(msg.subject, leave.module_id):
+            log.warning("ignored a leave of %s on %s", leave.module_id, msg.subject)
+            return
+        self._alive.pop((leave.module_id, leave.instance_id), None)
+
+
+def _speaks_for(subject: str, module_id: str) -> bool:
+    """Whether a presence message on ``subject`` is about ``module_id``.
+
+    The bus lets a module publish presence under its own id only, so the subject's last token
+    says who is speaking, and the body must agree.
+    """
+    return subject.rsplit(".", 1)[-1] == module_id

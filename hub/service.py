@@ -2,7 +2,8 @@
 
 It is not on the call path — calls go straight from the router to the modules over NATS
 queue groups. The hub owns what surrounds them: the registry (it is the REGISTRY stream's
-writer) and presence (``hub.modules`` lists live instances).
+writer) and presence (``hub.modules`` lists live instances). A module announces itself on
+``hub.announce.<module>``; a manifest for any other module id is refused.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Hub:
         await self.presence.start(nc)
         self._registrar = Registrar(js, self.registry)
         self._subscriptions = [
-            await nc.subscribe(subjects.ANNOUNCE, queue="hub", cb=self._on_announce),
+            await nc.subscribe(subjects.announce("*"), queue="hub", cb=self._on_announce),
             await nc.subscribe(subjects.MODULES, queue="hub", cb=self._on_modules),
         ]
         await nc.flush()
@@ -52,8 +53,16 @@ class Hub:
         await self.registry.stop()
 
     async def _on_announce(self, msg: Msg) -> None:
+        announcer = msg.subject.rsplit(".", 1)[-1]
         try:
             manifest = _decode_manifest(msg.data)
+            if manifest.module_id != announcer:
+                # The bus lets a module's connection publish on its own announce subject only, so
+                # the subject, not the body, says who is speaking.
+                raise InvalidManifest(
+                    f"the manifest is for module {manifest.module_id!r} but was announced on {msg.subject!r};"
+                    f" a module announces itself on {subjects.announce(manifest.module_id)!r}"
+                )
             appended = await self._registrar.announce(manifest) if self._registrar else False
         except (msgspec.DecodeError, InvalidManifest) as exc:
             log.warning("refused a module announcement: %s", exc)

@@ -40,7 +40,8 @@ class Client:
     """Call capabilities over NATS, as a module or a trusted service inside the platform.
 
     Calls carry ``tenant`` in their context and subject; the gateway is where tenants are
-    authenticated, so only trusted code holds a NATS connection.
+    authenticated, so only trusted code holds a NATS connection. A module's own client
+    (``Module.client``) carries the tenant of the call it is serving instead (:mod:`.tenancy`).
     """
 
     def __init__(self, nc: NATS, *, source_id: str = "client", tenant: str = "system") -> None:
@@ -95,9 +96,17 @@ class Client:
     async def publish_event(self, topic: str, data: Any = None, *, tenant: str | None = None) -> None:
         """Publish an event on ``mcp.evt.<tenant>.<topic>``: recorded, and delivered to its subscribers."""
         subjects.validate_capability(topic)
-        tenant_id = subjects.validate_token(tenant, "tenant") if tenant else self._tenant
+        tenant_id = self._event_tenant_for(tenant)
         event = new_event(topic, _encode(data), tenant_id=tenant_id, source_module_id=self._source_id)
         await self._nc.publish(subjects.event(tenant_id, topic), event.SerializeToString())
+
+    def _tenant_for(self, tenant: str | None) -> str:
+        """The tenant a call carries: the one named, else this client's."""
+        return subjects.validate_token(tenant, "tenant") if tenant else self._tenant
+
+    def _event_tenant_for(self, tenant: str | None) -> str:
+        """The tenant an event is published for: as for a call."""
+        return self._tenant_for(tenant)
 
     def _request(
         self, capability: str, payload: Any, tenant: str | None, target_module_id: str, priority: int, ttl: int
@@ -110,7 +119,7 @@ class Client:
         return new_request(
             capability,
             _encode(payload if payload is not None else {}),
-            tenant_id=subjects.validate_token(tenant, "tenant") if tenant else self._tenant,
+            tenant_id=self._tenant_for(tenant),
             source_module_id=self._source_id,
             target_module_id=target_module_id,
             priority=priority,

@@ -2,14 +2,16 @@
 
     DaiError
     ├── CallError          a call answered with an error: ``code``, ``message``, ``details``
-    └── SchemaError        a capability declared a schema the SDK cannot use
+    ├── SchemaError        a capability declared a schema the SDK cannot use
+    ├── CredentialError    a module credential that is malformed, or is another module's
+    └── TenantError        a module named a tenant it may not act for
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CallError", "DaiError", "SchemaError"]
+__all__ = ["CallError", "CredentialError", "DaiError", "SchemaError", "TenantError"]
 
 
 class DaiError(Exception):
@@ -28,3 +30,11 @@ class CallError(DaiError):
 
 class SchemaError(DaiError, TypeError):
     """A schema is neither a JSON Schema dict, a msgspec Struct nor a pydantic model."""
+
+
+class CredentialError(DaiError, ValueError):
+    """A module credential that is not ``dai-module.<tenant>.<module_id>.<secret>``, or names another module."""
+
+
+class TenantError(DaiError, ValueError):
+    """A module owned by one tenant named another one for a call or an event (see :mod:`.tenancy`)."""

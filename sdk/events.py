@@ -1,11 +1,19 @@
 """Broadcast events: ``@event_handler("topic")`` marks a method that receives the events of a topic.
 
 An event is an MCP message of type EVENT published once on ``mcp.evt.<tenant>.<topic>``: the MCP
-stream records it from there and every module subscribed to the topic receives it. Each handler
-gets each event once — the replicas of one module share it in a queue group, as they share
-calls — and nobody answers. Handlers run outside the module's concurrency slots; a failure is
-logged, never answered. Publish one with :meth:`Client.publish_event
-<democratic_ai.sdk.Client.publish_event>`.
+stream records it from there and every module subscribed to the topic that is entitled to the
+tenant's events receives it. Each handler gets each event once — the replicas of one module
+share it in a queue group, as they share calls — and nobody answers. Handlers run outside the
+module's concurrency slots; a failure is logged, never answered. Publish one with
+:meth:`Client.publish_event <democratic_ai.sdk.Client.publish_event>`.
+
+Who hears which tenant's events is decided by the tenant that owns the module
+(``ModuleConfig.tenant``): a module owned by tenant ``acme`` subscribes ``mcp.evt.acme.<topic>``
+and hears acme's events only; a platform module, owned by ``system``, subscribes
+``mcp.evt.*.<topic>`` and hears every tenant's. The bus grants a module's connection exactly that
+subject, so this is enforced by NATS, not just chosen by the SDK. ``Event.tenant_id`` is the
+tenant of the subject the event came on (an event whose body names another is dropped), and a
+handler's own calls and events default to that tenant (:mod:`.tenancy`).
 """
 
 from __future__ import annotations

@@ -83,8 +83,11 @@ class MicroService:
 
     async def start(self, nc: NATS) -> None:
         self.started = datetime.now(UTC)
-        # Three wildcard subscriptions instead of nine: the verb is the second token.
-        for subject in (f"{PREFIX}.*", f"{PREFIX}.*.{self.name}", f"{PREFIX}.*.{self.name}.{self.id}"):
+        # Five subscriptions instead of nine: the verb is the second token. The bare verbs are named
+        # one by one, not as "$SRV.*": the bus grants a module exactly those, and NATS refuses a
+        # wildcard subscription wider than what it grants.
+        own = (f"{PREFIX}.*.{self.name}", f"{PREFIX}.*.{self.name}.{self.id}")
+        for subject in (*(f"{PREFIX}.{verb}" for verb in VERBS), *own):
             self._subscriptions.append(await nc.subscribe(subject, cb=self._on_request))
 
     async def stop(self) -> None:

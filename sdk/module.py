@@ -7,6 +7,11 @@ the topics of its event handlers; it announces its manifest to the hub and heart
 stops. It is also a NATS micro service (:mod:`.micro`): each route is an endpoint, so
 ``nats micro ls|info|stats`` shows the module's instances and their request, error and latency figures.
 
+A module belongs to a tenant (``ModuleConfig.tenant``, or the one its credential names:
+:meth:`Module.config_for_credential`). It serves every tenant's calls, but hears only its own
+tenant's events — a module owned by ``system``, a platform module, hears every tenant's. While it
+serves a call, its client calls for the caller's tenant (:mod:`.tenancy`).
+
 A call is answered once (request/reply) unless the caller asked to stream it (NATS header
 ``Dai-Stream``): then the module acknowledges at once with ACCEPTED and sends its answers to the
 caller's inbox (:mod:`democratic_ai.sdk.streaming`). Either way the handler waits for one of
@@ -20,7 +25,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, cast
 
 import msgspec
@@ -47,10 +52,13 @@ from democratic_ai.contracts.usage_events import BYTES_IN_HEADER
 
 from .capability import CapabilityDefinition, definitions_of
 from .client import Client
+from .credentials import parse_module_credential
+from .errors import CredentialError
 from .events import Event, EventHandlerDefinition, event_handlers_of
 from .execution import Invocation
 from .scheduling import Scheduler
 from .streaming import ChunkSender, elapsed_ms, last_data, stream_answers
+from .tenancy import ModuleClient, serving, serving_tenant
 from .micro import Endpoint, MicroService
 
 __all__ = ["Module", "ModuleConfig"]
@@ -68,8 +76,11 @@ class ModuleConfig:
     # Seconds of waiting for a slot that raise a call by one priority level, so that under
     # saturation a priority-0 call waits at most ~9 x this longer than a priority-9 one.
     priority_aging: float = 1.0
+    # The tenant that owns the module: it hears that tenant's events only, unless it is "system".
+    tenant: str = subjects.SYSTEM_TENANT
 
     def __post_init__(self) -> None:
+        subjects.validate_token(self.tenant, "tenant")
         if self.heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be a positive number of seconds.")
         if self.max_concurrency < 1:
@@ -107,7 +118,7 @@ class Module:
         self.instance_id = f"{self.module_id}-{uuid.uuid4().hex[:12]}"
         self.scheduler = Scheduler(self.config.max_concurrency, self.config.priority_aging)
         self._nc: NATS | None = None
-        self._control = subjects.control(self.instance_id)
+        self._control = subjects.control(self.module_id, self.instance_id)
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: dict[str, _Streamed] = {}
@@ -125,12 +136,43 @@ class Module:
             capabilities=tuple(d.spec() for d in sorted(self.capabilities.values(), key=lambda d: d.action)),
         )
 
+    @classmethod
+    def config_for_credential(cls, credential: str, config: ModuleConfig | None = None) -> ModuleConfig:
+        """``config`` (or the defaults) owned by the tenant ``credential`` names, if it is this module's.
+
+        Raises :class:`~democratic_ai.sdk.errors.CredentialError` when the credential is malformed
+        or was issued for another module id: the bus would refuse this module's subjects anyway,
+        and a clear error at start beats a permissions violation on the first subscription.
+        """
+        named = parse_module_credential(credential)
+        if named.module_id != cls.module_id:
+            raise CredentialError(
+                f"the credential is for module {named.module_id!r}, but {cls.__name__}.module_id is"
+                f" {cls.module_id!r}: use the credential the platform issued for {cls.module_id!r}."
+            )
+        return replace(config or ModuleConfig(), tenant=named.tenant)
+
+    @property
+    def tenant(self) -> str:
+        """The tenant that owns this module."""
+        return self.config.tenant
+
+    @property
+    def current_tenant(self) -> str:
+        """The tenant this code acts for: that of the call (or event) being served, else the module's own."""
+        return serving_tenant() or self.tenant
+
     @property
     def client(self) -> Client:
-        """A client for module-to-module calls, on the same subjects as every other call."""
+        """A client for module-to-module calls, on the same subjects as every other call.
+
+        Its calls carry :attr:`current_tenant` unless they name one (``tenant=``), and a module owned
+        by a tenant may name only its own or its caller's; its events go to its own tenant, or for a
+        ``system`` module to :attr:`current_tenant` (:mod:`.tenancy`).
+        """
         if self._nc is None:
             raise RuntimeError("the module is not started.")
-        return Client(self._nc, source_id=self.module_id)
+        return ModuleClient(self._nc, module_id=self.module_id, owner=self.tenant)
 
     async def start(self, nc: NATS) -> None:
         """Subscribe every capability and event topic, then announce and heartbeat in the background."""
@@ -172,8 +214,11 @@ class Module:
 
             # One queue group per handler: the replicas of this module share its events, while two
             # handlers whose topics overlap each still get every event (NATS picks one member per group).
+            # The subject holds the events of this module's tenant, or of all tenants for a "system"
+            # module: exactly what the bus lets its connection subscribe to.
             queue = f"{self.module_id}.{handler.method_name}"
-            self._subscriptions.append(await nc.subscribe(subjects.event("*", handler.topic), queue=queue, cb=on_event))
+            subject = subjects.event(subjects.event_scope(self.tenant), handler.topic)
+            self._subscriptions.append(await nc.subscribe(subject, queue=queue, cb=on_event))
         self._subscriptions.append(await nc.subscribe(self._control, cb=self._on_control))
         # Twice: nats-py writes flush()'s PING straight to the socket, ahead of SUBs still in its
         # buffer, so one PONG does not prove the server has them and a call sent at once could
@@ -223,11 +268,12 @@ class Module:
     async def _announce(self, nc: NATS) -> None:
         """Tell the hub our manifest until it acknowledges; modules serve calls meanwhile."""
         data = msgspec.json.encode(self.manifest)
+        subject = subjects.announce(self.module_id)
         attempts = 0
         while not self._stopping:
             attempts += 1
             try:
-                answer = await nc.request(subjects.ANNOUNCE, data, timeout=5.0)
+                answer = await nc.request(subject, data, timeout=5.0)
             except ConnectionClosedError:
                 return
             except (NoRespondersError, TimeoutError):
@@ -317,7 +363,8 @@ class Module:
         if error is not None:
             return error
         started = time.perf_counter()
-        answer = await invocation.answer(last_data(call) if definition.streaming else call)
+        with serving(request.context.tenant_id):
+            answer = await invocation.answer(last_data(call) if definition.streaming else call)
         answer.headers[streaming.COMPUTE_MS] = f"{elapsed_ms(started):.3f}"
         return answer
 
@@ -372,11 +419,12 @@ class Module:
         call, error = invocation.start(getattr(self, invocation.definition.method_name))
         if error is not None:
             await sender.end(error, elapsed_ms(started))
-        elif invocation.definition.streaming:
-            await stream_answers(invocation, call, sender, started)
-        else:
-            answer = await invocation.answer(call)
-            await sender.end(answer, elapsed_ms(started))
+            return
+        with serving(invocation.request.context.tenant_id):
+            if invocation.definition.streaming:
+                await stream_answers(invocation, call, sender, started)
+            else:
+                await sender.end(await invocation.answer(call), elapsed_ms(started))
 
     async def _on_control(self, msg: Msg) -> None:
         """CANCEL or credit for a streamed call of this instance."""
@@ -400,8 +448,13 @@ class Module:
         except (DecodeError, msgspec.DecodeError):
             log.warning("dropped an unreadable event on %s", msg.subject)
             return
+        if message.context.tenant_id != msg.subject.split(".")[2]:
+            # The subject is what the bus authorizes; a body claiming another tenant is forged.
+            log.warning("dropped an event on %s that names tenant %r", msg.subject, message.context.tenant_id)
+            return
         try:
-            await getattr(self, handler.method_name)(Event.from_message(message, data))
+            with serving(message.context.tenant_id):
+                await getattr(self, handler.method_name)(Event.from_message(message, data))
         except Exception:
             # Nobody waits for an event's outcome, so the log is the only place a failure can go.
             log.exception("event handler %s of %s failed on event %s", handler.method_name, self.module_id, message.id)

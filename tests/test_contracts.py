@@ -51,8 +51,8 @@ def test_stream_chunks_carry_sequence_progress_and_final() -> None:
     assert not started.payload and not started.final
     data = decode(streaming.chunk(request, 1, b'{"x": 1}', source_module_id="m", final=True).SerializeToString())
     assert (data.sequence, data.final, data.payload, data.HasField("progress")) == (1, True, b'{"x": 1}', False)
-    accepted = streaming.accepted(request, "mcp.ctl.m-1", source_module_id="m")
-    assert accepted.type == MessageType.ACCEPTED and accepted.headers[streaming.CONTROL] == "mcp.ctl.m-1"
+    accepted = streaming.accepted(request, "mcp.ctl.m.m-1", source_module_id="m")
+    assert accepted.type == MessageType.ACCEPTED and accepted.headers[streaming.CONTROL] == "mcp.ctl.m.m-1"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Broadcast events: published once on mcp.evt.<tenant>.<topic>, recorded, delivered to every subscribing module."""
+"""Broadcast events: published once on mcp.evt.<tenant>.<topic>, recorded, delivered to every subscribing module
+entitled to them: a module owned by a tenant hears that tenant's, a ``system`` module everyone's."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from democratic_ai.contracts import MessageType, decode, subjects
-from democratic_ai.sdk import Client, Event, Module, event_handler
+from democratic_ai.contracts import MessageType, decode, new_event, subjects
+from democratic_ai.sdk import Client, Event, Module, ModuleConfig, event_handler
 
 from conftest import unique
 
@@ -100,3 +101,54 @@ def test_event_topics_are_checked() -> None:
 async def test_publishing_needs_a_concrete_topic(nc: NATS) -> None:
     with pytest.raises(subjects.InvalidSubjectToken):
         await Client(nc).publish_event("orders.*", {})
+
+
+class Shipping(Module):
+    """Hears order events; whose, depends on the tenant that owns it."""
+
+    module_id = "shipping-listener-test"
+
+    def __init__(self, config: ModuleConfig) -> None:
+        super().__init__(config)
+        self.seen: list[tuple[str, int]] = []
+
+    @event_handler("orders.>")
+    async def on_order(self, event: Event) -> None:
+        self.seen.append((event.tenant_id, event.data["n"]))
+
+
+class PlatformShipping(Shipping):
+    module_id = "platform-shipping-listener-test"
+
+
+async def test_a_tenant_module_hears_its_tenant_only_and_a_system_module_every_tenant(nc: NATS) -> None:
+    acme, globex = unique("acme"), unique("globex")
+    own, platform = Shipping(ModuleConfig(tenant=acme)), PlatformShipping(ModuleConfig())
+    assert (own.tenant, platform.tenant) == (acme, "system")
+    await own.start(nc)
+    await platform.start(nc)
+    try:
+        for n, tenant in enumerate((acme, globex, acme, globex)):
+            await Client(nc, source_id="shop", tenant=tenant).publish_event("orders.created", {"n": n})
+        await _until(lambda: len(platform.seen) == 4 and len(own.seen) == 2)
+        await asyncio.sleep(0.1)  # time for an event that should not come
+        assert own.seen == [(acme, 0), (acme, 2)]
+        assert platform.seen == [(acme, 0), (globex, 1), (acme, 2), (globex, 3)]
+    finally:
+        await own.stop(grace=1.0)
+        await platform.stop(grace=1.0)
+
+
+async def test_an_event_whose_body_names_another_tenant_than_its_subject_is_dropped(nc: NATS) -> None:
+    acme = unique("acme")
+    module = Shipping(ModuleConfig(tenant=acme))
+    await module.start(nc)
+    try:
+        forged = new_event("orders.created", b'{"n": 1}', tenant_id=unique("globex"), source_module_id="x")
+        await nc.publish(subjects.event(acme, "orders.created"), forged.SerializeToString())
+        await Client(nc, source_id="shop", tenant=acme).publish_event("orders.created", {"n": 2})
+        await _until(lambda: len(module.seen) >= 1)
+        await asyncio.sleep(0.05)
+        assert module.seen == [(acme, 2)]
+    finally:
+        await module.stop(grace=1.0)

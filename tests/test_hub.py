@@ -67,8 +67,49 @@ async def test_announcement_is_recorded_once_and_changes_as_updates(nc: NATS, hu
     ],
 )
 async def test_bad_announcements_are_refused(nc: NATS, hub: Hub, manifest: bytes) -> None:
-    answer = await nc.request(subjects.ANNOUNCE, manifest, timeout=2)
+    answer = await nc.request(subjects.announce("ok-id"), manifest, timeout=2)
     assert answer.data.startswith(b"refused: ")
+
+
+async def test_an_announcement_for_another_module_id_is_refused(nc: NATS, hub: Hub) -> None:
+    """The subject names who speaks (the bus lets a module publish only its own): the body must agree."""
+    victim, impostor = unique("victim"), unique("impostor")
+    manifest = msgspec.json.encode(ModuleManifest(module_id=victim, capabilities=(CapabilitySpec(action="a.b"),)))
+    answer = await nc.request(subjects.announce(impostor), manifest, timeout=2)
+    assert answer.data.startswith(b"refused: ") and victim.encode() in answer.data
+    assert victim not in hub.registry.manifests
+    assert await _registry_subjects(nc, victim) == []
+    answer = await nc.request(subjects.announce(victim), manifest, timeout=2)  # the same, under its own id
+    assert answer.data == b"ok" and victim in hub.registry.manifests
+
+
+async def test_presence_ignores_a_heartbeat_or_leave_for_another_module(nc: NATS, hub: Hub) -> None:
+    module_id, impostor = unique("probe"), unique("impostor")
+    module = _module_class(module_id)(ModuleConfig(heartbeat_interval=0.2))
+    await module.start(nc)
+    try:
+        forged = presence.Heartbeat(module_id=module_id, instance_id=f"{module_id}-forged", capabilities=("probe.ping",),
+                                    interval=5.0)
+        await nc.publish(subjects.heartbeat(impostor), presence.encode(forged))
+        # Under its own id, with the module's instance id: its own presence, not the module's.
+        claim = presence.Heartbeat(module_id=impostor, instance_id=module.instance_id, capabilities=(), interval=5.0)
+        await nc.publish(subjects.heartbeat(impostor), presence.encode(claim))
+        # A leave naming the module, on the impostor's subject; and the impostor leaving under that instance id.
+        for body in (presence.Leave(module_id=module_id, instance_id=module.instance_id),
+                     presence.Leave(module_id=impostor, instance_id=module.instance_id)):
+            await nc.publish(subjects.leave(impostor), presence.encode(body))
+        await nc.flush()
+        await asyncio.sleep(0.5)  # two of the module's own heartbeats later
+
+        def live() -> set[tuple[str, str]]:
+            return {(beat.module_id, beat.instance_id) for beat in hub.presence.instances()}
+
+        assert (module_id, module.instance_id) in live()
+        assert (module_id, f"{module_id}-forged") not in live()
+        assert hub.presence.serving("probe.ping") >= 1
+    finally:
+        await module.stop()
+    assert (module_id, module.instance_id) not in live()  # its own leave counts
 
 
 async def test_presence_follows_heartbeats_leaves_and_silence(nats_server: object, hub: Hub) -> None:

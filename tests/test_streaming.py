@@ -122,7 +122,7 @@ async def test_a_cancel_from_another_tenant_is_ignored(nc: NATS, streamer: Strea
     assert first.type == MessageType.STREAM_CHUNK
     intruder = new_request("test.hang", b"{}", tenant_id=unique("other"), source_module_id="t")
     intruder.correlation_id = call.call_id
-    await nc.publish(subjects.control(streamer.instance_id), streaming.cancel(intruder, source_module_id="t").SerializeToString())
+    await nc.publish(subjects.control(streamer.module_id, streamer.instance_id), streaming.cancel(intruder, source_module_id="t").SerializeToString())
     await asyncio.sleep(0.1)
     assert not streamer.cancelled_at
     await call.close()
@@ -132,7 +132,7 @@ async def test_a_cancel_from_another_tenant_is_ignored(nc: NATS, streamer: Strea
 
 async def test_a_caller_leaving_while_the_stream_opens_still_cancels_it(nc: NATS) -> None:
     """Cancelled before the module's ACCEPTED arrived, the router still learns the control subject and cancels."""
-    control = subjects.control("slow-acceptor-1")
+    control = subjects.control("slow", "slow-acceptor-1")
     cancels = await nc.subscribe(control)
 
     async def accept_late(msg: Msg) -> None:
@@ -159,7 +159,7 @@ async def test_a_caller_leaving_while_the_stream_opens_still_cancels_it(nc: NATS
 async def test_a_stream_reports_its_end_once_also_when_the_module_never_confirms_a_cancel(nc: NATS) -> None:
     """Closed while running, a stream waits ``cancel_wait`` for the module's last word, then ends
     with the router's own CANCELLED — recorded, and told to ``on_end`` exactly once."""
-    control = subjects.control("deaf-1")
+    control = subjects.control("deaf", "deaf-1")
     cancels = await nc.subscribe(control)
 
     async def accept(msg: Msg) -> None:
