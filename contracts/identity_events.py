@@ -9,10 +9,13 @@ Subjects name the aggregate: ``iam.<tenant>.<aggregate>.<id>``.
     iam.<t>.session.<family id>    session.started, session.refreshed, session.revoked
     iam.<t>.token.<jti>            token.revoked
     iam.<t>.login.<sha256(email)>  login.attempted (success or failure; feeds login throttling)
+    iam.<t>.module.<module id>     module.registered, module.updated, module.credential_rotated,
+                                   module.revoked — a module id is registered once, ever, platform-wide
 
 Commands append with ``Nats-Expected-Last-Subject-Sequence`` on the aggregate's subject, so
 two concurrent commands on one aggregate cannot both succeed. Secrets never enter the log:
-passwords as argon2id hashes, API keys and refresh tokens as SHA-256 of 256-bit random values.
+passwords as argon2id hashes, API keys, refresh tokens and module credentials as SHA-256 of
+256-bit random values.
 Every event carries :class:`Meta` (who, from where) for the audit log.
 """
 
@@ -29,6 +32,10 @@ __all__ = [
     "IdentityEvent",
     "LoginAttempted",
     "Meta",
+    "ModuleCredentialRotated",
+    "ModuleRegistered",
+    "ModuleRevoked",
+    "ModuleUpdated",
     "PasswordChanged",
     "SessionRefreshed",
     "SessionRevoked",
@@ -130,6 +137,39 @@ class LoginAttempted(_Event, tag="login.attempted"):
     user_id: str = ""
 
 
+class ModuleRegistered(_Event, tag="module.registered"):
+    """A module's registration by a user of its tenant; the credential itself is never stored."""
+
+    module_id: str
+    owner_user_id: str  # empty when an owner-less (bootstrap) key registered it
+    credential_sha256: str
+    credential_prefix: str  # "dai-module.<tenant>.<module id>." and the secret's first characters
+    name: str = ""
+    capabilities: tuple[str, ...] = ()
+
+
+class ModuleUpdated(_Event, tag="module.updated"):
+    """A change of name and/or capabilities; a field left ``None`` keeps its value."""
+
+    module_id: str
+    name: str | None = None
+    capabilities: tuple[str, ...] | None = None
+
+
+class ModuleCredentialRotated(_Event, tag="module.credential_rotated"):
+    """A new credential replaces the old one, which is refused from now on."""
+
+    module_id: str
+    credential_sha256: str
+    credential_prefix: str
+
+
+class ModuleRevoked(_Event, tag="module.revoked"):
+    """The module's credential is refused from now on; the module id stays taken."""
+
+    module_id: str
+
+
 IdentityEvent = (
     TenantCreated
     | TenantSuspended
@@ -144,6 +184,10 @@ IdentityEvent = (
     | SessionRevoked
     | AccessTokenRevoked
     | LoginAttempted
+    | ModuleRegistered
+    | ModuleUpdated
+    | ModuleCredentialRotated
+    | ModuleRevoked
 )
 
 _decoder = msgspec.json.Decoder(IdentityEvent)
