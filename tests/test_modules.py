@@ -4,10 +4,14 @@ who may do what, tenant isolation, unique ids, input checks, and the read model.
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import asyncpg
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -347,3 +351,38 @@ def test_a_new_credential_has_the_agreed_shape() -> None:
     assert parse_module_credential(credential) == ("acme", "text-tools")
     assert credential_prefix(credential) == "dai-module.acme.text-tools." + secret[:4]
     assert new_module_credential("acme", "text-tools") != credential
+
+
+def readme_block(repo_root: Path, heading: str) -> str:
+    """The first ``sh`` code block under ``heading`` in the README."""
+    text = (repo_root / "README.md").read_text(encoding="utf-8")
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+
+
+async def test_the_readme_example_registers_reads_rotates_and_revokes(
+    gateway: Gateway, repo_root: Path, tmp_path: Path
+) -> None:
+    acme = await Tenant.create(gateway, "developer")
+    script = readme_block(repo_root, "## Registering a module")
+    env = {"PATH": os.environ["PATH"], "GW": gateway.url, "TOKEN": acme.tokens["developer"],
+           "JSON": "Content-Type: application/json"}
+    # Async, not subprocess.run: the gateway it calls runs in this event loop.
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-euo", "pipefail", "-c", script, cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    read_back = msgspec.json.decode(out)  # the GET is the only command that prints; the DELETE answers 204
+    assert read_back["module_id"] == "shout" and read_back["capabilities"] == ["text.shout"], out
+    assert read_back["owner_user_id"] == acme.users["developer"]["user_id"] and "credential" not in read_back
+
+    file = tmp_path / "shout.credential"
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    rotated = file.read_text().strip()
+    assert parse_module_credential(rotated) == (acme.tenant, "shout")
+    assert not rotated.startswith(read_back["credential_prefix"])  # the file holds the rotated credential
+    module = index(gateway).modules["shout"]
+    assert module.credential_sha256 == credential_sha256(rotated) and module.revoked
+    assert index(gateway).module_for_credential(rotated) is None
