@@ -15,7 +15,16 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts.identity_events import Meta, ModuleRegistered, ModuleUpdated, TenantCreated, TenantSuspended
+from democratic_ai.contracts.identity_events import (
+    Meta,
+    ModuleRegistered,
+    ModuleRevoked,
+    ModuleUpdated,
+    TenantCreated,
+    TenantSuspended,
+    decode_event,
+    encode_event,
+)
 from democratic_ai.services.gateway.state import IDENTITY
 from democratic_ai.services.identity import IdentityIndex, new_module_credential, parse_module_credential
 from democratic_ai.services.identity.module_credentials import credential_prefix, credential_sha256
@@ -255,12 +264,16 @@ async def test_the_read_model_folds_the_module_events(
     from democratic_ai.projections import IdentityProjection, rebuild
 
     acme = await Tenant.create(gateway, "developer")
+    # A forged registration with a wildcard capability, appended past the API: every reader skips it.
+    forged = encode_event(_registered(acme.tenant, "forged", new_module_credential(acme.tenant, "forged")))
+    await nc.jetstream().publish(f"iam.{acme.tenant}.module.forged", forged.replace(b'"text.a"', b'">"'))
     _, kept = await acme.register(name="Kept", capabilities=["text.a", "text.b"])
     _, gone = await acme.register(name="Gone", capabilities=[])
     await acme.call("PATCH", f"/{kept['module_id']}", json={"capabilities": ["text.c"]})
     _, rotated = await acme.call("POST", f"/{kept['module_id']}/credential")
     await acme.call("DELETE", f"/{gone['module_id']}")
     await caught_up(nc, pool, "identity")
+    assert "forged" not in index(gateway).modules
 
     async def rows() -> dict[str, tuple]:
         async with pool.acquire() as conn:
@@ -308,12 +321,19 @@ def test_the_index_keeps_the_first_registration_and_refuses_forged_names() -> No
     # Another tenant's update of acme's module changes nothing.
     folded.apply(ModuleUpdated(tenant_id="globex", meta=_meta(), module_id="tools", capabilities=("text.x",)))
     assert folded.modules["tools"].capabilities == ("text.a",)
-    # Names that would widen bus permissions are skipped even if an event carries them.
+    # Names that would widen bus permissions never make an event, built or decoded.
     wild = new_module_credential("evil", "wild")
-    folded.apply(_registered("evil", "wild", wild, capabilities=(">",)))
-    folded.apply(ModuleUpdated(tenant_id="acme", meta=_meta(), module_id="tools", capabilities=("text.*",)))
+    with pytest.raises(ValueError, match="not a valid name"):
+        _registered("evil", "wild", wild, capabilities=(">",))
+    forged = encode_event(_registered("evil", "wild", wild, capabilities=("text.a",))).replace(b'"text.a"', b'"text.*"')
+    with pytest.raises(msgspec.ValidationError, match="not a valid name"):
+        decode_event(forged)
+    for bad in (b'"module_id":"wild"', b'"tenant_id":"evil"'):
+        with pytest.raises(msgspec.ValidationError):
+            decode_event(forged.replace(b'"text.*"', b'"text.a"').replace(bad, bad.replace(b'":"', b'":"A.')))
+    with pytest.raises(ValueError, match="control characters"):
+        ModuleUpdated(tenant_id="acme", meta=_meta(), module_id="tools", name="\x1b[2J")
     assert "wild" not in folded.modules and folded.module_for_credential(wild) is None
-    assert folded.modules["tools"].capabilities == ("text.a",)
     # A suspended tenant's modules are refused.
     folded.apply(TenantSuspended(tenant_id="acme", meta=_meta()))
     assert folded.module_for_credential(first) is None
@@ -326,7 +346,6 @@ def test_the_index_tells_listeners_about_module_changes() -> None:
     folded.on_module_change(lambda module: 1 / 0)  # a broken listener does not stop the fold
     folded.apply(TenantCreated(tenant_id="acme", meta=_meta(), name="acme"))
     folded.apply(_registered("acme", "tools", new_module_credential("acme", "tools")))
-    from democratic_ai.contracts.identity_events import ModuleRevoked
     folded.apply(ModuleRevoked(tenant_id="acme", meta=_meta(), module_id="tools"))
     assert seen == [("tools", False), ("tools", True)]
     assert folded.modules["tools"].revoked

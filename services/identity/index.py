@@ -40,10 +40,8 @@ from democratic_ai.contracts.identity_events import (
     decode_event,
 )
 
-from .errors import Invalid
 from .hashing import sha256_hex
 from .module_credentials import parse_module_credential
-from .module_rules import check_capabilities, check_module_id, check_name
 
 __all__ = ["ApiKeyState", "IdentityIndex", "ModuleListener", "ModuleState", "SessionState", "TenantState", "UserState"]
 
@@ -219,38 +217,30 @@ class IdentityIndex(StreamFollower):
     def _apply_module(
         self, event: ModuleRegistered | ModuleUpdated | ModuleCredentialRotated | ModuleRevoked
     ) -> None:
-        """Fold a module event. The first registration of an id wins, platform-wide; an event that
-        names another tenant's module, or carries names the API would have refused, is skipped:
-        these names become bus permissions."""
+        """Fold a module event. The first registration of an id wins, platform-wide, and an event
+        for another tenant's module is skipped. (The events check their own names: a wildcard
+        capability never decodes, so it never reaches the bus permissions built from this.)"""
         current = self.modules.get(event.module_id)
-        try:
-            if isinstance(event, ModuleRegistered):
-                if current is not None:
-                    log.warning("ignored a second registration of module %r (tenant %r)", event.module_id, event.tenant_id)
-                    return
-                check_module_id(event.module_id)
-                module = ModuleState(
-                    event.tenant_id, event.module_id, event.owner_user_id, check_name(event.name),
-                    check_capabilities(event.capabilities), event.credential_sha256,
-                )
-            elif current is None or current.tenant_id != event.tenant_id:
-                log.warning("ignored %s for module %r of no such tenant %r", type(event).__name__, event.module_id,
-                            event.tenant_id)
+        if isinstance(event, ModuleRegistered):
+            if current is not None:
+                log.warning("ignored a second registration of module %r (tenant %r)", event.module_id, event.tenant_id)
                 return
-            elif isinstance(event, ModuleUpdated):
-                module = replace(
-                    current,
-                    name=current.name if event.name is None else check_name(event.name),
-                    capabilities=current.capabilities if event.capabilities is None
-                    else check_capabilities(event.capabilities),
-                )
-            elif isinstance(event, ModuleCredentialRotated):
-                module = replace(current, credential_sha256=event.credential_sha256)
-            else:
-                module = replace(current, revoked=True)
-        except Invalid as exc:
-            log.error("ignored %s for module %r: %s", type(event).__name__, event.module_id, exc.message)
+            module = ModuleState(event.tenant_id, event.module_id, event.owner_user_id, event.name,
+                                 event.capabilities, event.credential_sha256)
+        elif current is None or current.tenant_id != event.tenant_id:
+            log.warning("ignored %s for module %r, which tenant %r does not have", type(event).__name__,
+                        event.module_id, event.tenant_id)
             return
+        elif isinstance(event, ModuleUpdated):
+            module = replace(
+                current,
+                name=current.name if event.name is None else event.name,
+                capabilities=current.capabilities if event.capabilities is None else event.capabilities,
+            )
+        elif isinstance(event, ModuleCredentialRotated):
+            module = replace(current, credential_sha256=event.credential_sha256)
+        else:
+            module = replace(current, revoked=True)
         self.modules[event.module_id] = module
         for listener in self._module_listeners:
             try:

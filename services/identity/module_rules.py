@@ -1,23 +1,20 @@
-"""What a module registration may say: checked before an event is appended, and again when folded.
+"""What a module registration may say, checked before an event is appended, with the field named.
 
-The capabilities end up in the bus permissions of the module's connection, so a name that is
-not a plain capability (a wildcard, an empty token) must never get that far — not through the
-API, and not through an event someone managed to append by other means.
+The rules themselves belong to the events (``contracts.identity_events``), which check them
+again whenever one is built or decoded; here they become :class:`Invalid` errors that say
+which field of the request broke which rule.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable
 
 from democratic_ai.contracts import subjects
+from democratic_ai.contracts.identity_events import MAX_MODULE_CAPABILITIES, check_module_name
 
 from .errors import Invalid
 
-__all__ = ["MAX_CAPABILITIES", "MAX_NAME_LENGTH", "check_capabilities", "check_module_id", "check_name"]
-
-MAX_NAME_LENGTH = 200
-MAX_CAPABILITIES = 64
+__all__ = ["check_capabilities", "check_module_id", "check_name"]
 
 
 def check_module_id(module_id: object) -> str:
@@ -31,14 +28,13 @@ def check_module_id(module_id: object) -> str:
 
 
 def check_name(name: object) -> str:
-    """A display name: at most 200 characters, none of them control characters (NUL included)."""
+    """A display name, stripped: at most 200 characters, none of them control characters (NUL included)."""
     if not isinstance(name, str):
         raise Invalid("name must be a string", field="name")
-    if len(name) > MAX_NAME_LENGTH:
-        raise Invalid(f"name is longer than {MAX_NAME_LENGTH} characters", field="name", max_length=MAX_NAME_LENGTH)
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
-        raise Invalid("name must not contain control characters", field="name")
-    return name.strip()
+    try:
+        return check_module_name(name).strip()
+    except ValueError as exc:
+        raise Invalid(str(exc), field="name") from None
 
 
 def check_capabilities(capabilities: Iterable[object]) -> tuple[str, ...]:
@@ -53,7 +49,7 @@ def check_capabilities(capabilities: Iterable[object]) -> tuple[str, ...]:
             names.add(subjects.validate_capability(capability))
         except subjects.InvalidSubjectToken as exc:
             raise Invalid(str(exc), field=f"capabilities[{position}]") from None
-        if len(names) > MAX_CAPABILITIES:
-            raise Invalid(f"a module registers at most {MAX_CAPABILITIES} capabilities", field="capabilities",
-                          max_items=MAX_CAPABILITIES)
+        if len(names) > MAX_MODULE_CAPABILITIES:
+            raise Invalid(f"a module registers at most {MAX_MODULE_CAPABILITIES} capabilities", field="capabilities",
+                          max_items=MAX_MODULE_CAPABILITIES)
     return tuple(sorted(names))
