@@ -102,8 +102,11 @@ async def test_rotation_refuses_the_old_credential_and_accepts_the_new(gateway: 
     acme = await Tenant.create(gateway, "developer")
     _, created = await acme.register()
     module_id, old = created["module_id"], created["credential"]
-    status, rotated = await acme.call("POST", f"/{module_id}/credential")
-    assert status == 200, rotated
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{gateway.url}/v1/modules/{module_id}/credential", headers={"Authorization": f"Bearer {acme.tokens['developer']}"},
+    ) as response:
+        assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
+        rotated = await response.json()
     new = rotated["credential"]
     assert new != old and parse_module_credential(new) == (acme.tenant, module_id)
     assert index(gateway).module_for_credential(old) is None
