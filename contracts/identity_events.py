@@ -9,26 +9,43 @@ Subjects name the aggregate: ``iam.<tenant>.<aggregate>.<id>``.
     iam.<t>.session.<family id>    session.started, session.refreshed, session.revoked
     iam.<t>.token.<jti>            token.revoked
     iam.<t>.login.<sha256(email)>  login.attempted (success or failure; feeds login throttling)
+    iam.<t>.module.<module id>     module.registered, module.updated, module.credential_rotated,
+                                   module.revoked — a module id is registered once, ever, platform-wide
 
 Commands append with ``Nats-Expected-Last-Subject-Sequence`` on the aggregate's subject, so
 two concurrent commands on one aggregate cannot both succeed. Secrets never enter the log:
-passwords as argon2id hashes, API keys and refresh tokens as SHA-256 of 256-bit random values.
+passwords as argon2id hashes, API keys, refresh tokens and module credentials as SHA-256 of
+256-bit random values.
 Every event carries :class:`Meta` (who, from where) for the audit log.
+
+Module events check their names when built *and* when decoded (``__post_init__``): the module
+id and capabilities become bus permissions, so an event carrying a wildcard or a malformed name
+is refused by every reader, whoever managed to append it.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from datetime import datetime
 
 import msgspec
 
+from .subjects import validate_capability, validate_token
+
 __all__ = [
+    "MAX_MODULE_CAPABILITIES",
+    "MAX_MODULE_NAME_LENGTH",
     "AccessTokenRevoked",
     "ApiKeyIssued",
     "ApiKeyRevoked",
     "IdentityEvent",
     "LoginAttempted",
     "Meta",
+    "ModuleCredentialRotated",
+    "ModuleRegistered",
+    "ModuleRevoked",
+    "ModuleUpdated",
     "PasswordChanged",
     "SessionRefreshed",
     "SessionRevoked",
@@ -38,9 +55,34 @@ __all__ = [
     "UserDeactivated",
     "UserRegistered",
     "UserRoleChanged",
+    "check_module_capabilities",
+    "check_module_name",
     "decode_event",
     "encode_event",
 ]
+
+MAX_MODULE_NAME_LENGTH = 200
+MAX_MODULE_CAPABILITIES = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # C0, DEL, C1 and lone surrogates
+
+
+def check_module_name(name: str) -> str:
+    """``name`` if it may name a module: at most 200 characters, no control characters; else ``ValueError``."""
+    if len(name) > MAX_MODULE_NAME_LENGTH:
+        raise ValueError(f"name is longer than {MAX_MODULE_NAME_LENGTH} characters")
+    if _CONTROL.search(name):
+        raise ValueError("name must not contain control characters")
+    return name
+
+
+def check_module_capabilities(capabilities: Iterable[str]) -> tuple[str, ...]:
+    """``capabilities`` as a tuple if each is a capability name and there are at most 64; else ``ValueError``."""
+    names = tuple(capabilities)
+    if len(names) > MAX_MODULE_CAPABILITIES:
+        raise ValueError(f"a module registers at most {MAX_MODULE_CAPABILITIES} capabilities")
+    for name in names:
+        validate_capability(name)
+    return names
 
 
 class Meta(msgspec.Struct, frozen=True, kw_only=True):
@@ -130,6 +172,54 @@ class LoginAttempted(_Event, tag="login.attempted"):
     user_id: str = ""
 
 
+class _ModuleEvent(_Event, frozen=True, kw_only=True):
+    module_id: str
+
+    def __post_init__(self) -> None:
+        validate_token(self.tenant_id, "tenant")
+        validate_token(self.module_id, "module_id")
+
+
+class ModuleRegistered(_ModuleEvent, tag="module.registered"):
+    """A module's registration by a user of its tenant; the credential itself is never stored."""
+
+    owner_user_id: str  # empty when an owner-less (bootstrap) key registered it
+    credential_sha256: str
+    credential_prefix: str  # "dai-module.<tenant>.<module id>." and the secret's first characters
+    name: str = ""
+    capabilities: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_module_name(self.name)
+        check_module_capabilities(self.capabilities)
+
+
+class ModuleUpdated(_ModuleEvent, tag="module.updated"):
+    """A change of name and/or capabilities; a field left ``None`` keeps its value."""
+
+    name: str | None = None
+    capabilities: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.name is not None:
+            check_module_name(self.name)
+        if self.capabilities is not None:
+            check_module_capabilities(self.capabilities)
+
+
+class ModuleCredentialRotated(_ModuleEvent, tag="module.credential_rotated"):
+    """A new credential replaces the old one, which is refused from now on."""
+
+    credential_sha256: str
+    credential_prefix: str
+
+
+class ModuleRevoked(_ModuleEvent, tag="module.revoked"):
+    """The module's credential is refused from now on; the module id stays taken."""
+
+
 IdentityEvent = (
     TenantCreated
     | TenantSuspended
@@ -144,6 +234,10 @@ IdentityEvent = (
     | SessionRevoked
     | AccessTokenRevoked
     | LoginAttempted
+    | ModuleRegistered
+    | ModuleUpdated
+    | ModuleCredentialRotated
+    | ModuleRevoked
 )
 
 _decoder = msgspec.json.Decoder(IdentityEvent)

@@ -1,4 +1,4 @@
-"""Identity read models: tenants, users, API keys, revoked tokens and the audit log.
+"""Identity read models: tenants, users, API keys, modules, revoked tokens and the audit log.
 
 Each batch is folded in memory first and written with one statement per table, so a batch of
 thousands of events costs a handful of round trips. The audit log gets one row per event.
@@ -19,6 +19,10 @@ from democratic_ai.contracts.identity_events import (
     ApiKeyIssued,
     ApiKeyRevoked,
     LoginAttempted,
+    ModuleCredentialRotated,
+    ModuleRegistered,
+    ModuleRevoked,
+    ModuleUpdated,
     PasswordChanged,
     TenantCreated,
     TenantSuspended,
@@ -39,12 +43,13 @@ class IdentityProjection:
     name = "identity"
     stream = "IDENTITY"
     filter_subject = "iam.>"
-    tables = ("identity_audit", "revoked_tokens", "api_keys", "users", "tenants")
+    tables = ("identity_audit", "revoked_tokens", "modules", "api_keys", "users", "tenants")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:
         tenants: dict[str, dict[str, Any]] = {}
         users: dict[str, dict[str, Any]] = {}
         keys: dict[str, dict[str, Any]] = {}
+        modules: dict[tuple[str, str], dict[str, Any]] = {}  # (tenant, module id): a losing registration stays apart
         revoked: list[tuple[Any, ...]] = []
         audit: list[tuple[Any, ...]] = []
         for msg in events:
@@ -83,9 +88,28 @@ class IdentityProjection:
                     keys.setdefault(event.key_id, {}).update(revoked_at=at)
                 case AccessTokenRevoked():
                     revoked.append((event.tenant_id, event.jti, event.expires_at, at))
+                case ModuleRegistered():
+                    modules.setdefault((event.tenant_id, event.module_id), {
+                        _CREATED: True, "owner_user_id": event.owner_user_id, "name": event.name,
+                        "capabilities": list(event.capabilities), "credential_prefix": event.credential_prefix,
+                        "registered_at": at, "updated_at": at, "revoked_at": None,
+                    })
+                case ModuleUpdated():
+                    row = modules.setdefault((event.tenant_id, event.module_id), {})
+                    if event.name is not None:
+                        row["name"] = event.name
+                    if event.capabilities is not None:
+                        row["capabilities"] = list(event.capabilities)
+                    row["updated_at"] = at
+                case ModuleCredentialRotated():
+                    modules.setdefault((event.tenant_id, event.module_id), {}).update(
+                        credential_prefix=event.credential_prefix, updated_at=at)
+                case ModuleRevoked():
+                    modules.setdefault((event.tenant_id, event.module_id), {}).update(revoked_at=at, updated_at=at)
         await _upsert(conn, "tenants", "tenant_id", tenants)
         await _upsert(conn, "users", "user_id", users)
         await _upsert(conn, "api_keys", "key_id", keys)
+        await _write_modules(conn, modules)
         if revoked:
             await conn.executemany(
                 "INSERT INTO revoked_tokens (tenant_id, jti, expires_at, revoked_at) VALUES ($1, $2, $3, $4)"
@@ -119,3 +143,28 @@ async def _upsert(conn: asyncpg.Connection, table: str, key: str, rows: dict[str
             sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
             sql = f"UPDATE {table} SET {sets} WHERE {key} = $1"
         await conn.executemany(sql, records)
+
+
+async def _write_modules(conn: asyncpg.Connection, rows: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Write folded module rows; the first registration of a module id wins, as in the index.
+
+    Another tenant's later registration of a taken id (two tenants racing) is in the log but
+    changes nothing: the insert leaves a row of another tenant alone, and every update names
+    the tenant. Rows created in the batch carry every column, so they are inserted in log order.
+    """
+    groups: dict[tuple[bool, tuple[str, ...]], list[tuple[Any, ...]]] = {}
+    for (tenant_id, module_id), values in rows.items():
+        columns = tuple(sorted(c for c in values if c != _CREATED))
+        groups.setdefault((_CREATED in values, columns), []).append((module_id, tenant_id, *(values[c] for c in columns)))
+    for (created, columns), records in groups.items():
+        if not created:
+            sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=3))
+            await conn.executemany(f"UPDATE modules SET {sets} WHERE module_id = $1 AND tenant_id = $2", records)
+            continue
+        names = ("module_id", "tenant_id", *columns)
+        placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
+        await conn.executemany(
+            f"INSERT INTO modules ({', '.join(names)}) VALUES ({placeholders}) ON CONFLICT (module_id)"
+            f" DO UPDATE SET {updates} WHERE modules.tenant_id = excluded.tenant_id", records,
+        )

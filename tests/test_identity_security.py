@@ -106,6 +106,34 @@ async def _create_user(world: World, role: str) -> tuple[int, dict]:
                       json={"email": f"{unique('n')}@example.com", "password": PASSWORD, "role": "viewer"})
 
 
+async def _someone_elses_module(world: World) -> str:
+    status, module = await http("POST", world.url("/v1/modules"), credential=world.credentials["tenant_admin"],
+                                json={"module_id": unique("victim"), "capabilities": ["text.summarize"]})
+    assert status == 201, module
+    return module["module_id"]
+
+
+async def _create_module(world: World, role: str) -> tuple[int, dict]:
+    return await http("POST", world.url("/v1/modules"), credential=world.credentials[role],
+                      json={"module_id": unique("m"), "capabilities": ["text.summarize"], "tenant_id": world.tenant})
+
+
+async def _change_module(world: World, role: str) -> tuple[int, dict]:
+    module_id = await _someone_elses_module(world)
+    return await http("PATCH", world.url(f"/v1/modules/{module_id}"), json={"name": "renamed"},
+                      credential=world.credentials[role])
+
+
+async def _rotate_module(world: World, role: str) -> tuple[int, dict]:
+    module_id = await _someone_elses_module(world)
+    return await http("POST", world.url(f"/v1/modules/{module_id}/credential"), credential=world.credentials[role])
+
+
+async def _revoke_others_module(world: World, role: str) -> tuple[int, dict]:
+    module_id = await _someone_elses_module(world)
+    return await http("DELETE", world.url(f"/v1/modules/{module_id}"), credential=world.credentials[role])
+
+
 # endpoint → the roles allowed (the seed's table); every other role must get 403.
 MATRIX: list[tuple[str, Call, set[str]]] = [
     ("create tenant", lambda w, r: http("POST", w.url("/v1/tenants"), json={"tenant_id": unique("x")},
@@ -126,6 +154,11 @@ MATRIX: list[tuple[str, Call, set[str]]] = [
     ("invoke a capability", _call("POST", "/v1/capabilities/text.summarize/invoke", {"text": "x"}),
      {"super_admin", "tenant_admin", "user"}),
     ("list capabilities", _call("GET", "/v1/capabilities"), set(ROLES)),
+    ("register a module", _create_module, {"super_admin", "tenant_admin", "developer"}),
+    ("list modules", _call("GET", "/v1/modules"), set(ROLES)),
+    ("change a module", _change_module, {"super_admin", "tenant_admin", "developer"}),
+    ("rotate a module's credential", _rotate_module, {"super_admin", "tenant_admin", "developer"}),
+    ("revoke another's module", _revoke_others_module, {"super_admin", "tenant_admin"}),
 ]
 
 
@@ -322,6 +355,8 @@ async def test_bad_or_missing_credentials_never_cause_a_500(gateway: Gateway, he
         ("GET", "/v1/capabilities", None),
         ("POST", "/v1/capabilities/text.summarize/invoke", {"text": "x"}),
         ("GET", f"/v1/tenants/{gateway.tenant}/users", None),
+        ("GET", "/v1/modules", None),
+        ("POST", "/v1/modules", {"module_id": "m", "capabilities": []}),
         ("POST", "/v1/auth/logout", None),
         ("POST", "/v1/auth/refresh", {"refresh_token": headers.get("Authorization", "x")}),
         ("POST", "/v1/auth/login", {"tenant_id": "../x", "email": "\x00", "password": "y"}),

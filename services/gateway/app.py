@@ -30,6 +30,7 @@ from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .errors import error_middleware, error_response
 from .identity_routes import add_identity_routes
+from .module_routes import add_module_routes
 from .state import BILLING, CONFIG, IDENTITY, KEY_RING, METERING, NC, PAYMENTS, POOL, PRESENCE, REGISTRY, ROUTER, USERS
 from .websocket import websocket
 from .usage_routes import add_usage_routes
@@ -110,6 +111,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     app.router.add_get("/v1/capabilities", list_capabilities)
     app.router.add_post("/v1/capabilities/{capability}/invoke", invoke)
     add_identity_routes(app)
+    add_module_routes(app)
     add_billing_routes(app)
     app.router.add_get("/v1/ws", websocket)
     add_usage_routes(app)

@@ -7,8 +7,10 @@ revocation made through one replica is enforced by all of them within millisecon
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -22,6 +24,10 @@ from democratic_ai.contracts.identity_events import (
     ApiKeyRevoked,
     IdentityEvent,
     LoginAttempted,
+    ModuleCredentialRotated,
+    ModuleRegistered,
+    ModuleRevoked,
+    ModuleUpdated,
     PasswordChanged,
     SessionRefreshed,
     SessionRevoked,
@@ -34,7 +40,10 @@ from democratic_ai.contracts.identity_events import (
     decode_event,
 )
 
-__all__ = ["ApiKeyState", "IdentityIndex", "SessionState", "TenantState", "UserState"]
+from .hashing import sha256_hex
+from .module_credentials import parse_module_credential
+
+__all__ = ["ApiKeyState", "IdentityIndex", "ModuleListener", "ModuleState", "SessionState", "TenantState", "UserState"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +91,20 @@ class SessionState:
     revoked: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ModuleState:
+    tenant_id: str
+    module_id: str
+    owner_user_id: str
+    name: str
+    capabilities: tuple[str, ...]
+    credential_sha256: str
+    revoked: bool = False
+
+
+ModuleListener = Callable[[ModuleState], None]
+
+
 class IdentityIndex(StreamFollower):
     stream = "IDENTITY"
     filter_subject = "iam.>"
@@ -97,7 +120,9 @@ class IdentityIndex(StreamFollower):
         self.revoked_tokens: dict[str, datetime] = {}  # jti → when it expires anyway
         self.failures_by_account: dict[tuple[str, str], deque[datetime]] = {}
         self.failures_by_ip: dict[str, deque[datetime]] = {}
+        self.modules: dict[str, ModuleState] = {}  # module id → module (ids are unique across tenants)
         self.subject_sequences: dict[str, int] = {}  # last sequence per subject, for optimistic concurrency
+        self._module_listeners: list[ModuleListener] = []
 
     def expected_sequence(self, subject: str) -> int:
         """The last stream sequence on ``subject`` this index has seen (0: none)."""
@@ -109,6 +134,29 @@ class IdentityIndex(StreamFollower):
         account = self.failures_by_account.get((tenant_id, email_sha256), ())
         by_ip = self.failures_by_ip.get(ip, ()) if ip else ()
         return sum(1 for t in account if t > since), sum(1 for t in by_ip if t > since)
+
+    def module_for_credential(self, credential: str) -> ModuleState | None:
+        """The module ``credential`` authenticates, or ``None``: malformed, unknown, not the current
+        credential (rotated), revoked, or its tenant suspended. The hash is compared in constant time."""
+        parsed = parse_module_credential(credential)
+        if parsed is None:
+            return None
+        tenant_id, module_id = parsed
+        module = self.modules.get(module_id)
+        if module is None or module.tenant_id != tenant_id:
+            return None
+        if not hmac.compare_digest(sha256_hex(credential), module.credential_sha256):
+            return None
+        tenant = self.tenants.get(tenant_id)
+        if module.revoked or tenant is None or tenant.suspended:
+            return None
+        return module
+
+    def on_module_change(self, listener: ModuleListener) -> None:
+        """Call ``listener`` with a module's new state each time one is registered, updated,
+        rotated or revoked — live and during the replay at start. It runs inside the fold: it
+        must be quick and must not raise (an exception is logged and otherwise ignored)."""
+        self._module_listeners.append(listener)
 
     def apply_message(self, msg: Msg) -> None:
         try:
@@ -163,6 +211,42 @@ class IdentityIndex(StreamFollower):
             case LoginAttempted():
                 if not event.success:
                     self._count_failure(event)
+            case ModuleRegistered() | ModuleUpdated() | ModuleCredentialRotated() | ModuleRevoked():
+                self._apply_module(event)
+
+    def _apply_module(
+        self, event: ModuleRegistered | ModuleUpdated | ModuleCredentialRotated | ModuleRevoked
+    ) -> None:
+        """Fold a module event. The first registration of an id wins, platform-wide, and an event
+        for another tenant's module is skipped. (The events check their own names: a wildcard
+        capability never decodes, so it never reaches the bus permissions built from this.)"""
+        current = self.modules.get(event.module_id)
+        if isinstance(event, ModuleRegistered):
+            if current is not None:
+                log.warning("ignored a second registration of module %r (tenant %r)", event.module_id, event.tenant_id)
+                return
+            module = ModuleState(event.tenant_id, event.module_id, event.owner_user_id, event.name,
+                                 event.capabilities, event.credential_sha256)
+        elif current is None or current.tenant_id != event.tenant_id:
+            log.warning("ignored %s for module %r, which tenant %r does not have", type(event).__name__,
+                        event.module_id, event.tenant_id)
+            return
+        elif isinstance(event, ModuleUpdated):
+            module = replace(
+                current,
+                name=current.name if event.name is None else event.name,
+                capabilities=current.capabilities if event.capabilities is None else event.capabilities,
+            )
+        elif isinstance(event, ModuleCredentialRotated):
+            module = replace(current, credential_sha256=event.credential_sha256)
+        else:
+            module = replace(current, revoked=True)
+        self.modules[event.module_id] = module
+        for listener in self._module_listeners:
+            try:
+                listener(module)
+            except Exception:  # a listener's bug must not stop the fold every gateway authenticates from
+                log.exception("a module listener failed on %r", module.module_id)
 
     def _forget_expired_revocations(self, now: datetime) -> None:
         """A revoked token past its expiry is refused anyway: keeping it would only grow memory."""

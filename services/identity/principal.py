@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .errors import Unauthenticated
+from .hashing import sha256_hex
 from .index import IdentityIndex
 from .permissions import Role, allows, permissions_of
 from .tokens import InvalidToken, KeyRing
 
 __all__ = ["Principal", "authenticate", "sha256_hex"]
-
-
-def sha256_hex(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

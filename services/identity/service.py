@@ -26,6 +26,10 @@ from democratic_ai.contracts.identity_events import (
     IdentityEvent,
     LoginAttempted,
     Meta,
+    ModuleCredentialRotated,
+    ModuleRegistered,
+    ModuleRevoked,
+    ModuleUpdated,
     PasswordChanged,
     SessionRefreshed,
     SessionRevoked,
@@ -40,13 +44,15 @@ from democratic_ai.contracts.identity_events import (
 
 from .bootstrap import new_api_key_secret
 from .errors import Conflict, Forbidden, Invalid, NotFound, Throttled, Unauthenticated
-from .index import LOGIN_WINDOW, IdentityIndex, UserState
+from .index import LOGIN_WINDOW, IdentityIndex, ModuleState, UserState
+from .module_credentials import credential_prefix, credential_sha256, new_module_credential
+from .module_rules import check_capabilities, check_module_id, check_name
 from .passwords import PASSWORD_HASHER, PasswordRejected, check_policy, hash_password, verify_password
 from .permissions import Role, allows, permissions_of
 from .principal import Principal, sha256_hex
 from .tokens import KeyRing
 
-__all__ = ["IssuedKey", "IdentityService", "Tokens"]
+__all__ = ["IdentityService", "IssuedKey", "ModuleCredential", "Tokens"]
 
 REFRESH_TOKEN_TTL = timedelta(days=30)
 MAX_FAILURES_PER_ACCOUNT = 5
@@ -61,6 +67,16 @@ class IssuedKey:
     key_id: str
     secret: str  # the whole key; shown once, never stored by the platform
     event: ApiKeyIssued
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleCredential:
+    """A module's new credential: shown to its registrant once, never stored by the platform."""
+
+    module: ModuleState
+    credential: str
+    prefix: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +234,94 @@ class IdentityService:
         except Conflict:
             raise Conflict("the API key is already revoked") from None
 
+    # Modules ---------------------------------------------------------------------------------
+
+    def module(self, tenant_id: str | None, module_id: str) -> ModuleState:
+        """The module, if it belongs to ``tenant_id`` (``None``: any tenant); otherwise :class:`NotFound`."""
+        module = self.index.modules.get(module_id)
+        if module is None or (tenant_id is not None and module.tenant_id != tenant_id):
+            raise NotFound(f"no module {module_id!r}", module_id=module_id)
+        return module
+
+    async def register_module(
+        self,
+        meta: Meta,
+        *,
+        tenant_id: str,
+        owner_user_id: str,
+        module_id: str,
+        name: str = "",
+        capabilities: Sequence[str] = (),
+    ) -> ModuleCredential:
+        """Register ``module_id`` for ``tenant_id`` and return its credential, the only time it is seen.
+
+        Module ids are unique across tenants (a module's direct subjects and presence carry no
+        tenant). Within a tenant, the module's subject admits one registration, ever; across
+        tenants the index's fold keeps the first registration of an id, so of two racing ones
+        the second finds someone else's module once it has been applied, and is refused.
+        """
+        module_id = check_module_id(module_id)
+        name = check_name(name)
+        names = check_capabilities(capabilities)
+        tenant = self.index.tenants.get(tenant_id)
+        if tenant is None or tenant.suspended:
+            raise NotFound(f"no active tenant {tenant_id!r}", field="tenant_id")
+        taken = Conflict(f"the module id {module_id!r} is taken", field="module_id")
+        if module_id in self.index.modules:
+            raise taken
+        credential = new_module_credential(tenant_id, module_id)
+        event = ModuleRegistered(
+            tenant_id=tenant_id, meta=meta, module_id=module_id, owner_user_id=owner_user_id, name=name,
+            capabilities=names, credential_sha256=credential_sha256(credential),
+            credential_prefix=credential_prefix(credential),
+        )
+        try:
+            await self._append(_module_subject(tenant_id, module_id), event, expected=0)
+        except Conflict:
+            raise taken from None
+        module = self.index.modules.get(module_id)
+        if module is None or module.tenant_id != tenant_id or module.credential_sha256 != event.credential_sha256:
+            raise taken  # another tenant's registration of the same id came first
+        return ModuleCredential(module, credential, event.credential_prefix, meta.at)
+
+    async def update_module(
+        self, meta: Meta, module: ModuleState, *, name: str | None = None, capabilities: Sequence[str] | None = None
+    ) -> ModuleState:
+        """Change a module's name and/or capabilities (``None`` keeps one); a revoked module is final."""
+        new_name = None if name is None else check_name(name)
+        names = None if capabilities is None else check_capabilities(capabilities)
+        if module.revoked:
+            raise Conflict(f"module {module.module_id!r} is revoked", module_id=module.module_id)
+        if (new_name is None or new_name == module.name) and (names is None or names == module.capabilities):
+            return module
+        event = ModuleUpdated(tenant_id=module.tenant_id, meta=meta, module_id=module.module_id, name=new_name,
+                              capabilities=names)
+        await self._module_event(module, event)
+        return self.module(module.tenant_id, module.module_id)
+
+    async def rotate_module_credential(self, meta: Meta, module: ModuleState) -> ModuleCredential:
+        """Replace a module's credential: the old one is refused as soon as the event is folded."""
+        if module.revoked:
+            raise Conflict(f"module {module.module_id!r} is revoked", module_id=module.module_id)
+        credential = new_module_credential(module.tenant_id, module.module_id)
+        event = ModuleCredentialRotated(
+            tenant_id=module.tenant_id, meta=meta, module_id=module.module_id,
+            credential_sha256=credential_sha256(credential), credential_prefix=credential_prefix(credential),
+        )
+        await self._module_event(module, event)
+        return ModuleCredential(self.module(module.tenant_id, module.module_id), credential, event.credential_prefix,
+                                meta.at)
+
+    async def revoke_module(self, meta: Meta, module: ModuleState) -> None:
+        """Refuse the module's credential from now on; its id stays taken."""
+        if module.revoked:
+            raise Conflict(f"module {module.module_id!r} is already revoked", module_id=module.module_id)
+        await self._module_event(module, ModuleRevoked(tenant_id=module.tenant_id, meta=meta, module_id=module.module_id))
+
+    async def _module_event(self, module: ModuleState, event: IdentityEvent) -> None:
+        subject = _module_subject(module.tenant_id, module.module_id)
+        await self._append(subject, event, expected=self.index.expected_sequence(subject))
+
     # Sessions --------------------------------------------------------------------------------
 
     async def login(self, meta: Meta, tenant_id: str, email: str, password: str) -> Tokens:
@@ -306,6 +410,14 @@ class IdentityService:
             "permissions": sorted(permissions_of(user.role)),
         })
         return Tokens(access_token=access, refresh_token=refresh, expires_in=15 * 60)
+
+
+def _module_subject(tenant_id: str, module_id: str) -> str:
+    return f"iam.{tenant_id}.module.{module_id}"
+
+
+def _module_subject(tenant_id: str, module_id: str) -> str:
+    return f"iam.{tenant_id}.module.{module_id}"
 
 
 def _refresh_token(family_id: str) -> str:

@@ -1,0 +1,139 @@
+"""Modules over HTTP: register one, list and read them, change, rotate its credential, revoke it.
+
+A registration answers the module's credential once (``Cache-Control: no-store``); nothing
+shows it again — reads show its non-secret prefix. Whether a module exists, and whose it is,
+comes from the in-memory index, so another tenant's module answers 404 before any read. Reads
+of the rows come from the ``modules`` read model, confined to the tenant by Row Level Security.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from democratic_ai.contracts import ErrorCode
+from democratic_ai.services.identity import ModuleCredential, ModuleState, Principal
+
+from .auth import require, require_tenant
+from .bodies import read_json
+from .errors import ApiError
+from .identity_routes import _json, _meta, _read_your_writes, _rows
+from .state import USERS
+
+__all__ = ["add_module_routes"]
+
+_COLUMNS = ("tenant_id, module_id, owner_user_id, name, capabilities, credential_prefix,"
+            " registered_at AS created_at, updated_at, revoked_at")
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+class NewModule(msgspec.Struct, forbid_unknown_fields=True):
+    module_id: str
+    capabilities: list[str]
+    name: str = ""
+    tenant_id: str | None = None  # super admins register for any tenant; others for their own
+
+
+class ModuleChange(msgspec.Struct, forbid_unknown_fields=True):
+    name: str | None = None
+    capabilities: list[str] | None = None
+
+
+def _secret(document: dict[str, Any], status: int) -> web.Response:
+    response = _json(document, status=status)
+    response.headers.update(_NO_STORE)
+    return response
+
+
+def _visible(request: web.Request, principal: Principal) -> ModuleState:
+    """The module of the path, if the caller's tenant owns it (any, for a super admin); else 404."""
+    return request.app[USERS].module(None if principal.is_super_admin else principal.tenant_id,
+                                     request.match_info["module"])
+
+
+async def _document(request: web.Request, module: ModuleState) -> dict[str, Any]:
+    rows = await _rows(request, module.tenant_id, f"SELECT {_COLUMNS} FROM modules WHERE module_id = $1",
+                       module.module_id)
+    if not rows:  # the read model lags (its worker is down): the index knows the module, the rows not yet
+        raise ApiError(ErrorCode.NOT_READY, "the module is registered but the read model has not caught up; retry",
+                       {"module_id": module.module_id})
+    return dict(rows[0])
+
+
+def _credential(issued: ModuleCredential) -> dict[str, Any]:
+    module = issued.module
+    return {"module_id": module.module_id, "tenant_id": module.tenant_id, "owner_user_id": module.owner_user_id,
+            "name": module.name, "capabilities": list(module.capabilities), "credential": issued.credential,
+            "credential_prefix": issued.prefix}
+
+
+async def register_module(request: web.Request) -> web.Response:
+    principal = require(request, "module:create")
+    body = await read_json(request, NewModule)
+    tenant_id = principal.tenant_id if body.tenant_id is None else body.tenant_id
+    require_tenant(request, tenant_id)
+    issued = await request.app[USERS].register_module(
+        _meta(request, principal), tenant_id=tenant_id, owner_user_id=principal.user_id, module_id=body.module_id,
+        name=body.name, capabilities=body.capabilities,
+    )
+    await _read_your_writes(request)
+    return _secret({**_credential(issued), "created_at": issued.at}, status=201)
+
+
+async def list_modules(request: web.Request) -> web.Response:
+    principal = require(request, "module:read")
+    tenant_id = request.query.get("tenant_id")
+    if tenant_id is not None:
+        require_tenant(request, tenant_id)
+    elif not principal.is_super_admin:
+        tenant_id = principal.tenant_id
+    # None: a super admin's platform-wide read (the modules policy admits dai.scope = 'platform').
+    rows = await _rows(request, tenant_id, f"SELECT {_COLUMNS} FROM modules ORDER BY tenant_id, module_id")
+    return _json({"modules": [dict(r) for r in rows]})
+
+
+async def get_module(request: web.Request) -> web.Response:
+    principal = require(request, "module:read")
+    return _json(await _document(request, _visible(request, principal)))
+
+
+async def update_module(request: web.Request) -> web.Response:
+    principal = require(request, "module:update")
+    module = _visible(request, principal)
+    body = await read_json(request, ModuleChange)
+    if body.name is None and body.capabilities is None:
+        raise ApiError(ErrorCode.VALIDATION_FAILED, "nothing to change: send 'name' and/or 'capabilities'",
+                       {"path": "$"})
+    module = await request.app[USERS].update_module(_meta(request, principal), module, name=body.name,
+                                                    capabilities=body.capabilities)
+    await _read_your_writes(request)
+    return _json(await _document(request, module))
+
+
+async def rotate_credential(request: web.Request) -> web.Response:
+    principal = require(request, "module:update")
+    module = _visible(request, principal)
+    issued = await request.app[USERS].rotate_module_credential(_meta(request, principal), module)
+    await _read_your_writes(request)
+    return _secret({**_credential(issued), "rotated_at": issued.at}, status=200)
+
+
+async def revoke_module(request: web.Request) -> web.Response:
+    principal = require(request, "module:delete", "module:delete:own")
+    module = _visible(request, principal)
+    if not principal.can("module:delete") and (not principal.user_id or module.owner_user_id != principal.user_id):
+        raise ApiError(ErrorCode.FORBIDDEN, "you may only revoke your own modules", {"needed": ["module:delete"]})
+    await request.app[USERS].revoke_module(_meta(request, principal), module)
+    await _read_your_writes(request)
+    return web.Response(status=204)
+
+
+def add_module_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/modules", register_module)
+    app.router.add_get("/v1/modules", list_modules)
+    app.router.add_get("/v1/modules/{module}", get_module)
+    app.router.add_patch("/v1/modules/{module}", update_module)
+    app.router.add_post("/v1/modules/{module}/credential", rotate_credential)
+    app.router.add_delete("/v1/modules/{module}", revoke_module)
