@@ -7,7 +7,10 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from democratic_ai.services.identity import KeyEncryptionKey
 
 __all__ = ["main"]
 
@@ -19,6 +22,16 @@ def _env(name: str) -> str:
     if not value:
         raise SystemExit(f"dai: set {name} (e.g. {'nats://127.0.0.1:4222' if name == 'NATS_URL' else 'postgresql://…'})")
     return value
+
+
+def _kek() -> KeyEncryptionKey:
+    """The key-encryption key from DAI_KEK_FILE or DAI_KEK; a one-line exit when neither works."""
+    from democratic_ai.services.identity import KekUnavailable, load_kek
+
+    try:
+        return load_kek()
+    except KekUnavailable as exc:
+        raise SystemExit(f"dai: {exc}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"dai: {USAGE_FLUSH_ENV} must be a positive number of seconds")
         metering = MeteringConfig(publisher=PublisherConfig(max_delay=flush))
         config = GatewayConfig(nats_url=_env("NATS_URL"), database_url=database_url, host=args.host, port=args.port,
-                               metering=metering, billing=BillingConfig.from_env())
+                               metering=metering, billing=BillingConfig.from_env(), kek=_kek())
         run_until_signalled(lambda stop: services.run_gateway(config, stop))
     elif args.command == "hub":
         nats_url = _env("NATS_URL")
@@ -128,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         nats_url, database_url = _env("NATS_URL"), _env("DATABASE_URL")
         run_until_signalled(lambda stop: services.run_projections(nats_url, database_url, args.names, stop))
     elif args.command == "identity":
-        kid = asyncio.run(services.rotate_jwt_key(_env("NATS_URL")))
+        kid = asyncio.run(services.rotate_jwt_key(_env("NATS_URL"), _kek()))
         print(f"new JWT signing key {kid}; tokens signed by the previous key stay valid until they expire")
     elif args.command == "billing":
         closed = asyncio.run(services.close_billing_periods(_env("NATS_URL"), _env("DATABASE_URL"), args.tenant,

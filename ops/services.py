@@ -30,7 +30,7 @@ from democratic_ai.services.billing import (
     load_pricing,
 )
 from democratic_ai.services.gateway import GatewayConfig, create_runner
-from democratic_ai.services.identity import rotate_signing_key
+from democratic_ai.services.identity import KeyEncryptionKey, load_kek, rotate_signing_key
 from democratic_ai.services.metering import RecoveryConfig, UsageRecovery
 
 __all__ = [
@@ -139,10 +139,12 @@ async def run_module(nats_url: str, module_class: type[Module], stop: asyncio.Ev
     await nc.drain()
 
 
-async def rotate_jwt_key(nats_url: str) -> str:
+async def rotate_jwt_key(nats_url: str, kek: KeyEncryptionKey | None = None) -> str:
+    """Add a JWT signing key sealed under ``kek`` (default: :func:`load_kek` from the environment)."""
+    kek = kek or load_kek()
     nc = await _connect(nats_url, "dai-identity")
     try:
-        return await rotate_signing_key(nc.jetstream())
+        return await rotate_signing_key(nc.jetstream(), kek)
     finally:
         await nc.drain()
 

@@ -1,21 +1,26 @@
 """Identity as events: tenants, users, roles, API keys, sessions and JWTs.
 
 Commands (:class:`IdentityService`) append IDENTITY events; every gateway folds them into an
-:class:`IdentityIndex` and authenticates from it without touching the database.
+:class:`IdentityIndex` and authenticates from it without touching the database. Secrets at rest
+(JWT signing keys, password hashes) are sealed under the platform's key-encryption key
+(:mod:`.sealing`, :class:`UserKeyStore`).
 """
 
 from __future__ import annotations
 
 from .bootstrap import ensure_bootstrap
-from .errors import Conflict, Forbidden, IdentityError, Invalid, NotFound, Throttled, Unauthenticated
+from .errors import Conflict, Forbidden, IdentityError, Invalid, NotFound, Throttled, Unauthenticated, Unavailable
 from .index import IdentityIndex
 from .permissions import ROLE_PERMISSIONS, Role, allows, permissions_of
 from .principal import Principal, authenticate
+from .sealing import CannotUnseal, KekUnavailable, KeyEncryptionKey, SealingError, generate_kek_file, load_kek
 from .service import IdentityService, IssuedKey, Tokens
 from .tokens import KeyRing, rotate_signing_key
+from .user_keys import UserKeyStore
 
 __all__ = [
     "ROLE_PERMISSIONS",
+    "CannotUnseal",
     "Conflict",
     "Forbidden",
     "IdentityError",
@@ -23,16 +28,23 @@ __all__ = [
     "IdentityService",
     "Invalid",
     "IssuedKey",
+    "KekUnavailable",
+    "KeyEncryptionKey",
     "KeyRing",
     "NotFound",
     "Principal",
     "Role",
+    "SealingError",
     "Throttled",
     "Tokens",
     "Unauthenticated",
+    "Unavailable",
+    "UserKeyStore",
     "allows",
     "authenticate",
     "ensure_bootstrap",
+    "generate_kek_file",
+    "load_kek",
     "permissions_of",
     "rotate_signing_key",
 ]
