@@ -6,8 +6,8 @@ gateway) may read the bucket — the bus permissions say so — and even then a 
 useless without the KEK, which never touches NATS.
 
 :meth:`UserKeyStore.destroy` is crypto-shredding: the message holding the wrapped key is erased
-from the bucket's stream (JetStream overwrites a deleted message's bytes on disk) and a purge
-marker left in its place, which every replica's store sees and drops its cached copy for. From
+from the bucket's stream (JetStream overwrites a deleted message's bytes on disk — which is why
+this bucket, unlike a default KV bucket, allows message deletes) and a purge marker left in its place, which every replica's store sees and drops its cached copy for. From
 then on every value sealed for that user — in the IDENTITY log, in a backup of it, anywhere —
 opens to ``None``; the log itself is never rewritten. Sealing for the user again afterwards
 makes a new key, which opens only what is sealed from then on.
@@ -25,8 +25,8 @@ from collections import OrderedDict
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, ServerError
 from nats.js.kv import KeyValue
 
 from .sealing import CannotUnseal, KeyEncryptionKey, is_sealed, new_data_key, open_sealed, seal
@@ -40,6 +40,7 @@ _STREAM = f"KV_{USER_KEYS_BUCKET}"
 _SUBJECT_PREFIX = f"$KV.{USER_KEYS_BUCKET}."
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _REMOVED = ("DEL", "PURGE")
+_DELETE_DENIED = 10057  # JetStream's "message delete not permitted"
 
 
 def _kv_key(tenant_id: str, user_id: str) -> str:
@@ -47,6 +48,21 @@ def _kv_key(tenant_id: str, user_id: str) -> str:
         if not _TOKEN.fullmatch(value):
             raise ValueError(f"The {what} {value!r} cannot name a user key: use letters, digits, '_' or '-'.")
     return f"{tenant_id}.{user_id}"
+
+
+async def _open_bucket(js: JetStreamContext) -> KeyValue:
+    """The bucket, made as ``create_key_value`` would make it but with message deletes allowed."""
+    try:
+        return await js.key_value(USER_KEYS_BUCKET)
+    except BucketNotFoundError:
+        pass
+    # Same config from every replica: a concurrent add_stream of it succeeds.
+    await js.add_stream(StreamConfig(
+        name=_STREAM, description="per-user data keys, wrapped by the KEK", subjects=[f"{_SUBJECT_PREFIX}>"],
+        allow_direct=True, allow_rollup_hdrs=True, deny_delete=False, discard=DiscardPolicy.NEW,
+        duplicate_window=120.0, max_msgs_per_subject=1, storage=StorageType.FILE,
+    ))
+    return await js.key_value(USER_KEYS_BUCKET)
 
 
 class UserKeyStore:
@@ -66,9 +82,7 @@ class UserKeyStore:
         self._changes: JetStreamContext.PushSubscription | None = None
 
     async def start(self) -> None:
-        self._kv = await self._js.create_key_value(KeyValueConfig(
-            bucket=USER_KEYS_BUCKET, history=1, storage=StorageType.FILE, description="per-user data keys (wrapped)",
-        ))
+        self._kv = await _open_bucket(self._js)
         # Only removals matter to the cache (a put can only create a key no cache holds), so
         # new messages' headers suffice; an ordered consumer resumes across reconnects.
         self._changes = await self._js.subscribe(
@@ -110,7 +124,13 @@ class UserKeyStore:
         except KeyNotFoundError:
             existed = False
         else:
-            await self._js.delete_msg(_STREAM, entry.revision)  # erases the stored bytes, not just the index
+            try:
+                await self._js.delete_msg(_STREAM, entry.revision)  # erases the stored bytes, not just the index
+            except ServerError as exc:
+                if exc.err_code != _DELETE_DENIED:
+                    raise
+                log.warning("the %s bucket denies message deletes (made by create_key_value?): user %s's key"
+                            " is purged, but its wrapped bytes may stay on disk until compaction", USER_KEYS_BUCKET, key)
             existed = True
         await kv.purge(key)  # the marker every replica's store evicts on
         self._forget(key)
