@@ -217,6 +217,9 @@ async def test_login_with_the_wrong_kek_is_a_clear_error(start_gateway: StartGat
         assert status == 503, body
         assert body["error"]["code"] == "NOT_READY"
         assert "cannot open its password store" in body["error"]["message"]
+        status, body = await http("PATCH", f"{wrong.url}/v1/tenants/{tenant}/users/{user['user_id']}",
+                                  json={"password": PASSWORD + "#"}, credential=right.api_key)
+        assert status == 503 and body["error"]["code"] == "NOT_READY", body  # sealing a new one, too
         await login(right, tenant, user)  # the right KEK still works beside it
     finally:
         kv = await nc.jetstream().key_value(BUCKET)
@@ -279,3 +282,15 @@ async def test_destroying_a_users_key_makes_their_sealed_fields_unreadable(
         assert (await store.open(tenant, kept["user_id"], sealed_kept) or "").startswith("$argon2id$")
     finally:
         await store.stop()
+
+
+@pytest.mark.parametrize("argv", [["gateway"], ["identity", "rotate-jwt-key"]])
+def test_commands_without_a_kek_exit_with_one_clear_line(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from democratic_ai.ops.cli import main
+
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:1")  # never reached: the KEK is checked first
+    monkeypatch.setenv("DATABASE_APP_URL", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.delenv("DAI_KEK", raising=False)
+    monkeypatch.delenv("DAI_KEK_FILE", raising=False)
+    with pytest.raises(SystemExit, match="^dai: No key-encryption key is configured: set DAI_KEK_FILE"):
+        main(argv)

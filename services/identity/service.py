@@ -143,7 +143,7 @@ class IdentityService:
         user_id = uuid.uuid4().hex
         event = UserRegistered(
             tenant_id=tenant_id, meta=meta, user_id=user_id, email=email, role=role,
-            password_hash=await self.user_keys.seal(tenant_id, user_id, await hash_password(password)),
+            password_hash=await self._seal_password(tenant_id, user_id, await hash_password(password)),
         )
         try:
             # The e-mail's own subject can hold one registration, ever: that is the uniqueness rule.
@@ -171,7 +171,7 @@ class IdentityService:
 
     async def change_password(self, meta: Meta, user: UserState, password: str) -> None:
         _policy(password, user.email)
-        sealed = await self.user_keys.seal(user.tenant_id, user.user_id, await hash_password(password))
+        sealed = await self._seal_password(user.tenant_id, user.user_id, await hash_password(password))
         await self._user_event(user, PasswordChanged(
             tenant_id=user.tenant_id, meta=meta, user_id=user.user_id, password_hash=sealed,
         ))
@@ -190,10 +190,13 @@ class IdentityService:
         try:
             return await self.user_keys.open(user.tenant_id, user.user_id, user.sealed_password_hash)
         except CannotUnseal as exc:
-            log.error("cannot check the password of user %s: %s Is DAI_KEK_FILE (or DAI_KEK) this platform's"
-                      " key-encryption key?", user.user_id, exc)
-            raise Unavailable("passwords cannot be checked now: this gateway cannot open its password store;"
-                              " the details are in its log") from None
+            raise _store_unavailable(user.user_id, exc) from None
+
+    async def _seal_password(self, tenant_id: str, user_id: str, password_hash: str) -> str:
+        try:
+            return await self.user_keys.seal(tenant_id, user_id, password_hash)
+        except CannotUnseal as exc:
+            raise _store_unavailable(user_id, exc) from None
 
     async def deactivate(self, meta: Meta, user: UserState) -> None:
         if not user.active:
@@ -275,7 +278,7 @@ class IdentityService:
             new_hash = await hash_password(password) if needs_rehash else stored
             await self._user_event(user, PasswordChanged(
                 tenant_id=tenant_id, meta=meta, user_id=user.user_id,
-                password_hash=await self.user_keys.seal(tenant_id, user.user_id, new_hash), rehash=True,
+                password_hash=await self._seal_password(tenant_id, user.user_id, new_hash), rehash=True,
             ))
         family_id = uuid.uuid4().hex
         refresh = _refresh_token(family_id)
@@ -339,6 +342,14 @@ class IdentityService:
             "permissions": sorted(permissions_of(user.role)),
         })
         return Tokens(access_token=access, refresh_token=refresh, expires_in=15 * 60)
+
+
+def _store_unavailable(user_id: str, exc: CannotUnseal) -> Unavailable:
+    """Log what only the operator can fix, and tell the client no more than that it is not its fault."""
+    log.error("cannot open the data key of user %s: %s Is DAI_KEK_FILE (or DAI_KEK) this platform's"
+              " key-encryption key?", user_id, exc)
+    return Unavailable("passwords cannot be checked or set now: this gateway cannot open its password store;"
+                       " the details are in its log")
 
 
 def _refresh_token(family_id: str) -> str:
