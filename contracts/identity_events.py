@@ -14,8 +14,9 @@ Subjects name the aggregate: ``iam.<tenant>.<aggregate>.<id>``.
 
 Commands append with ``Nats-Expected-Last-Subject-Sequence`` on the aggregate's subject, so
 two concurrent commands on one aggregate cannot both succeed. Secrets never enter the log:
-passwords as argon2id hashes, API keys, refresh tokens and module credentials as SHA-256 of
-256-bit random values.
+passwords as argon2id hashes sealed with the user's data key (``dai-se1.…``, see
+``services/identity/sealing.py``; events older than sealing hold the hash in clear), API keys,
+refresh tokens and module credentials as SHA-256 of 256-bit random values.
 Every event carries :class:`Meta` (who, from where) for the audit log.
 
 Module events check their names when built *and* when decoded (``__post_init__``): the module
@@ -110,7 +111,7 @@ class UserRegistered(_Event, tag="user.registered"):
     user_id: str
     email: str
     role: str
-    password_hash: str
+    password_hash: str  # sealed (``dai-se1.…``); in clear only in events written before sealing
 
 
 class UserRoleChanged(_Event, tag="user.role_changed"):
@@ -124,8 +125,8 @@ class UserDeactivated(_Event, tag="user.deactivated"):
 
 class PasswordChanged(_Event, tag="user.password_changed"):
     user_id: str
-    password_hash: str
-    rehash: bool = False  # True when only the hashing parameters changed, at login
+    password_hash: str  # sealed (``dai-se1.…``); in clear only in events written before sealing
+    rehash: bool = False  # True when only the hashing or its sealing changed, at login
 
 
 class ApiKeyIssued(_Event, tag="api_key.issued"):

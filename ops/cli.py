@@ -7,7 +7,10 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from democratic_ai.services.identity import KeyEncryptionKey
 
 from democratic_ai.contracts.bus import BusCredentialError, BusOptions
 
@@ -28,6 +31,16 @@ def _bus(credential_file: Path | None = None) -> BusOptions:
     try:
         return BusOptions.from_env(_env("NATS_URL"), credential_file)
     except BusCredentialError as exc:
+        raise SystemExit(f"dai: {exc}") from None
+
+
+def _kek() -> KeyEncryptionKey:
+    """The key-encryption key from DAI_KEK_FILE or DAI_KEK; a one-line exit when neither works."""
+    from democratic_ai.services.identity import KekUnavailable, load_kek
+
+    try:
+        return load_kek()
+    except KekUnavailable as exc:
         raise SystemExit(f"dai: {exc}") from None
 
 
@@ -138,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"dai: {USAGE_FLUSH_ENV} must be a positive number of seconds")
         metering = MeteringConfig(publisher=PublisherConfig(max_delay=flush))
         config = GatewayConfig(bus=_bus(), database_url=database_url, host=args.host, port=args.port,
-                               metering=metering, billing=BillingConfig.from_env())
+                               metering=metering, billing=BillingConfig.from_env(), kek=_kek())
         run_until_signalled(lambda stop: services.run_gateway(config, stop))
     elif args.command == "bus-auth":
         auth, system = _bus(), _bus(Path(_env("DAI_BUS_SYS_CREDENTIAL_FILE")))
@@ -155,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         options, database_url = _bus(), _env("DATABASE_URL")
         run_until_signalled(lambda stop: services.run_projections(options, database_url, args.names, stop))
     elif args.command == "identity":
-        kid = asyncio.run(services.rotate_jwt_key(_bus()))
+        kid = asyncio.run(services.rotate_jwt_key(_bus(), _kek()))
         print(f"new JWT signing key {kid}; tokens signed by the previous key stay valid until they expire")
     elif args.command == "billing":
         closed = asyncio.run(services.close_billing_periods(_bus(), _env("DATABASE_URL"), args.tenant, args.period))

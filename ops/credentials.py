@@ -15,13 +15,14 @@ environment variables nats.conf names.
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import nkeys
+
+from democratic_ai.services.identity import KeyEncryptionKey
 
 __all__ = ["ROLES", "PlatformCredentials"]
 
@@ -62,7 +63,7 @@ class PlatformCredentials:
         for role in ROLES:
             _ensure(folder / f"{role}.credential", f"dai-role.{role}.{secrets.token_urlsafe(32)}")
         _ensure(folder / "bus-issuer.seed", nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT).decode())
-        _ensure(folder / "kek", base64.urlsafe_b64encode(os.urandom(32)).decode())
+        _ensure(folder / "kek", KeyEncryptionKey.generate().to_text())
         return cls(folder)
 
     def file(self, role: str) -> Path:

@@ -105,8 +105,6 @@ class NatsServer:
     def environment(self, role: str = "operator") -> dict[str, str]:
         """The environment variables that make a ``dai`` command connect to this server as ``role``."""
         env = {"NATS_URL": self.url, CREDENTIAL_FILE_ENV: str(self.credentials.file(role))}
-        if role in ("gateway", "operator"):
-            env["DAI_KEK_FILE"] = str(self.credentials.kek_file)  # they read the secrets at rest
         if self.tls is not None:
             env[CA_FILE_ENV] = str(self.tls[0])
         return env

@@ -32,7 +32,7 @@ from democratic_ai.services.billing import (
 from democratic_ai.services.busauth import BusAuthorizer, Signer, inbox_prefix
 from democratic_ai.services.identity import IdentityIndex
 from democratic_ai.services.gateway import GatewayConfig, create_runner
-from democratic_ai.services.identity import rotate_signing_key
+from democratic_ai.services.identity import KeyEncryptionKey, load_kek, rotate_signing_key
 from democratic_ai.services.metering import RecoveryConfig, UsageRecovery
 
 __all__ = [
@@ -152,10 +152,12 @@ async def run_module(options: BusOptions, module_class: type[Module], stop: asyn
     await nc.drain()
 
 
-async def rotate_jwt_key(options: BusOptions) -> str:
+async def rotate_jwt_key(options: BusOptions, kek: KeyEncryptionKey | None = None) -> str:
+    """Add a JWT signing key sealed under ``kek`` (default: :func:`load_kek` from the environment)."""
+    kek = kek or load_kek()
     nc = await connect(options, "dai-identity")
     try:
-        return await rotate_signing_key(nc.jetstream())
+        return await rotate_signing_key(nc.jetstream(), kek)
     finally:
         await nc.drain()
 

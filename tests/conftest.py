@@ -7,6 +7,7 @@ tenants and modules uniquely, so streams shared by all tests never mix their res
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -35,7 +36,9 @@ from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.sdk import Module, capability
 from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.gateway.state import METERING
+from democratic_ai.services.identity import KeyEncryptionKey
 from democratic_ai.services.identity.bootstrap import new_api_key_secret
+from democratic_ai.services.identity.sealing import KEK_ENV, KEK_FILE_ENV
 from democratic_ai.services.identity.principal import sha256_hex
 from democratic_ai.services.metering import Metering, MeteringConfig, PublisherConfig
 
@@ -45,6 +48,20 @@ from streaming_modules import Streamer
 def unique(prefix: str) -> str:
     """A subject-safe name no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kek() -> Iterator[KeyEncryptionKey]:
+    """The session's key-encryption key: passed to in-process gateways, and in DAI_KEK to the
+    platform processes tests start (they inherit the environment)."""
+    key = KeyEncryptionKey.generate()
+    saved = {name: os.environ.pop(name, None) for name in (KEK_ENV, KEK_FILE_ENV)}
+    os.environ[KEK_ENV] = key.to_text()
+    yield key
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -125,18 +142,23 @@ StartGateway = Callable[..., Awaitable[Gateway]]
 
 @pytest.fixture
 async def start_gateway(
-    nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS, projections: None
+    nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS, projections: None,
+    kek: KeyEncryptionKey,
 ) -> AsyncIterator[StartGateway]:
     """Start in-process gateways on random ports (as the read-only app role), each with a
-    super-admin key of a tenant of its own; ``metering`` sets their plans and publishing."""
+    super-admin key of a tenant of its own; ``metering`` sets their plans and publishing,
+    ``kek`` replaces the session's key-encryption key."""
     runners: list[web.AppRunner] = []
+    session_kek = kek
 
-    async def start(metering: MeteringConfig = TEST_METERING, tenant: str | None = None) -> Gateway:
+    async def start(
+        metering: MeteringConfig = TEST_METERING, tenant: str | None = None, kek: KeyEncryptionKey | None = None
+    ) -> Gateway:
         tenant = tenant or unique("tenant")
         key = await issue_key(nc, tenant)
         port = free_port()
         config = GatewayConfig(bus=nats_server.bus("gateway"), database_url=app_dsn(database_url), port=port,
-                               metering=metering)
+                               metering=metering, kek=kek or session_kek)
         app = create_app(config)
         runner = web.AppRunner(app, handler_cancellation=True)  # as create_runner serves it
         await runner.setup()

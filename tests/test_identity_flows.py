@@ -11,7 +11,7 @@ from argon2 import PasswordHasher
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.identity_events import Meta, UserRegistered, encode_event
-from democratic_ai.services.identity import rotate_signing_key
+from democratic_ai.services.identity import KeyEncryptionKey, rotate_signing_key
 
 from conftest import Gateway, caught_up, http, unique
 
@@ -131,13 +131,14 @@ async def test_login_rehashes_a_password_hashed_with_weaker_parameters(gateway: 
     await login(gateway, tenant, {"email": email, "password": PASSWORD})  # the new hash verifies
 
 
-async def test_key_rotation_keeps_old_tokens_valid_and_is_published(gateway: Gateway, nc: NATS) -> None:
+async def test_key_rotation_keeps_old_tokens_valid_and_is_published(gateway: Gateway, nc: NATS,
+                                                                     kek: KeyEncryptionKey) -> None:
     tenant = await new_tenant(gateway)
     user = await new_user(gateway, tenant, "viewer")
     before = await login(gateway, tenant, user)
     status, jwks = await http("GET", f"{gateway.url}/.well-known/jwks.json")
     assert status == 200 and all(k["kty"] == "OKP" and k["alg"] == "EdDSA" for k in jwks["keys"])
-    kid = await rotate_signing_key(nc.jetstream())
+    kid = await rotate_signing_key(nc.jetstream(), kek)
     for _ in range(50):
         status, jwks = await http("GET", f"{gateway.url}/.well-known/jwks.json")
         if kid in {k["kid"] for k in jwks["keys"]}:

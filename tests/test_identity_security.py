@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 
 from democratic_ai.ops.ports import free_port
 from democratic_ai.schemas import APP_ROLE, UnsafeRole, app_dsn, check_app_role
+from democratic_ai.services.identity import KeyEncryptionKey
 
 from conftest import Gateway, http, unique
 from test_identity_flows import PASSWORD, login, new_tenant, new_user
@@ -275,11 +276,11 @@ async def test_forged_and_broken_tokens_are_401(gateway: Gateway) -> None:
     assert (await http("GET", world.url("/v1/tenants/{t}"), credential=good))[0] == 200
 
 
-async def test_claim_checks_of_the_key_ring(nc: NATS) -> None:
+async def test_claim_checks_of_the_key_ring(nc: NATS, kek: KeyEncryptionKey) -> None:
     from democratic_ai.services.identity import KeyRing
     from democratic_ai.services.identity.tokens import AUDIENCE, ISSUER, InvalidToken
 
-    ring = KeyRing()
+    ring = KeyRing(kek)
     await ring.start(nc.jetstream())
     try:
         key = max(ring._keys.values(), key=lambda k: k.created_at)

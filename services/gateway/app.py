@@ -21,7 +21,7 @@ from democratic_ai.services.billing import (
     UsageTotals,
     load_pricing,
 )
-from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing
+from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing, UserKeyStore, load_kek
 from democratic_ai.services.metering import GATEWAY, Metering
 
 from .auth import auth_middleware
@@ -31,7 +31,21 @@ from .config import GatewayConfig
 from .errors import error_middleware, error_response
 from .identity_routes import add_identity_routes
 from .module_routes import add_module_routes
-from .state import BILLING, CONFIG, IDENTITY, KEY_RING, METERING, NC, PAYMENTS, POOL, PRESENCE, REGISTRY, ROUTER, USERS
+from .state import (
+    BILLING,
+    CONFIG,
+    IDENTITY,
+    KEY_RING,
+    METERING,
+    NC,
+    PAYMENTS,
+    POOL,
+    PRESENCE,
+    REGISTRY,
+    ROUTER,
+    USERS,
+    USER_KEYS,
+)
 from .websocket import websocket
 from .usage_routes import add_usage_routes
 
@@ -42,6 +56,7 @@ USAGE_TOTALS = web.AppKey("usage_totals", UsageTotals)  # set by create_app's ca
 
 async def _connections(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    kek = config.kek or load_kek()  # before connecting: a missing KEK is a clear error, not a hang
     nc = await bus.connect(config.bus, "dai-gateway", max_reconnect_attempts=-1)
     js = nc.jetstream()
     pool = await create_pool(config.database_url, max_size=8)
@@ -52,14 +67,17 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
         await nc.close()
         raise
-    registry, presence, identity, ring = RegistryIndex(), PresenceIndex(), IdentityIndex(), KeyRing()
+    registry, presence, identity, ring = RegistryIndex(), PresenceIndex(), IdentityIndex(), KeyRing(kek)
+    user_keys = UserKeyStore(js, kek)
     await registry.start(js)
     await presence.start(nc)
     await identity.start(js)
     await ring.start(js)
+    await user_keys.start()
     app[NC], app[POOL] = nc, pool
     app[REGISTRY], app[PRESENCE], app[IDENTITY], app[KEY_RING] = registry, presence, identity, ring
-    app[USERS] = IdentityService(js, identity, ring)
+    app[USER_KEYS] = user_keys
+    app[USERS] = IdentityService(js, identity, ring, user_keys)
     app[ROUTER] = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered)
     metering = Metering(nc, config.metering)
     await metering.start()
@@ -72,6 +90,7 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     if stripe is not None:
         await stripe.close()
     await metering.stop()  # flushes buffered usage while NATS is still connected
+    await user_keys.stop()
     await ring.stop()
     await identity.stop()
     await presence.stop()

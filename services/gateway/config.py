@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from democratic_ai.contracts.bus import BusOptions
 from democratic_ai.services.billing import BillingConfig
+from democratic_ai.services.identity import KeyEncryptionKey
 from democratic_ai.services.metering import MeteringConfig
 
 __all__ = ["GatewayConfig"]
@@ -22,6 +23,9 @@ class GatewayConfig:
     ws_auth_timeout: float = 10.0  # seconds a WebSocket without a key in its headers has to send AUTH
     ws_max_in_flight: int = 64  # calls one WebSocket may have running at once
     metering: MeteringConfig = field(default_factory=MeteringConfig)  # plans, usage publishing, leases
+    # Opens the JWT signing keys and the per-user data keys; None: load_kek() from the
+    # environment (DAI_KEK_FILE or DAI_KEK) when the app starts.
+    kek: KeyEncryptionKey | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

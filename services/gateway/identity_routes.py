@@ -20,7 +20,6 @@ from aiohttp import web
 from democratic_ai.contracts import ErrorCode
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.identity import Principal
-from democratic_ai.services.identity.passwords import verify_password
 
 from .auth import principal_of, require, require_tenant
 from .bodies import read_json
@@ -195,8 +194,7 @@ async def update_user(request: web.Request) -> web.Response:
     if body.password is not None:
         if not principal.can("user:update"):
             # Changing one's own password needs the current one: a stolen token is not enough.
-            matches, _ = await verify_password(user.password_hash, body.current_password or "")
-            if not matches:
+            if not await service.check_password(user, body.current_password or ""):
                 raise ApiError(ErrorCode.FORBIDDEN, "current_password is wrong or missing", {"path": "$.current_password"})
         await service.change_password(meta, user, body.password)
     if body.role is not None:

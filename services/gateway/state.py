@@ -8,13 +8,13 @@ from nats.aio.client import Client as NATS
 
 from democratic_ai.hub import PresenceIndex, RegistryIndex, Router
 from democratic_ai.services.billing import BillingService, Payments
-from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing
+from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing, UserKeyStore
 from democratic_ai.services.metering import Metering
 
 from .config import GatewayConfig
 
 __all__ = ["BILLING", "CONFIG", "IDENTITY", "KEY_RING", "METERING", "NC", "PAYMENTS", "POOL", "PRESENCE", "REGISTRY", "ROUTER",
-           "USERS"]
+           "USERS", "USER_KEYS"]
 
 CONFIG = web.AppKey("config", GatewayConfig)
 NC = web.AppKey("nc", NATS)
@@ -25,6 +25,7 @@ ROUTER = web.AppKey("router", Router)
 IDENTITY = web.AppKey("identity", IdentityIndex)
 KEY_RING = web.AppKey("key_ring", KeyRing)
 USERS = web.AppKey("users", IdentityService)
+USER_KEYS = web.AppKey("user_keys", UserKeyStore)
 BILLING = web.AppKey("billing", BillingService)
 PAYMENTS = web.AppKey("payments", Payments)
 METERING = web.AppKey("metering", Metering)

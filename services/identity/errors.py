@@ -6,7 +6,8 @@
     ├── NotFound          no such tenant, user or key — in the caller's tenant (404)
     ├── Conflict          the e-mail is taken, the key already revoked, a concurrent change (409)
     ├── Invalid           input that breaks a rule, e.g. the password policy (422)
-    └── Throttled         too many failed logins (429)
+    ├── Throttled         too many failed logins (429)
+    └── Unavailable       the gateway cannot do it now, e.g. cannot open its password store (503)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, ClassVar
 
 from democratic_ai.contracts import ErrorCode
 
-__all__ = ["Conflict", "Forbidden", "IdentityError", "Invalid", "NotFound", "Throttled", "Unauthenticated"]
+__all__ = ["Conflict", "Forbidden", "IdentityError", "Invalid", "NotFound", "Throttled", "Unauthenticated", "Unavailable"]
 
 
 class IdentityError(Exception):
@@ -45,6 +46,10 @@ class Conflict(IdentityError):
 
 class Invalid(IdentityError):
     code = ErrorCode.VALIDATION_FAILED
+
+
+class Unavailable(IdentityError):
+    code = ErrorCode.NOT_READY
 
 
 class Throttled(IdentityError):

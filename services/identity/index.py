@@ -63,7 +63,9 @@ class UserState:
     tenant_id: str
     email: str
     role: str
-    password_hash: str
+    # As logged: sealed with the user's data key (opened by IdentityService at login), or the
+    # argon2 hash in clear in events older than sealing. Never handed to verify_password as is.
+    sealed_password_hash: str
     active: bool = True
 
 
@@ -184,7 +186,7 @@ class IdentityIndex(StreamFollower):
             case UserDeactivated():
                 self._update_user(event.user_id, active=False)
             case PasswordChanged():
-                self._update_user(event.user_id, password_hash=event.password_hash)
+                self._update_user(event.user_id, sealed_password_hash=event.password_hash)
             case ApiKeyIssued():
                 self.api_keys[event.key_id] = ApiKeyState(
                     event.key_id, event.tenant_id, event.user_id, event.role, event.scopes, event.prefix,

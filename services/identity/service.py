@@ -3,10 +3,15 @@
 Nothing here writes a database row. A command checks the current state (the in-memory index),
 appends one event with ``Nats-Expected-Last-Subject-Sequence`` on its aggregate's subject, and
 waits until its own index has applied it, so the caller's next request sees the change.
+
+Password hashes enter the log sealed with the user's data key (:class:`UserKeyStore`); the
+index keeps them sealed, and only the password checks here open them, so authenticating an
+API key or a token never touches the key store.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import uuid
@@ -43,16 +48,20 @@ from democratic_ai.contracts.identity_events import (
 )
 
 from .bootstrap import new_api_key_secret
-from .errors import Conflict, Forbidden, Invalid, NotFound, Throttled, Unauthenticated
+from .errors import Conflict, Forbidden, Invalid, NotFound, Throttled, Unauthenticated, Unavailable
 from .index import LOGIN_WINDOW, IdentityIndex, ModuleState, UserState
 from .module_credentials import credential_prefix, credential_sha256, new_module_credential
 from .module_rules import check_capabilities, check_module_id, check_name
 from .passwords import PASSWORD_HASHER, PasswordRejected, check_policy, hash_password, verify_password
 from .permissions import Role, allows, permissions_of
 from .principal import Principal, sha256_hex
+from .sealing import CannotUnseal, is_sealed
 from .tokens import KeyRing
+from .user_keys import UserKeyStore
 
 __all__ = ["IdentityService", "IssuedKey", "ModuleCredential", "Tokens"]
+
+log = logging.getLogger(__name__)
 
 REFRESH_TOKEN_TTL = timedelta(days=30)
 MAX_FAILURES_PER_ACCOUNT = 5
@@ -98,10 +107,11 @@ def normalise_email(email: str) -> str:
 
 
 class IdentityService:
-    def __init__(self, js: JetStreamContext, index: IdentityIndex, ring: KeyRing) -> None:
+    def __init__(self, js: JetStreamContext, index: IdentityIndex, ring: KeyRing, user_keys: UserKeyStore) -> None:
         self._js = js
         self.index = index
         self.ring = ring
+        self.user_keys = user_keys
 
     async def _append(self, subject: str, event: IdentityEvent, *, expected: int | None) -> int:
         headers = {"Nats-Expected-Last-Subject-Sequence": str(expected)} if expected is not None else None
@@ -146,9 +156,10 @@ class IdentityService:
         if role == Role.SUPER_ADMIN:
             raise Forbidden("super admins are not created through the API")
         _policy(password, email)
+        user_id = uuid.uuid4().hex
         event = UserRegistered(
-            tenant_id=tenant_id, meta=meta, user_id=uuid.uuid4().hex, email=email, role=role,
-            password_hash=await hash_password(password),
+            tenant_id=tenant_id, meta=meta, user_id=user_id, email=email, role=role,
+            password_hash=await self._seal_password(tenant_id, user_id, await hash_password(password)),
         )
         try:
             # The e-mail's own subject can hold one registration, ever: that is the uniqueness rule.
@@ -176,10 +187,32 @@ class IdentityService:
 
     async def change_password(self, meta: Meta, user: UserState, password: str) -> None:
         _policy(password, user.email)
-        event = PasswordChanged(
-            tenant_id=user.tenant_id, meta=meta, user_id=user.user_id, password_hash=await hash_password(password)
-        )
-        await self._user_event(user, event)
+        sealed = await self._seal_password(user.tenant_id, user.user_id, await hash_password(password))
+        await self._user_event(user, PasswordChanged(
+            tenant_id=user.tenant_id, meta=meta, user_id=user.user_id, password_hash=sealed,
+        ))
+
+    async def check_password(self, user: UserState, password: str) -> bool:
+        """Whether ``password`` is the user's; ``False`` once their key is destroyed."""
+        stored = await self._password_hash(user)
+        matches, _ = await verify_password(stored or _DUMMY_HASH, password)
+        return matches and stored is not None
+
+    async def _password_hash(self, user: UserState) -> str | None:
+        """The user's argon2 hash: opened with their data key (``None`` once it is destroyed),
+        or as logged in clear by versions before sealing."""
+        if not is_sealed(user.sealed_password_hash):
+            return user.sealed_password_hash
+        try:
+            return await self.user_keys.open(user.tenant_id, user.user_id, user.sealed_password_hash)
+        except CannotUnseal as exc:
+            raise _store_unavailable(user.user_id, exc) from None
+
+    async def _seal_password(self, tenant_id: str, user_id: str, password_hash: str) -> str:
+        try:
+            return await self.user_keys.seal(tenant_id, user_id, password_hash)
+        except CannotUnseal as exc:
+            raise _store_unavailable(user_id, exc) from None
 
     async def deactivate(self, meta: Meta, user: UserState) -> None:
         if not user.active:
@@ -333,20 +366,23 @@ class IdentityService:
             raise Throttled("too many failed logins; try again later", retry_after=int(LOGIN_WINDOW.total_seconds()))
         user_id = self.index.users_by_email.get((tenant_id, email)) if tenant_id in self.index.tenants else None
         user = self.index.users.get(user_id) if user_id else None
-        matches, needs_rehash = await verify_password(user.password_hash if user else _DUMMY_HASH, password)
+        stored = await self._password_hash(user) if user else None
+        matches, needs_rehash = await verify_password(stored or _DUMMY_HASH, password)
         tenant = self.index.tenants.get(tenant_id)
-        ok = bool(user and matches and user.active and tenant and not tenant.suspended)
+        ok = bool(user and stored and matches and user.active and tenant and not tenant.suspended)
         attempt = LoginAttempted(
             tenant_id=_safe_tenant(tenant_id), meta=meta, email_sha256=email_hash, success=ok,
             user_id=user.user_id if ok and user else "",
         )
         await self._append(f"iam.{_safe_tenant(tenant_id)}.login.{email_hash[:32]}", attempt, expected=None)
-        if not ok or user is None:
+        if not ok or user is None or stored is None:
             raise Unauthenticated("invalid e-mail, password or tenant")
-        if needs_rehash:
+        if needs_rehash or not is_sealed(user.sealed_password_hash):
+            # Weaker parameters get a new hash; a hash logged in clear (before sealing) gets sealed.
+            new_hash = await hash_password(password) if needs_rehash else stored
             await self._user_event(user, PasswordChanged(
-                tenant_id=tenant_id, meta=meta, user_id=user.user_id, password_hash=await hash_password(password),
-                rehash=True,
+                tenant_id=tenant_id, meta=meta, user_id=user.user_id,
+                password_hash=await self._seal_password(tenant_id, user.user_id, new_hash), rehash=True,
             ))
         family_id = uuid.uuid4().hex
         refresh = _refresh_token(family_id)
@@ -416,8 +452,12 @@ def _module_subject(tenant_id: str, module_id: str) -> str:
     return f"iam.{tenant_id}.module.{module_id}"
 
 
-def _module_subject(tenant_id: str, module_id: str) -> str:
-    return f"iam.{tenant_id}.module.{module_id}"
+def _store_unavailable(user_id: str, exc: CannotUnseal) -> Unavailable:
+    """Log what only the operator can fix, and tell the client no more than that it is not its fault."""
+    log.error("cannot open the data key of user %s: %s Is DAI_KEK_FILE (or DAI_KEK) this platform's"
+              " key-encryption key?", user_id, exc)
+    return Unavailable("passwords cannot be checked or set now: this gateway cannot open its password store;"
+                       " the details are in its log")
 
 
 def _refresh_token(family_id: str) -> str:

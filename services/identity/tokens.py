@@ -4,6 +4,12 @@ The ring lives in the NATS KV bucket ``dai_jwt_keys`` (kept out of the IDENTITY 
 replaying the log never hands out signing keys). Each gateway watches the bucket: a rotated key
 reaches all replicas at once, and old keys keep verifying until the tokens they signed expire,
 so a rotation logs nobody out. Verification pins the algorithm and requires exp, iss and aud.
+
+A stored key is sealed (see :mod:`.sealing`): its private key encrypted with a data key of its
+own, that data key wrapped by the platform's KEK. Reading the bucket without the KEK yields no
+key, and writing to it without the KEK cannot plant one. A ring whose KEK does not open a key
+skips it and says so in the log; a key written in clear by an older version is never used and
+is deleted once the ring has a sealed key of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from .sealing import CannotUnseal, KeyEncryptionKey, new_data_key, open_sealed, seal
+
 __all__ = ["ACCESS_TOKEN_TTL", "AUDIENCE", "ISSUER", "InvalidToken", "KeyRing", "rotate_signing_key"]
 
 log = logging.getLogger(__name__)
@@ -43,10 +51,12 @@ class InvalidToken(Exception):
     """A token that is malformed, forged, expired, for someone else, or signed by an unknown key."""
 
 
-class _StoredKey(msgspec.Struct, frozen=True):
+class _StoredKey(msgspec.Struct, frozen=True, omit_defaults=True):
     kid: str
-    private_pem: str
     created_at: datetime
+    data_key: str = ""  # this key's own data key, wrapped by the KEK
+    private_key: str = ""  # the raw Ed25519 private key (base64url), sealed with data_key
+    private_pem: str = ""  # the key in clear, as versions before sealing wrote it: never used
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,27 +73,47 @@ async def _bucket(js: JetStreamContext) -> KeyValue:
     )
 
 
-async def rotate_signing_key(js: JetStreamContext) -> str:
-    """Add a new signing key (used from now on) and drop keys retired long enough ago."""
+def _context(kid: str) -> str:
+    return f"{BUCKET}/{kid}"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+async def rotate_signing_key(js: JetStreamContext, kek: KeyEncryptionKey) -> str:
+    """Add a new signing key, sealed under ``kek``, used from now on; returns its kid."""
     kv = await _bucket(js)
     private = Ed25519PrivateKey.generate()
     kid = uuid.uuid4().hex[:16]
+    raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+    data_key = new_data_key()
     stored = _StoredKey(
-        kid=kid,
-        private_pem=private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-        created_at=datetime.now(UTC),
+        kid=kid, created_at=datetime.now(UTC), data_key=kek.wrap(data_key, _context(kid)),
+        private_key=seal(data_key, _b64(raw), _context(kid)),
     )
     await kv.create(kid, msgspec.json.encode(stored))
     return kid
 
 
-class KeyRing:
-    """The signing keys, kept current by watching the KV bucket."""
+def _unseal(stored: _StoredKey, kek: KeyEncryptionKey) -> Ed25519PrivateKey:
+    """The private key of ``stored``; raises :class:`CannotUnseal`."""
+    data_key = kek.unwrap(stored.data_key, _context(stored.kid))
+    text = open_sealed(data_key, stored.private_key, _context(stored.kid))
+    try:
+        return Ed25519PrivateKey.from_private_bytes(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except ValueError:
+        raise CannotUnseal(f"the sealed key {stored.kid!r} is not an Ed25519 private key.") from None
 
-    def __init__(self) -> None:
+
+class KeyRing:
+    """The signing keys, kept current by watching the KV bucket; ``kek`` opens them."""
+
+    def __init__(self, kek: KeyEncryptionKey) -> None:
+        self._kek = kek
         self._keys: dict[str, _Key] = {}
+        self._in_clear: set[str] = set()  # kids stored in clear by an older version, to delete
         self._watch_task: asyncio.Task[None] | None = None
         self._kv: KeyValue | None = None
 
@@ -95,7 +125,7 @@ class KeyRing:
         await asyncio.wait_for(loaded.wait(), 10.0)
         if not self._keys:
             try:
-                await rotate_signing_key(js)
+                await rotate_signing_key(js, self._kek)
             except KeyWrongLastSequenceError:
                 pass  # another gateway created one at the same instant: it arrives by the watch
             await self._until(lambda: bool(self._keys))
@@ -120,18 +150,45 @@ class KeyRing:
                 continue
             if entry.operation in ("DEL", "PURGE") or not entry.value:
                 self._keys.pop(entry.key, None)
+                self._in_clear.discard(entry.key)
                 continue
-            stored = msgspec.json.decode(entry.value, type=_StoredKey)
-            private = serialization.load_pem_private_key(stored.private_pem.encode(), password=None)
-            if not isinstance(private, Ed25519PrivateKey):
-                log.error("ignored JWT key %s: not an Ed25519 key", stored.kid)
-                continue
-            self._keys[stored.kid] = _Key(stored.kid, private, private.public_key(), stored.created_at)
-            loaded.set()
+            # ``loaded`` waits for the marker, not the first key: the first may be one this ring
+            # cannot open, and a ring that decided too early would make a needless new key.
+            self._load(entry.key, entry.value)
+
+    def _load(self, kv_key: str, value: bytes) -> None:
+        """Add one stored key to the ring, or log why it cannot be used. Never raises."""
+        try:
+            stored = msgspec.json.decode(value, type=_StoredKey)
+        except msgspec.DecodeError as exc:
+            log.error("skipped JWT signing key %s: its stored form is unreadable (%s)", kv_key, exc)
+            return
+        if not stored.private_key:
+            if stored.private_pem:
+                log.warning("JWT signing key %s is stored in clear by an older version: it is not used,"
+                            " and is deleted once this ring has a sealed key", kv_key)
+                self._in_clear.add(kv_key)
+            else:
+                log.error("skipped JWT signing key %s: it holds no private key", kv_key)
+            return
+        try:
+            private = _unseal(stored, self._kek)
+        except CannotUnseal as exc:
+            log.error("skipped JWT signing key %s: %s Is DAI_KEK_FILE (or DAI_KEK) this platform's"
+                      " key-encryption key?", kv_key, exc)
+            return
+        self._keys[stored.kid] = _Key(stored.kid, private, private.public_key(), stored.created_at)
 
     async def _prune(self) -> None:
-        """Delete keys whose successor has existed longer than any token they signed can live."""
-        if self._kv is None or len(self._keys) < 2:
+        """Delete keys stored in clear, and keys whose successor has existed longer than any
+        token they signed can live. Keys this ring cannot open are left alone: they may be
+        another KEK's, and deleting them is not a misconfigured replica's call."""
+        if self._kv is None:
+            return
+        for kid in sorted(self._in_clear):
+            await self._kv.delete(kid)
+            log.info("deleted JWT signing key %s, which was stored in clear", kid)
+        if len(self._keys) < 2:
             return
         ordered = sorted(self._keys.values(), key=lambda k: k.created_at)
         now = datetime.now(UTC)
