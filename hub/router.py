@@ -44,6 +44,9 @@ class Router:
     of the caller: ``CAPABILITY_NOT_FOUND``) from one whose modules are all gone right now
     (``CAPABILITY_UNAVAILABLE``). It is consulted only after NATS answered "no responders".
     ``cancel_wait`` is how long closing a running stream waits for its module to confirm.
+    ``record_failures=False`` leaves the router's own errors out of the log: a module's connection
+    may record answers of its own capabilities only, and its nested call's failure is part of
+    the answer of the call it serves, which is recorded.
     """
 
     def __init__(
@@ -53,8 +56,10 @@ class Router:
         source_id: str,
         is_registered: Callable[[str], bool] | None = None,
         cancel_wait: float = CANCEL_WAIT_SECONDS,
+        record_failures: bool = True,
     ) -> None:
         self._nc = nc
+        self._record_failures = record_failures
         self._cancel_wait = cancel_wait
         self._source_id = source_id
         self._is_registered = is_registered
@@ -207,9 +212,10 @@ class Router:
         metered the same from the answer or from its record."""
         error = error_reply(request, code, text, source_module_id=self._source_id, details=details)
         error.headers[BYTES_IN_HEADER] = str(len(request.payload))
-        await self._nc.publish(
-            subjects.record_response(request.context.tenant_id, request.action), error.SerializeToString()
-        )
+        if self._record_failures:
+            await self._nc.publish(
+                subjects.record_response(request.context.tenant_id, request.action), error.SerializeToString()
+            )
         return error
 
 

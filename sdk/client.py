@@ -44,10 +44,12 @@ class Client:
     (``Module.client``) carries the tenant of the call it is serving instead (:mod:`.tenancy`).
     """
 
-    def __init__(self, nc: NATS, *, source_id: str = "client", tenant: str = "system") -> None:
+    def __init__(
+        self, nc: NATS, *, source_id: str = "client", tenant: str = "system", record_failures: bool = True
+    ) -> None:
         subjects.validate_token(tenant, "tenant")
         self._nc = nc
-        self._router = Router(nc, source_id=source_id)
+        self._router = Router(nc, source_id=source_id, record_failures=record_failures)
         self._source_id = source_id
         self._tenant = tenant
 

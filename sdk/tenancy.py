@@ -87,7 +87,8 @@ class ModuleClient(Client):
     """The client of a module: its calls and events carry the tenant it is acting for."""
 
     def __init__(self, nc: NATS, *, module_id: str, owner: str) -> None:
-        super().__init__(nc, source_id=module_id, tenant=owner)
+        # The bus lets a module record answers of its own capabilities only (services/busauth).
+        super().__init__(nc, source_id=module_id, tenant=owner, record_failures=False)
 
     def _tenant_for(self, tenant: str | None) -> str:
         return call_tenant(self._tenant, tenant)

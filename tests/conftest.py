@@ -34,6 +34,8 @@ from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.sdk import Module, capability
+from democratic_ai.services.busauth import BusAuthorizer, Signer
+from democratic_ai.services.identity import IdentityIndex
 from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.gateway.state import METERING
 from democratic_ai.services.identity import KeyEncryptionKey
@@ -83,6 +85,22 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
     await ensure_streams(connection.jetstream())
     yield connection
     await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def bus_authorizer(nats_server: NatsServer) -> AsyncIterator[None]:
+    """The auth callout, as `dai up` runs it: admits modules with credentials from POST /v1/modules."""
+    auth = await connect(nats_server.bus("busauth"), "test-busauth")
+    system = await connect(nats_server.bus("sys"), "test-busauth-sys")
+    operator = await connect(nats_server.bus("operator"), "test-streams")
+    await ensure_streams(operator.jetstream())  # the authorizer follows IDENTITY
+    await operator.close()
+    authorizer = BusAuthorizer(Signer(nats_server.credentials.issuer_seed_file.read_text()), IdentityIndex())
+    await authorizer.start(auth, system)
+    yield
+    await authorizer.stop()
+    await system.close()
+    await auth.close()
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ and from the log, which holds nothing the attacker wrote.
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -36,17 +38,27 @@ class Violations:
     def __init__(self) -> None:
         self.errors: list[str] = []
 
-    async def __call__(self, error: Exception) -> None:
+    async def record(self, error: Exception) -> None:
         self.errors.append(str(error))
 
     async def wait_for(self, fragment: str, timeout: float = 3.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for error in self.errors:
-                if fragment in error:
+                if fragment.lower() in error.lower():  # nats-py lowercases the server's message
                     return error
             await asyncio.sleep(0.02)
         raise AssertionError(f"no permissions violation mentioning {fragment!r}; got {self.errors}")
+
+
+async def assert_refused(url: str, **credentials: str) -> None:
+    """The server refuses the connection: ``Authorization Violation``."""
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0, **credentials)
+    # nats-py leaves the refused socket to the garbage collector; collect it here, quietly.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def make_module(module_id: str) -> type[Module]:
@@ -71,7 +83,7 @@ async def module_connection(
     nats_server: NatsServer, credential: str, module_id: str, violations: Violations | None = None, **kwargs: object
 ) -> NATS:
     options = BusOptions(url=nats_server.url, credential=credential)
-    return await connect(options, f"test-{module_id}", error_cb=violations, inbox_prefix=inbox_prefix(module_id).encode(),
+    return await connect(options, f"test-{module_id}", error_cb=violations.record if violations else None, inbox_prefix=inbox_prefix(module_id).encode(),
                          connect_timeout=3, **kwargs)
 
 
@@ -87,14 +99,9 @@ async def attacker(nats_server: NatsServer, gateway: Gateway, bus_authorizer: No
 
 
 async def test_an_anonymous_connection_is_refused(nats_server: NatsServer, bus_authorizer: None) -> None:
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await nats.connect(nats_server.url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0)
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await nats.connect(nats_server.url, token="dai-module.system.nobody.forged", connect_timeout=3,
-                           allow_reconnect=False, max_reconnect_attempts=0)
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await nats.connect(nats_server.url, user="gateway", password="guessed", connect_timeout=3,
-                           allow_reconnect=False, max_reconnect_attempts=0)
+    await assert_refused(nats_server.url)
+    await assert_refused(nats_server.url, token="dai-module.system.nobody.forged")
+    await assert_refused(nats_server.url, user="gateway", password="guessed")
 
 
 async def test_a_module_cannot_mint_a_super_admin_key(attacker: tuple[NATS, Violations, str], nc: NATS) -> None:
@@ -149,7 +156,7 @@ async def test_a_module_serves_its_capabilities_and_nothing_else(
     module = make_module(module_id)()
     try:
         await module.start(connection)
-        answer = await Router(nc, source_id="test").call(new_request("test.shout", b'{"text": "hi"}', tenant_id="acme"))
+        answer = await Router(nc, source_id="test").call(new_request("test.shout", b'{"text": "hi"}', tenant_id="acme", source_module_id="test"))
         assert answer.type == MessageType.RESPONSE, answer
         assert msgspec.json.decode(answer.payload) == {"text": "HI"}
         # Another module's capability, and a direct route under another module's id: refused.
@@ -174,22 +181,20 @@ async def test_revoking_a_credential_disconnects_the_module_within_a_second(
 ) -> None:
     module_id = unique("revoked")
     credential = await register(gateway, module_id, ["test.shout"])
-    closed = asyncio.Event()
+    disconnected = asyncio.Event()
 
-    async def on_closed() -> None:
-        closed.set()
+    async def on_disconnect() -> None:
+        disconnected.set()
 
-    connection = await module_connection(nats_server, credential, module_id, allow_reconnect=True,
-                                         max_reconnect_attempts=3, reconnect_time_wait=0.05, closed_cb=on_closed)
+    connection = await module_connection(nats_server, credential, module_id, allow_reconnect=False,
+                                         disconnected_cb=on_disconnect)
     status, body = await http("DELETE", f"{gateway.url}/v1/modules/{module_id}", headers=gateway.headers)
     assert status in (200, 204), body
     revoked_at = time.monotonic()
-    await asyncio.wait_for(closed.wait(), 5.0)  # reconnects are refused: the client gives up
-    assert connection.is_closed
-    # Disconnected within 1 s of the revocation's answer (reconnect attempts come after that).
-    assert time.monotonic() - revoked_at < 1.0 + 3 * 0.1 + 3 * 0.5
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await module_connection(nats_server, credential, module_id, allow_reconnect=False)
+    await asyncio.wait_for(disconnected.wait(), 1.0)
+    assert time.monotonic() - revoked_at < 1.0
+    await assert_refused(nats_server.url, token=credential)
+    await connection.close()
 
 
 async def test_a_rotated_credential_works_and_the_old_one_is_refused(
@@ -209,8 +214,7 @@ async def test_a_rotated_credential_works_and_the_old_one_is_refused(
     rotated_at = time.monotonic()
     await asyncio.wait_for(disconnected.wait(), 1.0)
     assert time.monotonic() - rotated_at < 1.0
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await module_connection(nats_server, old, module_id, allow_reconnect=False)
+    await assert_refused(nats_server.url, token=old)
     fresh = await module_connection(nats_server, body["credential"], module_id, allow_reconnect=False)
     assert fresh.is_connected
     await fresh.close()
@@ -222,14 +226,14 @@ async def test_platform_roles_are_narrow(nats_server: NatsServer) -> None:
     for role, subject in (("hub", "iam.system.api_key.x"), ("projections", "iam.system.api_key.x"),
                           ("projections", "billing.acme.invoice.x"), ("gateway", "registry.text-tools.registered")):
         violations = Violations()
-        connection = await connect(nats_server.bus(role), f"test-{role}", error_cb=violations)
+        connection = await connect(nats_server.bus(role), f"test-{role}", error_cb=violations.record)
         try:
             await connection.publish(subject, b"{}")
             await violations.wait_for(f'publish to "{subject}"')
         finally:
             await connection.close()
     violations = Violations()
-    connection = await connect(nats_server.bus("gateway"), "test-gateway", error_cb=violations)
+    connection = await connect(nats_server.bus("gateway"), "test-gateway", error_cb=violations.record)
     try:
         await connection.publish("$JS.API.STREAM.DELETE.IDENTITY", b"")
         await violations.wait_for('publish to "$JS.API.STREAM.DELETE.IDENTITY"')

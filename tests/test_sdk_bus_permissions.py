@@ -6,8 +6,8 @@ lose its events or calls silently. This runs a nats-server whose ``module`` user
 grants of a module owned by one tenant, serves calls (plain, streamed, direct, cancelled), nested
 calls, events and NATS micro requests through it, and asserts that the server refused nothing.
 
-The grants mirror ``module_permissions`` of the bus authorization (``services/busauth``, the
-auth callout): keep the two in step, or import it here once both live on one branch.
+The grants are those of ``module_permissions`` of the bus authorization (``services/busauth``,
+the auth callout), written into the server's configuration as a static user.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import nats
@@ -26,44 +27,21 @@ from democratic_ai.contracts import ensure_streams, subjects
 from democratic_ai.hub import Hub
 from democratic_ai.ops import nats_server as nats_server_module
 from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.services import busauth
+from democratic_ai.services.busauth import inbox_prefix
 from democratic_ai.sdk import Client, Event, Module, ModuleConfig, capability, event_handler
 
 from conftest import registered
 
 TENANT = "acme"
 ANY = {"type": "object"}
-_NEVER_PUBLISH = ["iam.>", "usage.>", "billing.>", "ratelimit.>", "registry.>", "$JS.>", "$KV.>", "$O.>", "$SYS.>"]
-_NEVER_SUBSCRIBE = ["mcp.req.>", "mcp.res.>", "iam.>", "usage.>", "billing.>", "ratelimit.>", "registry.>",
-                    "$JS.>", "$KV.>", "$O.>", "$SYS.>"]
-
-
-def inbox_prefix(module_id: str) -> str:
-    return f"_INBOX.module.{module_id}"
 
 
 def module_permissions(module_id: str, tenant: str, capabilities: list[str]) -> dict[str, Any]:
-    """What the bus grants a module's connection (see the module docstring)."""
-    m = module_id
-    events = "mcp.evt.*.>" if tenant == subjects.SYSTEM_TENANT else f"mcp.evt.{tenant}.>"
-    return {
-        "subscribe": {
-            "allow": [
-                *(f"mcp.call.*.{c} {c}" for c in capabilities),
-                *(f"mcp.direct.{m}.*.{c} {m}" for c in capabilities),
-                f"mcp.ctl.{m}.*", events, f"{inbox_prefix(m)}.>",
-                "$SRV.PING", "$SRV.INFO", "$SRV.STATS", f"$SRV.*.{m}", f"$SRV.*.{m}.*",
-            ],
-            "deny": _NEVER_SUBSCRIBE,
-        },
-        "publish": {
-            "allow": [
-                *(f"mcp.res.*.{c}" for c in capabilities),
-                f"hub.announce.{m}", f"hub.heartbeat.{m}", f"hub.leave.{m}",
-                "_INBOX.>", "mcp.call.>", "mcp.direct.>", "mcp.req.>", "mcp.ctl.>", events,
-            ],
-            "deny": _NEVER_PUBLISH,
-        },
-    }
+    """What the auth callout grants this module, in nats.conf's spelling."""
+    grant = SimpleNamespace(module_id=module_id, tenant_id=tenant, capabilities=capabilities)
+    claims = busauth.module_permissions(grant)
+    return {"publish": claims["pub"], "subscribe": claims["sub"]}
 
 
 class Probe(Module):
