@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from democratic_ai.contracts import tracing
-from democratic_ai.contracts.bus import BusOptions, connect
+from democratic_ai.contracts.bus import BusOptions, connect, role_of
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.hub import Hub
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import create_pool, migrate
 from democratic_ai.sdk import Module
+from democratic_ai.sdk.errors import CredentialError
 from democratic_ai.services.billing import (
     BillingConfig,
     BillingError,
@@ -139,14 +140,19 @@ def load_module_class(spec: str) -> type[Module]:
 
 
 async def run_module(options: BusOptions, module_class: type[Module], stop: asyncio.Event) -> None:
+    """Serve a module with its own credential (a platform role's, such as the operator's, in development)."""
     tracing.configure_tracing(f"dai-module-{module_class.module_id}")
+    try:
+        config = None if role_of(options.credential) else module_class.config_for_credential(options.credential)
+    except CredentialError as exc:
+        raise SystemExit(f"dai: {exc}") from None
     nc = await connect(
         options, f"dai-module-{module_class.module_id}", max_reconnect_attempts=-1,
         inbox_prefix=inbox_prefix(module_class.module_id).encode(),
     )
-    module = module_class()
+    module = module_class(config)
     await module.start(nc)
-    log.info("module %s serving %s", module.module_id, ", ".join(sorted(module.capabilities)))
+    log.info("module %s of tenant %s serving %s", module.module_id, module.tenant, ", ".join(sorted(module.capabilities)))
     await stop.wait()
     await module.stop()
     await nc.drain()

@@ -22,15 +22,19 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from nats.js import JetStreamContext
+
 from democratic_ai.contracts import ensure_streams
 from democratic_ai.contracts.bus import CA_FILE_ENV, CREDENTIAL_FILE_ENV, BusOptions, connect
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.services.identity import ensure_bootstrap
+from democratic_ai.services.identity.bootstrap import ensure_platform_module
 
 from .credentials import PlatformCredentials
 from .nats_server import NatsServer
 from .ports import PortInUseError, ServerStartError, ensure_port_free
 from .postgres_server import PostgresServer
+from .services import load_module_class
 
 __all__ = ["UpOptions", "up"]
 
@@ -53,12 +57,19 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-async def _prepare(operator: BusOptions, database_url: str, key_file: Path) -> str | None:
-    """Streams, migrations and the bootstrap admin key; returns the key if it was created now."""
+async def _prepare(
+    operator: BusOptions, database_url: str, key_file: Path, credentials: PlatformCredentials
+) -> tuple[str | None, list[str]]:
+    """Streams, migrations, the bootstrap admin key and the example modules' credentials.
+
+    Returns the admin key if it was created now, and the example modules to run (an operator
+    may have revoked one through the API)."""
     nc = await connect(operator, "dai-up")
     try:
         js = nc.jetstream()
         await ensure_streams(js)
+        modules = [module_id for module_id, spec in EXAMPLE_MODULES.items()
+                   if await _ensure_module_credential(js, module_id, spec, credentials)]
         pool = await create_pool(database_url, max_size=1)
         try:
             async with pool.acquire() as conn:
@@ -69,15 +80,36 @@ async def _prepare(operator: BusOptions, database_url: str, key_file: Path) -> s
             # Record the stored key again: harmless when the log has it (it enters once, ever),
             # and it heals a log that was reset while the key file stayed.
             await ensure_bootstrap(js, key_file.read_text().strip())
-            return None
+            return None, modules
         secret = await ensure_bootstrap(js)
         key_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secret + "\n")
-        return secret
+        return secret, modules
     finally:
         await nc.drain()
+
+
+async def _ensure_module_credential(
+    js: JetStreamContext, module_id: str, spec: str, credentials: PlatformCredentials
+) -> bool:
+    """Register the example module (tenant ``system``) and keep its live credential in its file."""
+    module = load_module_class(spec)()
+    path = credentials.module_file(module_id)
+    stored = path.read_text().strip() if path.exists() else None
+    credential = await ensure_platform_module(
+        js, module_id, module.manifest.name, tuple(sorted(module.capabilities)), stored
+    )
+    if credential is None:
+        _say(f"dai: module {module_id} was revoked through the API; not starting it")
+        return False
+    if credential != stored:
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(credential + "\n")
+    return True
 
 
 def _spawn(args: list[str], env: dict[str, str], credential: Path, **extra: str) -> subprocess.Popen[bytes]:
@@ -86,7 +118,9 @@ def _spawn(args: list[str], env: dict[str, str], credential: Path, **extra: str)
     return subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", *args], env=child_env)
 
 
-def _wait_ready(url: str, admin_key: str, children: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
+def _wait_ready(
+    url: str, admin_key: str, modules: list[str], children: list[subprocess.Popen[bytes]], timeout: float = 60.0
+) -> None:
     """Wait until the gateway lists every example capability with a live instance.
 
     Ready means the first call succeeds: the gateway answers, the modules serve, and the
@@ -102,7 +136,7 @@ def _wait_ready(url: str, admin_key: str, children: list[subprocess.Popen[bytes]
             with urllib.request.urlopen(request, timeout=1.0) as response:
                 listing = json.loads(response.read())["capabilities"]
             serving = {c["module_id"] for c in listing if c["instances"] > 0}
-            if set(EXAMPLE_MODULES) <= serving:
+            if set(modules) <= serving:
                 return
         except (urllib.error.URLError, OSError, ValueError, KeyError):
             pass
@@ -166,15 +200,15 @@ def up(options: UpOptions) -> int:
             env[CA_FILE_ENV] = str(options.tls[0].resolve())  # a self-signed certificate is its own authority
         operator = BusOptions(url=nats_url, credential=credentials.credential("operator"),
                               ca_file=Path(env[CA_FILE_ENV]) if env.get(CA_FILE_ENV) else None)
-        new_key = asyncio.run(_prepare(operator, database_url, data_dir / "admin.key"))
+        new_key, modules = asyncio.run(_prepare(operator, database_url, data_dir / "admin.key", credentials))
         children = [
             _spawn(["bus-auth"], env, credentials.file("busauth"),
                    DAI_BUS_SYS_CREDENTIAL_FILE=str(credentials.file("sys")),
                    DAI_BUS_ISSUER_SEED_FILE=str(credentials.issuer_seed_file)),
             _spawn(["hub"], env, credentials.file("hub")),
             _spawn(["projections", "run"], env, credentials.file("projections")),
-            *(_spawn(["module", "run", spec], env, credentials.module_file(module_id))
-              for module_id, spec in EXAMPLE_MODULES.items()),
+            *(_spawn(["module", "run", EXAMPLE_MODULES[module_id]], env, credentials.module_file(module_id))
+              for module_id in modules),
             _spawn(["gateway", "--port", str(options.port)], env, credentials.file("gateway"),
                    DAI_KEK_FILE=str(credentials.kek_file)),
         ]
@@ -183,7 +217,7 @@ def up(options: UpOptions) -> int:
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
         try:
-            _wait_ready(gateway_url, (data_dir / "admin.key").read_text().strip(), children)
+            _wait_ready(gateway_url, (data_dir / "admin.key").read_text().strip(), modules, children)
         except ServerStartError as exc:
             _say(f"dai: {exc}")
             return 1
@@ -201,7 +235,10 @@ def _banner(gateway_url: str, nats_url: str, data_dir: Path, new_key: str | None
     key_file = data_dir / "admin.key"
     if new_key:
         _say(f"\nBootstrap admin API key (shown once, stored in {key_file}):\n\n    {new_key}\n")
-    _say(f"Democratic_AI is up.\n  gateway  {gateway_url}\n  nats     {nats_url}\n  data     {data_dir}\n")
+    operator = data_dir / "credentials" / "operator.credential"
+    _say(f"Democratic_AI is up.\n  gateway  {gateway_url}\n  nats     {nats_url}\n  data     {data_dir}\n"
+         f"  bus      authorization on; the operator's credential: {operator}\n"
+         f"           (for dai commands: export DAI_BUS_CREDENTIAL_FILE={operator})\n")
     _say(
         "Try it:\n\n"
         f"  curl -s {gateway_url}/v1/capabilities/text.summarize/invoke \\\n"

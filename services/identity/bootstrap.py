@@ -13,12 +13,22 @@ from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 
 from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
-from democratic_ai.contracts.identity_events import ApiKeyIssued, Meta, TenantCreated, encode_event
+from democratic_ai.contracts.identity_events import (
+    ApiKeyIssued,
+    Meta,
+    ModuleCredentialRotated,
+    ModuleRegistered,
+    ModuleUpdated,
+    TenantCreated,
+    encode_event,
+)
 
+from .index import IdentityIndex
+from .module_credentials import credential_prefix, credential_sha256, new_module_credential
 from .permissions import Role
 from .principal import sha256_hex
 
-__all__ = ["SYSTEM_TENANT", "ensure_bootstrap", "new_api_key_secret"]
+__all__ = ["SYSTEM_TENANT", "ensure_bootstrap", "ensure_platform_module", "new_api_key_secret"]
 
 SYSTEM_TENANT = "system"
 
@@ -50,3 +60,44 @@ async def ensure_bootstrap(js: JetStreamContext, secret: str | None = None) -> s
     )
     await _append_once(js, f"iam.{SYSTEM_TENANT}.api_key.{key_id}", encode_event(issued))
     return secret
+
+
+async def ensure_platform_module(
+    js: JetStreamContext, module_id: str, name: str, capabilities: tuple[str, ...], credential: str | None
+) -> str | None:
+    """Make ``credential`` (or a new one) the live credential of the platform module ``module_id``.
+
+    ``dai up`` runs the example modules as modules of the ``system`` tenant, each with a credential
+    of its own like any other module. The stored credential is kept while the log accepts it; a
+    module never registered is registered, one whose credential the log no longer accepts (a reset
+    data dir, a rotation through the API) gets a new one, and changed capabilities are recorded.
+    Returns the credential to run it with, or None for a module an operator revoked.
+    """
+    index = IdentityIndex()
+    await index.start(js)
+    try:
+        module = index.modules.get(module_id)
+        if module is not None and module.revoked:
+            return None
+        subject = f"iam.{SYSTEM_TENANT}.module.{module_id}"
+        meta = Meta(at=datetime.now(UTC), actor="system")
+        if module is not None and module.tenant_id != SYSTEM_TENANT:
+            raise ValueError(f"module id {module_id!r} is taken by tenant {module.tenant_id!r}.")
+        if credential is None or index.module_for_credential(credential) is None:
+            credential = new_module_credential(SYSTEM_TENANT, module_id)
+            fields = {"tenant_id": SYSTEM_TENANT, "meta": meta, "module_id": module_id,
+                      "credential_sha256": credential_sha256(credential),
+                      "credential_prefix": credential_prefix(credential)}
+            event = (ModuleRegistered(**fields, owner_user_id="", name=name, capabilities=capabilities)
+                     if module is None else ModuleCredentialRotated(**fields))
+            await _append(js, subject, encode_event(event), index.expected_sequence(subject))
+        elif tuple(module.capabilities) != capabilities:
+            updated = ModuleUpdated(tenant_id=SYSTEM_TENANT, meta=meta, module_id=module_id, capabilities=capabilities)
+            await _append(js, subject, encode_event(updated), index.expected_sequence(subject))
+        return credential
+    finally:
+        await index.stop()
+
+
+async def _append(js: JetStreamContext, subject: str, data: bytes, expected: int) -> None:
+    await js.publish(subject, data, headers={"Nats-Expected-Last-Subject-Sequence": str(expected)})
