@@ -290,6 +290,7 @@ def test_commands_without_a_kek_exit_with_one_clear_line(argv: list[str], monkey
 
     monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:1")  # never reached: the KEK is checked first
     monkeypatch.setenv("DATABASE_APP_URL", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("DAI_BUS_CREDENTIAL", "dai-role.gateway.never-used")
     monkeypatch.delenv("DAI_KEK", raising=False)
     monkeypatch.delenv("DAI_KEK_FILE", raising=False)
     with pytest.raises(SystemExit, match="^dai: No key-encryption key is configured: set DAI_KEK_FILE"):
