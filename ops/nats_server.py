@@ -77,12 +77,16 @@ class NatsServer:
     its key file: client connections then use TLS (`tls://` URLs).
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, tls: tuple[Path, Path] | None = None,
+        config: Path = CONFIG_PATH,
+    ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.store_dir = self.data_dir / "nats"
         self.log_path = self.store_dir / "nats-server.log"
         self.credentials = PlatformCredentials.ensure(self.data_dir)
         self.tls = tls
+        self.config = config  # another configuration: only the benchmarks use one (to measure without authorization)
         self._requested_port = port
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -121,7 +125,7 @@ class NatsServer:
             ensure_port_free(fixed, "NATS", HOST, flag="--nats-port")
             port_args = ["-p", str(fixed)]
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [str(binary), "-c", str(CONFIG_PATH), "-js", "-sd", str(self.store_dir), "-a", HOST, *port_args]
+        cmd = [str(binary), "-c", str(self.config), "-js", "-sd", str(self.store_dir), "-a", HOST, *port_args]
         cmd += ["--ports_file_dir", str(self.store_dir)]
         if self.tls is not None:
             cert, key = self.tls

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import sys
 import warnings
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import nats
@@ -239,3 +242,23 @@ async def test_platform_roles_are_narrow(nats_server: NatsServer) -> None:
         await violations.wait_for('publish to "$JS.API.STREAM.DELETE.IDENTITY"')
     finally:
         await connection.close()
+
+
+async def test_the_readme_example_runs_dai_commands_as_the_operator(
+    nats_server: NatsServer, nc: NATS, repo_root: Path, tmp_path: Path
+) -> None:
+    text = (repo_root / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Who may do what on the bus\n", 1)[1].split("\n## ", 1)[0]
+    script = section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+    assert "nats://127.0.0.1:4222" in script
+    (tmp_path / ".dai").mkdir()
+    (tmp_path / ".dai" / "credentials").symlink_to(nats_server.credentials.folder)
+    await nc.jetstream().publish("registry.readme-probe.registered", b'{"v": 1}')
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-euo", "pipefail", "-c", script.replace("nats://127.0.0.1:4222", nats_server.url),
+        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    assert msgspec.json.decode(out.splitlines()[0])["stream"] == "REGISTRY", out

@@ -1,6 +1,6 @@
 """Benchmark of the call path: what the platform costs on top of raw NATS and a bare HTTP app.
 
-    /work/venv/bin/python tests/bench/bench_call_path.py [--seconds 5] [--concurrency 64]
+    .venv/bin/python tests/bench/bench_call_path.py [--seconds 5] [--concurrency 64] [--authorization both]
 
 From one run it prints calls/s and p50/p99 latency, with ``--concurrency`` calls in flight, for
 
@@ -27,7 +27,10 @@ not scheduling:
     --load URL       the HTTP load generator of (c) and (d): aiohttp, one connector limited
                      to ``--concurrency``; prints its result as JSON
 
-Every process runs uvloop. The MCP stream exists before (b)/(c), so the records the SDK and
+With ``--authorization both`` (the default) every scenario runs twice, on a server with the
+platform's authorization (each process with its role's credential, the module with a module
+credential admitted by the auth callout) and on one without any, and the ratios on/off are printed
+too: what the trust boundary costs a call. Every process runs uvloop. The MCP stream exists before (b)/(c), so the records the SDK and
 the gateway publish for each request and response are stored and counted. Each measurement
 follows a warm-up; every wait is bounded; the servers stop on errors and Ctrl-C too.
 
@@ -55,7 +58,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import nats
 import psutil
 import uvloop
 from aiohttp import web
@@ -63,13 +65,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from democratic_ai.contracts import ensure_streams, subjects
-from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.contracts.bus import CREDENTIAL_ENV, CREDENTIAL_FILE_ENV, BusOptions, connect, role_of
+from democratic_ai.ops.nats_server import CONFIG_PATH, NatsServer
 from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.schemas import app_dsn, migrate
 from democratic_ai.sdk import Client, Module, capability
 from democratic_ai.services.gateway import GatewayConfig, create_app
-from democratic_ai.services.identity import ensure_bootstrap
-from democratic_ai.services.identity.bootstrap import SYSTEM_TENANT
+from democratic_ai.services.busauth import BusAuthorizer, Signer, inbox_prefix
+from democratic_ai.services.identity import IdentityIndex, KeyEncryptionKey, ensure_bootstrap
+from democratic_ai.services.identity.bootstrap import SYSTEM_TENANT, ensure_platform_module
 
 RAW_SUBJECT = "bench.raw"  # not captured by any stream, like mcp.call.*
 CAPABILITY = "bench.noop"
@@ -193,7 +197,7 @@ async def post(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
 # --- child processes -------------------------------------------------------------------------
 
 
-async def serve(kind: str, nats_url: str) -> None:
+async def serve(kind: str) -> None:
     """``--serve raw|raw-records|module``: answer calls until SIGTERM or until the parent closes our stdin."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -207,7 +211,9 @@ async def serve(kind: str, nats_url: str) -> None:
     loop.add_reader(sys.stdin.fileno(), on_stdin)
     # No hub runs here: the module's announcement retries stay unanswered, which is cheap but chatty.
     logging.getLogger("democratic_ai.sdk.module").setLevel(logging.ERROR)
-    nc = await nats.connect(nats_url, name=f"bench-serve-{kind}")
+    options = BusOptions.from_env()  # the parent passes NATS_URL and the credential
+    nc = await connect(options, f"bench-serve-{kind}", inbox_prefix=inbox_prefix(NoopModule.module_id).encode()
+                       if kind == "module" else b"_INBOX")
     module: Module | None = None
     if kind == "raw":
 
@@ -224,7 +230,7 @@ async def serve(kind: str, nats_url: str) -> None:
 
         await nc.subscribe(RAW_SUBJECT, cb=echo_recorded)
     else:
-        module = NoopModule()
+        module = NoopModule(None if role_of(options.credential) else NoopModule.config_for_credential(options.credential))
         await module.start(nc)
     await nc.flush()
     await stop.wait()
@@ -265,13 +271,13 @@ async def stop_child(proc: asyncio.subprocess.Process) -> None:
 # --- scenarios (main process) ----------------------------------------------------------------
 
 
-def bare_app(nats_url: str) -> web.Application:
+def bare_app(bus: BusOptions) -> web.Application:
     """The HTTP floor: same route as the gateway, one raw NATS request, the answer's bytes as JSON."""
     app = web.Application()
     nc_key = web.AppKey("nc", NATS)
 
     async def connection(app: web.Application) -> AsyncIterator[None]:
-        app[nc_key] = await nats.connect(nats_url, name="bench-bare-http")
+        app[nc_key] = await connect(bus, "bench-bare-http")
         yield
         await app[nc_key].drain()
 
@@ -322,19 +328,31 @@ def progress(scenario: str) -> None:
     print(f"running {SCENARIOS[scenario]} ...", file=sys.stderr, flush=True)
 
 
-async def run_all(nats_url: str, database_url: str, args: argparse.Namespace) -> dict[str, Result]:
+async def run_all(server: NatsServer, database_url: str, args: argparse.Namespace, authorized: bool) -> dict[str, Result]:
     results: dict[str, Result] = {}
     conn = await asyncpg.connect(database_url)
     try:
         await migrate(conn)  # the read models, and the app role the gateway connects as
     finally:
         await conn.close()
-    nc = await nats.connect(nats_url, name="bench-caller")
+    nc = await connect(server.bus("operator"), "bench-caller")
+    authorizer: BusAuthorizer | None = None
     children: list[asyncio.subprocess.Process] = []
     try:
         js = nc.jetstream()
         await ensure_streams(js)
         key = await ensure_bootstrap(js)  # a super-admin API key of the system tenant
+        raw_env = {**os.environ, **server.environment("operator")}
+        module_env = dict(raw_env)
+        if authorized:
+            # The module connects as modules do: with its own credential, admitted by the callout.
+            auth = await connect(server.bus("busauth"), "bench-busauth")
+            system = await connect(server.bus("sys"), "bench-sys")
+            authorizer = BusAuthorizer(Signer(server.credentials.issuer_seed_file.read_text()), IdentityIndex())
+            await authorizer.start(auth, system)
+            credential = await ensure_platform_module(js, NoopModule.module_id, "bench", (CAPABILITY,), None)
+            module_env[CREDENTIAL_ENV] = credential or ""
+            module_env.pop(CREDENTIAL_FILE_ENV, None)
         n, warmup, seconds = args.concurrency, args.warmup, args.seconds
         nats_pid = next(p.pid for p in psutil.Process().children() if p.name().startswith("nats-server"))
 
@@ -353,37 +371,41 @@ async def run_all(nats_url: str, database_url: str, args: argparse.Namespace) ->
 
         sdk_call = partial(Client(nc, source_id="bench", tenant=TENANT).call, CAPABILITY, PAYLOAD)
 
-        children.append(await spawn("--serve", "raw", "--nats-url", nats_url))
+        children.append(await spawn("--serve", "raw", env=raw_env))
         await until_ok(raw_call, "the raw responder")
         progress("a")
         results["a"] = await measure(raw_call)
         progress("d")
-        results["d"] = await over_http(bare_app(nats_url), key, args, {"server": children[-1].pid, "nats": nats_pid})
+        results["d"] = await over_http(bare_app(server.bus("gateway")), key, args, {"server": children[-1].pid, "nats": nats_pid})
         await stop_child(children.pop())
 
-        children.append(await spawn("--serve", "raw-records", "--nats-url", nats_url))
+        children.append(await spawn("--serve", "raw-records", env=raw_env))
         await until_ok(recorded_call, "the recording raw responder")
         progress("r")
         results["r"] = await measure(recorded_call)
         await stop_child(children.pop())
 
-        children.append(await spawn("--serve", "module", "--nats-url", nats_url))
+        children.append(await spawn("--serve", "module", env=module_env))
         await until_ok(sdk_call, "the module")
         progress("b")
         results["b"] = await measure(sdk_call)
         progress("c")
         # As in production, the gateway reads the read models as the read-only app role.
-        gateway = create_app(GatewayConfig(nats_url=nats_url, database_url=app_dsn(database_url), port=0))
+        gateway = create_app(GatewayConfig(bus=server.bus("gateway"), database_url=app_dsn(database_url), port=0,
+                                           kek=KeyEncryptionKey.generate()))
         results["c"] = await over_http(gateway, key, args, {"server": children[-1].pid, "nats": nats_pid})
     finally:
         for proc in children:
             await stop_child(proc)
+        if authorizer is not None:
+            await authorizer.stop()
         await nc.close()
     return results
 
 
-def report(results: dict[str, Result], args: argparse.Namespace) -> None:
-    print(f"\ncall path, {args.concurrency} calls in flight, {args.seconds:g} s each after {args.warmup:g} s warm-up")
+def report(results: dict[str, Result], args: argparse.Namespace, authorization: str) -> None:
+    print(f"\ncall path, authorization {authorization}, {args.concurrency} calls in flight, {args.seconds:g} s each"
+          f" after {args.warmup:g} s warm-up")
     print(f"{'scenario':<36}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for key, name in SCENARIOS.items():
         r = results[key]
@@ -415,31 +437,54 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each measurement")
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
     parser.add_argument("--serve", choices=("raw", "raw-records", "module"), help=argparse.SUPPRESS)
-    parser.add_argument("--nats-url", help=argparse.SUPPRESS)
+    parser.add_argument("--authorization", choices=("on", "off", "both"), default="both",
+                        help="measure with the platform's bus authorization, without it, or both (default)")
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.serve:
-        uvloop.run(serve(args.serve, args.nats_url))
+        uvloop.run(serve(args.serve))
         return
     if args.load:
         result = uvloop.run(load(args.load, args.concurrency, args.warmup, args.seconds))
         print(json.dumps(asdict(result)))
         return
 
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.authorization]
+    runs: dict[bool, dict[str, Result]] = {}
+    for authorized in modes:
+        print(f"authorization {'on' if authorized else 'off'}:", file=sys.stderr, flush=True)
+        runs[authorized] = measure_all(args, authorized)
+        report(runs[authorized], args, "on" if authorized else "off")
+    if len(runs) == 2:
+        on, off = runs[True], runs[False]
+        print("\nauthorization on / off, throughput (the cost of the trust boundary; target >= 0.95)")
+        for key in "abc":
+            ratio = on[key].rate / off[key].rate
+            print(f"{SCENARIOS[key]:<36}{ratio:>10.2f}   {'ok' if ratio >= 0.95 else 'MISS'}")
+
+
+def open_config(folder: Path) -> Path:
+    """A server configuration like nats.conf but with no authorization at all: the floor of ``on``."""
+    path = folder / "open.conf"
+    path.write_text("max_payload: 8MB\njetstream { max_memory_store: 256MB, max_file_store: 10GB }\n")
+    return path
+
+
+def measure_all(args: argparse.Namespace, authorized: bool) -> dict[str, Result]:
     with tempfile.TemporaryDirectory(prefix="dai-bench-", ignore_cleanup_errors=True) as tmp:
-        nats_server, postgres = NatsServer(Path(tmp), port=0), PostgresServer(Path(tmp))
+        config = CONFIG_PATH if authorized else open_config(Path(tmp))
+        nats_server, postgres = NatsServer(Path(tmp), port=0, config=config), PostgresServer(Path(tmp))
         try:
             nats_server.start()
             postgres.start()
             database_url = postgres.ensure_database("bench")
-            results = uvloop.run(run_all(nats_server.url, database_url, args))
+            return uvloop.run(run_all(nats_server, database_url, args, authorized))
         except KeyboardInterrupt:
             sys.exit("interrupted")
         finally:
             postgres.stop()
             nats_server.stop()
-    report(results, args)
 
 
 if __name__ == "__main__":
