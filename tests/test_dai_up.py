@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import os
 import signal
@@ -11,8 +13,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
+import nats
+import nats.errors
 import pytest
 
 from democratic_ai.ops.ports import free_port
@@ -63,6 +68,20 @@ def _call(port: int, key: str, path: str, body: dict | None = None) -> tuple[int
         return response.status, json.loads(response.read())
 
 
+async def _anonymous_refused(url: str) -> bool:
+    try:
+        connection = await nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0)
+    except nats.errors.Error as exc:
+        refused = "Authorization Violation" in str(exc)
+    else:
+        await connection.close()
+        return False
+    with warnings.catch_warnings():  # nats-py leaves the refused socket to the garbage collector
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    return refused
+
+
 def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None:
     data_dir, port, nats_port = tmp_path / ".dai", free_port(), free_port()
     process, banner = _start(data_dir, port, nats_port)
@@ -75,6 +94,15 @@ def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None
         status, body = _call(port, key, "/v1/capabilities/text.summarize/invoke",
                              {"text": "Streams store messages. Consumers read them. Cats sleep a lot.", "max_length": 40})
         assert status == 200 and 0 < len(body["result"]["summary"]) <= 40
+        # Locked down with no extra step: nobody gets on the bus without a credential, and every
+        # credential is the owner's alone.
+        assert asyncio.run(_anonymous_refused(f"nats://127.0.0.1:{nats_port}"))
+        credentials = data_dir / "credentials"
+        assert stat.S_IMODE(credentials.stat().st_mode) == 0o700
+        files = [path for path in credentials.rglob("*") if path.is_file()]
+        assert {"operator.credential", "gateway.credential", "kek", "text-tools.credential"} <= {f.name for f in files}
+        assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
+        assert str(credentials / "operator.credential") in banner
     finally:
         assert _stop(process) == 0
 
