@@ -31,6 +31,7 @@ from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .errors import error_middleware, error_response
 from .identity_routes import add_identity_routes
+from .inputs import input_middleware
 from .state import BILLING, CONFIG, IDENTITY, KEY_RING, METERING, NC, PAYMENTS, POOL, PRESENCE, REGISTRY, ROUTER, USERS
 from .websocket import websocket
 from .usage_routes import add_usage_routes
@@ -102,7 +103,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> web.Application:
     """The gateway; ``usage`` replaces the usage read model that invoices are computed from."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.max_body_bytes)
+    app = web.Application(middlewares=[error_middleware, input_middleware, auth_middleware],
+                          client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     if usage is not None:
         app[USAGE_TOTALS] = usage

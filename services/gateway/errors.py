@@ -4,6 +4,7 @@
     IdentityError       raised by identity commands; its code decides the status
     BillingError        raised by billing commands; it carries its status
     aiohttp HTTPException (unknown route, wrong method, body too large) → the same shape
+    RequestPayloadError a body aiohttp cannot read, e.g. not what its Content-Encoding says → 400
     anything else       → 500 INTERNAL, logged with its traceback
 """
 
@@ -87,6 +88,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status >= 500:
             log.warning("billing on %s %s: %s", request.method, request.path, exc.message)
         return error_response(exc.code, exc.message, exc.details, status=exc.status)
+    except web.RequestPayloadError:
+        # Say what, not the parser's words: they may quote the body.
+        return error_response(ErrorCode.BAD_REQUEST, "the request body could not be read: it is truncated or"
+                              " not what its Content-Encoding header says", status=400)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
