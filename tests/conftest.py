@@ -34,6 +34,7 @@ from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.sdk import Module, capability
 from democratic_ai.services.gateway import GatewayConfig, create_app
+from democratic_ai.services.gateway.app import runner_for
 from democratic_ai.services.gateway.state import METERING
 from democratic_ai.services.identity.bootstrap import new_api_key_secret
 from democratic_ai.services.identity.principal import sha256_hex
@@ -137,7 +138,7 @@ async def start_gateway(
         config = GatewayConfig(nats_url=nats_server.url, database_url=app_dsn(database_url), port=port,
                                metering=metering)
         app = create_app(config)
-        runner = web.AppRunner(app, handler_cancellation=True)  # as create_runner serves it
+        runner = runner_for(app)  # as create_runner serves it
         await runner.setup()
         runners.append(runner)
         await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -31,12 +31,14 @@ from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .errors import error_middleware, error_response
 from .identity_routes import add_identity_routes
+from .hygiene import edge_headers
 from .inputs import input_middleware
+from .protocol import GatewayRunner
 from .state import BILLING, CONFIG, IDENTITY, KEY_RING, METERING, NC, PAYMENTS, POOL, PRESENCE, REGISTRY, ROUTER, USERS
 from .websocket import websocket
 from .usage_routes import add_usage_routes
 
-__all__ = ["create_app", "create_runner"]
+__all__ = ["create_app", "create_runner", "runner_for"]
 
 USAGE_TOTALS = web.AppKey("usage_totals", UsageTotals)  # set by create_app's caller to replace the read model
 
@@ -106,6 +108,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     app = web.Application(middlewares=[error_middleware, input_middleware, auth_middleware],
                           client_max_size=config.max_body_bytes)
     app[CONFIG] = config
+    app.on_response_prepare.append(edge_headers)
     if usage is not None:
         app[USAGE_TOTALS] = usage
     app.cleanup_ctx.append(_connections)
@@ -121,9 +124,15 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
 
 
 def create_runner(config: GatewayConfig, **kwargs: Any) -> web.AppRunner:
-    """The runner to serve the gateway with: a client that hangs up cancels its handler.
+    """The runner to serve the gateway with (see :func:`runner_for`)."""
+    return runner_for(create_app(config), **kwargs)
+
+
+def runner_for(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """The runner to serve ``app`` with: a client that hangs up cancels its handler, and a
+    request aiohttp cannot parse is answered in the edge's error shape (:mod:`.protocol`).
 
     ``handler_cancellation`` is what turns a closed SSE connection into a CANCEL at the module
     at once, instead of at the next chunk the gateway fails to write.
     """
-    return web.AppRunner(create_app(config), handler_cancellation=True, **kwargs)
+    return GatewayRunner(app, handler_cancellation=True, **kwargs)

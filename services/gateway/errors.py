@@ -20,7 +20,7 @@ from democratic_ai.contracts import ErrorCode
 from democratic_ai.services.billing import BillingError
 from democratic_ai.services.identity import IdentityError, Throttled
 
-__all__ = ["STATUS", "ApiError", "error_middleware", "error_response"]
+__all__ = ["STATUS", "ApiError", "error_body", "error_middleware", "error_response"]
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,16 @@ class ApiError(Exception):
         self.status = status or STATUS.get(code, 500)
 
 
+def error_body(code: ErrorCode | str, message: str, details: dict[str, Any] | None = None) -> bytes:
+    return _encode({"error": {"code": str(code), "message": message, "details": details or {}}})
+
+
 def error_response(
     code: ErrorCode | str, message: str, details: dict[str, Any] | None = None, *, status: int,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    body = _encode({"error": {"code": str(code), "message": message, "details": details or {}}})
-    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+    return web.Response(body=error_body(code, message, details), status=status, content_type="application/json",
+                        headers=headers)
 
 
 _HTTP_CODES: dict[int, tuple[ErrorCode, str]] = {
