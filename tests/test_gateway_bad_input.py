@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
+import zlib
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -118,6 +120,25 @@ async def test_a_body_that_is_not_what_its_content_encoding_says_is_400(gateway:
             b"X-API-Key: " + gateway.api_key.encode())
     status, _, content = await raw_request(gateway, head, body)
     assert (status, error_code(content)) == (400, "BAD_REQUEST")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_body_that_inflates_past_the_limit_is_413(gateway: Gateway, encoding: str) -> None:
+    inflated = b'{"tenant_id": "' + b"a" * (8 * 1024 * 1024) + b'"}'
+    body = gzip.compress(inflated) if encoding == "gzip" else zlib.compress(inflated)
+    assert len(body) < 1024 * 1024  # the compressed body itself is within the limit
+    head = (f"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}"
+            f"\r\nX-API-Key: {gateway.api_key}").encode()
+    status, _, content = await raw_request(gateway, head, body)
+    assert (status, error_code(content)) == (413, "PAYLOAD_TOO_LARGE")
+
+
+@pytest.mark.parametrize("encoding", ["deflate", "GZIP", "gzip, gzip"])
+async def test_other_bodies_that_lie_about_their_encoding_are_4xx(gateway: Gateway, encoding: str) -> None:
+    head = (f"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}"
+            f"\r\nX-API-Key: {gateway.api_key}").encode()
+    status, _, content = await raw_request(gateway, head, b"plainly not compressed")
+    assert 400 <= status < 500 and error_code(content) in ("BAD_REQUEST", "UNSUPPORTED_MEDIA_TYPE"), content
 
 
 async def test_an_unknown_content_encoding_is_415(gateway: Gateway) -> None:
