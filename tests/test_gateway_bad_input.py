@@ -206,3 +206,44 @@ async def test_the_gateway_still_serves_after_all_that(gateway: Gateway) -> None
         await raw_request(gateway, f"GET {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {gateway.api_key}".encode())
     status, _ = await http("GET", f"{gateway.url}/v1/tenants/{gateway.tenant}", credential=gateway.api_key)
     assert status == 200
+
+
+async def _raw_exchange(gateway: Gateway, data: bytes) -> bytes:
+    address = urlsplit(gateway.url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET http://elsewhere.example/v1/capabilities HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"CONNECT elsewhere.example:443 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"BREW /v1/capabilities HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"Connection: close\r\n\r\n",
+        b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\nConnection: close\r\n\r\n",
+        b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\nConnection: close\r\n\r\nabcdef",
+        b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+        b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\nConnection: close\r\n\r\n",
+        b"GET /v1/capabilities HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET /v1/capabilities HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\nConnection: close\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # a TLS ClientHello on the plain port
+    ],
+)
+async def test_protocol_oddities_are_answered_4xx_in_the_error_shape(gateway: Gateway, data: bytes) -> None:
+    answer = await _raw_exchange(gateway, data)
+    head, _, content = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert 400 <= status < 500, answer[:300]
+    assert b"server:" not in head.lower()
+    assert json.loads(content)["error"]["code"], answer[:300]
