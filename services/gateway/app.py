@@ -30,8 +30,8 @@ from .billing_routes import add_billing_routes
 from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .errors import error_middleware, error_response
-from .identity_routes import add_identity_routes
 from .hygiene import edge_headers
+from .identity_routes import add_identity_routes
 from .inputs import input_middleware
 from .protocol import GatewayRunner
 from .state import BILLING, CONFIG, IDENTITY, KEY_RING, METERING, NC, PAYMENTS, POOL, PRESENCE, REGISTRY, ROUTER, USERS

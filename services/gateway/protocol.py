@@ -8,8 +8,12 @@ and a log record at ERROR with the same text and a traceback. Here the answer is
 ``{"error": {"code": "BAD_REQUEST", ...}}`` naming only the kind of fault, and the log line
 names the kind and the peer, nothing the client sent.
 
-This replaces ``RequestHandler.handle_error`` (public, but reached only through a server
-subclass); ``tests/test_gateway_hygiene.py`` notices if aiohttp stops calling it.
+aiohttp has no setting for this, so it leans on three of its internals, all here: the runner's
+``_make_server`` (to build a server whose connections are a ``RequestHandler`` subclass with its
+own ``handle_error``), that server's ``_loop`` and ``_kwargs``, and ``Response._prepare_headers``
+(the application's ``on_response_prepare`` signal does not run for a request that was never
+routed, so the answer removes the ``Server`` banner itself). ``tests/test_gateway_hygiene.py``
+and ``tests/test_gateway_bad_input.py`` fail if an aiohttp upgrade changes any of them.
 """
 
 from __future__ import annotations
@@ -46,14 +50,15 @@ class _Handler(web.RequestHandler):
         if status >= 500:
             # Not the client's input: an exception that escaped the application's own handling.
             log.error("unhandled %s on a connection from %s", kind, request.remote, exc_info=exc)
-            code, text = ErrorCode.INTERNAL, "internal error; it has been logged"
+            code, text, details = ErrorCode.INTERNAL, "internal error; it has been logged", {}
         else:
             log.info("refused a request from %s that is not valid HTTP/1.1 (%s)", request.remote, kind)
             code = ErrorCode.PAYLOAD_TOO_LARGE if status == 413 else ErrorCode.BAD_REQUEST
             text = "the request is not valid HTTP/1.1: a malformed request line or header, or bytes that are not UTF-8"
+            details = {"fault": kind}
         if request.writer.output_size > 0:
             raise ConnectionError("a response is under way; the connection can only be closed")
-        response = _UnroutedResponse(body=error_body(code, text, {"fault": kind}), status=status,
+        response = _UnroutedResponse(body=error_body(code, text, details), status=status,
                                      content_type="application/json")
         response.force_close()
         return response
