@@ -114,3 +114,14 @@ def test_an_envelope_is_read_only_for_its_correlation_id() -> None:
     assert correlation_id_of('{"correlation_id": 5}') == ""
     assert correlation_id_of("[1, 2]") == ""
     assert correlation_id_of('{"correlation_id": ""}') == ""
+
+
+async def test_a_first_message_with_a_non_ascii_key_is_refused_not_crashed(gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as session:
+        for key in ("dai_é_ünïcode", "dai_\x00", "e\u2028y.a.b", "x" * 100_000):
+            async with session.ws_connect(f"{gateway.url}/v1/ws") as ws:
+                await ws.send_json({"type": "AUTH", "api_key": key})
+                refusal = await ws.receive_json(timeout=5)
+                assert refusal["error"]["code"] == "UNAUTHENTICATED", refusal
+                closing = await ws.receive(timeout=5)
+                assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1008
