@@ -37,6 +37,7 @@ from democratic_ai.sdk import Module, capability
 from democratic_ai.services.busauth import BusAuthorizer, Signer
 from democratic_ai.services.identity import IdentityIndex
 from democratic_ai.services.gateway import GatewayConfig, create_app
+from democratic_ai.services.gateway.app import runner_for
 from democratic_ai.services.gateway.state import METERING
 from democratic_ai.services.identity import KeyEncryptionKey
 from democratic_ai.services.identity.bootstrap import new_api_key_secret
@@ -178,7 +179,7 @@ async def start_gateway(
         config = GatewayConfig(bus=nats_server.bus("gateway"), database_url=app_dsn(database_url), port=port,
                                metering=metering, kek=kek or session_kek)
         app = create_app(config)
-        runner = web.AppRunner(app, handler_cancellation=True)  # as create_runner serves it
+        runner = runner_for(app)  # as create_runner serves it
         await runner.setup()
         runners.append(runner)
         await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -208,7 +208,7 @@ async def test_payment_method_goes_through_checkout_in_setup_mode(
 
 
 @pytest.mark.parametrize("attack", ["tampered body", "wrong secret", "stale timestamp", "missing header",
-                                    "garbage header"])
+                                    "garbage header", "non-ASCII header"])
 async def test_webhook_signature_attacks_are_refused(
     gateway: Gateway, nc: NATS, pool: asyncpg.Pool, usage: TableUsageTotals, attack: str
 ) -> None:
@@ -224,6 +224,8 @@ async def test_webhook_signature_attacks_are_refused(
         signature = sign(genuine, timestamp=int(time.time()) - 301)
     elif attack == "missing header":
         signature = None
+    elif attack == "non-ASCII header":
+        signature = signature.replace("v1=", "v1=é")
     else:
         signature = "t=not-a-time,v1=00"
     status, body = await deliver(gateway, payload, signature)

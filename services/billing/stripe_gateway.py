@@ -116,6 +116,8 @@ class StripeBilling:
             raise BadSignature("webhooks are refused: STRIPE_WEBHOOK_SECRET is not set")
         if not signature:
             raise BadSignature("the Stripe-Signature header is missing")
+        if not signature.isascii():  # Stripe's comparison raises TypeError on anything else
+            raise BadSignature("the Stripe-Signature header is not ASCII")
         try:
             event = stripe.Webhook.construct_event(
                 payload, signature, self.config.webhook_secret, tolerance=self.config.webhook_tolerance,

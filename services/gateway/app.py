@@ -29,8 +29,11 @@ from .billing_routes import add_billing_routes
 from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .errors import error_middleware, error_response
+from .hygiene import edge_headers
 from .identity_routes import add_identity_routes
+from .inputs import input_middleware
 from .module_routes import add_module_routes
+from .protocol import GatewayRunner
 from .state import (
     BILLING,
     CONFIG,
@@ -49,7 +52,7 @@ from .state import (
 from .websocket import websocket
 from .usage_routes import add_usage_routes
 
-__all__ = ["create_app", "create_runner"]
+__all__ = ["create_app", "create_runner", "runner_for"]
 
 USAGE_TOTALS = web.AppKey("usage_totals", UsageTotals)  # set by create_app's caller to replace the read model
 
@@ -120,8 +123,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> web.Application:
     """The gateway; ``usage`` replaces the usage read model that invoices are computed from."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.max_body_bytes)
+    app = web.Application(middlewares=[error_middleware, input_middleware, auth_middleware],
+                          client_max_size=config.max_body_bytes)
     app[CONFIG] = config
+    app.on_response_prepare.append(edge_headers)
     if usage is not None:
         app[USAGE_TOTALS] = usage
     app.cleanup_ctx.append(_connections)
@@ -138,9 +143,15 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
 
 
 def create_runner(config: GatewayConfig, **kwargs: Any) -> web.AppRunner:
-    """The runner to serve the gateway with: a client that hangs up cancels its handler.
+    """The runner to serve the gateway with (see :func:`runner_for`)."""
+    return runner_for(create_app(config), **kwargs)
+
+
+def runner_for(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """The runner to serve ``app`` with: a client that hangs up cancels its handler, and a
+    request aiohttp cannot parse is answered in the edge's error shape (:mod:`.protocol`).
 
     ``handler_cancellation`` is what turns a closed SSE connection into a CANCEL at the module
     at once, instead of at the next chunk the gateway fails to write.
     """
-    return web.AppRunner(create_app(config), handler_cancellation=True, **kwargs)
+    return GatewayRunner(app, handler_cancellation=True, **kwargs)

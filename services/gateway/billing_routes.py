@@ -27,6 +27,7 @@ from democratic_ai.services.identity import Principal
 from .auth import STRIPE_WEBHOOK_PATH, principal_of, require, require_tenant
 from .bodies import read_json
 from .errors import ApiError
+from .inputs import header_text
 from .state import BILLING, IDENTITY, PAYMENTS, POOL
 
 __all__ = ["add_billing_routes"]
@@ -51,7 +52,7 @@ def _plain(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def _meta(request: web.Request, principal: Principal) -> Meta:
     return Meta(at=datetime.now(UTC), actor=principal.actor, ip=request.remote or "",
-                user_agent=request.headers.get("User-Agent", "")[:256])
+                user_agent=header_text(request, "User-Agent"))
 
 
 def _tenant(request: web.Request) -> tuple[Principal, str]:

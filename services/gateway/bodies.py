@@ -1,4 +1,11 @@
-"""Reading JSON request bodies into typed structs, with the error shape of the edge."""
+"""Reading JSON request bodies into typed structs, with the error shape of the edge.
+
+Every body the gateway decodes goes through here, so one place decides what broken input
+answers: 415 for another content type, 400 for bytes that are not JSON (or JSON nested deeper
+than the decoder recurses, about a thousand levels), 422 with the JSON path for JSON of the
+wrong shape. A body that is not what its ``Content-Encoding`` says is a 400 from
+:mod:`.errors`, raised by aiohttp while the body is read.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +19,25 @@ from democratic_ai.contracts import ErrorCode
 
 from .errors import ApiError
 
-__all__ = ["read_json"]
+__all__ = ["check_json", "read_json"]
 
 T = TypeVar("T")
 _PATH = re.compile(r" - at `(?P<path>\$[^`]*)`$")
+_any_json = msgspec.json.Decoder()
+
+
+def _not_json(exc: Exception) -> ApiError:
+    if isinstance(exc, RecursionError):
+        return ApiError(ErrorCode.BAD_REQUEST, "the body is not acceptable JSON: it is nested too deeply")
+    return ApiError(ErrorCode.BAD_REQUEST, f"the body is not valid JSON: {exc}")
+
+
+def check_json(body: bytes) -> None:
+    """Raise a 400 unless ``body`` is one JSON document the gateway can pass on."""
+    try:
+        _any_json.decode(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _not_json(exc) from None
 
 
 async def read_json(request: web.Request, body_type: type[T]) -> T:
@@ -36,5 +58,5 @@ async def read_json(request: web.Request, body_type: type[T]) -> T:
             path = f"{path}.{missing[1]}"
         raise ApiError(ErrorCode.VALIDATION_FAILED, f"body {path}: {text[: found.start()] if found else text}",
                        {"path": path}) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(ErrorCode.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _not_json(exc) from None

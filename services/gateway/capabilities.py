@@ -19,6 +19,7 @@ from democratic_ai.services.identity import Principal
 from democratic_ai.services.metering import GATEWAY, Decision
 
 from .auth import require
+from .bodies import check_json
 from .errors import ApiError, error_response
 from .limits import admit, refusal
 from .ratelimit_headers import limit_header, policy_header
@@ -29,7 +30,6 @@ from .wire import MAX_TTL_SECONDS, http_error
 __all__ = ["checked_capability", "checked_module", "invoke", "list_capabilities"]
 
 _encode = msgspec.json.Encoder().encode
-_validate_json = msgspec.json.Decoder().decode
 
 
 def checked_capability(capability: str) -> str:
@@ -112,10 +112,7 @@ async def _call_of(request: web.Request, principal: Principal) -> MCPMessage:
     body = await request.read()
     if not body.strip():
         raise ApiError(ErrorCode.BAD_REQUEST, "the request body is empty; send the payload as a JSON object")
-    try:
-        _validate_json(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError(ErrorCode.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
+    check_json(body)
     return new_request(
         capability, body, tenant_id=principal.tenant_id, source_module_id=GATEWAY, target_module_id=target,
         user_id=principal.user_id, api_key_id=principal.key_id, priority=priority, ttl=ttl,

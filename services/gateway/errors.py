@@ -4,6 +4,7 @@
     IdentityError       raised by identity commands; its code decides the status
     BillingError        raised by billing commands; it carries its status
     aiohttp HTTPException (unknown route, wrong method, body too large) → the same shape
+    RequestPayloadError a body aiohttp cannot read, e.g. not what its Content-Encoding says → 400
     anything else       → 500 INTERNAL, logged with its traceback
 """
 
@@ -19,7 +20,7 @@ from democratic_ai.contracts import ErrorCode
 from democratic_ai.services.billing import BillingError
 from democratic_ai.services.identity import IdentityError, Throttled
 
-__all__ = ["STATUS", "ApiError", "error_middleware", "error_response"]
+__all__ = ["STATUS", "ApiError", "error_body", "error_middleware", "error_response"]
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,16 @@ class ApiError(Exception):
         self.status = status or STATUS.get(code, 500)
 
 
+def error_body(code: ErrorCode | str, message: str, details: dict[str, Any] | None = None) -> bytes:
+    return _encode({"error": {"code": str(code), "message": message, "details": details or {}}})
+
+
 def error_response(
     code: ErrorCode | str, message: str, details: dict[str, Any] | None = None, *, status: int,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    body = _encode({"error": {"code": str(code), "message": message, "details": details or {}}})
-    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+    return web.Response(body=error_body(code, message, details), status=status, content_type="application/json",
+                        headers=headers)
 
 
 _HTTP_CODES: dict[int, tuple[ErrorCode, str]] = {
@@ -87,6 +92,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status >= 500:
             log.warning("billing on %s %s: %s", request.method, request.path, exc.message)
         return error_response(exc.code, exc.message, exc.details, status=exc.status)
+    except web.RequestPayloadError:
+        # Say what, not the parser's words: they may quote the body.
+        return error_response(ErrorCode.BAD_REQUEST, "the request body could not be read: it is truncated or"
+                              " not what its Content-Encoding header says", status=400)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

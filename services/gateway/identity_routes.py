@@ -24,6 +24,7 @@ from democratic_ai.services.identity import Principal
 from .auth import principal_of, require, require_tenant
 from .bodies import read_json
 from .errors import ApiError
+from .inputs import header_text
 from .state import IDENTITY, KEY_RING, POOL, USERS
 
 __all__ = ["add_identity_routes"]
@@ -41,7 +42,7 @@ def _meta(request: web.Request, principal: Principal | None = None) -> Meta:
         at=datetime.now(UTC),
         actor=principal.actor if principal else "anonymous",
         ip=request.remote or "",
-        user_agent=request.headers.get("User-Agent", "")[:256],
+        user_agent=header_text(request, "User-Agent"),
     )
 
 

@@ -48,18 +48,28 @@ def _bad(parameter: str, message: str, value: str | None = None) -> ApiError:
     return ApiError(ErrorCode.BAD_REQUEST, message, details)
 
 
+# Instants a series may start or end at: far enough inside datetime's years 1-9999 that
+# rounding to a month and subtracting a default range cannot overflow.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def _instant(parameter: str, raw: str) -> datetime:
-    """An ISO 8601 date (midnight UTC) or date-time with a time zone."""
+    """An ISO 8601 date (midnight UTC) or date-time with a time zone, from 1970 to 9000."""
     try:
         if len(raw) == 10:
-            return datetime.combine(date.fromisoformat(raw), datetime.min.time(), UTC)
-        value = datetime.fromisoformat(raw)
-    except ValueError:
+            value = datetime.combine(date.fromisoformat(raw), datetime.min.time(), UTC)
+        else:
+            value = datetime.fromisoformat(raw)
+            if value.tzinfo is None:
+                raise _bad(parameter, f"{parameter!r} needs a time zone, e.g. 2025-06-01T12:00:00Z", raw)
+            value = value.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise _bad(parameter, f"{parameter!r} must be an ISO 8601 date or date-time, e.g. 2025-06-01 or"
                               " 2025-06-01T12:00:00Z", raw) from None
-    if value.tzinfo is None:
-        raise _bad(parameter, f"{parameter!r} needs a time zone, e.g. 2025-06-01T12:00:00Z", raw)
-    return value.astimezone(UTC)
+    if not _EARLIEST <= value < _LATEST:
+        raise _bad(parameter, f"{parameter!r} must lie between 1970 and 9000", raw)
+    return value
 
 
 def _floor(value: datetime, granularity: str) -> datetime:

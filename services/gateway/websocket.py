@@ -19,7 +19,12 @@ A call is admitted by the same rate limits as over HTTP: a refused one gets only
 ``RATE_LIMITED`` whose details name the ``policy`` and the seconds to wait (``retry_after``).
 Every call is metered when it ends, as over HTTP.
 Every frame names the client's ``correlation_id``, which must be unique among its calls in flight.
-A frame that cannot be read is answered with an ``ERROR`` (``BAD_REQUEST``); the socket stays open.
+A frame that cannot be read is answered with an ``ERROR`` (``BAD_REQUEST``), one larger than
+``max_body_bytes`` with an ``ERROR`` (``PAYLOAD_TOO_LARGE``); either names the frame's
+``correlation_id`` when one can be found in it and is not that of a call in flight (it is then in
+the error's ``details``), and the socket and its other calls go on. Two faults do end the socket,
+as RFC 6455 asks: a frame larger than ``ws_read_limit_bytes`` (1009: reading it would mean
+holding it in memory) and a text frame that is not UTF-8 (1007).
 Closing the socket cancels every call still running.
 """
 
@@ -40,7 +45,17 @@ from .capabilities import checked_capability, checked_module
 from .errors import ApiError
 from .limits import admit, refusal
 from .state import CONFIG, IDENTITY, KEY_RING, METERING, ROUTER
-from .wire import Auth, Cancel, Request, WireError, WireMessage, decode_client_message, encode, to_wire
+from .wire import (
+    Auth,
+    Cancel,
+    Request,
+    WireError,
+    WireMessage,
+    correlation_id_of,
+    decode_client_message,
+    encode,
+    to_wire,
+)
 
 __all__ = ["websocket"]
 
@@ -49,12 +64,12 @@ _TERMINAL = (MessageType.RESPONSE, MessageType.ERROR)
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     config = request.app[CONFIG]
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=config.max_body_bytes)
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=config.ws_read_limit_bytes)
     await ws.prepare(request)
     principal = request.get(PRINCIPAL) or await _authenticate(ws, request)
     if principal is None:
         return ws
-    session = _Session(ws, principal, request.app, config.ws_max_in_flight)
+    session = _Session(ws, principal, request.app, config.ws_max_in_flight, config.max_body_bytes)
     await session.send(WireMessage(type="READY", tenant_id=principal.tenant_id))
     try:
         async for frame in ws:
@@ -96,6 +111,13 @@ async def _refuse(ws: web.WebSocketResponse, text: str) -> None:
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthenticated")
 
 
+def _utf8_longer_than(text: str, limit: int) -> bool:
+    """Whether ``text`` takes more than ``limit`` bytes as UTF-8 (a character takes one to four)."""
+    if len(text) > limit:
+        return True
+    return len(text) * 4 > limit and len(text.encode()) > limit
+
+
 @dataclass(slots=True)
 class _Call:
     """One call of a socket; ``ended`` once the client has been sent (or is being sent) its last frame."""
@@ -108,18 +130,27 @@ class _Call:
 class _Session:
     """The calls of one authenticated socket, by the client's correlation id."""
 
-    def __init__(self, ws: web.WebSocketResponse, principal: Principal, app: web.Application, max_in_flight: int) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, principal: Principal, app: web.Application, max_in_flight: int,
+        max_frame_bytes: int,
+    ) -> None:
         self._ws = ws
         self._principal = principal
         self._app = app
         self._max_in_flight = max_in_flight
+        self._max_frame_bytes = max_frame_bytes
         self._calls: dict[str, _Call] = {}
 
     async def handle(self, data: str) -> None:
+        if _utf8_longer_than(data, self._max_frame_bytes):
+            await self._refuse_frame(data, ErrorCode.PAYLOAD_TOO_LARGE,
+                                     f"a message may be at most {self._max_frame_bytes} bytes",
+                                     {"max_bytes": self._max_frame_bytes})
+            return
         try:
             message = decode_client_message(data)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            await self.error("", ErrorCode.BAD_REQUEST, f"unreadable message: {exc}")
+            await self._refuse_frame(data, ErrorCode.BAD_REQUEST, f"unreadable message: {exc}", {})
             return
         if isinstance(message, Cancel):
             await self._cancel(message.correlation_id)
@@ -127,6 +158,14 @@ class _Session:
             await self.error("", ErrorCode.BAD_REQUEST, "this connection is authenticated already")
         else:
             await self._start(message)
+
+    async def _refuse_frame(self, data: str, code: ErrorCode, text: str, details: dict[str, object]) -> None:
+        """The ERROR for a frame that was not read, under its correlation id unless that id is
+        a call in flight: the client would take the ERROR for that call's end."""
+        correlation_id = correlation_id_of(data)
+        if correlation_id in self._calls:
+            details, correlation_id = {**details, "correlation_id": correlation_id}, ""
+        await self.error(correlation_id, code, text, details)
 
     async def _cancel(self, correlation_id: str) -> None:
         call = self._calls.get(correlation_id)

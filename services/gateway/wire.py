@@ -26,6 +26,7 @@ __all__ = [
     "WireMessage",
     "WireProgress",
     "compute_ms",
+    "correlation_id_of",
     "decode_client_message",
     "encode",
     "error_document",
@@ -167,6 +168,26 @@ ClientMessage = Auth | Request | Cancel
 _client_decoder = msgspec.json.Decoder(ClientMessage)
 
 
+class _Envelope(msgspec.Struct):
+    correlation_id: str = ""
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
 def decode_client_message(data: str | bytes) -> ClientMessage:
-    """Parse a client's frame; raises ``msgspec.ValidationError`` / ``DecodeError`` saying what is wrong."""
-    return _client_decoder.decode(data)
+    """Parse a client's frame; raises ``msgspec.ValidationError`` / ``DecodeError`` saying what is wrong
+    (a ``DecodeError`` too for JSON nested deeper than the decoder recurses)."""
+    try:
+        return _client_decoder.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError("the message is nested too deeply") from None
+
+
+def correlation_id_of(data: str | bytes) -> str:
+    """The ``correlation_id`` a frame that cannot be read names, if any: so its ERROR can name it too."""
+    try:
+        found = _envelope_decoder.decode(data).correlation_id
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return ""
+    return found if 0 < len(found) <= 128 else ""

@@ -42,17 +42,21 @@ def authenticate(index: IdentityIndex, ring: KeyRing, credential: str) -> Princi
 
     Permissions come from the owner's *current* role (narrowed by a key's scopes), so a role
     change or a deactivation takes effect on the next request, not when a token expires.
+    A credential is printable ASCII by construction; anything else (a header that was not
+    UTF-8, a pasted curly quote) is refused before it is hashed or parsed.
     """
+    if not _printable_ascii(credential):
+        raise Unauthenticated("the credential is not valid: it may only hold printable ASCII characters")
     if credential.startswith("dai_"):
         return _api_key(index, credential)
     try:
         claims = ring.verify(credential)
     except InvalidToken as exc:
         raise Unauthenticated(f"the access token is not valid: {exc}") from None
-    if claims["jti"] in index.revoked_tokens:
+    if claims.jti in index.revoked_tokens:
         raise Unauthenticated("the access token has been revoked")
-    user = index.users.get(str(claims["sub"]))
-    if user is None or not user.active or user.tenant_id != claims.get("tenant_id"):
+    user = index.users.get(claims.sub)
+    if user is None or not user.active or user.tenant_id != claims.tenant_id:
         raise Unauthenticated("the access token's user is not active")
     _tenant_active(index, user.tenant_id)
     return Principal(
@@ -60,9 +64,13 @@ def authenticate(index: IdentityIndex, ring: KeyRing, credential: str) -> Princi
         role=user.role,
         permissions=permissions_of(user.role),
         user_id=user.user_id,
-        jti=claims["jti"],
-        token_expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        jti=claims.jti,
+        token_expires_at=datetime.fromtimestamp(claims.exp, UTC),
     )
+
+
+def _printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
 
 
 def _api_key(index: IdentityIndex, credential: str) -> Principal:

@@ -3,7 +3,10 @@
 The ring lives in the NATS KV bucket ``dai_jwt_keys`` (kept out of the IDENTITY stream so that
 replaying the log never hands out signing keys). Each gateway watches the bucket: a rotated key
 reaches all replicas at once, and old keys keep verifying until the tokens they signed expire,
-so a rotation logs nobody out. Verification pins the algorithm and requires exp, iss and aud.
+so a rotation logs nobody out. Verification pins the algorithm and requires exp, iss and aud,
+then reads the claims the platform relies on into :class:`AccessClaims`, whose types are checked:
+a token signed by the ring but with a claim of the wrong type (say, ``"exp": "9999999999"``,
+which PyJWT accepts) is as invalid as a forged one.
 
 A stored key is sealed (see :mod:`.sealing`): its private key encrypted with a data key of its
 own, that data key wrapped by the platform's KEK. Reading the bucket without the KEK yields no
@@ -20,7 +23,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import jwt
 import msgspec
@@ -33,7 +36,7 @@ from nats.js.kv import KeyValue
 
 from .sealing import CannotUnseal, KeyEncryptionKey, new_data_key, open_sealed, seal
 
-__all__ = ["ACCESS_TOKEN_TTL", "AUDIENCE", "ISSUER", "InvalidToken", "KeyRing", "rotate_signing_key"]
+__all__ = ["ACCESS_TOKEN_TTL", "AUDIENCE", "ISSUER", "AccessClaims", "InvalidToken", "KeyRing", "rotate_signing_key"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,20 @@ RETIRED_KEY_GRACE = 2 * ACCESS_TOKEN_TTL
 
 class InvalidToken(Exception):
     """A token that is malformed, forged, expired, for someone else, or signed by an unknown key."""
+
+
+# 9999-12-31T23:59:59Z: the last instant a datetime can hold.
+_LAST_TIMESTAMP = 253402300799
+
+
+class AccessClaims(msgspec.Struct, frozen=True):
+    """The claims of a verified access token that the platform reads, with their types checked."""
+
+    sub: str
+    jti: str
+    exp: Annotated[int, msgspec.Meta(ge=0, le=_LAST_TIMESTAMP)]
+    iat: Annotated[int, msgspec.Meta(ge=0, le=_LAST_TIMESTAMP)]
+    tenant_id: str = ""
 
 
 class _StoredKey(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -209,7 +226,7 @@ class KeyRing:
         token = jwt.encode(payload, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
         return token, jti, expires
 
-    def verify(self, token: str) -> dict[str, Any]:
+    def verify(self, token: str) -> AccessClaims:
         """The verified claims of ``token``; raises :class:`InvalidToken`."""
         try:
             kid = jwt.get_unverified_header(token).get("kid")
@@ -219,12 +236,16 @@ class KeyRing:
         if key is None:
             raise InvalidToken("the token names no known signing key")
         try:
-            return jwt.decode(
+            claims = jwt.decode(
                 token, key.public, algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER,
                 options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]},
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from None
+        try:
+            return msgspec.convert(claims, AccessClaims)
+        except msgspec.ValidationError as exc:
+            raise InvalidToken(f"a claim has the wrong type: {exc}") from None
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         """The public keys as a JSON Web Key Set."""
