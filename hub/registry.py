@@ -47,7 +47,7 @@ class RegistryIndex(StreamFollower):
     def apply_message(self, msg: Msg) -> None:
         try:
             event = decode_event(msg.data)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:  # ValidationError too: a forged event may not even be JSON
             log.error("skipped an unreadable REGISTRY event on %s", msg.subject)
         else:
             manifest = event.manifest
