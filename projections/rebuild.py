@@ -29,7 +29,7 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from . import shadow
+from . import quarantine, shadow
 from .base import Projection
 from .checkpoints import advance_checkpoint, lock_checkpoint, read_checkpoints
 from .errors import RebuildInProgress
@@ -151,6 +151,7 @@ async def rebuild(js: JetStreamContext, pool: asyncpg.Pool, projection: Projecti
             # takes them too, or the swap would lose them (the runner has acknowledged them).
             await builder.catch_up(live, batch=batch)
             await shadow.replace_live(conn, schema, tables)
+            await quarantine.replace_live(conn, schema, projection)
             await advance_checkpoint(conn, projection.name, builder.position)
     return builder.events
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import asyncpg
 from nats.aio.msg import Msg
 
+from . import quarantine
 from .base import Projection
 from .errors import MissingReadModel, ReadModelChanged
 
@@ -85,6 +86,8 @@ async def create(conn: asyncpg.Connection, schema: str, tables: Sequence[Table])
         await conn.execute(f"CREATE SCHEMA {ident(schema)}")
         for table in tables:
             await conn.execute(f"CREATE TABLE {table.in_schema(schema)} (LIKE {table.qualified} INCLUDING ALL)")
+        # Where the fold quarantines (see .quarantine): the shadow's own dead letters.
+        await conn.execute(f"CREATE TABLE {ident(schema)}.{quarantine.TABLE} (LIKE {quarantine.TABLE} INCLUDING ALL)")
 
 
 async def drop(conn: asyncpg.Connection, schema: str) -> None:
@@ -92,12 +95,13 @@ async def drop(conn: asyncpg.Connection, schema: str) -> None:
 
 
 async def fold(conn: asyncpg.Connection, schema: str, projection: Projection, events: Sequence[Msg]) -> None:
-    """Apply ``events`` to the shadow in ``schema``, inside the caller's transaction."""
+    """Apply ``events`` to the shadow in ``schema``, inside the caller's transaction, quarantining
+    the events that cannot be folded into the shadow's dead letters, as the live runner does."""
     previous = await conn.fetchval("SELECT current_setting('search_path')")
     # Transaction-local, and restored at once: the caller's next statements (the checkpoint,
     # the swap) must resolve to the live schema again.
     await conn.execute("SELECT set_config('search_path', $1, true)", ident(schema))
-    await projection.apply(conn, events)
+    await quarantine.fold(conn, projection, events)
     await conn.execute("SELECT set_config('search_path', $1, true)", previous)
 
 

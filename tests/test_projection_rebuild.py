@@ -235,7 +235,7 @@ async def test_the_projection_commands(
     code, out, _ = await dai("projections", "status")
     last = (await nc.jetstream().stream_info("REGISTRY")).state.last_seq
     assert code == 0
-    assert out.splitlines()[1].split() == ["registry", "REGISTRY", str(last), str(last), "0", "0.000"]
+    assert out.splitlines()[1].split() == ["registry", "REGISTRY", str(last), str(last), "0", "0.000", "0"]
 
     code, out, _ = await dai("projections", "verify", "registry")
     assert code == 0 and out.splitlines()[-1] == "registry: equal to a rebuild from the log"
