@@ -154,31 +154,40 @@ async def retry(pool: asyncpg.Pool, projection: Projection) -> RetryResult:
     is applied on top of the current model: when later events changed the same rows, only
     ``dai projections rebuild NAME`` (which quarantines afresh) folds everything in order.
     """
+    async with pool.acquire() as conn:
+        # The fix is often a migration: statements this connection prepared before it would
+        # still bind the old column types.
+        await conn.reload_schema_state()
+        async with conn.transaction():
+            return await _retry(conn, projection)
+
+
+async def _retry(conn: asyncpg.Connection, projection: Projection) -> RetryResult:
+    """:func:`retry` inside the caller's transaction."""
     applied = failed = 0
-    async with pool.acquire() as conn, conn.transaction():
-        await lock_checkpoint(conn, projection.name)
-        rows = await conn.fetch(
-            f"SELECT stream, sequence, subject, payload FROM {TABLE} WHERE projection = $1 ORDER BY sequence",
-            projection.name,
-        )
-        for row in rows:
-            msg = stored_message(row["stream"], row["sequence"], row["subject"], row["payload"])
-            try:
-                async with conn.transaction():
-                    await projection.apply(conn, [msg])
-            except EVENT_ERRORS as exc:
-                failed += 1
-                await conn.execute(
-                    f"UPDATE {TABLE} SET error = $3, attempts = attempts + 1 WHERE projection = $1 AND sequence = $2",
-                    projection.name, row["sequence"], describe(exc),
-                )
-                log.error("projection %s: %s event %d still fails: %s", projection.name, row["stream"],
-                          row["sequence"], describe(exc))
-                continue
-            applied += 1
-            await conn.execute(f"DELETE FROM {TABLE} WHERE projection = $1 AND sequence = $2",
-                               projection.name, row["sequence"])
-            log.info("projection %s: %s event %d applied on retry", projection.name, row["stream"], row["sequence"])
+    await lock_checkpoint(conn, projection.name)
+    rows = await conn.fetch(
+        f"SELECT stream, sequence, subject, payload FROM {TABLE} WHERE projection = $1 ORDER BY sequence",
+        projection.name,
+    )
+    for row in rows:
+        msg = stored_message(row["stream"], row["sequence"], row["subject"], row["payload"])
+        try:
+            async with conn.transaction():
+                await projection.apply(conn, [msg])
+        except EVENT_ERRORS as exc:
+            failed += 1
+            await conn.execute(
+                f"UPDATE {TABLE} SET error = $3, attempts = attempts + 1 WHERE projection = $1 AND sequence = $2",
+                projection.name, row["sequence"], describe(exc),
+            )
+            log.error("projection %s: %s event %d still fails: %s", projection.name, row["stream"],
+                      row["sequence"], describe(exc))
+            continue
+        applied += 1
+        await conn.execute(f"DELETE FROM {TABLE} WHERE projection = $1 AND sequence = $2",
+                           projection.name, row["sequence"])
+        log.info("projection %s: %s event %d applied on retry", projection.name, row["stream"], row["sequence"])
     return RetryResult(applied=applied, failed=failed)
 
 
