@@ -24,6 +24,7 @@ __all__ = [
     "INT32_MAX",
     "INT64_MAX",
     "Count",
+    "Description",
     "Email",
     "EventRejected",
     "Id",
@@ -48,6 +49,8 @@ Email = Annotated[str, msgspec.Meta(max_length=254, pattern=_NO_NUL)]
 """An e-mail address (RFC 5321's limit); its syntax is the identity service's rule."""
 Text = Annotated[str, msgspec.Meta(max_length=2000, pattern=_NO_NUL)]
 """Free text: a reason, a description, a password hash, a user agent."""
+Description = Annotated[str, msgspec.Meta(max_length=10_000, pattern=_NO_NUL)]
+"""What a module says about itself or a capability."""
 TenantId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}$")]
 """A tenant id is a NATS subject token (``contracts/subjects.py``)."""
 Int64 = Annotated[int, msgspec.Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
