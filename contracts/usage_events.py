@@ -27,9 +27,9 @@ each replica a message per active tenant and interval rather than three per call
 replica (``services/metering/meters.py``).
 
 Every event carries a version ``v``; decoders ignore unknown fields, so older readers survive
-newer writers. USAGE fields carry the limits of the usage read models (:mod:`.fields`): an
-event outside them is quarantined by the projection, and metering clamps what a module reports
-(``services/metering/derive.py``) so that it never writes one.
+newer writers. USAGE fields carry the limits of the usage read models (:mod:`.fields`; NUL is
+left to PostgreSQL, see ``BoundedId``): an event outside them is quarantined by the projection,
+and metering caps what a module reports (``services/metering/derive.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from enum import StrEnum
 
 import msgspec
 
-from .fields import Id, Int64, TenantId
+from .fields import BoundedId as Id, Int64
 
 __all__ = [
     "BYTES_IN_HEADER",
@@ -87,7 +87,7 @@ class Outcome(StrEnum):
 
 class _UsageEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     v: int = 1
-    tenant_id: TenantId
+    tenant_id: Id
     metric: Id  # a Metric
     value: Int64  # usage_events.value is bigint
     at: datetime  # UTC

@@ -160,6 +160,12 @@ async def forged(nc: NATS) -> tuple[str, dict[str, int]]:
         "usage_no_call_id": (await js.publish(f"usage.{tenant}.api_calls", msgspec.json.encode({
             "type": "usage.call", "tenant_id": tenant, "metric": "api_calls", "value": 1, "at": at,
             "capability": "x.y"}))).seq,
+        "usage_nul": (await js.publish(f"usage.{tenant}.api_calls", msgspec.json.encode({
+            "type": "usage.call", "tenant_id": tenant, "metric": "api_calls", "value": 1, "at": at,
+            "call_id": unique("call"), "capability": "x\x00y"}))).seq,
+        "usage_huge": (await js.publish(f"usage.{tenant}.api_calls", msgspec.json.encode({
+            "type": "usage.call", "tenant_id": tenant, "metric": "api_calls", "value": 2**63, "at": at,
+            "call_id": unique("call"), "capability": "x.y"}))).seq,
         "usage_no_user_id": (await js.publish(f"usage.{tenant}.api_calls", msgspec.json.encode({
             "type": "usage.call", "tenant_id": tenant, "metric": "api_calls", "value": 1, "at": at,
             "call_id": unique("call"), "capability": "x.y"}))).seq,
@@ -182,7 +188,7 @@ async def test_forged_events_are_quarantined_and_the_projections_stay_current(
     identity = await _dead_letters(pool, "identity")
     usage = await _dead_letters(pool, "usage")
     assert {sequences["identity_not_json"], sequences["identity_overflow"]} <= {r["sequence"] for r in identity}
-    assert sequences["usage_no_call_id"] in {r["sequence"] for r in usage}
+    assert {sequences[k] for k in ("usage_no_call_id", "usage_nul", "usage_huge")} <= {r["sequence"] for r in usage}
     assert sequences["usage_no_user_id"] not in {r["sequence"] for r in usage}
     async with pool.acquire() as conn:
         # The events after the forged ones are folded: the projections went on.
@@ -193,7 +199,7 @@ async def test_forged_events_are_quarantined_and_the_projections_stay_current(
 
     statuses = {s.name: s for s in await projection_status(nc.jetstream(), pool, PROJECTIONS.values())}
     assert statuses["identity"].quarantined == len(identity) >= 2
-    assert statuses["usage"].quarantined == len(usage) >= 1
+    assert statuses["usage"].quarantined == len(usage) >= 3
 
     # The commands the README documents for an operator.
     from democratic_ai.ops.cli import main
