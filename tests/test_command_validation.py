@@ -157,6 +157,8 @@ def _commands(tenant: str, user_id: str) -> list[Command]:
             {"email": EMAIL, "password": PASSWORDS}, optional={"role": ROLE})), "identity", "IDENTITY"),
         Command("change user", st.builds(lambda b: Request("PATCH", f"{t}/users/{user_id}", b),
                                          body(role=ROLE, password=PASSWORDS)), "identity", "IDENTITY"),
+        Command("deactivate a user", st.builds(lambda u: Request("POST", f"{t}/users/{u}/deactivate"),
+                                               valid_or(st.just("{new_user}"), TOKEN)), "identity", "IDENTITY"),
         Command("issue API key", st.builds(lambda b: Request("POST", f"{t}/api-keys", b), body(
             name=NAME, scopes=SCOPES, expires_at=WHEN, rate_limit=RATE_LIMIT)), "identity", "IDENTITY"),
         Command("revoke API key", st.builds(lambda k: Request("DELETE", f"{t}/api-keys/{k}"),
@@ -218,6 +220,11 @@ async def test_every_command_is_refused_with_4xx_or_appended_and_folded(
                                       credential=gateway.api_key)
             assert status == 201, made
             path = path.replace("{new_tenant}", f"/v1/tenants/{made['tenant_id']}")
+        if "{new_user}" in path:
+            status, made = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/users", credential=gateway.api_key,
+                                      json={"email": f"{unique('d')}@example.com", "password": PASSWORD})
+            assert status == 201, made
+            path = path.replace("{new_user}", made["user_id"])
         if "{new_key}" in path:
             status, made = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/api-keys", json={},
                                       credential=gateway.api_key)

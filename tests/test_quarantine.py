@@ -232,3 +232,16 @@ def test_a_stored_message_looks_like_the_message_projections_apply() -> None:
     msg: Msg = stored_message("IDENTITY", 42, "iam.t.tenant.t", b"{}")
     assert (msg.subject, msg.data, msg.metadata.sequence.stream, msg.metadata.stream) == (
         "iam.t.tenant.t", b"{}", 42, "IDENTITY")
+
+
+async def test_the_gateway_role_cannot_read_dead_letters(pool: asyncpg.Pool, database_url: str) -> None:
+    """Quarantined payloads are every tenant's events: for operators, not for the gateway's role."""
+    from democratic_ai.schemas import app_dsn
+
+    conn = await asyncpg.connect(app_dsn(database_url))
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch("SELECT * FROM projection_dead_letters")
+        assert await conn.fetchval("SELECT count(*) FROM projection_checkpoints") >= 0  # other reads still work
+    finally:
+        await conn.close()
