@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.fields import INT32_MAX
-from democratic_ai.contracts.identity_events import ApiKeyIssued, Meta
+from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.gateway.state import USERS
 from democratic_ai.services.identity import Invalid
 
@@ -92,7 +92,31 @@ async def test_the_services_refuse_what_the_gateway_would(gateway: Gateway, nc: 
         await service.create_tenant(meta, unique("t"), "x\x00y")
     assert refused.value.details["field"] == "name"
     assert await _stream_count(nc, "IDENTITY", keys) == before
-    assert ApiKeyIssued.__struct_fields__  # the contract the service encodes with
+
+
+def test_every_event_type_refuses_what_its_read_model_cannot_hold() -> None:
+    from democratic_ai.contracts import billing_events, identity_events
+    from democratic_ai.contracts.fields import EventRejected
+
+    meta = Meta(at=datetime.now(UTC))
+    cases = [
+        (identity_events.encode_event, identity_events.TenantCreated(tenant_id="Not A Token", meta=meta, name="x"),
+         "$.tenant_id", "matching"),
+        (identity_events.encode_event, identity_events.UserRegistered(
+            tenant_id="t", meta=meta, user_id="u", email="a\x00@b.c", role="user", password_hash="h"),
+         "$.email", "without NUL (\\u0000)"),
+        (identity_events.encode_event, identity_events.TenantSuspended(
+            tenant_id="t", meta=Meta(at=meta.at, user_agent="\udcff"), reason=""), "$", "not valid UTF-8"),
+        (billing_events.encode_event, billing_events.SubscriptionCancelled(tenant_id="t", meta=meta, reason="r" * 2001),
+         "$.reason", "length <= 2000"),
+        (billing_events.encode_event, billing_events.PaymentFailed(
+            tenant_id="t", meta=meta, invoice_id="i", stripe_event_id="e", stripe_invoice_id="s", amount=2**63,
+            currency="JPY"), "$.amount", "<= 9223372036854775807"),
+    ]
+    for encode, event, path, words in cases:
+        with pytest.raises(EventRejected) as refused:
+            encode(event)
+        assert (refused.value.path, words in refused.value.message) == (path, True), refused.value.message
 
 
 # The property -------------------------------------------------------------------------------------
