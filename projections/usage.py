@@ -10,7 +10,6 @@ republished by recovery, or by hand — conflicts on its raw key and adds nothin
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -21,8 +20,6 @@ from nats.aio.msg import Msg
 from democratic_ai.contracts.usage_events import UsageEvent
 
 __all__ = ["UsageProjection"]
-
-log = logging.getLogger(__name__)
 
 PARTITION_SCHEMA = "usage_partitions"
 
