@@ -49,7 +49,8 @@ async def _status(js: JetStreamContext, projection: Projection, applied: int, qu
     lag_events, first_pending = await _pending(js, projection, applied) if applied < stream_last else (0, None)
     lag_seconds = 0.0
     if lag_events:
-        newest = (await js.get_msg(projection.stream, stream_last)).time
+        # The stream's last message may be gone (a purge keeps last_seq): then there is no lag in seconds to tell.
+        newest = await _stored_at(js, projection.stream, stream_last)
         reference = await _stored_at(js, projection.stream, applied) or first_pending
         if newest is not None and reference is not None:
             lag_seconds = max(0.0, (newest - reference).total_seconds())

@@ -245,3 +245,15 @@ async def test_the_gateway_role_cannot_read_dead_letters(pool: asyncpg.Pool, dat
         assert await conn.fetchval("SELECT count(*) FROM projection_checkpoints") >= 0  # other reads still work
     finally:
         await conn.close()
+
+
+async def test_status_survives_a_purged_last_message(nc: NATS, pool: asyncpg.Pool) -> None:
+    """A purge keeps the stream's last sequence but removes its message: status must not fail."""
+    await _values_stream(nc, pool)
+    projection = Values()
+    js = nc.jetstream()
+    await js.publish(projection.filter_subject, b'{"value": 1}')
+    last = (await js.publish(f"{projection.filter_subject}.gone", b'{"value": 2}')).seq
+    await js.purge_stream(_STREAM, subject=f"{projection.filter_subject}.gone")
+    [status] = await projection_status(js, pool, [projection])
+    assert (status.stream_last, status.lag_events, status.quarantined) == (last, 1, 0)
