@@ -30,7 +30,10 @@ from . import quarantine
 from .base import Projection
 from .errors import MissingReadModel, ReadModelChanged
 
-__all__ = ["Table", "TableChecksum", "checksum", "create", "drop", "fold", "ident", "live_tables", "replace_live", "schema_name"]
+__all__ = [
+    "Table", "TableChecksum", "checksum", "create", "dead_letters_checksum", "drop", "fold", "ident", "live_tables",
+    "replace_live", "schema_name",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +138,18 @@ async def replace_live(conn: asyncpg.Connection, schema: str, tables: Sequence[T
         await conn.execute(
             f"INSERT INTO {table.qualified} ({columns[table]}) SELECT {columns[table]} FROM {table.in_schema(schema)}"
         )
+
+
+async def dead_letters_checksum(conn: asyncpg.Connection, schema: str | None, projection: Projection) -> TableChecksum:
+    """Which events ``projection`` quarantined (sequence, subject, payload: not the error text or
+    time, which differ between a live batch and a rebuild's), live (``schema`` None) or in a shadow."""
+    table = f"{ident(schema)}.{quarantine.TABLE}" if schema else quarantine.TABLE
+    row = await conn.fetchrow(
+        "SELECT count(*) AS rows, md5(coalesce(string_agg(md5(sequence::text || ' ' || subject || ' '"
+        f" || encode(payload, 'hex')), '' ORDER BY sequence), '')) AS md5 FROM {table} WHERE projection = $1",
+        projection.name,
+    )
+    return TableChecksum(rows=row["rows"], md5=row["md5"])
 
 
 async def checksum(conn: asyncpg.Connection, qualified: str) -> TableChecksum:

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
 from democratic_ai.contracts.identity_events import Meta, TenantCreated, encode_event
-from democratic_ai.projections import PROJECTIONS, ProjectionRunner, projection_status, rebuild, retry
+from democratic_ai.projections import PROJECTIONS, ProjectionRunner, projection_status, rebuild, retry, verify
 
 from conftest import caught_up, reached, unique
 
@@ -113,6 +113,15 @@ async def test_bad_events_are_quarantined_and_retried_after_a_fix(
             1, 2**40, 5]
     letters = await _dead_letters(pool, projection.name)
     assert [(r["sequence"], r["attempts"]) for r in letters] == [(sequences[2], 2), (sequences[3], 2)]
+
+    # After the retry the live model holds an event a rebuild would too, and quarantines the same others.
+    comparisons = await verify(js, pool, projection)
+    assert [c.equal for c in comparisons] == [True, True], comparisons
+    assert comparisons[-1].table == f"projection_dead_letters of {projection.name}" and comparisons[-1].live.rows == 2
+    async with pool.acquire() as conn:  # a dead letter removed by hand: verify says so
+        await conn.execute("DELETE FROM projection_dead_letters WHERE projection = $1 AND sequence = $2",
+                           projection.name, sequences[3])
+    assert [c.equal for c in await verify(js, pool, projection)] == [True, False]
 
     # A rebuild folds the log into a shadow with the same quarantine and swaps the dead letters too.
     await rebuild(js, pool, projection)
