@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import msgspec
 
@@ -43,7 +43,7 @@ INT64_MAX = 2**63 - 1  # PostgreSQL ``bigint``
 _NO_NUL = r"^[^\x00]*$"
 
 Id = Annotated[str, msgspec.Meta(max_length=128, pattern=_NO_NUL)]
-"""An identifier, hash, prefix, role or scope: short enough for any index key."""
+"""An identifier, hash, prefix, role or scope: at most 512 bytes, short enough for any index key."""
 BoundedId = Annotated[str, msgspec.Meta(max_length=128)]
 """An :data:`Id` whose NUL check is left to PostgreSQL, for the streams whose decoding is hot
 (USAGE: a pattern check costs msgspec about 0.6 µs a string, eight times the decoding itself);
@@ -63,9 +63,6 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 PositiveInt32 = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]
 
 _PATH = re.compile(r" - at `(?P<path>\$[^`]*)`$")
-
-S = TypeVar("S", bound=msgspec.Struct)
-
 
 class EventRejected(ValueError):
     """An event breaks a rule of its type; ``path`` names the field (``$.rate_limit``)."""
