@@ -10,7 +10,9 @@ Subjects name the aggregate: ``billing.<tenant>.<aggregate>.<id>``.
 
 Commands append with ``Nats-Expected-Last-Subject-Sequence``: 0 on an invoice's subject makes
 "one invoice per period" a property of the log, and 0 on a Stripe event's subject makes a
-webhook delivered five times one event. Money is integer minor units of ``currency`` (yen for
+webhook delivered five times one event. Fields carry the limits of the read models
+(:mod:`.fields`; ``interval`` and a line's ``kind`` the same enumerations as their CHECKs), and
+:func:`encode_event` refuses an event that breaks them. Money is integer minor units of ``currency`` (yen for
 JPY); prices that are not whole minor units (¥0.05 a call) are ``Decimal``, which msgspec
 writes as a JSON string, so no float ever holds money. Time is UTC.
 
@@ -23,9 +25,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Annotated, Literal
 
 import msgspec
 
+from .fields import INT64_MAX, Count, Id, Int64, Name, TenantId, Text, checked_encoder
 from .identity_events import Meta
 
 __all__ = [
@@ -51,6 +55,10 @@ __all__ = [
 ]
 
 
+Interval = Literal["month", "year"]
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+
+
 class MeteredPrice(msgspec.Struct, frozen=True, kw_only=True):
     """How one metric is billed: ``included`` billing units a month, then ``overage_price`` per unit.
 
@@ -59,103 +67,103 @@ class MeteredPrice(msgspec.Struct, frozen=True, kw_only=True):
     past the allowance is not billed (the plan's rate limits cap it instead).
     """
 
-    unit: str  # "call", "hour", "GB"
-    unit_size: int = 1
-    included: int = 0
+    unit: Id  # "call", "hour", "GB"
+    unit_size: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] = 1
+    included: Count = 0
     overage_price: Decimal | None = None
 
 
 class PlanTerms(msgspec.Struct, frozen=True, kw_only=True):
-    plan_id: str  # the same ids as the rate limits of schemas/json/plans.json
-    name: str
-    currency: str  # ISO 4217, upper case
+    plan_id: Id  # the same ids as the rate limits of schemas/json/plans.json
+    name: Name
+    currency: Currency  # ISO 4217, upper case
     monthly_price: Decimal
     yearly_price: Decimal
-    usage: dict[str, MeteredPrice] = {}  # metric (api_calls, compute_ms, storage_bytes) → price
-    features: tuple[str, ...] = ()
+    usage: dict[Id, MeteredPrice] = {}  # metric (api_calls, compute_ms, storage_bytes) → price
+    features: tuple[Text, ...] = ()
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     v: int = 1
-    tenant_id: str
+    tenant_id: TenantId
     meta: Meta
 
 
 class SubscriptionStarted(_Event, tag="subscription.started"):
     terms: PlanTerms
-    interval: str  # "month" or "year"
-    time_zone: str  # IANA name; the tenant's months and years begin at its midnight
+    interval: Interval  # billing_subscriptions.interval has the same CHECK
+    time_zone: Id  # IANA name; the tenant's months and years begin at its midnight
 
 
 class PlanChanged(_Event, tag="subscription.plan_changed"):
     terms: PlanTerms
-    interval: str
+    interval: Interval
 
 
 class SubscriptionCancelled(_Event, tag="subscription.cancelled"):
-    reason: str = ""
+    reason: Text = ""
 
 
 class CustomerLinked(_Event, tag="customer.linked"):
-    stripe_customer_id: str
+    stripe_customer_id: Id
 
 
 class InvoiceLine(msgspec.Struct, frozen=True, kw_only=True):
-    kind: str  # "base_fee" or "overage"
-    description: str
+    kind: Literal["base_fee", "overage"]  # billing_invoice_lines.kind has the same CHECK
+    description: Text
     quantity: Decimal  # billing units: 1 for a fee, 50000 calls, 3.5 hours
-    unit: str
+    unit: Id
     unit_price: Decimal
-    amount: int  # minor units, rounded half up from quantity × unit_price (see services/billing/money.py)
-    metric: str = ""
-    plan_id: str = ""
+    amount: Int64  # minor units, rounded half up from quantity × unit_price (see services/billing/money.py)
+    metric: Id = ""
+    plan_id: Id = ""
     service_start: datetime | None = None  # what a base fee pays for
     service_end: datetime | None = None
 
 
 class InvoiceIssued(_Event, tag="invoice.issued"):
-    invoice_id: str
-    period: str  # "YYYY-MM" in time_zone
+    invoice_id: Id
+    period: Id  # "YYYY-MM" in time_zone
     period_start: datetime
     period_end: datetime
-    time_zone: str
-    currency: str
+    time_zone: Id
+    currency: Currency
     lines: tuple[InvoiceLine, ...]
-    subtotal: int
+    subtotal: Int64
     tax_rate: Decimal
-    tax: int
-    total: int
-    usage: dict[str, int] = {}  # metered totals the overage lines were computed from
+    tax: Int64
+    total: Int64
+    usage: dict[Id, Int64] = {}  # metered totals the overage lines were computed from
 
 
 class InvoicePushed(_Event, tag="invoice.pushed"):
-    invoice_id: str
-    stripe_invoice_id: str
-    stripe_customer_id: str
+    invoice_id: Id
+    stripe_invoice_id: Id
+    stripe_customer_id: Id
 
 
 class PaymentSucceeded(_Event, tag="payment.succeeded"):
-    invoice_id: str
-    stripe_event_id: str
-    stripe_invoice_id: str
-    amount: int
-    currency: str
+    invoice_id: Id
+    stripe_event_id: Id
+    stripe_invoice_id: Id
+    amount: Int64
+    currency: Currency
 
 
 class PaymentFailed(_Event, tag="payment.failed"):
-    invoice_id: str
-    stripe_event_id: str
-    stripe_invoice_id: str
-    amount: int
-    currency: str
-    reason: str = ""
+    invoice_id: Id
+    stripe_event_id: Id
+    stripe_invoice_id: Id
+    amount: Int64
+    currency: Currency
+    reason: Text = ""
 
 
 class PaymentMethodAttached(_Event, tag="payment_method.attached"):
-    stripe_event_id: str
-    stripe_customer_id: str
-    setup_intent_id: str  # the card itself stays with Stripe; we keep only its references
-    payment_method_id: str
+    stripe_event_id: Id
+    stripe_customer_id: Id
+    setup_intent_id: Id  # the card itself stays with Stripe; we keep only its references
+    payment_method_id: Id
 
 
 BillingEvent = (
@@ -171,11 +179,12 @@ BillingEvent = (
 )
 
 _decoder = msgspec.json.Decoder(BillingEvent)
-encode_event = msgspec.json.Encoder().encode
+encode_event = checked_encoder(BillingEvent)
 
 
 def decode_event(data: bytes) -> BillingEvent:
-    """Decode a BILLING event; raises ``msgspec.ValidationError`` for a malformed one."""
+    """Decode a BILLING event; raises ``msgspec.DecodeError`` (``ValidationError`` for valid JSON
+    of the wrong shape) for a malformed one."""
     return _decoder.decode(data)
 
 

@@ -17,7 +17,9 @@ two concurrent commands on one aggregate cannot both succeed. Secrets never ente
 passwords as argon2id hashes sealed with the user's data key (``dai-se1.…``, see
 ``services/identity/sealing.py``; events older than sealing hold the hash in clear), API keys,
 refresh tokens and module credentials as SHA-256 of 256-bit random values.
-Every event carries :class:`Meta` (who, from where) for the audit log.
+Every event carries :class:`Meta` (who, from where) for the audit log. Fields are typed with
+the limits of the read models (:mod:`.fields`); :func:`encode_event` refuses an event that
+breaks them with :class:`~.fields.EventRejected`, so no command appends what a reader refuses.
 
 Module events check their names when built *and* when decoded (``__post_init__``): the module
 id and capabilities become bus permissions, so an event carrying a wildcard or a malformed name
@@ -32,6 +34,7 @@ from datetime import datetime
 
 import msgspec
 
+from .fields import Email, Id, Name, PositiveInt32, TenantId, Text, checked_encoder
 from .subjects import validate_capability, validate_token
 
 __all__ = [
@@ -88,89 +91,89 @@ def check_module_capabilities(capabilities: Iterable[str]) -> tuple[str, ...]:
 
 class Meta(msgspec.Struct, frozen=True, kw_only=True):
     at: datetime
-    actor: str = "system"  # "user:<id>", "api_key:<id>" or "system"
-    ip: str = ""
-    user_agent: str = ""
+    actor: Id = "system"  # "user:<id>", "api_key:<id>" or "system"
+    ip: Id = ""
+    user_agent: Text = ""
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     v: int = 1
-    tenant_id: str
+    tenant_id: TenantId
     meta: Meta
 
 
 class TenantCreated(_Event, tag="tenant.created"):
-    name: str
+    name: Name
 
 
 class TenantSuspended(_Event, tag="tenant.suspended"):
-    reason: str = ""
+    reason: Text = ""
 
 
 class UserRegistered(_Event, tag="user.registered"):
-    user_id: str
-    email: str
-    role: str
-    password_hash: str  # sealed (``dai-se1.…``); in clear only in events written before sealing
+    user_id: Id
+    email: Email
+    role: Id
+    password_hash: Text  # sealed (``dai-se1.…``); in clear only in events written before sealing
 
 
 class UserRoleChanged(_Event, tag="user.role_changed"):
-    user_id: str
-    role: str
+    user_id: Id
+    role: Id
 
 
 class UserDeactivated(_Event, tag="user.deactivated"):
-    user_id: str
+    user_id: Id
 
 
 class PasswordChanged(_Event, tag="user.password_changed"):
-    user_id: str
-    password_hash: str  # sealed (``dai-se1.…``); in clear only in events written before sealing
+    user_id: Id
+    password_hash: Text  # sealed (``dai-se1.…``); in clear only in events written before sealing
     rehash: bool = False  # True when only the hashing or its sealing changed, at login
 
 
 class ApiKeyIssued(_Event, tag="api_key.issued"):
-    key_id: str
-    prefix: str
-    sha256: str
-    role: str  # the role of the key's owner when issued ("super_admin" for the bootstrap key)
-    user_id: str = ""  # owner; empty for the bootstrap key
-    name: str = ""
-    scopes: tuple[str, ...] = ()  # empty: every permission of the owner
+    key_id: Id
+    prefix: Id
+    sha256: Id
+    role: Id  # the role of the key's owner when issued ("super_admin" for the bootstrap key)
+    user_id: Id = ""  # owner; empty for the bootstrap key
+    name: Name = ""
+    scopes: tuple[Id, ...] = ()  # empty: every permission of the owner
     expires_at: datetime | None = None
-    rate_limit: int | None = None  # calls per minute, enforced by metering
+    rate_limit: PositiveInt32 | None = None  # calls per minute, enforced by metering; api_keys.rate_limit is integer
 
 
 class ApiKeyRevoked(_Event, tag="api_key.revoked"):
-    key_id: str
+    key_id: Id
 
 
 class SessionStarted(_Event, tag="session.started"):
-    family_id: str
-    user_id: str
-    refresh_sha256: str
+    family_id: Id
+    user_id: Id
+    refresh_sha256: Id
     expires_at: datetime
 
 
 class SessionRefreshed(_Event, tag="session.refreshed"):
-    family_id: str
-    refresh_sha256: str
+    family_id: Id
+    refresh_sha256: Id
 
 
 class SessionRevoked(_Event, tag="session.revoked"):
-    family_id: str
-    reason: str  # "logout", "reuse_detected", "user_deactivated"
+    family_id: Id
+    reason: Id  # "logout", "reuse_detected", "user_deactivated"
 
 
 class AccessTokenRevoked(_Event, tag="token.revoked"):
-    jti: str
+    jti: Id
     expires_at: datetime
 
 
 class LoginAttempted(_Event, tag="login.attempted"):
-    email_sha256: str
+    email_sha256: Id
     success: bool
-    user_id: str = ""
+    user_id: Id = ""
 
 
 class _ModuleEvent(_Event, frozen=True, kw_only=True):
@@ -242,9 +245,10 @@ IdentityEvent = (
 )
 
 _decoder = msgspec.json.Decoder(IdentityEvent)
-encode_event = msgspec.json.Encoder().encode
+encode_event = checked_encoder(IdentityEvent)
 
 
 def decode_event(data: bytes) -> IdentityEvent:
-    """Decode an IDENTITY event; raises ``msgspec.ValidationError`` for a malformed one."""
+    """Decode an IDENTITY event; raises ``msgspec.DecodeError`` (``ValidationError``, its
+    subclass, for valid JSON of the wrong shape) for a malformed one."""
     return _decoder.decode(data)

@@ -14,6 +14,8 @@ upcasts older versions on read, one step at a time:
         again under v2 compares equal and is not recorded twice.
 
 A version newer than this reader knows is read as the current one (unknown fields ignored).
+Fields carry the limits of the registry read model (:mod:`.fields`); a manifest outside them
+is refused when a module announces it (``hub/registry.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+
+from .fields import Description, Id, Name, checked_encoder
 
 __all__ = [
     "VERSION",
@@ -40,8 +44,8 @@ VERSION = 2  # the schema version this module writes
 
 
 class CapabilitySpec(msgspec.Struct, frozen=True, kw_only=True):
-    action: str
-    description: str = ""
+    action: Id
+    description: Description = ""
     input_schema: dict[str, Any] = msgspec.field(default_factory=dict)
     output_schema: dict[str, Any] = msgspec.field(default_factory=dict)
     streaming: bool = False
@@ -50,10 +54,10 @@ class CapabilitySpec(msgspec.Struct, frozen=True, kw_only=True):
 class ModuleManifest(msgspec.Struct, frozen=True, kw_only=True):
     """What a module announces: its identity and its capabilities."""
 
-    module_id: str
-    name: str = ""
-    version: str = "0.0.0"
-    description: str = ""
+    module_id: Id
+    name: Name = ""
+    version: Id = "0.0.0"
+    description: Description = ""
     capabilities: tuple[CapabilitySpec, ...] = ()
 
     def digest(self) -> str:
@@ -78,11 +82,12 @@ class ModuleUpdated(msgspec.Struct, frozen=True, kw_only=True, tag="module.updat
 RegistryEvent = ModuleRegistered | ModuleUpdated
 
 _decoder = msgspec.json.Decoder(RegistryEvent)
-_encoder = msgspec.json.Encoder()
+_encode = checked_encoder(RegistryEvent)
 
 
 def encode_event(event: RegistryEvent) -> bytes:
-    return _encoder.encode(event)
+    """Encode ``event``; raises :class:`~.fields.EventRejected` when a field breaks its limits."""
+    return _encode(event)
 
 
 def upcast_v1_v2(event: RegistryEvent) -> RegistryEvent:

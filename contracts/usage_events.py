@@ -27,7 +27,9 @@ each replica a message per active tenant and interval rather than three per call
 replica (``services/metering/meters.py``).
 
 Every event carries a version ``v``; decoders ignore unknown fields, so older readers survive
-newer writers.
+newer writers. USAGE fields carry the limits of the usage read models (:mod:`.fields`; NUL is
+left to PostgreSQL, see ``BoundedId``): an event outside them is quarantined by the projection,
+and metering caps what a module reports (``services/metering/derive.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from datetime import datetime
 from enum import StrEnum
 
 import msgspec
+
+from .fields import BoundedId as Id, Int64
 
 __all__ = [
     "BYTES_IN_HEADER",
@@ -83,28 +87,28 @@ class Outcome(StrEnum):
 
 class _UsageEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     v: int = 1
-    tenant_id: str
-    metric: str  # a Metric
-    value: int
+    tenant_id: Id
+    metric: Id  # a Metric
+    value: Int64  # usage_events.value is bigint
     at: datetime  # UTC
 
 
 class CallMetered(_UsageEvent, tag="usage.call"):
-    call_id: str
-    capability: str
-    module_id: str = ""  # empty when no module answered (routing errors, rate limits)
-    user_id: str = ""
-    api_key_id: str = ""
-    outcome: str = Outcome.SUCCESS
+    call_id: Id
+    capability: Id
+    module_id: Id = ""  # empty when no module answered (routing errors, rate limits)
+    user_id: Id = ""
+    api_key_id: Id = ""
+    outcome: Id = Outcome.SUCCESS
 
 
 class StorageMetered(_UsageEvent, tag="usage.storage"):
-    operation_id: str  # the write's idempotency key: the same write is counted once
-    store: str  # what stores the data, e.g. a module id
-    capability: str = ""
-    user_id: str = ""
-    api_key_id: str = ""
-    outcome: str = Outcome.SUCCESS
+    operation_id: Id  # the write's idempotency key: the same write is counted once
+    store: Id  # what stores the data, e.g. a module id
+    capability: Id = ""
+    user_id: Id = ""
+    api_key_id: Id = ""
+    outcome: Id = Outcome.SUCCESS
 
 
 UsageEvent = CallMetered | StorageMetered

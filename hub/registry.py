@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from democratic_ai.contracts import subjects
+from democratic_ai.contracts.fields import EventRejected
 from democratic_ai.contracts.follower import StreamFollower
 from democratic_ai.contracts.registry_events import (
     ModuleManifest,
@@ -47,7 +48,7 @@ class RegistryIndex(StreamFollower):
     def apply_message(self, msg: Msg) -> None:
         try:
             event = decode_event(msg.data)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:  # ValidationError too: a forged event may not even be JSON
             log.error("skipped an unreadable REGISTRY event on %s", msg.subject)
         else:
             manifest = event.manifest
@@ -86,12 +87,32 @@ class Registrar:
         else:
             event = ModuleUpdated(manifest=manifest, digest=digest, at=now)
             name = "updated"
+        try:
+            data = encode_event(event)
+        except EventRejected as exc:
+            raise InvalidManifest(f"manifest {exc.path}: {exc.message}") from None
         # Two hubs announcing the same manifest at once append it once: same id, same window.
         ack = await self._js.publish(
-            subjects.registry(module_id, name), encode_event(event), headers={"Nats-Msg-Id": f"{module_id}:{digest}"}
+            subjects.registry(module_id, name), data, headers={"Nats-Msg-Id": f"{module_id}:{digest}"}
         )
         await self._index.wait_for(ack.seq)
         return not ack.duplicate
+
+
+def _holds_nul(value: object) -> bool:
+    """Whether a JSON value holds NUL in any string, key or value (iteratively: any depth)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def _validate(manifest: ModuleManifest) -> None:
@@ -105,5 +126,9 @@ def _validate(manifest: ModuleManifest) -> None:
         raise InvalidManifest(str(exc)) from exc
     except jsonschema.SchemaError as exc:
         raise InvalidManifest(f"invalid JSON Schema: {exc.message}") from exc
+    for spec in manifest.capabilities:
+        # Schemas are stored as jsonb, which refuses the NUL character anywhere (keys included).
+        if _holds_nul(spec.input_schema) or _holds_nul(spec.output_schema):
+            raise InvalidManifest(f"the schemas of {spec.action!r} hold a NUL character (\\u0000)")
     if not manifest.capabilities:
         raise InvalidManifest(f"module {manifest.module_id!r} offers no capability.")

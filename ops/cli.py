@@ -87,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     projection_commands = projections.add_subparsers(dest="projection_command", required=True, metavar="ACTION")
     prun = projection_commands.add_parser("run", help="fold events into read models (needs NATS_URL, DATABASE_URL)")
     prun.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default: all)")
-    projection_commands.add_parser("status", help="each projection's position and lag (needs NATS_URL, DATABASE_URL)")
+    projection_commands.add_parser(
+        "status", help="each projection's position, lag and quarantined events (needs NATS_URL, DATABASE_URL)")
+    retry = projection_commands.add_parser(
+        "retry", help="apply a projection's quarantined events again, after a fix (needs DATABASE_URL)")
+    retry.add_argument("name", metavar="NAME")
     rebuild = projection_commands.add_parser(
         "rebuild", help="rebuild a read model from its stream in a shadow schema and swap it in atomically"
     )

@@ -1,4 +1,4 @@
-"""The commands that read the log: ``dai replay`` and ``dai projections status|rebuild|verify``.
+"""The commands that read the log: ``dai replay`` and ``dai projections status|rebuild|verify|retry``.
 
 Each opens its connections, runs one library call and prints the result; the work itself lives
 in :mod:`.replay` and :mod:`democratic_ai.projections`. Exit codes: 0 success, 1 a verification
@@ -29,6 +29,7 @@ from democratic_ai.projections import (
     projection_status,
     rebuild,
     rebuild_as_of,
+    retry,
     verify,
 )
 from democratic_ai.schemas import create_pool, migrate
@@ -37,7 +38,9 @@ from .progress import Progress
 from .replay import ReplayError, ReplayOptions, plan_replay, replay
 from .timespec import InvalidTime, parse_time
 
-__all__ = ["UsageError", "rebuild_command", "replay_command", "run", "status_command", "verify_command"]
+__all__ = [
+    "UsageError", "rebuild_command", "replay_command", "retry_command", "run", "status_command", "verify_command",
+]
 
 
 class UsageError(ValueError):
@@ -94,13 +97,28 @@ async def replay_command(nats_url: str, options: ReplayOptions, out_path: Path |
 async def status_command(nats_url: str, database_url: str) -> int:
     async with _nats(nats_url, "dai-projections-status") as nc, _database(database_url) as pool:
         rows = await projection_status(nc.jetstream(), pool, PROJECTIONS.values())
-    print(f"{'PROJECTION':<16} {'STREAM':<10} {'APPLIED':>10} {'STREAM LAST':>12} {'LAG EVENTS':>11} {'LAG SECONDS':>12}")
+    print(f"{'PROJECTION':<16} {'STREAM':<10} {'APPLIED':>10} {'STREAM LAST':>12} {'LAG EVENTS':>11} {'LAG SECONDS':>12}"
+          f" {'QUARANTINED':>12}")
     for row in rows:
         print(
             f"{row.name:<16} {row.stream:<10} {row.applied:>10} {row.stream_last:>12} {row.lag_events:>11}"
-            f" {row.lag_seconds:>12.3f}"
+            f" {row.lag_seconds:>12.3f} {row.quarantined:>12}"
         )
+    quarantined = [row.name for row in rows if row.quarantined]
+    if quarantined:
+        print(f"quarantined events: see projection_dead_letters; after a fix, `dai projections retry NAME`"
+              f" ({', '.join(quarantined)})")
     return 0
+
+
+async def retry_command(database_url: str, name: str) -> int:
+    """Apply NAME's quarantined events again; exit 0 when none is left, 1 when some still fail."""
+    projection = _projection(name)
+    async with _database(database_url) as pool:
+        result = await retry(pool, projection)
+    print(f"{name}: {result.applied} quarantined events applied, {result.failed} still failing"
+          + (" (see projection_dead_letters.error)" if result.failed else ""))
+    return 1 if result.failed else 0
 
 
 async def rebuild_command(nats_url: str, database_url: str, name: str, as_of: datetime | None) -> int:
@@ -142,6 +160,8 @@ def run(args: argparse.Namespace, env: Callable[[str], str]) -> int:
                 until=parse_time(args.until) if args.until else None, to_seq=args.to_seq, format=args.format,
             )
             return _run(replay_command(env("NATS_URL"), options, args.out))
+        if args.projection_command == "retry":
+            return _run(retry_command(env("DATABASE_URL"), args.name))
         nats_url, database_url = env("NATS_URL"), env("DATABASE_URL")
         if args.projection_command == "status":
             return _run(status_command(nats_url, database_url))

@@ -2,7 +2,8 @@
 
 ``ProjectionRunner`` folds a stream live. ``rebuild``, ``rebuild_as_of`` and ``verify`` fold it
 into a shadow schema first (see :mod:`.rebuild`); ``LogReader`` reads any window of a stream;
-``projection_status`` says how far behind each projection is.
+``projection_status`` says how far behind each projection is and how many events it has
+quarantined; ``retry`` applies a projection's quarantined events again (see :mod:`.quarantine`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 from .base import Projection
 from .billing import BillingProjection
 from .identity import IdentityProjection
-from .errors import MissingReadModel, ProjectionError, ReadModelChanged, RebuildInProgress
+from .errors import MissingReadModel, ProjectionError, ReadModelChanged, RebuildInProgress, UnfoldableEvent
 from .log import LogRange, LogReader, sequence_at
 from .rebuild import AsOfResult, TableComparison, rebuild, rebuild_as_of, verify
+from .quarantine import DeadLetter, RetryResult, retry
 from .registry import RegistryProjection
 from .runner import ProjectionRunner
 from .status import ProjectionStatus, projection_status
@@ -24,6 +26,7 @@ __all__ = [
     "PROJECTIONS",
     "AsOfResult",
     "BillingProjection",
+    "DeadLetter",
     "IdentityProjection",
     "LogRange",
     "LogReader",
@@ -35,11 +38,14 @@ __all__ = [
     "ReadModelChanged",
     "RebuildInProgress",
     "RegistryProjection",
+    "RetryResult",
     "TableComparison",
+    "UnfoldableEvent",
     "UsageProjection",
     "projection_status",
     "rebuild",
     "rebuild_as_of",
+    "retry",
     "sequence_at",
     "verify",
 ]

@@ -58,11 +58,7 @@ class BillingProjection:
         payments: list[tuple[Any, ...]] = []
         status: dict[str, tuple[str, datetime | None]] = {}  # invoice → (status, paid_at)
         for msg in events:
-            try:
-                event = decode_event(msg.data)
-            except msgspec.ValidationError as exc:
-                log.error("skipped BILLING event %d: %s", msg.metadata.sequence.stream, exc)
-                continue
+            event = decode_event(msg.data)  # a malformed event raises: the runner quarantines it
             at = event.meta.at
             match event:
                 case SubscriptionStarted() | PlanChanged() | SubscriptionCancelled():

@@ -3,12 +3,13 @@
     ProjectionError
      ├── RebuildInProgress   another rebuild, verification or as-of build of the projection is running
      ├── MissingReadModel    a table the projection owns does not exist (run the migrations)
-     └── ReadModelChanged    a table's columns changed while a shadow was built (a migration ran)
+     ├── ReadModelChanged    a table's columns changed while a shadow was built (a migration ran)
+     └── UnfoldableEvent     a projection refuses one event: it is quarantined (see .quarantine)
 """
 
 from __future__ import annotations
 
-__all__ = ["MissingReadModel", "ProjectionError", "ReadModelChanged", "RebuildInProgress"]
+__all__ = ["MissingReadModel", "ProjectionError", "ReadModelChanged", "RebuildInProgress", "UnfoldableEvent"]
 
 
 class ProjectionError(Exception):
@@ -25,3 +26,7 @@ class MissingReadModel(ProjectionError):
 
 class ReadModelChanged(ProjectionError):
     """The live tables no longer have the columns the shadow was built with; run it again."""
+
+
+class UnfoldableEvent(ProjectionError):
+    """Raised by a projection's ``apply`` for an event it cannot fold; the runner quarantines it."""

@@ -6,12 +6,10 @@ thousands of events costs a handful of round trips. The audit log gets one row p
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-import msgspec
 from nats.aio.msg import Msg
 
 from democratic_ai.contracts.identity_events import (
@@ -36,8 +34,6 @@ __all__ = ["IdentityProjection"]
 
 _CREATED = "__created__"  # marks a folded row whose creation event is in the batch
 
-log = logging.getLogger(__name__)
-
 
 class IdentityProjection:
     name = "identity"
@@ -53,11 +49,7 @@ class IdentityProjection:
         revoked: list[tuple[Any, ...]] = []
         audit: list[tuple[Any, ...]] = []
         for msg in events:
-            try:
-                event = decode_event(msg.data)
-            except msgspec.ValidationError as exc:
-                log.error("skipped IDENTITY event %d: %s", msg.metadata.sequence.stream, exc)
-                continue
+            event = decode_event(msg.data)  # a malformed event raises: the runner quarantines it
             at = event.meta.at
             success = event.success if isinstance(event, LoginAttempted) else True
             audit.append((msg.metadata.sequence.stream, event.tenant_id, type(event).__struct_config__.tag,

@@ -7,7 +7,8 @@ the live model keeps serving and the live runner keeps folding. Then:
   runner applied meanwhile, copies the shadow over the live tables and moves the checkpoint —
   one transaction, so readers see the old complete model until the commit and the new one after.
 * :func:`verify` builds up to the live checkpoint, locks it, catches up, and compares the
-  tables' checksums in that transaction, so both sides stand at the same sequence.
+  tables' checksums in that transaction, so both sides stand at the same sequence — and which
+  events each side quarantined.
 * :func:`rebuild_as_of` stops at the last event stored at or before the instant and leaves the
   result in ``dai_asof_<name>``, with a ``checkpoint`` table saying where it stopped. It never
   touches the live model or its checkpoint: a read model frozen in the past under the live
@@ -29,7 +30,7 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from . import shadow
+from . import quarantine, shadow
 from .base import Projection
 from .checkpoints import advance_checkpoint, lock_checkpoint, read_checkpoints
 from .errors import RebuildInProgress
@@ -151,6 +152,7 @@ async def rebuild(js: JetStreamContext, pool: asyncpg.Pool, projection: Projecti
             # takes them too, or the swap would lose them (the runner has acknowledged them).
             await builder.catch_up(live, batch=batch)
             await shadow.replace_live(conn, schema, tables)
+            await quarantine.replace_live(conn, schema, projection)
             await advance_checkpoint(conn, projection.name, builder.position)
     return builder.events
 
@@ -165,7 +167,7 @@ async def verify(
         async with conn.transaction():
             live = await lock_checkpoint(conn, projection.name)
             await builder.catch_up(live, batch=batch)
-            return [
+            comparisons = [
                 TableComparison(
                     table=table.qualified,
                     live=await shadow.checksum(conn, table.qualified),
@@ -173,6 +175,13 @@ async def verify(
                 )
                 for table in tables
             ]
+            # The same events quarantined: a rebuild would set aside exactly what the live runner did.
+            comparisons.append(TableComparison(
+                table=f"{quarantine.TABLE} of {projection.name}",
+                live=await shadow.dead_letters_checksum(conn, None, projection),
+                rebuilt=await shadow.dead_letters_checksum(conn, schema, projection),
+            ))
+            return comparisons
 
 
 async def rebuild_as_of(

@@ -5,19 +5,15 @@ Events of every schema version are folded: :func:`decode_event` upcasts them to 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
-import msgspec
 from nats.aio.msg import Msg
 
 from democratic_ai.contracts.registry_events import ModuleRegistered, RegistryEvent, decode_event
 
 __all__ = ["RegistryProjection"]
-
-log = logging.getLogger(__name__)
 
 
 class RegistryProjection:
@@ -31,11 +27,7 @@ class RegistryProjection:
         # those events' metadata is parsed (it costs more than decoding the event itself).
         latest: dict[str, tuple[RegistryEvent, Msg, datetime | None]] = {}
         for msg in events:
-            try:
-                event = decode_event(msg.data)
-            except msgspec.ValidationError as exc:
-                log.error("skipped REGISTRY event %d: %s", msg.metadata.sequence.stream, exc)
-                continue
+            event = decode_event(msg.data)  # a malformed event raises: the runner quarantines it
             module_id = event.manifest.module_id
             registered_at = event.at if isinstance(event, ModuleRegistered) else None
             if registered_at is None and module_id in latest:

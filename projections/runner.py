@@ -4,6 +4,11 @@ Exactly once: a batch's rows and its last stream sequence commit in one transact
 batch is acknowledged only after that commit. A crash before the commit loses nothing (the
 events are delivered again); a crash after it and before the ack makes JetStream redeliver
 events whose sequence is at or below the checkpoint, and those are skipped.
+
+Poison-proof: a batch that fails because of one of its events (it cannot be decoded, or
+PostgreSQL refuses its values) is applied again in a new transaction through
+:func:`.quarantine.fold`, which folds every other event and quarantines the bad ones, with the
+checkpoint advance in that same transaction. The projection goes on with the next event.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from . import quarantine
 from .base import Projection
 from .checkpoints import advance_checkpoint, lock_checkpoint
 
@@ -41,6 +47,7 @@ class ProjectionRunner:
         self._pool = pool
         self.projection = projection
         self._batch = batch
+        self.quarantined = 0  # events this runner has quarantined since it started
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fold events until ``stop`` is set.
@@ -72,7 +79,20 @@ class ProjectionRunner:
             return []
 
     async def apply(self, messages: Sequence[Msg]) -> int:
-        """Fold one batch in one transaction; returns the new checkpoint."""
+        """Fold one batch in one transaction; returns the new checkpoint.
+
+        The common case costs nothing extra: the batch is applied without savepoints, and only
+        when it fails with one of :data:`.quarantine.EVENT_ERRORS` is it applied again, in a new
+        transaction, event by event where needed (bisecting, see :func:`.quarantine.fold`).
+        """
+        try:
+            return await self._apply(messages, careful=False)
+        except quarantine.EVENT_ERRORS as exc:
+            log.warning("projection %s: a batch of %d events failed (%s); applying it again, quarantining"
+                        " the events at fault", self.projection.name, len(messages), quarantine.describe(exc))
+        return await self._apply(messages, careful=True)
+
+    async def _apply(self, messages: Sequence[Msg], *, careful: bool) -> int:
         name = self.projection.name
         async with self._pool.acquire() as conn, conn.transaction():
             last = await lock_checkpoint(conn, name)
@@ -83,7 +103,10 @@ class ProjectionRunner:
                 fresh = [m for m in messages if m.metadata.sequence.stream > last]
             if not fresh:
                 return last
-            await self.projection.apply(conn, fresh)
+            if careful:
+                self.quarantined += len(await quarantine.fold(conn, self.projection, fresh))
+            else:
+                await self.projection.apply(conn, fresh)
             last = fresh[-1].metadata.sequence.stream
             await advance_checkpoint(conn, name, last)
             return last

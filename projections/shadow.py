@@ -26,10 +26,14 @@ from dataclasses import dataclass
 import asyncpg
 from nats.aio.msg import Msg
 
+from . import quarantine
 from .base import Projection
 from .errors import MissingReadModel, ReadModelChanged
 
-__all__ = ["Table", "TableChecksum", "checksum", "create", "drop", "fold", "ident", "live_tables", "replace_live", "schema_name"]
+__all__ = [
+    "Table", "TableChecksum", "checksum", "create", "dead_letters_checksum", "drop", "fold", "ident", "live_tables",
+    "replace_live", "schema_name",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,8 @@ async def create(conn: asyncpg.Connection, schema: str, tables: Sequence[Table])
         await conn.execute(f"CREATE SCHEMA {ident(schema)}")
         for table in tables:
             await conn.execute(f"CREATE TABLE {table.in_schema(schema)} (LIKE {table.qualified} INCLUDING ALL)")
+        # Where the fold quarantines (see .quarantine): the shadow's own dead letters.
+        await conn.execute(f"CREATE TABLE {ident(schema)}.{quarantine.TABLE} (LIKE {quarantine.TABLE} INCLUDING ALL)")
 
 
 async def drop(conn: asyncpg.Connection, schema: str) -> None:
@@ -92,12 +98,13 @@ async def drop(conn: asyncpg.Connection, schema: str) -> None:
 
 
 async def fold(conn: asyncpg.Connection, schema: str, projection: Projection, events: Sequence[Msg]) -> None:
-    """Apply ``events`` to the shadow in ``schema``, inside the caller's transaction."""
+    """Apply ``events`` to the shadow in ``schema``, inside the caller's transaction, quarantining
+    the events that cannot be folded into the shadow's dead letters, as the live runner does."""
     previous = await conn.fetchval("SELECT current_setting('search_path')")
     # Transaction-local, and restored at once: the caller's next statements (the checkpoint,
     # the swap) must resolve to the live schema again.
     await conn.execute("SELECT set_config('search_path', $1, true)", ident(schema))
-    await projection.apply(conn, events)
+    await quarantine.fold(conn, projection, events)
     await conn.execute("SELECT set_config('search_path', $1, true)", previous)
 
 
@@ -131,6 +138,18 @@ async def replace_live(conn: asyncpg.Connection, schema: str, tables: Sequence[T
         await conn.execute(
             f"INSERT INTO {table.qualified} ({columns[table]}) SELECT {columns[table]} FROM {table.in_schema(schema)}"
         )
+
+
+async def dead_letters_checksum(conn: asyncpg.Connection, schema: str | None, projection: Projection) -> TableChecksum:
+    """Which events ``projection`` quarantined (sequence, subject, payload: not the error text or
+    time, which differ between a live batch and a rebuild's), live (``schema`` None) or in a shadow."""
+    table = f"{ident(schema)}.{quarantine.TABLE}" if schema else quarantine.TABLE
+    row = await conn.fetchrow(
+        "SELECT count(*) AS rows, md5(coalesce(string_agg(md5(sequence::text || ' ' || subject || ' '"
+        f" || encode(payload, 'hex')), '' ORDER BY sequence), '')) AS md5 FROM {table} WHERE projection = $1",
+        projection.name,
+    )
+    return TableChecksum(rows=row["rows"], md5=row["md5"])
 
 
 async def checksum(conn: asyncpg.Connection, qualified: str) -> TableChecksum:

@@ -1,4 +1,5 @@
-"""How far each projection is behind its stream, in events and in seconds."""
+"""How far each projection is behind its stream, in events and in seconds, and how many of its
+events it has quarantined."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from nats.js.errors import NotFoundError
 
 from .base import Projection
 from .checkpoints import read_checkpoints
+from .quarantine import count_dead_letters
 
 __all__ = ["ProjectionStatus", "projection_status"]
 
@@ -26,6 +28,7 @@ class ProjectionStatus:
     stream_last: int  # the stream's last sequence
     lag_events: int  # events of the projection's filter stored after ``applied``
     lag_seconds: float  # stream time between the last applied event and the stream's last event
+    quarantined: int = 0  # its events in projection_dead_letters: skipped, waiting for `dai projections retry`
 
 
 async def projection_status(
@@ -34,19 +37,25 @@ async def projection_status(
     """The status of each projection, read without locking anything."""
     async with pool.acquire() as conn:
         checkpoints = await read_checkpoints(conn)
-    return [await _status(js, projection, checkpoints.get(projection.name, 0)) for projection in projections]
+        quarantined = await count_dead_letters(conn)
+    return [
+        await _status(js, projection, checkpoints.get(projection.name, 0), quarantined.get(projection.name, 0))
+        for projection in projections
+    ]
 
 
-async def _status(js: JetStreamContext, projection: Projection, applied: int) -> ProjectionStatus:
+async def _status(js: JetStreamContext, projection: Projection, applied: int, quarantined: int) -> ProjectionStatus:
     stream_last = (await js.stream_info(projection.stream)).state.last_seq
     lag_events, first_pending = await _pending(js, projection, applied) if applied < stream_last else (0, None)
     lag_seconds = 0.0
     if lag_events:
-        newest = (await js.get_msg(projection.stream, stream_last)).time
+        # The stream's last message may be gone (a purge keeps last_seq): then there is no lag in seconds to tell.
+        newest = await _stored_at(js, projection.stream, stream_last)
         reference = await _stored_at(js, projection.stream, applied) or first_pending
         if newest is not None and reference is not None:
             lag_seconds = max(0.0, (newest - reference).total_seconds())
-    return ProjectionStatus(projection.name, projection.stream, applied, stream_last, lag_events, lag_seconds)
+    return ProjectionStatus(projection.name, projection.stream, applied, stream_last, lag_events, lag_seconds,
+                            quarantined)
 
 
 async def _pending(js: JetStreamContext, projection: Projection, applied: int) -> tuple[int, datetime | None]:

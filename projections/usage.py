@@ -10,7 +10,6 @@ republished by recovery, or by hand — conflicts on its raw key and adds nothin
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -18,11 +17,9 @@ import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
-from democratic_ai.contracts.usage_events import UsageEvent, decode_usage_event
+from democratic_ai.contracts.usage_events import UsageEvent
 
 __all__ = ["UsageProjection"]
-
-log = logging.getLogger(__name__)
 
 PARTITION_SCHEMA = "usage_partitions"
 
@@ -61,23 +58,14 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _decode(events: Sequence[Msg]) -> tuple[bytes, list[UsageEvent]]:
-    """The batch as one JSON array, validated, and its events.
+    """The batch as one JSON array of the decoded events, and the events.
 
-    The array goes to Postgres as it is — one parameter that ``json_to_recordset`` unpacks in
-    C — so no Python code touches each event's fields on the way. It is decoded here anyway, in
-    one call, to validate every event first; if any is malformed, the events are decoded one by
-    one, the bad ones logged and skipped, and the good ones encoded again."""
-    document = b"[" + b",".join([m.data for m in events]) + b"]"
-    try:
-        return document, _batch_decoder.decode(document)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        pass
-    decoded = []
-    for msg in events:
-        try:
-            decoded.append(decode_usage_event(msg.data))
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            log.error("skipped USAGE event %d: %s", msg.metadata.sequence.stream, exc)
+    The batch is decoded in one call with the typed decoder, which validates every event; a
+    malformed one raises ``msgspec.DecodeError`` and the runner quarantines it. The array that
+    goes to Postgres — one parameter that ``json_to_recordset`` unpacks in C — is encoded again
+    from the decoded events, not the bytes as published: an event that omits a field with a
+    default (``user_id``) must be stored with that default, not as NULL."""
+    decoded = _batch_decoder.decode(b"[" + b",".join([m.data for m in events]) + b"]")
     return _encode(decoded), decoded
 
 

@@ -33,6 +33,8 @@ async def ensure_app_role(conn: asyncpg.Connection) -> None:
     await conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {APP_ROLE}')
     await conn.execute(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
     await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {APP_ROLE}")
+    # Quarantined events of every tenant, payloads included: for operators, not for the gateway.
+    await conn.execute(f"REVOKE ALL ON projection_dead_letters FROM {APP_ROLE}")
 
 
 async def check_app_role(conn: asyncpg.Connection) -> None:

@@ -24,7 +24,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from democratic_ai.contracts import MessageType, decode, new_request, subjects
+from democratic_ai.contracts import MessageType, new_request, subjects
 from democratic_ai.contracts.bus import BusOptions, connect
 from democratic_ai.contracts.identity_events import ApiKeyIssued, Meta, encode_event
 from democratic_ai.hub import Hub, Router

@@ -7,7 +7,6 @@ import socket
 from pathlib import Path
 
 import asyncpg
-import nats
 import psutil
 import pytest
 

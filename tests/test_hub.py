@@ -64,6 +64,12 @@ async def test_announcement_is_recorded_once_and_changes_as_updates(nc: NATS, hu
         msgspec.json.encode(
             ModuleManifest(module_id="ok-id", capabilities=(CapabilitySpec(action="a.b", input_schema={"type": 5}),))
         ),
+        # What the registry read model could not store: NUL anywhere (schemas are jsonb), too long.
+        msgspec.json.encode(ModuleManifest(module_id="ok-id", name="a\x00b", capabilities=(CapabilitySpec(action="a.b"),))),
+        msgspec.json.encode(ModuleManifest(module_id="ok-id", capabilities=(
+            CapabilitySpec(action="a.b", input_schema={"properties": {"x\x00": {"type": "string"}}}),))),
+        msgspec.json.encode(ModuleManifest(module_id="ok-id", capabilities=(
+            CapabilitySpec(action="a.b", description="d" * 10_001),))),
     ],
 )
 async def test_bad_announcements_are_refused(nc: NATS, hub: Hub, manifest: bytes) -> None:

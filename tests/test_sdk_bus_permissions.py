@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,7 +22,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts import ensure_streams, subjects
+from democratic_ai.contracts import ensure_streams
 from democratic_ai.hub import Hub
 from democratic_ai.ops import nats_server as nats_server_module
 from democratic_ai.ops.nats_server import NatsServer

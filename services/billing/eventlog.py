@@ -15,8 +15,9 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
 from democratic_ai.contracts.billing_events import BillingEvent, decode_event, encode_event
+from democratic_ai.contracts.fields import EventRejected
 
-from .errors import Conflict
+from .errors import Conflict, Invalid
 
 __all__ = ["STREAM", "BillingLog"]
 
@@ -42,12 +43,13 @@ class BillingLog:
                 return events
             try:
                 events.append((msg.seq, decode_event(msg.data)))
-            except msgspec.ValidationError as exc:
+            except msgspec.DecodeError as exc:
                 log.error("skipped unreadable BILLING event %d on %s: %s", msg.seq, subject, exc)
             sequence = msg.seq + 1
 
     async def append(self, subject: str, event: BillingEvent, *, expected: int | None, msg_id: str | None = None) -> int:
-        """Append ``event``; raises :class:`Conflict` when ``subject`` has moved past ``expected``.
+        """Append ``event``; raises :class:`Conflict` when ``subject`` has moved past ``expected``,
+        :class:`Invalid` (naming the field) when the event breaks a limit of its type.
 
         With ``msg_id``, a retried append within the duplicate window is dropped by JetStream
         and answers the first one's sequence.
@@ -58,7 +60,11 @@ class BillingLog:
         if msg_id is not None:
             headers["Nats-Msg-Id"] = msg_id
         try:
-            ack = await self.js.publish(subject, encode_event(event), headers=headers or None)
+            data = encode_event(event)
+        except EventRejected as exc:
+            raise Invalid(f"{exc.field}: {exc.message}", field=exc.field) from None
+        try:
+            ack = await self.js.publish(subject, data, headers=headers or None)
         except BadRequestError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise Conflict("a concurrent change won; read the current state and retry") from None

@@ -20,6 +20,7 @@ import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
+from democratic_ai.contracts.fields import Id
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.billing import BillingService, Payments, render_invoice
 from democratic_ai.services.identity import Principal
@@ -27,7 +28,7 @@ from democratic_ai.services.identity import Principal
 from .auth import STRIPE_WEBHOOK_PATH, principal_of, require, require_tenant
 from .bodies import read_json
 from .errors import ApiError
-from .inputs import header_text
+from .meta import request_meta
 from .state import BILLING, IDENTITY, PAYMENTS, POOL
 
 __all__ = ["add_billing_routes"]
@@ -51,8 +52,7 @@ def _plain(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _meta(request: web.Request, principal: Principal) -> Meta:
-    return Meta(at=datetime.now(UTC), actor=principal.actor, ip=request.remote or "",
-                user_agent=header_text(request, "User-Agent"))
+    return request_meta(request, principal.actor)
 
 
 def _tenant(request: web.Request) -> tuple[Principal, str]:
@@ -101,9 +101,9 @@ async def get_plan(request: web.Request) -> web.Response:
 
 
 class PlanChoice(msgspec.Struct, forbid_unknown_fields=True):
-    plan: str
-    interval: str = "month"
-    time_zone: str | None = None
+    plan: Id
+    interval: Id = "month"
+    time_zone: Id | None = None
 
 
 async def put_plan(request: web.Request) -> web.Response:
@@ -162,8 +162,8 @@ async def get_invoice(request: web.Request) -> web.Response:
 
 
 class ClosePeriod(msgspec.Struct, forbid_unknown_fields=True):
-    tenant_id: str | None = None
-    period: str | None = None
+    tenant_id: Id | None = None
+    period: Id | None = None
 
 
 async def close_period(request: web.Request) -> web.Response:

@@ -9,20 +9,19 @@ wrong shape. A body that is not what its ``Content-Encoding`` says is a 400 from
 
 from __future__ import annotations
 
-import re
 from typing import TypeVar
 
 import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
+from democratic_ai.contracts.fields import rejection
 
 from .errors import ApiError
 
 __all__ = ["check_json", "read_json"]
 
 T = TypeVar("T")
-_PATH = re.compile(r" - at `(?P<path>\$[^`]*)`$")
 _any_json = msgspec.json.Decoder()
 
 
@@ -42,7 +41,8 @@ def check_json(body: bytes) -> None:
 
 async def read_json(request: web.Request, body_type: type[T]) -> T:
     """Decode the body as ``body_type``: 415 for another content type, 400 for broken JSON,
-    422 with the JSON path for JSON of the wrong shape."""
+    422 with the JSON path for JSON of the wrong shape or outside a field's limits (body types
+    use the field types of the events, :mod:`democratic_ai.contracts.fields`)."""
     if request.content_type != "application/json":
         raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send a JSON body with 'Content-Type: application/json'",
                        {"content_type": request.content_type})
@@ -50,13 +50,8 @@ async def read_json(request: web.Request, body_type: type[T]) -> T:
     try:
         return msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        found = _PATH.search(text)
-        path = found["path"] if found else "$"
-        missing = re.search(r"missing required field `([^`]+)`", text)
-        if missing:
-            path = f"{path}.{missing[1]}"
-        raise ApiError(ErrorCode.VALIDATION_FAILED, f"body {path}: {text[: found.start()] if found else text}",
-                       {"path": path}) from None
+        rejected = rejection(exc)
+        raise ApiError(ErrorCode.VALIDATION_FAILED, f"body {rejected.path}: {rejected.message}",
+                       {"path": rejected.path}) from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise _not_json(exc) from None

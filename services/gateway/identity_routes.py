@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -18,13 +18,14 @@ import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
+from democratic_ai.contracts.fields import Email, Id, Name, PositiveInt32, Text
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.identity import Principal
 
 from .auth import principal_of, require, require_tenant
 from .bodies import read_json
 from .errors import ApiError
-from .inputs import header_text
+from .meta import request_meta
 from .state import IDENTITY, KEY_RING, POOL, USERS
 
 __all__ = ["add_identity_routes"]
@@ -38,12 +39,7 @@ def _json(document: Any, status: int = 200) -> web.Response:
 
 
 def _meta(request: web.Request, principal: Principal | None = None) -> Meta:
-    return Meta(
-        at=datetime.now(UTC),
-        actor=principal.actor if principal else "anonymous",
-        ip=request.remote or "",
-        user_agent=header_text(request, "User-Agent"),
-    )
+    return request_meta(request, principal.actor if principal else "anonymous")
 
 
 async def _rows(request: web.Request, tenant_id: str | None, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -77,9 +73,13 @@ async def _read_your_writes(request: web.Request, timeout: float = 2.0) -> None:
 # Tenants ---------------------------------------------------------------------------------------
 
 
+# Body fields that reach an event have its field types: the edge refuses (422, naming the
+# field) what the event would refuse, before any command runs.
+
+
 class NewTenant(msgspec.Struct, forbid_unknown_fields=True):
-    tenant_id: str
-    name: str = ""
+    tenant_id: str  # a subject token: the service says so when it is not one
+    name: Name = ""
 
 
 async def create_tenant(request: web.Request) -> web.Response:
@@ -108,7 +108,7 @@ async def get_tenant(request: web.Request) -> web.Response:
 
 
 class Suspension(msgspec.Struct, forbid_unknown_fields=True):
-    reason: str = ""
+    reason: Text = ""
 
 
 async def suspend_tenant(request: web.Request) -> web.Response:
@@ -123,13 +123,13 @@ async def suspend_tenant(request: web.Request) -> web.Response:
 
 
 class NewUser(msgspec.Struct, forbid_unknown_fields=True):
-    email: str
-    password: str
-    role: str = "user"
+    email: Email
+    password: str  # only its hash is stored
+    role: Id = "user"
 
 
 class UserChange(msgspec.Struct, forbid_unknown_fields=True):
-    role: str | None = None
+    role: Id | None = None
     password: str | None = None
     current_password: str | None = None
 
@@ -263,10 +263,10 @@ async def jwks(request: web.Request) -> web.Response:
 
 
 class NewApiKey(msgspec.Struct, forbid_unknown_fields=True):
-    name: str = ""
-    scopes: list[str] = []
+    name: Name = ""
+    scopes: list[Id] = []
     expires_at: datetime | None = None
-    rate_limit: int | None = None
+    rate_limit: PositiveInt32 | None = None  # api_keys.rate_limit is an integer column
 
 
 _KEY_COLUMNS = "key_id, tenant_id, user_id, name, prefix, role, scopes, expires_at, rate_limit, created_at, revoked_at"

@@ -163,7 +163,7 @@ class IdentityIndex(StreamFollower):
     def apply_message(self, msg: Msg) -> None:
         try:
             event = decode_event(msg.data)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:  # ValidationError too: a forged event may not even be JSON
             log.error("skipped an unreadable IDENTITY event on %s", msg.subject)
         else:
             self.apply(event)

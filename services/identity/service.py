@@ -24,6 +24,7 @@ from nats.js.errors import BadRequestError
 
 from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
 from democratic_ai.contracts import subjects
+from democratic_ai.contracts.fields import EventRejected
 from democratic_ai.contracts.identity_events import (
     AccessTokenRevoked,
     ApiKeyIssued,
@@ -116,7 +117,12 @@ class IdentityService:
     async def _append(self, subject: str, event: IdentityEvent, *, expected: int | None) -> int:
         headers = {"Nats-Expected-Last-Subject-Sequence": str(expected)} if expected is not None else None
         try:
-            ack = await self._js.publish(subject, encode_event(event), headers=headers)
+            data = encode_event(event)
+        except EventRejected as exc:
+            # The one check of every field against what every reader can hold: nothing is appended.
+            raise Invalid(f"{exc.field}: {exc.message}", field=exc.field) from None
+        try:
+            ack = await self._js.publish(subject, data, headers=headers)
         except BadRequestError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise Conflict("a concurrent change won; read the current state and retry") from None
@@ -235,7 +241,10 @@ class IdentityService:
         expires_at: datetime | None = None,
         rate_limit: int | None = None,
     ) -> IssuedKey:
-        """Issue a key whose scopes are a subset of what ``role`` may do."""
+        """Issue a key whose scopes are a subset of what ``role`` may do.
+
+        The limits of every field (``rate_limit`` 1 … 2**31-1, a name without NUL …) are the
+        event's types; :meth:`_append` refuses an event outside them with :class:`Invalid`."""
         _token(tenant_id, "tenant")
         granted = permissions_of(role)
         outside = sorted(s for s in scopes if not allows(granted, s))
@@ -243,8 +252,6 @@ class IdentityService:
             raise Forbidden("a key's scopes must be a subset of its owner's permissions", scopes=outside)
         if expires_at is not None and expires_at <= datetime.now(UTC):
             raise Invalid("expires_at must be in the future", field="expires_at")
-        if rate_limit is not None and rate_limit < 1:
-            raise Invalid("rate_limit must be a positive number of calls per minute", field="rate_limit")
         secret = new_api_key_secret()
         key_id = secret.split("_", 2)[1]
         event = ApiKeyIssued(

@@ -41,6 +41,10 @@ __all__ = ["GATEWAY", "at_of", "is_metered", "outcome_of", "usage_of"]
 GATEWAY = "gateway"  # the source id of calls that enter through the HTTP edge
 _API_CALLS, _COMPUTE_MS, _BYTES_IN, _BYTES_OUT = (m.value for m in (Metric.API_CALLS, Metric.COMPUTE_MS,
                                                                     Metric.BYTES_IN, Metric.BYTES_OUT))
+# What a module may claim for one call: 2**40 ms is 35 years of compute, 2**40 bytes a TiB. A
+# bigint column (and the sums of the aggregates) cannot take an unbounded claim, and a real
+# call comes nowhere near this one.
+MAX_MEASURE = 2**40
 _replace = msgspec.structs.replace
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RATE_LIMITED = ErrorCode.RATE_LIMITED.value
@@ -81,7 +85,7 @@ def _header(answer: MCPMessage, name: str) -> int:
         value = Decimal(raw).to_integral_value(rounding=ROUND_CEILING)
     except InvalidOperation:
         return 0  # a module that sends garbage is metered as if it sent nothing
-    return max(0, int(value)) if value.is_finite() else 0
+    return min(max(0, int(value)), MAX_MEASURE) if value.is_finite() else 0
 
 
 def _bytes_out(answer: MCPMessage) -> int:

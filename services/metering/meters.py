@@ -249,7 +249,7 @@ class Meters:
     def _apply_storage(self, msg: Msg) -> None:
         try:
             event = decode_usage_event(msg.data)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:  # ValidationError too: a forged event may not even be JSON
             log.error("skipped an unreadable USAGE event on %s", msg.subject)
             return
         key = message_id(event)

@@ -35,7 +35,7 @@ class SubscribedPlans(StreamFollower):
     def apply_message(self, msg: Msg) -> None:
         try:
             event = decode_event(msg.data)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:  # ValidationError too: a forged event may not even be JSON
             log.error("skipped an unreadable BILLING event on %s", msg.subject)
             return
         match event:
