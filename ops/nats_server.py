@@ -214,6 +214,20 @@ class NatsServer:
         # A killed server leaves its ports file behind; a clean exit removes it.
         self._ports_file(proc.pid).unlink(missing_ok=True)
 
+    def kill(self) -> None:
+        """Kill the server with SIGKILL, as a crash would: nothing is flushed or cleaned up.
+        ``start`` starts it again on the same store and port (fault-injection tests do)."""
+        proc = self._proc
+        if proc is None:
+            return
+        self._proc = None
+        atexit.unregister(self.stop)
+        proc.kill()
+        proc.wait()
+        self._ports_file(proc.pid).unlink(missing_ok=True)
+        if self._requested_port == 0:
+            self._requested_port = self._port  # come back where the clients reconnect to
+
     def __enter__(self) -> NatsServer:
         self.start()
         return self
