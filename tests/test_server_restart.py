@@ -26,7 +26,7 @@ from democratic_ai.schemas import app_dsn
 from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.identity import KeyEncryptionKey
 
-from conftest import TEST_METERING, Echo, http, issue_key, registered, unique
+from conftest import TEST_METERING, Echo, caught_up, issue_key, registered, unique
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,9 @@ PACE = 0.03  # seconds between calls: about 25 a second
 class Platform:
     server: NatsServer
     nc: NATS
+    pool: asyncpg.Pool
     gateways: list[str]
+    projections: list[asyncio.Task[None]] = field(default_factory=list)
     runners: list[web.AppRunner] = field(default_factory=list)
 
 
@@ -59,7 +61,7 @@ async def platform(tmp_path: Path, database_url: str, pool: asyncpg.Pool, kek: K
     stop = asyncio.Event()
     projections = [asyncio.create_task(ProjectionRunner(nc.jetstream(), pool, p, batch=256).run(stop))
                    for p in PROJECTIONS.values()]
-    platform = Platform(server, nc, [])
+    platform = Platform(server, nc, pool, [], projections)
     for _ in range(2):
         port = free_port()
         config = GatewayConfig(bus=server.bus("gateway"), database_url=app_dsn(database_url), port=port,
@@ -174,5 +176,9 @@ async def test_followers_resume_after_nats_server_is_killed_and_started_again(pl
             assert len(served) >= 20, f"gateway {index} served only {len(served)} calls after its last failure"
         assert refused_after < 1.0
         assert revoked - back < 5.0
+        # The projections (durable consumers, checkpoints in Postgres) came through it too.
+        assert not any(task.done() for task in platform.projections)
+        for name in PROJECTIONS:
+            await caught_up(platform.nc, platform.pool, name)
 
     await asyncio.wait_for(scenario(), 60)
