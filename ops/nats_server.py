@@ -79,14 +79,16 @@ class NatsServer:
 
     def __init__(
         self, data_dir: Path, port: int | None = None, tls: tuple[Path, Path] | None = None,
-        config: Path = CONFIG_PATH,
+        config: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.store_dir = self.data_dir / "nats"
         self.log_path = self.store_dir / "nats-server.log"
         self.credentials = PlatformCredentials.ensure(self.data_dir)
         self.tls = tls
-        self.config = config  # another configuration: only the benchmarks use one (to measure without authorization)
+        # Another configuration: only the benchmarks use one (to measure without authorization).
+        # Read at the call, not bound as a default, so tests that point CONFIG_PATH elsewhere still can.
+        self.config = config or CONFIG_PATH
         self._requested_port = port
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
