@@ -98,6 +98,7 @@ class OrderedConsumer:
         self._watchdog: asyncio.Task[None] | None = None
         self._resuming: asyncio.Task[None] | None = None
         self._stopped = False
+        self._again = False
 
     async def start(self, timeout: float = 30.0) -> None:
         """Make the consumer and return once it has applied what the stream held at the call."""
@@ -173,7 +174,10 @@ class OrderedConsumer:
                 pass
 
     def _resume(self, reason: str) -> None:
-        if self._stopped or (self._resuming is not None and not self._resuming.done()):
+        if self._stopped:
+            return
+        if self._resuming is not None and not self._resuming.done():
+            self._again = True  # the consumer being made may predate this reason: make another after it
             return
         self._generation += 1  # from now on the old consumer's deliveries are ignored
         self._resuming = asyncio.create_task(self._resubscribe(reason), name=f"resume {self.stream} {self.subject}")
@@ -182,6 +186,7 @@ class OrderedConsumer:
         log.info("following %s %s again after sequence %d: %s", self.stream, self.subject, self.last_sequence, reason)
         delay, attempts = 0.05, 0
         while True:
+            self._again = False
             if self._nc.is_connected:
                 try:
                     await self._open(ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -193,7 +198,10 @@ class OrderedConsumer:
                                     attempts, exc)
                 else:
                     self.resumes += 1
-                    return
+                    if not self._again:
+                        return
+                    delay = 0.05
+                    continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_DELAY)
 
