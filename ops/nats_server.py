@@ -100,6 +100,12 @@ class NatsServer:
         return self._port
 
     @property
+    def process(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            raise RuntimeError("NATS server has not been started")
+        return self._proc
+
+    @property
     def url(self) -> str:
         return f"{'tls' if self.tls else 'nats'}://{HOST}:{self.port}"
 

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .ports import ServerStartError
+
 __all__ = ["Backoff", "Supervisor"]
 
 Spawn = Callable[[], "subprocess.Popen[bytes]"]
@@ -32,10 +34,10 @@ class Backoff:
 
 
 class _Child:
-    __slots__ = ("delay", "name", "process", "restart_at", "spawn", "started")
+    __slots__ = ("adopted", "delay", "name", "process", "restart_at", "spawn", "started")
 
-    def __init__(self, name: str, spawn: Spawn, delay: float) -> None:
-        self.name, self.spawn, self.delay = name, spawn, delay
+    def __init__(self, name: str, spawn: Spawn, delay: float, adopted: bool = False) -> None:
+        self.name, self.spawn, self.delay, self.adopted = name, spawn, delay, adopted
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.restart_at: float | None = None
@@ -68,6 +70,13 @@ class Supervisor:
         child = _Child(name, spawn, self.backoff.initial_delay)
         self._children.append(child)
         return self._launch(child)
+
+    def adopt(self, name: str, process: subprocess.Popen[bytes], spawn: Spawn) -> None:
+        """Watch a process started elsewhere and restart it with ``spawn``; :meth:`stop` leaves it
+        to its owner (the bus must outlive the processes that drain into it)."""
+        child = _Child(name, spawn, self.backoff.initial_delay, adopted=True)
+        child.process, child.started = process, self._clock()
+        self._children.append(child)
 
     @property
     def processes(self) -> list[subprocess.Popen[bytes]]:
@@ -102,14 +111,21 @@ class Supervisor:
                 child.delay = min(child.delay * 2, self.backoff.max_delay)
             elif child.restart_at is not None and now >= child.restart_at:
                 child.restart_at = None
-                restarted = self._launch(child)
+                try:
+                    restarted = self._launch(child)
+                except (OSError, ServerStartError) as exc:
+                    child.restart_at = now + child.delay
+                    self._say(f"dai: {time.strftime('%H:%M:%S')} could not restart {child.name} ({exc});"
+                              f" trying again in {child.delay:g} s")
+                    child.delay = min(child.delay * 2, self.backoff.max_delay)
+                    continue
                 self.restarts += 1
                 self._say(f"dai: {time.strftime('%H:%M:%S')} {child.name} restarted (pid {restarted.pid})")
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM every child, in reverse order of start; SIGKILL what is left after ``timeout``."""
         self._stopped = True
-        running = [c.process for c in reversed(self._children) if c.process is not None]
+        running = [c.process for c in reversed(self._children) if c.process is not None and not c.adopted]
         for process in running:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

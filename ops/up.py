@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from nats.js import JetStreamContext
@@ -120,6 +121,11 @@ def _spawn(args: list[str], env: dict[str, str], credential: Path, **extra: str)
     return subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", *args], env=child_env)
 
 
+def _restart_nats(server: NatsServer) -> subprocess.Popen[bytes]:
+    server.start()
+    return server.process
+
+
 def _start_children(
     children: Supervisor, env: dict[str, str], credentials: PlatformCredentials, modules: list[str], port: int
 ) -> None:
@@ -177,6 +183,7 @@ def up(options: UpOptions) -> int:
             ensure_port_free(options.port, "gateway", flag="--port")
             credentials = PlatformCredentials.ensure(data_dir)
             nats_url = os.environ.get("NATS_URL")
+            nats_server: NatsServer | None = None
             if not nats_url:
                 nats_server = NatsServer(data_dir, port=options.nats_port, tls=options.tls)
                 nats_server.start()
@@ -206,6 +213,9 @@ def up(options: UpOptions) -> int:
         new_key, modules = asyncio.run(_prepare(operator, database_url, data_dir / "admin.key", credentials))
         children = Supervisor(_say)
         stack.callback(children.stop)
+        if nats_server is not None:
+            # Restarted on the same store and port, the bus comes back and every client resumes.
+            children.adopt("nats-server", nats_server.process, partial(_restart_nats, nats_server))
         _start_children(children, env, credentials, modules, options.port)
         gateway_url = f"http://127.0.0.1:{options.port}"
         signal.signal(signal.SIGINT, request_stop)

@@ -146,6 +146,20 @@ def _wait_for_line(lines: list[str], pattern: str, timeout: float) -> re.Match[s
     raise AssertionError(f"no line matching {pattern!r} within {timeout} s in:\n" + "".join(lines))
 
 
+def _served_within(port: int, key: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, body = _call(port, key, "/v1/capabilities/text.summarize/invoke",
+                                 {"text": "Streams store messages. Consumers read them.", "max_length": 40})
+        except (urllib.error.HTTPError, urllib.error.URLError, OSError) as exc:
+            status, body = getattr(exc, "code", 0), {}
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status == 200 and body["result"]["summary"], f"not served within {timeout} s: {status}"
+
+
 def test_a_killed_child_is_restarted_and_the_platform_serves_again(tmp_path: Path) -> None:
     data_dir, port = tmp_path / ".dai", free_port()
     process, _ = _start(data_dir, port, free_port())
@@ -164,18 +178,15 @@ def test_a_killed_child_is_restarted_and_the_platform_serves_again(tmp_path: Pat
                                   r" restarting it in 0.5 s", timeout=10)
             restarted = int(_wait_for_line(lines, rf"dai: [\d:]+ {name} restarted \(pid (\d+)\)", timeout=10).group(1))
             assert restarted != pid and psutil.pid_exists(restarted)
-        deadline = time.monotonic() + 30
-        while True:  # the new module instance announces itself and serves
-            try:
-                status, body = _call(port, key, "/v1/capabilities/text.summarize/invoke",
-                                     {"text": "Streams store messages. Consumers read them.", "max_length": 40})
-            except urllib.error.HTTPError as exc:
-                status, body = exc.code, {}
-            if status == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert status == 200 and body["result"]["summary"]
+        _served_within(port, key, 30)  # the new module instance announces itself and serves
         assert process.poll() is None  # still up: one dead child does not stop the platform
+
+        # The bus itself: restarted on the same store and port, every process resumes on it.
+        bus = next(c for c in psutil.Process(process.pid).children() if c.name() == "nats-server")
+        bus.kill()
+        _wait_for_line(lines, rf"dai: [\d:]+ nats-server \(pid {bus.pid}\) exited with signal SIGKILL", timeout=10)
+        _wait_for_line(lines, r"dai: [\d:]+ nats-server restarted \(pid \d+\)", timeout=15)
+        _served_within(port, key, 15)
     finally:
         process.send_signal(signal.SIGINT)
         try:

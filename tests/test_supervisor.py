@@ -85,3 +85,46 @@ def test_stop_ends_every_child_and_nothing_restarts_after() -> None:
 @pytest.mark.parametrize(("code", "text"), [(0, "code 0"), (3, "code 3"), (-9, "signal SIGKILL"), (-15, "signal SIGTERM")])
 def test_exit_codes_are_described(code: int, text: str) -> None:
     assert describe_exit(code) == text
+
+
+def test_an_adopted_process_is_restarted_but_left_to_its_owner_at_stop() -> None:
+    said: list[str] = []
+    clock = Clock()
+    supervisor = Supervisor(said.append, clock=clock)
+    owned = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        supervisor.adopt("bus", _exits(0), lambda: owned)
+        _settle(supervisor)
+        supervisor.poll()
+        clock.now += 0.5
+        supervisor.poll()
+        assert said[-1].endswith(f"bus restarted (pid {owned.pid})")
+        supervisor.stop(timeout=5)
+        assert owned.poll() is None  # its owner stops it, after everything that uses it
+    finally:
+        owned.kill()
+        owned.wait()
+
+
+def test_a_restart_that_fails_is_tried_again_later() -> None:
+    said: list[str] = []
+    clock = Clock()
+    attempts: list[int] = []
+
+    def spawn() -> subprocess.Popen[bytes]:
+        attempts.append(1)
+        if len(attempts) == 2:
+            raise OSError("no such binary")
+        return _exits(0)
+
+    supervisor = Supervisor(said.append, clock=clock)
+    supervisor.start("flaky", spawn)
+    _settle(supervisor)
+    supervisor.poll()
+    clock.now += 0.5
+    supervisor.poll()
+    assert "could not restart flaky (no such binary); trying again in 1 s" in said[-1]
+    clock.now += 1
+    supervisor.poll()
+    assert said[-1].endswith("flaky restarted (pid %d)" % supervisor.processes[0].pid)
+    supervisor.stop()
