@@ -230,13 +230,15 @@ class OrderedConsumer:
             return
         self._expected += 1
         sequence = metadata.sequence.stream
-        if sequence <= self.last_sequence:
-            return
-        try:
-            await self._on_message(msg)
-        except Exception:
-            log.exception("a follower of %s failed on the message at sequence %d (skipped)", self.stream, sequence)
+        # Under the lock: a replaced consumer's last delivery may still be in hand while the new
+        # one delivers the same message, and it must be applied once.
         async with self._progress:
+            if sequence <= self.last_sequence:
+                return
+            try:
+                await self._on_message(msg)
+            except Exception:
+                log.exception("a follower of %s failed on the message at sequence %d (skipped)", self.stream, sequence)
             self.last_sequence = sequence
             self._progress.notify_all()
         if not metadata.num_pending:
