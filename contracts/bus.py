@@ -44,6 +44,8 @@ CREDENTIAL_ENV = "DAI_BUS_CREDENTIAL"
 CREDENTIAL_FILE_ENV = "DAI_BUS_CREDENTIAL_FILE"
 CA_FILE_ENV = "NATS_CA_FILE"
 
+RECONNECT_WAIT = 0.25  # seconds between attempts to reach a server that went away
+
 _ROLE_PREFIX = "dai-role."
 _MODULE_PREFIX = "dai-module."
 
@@ -120,6 +122,9 @@ async def connect(
     **kwargs: Any,
 ) -> NATS:
     """Connect to the bus as ``options`` says; extra ``kwargs`` go to ``nats.connect``."""
+    # A restarted server is back within a second or so; nats-py's default wait of 2 s between
+    # attempts would keep every follower (and so every revocation) that much longer behind.
+    kwargs.setdefault("reconnect_time_wait", RECONNECT_WAIT)
     return await nats.connect(
         options.url, name=name, error_cb=error_cb or _log_error, **options.connect_kwargs(), **kwargs
     )

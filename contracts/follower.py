@@ -1,19 +1,21 @@
 """Folding a whole stream in memory: replay it from the start, then follow it live.
 
 The gateway's auth index and the registry index are such folds. ``start`` returns once the
-fold has caught up with the stream's end as it was at the call, and ``wait_for(seq)`` lets a
-command that just appended an event wait until its own fold has applied it.
+fold has caught up with the stream as it was at the call, and ``wait_for(seq)`` lets a command
+that just appended an event wait until its own fold has applied it. The fold survives
+reconnects and server restarts: it resumes after the last sequence it applied
+(:class:`~.ordered.OrderedConsumer`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import ClassVar
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NotFoundError
+
+from .ordered import OrderedConsumer
 
 __all__ = ["StreamFollower"]
 
@@ -25,38 +27,36 @@ class StreamFollower:
     filter_subject: ClassVar[str]
 
     def __init__(self) -> None:
-        self.last_sequence = 0
-        self._progress = asyncio.Condition()
-        self._subscription: JetStreamContext.PushSubscription | None = None
+        self._consumer: OrderedConsumer | None = None
+
+    @property
+    def last_sequence(self) -> int:
+        """The last stream sequence this fold has applied."""
+        return 0 if self._consumer is None else self._consumer.last_sequence
+
+    @property
+    def resumes(self) -> int:
+        """How often the fold had to resume (after reconnects, restarts, lost messages)."""
+        return 0 if self._consumer is None else self._consumer.resumes
 
     def apply_message(self, msg: Msg) -> None:
         """Fold one message (in stream order). Must not raise for a malformed one: log and skip."""
         raise NotImplementedError
 
     async def start(self, js: JetStreamContext, timeout: float = 30.0) -> None:
-        # The last message the filter selects, not the stream's last: a fold of some subjects
-        # would otherwise wait for a message it never receives.
-        try:
-            target = (await js.get_last_msg(self.stream, self.filter_subject)).seq or 0
-        except NotFoundError:
-            target = 0
-        self._subscription = await js.subscribe(
-            self.filter_subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=self._on_message
-        )
-        await self.wait_for(target, timeout)
+        self._consumer = OrderedConsumer(js, self.stream, self.filter_subject, self._on_message,
+                                         start=DeliverPolicy.ALL)
+        await self._consumer.start(timeout)
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-            self._subscription = None
+        if self._consumer is not None:
+            await self._consumer.stop()
 
     async def wait_for(self, sequence: int, timeout: float = 10.0) -> None:
         """Wait until the message at stream ``sequence`` has been applied."""
-        async with self._progress:
-            await asyncio.wait_for(self._progress.wait_for(lambda: self.last_sequence >= sequence), timeout)
+        if self._consumer is None:
+            raise RuntimeError(f"the {self.stream} follower is not started")
+        await self._consumer.wait_for(sequence, timeout)
 
     async def _on_message(self, msg: Msg) -> None:
         self.apply_message(msg)
-        async with self._progress:
-            self.last_sequence = msg.metadata.sequence.stream
-            self._progress.notify_all()

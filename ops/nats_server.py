@@ -79,14 +79,16 @@ class NatsServer:
 
     def __init__(
         self, data_dir: Path, port: int | None = None, tls: tuple[Path, Path] | None = None,
-        config: Path = CONFIG_PATH,
+        config: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.store_dir = self.data_dir / "nats"
         self.log_path = self.store_dir / "nats-server.log"
         self.credentials = PlatformCredentials.ensure(self.data_dir)
         self.tls = tls
-        self.config = config  # another configuration: only the benchmarks use one (to measure without authorization)
+        # Another configuration: only the benchmarks use one (to measure without authorization).
+        # Read at the call, not bound as a default, so tests that point CONFIG_PATH elsewhere still can.
+        self.config = config or CONFIG_PATH
         self._requested_port = port
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -96,6 +98,12 @@ class NatsServer:
         if self._port is None:
             raise RuntimeError("NATS server has not been started")
         return self._port
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            raise RuntimeError("NATS server has not been started")
+        return self._proc
 
     @property
     def url(self) -> str:
@@ -213,6 +221,20 @@ class NatsServer:
                 proc.wait()
         # A killed server leaves its ports file behind; a clean exit removes it.
         self._ports_file(proc.pid).unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """Kill the server with SIGKILL, as a crash would: nothing is flushed or cleaned up.
+        ``start`` starts it again on the same store and port (fault-injection tests do)."""
+        proc = self._proc
+        if proc is None:
+            return
+        self._proc = None
+        atexit.unregister(self.stop)
+        proc.kill()
+        proc.wait()
+        self._ports_file(proc.pid).unlink(missing_ok=True)
+        if self._requested_port == 0:
+            self._requested_port = self._port  # come back where the clients reconnect to
 
     def __enter__(self) -> NatsServer:
         self.start()

@@ -3,7 +3,8 @@
 It starts (unless ``NATS_URL`` / ``DATABASE_URL`` point elsewhere) an embedded nats-server
 with JetStream and an embedded PostgreSQL, both keeping their data under ``--data-dir``;
 prepares streams, read models and the bootstrap admin key; then supervises one process each
-for the hub, the projections, the gateway and the example modules. Ctrl-C stops it all.
+for the hub, the projections, the gateway and the example modules, restarting any that exits
+(with backoff, see :mod:`.supervisor`). Only Ctrl-C (SIGINT) or SIGTERM stops it all.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from nats.js import JetStreamContext
@@ -35,6 +37,7 @@ from .nats_server import NatsServer
 from .ports import PortInUseError, ServerStartError, ensure_port_free
 from .postgres_server import PostgresServer
 from .services import load_module_class
+from .supervisor import Supervisor
 
 __all__ = ["UpOptions", "up"]
 
@@ -118,9 +121,28 @@ def _spawn(args: list[str], env: dict[str, str], credential: Path, **extra: str)
     return subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", *args], env=child_env)
 
 
-def _wait_ready(
-    url: str, admin_key: str, modules: list[str], children: list[subprocess.Popen[bytes]], timeout: float = 60.0
+def _restart_nats(server: NatsServer) -> subprocess.Popen[bytes]:
+    server.start()
+    return server.process
+
+
+def _start_children(
+    children: Supervisor, env: dict[str, str], credentials: PlatformCredentials, modules: list[str], port: int
 ) -> None:
+    """The platform's processes: bus authorization first (every other connection needs it)."""
+    children.start("bus-auth", lambda: _spawn(
+        ["bus-auth"], env, credentials.file("busauth"), DAI_BUS_SYS_CREDENTIAL_FILE=str(credentials.file("sys")),
+        DAI_BUS_ISSUER_SEED_FILE=str(credentials.issuer_seed_file)))
+    children.start("hub", lambda: _spawn(["hub"], env, credentials.file("hub")))
+    children.start("projections", lambda: _spawn(["projections", "run"], env, credentials.file("projections")))
+    for module_id in modules:
+        children.start(f"module {module_id}", lambda m=module_id: _spawn(
+            ["module", "run", EXAMPLE_MODULES[m]], env, credentials.module_file(m)))
+    children.start("gateway", lambda: _spawn(["gateway", "--port", str(port)], env, credentials.file("gateway"),
+                                             DAI_KEK_FILE=str(credentials.kek_file)))
+
+
+def _wait_ready(url: str, admin_key: str, modules: list[str], children: Supervisor, timeout: float = 60.0) -> None:
     """Wait until the gateway lists every example capability with a live instance.
 
     Ready means the first call succeeds: the gateway answers, the modules serve, and the
@@ -129,9 +151,9 @@ def _wait_ready(
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(f"{url}/v1/capabilities", headers={"X-API-Key": admin_key})
     while time.monotonic() < deadline:
-        for child in children:
-            if child.poll() is not None:
-                raise ServerStartError(f"a platform process exited during start-up: {' '.join(map(str, child.args))}")
+        exited = children.first_exited()
+        if exited is not None:
+            raise ServerStartError(f"a platform process exited during start-up: {exited}")
         try:
             with urllib.request.urlopen(request, timeout=1.0) as response:
                 listing = json.loads(response.read())["capabilities"]
@@ -142,19 +164,6 @@ def _wait_ready(
             pass
         time.sleep(0.2)
     raise ServerStartError(f"the platform was not ready within {timeout:g} s")
-
-
-def _stop_children(children: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 def up(options: UpOptions) -> int:
@@ -174,6 +183,7 @@ def up(options: UpOptions) -> int:
             ensure_port_free(options.port, "gateway", flag="--port")
             credentials = PlatformCredentials.ensure(data_dir)
             nats_url = os.environ.get("NATS_URL")
+            nats_server: NatsServer | None = None
             if not nats_url:
                 nats_server = NatsServer(data_dir, port=options.nats_port, tls=options.tls)
                 nats_server.start()
@@ -201,18 +211,12 @@ def up(options: UpOptions) -> int:
         operator = BusOptions(url=nats_url, credential=credentials.credential("operator"),
                               ca_file=Path(env[CA_FILE_ENV]) if env.get(CA_FILE_ENV) else None)
         new_key, modules = asyncio.run(_prepare(operator, database_url, data_dir / "admin.key", credentials))
-        children = [
-            _spawn(["bus-auth"], env, credentials.file("busauth"),
-                   DAI_BUS_SYS_CREDENTIAL_FILE=str(credentials.file("sys")),
-                   DAI_BUS_ISSUER_SEED_FILE=str(credentials.issuer_seed_file)),
-            _spawn(["hub"], env, credentials.file("hub")),
-            _spawn(["projections", "run"], env, credentials.file("projections")),
-            *(_spawn(["module", "run", EXAMPLE_MODULES[module_id]], env, credentials.module_file(module_id))
-              for module_id in modules),
-            _spawn(["gateway", "--port", str(options.port)], env, credentials.file("gateway"),
-                   DAI_KEK_FILE=str(credentials.kek_file)),
-        ]
-        stack.callback(_stop_children, children)
+        children = Supervisor(_say)
+        stack.callback(children.stop)
+        if nats_server is not None:
+            # Restarted on the same store and port, the bus comes back and every client resumes.
+            children.adopt("nats-server", nats_server.process, partial(_restart_nats, nats_server))
+        _start_children(children, env, credentials, modules, options.port)
         gateway_url = f"http://127.0.0.1:{options.port}"
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
@@ -222,10 +226,9 @@ def up(options: UpOptions) -> int:
             _say(f"dai: {exc}")
             return 1
         _banner(gateway_url, nats_url, data_dir, new_key)
+        # From here on a child that exits is restarted (with backoff); only a signal stops the platform.
         while not stop_requested:
-            if any(child.poll() is not None for child in children):
-                _say("dai: a platform process stopped unexpectedly; shutting down")
-                return 1
+            children.poll()
             time.sleep(0.2)
         _say("dai: stopping…")
     return 0

@@ -6,18 +6,22 @@ import asyncio
 import gc
 import json
 import os
+import re
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
 
 import nats
 import nats.errors
+import psutil
 import pytest
 
 from democratic_ai.ops.ports import free_port
@@ -122,6 +126,77 @@ def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None
         assert status == 200
     finally:
         assert _stop(process) == 0
+
+
+def _child(process: subprocess.Popen[str], *words: str) -> psutil.Process:
+    """The child of ``dai up`` whose command line ends with ``words``."""
+    for child in psutil.Process(process.pid).children():
+        if tuple(child.cmdline()[-len(words):]) == words:
+            return child
+    raise AssertionError(f"dai up has no child running {' '.join(words)}")
+
+
+def _wait_for_line(lines: list[str], pattern: str, timeout: float) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            if (match := re.search(pattern, line)) is not None:
+                return match
+        time.sleep(0.05)
+    raise AssertionError(f"no line matching {pattern!r} within {timeout} s in:\n" + "".join(lines))
+
+
+def _served_within(port: int, key: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, body = _call(port, key, "/v1/capabilities/text.summarize/invoke",
+                                 {"text": "Streams store messages. Consumers read them.", "max_length": 40})
+        except (urllib.error.HTTPError, urllib.error.URLError, OSError) as exc:
+            status, body = getattr(exc, "code", 0), {}
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status == 200 and body["result"]["summary"], f"not served within {timeout} s: {status}"
+
+
+def test_a_killed_child_is_restarted_and_the_platform_serves_again(tmp_path: Path) -> None:
+    data_dir, port = tmp_path / ".dai", free_port()
+    process, _ = _start(data_dir, port, free_port())
+    lines: list[str] = []
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        key = (data_dir / "admin.key").read_text().strip()
+        module = _child(process, "module", "run", "democratic_ai.sdk.examples.text_tools:TextTools")
+        hub = _child(process, "hub")
+        module.kill()
+        hub.kill()
+        for name, pid in (("module text-tools", module.pid), ("hub", hub.pid)):
+            _wait_for_line(lines, rf"dai: [\d:]+ {name} \(pid {pid}\) exited with signal SIGKILL after [\d.]+ s;"
+                                  r" restarting it in 0.5 s", timeout=10)
+            restarted = int(_wait_for_line(lines, rf"dai: [\d:]+ {name} restarted \(pid (\d+)\)", timeout=10).group(1))
+            assert restarted != pid and psutil.pid_exists(restarted)
+        _served_within(port, key, 30)  # the new module instance announces itself and serves
+        assert process.poll() is None  # still up: one dead child does not stop the platform
+
+        # The bus itself: restarted on the same store and port, every process resumes on it.
+        bus = next(c for c in psutil.Process(process.pid).children() if c.name() == "nats-server")
+        bus.kill()
+        _wait_for_line(lines, rf"dai: [\d:]+ nats-server \(pid {bus.pid}\) exited with signal SIGKILL", timeout=10)
+        _wait_for_line(lines, r"dai: [\d:]+ nats-server restarted \(pid \d+\)", timeout=15)
+        _served_within(port, key, 15)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            reader.join(timeout=10)  # the pipe closes once dai up and its children are gone
+            process.stdout.close()
+    assert code == 0 and "dai: stopping" in "".join(lines)
 
 
 def test_a_taken_port_is_a_one_line_error(tmp_path: Path) -> None:

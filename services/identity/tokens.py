@@ -1,7 +1,7 @@
 """Access tokens: EdDSA-signed JWTs with a ``kid``, from a key ring every gateway shares.
 
 The ring lives in the NATS KV bucket ``dai_jwt_keys`` (kept out of the IDENTITY stream so that
-replaying the log never hands out signing keys). Each gateway watches the bucket: a rotated key
+replaying the log never hands out signing keys). Each gateway follows the bucket: a rotated key
 reaches all replicas at once, and old keys keep verifying until the tokens they signed expire,
 so a rotation logs nobody out. Verification pins the algorithm and requires exp, iss and aud,
 then reads the claims the platform relies on into :class:`AccessClaims`, whose types are checked:
@@ -30,9 +30,12 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+from democratic_ai.contracts.ordered import OrderedConsumer
 
 from .sealing import CannotUnseal, KeyEncryptionKey, new_data_key, open_sealed, seal
 
@@ -41,6 +44,7 @@ __all__ = ["ACCESS_TOKEN_TTL", "AUDIENCE", "ISSUER", "AccessClaims", "InvalidTok
 log = logging.getLogger(__name__)
 
 BUCKET = "dai_jwt_keys"
+_KV_PREFIX = f"$KV.{BUCKET}."
 ALGORITHM = "EdDSA"
 ISSUER = "democratic-ai"
 AUDIENCE = "democratic-ai-api"
@@ -125,33 +129,36 @@ def _unseal(stored: _StoredKey, kek: KeyEncryptionKey) -> Ed25519PrivateKey:
 
 
 class KeyRing:
-    """The signing keys, kept current by watching the KV bucket; ``kek`` opens them."""
+    """The signing keys, kept current by following the KV bucket; ``kek`` opens them."""
 
     def __init__(self, kek: KeyEncryptionKey) -> None:
         self._kek = kek
         self._keys: dict[str, _Key] = {}
         self._in_clear: set[str] = set()  # kids stored in clear by an older version, to delete
-        self._watch_task: asyncio.Task[None] | None = None
+        self._follower: OrderedConsumer | None = None
         self._kv: KeyValue | None = None
 
     async def start(self, js: JetStreamContext) -> None:
         self._kv = await _bucket(js)
-        loaded = asyncio.Event()
-        watcher = await self._kv.watchall()
-        self._watch_task = asyncio.create_task(self._follow(watcher, loaded))
-        await asyncio.wait_for(loaded.wait(), 10.0)
+        # The last value of every key, then each change; resumes by sequence after reconnects
+        # and server restarts, so a rotation or a deletion is never missed.
+        self._follower = OrderedConsumer(js, f"KV_{BUCKET}", f"{_KV_PREFIX}>", self._on_entry,
+                                         start=DeliverPolicy.LAST_PER_SUBJECT)
+        # Returns once every stored key is applied, not at the first: the first may be one this
+        # ring cannot open, and a ring that decided too early would make a needless new key.
+        await self._follower.start(10.0)
         if not self._keys:
             try:
                 await rotate_signing_key(js, self._kek)
             except KeyWrongLastSequenceError:
-                pass  # another gateway created one at the same instant: it arrives by the watch
+                pass  # another gateway created one at the same instant: it arrives by the follower
             await self._until(lambda: bool(self._keys))
         await self._prune()
 
     async def stop(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
+        if self._follower is not None:
+            await self._follower.stop()
+            self._follower = None
 
     async def _until(self, condition: Any, timeout: float = 10.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -160,18 +167,13 @@ class KeyRing:
                 raise TimeoutError("the JWT key ring did not load")
             await asyncio.sleep(0.01)
 
-    async def _follow(self, watcher: Any, loaded: asyncio.Event) -> None:
-        async for entry in watcher:
-            if entry is None:  # the watcher's marker: every existing key has been delivered
-                loaded.set()
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._keys.pop(entry.key, None)
-                self._in_clear.discard(entry.key)
-                continue
-            # ``loaded`` waits for the marker, not the first key: the first may be one this ring
-            # cannot open, and a ring that decided too early would make a needless new key.
-            self._load(entry.key, entry.value)
+    async def _on_entry(self, msg: Msg) -> None:
+        key = msg.subject[len(_KV_PREFIX):]
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            self._keys.pop(key, None)
+            self._in_clear.discard(key)
+            return
+        self._load(key, msg.data)
 
     def _load(self, kv_key: str, value: bytes) -> None:
         """Add one stored key to the ring, or log why it cannot be used. Never raises."""

@@ -29,6 +29,8 @@ from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, ServerError
 from nats.js.kv import KeyValue
 
+from democratic_ai.contracts.ordered import OrderedConsumer
+
 from .sealing import CannotUnseal, KeyEncryptionKey, is_sealed, new_data_key, open_sealed, seal
 
 __all__ = ["USER_KEYS_BUCKET", "UserKeyStore"]
@@ -79,20 +81,20 @@ class UserKeyStore:
         # not cached, or a replica could go on opening a destroyed user's secrets.
         self._removals = 0
         self._kv: KeyValue | None = None
-        self._changes: JetStreamContext.PushSubscription | None = None
+        self._changes: OrderedConsumer | None = None
 
     async def start(self) -> None:
         self._kv = await _open_bucket(self._js)
         # Only removals matter to the cache (a put can only create a key no cache holds), so
-        # new messages' headers suffice; an ordered consumer resumes across reconnects.
-        self._changes = await self._js.subscribe(
-            f"{_SUBJECT_PREFIX}>", stream=_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
-            headers_only=True, cb=self._on_change,
-        )
+        # new messages' headers suffice; the follower resumes by sequence across reconnects
+        # and server restarts, so no removal is missed.
+        self._changes = OrderedConsumer(self._js, _STREAM, f"{_SUBJECT_PREFIX}>", self._on_change,
+                                        start=DeliverPolicy.NEW, headers_only=True)
+        await self._changes.start()
 
     async def stop(self) -> None:
         if self._changes is not None:
-            await self._changes.unsubscribe()
+            await self._changes.stop()
             self._changes = None
         self._cache.clear()
 

@@ -48,9 +48,9 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
 
+from democratic_ai.contracts.ordered import OrderedConsumer
 from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
 from democratic_ai.contracts.usage_events import (
     MeterConsumed,
@@ -128,10 +128,8 @@ class Admission:
         self.replica = self.config.replica or f"gw-{uuid.uuid4().hex[:12]}"
         self._holders: dict[str, _Holder] = {}
         self._default_window = 60.0
-        self._subscription: JetStreamContext.PushSubscription | None = None
+        self._follower: OrderedConsumer | None = None
         self._since = datetime.now(UTC)
-        self.last_sequence = 0  # the last RATELIMIT sequence the follower applied
-        self._progress = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._returner: asyncio.Task[None] | None = None
         self.appends = 0  # leases this replica appended (for tests and benchmarks)
@@ -141,24 +139,19 @@ class Admission:
 
     async def start(self, longest_window: float, history: float = 0.0, timeout: float = 30.0) -> None:
         """Replay the stream's last ``history`` seconds (at least enough for every lease that
-        can still occupy a window), follow it live, and return once caught up."""
+        can still occupy a window), follow it live, and return once caught up. The follower
+        resumes by sequence after reconnects and server restarts."""
         self._default_window = longest_window
         history = max(history, longest_window + self.config.lease_seconds) + 5
         self._since = datetime.now(UTC) - timedelta(seconds=history)
-        caught_up = asyncio.Event()
-
-        async def on_message(msg: Msg) -> None:
-            await self._apply(msg)
-            if msg.metadata.num_pending == 0:
-                caught_up.set()
-
-        self._subscription = await self._js.subscribe(
-            "ratelimit.>", stream=STREAM, ordered_consumer=True, cb=on_message,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._since),
-        )
-        if (await self._subscription.consumer_info()).num_pending:
-            await asyncio.wait_for(caught_up.wait(), timeout)
+        self._follower = OrderedConsumer(self._js, STREAM, "ratelimit.>", self._apply, start=self._since)
+        await self._follower.start(timeout)
         self._returner = asyncio.create_task(self._return_idle_leases(), name="quota-returns")
+
+    @property
+    def last_sequence(self) -> int:
+        """The last RATELIMIT sequence the follower applied."""
+        return 0 if self._follower is None else self._follower.last_sequence
 
     async def stop(self) -> None:
         tasks = [t for t in (self._returner, *self._tasks) if t is not None]
@@ -168,9 +161,8 @@ class Admission:
         for holder in self._holders.values():
             await self._return_lease(holder, time.time(), force=True)
             _settle(holder)
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-            self._subscription = None
+        if self._follower is not None:
+            await self._follower.stop()
 
     # Decisions -----------------------------------------------------------------------------
 
@@ -333,8 +325,9 @@ class Admission:
             raise AdmissionUnavailable("the RATELIMIT follower lags behind the stream") from None
 
     async def wait_for(self, sequence: int, timeout: float) -> None:
-        async with self._progress:
-            await asyncio.wait_for(self._progress.wait_for(lambda: self.last_sequence >= sequence), timeout)
+        if self._follower is None:
+            raise AdmissionUnavailable("the RATELIMIT follower is not started")
+        await self._follower.wait_for(sequence, timeout)
 
     # Leases that end unused -------------------------------------------------------------------
 
@@ -387,9 +380,6 @@ class Admission:
                     self.on_meter(event)
             else:
                 self._apply_quota(event, sequence)
-        async with self._progress:
-            self.last_sequence = sequence
-            self._progress.notify_all()
 
     def _apply_quota(self, event: QuotaLeased | QuotaReturned, sequence: int) -> None:
         holder = self._holder(event.tenant_id, event.holder)

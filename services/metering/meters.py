@@ -36,9 +36,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, OutboundBufferLimitError
-from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from democratic_ai.contracts.ordered import OrderedConsumer
 from democratic_ai.contracts.usage_events import (
     MeterConsumed,
     Metric,
@@ -127,26 +126,16 @@ class Meters:
         self._pending: dict[str, list[float]] = {}
         self._own: OrderedDict[str, float] = OrderedDict()  # storage writes applied before the log echoes them
         self._storage_seen: OrderedDict[str, None] = OrderedDict()  # storage writes already applied from the log
-        self._subscription: JetStreamContext.PushSubscription | None = None
+        self._follower: OrderedConsumer | None = None
         self._teller: asyncio.Task[None] | None = None
 
     async def start(self, storage_window: float, timeout: float = 30.0) -> None:
         """Replay the current storage window, follow it, and start telling other replicas."""
         now = time.time()
         since = datetime.fromtimestamp(math.floor(now / storage_window) * storage_window, UTC)
-        caught_up = asyncio.Event()
-
-        async def on_message(msg: Msg) -> None:
-            self._apply_storage(msg)
-            if msg.metadata.num_pending == 0:
-                caught_up.set()
-
-        self._subscription = await self._nc.jetstream().subscribe(
-            f"usage.*.{_STORAGE}", stream="USAGE", ordered_consumer=True, cb=on_message,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since),
-        )
-        if (await self._subscription.consumer_info()).num_pending:
-            await asyncio.wait_for(caught_up.wait(), timeout)
+        self._follower = OrderedConsumer(self._nc.jetstream(), "USAGE", f"usage.*.{_STORAGE}", self._on_storage,
+                                         start=since)
+        await self._follower.start(timeout)
         self._teller = asyncio.create_task(self._tell(), name="meter-events")
 
     async def stop(self) -> None:
@@ -156,9 +145,9 @@ class Meters:
             self._teller = None
         if self._nc.is_connected:
             await self._flush()
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-            self._subscription = None
+        if self._follower is not None:
+            await self._follower.stop()
+            self._follower = None
 
     def tenant(self, tenant_id: str, now: float) -> TenantMeters:
         meters = self._tenants.get(tenant_id)
@@ -245,6 +234,9 @@ class Meters:
                 await self._nc.publish(meter_subject(tenant_id), encode_event(event))
             except (ConnectionClosedError, OutboundBufferLimitError) as exc:
                 log.warning("could not tell the other replicas what %s used: %r", tenant_id, exc)
+
+    async def _on_storage(self, msg: Msg) -> None:
+        self._apply_storage(msg)
 
     def _apply_storage(self, msg: Msg) -> None:
         try:

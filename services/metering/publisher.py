@@ -193,8 +193,9 @@ class UsagePublisher:
         for token, batch in overdue:
             del self._in_flight[token]
             self.stats.resent += 1
-            log.warning("usage batch of %d events unacknowledged after %.1f s; sending it again",
-                        len(batch.frames), now - batch.sent_at)
+            if batch.sent_at:  # a batch the stream refused was logged when it was refused
+                log.warning("usage batch of %d events unacknowledged after %.1f s; sending it again",
+                            len(batch.frames), now - batch.sent_at)
             await self._send(batch)
 
     async def _on_ack(self, msg: Msg) -> None:

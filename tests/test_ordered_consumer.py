@@ -1,0 +1,109 @@
+"""The one follower every in-memory view uses: in order, once, and resumed by sequence after
+the server restarts or the consumer is lost — whatever position it started from."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy, StreamConfig
+
+from democratic_ai.contracts.bus import connect
+from democratic_ai.contracts.ordered import OrderedConsumer
+from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.ops.ports import free_port
+
+from conftest import unique
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sequences: list[int] = []
+
+    async def __call__(self, msg: Msg) -> None:
+        self.sequences.append(msg.metadata.sequence.stream)
+
+    async def reach(self, sequence: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.sequences or self.sequences[-1] < sequence:
+            assert time.monotonic() < deadline, f"at {self.sequences[-1:]} after {timeout} s, expected {sequence}"
+            await asyncio.sleep(0.01)
+
+
+async def _publish(nc: NATS, subject: str, n: int) -> int:
+    js = nc.jetstream()
+    last = 0
+    for i in range(n):
+        last = (await js.publish(subject, str(i).encode(), timeout=0.5)).seq
+    return last
+
+
+@pytest.mark.slow
+async def test_followers_started_by_time_and_new_only_resume_after_kill_9_of_the_server(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "bus", port=free_port())
+    server.start()
+    nc = await connect(server.bus("operator"), "ordered-test", max_reconnect_attempts=-1)
+    followers: list[OrderedConsumer] = []
+    try:
+        await nc.jetstream().add_stream(StreamConfig(name="T", subjects=["t.>"]))
+        await _publish(nc, "t.old", 5)
+        since = datetime.now(UTC)
+        await asyncio.sleep(0.01)
+        last = await _publish(nc, "t.recent", 3)
+        by_time, new_only = Recorder(), Recorder()
+        followers = [OrderedConsumer(nc.jetstream(), "T", "t.>", by_time, start=since),
+                     OrderedConsumer(nc.jetstream(), "T", "t.>", new_only, start=DeliverPolicy.NEW)]
+        for follower in followers:
+            await follower.start(timeout=5)
+        assert by_time.sequences == [6, 7, 8] and new_only.sequences == []
+        assert followers[1].last_sequence == last == 8  # "new only" starts after what the stream held
+
+        server.kill()
+        server.start()
+        deadline = time.monotonic() + 5
+        while True:  # publishing works once the client has reconnected
+            try:
+                last = await _publish(nc, "t.after", 3)
+                break
+            except (nats.errors.Error, TimeoutError):
+                assert time.monotonic() < deadline, "could not publish after the restart"
+                await asyncio.sleep(0.05)
+        await by_time.reach(last, timeout=2)
+        await new_only.reach(last, timeout=2)
+        assert by_time.sequences == list(range(6, last + 1))  # in order, none twice, none lost
+        assert new_only.sequences == list(range(9, last + 1))
+        assert all(follower.resumes >= 1 for follower in followers)
+    finally:
+        for follower in followers:
+            await follower.stop()
+        await nc.close()
+        server.stop()
+
+
+async def test_a_lost_consumer_is_replaced_within_a_few_heartbeats(nc: NATS) -> None:
+    stream, subject = unique("ORDERED").upper(), unique("ordered")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{subject}.>"]))
+    recorder = Recorder()
+    follower = OrderedConsumer(js, stream, f"{subject}.>", recorder, heartbeat=0.2)
+    try:
+        await _publish(nc, f"{subject}.a", 4)
+        await follower.start(timeout=5)
+        assert recorder.sequences == [1, 2, 3, 4] and follower.resumes == 0
+        await js.delete_consumer(stream, follower._consumer)  # as a server that forgot it would
+        started = time.monotonic()
+        while follower.resumes == 0:
+            assert time.monotonic() - started < 2.0, "the lost consumer was not replaced"
+            await asyncio.sleep(0.02)
+        last = await _publish(nc, f"{subject}.b", 3)
+        await recorder.reach(last)
+        assert recorder.sequences == list(range(1, last + 1))
+    finally:
+        await follower.stop()
+        await js.delete_stream(stream)
