@@ -32,17 +32,26 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,  # 53300: transient, and no fault of the data
 )
 
+_CLOSED = ("connection is closed", "released back to the pool")
+
 
 def is_unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database cannot be reached now (rather than that a statement is wrong).
 
-    asyncpg also raises :class:`asyncpg.InterfaceError` ``connection is closed`` for a
-    connection whose server went away before it was used; other interface errors (a closed
-    pool, an operation already in progress) are bugs or shutdown, not outages.
+    Some of asyncpg's own errors also mean the server went away: ``InterfaceError``
+    "connection is closed" (it went before the connection was used) and "connection has been
+    released back to the pool" (asyncpg hands a connection that was lost back to its pool, and
+    the caller's handle then refuses every call), and ``InternalClientError``
+    "cannot switch to state …" (a backend that sees its postmaster die sends a FATAL error to
+    its idle client; the connection then waits for a ReadyForQuery that never comes and
+    refuses the next statement). Other interface errors (a closed pool, an operation already
+    in progress) are bugs or shutdown, not outages.
     """
     if isinstance(exc, UNREACHABLE):
         return True
-    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
+    if isinstance(exc, asyncpg.InterfaceError):
+        return any(text in str(exc) for text in _CLOSED)
+    return isinstance(exc, asyncpg.InternalClientError) and "cannot switch to state" in str(exc)
 
 
 class DatabaseUnreachable(Exception):

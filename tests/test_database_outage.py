@@ -45,6 +45,9 @@ def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     asyncpg.AdminShutdownError("terminating connection due to administrator command"),
     asyncpg.CrashShutdownError("terminating connection because of crash of another server process"),
     asyncpg.InterfaceError("connection is closed"),
+    asyncpg.InterfaceError("cannot call Transaction.__aexit__(): the underlying connection is closed"),
+    asyncpg.InterfaceError("cannot call Connection.fetchval(): connection has been released back to the pool"),
+    asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
 ])
 def test_errors_about_the_database_mean_it_is_unreachable(exc: BaseException) -> None:
     assert is_unreachable(exc)
@@ -55,6 +58,7 @@ def test_errors_about_the_database_mean_it_is_unreachable(exc: BaseException) ->
     asyncpg.UniqueViolationError("duplicate key"),
     asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
     asyncpg.InterfaceError("pool is closing"),
+    asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
     msgspec.DecodeError("not JSON"),
     ValueError("a bug"),
 ])
