@@ -68,7 +68,7 @@ def on_database() -> Iterator[None]:
     """
     try:
         yield
-    except Exception as exc:
+    except (*UNREACHABLE, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
         if is_unreachable(exc):
             raise DatabaseUnreachable(_brief(exc)) from exc
         raise
