@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -60,7 +60,7 @@ async def _fetchval(url: str, query: str, *args: object) -> object:
         await conn.close()
 
 
-async def _until(condition, timeout: float, what: str) -> None:  # noqa: ANN001 -- an async predicate
+async def _until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await condition():
         if asyncio.get_running_loop().time() > deadline:
