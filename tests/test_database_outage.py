@@ -87,6 +87,17 @@ async def test_an_outage_is_logged_when_it_starts_and_ends_not_at_every_retry(
     assert not outage.waiting
 
 
+async def test_a_long_outage_is_logged_again_every_log_every_seconds(caplog: pytest.LogCaptureFixture) -> None:
+    outage = DatabaseOutage("worker", logging.getLogger("test.outage"), first=0.01, ceiling=0.01, log_every=0.1)
+    with caplog.at_level(logging.WARNING, logger="test.outage"):
+        started = asyncio.get_running_loop().time()
+        while asyncio.get_running_loop().time() - started < 0.35:
+            await outage.pause(ConnectionRefusedError(111, "Connection refused"))
+    still = [r.getMessage() for r in caplog.records if "still unreachable" in r.getMessage()]
+    assert 2 <= len(still) <= 4, still  # about one per 0.1 s after the first warning, not one per retry
+    assert outage.retries > 10
+
+
 async def test_the_runner_waits_for_an_unreachable_database_and_says_so(
     nc: NATS, unreachable_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
