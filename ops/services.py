@@ -9,6 +9,7 @@ import logging
 import os
 from datetime import UTC, datetime
 
+import asyncpg
 from aiohttp import web
 
 from democratic_ai.contracts import tracing
@@ -16,7 +17,7 @@ from democratic_ai.contracts.bus import BusOptions, connect, role_of
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.hub import Hub
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner
-from democratic_ai.schemas import create_pool, migrate
+from democratic_ai.schemas import DatabaseOutage, DatabaseUnreachable, create_pool, migrate, on_database
 from democratic_ai.sdk import Module
 from democratic_ai.sdk.errors import CredentialError
 from democratic_ai.services.billing import (
@@ -107,9 +108,11 @@ async def run_projections(options: BusOptions, database_url: str, names: list[st
     if unknown:
         raise SystemExit(f"dai: unknown projection(s) {', '.join(unknown)}; known: {', '.join(sorted(PROJECTIONS))}")
     nc = await connect(options, "dai-projections", max_reconnect_attempts=-1)
-    pool = await create_pool(database_url, max_size=max(2, len(names) + 1))
-    async with pool.acquire() as conn:
-        await migrate(conn)
+    # min_size=0: the pool connects on demand. With a floor, asyncpg itself would reconnect in
+    # the background during an outage and log a traceback per attempt; the runners wait for
+    # the database and say so once (then every 30 s).
+    pool = await create_pool(database_url, min_size=0, max_size=max(2, len(names) + 1))
+    await _migrate_when_reachable(pool, stop)
     runners = [ProjectionRunner(nc.jetstream(), pool, PROJECTIONS[name]) for name in names or sorted(PROJECTIONS)]
     log.info("projections running: %s", ", ".join(r.projection.name for r in runners))
     tasks = [runner.run(stop) for runner in runners]
@@ -123,6 +126,21 @@ async def run_projections(options: BusOptions, database_url: str, names: list[st
     finally:
         await pool.close()
         await nc.drain()
+
+
+async def _migrate_when_reachable(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    """Migrate, waiting for the database first if it cannot be reached (it may be starting too)."""
+    outage = DatabaseOutage("projections", log)
+    while not stop.is_set():
+        try:
+            with on_database():
+                async with pool.acquire() as conn:
+                    await migrate(conn)
+        except DatabaseUnreachable as exc:
+            await outage.pause(exc, stop)
+            continue
+        outage.over()
+        return
 
 
 def load_module_class(spec: str) -> type[Module]:

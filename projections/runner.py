@@ -9,6 +9,14 @@ Poison-proof: a batch that fails because of one of its events (it cannot be deco
 PostgreSQL refuses its values) is applied again in a new transaction through
 :func:`.quarantine.fold`, which folds every other event and quarantines the bad ones, with the
 checkpoint advance in that same transaction. The projection goes on with the next event.
+
+Outage-proof: when PostgreSQL cannot be reached (killed, restarting, in crash recovery), the
+batch in hand is neither acknowledged nor counted as applied. The runner drops its
+subscription, waits for the database with backoff (:class:`~democratic_ai.schemas.DatabaseOutage`:
+0.2 s doubling to 5 s, a WARNING when the wait starts and every 30 s while it lasts) and then
+starts over from the checkpoint Postgres committed, recreating the consumer there — so it
+resumes as soon as the database answers, not after JetStream's ``ack_wait``, and a batch whose
+commit the outage interrupted is neither lost nor folded twice.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+
+from democratic_ai.schemas.outage import DatabaseOutage, DatabaseUnreachable, on_database
 
 from . import quarantine
 from .base import Projection
@@ -50,14 +60,26 @@ class ProjectionRunner:
         self.quarantined = 0  # events this runner has quarantined since it started
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fold events until ``stop`` is set.
+        """Fold events until ``stop`` is set, waiting out database outages (see the module docstring)."""
+        outage = DatabaseOutage(f"projection {self.projection.name}", log)
+        while not stop.is_set():
+            try:
+                await self._follow(stop, outage)
+            except DatabaseUnreachable as exc:
+                await outage.pause(exc, stop)
+
+    async def _follow(self, stop: asyncio.Event, outage: DatabaseOutage) -> None:
+        """Fold from the checkpoint until ``stop`` is set; raises :class:`DatabaseUnreachable`.
 
         Pipelined: the next batch is fetched while Postgres writes the current one, so the
         database's work overlaps with this process's. Exactly once is unchanged — a batch is
         acknowledged only after its commit, and a batch fetched but not applied when the
         worker stops is delivered again from the checkpoint.
         """
-        subscription = await self._subscribe()
+        with on_database():
+            last = await self._checkpoint()
+        outage.over()
+        subscription = await self._subscribe(last)
         fetching = asyncio.ensure_future(self._fetch(subscription))
         try:
             while not stop.is_set():
@@ -65,7 +87,8 @@ class ProjectionRunner:
                 fetching = asyncio.ensure_future(self._fetch(subscription))
                 if not messages:
                     continue
-                await self.apply(messages)
+                with on_database():
+                    await self.apply(messages)
                 await messages[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
         finally:
             fetching.cancel()
@@ -111,15 +134,18 @@ class ProjectionRunner:
             await advance_checkpoint(conn, name, last)
             return last
 
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
-        """(Re)create the durable consumer just after the checkpoint.
+    async def _checkpoint(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await lock_checkpoint(conn, self.projection.name)
+
+    async def _subscribe(self, last: int) -> JetStreamContext.PullSubscription:
+        """(Re)create the durable consumer just after the checkpoint ``last``.
 
         Postgres, not the consumer, knows what was applied: recreating the consumer at start
-        means a worker killed mid-batch resumes at once instead of waiting out ``ack_wait``.
+        (and after a database outage) means a worker resumes at once instead of waiting out
+        ``ack_wait`` for the redelivery of what it had fetched but not committed.
         """
         projection = self.projection
-        async with self._pool.acquire() as conn, conn.transaction():
-            last = await lock_checkpoint(conn, projection.name)
         try:
             await self._js.delete_consumer(projection.stream, consumer_name(projection))
         except NotFoundError:

@@ -7,17 +7,22 @@ from importlib import resources
 import asyncpg
 
 from .database import create_pool
+from .outage import DatabaseOutage, DatabaseUnreachable, is_unreachable, on_database
 from .roles import APP_ROLE, UnsafeRole, app_dsn, check_app_role, ensure_app_role
 
 __all__ = [
     "APP_ROLE",
+    "DatabaseOutage",
+    "DatabaseUnreachable",
     "UnsafeRole",
     "app_dsn",
     "check_app_role",
     "create_pool",
     "ensure_app_role",
+    "is_unreachable",
     "migrate",
     "migrations",
+    "on_database",
 ]
 
 # Any fixed number works; it only has to be the same in every process that migrates.

@@ -319,9 +319,12 @@ async def kill_9_mid_batch(pool: asyncpg.Pool, name: str, env: dict[str, str], l
 
 
 async def forget_usage(nc: NATS, tenant: str) -> None:
-    """Purge a bulk test's usage events from the shared USAGE stream.
+    """Purge a bulk test's usage events from the shared USAGE stream, and its calls' records from MCP.
 
     Every test's fresh database folds the whole stream from the start; a test that publishes
-    a hundred thousand events would otherwise slow down every test after it.
+    a hundred thousand events would otherwise slow down every test after it. The MCP records
+    go too: a later test's recovery sweep would find their usage missing and publish it again.
     """
-    await nc.jetstream().purge_stream("USAGE", subject=f"usage.{tenant}.>")
+    js = nc.jetstream()
+    await js.purge_stream("USAGE", subject=f"usage.{tenant}.>")
+    await js.purge_stream("MCP", subject=f"mcp.*.{tenant}.>")

@@ -27,6 +27,10 @@ window, and beyond it by the read model's key. One edge stays: a call that timed
 gateway *and* whose module answered late, when the gateway also crashed before publishing,
 may be metered from either answer (the first the sweeper reads) — once, but possibly as a
 success the client saw as a timeout.
+
+While PostgreSQL cannot be reached the sweeper waits for it with backoff (one WARNING, then one
+every 30 s) and then starts over from its checkpoint, as the projections do; nothing it held
+in memory is taken for swept.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from democratic_ai.contracts import MCPMessage, decode
 from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id, usage_subject
+from democratic_ai.schemas.outage import DatabaseOutage, DatabaseUnreachable, on_database
 
 from .derive import GATEWAY, at_of, is_metered, usage_of
 
@@ -82,9 +87,21 @@ class UsageRecovery:
         self.swept = 0  # answers examined
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Sweep until ``stop`` is set."""
+        """Sweep until ``stop`` is set, waiting out database outages."""
+        outage = DatabaseOutage("usage recovery", log)
+        while not stop.is_set():
+            try:
+                await self._follow(stop, outage)
+            except DatabaseUnreachable as exc:
+                await outage.pause(exc, stop)
+
+    async def _follow(self, stop: asyncio.Event, outage: DatabaseOutage) -> None:
+        """Sweep from the checkpoint until ``stop`` is set; raises :class:`DatabaseUnreachable`."""
         config = self.config
-        subscription = await self._subscribe()
+        with on_database():
+            last = await self._checkpoint()
+        outage.over()
+        subscription = await self._subscribe(last)
         held: list[Msg] = []
         try:
             while not stop.is_set():
@@ -109,6 +126,8 @@ class UsageRecovery:
                 try:
                     await self.sweep(held[:ready])
                 except (asyncpg.PostgresError, OSError, NatsError, TimeoutError) as exc:
+                    # Not an outage (that is DatabaseUnreachable, which starts over from the
+                    # checkpoint): a NATS hiccup, or a statement Postgres refused.
                     log.warning("usage recovery sweep failed (%r); retrying", exc)
                     await asyncio.sleep(1.0)
                     continue
@@ -143,17 +162,22 @@ class UsageRecovery:
                 log.info("recovered %d usage events of %d calls that no gateway had published"
                          " (a gateway stopped, or a client hung up before its answer came)",
                          published, len({e.call_id for e in missing}))
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                "INSERT INTO projection_checkpoints (name, last_sequence) VALUES ($1, $2)"
-                " ON CONFLICT (name) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = now()",
-                CHECKPOINT, records[-1].metadata.sequence.stream,
-            )
+        with on_database():
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    "INSERT INTO projection_checkpoints (name, last_sequence) VALUES ($1, $2)"
+                    " ON CONFLICT (name) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = now()",
+                    CHECKPOINT, records[-1].metadata.sequence.stream,
+                )
         return published
 
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+    async def _checkpoint(self) -> int:
+        """The last MCP sequence swept (0 when this database has never been swept)."""
         async with self._pool.acquire() as conn:
-            last = await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", CHECKPOINT)
+            return await conn.fetchval(
+                "SELECT last_sequence FROM projection_checkpoints WHERE name = $1", CHECKPOINT) or 0
+
+    async def _subscribe(self, last: int) -> JetStreamContext.PullSubscription:
         if last:
             start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": last + 1}
         else:
@@ -167,26 +191,28 @@ class UsageRecovery:
     async def _wait_for_projection(self) -> None:
         target = (await self._js.stream_info("USAGE")).state.last_seq
         deadline = time.monotonic() + self.config.catch_up_timeout
-        async with self._pool.acquire() as conn:
-            while True:
-                done = await conn.fetchval(
-                    "SELECT last_sequence FROM projection_checkpoints WHERE name = $1", USAGE_PROJECTION) or 0
-                if done >= target:
-                    return
-                if time.monotonic() > deadline:
-                    # Sweep anyway: what the read model lacks but the stream has is dropped as a duplicate.
-                    log.warning("the usage projection lags (%d < %d); sweeping without waiting", done, target)
-                    return
-                await asyncio.sleep(0.05)
+        with on_database():
+            async with self._pool.acquire() as conn:
+                while True:
+                    done = await conn.fetchval(
+                        "SELECT last_sequence FROM projection_checkpoints WHERE name = $1", USAGE_PROJECTION) or 0
+                    if done >= target:
+                        return
+                    if time.monotonic() > deadline:
+                        # Sweep anyway: what the read model lacks but the stream has is dropped as a duplicate.
+                        log.warning("the usage projection lags (%d < %d); sweeping without waiting", done, target)
+                        return
+                    await asyncio.sleep(0.05)
 
     async def _present(self, answers: list[MCPMessage]) -> set[tuple[str, str]]:
         stamps = [at_of(a) for a in answers]
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT call_id, metric FROM usage_events"
-                " WHERE call_id = any($1::text[]) AND at >= $2 AND at <= $3",
-                [a.correlation_id for a in answers], min(stamps) - _LATE_ANSWER_MARGIN, max(stamps),
-            )
+        with on_database():
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT call_id, metric FROM usage_events"
+                    " WHERE call_id = any($1::text[]) AND at >= $2 AND at <= $3",
+                    [a.correlation_id for a in answers], min(stamps) - _LATE_ANSWER_MARGIN, max(stamps),
+                )
         return {(r["call_id"], r["metric"]) for r in rows}
 
     async def _publish(self, events: list[CallMetered]) -> None:
