@@ -159,7 +159,7 @@ class SessionRefreshed(_Event, tag="session.refreshed"):
 
 class SessionRevoked(_Event, tag="session.revoked"):
     family_id: str
-    reason: str  # "logout", "reuse_detected", "user_deactivated"
+    reason: str  # "logout", "reuse_detected", "user_deactivated", "password_changed"
 
 
 class AccessTokenRevoked(_Event, tag="token.revoked"):
