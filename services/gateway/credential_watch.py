@@ -60,7 +60,7 @@ class Watched:
         """The connection's principal if its credential still holds as it did; otherwise
         :class:`Unauthenticated` (the caller refuses the call and ends the connection)."""
         fresh = recheck(self._watch.index, self.principal)
-        if fresh != self.principal:
+        if fresh is not self.principal:  # recheck hands back the very principal while its permissions hold
             raise Unauthenticated(
                 f"this connection's permissions have changed (its role is now {fresh.role!r}): connect again"
             )
@@ -112,6 +112,9 @@ class CredentialWatch:
         expires_at = expiry_of(self.index, principal)
         if expires_at is not None:
             watched._expire_at(expires_at)
+        # A change folded between the authentication and now (a WebSocket handshake takes a
+        # write) would otherwise go unnoticed until the next call.
+        watched.check()
         return watched
 
     def close(self) -> None:
