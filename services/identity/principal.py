@@ -69,18 +69,19 @@ def recheck(index: IdentityIndex, principal: Principal, now: datetime | None = N
 
     For a connection that authenticated once and lives on (the WebSocket): the same rules as
     :func:`authenticate`, from the index alone — a few dict lookups, no hashing or signature
-    check. A result that differs from ``principal`` means its permissions changed (a role change).
+    check. While its permissions hold, the result *is* ``principal``; another object means they
+    changed (a role change): the caller decides whether to go on with the new ones.
     """
     now = now or datetime.now(UTC)
     if principal.jti:
         return _access_token(index, principal.user_id, principal.tenant_id, principal.jti, principal.session_id,
-                             principal.token_expires_at, now)
-    return _api_key(index, principal.key_id, now)
+                             principal.token_expires_at, now, principal)
+    return _api_key(index, principal.key_id, now, principal)
 
 
 def _access_token(
     index: IdentityIndex, user_id: str, tenant_id: str, jti: str, session_id: str, expires_at: datetime | None,
-    now: datetime,
+    now: datetime, known: Principal | None = None,
 ) -> Principal:
     if expires_at is None or expires_at <= now:
         raise Unauthenticated("the access token has expired")
@@ -95,6 +96,8 @@ def _access_token(
     if user is None or not user.active or user.tenant_id != tenant_id:
         raise Unauthenticated("the access token's user is not active")
     _tenant_active(index, user.tenant_id)
+    if known is not None and known.role == user.role:
+        return known  # the same role, the same permissions: spare building a Principal (a re-check's hot path)
     return Principal(
         tenant_id=user.tenant_id,
         role=user.role,
@@ -110,7 +113,7 @@ def _printable_ascii(text: str) -> bool:
     return text.isascii() and text.isprintable()
 
 
-def _api_key(index: IdentityIndex, key_id: str, now: datetime) -> Principal:
+def _api_key(index: IdentityIndex, key_id: str, now: datetime, known: Principal | None = None) -> Principal:
     key = index.api_keys.get(key_id)
     if key is None or key.revoked:
         raise Unauthenticated("the API key is not valid")
@@ -123,6 +126,8 @@ def _api_key(index: IdentityIndex, key_id: str, now: datetime) -> Principal:
             raise Unauthenticated("the API key's owner is not active")
         role = owner.role
     _tenant_active(index, key.tenant_id)
+    if known is not None and known.role == role:
+        return known  # a key's scopes never change: the same role means the same permissions
     granted = permissions_of(role)
     if key.scopes:
         granted = frozenset(s for s in key.scopes if allows(granted, s))
