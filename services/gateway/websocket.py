@@ -308,7 +308,8 @@ class _Session:
                 call.task.cancel()
 
     async def close(self) -> None:
-        """Stop watching the credential; cancel every call still running (each sends CANCEL to its module) and wait for them.
+        """Stop watching the credential, cancel every call still running (each sends CANCEL to
+        its module) and wait for them.
 
         A call that has ended already is left to finish: it may be waiting for its module to
         confirm a cancel, which is what meters it. Should this handler itself be cancelled (the
