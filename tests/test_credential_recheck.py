@@ -9,6 +9,7 @@ access tokens too.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,12 @@ async def _call(ws: aiohttp.ClientWebSocketResponse, correlation_id: str) -> lis
         kinds.append(frame["type"])
         if frame["type"] in ("RESPONSE", "ERROR"):
             return kinds
+
+
+async def _wait_for(condition: Callable[[], object], timeout: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
 
 
 async def _until_closed(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0) -> tuple[float, list[dict]]:
@@ -161,6 +168,22 @@ async def test_after_each_change_the_next_call_is_refused_even_without_the_watch
         assert [(f["type"], f.get("correlation_id", ""), f["error"]["code"]) for f in frames] == [
             ("ERROR", "after", "UNAUTHENTICATED"), ("ERROR", "", "UNAUTHENTICATED")
         ], change.__name__
+
+
+async def test_revoking_the_key_of_a_busy_websocket_cancels_its_calls(gateway: Gateway, streamer: Streamer) -> None:
+    tenant, admin, key = await _admin(gateway)
+    async with aiohttp.ClientSession() as session:
+        ws = await _open(session, gateway, key)
+        await ws.send_json({"type": "REQUEST", "correlation_id": "long", "action": "test.hang"})
+        assert (await ws.receive_json(timeout=5))["type"] == "ACCEPTED"
+        await streamer.started.wait()
+        changed = time.monotonic()
+        await _revoke_key(gateway, tenant, admin)
+        closed, frames = await _until_closed(ws)
+        await _wait_for(lambda: streamer.cancelled_at)
+    assert ws.close_code == 1008 and closed - changed < 1.0
+    assert frames[-1]["type"] == "ERROR" and frames[-1]["error"]["code"] == "UNAUTHENTICATED", frames
+    assert streamer.cancelled_at and streamer.cancelled_at[0] - changed < 1.0  # the module stopped working
 
 
 async def test_a_websocket_closes_when_its_key_expires(gateway: Gateway, streamer: Streamer) -> None:
