@@ -158,6 +158,8 @@ class SessionRefreshed(_Event, tag="session.refreshed"):
 
 
 class SessionRevoked(_Event, tag="session.revoked"):
+    """Ends a session: its refresh tokens, and every access token whose ``sid`` names it, are refused."""
+
     family_id: str
     reason: str  # "logout", "reuse_detected", "user_deactivated", "password_changed"
 
