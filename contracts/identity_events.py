@@ -161,8 +161,10 @@ class SessionRefreshed(_Event, tag="session.refreshed"):
 
 
 class SessionRevoked(_Event, tag="session.revoked"):
+    """Ends a session: its refresh tokens, and every access token whose ``sid`` names it, are refused."""
+
     family_id: Id
-    reason: Id  # "logout", "reuse_detected", "user_deactivated"
+    reason: Id  # "logout", "reuse_detected", "user_deactivated", "password_changed"
 
 
 class AccessTokenRevoked(_Event, tag="token.revoked"):

@@ -28,6 +28,7 @@ from .auth import auth_middleware
 from .billing_routes import add_billing_routes
 from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
+from .credential_watch import CredentialWatch
 from .errors import error_middleware, error_response
 from .hygiene import edge_headers
 from .identity_routes import add_identity_routes
@@ -37,6 +38,7 @@ from .protocol import GatewayRunner
 from .state import (
     BILLING,
     CONFIG,
+    CREDENTIALS,
     IDENTITY,
     KEY_RING,
     METERING,
@@ -80,6 +82,7 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     app[NC], app[POOL] = nc, pool
     app[REGISTRY], app[PRESENCE], app[IDENTITY], app[KEY_RING] = registry, presence, identity, ring
     app[USER_KEYS] = user_keys
+    app[CREDENTIALS] = CredentialWatch(identity)
     app[USERS] = IdentityService(js, identity, ring, user_keys)
     app[ROUTER] = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered)
     metering = Metering(nc, config.metering)
@@ -95,6 +98,7 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     await metering.stop()  # flushes buffered usage while NATS is still connected
     await user_keys.stop()
     await ring.stop()
+    app[CREDENTIALS].close()
     await identity.stop()
     await presence.stop()
     await registry.stop()

@@ -197,7 +197,10 @@ async def update_user(request: web.Request) -> web.Response:
             # Changing one's own password needs the current one: a stolen token is not enough.
             if not await service.check_password(user, body.current_password or ""):
                 raise ApiError(ErrorCode.FORBIDDEN, "current_password is wrong or missing", {"path": "$.current_password"})
-        await service.change_password(meta, user, body.password)
+        # The user's own session that changes it lives on; every other one ends. An admin's
+        # reset ends them all.
+        own = principal.session_id if principal.user_id == user.user_id else ""
+        await service.change_password(meta, user, body.password, keep_session=own)
     if body.role is not None:
         await service.change_role(meta, service.user(tenant_id, user_id), body.role)
     await _read_your_writes(request)

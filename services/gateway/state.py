@@ -12,11 +12,13 @@ from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyR
 from democratic_ai.services.metering import Metering
 
 from .config import GatewayConfig
+from .credential_watch import CredentialWatch
 
-__all__ = ["BILLING", "CONFIG", "IDENTITY", "KEY_RING", "METERING", "NC", "PAYMENTS", "POOL", "PRESENCE", "REGISTRY", "ROUTER",
+__all__ = ["BILLING", "CONFIG", "CREDENTIALS", "IDENTITY", "KEY_RING", "METERING", "NC", "PAYMENTS", "POOL", "PRESENCE", "REGISTRY", "ROUTER",
            "USERS", "USER_KEYS"]
 
 CONFIG = web.AppKey("config", GatewayConfig)
+CREDENTIALS = web.AppKey("credentials", CredentialWatch)
 NC = web.AppKey("nc", NATS)
 POOL = web.AppKey("pool", asyncpg.Pool)
 PRESENCE = web.AppKey("presence", PresenceIndex)

@@ -26,6 +26,13 @@ the error's ``details``), and the socket and its other calls go on. Two faults d
 as RFC 6455 asks: a frame larger than ``ws_read_limit_bytes`` (1009: reading it would mean
 holding it in memory) and a text frame that is not UTF-8 (1007).
 Closing the socket cancels every call still running.
+
+The credential is re-checked where it is used (:mod:`.credential_watch`): before each call, and
+whenever the identity log changes it. Once the key is revoked or expires, the access token
+expires or its session ends (logout, reuse of its refresh token, a password change), the user is
+deactivated or given another role, or the tenant is suspended, the socket refuses the next call
+and is closed at once, idle or not: an ``ERROR`` ``UNAUTHENTICATED`` saying why, then close code
+1008 (policy violation). Its calls in flight are cancelled.
 """
 
 from __future__ import annotations
@@ -42,9 +49,10 @@ from democratic_ai.services.metering import GATEWAY
 
 from .auth import PRINCIPAL
 from .capabilities import checked_capability, checked_module
+from .credential_watch import Watched
 from .errors import ApiError
 from .limits import admit, refusal
-from .state import CONFIG, IDENTITY, KEY_RING, METERING, ROUTER
+from .state import CONFIG, CREDENTIALS, IDENTITY, KEY_RING, METERING, ROUTER
 from .wire import (
     Auth,
     Cancel,
@@ -70,13 +78,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     if principal is None:
         return ws
     session = _Session(ws, principal, request.app, config.ws_max_in_flight, config.max_body_bytes)
-    await session.send(WireMessage(type="READY", tenant_id=principal.tenant_id))
     try:
-        async for frame in ws:
-            if frame.type == WSMsgType.TEXT:
-                await session.handle(frame.data)
-            elif frame.type == WSMsgType.BINARY:
-                await session.error("", ErrorCode.BAD_REQUEST, "send MCP messages as JSON text frames")
+        await session.send(WireMessage(type="READY", tenant_id=principal.tenant_id))
+        reason = await session.serve()
+        if reason is not None:
+            session.cancel_calls()
+            await _refuse(ws, reason)
     finally:
         await session.close()
     return ws
@@ -105,10 +112,15 @@ async def _authenticate(ws: web.WebSocketResponse, request: web.Request) -> Prin
 
 
 async def _refuse(ws: web.WebSocketResponse, text: str) -> None:
-    if not ws.closed:
-        error = WireError(ErrorCode.UNAUTHENTICATED.value, text)
+    """Send an ``ERROR`` ``UNAUTHENTICATED`` and close the socket with 1008."""
+    if ws.closed:
+        return
+    error = WireError(ErrorCode.UNAUTHENTICATED.value, text)
+    try:
         await ws.send_frame(encode(WireMessage(type="ERROR", error=error)), WSMsgType.TEXT)
-        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthenticated")
+    except ConnectionResetError:
+        pass  # the client is gone already; the close below only tidies up
+    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthenticated")
 
 
 def _utf8_longer_than(text: str, limit: int) -> bool:
@@ -140,6 +152,37 @@ class _Session:
         self._max_in_flight = max_in_flight
         self._max_frame_bytes = max_frame_bytes
         self._calls: dict[str, _Call] = {}
+        # Ended, with why, once the credential no longer holds: by the watch, or by a call's check.
+        self._revoked: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._credential: Watched = app[CREDENTIALS].watch(principal, self._revoke)
+
+    def _revoke(self, reason: str) -> None:
+        if not self._revoked.done():
+            self._revoked.set_result(reason)
+
+    async def serve(self) -> str | None:
+        """Read the client's frames until it closes the socket (``None``) or the credential no
+        longer holds (why). The reading runs in a task of its own so that a revocation can stop
+        it: closing an aiohttp socket while another task reads it would skip the close handshake."""
+        reader = asyncio.create_task(self._read())
+        try:
+            await asyncio.wait((reader, self._revoked), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not reader.done():
+                reader.cancel()
+                await asyncio.wait((reader,))
+        if not reader.cancelled() and (exc := reader.exception()) is not None:
+            raise exc
+        return self._revoked.result() if self._revoked.done() else None
+
+    async def _read(self) -> None:
+        async for frame in self._ws:
+            if frame.type == WSMsgType.TEXT:
+                await self.handle(frame.data)
+            elif frame.type == WSMsgType.BINARY:
+                await self.error("", ErrorCode.BAD_REQUEST, "send MCP messages as JSON text frames")
+            if self._revoked.done():
+                return
 
     async def handle(self, data: str) -> None:
         if _utf8_longer_than(data, self._max_frame_bytes):
@@ -179,6 +222,12 @@ class _Session:
 
     async def _start(self, message: Request) -> None:
         correlation_id = message.correlation_id
+        try:
+            self._credential.current()
+        except Unauthenticated as exc:
+            await self.error(correlation_id, ErrorCode.UNAUTHENTICATED, exc.message)
+            self._credential.end(exc.message)
+            return
         if correlation_id in self._calls:
             await self.error(correlation_id, ErrorCode.BAD_REQUEST, "a call with this correlation_id is in flight")
             return
@@ -252,16 +301,22 @@ class _Session:
         error = WireError(code.value, text, dict(details or {}))
         await self.send(WireMessage(type="ERROR", correlation_id=correlation_id, call_id=call_id, error=error))
 
+    def cancel_calls(self) -> None:
+        """Cancel every call still running; a call that has ended already is left to finish."""
+        for call in self._calls.values():
+            if call.task is not None and not call.ended:
+                call.task.cancel()
+
     async def close(self) -> None:
-        """Cancel every call still running (each sends CANCEL to its module) and wait for them.
+        """Stop watching the credential, cancel every call still running (each sends CANCEL to
+        its module) and wait for them.
 
         A call that has ended already is left to finish: it may be waiting for its module to
         confirm a cancel, which is what meters it. Should this handler itself be cancelled (the
         client vanished), the calls still finish: ``asyncio.wait`` does not cancel what it waits for.
         """
+        self._credential.stop()
         tasks = [call.task for call in self._calls.values() if call.task is not None]
-        for call in self._calls.values():
-            if call.task is not None and not call.ended:
-                call.task.cancel()
+        self.cancel_calls()
         if tasks:
             await asyncio.wait(tasks)

@@ -13,7 +13,7 @@ from .errors import Conflict, Forbidden, IdentityError, Invalid, NotFound, Throt
 from .index import IdentityIndex, ModuleState
 from .module_credentials import new_module_credential, parse_module_credential
 from .permissions import ROLE_PERMISSIONS, Role, allows, permissions_of
-from .principal import Principal, authenticate
+from .principal import Principal, authenticate, expiry_of, recheck
 from .sealing import CannotUnseal, KekUnavailable, KeyEncryptionKey, SealingError, generate_kek_file, load_kek
 from .service import IdentityService, IssuedKey, ModuleCredential, Tokens
 from .tokens import KeyRing, rotate_signing_key
@@ -46,10 +46,12 @@ __all__ = [
     "allows",
     "authenticate",
     "ensure_bootstrap",
+    "expiry_of",
     "new_module_credential",
     "parse_module_credential",
     "generate_kek_file",
     "load_kek",
     "permissions_of",
+    "recheck",
     "rotate_signing_key",
 ]

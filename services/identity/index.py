@@ -43,7 +43,10 @@ from democratic_ai.contracts.identity_events import (
 from .hashing import sha256_hex
 from .module_credentials import parse_module_credential
 
-__all__ = ["ApiKeyState", "IdentityIndex", "ModuleListener", "ModuleState", "SessionState", "TenantState", "UserState"]
+__all__ = [
+    "ApiKeyState", "ChangeListener", "IdentityIndex", "ModuleListener", "ModuleState", "SessionState", "TenantState",
+    "UserState",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,7 @@ class ModuleState:
 
 
 ModuleListener = Callable[[ModuleState], None]
+ChangeListener = Callable[[IdentityEvent], None]
 
 
 class IdentityIndex(StreamFollower):
@@ -125,6 +129,7 @@ class IdentityIndex(StreamFollower):
         self.modules: dict[str, ModuleState] = {}  # module id → module (ids are unique across tenants)
         self.subject_sequences: dict[str, int] = {}  # last sequence per subject, for optimistic concurrency
         self._module_listeners: list[ModuleListener] = []
+        self._change_listeners: list[ChangeListener] = []
 
     def expected_sequence(self, subject: str) -> int:
         """The last stream sequence on ``subject`` this index has seen (0: none)."""
@@ -160,6 +165,17 @@ class IdentityIndex(StreamFollower):
         must be quick and must not raise (an exception is logged and otherwise ignored)."""
         self._module_listeners.append(listener)
 
+    def on_change(self, listener: ChangeListener) -> None:
+        """Call ``listener`` with every event once it has been folded (the index already shows
+        its effect) — live and during the replay at start. It runs inside the fold: it must be
+        quick and must not raise (an exception is logged and otherwise ignored)."""
+        self._change_listeners.append(listener)
+
+    def remove_change_listener(self, listener: ChangeListener) -> None:
+        """Stop calling ``listener`` (if it was added)."""
+        if listener in self._change_listeners:
+            self._change_listeners.remove(listener)
+
     def apply_message(self, msg: Msg) -> None:
         try:
             event = decode_event(msg.data)
@@ -170,6 +186,14 @@ class IdentityIndex(StreamFollower):
         self.subject_sequences[msg.subject] = msg.metadata.sequence.stream
 
     def apply(self, event: IdentityEvent) -> None:
+        self._fold(event)
+        for listener in self._change_listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not stop the fold every gateway authenticates from
+                log.exception("a change listener failed on %s", type(event).__name__)
+
+    def _fold(self, event: IdentityEvent) -> None:
         match event:
             case TenantCreated():
                 self.tenants[event.tenant_id] = TenantState(event.tenant_id, event.name)

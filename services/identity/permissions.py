@@ -54,12 +54,15 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
 }
 
 
+# By the role's name: a StrEnum member hashes by its *name*, so ROLE_PERMISSIONS cannot be
+# looked up with a plain string, and ``Role(role)`` costs a microsecond on every request.
+_BY_NAME: dict[str, frozenset[str]] = {role.value: granted for role, granted in ROLE_PERMISSIONS.items()}
+_NONE: frozenset[str] = frozenset()
+
+
 def permissions_of(role: str) -> frozenset[str]:
     """The permissions of ``role`` (none for an unknown role)."""
-    try:
-        return ROLE_PERMISSIONS[Role(role)]
-    except ValueError:
-        return frozenset()
+    return _BY_NAME.get(role, _NONE)
 
 
 def allows(granted: Iterable[str], needed: str) -> bool:

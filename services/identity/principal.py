@@ -11,7 +11,7 @@ from .index import IdentityIndex
 from .permissions import Role, allows, permissions_of
 from .tokens import InvalidToken, KeyRing
 
-__all__ = ["Principal", "authenticate", "sha256_hex"]
+__all__ = ["Principal", "authenticate", "expiry_of", "recheck", "sha256_hex"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,7 @@ class Principal:
     user_id: str = ""
     key_id: str = ""
     jti: str = ""  # set for access tokens
+    session_id: str = ""  # an access token's session (refresh-token family); empty in older tokens
     token_expires_at: datetime | None = None
     rate_limit: int | None = None
 
@@ -47,25 +48,64 @@ def authenticate(index: IdentityIndex, ring: KeyRing, credential: str) -> Princi
     """
     if not _printable_ascii(credential):
         raise Unauthenticated("the credential is not valid: it may only hold printable ASCII characters")
+    now = datetime.now(UTC)
     if credential.startswith("dai_"):
-        return _api_key(index, credential)
+        key_id = index.api_keys_by_hash.get(sha256_hex(credential))
+        if key_id is None:
+            raise Unauthenticated("the API key is not valid")
+        return _api_key(index, key_id, now)
     try:
         claims = ring.verify(credential)
     except InvalidToken as exc:
         raise Unauthenticated(f"the access token is not valid: {exc}") from None
-    if claims.jti in index.revoked_tokens:
+    return _access_token(index, claims.sub, claims.tenant_id, claims.jti, claims.sid,
+                         datetime.fromtimestamp(claims.exp, UTC), now)
+
+
+def recheck(index: IdentityIndex, principal: Principal, now: datetime | None = None) -> Principal:
+    """What the credential ``principal`` was authenticated from resolves to now; raises
+    :class:`Unauthenticated` once it is revoked or expired, its user deactivated, its
+    session ended or its tenant suspended.
+
+    For a connection that authenticated once and lives on (the WebSocket): the same rules as
+    :func:`authenticate`, from the index alone — a few dict lookups, no hashing or signature
+    check. While its permissions hold, the result *is* ``principal``; another object means they
+    changed (a role change): the caller decides whether to go on with the new ones.
+    """
+    now = now or datetime.now(UTC)
+    if principal.jti:
+        return _access_token(index, principal.user_id, principal.tenant_id, principal.jti, principal.session_id,
+                             principal.token_expires_at, now, principal)
+    return _api_key(index, principal.key_id, now, principal)
+
+
+def _access_token(
+    index: IdentityIndex, user_id: str, tenant_id: str, jti: str, session_id: str, expires_at: datetime | None,
+    now: datetime, known: Principal | None = None,
+) -> Principal:
+    if expires_at is None or expires_at <= now:
+        raise Unauthenticated("the access token has expired")
+    if jti in index.revoked_tokens:
         raise Unauthenticated("the access token has been revoked")
-    user = index.users.get(claims.sub)
-    if user is None or not user.active or user.tenant_id != claims.tenant_id:
+    session = index.sessions.get(session_id) if session_id else None
+    # A session this index has not seen yet is one another replica started a moment ago: the
+    # token's signature is proof enough. Only an ended session ends its tokens.
+    if session is not None and session.revoked:
+        raise Unauthenticated("the access token's session has been ended")
+    user = index.users.get(user_id)
+    if user is None or not user.active or user.tenant_id != tenant_id:
         raise Unauthenticated("the access token's user is not active")
     _tenant_active(index, user.tenant_id)
+    if known is not None and known.role == user.role:
+        return known  # the same role, the same permissions: spare building a Principal (a re-check's hot path)
     return Principal(
         tenant_id=user.tenant_id,
         role=user.role,
         permissions=permissions_of(user.role),
         user_id=user.user_id,
-        jti=claims.jti,
-        token_expires_at=datetime.fromtimestamp(claims.exp, UTC),
+        jti=jti,
+        session_id=session_id,
+        token_expires_at=expires_at,
     )
 
 
@@ -73,12 +113,11 @@ def _printable_ascii(text: str) -> bool:
     return text.isascii() and text.isprintable()
 
 
-def _api_key(index: IdentityIndex, credential: str) -> Principal:
-    key_id = index.api_keys_by_hash.get(sha256_hex(credential))
-    key = index.api_keys.get(key_id) if key_id else None
+def _api_key(index: IdentityIndex, key_id: str, now: datetime, known: Principal | None = None) -> Principal:
+    key = index.api_keys.get(key_id)
     if key is None or key.revoked:
         raise Unauthenticated("the API key is not valid")
-    if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+    if key.expires_at is not None and key.expires_at <= now:
         raise Unauthenticated("the API key has expired")
     role = key.role
     if key.user_id:
@@ -87,6 +126,8 @@ def _api_key(index: IdentityIndex, credential: str) -> Principal:
             raise Unauthenticated("the API key's owner is not active")
         role = owner.role
     _tenant_active(index, key.tenant_id)
+    if known is not None and known.role == role:
+        return known  # a key's scopes never change: the same role means the same permissions
     granted = permissions_of(role)
     if key.scopes:
         granted = frozenset(s for s in key.scopes if allows(granted, s))
@@ -100,3 +141,11 @@ def _tenant_active(index: IdentityIndex, tenant_id: str) -> None:
     tenant = index.tenants.get(tenant_id)
     if tenant is not None and tenant.suspended:
         raise Unauthenticated(f"tenant {tenant_id!r} is suspended")
+
+
+def expiry_of(index: IdentityIndex, principal: Principal) -> datetime | None:
+    """When ``principal``'s credential expires by itself (``None``: an API key without expiry)."""
+    if principal.jti:
+        return principal.token_expires_at
+    key = index.api_keys.get(principal.key_id)
+    return key.expires_at if key is not None else None

@@ -191,12 +191,16 @@ class IdentityService:
         if role != user.role:
             await self._user_event(user, UserRoleChanged(tenant_id=user.tenant_id, meta=meta, user_id=user.user_id, role=role))
 
-    async def change_password(self, meta: Meta, user: UserState, password: str) -> None:
+    async def change_password(self, meta: Meta, user: UserState, password: str, *, keep_session: str = "") -> None:
+        """Set the user's password and end every session of theirs but ``keep_session`` (the
+        one that changed it, if it was the user's own): whoever held the old password may
+        have logged in with it. Ending a session refuses its refresh token and its access tokens."""
         _policy(password, user.email)
         sealed = await self._seal_password(user.tenant_id, user.user_id, await hash_password(password))
         await self._user_event(user, PasswordChanged(
             tenant_id=user.tenant_id, meta=meta, user_id=user.user_id, password_hash=sealed,
         ))
+        await self._end_sessions(meta, user, "password_changed", keep=keep_session)
 
     async def check_password(self, user: UserState, password: str) -> bool:
         """Whether ``password`` is the user's; ``False`` once their key is destroyed."""
@@ -224,8 +228,13 @@ class IdentityService:
         if not user.active:
             raise Conflict("the user is already deactivated")
         await self._user_event(user, UserDeactivated(tenant_id=user.tenant_id, meta=meta, user_id=user.user_id))
-        for session in [s for s in self.index.sessions.values() if s.user_id == user.user_id and not s.revoked]:
-            await self._revoke_session(meta, session.tenant_id, session.family_id, "user_deactivated")
+        await self._end_sessions(meta, user, "user_deactivated")
+
+    async def _end_sessions(self, meta: Meta, user: UserState, reason: str, keep: str = "") -> None:
+        live = [s for s in self.index.sessions.values()
+                if s.user_id == user.user_id and not s.revoked and s.family_id != keep]
+        for session in live:
+            await self._revoke_session(meta, session.tenant_id, session.family_id, reason)
 
     # API keys --------------------------------------------------------------------------------
 
@@ -399,10 +408,11 @@ class IdentityService:
                            refresh_sha256=sha256_hex(refresh), expires_at=meta.at + REFRESH_TOKEN_TTL),
             expected=0,
         )
-        return self._tokens(user, refresh)
+        return self._tokens(user, refresh, family_id)
 
     async def refresh(self, meta: Meta, refresh_token: str) -> Tokens:
-        """Rotate the refresh token; presenting a replaced one revokes the whole family."""
+        """Rotate the refresh token; presenting a replaced one ends the session (the whole family
+        and the access tokens issued under it). A suspended tenant's sessions are not refreshed."""
         parts = refresh_token.split("_", 2)
         session = self.index.sessions.get(parts[1]) if len(parts) == 3 and parts[0] == "dairt" else None
         if session is None or session.revoked or session.expires_at <= meta.at:
@@ -414,6 +424,10 @@ class IdentityService:
         user = self.index.users.get(session.user_id)
         if user is None or not user.active:
             raise Unauthenticated("the refresh token's user is not active")
+        tenant = self.index.tenants.get(session.tenant_id)
+        if tenant is None or tenant.suspended:
+            # Refused, not ended: refusing for as long as the suspension lasts is enough.
+            raise Unauthenticated(f"tenant {session.tenant_id!r} is suspended", reason="tenant_suspended")
         refresh = _refresh_token(session.family_id)
         subject = f"iam.{session.tenant_id}.session.{session.family_id}"
         try:
@@ -425,7 +439,7 @@ class IdentityService:
             # Two refreshes with the same token raced: one of them is a replay.
             await self._revoke_session(meta, session.tenant_id, session.family_id, "reuse_detected")
             raise Unauthenticated("the refresh token was already used; the session has been ended") from None
-        return self._tokens(user, refresh)
+        return self._tokens(user, refresh, session.family_id)
 
     async def logout(self, meta: Meta, principal: Principal, refresh_token: str | None) -> None:
         if principal.jti and principal.token_expires_at is not None:
@@ -447,9 +461,11 @@ class IdentityService:
                            SessionRevoked(tenant_id=tenant_id, meta=meta, family_id=family_id, reason=reason),
                            expected=None)
 
-    def _tokens(self, user: UserState, refresh: str) -> Tokens:
+    def _tokens(self, user: UserState, refresh: str, family_id: str) -> Tokens:
+        # ``sid`` ties the access token to its session: ending the session (logout, reuse of a
+        # refresh token, a password change) refuses the access tokens it issued, too.
         access, _, _ = self.ring.issue({
-            "sub": user.user_id, "tenant_id": user.tenant_id, "role": user.role,
+            "sub": user.user_id, "tenant_id": user.tenant_id, "sid": family_id, "role": user.role,
             "permissions": sorted(permissions_of(user.role)),
         })
         return Tokens(access_token=access, refresh_token=refresh, expires_in=15 * 60)

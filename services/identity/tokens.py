@@ -70,6 +70,7 @@ class AccessClaims(msgspec.Struct, frozen=True):
     exp: Annotated[int, msgspec.Meta(ge=0, le=_LAST_TIMESTAMP)]
     iat: Annotated[int, msgspec.Meta(ge=0, le=_LAST_TIMESTAMP)]
     tenant_id: str = ""
+    sid: str = ""  # the session (refresh-token family) it was issued under; empty in older tokens
 
 
 class _StoredKey(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -218,11 +219,11 @@ class KeyRing:
     def _signing_key(self) -> _Key:
         return max(self._keys.values(), key=lambda k: k.created_at)
 
-    def issue(self, claims: dict[str, Any]) -> tuple[str, str, datetime]:
-        """Sign ``claims`` plus jti, iss, aud, iat, exp; returns ``(token, jti, expires_at)``."""
+    def issue(self, claims: dict[str, Any], ttl: timedelta = ACCESS_TOKEN_TTL) -> tuple[str, str, datetime]:
+        """Sign ``claims`` plus jti, iss, aud, iat, exp (``ttl`` from now); returns ``(token, jti, expires_at)``."""
         key = self._signing_key()
         now = datetime.now(UTC)
-        expires = now + ACCESS_TOKEN_TTL
+        expires = now + ttl
         jti = uuid.uuid4().hex
         payload = {**claims, "jti": jti, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": expires}
         token = jwt.encode(payload, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
