@@ -245,7 +245,7 @@ async def test_platform_roles_are_narrow(nats_server: NatsServer) -> None:
 
 
 async def test_the_readme_example_runs_dai_commands_as_the_operator(
-    nats_server: NatsServer, nc: NATS, repo_root: Path, tmp_path: Path
+    nats_server: NatsServer, gateway: Gateway, repo_root: Path, tmp_path: Path
 ) -> None:
     text = (repo_root / "README.md").read_text(encoding="utf-8")
     section = text.split("\n## Who may do what on the bus\n", 1)[1].split("\n## ", 1)[0]
@@ -253,7 +253,6 @@ async def test_the_readme_example_runs_dai_commands_as_the_operator(
     assert "nats://127.0.0.1:4222" in script
     (tmp_path / ".dai").mkdir()
     (tmp_path / ".dai" / "credentials").symlink_to(nats_server.credentials.folder)
-    await nc.jetstream().publish("registry.readme-probe.registered", b'{"v": 1}')
     env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     process = await asyncio.create_subprocess_exec(
         "bash", "-euo", "pipefail", "-c", script.replace("nats://127.0.0.1:4222", nats_server.url),
@@ -261,4 +260,4 @@ async def test_the_readme_example_runs_dai_commands_as_the_operator(
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, err.decode()
-    assert msgspec.json.decode(out.splitlines()[0])["stream"] == "REGISTRY", out
+    assert msgspec.json.decode(out.splitlines()[0])["stream"] == "IDENTITY", out  # the gateway's tenant is there

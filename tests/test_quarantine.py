@@ -213,7 +213,8 @@ async def test_forged_events_are_quarantined_and_the_projections_stay_current(
     # The commands the README documents for an operator.
     from democratic_ai.ops.cli import main
 
-    monkeypatch.setenv("NATS_URL", nats_server.url)  # type: ignore[attr-defined]
+    for name, value in nats_server.environment("operator").items():  # type: ignore[attr-defined]
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("DATABASE_URL", database_url)
 
     async def dai(*argv: str) -> tuple[int, str]:
