@@ -23,10 +23,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from democratic_ai.contracts import presence, subjects
+from democratic_ai.contracts import ErrorCode, presence, subjects
 from democratic_ai.contracts.presence import MISSED_HEARTBEATS
 
-__all__ = ["PresenceIndex"]
+__all__ = ["PresenceIndex", "died"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,17 @@ class PresenceIndex:
             return
         # Listed no more; but not dead: it may still be finishing calls, heartbeating as it goes.
         self._alive.pop((leave.module_id, leave.instance_id), None)
+
+
+def died(module_id: str, instance_id: str, capability: str) -> tuple[ErrorCode, str, dict[str, object]]:
+    """The error of a call whose instance died while it held the call: code, text, details."""
+    return (
+        ErrorCode.MODULE_UNAVAILABLE,
+        f"module {module_id!r} stopped while it ran {capability!r}: its instance missed {MISSED_HEARTBEATS}"
+        " heartbeats in a row; the call may have partly run",
+        {"module_id": module_id, "instance_id": instance_id, "capability": capability,
+         "missed_heartbeats": MISSED_HEARTBEATS},
+    )
 
 
 def _speaks_for(subject: str, module_id: str) -> bool:
