@@ -25,12 +25,13 @@ from nats.aio.msg import Msg
 from democratic_ai.contracts import MessageType, decode, new_request, presence, streaming, subjects
 from democratic_ai.hub import PresenceIndex
 from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.sdk import Module, capability
 from democratic_ai.sdk.sse import read_events
 from democratic_ai.services.gateway.state import PRESENCE
 
 from conftest import Echo, Gateway, http, unique
 from streaming_modules import Streamer
-from test_bus_authorization import register
+from test_bus_authorization import Violations, module_connection, register
 from test_usage_metering import usage_events
 
 HEARTBEAT = 1.0  # the modules' default heartbeat interval
@@ -240,3 +241,31 @@ async def test_a_watcher_hears_of_an_instance_that_stops_heartbeating_but_not_of
     finally:
         unwatch()
         await index.stop()
+
+
+async def test_a_module_on_its_own_credential_takes_its_nested_answers_acknowledged_or_not(
+    nats_server: NatsServer, gateway: Gateway, echo: Echo, bus_authorizer: None
+) -> None:
+    """A module's client reads its answers, ACCEPTED included, on the one inbox the bus lets it read."""
+
+    class Relay(Module):
+        module_id = unique("relay")
+
+        @capability("test.relay", {"type": "object"}, {"type": "object"})
+        async def relay(self, sleep_ms: int = 0) -> dict:
+            return await self.client.call("test.echo", {"text": "via", "sleep_ms": sleep_ms})
+
+    credential = await register(gateway, Relay.module_id, ["test.relay"])
+    violations = Violations()
+    connection = await module_connection(nats_server, credential, Relay.module_id, violations)
+    module = Relay()
+    await module.start(connection)
+    try:
+        for sleep_ms in (0, int(presence.ACCEPT_AFTER * 1000) + 300):
+            status, body = await http("POST", f"{gateway.url}/v1/capabilities/test.relay/invoke",
+                                      json={"sleep_ms": sleep_ms}, headers=gateway.headers)
+            assert (status, body.get("result")) == (200, {"text": "via"}), body
+    finally:
+        await module.stop(grace=1.0)
+        await connection.close()
+    assert violations.errors == []
