@@ -11,8 +11,8 @@ call (:meth:`Router.open_stream`) is opened with the same NATS request, so "no m
 answered at once; its chunks then flow as :mod:`democratic_ai.contracts.streaming` describes.
 
 A router given a :class:`~.presence.PresenceIndex` also answers at once when the module instance
-running a call dies: a call its module holds for longer than ``ACCEPT_AFTER`` is acknowledged
-with ACCEPTED naming the instance (a streamed call always is), and once that instance has missed
+running a call dies: it asks (``ACCEPT_HEADER``) that a call its module holds for longer than
+``ACCEPT_AFTER`` be acknowledged with ACCEPTED naming the instance (a streamed call always is), and once that instance has missed
 three heartbeats the call is answered ``MODULE_UNAVAILABLE`` instead of waiting out its ttl.
 A call answered faster costs nothing extra: the router's own inboxes (:mod:`.replies`) take the
 answer exactly as nats-py's ``request`` would.
@@ -32,7 +32,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
 from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, MessageType, deadline_ns, decode
-from democratic_ai.contracts import error_reply, streaming, subjects, tracing
+from democratic_ai.contracts import error_reply, presence, streaming, subjects, tracing
 
 from .presence import PresenceIndex, died
 from .replies import Interrupted, Pending, Replies
@@ -92,6 +92,8 @@ class Router:
         timeout = _remaining(request)
         if timeout <= 0:
             return await self._expired(request)
+        if self._presence is not None:
+            request.headers[presence.ACCEPT_HEADER] = "1"  # we watch the instance that says it holds the call
         data = request.SerializeToString()
         headers = tracing.inject({}) if tracing.tracing_enabled() else None
 

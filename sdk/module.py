@@ -19,9 +19,10 @@ caller's inbox (:mod:`democratic_ai.sdk.streaming`). Either way the handler wait
 before it got one is dropped without running.
 
 A plain call not answered within ``presence.ACCEPT_AFTER`` (0.25 s) is acknowledged with ACCEPTED
-too, ahead of its answer. Both kinds of ACCEPTED name this instance, so that the caller can tell
-from its heartbeats when it dies holding the call (``MODULE_UNAVAILABLE``). A module that stops
-leaves (``hub.leave``) but heartbeats on, marked ``leaving``, until the calls it still runs are done.
+too, ahead of its answer, if its caller asks (MCP header ``presence.ACCEPT_HEADER``; the gateway
+does). Both kinds of ACCEPTED name this instance, so that the caller can tell from its heartbeats
+when it dies holding the call (``MODULE_UNAVAILABLE``). A module that stops leaves (``hub.leave``)
+but heartbeats on, marked ``leaving``, until the calls it still runs are done.
 """
 
 from __future__ import annotations
@@ -343,10 +344,10 @@ class Module:
             await self._serve_stream(definition, request, msg, inbox, deadline)
             endpoint.record(time.perf_counter_ns() - received_ns, None)
             return
-        # Costs one timer per call; only a call still held after ACCEPT_AFTER says ACCEPTED.
+        # Costs one timer per call whose caller asks; only a call still held after ACCEPT_AFTER says ACCEPTED.
         accepting = asyncio.get_running_loop().call_later(
             presence.ACCEPT_AFTER, self._accept, nc, request, msg.reply
-        ) if msg.reply else None
+        ) if msg.reply and presence.ACCEPT_HEADER in request.headers else None
         try:
             if not (self.scheduler.try_acquire() or await self.scheduler.acquire(request.priority, deadline)):
                 log.info("dropped call %s of %s: its ttl passed while it waited", request.correlation_id, request.action)

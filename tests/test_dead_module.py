@@ -185,10 +185,11 @@ async def test_a_silent_stream_of_a_live_module_is_not_cut_short(gateway: Gatewa
     assert names == ["chunk", "chunk", "done"]
 
 
-async def test_only_a_call_held_past_accept_after_is_acknowledged(nc: NATS, echo: Echo) -> None:
-    """The hot path stays one message: a fast answer comes alone; a slow one after ACCEPTED naming the instance."""
+async def test_only_a_call_held_past_accept_after_is_acknowledged_and_only_when_asked(nc: NATS, echo: Echo) -> None:
+    """The hot path stays one message: a fast answer comes alone; a slow one after ACCEPTED naming
+    the instance — if the caller asked, for a caller such as ``nats req`` takes the first message."""
     inbox = nc.new_inbox()
-    received: dict[str, list[MessageType.ValueType]] = {"fast": [], "slow": []}
+    received: dict[str, list[MessageType.ValueType]] = {"fast": [], "slow": [], "unasked": []}
     control: list[str] = []
 
     async def on_reply(msg: Msg) -> None:
@@ -199,16 +200,20 @@ async def test_only_a_call_held_past_accept_after_is_acknowledged(nc: NATS, echo
 
     subscription = await nc.subscribe(f"{inbox}.*", cb=on_reply)
     tenant = unique("tenant")
-    for name, sleep_ms in (("fast", 0), ("slow", int(presence.ACCEPT_AFTER * 1000) + 300)):
+    slow = int(presence.ACCEPT_AFTER * 1000) + 300
+    for name, sleep_ms, asks in (("fast", 0, True), ("slow", slow, True), ("unasked", slow, False)):
         request = new_request("test.echo", msgspec.json.encode({"sleep_ms": sleep_ms}), tenant_id=tenant,
                               source_module_id="test")
+        if asks:
+            request.headers[presence.ACCEPT_HEADER] = "1"
         await nc.publish(subjects.call(tenant, "test.echo"), request.SerializeToString(), reply=f"{inbox}.{name}")
     deadline = time.monotonic() + 5
-    while len(received["slow"]) < 2 and time.monotonic() < deadline:
+    while (len(received["slow"]) < 2 or not received["unasked"]) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)  # anything more for the fast call would have come by now
+    await asyncio.sleep(0.1)  # anything more for the other calls would have come by now
     await subscription.unsubscribe()
-    assert received == {"fast": [MessageType.RESPONSE], "slow": [MessageType.ACCEPTED, MessageType.RESPONSE]}
+    assert received == {"fast": [MessageType.RESPONSE], "slow": [MessageType.ACCEPTED, MessageType.RESPONSE],
+                        "unasked": [MessageType.RESPONSE]}
     assert control == [subjects.control(echo.module_id, echo.instance_id)]
 
 
@@ -243,10 +248,10 @@ async def test_a_watcher_hears_of_an_instance_that_stops_heartbeating_but_not_of
         await index.stop()
 
 
-async def test_a_module_on_its_own_credential_takes_its_nested_answers_acknowledged_or_not(
+async def test_a_module_on_its_own_credential_takes_its_nested_answers_on_its_own_inbox(
     nats_server: NatsServer, gateway: Gateway, echo: Echo, bus_authorizer: None
 ) -> None:
-    """A module's client reads its answers, ACCEPTED included, on the one inbox the bus lets it read."""
+    """A module's client reads its answers on the one inbox the bus lets it read, fast or slow."""
 
     class Relay(Module):
         module_id = unique("relay")
