@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     CAPABILITY_NOT_FOUND = "CAPABILITY_NOT_FOUND"    # no module ever registered it
     CAPABILITY_UNAVAILABLE = "CAPABILITY_UNAVAILABLE"  # registered, but no module serves it now
     MODULE_NOT_FOUND = "MODULE_NOT_FOUND"            # direct call to a module that is not there
+    MODULE_UNAVAILABLE = "MODULE_UNAVAILABLE"        # the instance running the call stopped heartbeating
     TIMEOUT = "TIMEOUT"                              # the call's ttl passed
     CANCELLED = "CANCELLED"                          # the caller cancelled the call (or hung up)
     MODULE_ERROR = "MODULE_ERROR"                    # the handler raised

@@ -45,6 +45,7 @@ __all__ = [
     "event",
     "event_scope",
     "heartbeat",
+    "instance_of_control",
     "is_control",
     "leave",
     "record_request",
@@ -137,6 +138,14 @@ def control(module: str, instance_id: str) -> str:
 def is_control(subject: str) -> bool:
     """Whether ``subject`` is a control subject: a caller sends nothing anywhere else a module names."""
     return _CONTROL.fullmatch(subject) is not None
+
+
+def instance_of_control(subject: str) -> tuple[str, str] | None:
+    """The (module, instance id) whose control subject ``subject`` is; None if it is not one."""
+    if not is_control(subject):
+        return None
+    _, _, module, instance = subject.split(".")
+    return module, instance
 
 
 def announce(module: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -18,6 +19,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, decode, streaming, subjects
+
+from .presence import PresenceIndex, died
 
 __all__ = ["CallStream"]
 
@@ -31,6 +34,13 @@ OnEnd = Callable[[MCPMessage], None]
 CANCEL_WAIT_SECONDS = 1.0  # how long closing a running stream waits for the module to confirm the cancel
 
 _TERMINAL = (MessageType.RESPONSE, MessageType.ERROR)
+
+
+class _Signal(Enum):
+    """What wakes a reader besides a message."""
+
+    OVERFLOW = "the module sent more than the window"
+    DIED = "the instance running the call missed its heartbeats"
 
 
 class CallStream:
@@ -50,6 +60,9 @@ class CallStream:
     for a stream closed while running — the module's confirmation of the cancel (an ERROR
     CANCELLED carrying the compute time spent until then). A module that does not confirm
     within ``cancel_wait`` seconds is answered CANCELLED by the router instead.
+
+    With ``presence``, the instance named in ACCEPTED is watched: once it has missed three
+    heartbeats, the stream ends with ``MODULE_UNAVAILABLE`` at once, rather than at its ttl.
     """
 
     def __init__(
@@ -63,6 +76,7 @@ class CallStream:
         fail: Fail,
         on_end: OnEnd | None = None,
         cancel_wait: float = CANCEL_WAIT_SECONDS,
+        presence: PresenceIndex | None = None,
     ) -> None:
         if not 1 <= window <= streaming.MAX_WINDOW:
             raise ValueError(f"window must be between 1 and {streaming.MAX_WINDOW} chunks.")
@@ -81,9 +95,12 @@ class CallStream:
         # Credit bounds what the module sends; the terminal message and one stray message more
         # may come on top. Anything beyond that is a module ignoring the protocol.
         self._limit = window + 2
-        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Msg | _Signal] = asyncio.Queue()
         self._overflowed = False
         self._control = ""
+        self._holder = ("", "")  # (module id, instance id) of the instance running the call
+        self._presence = presence
+        self._unwatch: Callable[[], None] | None = None
         self._first: MCPMessage | None = None  # answered at once instead of ACCEPTED
         self._next_sequence = 0
         self._acknowledged = 0
@@ -106,7 +123,7 @@ class CallStream:
             return
         if self._queue.qsize() >= self._limit:
             self._overflowed = True
-            self._queue.put_nowait(None)  # wake the reader, which ends the stream
+            self._queue.put_nowait(_Signal.OVERFLOW)  # wake the reader, which ends the stream
             return
         self._queue.put_nowait(msg)
 
@@ -126,8 +143,11 @@ class CallStream:
             return
         control = answer.headers.get(streaming.CONTROL, "")
         # A module names the subject we publish to: accept nothing but a control subject.
-        if answer.type == MessageType.ACCEPTED and subjects.is_control(control):
-            self._control = control
+        named = subjects.instance_of_control(control) if answer.type == MessageType.ACCEPTED else None
+        if named is not None:
+            self._control, self._holder = control, named
+            if self._presence is not None:
+                self._unwatch = self._presence.watch(*named, lambda: self._queue.put_nowait(_Signal.DIED))
             return
         log.error("module %s answered a streamed call with %s, control %r",
                   answer.source_module_id, MessageType.Name(answer.type), control)
@@ -153,10 +173,12 @@ class CallStream:
                     ErrorCode.TIMEOUT, f"no message of the stream within its ttl of {self._idle_timeout:g} s",
                     {"ttl": self._idle_timeout},
                 )
-            if msg is None:
+            if msg is _Signal.OVERFLOW:
                 return await self._abort(
                     ErrorCode.INTERNAL, "the module sent more than the stream's window", {"window": self._window}
                 )
+            if msg is _Signal.DIED:
+                return await self._abort(*died(*self._holder, self.request.action))
             try:
                 message = decode(msg.data)
             except DecodeError:
@@ -223,7 +245,7 @@ class CallStream:
         """The module's terminal message, skipping the chunks still on their way; None if it takes too long."""
         try:
             async with asyncio.timeout(self._cancel_wait):
-                while (msg := await self._queue.get()) is not None:
+                while not isinstance(msg := await self._queue.get(), _Signal):
                     try:
                         message = decode(msg.data)
                     except DecodeError:
@@ -244,6 +266,9 @@ class CallStream:
         await self._unsubscribe()
 
     async def _unsubscribe(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch, unwatch = None, self._unwatch
+            unwatch()
         if self._subscription is not None:
             subscription, self._subscription = self._subscription, None
             if not self._nc.is_closed:

@@ -17,6 +17,12 @@ A call is answered once (request/reply) unless the caller asked to stream it (NA
 caller's inbox (:mod:`democratic_ai.sdk.streaming`). Either way the handler waits for one of
 ``max_concurrency`` slots (:mod:`democratic_ai.sdk.scheduling`), and a call whose ttl passed
 before it got one is dropped without running.
+
+A plain call not answered within ``presence.ACCEPT_AFTER`` (0.25 s) is acknowledged with ACCEPTED
+too, ahead of its answer, if its caller asks (MCP header ``presence.ACCEPT_HEADER``; the gateway
+does). Both kinds of ACCEPTED name this instance, so that the caller can tell from its heartbeats
+when it dies holding the call (``MODULE_UNAVAILABLE``). A module that stops leaves (``hub.leave``)
+but heartbeats on, marked ``leaving``, until the calls it still runs are done.
 """
 
 from __future__ import annotations
@@ -122,7 +128,7 @@ class Module:
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: dict[str, _Streamed] = {}
-        self._background: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Task[None]] = []  # the heartbeat first, then the announcement
         self._micro: MicroService | None = None
         self._stopping = False
 
@@ -241,10 +247,13 @@ class Module:
             self._micro = None
         # The loops also check this flag: on Python 3.11 a cancellation that lands just as a
         # request's answer arrives can be swallowed by asyncio.wait_for, and the loop would go on.
+        # From now on the heartbeats say "leaving": callers of the calls still running must not
+        # take this instance for dead while it finishes them.
         self._stopping = True
-        for task in self._background:
+        heartbeat, others = self._background[:1], self._background[1:]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         if self._nc.is_connected:
             leave = presence.Leave(module_id=self.module_id, instance_id=self.instance_id)
             await self._nc.publish(subjects.leave(self.module_id), presence.encode(leave))
@@ -256,6 +265,10 @@ class Module:
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
+        for task in heartbeat:
+            task.cancel()
+        await asyncio.gather(*heartbeat, return_exceptions=True)
+        self._background = []
         if self._nc.is_connected:
             await self._nc.flush()
         self._nc = None
@@ -295,13 +308,14 @@ class Module:
     async def _heartbeat(self, nc: NATS) -> None:
         subject = subjects.heartbeat(self.module_id)
         actions = tuple(sorted(self.capabilities))
-        while not self._stopping:
+        while True:  # until stop() cancels it, once the calls in progress are done
             beat = presence.Heartbeat(
                 module_id=self.module_id,
                 instance_id=self.instance_id,
                 capabilities=actions,
                 interval=self.config.heartbeat_interval,
                 in_flight=len(self._tasks),
+                leaving=self._stopping,
             )
             try:
                 await nc.publish(subject, presence.encode(beat))
@@ -330,20 +344,28 @@ class Module:
             await self._serve_stream(definition, request, msg, inbox, deadline)
             endpoint.record(time.perf_counter_ns() - received_ns, None)
             return
-        if not (self.scheduler.try_acquire() or await self.scheduler.acquire(request.priority, deadline)):
-            log.info("dropped call %s of %s: its ttl passed while it waited", request.correlation_id, request.action)
-            endpoint.record(time.perf_counter_ns() - received_ns, "dropped a call whose ttl passed while it waited")
-            return
+        # Costs one timer per call whose caller asks; only a call still held after ACCEPT_AFTER says ACCEPTED.
+        accepting = asyncio.get_running_loop().call_later(
+            presence.ACCEPT_AFTER, self._accept, nc, request, msg.reply
+        ) if msg.reply and presence.ACCEPT_HEADER in request.headers else None
         try:
-            if tracing.tracing_enabled():
-                with tracing.tracer.start_as_current_span(
-                    f"module {definition.action}", context=tracing.extract(msg.headers)
-                ):
+            if not (self.scheduler.try_acquire() or await self.scheduler.acquire(request.priority, deadline)):
+                log.info("dropped call %s of %s: its ttl passed while it waited", request.correlation_id, request.action)
+                endpoint.record(time.perf_counter_ns() - received_ns, "dropped a call whose ttl passed while it waited")
+                return
+            try:
+                if tracing.tracing_enabled():
+                    with tracing.tracer.start_as_current_span(
+                        f"module {definition.action}", context=tracing.extract(msg.headers)
+                    ):
+                        answer = await self._answer(definition, request)
+                else:
                     answer = await self._answer(definition, request)
-            else:
-                answer = await self._answer(definition, request)
+            finally:
+                self.scheduler.release()
         finally:
-            self.scheduler.release()
+            if accepting is not None:
+                accepting.cancel()
         # The input's size travels with the answer, for metering (compute_ms is set by _answer).
         answer.headers[BYTES_IN_HEADER] = str(len(request.payload))
         data = answer.SerializeToString()
@@ -355,6 +377,11 @@ class Module:
             await nc.publish(msg.reply, data)
         failed = answer.type == MessageType.ERROR
         endpoint.record(time.perf_counter_ns() - received_ns, f"{answer.error.code}: {answer.error.message}" if failed else None)
+
+    def _accept(self, nc: NATS, request: MCPMessage, reply: str) -> None:
+        """Tell the caller of a plain call that this instance holds it (its ttl may be long)."""
+        accepted = streaming.accepted(request, self._control, source_module_id=self.module_id)
+        self._spawn(_publish(nc, reply, accepted.SerializeToString()))
 
     async def _answer(self, definition: CapabilityDefinition, request: MCPMessage) -> MCPMessage:
         """Run the handler for a caller waiting for one answer: a streaming one gives its last data."""
@@ -458,3 +485,10 @@ class Module:
         except Exception:
             # Nobody waits for an event's outcome, so the log is the only place a failure can go.
             log.exception("event handler %s of %s failed on event %s", handler.method_name, self.module_id, message.id)
+
+
+async def _publish(nc: NATS, subject: str, data: bytes) -> None:
+    try:
+        await nc.publish(subject, data)
+    except ConnectionClosedError:
+        pass  # the connection's owner closed it; the caller will not hear from this instance again

@@ -84,7 +84,7 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     app[USER_KEYS] = user_keys
     app[CREDENTIALS] = CredentialWatch(identity)
     app[USERS] = IdentityService(js, identity, ring, user_keys)
-    app[ROUTER] = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered)
+    app[ROUTER] = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered, presence=presence)
     metering = Metering(nc, config.metering)
     await metering.start()
     app[METERING] = metering

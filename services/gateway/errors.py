@@ -39,6 +39,9 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
     ErrorCode.MODULE_ERROR: 502,
+    # The instance running the call died: an upstream failure mid-call, not "try again, nothing
+    # happened" (503) — the call may have partly run, so only an idempotent call is safe to retry.
+    ErrorCode.MODULE_UNAVAILABLE: 502,
     ErrorCode.CAPABILITY_UNAVAILABLE: 503,
     ErrorCode.NOT_READY: 503,
     ErrorCode.PAYMENT_PROVIDER_UNAVAILABLE: 503,

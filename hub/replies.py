@@ -1,0 +1,120 @@
+"""The answers to a router's plain calls: one inbox subscription for all of them, several messages each.
+
+nats-py's ``request`` keeps the first message on a request's inbox and drops the rest, but a
+plain call may get two: ACCEPTED — the module's word that it holds a call it has not answered
+within :data:`~democratic_ai.contracts.presence.ACCEPT_AFTER`, naming its instance — and then
+the answer. :class:`Replies` does what ``request`` does (one wildcard subscription, a token per
+call, an unguessable inbox) and hands every message to the call it belongs to; a call waits
+for its next message, or until :meth:`Pending.interrupt` says the instance running it died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from secrets import token_hex
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.nuid import NUID
+
+__all__ = ["Interrupted", "Pending", "Replies"]
+
+_STATUS = "Status"
+_NO_RESPONDERS = "503"
+
+
+class Interrupted(Exception):
+    """:meth:`Pending.interrupt` was called: the wait for the call's next message was given up."""
+
+
+class Pending:
+    """One call's inbox: its messages in order of arrival."""
+
+    __slots__ = ("_replies", "_token", "_messages", "_waiter", "_interrupted", "inbox")
+
+    def __init__(self, replies: Replies, token: str, inbox: str) -> None:
+        self._replies = replies
+        self._token = token
+        self.inbox = inbox
+        self._messages: deque[Msg] = deque()
+        self._waiter: asyncio.Future[Msg | None] | None = None
+        self._interrupted = False
+
+    def deliver(self, msg: Msg) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
+        else:
+            self._messages.append(msg)
+
+    def interrupt(self) -> None:
+        """Stop waiting: :meth:`next` raises :class:`Interrupted` once the messages already in are taken."""
+        self._interrupted = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self, timeout: float) -> Msg:
+        """The next message; raises ``TimeoutError`` after ``timeout`` seconds, ``NoRespondersError``
+        when NATS says nobody took the call, :class:`Interrupted` when interrupted."""
+        if self._messages:
+            msg: Msg | None = self._messages.popleft()
+        elif self._interrupted:
+            raise Interrupted
+        else:
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    msg = await waiter
+            finally:
+                self._waiter = None
+            if msg is None:
+                raise Interrupted
+        if not msg.data and msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+            raise NoRespondersError
+        return msg
+
+    def close(self) -> None:
+        """The call is over: messages that still come for it are dropped."""
+        self._replies._pending.pop(self._token, None)
+
+
+class Replies:
+    """Inboxes for the plain calls made on one connection."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._nuid = NUID()
+        self._pending: dict[str, Pending] = {}
+        self._prefix = ""
+        self._opening: asyncio.Future[Subscription] | None = None
+
+    async def expect(self) -> Pending:
+        """A new inbox, subscribed before it is returned: publish the call with it as reply subject."""
+        if not self._prefix:
+            await self._open()
+        token = self._nuid.next().decode() + token_hex(2)  # as nats-py's request: unguessable
+        pending = self._pending[token] = Pending(self, token, self._prefix + token)
+        return pending
+
+    async def _open(self) -> None:
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._subscribe(self._nc.new_inbox() + "."))
+        try:
+            await asyncio.shield(self._opening)
+        except Exception:
+            self._opening = None  # the next call tries again
+            raise
+
+    async def _subscribe(self, prefix: str) -> Subscription:
+        subscription = await self._nc.subscribe(prefix + "*", cb=self._on_reply)
+        self._prefix = prefix
+        return subscription
+
+    async def _on_reply(self, msg: Msg) -> None:
+        pending = self._pending.get(msg.subject[len(self._prefix):])
+        if pending is not None:
+            pending.deliver(msg)
