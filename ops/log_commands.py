@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -175,6 +176,11 @@ def run(args: argparse.Namespace, env: Callable[[str], str]) -> int:
     except ProjectionError as exc:
         print(f"dai: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`dai replay … | head`): stop quietly, as other Unix tools do. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (nats.errors.NoServersError, OSError) as exc:
         print(f"dai: cannot reach a server: {exc}", file=sys.stderr)
         return 1
