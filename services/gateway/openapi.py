@@ -140,7 +140,8 @@ def openapi_document(app: web.Application, *, title: str = "Democratic_AI gatewa
             "schemas": components,
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                           "description": "An access token from /v1/auth/login, or an API key."},
             },
         },
         "security": [{"apiKey": []}, {"bearer": []}],
