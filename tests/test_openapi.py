@@ -22,7 +22,7 @@ from aiohttp import web
 from democratic_ai.services.gateway import create_app
 from democratic_ai.services.gateway.auth import STRIPE_WEBHOOK_PATH
 from democratic_ai.services.gateway.config import GatewayConfig
-from democratic_ai.services.gateway.openapi import openapi_document, operation
+from democratic_ai.services.gateway.openapi import openapi_document
 
 from conftest import Gateway, unique
 
@@ -78,7 +78,6 @@ async def test_the_document_is_served_and_schemathesis_loads_it(gateway: Gateway
     assert any(op.path == "/v1/tenants/{tenant}/api-keys" and op.method == "post" for op in operations)
 
 
-@pytest.mark.slow
 async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(gateway: Gateway, tmp_path: Path) -> None:
     exclusions = [arg for path in NOT_FUZZED for arg in ("--exclude-path", path)]
     # Half the {tenant} path parameters name a real tenant (not the key's own: suspending that would

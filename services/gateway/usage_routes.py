@@ -14,7 +14,7 @@ call capabilities (``module:use``). Reads run in a transaction scoped to the ten
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Literal, cast
 
 import msgspec
 from aiohttp import web
@@ -213,7 +213,7 @@ async def get_usage(request: web.Request) -> web.Response:
     for row in rows:
         by_outcome = totals.setdefault(row["metric"], {})
         by_outcome[row["outcome"]] = by_outcome.get(row["outcome"], 0) + row["value"]
-    return respond(UsageSeries(tenant, start, end, granularity, metric, capability, module,  # type: ignore[arg-type]
+    return respond(UsageSeries(tenant, start, end, cast(Granularity, granularity), metric, capability, module,
                                [from_row(UsagePoint, row) for row in rows], totals))
 
 
