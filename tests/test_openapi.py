@@ -102,6 +102,7 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(gat
         "--report-dir", str(tmp_path),
         "-H", f"X-API-Key: {gateway.api_key}", *exclusions,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,  # its cache of crashes (.schemathesis/) stays out of the work tree
     )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=170)
     report = output.decode(errors="replace")
