@@ -64,6 +64,9 @@ def test_every_error_and_the_security_schemes_are_described() -> None:
         for method, op in operations.items():
             assert op["responses"]["default"]["content"]["application/json"]["schema"] == {
                 "$ref": "#/components/schemas/ErrorBody"}, (method, path)
+    ids = [op["operationId"] for operations in document["paths"].values() for op in operations.values()]
+    assert len(ids) == len(set(ids))
+    assert document["paths"]["/v1/tenants/{tenant}/users"]["post"]["operationId"] == "post_v1_tenants_tenant_users"
     assert document["paths"]["/healthz"]["get"]["security"] == []
     assert "security" not in document["paths"]["/v1/tenants"]["get"]  # the document's default: a credential
 

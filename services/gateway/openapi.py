@@ -89,6 +89,11 @@ def _routes(app: web.Application) -> list[tuple[str, str, Operation]]:
     return found
 
 
+def _operation_id(method: str, path: str) -> str:
+    """``post /v1/tenants/{tenant}/users`` → ``post_v1_tenants_tenant_users``."""
+    return "_".join([method, *re.findall(r"[A-Za-z0-9]+", path)])
+
+
 def openapi_document(app: web.Application, *, title: str = "Democratic_AI gateway",
                      version: str = "0.1.0") -> dict[str, Any]:
     routes = _routes(app)
@@ -104,7 +109,7 @@ def openapi_document(app: web.Application, *, title: str = "Democratic_AI gatewa
 
     paths: dict[str, dict[str, Any]] = {}
     for method, path, spec in routes:
-        op: dict[str, Any] = {"summary": spec.summary, "operationId": f"{method}_{path}"}
+        op: dict[str, Any] = {"summary": spec.summary, "operationId": _operation_id(method, path)}
         if spec.description:
             op["description"] = spec.description
         parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
