@@ -107,7 +107,12 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(gat
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         cwd=tmp_path,  # its cache of crashes (.schemathesis/) stays out of the work tree
     )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=170)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=170)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
     report = output.decode(errors="replace")
     assert process.returncode == 0, report
     paths = openapi_document(gateway.app)["paths"]
