@@ -4,9 +4,10 @@ indexes are opened and closed by ``cleanup_ctx``, and the runner that serves it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
+import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode, bus
@@ -25,6 +26,7 @@ from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyR
 from democratic_ai.services.metering import GATEWAY, Metering
 
 from .auth import auth_middleware
+from .bodies import respond
 from .billing_routes import add_billing_routes
 from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
@@ -34,6 +36,7 @@ from .hygiene import edge_headers
 from .identity_routes import add_identity_routes
 from .inputs import input_middleware
 from .module_routes import add_module_routes
+from .openapi import add_openapi_route, operation
 from .protocol import GatewayRunner
 from .state import (
     BILLING,
@@ -106,10 +109,17 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
+class Status(msgspec.Struct):
+    status: Literal["ok", "ready"]
+
+
+@operation("Liveness: the process answers.", {200: Status}, public=True)
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return respond(Status("ok"))
 
 
+@operation("Readiness: NATS connected and Postgres answering (503 NOT_READY, naming what fails, otherwise).",
+           {200: Status}, public=True)
 async def readyz(request: web.Request) -> web.Response:
     """Ready when NATS is connected and Postgres answers."""
     problems = []
@@ -122,7 +132,7 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(f"postgres: {exc}")
     if problems:
         return error_response(ErrorCode.NOT_READY, "not ready", {"failing": problems}, status=503)
-    return web.json_response({"status": "ready"})
+    return respond(Status("ready"))
 
 
 def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> web.Application:
@@ -143,6 +153,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     add_billing_routes(app)
     app.router.add_get("/v1/ws", websocket)
     add_usage_routes(app)
+    add_openapi_route(app)
     return app
 
 

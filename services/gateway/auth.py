@@ -24,7 +24,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 # Stripe authenticates its webhook with a signature over the body, checked by the handler.
 STRIPE_WEBHOOK_PATH = "/v1/billing/stripe/webhook"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/v1/auth/login", "/v1/auth/refresh",
-                          STRIPE_WEBHOOK_PATH})
+                          "/openapi.json", STRIPE_WEBHOOK_PATH})
 FIRST_MESSAGE_AUTH_PATHS = frozenset({"/v1/ws"})
 
 

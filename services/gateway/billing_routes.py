@@ -13,28 +13,30 @@ import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
+from democratic_ai.contracts.billing_events import InvoiceIssued, PlanTerms
 from democratic_ai.contracts.fields import Id
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.billing import BillingService, Payments, render_invoice
+from democratic_ai.services.billing.payments import WebhookOutcome
 from democratic_ai.services.identity import Principal
 
 from .auth import STRIPE_WEBHOOK_PATH, principal_of, require, require_tenant
-from .bodies import read_json
+from .bodies import from_row, read_json, respond
 from .errors import ApiError
 from .meta import request_meta
+from .openapi import Query, operation
 from .state import BILLING, IDENTITY, PAYMENTS, POOL
 
 __all__ = ["add_billing_routes"]
 
 log = logging.getLogger(__name__)
-_encode = msgspec.json.Encoder().encode
 
 _INVOICE_COLUMNS = ("invoice_id, tenant_id, period, period_start, period_end, time_zone, currency, subtotal,"
                     " tax_rate, tax, total, usage, status, issued_at, stripe_invoice_id, paid_at")
@@ -42,13 +44,110 @@ _LINE_COLUMNS = ("line_no, kind, description, metric, plan_id, quantity, unit, u
                  " service_end")
 
 
-def _json(document: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_encode(document), status=status, content_type="application/json")
-
-
 def _plain(record: Mapping[str, Any]) -> dict[str, Any]:
     """A row as JSON-ready values: decimals as plain strings ("50000", never "5E+4")."""
     return {k: f"{v:f}" if isinstance(v, Decimal) else v for k, v in record.items()}
+
+
+# Answers ---------------------------------------------------------------------------------------
+
+DecimalText = Annotated[str, msgspec.Meta(description="A decimal number written out in full (never an exponent).")]
+
+
+class Subscription(msgspec.Struct):
+    tenant_id: str
+    plan_id: str
+    plan_name: str
+    interval: str
+    time_zone: str
+    currency: str
+    status: str
+    terms: PlanTerms  # the price list locked in by the last subscription event
+    started_at: datetime
+    current_since: datetime
+    cancelled_at: datetime | None
+
+
+class PlanDocument(msgspec.Struct):
+    tenant_id: str
+    subscription: Subscription | None  # None: no plan chosen yet
+    plans: list[PlanTerms]  # the catalogue one may choose from
+
+
+class Invoice(msgspec.Struct):
+    invoice_id: str
+    tenant_id: str
+    period: str
+    period_start: datetime
+    period_end: datetime
+    time_zone: str
+    currency: str
+    subtotal: int
+    tax_rate: DecimalText
+    tax: int
+    total: int
+    usage: dict[str, int]
+    status: str
+    issued_at: datetime
+    stripe_invoice_id: str | None
+    paid_at: datetime | None
+
+
+class InvoiceList(msgspec.Struct):
+    invoices: list[Invoice]
+
+
+class InvoiceLineRow(msgspec.Struct):
+    line_no: int
+    kind: str
+    description: str
+    metric: str
+    plan_id: str
+    quantity: DecimalText
+    unit: str
+    unit_price: DecimalText
+    amount: int
+    service_start: datetime | None
+    service_end: datetime | None
+
+
+class Payment(msgspec.Struct):
+    stripe_event_id: str
+    outcome: str
+    amount: int
+    currency: str
+    reason: str
+    at: datetime
+
+
+class InvoiceDetail(Invoice):
+    lines: list[InvoiceLineRow]
+    payments: list[Payment]
+
+
+class ClosedMonth(msgspec.Struct):
+    tenant_id: str
+    period: str
+    created: bool  # False: the invoice already existed (or there was nothing to bill)
+    invoice: InvoiceIssued | None  # the invoice.issued event; None: nothing to bill that month
+    stripe_invoice_id: str  # empty unless Stripe is on
+
+
+class ClosedMonths(msgspec.Struct):
+    closed: list[ClosedMonth]
+
+
+class Checkout(msgspec.Struct):
+    session_id: str
+    url: str  # send the user here
+
+
+class WebhookReceipt(msgspec.Struct):
+    received: bool
+    outcome: WebhookOutcome
+
+
+_TENANT = Query("tenant", "The tenant (super admins only; anyone else gets their own).")
 
 
 def _meta(request: web.Request, principal: Principal) -> Meta:
@@ -83,21 +182,22 @@ async def _caught_up(request: web.Request, sequence: int, timeout: float = 2.0) 
 # The plan -----------------------------------------------------------------------------------------
 
 
-def _catalogue(service: BillingService) -> list[dict[str, Any]]:
-    return [{"plan_id": plan_id, **msgspec.to_builtins(terms)} for plan_id, terms in sorted(service.prices.plans.items())]
+def _catalogue(service: BillingService) -> list[PlanTerms]:
+    return [terms for _, terms in sorted(service.prices.plans.items())]
 
 
-async def _plan_document(request: web.Request, tenant_id: str) -> dict[str, Any]:
+async def _plan_document(request: web.Request, tenant_id: str) -> PlanDocument:
     rows = await _rows(request, tenant_id, "SELECT tenant_id, plan_id, plan_name, interval, time_zone, currency, status,"
                        " terms, started_at, current_since, cancelled_at FROM billing_subscriptions")
-    return {"tenant_id": tenant_id, "subscription": _plain(rows[0]) if rows else None,
-            "plans": _catalogue(request.app[BILLING])}
+    return PlanDocument(tenant_id, from_row(Subscription, _plain(rows[0])) if rows else None,
+                        _catalogue(request.app[BILLING]))
 
 
+@operation("The tenant's plan and the catalogue of plans.", {200: PlanDocument}, query=(_TENANT,))
 async def get_plan(request: web.Request) -> web.Response:
     _, tenant_id = _tenant(request)
     require(request, "billing:read")
-    return _json(await _plan_document(request, tenant_id))
+    return respond(await _plan_document(request, tenant_id))
 
 
 class PlanChoice(msgspec.Struct, forbid_unknown_fields=True):
@@ -106,6 +206,8 @@ class PlanChoice(msgspec.Struct, forbid_unknown_fields=True):
     time_zone: Id | None = None
 
 
+@operation("Choose the tenant's plan (and interval, time zone).", {200: PlanDocument}, body=PlanChoice,
+           query=(_TENANT,))
 async def put_plan(request: web.Request) -> web.Response:
     principal, tenant_id = _tenant(request)
     require(request, "billing:update")
@@ -113,24 +215,26 @@ async def put_plan(request: web.Request) -> web.Response:
     sequence = await request.app[BILLING].set_plan(_meta(request, principal), tenant_id, body.plan, body.interval,
                                                    body.time_zone)
     await _caught_up(request, sequence)
-    return _json(await _plan_document(request, tenant_id))
+    return respond(await _plan_document(request, tenant_id))
 
 
+@operation("Cancel the tenant's plan at the end of its period.", {200: PlanDocument}, query=(_TENANT,))
 async def cancel_plan(request: web.Request) -> web.Response:
     principal, tenant_id = _tenant(request)
     require(request, "billing:update")
     await _caught_up(request, await request.app[BILLING].cancel(_meta(request, principal), tenant_id))
-    return _json(await _plan_document(request, tenant_id))
+    return respond(await _plan_document(request, tenant_id))
 
 
 # Invoices -----------------------------------------------------------------------------------------
 
 
+@operation("The tenant's invoices, newest first.", {200: InvoiceList}, query=(_TENANT,))
 async def list_invoices(request: web.Request) -> web.Response:
     _, tenant_id = _tenant(request)
     require(request, "billing:read")
     rows = await _rows(request, tenant_id, f"SELECT {_INVOICE_COLUMNS} FROM billing_invoices ORDER BY period DESC")
-    return _json({"invoices": [_plain(r) for r in rows]})
+    return respond(InvoiceList([from_row(Invoice, _plain(r)) for r in rows]))
 
 
 def _wants_html(request: web.Request) -> bool:
@@ -140,6 +244,11 @@ def _wants_html(request: web.Request) -> bool:
     return "text/html" in accept and "application/json" not in accept
 
 
+@operation(
+    "One invoice with its lines and payments; a printable HTML page with ?format=html or 'Accept: text/html'.",
+    {200: InvoiceDetail}, query=(_TENANT, Query("format", "html: the printable page.")),
+    other_content={"text/html": {"type": "string"}},
+)
 async def get_invoice(request: web.Request) -> web.Response:
     _, tenant_id = _tenant(request)
     require(request, "billing:read")
@@ -158,7 +267,8 @@ async def get_invoice(request: web.Request) -> web.Response:
         tenant = request.app[IDENTITY].tenants.get(tenant_id)
         page = render_invoice(invoice, lines, tenant.name if tenant else tenant_id)
         return web.Response(text=page, content_type="text/html", charset="utf-8")
-    return _json({**_plain(invoice), "lines": [_plain(r) for r in lines], "payments": [_plain(r) for r in payments]})
+    return respond(from_row(InvoiceDetail, _plain(invoice), lines=[_plain(r) for r in lines],
+                            payments=[_plain(r) for r in payments]))
 
 
 class ClosePeriod(msgspec.Struct, forbid_unknown_fields=True):
@@ -166,6 +276,8 @@ class ClosePeriod(msgspec.Struct, forbid_unknown_fields=True):
     period: Id | None = None
 
 
+@operation("Issue the invoices of ended months (and push them to Stripe when it is on); admins.",
+           {200: ClosedMonths}, body=ClosePeriod, body_required=False)
 async def close_period(request: web.Request) -> web.Response:
     """Admin: issue the invoices of ended months (and push them to Stripe when it is on)."""
     principal = require(request, "billing:close")
@@ -177,14 +289,16 @@ async def close_period(request: web.Request) -> web.Response:
         stripe_invoice_id = ""
         if result.invoice is not None and payments.enabled:
             stripe_invoice_id = await payments.push(_meta(request, principal), result.invoice)
-        results.append({"tenant_id": result.tenant_id, "period": result.period, "created": result.created,
-                        "invoice": result.invoice, "stripe_invoice_id": stripe_invoice_id})
-    return _json({"closed": results})
+        results.append(ClosedMonth(result.tenant_id, result.period, result.created, result.invoice,
+                                   stripe_invoice_id))
+    return respond(ClosedMonths(results))
 
 
 # Stripe -------------------------------------------------------------------------------------------
 
 
+@operation("A Stripe Checkout page where the tenant enters a card (503 while Stripe is off).", {201: Checkout},
+           query=(_TENANT,))
 async def payment_method(request: web.Request) -> web.Response:
     """A Stripe Checkout page (setup mode) where the tenant enters a card; we never see it."""
     principal, tenant_id = _tenant(request)
@@ -194,15 +308,21 @@ async def payment_method(request: web.Request) -> web.Response:
     currency = subscription.current.terms.currency if subscription.current else "JPY"
     session = await request.app[PAYMENTS].checkout(_meta(request, principal), tenant_id,
                                                    tenant.name if tenant else tenant_id, currency)
-    return _json({"session_id": session.session_id, "url": session.url}, status=201)
+    return respond(Checkout(session.session_id, session.url), status=201)
 
 
+@operation(
+    "Stripe's webhook, authenticated by its Stripe-Signature header.", {200: WebhookReceipt}, public=True,
+    body=dict[str, Any],
+    description="Answers 503 PAYMENT_PROVIDER_UNAVAILABLE while Stripe is not configured, and 400 for a"
+                " signature that does not verify. Not for clients: Stripe calls it.",
+)
 async def stripe_webhook(request: web.Request) -> web.Response:
     """Stripe's webhook: verified by signature (no credential), recorded at most once per event."""
     payload = await request.read()
     meta = Meta(at=datetime.now(UTC), actor="stripe", ip=request.remote or "")
     outcome = await request.app[PAYMENTS].webhook(meta, payload, request.headers.get("Stripe-Signature"))
-    return _json({"received": True, "outcome": outcome})
+    return respond(WebhookReceipt(True, outcome))
 
 
 def add_billing_routes(app: web.Application) -> None:

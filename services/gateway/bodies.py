@@ -1,4 +1,5 @@
-"""Reading JSON request bodies into typed structs, with the error shape of the edge.
+"""Reading JSON request bodies into typed structs, with the error shape of the edge, and
+writing typed answers (the types :mod:`.openapi` documents).
 
 Every body the gateway decodes goes through here, so one place decides what broken input
 answers: 415 for another content type, 400 for bytes that are not JSON (or JSON nested deeper
@@ -9,7 +10,8 @@ wrong shape. A body that is not what its ``Content-Encoding`` says is a 400 from
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -19,10 +21,11 @@ from democratic_ai.contracts.fields import rejection
 
 from .errors import ApiError
 
-__all__ = ["check_json", "read_json"]
+__all__ = ["check_json", "from_row", "read_json", "respond"]
 
 T = TypeVar("T")
 _any_json = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder().encode
 
 
 def _not_json(exc: Exception) -> ApiError:
@@ -55,3 +58,14 @@ async def read_json(request: web.Request, body_type: type[T]) -> T:
                        {"path": rejected.path}) from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise _not_json(exc) from None
+
+
+def respond(answer: msgspec.Struct, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A JSON answer of one of the documented response types."""
+    return web.Response(body=_encode(answer), status=status, content_type="application/json", headers=headers)
+
+
+def from_row(answer_type: type[T], row: Mapping[str, Any], **extra: Any) -> T:
+    """A read-model row (plus ``extra`` fields) as ``answer_type``; a column the type does not
+    expect, or a value of another type, is an error here rather than an undocumented answer."""
+    return msgspec.convert({**row, **extra}, answer_type)

@@ -11,6 +11,8 @@ answered with ``RateLimit-Policy`` and ``RateLimit`` headers; a refusal is a 429
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import msgspec
 from aiohttp import web
 
@@ -19,9 +21,10 @@ from democratic_ai.services.identity import Principal
 from democratic_ai.services.metering import GATEWAY, Decision
 
 from .auth import require
-from .bodies import check_json
+from .bodies import check_json, from_row, respond
 from .errors import ApiError, error_response
 from .limits import admit, refusal
+from .openapi import Query, operation
 from .ratelimit_headers import limit_header, policy_header
 from .sse import stream_call
 from .state import METERING, POOL, PRESENCE, ROUTER
@@ -29,7 +32,38 @@ from .wire import MAX_TTL_SECONDS, http_error
 
 __all__ = ["checked_capability", "checked_module", "invoke", "list_capabilities"]
 
-_encode = msgspec.json.Encoder().encode
+_FreeForm = Annotated[Any, msgspec.Meta(description="Free-form JSON: the capability's own, as its module declares"
+                                                      " (see input_schema/output_schema in GET /v1/capabilities).")]
+
+
+class InvokeResult(msgspec.Struct):
+    call_id: str
+    module_id: str  # the module that answered
+    result: _FreeForm  # the capability's output, passed through as the module sent it
+
+
+class CapabilityEntry(msgspec.Struct):
+    action: str
+    description: str
+    input_schema: Annotated[Any, msgspec.Meta(description="The JSON Schema a call's payload must match.")]
+    output_schema: Annotated[Any, msgspec.Meta(description="The JSON Schema of the capability's result.")]
+    streaming: bool
+    module_id: str
+    module_name: str
+    module_version: str
+    instances: int  # live instances serving it now
+
+
+class CapabilityList(msgspec.Struct):
+    capabilities: list[CapabilityEntry]
+
+
+_INVOKE_QUERY = (
+    Query("module", "Call this module's instance of the capability (default: any module serving it)."),
+    Query("priority", "0-9, higher first (default 5).", {"type": "string", "pattern": "^[0-9]$"}),
+    Query("ttl", f"Seconds the call may take, 1-{MAX_TTL_SECONDS} (default 30).",
+          {"type": "string", "pattern": "^[0-9]{1,5}$"}),
+)
 
 
 def checked_capability(capability: str) -> str:
@@ -66,6 +100,13 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
+@operation(
+    "Invoke a capability with a JSON payload.", {200: InvokeResult}, body=_FreeForm, query=_INVOKE_QUERY,
+    other_content={"text/event-stream": {"type": "string", "description": "With 'Accept: text/event-stream':"
+                                         " the call as Server-Sent Events (progress, chunks, the result)."}},
+    description="A refusal by a rate limit is a 429 with Retry-After; every answer carries X-Call-Id and the"
+                " RateLimit-Policy / RateLimit headers of the caller's limits.",
+)
 async def invoke(request: web.Request) -> web.StreamResponse:
     if tracing.tracing_enabled():
         with tracing.tracer.start_as_current_span(f"gateway invoke {request.match_info['capability']}"):
@@ -94,8 +135,7 @@ async def _invoke(request: web.Request) -> web.StreamResponse:
         response = http_error(answer, call.id)
         response.headers.update(headers)
         return response
-    document = {"call_id": call.id, "module_id": answer.source_module_id, "result": msgspec.Raw(answer.payload)}
-    return web.Response(body=_encode(document), content_type="application/json", headers=headers)
+    return respond(InvokeResult(call.id, answer.source_module_id, msgspec.Raw(answer.payload)), headers=headers)
 
 
 async def _call_of(request: web.Request, principal: Principal) -> MCPMessage:
@@ -133,6 +173,7 @@ async def _refuse(request: web.Request, call: MCPMessage, decision: Decision, pr
     return error_response(ErrorCode.RATE_LIMITED, decision.message, details, status=429, headers=headers)
 
 
+@operation("Every registered capability, its schemas and how many live instances serve it.", {200: CapabilityList})
 async def list_capabilities(request: web.Request) -> web.Response:
     require(request, "module:read")
     async with request.app[POOL].acquire() as conn:
@@ -147,10 +188,8 @@ async def list_capabilities(request: web.Request) -> web.Response:
     presence = request.app[PRESENCE]
     live = presence.instances()
     capabilities = [
-        {
-            **dict(row),
-            "instances": sum(1 for beat in live if beat.module_id == row["module_id"] and row["action"] in beat.capabilities),
-        }
+        from_row(CapabilityEntry, row, instances=sum(
+            1 for beat in live if beat.module_id == row["module_id"] and row["action"] in beat.capabilities))
         for row in rows
     ]
-    return web.Response(body=_encode({"capabilities": capabilities}), content_type="application/json")
+    return respond(CapabilityList(capabilities))

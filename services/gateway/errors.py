@@ -20,7 +20,7 @@ from democratic_ai.contracts import ErrorCode
 from democratic_ai.services.billing import BillingError
 from democratic_ai.services.identity import IdentityError, Throttled
 
-__all__ = ["STATUS", "ApiError", "error_body", "error_middleware", "error_response"]
+__all__ = ["STATUS", "ApiError", "ErrorBody", "ErrorDetail", "error_body", "error_middleware", "error_response"]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,20 @@ class ApiError(Exception):
         self.status = status or STATUS.get(code, 500)
 
 
+class ErrorDetail(msgspec.Struct):
+    code: str  # a stable ErrorCode
+    message: str  # for people; may change
+    details: dict[str, Any]  # what the code's callers need, e.g. "path" of a refused field
+
+
+class ErrorBody(msgspec.Struct):
+    """The body of every 4xx and 5xx of the edge."""
+
+    error: ErrorDetail
+
+
 def error_body(code: ErrorCode | str, message: str, details: dict[str, Any] | None = None) -> bytes:
-    return _encode({"error": {"code": str(code), "message": message, "details": details or {}}})
+    return _encode(ErrorBody(ErrorDetail(str(code), message, details or {})))
 
 
 def error_response(

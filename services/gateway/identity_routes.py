@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
@@ -23,19 +23,15 @@ from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.identity import Principal
 
 from .auth import principal_of, require, require_tenant
-from .bodies import read_json
+from .bodies import from_row, read_json, respond
 from .errors import ApiError
 from .meta import request_meta
+from .openapi import NO_CONTENT, operation
 from .state import IDENTITY, KEY_RING, POOL, USERS
 
 __all__ = ["add_identity_routes"]
 
-_encode = msgspec.json.Encoder().encode
 log = logging.getLogger(__name__)
-
-
-def _json(document: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_encode(document), status=status, content_type="application/json")
 
 
 def _meta(request: web.Request, principal: Principal | None = None) -> Meta:
@@ -82,20 +78,39 @@ class NewTenant(msgspec.Struct, forbid_unknown_fields=True):
     name: Name = ""
 
 
+class CreatedTenant(msgspec.Struct):
+    tenant_id: str
+    name: str
+
+
+class Tenant(msgspec.Struct):
+    tenant_id: str
+    name: str
+    suspended: bool
+    created_at: datetime
+
+
+class TenantList(msgspec.Struct):
+    tenants: list[Tenant]
+
+
+@operation("Create a tenant (super admin).", {201: CreatedTenant}, body=NewTenant)
 async def create_tenant(request: web.Request) -> web.Response:
     principal = require(request, "tenant:create")
     body = await read_json(request, NewTenant)
     event = await request.app[USERS].create_tenant(_meta(request, principal), body.tenant_id, body.name)
     await _read_your_writes(request)
-    return _json({"tenant_id": event.tenant_id, "name": event.name}, status=201)
+    return respond(CreatedTenant(event.tenant_id, event.name), status=201)
 
 
+@operation("Every tenant (super admin).", {200: TenantList})
 async def list_tenants(request: web.Request) -> web.Response:
     require(request, "tenant:list")
     rows = await _rows(request, None, "SELECT tenant_id, name, suspended, created_at FROM tenants ORDER BY tenant_id")
-    return _json({"tenants": [dict(r) for r in rows]})
+    return respond(TenantList([from_row(Tenant, r) for r in rows]))
 
 
+@operation("One tenant: the caller's own (any, for a super admin).", {200: Tenant})
 async def get_tenant(request: web.Request) -> web.Response:
     tenant_id = request.match_info["tenant"]
     require_tenant(request, tenant_id)
@@ -104,13 +119,14 @@ async def get_tenant(request: web.Request) -> web.Response:
                        tenant_id)
     if not rows:
         raise ApiError(ErrorCode.NOT_FOUND, f"no tenant {tenant_id!r}")
-    return _json(dict(rows[0]))
+    return respond(from_row(Tenant, rows[0]))
 
 
 class Suspension(msgspec.Struct, forbid_unknown_fields=True):
     reason: Text = ""
 
 
+@operation("Suspend a tenant: its credentials stop working (super admin).", {204: NO_CONTENT}, body=Suspension)
 async def suspend_tenant(request: web.Request) -> web.Response:
     principal = require(request, "tenant:suspend")
     body = await read_json(request, Suspension)
@@ -137,6 +153,33 @@ class UserChange(msgspec.Struct, forbid_unknown_fields=True):
 _USER_COLUMNS = "user_id, tenant_id, email, role, active, created_at, updated_at"
 
 
+class UserAnswer(msgspec.Struct):
+    """A user as a command leaves it."""
+
+    user_id: str
+    tenant_id: str
+    email: str
+    role: str
+    active: bool
+
+
+class User(msgspec.Struct):
+    """A user as the read model holds it."""
+
+    user_id: str
+    tenant_id: str
+    email: str
+    role: str
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserList(msgspec.Struct):
+    users: list[User]
+
+
+@operation("Register a user in the tenant.", {201: UserAnswer}, body=NewUser)
 async def create_user(request: web.Request) -> web.Response:
     tenant_id = request.match_info["tenant"]
     principal = require_tenant(request, tenant_id)
@@ -144,10 +187,10 @@ async def create_user(request: web.Request) -> web.Response:
     body = await read_json(request, NewUser)
     event = await request.app[USERS].register_user(_meta(request, principal), tenant_id, body.email, body.password, body.role)
     await _read_your_writes(request)
-    return _json({"user_id": event.user_id, "tenant_id": tenant_id, "email": event.email, "role": event.role,
-                  "active": True}, status=201)
+    return respond(UserAnswer(event.user_id, tenant_id, event.email, event.role, True), status=201)
 
 
+@operation("The tenant's users (only oneself, without user:read).", {200: UserList})
 async def list_users(request: web.Request) -> web.Response:
     tenant_id = request.match_info["tenant"]
     principal = require_tenant(request, tenant_id)
@@ -157,7 +200,7 @@ async def list_users(request: web.Request) -> web.Response:
     else:
         rows = await _rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1",
                            principal.user_id)
-    return _json({"users": [dict(r) for r in rows]})
+    return respond(UserList([from_row(User, r) for r in rows]))
 
 
 def _self_or(request: web.Request, principal: Principal, user_id: str, permission: str) -> None:
@@ -169,6 +212,7 @@ def _self_or(request: web.Request, principal: Principal, user_id: str, permissio
     require(request, permission, f"{permission}:self")
 
 
+@operation("One user of the tenant.", {200: User})
 async def get_user(request: web.Request) -> web.Response:
     tenant_id, user_id = request.match_info["tenant"], request.match_info["user"]
     principal = require_tenant(request, tenant_id)
@@ -176,9 +220,11 @@ async def get_user(request: web.Request) -> web.Response:
     rows = await _rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1", user_id)
     if not rows:
         raise ApiError(ErrorCode.NOT_FOUND, f"no user {user_id!r} in tenant {tenant_id!r}")
-    return _json(dict(rows[0]))
+    return respond(from_row(User, rows[0]))
 
 
+@operation("Change a user's role and/or password (one's own password needs current_password).", {200: UserAnswer},
+           body=UserChange)
 async def update_user(request: web.Request) -> web.Response:
     tenant_id, user_id = request.match_info["tenant"], request.match_info["user"]
     principal = require_tenant(request, tenant_id)
@@ -205,10 +251,10 @@ async def update_user(request: web.Request) -> web.Response:
         await service.change_role(meta, service.user(tenant_id, user_id), body.role)
     await _read_your_writes(request)
     user = service.user(tenant_id, user_id)
-    return _json({"user_id": user.user_id, "tenant_id": tenant_id, "email": user.email, "role": user.role,
-                  "active": user.active})
+    return respond(UserAnswer(user.user_id, tenant_id, user.email, user.role, user.active))
 
 
+@operation("Deactivate a user: every session and API key of theirs stops working.", {204: NO_CONTENT})
 async def deactivate_user(request: web.Request) -> web.Response:
     tenant_id, user_id = request.match_info["tenant"], request.match_info["user"]
     principal = require_tenant(request, tenant_id)
@@ -236,21 +282,33 @@ class Logout(msgspec.Struct, forbid_unknown_fields=True):
     refresh_token: str | None = None
 
 
+class TokenAnswer(msgspec.Struct):
+    access_token: str  # a JWT, for 'Authorization: Bearer'
+    token_type: Literal["Bearer"]
+    expires_in: int  # seconds
+    refresh_token: str
+
+
 def _tokens(tokens: Any) -> web.Response:
-    return _json({"access_token": tokens.access_token, "token_type": "Bearer", "expires_in": tokens.expires_in,
-                  "refresh_token": tokens.refresh_token})
+    return respond(TokenAnswer(tokens.access_token, "Bearer", tokens.expires_in, tokens.refresh_token))
 
 
+@operation("Log in with email and password: an access token and a refresh token.", {200: TokenAnswer}, body=Login,
+           public=True)
 async def login(request: web.Request) -> web.Response:
     body = await read_json(request, Login)
     return _tokens(await request.app[USERS].login(_meta(request), body.tenant_id, body.email, body.password))
 
 
+@operation("Exchange a refresh token for new tokens (the old refresh token is spent).", {200: TokenAnswer},
+           body=Refresh, public=True)
 async def refresh(request: web.Request) -> web.Response:
     body = await read_json(request, Refresh)
     return _tokens(await request.app[USERS].refresh(_meta(request), body.refresh_token))
 
 
+@operation("End the session (and revoke the refresh token, if sent).", {204: NO_CONTENT}, body=Logout,
+           body_required=False)
 async def logout(request: web.Request) -> web.Response:
     principal = principal_of(request)
     body = await read_json(request, Logout) if request.can_read_body else Logout()
@@ -258,8 +316,23 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+class JsonWebKey(msgspec.Struct):
+    kty: str
+    crv: str
+    x: str
+    kid: str
+    alg: str
+    use: str
+
+
+class JsonWebKeySet(msgspec.Struct):
+    keys: list[JsonWebKey]
+
+
+@operation("The public keys that verify the gateway's access tokens (a JSON Web Key Set).", {200: JsonWebKeySet},
+           public=True)
 async def jwks(request: web.Request) -> web.Response:
-    return _json(request.app[KEY_RING].jwks())
+    return respond(msgspec.convert(request.app[KEY_RING].jwks(), JsonWebKeySet))
 
 
 # API keys --------------------------------------------------------------------------------------
@@ -275,6 +348,38 @@ class NewApiKey(msgspec.Struct, forbid_unknown_fields=True):
 _KEY_COLUMNS = "key_id, tenant_id, user_id, name, prefix, role, scopes, expires_at, rate_limit, created_at, revoked_at"
 
 
+class IssuedApiKey(msgspec.Struct):
+    """A new key; ``api_key`` is shown this once."""
+
+    key_id: str
+    api_key: str
+    prefix: str
+    name: str
+    scopes: list[str]
+    expires_at: datetime | None
+    rate_limit: int | None
+
+
+class ApiKey(msgspec.Struct):
+    key_id: str
+    tenant_id: str
+    user_id: str
+    name: str
+    prefix: str
+    role: str
+    scopes: list[str]
+    expires_at: datetime | None
+    rate_limit: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyList(msgspec.Struct):
+    api_keys: list[ApiKey]
+
+
+@operation("Issue an API key to the caller (a user of this tenant); its secret is answered once.",
+           {201: IssuedApiKey}, body=NewApiKey)
 async def create_api_key(request: web.Request) -> web.Response:
     tenant_id = request.match_info["tenant"]
     principal = require_tenant(request, tenant_id)
@@ -292,11 +397,11 @@ async def create_api_key(request: web.Request) -> web.Response:
     )
     await _read_your_writes(request)
     event = issued.event
-    return _json({"key_id": issued.key_id, "api_key": issued.secret, "prefix": event.prefix, "name": event.name,
-                  "scopes": list(event.scopes), "expires_at": event.expires_at, "rate_limit": event.rate_limit},
-                 status=201)
+    return respond(IssuedApiKey(issued.key_id, issued.secret, event.prefix, event.name, list(event.scopes),
+                                event.expires_at, event.rate_limit), status=201)
 
 
+@operation("The tenant's API keys (only one's own, without api_key:read); never their secrets.", {200: ApiKeyList})
 async def list_api_keys(request: web.Request) -> web.Response:
     tenant_id = request.match_info["tenant"]
     principal = require_tenant(request, tenant_id)
@@ -306,9 +411,10 @@ async def list_api_keys(request: web.Request) -> web.Response:
     else:
         rows = await _rows(request, tenant_id, f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1"
                            " ORDER BY created_at", principal.user_id)
-    return _json({"api_keys": [dict(r) for r in rows]})
+    return respond(ApiKeyList([from_row(ApiKey, r) for r in rows]))
 
 
+@operation("Revoke an API key (one's own, without api_key:delete).", {204: NO_CONTENT})
 async def revoke_api_key(request: web.Request) -> web.Response:
     tenant_id, key_id = request.match_info["tenant"], request.match_info["key"]
     principal = require_tenant(request, tenant_id)

@@ -8,7 +8,7 @@ of the rows come from the ``modules`` read model, confined to the tenant by Row 
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
 
 import msgspec
 from aiohttp import web
@@ -17,9 +17,10 @@ from democratic_ai.contracts import ErrorCode
 from democratic_ai.services.identity import ModuleCredential, ModuleState, Principal
 
 from .auth import require, require_tenant
-from .bodies import read_json
+from .bodies import from_row, read_json, respond
 from .errors import ApiError
-from .identity_routes import _json, _meta, _read_your_writes, _rows
+from .identity_routes import _meta, _read_your_writes, _rows
+from .openapi import NO_CONTENT, Query, operation
 from .state import USERS
 
 __all__ = ["add_module_routes"]
@@ -41,10 +42,40 @@ class ModuleChange(msgspec.Struct, forbid_unknown_fields=True):
     capabilities: list[str] | None = None
 
 
-def _secret(document: dict[str, Any], status: int) -> web.Response:
-    response = _json(document, status=status)
-    response.headers.update(_NO_STORE)
-    return response
+class Module(msgspec.Struct):
+    tenant_id: str
+    module_id: str
+    owner_user_id: str  # empty when an owner-less (bootstrap) key registered it
+    name: str
+    capabilities: list[str]
+    credential_prefix: str
+    created_at: datetime
+    updated_at: datetime
+    revoked_at: datetime | None
+
+
+class ModuleList(msgspec.Struct):
+    modules: list[Module]
+
+
+class IssuedModuleCredential(msgspec.Struct):
+    """A module and its new credential, shown this once (``Cache-Control: no-store``)."""
+
+    module_id: str
+    tenant_id: str
+    owner_user_id: str
+    name: str
+    capabilities: list[str]
+    credential: str
+    credential_prefix: str
+
+
+class RegisteredModule(IssuedModuleCredential):
+    created_at: datetime
+
+
+class RotatedCredential(IssuedModuleCredential):
+    rotated_at: datetime
 
 
 def _visible(request: web.Request, principal: Principal) -> ModuleState:
@@ -53,22 +84,24 @@ def _visible(request: web.Request, principal: Principal) -> ModuleState:
                                      request.match_info["module"])
 
 
-async def _document(request: web.Request, module: ModuleState) -> dict[str, Any]:
+async def _document(request: web.Request, module: ModuleState) -> Module:
     rows = await _rows(request, module.tenant_id, f"SELECT {_COLUMNS} FROM modules WHERE module_id = $1",
                        module.module_id)
     if not rows:  # the read model lags (its worker is down): the index knows the module, the rows not yet
         raise ApiError(ErrorCode.NOT_READY, "the module is registered but the read model has not caught up; retry",
                        {"module_id": module.module_id})
-    return dict(rows[0])
+    return from_row(Module, rows[0])
 
 
-def _credential(issued: ModuleCredential) -> dict[str, Any]:
+def _credential(answer_type: type[IssuedModuleCredential], issued: ModuleCredential,
+                status: int) -> web.Response:
     module = issued.module
-    return {"module_id": module.module_id, "tenant_id": module.tenant_id, "owner_user_id": module.owner_user_id,
-            "name": module.name, "capabilities": list(module.capabilities), "credential": issued.credential,
-            "credential_prefix": issued.prefix}
+    answer = answer_type(module.module_id, module.tenant_id, module.owner_user_id, module.name,
+                         list(module.capabilities), issued.credential, issued.prefix, issued.at)
+    return respond(answer, status=status, headers=_NO_STORE)
 
 
+@operation("Register a module: its credential is answered once.", {201: RegisteredModule}, body=NewModule)
 async def register_module(request: web.Request) -> web.Response:
     principal = require(request, "module:create")
     body = await read_json(request, NewModule)
@@ -79,9 +112,11 @@ async def register_module(request: web.Request) -> web.Response:
         name=body.name, capabilities=body.capabilities,
     )
     await _read_your_writes(request)
-    return _secret({**_credential(issued), "created_at": issued.at}, status=201)
+    return _credential(RegisteredModule, issued, 201)
 
 
+@operation("The tenant's modules (every tenant's, for a super admin without tenant_id).", {200: ModuleList},
+           query=(Query("tenant_id", "Only this tenant's modules (super admins; others see their own)."),))
 async def list_modules(request: web.Request) -> web.Response:
     principal = require(request, "module:read")
     tenant_id = request.query.get("tenant_id")
@@ -91,14 +126,16 @@ async def list_modules(request: web.Request) -> web.Response:
         tenant_id = principal.tenant_id
     # None: a super admin's platform-wide read (the modules policy admits dai.scope = 'platform').
     rows = await _rows(request, tenant_id, f"SELECT {_COLUMNS} FROM modules ORDER BY tenant_id, module_id")
-    return _json({"modules": [dict(r) for r in rows]})
+    return respond(ModuleList([from_row(Module, r) for r in rows]))
 
 
+@operation("One module of the caller's tenant (any, for a super admin).", {200: Module})
 async def get_module(request: web.Request) -> web.Response:
     principal = require(request, "module:read")
-    return _json(await _document(request, _visible(request, principal)))
+    return respond(await _document(request, _visible(request, principal)))
 
 
+@operation("Rename a module or change its capabilities.", {200: Module}, body=ModuleChange)
 async def update_module(request: web.Request) -> web.Response:
     principal = require(request, "module:update")
     module = _visible(request, principal)
@@ -109,17 +146,20 @@ async def update_module(request: web.Request) -> web.Response:
     module = await request.app[USERS].update_module(_meta(request, principal), module, name=body.name,
                                                     capabilities=body.capabilities)
     await _read_your_writes(request)
-    return _json(await _document(request, module))
+    return respond(await _document(request, module))
 
 
+@operation("Rotate a module's credential: the old one stops working; the new one is answered once.",
+           {200: RotatedCredential})
 async def rotate_credential(request: web.Request) -> web.Response:
     principal = require(request, "module:update")
     module = _visible(request, principal)
     issued = await request.app[USERS].rotate_module_credential(_meta(request, principal), module)
     await _read_your_writes(request)
-    return _secret({**_credential(issued), "rotated_at": issued.at}, status=200)
+    return _credential(RotatedCredential, issued, 200)
 
 
+@operation("Revoke a module (one's own, without module:delete): its credential stops working.", {204: NO_CONTENT})
 async def revoke_module(request: web.Request) -> web.Response:
     principal = require(request, "module:delete", "module:delete:own")
     module = _visible(request, principal)

@@ -14,7 +14,7 @@ call capabilities (``module:use``). Reads run in a transaction scoped to the ten
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Literal, cast
 
 import msgspec
 from aiohttp import web
@@ -24,12 +24,13 @@ from democratic_ai.contracts.usage_events import Metric
 from democratic_ai.services.identity import Principal
 
 from .auth import require, require_tenant
+from .bodies import from_row, respond
 from .errors import ApiError
+from .openapi import Query, operation
 from .state import METERING, POOL
 
 __all__ = ["add_usage_routes"]
 
-_encode = msgspec.json.Encoder().encode
 _METRICS = frozenset(m.value for m in Metric)
 # granularity → (longest range it may cover, the default range)
 _RANGES = {
@@ -39,8 +40,58 @@ _RANGES = {
 }
 
 
-def _json(document: Any) -> web.Response:
-    return web.Response(body=_encode(document), content_type="application/json")
+Granularity = Literal["hour", "day", "month"]
+
+
+class UsagePoint(msgspec.Struct):
+    period: datetime  # the hour, day or month it starts (UTC)
+    metric: str
+    outcome: str
+    value: int
+    events: int
+
+
+class UsageSeries(msgspec.Struct):
+    tenant_id: str
+    from_: datetime = msgspec.field(name="from")  # rounded outwards to whole periods
+    to: datetime
+    granularity: Granularity
+    metric: str | None
+    capability: str | None
+    module: str | None
+    usage: list[UsagePoint]
+    totals: dict[str, dict[str, int]]  # metric → outcome → value
+
+
+class LimitState(msgspec.Struct):
+    name: str  # calls, key-calls, compute, bandwidth, storage
+    algorithm: str
+    metric: str
+    unit: str
+    quota: int
+    window_seconds: int
+    used: int
+    remaining: int
+    reset_seconds: float
+
+
+class Limits(msgspec.Struct):
+    tenant_id: str
+    plan: str
+    api_key_id: str | None
+    limits: list[LimitState]
+
+
+_TENANT = Query("tenant", "The tenant (super admins only; anyone else gets their own).")
+_USAGE_QUERY = (
+    _TENANT,
+    Query("granularity", "hour, day (default) or month.", {"type": "string", "enum": ["hour", "day", "month"]}),
+    Query("from", "ISO 8601 date or date-time with a time zone (default: one default range before 'to')."),
+    Query("to", "ISO 8601 date or date-time with a time zone (default: now)."),
+    Query("metric", f"Only this metric: {', '.join(sorted(m.value for m in Metric))}."),
+    Query("capability", "Only calls of this capability."),
+    Query("module", "Only calls served by this module."),
+)
 
 
 def _bad(parameter: str, message: str, value: str | None = None) -> ApiError:
@@ -102,6 +153,8 @@ def _tenant(request: web.Request, principal: Principal) -> str:
     return tenant
 
 
+@operation("The tenant's usage as a series (and totals) from the usage read models.", {200: UsageSeries},
+           query=_USAGE_QUERY)
 async def get_usage(request: web.Request) -> web.Response:
     principal = require(request, "billing:read")
     tenant = _tenant(request, principal)
@@ -160,31 +213,21 @@ async def get_usage(request: web.Request) -> web.Response:
     for row in rows:
         by_outcome = totals.setdefault(row["metric"], {})
         by_outcome[row["outcome"]] = by_outcome.get(row["outcome"], 0) + row["value"]
-    return _json({
-        "tenant_id": tenant, "from": start, "to": end, "granularity": granularity,
-        "metric": metric, "capability": capability, "module": module,
-        "usage": [dict(row) for row in rows],
-        "totals": totals,
-    })
+    return respond(UsageSeries(tenant, start, end, cast(Granularity, granularity), metric, capability, module,
+                               [from_row(UsagePoint, row) for row in rows], totals))
 
 
+@operation("Every limit the caller is subject to, as it stands now.", {200: Limits}, query=(_TENANT,))
 async def get_limits(request: web.Request) -> web.Response:
     principal = require(request, "billing:read", "module:use")
     tenant = _tenant(request, principal)
     if tenant != principal.tenant_id:  # a super admin looking at another tenant: its plan only
         principal = Principal(tenant_id=tenant, role="", permissions=frozenset())
     metering = request.app[METERING]
-    return _json({
-        "tenant_id": tenant,
-        "plan": metering.plans.plan_of(tenant).name,
-        "api_key_id": principal.key_id or None,
-        "limits": [
-            {"name": s.name, "algorithm": s.algorithm, "metric": s.metric, "unit": s.unit, "quota": s.quota,
-             "window_seconds": s.window, "used": s.used, "remaining": s.remaining,
-             "reset_seconds": round(s.reset, 3)}
-            for s in metering.policies(principal, storage=True)
-        ],
-    })
+    return respond(Limits(tenant, metering.plans.plan_of(tenant).name, principal.key_id or None, [
+        LimitState(s.name, s.algorithm, s.metric, s.unit, s.quota, s.window, s.used, s.remaining, round(s.reset, 3))
+        for s in metering.policies(principal, storage=True)
+    ]))
 
 
 def add_usage_routes(app: web.Application) -> None:

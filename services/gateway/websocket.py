@@ -52,6 +52,7 @@ from .capabilities import checked_capability, checked_module
 from .credential_watch import Watched
 from .errors import ApiError
 from .limits import admit, refusal
+from .openapi import operation
 from .state import CONFIG, CREDENTIALS, IDENTITY, KEY_RING, METERING, ROUTER
 from .wire import (
     Auth,
@@ -70,6 +71,12 @@ __all__ = ["websocket"]
 _TERMINAL = (MessageType.RESPONSE, MessageType.ERROR)
 
 
+@operation(
+    "The WebSocket transport: MCP messages as JSON frames (see the README); not plain HTTP.", {101: None},
+    description="Upgrade with the usual WebSocket handshake. The credential goes in the X-API-Key or Authorization"
+                " header, or in the first frame ({\"type\": \"AUTH\", \"api_key\": ...}). Each frame is one call, progress"
+                " message or answer; an oversized or malformed frame gets an ERROR frame for that call.",
+)
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     config = request.app[CONFIG]
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=config.ws_read_limit_bytes)
