@@ -328,3 +328,19 @@ async def forget_usage(nc: NATS, tenant: str) -> None:
     js = nc.jetstream()
     await js.purge_stream("USAGE", subject=f"usage.{tenant}.>")
     await js.purge_stream("MCP", subject=f"mcp.*.{tenant}.>")
+
+
+@pytest.fixture
+async def forget_logins(nc: NATS) -> AsyncIterator[None]:
+    """Failed logins count against the client's IP for every later test of the session (twenty in
+    15 minutes answer 429): the login attempts a test records are purged from the log after it."""
+    js = nc.jetstream()
+
+    async def counts() -> dict[str, int]:
+        return dict((await js.stream_info("IDENTITY", subjects_filter="iam.*.login.*")).state.subjects or {})
+
+    before = await counts()
+    yield
+    for subject, count in (await counts()).items():
+        if count > before.get(subject, 0):
+            await js.purge_stream("IDENTITY", subject=subject)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import string
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -215,22 +215,6 @@ def _hypothesis(loop: asyncio.AbstractEventLoop, strategy: st.SearchStrategy[Req
         asyncio.run_coroutine_threadsafe(check(request), loop).result(timeout=60)
 
     prop()
-
-
-@pytest.fixture
-async def forget_logins(nc: NATS) -> AsyncIterator[None]:
-    """Failed logins count against the client's IP for every later test of the session (twenty in
-    15 minutes answer 429): the login attempts a test records are purged from the log after it."""
-    js = nc.jetstream()
-
-    async def counts() -> dict[str, int]:
-        return dict((await js.stream_info("IDENTITY", subjects_filter="iam.*.login.*")).state.subjects or {})
-
-    before = await counts()
-    yield
-    for subject, count in (await counts()).items():
-        if count > before.get(subject, 0):
-            await js.purge_stream("IDENTITY", subject=subject)
 
 
 async def test_every_command_is_refused_with_4xx_or_appended_and_folded(

@@ -81,7 +81,9 @@ async def test_the_document_is_served_and_schemathesis_loads_it(gateway: Gateway
     assert any(op.path == "/v1/tenants/{tenant}/api-keys" and op.method == "post" for op in operations)
 
 
-async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(gateway: Gateway, tmp_path: Path) -> None:
+async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
+    gateway: Gateway, tmp_path: Path, forget_logins: None
+) -> None:
     exclusions = [arg for path in NOT_FUZZED for arg in ("--exclude-path", path)]
     # Half the {tenant} path parameters name a real tenant (not the key's own: suspending that would
     # refuse the rest of the run), so the handlers behind the 404 are reached too.
