@@ -107,7 +107,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when NATS is connected and Postgres answers."""
+    """Ready when NATS is connected and Postgres answers. A clock far from the NATS server's
+    is named under ``warnings`` but does not make the gateway unready: limits and deadlines are
+    measured on the server's clock and the monotonic one (:mod:`democratic_ai.contracts.server_clock`)."""
     problems = []
     if not request.app[NC].is_connected:
         problems.append("nats")
@@ -118,6 +120,11 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(f"postgres: {exc}")
     if problems:
         return error_response(ErrorCode.NOT_READY, "not ready", {"failing": problems}, status=503)
+    clock = request.app[METERING].clock
+    problem = clock.check()
+    if problem is not None:
+        return web.json_response({"status": "ready", "warnings": [problem],
+                                  "clock_skew_seconds": round(clock.skew() or 0.0, 3)})
     return web.json_response({"status": "ready"})
 
 
