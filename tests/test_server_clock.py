@@ -4,12 +4,17 @@ monotonic clock (contracts/server_clock.py), and lease windows measured on it.""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.server_clock import SKEW_WARNING_SECONDS, ServerClock
+from democratic_ai.contracts.usage_events import MeterConsumed
+from democratic_ai.services.metering import Plan, PlanBook
 from democratic_ai.services.metering.algorithms import Grant, SlidingLog
+from democratic_ai.services.metering.meters import Meters
+from democratic_ai.services.metering.plans import ComputeLimit
 
 
 class _Clocks:
@@ -96,3 +101,17 @@ def test_a_restamped_grant_is_forgotten_by_its_new_end() -> None:
     assert log.used(112.0) == 8
     assert log.frees_all_in(112.0) == pytest.approx(3.0)
     assert log.used(115.0) == 0
+
+
+def test_a_meter_event_from_a_clock_ahead_does_not_stall_a_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another replica 30 s ahead tells what a tenant used; this replica's bucket still refills
+    by its own clock from now, not from 30 s in the future."""
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    plans = PlanBook({"p": Plan(compute_ms=ComputeLimit(capacity=10, refill_per_second=1.0))}, default_plan="p")
+    meters = Meters(None, plans, replica="here")  # type: ignore[arg-type]  # folding needs no connection
+    meters.apply_remote(MeterConsumed(tenant_id="acme", replica="ahead", compute_ms=10, bandwidth_bytes=0,
+                                      since=now[0] + 29.0, until=now[0] + 30.0))
+    assert meters.check("acme", 0, now[0]) is not None  # used up…
+    now[0] += 2.0
+    assert meters.check("acme", 0, now[0]) is None  # …and refilled two seconds later
