@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timedelta, tzinfo
 
 import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.server_clock import SKEW_WARNING_SECONDS, ServerClock
 from democratic_ai.contracts.usage_events import MeterConsumed
+from democratic_ai.services.identity import KeyEncryptionKey, KeyRing
 from democratic_ai.services.metering import Plan, PlanBook
 from democratic_ai.services.metering.algorithms import Grant, SlidingLog
 from democratic_ai.services.metering.meters import Meters
@@ -115,3 +117,36 @@ def test_a_meter_event_from_a_clock_ahead_does_not_stall_a_bucket(monkeypatch: p
     assert meters.check("acme", 0, now[0]) is not None  # used up…
     now[0] += 2.0
     assert meters.check("acme", 0, now[0]) is None  # …and refilled two seconds later
+
+
+def _clock_off_by(seconds: float) -> type[datetime]:
+    """``datetime`` as seen on a host whose clock is ``seconds`` off."""
+
+    class Shifted(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+            return datetime.now(tz) + timedelta(seconds=seconds)
+
+    return Shifted
+
+
+async def test_a_token_issued_by_a_gateway_whose_clock_is_ahead_is_accepted(
+    nc: NATS, kek: KeyEncryptionKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gateway A's clock is 30 s ahead: its fresh access token says it was issued 30 s from now.
+    Gateway B still accepts it (and still refuses an expired one)."""
+    from democratic_ai.services.identity import tokens
+
+    ring = KeyRing(kek)
+    await ring.start(nc.jetstream())
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(tokens, "datetime", _clock_off_by(30))
+            fresh, jti, _ = ring.issue({"sub": "u-1", "tenant_id": "acme"})
+            patch.setattr(tokens, "datetime", _clock_off_by(-tokens.ACCESS_TOKEN_TTL.total_seconds() - 60))
+            expired, _, _ = ring.issue({"sub": "u-1", "tenant_id": "acme"})
+        assert ring.verify(fresh).jti == jti
+        with pytest.raises(tokens.InvalidToken, match="expired"):
+            ring.verify(expired)
+    finally:
+        await ring.stop()
