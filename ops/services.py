@@ -14,6 +14,7 @@ from aiohttp import web
 from democratic_ai.contracts import tracing
 from democratic_ai.contracts.bus import BusOptions, connect, role_of
 from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.hub import Hub
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import create_pool, migrate
@@ -83,6 +84,7 @@ async def run_busauth(auth: BusOptions, system: BusOptions, issuer_seed: str, st
 async def run_hub(options: BusOptions, stop: asyncio.Event) -> None:
     tracing.configure_tracing("dai-hub")
     nc = await connect(options, "dai-hub", max_reconnect_attempts=-1)
+    await ServerClock().refresh(nc, "REGISTRY")  # warns if this host's clock is far from the server's
     hub = Hub()
     await hub.start(nc)
     log.info("hub ready")
@@ -107,6 +109,7 @@ async def run_projections(options: BusOptions, database_url: str, names: list[st
     if unknown:
         raise SystemExit(f"dai: unknown projection(s) {', '.join(unknown)}; known: {', '.join(sorted(PROJECTIONS))}")
     nc = await connect(options, "dai-projections", max_reconnect_attempts=-1)
+    await ServerClock().refresh(nc, "MCP")  # warns if this host's clock is far from the server's
     pool = await create_pool(database_url, max_size=max(2, len(names) + 1))
     async with pool.acquire() as conn:
         await migrate(conn)
