@@ -26,11 +26,9 @@ __all__ = [
     "JSON",
     "REQUEST",
     "RESPONSE",
-    "deadline_ns",
     "decode",
     "error_details",
     "error_reply",
-    "expired",
     "new_event",
     "new_request",
     "reply",
@@ -139,18 +137,6 @@ def error_reply(
     ))
 
 
-def expired(message: MCPMessage) -> bool:
-    """Whether the caller of ``message`` has stopped waiting: its ``ttl`` has passed since its
-    timestamp. A message without a ttl or a timestamp never expires."""
-    ttl = message.ttl
-    if ttl <= 0 or not message.HasField("timestamp"):
-        return False
-    stamp = message.timestamp
-    seconds, nanos = divmod(time.time_ns(), _NANOS)
-    deadline = stamp.seconds + ttl
-    return seconds > deadline or (seconds == deadline and nanos > stamp.nanos)
-
-
 def error_details(message: MCPMessage) -> dict[str, Any]:
     """The JSON details of an ERROR message (``{}`` when absent or unreadable)."""
     if not message.error.details:
@@ -160,17 +146,6 @@ def error_details(message: MCPMessage) -> dict[str, Any]:
     except msgspec.DecodeError:
         return {}
     return details if isinstance(details, dict) else {"value": details}
-
-
-def deadline_ns(message: MCPMessage) -> int | None:
-    """When the caller stops waiting (``time.time_ns()`` scale), or None if it set no ttl.
-
-    The deadline is the request's own timestamp plus its ttl, so every hop — router, module,
-    a queue in front of a busy module — measures against the same instant.
-    """
-    if message.ttl <= 0 or not message.HasField("timestamp"):
-        return None
-    return message.timestamp.ToNanoseconds() + message.ttl * 1_000_000_000
 
 
 def decode(data: bytes) -> MCPMessage:

@@ -5,8 +5,10 @@ a call costs one NATS request and no extra hop. Routing by capability publishes 
 ``mcp.call.<tenant>.<capability>``, where every replica of every module serving it shares one
 queue group; routing to a module publishes on ``mcp.direct.<module>.<tenant>.<capability>``.
 
-The router enforces a call's ttl: a request whose deadline (its timestamp plus ttl) has passed
-is answered TIMEOUT without being sent, and no answer is awaited beyond the deadline. A streamed
+The router enforces a call's ttl: a request whose deadline (its timestamp plus ttl, on this
+process's clock, which made it) has passed is answered TIMEOUT without being sent, and no answer
+is awaited beyond the deadline. The module learns the time left, not the deadline: the header
+``Dai-Remaining-Ms`` (:mod:`democratic_ai.contracts.deadlines`), so clocks need not agree. A streamed
 call (:meth:`Router.open_stream`) is opened with the same NATS request, so "no module" is still
 answered at once; its chunks then flow as :mod:`democratic_ai.contracts.streaming` describes.
 
@@ -31,8 +33,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
-from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, MessageType, deadline_ns, decode
-from democratic_ai.contracts import error_reply, presence, streaming, subjects, tracing
+from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, MessageType, decode, error_reply
+from democratic_ai.contracts import deadlines, presence, streaming, subjects, tracing
 
 from .presence import PresenceIndex, died
 from .replies import Interrupted, Pending, Replies
@@ -89,34 +91,35 @@ class Router:
     async def _call(self, request: MCPMessage) -> MCPMessage:
         tenant = request.context.tenant_id
         action = request.action
-        timeout = _remaining(request)
-        if timeout <= 0:
+        deadline = deadlines.made_here(request)
+        if _remaining(deadline) <= 0:
             return await self._expired(request)
         if self._presence is not None:
             request.headers[presence.ACCEPT_HEADER] = "1"  # we watch the instance that says it holds the call
         data = request.SerializeToString()
-        headers = tracing.inject({}) if tracing.tracing_enabled() else None
+        trace = tracing.inject({}) if tracing.tracing_enabled() else None
 
         # The record goes first on the same connection, so the log holds the request before
         # any module can answer it.
-        await self._nc.publish(subjects.record_request(tenant, action), data, headers=headers)
+        await self._nc.publish(subjects.record_request(tenant, action), data, headers=trace)
+        headers = _with_remaining(trace, deadline)
         pending = await self._replies.expect()
         try:
             await self._nc.publish(self._subject(request), data, reply=pending.inbox, headers=headers)
-            return await self._answer(request, pending, timeout)
+            return await self._answer(request, pending, deadline)
         finally:
             pending.close()
 
-    async def _answer(self, request: MCPMessage, pending: Pending, timeout: float) -> MCPMessage:
+    async def _answer(self, request: MCPMessage, pending: Pending, deadline: float | None) -> MCPMessage:
         """The module's answer; when it says it holds the call (ACCEPTED), the one after, unless it dies."""
-        answer = await self._next(request, pending, timeout)
+        answer = await self._next(request, pending, _remaining(deadline))
         if answer.type != MessageType.ACCEPTED:
             return answer
         named = subjects.instance_of_control(answer.headers.get(streaming.CONTROL, ""))
         unwatch = self._presence.watch(*named, pending.interrupt) if named and self._presence else _nothing
         try:
             while answer.type == MessageType.ACCEPTED:
-                answer = await self._next(request, pending, _remaining(request))
+                answer = await self._next(request, pending, _remaining(deadline))
         except Interrupted:
             module_id, instance_id = named or ("", "")  # only a watched call is interrupted
             answer = await self._fail(request, *died(module_id, instance_id, request.action))
@@ -160,17 +163,18 @@ class Router:
             idle_timeout=float(request.ttl or DEFAULT_TTL_SECONDS), fail=self._fail, on_end=on_end,
             cancel_wait=self._cancel_wait, presence=self._presence,
         )
-        timeout = _remaining(request)
-        if timeout <= 0:
+        deadline = deadlines.made_here(request)
+        if _remaining(deadline) <= 0:
             await stream.refuse(await self._expired(request))
             return stream
         await stream.listen()
         data = request.SerializeToString()
         trace = tracing.inject({}) if tracing.tracing_enabled() else None
-        headers = {**(trace or {}), streaming.STREAM_HEADER: stream.inbox, streaming.WINDOW_HEADER: str(window)}
         await self._nc.publish(subjects.record_request(request.context.tenant_id, request.action), data, headers=trace)
+        headers = {**_with_remaining(trace, deadline), streaming.STREAM_HEADER: stream.inbox,
+                   streaming.WINDOW_HEADER: str(window)}
         opening = asyncio.ensure_future(
-            self._nc.request(self._subject(request), data, timeout=timeout, headers=headers)
+            self._nc.request(self._subject(request), data, timeout=_remaining(deadline), headers=headers)
         )
         try:
             # Shielded: a caller that gives up now (a client hanging up) must still learn where the
@@ -265,9 +269,15 @@ def _nothing() -> None:
     pass
 
 
-def _remaining(request: MCPMessage) -> float:
-    """Seconds until the request's deadline; its ttl when it carries no timestamp."""
-    deadline = deadline_ns(request)
+def _remaining(deadline: float | None) -> float:
+    """Seconds until ``deadline`` (monotonic); the platform's default ttl when there is none."""
     if deadline is None:
-        return float(request.ttl or DEFAULT_TTL_SECONDS)
-    return (deadline - time.time_ns()) / 1e9
+        return float(DEFAULT_TTL_SECONDS)
+    return deadline - time.monotonic()
+
+
+def _with_remaining(headers: dict[str, str] | None, deadline: float | None) -> dict[str, str]:
+    """``headers`` plus the time left, set just before publishing (none without a deadline)."""
+    if deadline is None:
+        return headers or {}
+    return {**(headers or {}), deadlines.REMAINING_HEADER: deadlines.remaining_header(deadline)}

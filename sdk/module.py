@@ -16,7 +16,9 @@ A call is answered once (request/reply) unless the caller asked to stream it (NA
 ``Dai-Stream``): then the module acknowledges at once with ACCEPTED and sends its answers to the
 caller's inbox (:mod:`democratic_ai.sdk.streaming`). Either way the handler waits for one of
 ``max_concurrency`` slots (:mod:`democratic_ai.sdk.scheduling`), and a call whose ttl passed
-before it got one is dropped without running.
+before it got one is dropped without running. The ttl is counted on this process's monotonic
+clock, from the time left that the caller sent with the call (:mod:`democratic_ai.contracts.deadlines`):
+a caller whose clock is off does not make the module drop its calls.
 
 A plain call not answered within ``presence.ACCEPT_AFTER`` (0.25 s) is acknowledged with ACCEPTED
 too, ahead of its answer, if its caller asks (MCP header ``presence.ACCEPT_HEADER``; the gateway
@@ -46,7 +48,7 @@ from democratic_ai.contracts import (
     ErrorCode,
     MCPMessage,
     MessageType,
-    deadline_ns,
+    deadlines,
     decode,
     presence,
     streaming,
@@ -333,8 +335,10 @@ class Module:
             log.warning("dropped an unreadable call on %s", msg.subject)
             endpoint.record(time.perf_counter_ns() - received_ns, "dropped an unreadable call")
             return
-        deadline = deadline_ns(request)
-        if deadline is not None and time.time_ns() > deadline:
+        # When the call arrived, on the monotonic clock: its deadline counts from there.
+        arrived = time.monotonic() - (time.perf_counter_ns() - received_ns) / 1e9
+        deadline = deadlines.received(request, msg.headers, arrived)
+        if deadline is not None and time.monotonic() > deadline:
             # The caller stopped waiting: running the work now would only waste it.
             log.info("dropped expired call %s of %s", request.correlation_id, request.action)
             endpoint.record(time.perf_counter_ns() - received_ns, "dropped a call whose ttl had expired")
@@ -396,7 +400,7 @@ class Module:
         return answer
 
     async def _serve_stream(
-        self, definition: CapabilityDefinition, request: MCPMessage, msg: Msg, inbox: str, deadline: int | None
+        self, definition: CapabilityDefinition, request: MCPMessage, msg: Msg, inbox: str, deadline: float | None
     ) -> None:
         """Acknowledge a streamed call at once, then run it when a slot is free, answering to ``inbox``."""
         nc = self._nc

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 __all__ = ["Scheduler"]
 
-_Entry = tuple[float, int, "asyncio.Future[bool]", int | None]
+_Entry = tuple[float, int, "asyncio.Future[bool]", float | None]
 
 
 class Scheduler:
@@ -57,8 +57,8 @@ class Scheduler:
             return True
         return False
 
-    async def acquire(self, priority: int, deadline_ns: int | None) -> bool:
-        """Wait for a slot; False means the deadline (``time.time_ns()`` scale) passed first."""
+    async def acquire(self, priority: int, deadline: float | None) -> bool:
+        """Wait for a slot; False means the deadline (``time.monotonic()`` scale) passed first."""
         if self.try_acquire():
             return True
         loop = asyncio.get_running_loop()
@@ -66,9 +66,9 @@ class Scheduler:
         self._waiting += 1
         future.add_done_callback(self._left)
         timer = None
-        if deadline_ns is not None:
-            timer = loop.call_later(max(0.0, (deadline_ns - time.time_ns()) / 1e9), _expire, future)
-        heapq.heappush(self._heap, (self._clock() - priority * self._aging, next(self._order), future, deadline_ns))
+        if deadline is not None:
+            timer = loop.call_later(max(0.0, deadline - time.monotonic()), _expire, future)
+        heapq.heappush(self._heap, (self._clock() - priority * self._aging, next(self._order), future, deadline))
         try:
             return await future
         except asyncio.CancelledError:
@@ -83,10 +83,10 @@ class Scheduler:
     def release(self) -> None:
         """Give the slot to the best waiting call, or free it."""
         while self._heap:
-            _, _, future, deadline_ns = heapq.heappop(self._heap)
+            _, _, future, deadline = heapq.heappop(self._heap)
             if future.done():
                 continue  # cancelled or expired while waiting
-            if deadline_ns is not None and time.time_ns() > deadline_ns:
+            if deadline is not None and time.monotonic() > deadline:
                 future.set_result(False)
                 continue
             future.set_result(True)  # the slot passes on: ``running`` stays the same

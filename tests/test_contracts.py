@@ -116,19 +116,41 @@ def test_a_forked_child_draws_ids_of_its_own() -> None:
     assert child[:24] != parent[:24]
 
 
-@pytest.mark.parametrize(("age_ns", "ttl", "expired"), [
-    (0, 30, False),
-    (29_999_000_000, 30, False),
-    (30_001_000_000, 30, True),
-    (3_600_000_000_000, 0, False),  # no ttl: never expires
+@pytest.mark.parametrize(("age", "ttl", "left"), [
+    (0.0, 30, 30.0),
+    (29.0, 30, 1.0),
+    (31.0, 30, -1.0),
+    (-5.0, 30, 30.0),  # stamped "in the future" (the clock stepped back since): the ttl is not lengthened
 ])
-def test_expiry_follows_the_ttl(age_ns: int, ttl: int, expired: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from democratic_ai.contracts import expired as is_expired, new_request
+def test_a_request_made_here_has_its_ttl_from_its_timestamp(
+    age: float, ttl: int, left: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from democratic_ai.contracts import deadlines, new_request
 
     request = new_request("text.summarize", b"{}", tenant_id="acme", source_module_id="t", ttl=ttl)
-    sent = request.timestamp.ToNanoseconds()
-    monkeypatch.setattr(time, "time_ns", lambda: sent + age_ns)
-    assert is_expired(request) is expired
+    sent = request.timestamp.ToNanoseconds() / 1e9
+    monkeypatch.setattr(time, "time", lambda: sent + age)
+    monkeypatch.setattr(time, "monotonic", lambda: 100.0)
+    assert deadlines.made_here(request) == pytest.approx(100.0 + left)
+    request.ttl = 0
+    assert deadlines.made_here(request) is None  # no ttl: no deadline
+
+
+def test_a_received_request_has_the_time_its_sender_said_was_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    from democratic_ai.contracts import deadlines, new_request
+
+    request = new_request("text.summarize", b"{}", tenant_id="acme", source_module_id="t", ttl=30)
+    request.timestamp.FromSeconds(0)  # whatever the sender's clock said: never read
+    header = deadlines.REMAINING_HEADER
+    assert deadlines.received(request, {header: "1500"}, arrived=50.0) == pytest.approx(51.5)
+    assert deadlines.received(request, {header: "-20"}, arrived=50.0) == pytest.approx(49.98)
+    assert deadlines.received(request, {header: "soon"}, arrived=50.0) == pytest.approx(80.0)  # unreadable: the ttl
+    assert deadlines.received(request, None, arrived=50.0) == pytest.approx(80.0)
+    request.ttl = 0
+    assert deadlines.received(request, {}, arrived=50.0) is None
+    monkeypatch.setattr(time, "monotonic", lambda: 10.0)
+    assert deadlines.remaining_header(12.3456) == "2345"
+    assert deadlines.remaining_header(9.9995) == "-1"  # rounded down: a hop never waits longer than its caller
 
 
 def test_messages_carry_their_timestamp() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts import ErrorCode, MessageType, new_request, subjects
+from democratic_ai.contracts import ErrorCode, MessageType, deadlines, decode, new_request, subjects
 from democratic_ai.hub import Router
 from democratic_ai.sdk import CallError, Chunk, Client, Module, ModuleConfig, capability
 from democratic_ai.sdk.scheduling import Scheduler
@@ -118,11 +118,41 @@ async def test_a_call_that_arrives_expired_is_never_executed(nc: NATS, worker: W
     answer = await Router(nc, source_id="t").call(request)
     assert answer.type == MessageType.ERROR and answer.error.code == ErrorCode.TIMEOUT
     assert time.monotonic() - started < 0.1
-    # ...and a module that receives it anyway drops it.
+    # ...and a module that receives it anyway, told no time is left, drops it.
     with pytest.raises(TimeoutError):
-        await nc.request(subjects.call("system", "test.work"), request.SerializeToString(), timeout=0.3)
+        await nc.request(subjects.call("system", "test.work"), request.SerializeToString(), timeout=0.3,
+                         headers={deadlines.REMAINING_HEADER: "-4000"})
     await asyncio.sleep(0.05)
     assert worker.served == []
+
+
+@pytest.mark.parametrize("skew", [-30, 30])
+async def test_a_module_counts_the_time_left_not_the_callers_clock(nc: NATS, worker: Worker, skew: int) -> None:
+    """A caller whose clock is 30 s off stamps its calls 30 s off; the module serves them by the
+    time left they carry (or, without it, by their ttl from arrival), never by the stamp."""
+    for label, headers in ((f"left-{skew}", {deadlines.REMAINING_HEADER: "5000"}), (f"ttl-{skew}", None)):
+        request = new_request("test.work", b'{"label": "%s"}' % label.encode(), tenant_id="system",
+                              source_module_id="t", ttl=5)
+        request.timestamp.FromNanoseconds(time.time_ns() + skew * 1_000_000_000)
+        answer = await nc.request(subjects.call("system", "test.work"), request.SerializeToString(), timeout=2,
+                                  headers=headers)
+        assert decode(answer.data).type == MessageType.RESPONSE
+    assert worker.served == [f"left-{skew}", f"ttl-{skew}"]
+
+
+async def test_a_module_drops_a_queued_call_when_the_time_left_it_was_sent_runs_out(nc: NATS, worker: Worker) -> None:
+    client = Client(nc)
+    blocker = await _saturate(worker, client)
+    request = new_request("test.work", b'{"label": "short"}', tenant_id="system", source_module_id="t", ttl=30)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):  # 300 ms left, whatever the 30 s ttl says: dropped, never answered
+        await nc.request(subjects.call("system", "test.work"), request.SerializeToString(), timeout=1.0,
+                         headers={deadlines.REMAINING_HEADER: "300"})
+    await _until(lambda: worker.scheduler.waiting == 0)
+    assert time.monotonic() - started < 1.5
+    worker.gate.set()
+    await blocker
+    assert worker.served == ["blocker"]
 
 
 async def test_aged_priority_orders_the_queue() -> None:
@@ -153,7 +183,7 @@ async def test_aged_priority_orders_the_queue() -> None:
 async def test_an_expired_or_cancelled_waiter_gives_up_its_turn() -> None:
     scheduler = Scheduler(limit=1, aging=1.0)
     assert scheduler.try_acquire()
-    expiring = asyncio.create_task(scheduler.acquire(9, time.time_ns() + 20_000_000))
+    expiring = asyncio.create_task(scheduler.acquire(9, time.monotonic() + 0.02))
     cancelled = asyncio.create_task(scheduler.acquire(9, None))
     patient = asyncio.create_task(scheduler.acquire(0, None))
     assert await expiring is False  # answered at its deadline, while the slot is still taken

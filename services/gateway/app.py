@@ -109,8 +109,10 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
-class Status(msgspec.Struct):
+class Status(msgspec.Struct, omit_defaults=True):
     status: Literal["ok", "ready"]
+    warnings: list[str] = []  # e.g. this process's clock is far from the NATS server's
+    clock_skew_seconds: float | None = None
 
 
 @operation("Liveness: the process answers.", {200: Status}, public=True)
@@ -121,7 +123,9 @@ async def healthz(request: web.Request) -> web.Response:
 @operation("Readiness: NATS connected and Postgres answering (503 NOT_READY, naming what fails, otherwise).",
            {200: Status}, public=True)
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when NATS is connected and Postgres answers."""
+    """Ready when NATS is connected and Postgres answers. A clock far from the NATS server's
+    is named under ``warnings`` but does not make the gateway unready: limits and deadlines are
+    measured on the server's clock and the monotonic one (:mod:`democratic_ai.contracts.server_clock`)."""
     problems = []
     if not request.app[NC].is_connected:
         problems.append("nats")
@@ -132,6 +136,10 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(f"postgres: {exc}")
     if problems:
         return error_response(ErrorCode.NOT_READY, "not ready", {"failing": problems}, status=503)
+    clock = request.app[METERING].clock
+    problem = clock.check()
+    if problem is not None:
+        return respond(Status("ready", warnings=[problem], clock_skew_seconds=round(clock.skew() or 0.0, 3)))
     return respond(Status("ready"))
 
 

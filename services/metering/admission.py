@@ -18,8 +18,7 @@ earlier lease still occupying the window. Take any window of ``window`` seconds 
 lease whose calls fall in it: every earlier such lease still occupied the window when it was
 granted, so their sum is at most the limit. Hence **no window ever holds more than ``limit``
 admitted calls, across any number of replicas** — the bound is exactly L, not L × (1 + ε).
-It assumes the replicas' clocks agree (NTP): a skew of s seconds between two replicas acts
-like a window shorter by s. The price is the other way: calls leased but unused until a lease
+The price is the other way: calls leased but unused until a lease
 ends are given back (``QuotaReturned``); the replica that held them counts them free at once,
 but until the return lands the others count them used, so near the limit a replica may refuse
 a call another replica's idle lease is holding.
@@ -31,6 +30,18 @@ once per lease period). While a replica holds quota, admitting a call is an in-m
 decrement — no round trip: the hot path stays in memory, and only a lease costs one
 JetStream append (~0.3 ms), shared by every request waiting for it. Near the limit, leases
 shrink to exactly the requests waiting, which keeps the limit exact.
+
+**One clock.** No replica's own clock enters a window, so a replica whose clock is off cannot
+widen or narrow it. A lease's window starts at the *server's* time of its append (JetStream
+stamps each message as it stores it; the follower reads ``msg.metadata.timestamp``) and lasts
+what the lease asked (``until - at``); every replica forgets it by its estimate of the server's
+time (:class:`~democratic_ai.contracts.server_clock.ServerClock`: the newest stamp seen plus
+the monotonic time since), which lags the server, never leads it — leases are forgotten late,
+never early. The replica that holds a lease uses it until ``lease_seconds`` after it *sent* the
+append, on its monotonic clock: that is before the server stamped it, so every call of the lease
+falls inside ``[stamp, stamp + lease_seconds]`` whatever the replica's clock says. The ``at`` and
+``until`` the lease carries are the leasing replica's estimate of the server's time, kept for
+the record; only their difference is read.
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
 
 from democratic_ai.contracts.ordered import OrderedConsumer
+from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
 from democratic_ai.contracts.usage_events import (
     MeterConsumed,
@@ -97,6 +109,8 @@ class HolderView:
 
 
 class _LocalLease:
+    """This replica's own lease: ``until`` is on the monotonic clock."""
+
     __slots__ = ("left", "sequence", "until")
 
     def __init__(self, sequence: int, until: float, left: int) -> None:
@@ -115,16 +129,19 @@ class _Holder:
         self.lease: _LocalLease | None = None
         self.waiting: deque[asyncio.Future[int]] = deque()
         self.committing = False
-        self.recent = 0  # calls this replica admitted since ``recent_since``
+        self.recent = 0  # calls this replica admitted since ``recent_since`` (monotonic)
         self.recent_since = 0.0
 
 
 class Admission:
     """Decide sliding-window call limits exactly, shared by every replica through the log."""
 
-    def __init__(self, js: JetStreamContext, config: AdmissionConfig | None = None) -> None:
+    def __init__(
+        self, js: JetStreamContext, config: AdmissionConfig | None = None, clock: ServerClock | None = None
+    ) -> None:
         self._js = js
         self.config = config or AdmissionConfig()
+        self.clock = clock or ServerClock()  # the server's time: what every window is measured on
         self.replica = self.config.replica or f"gw-{uuid.uuid4().hex[:12]}"
         self._holders: dict[str, _Holder] = {}
         self._default_window = 60.0
@@ -139,11 +156,12 @@ class Admission:
 
     async def start(self, longest_window: float, history: float = 0.0, timeout: float = 30.0) -> None:
         """Replay the stream's last ``history`` seconds (at least enough for every lease that
-        can still occupy a window), follow it live, and return once caught up. The follower
-        resumes by sequence after reconnects and server restarts."""
+        can still occupy a window), follow it live, and return once caught up. ``history`` is
+        counted back from the server's time (sync :attr:`clock` first); the follower resumes by
+        sequence after reconnects and server restarts."""
         self._default_window = longest_window
         history = max(history, longest_window + self.config.lease_seconds) + 5
-        self._since = datetime.now(UTC) - timedelta(seconds=history)
+        self._since = datetime.fromtimestamp(self.clock.now(), UTC) - timedelta(seconds=history)
         self._follower = OrderedConsumer(self._js, STREAM, "ratelimit.>", self._apply, start=self._since)
         await self._follower.start(timeout)
         self._returner = asyncio.create_task(self._return_idle_leases(), name="quota-returns")
@@ -159,32 +177,33 @@ class Admission:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for holder in self._holders.values():
-            await self._return_lease(holder, time.time(), force=True)
+            await self._return_lease(holder, time.monotonic(), force=True)
             _settle(holder)
         if self._follower is not None:
             await self._follower.stop()
 
     # Decisions -----------------------------------------------------------------------------
 
-    def take_local(self, tenant_id: str, name: str, now: float) -> int:
+    def take_local(self, tenant_id: str, name: str) -> int:
         """Take one call from this replica's current lease: the in-memory hot path. Returns the
         lease's sequence, or 0 when this replica holds no usable quota."""
         holder = self._holders.get(quota_subject(tenant_id, name))
         if holder is None:
             return 0
         lease = holder.lease
-        if lease is None or lease.left <= 0 or now > lease.until:
+        if lease is None or lease.left <= 0 or time.monotonic() > lease.until:
             return 0
         lease.left -= 1
         holder.recent += 1
         return lease.sequence
 
-    def put_back(self, tenant_id: str, name: str, sequence: int, now: float) -> None:
+    def put_back(self, tenant_id: str, name: str, sequence: int) -> None:
         """Undo a take from lease ``sequence`` (another limit refused the call). Only into that
         same lease, while it lasts: a unit put into a later lease would grant one call too many."""
         holder = self._holders.get(quota_subject(tenant_id, name))
         lease = holder.lease if holder is not None else None
-        if holder is not None and lease is not None and lease.sequence == sequence and now <= lease.until:
+        if (holder is not None and lease is not None and lease.sequence == sequence
+                and time.monotonic() <= lease.until):
             lease.left += 1
             holder.recent -= 1
 
@@ -193,15 +212,14 @@ class Admission:
         lease it came from, or 0 when the limit is reached.
 
         Raises :class:`AdmissionUnavailable` when the log cannot be reached in time."""
-        now = time.time()
-        sequence = self.take_local(tenant_id, name, now)
+        sequence = self.take_local(tenant_id, name)
         if sequence:
             return sequence
         holder = self._holder(tenant_id, name)
         holder.log.window = window
         lease = holder.lease
-        unused = lease.left if lease is not None and now > lease.until else 0  # an ended lease of ours
-        if not holder.waiting and holder.log.used(now) - unused >= limit:
+        unused = lease.left if lease is not None and time.monotonic() > lease.until else 0  # an ended lease of ours
+        if not holder.waiting and holder.log.used(self.clock.now()) - unused >= limit:
             return 0  # refused from memory: a full window costs no round trip
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         holder.waiting.append(future)
@@ -212,34 +230,41 @@ class Admission:
             task.add_done_callback(self._tasks.discard)
         return await future
 
-    def view(self, tenant_id: str, name: str, limit: int, window: float, now: float) -> HolderView:
+    def view(self, tenant_id: str, name: str, limit: int, window: float) -> HolderView:
         """Cheap enough for every response: no sorting, no round trip."""
         holder = self._holders.get(quota_subject(tenant_id, name))
         if holder is None:
             return HolderView(used=0, remaining=limit, reset=0.0)
         holder.log.window = window
+        now = self.clock.now()
         used = holder.log.used(now)
         lease = holder.lease
-        own = lease.left if lease is not None and now <= lease.until else 0
+        own = lease.left if lease is not None and time.monotonic() <= lease.until else 0
         return HolderView(used=used, remaining=min(limit, max(0, limit - used) + own),
                           reset=holder.log.frees_all_in(now))
 
-    def retry_after(self, tenant_id: str, name: str, limit: int, now: float) -> float:
+    def retry_after(self, tenant_id: str, name: str, limit: int) -> float:
         """Seconds until one more call fits the holder's window."""
         holder = self._holders.get(quota_subject(tenant_id, name))
-        return 0.0 if holder is None else holder.log.retry_after(now, limit)
+        return 0.0 if holder is None else holder.log.retry_after(self.clock.now(), limit)
 
     async def _commit(self, holder: _Holder, limit: int, window: float) -> None:
         """Lease quota for every waiting request, one append at a time, until none waits.
 
         If this replica's previous lease ended with calls unused, they are free again for this
-        decision (nobody can use an ended lease), and are given back to the log afterwards."""
+        decision (nobody can use an ended lease), and are given back to the log afterwards.
+
+        The decision counts what occupies the window at ``now``, the server's time as known
+        here — at most the server's time when it will stamp the lease, so nothing the window
+        still holds then is left out."""
         ended: list[_LocalLease] = []
+        period = self.config.lease_seconds
         try:
             while holder.waiting:
-                now = time.time()
+                now = self.clock.now()
+                sent = time.monotonic()
                 holder.log.window = window
-                if holder.lease is not None and now > holder.lease.until:
+                if holder.lease is not None and sent > holder.lease.until:
                     ended.append(holder.lease)  # ours to give back: the returner no longer sees it
                     holder.lease = None
                 free = limit - holder.log.used(now) + sum(lease.left for lease in ended)
@@ -250,17 +275,19 @@ class Admission:
                 if free <= 0:
                     _settle(holder)
                     break
-                n = min(free, want + self._expected_extra(holder, now, free - want))
+                n = min(free, want + self._expected_extra(holder, sent, free - want))
                 lease = QuotaLeased(tenant_id=holder.tenant_id, holder=holder.name, replica=self.replica, n=n,
-                                    at=now, until=now + self.config.lease_seconds)
+                                    at=now, until=now + period)
                 sequence = await self._append(holder, lease)
                 if sequence is None:
                     continue  # another replica won the race: decide again with its lease applied
                 if holder.last_sequence < sequence:
-                    holder.log.add(Grant(lease.at, lease.until, n, sequence))
+                    # Until the follower brings the server's stamp (it restamps the grant), the
+                    # lease spans from before its append to the end of a lease from now.
+                    holder.log.add(Grant(now, self.clock.now() + period, n, sequence))
                     holder.last_sequence = sequence
-                holder.lease = _LocalLease(sequence, lease.until, n)
-                holder.recent, holder.recent_since = 0, now
+                holder.lease = _LocalLease(sequence, sent + period, n)  # before the stamp: inside its window
+                holder.recent, holder.recent_since = 0, sent
                 while holder.waiting and holder.lease.left > 0:
                     future = holder.waiting.popleft()
                     if not future.done():
@@ -279,8 +306,9 @@ class Admission:
                 await self._give_back(holder, lease)
 
     def _expected_extra(self, holder: _Holder, now: float, spare: int) -> int:
-        """Calls beyond those waiting worth leasing now: what this replica admitted over the
-        last lease period, capped at half the spare quota so other replicas keep room."""
+        """Calls beyond those waiting worth leasing now (``now`` monotonic): what this replica
+        admitted over the last lease period, capped at half the spare quota so other replicas
+        keep room."""
         if spare <= 0 or not holder.recent_since:
             return 0
         period = self.config.lease_seconds
@@ -334,13 +362,13 @@ class Admission:
     async def _return_idle_leases(self) -> None:
         while True:
             await asyncio.sleep(self.config.lease_seconds)
-            now = time.time()
+            now = time.monotonic()
             for holder in list(self._holders.values()):
                 await self._return_lease(holder, now)
 
     async def _return_lease(self, holder: _Holder, now: float, *, force: bool = False) -> None:
-        """Give back what is left of this replica's lease once it has ended (or, ``force``, at
-        shutdown), so other replicas need not wait for the window to forget it."""
+        """Give back what is left of this replica's lease once it has ended at monotonic ``now``
+        (or, ``force``, at shutdown), so other replicas need not wait for the window to forget it."""
         lease = holder.lease
         if lease is None or (now <= lease.until and not force):
             return
@@ -370,6 +398,8 @@ class Admission:
 
     async def _apply(self, msg: Msg) -> None:
         sequence = msg.metadata.sequence.stream
+        stamp = msg.metadata.timestamp.timestamp()
+        self.clock.observe(stamp)
         try:
             event = decode_ratelimit_event(msg.data)
         except msgspec.ValidationError:
@@ -379,14 +409,19 @@ class Admission:
                 if self.on_meter is not None:
                     self.on_meter(event)
             else:
-                self._apply_quota(event, sequence)
+                self._apply_quota(event, sequence, stamp)
 
-    def _apply_quota(self, event: QuotaLeased | QuotaReturned, sequence: int) -> None:
+    def _apply_quota(self, event: QuotaLeased | QuotaReturned, sequence: int, stamp: float) -> None:
+        """Fold a lease or a return stored at server time ``stamp``."""
         holder = self._holder(event.tenant_id, event.holder)
+        lasts = max(0.0, event.until - event.at) if isinstance(event, QuotaLeased) else 0.0
         if sequence <= holder.last_sequence:
-            return  # a lease of ours, applied when its append was acknowledged
+            # A lease of ours, applied when its append was acknowledged: now its window is known.
+            if lasts:
+                holder.log.restamp(sequence, stamp, stamp + lasts)
+            return
         if isinstance(event, QuotaLeased):
-            holder.log.add(Grant(event.at, event.until, event.n, sequence))
+            holder.log.add(Grant(stamp, stamp + lasts, event.n, sequence))
         else:
             holder.log.give_back(event.lease_sequence, event.n)
         holder.last_sequence = sequence

@@ -29,8 +29,9 @@ __all__ = ["FixedWindow", "Grant", "LeakyBucket", "SlidingLog", "TokenBucket"]
 class Grant:
     """A block of ``n`` calls a holder may use between ``start`` and ``end``.
 
-    A single call is a grant of one with ``start == end``. Mutable only in ``n``: a grant's
-    unused calls can be given back (:meth:`SlidingLog.give_back`).
+    A single call is a grant of one with ``start == end``. Mutable in ``n`` — a grant's
+    unused calls can be given back (:meth:`SlidingLog.give_back`) — and in its times, once the
+    clock that decides them has stamped it (:meth:`SlidingLog.restamp`).
     """
 
     __slots__ = ("end", "n", "sequence", "start")
@@ -78,6 +79,17 @@ class SlidingLog:
                 self._used -= taken
                 return
 
+    def restamp(self, sequence: int, start: float, end: float) -> None:
+        """Move the grant with ``sequence`` to ``[start, end]`` (unknown grants: nothing).
+
+        A lease this replica appended is counted at once with times it estimated; its stamp
+        from the log follows within milliseconds. Searched from the newest: it is near the end."""
+        for grant in reversed(self._grants):
+            if grant.sequence == sequence:
+                grant.start, grant.end = start, end
+                self._latest_end = max(self._latest_end, end)
+                return
+
     def used(self, now: float) -> int:
         self._forget(now)
         return self._used
@@ -106,8 +118,10 @@ class SlidingLog:
         return len(self._grants)
 
     def _forget(self, now: float) -> None:
-        """Drop grants that have left the window. Grants are kept in log order, which is nearly
-        time order; one that ends late only delays forgetting those behind it, never counts less."""
+        """Drop grants that have left the window. Grants are kept in log order; their times are
+        the log's own stamps (``now`` is on that same clock, see ``admission``), so log order is
+        time order but for grants of different lengths. One that ends late only delays
+        forgetting those behind it, never counts less."""
         horizon = now - self.window
         grants = self._grants
         while grants and grants[0].end <= horizon:

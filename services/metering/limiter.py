@@ -76,43 +76,44 @@ class RateLimiter:
         calls = plan.api_calls
         lease = 0
         if calls is not None:
-            lease = (admission.take_local(tenant, TENANT_HOLDER, now)
+            lease = (admission.take_local(tenant, TENANT_HOLDER)
                      or await admission.take(tenant, TENANT_HOLDER, calls.limit, calls.window_seconds))
             if not lease:
-                retry = admission.retry_after(tenant, TENANT_HOLDER, calls.limit, time.time())
+                retry = admission.retry_after(tenant, TENANT_HOLDER, calls.limit)
                 return Decision(False, refused_by="calls", retry_after=retry, message=(
                     f"the tenant's plan allows {calls.limit} calls per {calls.window_seconds} s;"
                     f" retry in {_seconds(retry)} s"))
         key_limit = principal.rate_limit if principal.key_id else None
         if key_limit is not None:
             holder = key_holder(principal.key_id)
-            if not (admission.take_local(tenant, holder, now)
+            if not (admission.take_local(tenant, holder)
                     or await admission.take(tenant, holder, key_limit, API_KEY_WINDOW_SECONDS)):
                 if lease:
-                    admission.put_back(tenant, TENANT_HOLDER, lease, time.time())
-                retry = admission.retry_after(tenant, holder, key_limit, time.time())
+                    admission.put_back(tenant, TENANT_HOLDER, lease)
+                retry = admission.retry_after(tenant, holder, key_limit)
                 return Decision(False, refused_by="key-calls", retry_after=retry, message=(
                     f"this API key allows {key_limit} calls per {API_KEY_WINDOW_SECONDS} s;"
                     f" retry in {_seconds(retry)} s"))
         return _ALLOWED
 
     def policies(self, principal: Principal, *, storage: bool = False, now: float | None = None) -> list[PolicyState]:
-        """The state of every limit that applies to ``principal`` (storage only if asked)."""
+        """The state of every limit that applies to ``principal`` (storage only if asked);
+        ``now`` (this host's clock) is for the buckets, the call windows keep the server's."""
         now = time.time() if now is None else now
         tenant = principal.tenant_id
         plan = self.plans.plan_of(tenant)
         states = []
         if plan.api_calls is not None:
             states.append(self._calls("calls", tenant, TENANT_HOLDER, plan.api_calls.limit,
-                                      plan.api_calls.window_seconds, now))
+                                      plan.api_calls.window_seconds))
         if principal.key_id and principal.rate_limit is not None:
             states.append(self._calls("key-calls", tenant, key_holder(principal.key_id), principal.rate_limit,
-                                      API_KEY_WINDOW_SECONDS, now))
+                                      API_KEY_WINDOW_SECONDS))
         states.extend(self._buckets(tenant, plan, storage, now))
         return states
 
-    def _calls(self, name: str, tenant: str, holder: str, limit: int, window: int, now: float) -> PolicyState:
-        view = self.admission.view(tenant, holder, limit, window, now)
+    def _calls(self, name: str, tenant: str, holder: str, limit: int, window: int) -> PolicyState:
+        view = self.admission.view(tenant, holder, limit, window)  # on the server's clock, as leases are
         return PolicyState(name, "sliding_window", "api_calls", "requests", limit, window, view.used,
                            view.remaining, view.reset)
 

@@ -17,6 +17,12 @@ Across N replicas these limits can therefore be overshot by what the other repli
 between two meter events plus the delivery (about ``interval``): no scheme can decide a post-paid
 cost exactly before the call. The call limits, which can be exact, are (:mod:`.admission`).
 
+The buckets are each replica's own and run on its clock (the limiter's ``now``). The times fed
+into them come from other clocks — an answer's timestamp is the module's, a meter event's the
+other replica's — so a time ahead of this replica's is taken as now (:func:`_not_after_now`):
+a clock 30 s ahead would otherwise move a bucket 30 s into the future, where it would not
+refill until this clock caught up. A time behind is harmless: it is taken without a refill.
+
 Storage is rare and written through :meth:`.service.Metering.record_storage`; its fixed-window
 state is folded from the USAGE stream's ``usage.*.storage_bytes`` events directly, from the
 start of the current window.
@@ -186,7 +192,7 @@ class Meters:
             metric = event.metric
             if metric == _API_CALLS:
                 continue
-            at = event.at.timestamp()
+            at = _not_after_now(event.at.timestamp())
             meters = self.tenant(event.tenant_id, at)
             if metric == _STORAGE:
                 key = message_id(event)
@@ -212,11 +218,12 @@ class Meters:
         """Take another replica's consumption into the buckets (our own is in them already)."""
         if event.replica == self.replica:
             return
-        meters = self.tenant(event.tenant_id, event.until)
+        at = _not_after_now(event.until)
+        meters = self.tenant(event.tenant_id, at)
         if event.compute_ms:
-            meters.add(_COMPUTE, event.compute_ms, event.until)
+            meters.add(_COMPUTE, event.compute_ms, at)
         if event.bandwidth_bytes:
-            meters.add(_IN, event.bandwidth_bytes, event.until)
+            meters.add(_IN, event.bandwidth_bytes, at)
 
     async def _tell(self) -> None:
         while True:
@@ -252,5 +259,10 @@ class Meters:
             self._storage_seen.popitem(last=False)
         if self._own.pop(key, None) is not None:
             return
-        at = event.at.timestamp()
+        at = _not_after_now(event.at.timestamp())
         self.tenant(event.tenant_id, at).add(event.metric, event.value, at)
+
+
+def _not_after_now(at: float) -> float:
+    """A time stamped by another clock, as this replica's buckets may take it (see the module docstring)."""
+    return min(at, time.time())

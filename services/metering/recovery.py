@@ -50,6 +50,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from democratic_ai.contracts import MCPMessage, decode
+from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id, usage_subject
 from democratic_ai.schemas.outage import DatabaseOutage, DatabaseUnreachable, on_database
 
@@ -103,16 +104,22 @@ class UsageRecovery:
         outage.over()
         subscription = await self._subscribe(last)
         held: list[Msg] = []
+        # An answer's age is measured on the server's clock, which stamped it: this host's
+        # clock, if ahead, would sweep answers a publisher still holds; if behind, sweep late.
+        clock = ServerClock()
         try:
             while not stop.is_set():
                 if len(held) < config.batch:
                     try:
-                        held += await subscription.fetch(config.batch - len(held), timeout=0.5)
+                        fetched = await subscription.fetch(config.batch - len(held), timeout=0.5)
                     except TimeoutError:  # builtin: nats raises both its own and asyncio's
-                        pass
+                        fetched = []
+                    if fetched:
+                        clock.observe_message(fetched[-1])  # the newest: the tightest bound
+                    held += fetched
                 if not held:
                     continue
-                cutoff = datetime.now(UTC) - timedelta(seconds=config.grace)
+                cutoff = datetime.fromtimestamp(clock.now() - config.grace, UTC)
                 ready = 0
                 while ready < len(held) and held[ready].metadata.timestamp <= cutoff:
                     ready += 1

@@ -7,6 +7,7 @@ does with them: admit a call, record a finished call, record data a store wrote.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import MCPMessage
+from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.usage_events import (
     Metric,
     StorageMetered,
@@ -23,7 +25,7 @@ from democratic_ai.contracts.usage_events import (
 )
 from democratic_ai.services.identity import Principal
 
-from .admission import Admission, AdmissionConfig
+from .admission import STREAM as RATELIMIT, Admission, AdmissionConfig
 from .derive import usage_of
 from .errors import QuotaExceeded
 from .limiter import Decision, PolicyState, RateLimiter
@@ -46,9 +48,11 @@ class Metering:
     def __init__(self, nc: NATS, config: MeteringConfig | None = None) -> None:
         self.config = config or MeteringConfig()
         js = nc.jetstream()
-        self._js = js
+        self._nc, self._js = nc, js
         self.plans = self.config.plans
-        self.admission = Admission(js, self.config.admission)
+        self.clock = ServerClock()  # the server's time, which call windows are measured on
+        self._clock_watch: asyncio.Task[None] | None = None
+        self.admission = Admission(js, self.config.admission, self.clock)
         self.meters = Meters(nc, self.plans, self.admission.replica)
         self.admission.on_meter = self.meters.apply_remote  # meter events arrive on RATELIMIT
         self.limiter = RateLimiter(self.plans, self.admission, self.meters)
@@ -57,6 +61,9 @@ class Metering:
 
     async def start(self) -> None:
         """Rebuild limit state from the log, then follow it."""
+        # First the server's time: the replay of leases counts back from it.
+        await self.clock.refresh(self._nc, RATELIMIT)
+        self._clock_watch = asyncio.create_task(self.clock.watch(self._nc, RATELIMIT), name="server-clock")
         await self.subscriptions.start(self._js)
         storage_window = max((p.storage_bytes.window_seconds for p in self.plans.plans.values() if p.storage_bytes),
                              default=86_400)
@@ -69,6 +76,10 @@ class Metering:
         await self.meters.stop()
         await self.admission.stop()
         await self.subscriptions.stop()
+        if self._clock_watch is not None:
+            self._clock_watch.cancel()
+            await asyncio.gather(self._clock_watch, return_exceptions=True)
+            self._clock_watch = None
 
     async def admit(self, principal: Principal, bytes_in: int) -> Decision:
         return await self.limiter.admit(principal, bytes_in)
