@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import re
@@ -16,7 +15,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 
 import nats
@@ -80,9 +78,6 @@ async def _anonymous_refused(url: str) -> bool:
     else:
         await connection.close()
         return False
-    with warnings.catch_warnings():  # nats-py leaves the refused socket to the garbage collector
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
     return refused
 
 
