@@ -8,12 +8,10 @@ Row Level Security confines them to it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime
 from typing import Any, Literal
 
-import asyncpg
 import msgspec
 from aiohttp import web
 
@@ -27,7 +25,8 @@ from .bodies import from_row, read_json, respond
 from .errors import ApiError
 from .meta import request_meta
 from .openapi import NO_CONTENT, operation
-from .state import IDENTITY, KEY_RING, POOL, USERS
+from .identity_reads import read_your_writes, tenant_rows
+from .state import IDENTITY, KEY_RING, USERS
 
 __all__ = ["add_identity_routes"]
 
@@ -36,34 +35,6 @@ log = logging.getLogger(__name__)
 
 def _meta(request: web.Request, principal: Principal | None = None) -> Meta:
     return request_meta(request, principal.actor if principal else "anonymous")
-
-
-async def _rows(request: web.Request, tenant_id: str | None, query: str, *args: Any) -> list[asyncpg.Record]:
-    """Run a read in a transaction scoped to ``tenant_id`` (``None``: platform-wide tenants only)."""
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        if tenant_id is None:
-            await conn.execute("SELECT set_config('dai.scope', 'platform', true)")
-        else:
-            await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant_id)
-        return await conn.fetch(query, *args)
-
-
-async def _read_your_writes(request: web.Request, timeout: float = 2.0) -> None:
-    """Wait (briefly) until the identity read model holds what this gateway has seen.
-
-    Writes are events; reads come from a projection a moment behind. Waiting here after a
-    command means a client that creates a user and then lists users sees it. If the projection
-    worker is down the command has still happened: the wait gives up and the answer goes out.
-    """
-    target = request.app[IDENTITY].last_sequence
-    deadline = asyncio.get_running_loop().time() + timeout
-    async with request.app[POOL].acquire() as conn:
-        while asyncio.get_running_loop().time() < deadline:
-            done = await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = 'identity'")
-            if done is not None and done >= target:
-                return
-            await asyncio.sleep(0.01)
-    log.warning("the identity read model lags behind the log; is the projection worker running?")
 
 
 # Tenants ---------------------------------------------------------------------------------------
@@ -99,14 +70,14 @@ async def create_tenant(request: web.Request) -> web.Response:
     principal = require(request, "tenant:create")
     body = await read_json(request, NewTenant)
     event = await request.app[USERS].create_tenant(_meta(request, principal), body.tenant_id, body.name)
-    await _read_your_writes(request)
+    await read_your_writes(request)
     return respond(CreatedTenant(event.tenant_id, event.name), status=201)
 
 
 @operation("Every tenant (super admin).", {200: TenantList})
 async def list_tenants(request: web.Request) -> web.Response:
     require(request, "tenant:list")
-    rows = await _rows(request, None, "SELECT tenant_id, name, suspended, created_at FROM tenants ORDER BY tenant_id")
+    rows = await tenant_rows(request, None, "SELECT tenant_id, name, suspended, created_at FROM tenants ORDER BY tenant_id")
     return respond(TenantList([from_row(Tenant, r) for r in rows]))
 
 
@@ -115,7 +86,7 @@ async def get_tenant(request: web.Request) -> web.Response:
     tenant_id = request.match_info["tenant"]
     require_tenant(request, tenant_id)
     require(request, "tenant:read")
-    rows = await _rows(request, tenant_id, "SELECT tenant_id, name, suspended, created_at FROM tenants WHERE tenant_id = $1",
+    rows = await tenant_rows(request, tenant_id, "SELECT tenant_id, name, suspended, created_at FROM tenants WHERE tenant_id = $1",
                        tenant_id)
     if not rows:
         raise ApiError(ErrorCode.NOT_FOUND, f"no tenant {tenant_id!r}")
@@ -131,7 +102,7 @@ async def suspend_tenant(request: web.Request) -> web.Response:
     principal = require(request, "tenant:suspend")
     body = await read_json(request, Suspension)
     await request.app[USERS].suspend_tenant(_meta(request, principal), request.match_info["tenant"], body.reason)
-    await _read_your_writes(request)
+    await read_your_writes(request)
     return web.Response(status=204)
 
 
@@ -186,7 +157,7 @@ async def create_user(request: web.Request) -> web.Response:
     require(request, "user:create")
     body = await read_json(request, NewUser)
     event = await request.app[USERS].register_user(_meta(request, principal), tenant_id, body.email, body.password, body.role)
-    await _read_your_writes(request)
+    await read_your_writes(request)
     return respond(UserAnswer(event.user_id, tenant_id, event.email, event.role, True), status=201)
 
 
@@ -196,9 +167,9 @@ async def list_users(request: web.Request) -> web.Response:
     principal = require_tenant(request, tenant_id)
     require(request, "user:read", "user:read:self")
     if principal.can("user:read"):
-        rows = await _rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users ORDER BY email")
+        rows = await tenant_rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users ORDER BY email")
     else:
-        rows = await _rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1",
+        rows = await tenant_rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1",
                            principal.user_id)
     return respond(UserList([from_row(User, r) for r in rows]))
 
@@ -217,7 +188,7 @@ async def get_user(request: web.Request) -> web.Response:
     tenant_id, user_id = request.match_info["tenant"], request.match_info["user"]
     principal = require_tenant(request, tenant_id)
     _self_or(request, principal, user_id, "user:read")
-    rows = await _rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1", user_id)
+    rows = await tenant_rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1", user_id)
     if not rows:
         raise ApiError(ErrorCode.NOT_FOUND, f"no user {user_id!r} in tenant {tenant_id!r}")
     return respond(from_row(User, rows[0]))
@@ -249,7 +220,7 @@ async def update_user(request: web.Request) -> web.Response:
         await service.change_password(meta, user, body.password, keep_session=own)
     if body.role is not None:
         await service.change_role(meta, service.user(tenant_id, user_id), body.role)
-    await _read_your_writes(request)
+    await read_your_writes(request)
     user = service.user(tenant_id, user_id)
     return respond(UserAnswer(user.user_id, tenant_id, user.email, user.role, user.active))
 
@@ -261,7 +232,7 @@ async def deactivate_user(request: web.Request) -> web.Response:
     require(request, "user:delete")
     service = request.app[USERS]
     await service.deactivate(_meta(request, principal), service.user(tenant_id, user_id))
-    await _read_your_writes(request)
+    await read_your_writes(request)
     return web.Response(status=204)
 
 
@@ -395,7 +366,7 @@ async def create_api_key(request: web.Request) -> web.Response:
         name=body.name, scopes=body.scopes or sorted(principal.permissions), expires_at=body.expires_at,
         rate_limit=body.rate_limit,
     )
-    await _read_your_writes(request)
+    await read_your_writes(request)
     event = issued.event
     return respond(IssuedApiKey(issued.key_id, issued.secret, event.prefix, event.name, list(event.scopes),
                                 event.expires_at, event.rate_limit), status=201)
@@ -407,9 +378,9 @@ async def list_api_keys(request: web.Request) -> web.Response:
     principal = require_tenant(request, tenant_id)
     require(request, "api_key:read", "api_key:read:own")
     if principal.can("api_key:read"):
-        rows = await _rows(request, tenant_id, f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")
+        rows = await tenant_rows(request, tenant_id, f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")
     else:
-        rows = await _rows(request, tenant_id, f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1"
+        rows = await tenant_rows(request, tenant_id, f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1"
                            " ORDER BY created_at", principal.user_id)
     return respond(ApiKeyList([from_row(ApiKey, r) for r in rows]))
 
@@ -425,7 +396,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     if not principal.can("api_key:delete") and (not principal.user_id or key.user_id != principal.user_id):
         raise ApiError(ErrorCode.FORBIDDEN, "you may only revoke your own API keys", {"needed": ["api_key:delete"]})
     await request.app[USERS].revoke_api_key(_meta(request, principal), tenant_id, key_id)
-    await _read_your_writes(request)
+    await read_your_writes(request)
     return web.Response(status=204)
 
 

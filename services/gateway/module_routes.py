@@ -19,7 +19,8 @@ from democratic_ai.services.identity import ModuleCredential, ModuleState, Princ
 from .auth import require, require_tenant
 from .bodies import from_row, read_json, respond
 from .errors import ApiError
-from .identity_routes import _meta, _read_your_writes, _rows
+from .identity_reads import read_your_writes, tenant_rows
+from .meta import request_meta
 from .openapi import NO_CONTENT, Query, operation
 from .state import USERS
 
@@ -85,7 +86,7 @@ def _visible(request: web.Request, principal: Principal) -> ModuleState:
 
 
 async def _document(request: web.Request, module: ModuleState) -> Module:
-    rows = await _rows(request, module.tenant_id, f"SELECT {_COLUMNS} FROM modules WHERE module_id = $1",
+    rows = await tenant_rows(request, module.tenant_id, f"SELECT {_COLUMNS} FROM modules WHERE module_id = $1",
                        module.module_id)
     if not rows:  # the read model lags (its worker is down): the index knows the module, the rows not yet
         raise ApiError(ErrorCode.NOT_READY, "the module is registered but the read model has not caught up; retry",
@@ -108,10 +109,10 @@ async def register_module(request: web.Request) -> web.Response:
     tenant_id = principal.tenant_id if body.tenant_id is None else body.tenant_id
     require_tenant(request, tenant_id)
     issued = await request.app[USERS].register_module(
-        _meta(request, principal), tenant_id=tenant_id, owner_user_id=principal.user_id, module_id=body.module_id,
+        request_meta(request, principal.actor), tenant_id=tenant_id, owner_user_id=principal.user_id, module_id=body.module_id,
         name=body.name, capabilities=body.capabilities,
     )
-    await _read_your_writes(request)
+    await read_your_writes(request)
     return _credential(RegisteredModule, issued, 201)
 
 
@@ -125,7 +126,7 @@ async def list_modules(request: web.Request) -> web.Response:
     elif not principal.is_super_admin:
         tenant_id = principal.tenant_id
     # None: a super admin's platform-wide read (the modules policy admits dai.scope = 'platform').
-    rows = await _rows(request, tenant_id, f"SELECT {_COLUMNS} FROM modules ORDER BY tenant_id, module_id")
+    rows = await tenant_rows(request, tenant_id, f"SELECT {_COLUMNS} FROM modules ORDER BY tenant_id, module_id")
     return respond(ModuleList([from_row(Module, r) for r in rows]))
 
 
@@ -143,9 +144,9 @@ async def update_module(request: web.Request) -> web.Response:
     if body.name is None and body.capabilities is None:
         raise ApiError(ErrorCode.VALIDATION_FAILED, "nothing to change: send 'name' and/or 'capabilities'",
                        {"path": "$"})
-    module = await request.app[USERS].update_module(_meta(request, principal), module, name=body.name,
+    module = await request.app[USERS].update_module(request_meta(request, principal.actor), module, name=body.name,
                                                     capabilities=body.capabilities)
-    await _read_your_writes(request)
+    await read_your_writes(request)
     return respond(await _document(request, module))
 
 
@@ -154,8 +155,8 @@ async def update_module(request: web.Request) -> web.Response:
 async def rotate_credential(request: web.Request) -> web.Response:
     principal = require(request, "module:update")
     module = _visible(request, principal)
-    issued = await request.app[USERS].rotate_module_credential(_meta(request, principal), module)
-    await _read_your_writes(request)
+    issued = await request.app[USERS].rotate_module_credential(request_meta(request, principal.actor), module)
+    await read_your_writes(request)
     return _credential(RotatedCredential, issued, 200)
 
 
@@ -165,8 +166,8 @@ async def revoke_module(request: web.Request) -> web.Response:
     module = _visible(request, principal)
     if not principal.can("module:delete") and (not principal.user_id or module.owner_user_id != principal.user_id):
         raise ApiError(ErrorCode.FORBIDDEN, "you may only revoke your own modules", {"needed": ["module:delete"]})
-    await request.app[USERS].revoke_module(_meta(request, principal), module)
-    await _read_your_writes(request)
+    await request.app[USERS].revoke_module(request_meta(request, principal.actor), module)
+    await read_your_writes(request)
     return web.Response(status=204)
 
 

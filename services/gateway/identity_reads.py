@@ -1,0 +1,44 @@
+"""Reads of the identity read models for the HTTP routes: tenant-scoped, and after a write, fresh."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from .state import IDENTITY, POOL
+
+__all__ = ["read_your_writes", "tenant_rows"]
+
+log = logging.getLogger(__name__)
+
+
+async def tenant_rows(request: web.Request, tenant_id: str | None, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Run a read in a transaction scoped to ``tenant_id`` (``None``: platform-wide tenants only)."""
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        if tenant_id is None:
+            await conn.execute("SELECT set_config('dai.scope', 'platform', true)")
+        else:
+            await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant_id)
+        return await conn.fetch(query, *args)
+
+
+async def read_your_writes(request: web.Request, timeout: float = 2.0) -> None:
+    """Wait (briefly) until the identity read model holds what this gateway has seen.
+
+    Writes are events; reads come from a projection a moment behind. Waiting here after a
+    command means a client that creates a user and then lists users sees it. If the projection
+    worker is down the command has still happened: the wait gives up and the answer goes out.
+    """
+    target = request.app[IDENTITY].last_sequence
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with request.app[POOL].acquire() as conn:
+        while asyncio.get_running_loop().time() < deadline:
+            done = await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = 'identity'")
+            if done is not None and done >= target:
+                return
+            await asyncio.sleep(0.01)
+    log.warning("the identity read model lags behind the log; is the projection worker running?")
