@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from democratic_ai.schemas.outage import DatabaseOutage, DatabaseUnreachable, on_database
+from democratic_ai.schemas.outage import DatabaseOutage, on_database
 
 from . import quarantine
 from .base import Projection
@@ -61,12 +61,7 @@ class ProjectionRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fold events until ``stop`` is set, waiting out database outages (see the module docstring)."""
-        outage = DatabaseOutage(f"projection {self.projection.name}", log)
-        while not stop.is_set():
-            try:
-                await self._follow(stop, outage)
-            except DatabaseUnreachable as exc:
-                await outage.pause(exc, stop)
+        await DatabaseOutage(f"projection {self.projection.name}", log).keep_following(lambda outage: self._follow(stop, outage), stop)
 
     async def _follow(self, stop: asyncio.Event, outage: DatabaseOutage) -> None:
         """Fold from the checkpoint until ``stop`` is set; raises :class:`DatabaseUnreachable`.

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import asyncpg
 
@@ -128,6 +128,17 @@ class DatabaseOutage:
             await asyncio.wait_for(stop.wait(), timeout=delay)
         except TimeoutError:
             pass
+
+    async def keep_following(
+        self, follow: Callable[[DatabaseOutage], Awaitable[None]], stop: asyncio.Event
+    ) -> None:
+        """Run ``follow(self)`` until ``stop`` is set, waiting out every outage it raises
+        (:class:`DatabaseUnreachable`) and starting it over from its checkpoint after one."""
+        while not stop.is_set():
+            try:
+                await follow(self)
+            except DatabaseUnreachable as exc:
+                await self.pause(exc, stop)
 
     def over(self) -> None:
         """The database answered: say so once if it had been unreachable, and reset the backoff."""

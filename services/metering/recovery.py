@@ -52,7 +52,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from democratic_ai.contracts import MCPMessage, decode
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id, usage_subject
-from democratic_ai.schemas.outage import DatabaseOutage, DatabaseUnreachable, on_database
+from democratic_ai.schemas.outage import DatabaseOutage, on_database
 
 from .derive import GATEWAY, at_of, is_metered, usage_of
 
@@ -89,12 +89,7 @@ class UsageRecovery:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sweep until ``stop`` is set, waiting out database outages."""
-        outage = DatabaseOutage("usage recovery", log)
-        while not stop.is_set():
-            try:
-                await self._follow(stop, outage)
-            except DatabaseUnreachable as exc:
-                await outage.pause(exc, stop)
+        await DatabaseOutage("usage recovery", log).keep_following(lambda outage: self._follow(stop, outage), stop)
 
     async def _follow(self, stop: asyncio.Event, outage: DatabaseOutage) -> None:
         """Sweep from the checkpoint until ``stop`` is set; raises :class:`DatabaseUnreachable`."""
