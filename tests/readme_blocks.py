@@ -1,0 +1,81 @@
+"""The README's examples, read as a test reads them.
+
+Every fenced ``sh`` block of README.md runs, in the order written, in one shell (variables a
+block sets are there for the next). A block is read otherwise only when an HTML comment — which
+GitHub does not show — right above its fence says so:
+
+* ``<!-- readme-test: skip: REASON -->`` — not run; the reason names what runs it instead.
+* ``<!-- readme-test: save FILE -->`` — written to FILE (a module the next blocks run).
+* ``<!-- readme-test: background until REGEX -->`` — started in the background, like a command in
+  a second terminal; the next block runs once its output matches REGEX. Stopped at the end.
+
+Blocks in other languages (output, JSON, Python, JavaScript) are not run unless saved.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Block", "read_blocks"]
+
+_FENCE = re.compile(r"^```(\w*)\s*$")
+_DIRECTIVE = re.compile(r"^<!--\s*readme-test:\s*(.*?)\s*-->\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    language: str
+    text: str
+    line: int  # of the opening fence, 1-based
+    action: str  # "run", "skip", "save", "background" or "show" (not a shell block)
+    argument: str = ""  # the reason, the file name or the regex
+
+    def where(self) -> str:
+        return f"README.md:{self.line}"
+
+
+def _action(language: str, directive: str | None, line: int) -> tuple[str, str]:
+    if directive is None:
+        return ("run", "") if language == "sh" else ("show", "")
+    if directive.startswith("skip:") and directive[5:].strip():
+        return "skip", directive[5:].strip()
+    if directive.startswith("save "):
+        return "save", directive[5:].strip()
+    if directive.startswith("background until "):
+        return "background", directive[len("background until "):].strip()
+    raise ValueError(f"README.md:{line}: a readme-test comment this runner does not know: {directive!r}")
+
+
+def read_blocks(readme: Path) -> list[Block]:
+    blocks: list[Block] = []
+    directive: str | None = None
+    lines = readme.read_text(encoding="utf-8").splitlines()
+    index = 0
+    while index < len(lines):
+        text = lines[index]
+        found = _DIRECTIVE.match(text)
+        if found:
+            directive = found.group(1)
+            index += 1
+            continue
+        fence = _FENCE.match(text)
+        if fence is None:
+            if text.strip():
+                directive = None  # a directive belongs to the fence right below it
+            index += 1
+            continue
+        start = index
+        body: list[str] = []
+        index += 1
+        while index < len(lines) and not lines[index].startswith("```"):
+            body.append(lines[index])
+            index += 1
+        if index == len(lines):
+            raise ValueError(f"README.md:{start + 1}: a code fence that is never closed")
+        action, argument = _action(fence.group(1), directive, start + 1)
+        blocks.append(Block(fence.group(1), "\n".join(body) + "\n", start + 1, action, argument))
+        directive = None
+        index += 1
+    return blocks
