@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="serve NATS clients over TLS with this certificate (PEM; needs --tls-key)")
     up.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="the private key of --tls-cert (PEM)")
 
+    env = commands.add_parser(
+        "env", help="print the export lines (NATS_URL, DATABASE_URL, the operator's credential) of the dai up"
+        " running on a data dir, for eval \"$(dai env)\"; exit 1 when none runs there")
+    env.add_argument("--data-dir", type=Path, default=Path(".dai"), help="the data dir of that dai up (default: ./.dai)")
+
     commands.add_parser(
         "bus-auth", help="run the bus's authorization service (the auth callout that admits modules; needs NATS_URL,"
         " DAI_BUS_CREDENTIAL_FILE, DAI_BUS_SYS_CREDENTIAL_FILE, DAI_BUS_ISSUER_SEED_FILE)")
@@ -139,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("dai: --tls-cert and --tls-key go together")
         tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
         return up(UpOptions(data_dir=args.data_dir, port=args.port, nats_port=args.nats_port, tls=tls))
+
+    if args.command == "env":
+        from .datadir import DataDirIdle, read_env
+
+        try:
+            sys.stdout.write(read_env(args.data_dir))
+        except DataDirIdle as exc:
+            raise SystemExit(f"dai: {exc}") from None
+        return 0
 
     from . import services
 
