@@ -124,7 +124,9 @@ class _Found(NamedTuple):
 
 
 def _names(found: Iterable[_Found]) -> str:
-    return ", ".join(f"{f.name} (pid {f.proc.pid})" for f in found)
+    """``gateway (pid 4712), nats-server (pid 4711)``: in the order they are stopped."""
+    order = (CHILD, NATS, POSTGRES)
+    return ", ".join(f"{f.name} (pid {f.proc.pid})" for f in sorted(found, key=lambda f: order.index(f.kind)))
 
 
 def _stop_found(found: list[_Found]) -> list[_Found]:
