@@ -22,7 +22,8 @@ USAGE_FLUSH_ENV = "DAI_USAGE_FLUSH_SECONDS"  # longest a gateway buffers usage e
 def _env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
-        raise SystemExit(f"dai: set {name} (e.g. {'nats://127.0.0.1:4222' if name == 'NATS_URL' else 'postgresql://…'})")
+        example = "nats://127.0.0.1:4222" if name == "NATS_URL" else "postgresql://…"
+        raise SystemExit(f"dai: set {name} (e.g. {example}); for the dai up running here: eval \"$(dai env)\"")
     return value
 
 

@@ -41,7 +41,13 @@ class Holder:
 
     @property
     def alive(self) -> bool:
-        return self.pid is not None and psutil.pid_exists(self.pid)
+        """Whether that ``dai up`` still runs (a zombie, killed but not yet waited for, does not)."""
+        if self.pid is None:
+            return False
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
 
     def describe(self) -> str:
         """``pid 4711, started 2026-12-02 00:55:03 UTC`` (whatever of it is known)."""
