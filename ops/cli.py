@@ -64,9 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="serve NATS clients over TLS with this certificate (PEM; needs --tls-key)")
     up.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="the private key of --tls-cert (PEM)")
 
-    env = commands.add_parser(
-        "env", help="print the export lines (NATS_URL, DATABASE_URL, the operator's credential) of the dai up"
-        " running on a data dir, for eval \"$(dai env)\"; exit 1 when none runs there")
+    env_help = ("print the export lines (NATS_URL, DATABASE_URL, the operator's credential) of the dai up"
+                " running on a data dir, for eval \"$(dai env)\"; exit 1 when none runs there")
+    env = commands.add_parser("env", help=env_help, description=env_help[0].upper() + env_help[1:] + ".")
     env.add_argument("--data-dir", type=Path, default=Path(".dai"), help="the data dir of that dai up (default: ./.dai)")
 
     commands.add_parser(
