@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import psutil
 
-__all__ = ["DATA_DIR_ENV", "Reaper", "die_with_parent", "stop_leftovers"]
+__all__ = ["CHILD", "DATA_DIR_ENV", "NATS", "POSTGRES", "Reaper", "die_with_parent", "stop_leftovers"]
 
 DATA_DIR_ENV = "DAI_UP_DATA_DIR"  # set in every platform process of a `dai up`: the data dir it belongs to
 PR_SET_PDEATHSIG = 1
