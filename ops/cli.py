@@ -22,7 +22,8 @@ USAGE_FLUSH_ENV = "DAI_USAGE_FLUSH_SECONDS"  # longest a gateway buffers usage e
 def _env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
-        raise SystemExit(f"dai: set {name} (e.g. {'nats://127.0.0.1:4222' if name == 'NATS_URL' else 'postgresql://…'})")
+        example = "nats://127.0.0.1:4222" if name == "NATS_URL" else "postgresql://…"
+        raise SystemExit(f"dai: set {name} (e.g. {example}); for the dai up running here: eval \"$(dai env)\"")
     return value
 
 
@@ -62,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
                     help="serve NATS clients over TLS with this certificate (PEM; needs --tls-key)")
     up.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="the private key of --tls-cert (PEM)")
+
+    env_help = ("print the export lines (NATS_URL, DATABASE_URL, the operator's credential) of the dai up"
+                " running on a data dir, for eval \"$(dai env)\"; exit 1 when none runs there")
+    env = commands.add_parser("env", help=env_help, description=env_help[0].upper() + env_help[1:] + ".")
+    env.add_argument("--data-dir", type=Path, default=Path(".dai"), help="the data dir of that dai up (default: ./.dai)")
 
     commands.add_parser(
         "bus-auth", help="run the bus's authorization service (the auth callout that admits modules; needs NATS_URL,"
@@ -139,6 +145,15 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("dai: --tls-cert and --tls-key go together")
         tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
         return up(UpOptions(data_dir=args.data_dir, port=args.port, nats_port=args.nats_port, tls=tls))
+
+    if args.command == "env":
+        from .datadir import DataDirIdle, read_env
+
+        try:
+            sys.stdout.write(read_env(args.data_dir))
+        except DataDirIdle as exc:
+            raise SystemExit(f"dai: {exc}") from None
+        return 0
 
     from . import services
 

@@ -70,7 +70,7 @@ def _lock_owner(lockfile: Path) -> psutil.Process | None:
     return None
 
 
-def _postmaster(pgdata: Path) -> psutil.Process | None:
+def postmaster(pgdata: Path) -> psutil.Process | None:
     """The live postmaster serving `pgdata`, if any."""
     return _lock_owner(pgdata / "postmaster.pid")
 
@@ -171,12 +171,12 @@ class PostgresServer:
         atexit.unregister(self.stop)
         # Only ask pg_ctl when a postmaster is really there: on a crashed server
         # pgserver would run it anyway and log a page of errors.
-        if _postmaster(self.pgdata) is not None:
+        if postmaster(self.pgdata) is not None:
             try:
                 server.stop()  # pg_ctl -w stop: fast shutdown, waits for the checkpoint
             except (subprocess.SubprocessError, OSError, psutil.Error):
                 pass  # fall through to signalling the postmaster directly
-        proc = _postmaster(self.pgdata)
+        proc = postmaster(self.pgdata)
         if proc is not None:
             # pg_ctl failed, or pgserver skipped it because its cached process
             # handle was stale. SIGINT is postgres's fast shutdown; SIGKILL last.

