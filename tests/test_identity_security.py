@@ -153,7 +153,7 @@ MATRIX: list[tuple[str, Call, set[str]]] = [
     ("list API keys", _call("GET", "/v1/tenants/{t}/api-keys"), {"super_admin", "tenant_admin", "developer", "user"}),
     ("revoke another's key", _revoke_others_key, {"super_admin", "tenant_admin"}),
     ("invoke a capability", _call("POST", "/v1/capabilities/text.summarize/invoke", {"text": "x"}),
-     {"super_admin", "tenant_admin", "user"}),
+     {"super_admin", "tenant_admin", "developer", "user"}),  # developer: a documented addition
     ("list capabilities", _call("GET", "/v1/capabilities"), set(ROLES)),
     ("register a module", _create_module, {"super_admin", "tenant_admin", "developer"}),
     ("list modules", _call("GET", "/v1/modules"), set(ROLES)),
