@@ -142,6 +142,8 @@ MATRIX: list[tuple[str, Call, set[str]]] = [
     ("list tenants", _call("GET", "/v1/tenants"), {"super_admin"}),
     ("read tenant", _call("GET", "/v1/tenants/{t}"), set(ROLES)),
     ("suspend tenant", _call("POST", "/v1/tenants/nonexistent-tenant/suspend", {}), {"super_admin"}),
+    ("reinstate tenant", _call("POST", "/v1/tenants/nonexistent-tenant/reinstate"), {"super_admin"}),
+    ("rename tenant", _call("PATCH", "/v1/tenants/{t}", {"name": "Renamed"}), {"super_admin", "tenant_admin"}),
     ("create user", _create_user, {"super_admin", "tenant_admin"}),
     ("list users", _call("GET", "/v1/tenants/{t}/users"), set(ROLES)),
     ("read another user", _get_other_user, {"super_admin", "tenant_admin"}),

@@ -86,11 +86,15 @@ async def get_tenant(request: web.Request) -> web.Response:
     tenant_id = request.match_info["tenant"]
     require_tenant(request, tenant_id)
     require(request, "tenant:read")
+    return await _tenant_answer(request, tenant_id)
+
+
+async def _tenant_answer(request: web.Request, tenant_id: str, **known: Any) -> web.Response:
     rows = await tenant_rows(request, tenant_id, "SELECT tenant_id, name, suspended, created_at FROM tenants WHERE tenant_id = $1",
                        tenant_id)
     if not rows:
         raise ApiError(ErrorCode.NOT_FOUND, f"no tenant {tenant_id!r}")
-    return respond(from_row(Tenant, rows[0]))
+    return respond(from_row(Tenant, rows[0], **known))
 
 
 class TenantChange(msgspec.Struct, forbid_unknown_fields=True):
@@ -104,9 +108,10 @@ async def update_tenant(request: web.Request) -> web.Response:
     principal = require_tenant(request, tenant_id)
     require(request, "tenant:update")
     body = await read_json(request, TenantChange)
-    await request.app[USERS].rename_tenant(_meta(request, principal), tenant_id, body.name)
+    tenant = await request.app[USERS].rename_tenant(_meta(request, principal), tenant_id, body.name)
     await read_your_writes(request)
-    return await get_tenant(request)
+    # The name as the command left it, even if the read model lags behind.
+    return await _tenant_answer(request, tenant_id, name=tenant.name, suspended=tenant.suspended)
 
 
 class Suspension(msgspec.Struct, forbid_unknown_fields=True):
