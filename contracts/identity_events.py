@@ -2,7 +2,7 @@
 
 Subjects name the aggregate: ``iam.<tenant>.<aggregate>.<id>``.
 
-    iam.<t>.tenant.<t>             tenant.created, tenant.suspended
+    iam.<t>.tenant.<t>             tenant.created, tenant.updated, tenant.suspended, tenant.reinstated
     iam.<t>.email.<sha256(email)>  user.registered — one per e-mail and tenant, ever (unique e-mail)
     iam.<t>.user.<user id>         user.role_changed, user.deactivated, user.password_changed
     iam.<t>.api_key.<key id>       api_key.issued, api_key.revoked
@@ -55,7 +55,9 @@ __all__ = [
     "SessionRevoked",
     "SessionStarted",
     "TenantCreated",
+    "TenantReinstated",
     "TenantSuspended",
+    "TenantUpdated",
     "UserDeactivated",
     "UserRegistered",
     "UserRoleChanged",
@@ -106,7 +108,21 @@ class TenantCreated(_Event, tag="tenant.created"):
     name: Name
 
 
+class TenantUpdated(_Event, tag="tenant.updated"):
+    """A new name for the tenant (its id never changes)."""
+
+    name: Name
+
+
 class TenantSuspended(_Event, tag="tenant.suspended"):
+    """Every credential of the tenant is refused (calls, logins, refreshes, modules) until reinstated."""
+
+    reason: Text = ""
+
+
+class TenantReinstated(_Event, tag="tenant.reinstated"):
+    """A suspended tenant's credentials work again; nothing was revoked by the suspension."""
+
     reason: Text = ""
 
 
@@ -139,7 +155,9 @@ class ApiKeyIssued(_Event, tag="api_key.issued"):
     role: Id  # the role of the key's owner when issued ("super_admin" for the bootstrap key)
     user_id: Id = ""  # owner; empty for the bootstrap key
     name: Name = ""
-    scopes: tuple[Id, ...] = ()  # empty: every permission of the owner
+    # Empty: every permission of the owner — only the bootstrap key and keys issued before keys
+    # got default scopes; the identity service never issues an empty set any more.
+    scopes: tuple[Id, ...] = ()
     expires_at: datetime | None = None
     rate_limit: PositiveInt32 | None = None  # calls per minute, enforced by metering; api_keys.rate_limit is integer
 
@@ -228,7 +246,9 @@ class ModuleRevoked(_ModuleEvent, tag="module.revoked"):
 
 IdentityEvent = (
     TenantCreated
+    | TenantUpdated
     | TenantSuspended
+    | TenantReinstated
     | UserRegistered
     | UserRoleChanged
     | UserDeactivated

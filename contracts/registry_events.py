@@ -12,6 +12,10 @@ upcasts older versions on read, one step at a time:
         change later without a reader mistaking one algorithm's digest for another's.
         :func:`upcast_v1_v2` prefixes v1 digests, so a module registered under v1 and announced
         again under v2 compares equal and is not recorded twice.
+    v3  a capability may declare ``max_input_bytes``, the largest input (JSON payload) it takes;
+        the gateway's body limit for it follows (up to its ceiling). v2 capabilities declare none
+        (:func:`upcast_v2_v3`), and a manifest whose capabilities declare none has the digest it
+        had under v2, so upgrading announces nothing new.
 
 A version newer than this reader knows is read as the current one (unknown fields ignored).
 Fields carry the limits of the registry read model (:mod:`.fields`); a manifest outside them
@@ -26,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from .fields import Description, Id, Name, checked_encoder
+from .fields import Description, Id, Name, PositiveInt32, checked_encoder
 
 __all__ = [
     "VERSION",
@@ -38,9 +42,10 @@ __all__ = [
     "decode_event",
     "encode_event",
     "upcast_v1_v2",
+    "upcast_v2_v3",
 ]
 
-VERSION = 2  # the schema version this module writes
+VERSION = 3  # the schema version this module writes
 
 
 class CapabilitySpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,6 +54,7 @@ class CapabilitySpec(msgspec.Struct, frozen=True, kw_only=True):
     input_schema: dict[str, Any] = msgspec.field(default_factory=dict)
     output_schema: dict[str, Any] = msgspec.field(default_factory=dict)
     streaming: bool = False
+    max_input_bytes: PositiveInt32 | None = None  # None: the gateway's default limit (1 MiB)
 
 
 class ModuleManifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,7 +68,11 @@ class ModuleManifest(msgspec.Struct, frozen=True, kw_only=True):
 
     def digest(self) -> str:
         """A stable hash of the manifest, ``sha256:<hex>``: equal manifests give equal digests."""
-        return "sha256:" + hashlib.sha256(msgspec.json.encode(self, order="sorted")).hexdigest()
+        document = msgspec.to_builtins(self, order="sorted")
+        for spec in document["capabilities"]:
+            if spec.get("max_input_bytes") is None:
+                del spec["max_input_bytes"]  # as under v2: declaring nothing keeps a manifest's digest
+        return "sha256:" + hashlib.sha256(msgspec.json.encode(document)).hexdigest()
 
 
 class ModuleRegistered(msgspec.Struct, frozen=True, kw_only=True, tag="module.registered", tag_field="type"):
@@ -95,10 +105,15 @@ def upcast_v1_v2(event: RegistryEvent) -> RegistryEvent:
     return msgspec.structs.replace(event, v=2, digest=f"sha256:{event.digest}")
 
 
+def upcast_v2_v3(event: RegistryEvent) -> RegistryEvent:
+    """v2 capabilities declared no input limit: decoded, ``max_input_bytes`` is already ``None``."""
+    return msgspec.structs.replace(event, v=3)
+
+
 # version → the upcaster that lifts an event of that version to the next one. v1 and v2 share
 # their field names, so the typed decoder reads both; a version that renames fields would
 # decode into a struct of its own before its upcaster runs.
-_UPCASTERS = {1: upcast_v1_v2}
+_UPCASTERS = {1: upcast_v1_v2, 2: upcast_v2_v3}
 
 
 def decode_event(data: bytes) -> RegistryEvent:

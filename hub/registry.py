@@ -41,9 +41,18 @@ class RegistryIndex(StreamFollower):
         self.manifests: dict[str, ModuleManifest] = {}
         self.digests: dict[str, str] = {}
         self._offered_by: dict[str, set[str]] = {}  # action → module ids
+        self._input_limits: dict[tuple[str, str], int] = {}  # (module id, action) → declared max_input_bytes
 
     def is_registered(self, action: str) -> bool:
         return bool(self._offered_by.get(action))
+
+    def max_input_bytes(self, action: str, module_id: str = "", *, default: int) -> int:
+        """The largest input of ``action`` a module takes: ``module_id``'s declaration, or without
+        one the largest of the modules offering it (each refuses more than its own declaration);
+        ``default`` for a module that declares none, and for an action nobody offers."""
+        offering = (module_id,) if module_id else self._offered_by.get(action, ())
+        declared = [self._input_limits.get((m, action)) for m in offering]
+        return max((d or default for d in declared), default=default)
 
     def apply_message(self, msg: Msg) -> None:
         try:
@@ -55,8 +64,11 @@ class RegistryIndex(StreamFollower):
             previous = self.manifests.get(manifest.module_id)
             for spec in previous.capabilities if previous else ():
                 self._offered_by[spec.action].discard(manifest.module_id)
+                self._input_limits.pop((manifest.module_id, spec.action), None)
             for spec in manifest.capabilities:
                 self._offered_by.setdefault(spec.action, set()).add(manifest.module_id)
+                if spec.max_input_bytes is not None:
+                    self._input_limits[(manifest.module_id, spec.action)] = spec.max_input_bytes
             self.manifests[manifest.module_id] = manifest
             self.digests[manifest.module_id] = event.digest
 

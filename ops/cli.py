@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gateway":
         from democratic_ai.schemas import app_dsn
         from democratic_ai.services.billing import BillingConfig
-        from democratic_ai.services.gateway import GatewayConfig
+        from democratic_ai.services.gateway import GatewayConfig, body_ceiling_from_env
 
         from democratic_ai.services.metering import MeteringConfig, PublisherConfig
 
@@ -169,8 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         if flush <= 0:
             raise SystemExit(f"dai: {USAGE_FLUSH_ENV} must be a positive number of seconds")
         metering = MeteringConfig(publisher=PublisherConfig(max_delay=flush))
+        try:
+            ceiling = body_ceiling_from_env()
+        except ValueError as exc:
+            raise SystemExit(f"dai: {exc}") from None
         config = GatewayConfig(bus=_bus(), database_url=database_url, host=args.host, port=args.port,
-                               metering=metering, billing=BillingConfig.from_env(), kek=_kek())
+                               metering=metering, billing=BillingConfig.from_env(), kek=_kek(),
+                               body_ceiling_bytes=ceiling)
         run_until_signalled(lambda stop: services.run_gateway(config, stop))
     elif args.command == "bus-auth":
         auth, system = _bus(), _bus(Path(_env("DAI_BUS_SYS_CREDENTIAL_FILE")))

@@ -23,7 +23,9 @@ from democratic_ai.contracts.identity_events import (
     ModuleUpdated,
     PasswordChanged,
     TenantCreated,
+    TenantReinstated,
     TenantSuspended,
+    TenantUpdated,
     UserDeactivated,
     UserRegistered,
     UserRoleChanged,
@@ -58,8 +60,12 @@ class IdentityProjection:
                 case TenantCreated():
                     tenants[event.tenant_id] = {_CREATED: True, "name": event.name, "suspended": False,
                                                 "created_at": at, "updated_at": at}
+                case TenantUpdated():
+                    tenants.setdefault(event.tenant_id, {}).update(name=event.name, updated_at=at)
                 case TenantSuspended():
                     tenants.setdefault(event.tenant_id, {}).update(suspended=True, updated_at=at)
+                case TenantReinstated():
+                    tenants.setdefault(event.tenant_id, {}).update(suspended=False, updated_at=at)
                 case UserRegistered():
                     users[event.user_id] = {_CREATED: True, "tenant_id": event.tenant_id, "email": event.email, "role": event.role,
                                             "active": True, "created_at": at, "updated_at": at}

@@ -57,11 +57,12 @@ class RegistryProjection:
         await conn.executemany(
             """
             INSERT INTO registry_capabilities
-                (module_id, action, description, input_schema, output_schema, streaming)
-            VALUES ($1, $2, $3, $4, $5, $6)
+                (module_id, action, description, input_schema, output_schema, streaming, max_input_bytes)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
             """,
             [
-                (e.manifest.module_id, c.action, c.description, c.input_schema, c.output_schema, c.streaming)
+                (e.manifest.module_id, c.action, c.description, c.input_schema, c.output_schema, c.streaming,
+                 c.max_input_bytes)
                 for e, _, _ in latest.values()
                 for c in e.manifest.capabilities
             ],

@@ -37,6 +37,7 @@ class CapabilityDefinition:
     required: frozenset[str]
     takes_any_keyword: bool
     streaming: bool = False  # an async generator: each yielded value is one chunk
+    max_input_bytes: int | None = None  # the largest JSON input taken; None: the platform's default
 
     def spec(self) -> CapabilitySpec:
         return CapabilitySpec(
@@ -45,6 +46,7 @@ class CapabilityDefinition:
             input_schema=self.input.json_schema,
             output_schema=self.output.json_schema,
             streaming=self.streaming,
+            max_input_bytes=self.max_input_bytes,
         )
 
 
@@ -53,6 +55,7 @@ def capability(
     input_schema: dict[str, Any] | type | None = None,
     output_schema: dict[str, Any] | type | None = None,
     description: str = "",
+    max_input_bytes: int | None = None,
 ) -> Callable[[F], F]:
     """Mark ``async def method(self, ...)`` as the handler of capability ``action``.
 
@@ -61,8 +64,16 @@ def capability(
     pydantic model it receives one validated instance. It returns a dict, Struct or model — or,
     as an async generator, yields them (or :class:`~democratic_ai.sdk.Chunk` objects with progress);
     ``output_schema`` then describes the data of one chunk.
+
+    ``max_input_bytes`` is the largest input (the call's JSON, in bytes) the capability takes:
+    the gateway accepts bodies that large for it — up to its ceiling — instead of its default of
+    1 MiB, and the module refuses a larger input with ``PAYLOAD_TOO_LARGE``.
     """
     validate_capability(action)
+    if max_input_bytes is not None and not (
+        isinstance(max_input_bytes, int) and not isinstance(max_input_bytes, bool) and 1 <= max_input_bytes <= 2**31 - 1
+    ):
+        raise ValueError(f"capability {action!r}: max_input_bytes must be a whole number of bytes from 1 to 2**31-1.")
     input_ = to_schema(input_schema)
     output = to_schema(output_schema)
 
@@ -83,6 +94,7 @@ def capability(
             required=frozenset(p.name for p in named if p.default is p.empty),
             takes_any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
             streaming=streams,
+            max_input_bytes=max_input_bytes,
         )
         setattr(method, _MARK, definition)
         return method

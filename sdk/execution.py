@@ -38,6 +38,11 @@ class Invocation:
     def start(self, handler: Callable[..., Any]) -> tuple[Any, MCPMessage | None]:
         """Check the input and call ``handler``: its coroutine or async generator, not yet run, or the ERROR."""
         definition = self.definition
+        limit = definition.max_input_bytes
+        if limit is not None and len(self.request.payload) > limit:
+            # Calls come over NATS too, not only through the gateway that checks the same limit.
+            return None, self.error(ErrorCode.PAYLOAD_TOO_LARGE, f"the input may be at most {limit} bytes",
+                                    where="input", max_bytes=limit)
         try:
             payload = _decode_json(self.request.payload) if self.request.payload else {}
         except msgspec.DecodeError as exc:

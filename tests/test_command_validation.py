@@ -177,6 +177,11 @@ def _commands(tenant: str, user_id: str) -> list[Command]:
         Command("suspend tenant", st.builds(lambda b: Request("POST", "{new_tenant}/suspend", b),
                                             body(reason=valid_or(st.just("unpaid"), TEXT))),
                 "identity", "IDENTITY"),
+        Command("reinstate tenant", st.builds(lambda b: Request("POST", "{new_tenant}/reinstate", b),
+                                              body(reason=valid_or(st.just("paid"), TEXT))),
+                "identity", "IDENTITY"),
+        Command("rename tenant", st.builds(lambda b: Request("PATCH", "{new_tenant}", b),
+                                           st.fixed_dictionaries({"name": NAME})), "identity", "IDENTITY"),
         Command("create user", st.builds(lambda b: Request("POST", f"{t}/users", b), st.fixed_dictionaries(
             {"email": EMAIL, "password": PASSWORDS}, optional={"role": ROLE})), "identity", "IDENTITY"),
         Command("change user", st.builds(lambda b: Request("PATCH", f"{t}/users/{user_id}", b),

@@ -142,6 +142,8 @@ MATRIX: list[tuple[str, Call, set[str]]] = [
     ("list tenants", _call("GET", "/v1/tenants"), {"super_admin"}),
     ("read tenant", _call("GET", "/v1/tenants/{t}"), set(ROLES)),
     ("suspend tenant", _call("POST", "/v1/tenants/nonexistent-tenant/suspend", {}), {"super_admin"}),
+    ("reinstate tenant", _call("POST", "/v1/tenants/nonexistent-tenant/reinstate"), {"super_admin"}),
+    ("rename tenant", _call("PATCH", "/v1/tenants/{t}", {"name": "Renamed"}), {"super_admin", "tenant_admin"}),
     ("create user", _create_user, {"super_admin", "tenant_admin"}),
     ("list users", _call("GET", "/v1/tenants/{t}/users"), set(ROLES)),
     ("read another user", _get_other_user, {"super_admin", "tenant_admin"}),
@@ -153,7 +155,7 @@ MATRIX: list[tuple[str, Call, set[str]]] = [
     ("list API keys", _call("GET", "/v1/tenants/{t}/api-keys"), {"super_admin", "tenant_admin", "developer", "user"}),
     ("revoke another's key", _revoke_others_key, {"super_admin", "tenant_admin"}),
     ("invoke a capability", _call("POST", "/v1/capabilities/text.summarize/invoke", {"text": "x"}),
-     {"super_admin", "tenant_admin", "user"}),
+     {"super_admin", "tenant_admin", "developer", "user"}),  # developer: a documented addition
     ("list capabilities", _call("GET", "/v1/capabilities"), set(ROLES)),
     ("register a module", _create_module, {"super_admin", "tenant_admin", "developer"}),
     ("list modules", _call("GET", "/v1/modules"), set(ROLES)),

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts.registry_events import VERSION, ModuleManifest, decode_event, upcast_v1_v2
+from democratic_ai.contracts.registry_events import VERSION, CapabilitySpec, ModuleManifest, decode_event, upcast_v1_v2
 from democratic_ai.hub import Hub, Registrar
 from democratic_ai.projections import RegistryProjection, rebuild, verify
 from democratic_ai.schemas import migrate, migrations
@@ -30,20 +30,39 @@ def _v1_manifest(module_id: str) -> dict:
 
 def _v1_event(kind: str, manifest: dict, at: str) -> bytes:
     """The bytes a v1 writer appended: ``v`` 1 and a bare hex digest of the manifest."""
-    digest = hashlib.sha256(msgspec.json.encode(msgspec.convert(manifest, ModuleManifest), order="sorted")).hexdigest()
+    digest = hashlib.sha256(msgspec.json.encode(manifest, order="sorted")).hexdigest()  # every field of v1's manifest
     return json.dumps({"type": kind, "v": 1, "manifest": manifest, "digest": digest, "at": at}).encode()
+
+
+def _v2_event(kind: str, manifest: dict, at: str) -> bytes:
+    """The bytes a v2 writer appended: ``v`` 2, a ``sha256:`` digest, no ``max_input_bytes``."""
+    digest = "sha256:" + hashlib.sha256(msgspec.json.encode(manifest, order="sorted")).hexdigest()
+    return json.dumps({"type": kind, "v": 2, "manifest": manifest, "digest": digest, "at": at}).encode()
 
 
 def test_v1_is_upcast_and_unknown_versions_are_refused() -> None:
     manifest = _v1_manifest("old-module")
     event = decode_event(_v1_event("module.registered", manifest, "2024-01-02T03:04:05Z"))
-    assert event.v == VERSION == 2
+    assert event.v == VERSION == 3
     assert event.digest == msgspec.convert(manifest, ModuleManifest).digest()
     assert event.digest.startswith("sha256:") and len(event.digest) == len("sha256:") + 64
     assert upcast_v1_v2(msgspec.structs.replace(event, v=1, digest="ab")).digest == "sha256:ab"
     zero = json.loads(_v1_event("module.updated", manifest, "2024-01-02T03:04:05Z"))
     with pytest.raises(msgspec.ValidationError, match="version 0"):
         decode_event(json.dumps({**zero, "v": 0}).encode())
+
+
+def test_v2_is_upcast_to_v3_declaring_no_input_limit() -> None:
+    manifest = _v1_manifest("v2-module")
+    event = decode_event(_v2_event("module.registered", manifest, "2025-01-02T03:04:05Z"))
+    assert event.v == 3 and event.manifest.capabilities[0].max_input_bytes is None
+    # Declaring nothing keeps the v2 digest (no module is recorded again after an upgrade) ...
+    assert event.digest == event.manifest.digest()
+    # ... and declaring a limit is a change of the manifest.
+    spec = msgspec.structs.replace(event.manifest.capabilities[0], max_input_bytes=4096)
+    assert msgspec.structs.replace(event.manifest, capabilities=(spec,)).digest() != event.digest
+    with pytest.raises(msgspec.ValidationError, match="max_input_bytes"):
+        msgspec.convert({"action": "a.b", "max_input_bytes": 0}, CapabilitySpec)
 
 
 async def test_v1_events_replay_into_the_current_read_model(nc: NATS, pool: asyncpg.Pool) -> None:

@@ -26,6 +26,9 @@ __all__ = ["ImageTools", "upscale_passes"]
 # 2048 x 2048: the result of a larger image would not fit the bus's 8 MB messages as base64 PNG.
 MAX_OUTPUT_PIXELS = 2048 * 2048
 MAX_RESULT_BYTES = 6 * 1024 * 1024  # base64 text of the PNG; leaves room under the 8 MB limit
+MAX_IMAGE_CHARACTERS = 4_000_000  # the input's base64 image (about 3 MB of PNG)
+# The largest input the schema allows: the image, and room for the rest of the JSON object.
+MAX_INPUT_BYTES = MAX_IMAGE_CHARACTERS + 1024
 _MODES = ("RGB", "RGBA", "L", "LA")
 
 
@@ -52,7 +55,8 @@ class ImageTools(Module):
         input_schema={
             "type": "object",
             "properties": {
-                "image": {"type": "string", "minLength": 1, "maxLength": 4_000_000, "contentEncoding": "base64"},
+                "image": {"type": "string", "minLength": 1, "maxLength": MAX_IMAGE_CHARACTERS,
+                          "contentEncoding": "base64"},
                 "scale": {"type": "integer", "minimum": 2, "maximum": 4, "default": 2},
             },
             "required": ["image"],
@@ -68,6 +72,7 @@ class ImageTools(Module):
             "required": ["image", "width", "height"],
         },
         description="Upscale an image 2-4x (Lanczos), streaming progress and then the PNG as base64.",
+        max_input_bytes=MAX_INPUT_BYTES,
     )
     async def upscale(self, image: str, scale: int = 2) -> AsyncIterator[Chunk]:
         picture = await asyncio.to_thread(_open, image, scale)

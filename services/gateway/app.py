@@ -34,6 +34,7 @@ from .credential_watch import CredentialWatch
 from .errors import error_middleware, error_response
 from .hygiene import edge_headers
 from .identity_routes import add_identity_routes
+from .input_limits import InputLimits, effective_ceiling
 from .inputs import input_middleware
 from .module_routes import add_module_routes
 from .openapi import add_openapi_route, operation
@@ -43,6 +44,7 @@ from .state import (
     CONFIG,
     CREDENTIALS,
     IDENTITY,
+    INPUT_LIMITS,
     KEY_RING,
     METERING,
     NC,
@@ -84,6 +86,8 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     await user_keys.start()
     app[NC], app[POOL] = nc, pool
     app[REGISTRY], app[PRESENCE], app[IDENTITY], app[KEY_RING] = registry, presence, identity, ring
+    ceiling = effective_ceiling(config.body_ceiling_bytes, nc.max_payload)
+    app[INPUT_LIMITS] = InputLimits(default=min(config.max_body_bytes, ceiling), ceiling=ceiling, registry=registry)
     app[USER_KEYS] = user_keys
     app[CREDENTIALS] = CredentialWatch(identity)
     app[USERS] = IdentityService(js, identity, ring, user_keys)

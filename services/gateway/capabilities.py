@@ -23,11 +23,12 @@ from democratic_ai.services.metering import GATEWAY, Decision
 from .auth import require
 from .bodies import check_json, from_row, respond
 from .errors import ApiError, error_response
+from .input_limits import read_input
 from .limits import admit, refusal
 from .openapi import Query, operation
 from .ratelimit_headers import limit_header, policy_header
 from .sse import stream_call
-from .state import METERING, POOL, PRESENCE, ROUTER
+from .state import INPUT_LIMITS, METERING, POOL, PRESENCE, ROUTER
 from .wire import MAX_TTL_SECONDS, http_error
 
 __all__ = ["checked_capability", "checked_module", "invoke", "list_capabilities"]
@@ -52,6 +53,7 @@ class CapabilityEntry(msgspec.Struct):
     module_name: str
     module_version: str
     instances: int  # live instances serving it now
+    max_input_bytes: int  # the largest input (body) the gateway takes for it: as declared, up to its ceiling
 
 
 class CapabilityList(msgspec.Struct):
@@ -101,7 +103,8 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 
 @operation(
-    "Invoke a capability with a JSON payload.", {200: InvokeResult}, body=_FreeForm, query=_INVOKE_QUERY,
+    "Invoke a capability with a JSON payload (at most its max_input_bytes: 413 otherwise).", {200: InvokeResult},
+    body=_FreeForm, query=_INVOKE_QUERY,
     other_content={"text/event-stream": {"type": "string", "description": "With 'Accept: text/event-stream':"
                                          " the call as Server-Sent Events (progress, chunks, the result)."}},
     description="A refusal by a rate limit is a 429 with Retry-After; every answer carries X-Call-Id and the"
@@ -149,7 +152,7 @@ async def _call_of(request: web.Request, principal: Principal) -> MCPMessage:
             ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send the payload as JSON with 'Content-Type: application/json'",
             {"content_type": request.content_type},
         )
-    body = await request.read()
+    body = await read_input(request, request.app[INPUT_LIMITS], capability, target)
     if not body.strip():
         raise ApiError(ErrorCode.BAD_REQUEST, "the request body is empty; send the payload as a JSON object")
     check_json(body)
@@ -179,7 +182,7 @@ async def list_capabilities(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         rows = await conn.fetch(
             """
-            SELECT c.action, c.description, c.input_schema, c.output_schema, c.streaming,
+            SELECT c.action, c.description, c.input_schema, c.output_schema, c.streaming, c.max_input_bytes,
                    m.module_id, m.name AS module_name, m.version AS module_version
             FROM registry_capabilities c JOIN registry_modules m USING (module_id)
             ORDER BY c.action, m.module_id
@@ -187,8 +190,9 @@ async def list_capabilities(request: web.Request) -> web.Response:
         )
     presence = request.app[PRESENCE]
     live = presence.instances()
+    limits = request.app[INPUT_LIMITS]
     capabilities = [
-        from_row(CapabilityEntry, row, instances=sum(
+        from_row(CapabilityEntry, row, max_input_bytes=limits.declared(row["max_input_bytes"]), instances=sum(
             1 for beat in live if beat.module_id == row["module_id"] and row["action"] in beat.capabilities))
         for row in rows
     ]

@@ -86,22 +86,70 @@ async def get_tenant(request: web.Request) -> web.Response:
     tenant_id = request.match_info["tenant"]
     require_tenant(request, tenant_id)
     require(request, "tenant:read")
+    return await _tenant_answer(request, tenant_id)
+
+
+async def _tenant_answer(request: web.Request, tenant_id: str, **known: Any) -> web.Response:
     rows = await tenant_rows(request, tenant_id, "SELECT tenant_id, name, suspended, created_at FROM tenants WHERE tenant_id = $1",
                        tenant_id)
     if not rows:
         raise ApiError(ErrorCode.NOT_FOUND, f"no tenant {tenant_id!r}")
-    return respond(from_row(Tenant, rows[0]))
+    return respond(from_row(Tenant, rows[0], **known))
+
+
+class TenantChange(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+
+
+@operation("Rename a tenant: the caller's own (tenant:update), any for a super admin.", {200: Tenant},
+           body=TenantChange)
+async def update_tenant(request: web.Request) -> web.Response:
+    tenant_id = request.match_info["tenant"]
+    principal = require_tenant(request, tenant_id)
+    require(request, "tenant:update")
+    body = await read_json(request, TenantChange)
+    tenant = await request.app[USERS].rename_tenant(_meta(request, principal), tenant_id, body.name)
+    await read_your_writes(request)
+    # The name as the command left it, even if the read model lags behind.
+    return await _tenant_answer(request, tenant_id, name=tenant.name, suspended=tenant.suspended)
 
 
 class Suspension(msgspec.Struct, forbid_unknown_fields=True):
-    reason: Text = ""
+    reason: Text = ""  # kept in the event (and so in the log), for the operators
 
 
-@operation("Suspend a tenant: its credentials stop working (super admin).", {204: NO_CONTENT}, body=Suspension)
+async def _optional_reason(request: web.Request) -> str:
+    """The ``reason`` of an optional ``{"reason"}`` body: none is needed."""
+    return (await read_json(request, Suspension)).reason if request.can_read_body else ""
+
+
+def _lifecycle_target(request: web.Request, principal: Principal) -> str:
+    tenant_id = request.match_info["tenant"]
+    if tenant_id == principal.tenant_id:
+        # Suspending it would lock out the very credentials that could reinstate it.
+        raise ApiError(ErrorCode.FORBIDDEN, "a super admin does not suspend or reinstate their own tenant",
+                       {"tenant_id": tenant_id})
+    return tenant_id
+
+
+@operation("Suspend a tenant: its credentials stop working until it is reinstated (super admin). No body needed;"
+           " 409 if it is suspended already.", {204: NO_CONTENT}, body=Suspension, body_required=False)
 async def suspend_tenant(request: web.Request) -> web.Response:
     principal = require(request, "tenant:suspend")
-    body = await read_json(request, Suspension)
-    await request.app[USERS].suspend_tenant(_meta(request, principal), request.match_info["tenant"], body.reason)
+    tenant_id = _lifecycle_target(request, principal)
+    reason = await _optional_reason(request)
+    await request.app[USERS].suspend_tenant(_meta(request, principal), tenant_id, reason)
+    await read_your_writes(request)
+    return web.Response(status=204)
+
+
+@operation("Reinstate a suspended tenant: its credentials work again (super admin). No body needed; 409 if it is"
+           " not suspended.", {204: NO_CONTENT}, body=Suspension, body_required=False)
+async def reinstate_tenant(request: web.Request) -> web.Response:
+    principal = require(request, "tenant:suspend")
+    tenant_id = _lifecycle_target(request, principal)
+    reason = await _optional_reason(request)
+    await request.app[USERS].reinstate_tenant(_meta(request, principal), tenant_id, reason)
     await read_your_writes(request)
     return web.Response(status=204)
 
@@ -311,7 +359,7 @@ async def jwks(request: web.Request) -> web.Response:
 
 class NewApiKey(msgspec.Struct, forbid_unknown_fields=True):
     name: Name = ""
-    scopes: list[Id] = []
+    scopes: list[Id] | None = None  # omitted: module:read and module:use (as far as the caller holds them)
     expires_at: datetime | None = None
     rate_limit: PositiveInt32 | None = None  # api_keys.rate_limit is an integer column
 
@@ -363,8 +411,8 @@ async def create_api_key(request: web.Request) -> web.Response:
                        {"path": "$.expires_at"})
     issued = await request.app[USERS].issue_api_key(
         _meta(request, principal), tenant_id=tenant_id, role=principal.role, user_id=principal.user_id,
-        name=body.name, scopes=body.scopes or sorted(principal.permissions), expires_at=body.expires_at,
-        rate_limit=body.rate_limit,
+        name=body.name, scopes=body.scopes, expires_at=body.expires_at, rate_limit=body.rate_limit,
+        granted=principal.permissions,
     )
     await read_your_writes(request)
     event = issued.event
@@ -408,7 +456,9 @@ def add_identity_routes(app: web.Application) -> None:
     app.router.add_post("/v1/tenants", create_tenant)
     app.router.add_get("/v1/tenants", list_tenants)
     app.router.add_get("/v1/tenants/{tenant}", get_tenant)
+    app.router.add_patch("/v1/tenants/{tenant}", update_tenant)
     app.router.add_post("/v1/tenants/{tenant}/suspend", suspend_tenant)
+    app.router.add_post("/v1/tenants/{tenant}/reinstate", reinstate_tenant)
     app.router.add_post("/v1/tenants/{tenant}/users", create_user)
     app.router.add_get("/v1/tenants/{tenant}/users", list_users)
     app.router.add_get("/v1/tenants/{tenant}/users/{user}", get_user)

@@ -13,8 +13,9 @@ from democratic_ai.services.metering import Metering
 
 from .config import GatewayConfig
 from .credential_watch import CredentialWatch
+from .input_limits import InputLimits
 
-__all__ = ["BILLING", "CONFIG", "CREDENTIALS", "IDENTITY", "KEY_RING", "METERING", "NC", "PAYMENTS", "POOL", "PRESENCE", "REGISTRY", "ROUTER",
+__all__ = ["BILLING", "CONFIG", "CREDENTIALS", "IDENTITY", "INPUT_LIMITS", "KEY_RING", "METERING", "NC", "PAYMENTS", "POOL", "PRESENCE", "REGISTRY", "ROUTER",
            "USERS", "USER_KEYS"]
 
 CONFIG = web.AppKey("config", GatewayConfig)
@@ -25,6 +26,7 @@ PRESENCE = web.AppKey("presence", PresenceIndex)
 REGISTRY = web.AppKey("registry", RegistryIndex)
 ROUTER = web.AppKey("router", Router)
 IDENTITY = web.AppKey("identity", IdentityIndex)
+INPUT_LIMITS = web.AppKey("input_limits", InputLimits)  # set once NATS is connected (its max_payload)
 KEY_RING = web.AppKey("key_ring", KeyRing)
 USERS = web.AppKey("users", IdentityService)
 USER_KEYS = web.AppKey("user_keys", UserKeyStore)

@@ -19,8 +19,10 @@ A call is admitted by the same rate limits as over HTTP: a refused one gets only
 ``RATE_LIMITED`` whose details name the ``policy`` and the seconds to wait (``retry_after``).
 Every call is metered when it ends, as over HTTP.
 Every frame names the client's ``correlation_id``, which must be unique among its calls in flight.
-A frame that cannot be read is answered with an ``ERROR`` (``BAD_REQUEST``), one larger than
-``max_body_bytes`` with an ``ERROR`` (``PAYLOAD_TOO_LARGE``); either names the frame's
+A frame that cannot be read is answered with an ``ERROR`` (``BAD_REQUEST``); a call whose input is
+over its capability's limit (:mod:`.input_limits`: as declared, else ``max_body_bytes``, never over
+the ceiling), or a frame over the ceiling and room for its envelope, with an ``ERROR``
+(``PAYLOAD_TOO_LARGE``, ``details.max_bytes`` the limit); either names the frame's
 ``correlation_id`` when one can be found in it and is not that of a call in flight (it is then in
 the error's ``details``), and the socket and its other calls go on. Two faults do end the socket,
 as RFC 6455 asks: a frame larger than ``ws_read_limit_bytes`` (1009: reading it would mean
@@ -51,9 +53,10 @@ from .auth import PRINCIPAL
 from .capabilities import checked_capability, checked_module
 from .credential_watch import Watched
 from .errors import ApiError
+from .input_limits import ENVELOPE_BYTES
 from .limits import admit, refusal
 from .openapi import operation
-from .state import CONFIG, CREDENTIALS, IDENTITY, KEY_RING, METERING, ROUTER
+from .state import CONFIG, CREDENTIALS, IDENTITY, INPUT_LIMITS, KEY_RING, METERING, ROUTER
 from .wire import (
     Auth,
     Cancel,
@@ -84,7 +87,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     principal = request.get(PRINCIPAL) or await _authenticate(ws, request)
     if principal is None:
         return ws
-    session = _Session(ws, principal, request.app, config.ws_max_in_flight, config.max_body_bytes)
+    session = _Session(ws, principal, request.app, config.ws_max_in_flight)
     try:
         await session.send(WireMessage(type="READY", tenant_id=principal.tenant_id))
         reason = await session.serve()
@@ -151,13 +154,14 @@ class _Session:
 
     def __init__(
         self, ws: web.WebSocketResponse, principal: Principal, app: web.Application, max_in_flight: int,
-        max_frame_bytes: int,
     ) -> None:
         self._ws = ws
         self._principal = principal
         self._app = app
         self._max_in_flight = max_in_flight
-        self._max_frame_bytes = max_frame_bytes
+        self._limits = app[INPUT_LIMITS]
+        # No call's input is over the ceiling: a frame over it and its envelope's room is not read.
+        self._max_frame_bytes = self._limits.ceiling + ENVELOPE_BYTES
         self._calls: dict[str, _Call] = {}
         # Ended, with why, once the credential no longer holds: by the watch, or by a call's check.
         self._revoked: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -193,9 +197,10 @@ class _Session:
 
     async def handle(self, data: str) -> None:
         if _utf8_longer_than(data, self._max_frame_bytes):
+            ceiling = self._limits.ceiling
             await self._refuse_frame(data, ErrorCode.PAYLOAD_TOO_LARGE,
-                                     f"a message may be at most {self._max_frame_bytes} bytes",
-                                     {"max_bytes": self._max_frame_bytes})
+                                     f"a message may be at most {self._max_frame_bytes} bytes, a call's input at"
+                                     f" most {ceiling}", {"max_bytes": ceiling})
             return
         try:
             message = decode_client_message(data)
@@ -257,9 +262,12 @@ class _Session:
     def _request(self, message: Request) -> MCPMessage:
         if not self._principal.can("module:use"):
             raise ApiError(ErrorCode.FORBIDDEN, "this needs the permission module:use", {"needed": ["module:use"]})
+        action, target = checked_capability(message.action), checked_module(message.target_module_id)
+        payload = bytes(message.payload)
+        self._limits.check(action, len(payload), self._limits.of(action, target))
         return new_request(
-            checked_capability(message.action), bytes(message.payload), tenant_id=self._principal.tenant_id,
-            source_module_id=GATEWAY, target_module_id=checked_module(message.target_module_id),
+            action, payload, tenant_id=self._principal.tenant_id,
+            source_module_id=GATEWAY, target_module_id=target,
             user_id=self._principal.user_id, api_key_id=self._principal.key_id, priority=message.priority,
             ttl=message.ttl,
         )

@@ -33,7 +33,9 @@ from democratic_ai.contracts.identity_events import (
     SessionRevoked,
     SessionStarted,
     TenantCreated,
+    TenantReinstated,
     TenantSuspended,
+    TenantUpdated,
     UserDeactivated,
     UserRegistered,
     UserRoleChanged,
@@ -197,9 +199,15 @@ class IdentityIndex(StreamFollower):
         match event:
             case TenantCreated():
                 self.tenants[event.tenant_id] = TenantState(event.tenant_id, event.name)
+            case TenantUpdated():
+                if tenant := self.tenants.get(event.tenant_id):
+                    self.tenants[event.tenant_id] = replace(tenant, name=event.name)
             case TenantSuspended():
                 if tenant := self.tenants.get(event.tenant_id):
                     self.tenants[event.tenant_id] = replace(tenant, suspended=True)
+            case TenantReinstated():
+                if tenant := self.tenants.get(event.tenant_id):
+                    self.tenants[event.tenant_id] = replace(tenant, suspended=False)
             case UserRegistered():
                 self.users[event.user_id] = UserState(
                     event.user_id, event.tenant_id, event.email, event.role, event.password_hash

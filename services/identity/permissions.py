@@ -1,10 +1,16 @@
-"""Roles and their permissions: the product's table, plus one addition.
+"""Roles and their permissions: the product's table, plus two additions.
 
-The addition: ``tenant_admin`` also holds ``billing:update`` — choosing its tenant's plan and
+The first: ``tenant_admin`` also holds ``billing:update`` — choosing its tenant's plan and
 adding a card through Stripe Checkout — because a tenant upgrading itself is the normal way a
 plan changes; the seed's table gave it ``billing:read`` only, which would leave every plan
 change to a super admin. Closing a month into invoices (``billing:close``) stays with super
 admins (``*``).
+
+The second: ``developer`` also holds ``module:use``, so a developer can call capabilities — the
+module they just wrote among them; the seed's table let them register modules but not try them.
+
+An API key created without ``scopes`` gets :data:`DEFAULT_KEY_SCOPES` (calling and listing
+capabilities), as far as its owner holds them — not every permission of its owner.
 
 A permission is ``resource:action`` with an optional scope: ``:own`` (things the caller owns,
 e.g. its API keys) or ``:self`` (the caller's own user). ``*`` grants everything and
@@ -16,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-__all__ = ["ROLE_PERMISSIONS", "Role", "allows", "permissions_of"]
+__all__ = ["DEFAULT_KEY_SCOPES", "ROLE_PERMISSIONS", "Role", "allows", "permissions_of"]
 
 
 class Role(StrEnum):
@@ -38,6 +44,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
         "tenant:read",
         "user:read:self", "user:update:self",
         "module:create", "module:read", "module:update", "module:delete:own",
+        "module:use",  # not in the product's table: a developer can call what they build
         "api_key:create:own", "api_key:read:own", "api_key:delete:own",
     }),
     Role.USER: frozenset({
@@ -52,6 +59,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
         "module:read",
     }),
 }
+
+# What an API key created without ``scopes`` may do (within its owner's permissions).
+DEFAULT_KEY_SCOPES: tuple[str, ...] = ("module:read", "module:use")
 
 
 # By the role's name: a StrEnum member hashes by its *name*, so ROLE_PERMISSIONS cannot be

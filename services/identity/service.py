@@ -41,7 +41,9 @@ from democratic_ai.contracts.identity_events import (
     SessionRevoked,
     SessionStarted,
     TenantCreated,
+    TenantReinstated,
     TenantSuspended,
+    TenantUpdated,
     UserDeactivated,
     UserRegistered,
     UserRoleChanged,
@@ -50,11 +52,11 @@ from democratic_ai.contracts.identity_events import (
 
 from .bootstrap import new_api_key_secret
 from .errors import Conflict, Forbidden, Invalid, NotFound, Throttled, Unauthenticated, Unavailable
-from .index import LOGIN_WINDOW, IdentityIndex, ModuleState, UserState
+from .index import LOGIN_WINDOW, IdentityIndex, ModuleState, TenantState, UserState
 from .module_credentials import credential_prefix, credential_sha256, new_module_credential
 from .module_rules import check_capabilities, check_module_id, check_name
 from .passwords import PASSWORD_HASHER, PasswordRejected, check_policy, hash_password, verify_password
-from .permissions import Role, allows, permissions_of
+from .permissions import DEFAULT_KEY_SCOPES, Role, allows, permissions_of
 from .principal import Principal, sha256_hex
 from .sealing import CannotUnseal, is_sealed
 from .tokens import KeyRing
@@ -141,15 +143,39 @@ class IdentityService:
             raise Conflict(f"tenant {tenant_id!r} already exists", tenant_id=tenant_id) from None
         return event
 
-    async def suspend_tenant(self, meta: Meta, tenant_id: str, reason: str) -> None:
+    def tenant(self, tenant_id: str) -> TenantState:
         tenant = self.index.tenants.get(tenant_id)
         if tenant is None:
             raise NotFound(f"no tenant {tenant_id!r}")
-        if tenant.suspended:
-            raise Conflict(f"tenant {tenant_id!r} is already suspended")
-        subject = f"iam.{tenant_id}.tenant.{tenant_id}"
-        await self._append(subject, TenantSuspended(tenant_id=tenant_id, meta=meta, reason=reason),
-                           expected=self.index.expected_sequence(subject))
+        return tenant
+
+    async def rename_tenant(self, meta: Meta, tenant_id: str, name: str) -> TenantState:
+        """Give the tenant a new name (suspended or not); the same name appends nothing."""
+        tenant = self.tenant(tenant_id)
+        name = name.strip()
+        if not name:
+            raise Invalid("name must not be empty", field="name")
+        if name != tenant.name:
+            await self._tenant_event(TenantUpdated(tenant_id=tenant_id, meta=meta, name=name))
+        return self.tenant(tenant_id)
+
+    async def suspend_tenant(self, meta: Meta, tenant_id: str, reason: str = "") -> None:
+        """Refuse every credential of the tenant until it is reinstated; 409 if it is suspended already."""
+        if self.tenant(tenant_id).suspended:
+            raise Conflict(f"tenant {tenant_id!r} is already suspended", suspended=True)
+        await self._tenant_event(TenantSuspended(tenant_id=tenant_id, meta=meta, reason=reason))
+
+    async def reinstate_tenant(self, meta: Meta, tenant_id: str, reason: str = "") -> None:
+        """Let a suspended tenant's credentials work again; 409 if it is not suspended."""
+        if not self.tenant(tenant_id).suspended:
+            raise Conflict(f"tenant {tenant_id!r} is not suspended", suspended=False)
+        await self._tenant_event(TenantReinstated(tenant_id=tenant_id, meta=meta, reason=reason))
+
+    async def _tenant_event(self, event: IdentityEvent) -> None:
+        # On the tenant's own subject, expecting the last event this index saw there: of two
+        # concurrent suspensions (or a rename racing one) the second is refused, not doubled.
+        subject = f"iam.{event.tenant_id}.tenant.{event.tenant_id}"
+        await self._append(subject, event, expected=self.index.expected_sequence(subject))
 
     # Users -----------------------------------------------------------------------------------
 
@@ -246,16 +272,29 @@ class IdentityService:
         role: str,
         user_id: str = "",
         name: str = "",
-        scopes: Sequence[str] = (),
+        scopes: Sequence[str] | None = None,
         expires_at: datetime | None = None,
         rate_limit: int | None = None,
+        granted: frozenset[str] | None = None,
     ) -> IssuedKey:
-        """Issue a key whose scopes are a subset of what ``role`` may do.
+        """Issue a key whose scopes are a subset of ``granted`` (default: what ``role`` may do) —
+        the permissions of whoever asks, so a scoped key cannot issue a wider one.
 
+        Without ``scopes`` the key gets :data:`DEFAULT_KEY_SCOPES` (``module:read``,
+        ``module:use``) as far as ``granted`` holds them; never every permission of its owner.
         The limits of every field (``rate_limit`` 1 … 2**31-1, a name without NUL …) are the
         event's types; :meth:`_append` refuses an event outside them with :class:`Invalid`."""
         _token(tenant_id, "tenant")
-        granted = permissions_of(role)
+        granted = permissions_of(role) if granted is None else granted
+        if scopes is None:
+            scopes = [s for s in DEFAULT_KEY_SCOPES if allows(granted, s)]
+            if not scopes:
+                raise Forbidden("you hold neither module:use nor module:read: name the key's scopes",
+                                field="scopes")
+        elif not scopes:
+            # An event with no scopes means "every permission of the owner" (older keys): never that.
+            raise Invalid("scopes must name at least one permission (omit it for module:read and module:use)",
+                          field="scopes")
         outside = sorted(s for s in scopes if not allows(granted, s))
         if outside:
             raise Forbidden("a key's scopes must be a subset of its owner's permissions", scopes=outside)
