@@ -54,6 +54,11 @@ def subscription(*events: object, tenant: str = "acme") -> object:
     return fold_subscription(tenant, [(n, e) for n, e in enumerate(events, start=1)])  # type: ignore[misc]
 
 
+def charged(invoice: object) -> list:
+    """The lines that cost something: base fees, and usage over a priced allowance."""
+    return [line for line in invoice.lines if line.kind == "base_fee" or line.amount]  # type: ignore[attr-defined]
+
+
 def started(when: str, plan: str = "starter", interval: str = "month", time_zone: str = TOKYO) -> SubscriptionStarted:
     return SubscriptionStarted(tenant_id="acme", meta=meta(when), terms=PRICES.terms(plan), interval=interval,
                                time_zone=time_zone)
@@ -113,16 +118,25 @@ def test_the_seeds_example_starter_with_150000_calls() -> None:
     sub = subscription(started("2025-01-01T00:00:00+09:00"))
     invoice = build_invoice(sub, (2025, 1), {"api_calls": 150_000}, TEN_PERCENT, meta("2025-02-01T01:00:00+09:00"))
     assert invoice is not None
-    assert [(line.kind, line.quantity, line.unit_price, line.amount) for line in invoice.lines] == [
-        ("base_fee", Decimal(1), Decimal("4900"), 4900),
-        ("overage", Decimal(50_000), Decimal("0.05"), 2500),
+    assert [(line.kind, line.metric, line.quantity, line.unit_price, line.amount) for line in invoice.lines] == [
+        ("base_fee", "", Decimal(1), Decimal("4900"), 4900),
+        ("overage", "api_calls", Decimal(50_000), Decimal("0.05"), 2500),
+        # Every metric of the plan has its line, with its allowance, even with nothing over it.
+        ("overage", "compute_ms", Decimal(0), Decimal("50"), 0),
+        ("overage", "storage_bytes", Decimal(0), Decimal("10"), 0),
     ]
+    assert [(line.used, line.included) for line in invoice.lines[1:]] == [(150_000, 100_000), (0, 100), (0, 50)]
     assert (invoice.subtotal, invoice.tax, invoice.total) == (7400, 740, 8140)
     assert invoice.invoice_id == "acme-2025-01" and invoice.currency == "JPY"
     # The month is Tokyo's: it starts at 15:00 UTC the day before.
     assert (invoice.period_start, invoice.period_end) == (at("2024-12-31T15:00:00+00:00"),
                                                           at("2025-01-31T15:00:00+00:00"))
-    assert invoice.lines[1].description.startswith("API calls over the allowance: 150,000 call used, 100,000 included")
+    assert [line.description for line in invoice.lines] == [
+        "Starter plan (monthly), 2025-01-01 00:00 – 2025-02-01 00:00 (Asia/Tokyo)",
+        "API calls: 150,000 calls used, 100,000 calls included, 50,000 calls over × ¥0.05 per call",
+        "Compute time: 0 hours used, 100 hours included, 0 hours over × ¥50 per hour",
+        "Storage: 0 GB stored, 50 GB included, 0 GB over × ¥10 per GB",
+    ]
 
 
 def test_compute_and_storage_overage_in_hours_and_gigabytes() -> None:
@@ -130,8 +144,12 @@ def test_compute_and_storage_overage_in_hours_and_gigabytes() -> None:
     usage = {"api_calls": 99_999, "compute_ms": 130 * HOUR_MS + HOUR_MS // 2, "storage_bytes": 52 * GIB + GIB // 4}
     invoice = build_invoice(sub, (2025, 3), usage, TEN_PERCENT, meta("2025-04-02T00:00:00+09:00"))
     assert invoice is not None
-    by_metric = {line.metric: line for line in invoice.lines if line.kind == "overage"}
+    by_metric = {line.metric: line for line in charged(invoice) if line.kind == "overage"}
     assert set(by_metric) == {"compute_ms", "storage_bytes"}  # calls stayed within the allowance
+    calls = invoice.lines[1]
+    assert (calls.metric, calls.quantity, calls.amount, calls.used) == ("api_calls", 0, 0, 99_999)
+    assert by_metric["compute_ms"].description == (
+        "Compute time: 130.5 hours used, 100 hours included, 30.5 hours over × ¥50 per hour")
     assert (by_metric["compute_ms"].quantity, by_metric["compute_ms"].amount) == (Decimal("30.5"), 1525)  # × ¥50
     assert (by_metric["storage_bytes"].quantity, by_metric["storage_bytes"].amount) == (Decimal("2.25"), 23)  # 22.5 ↑
     assert (invoice.subtotal, invoice.tax, invoice.total) == (4900 + 1525 + 23, 644, 7092)
@@ -146,9 +164,10 @@ def test_a_plan_change_mid_month_is_prorated_by_the_second() -> None:
     )
     invoice = build_invoice(sub, (2025, 1), {"api_calls": 150_000}, TEN_PERCENT, meta("2025-02-02T00:00:00+09:00"))
     assert invoice is not None
-    assert [(line.plan_id, line.amount) for line in invoice.lines] == [("starter", 2371), ("pro", 10219)]
+    assert [(line.plan_id, line.amount) for line in charged(invoice)] == [("starter", 2371), ("pro", 10219)]
     assert invoice.lines[0].quantity == Decimal("0.483871")  # 15/31, shown to six places
-    assert "prorated 1,296,000 s of 2,678,400 s" in invoice.lines[0].description
+    assert invoice.lines[0].description.endswith("2025-01-01 00:00 – 2025-01-16 00:00 (Asia/Tokyo), 15 days of 31 days")
+    assert {line.plan_id for line in invoice.lines if line.metric} == {"pro"}  # the plan in force at the end
     assert (invoice.subtotal, invoice.tax, invoice.total) == (12590, 1259, 13849)
 
 
@@ -162,8 +181,10 @@ def test_subscribing_mid_month_pays_from_that_second_and_cancelling_until_it() -
     june = build_invoice(sub, (2025, 6), {}, TEN_PERCENT, meta("2025-07-01T02:00:00+09:00"))
     assert april is not None and may is not None and june is None
     # April: 20.5 of 30 days × ¥4,900 = 3,348.33 → ¥3,348. May: 19 of 31 days = 3,003.23 → ¥3,003.
-    assert [line.amount for line in april.lines] == [3348]
-    assert [line.amount for line in may.lines] == [3003]
+    assert [line.amount for line in charged(april)] == [3348]
+    assert [line.amount for line in charged(may)] == [3003]
+    assert april.lines[0].description.endswith(", 20 days 12 hours of 30 days")
+    assert may.lines[0].description.endswith(", 19 days of 31 days")
 
 
 def test_a_yearly_plan_runs_twelve_tokyo_months_and_is_billed_when_its_year_ends() -> None:
@@ -172,11 +193,13 @@ def test_a_yearly_plan_runs_twelve_tokyo_months_and_is_billed_when_its_year_ends
     assert (year.start, year.end) == (at("2025-04-01T00:00:00+09:00"), at("2026-04-01T00:00:00+09:00"))
     # Months inside the year carry only their usage past the (monthly) allowance.
     may = build_invoice(sub, (2025, 5), {"api_calls": 100_010}, TEN_PERCENT, meta("2025-06-01T02:00:00+09:00"))
-    assert may is not None and [(line.kind, line.amount) for line in may.lines] == [("overage", 1)]
+    assert may is not None and [(line.kind, line.amount) for line in charged(may)] == [("overage", 1)]
+    # A month inside the year with nothing over its allowance has nothing to bill.
+    assert build_invoice(sub, (2025, 6), {"api_calls": 10}, TEN_PERCENT, meta("2025-07-01T02:00:00+09:00")) is None
     # The year's last month carries the yearly fee, whole.
     march = build_invoice(sub, (2026, 3), {}, TEN_PERCENT, meta("2026-04-01T02:00:00+09:00"))
     assert march is not None
-    assert [(line.unit, line.quantity, line.amount) for line in march.lines] == [("year", Decimal(1), 49000)]
+    assert [(line.unit, line.quantity, line.amount) for line in charged(march)] == [("year", Decimal(1), 49000)]
     assert (march.subtotal, march.tax, march.total) == (49000, 4900, 53900)
     assert march.lines[0].service_start == at("2025-04-01T00:00:00+09:00")
 
@@ -192,8 +215,8 @@ def test_an_upgrade_within_the_year_keeps_the_year_and_prorates_both_fees() -> N
     september = build_invoice(sub, (2025, 9), {}, TEN_PERCENT, meta("2025-10-02T00:00:00+09:00"))
     march = build_invoice(sub, (2026, 3), {}, TEN_PERCENT, meta("2026-04-02T00:00:00+09:00"))
     assert september is not None and march is not None
-    assert [(line.plan_id, line.amount) for line in september.lines] == [("starter", 24567)]
-    assert [(line.plan_id, line.amount) for line in march.lines] == [("pro", 98729)]
+    assert [(line.plan_id, line.amount) for line in charged(september)] == [("starter", 24567)]
+    assert [(line.plan_id, line.amount) for line in charged(march)] == [("pro", 98729)]
 
 
 def test_months_follow_the_tenants_time_zone_across_daylight_saving() -> None:
@@ -202,7 +225,9 @@ def test_months_follow_the_tenants_time_zone_across_daylight_saving() -> None:
     assert march.start == at("2025-03-01T05:00:00+00:00") and march.end == at("2025-04-01T04:00:00+00:00")
     sub = subscription(started("2025-03-01T00:00:00-05:00", time_zone="America/New_York"))
     invoice = build_invoice(sub, (2025, 3), {}, TEN_PERCENT, meta("2025-04-02T00:00:00-04:00"))
-    assert invoice is not None and [line.amount for line in invoice.lines] == [4900]  # a whole month, exactly
+    assert invoice is not None and [line.amount for line in charged(invoice)] == [4900]  # a whole month, exactly
+    assert invoice.lines[0].description == ("Starter plan (monthly), 2025-03-01 00:00 – 2025-04-01 00:00"
+                                            " (America/New_York)")
 
 
 def test_invoice_events_carry_money_as_strings_and_round_trip() -> None:

@@ -8,7 +8,7 @@ projection folds them into read models; an invoice is a pure function of the log
 
 from __future__ import annotations
 
-from .config import BillingConfig, StripeConfig
+from .config import BillingConfig, InvalidBillingConfig, StripeConfig, check_environment
 from .errors import (
     BadSignature,
     BillingError,
@@ -21,16 +21,18 @@ from .errors import (
 )
 from .eventlog import BillingLog
 from .html import render_invoice
-from .invoicing import build_invoice, invoice_id, usage_window
+from .invoicing import build_invoice, compute_invoice, duration, invoice_id, usage_window
 from .money import format_money, format_price, round_line, tax_amount
 from .payments import Payments
 from .pricing import InvalidPricing, PriceBook, load_pricing
+from .seller import DEFAULT_SELLER, InvalidSeller, load_seller
 from .service import DEFAULT_TIME_ZONE, BillingService, Closed
 from .stripe_gateway import CheckoutSession, StripeBilling
 from .subscription import Subscription, Tenure, fold_subscription
 from .usage import PostgresUsageTotals, UsageTotals
 
 __all__ = [
+    "DEFAULT_SELLER",
     "DEFAULT_TIME_ZONE",
     "BadSignature",
     "BillingConfig",
@@ -41,7 +43,9 @@ __all__ = [
     "Closed",
     "Conflict",
     "Invalid",
+    "InvalidBillingConfig",
     "InvalidPricing",
+    "InvalidSeller",
     "NotFound",
     "Payments",
     "PostgresUsageTotals",
@@ -55,11 +59,15 @@ __all__ = [
     "UsageTotals",
     "UsageUnavailable",
     "build_invoice",
+    "check_environment",
+    "compute_invoice",
+    "duration",
     "fold_subscription",
     "format_money",
     "format_price",
     "invoice_id",
     "load_pricing",
+    "load_seller",
     "render_invoice",
     "round_line",
     "tax_amount",
