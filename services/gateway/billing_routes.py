@@ -225,6 +225,7 @@ def _format(request: web.Request) -> str:
     """``json`` or ``html``, from ``?format=`` or ``Accept``; 406 when the caller takes neither."""
     asked = request.query.get("format")
     if asked is not None:
+        asked = asked.lower()
         if asked in _FORMATS:
             return asked
         raise ApiError(ErrorCode.NOT_ACCEPTABLE, f"format {asked!r} is not offered; use json or html",
