@@ -24,6 +24,8 @@ from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.billing import (
     InvalidPricing,
     build_invoice,
+    compute_invoice,
+    duration,
     fold_subscription,
     format_money,
     load_pricing,
@@ -230,6 +232,78 @@ def test_months_follow_the_tenants_time_zone_across_daylight_saving() -> None:
                                             " (America/New_York)")
 
 
+@pytest.mark.parametrize(("span", "text"), [
+    ("2678400", "31 days"), ("2573735.494916", "29 days 18 hours"), ("1296000", "15 days"),
+    ("2674800", "30 days 23 hours"),  # March in New York: an hour is lost to daylight saving
+    ("90000", "1 day 1 hour"), ("7200", "2 hours"), ("3599", "59 minutes"), ("60", "1 minute"),
+    ("59.9", "less than a minute"), ("31536000", "365 days"),
+])
+def test_durations_read_in_days_and_hours(span: str, text: str) -> None:
+    assert duration(Decimal(span)) == text
+
+
+def test_the_month_so_far_prorates_the_running_fee_to_that_instant() -> None:
+    """Starter since 1 January; on 10 January 12:00 Tokyo, 9.5 of 31 days: ¥4,900 × 9.5/31 =
+    1,501.61 → ¥1,502; 3 calls (¥0.15 over nothing: within the allowance)."""
+    sub = subscription(started("2025-01-01T00:00:00+09:00"))
+    now = at("2025-01-10T12:00:00+09:00")
+    so_far = compute_invoice(sub, (2025, 1), {"api_calls": 3}, TEN_PERCENT, Meta(at=now), until=now)
+    assert so_far is not None
+    assert [(line.metric, line.amount) for line in so_far.lines] == [
+        ("", 1502), ("api_calls", 0), ("compute_ms", 0), ("storage_bytes", 0)]
+    assert so_far.lines[0].service_end == now and so_far.lines[0].quantity == Decimal("0.306452")
+    assert so_far.lines[0].description.endswith("2025-01-01 00:00 – 2025-01-10 12:00 (Asia/Tokyo), 9 days 12 hours"
+                                                " of 31 days")
+    assert (so_far.subtotal, so_far.tax, so_far.total) == (1502, 150, 1652)
+    # Once the month is over, "so far" is the whole month: the invoice closing it issues.
+    later = meta("2025-02-01T01:00:00+09:00")
+    assert compute_invoice(sub, (2025, 1), {"api_calls": 3}, TEN_PERCENT, later, until=later.at) == build_invoice(
+        sub, (2025, 1), {"api_calls": 3}, TEN_PERCENT, later)
+
+
+def test_the_month_so_far_of_a_yearly_plan_holds_its_fee_only_in_the_years_last_month() -> None:
+    sub = subscription(started("2025-04-01T00:00:00+09:00", interval="year"))
+    september = compute_invoice(sub, (2025, 9), {}, TEN_PERCENT, meta("2025-09-15T00:00:00+09:00"),
+                                until=at("2025-09-15T00:00:00+09:00"))
+    assert september is not None and september.total == 0  # the year is billed when it ends
+    assert [line.kind for line in september.lines] == ["overage"] * 3
+    # On 16 March 2026 the year's fee so far: 349 of 365 days × ¥49,000 = 46,852.05 → ¥46,852.
+    march = compute_invoice(sub, (2026, 3), {}, TEN_PERCENT, meta("2026-03-16T00:00:00+09:00"),
+                            until=at("2026-03-16T00:00:00+09:00"))
+    assert march is not None and [(line.unit, line.amount) for line in charged(march)] == [("year", 46852)]
+    assert march.lines[0].description.endswith(", 349 days of 365 days")
+
+
+def test_a_free_plan_shows_its_allowances_but_issues_nothing() -> None:
+    sub = subscription(started("2025-01-01T00:00:00+09:00", plan="free"))
+    usage = {"api_calls": 1500, "storage_bytes": GIB // 2}
+    assert build_invoice(sub, (2025, 1), usage, TEN_PERCENT, meta("2025-02-02T00:00:00+09:00")) is None
+    so_far = compute_invoice(sub, (2025, 1), usage, TEN_PERCENT, meta("2025-01-20T00:00:00+09:00"),
+                             until=at("2025-01-20T00:00:00+09:00"))
+    assert so_far is not None and so_far.total == 0
+    assert [line.description for line in so_far.lines] == [
+        "API calls: 1,500 calls used, 1,000 calls included, 500 calls over (not billed past the allowance)",
+        "Compute time: 0 hours used, 1 hour included, 0 hours over (not billed past the allowance)",
+        "Storage: 0.5 GB stored, 1 GB included, 0 GB over (not billed past the allowance)",
+    ]
+
+
+def test_a_v1_invoice_event_decodes_without_a_seller_and_v2_with_one() -> None:
+    from democratic_ai.contracts.billing_events import INVOICE_VERSION, Seller
+
+    sub = subscription(started("2025-01-01T00:00:00+09:00"))
+    seller = Seller(name="Democratic AI K.K.", registration_number="T1234567890123")
+    invoice = build_invoice(sub, (2025, 1), {}, TEN_PERCENT, meta("2025-02-02T00:00:00+09:00"), seller=seller)
+    assert invoice is not None and (invoice.v, invoice.seller) == (INVOICE_VERSION, seller) == (2, seller)
+    document = msgspec.json.decode(encode_event(invoice))
+    del document["seller"]
+    for line in document["lines"]:
+        line.pop("used"), line.pop("included")
+    document["v"] = 1
+    old = decode_event(msgspec.json.encode(document))
+    assert (old.v, old.seller, {line.used for line in old.lines}) == (1, None, {None})
+
+
 def test_invoice_events_carry_money_as_strings_and_round_trip() -> None:
     sub = subscription(started("2025-01-01T00:00:00+09:00"))
     invoice = build_invoice(sub, (2025, 1), {"api_calls": 150_000}, TEN_PERCENT, meta("2025-02-02T00:00:00+09:00"))
@@ -237,6 +311,7 @@ def test_invoice_events_carry_money_as_strings_and_round_trip() -> None:
     wire = encode_event(invoice)
     document = msgspec.json.decode(wire)
     assert document["tax_rate"] == "0.10" and document["lines"][1]["unit_price"] == "0.05"
+    assert (document["lines"][1]["used"], document["lines"][1]["included"]) == ("150000", 100_000)
     assert b"." not in msgspec.json.encode(document["total"])  # integers, not floats
     assert decode_event(wire) == invoice
 

@@ -27,7 +27,7 @@ from democratic_ai.contracts.billing_events import Seller
 __all__ = ["DEFAULT_SELLER", "REGISTRATION_NUMBER", "InvalidSeller", "check_seller", "load_seller"]
 
 DEFAULT_SELLER = Seller(name="Democratic_AI")
-REGISTRATION_NUMBER = re.compile(r"T\d{13}")  # 適格請求書発行事業者登録番号: "T" and 13 ASCII digits
+REGISTRATION_NUMBER = re.compile(r"T[0-9]{13}")  # 適格請求書発行事業者登録番号: "T" and 13 ASCII digits
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # an address may span lines; nothing else unprintable
 _LIMITS = {"name": 200, "address": 2000}
 
