@@ -13,6 +13,7 @@ from decimal import Decimal
 from html import escape
 from typing import Any
 
+from .invoicing import quantity_text
 from .money import format_money, format_price
 from .periods import zone
 
@@ -68,8 +69,9 @@ def render_invoice(invoice: Mapping[str, Any], lines: Sequence[Mapping[str, Any]
         state = (f"Issued {_e(_local(invoice['issued_at'], time_zone))} ·"
                  f" <span class=\"status\">{_e(invoice['status'])}</span>")
     body_rows = "\n".join(
-        f"<tr><td>{_e(line['description'])}</td><td class=\"num\">{_e(_quantity(line['quantity']))}"
-        f" {_e(line['unit'])}</td><td class=\"num\">{_e(format_price(line['unit_price'], currency))}</td>"
+        f"<tr><td>{_e(line['description'])}</td>"
+        f"<td class=\"num\">{_e(quantity_text(line['quantity'], line['unit']))}</td>"
+        f"<td class=\"num\">{_e(format_price(line['unit_price'], currency))}</td>"
         f"<td class=\"num\">{_e(format_money(line['amount'], currency))}</td></tr>"
         for line in lines
     )

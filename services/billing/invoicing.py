@@ -55,7 +55,16 @@ from .pricing import BILLED_METRICS
 from .seller import DEFAULT_SELLER
 from .subscription import Subscription, Tenure
 
-__all__ = ["UsageWindow", "build_invoice", "compute_invoice", "duration", "invoice_id", "period_id", "usage_window"]
+__all__ = [
+    "UsageWindow",
+    "build_invoice",
+    "compute_invoice",
+    "duration",
+    "invoice_id",
+    "period_id",
+    "quantity_text",
+    "usage_window",
+]
 
 _LABELS = {"api_calls": "API calls", "compute_ms": "Compute time", "storage_bytes": "Storage"}
 _VERBS = {"storage_bytes": "stored"}  # storage is what is held, not what was used up
@@ -172,7 +181,7 @@ def _units(metered: int, price: MeteredPrice) -> Decimal:
     return quantity
 
 
-def _unit(count: Decimal, unit: str) -> str:
+def quantity_text(count: Decimal, unit: str) -> str:
     """``1 call``, ``2 calls``, ``0.5 hours``, ``3 GB`` (a unit written in capitals has no plural)."""
     shown = f"{count.normalize():,f}"
     return f"{shown} {unit}" if count == 1 or not unit.islower() else f"{shown} {unit}s"
@@ -183,14 +192,14 @@ def _usage(metric: str, used: int, terms: PlanTerms) -> InvoiceLine:
     price = terms.usage[metric]
     over = max(0, used - price.included * price.unit_size)
     quantity, shown_used = _units(over, price), _units(used, price)
-    description = (f"{_LABELS.get(metric, metric)}: {_unit(shown_used, price.unit)} {_VERBS.get(metric, 'used')},"
-                   f" {_unit(Decimal(price.included), price.unit)} included")
+    label, verb, unit = _LABELS.get(metric, metric), _VERBS.get(metric, "used"), price.unit
+    description = (f"{label}: {quantity_text(shown_used, unit)} {verb},"
+                   f" {quantity_text(Decimal(price.included), unit)} included, {quantity_text(quantity, unit)} over")
     if price.overage_price is None:
-        description += f", {_unit(quantity, price.unit)} over (not billed past the allowance)"
+        description += " (not billed past the allowance)"
         unit_price, amount = Decimal(0), 0
     else:
-        description += (f", {_unit(quantity, price.unit)} over × {format_price(price.overage_price, terms.currency)}"
-                        f" per {price.unit}")
+        description += f" × {format_price(price.overage_price, terms.currency)} per {unit}"
         unit_price = price.overage_price
         amount = round_line(exact.divide(exact.multiply(Decimal(over), price.overage_price),
                                          Decimal(price.unit_size)), terms.currency)
