@@ -6,12 +6,14 @@ Every amount here is asserted in exact yen, computed by hand in the comment next
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from democratic_ai.contracts.billing_events import (
     PlanChanged,
@@ -259,6 +261,33 @@ def test_the_month_so_far_prorates_the_running_fee_to_that_instant() -> None:
     later = meta("2025-02-01T01:00:00+09:00")
     assert compute_invoice(sub, (2025, 1), {"api_calls": 3}, TEN_PERCENT, later, until=later.at) == build_invoice(
         sub, (2025, 1), {"api_calls": 3}, TEN_PERCENT, later)
+
+
+@given(
+    cut=st.integers(min_value=1, max_value=31 * 86_400 - 1),  # seconds into Tokyo's January 2025
+    change=st.one_of(st.none(), st.integers(min_value=1, max_value=31 * 86_400 - 1)),
+    calls=st.integers(min_value=0, max_value=3_000_000),
+    yearly=st.booleans(),
+)
+def test_the_month_so_far_is_the_month_as_if_the_plan_ended_then(
+    cut: int, change: int | None, calls: int, yearly: bool
+) -> None:
+    """For any instant of the month, any plan change before it and any usage: the invoice so far
+    is the invoice of the same month had the subscription been cancelled at that instant. (A
+    yearly plan here began in February 2024, so January is its year's last month.)"""
+    interval = "year" if yearly else "month"
+    first = "2024-02-01T00:00:00+09:00" if yearly else "2025-01-01T00:00:00+09:00"
+    month_start = at("2025-01-01T00:00:00+09:00")
+    until = month_start + timedelta(seconds=cut)
+    events: list[object] = [started(first, interval=interval)]
+    if change is not None and change < cut:
+        events.append(PlanChanged(tenant_id="acme", meta=Meta(at=month_start + timedelta(seconds=change)), terms=PRO,
+                                  interval=interval))
+    usage = {"api_calls": calls, "compute_ms": calls * 7, "storage_bytes": calls * 40_000}
+    so_far = compute_invoice(subscription(*events), (2025, 1), usage, TEN_PERCENT, Meta(at=until), until=until)
+    ended = compute_invoice(subscription(*events, SubscriptionCancelled(tenant_id="acme", meta=Meta(at=until))),
+                            (2025, 1), usage, TEN_PERCENT, Meta(at=until))
+    assert so_far is not None and so_far == ended
 
 
 def test_the_month_so_far_of_a_yearly_plan_holds_its_fee_only_in_the_years_last_month() -> None:
