@@ -3,7 +3,9 @@ payments through Stripe.
 
 Commands (:class:`BillingService`, :class:`Payments`) append BILLING events; the billing
 projection folds them into read models; an invoice is a pure function of the log
-(:func:`build_invoice`) and the usage read model (:class:`UsageTotals`).
+(:func:`build_invoice`) and the usage read model (:class:`UsageTotals`); the month so far
+(:meth:`BillingService.upcoming`) is the same computation cut at now (:func:`compute_invoice`).
+Settings, the seller included, are checked at start (:func:`check_environment`).
 """
 
 from __future__ import annotations
