@@ -19,6 +19,17 @@ writes as a JSON string, so no float ever holds money. Time is UTC.
 A subscription event carries the plan's whole price list (:class:`PlanTerms`): an invoice is
 computed from the log alone, so a later change of the price list does not change an invoice
 that is regenerated for an earlier month.
+
+An issued invoice is a document: what it says is fixed when it is issued, so its events carry
+the text of every line and the seller as they were then. ``invoice.issued`` versions:
+
+    v1  no seller, and the usage lines only of metrics over their allowance.
+    v2  ``seller`` (who issued it: name, address, registration number) and, on each usage
+        line, ``used`` and ``included`` — a line for every metric of the plan, 0 over or not.
+
+A v1 event is read as it was written: its ``seller`` is ``None`` (not recorded) and its lines'
+``used``/``included`` are ``None``; nothing of a v1 invoice is invented on read, so a replay
+folds exactly the rows it always did.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from .fields import INT64_MAX, Count, Id, Int64, Name, TenantId, Text, checked_e
 from .identity_events import Meta
 
 __all__ = [
+    "INVOICE_VERSION",
     "BillingEvent",
     "CustomerLinked",
     "InvoiceIssued",
@@ -44,6 +56,7 @@ __all__ = [
     "PaymentSucceeded",
     "PlanChanged",
     "PlanTerms",
+    "Seller",
     "SubscriptionCancelled",
     "SubscriptionStarted",
     "customer_subject",
@@ -108,10 +121,22 @@ class CustomerLinked(_Event, tag="customer.linked"):
     stripe_customer_id: Id
 
 
+INVOICE_VERSION = 2  # the version of invoice.issued this module writes
+
+
+class Seller(msgspec.Struct, frozen=True, kw_only=True):
+    """Who issues the invoice. In Japan a qualified invoice (適格請求書) names the issuer and its
+    registration number, ``T`` and 13 digits (services/billing/seller.py checks it)."""
+
+    name: Name
+    address: Text = ""
+    registration_number: Id = ""
+
+
 class InvoiceLine(msgspec.Struct, frozen=True, kw_only=True):
     kind: Literal["base_fee", "overage"]  # billing_invoice_lines.kind has the same CHECK
     description: Text
-    quantity: Decimal  # billing units: 1 for a fee, 50000 calls, 3.5 hours
+    quantity: Decimal  # billing units: 1 for a fee, 50000 calls, 3.5 hours (a usage line: over the allowance)
     unit: Id
     unit_price: Decimal
     amount: Int64  # minor units, rounded half up from quantity × unit_price (see services/billing/money.py)
@@ -119,9 +144,12 @@ class InvoiceLine(msgspec.Struct, frozen=True, kw_only=True):
     plan_id: Id = ""
     service_start: datetime | None = None  # what a base fee pays for
     service_end: datetime | None = None
+    used: Decimal | None = None  # a usage line (v2): billing units used in the month …
+    included: Count | None = None  # … and the plan's allowance of them
 
 
-class InvoiceIssued(_Event, tag="invoice.issued"):
+class InvoiceIssued(_Event, tag="invoice.issued", kw_only=True):
+    v: int = INVOICE_VERSION
     invoice_id: Id
     period: Id  # "YYYY-MM" in time_zone
     period_start: datetime
@@ -134,6 +162,7 @@ class InvoiceIssued(_Event, tag="invoice.issued"):
     tax: Int64
     total: Int64
     usage: dict[Id, Int64] = {}  # metered totals the overage lines were computed from
+    seller: Seller | None = None  # v2; None on a v1 invoice (not recorded then)
 
 
 class InvoicePushed(_Event, tag="invoice.pushed"):

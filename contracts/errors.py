@@ -16,6 +16,7 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "BAD_REQUEST"                      # malformed JSON, wrong content type, bad parameter
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    NOT_ACCEPTABLE = "NOT_ACCEPTABLE"                # no format the caller accepts (Accept, ?format=)
     UNAUTHENTICATED = "UNAUTHENTICATED"              # no or bad credential
     FORBIDDEN = "FORBIDDEN"
     NOT_FOUND = "NOT_FOUND"                          # no such HTTP route

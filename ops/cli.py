@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
+    from democratic_ai.services.billing import BillingConfig
     from democratic_ai.services.identity import KeyEncryptionKey
 
 from democratic_ai.contracts.bus import BusCredentialError, BusOptions
@@ -43,6 +44,16 @@ def _kek() -> KeyEncryptionKey:
         return load_kek()
     except KekUnavailable as exc:
         raise SystemExit(f"dai: {exc}") from None
+
+
+def _billing_config() -> BillingConfig:
+    """The billing settings (tax, grace, seller, pricing file), checked; a one-line exit when one is wrong."""
+    from democratic_ai.services.billing import InvalidBillingConfig, check_environment
+
+    try:
+        return check_environment()
+    except InvalidBillingConfig as exc:
+        raise SystemExit(f"dai: {' '.join(str(exc).split())}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if (args.tls_cert is None) != (args.tls_key is None):
             raise SystemExit("dai: --tls-cert and --tls-key go together")
+        _billing_config()  # the gateway it starts would refuse a bad setting: say so once, before starting
         tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
         return up(UpOptions(data_dir=args.data_dir, port=args.port, nats_port=args.nats_port, tls=tls))
 
@@ -159,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "gateway":
         from democratic_ai.schemas import app_dsn
-        from democratic_ai.services.billing import BillingConfig
         from democratic_ai.services.gateway import GatewayConfig, body_ceiling_from_env
 
         from democratic_ai.services.metering import MeteringConfig, PublisherConfig
 
+        billing = _billing_config()
         database_url = os.environ.get("DATABASE_APP_URL") or app_dsn(_env("DATABASE_URL"))
         flush = services.env_seconds(USAGE_FLUSH_ENV, PublisherConfig().max_delay)
         if flush <= 0:
@@ -174,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise SystemExit(f"dai: {exc}") from None
         config = GatewayConfig(bus=_bus(), database_url=database_url, host=args.host, port=args.port,
-                               metering=metering, billing=BillingConfig.from_env(), kek=_kek(),
-                               body_ceiling_bytes=ceiling)
+                               metering=metering, billing=billing, kek=_kek(), body_ceiling_bytes=ceiling)
         run_until_signalled(lambda stop: services.run_gateway(config, stop))
     elif args.command == "bus-auth":
         auth, system = _bus(), _bus(Path(_env("DAI_BUS_SYS_CREDENTIAL_FILE")))
@@ -195,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         kid = asyncio.run(services.rotate_jwt_key(_bus(), _kek()))
         print(f"new JWT signing key {kid}; tokens signed by the previous key stay valid until they expire")
     elif args.command == "billing":
+        _billing_config()
         closed = asyncio.run(services.close_billing_periods(_bus(), _env("DATABASE_URL"), args.tenant, args.period))
         for line in closed:
             print(line)

@@ -73,11 +73,12 @@ class BillingProjection:
                         event.invoice_id, event.tenant_id, event.period, event.period_start, event.period_end,
                         event.time_zone, event.currency, event.subtotal, event.tax_rate, event.tax, event.total,
                         dict(event.usage), "paid" if paid else "open", at, at if paid else None,
+                        None if event.seller is None else msgspec.to_builtins(event.seller),  # None: a v1 invoice
                     ))
                     lines.extend(
                         (event.invoice_id, n, event.tenant_id, line.kind, line.description, line.metric,
                          line.plan_id, line.quantity, line.unit, line.unit_price, line.amount, line.service_start,
-                         line.service_end)
+                         line.service_end, line.used, line.included)
                         for n, line in enumerate(event.lines, start=1)
                     )
                 case InvoicePushed():
@@ -107,14 +108,14 @@ class BillingProjection:
         if invoices:
             await conn.executemany(
                 "INSERT INTO billing_invoices (invoice_id, tenant_id, period, period_start, period_end, time_zone,"
-                " currency, subtotal, tax_rate, tax, total, usage, status, issued_at, paid_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                " currency, subtotal, tax_rate, tax, total, usage, status, issued_at, paid_at, seller)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
                 " ON CONFLICT (invoice_id) DO NOTHING", invoices)
         if lines:
             await conn.executemany(
                 "INSERT INTO billing_invoice_lines (invoice_id, line_no, tenant_id, kind, description, metric,"
-                " plan_id, quantity, unit, unit_price, amount, service_start, service_end)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                " plan_id, quantity, unit, unit_price, amount, service_start, service_end, used, included)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
                 " ON CONFLICT (invoice_id, line_no) DO NOTHING", lines)
         if pushed:
             await conn.executemany("UPDATE billing_invoices SET stripe_invoice_id = $2 WHERE invoice_id = $1", pushed)

@@ -75,7 +75,11 @@ async def test_a_month_of_calls_becomes_an_invoice_over_http(
     assert status == 200 and invoice["status"] == "open" and invoice["currency"] == "JPY"
     assert invoice["usage"]["api_calls"] == 150_000
     assert [(line["kind"], line["quantity"], line["unit_price"], line["amount"]) for line in invoice["lines"]] == [
-        ("base_fee", "1", "4900", 4900), ("overage", "50000", "0.05", 2500)]
+        ("base_fee", "1", "4900", 4900), ("overage", "50000", "0.05", 2500), ("overage", "0", "50", 0),
+        ("overage", "0", "10", 0)]
+    assert [(line["used"], line["included"]) for line in invoice["lines"]] == [
+        (None, None), ("150000", 100_000), ("0", 100), ("0", 50)]
+    assert invoice["seller"] == {"name": "Democratic_AI", "address": "", "registration_number": ""}
     assert (invoice["subtotal"], invoice["tax_rate"], invoice["tax"], invoice["total"]) == (7400, "0.10", 740, 8140)
 
     status, plan = await http("GET", f"{gateway.url}/v1/billing/plan", credential=tenant.viewer_token)

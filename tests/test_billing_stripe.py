@@ -165,6 +165,8 @@ async def test_closing_pushes_the_invoice_to_stripe_once_with_idempotency_keys(
     items = fake_stripe.posted("/v1/invoiceitems")
     assert [(k, form["amount"], form["invoice"]) for k, form in items] == [
         (f"{invoice_id}:line-0", "4900", "in_2"), (f"{invoice_id}:line-1", "2500", "in_2"),
+        # The usage lines within their allowance, at ¥0: Stripe's invoice says what ours says.
+        (f"{invoice_id}:line-2", "0", "in_2"), (f"{invoice_id}:line-3", "0", "in_2"),
         (f"{invoice_id}:tax", "740", "in_2")]
     assert sum(int(form["amount"]) for _, form in items) == 8140
     [(key, _)] = fake_stripe.posted("/v1/invoices/in_2/finalize")

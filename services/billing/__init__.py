@@ -3,12 +3,14 @@ payments through Stripe.
 
 Commands (:class:`BillingService`, :class:`Payments`) append BILLING events; the billing
 projection folds them into read models; an invoice is a pure function of the log
-(:func:`build_invoice`) and the usage read model (:class:`UsageTotals`).
+(:func:`build_invoice`) and the usage read model (:class:`UsageTotals`); the month so far
+(:meth:`BillingService.upcoming`) is the same computation cut at now (:func:`compute_invoice`).
+Settings, the seller included, are checked at start (:func:`check_environment`).
 """
 
 from __future__ import annotations
 
-from .config import BillingConfig, StripeConfig
+from .config import BillingConfig, InvalidBillingConfig, StripeConfig, check_environment
 from .errors import (
     BadSignature,
     BillingError,
@@ -21,16 +23,18 @@ from .errors import (
 )
 from .eventlog import BillingLog
 from .html import render_invoice
-from .invoicing import build_invoice, invoice_id, usage_window
+from .invoicing import build_invoice, compute_invoice, duration, invoice_id, usage_window
 from .money import format_money, format_price, round_line, tax_amount
 from .payments import Payments
 from .pricing import InvalidPricing, PriceBook, load_pricing
+from .seller import DEFAULT_SELLER, InvalidSeller, load_seller
 from .service import DEFAULT_TIME_ZONE, BillingService, Closed
 from .stripe_gateway import CheckoutSession, StripeBilling
 from .subscription import Subscription, Tenure, fold_subscription
 from .usage import PostgresUsageTotals, UsageTotals
 
 __all__ = [
+    "DEFAULT_SELLER",
     "DEFAULT_TIME_ZONE",
     "BadSignature",
     "BillingConfig",
@@ -41,7 +45,9 @@ __all__ = [
     "Closed",
     "Conflict",
     "Invalid",
+    "InvalidBillingConfig",
     "InvalidPricing",
+    "InvalidSeller",
     "NotFound",
     "Payments",
     "PostgresUsageTotals",
@@ -55,11 +61,15 @@ __all__ = [
     "UsageTotals",
     "UsageUnavailable",
     "build_invoice",
+    "check_environment",
+    "compute_invoice",
+    "duration",
     "fold_subscription",
     "format_money",
     "format_price",
     "invoice_id",
     "load_pricing",
+    "load_seller",
     "render_invoice",
     "round_line",
     "tax_amount",

@@ -13,6 +13,7 @@ from decimal import Decimal
 from html import escape
 from typing import Any
 
+from .invoicing import quantity_text
 from .money import format_money, format_price
 from .periods import zone
 
@@ -26,6 +27,7 @@ th, td { padding: .4rem .5rem; border-bottom: 1px solid #ddd; text-align: left; 
 td.num, th.num { text-align: right; white-space: nowrap; }
 tfoot td { border-bottom: none; } tfoot tr.total td { font-weight: bold; border-top: 2px solid #111; }
 .status { display: inline-block; padding: .1rem .5rem; border: 1px solid #555; border-radius: .3rem; }
+.seller { float: right; text-align: right; font-style: normal; white-space: pre-line; }
 @media print { body { margin: 0; } .noprint { display: none; } }
 """
 
@@ -42,25 +44,48 @@ def _quantity(value: Decimal) -> str:
     return f"{value.normalize():,f}"
 
 
+def _seller(seller: Mapping[str, Any] | None) -> str:
+    """The issuer's block; an invoice issued before sellers were recorded (v1) has none."""
+    if not seller:
+        return ""
+    number = seller.get("registration_number") or ""
+    return (f'<address class="seller"><strong>{_e(seller["name"])}</strong>'
+            + (f"\n{_e(seller['address'])}" if seller.get("address") else "")
+            + (f"\nRegistration number (登録番号) {_e(number)}" if number else "") + "</address>")
+
+
 def render_invoice(invoice: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], tenant_name: str) -> str:
-    """The page of one invoice row and its line rows (as the read model returns them)."""
+    """The page of one invoice and its lines: a read-model row (``issued_at``, ``status``) or an
+    upcoming invoice (``as_of`` instead), each with an optional ``seller`` mapping."""
     currency, time_zone = invoice["currency"], invoice["time_zone"]
+    seller = invoice.get("seller")
+    issuer = seller["name"] if seller else "Democratic_AI"
+    if "as_of" in invoice:
+        title = f"Upcoming invoice {invoice['invoice_id']}"
+        state = (f"So far, as of {_e(_local(invoice['as_of'], time_zone))} · <span class=\"status\">upcoming</span>"
+                 " — the month is not over; this is what it would be billed if it ended now")
+    else:
+        title = f"Invoice {invoice['invoice_id']}"
+        state = (f"Issued {_e(_local(invoice['issued_at'], time_zone))} ·"
+                 f" <span class=\"status\">{_e(invoice['status'])}</span>")
     body_rows = "\n".join(
-        f"<tr><td>{_e(line['description'])}</td><td class=\"num\">{_e(_quantity(line['quantity']))}"
-        f" {_e(line['unit'])}</td><td class=\"num\">{_e(format_price(line['unit_price'], currency))}</td>"
+        f"<tr><td>{_e(line['description'])}</td>"
+        f"<td class=\"num\">{_e(quantity_text(line['quantity'], line['unit']))}</td>"
+        f"<td class=\"num\">{_e(format_price(line['unit_price'], currency))}</td>"
         f"<td class=\"num\">{_e(format_money(line['amount'], currency))}</td></tr>"
         for line in lines
     )
     rate = f"{_quantity(invoice['tax_rate'] * 100)}%"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>Invoice {_e(invoice['invoice_id'])}</title><style>{_STYLE}</style></head>
+<title>{_e(title)}</title><style>{_STYLE}</style></head>
 <body>
-<h1>Invoice {_e(invoice['invoice_id'])}</h1>
-<p class="muted">Democratic_AI · billed to <strong>{_e(tenant_name)}</strong> ({_e(invoice['tenant_id'])})</p>
+{_seller(seller)}
+<h1>{_e(title)}</h1>
+<p class="muted">{_e(issuer)} · billed to <strong>{_e(tenant_name)}</strong> ({_e(invoice['tenant_id'])})</p>
 <p>Period {_e(invoice['period'])}: {_e(_local(invoice['period_start'], time_zone))} –
 {_e(_local(invoice['period_end'], time_zone))} ({_e(time_zone)})<br>
-Issued {_e(_local(invoice['issued_at'], time_zone))} · <span class="status">{_e(invoice['status'])}</span></p>
+{state}</p>
 <table>
 <thead><tr><th>Description</th><th class="num">Quantity</th><th class="num">Unit price</th>
 <th class="num">Amount</th></tr></thead>

@@ -14,15 +14,29 @@ month's invoice holds:
   the new one. A yearly fee appears on the invoice of the year's last month (or of the month
   the tenure ended, prorated). No piece is billed before it has ended, so there are no credits
   and an invoice is never negative.
-* **Usage over the allowance**, per metric: the plan in force at the end of the month (the last
-  tenure that overlaps it) sets the monthly allowance and the overage price for the month's
-  whole usage — from the first instant of the month the tenant was subscribed to the last.
-  ``overage = max(0, used − included)``; ``amount = overage × price ÷ unit_size``, rounded half
-  up. Storage is the bytes held at the end of that window.
+* **Usage against the allowance**, one line for every metric the plan prices, over or not: the
+  plan in force at the end of the month (the last tenure that overlaps it) sets the monthly
+  allowance and the overage price for the month's whole usage — from the first instant of the
+  month the tenant was subscribed to the last. ``overage = max(0, used − included)``;
+  ``amount = overage × price ÷ unit_size``, rounded half up (¥0 when nothing is over, or when
+  the plan does not bill past its allowance). Storage is the bytes held at the end of that window.
 * **Tax** on the subtotal, rounded down (:mod:`.money`).
+* **The seller** (:mod:`.seller`) as configured when the invoice is issued.
+
+A month with no base fee and nothing billable over an allowance has no invoice.
 
 Only events recorded before the month ended are read, so closing a month later, or again after
 a rebuild, yields the same invoice.
+
+**The month so far** (:func:`compute_invoice` with ``until``) is the same computation cut at an
+instant: the piece of service running then is billed up to it, prorated like any piece, and
+usage is counted up to it. It is what the month's invoice would be if the subscription ended at
+that instant — the upcoming invoice of ``GET /v1/invoices/upcoming``.
+
+Lines are written as an invoice reads, and the text is part of the issued event (it is also
+what Stripe's invoice items say): a prorated fee names its share as a duration in days and
+hours (``29 days 18 hours of 31 days``) — the exact fraction is its ``quantity`` — and an
+invoice already issued keeps the words it was issued with.
 """
 
 from __future__ import annotations
@@ -32,17 +46,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from democratic_ai.contracts.billing_events import InvoiceIssued, InvoiceLine, PlanTerms
+from democratic_ai.contracts.billing_events import InvoiceIssued, InvoiceLine, MeteredPrice, PlanTerms, Seller
 from democratic_ai.contracts.identity_events import Meta
 
 from .money import exact, format_price, round_line, tax_amount
 from .periods import Month, Period, month_period, seconds, service_period, zone
 from .pricing import BILLED_METRICS
+from .seller import DEFAULT_SELLER
 from .subscription import Subscription, Tenure
 
-__all__ = ["UsageWindow", "build_invoice", "invoice_id", "period_id", "usage_window"]
+__all__ = [
+    "UsageWindow",
+    "build_invoice",
+    "compute_invoice",
+    "duration",
+    "invoice_id",
+    "period_id",
+    "quantity_text",
+    "usage_window",
+]
 
 _LABELS = {"api_calls": "API calls", "compute_ms": "Compute time", "storage_bytes": "Storage"}
+_VERBS = {"storage_bytes": "stored"}  # storage is what is held, not what was used up
 _DISPLAY = Decimal("0.000001")
 
 
@@ -72,29 +97,34 @@ class _Piece:
     end: datetime
 
 
-def usage_window(subscription: Subscription, period: Period) -> UsageWindow | None:
-    """From the first instant of ``period`` the tenant was subscribed to the last; ``None`` if never."""
+def usage_window(subscription: Subscription, period: Period, until: datetime | None = None) -> UsageWindow | None:
+    """From the first instant of ``period`` the tenant was subscribed to the last (or to ``until``);
+    ``None`` if never."""
+    end_of = period.end if until is None else min(period.end, until)
     overlapping = [t for t in subscription.tenures
-                   if t.start < period.end and (t.end is None or t.end > period.start)]
+                   if t.start < end_of and (t.end is None or t.end > period.start)]
     if not overlapping:
         return None
     last_end = overlapping[-1].end
     return UsageWindow(
         start=max(period.start, overlapping[0].start),
-        end=period.end if last_end is None else min(period.end, last_end),
+        end=end_of if last_end is None else min(end_of, last_end),
         terms=overlapping[-1].terms,
     )
 
 
-def _pieces(subscription: Subscription, period: Period) -> Iterator[_Piece]:
-    """The pieces of service that end within ``period`` (start exclusive, end inclusive)."""
+def _pieces(subscription: Subscription, period: Period, until: datetime | None = None) -> Iterator[_Piece]:
+    """The pieces of service that end within ``period`` (start exclusive, end inclusive); with
+    ``until``, the one running then is cut there and none after it is begun."""
     for tenure in subscription.tenures:
         cursor = tenure.start
-        while cursor < period.end:
+        while cursor < period.end and (until is None or cursor < until):
             service = service_period(cursor, tenure.interval, tenure.anchor, tenure.time_zone)
             end = service.end if tenure.end is None else min(tenure.end, service.end)
             if end > period.end:
                 break  # still running when the month ends: a later invoice bills it
+            if until is not None and end > until:
+                end = until  # the piece so far
             if end > period.start and end > cursor:
                 yield _Piece(tenure, service, cursor, end)
             if tenure.end is not None and end >= tenure.end:
@@ -104,6 +134,23 @@ def _pieces(subscription: Subscription, period: Period) -> Iterator[_Piece]:
 
 def _local(at: datetime, time_zone: str) -> str:
     return at.astimezone(zone(time_zone)).strftime("%Y-%m-%d %H:%M")
+
+
+def _plural(count: int | Decimal, word: str) -> str:
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
+
+
+def duration(span: Decimal) -> str:
+    """``span`` seconds as an invoice says it: ``31 days``, ``29 days 18 hours``, ``5 hours``;
+    whole days and hours, rounded down (the exact share is the line's quantity), and minutes
+    only for a span under an hour."""
+    days, rest = divmod(int(span), 86_400)
+    hours, rest = divmod(rest, 3_600)
+    parts = ([_plural(days, "day")] if days else []) + ([_plural(hours, "hour")] if hours else [])
+    if parts:
+        return " ".join(parts)
+    minutes = rest // 60
+    return _plural(minutes, "minute") if minutes else "less than a minute"
 
 
 def _base_fee(piece: _Piece, currency: str) -> InvoiceLine | None:
@@ -117,7 +164,7 @@ def _base_fee(piece: _Piece, currency: str) -> InvoiceLine | None:
     description = (f"{terms.name} plan ({'monthly' if interval == 'month' else 'yearly'}),"
                    f" {_local(piece.start, time_zone)} – {_local(piece.end, time_zone)} ({time_zone})")
     if used != whole:
-        description += f", prorated {used:,} s of {whole:,} s"
+        description += f", {duration(used)} of {duration(whole)}"
     return InvoiceLine(
         kind="base_fee", description=description, plan_id=terms.plan_id,
         quantity=Decimal(1) if used == whole else fraction.quantize(_DISPLAY, rounding=ROUND_HALF_UP),
@@ -126,53 +173,88 @@ def _base_fee(piece: _Piece, currency: str) -> InvoiceLine | None:
     )
 
 
-def _overage(metric: str, used: int, terms: PlanTerms) -> InvoiceLine | None:
-    price = terms.usage.get(metric)
-    if price is None or price.overage_price is None:
-        return None
-    over = max(0, used - price.included * price.unit_size)
-    if over == 0:
-        return None
-    quantity = exact.divide(Decimal(over), Decimal(price.unit_size))
+def _units(metered: int, price: MeteredPrice) -> Decimal:
+    """``metered`` units in billing units, exact when that has at most six decimals."""
+    quantity = exact.divide(Decimal(metered), Decimal(price.unit_size))
     if quantity != quantity.quantize(_DISPLAY, context=exact):
         quantity = quantity.quantize(_DISPLAY, rounding=ROUND_HALF_UP)
-    shown_used = exact.divide(Decimal(used), Decimal(price.unit_size)).quantize(_DISPLAY, rounding=ROUND_HALF_UP)
+    return quantity
+
+
+def quantity_text(count: Decimal, unit: str) -> str:
+    """``1 call``, ``2 calls``, ``0.5 hours``, ``3 GB`` (a unit written in capitals has no plural)."""
+    shown = f"{count.normalize():,f}"
+    return f"{shown} {unit}" if count == 1 or not unit.islower() else f"{shown} {unit}s"
+
+
+def _usage(metric: str, used: int, terms: PlanTerms) -> InvoiceLine:
+    """The line of one metric: what was used against the allowance, and the price of what is over."""
+    price = terms.usage[metric]
+    over = max(0, used - price.included * price.unit_size)
+    quantity, shown_used = _units(over, price), _units(used, price)
+    label, verb, unit = _LABELS.get(metric, metric), _VERBS.get(metric, "used"), price.unit
+    description = (f"{label}: {quantity_text(shown_used, unit)} {verb},"
+                   f" {quantity_text(Decimal(price.included), unit)} included, {quantity_text(quantity, unit)} over")
+    if price.overage_price is None:
+        description += " (not billed past the allowance)"
+        unit_price, amount = Decimal(0), 0
+    else:
+        description += f" × {format_price(price.overage_price, terms.currency)} per {unit}"
+        unit_price = price.overage_price
+        amount = round_line(exact.divide(exact.multiply(Decimal(over), price.overage_price),
+                                         Decimal(price.unit_size)), terms.currency)
     return InvoiceLine(
-        kind="overage", metric=metric, plan_id=terms.plan_id,
-        description=(f"{_LABELS.get(metric, metric)} over the allowance: {shown_used.normalize():,f} {price.unit}"
-                     f" used, {price.included:,} included, {quantity.normalize():,f} × "
-                     f"{format_price(price.overage_price, terms.currency)} per {price.unit}"),
-        quantity=quantity, unit=price.unit, unit_price=price.overage_price,
-        amount=round_line(exact.divide(exact.multiply(Decimal(over), price.overage_price),
-                                       Decimal(price.unit_size)), terms.currency),
+        kind="overage", metric=metric, plan_id=terms.plan_id, description=description, quantity=quantity,
+        unit=price.unit, unit_price=unit_price, amount=amount, used=shown_used, included=price.included,
     )
 
 
-def build_invoice(
-    subscription: Subscription, month: Month, usage: dict[str, int], tax_rate: Decimal, meta: Meta,
-) -> InvoiceIssued | None:
-    """The invoice of ``month``, or ``None`` when the month has nothing to bill.
+def _billable(line: InvoiceLine) -> bool:
+    """A base fee, or usage over an allowance that has a price (even if it rounds to ¥0)."""
+    return line.kind == "base_fee" or (line.quantity > 0 and line.unit_price > 0)
 
-    ``subscription`` must hold only events recorded before the month ended, and ``usage`` the
-    totals of :func:`usage_window` — the caller reads both; this function only computes.
+
+def compute_invoice(
+    subscription: Subscription, month: Month, usage: dict[str, int], tax_rate: Decimal, meta: Meta,
+    *, seller: Seller = DEFAULT_SELLER, until: datetime | None = None,
+) -> InvoiceIssued | None:
+    """The invoice of ``month`` — so far, when ``until`` falls inside it — even when it bills
+    nothing; ``None`` only when the tenant was never subscribed in the month (up to ``until``).
+
+    ``subscription`` must hold only events recorded before the month ended (or before
+    ``until``), and ``usage`` the totals of :func:`usage_window` — the caller reads both; this
+    function only computes.
     """
     time_zone = subscription.time_zone
     if time_zone is None:
         return None
     period = month_period(month, time_zone)
-    window = usage_window(subscription, period)
+    if until is not None and until >= period.end:
+        until = None  # the month is over: the whole of it
+    window = usage_window(subscription, period, until)
     if window is None:
         return None
     currency = window.terms.currency
-    lines = [line for piece in _pieces(subscription, period) if (line := _base_fee(piece, currency))]
-    lines += [line for metric in BILLED_METRICS if (line := _overage(metric, usage.get(metric, 0), window.terms))]
-    if not lines:
-        return None
+    lines = [line for piece in _pieces(subscription, period, until) if (line := _base_fee(piece, currency))]
+    lines += [_usage(metric, usage.get(metric, 0), window.terms) for metric in BILLED_METRICS
+              if metric in window.terms.usage]
     subtotal = sum(line.amount for line in lines)
     tax = tax_amount(subtotal, tax_rate)
     return InvoiceIssued(
         tenant_id=subscription.tenant_id, meta=meta, invoice_id=invoice_id(subscription.tenant_id, month),
         period=period_id(month), period_start=period.start, period_end=period.end, time_zone=time_zone,
         currency=currency, lines=tuple(lines), subtotal=subtotal, tax_rate=tax_rate, tax=tax,
-        total=subtotal + tax, usage={m: usage.get(m, 0) for m in BILLED_METRICS},
+        total=subtotal + tax, usage={m: usage.get(m, 0) for m in BILLED_METRICS}, seller=seller,
     )
+
+
+def build_invoice(
+    subscription: Subscription, month: Month, usage: dict[str, int], tax_rate: Decimal, meta: Meta,
+    *, seller: Seller = DEFAULT_SELLER,
+) -> InvoiceIssued | None:
+    """The invoice to issue for ``month``, or ``None`` when the month has nothing to bill (no
+    base fee and nothing billable over an allowance). See :func:`compute_invoice`."""
+    invoice = compute_invoice(subscription, month, usage, tax_rate, meta, seller=seller)
+    if invoice is None or not any(_billable(line) for line in invoice.lines):
+        return None
+    return invoice

@@ -34,7 +34,7 @@ from democratic_ai.contracts.subjects import InvalidSubjectToken, validate_token
 from .config import BillingConfig
 from .errors import Conflict, Invalid, NotFound
 from .eventlog import STREAM, BillingLog
-from .invoicing import build_invoice, period_id, usage_window
+from .invoicing import build_invoice, compute_invoice, period_id, usage_window
 from .periods import InvalidPeriod, InvalidTimeZone, Month, add_months, month_of, month_period, parse_month, zone
 from .pricing import INTERVALS, PriceBook
 from .subscription import Subscription, fold_subscription
@@ -155,7 +155,8 @@ class BillingService:
         if window is None:
             return Closed(tenant_id, period, None, created=False)
         usage = await self.usage.totals(tenant_id, window.start, window.end)
-        invoice = build_invoice(before_end, month, usage, self.config.tax_rate, Meta(at=now, actor=actor))
+        invoice = build_invoice(before_end, month, usage, self.config.tax_rate, Meta(at=now, actor=actor),
+                                seller=self.config.seller)
         if invoice is None:
             return Closed(tenant_id, period, None, created=False)
         try:
@@ -170,6 +171,31 @@ class BillingService:
             log.error("tenant %s %s: the stored invoice differs from a recomputation; is usage still arriving?",
                       tenant_id, period)
         return Closed(tenant_id, period, stored, created=sequence != 0 and stored.meta == invoice.meta)
+
+    async def upcoming(self, tenant_id: str, actor: str = "system") -> InvoiceIssued:
+        """The invoice of the current month so far: what closing it would issue if the
+        subscription ended now — the same :func:`compute_invoice`, cut at the service's clock.
+
+        Its ``meta.at`` is the instant it was computed ("as of"); nothing is appended.
+        """
+        subscription = await self.subscription(tenant_id)
+        time_zone = subscription.time_zone
+        if time_zone is None:
+            raise NotFound(f"tenant {tenant_id!r} has never subscribed to a plan")
+        now = self.clock()
+        month = month_of(now, time_zone)
+        bounds = month_period(month, time_zone)
+        events = [(s, e) for s, e in await self.log.read(subscription_subject(tenant_id)) if e.meta.at <= now]
+        so_far = fold_subscription(tenant_id, events)
+        window = usage_window(so_far, bounds, now)
+        if window is None:
+            raise NotFound(f"tenant {tenant_id!r} has no subscription in {period_id(month)}: nothing is accruing")
+        usage = await self.usage.totals(tenant_id, window.start, window.end)
+        invoice = compute_invoice(so_far, month, usage, self.config.tax_rate, Meta(at=now, actor=actor),
+                                  seller=self.config.seller, until=now)
+        if invoice is None:  # cannot happen: a usage window exists, so the month has an invoice
+            raise NotFound(f"tenant {tenant_id!r} has nothing accruing in {period_id(month)}")
+        return invoice
 
     async def subscribed_tenants(self) -> list[str]:
         info = await self.log.js.stream_info(STREAM, subjects_filter="billing.*.subscription.*")

@@ -1,15 +1,20 @@
-"""Billing over HTTP: the tenant's plan, its invoices (JSON or a printable page), closing a
-month, Stripe Checkout and Stripe's webhook.
+"""Billing over HTTP: the tenant's plan, its invoices (JSON or a printable page), the invoice
+of the month so far, closing a month, Stripe Checkout and Stripe's webhook.
 
 Reads come from the billing read models inside a transaction that names the tenant, so Row
 Level Security confines them to it: another tenant's invoice id answers 404 like any unknown
-one. A super admin may name a tenant with ``?tenant=``; anyone else gets their own.
+one. A super admin may name a tenant with ``?tenant_id=`` (or ``?tenant=``), and reads an
+invoice by its id alone (``<tenant>-<YYYY-MM>`` names its tenant); anyone else gets their own.
+
+Invoices answer JSON or HTML: ``?format=json|html`` decides, else the ``Accept`` header (by
+its q-values; a tie goes to JSON). A format nobody offers answers 406 ``NOT_ACCEPTABLE``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,7 +25,7 @@ import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
-from democratic_ai.contracts.billing_events import InvoiceIssued, PlanTerms
+from democratic_ai.contracts.billing_events import InvoiceIssued, PlanTerms, Seller
 from democratic_ai.contracts.fields import Id
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.billing import BillingService, Payments, render_invoice
@@ -39,9 +44,9 @@ __all__ = ["add_billing_routes"]
 log = logging.getLogger(__name__)
 
 _INVOICE_COLUMNS = ("invoice_id, tenant_id, period, period_start, period_end, time_zone, currency, subtotal,"
-                    " tax_rate, tax, total, usage, status, issued_at, stripe_invoice_id, paid_at")
+                    " tax_rate, tax, total, usage, status, issued_at, stripe_invoice_id, paid_at, seller")
 _LINE_COLUMNS = ("line_no, kind, description, metric, plan_id, quantity, unit, unit_price, amount, service_start,"
-                 " service_end")
+                 " service_end, used, included")
 
 
 def _plain(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,6 +96,7 @@ class Invoice(msgspec.Struct):
     issued_at: datetime
     stripe_invoice_id: str | None
     paid_at: datetime | None
+    seller: Seller | None  # who issued it, as it was then; None on invoices issued before it was recorded
 
 
 class InvoiceList(msgspec.Struct):
@@ -103,12 +109,35 @@ class InvoiceLineRow(msgspec.Struct):
     description: str
     metric: str
     plan_id: str
-    quantity: DecimalText
+    quantity: DecimalText  # a usage line: the quantity over the allowance
     unit: str
     unit_price: DecimalText
     amount: int
     service_start: datetime | None
     service_end: datetime | None
+    used: DecimalText | None  # a usage line: used in the month, in the line's unit …
+    included: int | None  # … and the allowance (None on invoices issued before they were recorded)
+
+
+class UpcomingInvoice(msgspec.Struct):
+    """The current month's invoice so far: what closing the month would issue if it ended now."""
+
+    invoice_id: str  # the id the month's invoice will have
+    tenant_id: str
+    period: str
+    period_start: datetime
+    period_end: datetime
+    as_of: datetime  # computed at this instant; fees are prorated and usage counted up to it
+    time_zone: str
+    currency: str
+    status: str  # "upcoming"
+    lines: list[InvoiceLineRow]
+    subtotal: int
+    tax_rate: DecimalText
+    tax: int
+    total: int
+    usage: dict[str, int]
+    seller: Seller
 
 
 class Payment(msgspec.Struct):
@@ -147,17 +176,68 @@ class WebhookReceipt(msgspec.Struct):
     outcome: WebhookOutcome
 
 
-_TENANT = Query("tenant", "The tenant (super admins only; anyone else gets their own).")
+_TENANT = Query("tenant_id", "The tenant (super admins only; anyone else gets their own). `tenant` is an alias.")
+_TENANT_ALIAS = Query("tenant", "The same as tenant_id.")
+_FORMAT = Query("format", "json or html (the printable page); overrides the Accept header.",
+                {"type": "string", "enum": ["json", "html"]})
+_FORMATS = {"json": "application/json", "html": "text/html"}  # in order of preference on a tie
+_INVOICE_ID = re.compile(r"(?P<tenant>.+)-\d{4}-\d{2}")
 
 
 def _meta(request: web.Request, principal: Principal) -> Meta:
     return request_meta(request, principal.actor)
 
 
+def _named_tenant(request: web.Request) -> str | None:
+    return request.query.get("tenant_id") or request.query.get("tenant") or None
+
+
 def _tenant(request: web.Request) -> tuple[Principal, str]:
-    """The tenant a request is about: ``?tenant=`` for super admins, else the caller's own."""
-    tenant_id = request.query.get("tenant") or principal_of(request).tenant_id
+    """The tenant a request is about: ``?tenant_id=`` for super admins, else the caller's own."""
+    tenant_id = _named_tenant(request) or principal_of(request).tenant_id
     return require_tenant(request, tenant_id), tenant_id
+
+
+def _accepted(header: str, media_type: str) -> float:
+    """The q-value ``header`` gives ``media_type``: that of its most specific matching range."""
+    kind = media_type.split("/")[0]
+    best: tuple[int, float] = (-1, 0.0)  # (specificity, q)
+    for part in header.split(","):
+        media_range, *params = (p.strip() for p in part.split(";"))
+        media_range = media_range.lower()
+        specificity = {media_type: 2, f"{kind}/*": 1, "*/*": 0}.get(media_range)
+        if specificity is None or specificity < best[0]:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0  # a q we cannot read accepts nothing
+        if specificity > best[0]:
+            best = (specificity, q)
+    return best[1]
+
+
+def _format(request: web.Request) -> str:
+    """``json`` or ``html``, from ``?format=`` or ``Accept``; 406 when the caller takes neither."""
+    asked = request.query.get("format")
+    if asked is not None:
+        asked = asked.lower()
+        if asked in _FORMATS:
+            return asked
+        raise ApiError(ErrorCode.NOT_ACCEPTABLE, f"format {asked!r} is not offered; use json or html",
+                       {"field": "format", "offered": list(_FORMATS)})
+    header = request.headers.get("Accept", "").strip()
+    if not header:
+        return "json"
+    ranked = sorted(_FORMATS, key=lambda name: -_accepted(header, _FORMATS[name]))  # stable: json wins a tie
+    if _accepted(header, _FORMATS[ranked[0]]) <= 0:
+        raise ApiError(ErrorCode.NOT_ACCEPTABLE, "no format the Accept header takes is offered; invoices are"
+                       " application/json or text/html", {"offered": list(_FORMATS.values())})
+    return ranked[0]
 
 
 async def _rows(request: web.Request, tenant_id: str, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -193,7 +273,7 @@ async def _plan_document(request: web.Request, tenant_id: str) -> PlanDocument:
                         _catalogue(request.app[BILLING]))
 
 
-@operation("The tenant's plan and the catalogue of plans.", {200: PlanDocument}, query=(_TENANT,))
+@operation("The tenant's plan and the catalogue of plans.", {200: PlanDocument}, query=(_TENANT, _TENANT_ALIAS))
 async def get_plan(request: web.Request) -> web.Response:
     _, tenant_id = _tenant(request)
     require(request, "billing:read")
@@ -207,7 +287,7 @@ class PlanChoice(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @operation("Choose the tenant's plan (and interval, time zone).", {200: PlanDocument}, body=PlanChoice,
-           query=(_TENANT,))
+           query=(_TENANT, _TENANT_ALIAS))
 async def put_plan(request: web.Request) -> web.Response:
     principal, tenant_id = _tenant(request)
     require(request, "billing:update")
@@ -218,7 +298,7 @@ async def put_plan(request: web.Request) -> web.Response:
     return respond(await _plan_document(request, tenant_id))
 
 
-@operation("Cancel the tenant's plan at the end of its period.", {200: PlanDocument}, query=(_TENANT,))
+@operation("Cancel the tenant's plan at the end of its period.", {200: PlanDocument}, query=(_TENANT, _TENANT_ALIAS))
 async def cancel_plan(request: web.Request) -> web.Response:
     principal, tenant_id = _tenant(request)
     require(request, "billing:update")
@@ -229,7 +309,7 @@ async def cancel_plan(request: web.Request) -> web.Response:
 # Invoices -----------------------------------------------------------------------------------------
 
 
-@operation("The tenant's invoices, newest first.", {200: InvoiceList}, query=(_TENANT,))
+@operation("The tenant's invoices, newest first.", {200: InvoiceList}, query=(_TENANT, _TENANT_ALIAS))
 async def list_invoices(request: web.Request) -> web.Response:
     _, tenant_id = _tenant(request)
     require(request, "billing:read")
@@ -237,22 +317,53 @@ async def list_invoices(request: web.Request) -> web.Response:
     return respond(InvoiceList([from_row(Invoice, _plain(r)) for r in rows]))
 
 
-def _wants_html(request: web.Request) -> bool:
-    if request.query.get("format") == "html":
-        return True
-    accept = request.headers.get("Accept", "")
-    return "text/html" in accept and "application/json" not in accept
+def _page(request: web.Request, tenant_id: str, invoice: Mapping[str, Any], lines: list[Mapping[str, Any]]
+          ) -> web.Response:
+    tenant = request.app[IDENTITY].tenants.get(tenant_id)
+    page = render_invoice(dict(invoice), [dict(line) for line in lines], tenant.name if tenant else tenant_id)
+    return web.Response(text=page, content_type="text/html", charset="utf-8")
+
+
+@operation(
+    "The current month's invoice so far — base fee prorated to now, usage against the allowance, tax —"
+    " computed as closing the month would; a printable page with ?format=html or 'Accept: text/html'.",
+    {200: UpcomingInvoice}, query=(_TENANT, _TENANT_ALIAS, _FORMAT),
+    other_content={"text/html": {"type": "string"}},
+    description="Nothing is appended: the month's invoice is issued once it has ended (dai billing close-period)."
+                " 404 NOT_FOUND when the tenant has no subscription this month; 406 NOT_ACCEPTABLE for a format"
+                " other than JSON or HTML.",
+)
+async def upcoming_invoice(request: web.Request) -> web.Response:
+    principal, tenant_id = _tenant(request)
+    require(request, "billing:read")
+    wanted = _format(request)
+    draft = await request.app[BILLING].upcoming(tenant_id, principal.actor)
+    lines = [{"line_no": n, **msgspec.structs.asdict(line)} for n, line in enumerate(draft.lines, start=1)]
+    invoice = {name: getattr(draft, name) for name in ("invoice_id", "tenant_id", "period", "period_start",
+                                                        "period_end", "time_zone", "currency", "subtotal",
+                                                        "tax_rate", "tax", "total", "usage")}
+    invoice.update(as_of=draft.meta.at, status="upcoming", seller=draft.seller)
+    if wanted == "html":
+        return _page(request, tenant_id, {**invoice, "seller": msgspec.to_builtins(draft.seller)}, lines)
+    return respond(from_row(UpcomingInvoice, _plain(invoice), lines=[_plain(line) for line in lines]))
 
 
 @operation(
     "One invoice with its lines and payments; a printable HTML page with ?format=html or 'Accept: text/html'.",
-    {200: InvoiceDetail}, query=(_TENANT, Query("format", "html: the printable page.")),
+    {200: InvoiceDetail}, query=(_TENANT, _TENANT_ALIAS, _FORMAT),
     other_content={"text/html": {"type": "string"}},
+    description="A super admin reads any tenant's invoice by its id alone. 406 NOT_ACCEPTABLE for a format other"
+                " than JSON or HTML.",
 )
 async def get_invoice(request: web.Request) -> web.Response:
-    _, tenant_id = _tenant(request)
-    require(request, "billing:read")
     invoice_id = request.match_info["invoice"]
+    named = _named_tenant(request)
+    if named is None and principal_of(request).is_super_admin and (found := _INVOICE_ID.fullmatch(invoice_id)):
+        named = found["tenant"]  # "<tenant>-<YYYY-MM>": the id names its tenant
+    tenant_id = named or principal_of(request).tenant_id
+    require_tenant(request, tenant_id)
+    require(request, "billing:read")
+    wanted = _format(request)
     async with request.app[POOL].acquire() as conn, conn.transaction():
         await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant_id)
         invoice = await conn.fetchrow(f"SELECT {_INVOICE_COLUMNS} FROM billing_invoices WHERE invoice_id = $1",
@@ -263,10 +374,8 @@ async def get_invoice(request: web.Request) -> web.Response:
                                     " WHERE invoice_id = $1 ORDER BY at", invoice_id)
     if invoice is None:
         raise ApiError(ErrorCode.NOT_FOUND, f"no invoice {invoice_id!r}")
-    if _wants_html(request):
-        tenant = request.app[IDENTITY].tenants.get(tenant_id)
-        page = render_invoice(invoice, lines, tenant.name if tenant else tenant_id)
-        return web.Response(text=page, content_type="text/html", charset="utf-8")
+    if wanted == "html":
+        return _page(request, tenant_id, invoice, list(lines))
     return respond(from_row(InvoiceDetail, _plain(invoice), lines=[_plain(r) for r in lines],
                             payments=[_plain(r) for r in payments]))
 
@@ -298,7 +407,7 @@ async def close_period(request: web.Request) -> web.Response:
 
 
 @operation("A Stripe Checkout page where the tenant enters a card (503 while Stripe is off).", {201: Checkout},
-           query=(_TENANT,))
+           query=(_TENANT, _TENANT_ALIAS))
 async def payment_method(request: web.Request) -> web.Response:
     """A Stripe Checkout page (setup mode) where the tenant enters a card; we never see it."""
     principal, tenant_id = _tenant(request)
@@ -333,4 +442,5 @@ def add_billing_routes(app: web.Application) -> None:
     app.router.add_post("/v1/billing/payment-method", payment_method)
     app.router.add_post(STRIPE_WEBHOOK_PATH, stripe_webhook)
     app.router.add_get("/v1/invoices", list_invoices)
+    app.router.add_get("/v1/invoices/upcoming", upcoming_invoice)  # before {invoice}: no invoice id is "upcoming"
     app.router.add_get("/v1/invoices/{invoice}", get_invoice)
