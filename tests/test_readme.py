@@ -6,7 +6,8 @@ first command ends by doing, on free ports (the README's 8080 and 4222 are rewri
 a platform already running on this machine is left alone), and then runs every ``sh`` block in
 one shell, as a user pasting them into one terminal would (see ``tests/readme_blocks.py`` for the
 few blocks read otherwise). A block fails the test when a command in it fails: ``curl`` runs with
-``--fail-with-body`` and ``jq`` with ``-e`` (a missing field is an error, not ``null``), and any
+``--fail-with-body`` (unless it prints the status code with ``-w``: that example shows an error on
+purpose) and ``jq`` with ``-e`` (a missing field is an error, not ``null``), and any
 Python traceback in what a block prints is a failure too.
 """
 
@@ -36,7 +37,12 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK_TIMEOUT = 180.0
 DONE = "@@readme-block-done@@"
 PREAMBLE = """set -eu
-curl() { command curl --fail-with-body "$@"; }
+curl() {  # an HTTP error fails the block, unless the example prints the status on purpose
+    case " $* " in
+        *" -w "* | *" --write-out "*) command curl "$@" ;;
+        *) command curl --fail-with-body "$@" ;;
+    esac
+}
 jq() { command jq -e "$@"; }
 """
 
