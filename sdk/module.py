@@ -65,6 +65,7 @@ from .errors import CredentialError
 from .events import Event, EventHandlerDefinition, event_handlers_of
 from .execution import Invocation
 from .scheduling import Scheduler
+from .signatures import check_handler
 from .streaming import ChunkSender, elapsed_ms, last_data, stream_answers
 from .tenancy import ModuleClient, serving, serving_tenant
 from .micro import Endpoint, MicroService
@@ -120,6 +121,8 @@ class Module:
         subjects.validate_token(self.module_id, "module_id")
         self.config = config or ModuleConfig()
         self.capabilities: dict[str, CapabilityDefinition] = definitions_of(self)
+        for definition in self.capabilities.values():
+            check_handler(type(self), definition)  # a mismatch fails here, not on every call
         self.event_handlers: list[EventHandlerDefinition] = event_handlers_of(self)
         if not self.capabilities and not self.event_handlers:
             raise TypeError(f"{type(self).__name__} declares no @capability or @event_handler method.")
