@@ -164,6 +164,11 @@ class Module:
         return replace(config or ModuleConfig(), tenant=named.tenant)
 
     @property
+    def calls_in_progress(self) -> int:
+        """Calls (and events) this instance is handling right now."""
+        return len(self._tasks)
+
+    @property
     def tenant(self) -> str:
         """The tenant that owns this module."""
         return self.config.tenant
@@ -304,6 +309,7 @@ class Module:
                 log.log(level, "no hub answered the announcement of %s; retrying", self.module_id)
             else:
                 if answer.data == b"ok":
+                    log.info("the hub registered %s: %s", self.module_id, ", ".join(sorted(self.capabilities)))
                     return
                 log.error("the hub refused the manifest of %s: %s", self.module_id, answer.data.decode(errors="replace"))
                 return
