@@ -137,7 +137,7 @@ def _start_children(
     children.start("projections", lambda: _spawn(["projections", "run"], env, credentials.file("projections")))
     for module_id in modules:
         children.start(f"module {module_id}", lambda m=module_id: _spawn(
-            ["module", "run", EXAMPLE_MODULES[m], "--wait"], env, credentials.module_file(m)))
+            ["module", "run", "--wait", EXAMPLE_MODULES[m]], env, credentials.module_file(m)))
     children.start("gateway", lambda: _spawn(["gateway", "--port", str(port)], env, credentials.file("gateway"),
                                              DAI_KEK_FILE=str(credentials.kek_file)))
 
