@@ -12,8 +12,9 @@ runs :mod:`democratic_ai.sdk.signatures`). Each failure is one ``dai:`` line and
 Then it connects. NATS that cannot be reached is one ``dai:`` line and exit code 1, unless
 ``--wait``: then it keeps trying, backing off from 0.5 s to 10 s, with a line per attempt. Once
 connected it never gives up on NATS: a lost connection is one line, its return another, and calls
-simply wait meanwhile. The connection closing for good (the server refused the credential on
-reconnecting: it was revoked or rotated) ends the process with exit code 1.
+simply wait meanwhile; what the attempts to reconnect meet is a line per kind (a credential the bus
+refuses since it was revoked or rotated — or while its authorization service restarts), not one per
+attempt. The connection closing for good ends the process with exit code 1.
 
 SIGINT or SIGTERM stops it at any stage: while connecting it gives up at once; while serving it
 leaves (the hub stops routing to it) and lets the calls in progress finish, up to ``GRACE``
@@ -195,7 +196,7 @@ def shown(url: str) -> str:
 
 def describe(error: BaseException) -> str:
     """Why a connection attempt failed, in words."""
-    if isinstance(error, nats.errors.AuthorizationError):
+    if _refused(error):
         return ("the server refused the credential (revoked or rotated, or the bus authorization service that"
                 " admits modules is not running)")
     if isinstance(error, ConnectionRefusedError):
@@ -212,6 +213,11 @@ def describe(error: BaseException) -> str:
 _CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, nats.errors.StaleConnectionError, nats.errors.NoServersError)
 
 
+def _refused(error: BaseException) -> bool:
+    """Whether the server refused the credential (nats-py says so with one class, or a plain Error)."""
+    return isinstance(error, nats.errors.AuthorizationError) or "authorization violation" in str(error).lower()
+
+
 class Connection:
     """The module's NATS connection and its callbacks: a line per loss and per return, not a traceback."""
 
@@ -226,6 +232,7 @@ class Connection:
         self._connected = False
         self._first_error: asyncio.Future[BaseException] | None = None
         self._lost_at: float | None = None
+        self._said: set[str] = set()  # what failed attempts to reconnect said, once each per loss
 
     async def open(self, stop: asyncio.Event, wait: bool) -> NATS | None:
         """Connected, or None once ``stop`` is set; without ``wait`` the first failure is a ModuleRunError."""
@@ -239,7 +246,7 @@ class Connection:
                 break
             if not wait:
                 raise ModuleRunError(
-                    f"cannot reach NATS at {self.url}: {describe(error)}. Is the platform running (dai up)? Check"
+                    f"cannot connect to NATS at {self.url}: {describe(error)}. Is the platform running (dai up)? Check"
                     " NATS_URL, or pass --wait to keep trying.", EXIT_NO_BUS)
             log.warning("NATS at %s: %s; trying again in %g s (attempt %d, --wait)",
                         self.url, describe(error), delay, attempt)
@@ -300,9 +307,16 @@ class Connection:
             if self._first_error is not None and not self._first_error.done():
                 self._first_error.set_result(error)
             return
-        if isinstance(error, _CONNECTION_ERRORS) and not isinstance(error, nats.errors.AuthorizationError):
-            # Each failed attempt to reconnect lands here (four a second): the loss was one line already.
-            log.debug("NATS at %s: %s", self.url, describe(error))
+        if self._lost_at is not None or isinstance(error, _CONNECTION_ERRORS):
+            # Each failed attempt to reconnect lands here, four a second: the loss was one line already,
+            # and what the attempts say is one more line per kind (say, a credential the bus now refuses:
+            # revoked, or the authorization service restarting), not one per attempt.
+            text = describe(error)
+            if self._lost_at is not None and not isinstance(error, _CONNECTION_ERRORS) and text not in self._said:
+                self._said.add(text)
+                log.warning("NATS at %s: %s; still trying", self.url, text)
+            else:
+                log.debug("NATS at %s: %s", self.url, text)
             return
         log.error("NATS: %s", describe(error))  # e.g. a permissions violation: the bus refused a subject
 
@@ -315,6 +329,7 @@ class Connection:
         if self._lost_at is not None:
             log.warning("reconnected to NATS at %s after %.1f s", self.url, time.monotonic() - self._lost_at)
         self._lost_at = None
+        self._said.clear()
 
     async def _on_closed(self) -> None:
         if self._connected and not self.closing:
@@ -419,3 +434,6 @@ def main(spec: str, credential_file: Path | None = None, wait: bool = False) -> 
     except ModuleRunError as exc:
         print(f"dai: {exc.message}", file=sys.stderr, flush=True)
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C while importing the module's code, before the signal handlers
+        print("dai: interrupted", file=sys.stderr, flush=True)
+        return 130

@@ -115,7 +115,10 @@ class Run:
     async def exited(self, timeout: float = PROMPTLY) -> tuple[int, float]:
         """The exit code, and how long it took from now."""
         started = time.monotonic()
-        code = await asyncio.wait_for(self.process.wait(), timeout)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"still running after {timeout} s:\n" + "\n".join(self.lines)) from None
         await asyncio.wait_for(self._reader, 5)
         return code, time.monotonic() - started
 
@@ -232,7 +235,7 @@ async def test_unreachable_nats_is_one_line_and_exit_code_1(tmp_path: Path, runs
     runs.append(run)
     code, _ = await run.exited(timeout=10)
     assert code == 1
-    assert run.lines == [f"dai: cannot reach NATS at {url}: connection refused (nothing listens there). Is the"
+    assert run.lines == [f"dai: cannot connect to NATS at {url}: connection refused (nothing listens there). Is the"
                          " platform running (dai up)? Check NATS_URL, or pass --wait to keep trying."]
 
 
@@ -369,3 +372,40 @@ async def test_the_readme_way_a_module_credential_from_the_gateway(
     assert status == 422 and body["error"]["details"]["path"] == "$.text", body
     code, _ = await run.stop()
     assert (code, run.count("Traceback")) == (0, 0), run.lines
+
+
+async def test_a_revoked_credential_is_one_line_and_a_signal_still_stops_it(
+    nats_server: NatsServer, gateway: Gateway, bus_authorizer: None, tmp_path: Path, runs: list[Run]
+) -> None:
+    """The bus drops a revoked module and refuses it on reconnecting (four attempts a second): one line says
+    so, not one per attempt, and Ctrl-C stops it at once."""
+    module_id = unique("shout")
+    write_shout(tmp_path, module_id)
+    credential = await register(gateway, module_id, ["text.shout", "test.nap"])
+    run = await Run.start("shout:Shout", cwd=tmp_path, env={"NATS_URL": nats_server.url, "DAI_BUS_CREDENTIAL": credential})
+    runs.append(run)
+    await run.line(f"module {module_id} of tenant {gateway.tenant} serving")
+    status, body = await http("DELETE", f"{gateway.url}/v1/modules/{module_id}", headers=gateway.headers)
+    assert status in (200, 204), body
+    await run.line("lost the connection to NATS")
+    await run.line("the server refused the credential .*; still trying")
+    await asyncio.sleep(2)  # eight more refusals
+    assert run.count("refused the credential") == 1, run.lines
+    code, took = await run.stop()
+    assert code == 0 and took < PROMPTLY, run.lines
+    assert run.count("Traceback") == 0, run.lines
+
+
+async def test_a_credential_the_bus_refuses_at_start_is_one_line_and_exit_code_1(
+    nats_server: NatsServer, bus_authorizer: None, tmp_path: Path, runs: list[Run]
+) -> None:
+    """Well-formed and for this module id, but never issued: the bus refuses it, and without --wait that is the end."""
+    module_id = unique("shout")
+    write_shout(tmp_path, module_id)
+    forged = f"dai-module.acme.{module_id}." + "f" * 43
+    run = await Run.start("shout:Shout", cwd=tmp_path, env={"NATS_URL": nats_server.url, "DAI_BUS_CREDENTIAL": forged})
+    runs.append(run)
+    code, _ = await run.exited(timeout=15)
+    assert code == 1, run.lines
+    assert len(run.lines) == 1 and run.lines[0].startswith(
+        f"dai: cannot connect to NATS at {nats_server.url}: the server refused the credential"), run.lines
