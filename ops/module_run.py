@@ -369,10 +369,15 @@ async def serve(options: BusOptions, module: Module, stop: asyncio.Event, wait: 
     if nc is None:  # a signal while connecting
         return 0
     ended = asyncio.Event()  # stop, or the connection closed for good
-    for event in (stop, connection.closed):
-        asyncio.create_task(_forward(event, ended))
+    forwards = [asyncio.create_task(_forward(event, ended)) for event in (stop, connection.closed)]
     try:
-        if await _until(ended, module.start(nc)):
+        try:
+            started = await _until(ended, module.start(nc))
+        except nats.errors.Error as exc:  # e.g. no answer to the flush that confirms the subscriptions
+            ended.set()
+            raise ModuleRunError(f"module {module.module_id} could not start on NATS at {connection.url}:"
+                                 f" {describe(exc)}", EXIT_NO_BUS) from None
+        if started:
             log.info("module %s of tenant %s serving %s on NATS at %s", module.module_id, module.tenant,
                      ", ".join(sorted(module.capabilities)) or "events", connection.url)
             await ended.wait()
@@ -384,6 +389,8 @@ async def serve(options: BusOptions, module: Module, stop: asyncio.Event, wait: 
             log.info("stopping")
         await module.stop(GRACE)
     finally:
+        for task in forwards:
+            task.cancel()
         await connection.close()
     if connection.closed.is_set() and not stop.is_set():
         error = nc.last_error

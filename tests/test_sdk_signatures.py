@@ -118,7 +118,7 @@ async def a_letter(self: Module, letter: Letter, verbose: bool = False) -> dict:
         (None, nothing),
         # composition may declare and require what the top level does not say: no false alarm
         ({"allOf": [TEXT]}, text_only),
-        ({"type": "object", "anyOf": [TEXT, {"required": ["other"]}]}, any_keyword),
+        ({"type": "object", "anyOf": [TEXT, {"properties": {"text": {}}, "required": ["text"]}]}, text_only),
         ({"type": "object", "if": {"required": ["a"]}, "then": TEXT}, with_default),
         (Note, a_note),
         (Letter, a_letter),
