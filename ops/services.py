@@ -1,5 +1,5 @@
-"""The processes of the platform, one function each: hub, gateway, projections (a module: :mod:`.module_run`); and the
-one-shot commands (key rotation, closing billing periods)."""
+"""The processes of the platform, one function each: hub, gateway, projections; and the one-shot
+commands (key rotation, closing billing periods). A module runs by :mod:`.module_run`."""
 
 from __future__ import annotations
 

@@ -235,6 +235,7 @@ async def test_unreachable_nats_is_one_line_and_exit_code_1(tmp_path: Path, runs
     runs.append(run)
     code, _ = await run.exited(timeout=10)
     assert code == 1
+    assert run.process.stdout is not None and await run.process.stdout.read() == b""
     assert run.lines == [f"dai: cannot connect to NATS at {url}: connection refused (nothing listens there). Is the"
                          " platform running (dai up)? Check NATS_URL, or pass --wait to keep trying."]
 
