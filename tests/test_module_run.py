@@ -52,6 +52,7 @@ class Shout(Module):
 
     @capability("test.nap", {{"type": "object", "properties": {{"seconds": {{"type": "number"}}}}}})
     async def nap(self, seconds: float = 30.0) -> dict:
+        print("napping", flush=True)
         await asyncio.sleep(seconds)
         return {{"slept": seconds}}
 
@@ -223,7 +224,7 @@ async def test_what_cannot_work_is_one_line_and_exit_code_2(
     run = await Run.start(*args, cwd=tmp_path, env={
         "NATS_URL": f"nats://127.0.0.1:{free_port()}", "DAI_BUS_CREDENTIAL": "dai-role.operator.unused", **env})
     runs.append(run)
-    code, _ = await run.exited()
+    code, _ = await run.exited(timeout=20)  # the time to start Python and import: a loaded machine is slow
     assert code == 2, run.lines
     assert len(run.lines) == 1 and run.lines[0].startswith("dai: ") and said in run.lines[0], run.lines
 
@@ -233,7 +234,7 @@ async def test_unreachable_nats_is_one_line_and_exit_code_1(tmp_path: Path, runs
     url = f"nats://127.0.0.1:{free_port()}"
     run = await Run.start("shout:Shout", cwd=tmp_path, env={"NATS_URL": url, "DAI_BUS_CREDENTIAL": "dai-role.operator.x"})
     runs.append(run)
-    code, _ = await run.exited(timeout=10)
+    code, _ = await run.exited(timeout=20)
     assert code == 1
     assert run.process.stdout is not None and await run.process.stdout.read() == b""
     assert run.lines == [f"dai: cannot connect to NATS at {url}: connection refused (nothing listens there). Is the"
@@ -301,7 +302,9 @@ async def test_a_signal_while_draining_waits_for_calls_and_a_second_one_stops_at
         client = Client(nc, tenant=unique("t"))
         napping = asyncio.create_task(client.call("test.nap", {"seconds": 30}, target_module_id=module_id, ttl=60))
         short = asyncio.create_task(client.call("test.nap", {"seconds": 1}, target_module_id=module_id, ttl=60))
-        await asyncio.sleep(0.3)  # both calls reach the module
+        assert run.process.stdout is not None
+        for _ in range(2):  # both calls reach their handler
+            assert await asyncio.wait_for(run.process.stdout.readline(), 10) == b"napping\n"
         run.process.send_signal(signal.SIGINT)
         await run.line(r"stopping: waiting up to 10 s for 2 call\(s\) in progress")
         assert await asyncio.wait_for(short, 5) == {"slept": 1}  # draining: a call in progress finishes
