@@ -92,6 +92,8 @@ class BusOptions:
                 credential = path.read_text().strip()
             except OSError as exc:
                 raise BusCredentialError(f"cannot read the bus credential file {path}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise BusCredentialError(f"the bus credential file {path} is not text: is it the right file?") from None
         ca = os.environ.get(CA_FILE_ENV)
         return cls(url=url, credential=credential, ca_file=Path(ca) if ca else None)
 

@@ -1,10 +1,9 @@
-"""The processes of the platform, one function each: hub, gateway, projections, module; and the
-one-shot commands (key rotation, closing billing periods)."""
+"""The processes of the platform, one function each: hub, gateway, projections; and the one-shot
+commands (key rotation, closing billing periods). A module runs by :mod:`.module_run`."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 from datetime import UTC, datetime
@@ -13,14 +12,13 @@ import asyncpg
 from aiohttp import web
 
 from democratic_ai.contracts import tracing
-from democratic_ai.contracts.bus import BusOptions, connect, role_of
+from democratic_ai.contracts.bus import BusOptions, connect
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.hub import Hub
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import DatabaseOutage, DatabaseUnreachable, create_pool, migrate, on_database
 from democratic_ai.sdk import Module
-from democratic_ai.sdk.errors import CredentialError
 from democratic_ai.services.billing import (
     BillingConfig,
     BillingError,
@@ -32,7 +30,7 @@ from democratic_ai.services.billing import (
     format_money,
     load_pricing,
 )
-from democratic_ai.services.busauth import BusAuthorizer, Signer, inbox_prefix
+from democratic_ai.services.busauth import BusAuthorizer, Signer
 from democratic_ai.services.identity import IdentityIndex
 from democratic_ai.services.gateway import GatewayConfig, create_runner
 from democratic_ai.services.identity import KeyEncryptionKey, load_kek, rotate_signing_key
@@ -46,7 +44,6 @@ __all__ = [
     "run_gateway",
     "run_hub",
     "run_busauth",
-    "run_module",
     "run_projections",
 ]
 
@@ -147,36 +144,14 @@ async def _migrate_when_reachable(pool: asyncpg.Pool, stop: asyncio.Event) -> No
 
 
 def load_module_class(spec: str) -> type[Module]:
-    """Import ``package.module:Class`` and check that it is a Module subclass."""
-    module_path, _, class_name = spec.partition(":")
-    if not module_path or not class_name:
-        raise SystemExit(f"dai: expected 'package.module:Class', got {spec!r}")
-    try:
-        found = getattr(importlib.import_module(module_path), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise SystemExit(f"dai: cannot load {spec!r}: {exc}") from None
-    if not (isinstance(found, type) and issubclass(found, Module)):
-        raise SystemExit(f"dai: {spec!r} is not a subclass of democratic_ai.sdk.Module")
-    return found
+    """Import ``module:Class`` (see :mod:`.module_run`) and check that it is a Module subclass."""
+    from .module_run import ModuleRunError
+    from .module_run import load_module_class as load
 
-
-async def run_module(options: BusOptions, module_class: type[Module], stop: asyncio.Event) -> None:
-    """Serve a module with its own credential (a platform role's, such as the operator's, in development)."""
-    tracing.configure_tracing(f"dai-module-{module_class.module_id}")
     try:
-        config = None if role_of(options.credential) else module_class.config_for_credential(options.credential)
-    except CredentialError as exc:
-        raise SystemExit(f"dai: {exc}") from None
-    nc = await connect(
-        options, f"dai-module-{module_class.module_id}", max_reconnect_attempts=-1,
-        inbox_prefix=inbox_prefix(module_class.module_id).encode(),
-    )
-    module = module_class(config)
-    await module.start(nc)
-    log.info("module %s of tenant %s serving %s", module.module_id, module.tenant, ", ".join(sorted(module.capabilities)))
-    await stop.wait()
-    await module.stop()
-    await nc.drain()
+        return load(spec)
+    except ModuleRunError as exc:
+        raise SystemExit(f"dai: {exc.message}") from None
 
 
 async def rotate_jwt_key(options: BusOptions, kek: KeyEncryptionKey | None = None) -> str:

@@ -155,7 +155,7 @@ def _start_children(children: Supervisor, reaper: Reaper, env: dict[str, str], c
                                                 credentials.file("projections")))
     for module_id in modules:
         children.start(f"module {module_id}", lambda m=module_id: spawn(
-            f"module {m}", ["module", "run", EXAMPLE_MODULES[m]], env, credentials.module_file(m)))
+            f"module {m}", ["module", "run", "--wait", EXAMPLE_MODULES[m]], env, credentials.module_file(m)))
     children.start("gateway", lambda: spawn("gateway", ["gateway", "--port", str(port)], env,
                                             credentials.file("gateway"), DAI_KEK_FILE=str(credentials.kek_file)))
 

@@ -5,11 +5,13 @@
     class Echo(Module):
         module_id = "echo"
 
-        @capability("text.echo", {"type": "object", "properties": {"text": {"type": "string"}}})
+        @capability("text.echo", {"type": "object", "properties": {"text": {"type": "string"}},
+                                 "required": ["text"]})
         async def echo(self, text: str) -> dict:
             return {"text": text}
 
-        @capability("text.spell", {"type": "object", "properties": {"text": {"type": "string"}}})
+        @capability("text.spell", {"type": "object", "properties": {"text": {"type": "string"}},
+                                  "required": ["text"]})
         async def spell(self, text: str):  # an async generator streams: one chunk per yield
             for i, letter in enumerate(text):
                 yield Chunk({"letter": letter}, progress=(i + 1) / len(text))

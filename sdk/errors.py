@@ -2,7 +2,8 @@
 
     DaiError
     ├── CallError          a call answered with an error: ``code``, ``message``, ``details``
-    ├── SchemaError        a capability declared a schema the SDK cannot use
+    ├── SchemaError        a capability declared a schema the SDK cannot use, or one its handler's
+    │                      parameters disagree with (raised when the module is constructed)
     ├── CredentialError    a module credential that is malformed, or is another module's
     └── TenantError        a module named a tenant it may not act for
 """
@@ -29,7 +30,8 @@ class CallError(DaiError):
 
 
 class SchemaError(DaiError, TypeError):
-    """A schema is neither a JSON Schema dict, a msgspec Struct nor a pydantic model."""
+    """A schema that is neither a JSON Schema dict, a msgspec Struct nor a pydantic model, or that its
+    handler cannot take (see :mod:`democratic_ai.sdk.signatures`)."""
 
 
 class CredentialError(DaiError, ValueError):

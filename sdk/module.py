@@ -65,6 +65,7 @@ from .errors import CredentialError
 from .events import Event, EventHandlerDefinition, event_handlers_of
 from .execution import Invocation
 from .scheduling import Scheduler
+from .signatures import check_handler
 from .streaming import ChunkSender, elapsed_ms, last_data, stream_answers
 from .tenancy import ModuleClient, serving, serving_tenant
 from .micro import Endpoint, MicroService
@@ -120,6 +121,8 @@ class Module:
         subjects.validate_token(self.module_id, "module_id")
         self.config = config or ModuleConfig()
         self.capabilities: dict[str, CapabilityDefinition] = definitions_of(self)
+        for definition in self.capabilities.values():
+            check_handler(type(self), definition)  # a mismatch fails here, not on every call
         self.event_handlers: list[EventHandlerDefinition] = event_handlers_of(self)
         if not self.capabilities and not self.event_handlers:
             raise TypeError(f"{type(self).__name__} declares no @capability or @event_handler method.")
@@ -159,6 +162,11 @@ class Module:
                 f" {cls.module_id!r}: use the credential the platform issued for {cls.module_id!r}."
             )
         return replace(config or ModuleConfig(), tenant=named.tenant)
+
+    @property
+    def calls_in_progress(self) -> int:
+        """Calls (and events) this instance is handling right now."""
+        return len(self._tasks)
 
     @property
     def tenant(self) -> str:
@@ -301,6 +309,7 @@ class Module:
                 log.log(level, "no hub answered the announcement of %s; retrying", self.module_id)
             else:
                 if answer.data == b"ok":
+                    log.info("the hub registered %s: %s", self.module_id, ", ".join(sorted(self.capabilities)))
                     return
                 log.error("the hub refused the manifest of %s: %s", self.module_id, answer.data.decode(errors="replace"))
                 return

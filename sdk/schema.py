@@ -65,10 +65,22 @@ class JsonSchema:
         error = best_match(self._validator.iter_errors(value))
         if error is None:  # a fast check was stricter than jsonschema, which has the last word
             return value, None
-        return None, Invalid(path=error.json_path, message=error.message, validator=str(error.validator))
+        return None, Invalid(path=_path_of(error), message=error.message, validator=str(error.validator))
 
     def dump(self, value: Any) -> Any:
         return msgspec.to_builtins(value)
+
+
+def _path_of(error: jsonschema.ValidationError) -> str:
+    """The JSON path of the field at fault: for a missing required property, the property itself
+    (``$.text``), as msgspec and pydantic say, not the object that lacks it (jsonschema's ``$``)."""
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [name for name in error.validator_value if name not in error.instance]
+        # jsonschema reports each missing property as its own error, "'text' is a required property".
+        named = next((name for name in missing if error.message == f"{name!r} is a required property"), None)
+        if named is not None or missing:
+            return f"{error.json_path}.{named if named is not None else missing[0]}"
+    return error.json_path
 
 
 # Keywords that only annotate: they never make a value invalid, for jsonschema (which asserts no
@@ -173,6 +185,7 @@ _MSGSPEC_MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
 class StructSchema:
     def __init__(self, struct_type: type[msgspec.Struct]) -> None:
         self.json_schema = msgspec.json.schema(struct_type)
+        self.model = struct_type  # what the handler receives
         self._type = struct_type
 
     def check(self, value: Any) -> tuple[Any, Invalid | None]:
@@ -194,6 +207,7 @@ class StructSchema:
 class PydanticSchema:
     def __init__(self, model: type[Any]) -> None:
         self.json_schema = model.model_json_schema()
+        self.model = model  # what the handler receives
         self._model = model
 
     def check(self, value: Any) -> tuple[Any, Invalid | None]:

@@ -164,7 +164,7 @@ def test_a_killed_child_is_restarted_and_the_platform_serves_again(tmp_path: Pat
     reader.start()
     try:
         key = (data_dir / "admin.key").read_text().strip()
-        module = _child(process, "module", "run", "democratic_ai.sdk.examples.text_tools:TextTools")
+        module = _child(process, "module", "run", "--wait", "democratic_ai.sdk.examples.text_tools:TextTools")
         hub = _child(process, "hub")
         module.kill()
         hub.kill()

@@ -4,8 +4,10 @@ who may do what, tenant isolation, unique ids, input checks, and the read model.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from democratic_ai.contracts.identity_events import (
     decode_event,
     encode_event,
 )
+from democratic_ai.hub import Hub
+from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.services.gateway.state import IDENTITY
 from democratic_ai.services.identity import IdentityIndex, new_module_credential, parse_module_credential
 from democratic_ai.services.identity.module_credentials import credential_prefix, credential_sha256
@@ -375,6 +379,15 @@ def test_a_new_credential_has_the_agreed_shape() -> None:
     assert new_module_credential("acme", "text-tools") != credential
 
 
+def json_documents(text: str) -> list[dict]:
+    """The JSON documents ``text`` holds one after another (curl -s ends none of them with a newline)."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while (at := len(text) - len(text[at:].lstrip())) < len(text):
+        document, at = decoder.raw_decode(text, at)
+        found.append(document)
+    return found
+
+
 def readme_block(repo_root: Path, heading: str) -> str:
     """The first ``sh`` code block under ``heading`` in the README."""
     text = (repo_root / "README.md").read_text(encoding="utf-8")
@@ -382,23 +395,33 @@ def readme_block(repo_root: Path, heading: str) -> str:
     return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
 
 
-async def test_the_readme_example_registers_reads_rotates_and_revokes(
-    gateway: Gateway, repo_root: Path, tmp_path: Path
+async def test_the_readme_example_registers_reads_runs_rotates_and_revokes(
+    gateway: Gateway, nats_server: NatsServer, bus_authorizer: None, hub: Hub, repo_root: Path, tmp_path: Path
 ) -> None:
-    acme = await Tenant.create(gateway, "developer")
-    script = readme_block(repo_root, "## Registering a module")
-    env = {"PATH": os.environ["PATH"], "GW": gateway.url, "TOKEN": acme.tokens["developer"],
-           "JSON": "Content-Type: application/json"}
+    """The README's blocks as written: "Write a module" saves shout.py, "Registering a module" registers
+    it, reads it back, runs it with ``.venv/bin/dai module run``, calls it, stops it, rotates and revokes."""
+    acme = await Tenant.create(gateway, "tenant_admin")  # the README's $TOKEN is a tenant admin's
+    script = readme_block(repo_root, "## Write a module") + "\n" + readme_block(repo_root, "## Registering a module")
+    dai = tmp_path / ".venv" / "bin" / "dai"  # the README's .venv/bin/dai: this interpreter's
+    dai.parent.mkdir(parents=True)
+    dai.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m democratic_ai.ops.cli "$@"\n')
+    dai.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "GW": gateway.url, "TOKEN": acme.tokens["tenant_admin"],
+           "JSON": "Content-Type: application/json", "NATS_URL": nats_server.url}
     # Async, not subprocess.run: the gateway it calls runs in this event loop.
     process = await asyncio.create_subprocess_exec(
         "bash", "-euo", "pipefail", "-c", script, cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=90)
     assert process.returncode == 0, err.decode()
-    read_back = msgspec.json.decode(out)  # the GET is the only command that prints; the DELETE answers 204
+    # What prints: the GET, the call, the call without its field (the DELETE answers 204).
+    read_back, called, refused = json_documents(out.decode())
+    assert called["module_id"] == "shout" and called["result"] == {"text": "HI!"}, called
+    assert refused["error"]["code"] == "VALIDATION_FAILED" and refused["error"]["details"]["path"] == "$.text"
+    assert "module shout of tenant" in err.decode() and "Traceback" not in err.decode(), err.decode()
     assert read_back["module_id"] == "shout" and read_back["capabilities"] == ["text.shout"], out
-    assert read_back["owner_user_id"] == acme.users["developer"]["user_id"] and "credential" not in read_back
+    assert read_back["owner_user_id"] == acme.users["tenant_admin"]["user_id"] and "credential" not in read_back
 
     file = tmp_path / "shout.credential"
     assert stat.S_IMODE(file.stat().st_mode) == 0o600

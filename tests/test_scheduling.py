@@ -26,14 +26,16 @@ class Worker(Module):
         self.gate = asyncio.Event()
         self.served: list[str] = []
 
-    @capability("test.work", {"type": "object"})
+    @capability("test.work", {"type": "object", "properties": {"label": {"type": "string"}, "block": {"type": "boolean"}},
+                              "required": ["label"]})
     async def work(self, label: str, block: bool = False) -> dict[str, Any]:
         self.served.append(label)
         if block:
             await self.gate.wait()
         return {"label": label}
 
-    @capability("test.work.stream", {"type": "object"})
+    @capability("test.work.stream", {"type": "object", "properties": {"label": {"type": "string"}},
+                                     "required": ["label"]})
     async def work_stream(self, label: str) -> AsyncIterator[Chunk]:
         self.served.append(label)
         yield Chunk({"label": label}, progress=1.0)
