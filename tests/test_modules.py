@@ -415,8 +415,9 @@ async def test_the_readme_example_registers_reads_runs_rotates_and_revokes(
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=90)
     assert process.returncode == 0, err.decode()
-    # What prints: the GET, the call, the call without its field (the DELETE answers 204).
-    read_back, called, refused = json_documents(out.decode())
+    # What prints: the GET, the call, the call without its field and its status (the DELETE answers 204).
+    read_back, called, refused, status = json_documents(out.decode())
+    assert status == 422, out
     assert called["module_id"] == "shout" and called["result"] == {"text": "HI!"}, called
     assert refused["error"]["code"] == "VALIDATION_FAILED" and refused["error"]["details"]["path"] == "$.text"
     assert "module shout of tenant" in err.decode() and "Traceback" not in err.decode(), err.decode()

@@ -38,8 +38,8 @@ BLOCK_TIMEOUT = 180.0
 DONE = "@@readme-block-done@@"
 PREAMBLE = """set -eu
 curl() {  # an HTTP error fails the block, unless the example prints the status on purpose
-    case " $* " in
-        *" -w "* | *" --write-out "*) command curl "$@" ;;
+    case " $* " in  # (or fails on its own, with -f)
+        *" -w "* | *" --write-out "* | *" -f "* | *" --fail "*) command curl "$@" ;;
         *) command curl --fail-with-body "$@" ;;
     esac
 }
