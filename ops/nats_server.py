@@ -56,6 +56,21 @@ def config_port(config: Path = CONFIG_PATH) -> int:
     return int(match.group(1)) if match else 4222
 
 
+def config_monitor_port(config: Path = CONFIG_PATH) -> int | None:
+    """The HTTP monitoring port of the config's `http:` (or `http_port:`) line; ``None`` when it has none."""
+    match = re.search(r"^(?:http|http_port):\s*(?:[^\s:]+:)?(\d+)", config.read_text(), flags=re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def _tail(path: Path, offset: int, lines: int = 20) -> str:
     """The last `lines` lines written to `path` after byte `offset`."""
     try:
@@ -75,11 +90,16 @@ class NatsServer:
     Authorization is always on: the users' passwords and the auth callout's issuer come
     from `<data_dir>/credentials` (generated on first start). `tls` is a certificate and
     its key file: client connections then use TLS (`tls://` URLs).
+
+    The HTTP monitoring endpoint (`/healthz`, `/varz`, `/jsz`) listens on loopback too, on a port
+    of its own for each server, since tests run several at once: `monitor_port=0` lets the server
+    pick a free one, any other value is used as given, and `None` means the config's (8222) when
+    the client port is the config's as well and 8222 is free, else a free one.
     """
 
     def __init__(
         self, data_dir: Path, port: int | None = None, tls: tuple[Path, Path] | None = None,
-        config: Path | None = None,
+        config: Path | None = None, monitor_port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.store_dir = self.data_dir / "nats"
@@ -91,6 +111,8 @@ class NatsServer:
         self.config = config or CONFIG_PATH
         self._requested_port = port
         self._port: int | None = None
+        self._requested_monitor_port = monitor_port
+        self._monitor_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,6 +120,17 @@ class NatsServer:
         if self._port is None:
             raise RuntimeError("NATS server has not been started")
         return self._port
+
+    @property
+    def monitor_port(self) -> int:
+        """The port of the HTTP monitoring endpoint (on 127.0.0.1)."""
+        if self._monitor_port is None:
+            raise RuntimeError("NATS server has not been started")
+        return self._monitor_port
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{HOST}:{self.monitor_port}"
 
     @property
     def process(self) -> subprocess.Popen[bytes]:
@@ -133,7 +166,8 @@ class NatsServer:
             ensure_port_free(fixed, "NATS", HOST, flag="--nats-port")
             port_args = ["-p", str(fixed)]
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [str(binary), "-c", str(self.config), "-js", "-sd", str(self.store_dir), "-a", HOST, *port_args]
+        cmd = [str(binary), "-c", str(self.config), "-js", "-sd", str(self.store_dir), "-a", HOST, *port_args,
+               "-m", str(self._monitor_port_to_ask())]
         cmd += ["--ports_file_dir", str(self.store_dir)]
         if self.tls is not None:
             cert, key = self.tls
@@ -159,9 +193,9 @@ class NatsServer:
                     f"nats-server exited with code {code} while starting; end of {self.log_path}:\n"
                     + _tail(self.log_path, log_offset)
                 )
-            port = self._read_ports_file(proc.pid)
-            if port is not None and self._ready(port):
-                self._port = port
+            ports = self._read_ports_file(proc.pid)
+            if ports is not None and self._ready(ports[0]):
+                self._port, self._monitor_port = ports
                 return
             if time.monotonic() > deadline:
                 self.stop()
@@ -175,11 +209,21 @@ class NatsServer:
         # --ports_file_dir names it <executable name>_<pid>.ports
         return self.store_dir / f"{Path(_EXE).stem}_{pid}.ports"
 
-    def _read_ports_file(self, pid: int) -> int | None:
-        """The client port from the ports file the server writes once it listens."""
+    def _monitor_port_to_ask(self) -> int:
+        """The `-m` argument: -1 is nats-server's "pick a free port"."""
+        asked = self._requested_monitor_port
+        if asked is None:
+            default = config_monitor_port(self.config)
+            if self._requested_port is None and default is not None and _port_is_free(default):
+                return default
+            return -1
+        return asked or -1
+
+    def _read_ports_file(self, pid: int) -> tuple[int, int] | None:
+        """The client and monitoring ports from the ports file the server writes once it listens."""
         try:
             data = json.loads(self._ports_file(pid).read_text())
-            return int(data["nats"][0].rsplit(":", 1)[1])
+            return int(data["nats"][0].rsplit(":", 1)[1]), int(data["monitoring"][0].rsplit(":", 1)[1])
         except (OSError, ValueError, KeyError, IndexError):
             # Not written yet, or caught half-written.
             return None
@@ -235,6 +279,7 @@ class NatsServer:
         self._ports_file(proc.pid).unlink(missing_ok=True)
         if self._requested_port == 0:
             self._requested_port = self._port  # come back where the clients reconnect to
+        self._requested_monitor_port = self._monitor_port  # and where monitoring looks
 
     def __enter__(self) -> NatsServer:
         self.start()

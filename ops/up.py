@@ -283,7 +283,8 @@ def up(options: UpOptions) -> int:
             return 1
         published = _operator_environment(env, credentials)
         write_env(data_dir, published)
-        _banner(gateway_url, nats_url, data_dir, new_key, published)
+        _banner(gateway_url, nats_url, data_dir, new_key, published,
+                nats_server.monitor_url if nats_server else None)
         # From here on a child that exits is restarted (with backoff); only a signal stops the platform.
         while not stop_requested:
             children.poll()
@@ -301,12 +302,14 @@ def _env_command(data_dir: Path) -> str:
     return command
 
 
-def _banner(gateway_url: str, nats_url: str, data_dir: Path, new_key: str | None, published: dict[str, str]) -> None:
+def _banner(gateway_url: str, nats_url: str, data_dir: Path, new_key: str | None, published: dict[str, str],
+            monitor_url: str | None = None) -> None:
     key_file = data_dir / "admin.key"
     if new_key:
         _say(f"\nBootstrap admin API key (shown once, stored in {key_file}):\n\n    {new_key}\n")
     operator = data_dir / "credentials" / "operator.credential"
-    _say(f"Democratic_AI is up.\n  gateway  {gateway_url}\n  nats     {nats_url}\n"
+    monitor = f"  monitor  {monitor_url} (nats-server's /healthz, /varz, /jsz)\n" if monitor_url else ""
+    _say(f"Democratic_AI is up.\n  gateway  {gateway_url}\n  nats     {nats_url}\n{monitor}"
          f"  data     {data_dir} (locked by this dai up, pid {os.getpid()})\n"
          f"  bus      authorization on; the operator's credential: {operator}\n")
     exports = "\n".join(f"  {line}" for line in export_lines(published))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import urllib.request
 from pathlib import Path
 
 import asyncpg
@@ -157,3 +159,17 @@ def test_postgres_data_survives_restart(tmp_path: Path, monkeypatch: pytest.Monk
     finally:
         server.stop()
     assert _processes_using(tmp_path / ".dai" / "pg") == []
+
+
+def test_each_nats_server_has_its_own_monitoring_port(tmp_path: Path) -> None:
+    """nats.conf turns the HTTP monitoring endpoint on (8222); servers started side by side, as
+    the tests start them, each get a free port of their own instead of failing on 8222."""
+    assert nats_server.config_monitor_port() == 8222
+    with NatsServer(tmp_path / "a", port=0) as first, NatsServer(tmp_path / "b", port=0) as second:
+        assert first.monitor_port != second.monitor_port
+        for server in (first, second):
+            assert server.monitor_url == f"http://127.0.0.1:{server.monitor_port}"
+            with urllib.request.urlopen(f"{server.monitor_url}/healthz", timeout=5) as response:
+                assert json.loads(response.read()) == {"status": "ok"}
+            with urllib.request.urlopen(f"{server.monitor_url}/varz", timeout=5) as response:
+                assert json.loads(response.read())["port"] == server.port
