@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -49,15 +50,22 @@ class UsageError(ValueError):
 
 
 def _projection(name: str) -> Projection:
+    name = name.lower()  # as stream names, without regard to case
     if name not in PROJECTIONS:
         raise UsageError(f"unknown projection {name!r}; known: {', '.join(sorted(PROJECTIONS))}")
     return PROJECTIONS[name]
 
 
+async def _quiet(error: Exception) -> None:
+    """The command reports what fails, in one line; nats-py's error callback adds nothing to it."""
+
+
 @asynccontextmanager
 async def _nats(url: str, name: str) -> AsyncIterator[NATS]:
     # The credential comes from the environment, as for every dai command (contracts/bus.py).
-    nc = await connect(BusOptions.from_env(url), name, connect_timeout=5, max_reconnect_attempts=0)
+    # One attempt and one retry (nats-py reads 0 as "retry for ever"), errors raised, not logged.
+    nc = await connect(BusOptions.from_env(url), name, connect_timeout=5, allow_reconnect=False,
+                       max_reconnect_attempts=1, error_cb=_quiet)
     try:
         yield nc
     finally:
@@ -80,6 +88,7 @@ async def replay_command(nats_url: str, options: ReplayOptions, out_path: Path |
     async with _nats(nats_url, "dai-replay") as nc:
         js = nc.jetstream()
         plan = await plan_replay(js, options)  # a bad filter must not truncate --out first
+        options = plan.options  # with the stream's name as the server spells it
         progress = Progress(f"replay {options.stream}")
         if out_path is None:
             written = await replay(js, plan, sys.stdout.buffer, progress=progress)
@@ -95,20 +104,17 @@ async def replay_command(nats_url: str, options: ReplayOptions, out_path: Path |
     return 0
 
 
-async def status_command(nats_url: str, database_url: str) -> int:
+async def status_command(nats_url: str, database_url: str, as_json: bool = False) -> int:
+    from dataclasses import asdict
+
+    from .status import render_projections
+
     async with _nats(nats_url, "dai-projections-status") as nc, _database(database_url) as pool:
-        rows = await projection_status(nc.jetstream(), pool, PROJECTIONS.values())
-    print(f"{'PROJECTION':<16} {'STREAM':<10} {'APPLIED':>10} {'STREAM LAST':>12} {'LAG EVENTS':>11} {'LAG SECONDS':>12}"
-          f" {'QUARANTINED':>12}")
-    for row in rows:
-        print(
-            f"{row.name:<16} {row.stream:<10} {row.applied:>10} {row.stream_last:>12} {row.lag_events:>11}"
-            f" {row.lag_seconds:>12.3f} {row.quarantined:>12}"
-        )
-    quarantined = [row.name for row in rows if row.quarantined]
-    if quarantined:
-        print(f"quarantined events: see projection_dead_letters; after a fix, `dai projections retry NAME`"
-              f" ({', '.join(quarantined)})")
+        rows = [asdict(row) for row in await projection_status(nc.jetstream(), pool, PROJECTIONS.values())]
+    if as_json:
+        print(json.dumps({"projections": rows}, indent=2))
+    else:
+        print("\n".join(render_projections(rows)))
     return 0
 
 
@@ -165,7 +171,7 @@ def run(args: argparse.Namespace, env: Callable[[str], str]) -> int:
             return _run(retry_command(env("DATABASE_URL"), args.name))
         nats_url, database_url = env("NATS_URL"), env("DATABASE_URL")
         if args.projection_command == "status":
-            return _run(status_command(nats_url, database_url))
+            return _run(status_command(nats_url, database_url, args.json))
         if args.projection_command == "rebuild":
             as_of = parse_time(args.as_of) if args.as_of else None
             return _run(rebuild_command(nats_url, database_url, args.name, as_of))
@@ -181,7 +187,10 @@ def run(args: argparse.Namespace, env: Callable[[str], str]) -> int:
         # stdout at /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (nats.errors.NoServersError, OSError) as exc:
+    except nats.errors.NoServersError:
+        print(f"dai: cannot reach NATS at {os.environ.get('NATS_URL')}", file=sys.stderr)
+        return 1
+    except OSError as exc:
         print(f"dai: cannot reach a server: {exc}", file=sys.stderr)
         return 1
 

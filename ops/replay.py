@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, BinaryIO
 
@@ -104,12 +104,19 @@ class ReplayPlan:
 
 async def plan_replay(js: JetStreamContext, options: ReplayOptions) -> ReplayPlan:
     """Check the options against the server; raises :class:`ReplayError` before anything is written."""
-    codec = codec_for(options.stream)
     try:
         info = await js.stream_info(options.stream)
+    except ValueError:  # nats-py checks the name before asking
+        raise ReplayError(f"{options.stream!r} is not a stream name (no spaces, '.', '*' or '>')") from None
     except NotFoundError:
-        known = ", ".join(sorted(s.config.name for s in await js.streams_info() if s.config.name))
-        raise ReplayError(f"unknown stream {options.stream!r}; streams: {known or 'none'}") from None
+        # Stream names are matched without regard to case (`dai replay mcp`), when that is unambiguous.
+        names = sorted(s.config.name for s in await js.streams_info() if s.config.name)
+        same = [name for name in names if name.casefold() == options.stream.casefold()]
+        if len(same) != 1:
+            raise ReplayError(f"unknown stream {options.stream!r}; streams: {', '.join(names) or 'none'}") from None
+        info = await js.stream_info(same[0])
+        options = replace(options, stream=same[0])
+    codec = codec_for(options.stream)
     try:
         subject = options.subject or codec.filter_for(options.tenant, options.capability)
     except FilterError as exc:

@@ -198,6 +198,27 @@ async def test_the_command_writes_a_file_and_fails_in_one_line(
     assert out.read_text() == "keep me"
 
 
+async def test_stream_names_are_case_insensitive(nc: NATS, nats_server: NatsServer) -> None:
+    tenant = unique("acme")
+    await _record_calls(nc, tenant)
+    assert [r["stream"] for r in await _replay(nc, stream="mcp", tenant=tenant)] == ["MCP"] * 4
+    env = {**os.environ, **nats_server.environment("operator")}
+    command = [sys.executable, "-m", "democratic_ai.ops.cli", "replay", "Mcp", "--tenant", tenant]
+    done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 4 and done.stderr.strip() == "replayed 4 events from MCP"
+    with pytest.raises(ReplayError, match=r"^'m\.cp' is not a stream name"):
+        await plan_replay(nc.jetstream(), ReplayOptions(stream="m.cp"))
+
+
+def test_unreachable_nats_is_one_line_and_quick(tmp_path: Path) -> None:
+    env = {**os.environ, "NATS_URL": "nats://127.0.0.1:1", "DAI_BUS_CREDENTIAL": "dai-role.operator.x"}
+    command = [sys.executable, "-m", "democratic_ai.ops.cli", "replay", "MCP"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "dai: cannot reach NATS at nats://127.0.0.1:1"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
