@@ -56,6 +56,9 @@ def _billing_config() -> BillingConfig:
         raise SystemExit(f"dai: {' '.join(str(exc).split())}") from None
 
 
+_PROJECTION_NAMES = "a projection: registry, identity, usage or billing"
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (argparse prints the whole usage first), exit code 2."""
 
@@ -65,6 +68,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dai", description="Democratic_AI: an open platform for sharing AI tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the installed version of democratic-ai and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="run the whole platform on this machine (embedded NATS and Postgres)")
@@ -87,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser(
         "gateway", help="run the HTTP gateway (needs NATS_URL and DATABASE_APP_URL, or DATABASE_URL to derive it)"
     )
-    gateway.add_argument("--host", default="127.0.0.1")
-    gateway.add_argument("--port", type=int, default=8080)
+    gateway.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    gateway.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
 
     commands.add_parser("hub", help="run the hub: module announcements and presence (needs NATS_URL)")
 
@@ -115,23 +120,25 @@ def _parser() -> argparse.ArgumentParser:
     projection_commands = projections.add_subparsers(dest="projection_command", required=True, metavar="ACTION")
     prun = projection_commands.add_parser("run", help="fold events into read models (needs NATS_URL, DATABASE_URL)")
     prun.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default: all)")
-    projection_commands.add_parser(
+    pstatus = projection_commands.add_parser(
         "status", help="each projection's position, lag and quarantined events (needs NATS_URL, DATABASE_URL)")
+    pstatus.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     retry = projection_commands.add_parser(
         "retry", help="apply a projection's quarantined events again, after a fix (needs DATABASE_URL)")
-    retry.add_argument("name", metavar="NAME")
+    retry.add_argument("name", metavar="NAME", help=_PROJECTION_NAMES)
     rebuild = projection_commands.add_parser(
         "rebuild", help="rebuild a read model from its stream in a shadow schema and swap it in atomically"
     )
-    rebuild.add_argument("name", metavar="NAME")
+    rebuild.add_argument("name", metavar="NAME", help=_PROJECTION_NAMES)
     rebuild.add_argument(
         "--as-of", metavar="TIME", help="build the state as of TIME into schema dai_asof_NAME; the live model is untouched"
     )
     verify = projection_commands.add_parser("verify", help="prove a read model equals a rebuild (exit 1 if not)")
-    verify.add_argument("name", metavar="NAME")
+    verify.add_argument("name", metavar="NAME", help=_PROJECTION_NAMES)
 
     replay = commands.add_parser("replay", help="decode a stream's events to JSON lines or CSV (needs NATS_URL)")
-    replay.add_argument("stream", metavar="STREAM", help="MCP, USAGE, IDENTITY, BILLING, REGISTRY")
+    replay.add_argument("stream", metavar="STREAM",
+                        help="MCP, USAGE, IDENTITY, BILLING, REGISTRY, RATELIMIT or any other stream (any case)")
     replay.add_argument("--tenant", help="only this tenant's events")
     replay.add_argument("--capability", help="only this capability's events (MCP)")
     replay.add_argument("--subject", help="a NATS subject filter, e.g. 'mcp.req.acme.>'")
@@ -139,11 +146,14 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--from-seq", type=int, metavar="N", help="from stream sequence N")
     replay.add_argument("--until", metavar="TIME", help="up to TIME (inclusive)")
     replay.add_argument("--to-seq", type=int, metavar="N", help="up to stream sequence N (inclusive)")
-    replay.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    replay.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                        help="JSON lines, one event each (default), or CSV with the event as JSON in one column")
     replay.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of stdout")
     identity = commands.add_parser("identity", help="identity commands")
     identity_commands = identity.add_subparsers(dest="identity_command", required=True, metavar="ACTION")
-    identity_commands.add_parser("rotate-jwt-key", help="sign new access tokens with a new key (old ones stay valid)")
+    identity_commands.add_parser(
+        "rotate-jwt-key", help="sign new access tokens with a new key; old ones stay valid until they expire"
+        " (needs NATS_URL and DAI_KEK_FILE or DAI_KEK)")
     billing = commands.add_parser("billing", help="billing commands")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True, metavar="ACTION")
     close = billing_commands.add_parser(
@@ -152,7 +162,35 @@ def _parser() -> argparse.ArgumentParser:
     close.add_argument("--tenant", default=None, help="only this tenant (default: every tenant with a subscription)")
     close.add_argument("--period", default=None, metavar="YYYY-MM",
                        help="only this month of the tenant's time zone (default: every ended month not yet invoiced)")
+    status = commands.add_parser(
+        "status", help="the platform at a glance: streams, consumers and their lag, modules and their statistics,"
+        " projections (needs NATS_URL; DATABASE_URL for the projections)")
+    status.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    modules = commands.add_parser(
+        "modules", help="module instances and their endpoints' requests, errors and latency (needs NATS_URL)")
+    modules.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand's help line is also the description its own ``--help`` starts with."""
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public walk of its tree
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            helps = {choice.dest: choice.help for choice in action._choices_actions}  # noqa: SLF001
+            for name, subparser in action.choices.items():
+                if subparser.description is None:
+                    subparser.description = helps.get(name)
+                _describe(subparser)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("democratic-ai")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         closed = asyncio.run(services.close_billing_periods(_bus(), _env("DATABASE_URL"), args.tenant, args.period))
         for line in closed:
             print(line)
+    elif args.command in ("status", "modules"):
+        from . import status
+
+        return status.run(args, _bus)
     else:
         from . import log_commands
 
