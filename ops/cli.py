@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="if NATS cannot be reached, keep trying (backing off from 0.5 s to 10 s, a line per"
                      " attempt) instead of exiting with code 1")
 
-    projections = commands.add_parser("projections", help="projection commands")
+    projections = commands.add_parser("projections", help="the read models folded from the log: run, status, retry, rebuild, verify")
     projection_commands = projections.add_subparsers(dest="projection_command", required=True, metavar="ACTION")
     prun = projection_commands.add_parser("run", help="fold events into read models (needs NATS_URL, DATABASE_URL)")
     prun.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default: all)")
@@ -149,12 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
                         help="JSON lines, one event each (default), or CSV with the event as JSON in one column")
     replay.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of stdout")
-    identity = commands.add_parser("identity", help="identity commands")
+    identity = commands.add_parser("identity", help="identity administration: rotate-jwt-key")
     identity_commands = identity.add_subparsers(dest="identity_command", required=True, metavar="ACTION")
     identity_commands.add_parser(
         "rotate-jwt-key", help="sign new access tokens with a new key; old ones stay valid until they expire"
         " (needs NATS_URL and DAI_KEK_FILE or DAI_KEK)")
-    billing = commands.add_parser("billing", help="billing commands")
+    billing = commands.add_parser("billing", help="billing: close-period (issue the invoices of ended months)")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True, metavar="ACTION")
     close = billing_commands.add_parser(
         "close-period", help="issue the invoices of ended months (needs NATS_URL, DATABASE_URL; pushes to Stripe"
