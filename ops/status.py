@@ -75,6 +75,7 @@ class _Bus:
         self.options = options
         self.nc: NATS | None = None
         self.refusals: list[str] = []
+        self._refused = asyncio.Event()
 
     async def __aenter__(self) -> NATS:
         last: list[str] = []
@@ -83,6 +84,7 @@ class _Bus:
             text = str(error).strip() or type(error).__name__
             if "permission" in text.lower() or "authorization" in text.lower():
                 self.refusals.append(text)
+                self._refused.set()
             else:
                 last.append(text)
 
@@ -103,6 +105,22 @@ class _Bus:
         if self.nc is not None:
             await self.nc.close()
 
+    async def request(self, subject: str, body: bytes, timeout: float) -> Msg:
+        """``nc.request``, ended at once when the server refuses it (it says so to the error
+        callback only; the request itself would wait out its timeout)."""
+        assert self.nc is not None
+        self._refused.clear()
+        asking = asyncio.ensure_future(self.nc.request(subject, body, timeout=timeout))
+        refusal = asyncio.ensure_future(self._refused.wait())
+        try:
+            await asyncio.wait((asking, refusal), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refusal.cancel()
+        if not asking.done():
+            asking.cancel()
+            raise self.refused(subject) or BusRefused(f"NATS refused {subject}")
+        return asking.result()
+
     def refused(self, what: str) -> BusRefused | None:
         if not self.refusals:
             return None
@@ -112,7 +130,7 @@ class _Bus:
 async def _api(bus: _Bus, nc: NATS, subject: str, body: dict[str, Any]) -> dict[str, Any]:
     """One JetStream API request, its JSON answer; a refusal or an API error is one line."""
     try:
-        msg = await nc.request(subject, json.dumps(body).encode(), timeout=API_TIMEOUT)
+        msg = await bus.request(subject, json.dumps(body).encode(), timeout=API_TIMEOUT)
     except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
         await asyncio.sleep(0.05)  # the server's -ERR for a refused publish may trail the request
         refused = bus.refused(subject)
@@ -195,7 +213,7 @@ async def _streams_and_consumers(bus: _Bus, nc: NATS) -> tuple[list[dict[str, An
 
 async def _hub_instances(bus: _Bus, nc: NATS) -> tuple[list[Heartbeat] | None, str | None]:
     try:
-        msg = await nc.request(subjects.MODULES, b"", timeout=HUB_TIMEOUT)
+        msg = await bus.request(subjects.MODULES, b"", timeout=HUB_TIMEOUT)
     except nats.errors.NoRespondersError:
         return None, f"no hub answers {subjects.MODULES} (is `dai hub` running?)"
     except (TimeoutError, nats.errors.TimeoutError):
@@ -414,7 +432,8 @@ def render_projections(rows: list[dict[str, Any]] | None, error: str | None = No
 
 def render_modules(document: dict[str, Any], endpoints: bool) -> list[str]:
     hub = document["hub"]
-    lines = [f"  hub: {hub['instances']} live instances" if hub["answered"] else f"  hub: {hub['error']}"]
+    count = hub["instances"]
+    lines = [f"  hub: {count} live instance{'' if count == 1 else 's'}" if hub["answered"] else f"  hub: {hub['error']}"]
     if not document["modules"]:
         return [*lines, "  no module instance answers $SRV.STATS or heartbeats"]
     rows = []
