@@ -247,11 +247,14 @@ async def test_the_readme_example_runs_dai_commands_as_the_operator(
     assert "nats://127.0.0.1:4222" in script
     (tmp_path / ".dai").mkdir()
     (tmp_path / ".dai" / "credentials").symlink_to(nats_server.credentials.folder)
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # the README runs .venv/bin/dai
+    env = {"PATH": os.environ["PATH"]}
     process = await asyncio.create_subprocess_exec(
         "bash", "-euo", "pipefail", "-c", script.replace("nats://127.0.0.1:4222", nats_server.url),
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, err.decode()
-    assert msgspec.json.decode(out.splitlines()[0])["stream"] == "IDENTITY", out  # the gateway's tenant is there
+    lines = out.decode().splitlines()
+    assert msgspec.json.decode(lines[0])["stream"] == "IDENTITY", out  # the gateway's tenant is there
+    assert "STREAMS" in lines and "MODULES" in lines  # dai status, and dai modules after it
