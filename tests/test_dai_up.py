@@ -102,6 +102,21 @@ def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None
         assert {"operator.credential", "gateway.credential", "kek", "text-tools.credential"} <= {f.name for f in files}
         assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
         assert str(credentials / "operator.credential") in banner
+        # The nats-server's monitoring port is printed and answers; dai status reads the platform as the operator.
+        monitor = re.search(r"nats-server monitoring: (http://127\.0\.0\.1:\d+) ", banner)
+        assert monitor is not None, banner
+        with urllib.request.urlopen(f"{monitor.group(1)}/healthz", timeout=5) as response:
+            assert json.loads(response.read()) == {"status": "ok"}
+        operator_env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{nats_port}",
+                        "DAI_BUS_CREDENTIAL_FILE": str(credentials / "operator.credential")}
+        operator_env.pop("DATABASE_URL", None)
+        done = subprocess.run([sys.executable, "-m", "democratic_ai.ops.cli", "status", "--json"], env=operator_env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        document = json.loads(done.stdout)
+        assert {"text-tools", "image-tools"} <= {m["module_id"] for m in document["modules"]}
+        assert document["hub"]["answered"] and {"MCP", "REGISTRY"} <= {s["name"] for s in document["streams"]}
+        assert {"projection-registry", "projection-identity"} <= {c["name"] for c in document["consumers"]}
     finally:
         assert _stop(process) == 0
 

@@ -16,6 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from democratic_ai.hub import Hub
 from democratic_ai.ops.cli import main
 from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.ops.ports import free_port
 from democratic_ai.ops.status import table
 from democratic_ai.sdk import CallError, Client
 
@@ -153,7 +154,7 @@ async def test_projections_status_json(
 
 
 async def test_without_database_url_the_projections_part_says_so(
-    nc: NATS, operator_env: None, capsys: pytest.CaptureFixture[str],
+    nc: NATS, operator_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, out, err = await _dai(capsys, "status", "--json")
     assert code == 0, err
@@ -165,6 +166,11 @@ async def test_without_database_url_the_projections_part_says_so(
     lines = out.splitlines()
     assert code == 0
     assert lines[lines.index("PROJECTIONS") + 1].strip().startswith("DATABASE_URL is not set")
+
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/dai")  # nobody listens
+    code, out, err = await _dai(capsys, "status", "--json")
+    assert code == 0, err
+    assert json.loads(out)["unavailable"]["projections"].startswith("cannot reach PostgreSQL at DATABASE_URL: ")
 
 
 def test_unreachable_nats_is_one_line(tmp_path: object) -> None:
