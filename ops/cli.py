@@ -116,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="if NATS cannot be reached, keep trying (backing off from 0.5 s to 10 s, a line per"
                      " attempt) instead of exiting with code 1")
 
-    projections = commands.add_parser("projections", help="the read models folded from the log: run, status, retry, rebuild, verify")
+    projections = commands.add_parser(
+        "projections", help="the read models folded from the log: run, status, retry, rebuild, verify")
     projection_commands = projections.add_subparsers(dest="projection_command", required=True, metavar="ACTION")
     prun = projection_commands.add_parser("run", help="fold events into read models (needs NATS_URL, DATABASE_URL)")
     prun.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default: all)")

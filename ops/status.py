@@ -39,12 +39,13 @@ from nats.aio.msg import Msg
 from democratic_ai.contracts import subjects
 from democratic_ai.contracts.bus import BusOptions, connect
 from democratic_ai.contracts.presence import Heartbeat
-from democratic_ai.projections import PROJECTIONS, ProjectionStatus, projection_status
+from democratic_ai.projections import PROJECTIONS, projection_status
 from democratic_ai.schemas import create_pool
 
 __all__ = [
-    "SCHEMA", "BusRefused", "BusUnreachable", "gather_modules", "gather_projections", "gather_status",
-    "modules_command", "render_modules", "render_projections", "render_status", "status_command", "table",
+    "SCHEMA", "BusRefused", "BusUnreachable", "StatusError", "gather_modules", "gather_modules_only",
+    "gather_projections", "gather_status", "modules_command", "render_modules", "render_projections",
+    "render_status", "run", "status_command", "table",
 ]
 
 SCHEMA = "dai.status/1"  # the JSON document's shape; a change that removes or renames a field bumps it
@@ -59,11 +60,20 @@ _heartbeats = msgspec.json.Decoder(list[Heartbeat]).decode
 OPERATOR_HINT = "connect as the operator: export DAI_BUS_CREDENTIAL_FILE=<data-dir>/credentials/operator.credential"
 
 
-class BusUnreachable(Exception):
+class StatusError(Exception):
+    """What ends ``dai status`` / ``dai modules`` (exit code 1); the message is one line.
+
+    StatusError
+    ├── BusUnreachable  no NATS at the URL, or JetStream does not answer
+    └── BusRefused      the credential, or a permission it lacks
+    """
+
+
+class BusUnreachable(StatusError):
     """NATS cannot be reached at the URL given; the message is one line."""
 
 
-class BusRefused(Exception):
+class BusRefused(StatusError):
     """NATS refused the connection or a request (credential, permissions); the message is one line."""
 
 
@@ -96,7 +106,8 @@ class _Bus:
             text = str(exc).strip() if not isinstance(exc, nats.errors.NoServersError) else ""
             if self.refusals or "authorization" in text.lower() or "authentication" in text.lower():
                 why = self.refusals[-1] if self.refusals else text
-                raise BusRefused(f"NATS at {self.options.url} refused the connection ({why}); {OPERATOR_HINT}") from None
+                raise BusRefused(
+                    f"NATS at {self.options.url} refused the connection ({why}); {OPERATOR_HINT}") from None
             why = text or (last[-1] if last else type(exc).__name__)
             raise BusUnreachable(f"cannot reach NATS at {self.options.url}: {why}") from None
         return self.nc
@@ -207,7 +218,8 @@ async def _streams_and_consumers(bus: _Bus, nc: NATS) -> tuple[list[dict[str, An
     for stream in streams:
         if stream["consumers"]:
             raw = await _paged(bus, nc, f"$JS.API.CONSUMER.LIST.{stream['name']}", "consumers")
-            consumers.extend(sorted((_consumer(c) for c in raw), key=lambda c: (not c["durable"], -c["lag"], c["name"])))
+            mine = sorted((_consumer(c) for c in raw), key=lambda c: (not c["durable"], -c["lag"], c["name"]))
+            consumers.extend(mine)
     return streams, consumers
 
 
@@ -310,17 +322,13 @@ async def gather_modules(bus: _Bus, nc: NATS) -> dict[str, Any]:
         modules.setdefault(module_id, []).append(entry)
     return {
         "modules": [
-            {"module_id": module_id, "instances": entries,
-             "num_requests": sum(e["num_requests"] for e in entries), "num_errors": sum(e["num_errors"] for e in entries)}
+            {"module_id": module_id, "instances": entries, "num_requests": sum(e["num_requests"] for e in entries),
+             "num_errors": sum(e["num_errors"] for e in entries)}
             for module_id, entries in modules.items()
         ],
         "hub": {"answered": beats is not None, "instances": len(beats) if beats is not None else None,
                 "error": hub_error},
     }
-
-
-def _projection(row: ProjectionStatus) -> dict[str, Any]:
-    return asdict(row)
 
 
 async def gather_projections(nc: NATS, database_url: str | None) -> dict[str, Any]:
@@ -340,7 +348,7 @@ async def gather_projections(nc: NATS, database_url: str | None) -> dict[str, An
         return {"projections": None, "error": f"cannot read the projections: {_one_line(exc)}"}
     finally:
         await pool.close()
-    return {"projections": [_projection(row) for row in rows], "error": None}
+    return {"projections": [asdict(row) for row in rows], "error": None}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -392,7 +400,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], right: Itera
     align = set(right)
     lines = []
     for row in cells:
-        parts = [v.rjust(w) if i in align else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))]
+        parts = [v.rjust(w) if i in align else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(parts).rstrip())
     return lines
 
@@ -433,7 +441,8 @@ def render_projections(rows: list[dict[str, Any]] | None, error: str | None = No
 def render_modules(document: dict[str, Any], endpoints: bool) -> list[str]:
     hub = document["hub"]
     count = hub["instances"]
-    lines = [f"  hub: {count} live instance{'' if count == 1 else 's'}" if hub["answered"] else f"  hub: {hub['error']}"]
+    plural = "" if count == 1 else "s"
+    lines = [f"  hub: {count} live instance{plural}" if hub["answered"] else f"  hub: {hub['error']}"]
     if not document["modules"]:
         return [*lines, "  no module instance answers $SRV.STATS or heartbeats"]
     rows = []
@@ -447,13 +456,13 @@ def render_modules(document: dict[str, Any], endpoints: bool) -> list[str]:
     lines += table(("MODULE", "INSTANCE", "VERSION", "UP SINCE", "IN FLIGHT", "REQUESTS", "ERRORS", "STATE"), rows,
                    right=(4, 5, 6))
     if endpoints:
-        rows = [
+        endpoint_rows = [
             (module["module_id"], i["instance_id"], e["name"], e["subject"], e["queue_group"], e["num_requests"],
              e["num_errors"], _ms(e["average_processing_time_ns"]), e["last_error"] or "-")
             for module in document["modules"] for i in module["instances"] for e in i["endpoints"]
         ]
         lines += ["", *table(("MODULE", "INSTANCE", "ENDPOINT", "SUBJECT", "QUEUE GROUP", "REQUESTS", "ERRORS",
-                               "AVG MS", "LAST ERROR"), rows, right=(5, 6, 7))]
+                               "AVG MS", "LAST ERROR"), endpoint_rows, right=(5, 6, 7))]
     return lines
 
 
@@ -482,7 +491,8 @@ def render_status(document: dict[str, Any]) -> str:
     else:
         lines.append("  none")
     lines += ["", "MODULES", *render_modules(document, endpoints=False)]
-    lines += ["", "PROJECTIONS", *render_projections(document["projections"], document["unavailable"].get("projections"))]
+    projections = render_projections(document["projections"], document["unavailable"].get("projections"))
+    lines += ["", "PROJECTIONS", *projections]
     return "\n".join(lines)
 
 
@@ -506,6 +516,6 @@ def run(args: argparse.Namespace, bus: Callable[[], BusOptions]) -> int:
                else modules_command(options, args.json))
     try:
         return asyncio.run(command)
-    except (BusUnreachable, BusRefused) as exc:
+    except StatusError as exc:
         print(f"dai: {exc}", file=sys.stderr)
         return 1

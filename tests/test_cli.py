@@ -22,7 +22,8 @@ def _walk(parser: argparse.ArgumentParser, path: str = "dai") -> Iterator[tuple[
 def test_every_command_and_option_has_help() -> None:
     missing = []
     parsers = list(_walk(_parser()))
-    assert {"dai projections status", "dai module run", "dai identity rotate-jwt-key"} <= {p for p, _ in parsers}  # the walk reached the nested commands (dai projections status, …)
+    # The walk reached the nested commands.
+    assert {"dai projections status", "dai module run", "dai identity rotate-jwt-key"} <= {p for p, _ in parsers}
     for path, parser in parsers:
         if not parser.description:
             missing.append(f"{path}: no description")
