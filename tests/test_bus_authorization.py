@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -244,13 +245,18 @@ async def test_the_readme_example_runs_dai_commands_as_the_operator(
     text = (repo_root / "README.md").read_text(encoding="utf-8")
     section = text.split("\n## Who may do what on the bus\n", 1)[1].split("\n## ", 1)[0]
     script = section.split("```sh\n", 1)[1].split("\n```", 1)[0]
-    assert "nats://127.0.0.1:4222" in script
+    # `dai env` reads a running dai up's data dir; here the session's server stands in for one.
+    assert 'eval "$(.venv/bin/dai env)"' in script
+    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in
+                      {**nats_server.environment("operator"),
+                       "DAI_BUS_CREDENTIAL_FILE": ".dai/credentials/operator.credential"}.items())
+    script = script.replace('eval "$(.venv/bin/dai env)"\n', exports)
     (tmp_path / ".dai").mkdir()
     (tmp_path / ".dai" / "credentials").symlink_to(nats_server.credentials.folder)
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # the README runs .venv/bin/dai
     env = {"PATH": os.environ["PATH"]}
     process = await asyncio.create_subprocess_exec(
-        "bash", "-euo", "pipefail", "-c", script.replace("nats://127.0.0.1:4222", nats_server.url),
+        "bash", "-euo", "pipefail", "-c", script,
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
