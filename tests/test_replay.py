@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts import ErrorCode, error_reply, new_request, reply
+from democratic_ai.contracts import ErrorCode, error_reply, new_request, registry_events, reply
 from democratic_ai.ops.cli import main
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.progress import Progress
@@ -106,7 +106,8 @@ async def test_registry_events_are_upcast_and_csv_keeps_one_row_per_event(nc: NA
 
     [record] = await _replay(nc, stream="REGISTRY", subject=f"registry.{module_id}.>")
     assert record["type"] == "module.registered"
-    assert (record["event"]["v"], record["event"]["digest"]) == (2, "sha256:" + "ab" * 32)
+    # Upcast to today's version (v1 → v2 names the digest's algorithm; later versions add fields).
+    assert (record["event"]["v"], record["event"]["digest"]) == (registry_events.VERSION, "sha256:" + "ab" * 32)
     assert record["headers"] == {"Nats-Msg-Id": module_id}
 
     out = io.BytesIO()
