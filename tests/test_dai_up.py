@@ -103,7 +103,7 @@ def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None
         assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
         assert str(credentials / "operator.credential") in banner
         # The nats-server's monitoring port is printed and answers; dai status reads the platform as the operator.
-        monitor = re.search(r"nats-server monitoring: (http://127\.0\.0\.1:\d+) ", banner)
+        monitor = re.search(r"^  monitor  (http://127\.0\.0\.1:\d+) ", banner, flags=re.MULTILINE)
         assert monitor is not None, banner
         with urllib.request.urlopen(f"{monitor.group(1)}/healthz", timeout=5) as response:
             assert json.loads(response.read()) == {"status": "ok"}
