@@ -1,4 +1,7 @@
-"""Read-model DDL (``sql/``) and the migrations that apply it, in file-name order, once each."""
+"""Read-model DDL (``sql/``) and the migrations that apply it, in file-name order, once each.
+
+A migration's version is its file name without ``.sql``; each number prefix is used once.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from .roles import APP_ROLE, UnsafeRole, app_dsn, check_app_role, ensure_app_rol
 
 __all__ = [
     "APP_ROLE",
+    "RENAMED",
     "DatabaseOutage",
     "DatabaseUnreachable",
     "UnsafeRole",
@@ -27,6 +31,17 @@ __all__ = [
 
 # Any fixed number works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK = 0x6461695F6D6967  # "dai_mig"
+
+
+# Migrations renamed after they shipped (two were numbered 003): version → the version that
+# databases migrated before the rename recorded. Either name in ``schema_migrations`` means
+# applied, and :func:`migrate` records both, so a database migrated under the old names applies
+# nothing again, and a process still running the old code finds its own names on a database
+# the new code migrated. The order of the files is the order it always was.
+RENAMED: dict[str, str] = {
+    "004_registry_digest_v2": "003_registry_digest_v2",
+    "005_usage": "004_usage",
+}
 
 
 def migrations() -> list[tuple[str, str]]:
@@ -55,11 +70,14 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         applied = []
         for version, sql in migrations():
-            if version in done:
+            names = [version, RENAMED[version]] if version in RENAMED else [version]
+            missing = [name for name in names if name not in done]
+            if len(missing) < len(names):  # applied, under one of its names: record the others
+                await conn.executemany("INSERT INTO schema_migrations (version) VALUES ($1)", [(n,) for n in missing])
                 continue
             async with conn.transaction():
                 await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                await conn.executemany("INSERT INTO schema_migrations (version) VALUES ($1)", [(n,) for n in names])
             applied.append(version)
         await ensure_app_role(conn)
         return applied

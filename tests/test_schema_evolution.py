@@ -109,7 +109,7 @@ async def test_the_migration_prefixes_digests_folded_from_v1(database_url: str) 
         await conn.execute(
             "INSERT INTO registry_modules VALUES ('m', 'M', '1.0.0', '', $1, now(), now(), 1)", "ab" * 32
         )
-        assert "003_registry_digest_v2" in await migrate(conn)
+        assert "004_registry_digest_v2" in await migrate(conn)
         assert await conn.fetchval("SELECT digest FROM registry_modules") == "sha256:" + "ab" * 32
     finally:
         await conn.close()
