@@ -22,11 +22,10 @@ import math
 import time
 from collections.abc import Mapping
 
+from .headers import DAI_REMAINING_MS
 from .mcp_v2_pb2 import MCPMessage
 
-__all__ = ["REMAINING_HEADER", "made_here", "received", "remaining_header"]
-
-REMAINING_HEADER = "Dai-Remaining-Ms"
+__all__ = ["made_here", "received", "remaining_header"]
 
 
 def made_here(request: MCPMessage) -> float | None:
@@ -46,7 +45,7 @@ def made_here(request: MCPMessage) -> float | None:
 def received(request: MCPMessage, headers: Mapping[str, str] | None, arrived: float) -> float | None:
     """The deadline of a request that arrived at monotonic time ``arrived``: what its sender
     said was left, or else its whole ttl. None when it has neither."""
-    left = headers.get(REMAINING_HEADER) if headers else None
+    left = headers.get(DAI_REMAINING_MS) if headers else None
     if left is not None:
         try:
             return arrived + int(left) / 1000

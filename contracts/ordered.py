@@ -40,6 +40,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
+from .headers import NATS_CONSUMER_STALLED, NATS_LAST_CONSUMER
+
 __all__ = ["OrderedConsumer", "Start"]
 
 log = logging.getLogger(__name__)
@@ -248,13 +250,13 @@ class OrderedConsumer:
         """A heartbeat or a flow-control request (status 100)."""
         headers = msg.headers or {}
         # Deliveries are handled one at a time, so everything before this request is applied.
-        reply = msg.reply or headers.get("Nats-Consumer-Stalled", "")
+        reply = msg.reply or headers.get(NATS_CONSUMER_STALLED, "")
         if reply:
             try:
                 await self._nc.publish(reply, b"")
             except (ConnectionClosedError, OutboundBufferLimitError):
                 pass
-        last = headers.get("Nats-Last-Consumer")
+        last = headers.get(NATS_LAST_CONSUMER)
         if last is not None and last.isdigit() and int(last) != self._expected - 1:
             self._resume(f"the server delivered up to consumer sequence {last}, this follower {self._expected - 1}")
 

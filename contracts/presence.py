@@ -7,7 +7,7 @@ lives in the REGISTRY stream.
 Heartbeats also tell a caller that the instance running its call died: an instance that takes a
 call names itself in an ACCEPTED answer (at once for a streamed call; after
 :data:`ACCEPT_AFTER` seconds for a plain call still running, if its caller asked with the MCP
-header :data:`ACCEPT_HEADER`), and the caller fails the call with
+header :data:`~.headers.MCP_ACCEPT_HELD`), and the caller fails the call with
 ``MODULE_UNAVAILABLE`` once that instance has missed three heartbeats. So an instance that
 leaves keeps heartbeating, with ``leaving`` set, until the calls it still runs are finished:
 it is no longer listed, but it is not dead.
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["ACCEPT_AFTER", "ACCEPT_HEADER", "MISSED_HEARTBEATS", "Heartbeat", "Leave", "decode_heartbeat", "decode_leave", "encode"]
+__all__ = ["ACCEPT_AFTER", "MISSED_HEARTBEATS", "Heartbeat", "Leave", "decode_heartbeat", "decode_leave", "encode"]
 
 MISSED_HEARTBEATS = 3  # heartbeats in a row an instance may miss before it counts as dead
 # Seconds a module may take to answer a plain call before it says ACCEPTED, naming its instance.
 # Answers faster than this cost the caller nothing extra; a slower call costs one message more.
 ACCEPT_AFTER = 0.25
-# MCP header of a plain call whose caller reads that ACCEPTED (any value). Without it the module
-# sends the answer alone: a caller such as ``nats req`` takes the first message as the answer.
-ACCEPT_HEADER = "accept_held"
+# A caller that reads that ACCEPTED says so with the MCP header MCP_ACCEPT_HELD (any value).
+# Without it the module sends the answer alone: a caller such as ``nats req`` takes the first
+# message as the answer.
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,25 +30,17 @@ from __future__ import annotations
 import time
 import uuid
 
+from .headers import MCP_CONTROL
 from .mcp_v2_pb2 import MCPMessage, MessageType, Progress
 
 __all__ = [
-    "COMPUTE_MS",
-    "CONTROL",
     "DEFAULT_WINDOW",
     "MAX_WINDOW",
-    "STREAM_HEADER",
-    "WINDOW_HEADER",
     "accepted",
     "cancel",
     "chunk",
     "stream_ack",
 ]
-
-STREAM_HEADER = "Dai-Stream"  # NATS header of a streamed call: the caller's inbox for chunks
-WINDOW_HEADER = "Dai-Window"  # NATS header: chunks the module may send ahead of the caller
-CONTROL = "control"  # MCP header of ACCEPTED: the subject for CANCEL and STREAM_ACK
-COMPUTE_MS = "compute_ms"  # MCP header of a call's last answer: handler time in milliseconds
 
 DEFAULT_WINDOW = 8
 MAX_WINDOW = 256
@@ -71,7 +63,7 @@ def _answer(request: MCPMessage, kind: MessageType.ValueType, source_module_id: 
 def accepted(request: MCPMessage, control: str, *, source_module_id: str) -> MCPMessage:
     """The module's answer to a streamed call it has taken: chunks follow on the inbox."""
     message = _answer(request, MessageType.ACCEPTED, source_module_id)
-    message.headers[CONTROL] = control
+    message.headers[MCP_CONTROL] = control
     return message
 
 

@@ -42,9 +42,6 @@ import msgspec
 from .fields import BoundedId as Id, Int64
 
 __all__ = [
-    "BYTES_IN_HEADER",
-    "BYTES_OUT_HEADER",
-    "COMPUTE_MS_HEADER",
     "CallMetered",
     "MeterConsumed",
     "Metric",
@@ -62,14 +59,6 @@ __all__ = [
     "quota_subject",
     "usage_subject",
 ]
-
-# Headers of an MCP answer (``MCPMessage.headers``) that carry what only the module can measure.
-COMPUTE_MS_HEADER = "compute_ms"  # milliseconds the module spent on the call, rounded up
-BYTES_IN_HEADER = "bytes_in"  # size of the request payload the answer is for
-# The last message of a streamed call: the payload bytes of every message of its answer. An
-# answer without it sent its own payload and nothing else.
-BYTES_OUT_HEADER = "bytes_out"
-
 
 class Metric(StrEnum):
     API_CALLS = "api_calls"

@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from democratic_ai.contracts import subjects
 from democratic_ai.contracts.fields import EventRejected
 from democratic_ai.contracts.follower import StreamFollower
+from democratic_ai.contracts.headers import NATS_MSG_ID
 from democratic_ai.contracts.registry_events import (
     ModuleManifest,
     ModuleRegistered,
@@ -105,7 +106,7 @@ class Registrar:
             raise InvalidManifest(f"manifest {exc.path}: {exc.message}") from None
         # Two hubs announcing the same manifest at once append it once: same id, same window.
         ack = await self._js.publish(
-            subjects.registry(module_id, name), data, headers={"Nats-Msg-Id": f"{module_id}:{digest}"}
+            subjects.registry(module_id, name), data, headers={NATS_MSG_ID: f"{module_id}:{digest}"}
         )
         await self._index.wait_for(ack.seq)
         return not ack.duplicate

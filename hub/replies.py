@@ -20,9 +20,10 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.nuid import NUID
 
+from democratic_ai.contracts.headers import NATS_STATUS
+
 __all__ = ["Interrupted", "Pending", "Replies"]
 
-_STATUS = "Status"
 _NO_RESPONDERS = "503"
 
 
@@ -73,7 +74,7 @@ class Pending:
                 self._waiter = None
             if msg is None:
                 raise Interrupted
-        if not msg.data and msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+        if not msg.data and msg.headers and msg.headers.get(NATS_STATUS) == _NO_RESPONDERS:
             raise NoRespondersError
         return msg
 

@@ -13,7 +13,7 @@ call (:meth:`Router.open_stream`) is opened with the same NATS request, so "no m
 answered at once; its chunks then flow as :mod:`democratic_ai.contracts.streaming` describes.
 
 A router given a :class:`~.presence.PresenceIndex` also answers at once when the module instance
-running a call dies: it asks (``ACCEPT_HEADER``) that a call its module holds for longer than
+running a call dies: it asks (``MCP_ACCEPT_HELD``) that a call its module holds for longer than
 ``ACCEPT_AFTER`` be acknowledged with ACCEPTED naming the instance (a streamed call always is), and once that instance has missed
 three heartbeats the call is answered ``MODULE_UNAVAILABLE`` instead of waiting out its ttl.
 A call answered faster costs nothing extra: the router's own inboxes (:mod:`.replies`) take the
@@ -34,12 +34,12 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
 from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, MessageType, decode, error_reply
-from democratic_ai.contracts import deadlines, presence, streaming, subjects, tracing
+from democratic_ai.contracts import deadlines, streaming, subjects, tracing
 
 from .presence import PresenceIndex, died
 from .replies import Interrupted, Pending, Replies
 from .streaming import CANCEL_WAIT_SECONDS, CallStream, OnEnd
-from democratic_ai.contracts.usage_events import BYTES_IN_HEADER
+from democratic_ai.contracts.headers import DAI_REMAINING_MS, DAI_STREAM, DAI_WINDOW, MCP_ACCEPT_HELD, MCP_BYTES_IN, MCP_CONTROL
 
 __all__ = ["Router"]
 
@@ -95,7 +95,7 @@ class Router:
         if _remaining(deadline) <= 0:
             return await self._expired(request)
         if self._presence is not None:
-            request.headers[presence.ACCEPT_HEADER] = "1"  # we watch the instance that says it holds the call
+            request.headers[MCP_ACCEPT_HELD] = "1"  # we watch the instance that says it holds the call
         data = request.SerializeToString()
         trace = tracing.inject({}) if tracing.tracing_enabled() else None
 
@@ -115,7 +115,7 @@ class Router:
         answer = await self._next(request, pending, _remaining(deadline))
         if answer.type != MessageType.ACCEPTED:
             return answer
-        named = subjects.instance_of_control(answer.headers.get(streaming.CONTROL, ""))
+        named = subjects.instance_of_control(answer.headers.get(MCP_CONTROL, ""))
         unwatch = self._presence.watch(*named, pending.interrupt) if named and self._presence else _nothing
         try:
             while answer.type == MessageType.ACCEPTED:
@@ -171,8 +171,8 @@ class Router:
         data = request.SerializeToString()
         trace = tracing.inject({}) if tracing.tracing_enabled() else None
         await self._nc.publish(subjects.record_request(request.context.tenant_id, request.action), data, headers=trace)
-        headers = {**_with_remaining(trace, deadline), streaming.STREAM_HEADER: stream.inbox,
-                   streaming.WINDOW_HEADER: str(window)}
+        headers = {**_with_remaining(trace, deadline), DAI_STREAM: stream.inbox,
+                   DAI_WINDOW: str(window)}
         opening = asyncio.ensure_future(
             self._nc.request(self._subject(request), data, timeout=_remaining(deadline), headers=headers)
         )
@@ -257,7 +257,7 @@ class Router:
         It carries the request's size, as a module's answer does, so the failed call is
         metered the same from the answer or from its record."""
         error = error_reply(request, code, text, source_module_id=self._source_id, details=details)
-        error.headers[BYTES_IN_HEADER] = str(len(request.payload))
+        error.headers[MCP_BYTES_IN] = str(len(request.payload))
         if self._record_failures:
             await self._nc.publish(
                 subjects.record_response(request.context.tenant_id, request.action), error.SerializeToString()
@@ -280,4 +280,4 @@ def _with_remaining(headers: dict[str, str] | None, deadline: float | None) -> d
     """``headers`` plus the time left, set just before publishing (none without a deadline)."""
     if deadline is None:
         return headers or {}
-    return {**(headers or {}), deadlines.REMAINING_HEADER: deadlines.remaining_header(deadline)}
+    return {**(headers or {}), DAI_REMAINING_MS: deadlines.remaining_header(deadline)}

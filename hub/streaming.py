@@ -21,6 +21,7 @@ from nats.aio.subscription import Subscription
 from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, decode, streaming, subjects
 
 from .presence import PresenceIndex, died
+from democratic_ai.contracts.headers import MCP_CONTROL
 
 __all__ = ["CallStream"]
 
@@ -141,7 +142,7 @@ class CallStream:
             self._ended(answer)
             await self._unsubscribe()
             return
-        control = answer.headers.get(streaming.CONTROL, "")
+        control = answer.headers.get(MCP_CONTROL, "")
         # A module names the subject we publish to: accept nothing but a control subject.
         named = subjects.instance_of_control(control) if answer.type == MessageType.ACCEPTED else None
         if named is not None:

@@ -47,6 +47,7 @@ from .postgres_server import PostgresServer, postmaster
 from .reaper import CHILD, DATA_DIR_ENV, NATS, POSTGRES, Reaper, die_with_parent, stop_leftovers
 from .services import load_module_class
 from .supervisor import Supervisor
+from democratic_ai.contracts.headers import HTTP_API_KEY
 
 __all__ = ["UpOptions", "up"]
 
@@ -189,7 +190,7 @@ def _wait_ready(url: str, admin_key: str, modules: list[str], children: Supervis
     registry read model is folded.
     """
     deadline = time.monotonic() + timeout
-    request = urllib.request.Request(f"{url}/v1/capabilities", headers={"X-API-Key": admin_key})
+    request = urllib.request.Request(f"{url}/v1/capabilities", headers={HTTP_API_KEY: admin_key})
     while time.monotonic() < deadline:
         exited = children.first_exited()
         if exited is not None:

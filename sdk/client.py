@@ -29,6 +29,7 @@ from democratic_ai.hub.router import Router
 from .errors import CallError
 from .sse import read_events
 from .streaming import Chunk
+from democratic_ai.contracts.headers import HTTP_API_KEY
 
 __all__ = ["Client", "HttpClient"]
 
@@ -142,7 +143,7 @@ class HttpClient:
 
     def __init__(self, base_url: str, api_key: str, *, session: aiohttp.ClientSession | None = None) -> None:
         self._base_url = base_url.rstrip("/")
-        self._headers = {"X-API-Key": api_key}
+        self._headers = {HTTP_API_KEY: api_key}
         self._session = session
         self._owns_session = session is None
 

@@ -21,7 +21,7 @@ clock, from the time left that the caller sent with the call (:mod:`democratic_a
 a caller whose clock is off does not make the module drop its calls.
 
 A plain call not answered within ``presence.ACCEPT_AFTER`` (0.25 s) is acknowledged with ACCEPTED
-too, ahead of its answer, if its caller asks (MCP header ``presence.ACCEPT_HEADER``; the gateway
+too, ahead of its answer, if its caller asks (MCP header ``contracts.headers.MCP_ACCEPT_HELD``; the gateway
 does). Both kinds of ACCEPTED name this instance, so that the caller can tell from its heartbeats
 when it dies holding the call (``MODULE_UNAVAILABLE``). A module that stops leaves (``hub.leave``)
 but heartbeats on, marked ``leaving``, until the calls it still runs are done.
@@ -55,8 +55,8 @@ from democratic_ai.contracts import (
     subjects,
     tracing,
 )
+from democratic_ai.contracts.headers import DAI_STREAM, DAI_WINDOW, MCP_ACCEPT_HELD, MCP_BYTES_IN, MCP_COMPUTE_MS
 from democratic_ai.contracts.registry_events import ModuleManifest
-from democratic_ai.contracts.usage_events import BYTES_IN_HEADER
 
 from .capability import CapabilityDefinition, definitions_of
 from .client import Client
@@ -352,7 +352,7 @@ class Module:
             log.info("dropped expired call %s of %s", request.correlation_id, request.action)
             endpoint.record(time.perf_counter_ns() - received_ns, "dropped a call whose ttl had expired")
             return
-        inbox = msg.headers.get(streaming.STREAM_HEADER) if msg.headers else None
+        inbox = msg.headers.get(DAI_STREAM) if msg.headers else None
         if inbox:
             await self._serve_stream(definition, request, msg, inbox, deadline)
             endpoint.record(time.perf_counter_ns() - received_ns, None)
@@ -360,7 +360,7 @@ class Module:
         # Costs one timer per call whose caller asks; only a call still held after ACCEPT_AFTER says ACCEPTED.
         accepting = asyncio.get_running_loop().call_later(
             presence.ACCEPT_AFTER, self._accept, nc, request, msg.reply
-        ) if msg.reply and presence.ACCEPT_HEADER in request.headers else None
+        ) if msg.reply and MCP_ACCEPT_HELD in request.headers else None
         try:
             if not (self.scheduler.try_acquire() or await self.scheduler.acquire(request.priority, deadline)):
                 log.info("dropped call %s of %s: its ttl passed while it waited", request.correlation_id, request.action)
@@ -380,7 +380,7 @@ class Module:
             if accepting is not None:
                 accepting.cancel()
         # The input's size travels with the answer, for metering (compute_ms is set by _answer).
-        answer.headers[BYTES_IN_HEADER] = str(len(request.payload))
+        answer.headers[MCP_BYTES_IN] = str(len(request.payload))
         data = answer.SerializeToString()
         # The record goes out before the reply, on the same connection: by the time the
         # caller holds the answer, the log holds it too, and the call's usage can always be
@@ -405,7 +405,7 @@ class Module:
         started = time.perf_counter()
         with serving(request.context.tenant_id):
             answer = await invocation.answer(last_data(call) if definition.streaming else call)
-        answer.headers[streaming.COMPUTE_MS] = f"{elapsed_ms(started):.3f}"
+        answer.headers[MCP_COMPUTE_MS] = f"{elapsed_ms(started):.3f}"
         return answer
 
     async def _serve_stream(
@@ -416,7 +416,7 @@ class Module:
         if nc is None:
             return
         try:
-            window = min(max(int(msg.headers.get(streaming.WINDOW_HEADER, "")), 1), streaming.MAX_WINDOW)
+            window = min(max(int(msg.headers.get(DAI_WINDOW, "")), 1), streaming.MAX_WINDOW)
         except ValueError:
             window = streaming.DEFAULT_WINDOW
         sender = ChunkSender(

@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, streaming, subjects
-from democratic_ai.contracts.usage_events import BYTES_IN_HEADER, BYTES_OUT_HEADER
+from democratic_ai.contracts.headers import MCP_BYTES_IN, MCP_BYTES_OUT, MCP_COMPUTE_MS
 
 from .execution import Invocation
 
@@ -112,9 +112,9 @@ class ChunkSender:
             return
         self.ended = True
         headers = message.headers
-        headers[streaming.COMPUTE_MS] = f"{compute_ms:.3f}"
-        headers[BYTES_IN_HEADER] = str(len(self.request.payload))
-        headers[BYTES_OUT_HEADER] = str(self._bytes_out + len(message.payload))
+        headers[MCP_COMPUTE_MS] = f"{compute_ms:.3f}"
+        headers[MCP_BYTES_IN] = str(len(self.request.payload))
+        headers[MCP_BYTES_OUT] = str(self._bytes_out + len(message.payload))
         try:
             await self._publish(message)
         except ConnectionClosedError:

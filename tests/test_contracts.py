@@ -42,6 +42,7 @@ def test_mcp_message_round_trips() -> None:
 
 def test_stream_chunks_carry_sequence_progress_and_final() -> None:
     from democratic_ai.contracts import MessageType, decode, new_request, streaming
+    from democratic_ai.contracts.headers import MCP_CONTROL
 
     request = new_request("image.upscale", b"{}", tenant_id="acme", source_module_id="t")
     started = decode(streaming.chunk(request, 0, b"", source_module_id="m", fraction=0.0, status="queued")
@@ -52,7 +53,7 @@ def test_stream_chunks_carry_sequence_progress_and_final() -> None:
     data = decode(streaming.chunk(request, 1, b'{"x": 1}', source_module_id="m", final=True).SerializeToString())
     assert (data.sequence, data.final, data.payload, data.HasField("progress")) == (1, True, b'{"x": 1}', False)
     accepted = streaming.accepted(request, "mcp.ctl.m.m-1", source_module_id="m")
-    assert accepted.type == MessageType.ACCEPTED and accepted.headers[streaming.CONTROL] == "mcp.ctl.m.m-1"
+    assert accepted.type == MessageType.ACCEPTED and accepted.headers[MCP_CONTROL] == "mcp.ctl.m.m-1"
 
 
 @pytest.mark.parametrize(
@@ -138,10 +139,11 @@ def test_a_request_made_here_has_its_ttl_from_its_timestamp(
 
 def test_a_received_request_has_the_time_its_sender_said_was_left(monkeypatch: pytest.MonkeyPatch) -> None:
     from democratic_ai.contracts import deadlines, new_request
+    from democratic_ai.contracts.headers import DAI_REMAINING_MS
 
     request = new_request("text.summarize", b"{}", tenant_id="acme", source_module_id="t", ttl=30)
     request.timestamp.FromSeconds(0)  # whatever the sender's clock said: never read
-    header = deadlines.REMAINING_HEADER
+    header = DAI_REMAINING_MS
     assert deadlines.received(request, {header: "1500"}, arrived=50.0) == pytest.approx(51.5)
     assert deadlines.received(request, {header: "-20"}, arrived=50.0) == pytest.approx(49.98)
     assert deadlines.received(request, {header: "soon"}, arrived=50.0) == pytest.approx(80.0)  # unreadable: the ttl

@@ -22,7 +22,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from democratic_ai.contracts import MessageType, decode, new_request, presence, streaming, subjects
+from democratic_ai.contracts import MessageType, decode, new_request, presence, subjects
+from democratic_ai.contracts.headers import MCP_ACCEPT_HELD, MCP_CONTROL
 from democratic_ai.hub import PresenceIndex
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.sdk import Module, capability
@@ -196,7 +197,7 @@ async def test_only_a_call_held_past_accept_after_is_acknowledged_and_only_when_
         message = decode(msg.data)
         received[msg.subject.rsplit(".", 1)[1]].append(message.type)
         if message.type == MessageType.ACCEPTED:
-            control.append(message.headers[streaming.CONTROL])
+            control.append(message.headers[MCP_CONTROL])
 
     subscription = await nc.subscribe(f"{inbox}.*", cb=on_reply)
     tenant = unique("tenant")
@@ -205,7 +206,7 @@ async def test_only_a_call_held_past_accept_after_is_acknowledged_and_only_when_
         request = new_request("test.echo", msgspec.json.encode({"sleep_ms": sleep_ms}), tenant_id=tenant,
                               source_module_id="test")
         if asks:
-            request.headers[presence.ACCEPT_HEADER] = "1"
+            request.headers[MCP_ACCEPT_HELD] = "1"
         await nc.publish(subjects.call(tenant, "test.echo"), request.SerializeToString(), reply=f"{inbox}.{name}")
     deadline = time.monotonic() + 5
     while (len(received["slow"]) < 2 or not received["unasked"]) and time.monotonic() < deadline:

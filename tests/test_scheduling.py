@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts import ErrorCode, MessageType, deadlines, decode, new_request, subjects
+from democratic_ai.contracts import ErrorCode, MessageType, decode, new_request, subjects
+from democratic_ai.contracts.headers import DAI_REMAINING_MS
 from democratic_ai.hub import Router
 from democratic_ai.sdk import CallError, Chunk, Client, Module, ModuleConfig, capability
 from democratic_ai.sdk.scheduling import Scheduler
@@ -123,7 +124,7 @@ async def test_a_call_that_arrives_expired_is_never_executed(nc: NATS, worker: W
     # ...and a module that receives it anyway, told no time is left, drops it.
     with pytest.raises(TimeoutError):
         await nc.request(subjects.call("system", "test.work"), request.SerializeToString(), timeout=0.3,
-                         headers={deadlines.REMAINING_HEADER: "-4000"})
+                         headers={DAI_REMAINING_MS: "-4000"})
     await asyncio.sleep(0.05)
     assert worker.served == []
 
@@ -132,7 +133,7 @@ async def test_a_call_that_arrives_expired_is_never_executed(nc: NATS, worker: W
 async def test_a_module_counts_the_time_left_not_the_callers_clock(nc: NATS, worker: Worker, skew: int) -> None:
     """A caller whose clock is 30 s off stamps its calls 30 s off; the module serves them by the
     time left they carry (or, without it, by their ttl from arrival), never by the stamp."""
-    for label, headers in ((f"left-{skew}", {deadlines.REMAINING_HEADER: "5000"}), (f"ttl-{skew}", None)):
+    for label, headers in ((f"left-{skew}", {DAI_REMAINING_MS: "5000"}), (f"ttl-{skew}", None)):
         request = new_request("test.work", b'{"label": "%s"}' % label.encode(), tenant_id="system",
                               source_module_id="t", ttl=5)
         request.timestamp.FromNanoseconds(time.time_ns() + skew * 1_000_000_000)
@@ -149,7 +150,7 @@ async def test_a_module_drops_a_queued_call_when_the_time_left_it_was_sent_runs_
     started = time.monotonic()
     with pytest.raises(TimeoutError):  # 300 ms left, whatever the 30 s ttl says: dropped, never answered
         await nc.request(subjects.call("system", "test.work"), request.SerializeToString(), timeout=1.0,
-                         headers={deadlines.REMAINING_HEADER: "300"})
+                         headers={DAI_REMAINING_MS: "300"})
     await _until(lambda: worker.scheduler.waiting == 0)
     assert time.monotonic() - started < 1.5
     worker.gate.set()

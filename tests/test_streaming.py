@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from democratic_ai.contracts import MessageType, decode, new_request, streaming, subjects
+from democratic_ai.contracts.headers import MCP_COMPUTE_MS
 from democratic_ai.hub import Router
 from democratic_ai.sdk import CallError, Chunk, Client
 
@@ -49,7 +50,7 @@ async def test_chunks_arrive_in_order_with_progress_and_are_recorded(nc: NATS, s
     assert [m.final for m in answers] == [False] * 4 + [True]
     assert {m.correlation_id for m in answers} == {request[0].correlation_id}
     assert answers[1].progress.fraction == 0.5 and answers[1].progress.message == "2 of 4"
-    assert float(answers[-1].headers[streaming.COMPUTE_MS]) >= 0
+    assert float(answers[-1].headers[MCP_COMPUTE_MS]) >= 0
 
 
 async def test_a_plain_call_of_a_streaming_capability_gets_its_last_data(nc: NATS, streamer: Streamer) -> None:
@@ -112,7 +113,7 @@ async def test_leaving_the_loop_cancels_the_handler_within_100_ms(nc: NATS, stre
     errors = [m for s, m in records if s.startswith("mcp.res.") and m.type == MessageType.ERROR]
     assert len(cancel) == 1 and len(errors) == 1
     assert errors[0].error.code == "CANCELLED"
-    assert 0 <= float(errors[0].headers[streaming.COMPUTE_MS]) < 5_000
+    assert 0 <= float(errors[0].headers[MCP_COMPUTE_MS]) < 5_000
 
 
 async def test_a_cancel_from_another_tenant_is_ignored(nc: NATS, streamer: Streamer) -> None:

@@ -17,6 +17,7 @@ from democratic_ai.services.identity import Principal, Unauthenticated, authenti
 
 from .errors import ApiError
 from .state import IDENTITY, KEY_RING
+from democratic_ai.contracts.headers import HTTP_API_KEY
 
 __all__ = ["PRINCIPAL", "STRIPE_WEBHOOK_PATH", "auth_middleware", "principal_of", "require", "require_tenant"]
 
@@ -29,7 +30,7 @@ FIRST_MESSAGE_AUTH_PATHS = frozenset({"/v1/ws"})
 
 
 def _credential(request: web.Request) -> str | None:
-    key = request.headers.get("X-API-Key", "").strip()
+    key = request.headers.get(HTTP_API_KEY, "").strip()
     if key:
         return key
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")

@@ -30,6 +30,7 @@ from .ratelimit_headers import limit_header, policy_header
 from .sse import stream_call
 from .state import INPUT_LIMITS, METERING, POOL, PRESENCE, ROUTER
 from .wire import MAX_TTL_SECONDS, http_error
+from democratic_ai.contracts.headers import HTTP_CALL_ID
 
 __all__ = ["checked_capability", "checked_module", "invoke", "list_capabilities"]
 
@@ -125,7 +126,7 @@ async def _invoke(request: web.Request) -> web.StreamResponse:
     if not decision.allowed:
         return await _refuse(request, call, decision, principal)
     metering = app[METERING]
-    headers = {"X-Call-Id": call.id}
+    headers = {HTTP_CALL_ID: call.id}
     policies = metering.policies(principal)
     if policies:
         headers["RateLimit-Policy"] = policy_header(policies)
@@ -168,7 +169,7 @@ async def _refuse(request: web.Request, call: MCPMessage, decision: Decision, pr
     details = error_details(answer)
     policies = request.app[METERING].policies(principal)
     headers = {
-        "X-Call-Id": call.id,
+        HTTP_CALL_ID: call.id,
         "Retry-After": str(details["retry_after"]),
         "RateLimit-Policy": policy_header(policies),
         "RateLimit": limit_header(policies, decision.refused_by, decision.retry_after),

@@ -21,6 +21,7 @@ import msgspec
 from aiohttp import web
 
 from .errors import ErrorBody
+from democratic_ai.contracts.headers import HTTP_API_KEY
 
 __all__ = ["NO_CONTENT", "OPENAPI_PATH", "Operation", "Query", "add_openapi_route", "openapi_document", "operation",
            "operation_of"]
@@ -144,7 +145,7 @@ def openapi_document(app: web.Application, *, title: str = "Democratic_AI gatewa
         "components": {
             "schemas": components,
             "securitySchemes": {
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": HTTP_API_KEY},
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                            "description": "An access token from /v1/auth/login, or an API key."},
             },

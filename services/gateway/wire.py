@@ -12,9 +12,10 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, error_details, streaming
+from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, error_details
 
 from .errors import STATUS, error_response
+from democratic_ai.contracts.headers import HTTP_CALL_ID, MCP_COMPUTE_MS
 
 __all__ = [
     "MAX_TTL_SECONDS",
@@ -50,7 +51,7 @@ def http_error(answer: MCPMessage, call_id: str) -> web.Response:
     status = STATUS.get(ErrorCode(code), 500) if code in ErrorCode.__members__ else 500
     if code == ErrorCode.VALIDATION_FAILED and details.get("where") == "output":
         status = 502  # the module broke its own contract: not the caller's fault
-    return error_response(code, answer.error.message, details, status=status, headers={"X-Call-Id": call_id})
+    return error_response(code, answer.error.message, details, status=status, headers={HTTP_CALL_ID: call_id})
 
 
 def error_document(answer: MCPMessage) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def progress_of(message: MCPMessage) -> WireProgress | None:
 
 def compute_ms(message: MCPMessage) -> float | None:
     try:
-        return float(message.headers[streaming.COMPUTE_MS])
+        return float(message.headers[MCP_COMPUTE_MS])
     except (KeyError, ValueError):
         return None
 

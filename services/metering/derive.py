@@ -26,15 +26,9 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 import msgspec
 
 from democratic_ai.contracts import ErrorCode, MCPMessage
+from democratic_ai.contracts.headers import MCP_BYTES_IN, MCP_BYTES_OUT, MCP_COMPUTE_MS
 from democratic_ai.contracts.messages import ERROR, RESPONSE, STREAM_CHUNK
-from democratic_ai.contracts.usage_events import (
-    BYTES_IN_HEADER,
-    BYTES_OUT_HEADER,
-    COMPUTE_MS_HEADER,
-    CallMetered,
-    Metric,
-    Outcome,
-)
+from democratic_ai.contracts.usage_events import CallMetered, Metric, Outcome
 
 __all__ = ["GATEWAY", "at_of", "is_metered", "outcome_of", "usage_of"]
 
@@ -89,8 +83,8 @@ def _header(answer: MCPMessage, name: str) -> int:
 
 
 def _bytes_out(answer: MCPMessage) -> int:
-    if BYTES_OUT_HEADER in answer.headers:
-        return _header(answer, BYTES_OUT_HEADER)  # the whole of a stream, counted by the module
+    if MCP_BYTES_OUT in answer.headers:
+        return _header(answer, MCP_BYTES_OUT)  # the whole of a stream, counted by the module
     return len(answer.payload) if answer.type == RESPONSE else 0
 
 
@@ -110,8 +104,8 @@ def usage_of(answer: MCPMessage) -> list[CallMetered]:
     if outcome is Outcome.RATE_LIMITED:
         return events
     for metric, value in (
-        (_COMPUTE_MS, _header(answer, COMPUTE_MS_HEADER)),
-        (_BYTES_IN, _header(answer, BYTES_IN_HEADER)),
+        (_COMPUTE_MS, _header(answer, MCP_COMPUTE_MS)),
+        (_BYTES_IN, _header(answer, MCP_BYTES_IN)),
         (_BYTES_OUT, _bytes_out(answer)),
     ):
         if value:

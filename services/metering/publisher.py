@@ -36,6 +36,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 
+from democratic_ai.contracts.headers import NATS_MSG_ID, NATS_STATUS
 from democratic_ai.contracts.usage_events import UsageEvent, encode_event, message_id, usage_subject
 
 __all__ = ["PublisherConfig", "PublisherStats", "UsagePublisher"]
@@ -205,7 +206,7 @@ class UsagePublisher:
             return  # the ack of an attempt already superseded
         problem = ""
         if not msg.data:
-            problem = f"no stream answered (status {msg.headers.get('Status') if msg.headers else '?'})"
+            problem = f"no stream answered (status {msg.headers.get(NATS_STATUS) if msg.headers else '?'})"
         else:
             try:
                 ack = _decode_ack(msg.data)
@@ -230,4 +231,4 @@ class UsagePublisher:
 
 
 def _frame(event: UsageEvent) -> tuple[str, bytes, dict[str, str]]:
-    return usage_subject(event.tenant_id, event.metric), encode_event(event), {"Nats-Msg-Id": message_id(event)}
+    return usage_subject(event.tenant_id, event.metric), encode_event(event), {NATS_MSG_ID: message_id(event)}

@@ -50,6 +50,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from democratic_ai.contracts import MCPMessage, decode
+from democratic_ai.contracts.headers import NATS_MSG_ID
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id, usage_subject
 from democratic_ai.schemas.outage import DatabaseOutage, on_database
@@ -220,7 +221,7 @@ class UsageRecovery:
     async def _publish(self, events: list[CallMetered]) -> None:
         futures = [
             await self._js.publish_async(usage_subject(e.tenant_id, e.metric), encode_event(e),
-                                         headers={"Nats-Msg-Id": message_id(e)})
+                                         headers={NATS_MSG_ID: message_id(e)})
             for e in events
         ]
         await asyncio.wait_for(asyncio.gather(*futures), timeout=30.0)

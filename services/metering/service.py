@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import MCPMessage
+from democratic_ai.contracts.headers import NATS_MSG_ID
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.usage_events import (
     Metric,
@@ -124,7 +125,7 @@ class Metering:
             if refusal is not None:
                 raise QuotaExceeded(refusal.message, policy=refusal.policy, retry_after=refusal.retry_after)
         ack = await self._js.publish(usage_subject(tenant_id, event.metric), encode_event(event),
-                                     headers={"Nats-Msg-Id": message_id(event)})
+                                     headers={NATS_MSG_ID: message_id(event)})
         if not ack.duplicate:
             self.meters.note([event])
         return event
