@@ -1,6 +1,6 @@
 """Events of the BILLING stream: subscriptions, invoices, payments and the Stripe customer.
 
-Subjects name the aggregate: ``billing.<tenant>.<aggregate>.<id>``.
+Subjects name the aggregate: ``billing.<tenant>.<aggregate>.<id>`` (:mod:`.subjects` spells them).
 
     billing.<t>.subscription.<t>      subscription.started, subscription.plan_changed, subscription.cancelled
     billing.<t>.customer.<t>          customer.linked — the tenant's Stripe customer, once
@@ -59,12 +59,8 @@ __all__ = [
     "Seller",
     "SubscriptionCancelled",
     "SubscriptionStarted",
-    "customer_subject",
     "decode_event",
     "encode_event",
-    "invoice_subject",
-    "stripe_event_subject",
-    "subscription_subject",
 ]
 
 
@@ -215,19 +211,3 @@ def decode_event(data: bytes) -> BillingEvent:
     """Decode a BILLING event; raises ``msgspec.DecodeError`` (``ValidationError`` for valid JSON
     of the wrong shape) for a malformed one."""
     return _decoder.decode(data)
-
-
-def subscription_subject(tenant_id: str) -> str:
-    return f"billing.{tenant_id}.subscription.{tenant_id}"
-
-
-def customer_subject(tenant_id: str) -> str:
-    return f"billing.{tenant_id}.customer.{tenant_id}"
-
-
-def invoice_subject(tenant_id: str, period: str) -> str:
-    return f"billing.{tenant_id}.invoice.{period}"
-
-
-def stripe_event_subject(tenant_id: str, event_hash: str) -> str:
-    return f"billing.{tenant_id}.stripe_event.{event_hash}"

@@ -1,6 +1,6 @@
 """Events of the IDENTITY stream: tenants, users, API keys, sessions and token revocations.
 
-Subjects name the aggregate: ``iam.<tenant>.<aggregate>.<id>``.
+Subjects name the aggregate: ``iam.<tenant>.<aggregate>.<id>`` (:func:`.subjects.identity_subject`).
 
     iam.<t>.tenant.<t>             tenant.created, tenant.updated, tenant.suspended, tenant.reinstated
     iam.<t>.email.<sha256(email)>  user.registered — one per e-mail and tenant, ever (unique e-mail)

@@ -3,6 +3,9 @@
 Every process that starts (``dai up``, the hub, the gateway, a projection worker) calls
 :func:`ensure_streams`, which creates missing streams and updates changed ones, so the
 configuration in this file is the configuration on the server.
+
+The names of the streams are the constants here (``MCP_STREAM`` …); what each captures is
+spelled by :mod:`.subjects`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,35 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-__all__ = ["STREAMS", "WRONG_LAST_SEQUENCE", "ensure_streams"]
+from .subjects import (
+    ALL_BILLING,
+    ALL_EVENTS,
+    ALL_IDENTITY,
+    ALL_RATELIMIT,
+    ALL_REGISTRY,
+    ALL_REQUESTS,
+    ALL_RESPONSES,
+    ALL_USAGE,
+)
+
+__all__ = [
+    "BILLING_STREAM",
+    "IDENTITY_STREAM",
+    "MCP_STREAM",
+    "RATELIMIT_STREAM",
+    "REGISTRY_STREAM",
+    "STREAMS",
+    "USAGE_STREAM",
+    "WRONG_LAST_SEQUENCE",
+    "ensure_streams",
+]
+
+MCP_STREAM = "MCP"
+USAGE_STREAM = "USAGE"
+RATELIMIT_STREAM = "RATELIMIT"
+IDENTITY_STREAM = "IDENTITY"
+BILLING_STREAM = "BILLING"
+REGISTRY_STREAM = "REGISTRY"
 
 _DAY = 24 * 3600.0
 
@@ -20,9 +51,9 @@ WRONG_LAST_SEQUENCE = 10071
 
 STREAMS: tuple[StreamConfig, ...] = (
     StreamConfig(
-        name="MCP",
+        name=MCP_STREAM,
         description="Every MCP message: requests, responses, errors, stream chunks and events.",
-        subjects=["mcp.req.>", "mcp.res.>", "mcp.evt.>"],
+        subjects=[ALL_REQUESTS, ALL_RESPONSES, ALL_EVENTS],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=30 * _DAY,
@@ -33,18 +64,18 @@ STREAMS: tuple[StreamConfig, ...] = (
         no_ack=True,
     ),
     StreamConfig(
-        name="USAGE",
+        name=USAGE_STREAM,
         description="Usage events: api_calls, compute_ms, bytes_in, bytes_out, storage_bytes.",
-        subjects=["usage.>"],
+        subjects=[ALL_USAGE],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=400 * _DAY,  # a year of invoices can be recomputed from it
         duplicate_window=600.0,
     ),
     StreamConfig(
-        name="RATELIMIT",
+        name=RATELIMIT_STREAM,
         description="The state of the rate limits: quota leases of the call limits, meter events of the buckets.",
-        subjects=["ratelimit.>"],
+        subjects=[ALL_RATELIMIT],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         # A lease or meter event matters for minutes at most; a day keeps enough to rebuild any limit.
@@ -54,25 +85,25 @@ STREAMS: tuple[StreamConfig, ...] = (
         allow_direct=True,
     ),
     StreamConfig(
-        name="IDENTITY",
+        name=IDENTITY_STREAM,
         description="Tenants, users, roles, API keys and token revocations.",
-        subjects=["iam.>"],
+        subjects=[ALL_IDENTITY],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         duplicate_window=600.0,
     ),
     StreamConfig(
-        name="BILLING",
+        name=BILLING_STREAM,
         description="Subscriptions, plans, invoices and payments.",
-        subjects=["billing.>"],
+        subjects=[ALL_BILLING],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         duplicate_window=24 * 3600.0,
     ),
     StreamConfig(
-        name="REGISTRY",
+        name=REGISTRY_STREAM,
         description="Modules and their capabilities with JSON Schemas.",
-        subjects=["registry.>"],
+        subjects=[ALL_REGISTRY],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         duplicate_window=600.0,

@@ -22,6 +22,24 @@ published once, on their record subject, and modules subscribe to it.
 Presence (core NATS): ``hub.heartbeat.<module>``, ``hub.leave.<module>``; the hub answers
 ``hub.announce.<module>`` and ``hub.modules``.
 
+The other streams (their events are described beside them, in ``contracts/*_events.py``):
+
+    registry.<module>.<event>                REGISTRY   registered, updated
+    iam.<tenant>.<aggregate>.<id>            IDENTITY   tenant, email, user, api_key, session,
+                                                        token, login, module
+    usage.<tenant>.<metric>                  USAGE      one event per call (or write) and metric
+    ratelimit.<tenant>.<holder>              RATELIMIT  quota leases: holder ``tenant`` or ``key-<id>``
+    ratelimit.<tenant>.meter                 RATELIMIT  what a replica's calls took from the buckets
+    billing.<tenant>.subscription.<tenant>   BILLING    the tenant's subscription
+    billing.<tenant>.customer.<tenant>       BILLING    its Stripe customer
+    billing.<tenant>.invoice.<YYYY-MM>       BILLING    one invoice per tenant and month, ever
+    billing.<tenant>.stripe_event.<hash>     BILLING    one per Stripe event
+
+Every function here builds a subject from its tokens; a token may be a wildcard (``*``, or ``>``
+last), which makes the subject a filter: ``invoice_subject("acme", "*")`` is every invoice of
+``acme``. The ``ALL_*`` constants are each family's every subject, and the stream names are in
+:mod:`.streams`.
+
 A module's own subjects (its direct route, control, presence and announcement) carry its module
 id, never an instance id alone (drawn at run time), so the bus can grant a module's connection
 exactly its own with wildcards: ``mcp.ctl.<module>.*``, ``hub.announce.<module>``. Of the events,
@@ -34,6 +52,17 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "ALL_BILLING",
+    "ALL_CALLS",
+    "ALL_CONTROL",
+    "ALL_DIRECT",
+    "ALL_EVENTS",
+    "ALL_IDENTITY",
+    "ALL_RATELIMIT",
+    "ALL_REGISTRY",
+    "ALL_REQUESTS",
+    "ALL_RESPONSES",
+    "ALL_USAGE",
     "MODULES",
     "SYSTEM_TENANT",
     "InvalidSubjectToken",
@@ -41,16 +70,26 @@ __all__ = [
     "call",
     "capability_queue",
     "control",
+    "customer_subject",
     "direct",
     "event",
     "event_scope",
     "heartbeat",
+    "identity_subject",
     "instance_of_control",
+    "invoice_subject",
     "is_control",
     "leave",
+    "meter_subject",
+    "of_tenant",
+    "quota_subject",
     "record_request",
     "record_response",
+    "records",
     "registry",
+    "stripe_event_subject",
+    "subscription_subject",
+    "usage_subject",
     "validate_capability",
     "validate_topic_pattern",
     "validate_token",
@@ -63,6 +102,21 @@ _TOPIC_PATTERN = re.compile(r"(?:[a-z0-9_-]{1,64}|\*)(?:\.(?:[a-z0-9_-]{1,64}|\*
 _CONTROL = re.compile(r"mcp\.ctl\.[a-z0-9_-]{1,64}\.[a-z0-9_-]{1,128}")
 
 MODULES = "hub.modules"
+
+# Every subject of a family: what its stream captures, or what a permission grants or refuses.
+ALL_CALLS = "mcp.call.>"
+ALL_DIRECT = "mcp.direct.>"
+ALL_CONTROL = "mcp.ctl.>"
+ALL_REQUESTS = "mcp.req.>"
+ALL_RESPONSES = "mcp.res.>"
+ALL_EVENTS = "mcp.evt.>"
+ALL_REGISTRY = "registry.>"
+ALL_IDENTITY = "iam.>"
+ALL_USAGE = "usage.>"
+ALL_RATELIMIT = "ratelimit.>"
+ALL_BILLING = "billing.>"
+# The families whose second token is the tenant (:func:`of_tenant`).
+_TENANT_FIRST = (ALL_IDENTITY, ALL_USAGE, ALL_RATELIMIT, ALL_BILLING)
 # The tenant that owns the platform's own modules: they serve and hear every tenant.
 SYSTEM_TENANT = "system"
 
@@ -161,5 +215,52 @@ def leave(module: str) -> str:
     return f"hub.leave.{module}"
 
 
+def records(tenant: str = "*", capability: str = ">") -> str:
+    """The MCP stream's records (requests, responses, events) of ``tenant`` and ``capability``: a filter."""
+    return f"mcp.*.{tenant}.{capability}"
+
+
 def registry(module: str, event_name: str) -> str:
     return f"registry.{module}.{event_name}"
+
+
+def identity_subject(tenant_id: str, aggregate: str, aggregate_id: str) -> str:
+    """An IDENTITY aggregate: ``iam.<tenant>.<aggregate>.<id>``, e.g. ``iam.acme.user.<user id>``."""
+    return f"iam.{tenant_id}.{aggregate}.{aggregate_id}"
+
+
+def usage_subject(tenant_id: str, metric: str) -> str:
+    return f"usage.{tenant_id}.{metric}"
+
+
+def quota_subject(tenant_id: str, holder: str) -> str:
+    """The leases of one limit: ``holder`` is ``tenant`` (the plan's) or ``key-<api key id>``."""
+    return f"ratelimit.{tenant_id}.{holder}"
+
+
+def meter_subject(tenant_id: str) -> str:
+    return f"ratelimit.{tenant_id}.meter"
+
+
+def subscription_subject(tenant_id: str) -> str:
+    return f"billing.{tenant_id}.subscription.{tenant_id}"
+
+
+def customer_subject(tenant_id: str) -> str:
+    return f"billing.{tenant_id}.customer.{tenant_id}"
+
+
+def invoice_subject(tenant_id: str, period: str) -> str:
+    return f"billing.{tenant_id}.invoice.{period}"
+
+
+def stripe_event_subject(tenant_id: str, event_hash: str) -> str:
+    return f"billing.{tenant_id}.stripe_event.{event_hash}"
+
+
+def of_tenant(family: str, tenant_id: str) -> str:
+    """Every subject of ``tenant_id`` in a family whose second token is the tenant:
+    ``of_tenant(ALL_USAGE, "acme")`` is ``usage.acme.>``."""
+    if family not in _TENANT_FIRST:
+        raise ValueError(f"the subjects of {family!r} do not begin with a tenant")
+    return f"{family.removesuffix('>')}{tenant_id}.>"

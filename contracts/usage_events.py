@@ -1,6 +1,6 @@
 """Events of the USAGE stream (what was used) and the RATELIMIT stream (what was admitted).
 
-USAGE, subject ``usage.<tenant>.<metric>``, one event per metric and call:
+USAGE, subject ``usage.<tenant>.<metric>`` (:mod:`.subjects` spells them), one event per metric and call:
 
     usage.call      CallMetered     api_calls, compute_ms, bytes_in, bytes_out of one call
     usage.storage   StorageMetered  storage_bytes written (or, negative, freed) by a store
@@ -55,9 +55,6 @@ __all__ = [
     "decode_usage_event",
     "encode_event",
     "message_id",
-    "meter_subject",
-    "quota_subject",
-    "usage_subject",
 ]
 
 class Metric(StrEnum):
@@ -144,18 +141,6 @@ def decode_usage_event(data: bytes) -> UsageEvent:
 def decode_ratelimit_event(data: bytes) -> RateLimitEvent:
     """Decode a RATELIMIT event; raises ``msgspec.ValidationError`` for a malformed one."""
     return _ratelimit_decoder.decode(data)
-
-
-def usage_subject(tenant_id: str, metric: str) -> str:
-    return f"usage.{tenant_id}.{metric}"
-
-
-def quota_subject(tenant_id: str, holder: str) -> str:
-    return f"ratelimit.{tenant_id}.{holder}"
-
-
-def meter_subject(tenant_id: str) -> str:
-    return f"ratelimit.{tenant_id}.meter"
 
 
 def message_id(event: UsageEvent) -> str:

@@ -25,6 +25,7 @@ from democratic_ai.contracts.registry_events import (
     decode_event,
     encode_event,
 )
+from democratic_ai.contracts.streams import REGISTRY_STREAM
 
 __all__ = ["InvalidManifest", "Registrar", "RegistryIndex"]
 
@@ -34,8 +35,8 @@ log = logging.getLogger(__name__)
 class RegistryIndex(StreamFollower):
     """Module manifests by module id, kept current from the REGISTRY stream."""
 
-    stream = "REGISTRY"
-    filter_subject = "registry.>"
+    stream = REGISTRY_STREAM
+    filter_subject = subjects.ALL_REGISTRY
 
     def __init__(self) -> None:
         super().__init__()

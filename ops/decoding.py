@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
 from democratic_ai.contracts import JSON, billing_events, decode, identity_events, registry_events, subjects
+from democratic_ai.contracts.streams import BILLING_STREAM, IDENTITY_STREAM, MCP_STREAM, REGISTRY_STREAM, USAGE_STREAM
 
 __all__ = ["CODECS", "FilterError", "StreamCodec", "codec_for"]
 
@@ -87,14 +88,14 @@ def _typed(decoder: Callable[[bytes], msgspec.Struct]) -> Callable[[bytes], Deco
 
 
 def _mcp_filter(tenant: str | None, capability: str | None) -> str:
-    return f"mcp.*.{tenant or '*'}.{capability or '>'}"
+    return subjects.records(tenant or "*", capability or ">")
 
 
-def _tenant_first(prefix: str, stream: str) -> Callable[[str | None, str | None], str]:
+def _tenant_first(family: str, stream: str) -> Callable[[str | None, str | None], str]:
     def subject_filter(tenant: str | None, capability: str | None) -> str:
         if capability:
             raise FilterError(f"{stream} subjects carry no capability; filter with --tenant or --subject")
-        return f"{prefix}.{tenant}.>"
+        return subjects.of_tenant(family, tenant or "*")
 
     return subject_filter
 
@@ -129,11 +130,11 @@ class StreamCodec:
 CODECS: dict[str, StreamCodec] = {
     codec.stream: codec
     for codec in (
-        StreamCodec("MCP", _decode_mcp, _mcp_filter),
-        StreamCodec("REGISTRY", _typed(registry_events.decode_event), _registry_filter),
-        StreamCodec("IDENTITY", _typed(identity_events.decode_event), _tenant_first("iam", "IDENTITY")),
-        StreamCodec("USAGE", _decode_json, _tenant_first("usage", "USAGE")),
-        StreamCodec("BILLING", _typed(billing_events.decode_event), _tenant_first("billing", "BILLING")),
+        StreamCodec(MCP_STREAM, _decode_mcp, _mcp_filter),
+        StreamCodec(REGISTRY_STREAM, _typed(registry_events.decode_event), _registry_filter),
+        StreamCodec(IDENTITY_STREAM, _typed(identity_events.decode_event), _tenant_first(subjects.ALL_IDENTITY, IDENTITY_STREAM)),
+        StreamCodec(USAGE_STREAM, _decode_json, _tenant_first(subjects.ALL_USAGE, USAGE_STREAM)),
+        StreamCodec(BILLING_STREAM, _typed(billing_events.decode_event), _tenant_first(subjects.ALL_BILLING, BILLING_STREAM)),
     )
 }
 

@@ -15,6 +15,7 @@ from democratic_ai.contracts import tracing
 from democratic_ai.contracts.bus import BusOptions, connect
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.contracts.server_clock import ServerClock
+from democratic_ai.contracts.streams import MCP_STREAM, REGISTRY_STREAM
 from democratic_ai.hub import Hub
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import DatabaseOutage, DatabaseUnreachable, create_pool, migrate, on_database
@@ -82,7 +83,7 @@ async def run_busauth(auth: BusOptions, system: BusOptions, issuer_seed: str, st
 async def run_hub(options: BusOptions, stop: asyncio.Event) -> None:
     tracing.configure_tracing("dai-hub")
     nc = await connect(options, "dai-hub", max_reconnect_attempts=-1)
-    await ServerClock().refresh(nc, "REGISTRY")  # warns if this host's clock is far from the server's
+    await ServerClock().refresh(nc, REGISTRY_STREAM)  # warns if this host's clock is far from the server's
     hub = Hub()
     await hub.start(nc)
     log.info("hub ready")
@@ -107,7 +108,7 @@ async def run_projections(options: BusOptions, database_url: str, names: list[st
     if unknown:
         raise SystemExit(f"dai: unknown projection(s) {', '.join(unknown)}; known: {', '.join(sorted(PROJECTIONS))}")
     nc = await connect(options, "dai-projections", max_reconnect_attempts=-1)
-    await ServerClock().refresh(nc, "MCP")  # warns if this host's clock is far from the server's
+    await ServerClock().refresh(nc, MCP_STREAM)  # warns if this host's clock is far from the server's
     # min_size=0: the pool connects on demand. With a floor, asyncpg itself would reconnect in
     # the background during an outage and log a traceback per attempt; the runners wait for
     # the database and say so once (then every 30 s).

@@ -32,6 +32,8 @@ from democratic_ai.contracts.billing_events import (
     SubscriptionStarted,
     decode_event,
 )
+from democratic_ai.contracts.streams import BILLING_STREAM
+from democratic_ai.contracts.subjects import ALL_BILLING
 
 __all__ = ["BillingProjection"]
 
@@ -43,8 +45,8 @@ _SUBSCRIPTION_COLUMNS = ("plan_id", "plan_name", "interval", "time_zone", "curre
 
 class BillingProjection:
     name = "billing"
-    stream = "BILLING"
-    filter_subject = "billing.>"
+    stream = BILLING_STREAM
+    filter_subject = ALL_BILLING
     tables = ("billing_payments", "billing_invoice_lines", "billing_invoices", "billing_customers",
               "billing_subscriptions")
 

@@ -31,6 +31,8 @@ from democratic_ai.contracts.identity_events import (
     UserRoleChanged,
     decode_event,
 )
+from democratic_ai.contracts.streams import IDENTITY_STREAM
+from democratic_ai.contracts.subjects import ALL_IDENTITY
 
 __all__ = ["IdentityProjection"]
 
@@ -39,8 +41,8 @@ _CREATED = "__created__"  # marks a folded row whose creation event is in the ba
 
 class IdentityProjection:
     name = "identity"
-    stream = "IDENTITY"
-    filter_subject = "iam.>"
+    stream = IDENTITY_STREAM
+    filter_subject = ALL_IDENTITY
     tables = ("identity_audit", "revoked_tokens", "modules", "api_keys", "users", "tenants")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:

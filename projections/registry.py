@@ -12,14 +12,16 @@ import asyncpg
 from nats.aio.msg import Msg
 
 from democratic_ai.contracts.registry_events import ModuleRegistered, RegistryEvent, decode_event
+from democratic_ai.contracts.streams import REGISTRY_STREAM
+from democratic_ai.contracts.subjects import ALL_REGISTRY
 
 __all__ = ["RegistryProjection"]
 
 
 class RegistryProjection:
     name = "registry"
-    stream = "REGISTRY"
-    filter_subject = "registry.>"
+    stream = REGISTRY_STREAM
+    filter_subject = ALL_REGISTRY
     tables = ("registry_capabilities", "registry_modules")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:

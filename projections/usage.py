@@ -18,6 +18,8 @@ import msgspec
 from nats.aio.msg import Msg
 
 from democratic_ai.contracts.usage_events import UsageEvent
+from democratic_ai.contracts.streams import USAGE_STREAM
+from democratic_ai.contracts.subjects import ALL_USAGE
 
 __all__ = ["UsageProjection"]
 
@@ -84,8 +86,8 @@ def _partition(month: tuple[int, int]) -> tuple[str, str, str]:
 
 class UsageProjection:
     name = "usage"
-    stream = "USAGE"
-    filter_subject = "usage.>"
+    stream = USAGE_STREAM
+    filter_subject = ALL_USAGE
     tables = ("usage_hourly", "usage_daily", "usage_events")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from democratic_ai.contracts import subjects
 from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
@@ -71,7 +72,7 @@ async def publish_calls(nc: NATS, tenant: str) -> None:
         for call_id, at, outcome in events[start:start + 1000]:
             event = usage_events.CallMetered(tenant_id=tenant, metric="api_calls", value=1, at=at, call_id=call_id,
                                              capability="text.summarize", module_id="text-tools", outcome=outcome)
-            await js.publish_async(usage_events.usage_subject(tenant, "api_calls"), usage_events.encode_event(event),
+            await js.publish_async(subjects.usage_subject(tenant, "api_calls"), usage_events.encode_event(event),
                                    headers={"Nats-Msg-Id": usage_events.message_id(event)})
         await js.publish_async_completed()
 

@@ -11,9 +11,9 @@ from democratic_ai.contracts.billing_events import (
     SubscriptionCancelled,
     SubscriptionStarted,
     encode_event,
-    subscription_subject,
 )
 from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.subjects import subscription_subject
 from democratic_ai.services.billing import load_pricing
 from democratic_ai.services.metering import load_plans
 from democratic_ai.services.metering.subscriptions import SubscribedPlans

@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts.usage_events import CallMetered, Outcome, encode_event, message_id, usage_subject
+from democratic_ai.contracts.subjects import usage_subject
+from democratic_ai.contracts.usage_events import CallMetered, Outcome, encode_event, message_id
 from democratic_ai.projections import UsageProjection, rebuild
 from democratic_ai.schemas import app_dsn
 

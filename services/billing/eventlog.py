@@ -13,7 +13,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
-from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
+from democratic_ai.contracts.streams import BILLING_STREAM, WRONG_LAST_SEQUENCE
 from democratic_ai.contracts.billing_events import BillingEvent, decode_event, encode_event
 from democratic_ai.contracts.fields import EventRejected
 
@@ -23,7 +23,7 @@ __all__ = ["STREAM", "BillingLog"]
 
 log = logging.getLogger(__name__)
 
-STREAM = "BILLING"
+STREAM = BILLING_STREAM
 
 
 class BillingLog:

@@ -21,12 +21,15 @@ from democratic_ai.contracts.billing_events import (
     PaymentFailed,
     PaymentMethodAttached,
     PaymentSucceeded,
+)
+from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.subjects import (
+    InvalidSubjectToken,
     customer_subject,
     invoice_subject,
     stripe_event_subject,
+    validate_token,
 )
-from democratic_ai.contracts.identity_events import Meta
-from democratic_ai.contracts.subjects import InvalidSubjectToken, validate_token
 
 from .errors import Conflict, StripeDisabled
 from .eventlog import BillingLog

@@ -25,11 +25,9 @@ from democratic_ai.contracts.billing_events import (
     PlanChanged,
     SubscriptionCancelled,
     SubscriptionStarted,
-    invoice_subject,
-    subscription_subject,
 )
 from democratic_ai.contracts.identity_events import Meta
-from democratic_ai.contracts.subjects import InvalidSubjectToken, validate_token
+from democratic_ai.contracts.subjects import InvalidSubjectToken, invoice_subject, subscription_subject, validate_token
 
 from .config import BillingConfig
 from .errors import Conflict, Invalid, NotFound
@@ -198,7 +196,7 @@ class BillingService:
         return invoice
 
     async def subscribed_tenants(self) -> list[str]:
-        info = await self.log.js.stream_info(STREAM, subjects_filter="billing.*.subscription.*")
+        info = await self.log.js.stream_info(STREAM, subjects_filter=subscription_subject("*"))
         return sorted({subject.split(".")[1] for subject in (info.state.subjects or {})})
 
     async def close_due(self, tenant_id: str | None = None, month: Month | str | None = None) -> list[Closed]:

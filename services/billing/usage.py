@@ -21,6 +21,8 @@ from typing import Protocol
 import asyncpg
 from nats.js import JetStreamContext
 
+from democratic_ai.contracts.streams import USAGE_STREAM
+
 from .errors import UsageUnavailable
 
 __all__ = ["PostgresUsageTotals", "UsageTotals"]
@@ -71,7 +73,7 @@ class PostgresUsageTotals:
     """
 
     def __init__(self, pool: asyncpg.Pool, js: JetStreamContext | None = None, *, catch_up_timeout: float = 60.0,
-                 projection: str = "usage", stream: str = "USAGE") -> None:
+                 projection: str = "usage", stream: str = USAGE_STREAM) -> None:
         self._pool = pool
         self._js = js
         self._timeout = catch_up_timeout

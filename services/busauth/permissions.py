@@ -17,12 +17,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from democratic_ai.contracts import subjects
+from democratic_ai.contracts.subjects import (
+    ALL_BILLING,
+    ALL_CALLS,
+    ALL_CONTROL,
+    ALL_DIRECT,
+    ALL_IDENTITY,
+    ALL_RATELIMIT,
+    ALL_REGISTRY,
+    ALL_REQUESTS,
+    ALL_RESPONSES,
+    ALL_USAGE,
+)
+
 __all__ = ["PLATFORM_TENANT", "ModuleGrant", "inbox_prefix", "module_permissions"]
 
-PLATFORM_TENANT = "system"
+PLATFORM_TENANT = subjects.SYSTEM_TENANT
 
-_NEVER_PUBLISH = ["iam.>", "usage.>", "billing.>", "ratelimit.>", "registry.>", "$JS.>", "$KV.>", "$O.>", "$SYS.>"]
-_NEVER_SUBSCRIBE = ["mcp.req.>", "mcp.res.>", "iam.>", "usage.>", "billing.>", "ratelimit.>", "registry.>",
+_NEVER_PUBLISH = [ALL_IDENTITY, ALL_USAGE, ALL_BILLING, ALL_RATELIMIT, ALL_REGISTRY, "$JS.>", "$KV.>", "$O.>", "$SYS.>"]
+_NEVER_SUBSCRIBE = [ALL_REQUESTS, ALL_RESPONSES, ALL_IDENTITY, ALL_USAGE, ALL_BILLING, ALL_RATELIMIT, ALL_REGISTRY,
                     "$JS.>", "$KV.>", "$O.>", "$SYS.>"]
 
 
@@ -42,22 +56,22 @@ def inbox_prefix(module_id: str) -> str:
 def module_permissions(module: ModuleGrant) -> dict[str, Any]:
     """The ``pub``/``sub`` claims of a module's user JWT."""
     m = module.module_id
-    events = "mcp.evt.*.>" if module.tenant_id == PLATFORM_TENANT else f"mcp.evt.{module.tenant_id}.>"
+    events = subjects.event(subjects.event_scope(module.tenant_id), ">")  # "*" for a module of the platform
     subscribe = [
-        *(f"mcp.call.*.{capability} {capability}" for capability in module.capabilities),
-        *(f"mcp.direct.{m}.*.{capability} {m}" for capability in module.capabilities),
-        f"mcp.ctl.{m}.*",
+        *(f"{subjects.call('*', capability)} {subjects.capability_queue(capability)}" for capability in module.capabilities),
+        *(f"{subjects.direct(m, '*', capability)} {m}" for capability in module.capabilities),
+        subjects.control(m, "*"),
         events,
         f"{inbox_prefix(m)}.>",
         "$SRV.PING", "$SRV.INFO", "$SRV.STATS", f"$SRV.*.{m}", f"$SRV.*.{m}.*",
     ]
     publish = [
-        *(f"mcp.res.*.{capability}" for capability in module.capabilities),
-        f"hub.announce.{m}", f"hub.heartbeat.{m}", f"hub.leave.{m}",
+        *(subjects.record_response("*", capability) for capability in module.capabilities),
+        subjects.announce(m), subjects.heartbeat(m), subjects.leave(m),
         # Answers, stream chunks and micro replies go to the caller's inbox.
         "_INBOX.>",
         # Calls of its own, with their records and their streams' control messages.
-        "mcp.call.>", "mcp.direct.>", "mcp.req.>", "mcp.ctl.>",
+        ALL_CALLS, ALL_DIRECT, ALL_REQUESTS, ALL_CONTROL,
         events,
     ]
     return {

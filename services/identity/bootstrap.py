@@ -22,6 +22,7 @@ from democratic_ai.contracts.identity_events import (
     TenantCreated,
     encode_event,
 )
+from democratic_ai.contracts.subjects import identity_subject
 
 from .index import IdentityIndex
 from .module_credentials import credential_prefix, credential_sha256, new_module_credential
@@ -49,7 +50,7 @@ async def ensure_bootstrap(js: JetStreamContext, secret: str | None = None) -> s
     """Record the system tenant and the bootstrap key (``secret``, or a new one); return the key."""
     meta = Meta(at=datetime.now(UTC), actor="system")
     await _append_once(
-        js, f"iam.{SYSTEM_TENANT}.tenant.{SYSTEM_TENANT}",
+        js, identity_subject(SYSTEM_TENANT, "tenant", SYSTEM_TENANT),
         encode_event(TenantCreated(tenant_id=SYSTEM_TENANT, meta=meta, name="Platform operators")),
     )
     secret = secret or new_api_key_secret()
@@ -58,7 +59,7 @@ async def ensure_bootstrap(js: JetStreamContext, secret: str | None = None) -> s
         tenant_id=SYSTEM_TENANT, meta=meta, key_id=key_id, prefix=secret[:16], sha256=sha256_hex(secret),
         role=Role.SUPER_ADMIN, name="bootstrap admin",
     )
-    await _append_once(js, f"iam.{SYSTEM_TENANT}.api_key.{key_id}", encode_event(issued))
+    await _append_once(js, identity_subject(SYSTEM_TENANT, "api_key", key_id), encode_event(issued))
     return secret
 
 
@@ -79,7 +80,7 @@ async def ensure_platform_module(
         module = index.modules.get(module_id)
         if module is not None and module.revoked:
             return None
-        subject = f"iam.{SYSTEM_TENANT}.module.{module_id}"
+        subject = identity_subject(SYSTEM_TENANT, "module", module_id)
         meta = Meta(at=datetime.now(UTC), actor="system")
         if module is not None and module.tenant_id != SYSTEM_TENANT:
             raise ValueError(f"module id {module_id!r} is taken by tenant {module.tenant_id!r}.")

@@ -41,6 +41,8 @@ from democratic_ai.contracts.identity_events import (
     UserRoleChanged,
     decode_event,
 )
+from democratic_ai.contracts.streams import IDENTITY_STREAM
+from democratic_ai.contracts.subjects import ALL_IDENTITY
 
 from .hashing import sha256_hex
 from .module_credentials import parse_module_credential
@@ -114,8 +116,8 @@ ChangeListener = Callable[[IdentityEvent], None]
 
 
 class IdentityIndex(StreamFollower):
-    stream = "IDENTITY"
-    filter_subject = "iam.>"
+    stream = IDENTITY_STREAM
+    filter_subject = ALL_IDENTITY
 
     def __init__(self) -> None:
         super().__init__()

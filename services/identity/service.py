@@ -99,7 +99,7 @@ class Tokens:
 
 
 def _email_subject(tenant_id: str, email: str) -> str:
-    return f"iam.{tenant_id}.email.{sha256_hex(email)[:32]}"
+    return subjects.identity_subject(tenant_id, "email", sha256_hex(email)[:32])
 
 
 def normalise_email(email: str) -> str:
@@ -138,7 +138,7 @@ class IdentityService:
         _token(tenant_id, "tenant")
         event = TenantCreated(tenant_id=tenant_id, meta=meta, name=name.strip() or tenant_id)
         try:
-            await self._append(f"iam.{tenant_id}.tenant.{tenant_id}", event, expected=0)
+            await self._append(subjects.identity_subject(tenant_id, "tenant", tenant_id), event, expected=0)
         except Conflict:
             raise Conflict(f"tenant {tenant_id!r} already exists", tenant_id=tenant_id) from None
         return event
@@ -174,7 +174,7 @@ class IdentityService:
     async def _tenant_event(self, event: IdentityEvent) -> None:
         # On the tenant's own subject, expecting the last event this index saw there: of two
         # concurrent suspensions (or a rename racing one) the second is refused, not doubled.
-        subject = f"iam.{event.tenant_id}.tenant.{event.tenant_id}"
+        subject = subjects.identity_subject(event.tenant_id, "tenant", event.tenant_id)
         await self._append(subject, event, expected=self.index.expected_sequence(subject))
 
     # Users -----------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class IdentityService:
         return user
 
     async def _user_event(self, user: UserState, event: IdentityEvent) -> None:
-        subject = f"iam.{user.tenant_id}.user.{user.user_id}"
+        subject = subjects.identity_subject(user.tenant_id, "user", user.user_id)
         await self._append(subject, event, expected=self.index.expected_sequence(subject))
 
     async def change_role(self, meta: Meta, user: UserState, role: str) -> None:
@@ -306,7 +306,7 @@ class IdentityService:
             tenant_id=tenant_id, meta=meta, key_id=key_id, prefix=secret[:16], sha256=sha256_hex(secret), role=role,
             user_id=user_id, name=name, scopes=tuple(sorted(set(scopes))), expires_at=expires_at, rate_limit=rate_limit,
         )
-        await self._append(f"iam.{tenant_id}.api_key.{key_id}", event, expected=0)
+        await self._append(subjects.identity_subject(tenant_id, "api_key", key_id), event, expected=0)
         return IssuedKey(key_id=key_id, secret=secret, event=event)
 
     async def revoke_api_key(self, meta: Meta, tenant_id: str, key_id: str) -> None:
@@ -315,7 +315,7 @@ class IdentityService:
             raise NotFound(f"no API key {key_id!r} in tenant {tenant_id!r}")
         if key.revoked:
             raise Conflict("the API key is already revoked")
-        subject = f"iam.{tenant_id}.api_key.{key_id}"
+        subject = subjects.identity_subject(tenant_id, "api_key", key_id)
         try:
             await self._append(subject, ApiKeyRevoked(tenant_id=tenant_id, meta=meta, key_id=key_id),
                                expected=self.index.expected_sequence(subject))
@@ -429,7 +429,7 @@ class IdentityService:
             tenant_id=_safe_tenant(tenant_id), meta=meta, email_sha256=email_hash, success=ok,
             user_id=user.user_id if ok and user else "",
         )
-        await self._append(f"iam.{_safe_tenant(tenant_id)}.login.{email_hash[:32]}", attempt, expected=None)
+        await self._append(subjects.identity_subject(_safe_tenant(tenant_id), "login", email_hash[:32]), attempt, expected=None)
         if not ok or user is None or stored is None:
             raise Unauthenticated("invalid e-mail, password or tenant")
         if needs_rehash or not is_sealed(user.sealed_password_hash):
@@ -442,7 +442,7 @@ class IdentityService:
         family_id = uuid.uuid4().hex
         refresh = _refresh_token(family_id)
         await self._append(
-            f"iam.{tenant_id}.session.{family_id}",
+            subjects.identity_subject(tenant_id, "session", family_id),
             SessionStarted(tenant_id=tenant_id, meta=meta, family_id=family_id, user_id=user.user_id,
                            refresh_sha256=sha256_hex(refresh), expires_at=meta.at + REFRESH_TOKEN_TTL),
             expected=0,
@@ -468,7 +468,7 @@ class IdentityService:
             # Refused, not ended: refusing for as long as the suspension lasts is enough.
             raise Unauthenticated(f"tenant {session.tenant_id!r} is suspended", reason="tenant_suspended")
         refresh = _refresh_token(session.family_id)
-        subject = f"iam.{session.tenant_id}.session.{session.family_id}"
+        subject = subjects.identity_subject(session.tenant_id, "session", session.family_id)
         try:
             await self._append(subject, SessionRefreshed(
                 tenant_id=session.tenant_id, meta=meta, family_id=session.family_id,
@@ -483,7 +483,7 @@ class IdentityService:
     async def logout(self, meta: Meta, principal: Principal, refresh_token: str | None) -> None:
         if principal.jti and principal.token_expires_at is not None:
             await self._append(
-                f"iam.{principal.tenant_id}.token.{principal.jti}",
+                subjects.identity_subject(principal.tenant_id, "token", principal.jti),
                 AccessTokenRevoked(tenant_id=principal.tenant_id, meta=meta, jti=principal.jti,
                                    expires_at=principal.token_expires_at),
                 expected=None,
@@ -496,7 +496,7 @@ class IdentityService:
                 await self._revoke_session(meta, session.tenant_id, session.family_id, "logout")
 
     async def _revoke_session(self, meta: Meta, tenant_id: str, family_id: str, reason: str) -> None:
-        await self._append(f"iam.{tenant_id}.session.{family_id}",
+        await self._append(subjects.identity_subject(tenant_id, "session", family_id),
                            SessionRevoked(tenant_id=tenant_id, meta=meta, family_id=family_id, reason=reason),
                            expected=None)
 
@@ -511,7 +511,7 @@ class IdentityService:
 
 
 def _module_subject(tenant_id: str, module_id: str) -> str:
-    return f"iam.{tenant_id}.module.{module_id}"
+    return subjects.identity_subject(tenant_id, "module", module_id)
 
 
 def _store_unavailable(user_id: str, exc: CannotUnseal) -> Unavailable:

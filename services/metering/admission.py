@@ -63,14 +63,14 @@ from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, Not
 
 from democratic_ai.contracts.ordered import OrderedConsumer
 from democratic_ai.contracts.server_clock import ServerClock
-from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
+from democratic_ai.contracts.streams import RATELIMIT_STREAM, WRONG_LAST_SEQUENCE
+from democratic_ai.contracts.subjects import ALL_RATELIMIT, quota_subject
 from democratic_ai.contracts.usage_events import (
     MeterConsumed,
     QuotaLeased,
     QuotaReturned,
     decode_ratelimit_event,
     encode_event,
-    quota_subject,
 )
 
 from .algorithms import Grant, SlidingLog
@@ -80,7 +80,7 @@ __all__ = ["Admission", "AdmissionConfig", "HolderView", "TENANT_HOLDER", "key_h
 
 log = logging.getLogger(__name__)
 
-STREAM = "RATELIMIT"
+STREAM = RATELIMIT_STREAM
 TENANT_HOLDER = "tenant"
 
 
@@ -162,7 +162,7 @@ class Admission:
         self._default_window = longest_window
         history = max(history, longest_window + self.config.lease_seconds) + 5
         self._since = datetime.fromtimestamp(self.clock.now(), UTC) - timedelta(seconds=history)
-        self._follower = OrderedConsumer(self._js, STREAM, "ratelimit.>", self._apply, start=self._since)
+        self._follower = OrderedConsumer(self._js, STREAM, ALL_RATELIMIT, self._apply, start=self._since)
         await self._follower.start(timeout)
         self._returner = asyncio.create_task(self._return_idle_leases(), name="quota-returns")
 

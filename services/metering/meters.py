@@ -44,6 +44,8 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 
 from democratic_ai.contracts.ordered import OrderedConsumer
+from democratic_ai.contracts.streams import USAGE_STREAM
+from democratic_ai.contracts.subjects import meter_subject, usage_subject
 from democratic_ai.contracts.usage_events import (
     MeterConsumed,
     Metric,
@@ -51,7 +53,6 @@ from democratic_ai.contracts.usage_events import (
     decode_usage_event,
     encode_event,
     message_id,
-    meter_subject,
 )
 
 from .algorithms import FixedWindow, LeakyBucket, TokenBucket
@@ -139,7 +140,7 @@ class Meters:
         """Replay the current storage window, follow it, and start telling other replicas."""
         now = time.time()
         since = datetime.fromtimestamp(math.floor(now / storage_window) * storage_window, UTC)
-        self._follower = OrderedConsumer(self._nc.jetstream(), "USAGE", f"usage.*.{_STORAGE}", self._on_storage,
+        self._follower = OrderedConsumer(self._nc.jetstream(), USAGE_STREAM, usage_subject("*", _STORAGE), self._on_storage,
                                          start=since)
         await self._follower.start(timeout)
         self._teller = asyncio.create_task(self._tell(), name="meter-events")

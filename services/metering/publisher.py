@@ -37,7 +37,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 
 from democratic_ai.contracts.headers import NATS_MSG_ID, NATS_STATUS
-from democratic_ai.contracts.usage_events import UsageEvent, encode_event, message_id, usage_subject
+from democratic_ai.contracts.subjects import usage_subject
+from democratic_ai.contracts.usage_events import UsageEvent, encode_event, message_id
 
 __all__ = ["PublisherConfig", "PublisherStats", "UsagePublisher"]
 

@@ -52,7 +52,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from democratic_ai.contracts import MCPMessage, decode
 from democratic_ai.contracts.headers import NATS_MSG_ID
 from democratic_ai.contracts.server_clock import ServerClock
-from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id, usage_subject
+from democratic_ai.contracts.streams import MCP_STREAM, USAGE_STREAM
+from democratic_ai.contracts.subjects import ALL_RESPONSES, usage_subject
+from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id
 from democratic_ai.schemas.outage import DatabaseOutage, on_database
 
 from .derive import GATEWAY, at_of, is_metered, usage_of
@@ -187,12 +189,12 @@ class UsageRecovery:
             since = datetime.now(UTC) - timedelta(seconds=self.config.initial_lookback)
             start = {"deliver_policy": DeliverPolicy.BY_START_TIME, "opt_start_time": since}
         return await self._js.pull_subscribe(
-            "mcp.res.>", stream="MCP",
+            ALL_RESPONSES, stream=MCP_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=60.0, **start),
         )
 
     async def _wait_for_projection(self) -> None:
-        target = (await self._js.stream_info("USAGE")).state.last_seq
+        target = (await self._js.stream_info(USAGE_STREAM)).state.last_seq
         deadline = time.monotonic() + self.config.catch_up_timeout
         with on_database():
             async with self._pool.acquire() as conn:

@@ -17,12 +17,12 @@ from nats.aio.client import Client as NATS
 from democratic_ai.contracts import MCPMessage
 from democratic_ai.contracts.headers import NATS_MSG_ID
 from democratic_ai.contracts.server_clock import ServerClock
+from democratic_ai.contracts.subjects import usage_subject
 from democratic_ai.contracts.usage_events import (
     Metric,
     StorageMetered,
     encode_event,
     message_id,
-    usage_subject,
 )
 from democratic_ai.services.identity import Principal
 

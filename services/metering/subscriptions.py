@@ -15,6 +15,8 @@ from nats.aio.msg import Msg
 
 from democratic_ai.contracts.billing_events import PlanChanged, SubscriptionCancelled, SubscriptionStarted, decode_event
 from democratic_ai.contracts.follower import StreamFollower
+from democratic_ai.contracts.streams import BILLING_STREAM
+from democratic_ai.contracts.subjects import subscription_subject
 
 from .plans import InvalidPlans, PlanBook
 
@@ -24,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class SubscribedPlans(StreamFollower):
-    stream = "BILLING"
-    filter_subject = "billing.*.subscription.*"
+    stream = BILLING_STREAM
+    filter_subject = subscription_subject("*")  # every tenant's
 
     def __init__(self, plans: PlanBook) -> None:
         super().__init__()

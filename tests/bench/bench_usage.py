@@ -40,7 +40,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from democratic_ai.contracts import ensure_streams
-from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id, usage_subject
+from democratic_ai.contracts.subjects import usage_subject
+from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.projections import ProjectionRunner, UsageProjection, rebuild
