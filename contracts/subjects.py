@@ -73,6 +73,7 @@ __all__ = [
     "customer_subject",
     "direct",
     "event",
+    "event_queue",
     "event_scope",
     "heartbeat",
     "identity_subject",
@@ -165,6 +166,12 @@ def direct(module: str, tenant: str, capability: str) -> str:
 def capability_queue(capability: str) -> str:
     """The queue group all replicas of all modules serving ``capability`` share."""
     return capability
+
+
+def event_queue(module: str, handler: str) -> str:
+    """The queue group of one event handler of a module: its replicas share the events, while each
+    of its handlers still gets every event it subscribed to."""
+    return f"{module}.{handler}"
 
 
 def record_request(tenant: str, capability: str) -> str:

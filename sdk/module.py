@@ -232,7 +232,7 @@ class Module:
             # handlers whose topics overlap each still get every event (NATS picks one member per group).
             # The subject holds the events of this module's tenant, or of all tenants for a "system"
             # module: exactly what the bus lets its connection subscribe to.
-            queue = f"{self.module_id}.{handler.method_name}"
+            queue = subjects.event_queue(self.module_id, handler.method_name)
             subject = subjects.event(subjects.event_scope(self.tenant), handler.topic)
             self._subscriptions.append(await nc.subscribe(subject, queue=queue, cb=on_event))
         self._subscriptions.append(await nc.subscribe(self._control, cb=self._on_control))

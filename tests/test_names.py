@@ -29,6 +29,7 @@ def test_each_family_is_spelled_as_the_wire_has_it() -> None:
     assert subjects.invoice_subject("acme", "2025-01") == "billing.acme.invoice.2025-01"
     assert subjects.stripe_event_subject("acme", "ab" * 16) == "billing.acme.stripe_event." + "ab" * 16
     assert subjects.registry("m1", "registered") == "registry.m1.registered"
+    assert subjects.event_queue("m1", "on_order") == "m1.on_order"
     assert subjects.records() == "mcp.*.*.>" and subjects.records("acme", "text.echo") == "mcp.*.acme.text.echo"
     assert subjects.of_tenant(subjects.ALL_USAGE, "acme") == "usage.acme.>"
     assert subjects.of_tenant(subjects.ALL_IDENTITY, "acme") == "iam.acme.>"
