@@ -219,7 +219,8 @@ async def get_usage(request: web.Request) -> web.Response:
     for row in rows:
         by_outcome = totals.setdefault(row["metric"], {})
         by_outcome[row["outcome"]] = by_outcome.get(row["outcome"], 0) + row["value"]
-    billable = {m: sum(v for outcome, v in by_outcome.items() if is_billable(m, outcome)) for m, by_outcome in totals.items()}
+    billable = {metric: sum(value for outcome, value in by_outcome.items() if is_billable(metric, outcome))
+                for metric, by_outcome in totals.items()}
     return respond(UsageSeries(tenant, start, end, cast(Granularity, granularity), metric, capability, module,
                                [from_row(UsagePoint, row) for row in rows], totals, billable))
 
