@@ -1,4 +1,4 @@
-"""What a call used, derived from its answer alone.
+"""What a call used, derived from how it ended.
 
 The gateway meters a call from the answer it returns; the recovery sweeper re-derives the
 same usage from the answer's record in the MCP stream. Both call :func:`usage_of` on the same
