@@ -27,7 +27,9 @@ addressed to it (``target_module_id == "gateway"``). A call a module makes while
     timeout       ERROR TIMEOUT: the call's ttl passed          none billable
     rate_limited  the gateway's own RATE_LIMITED refusal        none billable (only api_calls)
     failed        any other ERROR (a module's RATE_LIMITED,     none billable
-                  say: its upstream throttled it)
+                  say: its upstream throttled it; the
+                  MODULE_UNAVAILABLE of a module that stopped
+                  before the call finished)
 
 A call can have two ends: the gateway's own (it stopped waiting: the ttl passed, the client hung
 up) and the module's, which comes later. The call's outcome is the end its client got — the
