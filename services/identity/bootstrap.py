@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.eventlog import AppendConflict, append
 from democratic_ai.contracts.identity_events import (
     ApiKeyIssued,
-    Meta,
     ModuleCredentialRotated,
     ModuleRegistered,
     ModuleUpdated,

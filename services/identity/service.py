@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from nats.js import JetStreamContext
 
 from democratic_ai.contracts import subjects
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.eventlog import AppendConflict, append
 from democratic_ai.contracts.fields import EventRejected
 from democratic_ai.contracts.identity_events import (
@@ -30,7 +31,6 @@ from democratic_ai.contracts.identity_events import (
     ApiKeyRevoked,
     IdentityEvent,
     LoginAttempted,
-    Meta,
     ModuleCredentialRotated,
     ModuleRegistered,
     ModuleRevoked,
