@@ -52,7 +52,8 @@ class BillingLog:
         :class:`Invalid` (naming the field) when the event breaks a limit of its type.
 
         With ``msg_id``, a retried append within the duplicate window is dropped by JetStream
-        and answers the first one's sequence.
+        and answers the first one's sequence (one that repeats ``expected`` after the first
+        landed is a :class:`Conflict`: :func:`~democratic_ai.contracts.eventlog.append`).
         """
         try:
             data = encode_event(event)
