@@ -13,7 +13,7 @@ from democratic_ai.contracts.billing_events import (
     encode_event,
     subscription_subject,
 )
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.services.billing import load_pricing
 from democratic_ai.services.metering import load_plans
 from democratic_ai.services.metering.subscriptions import SubscribedPlans

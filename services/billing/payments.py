@@ -25,7 +25,7 @@ from democratic_ai.contracts.billing_events import (
     invoice_subject,
     stripe_event_subject,
 )
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import InvalidSubjectToken, validate_token
 
 from .errors import Conflict, StripeDisabled

@@ -28,7 +28,7 @@ from democratic_ai.contracts.billing_events import (
     invoice_subject,
     subscription_subject,
 )
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import InvalidSubjectToken, validate_token
 
 from .config import BillingConfig
