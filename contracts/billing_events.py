@@ -40,8 +40,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from .envelope import Meta
 from .fields import INT64_MAX, Count, Id, Int64, Name, TenantId, Text, checked_encoder
-from .identity_events import Meta
 
 __all__ = [
     "INVOICE_VERSION",

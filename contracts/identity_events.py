@@ -17,7 +17,7 @@ two concurrent commands on one aggregate cannot both succeed. Secrets never ente
 passwords as argon2id hashes sealed with the user's data key (``dai-se1.…``, see
 ``services/identity/sealing.py``; events older than sealing hold the hash in clear), API keys,
 refresh tokens and module credentials as SHA-256 of 256-bit random values.
-Every event carries :class:`Meta` (who, from where) for the audit log. Fields are typed with
+Every event carries :class:`~.envelope.Meta` (who, from where) for the audit log. Fields are typed with
 the limits of the read models (:mod:`.fields`); :func:`encode_event` refuses an event that
 breaks them with :class:`~.fields.EventRejected`, so no command appends what a reader refuses.
 
@@ -34,6 +34,7 @@ from datetime import datetime
 
 import msgspec
 
+from .envelope import Meta
 from .fields import Email, Id, Name, PositiveInt32, TenantId, Text, checked_encoder
 from .subjects import validate_capability, validate_token
 
@@ -45,7 +46,6 @@ __all__ = [
     "ApiKeyRevoked",
     "IdentityEvent",
     "LoginAttempted",
-    "Meta",
     "ModuleCredentialRotated",
     "ModuleRegistered",
     "ModuleRevoked",
@@ -89,13 +89,6 @@ def check_module_capabilities(capabilities: Iterable[str]) -> tuple[str, ...]:
     for name in names:
         validate_capability(name)
     return names
-
-
-class Meta(msgspec.Struct, frozen=True, kw_only=True):
-    at: datetime
-    actor: Id = "system"  # "user:<id>", "api_key:<id>" or "system"
-    ip: Id = ""
-    user_agent: Text = ""
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

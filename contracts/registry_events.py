@@ -5,7 +5,7 @@ JSON (readable with ``nats stream view REGISTRY``) decoded by one typed decoder 
 unknown fields, so an older reader survives a newer writer.
 
 Every event carries its schema version ``v``; the log is never rewritten, so :func:`decode_event`
-upcasts older versions on read, one step at a time:
+upcasts older versions on read, one step at a time (the family's :class:`~.envelope.Upcasters`):
 
     v1  ``digest`` is the bare SHA-256 hex of the manifest.
     v2  ``digest`` names its algorithm, ``sha256:<hex>`` (the OCI convention), so the hash can
@@ -30,7 +30,9 @@ from typing import Any
 
 import msgspec
 
+from .envelope import Upcasters
 from .fields import Description, Id, Name, PositiveInt32, checked_encoder
+from .streams import REGISTRY_STREAM
 
 __all__ = [
     "VERSION",
@@ -113,7 +115,7 @@ def upcast_v2_v3(event: RegistryEvent) -> RegistryEvent:
 # version → the upcaster that lifts an event of that version to the next one. v1 and v2 share
 # their field names, so the typed decoder reads both; a version that renames fields would
 # decode into a struct of its own before its upcaster runs.
-_UPCASTERS = {1: upcast_v1_v2, 2: upcast_v2_v3}
+_upcast: Upcasters[RegistryEvent] = Upcasters(REGISTRY_STREAM, VERSION, {1: upcast_v1_v2, 2: upcast_v2_v3})
 
 
 def decode_event(data: bytes) -> RegistryEvent:
@@ -121,10 +123,4 @@ def decode_event(data: bytes) -> RegistryEvent:
 
     Raises ``msgspec.ValidationError`` for a malformed event or a version that never existed.
     """
-    event = _decoder.decode(data)
-    while event.v < VERSION:
-        upcast = _UPCASTERS.get(event.v)
-        if upcast is None:
-            raise msgspec.ValidationError(f"REGISTRY event version {event.v} does not exist (current: {VERSION})")
-        event = upcast(event)
-    return event
+    return _upcast(_decoder.decode(data))

@@ -7,8 +7,10 @@ USAGE, subject ``usage.<tenant>.<metric>`` (:mod:`.subjects` spells them), one e
 
 Each event is published with a deterministic ``Nats-Msg-Id`` (:func:`message_id`: the call
 or operation id and the metric), so a retried or re-derived publish is dropped by JetStream's
-duplicate window, and read models key their rows on the same pair. Failed and rate-limited
-calls are recorded with their :class:`Outcome`; only ``success`` is billable.
+duplicate window, and read models key their rows on the same pair. Every event of a call carries
+the call's one :class:`Outcome` (decided by ``services/metering/derive.py``); what is billable
+is :data:`BILLABLE`: every metric of a ``success``, and the ``compute_ms`` of a call its caller
+``cancelled``.
 
 RATELIMIT, the state of the limits every gateway replica follows:
 
@@ -42,6 +44,7 @@ import msgspec
 from .fields import BoundedId as Id, Int64
 
 __all__ = [
+    "BILLABLE",
     "CallMetered",
     "MeterConsumed",
     "Metric",
@@ -54,6 +57,7 @@ __all__ = [
     "decode_ratelimit_event",
     "decode_usage_event",
     "encode_event",
+    "is_billable",
     "message_id",
 ]
 
@@ -66,9 +70,32 @@ class Metric(StrEnum):
 
 
 class Outcome(StrEnum):
-    SUCCESS = "success"  # billable
+    """How a call ended; every usage event of the call carries the same one.
+
+    The first three are as old as the USAGE stream; ``cancelled`` and ``timeout`` came later,
+    so an older event never holds them (a call that ended so was recorded ``failed``) and still
+    decodes and folds as it always did. The field is a string, not this enumeration, so that a
+    reader older than a future outcome still folds the event.
+    """
+
+    SUCCESS = "success"  # the call answered: every metric billable
+    CANCELLED = "cancelled"  # the caller cancelled or hung up: its compute_ms billable (it asked for the work)
+    TIMEOUT = "timeout"  # its ttl passed first: recorded, not billed
     FAILED = "failed"  # the module or the routing failed: recorded, not billed
     RATE_LIMITED = "rate_limited"  # refused at the edge: recorded, not billed
+
+
+BILLABLE: frozenset[tuple[str, str]] = frozenset(
+    {(metric.value, Outcome.SUCCESS.value) for metric in Metric}
+    | {(Metric.COMPUTE_MS.value, Outcome.CANCELLED.value)}
+)
+"""The (metric, outcome) pairs billing counts: every metric of a successful call, and the
+compute time of a cancelled one. Nothing of a call that timed out, failed or was refused."""
+
+
+def is_billable(metric: str, outcome: str) -> bool:
+    """Whether usage of ``metric`` by a call that ended with ``outcome`` is billed."""
+    return (metric, outcome) in BILLABLE
 
 
 class _UsageEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

@@ -81,14 +81,31 @@ class Router:
         self._is_registered = is_registered
         self._tasks: set[asyncio.Future[None]] = set()  # streams abandoned while opening, being cancelled
 
-    async def call(self, request: MCPMessage) -> MCPMessage:
-        """Carry ``request`` to a module and return its answer, or the routing error."""
+    async def call(self, request: MCPMessage, *, on_end: OnEnd | None = None) -> MCPMessage:
+        """Carry ``request`` to a module and return its answer, or the routing error.
+
+        ``on_end`` is told the message that ended the call, once, as for a stream: the answer
+        returned, or — when the caller is cancelled while it waits (a client hanging up) — the
+        router's ERROR ``CANCELLED``, recorded like its other errors. The module's own answer,
+        should it come later, is then in the log only (it carries the compute time the call used).
+        """
         if tracing.tracing_enabled():
             with tracing.tracer.start_as_current_span(f"hub route {request.action}"):
-                return await self._call(request)
-        return await self._call(request)
+                return await self._call(request, on_end)
+        return await self._call(request, on_end)
 
-    async def _call(self, request: MCPMessage) -> MCPMessage:
+    async def _call(self, request: MCPMessage, on_end: OnEnd | None) -> MCPMessage:
+        if on_end is None:
+            return await self._carry(request)
+        try:
+            answer = await self._carry(request)
+        except asyncio.CancelledError:
+            on_end(await self._fail(request, ErrorCode.CANCELLED, "the caller left before the answer came", {}))
+            raise
+        on_end(answer)
+        return answer
+
+    async def _carry(self, request: MCPMessage) -> MCPMessage:
         tenant = request.context.tenant_id
         action = request.action
         deadline = deadlines.made_here(request)

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from democratic_ai.contracts import tracing
 from democratic_ai.contracts.bus import BusOptions, connect
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.streams import MCP_STREAM, REGISTRY_STREAM
 from democratic_ai.hub import Hub

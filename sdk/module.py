@@ -136,6 +136,7 @@ class Module:
         self._background: list[asyncio.Task[None]] = []  # the heartbeat first, then the announcement
         self._micro: MicroService | None = None
         self._stopping = False
+        self._cutting_short = False
 
     @property
     def manifest(self) -> ModuleManifest:
@@ -194,6 +195,7 @@ class Module:
         """Subscribe every capability and event topic, then announce and heartbeat in the background."""
         self._nc = nc
         self._stopping = False
+        self._cutting_short = False
         endpoints: list[Endpoint] = []
         for definition in sorted(self.capabilities.values(), key=lambda d: d.action):
             action = definition.action
@@ -269,8 +271,10 @@ class Module:
             await self._nc.publish(subjects.leave(self.module_id), presence.encode(leave))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace)
-        # Past the grace period, calls still running are cancelled: streamed ones still record
-        # their CANCELLED end (with compute time) while the connection is open.
+        # Past the grace period, calls still running are cut short: streamed ones still record
+        # their end (MODULE_UNAVAILABLE, with compute time) while the connection is open. Not
+        # CANCELLED: no caller asked to stop, so none is billed for the work.
+        self._cutting_short = True
         late = list(self._tasks)
         for task in late:
             task.cancel()
@@ -449,9 +453,14 @@ class Module:
             finally:
                 self.scheduler.release()
         except asyncio.CancelledError:
-            # The caller cancelled (or hung up): record how long the handler ran until then.
+            # The caller cancelled (or hung up), or this module is stopping: record how long the
+            # handler ran until then.
             compute_ms = 0.0 if started is None else elapsed_ms(started)
-            await sender.end(invocation.error(ErrorCode.CANCELLED, "the caller cancelled the call"), compute_ms)
+            if self._cutting_short:
+                end = invocation.error(ErrorCode.MODULE_UNAVAILABLE, "the module stopped before the call finished")
+            else:
+                end = invocation.error(ErrorCode.CANCELLED, "the caller cancelled the call")
+            await sender.end(end, compute_ms)
         finally:
             self._streams.pop(request.correlation_id, None)
 

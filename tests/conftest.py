@@ -26,7 +26,8 @@ from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import ensure_streams
 from democratic_ai.contracts.bus import connect
-from democratic_ai.contracts.identity_events import ApiKeyIssued, Meta, TenantCreated, encode_event
+from democratic_ai.contracts.envelope import Meta
+from democratic_ai.contracts.identity_events import ApiKeyIssued, TenantCreated, encode_event
 from democratic_ai.hub import Hub
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port

@@ -14,8 +14,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.billing_events import PaymentFailed, PaymentSucceeded
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import stripe_event_subject
-from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.projections import BillingProjection, rebuild
 from democratic_ai.services.billing import BillingConfig, BillingLog, build_invoice

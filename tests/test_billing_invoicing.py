@@ -22,7 +22,7 @@ from democratic_ai.contracts.billing_events import (
     decode_event,
     encode_event,
 )
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.services.billing import (
     InvalidPricing,
     build_invoice,

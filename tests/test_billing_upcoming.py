@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.billing_events import Seller, decode_event
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import invoice_subject
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.services.billing import BillingConfig

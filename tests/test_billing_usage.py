@@ -112,3 +112,26 @@ async def test_a_missing_usage_read_model_is_a_clear_error(database_url: str, po
             await PostgresUsageTotals(bare).totals("acme", JAN_START, JAN_END)
     finally:
         await bare.close()
+
+
+async def test_billed_usage_follows_the_outcome_rule_in_whole_days_and_at_the_edges(standin: asyncpg.Pool) -> None:
+    """Every metric of a success; the compute_ms of a cancelled call and nothing else of it;
+    nothing of a call that timed out, failed or was refused — from the daily sums (a whole UTC
+    day) and from the events (the month's first, partial, UTC day) alike."""
+    calls = {"success": 1_000, "cancelled": 200, "timeout": 30, "failed": 4, "rate_limited": 0}
+    rows = []
+    for day, at in (("whole", JAN_START + timedelta(days=5)), ("edge", JAN_START + timedelta(hours=1))):
+        for outcome, compute in calls.items():
+            rows.append((f"{day}-{outcome}", "api_calls", at, 1, outcome))
+            if compute:
+                rows += [(f"{day}-{outcome}", "compute_ms", at, compute, outcome),
+                         (f"{day}-{outcome}", "bytes_out", at, 7, outcome)]
+    async with standin.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO usage_events (call_id, metric, at, tenant_id, value, outcome)"
+            " VALUES ($1, $2, $3, 'rule', $4, $5)", rows)
+        await conn.execute(
+            "INSERT INTO usage_daily SELECT tenant_id, (at AT TIME ZONE 'UTC')::date, metric, outcome, sum(value),"
+            " count(*) FROM usage_events WHERE tenant_id = 'rule' GROUP BY 1, 2, 3, 4")
+    totals = await PostgresUsageTotals(standin).totals("rule", JAN_START, JAN_END)
+    assert totals == {"api_calls": 2, "compute_ms": 2 * (1_000 + 200)}

@@ -19,7 +19,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import subjects
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.projections import PROJECTIONS, rebuild

@@ -25,7 +25,8 @@ from nats.js.errors import NotFoundError
 
 from democratic_ai.contracts import MessageType, new_request, subjects
 from democratic_ai.contracts.bus import BusOptions, connect
-from democratic_ai.contracts.identity_events import ApiKeyIssued, Meta, encode_event
+from democratic_ai.contracts.envelope import Meta
+from democratic_ai.contracts.identity_events import ApiKeyIssued, encode_event
 from democratic_ai.hub import Hub, Router
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.sdk import Module, capability

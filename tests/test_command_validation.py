@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
 
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.fields import INT32_MAX
-from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.gateway.state import USERS
 from democratic_ai.services.identity import Invalid
 

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.identity_events import (
     ApiKeyIssued,
     ApiKeyRevoked,
     LoginAttempted,
-    Meta,
     SessionRevoked,
     SessionStarted,
     TenantCreated,

@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from democratic_ai.services.gateway.state import KEY_RING, USERS
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 
 from conftest import Gateway, http
 

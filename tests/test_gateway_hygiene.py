@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.services.gateway.state import USERS
 
 from conftest import Gateway

@@ -10,7 +10,8 @@ import pytest
 from argon2 import PasswordHasher
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts.identity_events import Meta, UserRegistered, encode_event
+from democratic_ai.contracts.envelope import Meta
+from democratic_ai.contracts.identity_events import UserRegistered, encode_event
 from democratic_ai.services.identity import KeyEncryptionKey, rotate_signing_key
 
 from conftest import Gateway, caught_up, http, unique

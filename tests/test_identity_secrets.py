@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from democratic_ai.contracts.identity_events import Meta, UserRegistered, decode_event, encode_event
+from democratic_ai.contracts.envelope import Meta
+from democratic_ai.contracts.identity_events import UserRegistered, decode_event, encode_event
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.replay import ReplayOptions, plan_replay, replay
 from democratic_ai.services.gateway.state import IDENTITY, KEY_RING

@@ -17,8 +17,8 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.identity_events import (
-    Meta,
     ModuleRegistered,
     ModuleRevoked,
     ModuleUpdated,

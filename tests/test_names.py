@@ -80,10 +80,6 @@ _SUBJECT = re.compile(r"(iam|usage|billing|mcp|registry|ratelimit|hub)\.([a-z0-9
 _HEADER = re.compile(r"(Nats-|Dai-)[A-Za-z-]+|X-API-Key|X-Call-Id")
 _STREAM_NAMES = {"MCP", "USAGE", "RATELIMIT", "IDENTITY", "BILLING", "REGISTRY"}
 _EVENT_TAGS = {"usage.call", "usage.storage"}  # msgspec tags of USAGE events, not subjects
-# The four appends with an expected sequence: another piece of issue 14 replaces them with one function.
-_APPENDS = {"services/identity/service.py", "services/identity/bootstrap.py", "services/billing/eventlog.py",
-            "services/metering/admission.py"}
-_APPEND_HEADERS = {"Nats-Expected-Last-Subject-Sequence", "Nats-Msg-Id"}
 
 
 def _strings(path: Path) -> list[tuple[int, str]]:
@@ -120,8 +116,7 @@ def _spelled(repo_root: Path) -> list[str]:
                 elif value in _STREAM_NAMES and rel != "contracts/streams.py":
                     spelled.append(where)
                 elif _HEADER.fullmatch(value) and rel != "contracts/headers.py":
-                    if not (rel in _APPENDS and value in _APPEND_HEADERS):
-                        spelled.append(where)
+                    spelled.append(where)
     return spelled
 
 

@@ -14,7 +14,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
-from democratic_ai.contracts.identity_events import Meta, TenantCreated, encode_event
+from democratic_ai.contracts.envelope import Meta
+from democratic_ai.contracts.identity_events import TenantCreated, encode_event
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner, projection_status, rebuild, retry, verify
 
 from conftest import caught_up, reached, unique

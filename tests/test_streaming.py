@@ -116,6 +116,28 @@ async def test_leaving_the_loop_cancels_the_handler_within_100_ms(nc: NATS, stre
     assert 0 <= float(errors[0].headers[MCP_COMPUTE_MS]) < 5_000
 
 
+async def test_a_stream_a_stopping_module_cuts_short_ends_unavailable_not_cancelled(nc: NATS) -> None:
+    """No caller asked to stop it, so the end is not the caller's CANCELLED (whose compute is billed)."""
+    module = Streamer()
+    await module.start(nc)
+    tenant = unique("tenant")
+    stream = Client(nc, tenant=tenant).stream("test.hang")
+    try:
+        assert (await anext(stream)).data == {"i": 0}
+        await module.started.wait()
+        await module.stop(grace=0.1)
+        with pytest.raises(CallError) as caught:
+            await anext(stream)
+        assert caught.value.code == "MODULE_UNAVAILABLE"
+    finally:
+        await stream.aclose()
+        await module.stop(grace=0.1)
+    records = await _records(nc, f"mcp.res.{tenant}.test.hang", 2)
+    errors = [m for _, m in records if m.type == MessageType.ERROR]
+    assert [e.error.code for e in errors] == ["MODULE_UNAVAILABLE"]
+    assert float(errors[0].headers[MCP_COMPUTE_MS]) >= 0
+
+
 async def test_a_cancel_from_another_tenant_is_ignored(nc: NATS, streamer: Streamer) -> None:
     router = Router(nc, source_id="test")
     call = await router.open_stream(new_request("test.hang", b"{}", tenant_id=unique("tenant"), source_module_id="t"))

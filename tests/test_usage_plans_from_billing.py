@@ -12,7 +12,7 @@ from democratic_ai.contracts.billing_events import (
     SubscriptionStarted,
     encode_event,
 )
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import subscription_subject
 from democratic_ai.services.billing import load_pricing
 from democratic_ai.services.metering import load_plans

@@ -18,7 +18,7 @@ CREATE TABLE usage_events (
     at           timestamptz NOT NULL,
     tenant_id    text NOT NULL,
     value        bigint NOT NULL,
-    outcome      text NOT NULL,         -- success (billable), failed, rate_limited
+    outcome      text NOT NULL,         -- success, cancelled, timeout, failed, rate_limited (contracts/usage_events.py)
     capability   text NOT NULL,
     module_id    text NOT NULL,         -- the module that answered, or the store that wrote
     user_id      text NOT NULL,

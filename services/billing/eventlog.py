@@ -11,11 +11,12 @@ import logging
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 
-from democratic_ai.contracts.streams import BILLING_STREAM, WRONG_LAST_SEQUENCE
 from democratic_ai.contracts.billing_events import BillingEvent, decode_event, encode_event
+from democratic_ai.contracts.eventlog import AppendConflict, append
 from democratic_ai.contracts.fields import EventRejected
+from democratic_ai.contracts.streams import BILLING_STREAM
 
 from .errors import Conflict, Invalid
 
@@ -52,21 +53,14 @@ class BillingLog:
         :class:`Invalid` (naming the field) when the event breaks a limit of its type.
 
         With ``msg_id``, a retried append within the duplicate window is dropped by JetStream
-        and answers the first one's sequence.
+        and answers the first one's sequence (one that repeats ``expected`` after the first
+        landed is a :class:`Conflict`: :func:`~democratic_ai.contracts.eventlog.append`).
         """
-        headers: dict[str, str] = {}
-        if expected is not None:
-            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
-        if msg_id is not None:
-            headers["Nats-Msg-Id"] = msg_id
         try:
             data = encode_event(event)
         except EventRejected as exc:
             raise Invalid(f"{exc.field}: {exc.message}", field=exc.field) from None
         try:
-            ack = await self.js.publish(subject, data, headers=headers or None)
-        except BadRequestError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise Conflict("a concurrent change won; read the current state and retry") from None
-            raise
-        return ack.seq
+            return await append(self.js, subject, data, expected=expected, msg_id=msg_id)
+        except AppendConflict:
+            raise Conflict("a concurrent change won; read the current state and retry") from None

@@ -47,7 +47,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from democratic_ai.contracts.billing_events import InvoiceIssued, InvoiceLine, MeteredPrice, PlanTerms, Seller
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 
 from .money import exact, format_price, round_line, tax_amount
 from .periods import Month, Period, month_period, seconds, service_period, zone

@@ -26,7 +26,7 @@ from democratic_ai.contracts.billing_events import (
     SubscriptionCancelled,
     SubscriptionStarted,
 )
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import InvalidSubjectToken, invoice_subject, subscription_subject, validate_token
 
 from .config import BillingConfig

@@ -9,7 +9,10 @@ USAGE stream) does, exactly once. :class:`PostgresUsageTotals` reads its tables:
 A tenant's month starts at its own midnight, which is not a UTC day boundary in most time
 zones, so the whole UTC days inside the window come from ``usage_daily`` and the two partial
 days at its edges from ``usage_events`` (index ``(tenant_id, at)``): exact at any boundary,
-and a month costs one small query. Only ``outcome = 'success'`` is billable.
+and a month costs one small query. What is billable is the usage contract's rule
+(``contracts/usage_events.BILLABLE``): every metric of a ``success``, and the ``compute_ms`` of a
+``cancelled`` call (its caller asked for the work); nothing of a call that timed out, failed or
+was refused.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncpg
 from nats.js import JetStreamContext
 
 from democratic_ai.contracts.streams import USAGE_STREAM
+from democratic_ai.contracts.usage_events import BILLABLE
 
 from .errors import UsageUnavailable
 
@@ -35,29 +39,36 @@ class UsageTotals(Protocol):
     """Billable usage of a tenant, per metric, in metered units (calls, milliseconds, bytes)."""
 
     async def totals(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, int]:
-        """Successful usage in ``[start, end)`` for flow metrics (``api_calls``, ``compute_ms``);
+        """Billable usage in ``[start, end)`` for flow metrics (``api_calls``, ``compute_ms``);
         for ``storage_bytes``, the bytes held at ``end`` (every storage event before it, summed).
         Metrics with no usage may be left out."""
         ...
 
 
 _QUERY = """
-WITH parts AS (
+WITH billable (metric, outcome) AS (SELECT * FROM unnest($12::text[], $13::text[])),
+parts AS (
     SELECT metric, value FROM usage_daily
-     WHERE tenant_id = $1 AND outcome = 'success' AND metric = any($2::text[]) AND day >= $3 AND day < $4
+     WHERE tenant_id = $1 AND metric = any($2::text[]) AND day >= $3 AND day < $4
+       AND (metric, outcome) IN (SELECT metric, outcome FROM billable)
     UNION ALL
     SELECT metric, value FROM usage_events
-     WHERE tenant_id = $1 AND outcome = 'success' AND metric = any($2::text[])
+     WHERE tenant_id = $1 AND metric = any($2::text[])
        AND ((at >= $5 AND at < $6) OR (at >= $7 AND at < $8))
+       AND (metric, outcome) IN (SELECT metric, outcome FROM billable)
     UNION ALL
     SELECT metric, value FROM usage_daily
-     WHERE tenant_id = $1 AND outcome = 'success' AND metric = any($9::text[]) AND day < $10
+     WHERE tenant_id = $1 AND metric = any($9::text[]) AND day < $10
+       AND (metric, outcome) IN (SELECT metric, outcome FROM billable)
     UNION ALL
     SELECT metric, value FROM usage_events
-     WHERE tenant_id = $1 AND outcome = 'success' AND metric = any($9::text[]) AND at >= $11 AND at < $8
+     WHERE tenant_id = $1 AND metric = any($9::text[]) AND at >= $11 AND at < $8
+       AND (metric, outcome) IN (SELECT metric, outcome FROM billable)
 )
 SELECT metric, sum(value)::bigint AS total FROM parts GROUP BY metric
 """
+# The billable (metric, outcome) pairs, as the two arrays the query unnests.
+_BILLABLE_METRICS, _BILLABLE_OUTCOMES = (list(column) for column in zip(*sorted(BILLABLE), strict=True))
 
 
 def _day_start(at: datetime) -> datetime:
@@ -94,6 +105,7 @@ class PostgresUsageTotals:
                 rows = await conn.fetch(
                     _QUERY, tenant_id, list(FLOW_METRICS), first_full.date(), last_full.date(),
                     start, head_end, tail_start, end, list(STOCK_METRICS), _day_start(end).date(), _day_start(end),
+                    _BILLABLE_METRICS, _BILLABLE_OUTCOMES,
                 )
         except asyncpg.UndefinedTableError as exc:
             raise UsageUnavailable(f"the usage read model is not installed ({exc}); run the usage projection") from None

@@ -26,8 +26,8 @@ from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
 from democratic_ai.contracts.billing_events import InvoiceIssued, PlanTerms, Seller
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.fields import Id
-from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.billing import BillingService, Payments, render_invoice
 from democratic_ai.services.billing.payments import WebhookOutcome
 from democratic_ai.services.identity import Principal

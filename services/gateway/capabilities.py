@@ -4,9 +4,9 @@ The invoke endpoint answers with one JSON document, or — when the client sends
 ``Accept: text/event-stream`` — streams the call as Server-Sent Events (:mod:`.sse`).
 
 An invocation is admitted by the rate limiter first (in memory unless call quota must be
-leased, :mod:`.limits`), metered when it ends — its answer, or a stream's last message — and
-answered with ``RateLimit-Policy`` and ``RateLimit`` headers; a refusal is a 429 with
-``Retry-After``.
+leased, :mod:`.limits`), metered when it ends — its answer, a stream's last message, or the
+router's ``CANCELLED`` when the client hangs up first — and answered with ``RateLimit-Policy``
+and ``RateLimit`` headers; a refusal is a 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -133,8 +133,9 @@ async def _invoke(request: web.Request) -> web.StreamResponse:
         headers["RateLimit"] = limit_header(policies)
     if "text/event-stream" in request.headers.get("Accept", ""):
         return await stream_call(request, call, headers)
-    answer = await app[ROUTER].call(call)
-    metering.record(answer)
+    # Metered from the message that ended the call — also when the client hangs up meanwhile
+    # (then the router's CANCELLED: services/metering/derive.py has the one rule for outcomes).
+    answer = await app[ROUTER].call(call, on_end=metering.record)
     if answer.type == MessageType.ERROR:
         response = http_error(answer, call.id)
         response.headers.update(headers)

@@ -16,8 +16,8 @@ import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.fields import Email, Id, Name, PositiveInt32, Text
-from democratic_ai.contracts.identity_events import Meta
 from democratic_ai.services.identity import Principal
 
 from .auth import principal_of, require, require_tenant

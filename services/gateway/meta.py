@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from democratic_ai.contracts.identity_events import Meta
+from democratic_ai.contracts.envelope import Meta
 
 from .inputs import header_text
 

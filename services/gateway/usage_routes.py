@@ -20,7 +20,7 @@ import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode, subjects
-from democratic_ai.contracts.usage_events import Metric
+from democratic_ai.contracts.usage_events import Metric, is_billable
 from democratic_ai.services.identity import Principal
 
 from .auth import require, require_tenant
@@ -61,6 +61,9 @@ class UsageSeries(msgspec.Struct):
     module: str | None
     usage: list[UsagePoint]
     totals: dict[str, dict[str, int]]  # metric → outcome → value
+    # metric → what of it is billed (contracts.usage_events.BILLABLE): the success of every
+    # metric, and the compute_ms of cancelled calls
+    billable: dict[str, int]
 
 
 class LimitState(msgspec.Struct):
@@ -154,7 +157,10 @@ def _tenant(request: web.Request, principal: Principal) -> str:
 
 
 @operation("The tenant's usage as a series (and totals) from the usage read models.", {200: UsageSeries},
-           query=_USAGE_QUERY)
+           query=_USAGE_QUERY,
+           description="Every event of a call carries the call's one outcome: success, cancelled (by the caller),"
+                       " timeout, failed or rate_limited. 'billable' sums, per metric, what is billed: every metric"
+                       " of a success, and the compute_ms of a cancelled call; nothing of the others.")
 async def get_usage(request: web.Request) -> web.Response:
     principal = require(request, "billing:read")
     tenant = _tenant(request, principal)
@@ -213,8 +219,10 @@ async def get_usage(request: web.Request) -> web.Response:
     for row in rows:
         by_outcome = totals.setdefault(row["metric"], {})
         by_outcome[row["outcome"]] = by_outcome.get(row["outcome"], 0) + row["value"]
+    billable = {metric: sum(value for outcome, value in by_outcome.items() if is_billable(metric, outcome))
+                for metric, by_outcome in totals.items()}
     return respond(UsageSeries(tenant, start, end, cast(Granularity, granularity), metric, capability, module,
-                               [from_row(UsagePoint, row) for row in rows], totals))
+                               [from_row(UsagePoint, row) for row in rows], totals, billable))
 
 
 @operation("Every limit the caller is subject to, as it stands now.", {200: Limits}, query=(_TENANT,))

@@ -10,12 +10,11 @@ import secrets
 from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError
 
-from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
+from democratic_ai.contracts.envelope import Meta
+from democratic_ai.contracts.eventlog import AppendConflict, append
 from democratic_ai.contracts.identity_events import (
     ApiKeyIssued,
-    Meta,
     ModuleCredentialRotated,
     ModuleRegistered,
     ModuleUpdated,
@@ -39,11 +38,11 @@ def new_api_key_secret() -> str:
 
 
 async def _append_once(js: JetStreamContext, subject: str, data: bytes) -> None:
+    """Append the first event of ``subject``; one already there (an earlier start's) is kept."""
     try:
-        await js.publish(subject, data, headers={"Nats-Expected-Last-Subject-Sequence": "0"})
-    except BadRequestError as exc:
-        if exc.err_code != WRONG_LAST_SEQUENCE:
-            raise
+        await append(js, subject, data, expected=0)
+    except AppendConflict:
+        pass
 
 
 async def ensure_bootstrap(js: JetStreamContext, secret: str | None = None) -> str:
@@ -91,14 +90,10 @@ async def ensure_platform_module(
                       "credential_prefix": credential_prefix(credential)}
             event = (ModuleRegistered(**fields, owner_user_id="", name=name, capabilities=capabilities)
                      if module is None else ModuleCredentialRotated(**fields))
-            await _append(js, subject, encode_event(event), index.expected_sequence(subject))
+            await append(js, subject, encode_event(event), expected=index.expected_sequence(subject))
         elif tuple(module.capabilities) != capabilities:
             updated = ModuleUpdated(tenant_id=SYSTEM_TENANT, meta=meta, module_id=module_id, capabilities=capabilities)
-            await _append(js, subject, encode_event(updated), index.expected_sequence(subject))
+            await append(js, subject, encode_event(updated), expected=index.expected_sequence(subject))
         return credential
     finally:
         await index.stop()
-
-
-async def _append(js: JetStreamContext, subject: str, data: bytes, expected: int) -> None:
-    await js.publish(subject, data, headers={"Nats-Expected-Last-Subject-Sequence": str(expected)})

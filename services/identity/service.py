@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError
 
-from democratic_ai.contracts.streams import WRONG_LAST_SEQUENCE
 from democratic_ai.contracts import subjects
+from democratic_ai.contracts.envelope import Meta
+from democratic_ai.contracts.eventlog import AppendConflict, append
 from democratic_ai.contracts.fields import EventRejected
 from democratic_ai.contracts.identity_events import (
     AccessTokenRevoked,
@@ -31,7 +31,6 @@ from democratic_ai.contracts.identity_events import (
     ApiKeyRevoked,
     IdentityEvent,
     LoginAttempted,
-    Meta,
     ModuleCredentialRotated,
     ModuleRegistered,
     ModuleRevoked,
@@ -117,20 +116,17 @@ class IdentityService:
         self.user_keys = user_keys
 
     async def _append(self, subject: str, event: IdentityEvent, *, expected: int | None) -> int:
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected)} if expected is not None else None
         try:
             data = encode_event(event)
         except EventRejected as exc:
             # The one check of every field against what every reader can hold: nothing is appended.
             raise Invalid(f"{exc.field}: {exc.message}", field=exc.field) from None
         try:
-            ack = await self._js.publish(subject, data, headers=headers)
-        except BadRequestError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise Conflict("a concurrent change won; read the current state and retry") from None
-            raise
-        await self.index.wait_for(ack.seq)
-        return ack.seq
+            sequence = await append(self._js, subject, data, expected=expected)
+        except AppendConflict:
+            raise Conflict("a concurrent change won; read the current state and retry") from None
+        await self.index.wait_for(sequence)
+        return sequence
 
     # Tenants ---------------------------------------------------------------------------------
 

@@ -61,9 +61,10 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
 
+from democratic_ai.contracts.eventlog import AppendConflict, append
 from democratic_ai.contracts.ordered import OrderedConsumer
 from democratic_ai.contracts.server_clock import ServerClock
-from democratic_ai.contracts.streams import RATELIMIT_STREAM, WRONG_LAST_SEQUENCE
+from democratic_ai.contracts.streams import RATELIMIT_STREAM
 from democratic_ai.contracts.subjects import ALL_RATELIMIT, quota_subject
 from democratic_ai.contracts.usage_events import (
     MeterConsumed,
@@ -318,20 +319,19 @@ class Admission:
     async def _append(self, holder: _Holder, lease: QuotaLeased) -> int | None:
         """Append ``lease`` if nobody else did first; returns its sequence, or ``None`` after
         catching up with the winner."""
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(holder.last_sequence)}
         try:
-            ack = await self._js.publish(holder.subject, encode_event(lease), headers=headers,
-                                         timeout=self.config.append_timeout)
-        except BadRequestError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
-                raise AdmissionUnavailable(f"the RATELIMIT stream refused a lease: {exc.description}") from None
+            sequence = await append(self._js, holder.subject, encode_event(lease), expected=holder.last_sequence,
+                                    timeout=self.config.append_timeout)
+        except AppendConflict:
             self.conflicts += 1
             await self._catch_up(holder)
             return None
+        except BadRequestError as exc:
+            raise AdmissionUnavailable(f"the RATELIMIT stream refused a lease: {exc.description}") from None
         except (NatsTimeoutError, TimeoutError, NoStreamResponseError, APIError) as exc:
             raise AdmissionUnavailable(f"no lease could be recorded: {exc!r}") from None
         self.appends += 1
-        return ack.seq
+        return sequence
 
     async def _catch_up(self, holder: _Holder) -> None:
         """Apply everything up to the subject's last message, as read with a direct get."""

@@ -1,4 +1,4 @@
-"""What a call used, derived from its answer alone.
+"""What a call used, derived from how it ended.
 
 The gateway meters a call from the answer it returns; the recovery sweeper re-derives the
 same usage from the answer's record in the MCP stream. Both call :func:`usage_of` on the same
@@ -16,6 +16,27 @@ is a success. Metered calls are those that entered through the gateway: their an
 addressed to it (``target_module_id == "gateway"``). A call a module makes while serving one
 (module to module) is not metered on its own: it is part of the outer call, whose handler time
 (``compute_ms``) includes waiting for it, and the tenant asked for one call, not two.
+
+**One outcome per call**, decided here alone (:func:`outcome_of`) for every way a call comes in
+(JSON invoke, SSE, WebSocket) and for the recovery sweep, and carried by every event of the call:
+
+    success       a RESPONSE, or a stream's ``final`` chunk     every metric billable
+    cancelled     ERROR CANCELLED: the caller cancelled or      its compute_ms billable: the
+                  hung up (the module's confirmation, or the    caller asked for the work and
+                  gateway's own when none came)                 stopped it
+    timeout       ERROR TIMEOUT: the call's ttl passed          none billable
+    rate_limited  the gateway's own RATE_LIMITED refusal        none billable (only api_calls)
+    failed        any other ERROR (a module's RATE_LIMITED,     none billable
+                  say: its upstream throttled it; the
+                  MODULE_UNAVAILABLE of a module that stopped
+                  before the call finished)
+
+A call can have two ends: the gateway's own (it stopped waiting: the ttl passed, the client hung
+up) and the module's, which comes later. The call's outcome is the end its client got — the
+gateway's — and the module's later answer only adds the measures the gateway's lacked (the
+compute time, the bytes sent), under that same outcome: ``usage_of(first, later, outcome=…)``,
+which is how the recovery sweep completes such a call (:mod:`.recovery`). So a call that timed
+out is ``timeout`` in every metric, however late its module answered.
 """
 
 from __future__ import annotations
@@ -42,6 +63,9 @@ MAX_MEASURE = 2**40
 _replace = msgspec.structs.replace
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RATE_LIMITED = ErrorCode.RATE_LIMITED.value
+# An ERROR's code → the call's outcome; any other code is a failure. RATE_LIMITED is here only
+# when the gateway answered it (see outcome_of).
+_ENDED_BY = {ErrorCode.CANCELLED.value: Outcome.CANCELLED, ErrorCode.TIMEOUT.value: Outcome.TIMEOUT}
 
 
 def is_metered(answer: MCPMessage) -> bool:
@@ -53,13 +77,15 @@ def is_metered(answer: MCPMessage) -> bool:
 
 
 def outcome_of(answer: MCPMessage) -> Outcome:
+    """The outcome of the call ``answer`` ends: the one rule (see the module's docstring)."""
     if answer.type != ERROR:
         return Outcome.SUCCESS  # a RESPONSE, or the final chunk of a stream that ended well
+    code = answer.error.code
     # Only the gateway's own refusal is a rate limit; a module answering RATE_LIMITED (say, its
     # upstream throttled it) is a failed call like any other.
-    if answer.error.code == _RATE_LIMITED and answer.source_module_id == GATEWAY:
-        return Outcome.RATE_LIMITED
-    return Outcome.FAILED
+    if code == _RATE_LIMITED:
+        return Outcome.RATE_LIMITED if answer.source_module_id == GATEWAY else Outcome.FAILED
+    return _ENDED_BY.get(code, Outcome.FAILED)
 
 
 def at_of(answer: MCPMessage) -> datetime:
@@ -88,12 +114,19 @@ def _bytes_out(answer: MCPMessage) -> int:
     return len(answer.payload) if answer.type == RESPONSE else 0
 
 
-def usage_of(answer: MCPMessage) -> list[CallMetered]:
-    """The usage events of the call ``answer`` closes: always one ``api_calls``, then each of
+def usage_of(answer: MCPMessage, *later: MCPMessage, outcome: Outcome | None = None) -> list[CallMetered]:
+    """The usage events of the call ``answer`` ends: always one ``api_calls``, then each of
     ``compute_ms``, ``bytes_in`` and ``bytes_out`` that is not zero. A refused call used nothing
-    but the refusal."""
+    but the refusal.
+
+    Every event carries one outcome: ``outcome`` when given (the one the call was metered with
+    already), else :func:`outcome_of` ``answer``. ``later`` are other ends of the same call that
+    came after ``answer`` (a module's answer once the gateway had given up): a measure ``answer``
+    lacks is taken from the first of them that has it, stamped and attributed as that answer.
+    """
     context = answer.context
-    outcome = outcome_of(answer)
+    if outcome is None:
+        outcome = outcome_of(answer)
     source = answer.source_module_id
     call = CallMetered(
         tenant_id=context.tenant_id, metric=_API_CALLS, value=1, at=at_of(answer), call_id=answer.correlation_id,
@@ -110,4 +143,20 @@ def usage_of(answer: MCPMessage) -> list[CallMetered]:
     ):
         if value:
             events.append(_replace(call, metric=metric, value=value))  # a copy in C: this runs per call
+        elif later:
+            events += _measured_later(call, metric, later)
     return events
+
+
+def _measured_later(call: CallMetered, metric: str, later: tuple[MCPMessage, ...]) -> list[CallMetered]:
+    """``metric`` of the call from the first later answer that measured it (none if none did)."""
+    for answer in later:
+        if metric == _BYTES_OUT:
+            value = _bytes_out(answer)
+        else:
+            value = _header(answer, MCP_COMPUTE_MS if metric == _COMPUTE_MS else MCP_BYTES_IN)
+        if value:
+            source = answer.source_module_id
+            return [_replace(call, metric=metric, value=value, at=at_of(answer),
+                             module_id="" if source == GATEWAY else source)]
+    return []

@@ -23,10 +23,18 @@ publisher takes to flush and retry — and for each batch of answers to gateway 
 
 Every step is idempotent: a sweep repeated after a crash finds the events present; an event
 the sweeper publishes while a slow gateway publishes it too is dropped by the duplicate
-window, and beyond it by the read model's key. One edge stays: a call that timed out at the
-gateway *and* whose module answered late, when the gateway also crashed before publishing,
-may be metered from either answer (the first the sweeper reads) — once, but possibly as a
-success the client saw as a timeout.
+window, and beyond it by the read model's key.
+
+**One outcome per call.** A call the gateway stopped waiting for (its ttl passed, its client hung
+up) has two ends in the log: the gateway's own ERROR, recorded first, and the module's later
+answer, which carries what the gateway's lacks — the compute time, the bytes sent. The sweeper
+meters such a call from both with :func:`.derive.usage_of`: the outcome is the gateway's end (the
+one its client got), or — when some of the call's events are in the read model already — the
+outcome they carry; the module's answer only adds the missing measures, under that outcome. So
+a plain call whose client hung up is ``cancelled`` in every metric (its ``compute_ms`` billable),
+and one that timed out is ``timeout`` in every metric, whichever batch its module's late answer
+falls in. One edge stays: when the gateway crashed before it even recorded its own end, only the
+module's answer is left, and the call is metered from that.
 
 While PostgreSQL cannot be reached the sweeper waits for it with backoff (one WARNING, then one
 every 30 s) and then starts over from its checkpoint, as the projections do; nothing it held
@@ -54,7 +62,7 @@ from democratic_ai.contracts.headers import NATS_MSG_ID
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.streams import MCP_STREAM, USAGE_STREAM
 from democratic_ai.contracts.subjects import ALL_RESPONSES, usage_subject
-from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id
+from democratic_ai.contracts.usage_events import CallMetered, Metric, Outcome, encode_event, message_id
 from democratic_ai.schemas.outage import DatabaseOutage, on_database
 
 from .derive import GATEWAY, at_of, is_metered, usage_of
@@ -66,6 +74,15 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "usage-recovery"
 USAGE_PROJECTION = "usage"
 _LATE_ANSWER_MARGIN = timedelta(days=1)  # how much earlier than its answer a call's usage may be stamped
+
+
+def _outcome_metered(metered: dict[str, str]) -> Outcome | None:
+    """The outcome a call was metered with already (that of its ``api_calls``), if any is known."""
+    recorded = metered.get(Metric.API_CALLS.value) or next(iter(sorted(metered.values())), None)
+    try:
+        return None if recorded is None else Outcome(recorded)
+    except ValueError:
+        return None  # an outcome newer than this sweeper: derive the call's own
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +159,7 @@ class UsageRecovery:
 
     async def sweep(self, records: Sequence[Msg]) -> int:
         """Handle one batch of answer records (in stream order); returns the events published."""
-        answers: dict[str, MCPMessage] = {}
+        ends: dict[str, list[MCPMessage]] = {}  # call id → its ends, the one its client got first
         for msg in records:
             try:
                 answer = decode(msg.data)
@@ -150,16 +167,23 @@ class UsageRecovery:
                 continue
             if not is_metered(answer):
                 continue
-            known = answers.get(answer.correlation_id)
-            # The gateway's own error (a timeout, say) is the answer its client got.
-            if known is None or (answer.source_module_id == GATEWAY and known.source_module_id != GATEWAY):
-                answers[answer.correlation_id] = answer
-        self.swept += len(answers)
+            known = ends.setdefault(answer.correlation_id, [])
+            # The gateway's own error (a timeout, a hang-up) is the end its client got.
+            if answer.source_module_id == GATEWAY and known and known[0].source_module_id != GATEWAY:
+                known.insert(0, answer)
+            else:
+                known.append(answer)
+        self.swept += len(ends)
         published = 0
-        if answers:
+        if ends:
             await self._wait_for_projection()
-            present = await self._present(list(answers.values()))
-            missing = [e for a in answers.values() for e in usage_of(a) if (e.call_id, e.metric) not in present]
+            present = await self._present([a for call in ends.values() for a in call])
+            missing = []
+            for call_id, call in ends.items():
+                metered = present.get(call_id, {})
+                for event in usage_of(*call, outcome=_outcome_metered(metered)):
+                    if event.metric not in metered:
+                        missing.append(event)
             if missing:
                 await self._publish(missing)
                 published = len(missing)
@@ -209,16 +233,20 @@ class UsageRecovery:
                         return
                     await asyncio.sleep(0.05)
 
-    async def _present(self, answers: list[MCPMessage]) -> set[tuple[str, str]]:
+    async def _present(self, answers: list[MCPMessage]) -> dict[str, dict[str, str]]:
+        """call id → metric → outcome of the events the read model holds for these calls."""
         stamps = [at_of(a) for a in answers]
         with on_database():
             async with self._pool.acquire() as conn:
                 rows = await conn.fetch(
-                    "SELECT call_id, metric FROM usage_events"
+                    "SELECT call_id, metric, outcome FROM usage_events"
                     " WHERE call_id = any($1::text[]) AND at >= $2 AND at <= $3",
-                    [a.correlation_id for a in answers], min(stamps) - _LATE_ANSWER_MARGIN, max(stamps),
+                    list({a.correlation_id for a in answers}), min(stamps) - _LATE_ANSWER_MARGIN, max(stamps),
                 )
-        return {(r["call_id"], r["metric"]) for r in rows}
+        present: dict[str, dict[str, str]] = {}
+        for r in rows:
+            present.setdefault(r["call_id"], {})[r["metric"]] = r["outcome"]
+        return present
 
     async def _publish(self, events: list[CallMetered]) -> None:
         futures = [
