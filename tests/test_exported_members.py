@@ -17,7 +17,8 @@ import pytest
 PUBLIC: dict[str, list[str]] = {
     "contracts": [
         "Context", "decode", "DEFAULT_TTL_SECONDS", "ensure_streams", "Error", "error_details", "error_reply",
-        "ErrorCode", "JSON", "MCPMessage", "MessageType", "new_event", "new_request", "reply", "STREAMS"
+        "ErrorCode", "JSON", "MCPMessage", "MessageType", "new_event", "new_request", "PlatformError", "reply",
+        "STREAMS"
     ],
     "hub": [
         "CallStream", "Hub", "InvalidManifest", "PresenceIndex", "Registrar", "RegistryIndex", "Router"
