@@ -50,14 +50,19 @@ PUBLIC: dict[str, list[str]] = {
         "recheck", "Role", "ROLE_PERMISSIONS", "rotate_signing_key", "SealingError", "Throttled", "Tokens",
         "Unauthenticated", "Unavailable", "UserKeyStore"
     ],
+    "services.plans": [
+        "API_KEY_WINDOW_SECONDS", "BandwidthLimit", "BILLED_METRICS", "CallLimit", "ComputeLimit", "INTERVALS",
+        "InvalidPlans", "InvalidPricing", "load_plans", "Plan", "PlanBook", "PlanResolver", "PLANS_ENV",
+        "PRICING_ENV", "StorageLimit"
+    ],
     "services.billing": [
         "BadSignature", "BillingConfig", "BillingError", "BillingLog", "BillingService", "build_invoice",
         "check_environment", "CheckoutSession", "Closed", "compute_invoice", "Conflict", "DEFAULT_SELLER",
         "DEFAULT_TIME_ZONE", "duration", "fold_subscription", "format_money", "format_price", "Invalid",
-        "InvalidBillingConfig", "InvalidPricing", "InvalidSeller", "invoice_id", "load_pricing", "load_seller",
-        "NotFound", "Payments", "PostgresUsageTotals", "PriceBook", "render_invoice", "round_line",
-        "StripeBilling", "StripeConfig", "StripeDisabled", "StripeFailed", "Subscription", "tax_amount",
-        "Tenure", "usage_window", "UsageTotals", "UsageUnavailable"
+        "InvalidBillingConfig", "InvalidSeller", "invoice_id", "load_seller", "NotFound", "Payments",
+        "PostgresUsageTotals", "render_invoice", "round_line", "StripeBilling", "StripeConfig",
+        "StripeDisabled", "StripeFailed", "Subscription", "tax_amount", "Tenure", "usage_window", "UsageTotals",
+        "UsageUnavailable"
     ],
     "services.metering": [
         "Admission", "AdmissionConfig", "AdmissionUnavailable", "Decision", "FixedWindow", "GATEWAY", "Grant",

@@ -53,9 +53,9 @@ from democratic_ai.contracts.usage_events import (
     message_id,
     meter_subject,
 )
+from democratic_ai.services.plans import Plan, PlanResolver
 
 from .algorithms import FixedWindow, LeakyBucket, TokenBucket
-from .plans import Plan, PlanResolver
 
 __all__ = ["Meters", "Refusal", "TenantMeters"]
 

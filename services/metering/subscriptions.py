@@ -15,8 +15,8 @@ from nats.aio.msg import Msg
 
 from democratic_ai.contracts.billing_events import PlanChanged, SubscriptionCancelled, SubscriptionStarted, decode_event
 from democratic_ai.contracts.follower import StreamFollower
+from democratic_ai.services.plans import InvalidPlans, PlanBook
 
-from .plans import InvalidPlans, PlanBook
 
 __all__ = ["SubscribedPlans"]
 
