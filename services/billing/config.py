@@ -22,7 +22,7 @@ __all__ = ["BillingConfig", "InvalidBillingConfig", "StripeConfig", "check_envir
 
 
 class InvalidBillingConfig(ValueError):
-    """A billing setting (variable, pricing or seller file) is wrong; the message says which."""
+    """A billing setting (variable, plans, pricing or seller file) is wrong; the message says which."""
 
 
 @dataclass(frozen=True, slots=True)
