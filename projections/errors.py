@@ -4,7 +4,7 @@
      ├── RebuildInProgress   CONFLICT: another rebuild, verification or as-of build of the projection is running
      ├── MissingReadModel    NOT_READY: a table the projection owns does not exist (run the migrations)
      ├── ReadModelChanged    CONFLICT: a table's columns changed while a shadow was built (a migration ran)
-     └── UnfoldableEvent     VALIDATION_FAILED: a projection refuses one event: it is quarantined (see .quarantine)
+     └── UnfoldableEvent     VALIDATION_FAILED: a projection refuses one event; it is quarantined (.quarantine)
 
 The root is the platform's (:class:`democratic_ai.contracts.PlatformError`): a stable code, a message.
 """

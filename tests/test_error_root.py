@@ -36,6 +36,7 @@ def test_no_error_carries_a_status_and_every_code_has_one_in_the_table() -> None
 
 
 def test_an_edge_error_takes_its_status_from_the_table() -> None:
-    error = ApiError(ErrorCode.NOT_READY, "not yet", {"message": "details may use any key"})
-    assert (error.code, error.message, error.details) == (ErrorCode.NOT_READY, "not yet", {"message": "details may use any key"})
+    details = {"message": "details may use any key"}
+    error = ApiError(ErrorCode.NOT_READY, "not yet", details)
+    assert (error.code, error.message, error.details) == (ErrorCode.NOT_READY, "not yet", details)
     assert not hasattr(error, "status") and status_of(error.code) == 503

@@ -16,7 +16,8 @@ def test_each_plan_has_its_limits_and_its_price() -> None:
     book = load_plans(env={})
     starter = book.plans["starter"]
     assert starter.api_calls is not None and starter.api_calls.limit == 3000
-    assert starter.terms is not None and starter.terms is book.terms("starter") and str(starter.terms.monthly_price) == "4900"
+    assert starter.terms is not None and starter.terms is book.terms("starter")
+    assert str(starter.terms.monthly_price) == "4900"
     assert book.plan_of("system").name == "unlimited" and book.plans["unlimited"].terms is None
     assert set(book.prices) == {"free", "starter", "pro", "enterprise"}
     with pytest.raises(KeyError):

@@ -263,7 +263,10 @@ _File = TypeVar("_File", _PlansFile, _PricingFile)
 
 
 def load_plans(
-    plans_file: str | Path | None = None, pricing_file: str | Path | None = None, *, env: Mapping[str, str] | None = None
+    plans_file: str | Path | None = None,
+    pricing_file: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
 ) -> PlanBook:
     """The catalogue of ``plans_file`` and ``pricing_file``; each defaults to the file its variable
     (``DAI_PLANS_FILE``, ``DAI_PRICING_FILE``) of ``env`` (the process's environment) names, or to
