@@ -3,7 +3,7 @@ error codes, the streaming protocol and the events of the REGISTRY stream."""
 
 from __future__ import annotations
 
-from .errors import ErrorCode
+from .errors import ErrorCode, PlatformError
 from .mcp_v2_pb2 import Context, Error, MCPMessage, MessageType
 from .messages import (
     DEFAULT_TTL_SECONDS,
@@ -26,6 +26,7 @@ __all__ = [
     "ErrorCode",
     "MCPMessage",
     "MessageType",
+    "PlatformError",
     "decode",
     "ensure_streams",
     "error_details",

@@ -44,6 +44,7 @@ from .envelope import Meta
 from .fields import INT64_MAX, Count, Id, Int64, Name, TenantId, Text, checked_encoder
 
 __all__ = [
+    "MINOR_UNITS",
     "INVOICE_VERSION",
     "BillingEvent",
     "CustomerLinked",
@@ -66,6 +67,9 @@ __all__ = [
 
 Interval = Literal["month", "year"]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+# ISO 4217 minor-unit exponents of the currencies a plan may be priced in: the amounts of these
+# events are integers of these units (¥1, 1 cent), so a reader needs the exponent to read them.
+MINOR_UNITS: dict[str, int] = {"JPY": 0, "USD": 2, "EUR": 2}
 
 
 class MeteredPrice(msgspec.Struct, frozen=True, kw_only=True):

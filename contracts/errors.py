@@ -1,14 +1,23 @@
-"""Stable error codes: the ``code`` of every error that crosses the wire.
+"""Stable error codes, and the root of every error that carries one.
 
 Clients switch on these strings, so a code is never renamed or reused. The HTTP status that
-goes with each code is the gateway's business (``services``), not the contract's.
+goes with each code is the gateway's business (``services/gateway/errors.py``, its ``STATUS``
+table), not the contract's and not the error's: no error below carries a status.
+
+    PlatformError                       code, message, details
+    ├── IdentityError                   services/identity/errors.py
+    ├── BillingError                    services/billing/errors.py
+    ├── MeteringError                   services/metering/errors.py
+    ├── ProjectionError                 projections/errors.py
+    └── ApiError                        services/gateway/errors.py: the edge's own, its code per instance
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
-__all__ = ["ErrorCode"]
+__all__ = ["ErrorCode", "PlatformError"]
 
 
 class ErrorCode(StrEnum):
@@ -34,3 +43,18 @@ class ErrorCode(StrEnum):
     PAYMENT_PROVIDER_UNAVAILABLE = "PAYMENT_PROVIDER_UNAVAILABLE"  # Stripe is off (no STRIPE_API_KEY)
     PAYMENT_PROVIDER_ERROR = "PAYMENT_PROVIDER_ERROR"  # Stripe answered with an error or not at all
     INTERNAL = "INTERNAL"                            # a bug of ours; logged with its traceback
+
+
+class PlatformError(Exception):
+    """An error with a stable :class:`ErrorCode`, a message for people and details for programs.
+
+    A subclass fixes its ``code``; the details are keyword arguments, answered as they are
+    (``{"error": {"code", "message", "details"}}`` at the edge).
+    """
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, /, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details

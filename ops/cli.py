@@ -47,7 +47,7 @@ def _kek() -> KeyEncryptionKey:
 
 
 def _billing_config() -> BillingConfig:
-    """The billing settings (tax, grace, seller, pricing file), checked; a one-line exit when one is wrong."""
+    """The billing settings (tax, grace, seller, plan catalogue), checked; a one-line exit when one is wrong."""
     from democratic_ai.services.billing import InvalidBillingConfig, check_environment
 
     try:

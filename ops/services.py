@@ -29,13 +29,13 @@ from democratic_ai.services.billing import (
     PostgresUsageTotals,
     StripeBilling,
     format_money,
-    load_pricing,
 )
 from democratic_ai.services.busauth import BusAuthorizer, Signer
 from democratic_ai.services.identity import IdentityIndex
 from democratic_ai.services.gateway import GatewayConfig, create_runner
 from democratic_ai.services.identity import KeyEncryptionKey, load_kek, rotate_signing_key
 from democratic_ai.services.metering import RecoveryConfig, UsageRecovery
+from democratic_ai.services.plans import load_plans
 
 __all__ = [
     "close_billing_periods",
@@ -178,7 +178,7 @@ async def close_billing_periods(
         async with pool.acquire() as conn:
             await migrate(conn)
         js = nc.jetstream()
-        service = BillingService(js, load_pricing(), PostgresUsageTotals(pool, js), config)
+        service = BillingService(js, load_plans(), PostgresUsageTotals(pool, js), config)
         payments = Payments(BillingLog(js), stripe)
         try:
             closed = await service.close_due(tenant, period)

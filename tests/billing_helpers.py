@@ -20,7 +20,8 @@ from nats.aio.client import Client as NATS
 from democratic_ai.contracts.bus import BusOptions
 from democratic_ai.ops.ports import free_port
 from democratic_ai.schemas import app_dsn
-from democratic_ai.services.billing import BillingConfig, BillingService, load_pricing
+from democratic_ai.services.billing import BillingConfig, BillingService
+from democratic_ai.services.plans import load_plans
 from democratic_ai.services.gateway import GatewayConfig, create_app
 
 from conftest import Gateway, http, unique
@@ -70,7 +71,7 @@ async def billing_gateway(
 
 def billing_service(nc: NATS, usage: TableUsageTotals, config: BillingConfig | None = None) -> BillingService:
     """The command side, for tests that record subscriptions at chosen times in the past."""
-    return BillingService(nc.jetstream(), load_pricing(), usage, config or BillingConfig(close_grace_seconds=0))
+    return BillingService(nc.jetstream(), load_plans(), usage, config or BillingConfig(close_grace_seconds=0))
 
 
 @dataclass(frozen=True)

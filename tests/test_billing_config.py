@@ -77,6 +77,12 @@ def _bad_pricing(tmp_path: Path) -> str:
     return str(path)
 
 
+def _bad_plans(tmp_path: Path) -> str:
+    path = tmp_path / "plans.json"
+    path.write_text('{"version": 1, "default_plan": "free", "plans": {"free": {"api_calls": {"limit": "many"}}}}')
+    return str(path)
+
+
 BAD = [
     ("DAI_TAX_RATE", "abc", "DAI_TAX_RATE must be a decimal"),
     ("DAI_TAX_RATE", "NaN", "DAI_TAX_RATE must be at least 0"),
@@ -85,12 +91,13 @@ BAD = [
     ("DAI_BILLING_GRACE_SECONDS", "an hour", "DAI_BILLING_GRACE_SECONDS must be a whole number"),
     ("DAI_SELLER_REGISTRATION_NUMBER", "T12", "not 'T' followed by 13 digits"),
     ("DAI_PRICING_FILE", "BAD_PRICING", "is invalid"),
+    ("DAI_PLANS_FILE", "BAD_PLANS", "the plans file"),
 ]
 
 
 @pytest.mark.parametrize(("name", "value", "message"), BAD)
 def test_each_setting_error_is_one_sentence(tmp_path: Path, name: str, value: str, message: str) -> None:
-    value = _bad_pricing(tmp_path) if value == "BAD_PRICING" else value
+    value = {"BAD_PRICING": _bad_pricing, "BAD_PLANS": _bad_plans}.get(value, lambda _: value)(tmp_path)
     with pytest.raises(InvalidBillingConfig, match=message):
         check_environment({name: value})
 
@@ -101,7 +108,7 @@ def test_dai_says_it_in_one_line_and_exits(
     tmp_path: Path, command: list[str], name: str, value: str, message: str
 ) -> None:
     """No servers are needed: the settings are checked before anything connects or starts."""
-    value = _bad_pricing(tmp_path) if value == "BAD_PRICING" else value
+    value = {"BAD_PRICING": _bad_pricing, "BAD_PLANS": _bad_plans}.get(value, lambda _: value)(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAI_", "STRIPE_"))}
     env[name] = value
     if command == ["up"]:

@@ -24,19 +24,18 @@ from democratic_ai.contracts.billing_events import (
 )
 from democratic_ai.contracts.envelope import Meta
 from democratic_ai.services.billing import (
-    InvalidPricing,
     build_invoice,
     compute_invoice,
     duration,
     fold_subscription,
     format_money,
-    load_pricing,
     round_line,
     tax_amount,
 )
 from democratic_ai.services.billing.periods import month_period, service_period
+from democratic_ai.services.plans import InvalidPricing, load_plans
 
-PRICES = load_pricing()
+PRICES = load_plans()
 STARTER = PRICES.terms("starter")
 PRO = PRICES.terms("pro")
 TOKYO = "Asia/Tokyo"
@@ -78,8 +77,8 @@ def test_starter_is_the_seed_pricing_tier() -> None:
     assert (usage["storage_bytes"].included * usage["storage_bytes"].unit_size,
             usage["storage_bytes"].overage_price) == (50 * GIB, Decimal("10"))
     assert STARTER.features == ("Email Support", "API Access", "Custom Modules")
-    assert set(PRICES.plans) == {"free", "starter", "pro", "enterprise"}
-    assert all(terms.currency for terms in PRICES.plans.values())
+    assert set(PRICES.prices) == {"free", "starter", "pro", "enterprise"}
+    assert all(terms.currency for terms in PRICES.prices.values())
 
 
 def test_pricing_uses_the_plan_ids_of_the_rate_limits(repo_root: Path) -> None:
@@ -87,7 +86,7 @@ def test_pricing_uses_the_plan_ids_of_the_rate_limits(repo_root: Path) -> None:
     limits = repo_root / "schemas" / "json" / "plans.json"
     if not limits.exists():
         pytest.skip("schemas/json/plans.json (metering's rate limits) is not in this tree yet")
-    assert set(PRICES.plans) <= set(json.loads(limits.read_text())["plans"])
+    assert set(PRICES.prices) <= set(json.loads(limits.read_text())["plans"])
 
 
 def test_a_bad_pricing_file_is_refused_with_its_reason(tmp_path: Path) -> None:
@@ -96,12 +95,12 @@ def test_a_bad_pricing_file_is_refused_with_its_reason(tmp_path: Path) -> None:
     path = tmp_path / "pricing.json"
     path.write_text(json.dumps(bad))
     with pytest.raises(InvalidPricing, match="monthly_price"):
-        load_pricing(path)
+        load_plans(pricing_file=path)
     bad["plans"]["starter"]["monthly_price"] = "4900"
     bad["plans"]["starter"]["currency"] = "XXX"
     path.write_text(json.dumps(bad))
     with pytest.raises(InvalidPricing, match="currency 'XXX'"):
-        load_pricing(path)
+        load_plans(pricing_file=path)
 
 
 def test_rounding_rules() -> None:

@@ -24,7 +24,8 @@ from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.projections import PROJECTIONS, rebuild
 from democratic_ai.schemas import app_dsn
-from democratic_ai.services.billing import BillingConfig, BillingService, PostgresUsageTotals, build_invoice, load_pricing
+from democratic_ai.services.billing import BillingConfig, BillingService, PostgresUsageTotals, build_invoice
+from democratic_ai.services.plans import load_plans
 from democratic_ai.services.gateway import GatewayConfig, create_app
 
 from billing_helpers import new_billing_tenant
@@ -82,7 +83,7 @@ async def test_a_month_of_usage_events_becomes_the_seeds_invoice(
 ) -> None:
     assert "usage" in PROJECTIONS, "register UsageProjection in projections/__init__.py"
     tenant = await new_billing_tenant(gateway)
-    service = BillingService(nc.jetstream(), load_pricing(), PostgresUsageTotals(pool, nc.jetstream()),
+    service = BillingService(nc.jetstream(), load_plans(), PostgresUsageTotals(pool, nc.jetstream()),
                              BillingConfig(close_grace_seconds=0))
     await service.set_plan(Meta(at=JAN_START), tenant.tenant_id, "starter")
     try:

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from democratic_ai.services.metering import FixedWindow, Grant, LeakyBucket, SlidingLog, TokenBucket
-from democratic_ai.services.metering.plans import InvalidPlans, PlanBook, load_plans
+from democratic_ai.services.plans import InvalidPlans, PlanBook, load_plans
 
 T0 = 1_700_000_000.0
 

@@ -16,7 +16,7 @@ from democratic_ai.services.identity import KeyEncryptionKey, KeyRing
 from democratic_ai.services.metering import Plan, PlanBook
 from democratic_ai.services.metering.algorithms import Grant, SlidingLog
 from democratic_ai.services.metering.meters import Meters
-from democratic_ai.services.metering.plans import ComputeLimit
+from democratic_ai.services.plans import ComputeLimit
 
 
 class _Clocks:

@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from democratic_ai.ops.ports import free_port
 from democratic_ai.schemas import app_dsn
 from democratic_ai.services.metering import MeteringConfig, Plan, PlanBook
-from democratic_ai.services.metering.plans import BandwidthLimit, CallLimit, ComputeLimit
+from democratic_ai.services.plans import BandwidthLimit, CallLimit, ComputeLimit
 
 from conftest import TEST_METERING, Echo, Gateway, StartGateway, http, issue_key
 from test_usage_metering import settled, usage_events

@@ -13,7 +13,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from democratic_ai.contracts.usage_events import CallMetered, decode_usage_event
 from democratic_ai.services.metering import MeteringConfig, Plan, PlanBook, QuotaExceeded
-from democratic_ai.services.metering.plans import BandwidthLimit, CallLimit, ComputeLimit, StorageLimit
+from democratic_ai.services.plans import BandwidthLimit, CallLimit, ComputeLimit, StorageLimit
 
 from conftest import TEST_METERING, Echo, Gateway, StartGateway, caught_up, http, issue_key, unique
 from test_identity_flows import login, new_tenant, new_user

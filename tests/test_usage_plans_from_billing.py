@@ -14,7 +14,6 @@ from democratic_ai.contracts.billing_events import (
 )
 from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import subscription_subject
-from democratic_ai.services.billing import load_pricing
 from democratic_ai.services.metering import load_plans
 from democratic_ai.services.metering.subscriptions import SubscribedPlans
 
@@ -23,7 +22,7 @@ from conftest import unique
 
 async def test_subscriptions_move_the_tenant_between_plans(nc: NATS) -> None:
     js = nc.jetstream()
-    plans, pricing = load_plans(), load_pricing()
+    plans = load_plans()
     follower = SubscribedPlans(plans)
     await follower.start(js)
     tenant = unique("subscriber")
@@ -35,10 +34,10 @@ async def test_subscriptions_move_the_tenant_between_plans(nc: NATS) -> None:
 
     try:
         assert plans.plan_of(tenant).name == plans.default_plan
-        await append(SubscriptionStarted(tenant_id=tenant, meta=meta, terms=pricing.terms("starter"),
+        await append(SubscriptionStarted(tenant_id=tenant, meta=meta, terms=plans.terms("starter"),
                                          interval="month", time_zone="Asia/Tokyo"))
         assert plans.plan_of(tenant).name == "starter"
-        await append(PlanChanged(tenant_id=tenant, meta=meta, terms=pricing.terms("pro"), interval="month"))
+        await append(PlanChanged(tenant_id=tenant, meta=meta, terms=plans.terms("pro"), interval="month"))
         assert plans.plan_of(tenant).name == "pro"
         await append(SubscriptionCancelled(tenant_id=tenant, meta=meta))
         assert plans.plan_of(tenant).name == plans.default_plan

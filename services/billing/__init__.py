@@ -1,4 +1,4 @@
-"""Billing from the log: plans as data, subscriptions as events, invoices computed from usage,
+"""Billing from the log: plans as data (the catalogue of :mod:`democratic_ai.services.plans`), subscriptions as events, invoices computed from usage,
 payments through Stripe.
 
 Commands (:class:`BillingService`, :class:`Payments`) append BILLING events; the billing
@@ -26,7 +26,6 @@ from .html import render_invoice
 from .invoicing import build_invoice, compute_invoice, duration, invoice_id, usage_window
 from .money import format_money, format_price, round_line, tax_amount
 from .payments import Payments
-from .pricing import InvalidPricing, PriceBook, load_pricing
 from .seller import DEFAULT_SELLER, InvalidSeller, load_seller
 from .service import DEFAULT_TIME_ZONE, BillingService, Closed
 from .stripe_gateway import CheckoutSession, StripeBilling
@@ -46,12 +45,10 @@ __all__ = [
     "Conflict",
     "Invalid",
     "InvalidBillingConfig",
-    "InvalidPricing",
     "InvalidSeller",
     "NotFound",
     "Payments",
     "PostgresUsageTotals",
-    "PriceBook",
     "StripeBilling",
     "StripeConfig",
     "StripeDisabled",
@@ -68,7 +65,6 @@ __all__ = [
     "format_money",
     "format_price",
     "invoice_id",
-    "load_pricing",
     "load_seller",
     "render_invoice",
     "round_line",

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from democratic_ai.contracts.billing_events import Seller
+from democratic_ai.services.plans import InvalidPlans, load_plans
 
-from .pricing import InvalidPricing, load_pricing
 from .seller import DEFAULT_SELLER, InvalidSeller, check_seller, load_seller
 
 __all__ = ["BillingConfig", "InvalidBillingConfig", "StripeConfig", "check_environment"]
 
 
 class InvalidBillingConfig(ValueError):
-    """A billing setting (variable, pricing or seller file) is wrong; the message says which."""
+    """A billing setting (variable, plans, pricing or seller file) is wrong; the message says which."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +97,13 @@ class BillingConfig:
 
 
 def check_environment(env: Mapping[str, str] | None = None) -> BillingConfig:
-    """The billing configuration of ``env``, with the price list it names loaded and checked, so
-    that a process refuses to start on any bad setting instead of failing at its first invoice."""
+    """The billing configuration of ``env``, with the plan catalogue it names (``DAI_PLANS_FILE``,
+    ``DAI_PRICING_FILE``) loaded and checked, so that a process refuses to start on any bad setting
+    instead of failing at its first invoice or its first call."""
     env = os.environ if env is None else env
     config = BillingConfig.from_env(env)
     try:
-        load_pricing(env.get("DAI_PRICING_FILE") or None)
-    except InvalidPricing as exc:
+        load_plans(env=env)
+    except InvalidPlans as exc:
         raise InvalidBillingConfig(str(exc)) from None
     return config

@@ -1,4 +1,4 @@
-"""Errors of billing, each with a stable code the gateway turns into a status.
+"""Errors of billing, each with a stable code the gateway's table turns into a status.
 
     BillingError
     ├── NotFound              no such invoice or subscription — in the caller's tenant (404)
@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-from democratic_ai.contracts import ErrorCode
+from democratic_ai.contracts import ErrorCode, PlatformError
 
 __all__ = [
     "BadSignature",
@@ -28,39 +26,33 @@ __all__ = [
 ]
 
 
-class BillingError(Exception):
-    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
-    status: ClassVar[int] = 500
-
-    def __init__(self, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
+class BillingError(PlatformError):
+    """The root of billing's errors."""
 
 
 class NotFound(BillingError):
-    code, status = ErrorCode.NOT_FOUND, 404
+    code = ErrorCode.NOT_FOUND
 
 
 class Conflict(BillingError):
-    code, status = ErrorCode.CONFLICT, 409
+    code = ErrorCode.CONFLICT
 
 
 class Invalid(BillingError):
-    code, status = ErrorCode.VALIDATION_FAILED, 422
+    code = ErrorCode.VALIDATION_FAILED
 
 
 class UsageUnavailable(BillingError):
-    code, status = ErrorCode.NOT_READY, 503
+    code = ErrorCode.NOT_READY
 
 
 class StripeDisabled(BillingError):
-    code, status = ErrorCode.PAYMENT_PROVIDER_UNAVAILABLE, 503
+    code = ErrorCode.PAYMENT_PROVIDER_UNAVAILABLE
 
 
 class StripeFailed(BillingError):
-    code, status = ErrorCode.PAYMENT_PROVIDER_ERROR, 502
+    code = ErrorCode.PAYMENT_PROVIDER_ERROR
 
 
 class BadSignature(BillingError):
-    code, status = ErrorCode.BAD_REQUEST, 400
+    code = ErrorCode.BAD_REQUEST

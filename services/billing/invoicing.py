@@ -48,10 +48,10 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from democratic_ai.contracts.billing_events import InvoiceIssued, InvoiceLine, MeteredPrice, PlanTerms, Seller
 from democratic_ai.contracts.envelope import Meta
+from democratic_ai.services.plans import BILLED_METRICS
 
 from .money import exact, format_price, round_line, tax_amount
 from .periods import Month, Period, month_period, seconds, service_period, zone
-from .pricing import BILLED_METRICS
 from .seller import DEFAULT_SELLER
 from .subscription import Subscription, Tenure
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Context, Decimal
 
+from democratic_ai.contracts.billing_events import MINOR_UNITS
+
 __all__ = [
     "MINOR_UNITS",
     "UnknownCurrency",
@@ -30,8 +32,6 @@ __all__ = [
     "tax_amount",
 ]
 
-# ISO 4217 minor-unit exponents of the currencies a plan may be priced in.
-MINOR_UNITS: dict[str, int] = {"JPY": 0, "USD": 2, "EUR": 2}
 _SYMBOLS: dict[str, str] = {"JPY": "¥", "USD": "$", "EUR": "€"}
 
 exact = Context(prec=50)  # see the module docstring for why 50 digits make divisions safe

@@ -28,13 +28,13 @@ from democratic_ai.contracts.billing_events import (
 )
 from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import InvalidSubjectToken, invoice_subject, subscription_subject, validate_token
+from democratic_ai.services.plans import INTERVALS, PlanBook
 
 from .config import BillingConfig
 from .errors import Conflict, Invalid, NotFound
 from .eventlog import STREAM, BillingLog
 from .invoicing import build_invoice, compute_invoice, period_id, usage_window
 from .periods import InvalidPeriod, InvalidTimeZone, Month, add_months, month_of, month_period, parse_month, zone
-from .pricing import INTERVALS, PriceBook
 from .subscription import Subscription, fold_subscription
 from .usage import UsageTotals
 
@@ -59,14 +59,14 @@ class BillingService:
     def __init__(
         self,
         js: JetStreamContext,
-        prices: PriceBook,
+        plans: PlanBook,
         usage: UsageTotals,
         config: BillingConfig,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.log = BillingLog(js)
-        self.prices = prices
+        self.plans = plans
         self.usage = usage
         self.config = config
         self.clock = clock
@@ -83,9 +83,9 @@ class BillingService:
         """Subscribe to ``plan_id``, or change to it (at once, prorated); returns the event's
         sequence, or 0 when the tenant is already on that plan and interval."""
         try:
-            terms = self.prices.terms(plan_id)
+            terms = self.plans.terms(plan_id)
         except KeyError:
-            raise Invalid(f"there is no plan {plan_id!r}", field="plan", allowed=sorted(self.prices.plans)) from None
+            raise Invalid(f"there is no plan {plan_id!r}", field="plan", allowed=sorted(self.plans.prices)) from None
         if interval not in INTERVALS:
             raise Invalid(f"interval must be one of {', '.join(INTERVALS)}", field="interval")
         if time_zone is not None:

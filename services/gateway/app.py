@@ -20,10 +20,10 @@ from democratic_ai.services.billing import (
     PostgresUsageTotals,
     StripeBilling,
     UsageTotals,
-    load_pricing,
 )
 from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyRing, UserKeyStore, load_kek
 from democratic_ai.services.metering import GATEWAY, Metering
+from democratic_ai.services.plans import load_plans
 
 from .auth import auth_middleware
 from .bodies import respond
@@ -97,7 +97,7 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     app[METERING] = metering
     stripe = StripeBilling(config.billing.stripe) if config.billing.stripe else None
     usage = app.get(USAGE_TOTALS) or PostgresUsageTotals(pool, js)
-    app[BILLING] = BillingService(js, load_pricing(), usage, config.billing)
+    app[BILLING] = BillingService(js, load_plans(), usage, config.billing)
     app[PAYMENTS] = Payments(BillingLog(js), stripe)
     yield
     if stripe is not None:

@@ -263,7 +263,7 @@ async def _caught_up(request: web.Request, sequence: int, timeout: float = 2.0) 
 
 
 def _catalogue(service: BillingService) -> list[PlanTerms]:
-    return [terms for _, terms in sorted(service.prices.plans.items())]
+    return [terms for _, terms in sorted(service.plans.prices.items())]
 
 
 async def _plan_document(request: web.Request, tenant_id: str) -> PlanDocument:

@@ -1,8 +1,8 @@
 """Every error of the HTTP edge is ``{"error": {"code", "message", "details"}}`` with a fitting status.
 
-    ApiError            raised by handlers and middlewares with a stable ErrorCode
-    IdentityError       raised by identity commands; its code decides the status
-    BillingError        raised by billing commands; it carries its status
+    PlatformError       every domain error (identity, billing, metering, projections) and ApiError, the
+                        edge's own: a stable ErrorCode, a message, details; ``STATUS`` below alone
+                        maps its code to the HTTP status (a 5xx is logged as a warning)
     aiohttp HTTPException (unknown route, wrong method, body too large) → the same shape
     RequestPayloadError a body aiohttp cannot read, e.g. not what its Content-Encoding says → 400
     anything else       → 500 INTERNAL, logged with its traceback
@@ -16,11 +16,12 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from democratic_ai.contracts import ErrorCode
-from democratic_ai.services.billing import BillingError
-from democratic_ai.services.identity import IdentityError, Throttled
+from democratic_ai.contracts import ErrorCode, PlatformError
+from democratic_ai.services.identity import Throttled
 
-__all__ = ["STATUS", "ApiError", "ErrorBody", "ErrorDetail", "error_body", "error_middleware", "error_response"]
+__all__ = [
+    "STATUS", "ApiError", "ErrorBody", "ErrorDetail", "error_body", "error_middleware", "error_response", "status_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,17 @@ STATUS: dict[ErrorCode, int] = {
 _encode = msgspec.json.Encoder().encode
 
 
-class ApiError(Exception):
-    def __init__(
-        self, code: ErrorCode, message: str, details: dict[str, Any] | None = None, *, status: int | None = None
-    ) -> None:
-        super().__init__(message)
+class ApiError(PlatformError):
+    """The edge's own error: its code is given per instance, its status is ``STATUS[code]``."""
+
+    def __init__(self, code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, **(details or {}))
         self.code = code
-        self.message = message
-        self.details = details or {}
-        self.status = status or STATUS.get(code, 500)
+
+
+def status_of(code: ErrorCode) -> int:
+    """The HTTP status of an error with ``code``: the table above, 500 for a code it lacks."""
+    return STATUS.get(code, 500)
 
 
 class ErrorDetail(msgspec.Struct):
@@ -99,15 +102,12 @@ _HTTP_CODES: dict[int, tuple[ErrorCode, str]] = {
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.code, exc.message, exc.details, status=exc.status)
-    except IdentityError as exc:
+    except PlatformError as exc:
+        status = status_of(exc.code)
+        if status >= 500:
+            log.warning("%s on %s %s: %s", type(exc).__name__, request.method, request.path, exc.message)
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
-        return error_response(exc.code, exc.message, exc.details, status=STATUS.get(exc.code, 500), headers=headers)
-    except BillingError as exc:
-        if exc.status >= 500:
-            log.warning("billing on %s %s: %s", request.method, request.path, exc.message)
-        return error_response(exc.code, exc.message, exc.details, status=exc.status)
+        return error_response(exc.code, exc.message, exc.details, status=status, headers=headers)
     except web.RequestPayloadError:
         # Say what, not the parser's words: they may quote the body.
         return error_response(ErrorCode.BAD_REQUEST, "the request body could not be read: it is truncated or"

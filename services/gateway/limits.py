@@ -25,7 +25,7 @@ async def admit(app: web.Application, principal: Principal, call: MCPMessage) ->
     try:
         return await app[METERING].admit(principal, len(call.payload))
     except AdmissionUnavailable as exc:
-        raise ApiError(ErrorCode.NOT_READY, exc.message, status=503) from None
+        raise ApiError(ErrorCode.NOT_READY, exc.message) from None
 
 
 async def refusal(app: web.Application, call: MCPMessage, decision: Decision) -> MCPMessage:

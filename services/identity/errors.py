@@ -1,4 +1,4 @@
-"""Errors of the identity commands, each with a stable code the gateway turns into a status.
+"""Errors of the identity commands, each with a stable code the gateway's table turns into a status.
 
     IdentityError
     ├── Unauthenticated   bad credentials, expired or revoked tokens (401)
@@ -12,20 +12,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
-from democratic_ai.contracts import ErrorCode
+from democratic_ai.contracts import ErrorCode, PlatformError
 
 __all__ = ["Conflict", "Forbidden", "IdentityError", "Invalid", "NotFound", "Throttled", "Unauthenticated", "Unavailable"]
 
 
-class IdentityError(Exception):
-    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
-
-    def __init__(self, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
+class IdentityError(PlatformError):
+    """The root of identity's errors."""
 
 
 class Unauthenticated(IdentityError):

@@ -1,18 +1,22 @@
 """Metering and rate limits: usage events of every call, and limits enforced from the log.
 
 Command side only: events are published here and folded into Postgres by
-``projections/usage.py``. The gateway holds one :class:`Metering`; the projection worker runs
+``projections/usage.py``. Plans and their limits come from the plan catalogue
+(:mod:`democratic_ai.services.plans`), whose ``Plan``, ``PlanBook``, ``load_plans`` and
+``InvalidPlans`` this package re-exports for :class:`MeteringConfig`. The gateway holds one
+:class:`Metering`; the projection worker runs
 :class:`UsageRecovery` next to the usage projection.
 """
 
 from __future__ import annotations
+
+from democratic_ai.services.plans import InvalidPlans, Plan, PlanBook, load_plans
 
 from .admission import Admission, AdmissionConfig
 from .algorithms import FixedWindow, Grant, LeakyBucket, SlidingLog, TokenBucket
 from .derive import GATEWAY, is_metered, usage_of
 from .errors import AdmissionUnavailable, MeteringError, QuotaExceeded
 from .limiter import Decision, PolicyState, RateLimiter
-from .plans import InvalidPlans, Plan, PlanBook, load_plans
 from .publisher import PublisherConfig, UsagePublisher
 from .recovery import RecoveryConfig, UsageRecovery
 from .service import Metering, MeteringConfig

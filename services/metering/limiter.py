@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 
 from democratic_ai.services.identity import Principal
+from democratic_ai.services.plans import API_KEY_WINDOW_SECONDS, Plan, PlanBook
 
 from .admission import TENANT_HOLDER, Admission, key_holder
 from .meters import Meters
-from .plans import API_KEY_WINDOW_SECONDS, Plan, PlanBook
 
 __all__ = ["Decision", "PolicyState", "RateLimiter"]
 

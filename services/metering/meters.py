@@ -54,9 +54,9 @@ from democratic_ai.contracts.usage_events import (
     encode_event,
     message_id,
 )
+from democratic_ai.services.plans import Plan, PlanResolver
 
 from .algorithms import FixedWindow, LeakyBucket, TokenBucket
-from .plans import Plan, PlanResolver
 
 __all__ = ["Meters", "Refusal", "TenantMeters"]
 

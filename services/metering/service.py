@@ -25,13 +25,13 @@ from democratic_ai.contracts.usage_events import (
     message_id,
 )
 from democratic_ai.services.identity import Principal
+from democratic_ai.services.plans import PlanBook, load_plans
 
 from .admission import STREAM as RATELIMIT, Admission, AdmissionConfig
 from .derive import usage_of
 from .errors import QuotaExceeded
 from .limiter import Decision, PolicyState, RateLimiter
 from .meters import Meters
-from .plans import PlanBook, load_plans
 from .publisher import PublisherConfig, UsagePublisher
 from .subscriptions import SubscribedPlans
 

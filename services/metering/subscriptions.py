@@ -17,8 +17,7 @@ from democratic_ai.contracts.billing_events import PlanChanged, SubscriptionCanc
 from democratic_ai.contracts.follower import StreamFollower
 from democratic_ai.contracts.streams import BILLING_STREAM
 from democratic_ai.contracts.subjects import subscription_subject
-
-from .plans import InvalidPlans, PlanBook
+from democratic_ai.services.plans import InvalidPlans, PlanBook
 
 __all__ = ["SubscribedPlans"]
 
