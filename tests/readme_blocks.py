@@ -5,11 +5,9 @@ block sets are there for the next). A block is read otherwise only when an HTML 
 GitHub does not show — right above its fence says so:
 
 * ``<!-- readme-test: skip: REASON -->`` — not run; the reason names what runs it instead.
-* ``<!-- readme-test: save FILE -->`` — written to FILE (a module the next blocks run).
-* ``<!-- readme-test: background until REGEX -->`` — started in the background, like a command in
-  a second terminal; the next block runs once its output matches REGEX. Stopped at the end.
 
-Blocks in other languages (output, JSON, Python, JavaScript) are not run unless saved.
+Blocks in other languages (output, JSON, Python, JavaScript) are not run. (What runs in a second
+terminal in real life, such as a module, the README starts in the background with ``&``.)
 """
 
 from __future__ import annotations
@@ -29,8 +27,8 @@ class Block:
     language: str
     text: str
     line: int  # of the opening fence, 1-based
-    action: str  # "run", "skip", "save", "background" or "show" (not a shell block)
-    argument: str = ""  # the reason, the file name or the regex
+    action: str  # "run", "skip" or "show" (not a shell block)
+    reason: str = ""  # why a skipped block is not run
 
     def where(self) -> str:
         return f"README.md:{self.line}"
@@ -41,10 +39,6 @@ def _action(language: str, directive: str | None, line: int) -> tuple[str, str]:
         return ("run", "") if language == "sh" else ("show", "")
     if directive.startswith("skip:") and directive[5:].strip():
         return "skip", directive[5:].strip()
-    if directive.startswith("save "):
-        return "save", directive[5:].strip()
-    if directive.startswith("background until "):
-        return "background", directive[len("background until "):].strip()
     raise ValueError(f"README.md:{line}: a readme-test comment this runner does not know: {directive!r}")
 
 
@@ -74,8 +68,8 @@ def read_blocks(readme: Path) -> list[Block]:
             index += 1
         if index == len(lines):
             raise ValueError(f"README.md:{start + 1}: a code fence that is never closed")
-        action, argument = _action(fence.group(1), directive, start + 1)
-        blocks.append(Block(fence.group(1), "\n".join(body) + "\n", start + 1, action, argument))
+        action, reason = _action(fence.group(1), directive, start + 1)
+        blocks.append(Block(fence.group(1), "\n".join(body) + "\n", start + 1, action, reason))
         directive = None
         index += 1
     return blocks

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
@@ -52,7 +51,7 @@ def test_every_shell_block_is_run_or_says_why_not() -> None:
     shell = [block for block in blocks if block.language == "sh"]
     assert shell, "the README has no shell examples"
     for block in shell:
-        assert block.action in ("run", "skip", "background"), f"{block.where()}: a shell block saved as a file"
+        assert block.action == "run" or block.reason, f"{block.where()}: skipped without a reason"
     assert [b for b in shell if b.action == "run"], "every shell block is skipped"
 
 
@@ -73,7 +72,6 @@ class Shell:
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.background: list[tuple[Block, Path]] = []
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -104,22 +102,8 @@ class Shell:
                 return "".join(output)
             output.append(line)
 
-    def start(self, block: Block, script: Path) -> None:
-        log = script.with_suffix(".log")
-        self._send(f"( source {script} ) >{log} 2>&1 &\n")
-        pattern = re.compile(block.argument)
-        deadline = time.monotonic() + BLOCK_TIMEOUT
-        while time.monotonic() < deadline:
-            text = log.read_text() if log.exists() else ""
-            if pattern.search(text):
-                self.background.append((block, log))
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"{block.where()} never printed /{block.argument}/:\n"
-                             + (log.read_text() if log.exists() else ""))
-
     def close(self) -> None:
-        """Ctrl-C to what runs in the background (as a user would), then the shell itself."""
+        """Ctrl-C to what a block left running in the background (as a user would), then the shell."""
         try:
             children = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.NoSuchProcess:  # the shell ended: a block failed
@@ -184,20 +168,12 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
             text = block.text
             for written, actual in ports.items():
                 text = text.replace(written, actual)
-            if block.action == "save":
-                (folder / block.argument).write_text(text)
-                continue
-            if block.action not in ("run", "background"):
+            if block.action != "run":
                 continue
             script = tmp_path / f"block-{number:03d}-line-{block.line}.sh"
             script.write_text(text)
-            if block.action == "background":
-                shell.start(block, script)
-                continue
             output = shell.run(block, script)
             assert "Traceback (most recent call last)" not in output, f"{block.where()}:\n{output}"
-        for block, log in shell.background:
-            assert "Traceback (most recent call last)" not in log.read_text(), f"{block.where()}:\n{log.read_text()}"
     finally:
         try:
             shell.close()
