@@ -167,19 +167,21 @@ async def start_gateway(
 ) -> AsyncIterator[StartGateway]:
     """Start in-process gateways on random ports (as the read-only app role), each with a
     super-admin key of a tenant of its own; ``metering`` sets their plans and publishing,
-    ``kek`` replaces the session's key-encryption key."""
+    ``kek`` replaces the session's key-encryption key, and any other keyword a field of
+    ``GatewayConfig``."""
     runners: list[web.AppRunner] = []
     session_kek = kek
 
     async def start(
-        metering: MeteringConfig = TEST_METERING, tenant: str | None = None, kek: KeyEncryptionKey | None = None
+        metering: MeteringConfig = TEST_METERING, tenant: str | None = None, kek: KeyEncryptionKey | None = None,
+        **config: object,
     ) -> Gateway:
         tenant = tenant or unique("tenant")
         key = await issue_key(nc, tenant)
         port = free_port()
-        config = GatewayConfig(bus=nats_server.bus("gateway"), database_url=app_dsn(database_url), port=port,
-                               metering=metering, kek=kek or session_kek)
-        app = create_app(config)
+        gateway_config = GatewayConfig(bus=nats_server.bus("gateway"), database_url=app_dsn(database_url), port=port,
+                                       metering=metering, kek=kek or session_kek, **config)  # type: ignore[arg-type]
+        app = create_app(gateway_config)
         runner = runner_for(app)  # as create_runner serves it
         await runner.setup()
         runners.append(runner)

@@ -15,26 +15,20 @@ import json
 from collections.abc import AsyncIterator
 
 import aiohttp
-import asyncpg
 import pytest
-from aiohttp import web
 from nats.aio.client import Client as NATS
 from PIL import Image
 
 from democratic_ai.contracts import ErrorCode, MessageType, decode, new_request, subjects
 from democratic_ai.contracts.registry_events import ModuleManifest
 from democratic_ai.hub import Hub
-from democratic_ai.ops.nats_server import NatsServer
-from democratic_ai.ops.ports import free_port
-from democratic_ai.schemas import app_dsn
 from democratic_ai.sdk import Module, capability
 from democratic_ai.sdk.examples.image_tools import MAX_INPUT_BYTES, ImageTools
-from democratic_ai.services.gateway import GatewayConfig, body_ceiling_from_env, create_app
-from democratic_ai.services.gateway.app import runner_for
+from democratic_ai.services.gateway import body_ceiling_from_env
 from democratic_ai.services.gateway.input_limits import ENVELOPE_BYTES, effective_ceiling
 from democratic_ai.services.gateway.state import INPUT_LIMITS
 
-from conftest import TEST_METERING, Gateway, issue_key, registered, unique
+from conftest import Gateway, StartGateway, registered, unique
 
 MiB = 1024 * 1024
 
@@ -71,30 +65,6 @@ async def _listed(gateway: Gateway) -> dict[str, int]:
         return {c["action"]: c["max_input_bytes"] for c in (await response.json())["capabilities"]}
 
 
-@pytest.fixture
-async def gateway_with(nats_server: NatsServer, database_url: str, nc: NATS, pool: asyncpg.Pool, projections: None,
-                       kek: object) -> AsyncIterator:
-    """Start a gateway with some of its configuration changed (as conftest's gateway otherwise)."""
-    runners: list[web.AppRunner] = []
-
-    async def start(**changes: object) -> Gateway:
-        tenant = unique("tenant")
-        key = await issue_key(nc, tenant)
-        port = free_port()
-        config = GatewayConfig(bus=nats_server.bus("gateway"), database_url=app_dsn(database_url), port=port,
-                               metering=TEST_METERING, kek=kek, **changes)  # type: ignore[arg-type]
-        app = create_app(config)
-        runner = runner_for(app)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        return Gateway(url=f"http://127.0.0.1:{port}", api_key=key, tenant=tenant, app=app)
-
-    yield start
-    for runner in reversed(runners):
-        await runner.cleanup()
-
-
 async def test_a_body_up_to_the_declared_limit_reaches_the_capability(gateway: Gateway, image_tools: ImageTools) -> None:
     image = _png_base64(800)
     body = json.dumps({"image": image, "scale": 2}).encode()
@@ -128,8 +98,8 @@ async def test_a_capability_that_declares_nothing_keeps_1_mib(gateway: Gateway, 
     assert status == 413 and answer["error"]["details"] == {"max_bytes": MiB, "capability": "text.summarize"}
 
 
-async def test_the_ceiling_bounds_every_declaration(gateway_with, image_tools: ImageTools) -> None:
-    gateway = await gateway_with(body_ceiling_bytes=3 * MiB)
+async def test_the_ceiling_bounds_every_declaration(start_gateway: StartGateway, image_tools: ImageTools) -> None:
+    gateway = await start_gateway(body_ceiling_bytes=3 * MiB)
     body = json.dumps({"image": "A" * (3 * MiB)}).encode()
     status, answer = await _invoke(gateway, "image.upscale", body)
     assert status == 413 and answer["error"]["details"] == {"max_bytes": 3 * MiB, "capability": "image.upscale"}
@@ -138,8 +108,8 @@ async def test_the_ceiling_bounds_every_declaration(gateway_with, image_tools: I
     assert (await _listed(gateway))["image.upscale"] == 3 * MiB
 
 
-async def test_the_ceiling_never_exceeds_what_nats_carries(gateway_with, nc: NATS) -> None:
-    gateway = await gateway_with(body_ceiling_bytes=100 * MiB)
+async def test_the_ceiling_never_exceeds_what_nats_carries(start_gateway: StartGateway, nc: NATS) -> None:
+    gateway = await start_gateway(body_ceiling_bytes=100 * MiB)
     assert gateway.app[INPUT_LIMITS].ceiling == nc.max_payload - ENVELOPE_BYTES
     assert effective_ceiling(None, 8 * MiB) == 8 * MiB - ENVELOPE_BYTES
     assert effective_ceiling(2 * MiB, 8 * MiB) == 2 * MiB

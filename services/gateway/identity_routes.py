@@ -9,6 +9,7 @@ Row Level Security confines them to it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -123,35 +124,31 @@ async def _optional_reason(request: web.Request) -> str:
     return (await read_json(request, Suspension)).reason if request.can_read_body else ""
 
 
-def _lifecycle_target(request: web.Request, principal: Principal) -> str:
+async def _change_lifecycle(
+    request: web.Request, change: Callable[[Meta, str, str], Awaitable[object]]
+) -> web.Response:
+    """Suspend or reinstate the path's tenant (super admin), with the optional reason."""
+    principal = require(request, "tenant:suspend")
     tenant_id = request.match_info["tenant"]
     if tenant_id == principal.tenant_id:
         # Suspending it would lock out the very credentials that could reinstate it.
         raise ApiError(ErrorCode.FORBIDDEN, "a super admin does not suspend or reinstate their own tenant",
                        {"tenant_id": tenant_id})
-    return tenant_id
+    await change(_meta(request, principal), tenant_id, await _optional_reason(request))
+    await read_your_writes(request)
+    return web.Response(status=204)
 
 
 @operation("Suspend a tenant: its credentials stop working until it is reinstated (super admin). No body needed;"
            " 409 if it is suspended already.", {204: NO_CONTENT}, body=Suspension, body_required=False)
 async def suspend_tenant(request: web.Request) -> web.Response:
-    principal = require(request, "tenant:suspend")
-    tenant_id = _lifecycle_target(request, principal)
-    reason = await _optional_reason(request)
-    await request.app[USERS].suspend_tenant(_meta(request, principal), tenant_id, reason)
-    await read_your_writes(request)
-    return web.Response(status=204)
+    return await _change_lifecycle(request, request.app[USERS].suspend_tenant)
 
 
 @operation("Reinstate a suspended tenant: its credentials work again (super admin). No body needed; 409 if it is"
            " not suspended.", {204: NO_CONTENT}, body=Suspension, body_required=False)
 async def reinstate_tenant(request: web.Request) -> web.Response:
-    principal = require(request, "tenant:suspend")
-    tenant_id = _lifecycle_target(request, principal)
-    reason = await _optional_reason(request)
-    await request.app[USERS].reinstate_tenant(_meta(request, principal), tenant_id, reason)
-    await read_your_writes(request)
-    return web.Response(status=204)
+    return await _change_lifecycle(request, request.app[USERS].reinstate_tenant)
 
 
 # Users -----------------------------------------------------------------------------------------
