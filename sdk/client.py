@@ -18,12 +18,12 @@ from nats.aio.client import Client as NATS
 from democratic_ai.contracts import (
     DEFAULT_TTL_SECONDS,
     MCPMessage,
-    MessageType,
     error_details,
     new_event,
     new_request,
     subjects,
 )
+from democratic_ai.contracts.messages import ERROR
 from democratic_ai.hub.router import Router
 
 from .errors import CallError
@@ -66,9 +66,10 @@ class Client:
     ) -> Any:
         """Call ``capability`` with ``payload`` (JSON-able) and return its result."""
         answer = await self._router.call(self._request(capability, payload, tenant, target_module_id, priority, ttl))
-        if answer.type == MessageType.ERROR:
+        if answer.type == ERROR:
             raise CallError(answer.error.code, answer.error.message, error_details(answer))
-        return _decode(answer.payload) if answer.payload else None
+        data = answer.payload
+        return _decode(data) if data else None
 
     async def stream(
         self,
@@ -88,7 +89,7 @@ class Client:
         call = await self._router.open_stream(request)
         try:
             async for message in call:
-                if message.type == MessageType.ERROR:
+                if message.type == ERROR:
                     raise CallError(message.error.code, message.error.message, error_details(message))
                 if message.final and not message.payload and not message.HasField("progress"):
                     return  # the closing chunk carries no data of its own

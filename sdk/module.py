@@ -47,7 +47,6 @@ from democratic_ai.contracts import (
     DEFAULT_TTL_SECONDS,
     ErrorCode,
     MCPMessage,
-    MessageType,
     deadlines,
     decode,
     presence,
@@ -55,6 +54,7 @@ from democratic_ai.contracts import (
     subjects,
     tracing,
 )
+from democratic_ai.contracts.messages import CANCEL, ERROR, STREAM_ACK
 from democratic_ai.contracts.headers import DAI_STREAM, DAI_WINDOW, MCP_ACCEPT_HELD, MCP_BYTES_IN, MCP_COMPUTE_MS
 from democratic_ai.contracts.registry_events import ModuleManifest
 
@@ -349,9 +349,9 @@ class Module:
             endpoint.record(time.perf_counter_ns() - received_ns, "dropped an unreadable call")
             return
         # When the call arrived, on the monotonic clock: its deadline counts from there.
-        arrived = time.monotonic() - (time.perf_counter_ns() - received_ns) / 1e9
-        deadline = deadlines.received(request, msg.headers, arrived)
-        if deadline is not None and time.monotonic() > deadline:
+        now = time.monotonic()
+        deadline = deadlines.received(request, msg.headers, now - (time.perf_counter_ns() - received_ns) / 1e9)
+        if deadline is not None and now > deadline:
             # The caller stopped waiting: running the work now would only waste it.
             log.info("dropped expired call %s of %s", request.correlation_id, request.action)
             endpoint.record(time.perf_counter_ns() - received_ns, "dropped a call whose ttl had expired")
@@ -392,7 +392,7 @@ class Module:
         await nc.publish(subjects.record_response(request.context.tenant_id, request.action), data)
         if msg.reply:
             await nc.publish(msg.reply, data)
-        failed = answer.type == MessageType.ERROR
+        failed = answer.type == ERROR
         endpoint.record(time.perf_counter_ns() - received_ns, f"{answer.error.code}: {answer.error.message}" if failed else None)
 
     def _accept(self, nc: NATS, request: MCPMessage, reply: str) -> None:
@@ -485,9 +485,9 @@ class Module:
         streamed = self._streams.get(message.correlation_id)
         if streamed is None or streamed.tenant_id != message.context.tenant_id:
             return  # finished already, or not ours to touch
-        if message.type == MessageType.STREAM_ACK:
+        if message.type == STREAM_ACK:
             streamed.sender.grant(message.sequence)
-        elif message.type == MessageType.CANCEL and not streamed.sender.ended:
+        elif message.type == CANCEL and not streamed.sender.ended:
             streamed.task.cancel()
 
     async def _deliver(self, handler: EventHandlerDefinition, msg: Msg) -> None:
