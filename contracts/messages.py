@@ -31,6 +31,7 @@ __all__ = [
     "REQUEST",
     "RESPONSE",
     "STREAM_ACK",
+    "answering",
     "STREAM_CHUNK",
     "decode",
     "error_details",
@@ -119,14 +120,15 @@ def new_event(topic: str, payload: bytes, *, tenant_id: str, source_module_id: s
 
 def reply(request: MCPMessage, payload: bytes, *, source_module_id: str) -> MCPMessage:
     """The RESPONSE to ``request``."""
-    message = _answer_to(request, RESPONSE, source_module_id)
+    message = answering(request, RESPONSE, source_module_id)
     message.payload = payload
     message.content_type = JSON
     return message
 
 
-def _answer_to(request: MCPMessage, kind: MessageType.ValueType, source_module_id: str) -> MCPMessage:
-    """A message of type ``kind`` answering ``request``: its ids, action and context, stamped now."""
+def answering(request: MCPMessage, kind: MessageType.ValueType, source_module_id: str) -> MCPMessage:
+    """A message of type ``kind`` answering ``request``: a new id, the request's action, context and
+    correlation id, addressed to its source, stamped now. The answers of every kind start here."""
     message = MCPMessage()
     message.id = new_id()
     message.type = kind
@@ -150,7 +152,7 @@ def error_reply(
     details: dict[str, Any] | None = None,
 ) -> MCPMessage:
     """The ERROR answering ``request``: a stable code, a sentence, and JSON details."""
-    message = _answer_to(request, ERROR, source_module_id)
+    message = answering(request, ERROR, source_module_id)
     error = message.error
     error.code = code.value
     error.message = text

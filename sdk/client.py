@@ -8,6 +8,7 @@ capability that does not stream). Leaving the loop early cancels the call at the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -115,7 +116,7 @@ class Client:
     def _request(
         self, capability: str, payload: Any, tenant: str | None, target_module_id: str, priority: int, ttl: int
     ) -> MCPMessage:
-        subjects.validate_capability(capability)
+        _checked_capability(capability)
         if not 0 <= priority <= 9:
             raise ValueError("priority must be between 0 and 9.")
         if ttl < 0:
@@ -131,8 +132,16 @@ class Client:
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def _checked_capability(name: str) -> str:
+    """:func:`~democratic_ai.contracts.subjects.validate_capability`, remembered for valid names (an
+    invalid one raises, and is not remembered): a client calls the same few capabilities again and again."""
+    return subjects.validate_capability(name)
+
+
 def _chunk(message: MCPMessage) -> Chunk:
-    data = _decode(message.payload) if message.payload else None
+    payload = message.payload
+    data = _decode(payload) if payload else None
     if not message.HasField("progress"):
         return Chunk(data)
     progress = message.progress

@@ -383,8 +383,6 @@ class Module:
         finally:
             if accepting is not None:
                 accepting.cancel()
-        # The input's size travels with the answer, for metering (compute_ms is set by _answer).
-        answer.headers[MCP_BYTES_IN] = str(len(request.payload))
         data = answer.SerializeToString()
         # The record goes out before the reply, on the same connection: by the time the
         # caller holds the answer, the log holds it too, and the call's usage can always be
@@ -403,13 +401,14 @@ class Module:
     async def _answer(self, definition: CapabilityDefinition, request: MCPMessage) -> MCPMessage:
         """Run the handler for a caller waiting for one answer: a streaming one gives its last data."""
         invocation = Invocation(self.module_id, definition, request)
-        call, error = invocation.start(getattr(self, definition.method_name))
-        if error is not None:
-            return error
-        started = time.perf_counter()
-        with serving(request.context.tenant_id):
-            answer = await invocation.answer(last_data(call) if definition.streaming else call)
-        answer.headers[MCP_COMPUTE_MS] = f"{elapsed_ms(started):.3f}"
+        call, answer = invocation.start(getattr(self, definition.method_name))
+        if answer is None:
+            started = time.perf_counter()
+            with serving(request.context.tenant_id):
+                answer = await invocation.answer(last_data(call) if definition.streaming else call)
+            answer.headers[MCP_COMPUTE_MS] = f"{elapsed_ms(started):.3f}"
+        # The input's size travels with the answer, for metering.
+        answer.headers[MCP_BYTES_IN] = str(invocation.input_bytes)
         return answer
 
     async def _serve_stream(
