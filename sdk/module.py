@@ -350,21 +350,23 @@ class Module:
             return
         # When the call arrived, on the monotonic clock: its deadline counts from there.
         now = time.monotonic()
-        deadline = deadlines.received(request, msg.headers, now - (time.perf_counter_ns() - received_ns) / 1e9)
+        headers = msg.headers
+        deadline = deadlines.received(request, headers, now - (time.perf_counter_ns() - received_ns) / 1e9)
         if deadline is not None and now > deadline:
             # The caller stopped waiting: running the work now would only waste it.
             log.info("dropped expired call %s of %s", request.correlation_id, request.action)
             endpoint.record(time.perf_counter_ns() - received_ns, "dropped a call whose ttl had expired")
             return
-        inbox = msg.headers.get(DAI_STREAM) if msg.headers else None
+        inbox = headers.get(DAI_STREAM) if headers else None
         if inbox:
             await self._serve_stream(definition, request, msg, inbox, deadline)
             endpoint.record(time.perf_counter_ns() - received_ns, None)
             return
         # Costs one timer per call whose caller asks; only a call still held after ACCEPT_AFTER says ACCEPTED.
+        reply = msg.reply
         accepting = asyncio.get_running_loop().call_later(
-            presence.ACCEPT_AFTER, self._accept, nc, request, msg.reply
-        ) if msg.reply and MCP_ACCEPT_HELD in request.headers else None
+            presence.ACCEPT_AFTER, self._accept, nc, request, reply
+        ) if reply and MCP_ACCEPT_HELD in request.headers else None
         try:
             if not (self.scheduler.try_acquire() or await self.scheduler.acquire(request.priority, deadline)):
                 log.info("dropped call %s of %s: its ttl passed while it waited", request.correlation_id, request.action)
@@ -373,7 +375,7 @@ class Module:
             try:
                 if tracing.tracing_enabled():
                     with tracing.tracer.start_as_current_span(
-                        f"module {definition.action}", context=tracing.extract(msg.headers)
+                        f"module {definition.action}", context=tracing.extract(headers)
                     ):
                         answer = await self._answer(definition, request)
                 else:
@@ -388,8 +390,8 @@ class Module:
         # caller holds the answer, the log holds it too, and the call's usage can always be
         # re-derived from the log (services/metering/recovery.py).
         await nc.publish(subjects.record_response(request.context.tenant_id, request.action), data)
-        if msg.reply:
-            await nc.publish(msg.reply, data)
+        if reply:
+            await nc.publish(reply, data)
         failed = answer.type == ERROR
         endpoint.record(time.perf_counter_ns() - received_ns, f"{answer.error.code}: {answer.error.message}" if failed else None)
 
