@@ -32,6 +32,7 @@ from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .credential_watch import CredentialWatch
 from .errors import error_middleware, error_response
+from .gate import CallGate
 from .hygiene import edge_headers
 from .identity_routes import add_identity_routes
 from .input_limits import InputLimits, effective_ceiling
@@ -43,6 +44,7 @@ from .state import (
     BILLING,
     CONFIG,
     CREDENTIALS,
+    GATE,
     IDENTITY,
     INPUT_LIMITS,
     KEY_RING,
@@ -52,7 +54,6 @@ from .state import (
     POOL,
     PRESENCE,
     REGISTRY,
-    ROUTER,
     USERS,
     USER_KEYS,
 )
@@ -91,10 +92,11 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     app[USER_KEYS] = user_keys
     app[CREDENTIALS] = CredentialWatch(identity)
     app[USERS] = IdentityService(js, identity, ring, user_keys)
-    app[ROUTER] = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered, presence=presence)
     metering = Metering(nc, config.metering)
     await metering.start()
     app[METERING] = metering
+    router = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered, presence=presence)
+    app[GATE] = CallGate(nc, identity, ring, metering, router, app[INPUT_LIMITS])
     stripe = StripeBilling(config.billing.stripe) if config.billing.stripe else None
     usage = app.get(USAGE_TOTALS) or PostgresUsageTotals(pool, js)
     app[BILLING] = BillingService(js, load_plans(), usage, config.billing)
