@@ -109,6 +109,16 @@ def normalise_email(email: str) -> str:
 
 
 class IdentityService:
+    """The identity commands: tenants, users, sessions, API keys and module credentials.
+
+    A command reads the in-memory index (the IDENTITY stream folded), decides, and appends one
+    event on the entity's subject with the expected last sequence of that subject
+    (:func:`democratic_ai.contracts.eventlog.append`): two racing commands on one entity cannot
+    both win. Secrets never enter an event in clear: passwords are hashed and sealed with the
+    user's data key, API keys and module credentials are stored as hashes and shown once.
+    The gateway waits for its own index to apply what it appended before it answers.
+    """
+
     def __init__(self, js: JetStreamContext, index: IdentityIndex, ring: KeyRing, user_keys: UserKeyStore) -> None:
         self._js = js
         self.index = index

@@ -414,8 +414,10 @@ def report(results: dict[str, Result], args: argparse.Namespace, authorization: 
     a, r, b, c, d = (results[k] for k in "arbcd")
     for label, value, target, ok in (
         ("b/a throughput", f"{b.rate / a.rate:.2f}", ">= 0.70", b.rate / a.rate >= 0.7),
-        ("c/d throughput", f"{c.rate / d.rate:.2f}", ">= 0.70", c.rate / d.rate >= 0.7),
-        ("c-d p50 (ms)", f"{c.p50_ms - d.p50_ms:+.2f}", "<= 1.00", c.p50_ms - d.p50_ms <= 1.0),
+        ("c/d throughput", f"{c.rate / d.rate:.2f}", ">= 0.80", c.rate / d.rate >= 0.8),
+        # Within 0.5 ms of the floor for one unloaded call (--concurrency 1); at 64 in flight the
+        # difference restates the throughput ratio (Little's law).
+        ("c-d p50 (ms)", f"{c.p50_ms - d.p50_ms:+.2f}", "<= 0.50", c.p50_ms - d.p50_ms <= 0.5),
     ):
         print(f"{label:<36}{value:>10}   target {target}  {'ok' if ok else 'MISS'}")
     print(f"{'r/a, b/r throughput':<36}{f'{r.rate / a.rate:.2f}, {b.rate / r.rate:.2f}':>10}   (the records; the SDK beyond them)")
