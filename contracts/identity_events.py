@@ -37,6 +37,7 @@ import msgspec
 from .envelope import Meta
 from .fields import Email, Id, Name, PositiveInt32, TenantId, Text, checked_encoder
 from .subjects import validate_capability, validate_token
+from .toolsets import check_toolset
 
 __all__ = [
     "MAX_MODULE_CAPABILITIES",
@@ -153,6 +154,11 @@ class ApiKeyIssued(_Event, tag="api_key.issued"):
     scopes: tuple[Id, ...] = ()
     expires_at: datetime | None = None
     rate_limit: PositiveInt32 | None = None  # calls per minute, enforced by metering; api_keys.rate_limit is integer
+    # The key's toolset (contracts/toolsets.py): what it may call; empty, every capability.
+    capabilities: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_toolset(self.capabilities)
 
 
 class ApiKeyRevoked(_Event, tag="api_key.revoked"):

@@ -359,9 +359,12 @@ class NewApiKey(msgspec.Struct, forbid_unknown_fields=True):
     scopes: list[Id] | None = None  # omitted: module:read and module:use (as far as the caller holds them)
     expires_at: datetime | None = None
     rate_limit: PositiveInt32 | None = None  # api_keys.rate_limit is an integer column
+    # What the key may call: capability names or families ("text.*"); omitted, what its issuer may.
+    capabilities: list[Id] | None = None
 
 
-_KEY_COLUMNS = "key_id, tenant_id, user_id, name, prefix, role, scopes, expires_at, rate_limit, created_at, revoked_at"
+_KEY_COLUMNS = ("key_id, tenant_id, user_id, name, prefix, role, scopes, expires_at, rate_limit, capabilities,"
+                " created_at, revoked_at")
 
 
 class IssuedApiKey(msgspec.Struct):
@@ -374,6 +377,7 @@ class IssuedApiKey(msgspec.Struct):
     scopes: list[str]
     expires_at: datetime | None
     rate_limit: int | None
+    capabilities: list[str]  # its toolset; empty: every capability its scopes allow
 
 
 class ApiKey(msgspec.Struct):
@@ -386,6 +390,7 @@ class ApiKey(msgspec.Struct):
     scopes: list[str]
     expires_at: datetime | None
     rate_limit: int | None
+    capabilities: list[str]  # its toolset; empty: every capability its scopes allow
     created_at: datetime
     revoked_at: datetime | None
 
@@ -409,12 +414,12 @@ async def create_api_key(request: web.Request) -> web.Response:
     issued = await request.app[USERS].issue_api_key(
         _meta(request, principal), tenant_id=tenant_id, role=principal.role, user_id=principal.user_id,
         name=body.name, scopes=body.scopes, expires_at=body.expires_at, rate_limit=body.rate_limit,
-        granted=principal.permissions,
+        granted=principal.permissions, capabilities=body.capabilities, granted_toolset=principal.toolset,
     )
     await read_your_writes(request)
     event = issued.event
     return respond(IssuedApiKey(issued.key_id, issued.secret, event.prefix, event.name, list(event.scopes),
-                                event.expires_at, event.rate_limit), status=201)
+                                event.expires_at, event.rate_limit, list(event.capabilities)), status=201)
 
 
 @operation("The tenant's API keys (only one's own, without api_key:read); never their secrets.", {200: ApiKeyList})

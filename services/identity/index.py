@@ -88,6 +88,7 @@ class ApiKeyState:
     expires_at: datetime | None
     rate_limit: int | None
     revoked: bool = False
+    capabilities: tuple[str, ...] = ()  # its toolset: empty, every capability
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +225,7 @@ class IdentityIndex(StreamFollower):
             case ApiKeyIssued():
                 self.api_keys[event.key_id] = ApiKeyState(
                     event.key_id, event.tenant_id, event.user_id, event.role, event.scopes, event.prefix,
-                    event.name, event.expires_at, event.rate_limit,
+                    event.name, event.expires_at, event.rate_limit, capabilities=event.capabilities,
                 )
                 self.api_keys_by_hash[event.sha256] = event.key_id
             case ApiKeyRevoked():

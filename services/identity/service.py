@@ -48,6 +48,7 @@ from democratic_ai.contracts.identity_events import (
     UserRoleChanged,
     encode_event,
 )
+from democratic_ai.contracts.toolsets import check_toolset, outside_of
 
 from .bootstrap import new_api_key_secret
 from .errors import Conflict, Forbidden, Invalid, NotFound, Throttled, Unauthenticated, Unavailable
@@ -282,6 +283,8 @@ class IdentityService:
         expires_at: datetime | None = None,
         rate_limit: int | None = None,
         granted: frozenset[str] | None = None,
+        capabilities: Sequence[str] | None = None,
+        granted_toolset: tuple[str, ...] = (),
     ) -> IssuedKey:
         """Issue a key whose scopes are a subset of ``granted`` (default: what ``role`` may do) —
         the permissions of whoever asks, so a scoped key cannot issue a wider one.
@@ -289,7 +292,10 @@ class IdentityService:
         Without ``scopes`` the key gets :data:`DEFAULT_KEY_SCOPES` (``module:read``,
         ``module:use``) as far as ``granted`` holds them; never every permission of its owner.
         The limits of every field (``rate_limit`` 1 … 2**31-1, a name without NUL …) are the
-        event's types; :meth:`_append` refuses an event outside them with :class:`Invalid`."""
+        event's types; :meth:`_append` refuses an event outside them with :class:`Invalid`.
+        ``capabilities`` is the key's toolset (:mod:`democratic_ai.contracts.toolsets`): what it
+        may call, within ``granted_toolset`` (the asker's own); ``None``, the asker's toolset
+        (for a user: every capability its permissions allow)."""
         _token(tenant_id, "tenant")
         granted = permissions_of(role) if granted is None else granted
         if scopes is None:
@@ -306,11 +312,18 @@ class IdentityService:
             raise Forbidden("a key's scopes must be a subset of its owner's permissions", scopes=outside)
         if expires_at is not None and expires_at <= datetime.now(UTC):
             raise Invalid("expires_at must be in the future", field="expires_at")
+        try:
+            toolset = granted_toolset if capabilities is None else check_toolset(capabilities)
+        except ValueError as exc:
+            raise Invalid(str(exc), field="capabilities") from None
+        if wider := outside_of(toolset, granted_toolset):
+            raise Forbidden("a key's toolset must be within its issuer's", capabilities=wider)
         secret = new_api_key_secret()
         key_id = secret.split("_", 2)[1]
         event = ApiKeyIssued(
             tenant_id=tenant_id, meta=meta, key_id=key_id, prefix=secret[:16], sha256=sha256_hex(secret), role=role,
             user_id=user_id, name=name, scopes=tuple(sorted(set(scopes))), expires_at=expires_at, rate_limit=rate_limit,
+            capabilities=toolset,
         )
         await self._append(subjects.identity_subject(tenant_id, "api_key", key_id), event, expected=0)
         return IssuedKey(key_id=key_id, secret=secret, event=event)
