@@ -6,6 +6,7 @@ Subjects name the aggregate: ``iam.<tenant>.<aggregate>.<id>`` (:func:`.subjects
     iam.<t>.email.<sha256(email)>  user.registered — one per e-mail and tenant, ever (unique e-mail)
     iam.<t>.user.<user id>         user.role_changed, user.deactivated, user.password_changed
     iam.<t>.api_key.<key id>       api_key.issued, api_key.revoked
+    iam.<t>.toolset.<name>         toolset.defined, toolset.deleted — a named set of capabilities keys may call
     iam.<t>.session.<family id>    session.started, session.refreshed, session.revoked
     iam.<t>.token.<jti>            token.revoked
     iam.<t>.login.<sha256(email)>  login.attempted (success or failure; feeds login throttling)
@@ -59,6 +60,8 @@ __all__ = [
     "TenantReinstated",
     "TenantSuspended",
     "TenantUpdated",
+    "ToolsetDefined",
+    "ToolsetDeleted",
     "UserDeactivated",
     "UserRegistered",
     "UserRoleChanged",
@@ -156,9 +159,35 @@ class ApiKeyIssued(_Event, tag="api_key.issued"):
     rate_limit: PositiveInt32 | None = None  # calls per minute, enforced by metering; api_keys.rate_limit is integer
     # The key's toolset (contracts/toolsets.py): what it may call; empty, every capability.
     capabilities: tuple[str, ...] = ()
+    toolset: str = ""  # or the name of one of its tenant's toolsets (ToolsetDefined), followed as it changes
 
     def __post_init__(self) -> None:
         check_toolset(self.capabilities)
+        if self.toolset:
+            validate_token(self.toolset, "toolset")
+            if self.capabilities:
+                raise ValueError("a key names its capabilities or a toolset, not both")
+
+
+class ToolsetDefined(_Event, tag="toolset.defined"):
+    """A named toolset of the tenant (defined anew or replaced): its keys may call ``capabilities``."""
+
+    name: Id
+    capabilities: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        validate_token(self.name, "toolset")
+        if not check_toolset(self.capabilities):
+            raise ValueError("a toolset names at least one capability")
+
+
+class ToolsetDeleted(_Event, tag="toolset.deleted"):
+    """The named toolset is gone; a key issued with it is refused from then on."""
+
+    name: Id
+
+    def __post_init__(self) -> None:
+        validate_token(self.name, "toolset")
 
 
 class ApiKeyRevoked(_Event, tag="api_key.revoked"):
@@ -254,6 +283,8 @@ IdentityEvent = (
     | PasswordChanged
     | ApiKeyIssued
     | ApiKeyRevoked
+    | ToolsetDefined
+    | ToolsetDeleted
     | SessionStarted
     | SessionRefreshed
     | SessionRevoked

@@ -82,7 +82,7 @@ class IdentityProjection:
                         _CREATED: True, "tenant_id": event.tenant_id, "user_id": event.user_id, "name": event.name,
                         "prefix": event.prefix, "role": event.role, "scopes": list(event.scopes),
                         "expires_at": event.expires_at, "rate_limit": event.rate_limit,
-                        "capabilities": list(event.capabilities), "created_at": at,
+                        "capabilities": list(event.capabilities), "toolset": event.toolset, "created_at": at,
                         "revoked_at": None,
                     }
                 case ApiKeyRevoked():

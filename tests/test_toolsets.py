@@ -3,6 +3,7 @@ and lists only those; the limit is in the key's event, so it survives a restart 
 
 from __future__ import annotations
 
+import asyncio
 import aiohttp
 import asyncpg
 import pytest
@@ -10,7 +11,7 @@ from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.toolsets import MAX_TOOLSET_ENTRIES, check_toolset, outside_of, toolset_allows
 
-from conftest import Echo, Gateway, caught_up, http
+from conftest import Echo, Gateway, caught_up, http, issue_key, unique
 from streaming_modules import Streamer
 
 # --- the rule ----------------------------------------------------------------------------------
@@ -128,3 +129,66 @@ async def test_a_bad_toolset_is_refused_and_nothing_is_issued(gateway: Gateway, 
     await caught_up(nc, pool, "identity")
     status, after = await http("GET", keys, credential=gateway.api_key)
     assert len(after["api_keys"]) == len(before["api_keys"])
+
+
+async def test_a_named_toolset_is_followed_by_its_keys(gateway: Gateway, echo: Echo, streamer: Streamer) -> None:
+    tenant_url = f"{gateway.url}/v1/tenants/{gateway.tenant}"
+    invoke = f"{gateway.url}/v1/capabilities/{{}}/invoke"
+    admin = gateway.api_key
+    status, body = await http("PUT", f"{tenant_url}/toolsets/echo-only", json={"capabilities": ["test.echo"]},
+                              credential=admin)
+    assert status == 200 and body == {"name": "echo-only", "capabilities": ["test.echo"]}, body
+    status, key = await http("POST", f"{tenant_url}/api-keys", json={"toolset": "echo-only"}, credential=admin)
+    assert status == 201 and key["toolset"] == "echo-only" and key["capabilities"] == [], key
+    secret = key["api_key"]
+    assert (await http("POST", invoke.format("test.echo"), json={}, credential=secret))[0] == 200
+    status, body = await http("POST", invoke.format("test.count"), json={"n": 1}, credential=secret)
+    assert status == 403 and body["error"]["details"]["toolset"] == ["test.echo"], body
+
+    # Redefined: the key follows at its next call, on this gateway and any other.
+    status, _ = await http("PUT", f"{tenant_url}/toolsets/echo-only", json={"capabilities": ["test.count"]},
+                           credential=admin)
+    assert status == 200
+    assert (await http("POST", invoke.format("test.count"), json={"n": 1}, credential=secret))[0] == 200
+    assert (await http("POST", invoke.format("test.echo"), json={}, credential=secret))[0] == 403
+    status, listed = await http("GET", f"{tenant_url}/toolsets", credential=admin)
+    assert listed == {"toolsets": [{"name": "echo-only", "capabilities": ["test.count"]}]}
+
+    # Not deleted while a live key follows it; once the key is revoked, it is.
+    status, body = await http("DELETE", f"{tenant_url}/toolsets/echo-only", credential=admin)
+    assert status == 409 and body["error"]["details"]["api_keys"] == [key["key_id"]], body
+    assert (await http("DELETE", f"{tenant_url}/api-keys/{key['key_id']}", credential=admin))[0] == 204
+    assert (await http("DELETE", f"{tenant_url}/toolsets/echo-only", credential=admin))[0] == 204
+    status, body = await http("GET", f"{tenant_url}/toolsets/echo-only", credential=admin)
+    assert status == 404 and body["error"]["code"] == "NOT_FOUND", body
+
+
+async def test_named_toolsets_refuse_what_they_cannot_hold(gateway: Gateway, nc: NATS) -> None:
+    tenant_url = f"{gateway.url}/v1/tenants/{gateway.tenant}"
+    admin = gateway.api_key
+    for name, body in (("ok", {"capabilities": []}), ("ok", {"capabilities": ["Bad Name"]}),
+                       ("no.dots", {"capabilities": ["test.echo"]}), ("ok", {"capabilities": "test.echo"}),
+                       ("ok", {"capabilities": ["test.echo"], "extra": 1})):
+        status, answer = await http("PUT", f"{tenant_url}/toolsets/{name}", json=body, credential=admin)
+        assert status in (400, 422), (name, body, answer)
+    status, answer = await http("POST", f"{tenant_url}/api-keys", json={"toolset": "missing"}, credential=admin)
+    assert status == 404 and answer["error"]["details"] == {"toolset": "missing"}, answer
+    await http("PUT", f"{tenant_url}/toolsets/ok", json={"capabilities": ["test.echo"]}, credential=admin)
+    status, answer = await http("POST", f"{tenant_url}/api-keys", credential=admin,
+                                json={"toolset": "ok", "capabilities": ["test.echo"]})
+    assert status == 422 and answer["error"]["details"]["field"] == "toolset", answer
+    status, listed = await http("GET", f"{tenant_url}/toolsets", credential=admin)
+    assert listed == {"toolsets": [{"name": "ok", "capabilities": ["test.echo"]}]}
+    # Another tenant's toolsets are not there at all.
+    other = await issue_key(nc, unique("other"), role="tenant_admin")
+    await eventually_authenticated(gateway, other)
+    status, answer = await http("GET", f"{tenant_url}/toolsets", credential=other)
+    assert status == 404 and answer["error"]["code"] == "NOT_FOUND", answer
+
+
+async def eventually_authenticated(gateway: Gateway, key: str) -> None:
+    """Until the gateway's identity index holds ``key`` (published straight to the log)."""
+    async with asyncio.timeout(10):
+        while (await http("GET", f"{gateway.url}/v1/capabilities", credential=key))[0] == 401:
+            await asyncio.sleep(0.05)
+

@@ -58,6 +58,7 @@ from .state import (
     USER_KEYS,
 )
 from .websocket import websocket
+from .toolset_routes import add_toolset_routes
 from .usage_routes import add_usage_routes
 
 __all__ = ["create_app", "create_runner", "runner_for"]
@@ -164,6 +165,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     app.router.add_post("/v1/capabilities/{capability}/invoke", invoke)
     add_identity_routes(app)
     add_module_routes(app)
+    add_toolset_routes(app)
     add_billing_routes(app)
     app.router.add_get("/v1/ws", websocket)
     add_usage_routes(app)

@@ -62,7 +62,8 @@ class Watched:
         fresh = recheck(self._watch.index, self.principal)
         if fresh is not self.principal:  # recheck hands back the very principal while its permissions hold
             raise Unauthenticated(
-                f"this connection's permissions have changed (its role is now {fresh.role!r}): connect again"
+                f"this connection's permissions have changed (its role is now {fresh.role!r}, its toolset"
+                f" {list(fresh.toolset) or 'every capability'}): connect again"
             )
         return fresh
 

@@ -361,10 +361,11 @@ class NewApiKey(msgspec.Struct, forbid_unknown_fields=True):
     rate_limit: PositiveInt32 | None = None  # api_keys.rate_limit is an integer column
     # What the key may call: capability names or families ("text.*"); omitted, what its issuer may.
     capabilities: list[Id] | None = None
+    toolset: Id = ""  # or the name of one of the tenant's toolsets, which the key follows
 
 
 _KEY_COLUMNS = ("key_id, tenant_id, user_id, name, prefix, role, scopes, expires_at, rate_limit, capabilities,"
-                " created_at, revoked_at")
+                " toolset, created_at, revoked_at")
 
 
 class IssuedApiKey(msgspec.Struct):
@@ -378,6 +379,7 @@ class IssuedApiKey(msgspec.Struct):
     expires_at: datetime | None
     rate_limit: int | None
     capabilities: list[str]  # its toolset; empty: every capability its scopes allow
+    toolset: str  # or the tenant's toolset it follows
 
 
 class ApiKey(msgspec.Struct):
@@ -391,6 +393,7 @@ class ApiKey(msgspec.Struct):
     expires_at: datetime | None
     rate_limit: int | None
     capabilities: list[str]  # its toolset; empty: every capability its scopes allow
+    toolset: str  # or the tenant's toolset it follows
     created_at: datetime
     revoked_at: datetime | None
 
@@ -414,12 +417,14 @@ async def create_api_key(request: web.Request) -> web.Response:
     issued = await request.app[USERS].issue_api_key(
         _meta(request, principal), tenant_id=tenant_id, role=principal.role, user_id=principal.user_id,
         name=body.name, scopes=body.scopes, expires_at=body.expires_at, rate_limit=body.rate_limit,
-        granted=principal.permissions, capabilities=body.capabilities, granted_toolset=principal.toolset,
+        granted=principal.permissions, capabilities=body.capabilities, toolset=body.toolset,
+        granted_toolset=principal.toolset,
     )
     await read_your_writes(request)
     event = issued.event
     return respond(IssuedApiKey(issued.key_id, issued.secret, event.prefix, event.name, list(event.scopes),
-                                event.expires_at, event.rate_limit, list(event.capabilities)), status=201)
+                                event.expires_at, event.rate_limit, list(event.capabilities), event.toolset),
+                   status=201)
 
 
 @operation("The tenant's API keys (only one's own, without api_key:read); never their secrets.", {200: ApiKeyList})

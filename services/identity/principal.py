@@ -133,14 +133,20 @@ def _api_key(index: IdentityIndex, key_id: str, now: datetime, known: Principal 
             raise Unauthenticated("the API key's owner is not active")
         role = owner.role
     _tenant_active(index, key.tenant_id)
-    if known is not None and known.role == role:
+    toolset = key.capabilities
+    if key.toolset:
+        named = index.toolsets.get((key.tenant_id, key.toolset))
+        if named is None:  # refused rather than let it call everything
+            raise Unauthenticated(f"the API key's toolset {key.toolset!r} no longer exists")
+        toolset = named
+    if known is not None and known.role == role and known.toolset == toolset:
         return known  # a key's scopes never change: the same role means the same permissions
     granted = permissions_of(role)
     if key.scopes:
         granted = frozenset(s for s in key.scopes if allows(granted, s))
     return Principal(
         tenant_id=key.tenant_id, role=role, permissions=granted, user_id=key.user_id, key_id=key.key_id,
-        rate_limit=key.rate_limit, toolset=key.capabilities,
+        rate_limit=key.rate_limit, toolset=toolset,
     )
 
 
