@@ -44,8 +44,8 @@ from .envelope import Meta
 from .fields import INT64_MAX, Count, Id, Int64, Name, TenantId, Text, checked_encoder
 
 __all__ = [
-    "MINOR_UNITS",
     "INVOICE_VERSION",
+    "MINOR_UNITS",
     "BillingEvent",
     "CustomerLinked",
     "InvoiceIssued",

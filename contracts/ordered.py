@@ -34,8 +34,13 @@ from functools import partial
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import BadSubscriptionError, ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.errors import (
+    BadSubscriptionError,
+    ConnectionClosedError,
+    NoRespondersError,
+    OutboundBufferLimitError,
+    TimeoutError as NatsTimeoutError,
+)
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError

@@ -33,13 +33,30 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
-from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, MessageType, decode, error_reply
-from democratic_ai.contracts import deadlines, streaming, subjects, tracing
+from democratic_ai.contracts import (
+    DEFAULT_TTL_SECONDS,
+    ErrorCode,
+    MCPMessage,
+    MessageType,
+    deadlines,
+    decode,
+    error_reply,
+    streaming,
+    subjects,
+    tracing,
+)
+from democratic_ai.contracts.headers import (
+    DAI_REMAINING_MS,
+    DAI_STREAM,
+    DAI_WINDOW,
+    MCP_ACCEPT_HELD,
+    MCP_BYTES_IN,
+    MCP_CONTROL,
+)
 
 from .presence import PresenceIndex, died
 from .replies import Interrupted, Pending, Replies
 from .streaming import CANCEL_WAIT_SECONDS, CallStream, OnEnd
-from democratic_ai.contracts.headers import DAI_REMAINING_MS, DAI_STREAM, DAI_WINDOW, MCP_ACCEPT_HELD, MCP_BYTES_IN, MCP_CONTROL
 
 __all__ = ["Router"]
 

@@ -23,7 +23,6 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.bus import BusCredentialError, BusOptions, connect
-
 from democratic_ai.projections import (
     PROJECTIONS,
     Projection,

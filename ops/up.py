@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 
 from democratic_ai.contracts import ensure_streams
 from democratic_ai.contracts.bus import CA_FILE_ENV, CREDENTIAL_FILE_ENV, BusOptions, connect
+from democratic_ai.contracts.headers import HTTP_API_KEY
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.services.identity import ensure_bootstrap
 from democratic_ai.services.identity.bootstrap import ensure_platform_module
@@ -47,7 +48,6 @@ from .postgres_server import PostgresServer, postmaster
 from .reaper import CHILD, DATA_DIR_ENV, NATS, POSTGRES, Reaper, die_with_parent, stop_leftovers
 from .services import load_module_class
 from .supervisor import Supervisor
-from democratic_ai.contracts.headers import HTTP_API_KEY
 
 __all__ = ["UpOptions", "up"]
 

@@ -10,13 +10,13 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from democratic_ai.contracts.bus import connect
 from democratic_ai.contracts import MessageType, decode
+from democratic_ai.contracts.bus import connect
+from democratic_ai.hub import Hub
 from democratic_ai.sdk import Module, capability
 from democratic_ai.sdk.examples import TextTools
 
 from conftest import Gateway, registered
-from democratic_ai.hub import Hub
 
 TEXT = (
     "NATS is a messaging system built for speed. JetStream adds persistence to NATS. "

@@ -19,8 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.envelope import Meta

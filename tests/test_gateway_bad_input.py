@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 
-from democratic_ai.services.gateway.state import KEY_RING, USERS
 from democratic_ai.contracts.envelope import Meta
+from democratic_ai.services.gateway.state import KEY_RING, USERS
 
 from conftest import Gateway, http
 

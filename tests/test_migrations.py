@@ -13,7 +13,6 @@ from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.schemas import RENAMED, migrate, migrations
 
 
-
 def test_no_two_migration_files_share_a_number() -> None:
     names = [e.name for e in resources.files("democratic_ai.schemas").joinpath("sql").iterdir() if e.name.endswith(".sql")]
     numbers = Counter()

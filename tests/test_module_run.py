@@ -106,7 +106,7 @@ class Run:
             self._new.clear()
             try:
                 await asyncio.wait_for(self._new.wait(), min(left, 0.5))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def count(self, text: str) -> int:
@@ -118,7 +118,7 @@ class Run:
         started = time.monotonic()
         try:
             code = await asyncio.wait_for(self.process.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"still running after {timeout} s:\n" + "\n".join(self.lines)) from None
         await asyncio.wait_for(self._reader, 5)
         return code, time.monotonic() - started

@@ -26,9 +26,9 @@ from democratic_ai.contracts import ensure_streams
 from democratic_ai.hub import Hub
 from democratic_ai.ops import nats_server as nats_server_module
 from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.sdk import Client, Event, Module, ModuleConfig, capability, event_handler
 from democratic_ai.services import busauth
 from democratic_ai.services.busauth import inbox_prefix
-from democratic_ai.sdk import Client, Event, Module, ModuleConfig, capability, event_handler
 
 from conftest import registered
 

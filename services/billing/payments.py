@@ -22,6 +22,7 @@ from democratic_ai.contracts.billing_events import (
     PaymentMethodAttached,
     PaymentSucceeded,
 )
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import (
     InvalidSubjectToken,
     customer_subject,
@@ -29,7 +30,6 @@ from democratic_ai.contracts.subjects import (
     stripe_event_subject,
     validate_token,
 )
-from democratic_ai.contracts.envelope import Meta
 
 from .errors import Conflict, StripeDisabled
 from .eventlog import BillingLog

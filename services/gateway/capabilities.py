@@ -17,6 +17,7 @@ import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, error_details, new_request, subjects, tracing
+from democratic_ai.contracts.headers import HTTP_CALL_ID
 from democratic_ai.services.identity import Principal
 from democratic_ai.services.metering import GATEWAY, Decision
 
@@ -30,7 +31,6 @@ from .ratelimit_headers import limit_header, policy_header
 from .sse import stream_call
 from .state import INPUT_LIMITS, METERING, POOL, PRESENCE, ROUTER
 from .wire import MAX_TTL_SECONDS, http_error
-from democratic_ai.contracts.headers import HTTP_CALL_ID
 
 __all__ = ["checked_capability", "checked_module", "invoke", "list_capabilities"]
 

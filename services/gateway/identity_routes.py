@@ -24,9 +24,9 @@ from democratic_ai.services.identity import Principal
 from .auth import principal_of, require, require_tenant
 from .bodies import from_row, read_json, respond
 from .errors import ApiError
+from .identity_reads import read_your_writes, tenant_rows
 from .meta import request_meta
 from .openapi import NO_CONTENT, operation
-from .identity_reads import read_your_writes, tenant_rows
 from .state import IDENTITY, KEY_RING, USERS
 
 __all__ = ["add_identity_routes"]

@@ -71,8 +71,8 @@ from democratic_ai.ops.nats_server import CONFIG_PATH, NatsServer
 from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.schemas import app_dsn, migrate
 from democratic_ai.sdk import Client, Module, capability
-from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.busauth import BusAuthorizer, Signer, inbox_prefix
+from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.identity import IdentityIndex, KeyEncryptionKey, ensure_bootstrap
 from democratic_ai.services.identity.bootstrap import SYSTEM_TENANT, ensure_platform_module
 
