@@ -80,7 +80,7 @@ class Pending:
 
     def close(self) -> None:
         """The call is over: messages that still come for it are dropped."""
-        self._replies._pending.pop(self._token, None)
+        self._replies._pending.pop(self._token, None)  # noqa: SLF001 - Replies keeps the map its Pendings leave
 
 
 class Replies:

@@ -14,8 +14,9 @@ answered at once; its chunks then flow as :mod:`democratic_ai.contracts.streamin
 
 A router given a :class:`~.presence.PresenceIndex` also answers at once when the module instance
 running a call dies: it asks (``MCP_ACCEPT_HELD``) that a call its module holds for longer than
-``ACCEPT_AFTER`` be acknowledged with ACCEPTED naming the instance (a streamed call always is), and once that instance has missed
-three heartbeats the call is answered ``MODULE_UNAVAILABLE`` instead of waiting out its ttl.
+``ACCEPT_AFTER`` be acknowledged with ACCEPTED naming the instance (a streamed call always is),
+and once that instance has missed three heartbeats the call is answered ``MODULE_UNAVAILABLE``
+instead of waiting out its ttl.
 A call answered faster costs nothing extra: the router's own inboxes (:mod:`.replies`) take the
 answer exactly as nats-py's ``request`` would.
 """

@@ -89,10 +89,11 @@ async def _prepare(
                 await migrate(conn)
         finally:
             await pool.close()
-        if key_file.exists():
+        stored = await asyncio.to_thread(_stored_key, key_file)
+        if stored is not None:
             # Record the stored key again: harmless when the log has it (it enters once, ever),
             # and it heals a log that was reset while the key file stayed.
-            await ensure_bootstrap(js, key_file.read_text().strip())
+            await ensure_bootstrap(js, stored)
             return None, modules
         secret = await ensure_bootstrap(js)
         key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,10 @@ async def _prepare(
         return secret, modules
     finally:
         await nc.drain()
+
+
+def _stored_key(key_file: Path) -> str | None:
+    return key_file.read_text().strip() if key_file.exists() else None
 
 
 async def _ensure_module_credential(

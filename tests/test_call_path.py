@@ -145,7 +145,7 @@ async def test_two_replicas_share_the_calls(gateway: Gateway, nats_server: objec
             return await _original(text=text, top_k=top_k)
 
         replica.analyze = counting  # type: ignore[method-assign]
-    for replica, connection in zip(replicas, connections):
+    for replica, connection in zip(replicas, connections, strict=True):
         await replica.start(connection)
     await registered(hub, replicas[0])
     try:
@@ -154,7 +154,7 @@ async def test_two_replicas_share_the_calls(gateway: Gateway, nats_server: objec
         assert sum(served.values()) == 60
         assert set(served) == {r.instance_id for r in replicas}, served
     finally:
-        for replica, connection in zip(replicas, connections):
+        for replica, connection in zip(replicas, connections, strict=True):
             await replica.stop()
             await connection.close()
 

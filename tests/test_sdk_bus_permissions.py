@@ -136,7 +136,7 @@ async def test_a_module_serves_calls_streams_nested_calls_events_and_micro_withi
                                                                                      "streamed": "globex"}
         # Twenty chunks through a window of eight: the caller's credit reaches mcp.ctl.<module>.<instance>.
         assert [chunk.data["i"] async for chunk in globex.stream("perm.count")] == list(range(20))
-        async for chunk in globex.stream("perm.count", {"n": 1000}):
+        async for _chunk in globex.stream("perm.count", {"n": 1000}):
             break  # leaving the loop sends CANCEL to the control subject
         for tenant in (TENANT, "globex", TENANT):
             await Client(platform, tenant=tenant).publish_event("orders.created", {})

@@ -114,8 +114,8 @@ class Payments:
             invoice_id = str(metadata.get("invoice_id", ""))
             if not invoice_id:
                 return "ignored"
-            common = dict(tenant_id=tenant_id, meta=meta, invoice_id=invoice_id, stripe_event_id=event_id,
-                          stripe_invoice_id=str(obj.get("id", "")), currency=str(obj.get("currency", "")).upper())
+            common = {"tenant_id": tenant_id, "meta": meta, "invoice_id": invoice_id, "stripe_event_id": event_id,
+                      "stripe_invoice_id": str(obj.get("id", "")), "currency": str(obj.get("currency", "")).upper()}
             if kind == "invoice.paid":
                 recorded = PaymentSucceeded(amount=int(obj.get("amount_paid") or 0), **common)
             else:

@@ -255,10 +255,9 @@ async def update_user(request: web.Request) -> web.Response:
     user = service.user(tenant_id, user_id)
     meta = _meta(request, principal)
     if body.password is not None:
-        if not principal.can("user:update"):
-            # Changing one's own password needs the current one: a stolen token is not enough.
-            if not await service.check_password(user, body.current_password or ""):
-                raise ApiError(ErrorCode.FORBIDDEN, "current_password is wrong or missing", {"path": "$.current_password"})
+        # Changing one's own password needs the current one: a stolen token is not enough.
+        if not principal.can("user:update") and not await service.check_password(user, body.current_password or ""):
+            raise ApiError(ErrorCode.FORBIDDEN, "current_password is wrong or missing", {"path": "$.current_password"})
         # The user's own session that changes it lives on; every other one ends. An admin's
         # reset ends them all.
         own = principal.session_id if principal.user_id == user.user_id else ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -212,7 +213,7 @@ class KeyRing:
             return
         ordered = sorted(self._keys.values(), key=lambda k: k.created_at)
         now = datetime.now(UTC)
-        for key, successor in zip(ordered, ordered[1:]):
+        for key, successor in itertools.pairwise(ordered):
             if now - successor.created_at > RETIRED_KEY_GRACE:
                 await self._kv.delete(key.kid)
 
