@@ -420,7 +420,7 @@ class Module:
         if nc is None:
             return
         try:
-            window = min(max(int(msg.headers.get(DAI_WINDOW, "")), 1), streaming.MAX_WINDOW)
+            window = min(max(int((msg.headers or {}).get(DAI_WINDOW, "")), 1), streaming.MAX_WINDOW)
         except ValueError:
             window = streaming.DEFAULT_WINDOW
         sender = ChunkSender(
