@@ -101,51 +101,51 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     meta: Meta
 
 
-class TenantCreated(_Event, tag="tenant.created"):
+class TenantCreated(_Event, tag="tenant.created", frozen=True):
     name: Name
 
 
-class TenantUpdated(_Event, tag="tenant.updated"):
+class TenantUpdated(_Event, tag="tenant.updated", frozen=True):
     """A new name for the tenant (its id never changes)."""
 
     name: Name
 
 
-class TenantSuspended(_Event, tag="tenant.suspended"):
+class TenantSuspended(_Event, tag="tenant.suspended", frozen=True):
     """Every credential of the tenant is refused (calls, logins, refreshes, modules) until reinstated."""
 
     reason: Text = ""
 
 
-class TenantReinstated(_Event, tag="tenant.reinstated"):
+class TenantReinstated(_Event, tag="tenant.reinstated", frozen=True):
     """A suspended tenant's credentials work again; nothing was revoked by the suspension."""
 
     reason: Text = ""
 
 
-class UserRegistered(_Event, tag="user.registered"):
+class UserRegistered(_Event, tag="user.registered", frozen=True):
     user_id: Id
     email: Email
     role: Id
     password_hash: Text  # sealed (``dai-se1.…``); in clear only in events written before sealing
 
 
-class UserRoleChanged(_Event, tag="user.role_changed"):
+class UserRoleChanged(_Event, tag="user.role_changed", frozen=True):
     user_id: Id
     role: Id
 
 
-class UserDeactivated(_Event, tag="user.deactivated"):
+class UserDeactivated(_Event, tag="user.deactivated", frozen=True):
     user_id: Id
 
 
-class PasswordChanged(_Event, tag="user.password_changed"):
+class PasswordChanged(_Event, tag="user.password_changed", frozen=True):
     user_id: Id
     password_hash: Text  # sealed (``dai-se1.…``); in clear only in events written before sealing
     rehash: bool = False  # True when only the hashing or its sealing changed, at login
 
 
-class ApiKeyIssued(_Event, tag="api_key.issued"):
+class ApiKeyIssued(_Event, tag="api_key.issued", frozen=True):
     key_id: Id
     prefix: Id
     sha256: Id
@@ -190,35 +190,35 @@ class ToolsetDeleted(_Event, tag="toolset.deleted"):
         validate_token(self.name, "toolset")
 
 
-class ApiKeyRevoked(_Event, tag="api_key.revoked"):
+class ApiKeyRevoked(_Event, tag="api_key.revoked", frozen=True):
     key_id: Id
 
 
-class SessionStarted(_Event, tag="session.started"):
+class SessionStarted(_Event, tag="session.started", frozen=True):
     family_id: Id
     user_id: Id
     refresh_sha256: Id
     expires_at: datetime
 
 
-class SessionRefreshed(_Event, tag="session.refreshed"):
+class SessionRefreshed(_Event, tag="session.refreshed", frozen=True):
     family_id: Id
     refresh_sha256: Id
 
 
-class SessionRevoked(_Event, tag="session.revoked"):
+class SessionRevoked(_Event, tag="session.revoked", frozen=True):
     """Ends a session: its refresh tokens, and every access token whose ``sid`` names it, are refused."""
 
     family_id: Id
     reason: Id  # "logout", "reuse_detected", "user_deactivated", "password_changed"
 
 
-class AccessTokenRevoked(_Event, tag="token.revoked"):
+class AccessTokenRevoked(_Event, tag="token.revoked", frozen=True):
     jti: Id
     expires_at: datetime
 
 
-class LoginAttempted(_Event, tag="login.attempted"):
+class LoginAttempted(_Event, tag="login.attempted", frozen=True):
     email_sha256: Id
     success: bool
     user_id: Id = ""
@@ -232,7 +232,7 @@ class _ModuleEvent(_Event, frozen=True, kw_only=True):
         validate_token(self.module_id, "module_id")
 
 
-class ModuleRegistered(_ModuleEvent, tag="module.registered"):
+class ModuleRegistered(_ModuleEvent, tag="module.registered", frozen=True):
     """A module's registration by a user of its tenant; the credential itself is never stored."""
 
     owner_user_id: str  # empty when an owner-less (bootstrap) key registered it
@@ -247,7 +247,7 @@ class ModuleRegistered(_ModuleEvent, tag="module.registered"):
         check_module_capabilities(self.capabilities)
 
 
-class ModuleUpdated(_ModuleEvent, tag="module.updated"):
+class ModuleUpdated(_ModuleEvent, tag="module.updated", frozen=True):
     """A change of name and/or capabilities; a field left ``None`` keeps its value."""
 
     name: str | None = None
@@ -261,14 +261,14 @@ class ModuleUpdated(_ModuleEvent, tag="module.updated"):
             check_module_capabilities(self.capabilities)
 
 
-class ModuleCredentialRotated(_ModuleEvent, tag="module.credential_rotated"):
+class ModuleCredentialRotated(_ModuleEvent, tag="module.credential_rotated", frozen=True):
     """A new credential replaces the old one, which is refused from now on."""
 
     credential_sha256: str
     credential_prefix: str
 
 
-class ModuleRevoked(_ModuleEvent, tag="module.revoked"):
+class ModuleRevoked(_ModuleEvent, tag="module.revoked", frozen=True):
     """The module's credential is refused from now on; the module id stays taken."""
 
 

@@ -118,7 +118,8 @@ class IdentityProjection:
             )
         if audit:
             await conn.executemany(
-                "INSERT INTO identity_audit (sequence, tenant_id, event_type, subject, actor, ip, user_agent, success, at)"
+                "INSERT INTO identity_audit"
+                " (sequence, tenant_id, event_type, subject, actor, ip, user_agent, success, at)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (sequence) DO NOTHING", audit,
             )
 

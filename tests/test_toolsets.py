@@ -4,6 +4,7 @@ and lists only those; the limit is in the key's event, so it survives a restart 
 from __future__ import annotations
 
 import asyncio
+
 import aiohttp
 import asyncpg
 import pytest

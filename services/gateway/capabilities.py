@@ -23,8 +23,8 @@ from democratic_ai.services.identity import Principal
 from .auth import PRINCIPAL, require
 from .bodies import check_json, from_row, respond
 from .errors import ApiError, error_response
-from .input_limits import read_input
 from .gate import CallGate, Refused, checked_capability, checked_module
+from .input_limits import read_input
 from .openapi import Query, operation
 from .ratelimit_headers import limit_header, policy_header
 from .sse import stream_call

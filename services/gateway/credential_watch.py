@@ -90,7 +90,7 @@ class Watched:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._watch._forget(self)
+        self._watch._forget(self)  # noqa: SLF001 - a watched principal leaves its own watch
 
     def _expire_at(self, expires_at: datetime) -> None:
         delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds())
@@ -112,7 +112,7 @@ class CredentialWatch:
         self._by_tenant.setdefault(principal.tenant_id, set()).add(watched)
         expires_at = expiry_of(self.index, principal)
         if expires_at is not None:
-            watched._expire_at(expires_at)
+            watched._expire_at(expires_at)  # noqa: SLF001 - the watch arms the timers of its own entries
         # A change folded between the authentication and now (a WebSocket handshake takes a
         # write) would otherwise go unnoticed until the next call.
         watched.check()

@@ -24,9 +24,9 @@ from democratic_ai.services.identity import Principal
 from .auth import principal_of, require, require_tenant
 from .bodies import from_row, read_json, respond
 from .errors import ApiError
+from .identity_reads import read_your_writes, tenant_rows
 from .meta import request_meta
 from .openapi import NO_CONTENT, operation
-from .identity_reads import read_your_writes, tenant_rows
 from .state import IDENTITY, KEY_RING, USERS
 
 __all__ = ["add_identity_routes"]
@@ -255,10 +255,9 @@ async def update_user(request: web.Request) -> web.Response:
     user = service.user(tenant_id, user_id)
     meta = _meta(request, principal)
     if body.password is not None:
-        if not principal.can("user:update"):
-            # Changing one's own password needs the current one: a stolen token is not enough.
-            if not await service.check_password(user, body.current_password or ""):
-                raise ApiError(ErrorCode.FORBIDDEN, "current_password is wrong or missing", {"path": "$.current_password"})
+        # Changing one's own password needs the current one: a stolen token is not enough.
+        if not principal.can("user:update") and not await service.check_password(user, body.current_password or ""):
+            raise ApiError(ErrorCode.FORBIDDEN, "current_password is wrong or missing", {"path": "$.current_password"})
         # The user's own session that changes it lives on; every other one ends. An admin's
         # reset ends them all.
         own = principal.session_id if principal.user_id == user.user_id else ""

@@ -72,7 +72,7 @@ def is_metered(answer: MCPMessage) -> bool:
     """Whether ``answer`` closes a call the gateway meters."""
     kind = answer.type
     return answer.target_module_id == GATEWAY and (
-        kind == RESPONSE or kind == ERROR or (kind == STREAM_CHUNK and answer.final)
+        kind in (RESPONSE, ERROR) or (kind == STREAM_CHUNK and answer.final)
     )
 
 
