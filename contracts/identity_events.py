@@ -169,7 +169,7 @@ class ApiKeyIssued(_Event, tag="api_key.issued", frozen=True):
                 raise ValueError("a key names its capabilities or a toolset, not both")
 
 
-class ToolsetDefined(_Event, tag="toolset.defined"):
+class ToolsetDefined(_Event, frozen=True, tag="toolset.defined"):
     """A named toolset of the tenant (defined anew or replaced): its keys may call ``capabilities``."""
 
     name: Id
@@ -181,7 +181,7 @@ class ToolsetDefined(_Event, tag="toolset.defined"):
             raise ValueError("a toolset names at least one capability")
 
 
-class ToolsetDeleted(_Event, tag="toolset.deleted"):
+class ToolsetDeleted(_Event, frozen=True, tag="toolset.deleted"):
     """The named toolset is gone; a key issued with it is refused from then on."""
 
     name: Id
