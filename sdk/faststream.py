@@ -47,7 +47,7 @@ from .module import Module, Route
 
 __all__ = ["BrokerArguments", "FastStreamModule", "broker_arguments", "serve"]
 
-DEFAULT_INBOX = "_INBOX"  # nats-py's, for a connection under a platform role's credential
+_DEFAULT_INBOX = "_INBOX"  # nats-py's, for a connection under a platform role's credential
 
 
 class BrokerArguments(TypedDict):
@@ -56,6 +56,8 @@ class BrokerArguments(TypedDict):
     servers: str
     security: NatsSecurity
     inbox_prefix: str
+    name: str  # the connection's name, as the server's monitoring shows it
+    max_reconnect_attempts: int  # -1: never give up on the bus, as `dai module run` never does
 
 
 def broker_arguments(bus: BusOptions | None = None) -> BrokerArguments:
@@ -68,15 +70,17 @@ def broker_arguments(bus: BusOptions | None = None) -> BrokerArguments:
     credential (say, the operator's, in development) is presented as its user and password.
     """
     bus = bus or BusOptions.from_env()
-    connect = bus.connect_kwargs()
-    tls = connect.get("tls")
+    tls = bus.connect_kwargs().get("tls")
     role = role_of(bus.credential)
     if role is not None:
-        return {"servers": bus.url, "security": NatsUserPassword(role, bus.credential, ssl_context=tls),
-                "inbox_prefix": DEFAULT_INBOX}
-    module_id = parse_module_credential(bus.credential).module_id
-    return {"servers": bus.url, "security": NatsToken(bus.credential, ssl_context=tls),
-            "inbox_prefix": subjects.module_inbox(module_id)}
+        security: NatsSecurity = NatsUserPassword(role, bus.credential, ssl_context=tls)
+        inbox, name = _DEFAULT_INBOX, f"dai-faststream-{role}"
+    else:
+        module_id = parse_module_credential(bus.credential).module_id
+        security = NatsToken(bus.credential, ssl_context=tls)
+        inbox, name = subjects.module_inbox(module_id), f"dai-module-{module_id}"
+    return {"servers": bus.url, "security": security, "inbox_prefix": inbox, "name": name,
+            "max_reconnect_attempts": -1}
 
 
 class FastStreamModule:

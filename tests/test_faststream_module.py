@@ -20,21 +20,22 @@ import asyncpg
 import msgspec
 import pytest
 from faststream import FastStream
-from faststream.nats import NatsBroker, NatsToken
+from faststream.nats import NatsBroker, NatsToken, NatsUserPassword
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts import MessageType, decode, subjects
+from democratic_ai.contracts import MessageType, decode, new_event, subjects
 from democratic_ai.contracts.bus import BusOptions
 from democratic_ai.contracts.headers import MCP_BYTES_IN, MCP_COMPUTE_MS
 from democratic_ai.contracts.usage_events import CallMetered
 from democratic_ai.hub import Hub
 from democratic_ai.ops.nats_server import NatsServer
-from democratic_ai.sdk import CallError, Chunk, Module, capability
+from democratic_ai.sdk import CallError, Chunk, Event, Module, capability, event_handler
+from democratic_ai.sdk.errors import CredentialError
 from democratic_ai.sdk.faststream import FastStreamModule, broker_arguments, serve
 
 from conftest import Gateway, http, registered, unique
 from test_bus_authorization import Violations, register
-from test_streaming_edge import SSE, _frames_until_ends, _invoke, _sse
+from test_streaming_edge import _frames_until_ends, _invoke, _sse
 from test_usage_metering import settled, usage_events
 
 TEXT = {"type": "object", "properties": {"text": {"type": "string"}, "fail": {"type": "string"}},
@@ -50,6 +51,11 @@ class Stamp(Module):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cancelled = asyncio.Event()
+        self.noted: list[Any] = []
+
+    @event_handler("fs.noted")
+    async def on_noted(self, event: Event) -> None:
+        self.noted.append((event.tenant_id, event.data))
 
     @capability("fs.stamp", TEXT, {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]})
     async def stamp(self, text: str, fail: str = "") -> dict:
@@ -230,9 +236,13 @@ async def test_the_app_runs_under_the_modules_bus_credential(
 ) -> None:
     connection = served.broker.connection
     assert connection._inbox_prefix == f"_INBOX.module.{served.module.module_id}".encode()  # the bus's rule
-    # The author's own handler runs in the same app, on what the credential lets it read.
+    # The author's own handler runs in the same app, on what the credential lets it read, and so
+    # does the module's event handler, on its tenant's events.
     await nc.publish(subjects.event(gateway.tenant, "fs.audit"), msgspec.json.encode({"seen": 1}))
     await eventually(lambda: served.heard == [{"seen": 1}])
+    event = new_event("fs.noted", b'{"n": 1}', tenant_id=gateway.tenant, source_module_id="test")
+    await nc.publish(subjects.event(gateway.tenant, "fs.noted"), event.SerializeToString())
+    await eventually(lambda: served.module.noted == [(gateway.tenant, {"n": 1})])
     # Outside its grants, the connection is refused like any module's: no other capability's calls,
     # no usage of its own making.
     await connection.subscribe(subjects.call("*", "text.summarize"), queue="text.summarize")
@@ -260,3 +270,18 @@ async def test_a_stopping_module_leaves_and_finishes_its_calls(served: Served, g
     await eventually(lambda: not any(b.instance_id == served.module.instance_id for b in hub.presence.instances()))
     status, body = await invoke(gateway, "fs.stamp", {"text": "gone"})
     assert status in (404, 503) and body["error"]["code"] in ("CAPABILITY_UNAVAILABLE", "MODULE_UNAVAILABLE"), body
+
+
+def test_broker_arguments_present_a_module_credential_as_a_token_and_a_role_as_its_user(
+    nats_server: NatsServer,
+) -> None:
+    credential = "dai-module.acme.fs-stamp." + "a" * 43
+    arguments = broker_arguments(BusOptions(url="nats://127.0.0.1:4222", credential=credential))
+    assert isinstance(arguments["security"], NatsToken) and arguments["security"].token == credential
+    assert arguments["inbox_prefix"] == "_INBOX.module.fs-stamp" and arguments["servers"] == "nats://127.0.0.1:4222"
+    assert arguments["max_reconnect_attempts"] == -1
+    operator = broker_arguments(nats_server.bus("operator"))
+    assert isinstance(operator["security"], NatsUserPassword) and operator["security"].username == "operator"
+    assert operator["inbox_prefix"] == "_INBOX"
+    with pytest.raises(CredentialError):
+        broker_arguments(BusOptions(url="nats://127.0.0.1:4222", credential="dai-module.acme"))
