@@ -261,7 +261,7 @@ class Module:
         return routes
 
     async def begin(self) -> None:
-        """Once the routes of :meth:`attach` are subscribed: answer as a micro service, announce, heartbeat."""
+        """Once the :meth:`routes` are subscribed: answer as a micro service, announce, heartbeat."""
         nc = self._nc
         if nc is None:
             raise RuntimeError("attach the module to a connection first.")
