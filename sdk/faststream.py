@@ -34,8 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypedDict
 
 from faststream import FastStream
-from faststream.nats import NatsBroker, NatsSecurity, NatsToken, NatsUserPassword
-from faststream.nats.annotations import NatsMessage
+from faststream.nats import NatsBroker, NatsMessage, NatsSecurity, NatsToken, NatsUserPassword
 from faststream.nats.subscriber.usecases import CoreSubscriber
 from nats.aio.msg import Msg
 
@@ -108,7 +107,7 @@ class FastStreamModule:
             route.subject, queue=route.queue, no_reply=True, title=f"{self.module.module_id}:{name}",
             description=description,
         )
-        subscriber(_handing_to(route.deliver, name))
+        subscriber(_handing_to(self.broker, route.deliver, name))
         return subscriber
 
     async def attach(self) -> None:
@@ -126,10 +125,19 @@ class FastStreamModule:
         await self.module.stop(grace)
 
 
-def _handing_to(deliver: Callable[[Msg], Awaitable[None]], name: str) -> Callable[[NatsMessage], Awaitable[None]]:
-    """The subscriber's handler: the raw NATS message to the module, which answers it itself."""
+def _handing_to(
+    broker: NatsBroker, deliver: Callable[[Msg], Awaitable[None]], name: str
+) -> Callable[[], Awaitable[None]]:
+    """The subscriber's handler: the raw NATS message to the module, which answers it itself.
 
-    async def hand_on(message: NatsMessage) -> None:
+    It takes no arguments, and reads the message from the broker's context: an argument injected
+    with ``Context("message")`` (the annotation ``faststream.nats.annotations.NatsMessage``) would
+    be resolved by FastDepends in a worker thread on every call, which cut the calls a module
+    serves to a tenth (one core, 64 calls in flight).
+    """
+
+    async def hand_on() -> None:
+        message: NatsMessage = broker.context.get_local("message")
         await deliver(message.raw_message)
 
     hand_on.__name__ = hand_on.__qualname__ = name  # how FastStream's logs and AsyncAPI document name it
