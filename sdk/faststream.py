@@ -133,7 +133,7 @@ def _handing_to(
     It takes no arguments, and reads the message from the broker's context: an argument injected
     with ``Context("message")`` (the annotation ``faststream.nats.annotations.NatsMessage``) would
     be resolved by FastDepends in a worker thread on every call, which cut the calls a module
-    serves to a tenth (one core, 64 calls in flight).
+    serves to about a tenth (``tests/bench/bench_faststream.py``).
     """
 
     async def hand_on() -> None:

@@ -285,3 +285,8 @@ def test_broker_arguments_present_a_module_credential_as_a_token_and_a_role_as_i
     assert operator["inbox_prefix"] == "_INBOX"
     with pytest.raises(CredentialError):
         broker_arguments(BusOptions(url="nats://127.0.0.1:4222", credential="dai-module.acme"))
+
+
+def test_serve_needs_an_app_on_a_nats_broker() -> None:
+    with pytest.raises(TypeError, match="NatsBroker"):
+        serve(FastStream(), Stamp())
