@@ -19,8 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.envelope import Meta
@@ -168,7 +167,7 @@ def _commands(tenant: str, user_id: str) -> list[Command]:
     t = f"/v1/tenants/{tenant}"
 
     def body(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
-        return st.fixed_dictionaries({}, optional={k: v for k, v in fields.items()})
+        return st.fixed_dictionaries({}, optional=dict(fields))
 
     return [
         Command("create tenant", st.builds(lambda b: Request("POST", "/v1/tenants", b), st.fixed_dictionaries(

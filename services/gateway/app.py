@@ -26,12 +26,13 @@ from democratic_ai.services.metering import GATEWAY, Metering
 from democratic_ai.services.plans import load_plans
 
 from .auth import auth_middleware
-from .bodies import respond
 from .billing_routes import add_billing_routes
+from .bodies import respond
 from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .credential_watch import CredentialWatch
 from .errors import error_middleware, error_response
+from .gate import CallGate
 from .hygiene import edge_headers
 from .identity_routes import add_identity_routes
 from .input_limits import InputLimits, effective_ceiling
@@ -43,6 +44,7 @@ from .state import (
     BILLING,
     CONFIG,
     CREDENTIALS,
+    GATE,
     IDENTITY,
     INPUT_LIMITS,
     KEY_RING,
@@ -52,12 +54,12 @@ from .state import (
     POOL,
     PRESENCE,
     REGISTRY,
-    ROUTER,
-    USERS,
     USER_KEYS,
+    USERS,
 )
-from .websocket import websocket
+from .toolset_routes import add_toolset_routes
 from .usage_routes import add_usage_routes
+from .websocket import websocket
 
 __all__ = ["create_app", "create_runner", "runner_for"]
 
@@ -91,10 +93,11 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     app[USER_KEYS] = user_keys
     app[CREDENTIALS] = CredentialWatch(identity)
     app[USERS] = IdentityService(js, identity, ring, user_keys)
-    app[ROUTER] = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered, presence=presence)
     metering = Metering(nc, config.metering)
     await metering.start()
     app[METERING] = metering
+    router = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered, presence=presence)
+    app[GATE] = CallGate(nc, identity, ring, metering, router, app[INPUT_LIMITS])
     stripe = StripeBilling(config.billing.stripe) if config.billing.stripe else None
     usage = app.get(USAGE_TOTALS) or PostgresUsageTotals(pool, js)
     app[BILLING] = BillingService(js, load_plans(), usage, config.billing)
@@ -162,6 +165,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     app.router.add_post("/v1/capabilities/{capability}/invoke", invoke)
     add_identity_routes(app)
     add_module_routes(app)
+    add_toolset_routes(app)
     add_billing_routes(app)
     app.router.add_get("/v1/ws", websocket)
     add_usage_routes(app)
