@@ -78,8 +78,7 @@ def broker_arguments(bus: BusOptions | None = None) -> BrokerArguments:
         module_id = parse_module_credential(bus.credential).module_id
         security = NatsToken(bus.credential, ssl_context=tls)
         inbox, name = subjects.module_inbox(module_id), f"dai-module-{module_id}"
-    return {"servers": bus.url, "security": security, "inbox_prefix": inbox, "name": name,
-            "max_reconnect_attempts": -1}
+    return {"servers": bus.url, "security": security, "inbox_prefix": inbox, "name": name, "max_reconnect_attempts": -1}
 
 
 class FastStreamModule:
@@ -104,7 +103,10 @@ class FastStreamModule:
         else:
             name, description = "events", f"events for {self.module.module_id}'s handlers"
         subscriber = self.broker.subscriber(
-            route.subject, queue=route.queue, no_reply=True, title=f"{self.module.module_id}:{name}",
+            route.subject,
+            queue=route.queue,
+            no_reply=True,
+            title=f"{self.module.module_id}:{name}",
             description=description,
         )
         subscriber(_handing_to(self.broker, route.deliver, name))
@@ -151,7 +153,9 @@ def serve(app: FastStream, module: Module, broker: NatsBroker | None = None, gra
     """
     if broker is None:
         if not isinstance(app.broker, NatsBroker):
-            raise TypeError("serve() needs a FastStream app on a NatsBroker (or broker=, one of the app's NatsBrokers).")
+            raise TypeError(
+                "serve() needs a FastStream app on a NatsBroker (or broker=, one of the app's NatsBrokers)."
+            )
         broker = app.broker
     served = FastStreamModule(broker, module)
 

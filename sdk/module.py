@@ -222,7 +222,7 @@ class Module:
         self._cutting_short = False
 
     def routes(self) -> list[Route]:
-        """What the module must be subscribed to: each capability's two routes, its event topics, its control subject."""
+        """What the module must be subscribed to: each capability's two routes, its event topics, its control."""
         routes: list[Route] = []
         for definition in sorted(self.capabilities.values(), key=lambda d: d.action):
             action = definition.action

@@ -38,8 +38,7 @@ from test_bus_authorization import Violations, register
 from test_streaming_edge import _frames_until_ends, _invoke, _sse
 from test_usage_metering import settled, usage_events
 
-TEXT = {"type": "object", "properties": {"text": {"type": "string"}, "fail": {"type": "string"}},
-        "required": ["text"]}
+TEXT = {"type": "object", "properties": {"text": {"type": "string"}, "fail": {"type": "string"}}, "required": ["text"]}
 CAPABILITIES = ["fs.stamp", "fs.count", "fs.hang"]
 
 
@@ -68,8 +67,11 @@ class Stamp(Module):
         await asyncio.sleep(0.02)  # measurable compute
         return {"text": text.upper()}
 
-    @capability("fs.count", {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
-                {"type": "object", "properties": {"i": {"type": "integer"}}})
+    @capability(
+        "fs.count",
+        {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+        {"type": "object", "properties": {"i": {"type": "integer"}}},
+    )
     async def count(self, n: int):  # type: ignore[no-untyped-def]
         for i in range(n):
             yield Chunk({"i": i}, progress=(i + 1) / n)
@@ -96,17 +98,16 @@ class Served:
 
 
 @pytest.fixture
-async def served(
-    nats_server: NatsServer, gateway: Gateway, hub: Hub, bus_authorizer: None
-) -> AsyncIterator[Served]:
+async def served(nats_server: NatsServer, gateway: Gateway, hub: Hub, bus_authorizer: None) -> AsyncIterator[Served]:
     """A FastStream app serving a registered module under its own credential, plus a handler of its author's."""
     module_id = unique("fs-stamp")
     credential = await register(gateway, module_id, CAPABILITIES)
     module_class = type("Stamp", (Stamp,), {"module_id": module_id})
     module = module_class(module_class.config_for_credential(credential))
     violations = Violations()
-    broker = NatsBroker(**broker_arguments(BusOptions(url=nats_server.url, credential=credential)),
-                        error_cb=violations.record)
+    broker = NatsBroker(
+        **broker_arguments(BusOptions(url=nats_server.url, credential=credential)), error_cb=violations.record
+    )
     app = FastStream(broker)
     heard: list[Any] = []
 
@@ -170,7 +171,8 @@ async def test_a_call_through_the_gateway_is_answered_recorded_and_metered(
     assert metrics["api_calls"].module_id == module_id and metrics["api_calls"].capability == "fs.stamp"
     assert metrics["compute_ms"].value >= 20
     assert metrics["bytes_out"].value == len(b'{"text":"HI"}')
-    status, usage = await http("GET", f"{gateway.url}/v1/usage?module={module_id}", headers={"X-API-Key": gateway.api_key})
+    usage_url = f"{gateway.url}/v1/usage?module={module_id}"
+    status, usage = await http("GET", usage_url, headers={"X-API-Key": gateway.api_key})
     assert status == 200 and usage["totals"]["api_calls"] == {"success": 1}, usage
 
     # Present and registered like any module: heartbeats, the manifest, a NATS micro service.
@@ -214,9 +216,10 @@ async def test_streams_and_cancels_go_through_the_faststream_subscribers(
     assert status == 200, events
     assert [data["data"] for name, data in events if name == "chunk"] == [{"i": 0}, {"i": 1}, {"i": 2}]
     assert events[-1][0] == "done"
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}) as ws,
+    ):
         await ws.receive_json(timeout=5)
         await ws.send_json({"type": "REQUEST", "correlation_id": "c", "action": "fs.hang"})
         accepted = await ws.receive_json(timeout=5)
@@ -255,9 +258,10 @@ async def test_the_app_runs_under_the_modules_bus_credential(
     status, body = await http("DELETE", f"{gateway.url}/v1/modules/{served.module.module_id}", headers=gateway.headers)
     assert status in (200, 204), body
     await eventually(lambda: not connection.is_connected)
-    stranger = NatsBroker(nats_server.url, security=NatsToken(served.credential), allow_reconnect=False,
-                          connect_timeout=3)
-    with pytest.raises(Exception, match="(?i)authorization"):
+    stranger = NatsBroker(
+        nats_server.url, security=NatsToken(served.credential), allow_reconnect=False, connect_timeout=3
+    )
+    with pytest.raises(Exception, match=r"(?i)authorization"):
         await stranger.connect()
 
 

@@ -4,8 +4,9 @@
 
 The module runs in a process of its own (``--serve module`` or ``--serve faststream``), the caller
 (the hub's ``Router``, as ``sdk.Client`` calls, ``--concurrency`` in flight) in this one, on an
-embedded nats-server, both under the operator's credential. Rounds alternate the two; each prints calls/s and the CPU time
-the module's process spent per call, then the ratio FastStream / Module of both. On a busy machine
+embedded nats-server, both under the operator's credential. Rounds alternate the two; each prints
+calls/s and the CPU time the module's process spent per call, then the ratio FastStream / Module
+of both. On a busy machine
 the CPU per call is the steadier figure: the module's process is what FastStream adds work to.
 """
 
@@ -74,8 +75,13 @@ async def _load(router: Router, seconds: float, concurrency: int) -> int:
 async def _round(kind: str, server: NatsServer, router: Router, args: argparse.Namespace) -> tuple[float, float]:
     """Calls/s and the module process's CPU microseconds per call."""
     env = {**os.environ, CREDENTIAL_ENV: server.bus("operator").credential}
-    child = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--url", server.url],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", kind, "--url", server.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         await _load(router, 1.0, args.concurrency)  # warm-up
@@ -97,9 +103,11 @@ async def _main(args: argparse.Namespace) -> None:
         for number in range(args.rounds):
             plain = await _round("module", server, router, args)
             fast = await _round("faststream", server, router, args)
-            print(f"round {number + 1}: Module.start {plain[0]:7.0f} calls/s {plain[1]:6.0f} µs CPU/call | "
-                  f"FastStream {fast[0]:7.0f} calls/s {fast[1]:6.0f} µs CPU/call | "
-                  f"FastStream/Module: throughput {fast[0] / plain[0]:.2f}, CPU per call {fast[1] / plain[1]:.2f}")
+            print(
+                f"round {number + 1}: Module.start {plain[0]:7.0f} calls/s {plain[1]:6.0f} µs CPU/call | "
+                f"FastStream {fast[0]:7.0f} calls/s {fast[1]:6.0f} µs CPU/call | "
+                f"FastStream/Module: throughput {fast[0] / plain[0]:.2f}, CPU per call {fast[1] / plain[1]:.2f}"
+            )
         await nc.close()
 
 
