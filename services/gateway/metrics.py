@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -75,18 +76,31 @@ class GatewayMetrics:
         self._refusals = Counter("dai_rate_limit_refusals", "Calls the rate limits refused, by refusing policy.",
                                  ["policy"], registry=self.registry)
         self.registry.register(_Process(positions, reconnects))
+        # The labelled children, found once: ``labels()`` takes a lock and builds a key each time.
+        self._ended: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._flight: dict[str, Any] = {}
 
     def started(self, transport: str) -> float:
         """Count a call admitted now; the value to hand to :meth:`ended`."""
-        self._in_flight.labels(transport).inc()
+        self._in_flight_of(transport).inc()
         return time.monotonic()
 
     def ended(self, answer: MCPMessage, transport: str, started: float) -> None:
         """Count the call ``answer`` ended, admitted at ``started``."""
         capability = answer.action if self._is_registered(answer.action) else UNREGISTERED
-        self._in_flight.labels(transport).dec()
-        self._calls.labels(capability, transport, outcome_of(answer).value).inc()
-        self._duration.labels(capability, transport).observe(time.monotonic() - started)
+        key = (capability, transport, outcome_of(answer).value)
+        children = self._ended.get(key)
+        if children is None:
+            children = self._ended[key] = (self._calls.labels(*key), self._duration.labels(capability, transport))
+        self._in_flight_of(transport).dec()
+        children[0].inc()
+        children[1].observe(time.monotonic() - started)
+
+    def _in_flight_of(self, transport: str) -> Any:
+        gauge = self._flight.get(transport)
+        if gauge is None:
+            gauge = self._flight[transport] = self._in_flight.labels(transport)
+        return gauge
 
     def refused(self, answer: MCPMessage, transport: str, policy: str) -> None:
         """Count a call the limits refused: it ended at once, ``rate_limited``."""
