@@ -31,8 +31,8 @@ __all__ = [
     "REQUEST",
     "RESPONSE",
     "STREAM_ACK",
-    "answering",
     "STREAM_CHUNK",
+    "answering",
     "decode",
     "error_details",
     "error_reply",
@@ -45,13 +45,13 @@ JSON = "application/json"
 DEFAULT_TTL_SECONDS = 30
 
 # The message types the call path builds and tests, read once.
-REQUEST: MessageType.ValueType = MessageType.REQUEST
-RESPONSE: MessageType.ValueType = MessageType.RESPONSE
-ERROR: MessageType.ValueType = MessageType.ERROR
-STREAM_CHUNK: MessageType.ValueType = MessageType.STREAM_CHUNK
-ACCEPTED: MessageType.ValueType = MessageType.ACCEPTED
-CANCEL: MessageType.ValueType = MessageType.CANCEL
-STREAM_ACK: MessageType.ValueType = MessageType.STREAM_ACK
+REQUEST: MessageType = MessageType.REQUEST
+RESPONSE: MessageType = MessageType.RESPONSE
+ERROR: MessageType = MessageType.ERROR
+STREAM_CHUNK: MessageType = MessageType.STREAM_CHUNK
+ACCEPTED: MessageType = MessageType.ACCEPTED
+CANCEL: MessageType = MessageType.CANCEL
+STREAM_ACK: MessageType = MessageType.STREAM_ACK
 
 _NANOS = 1_000_000_000
 
@@ -126,7 +126,7 @@ def reply(request: MCPMessage, payload: bytes, *, source_module_id: str) -> MCPM
     return message
 
 
-def answering(request: MCPMessage, kind: MessageType.ValueType, source_module_id: str) -> MCPMessage:
+def answering(request: MCPMessage, kind: MessageType, source_module_id: str) -> MCPMessage:
     """A message of type ``kind`` answering ``request``: a new id, the request's action, context and
     correlation id, addressed to its source, stamped now. The answers of every kind start here."""
     message = MCPMessage()

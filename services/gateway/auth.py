@@ -13,11 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
-from democratic_ai.services.identity import Principal, Unauthenticated, authenticate
+from democratic_ai.contracts.headers import HTTP_API_KEY
+from democratic_ai.services.identity import Principal
 
 from .errors import ApiError
-from .state import IDENTITY, KEY_RING
-from democratic_ai.contracts.headers import HTTP_API_KEY
+from .state import GATE
 
 __all__ = ["PRINCIPAL", "STRIPE_WEBHOOK_PATH", "auth_middleware", "principal_of", "require", "require_tenant"]
 
@@ -51,10 +51,7 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             ErrorCode.UNAUTHENTICATED,
             "a credential is required: send 'X-API-Key: <key>' or 'Authorization: Bearer <key or token>'",
         )
-    try:
-        request[PRINCIPAL] = authenticate(request.app[IDENTITY], request.app[KEY_RING], credential)
-    except Unauthenticated as exc:
-        raise ApiError(ErrorCode.UNAUTHENTICATED, exc.message) from None
+    request[PRINCIPAL] = request.app[GATE].authenticate(credential)
     return await handler(request)
 
 

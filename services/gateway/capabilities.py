@@ -3,10 +3,10 @@
 The invoke endpoint answers with one JSON document, or — when the client sends
 ``Accept: text/event-stream`` — streams the call as Server-Sent Events (:mod:`.sse`).
 
-An invocation is admitted by the rate limiter first (in memory unless call quota must be
-leased, :mod:`.limits`), metered when it ends — its answer, a stream's last message, or the
-router's ``CANCELLED`` when the client hangs up first — and answered with ``RateLimit-Policy``
-and ``RateLimit`` headers; a refusal is a 429 with ``Retry-After``.
+An invocation goes through the call gate (:mod:`.gate`): admitted by the rate limits, routed,
+recorded and metered when it ends — its answer, a stream's last message, or the router's
+``CANCELLED`` when the client hangs up first. It is answered with ``RateLimit-Policy`` and
+``RateLimit`` headers; a refusal is a 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -16,23 +16,22 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, error_details, new_request, subjects, tracing
+from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType
+from democratic_ai.contracts.headers import HTTP_CALL_ID
 from democratic_ai.services.identity import Principal
-from democratic_ai.services.metering import GATEWAY, Decision
 
-from .auth import require
+from .auth import PRINCIPAL, require
 from .bodies import check_json, from_row, respond
 from .errors import ApiError, error_response
+from .gate import CallGate, Refused, checked_capability, checked_module
 from .input_limits import read_input
-from .limits import admit, refusal
 from .openapi import Query, operation
 from .ratelimit_headers import limit_header, policy_header
 from .sse import stream_call
-from .state import INPUT_LIMITS, METERING, POOL, PRESENCE, ROUTER
+from .state import GATE, INPUT_LIMITS, POOL, PRESENCE
 from .wire import MAX_TTL_SECONDS, http_error
-from democratic_ai.contracts.headers import HTTP_CALL_ID
 
-__all__ = ["checked_capability", "checked_module", "invoke", "list_capabilities"]
+__all__ = ["invoke", "list_capabilities"]
 
 _FreeForm = Annotated[Any, msgspec.Meta(description="Free-form JSON: the capability's own, as its module declares"
                                                       " (see input_schema/output_schema in GET /v1/capabilities).")]
@@ -69,24 +68,6 @@ _INVOKE_QUERY = (
 )
 
 
-def checked_capability(capability: str) -> str:
-    """``capability`` if it is a valid name, else a BAD_REQUEST (HTTP invoke and WebSocket alike)."""
-    try:
-        return subjects.validate_capability(capability)
-    except subjects.InvalidSubjectToken as exc:
-        raise ApiError(ErrorCode.BAD_REQUEST, str(exc), {"capability": capability}) from None
-
-
-def checked_module(module: str) -> str:
-    """An empty name (route by capability) or a valid module id."""
-    if module:
-        try:
-            subjects.validate_token(module, "module")
-        except subjects.InvalidSubjectToken as exc:
-            raise ApiError(ErrorCode.BAD_REQUEST, str(exc), {"parameter": "module"}) from None
-    return module
-
-
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -112,30 +93,17 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
                 " RateLimit-Policy / RateLimit headers of the caller's limits.",
 )
 async def invoke(request: web.Request) -> web.StreamResponse:
-    if tracing.tracing_enabled():
-        with tracing.tracer.start_as_current_span(f"gateway invoke {request.match_info['capability']}"):
-            return await _invoke(request)
-    return await _invoke(request)
-
-
-async def _invoke(request: web.Request) -> web.StreamResponse:
-    principal = require(request, "module:use")
-    call = await _call_of(request, principal)
-    app = request.app
-    decision = await admit(app, principal, call)
-    if not decision.allowed:
-        return await _refuse(request, call, decision, principal)
-    metering = app[METERING]
-    headers = {HTTP_CALL_ID: call.id}
-    policies = metering.policies(principal)
-    if policies:
-        headers["RateLimit-Policy"] = policy_header(policies)
-        headers["RateLimit"] = limit_header(policies)
-    if "text/event-stream" in request.headers.get("Accept", ""):
-        return await stream_call(request, call, headers)
-    # Metered from the message that ended the call — also when the client hangs up meanwhile
-    # (then the router's CANCELLED: services/metering/derive.py has the one rule for outcomes).
-    answer = await app[ROUTER].call(call, on_end=metering.record)
+    principal = request[PRINCIPAL]
+    gate = request.app[GATE]
+    call = await _call_of(request, gate, principal)
+    try:
+        if "text/event-stream" in request.headers.get("Accept", ""):
+            stream = await gate.stream(principal, call)
+            return await stream_call(request, stream, _limit_headers(gate, principal, call))
+        answer = await gate.call(principal, call)
+    except Refused as refused:
+        return _refusal(gate, principal, call, refused)
+    headers = _limit_headers(gate, principal, call)
     if answer.type == MessageType.ERROR:
         response = http_error(answer, call.id)
         response.headers.update(headers)
@@ -143,9 +111,10 @@ async def _invoke(request: web.Request) -> web.StreamResponse:
     return respond(InvokeResult(call.id, answer.source_module_id, msgspec.Raw(answer.payload)), headers=headers)
 
 
-async def _call_of(request: web.Request, principal: Principal) -> MCPMessage:
-    """The MCP request an invoke asks for, once its name, parameters and body are checked."""
+async def _call_of(request: web.Request, gate: CallGate, principal: Principal) -> MCPMessage:
+    """The call an invoke asks for, once its name, parameters and body are checked."""
     capability = checked_capability(request.match_info["capability"])
+    gate.authorize(principal, capability)  # before the body is read
     target = checked_module(request.query.get("module", ""))
     priority = _int_param(request, "priority", 5, 0, 9)
     ttl = _int_param(request, "ttl", 30, 1, MAX_TTL_SECONDS)
@@ -158,29 +127,36 @@ async def _call_of(request: web.Request, principal: Principal) -> MCPMessage:
     if not body.strip():
         raise ApiError(ErrorCode.BAD_REQUEST, "the request body is empty; send the payload as a JSON object")
     check_json(body)
-    return new_request(
-        capability, body, tenant_id=principal.tenant_id, source_module_id=GATEWAY, target_module_id=target,
-        user_id=principal.user_id, api_key_id=principal.key_id, priority=priority, ttl=ttl,
-    )
+    return gate.request(principal, capability, body, module=target, priority=priority, ttl=ttl)
 
 
-async def _refuse(request: web.Request, call: MCPMessage, decision: Decision, principal: Principal) -> web.Response:
+def _limit_headers(gate: CallGate, principal: Principal, call: MCPMessage) -> dict[str, str]:
+    """``X-Call-Id`` and the ``RateLimit-Policy`` / ``RateLimit`` headers of the caller's limits."""
+    headers = {HTTP_CALL_ID: call.id}
+    policies = gate.policies(principal)
+    if policies:
+        headers["RateLimit-Policy"] = policy_header(policies)
+        headers["RateLimit"] = limit_header(policies)
+    return headers
+
+
+def _refusal(gate: CallGate, principal: Principal, call: MCPMessage, refused: Refused) -> web.Response:
     """429 with ``Retry-After`` and the state of every policy."""
-    answer = await refusal(request.app, call, decision)
-    details = error_details(answer)
-    policies = request.app[METERING].policies(principal)
+    policies = gate.policies(principal)
+    decision = refused.decision
     headers = {
         HTTP_CALL_ID: call.id,
-        "Retry-After": str(details["retry_after"]),
+        "Retry-After": str(refused.details["retry_after"]),
         "RateLimit-Policy": policy_header(policies),
         "RateLimit": limit_header(policies, decision.refused_by, decision.retry_after),
     }
-    return error_response(ErrorCode.RATE_LIMITED, decision.message, details, status=429, headers=headers)
+    return error_response(ErrorCode.RATE_LIMITED, refused.message, refused.details, status=429, headers=headers)
 
 
-@operation("Every registered capability, its schemas and how many live instances serve it.", {200: CapabilityList})
+@operation("Every registered capability the caller may call (for a key with a toolset: those in it), its schemas"
+           " and how many live instances serve it.", {200: CapabilityList})
 async def list_capabilities(request: web.Request) -> web.Response:
-    require(request, "module:read")
+    principal = require(request, "module:read")
     async with request.app[POOL].acquire() as conn:
         rows = await conn.fetch(
             """
@@ -196,6 +172,6 @@ async def list_capabilities(request: web.Request) -> web.Response:
     capabilities = [
         from_row(CapabilityEntry, row, max_input_bytes=limits.declared(row["max_input_bytes"]), instances=sum(
             1 for beat in live if beat.module_id == row["module_id"] and row["action"] in beat.capabilities))
-        for row in rows
+        for row in rows if principal.may_call(row["action"])  # a key with a toolset sees only that
     ]
     return respond(CapabilityList(capabilities))

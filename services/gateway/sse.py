@@ -34,7 +34,6 @@ from aiohttp import web
 from democratic_ai.contracts import MCPMessage, MessageType
 from democratic_ai.hub import CallStream
 
-from .state import METERING, ROUTER
 from .wire import compute_ms, error_document, http_error, payload_of, progress_of, sse_event
 
 __all__ = ["stream_call"]
@@ -46,22 +45,20 @@ _HEADERS = {
 }
 
 
-async def stream_call(request: web.Request, call: MCPMessage, headers: dict[str, str]) -> web.StreamResponse:
-    """Send ``call`` as a streamed call and relay its answers to the client as events.
-
-    The call is metered from the message that ended it, whichever way it ended (:class:`CallStream`).
-    """
-    stream = await request.app[ROUTER].open_stream(call, on_end=request.app[METERING].record)
+async def stream_call(request: web.Request, stream: CallStream, headers: dict[str, str]) -> web.StreamResponse:
+    """Relay the answers of ``stream``, a call the gate opened, to the client as events, and
+    close it: before its end, that cancels the call at the module."""
+    call_id = stream.call_id
     try:
         first = await anext(stream)  # a stream always has one message at least: its answer or refusal
         if first.type == MessageType.ERROR:
-            response = http_error(first, call.id)
+            response = http_error(first, call_id)
             response.headers.update(headers)
             return response
         response = web.StreamResponse(headers={**_HEADERS, **headers})
         await response.prepare(request)
         try:
-            await _relay(response, first, stream, call.id)
+            await _relay(response, first, stream, call_id)
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client left mid-stream; closing the stream below cancels the call

@@ -15,9 +15,9 @@ Client → gateway::
 Gateway → client: ``READY`` (authenticated, with ``tenant_id``), then for each call
 ``ACCEPTED`` (with the platform's ``call_id``), its STREAM_CHUNK messages, and exactly one end: the
 chunk with ``"final": true``, a ``RESPONSE``, or an ``ERROR`` (``CANCELLED`` after a CANCEL).
-A call is admitted by the same rate limits as over HTTP: a refused one gets only an ``ERROR``
-``RATE_LIMITED`` whose details name the ``policy`` and the seconds to wait (``retry_after``).
-Every call is metered when it ends, as over HTTP.
+Every call goes through the call gate (:mod:`.gate`), as over HTTP: admitted by the same rate
+limits — a refused one gets only an ``ERROR`` ``RATE_LIMITED`` whose details name the ``policy``
+and the seconds to wait (``retry_after``) —, routed, recorded and metered when it ends.
 Every frame names the client's ``correlation_id``, which must be unique among its calls in flight.
 A frame that cannot be read is answered with an ``ERROR`` (``BAD_REQUEST``); a call whose input is
 over its capability's limit (:mod:`.input_limits`: as declared, else ``max_body_bytes``, never over
@@ -45,18 +45,16 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, new_request
-from democratic_ai.services.identity import Principal, Unauthenticated, authenticate
-from democratic_ai.services.metering import GATEWAY
+from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType
+from democratic_ai.services.identity import Principal, Unauthenticated
 
 from .auth import PRINCIPAL
-from .capabilities import checked_capability, checked_module
 from .credential_watch import Watched
 from .errors import ApiError
+from .gate import Refused
 from .input_limits import ENVELOPE_BYTES
-from .limits import admit, refusal
 from .openapi import operation
-from .state import CONFIG, CREDENTIALS, IDENTITY, INPUT_LIMITS, KEY_RING, METERING, ROUTER
+from .state import CONFIG, CREDENTIALS, GATE, INPUT_LIMITS
 from .wire import (
     Auth,
     Cancel,
@@ -116,8 +114,8 @@ async def _authenticate(ws: web.WebSocketResponse, request: web.Request) -> Prin
     if not isinstance(first, Auth):
         return await _refuse(ws, "the first message must be {'type': 'AUTH', 'api_key': ...}")
     try:
-        return authenticate(request.app[IDENTITY], request.app[KEY_RING], first.api_key)
-    except Unauthenticated as exc:
+        return request.app[GATE].authenticate(first.api_key)
+    except ApiError as exc:
         return await _refuse(ws, exc.message)
 
 
@@ -157,7 +155,7 @@ class _Session:
     ) -> None:
         self._ws = ws
         self._principal = principal
-        self._app = app
+        self._gate = app[GATE]
         self._max_in_flight = max_in_flight
         self._limits = app[INPUT_LIMITS]
         # No call's input is over the ceiling: a frame over it and its envelope's room is not read.
@@ -260,33 +258,24 @@ class _Session:
         call.task.add_done_callback(lambda _: self._calls.pop(correlation_id, None))
 
     def _request(self, message: Request) -> MCPMessage:
-        if not self._principal.can("module:use"):
-            raise ApiError(ErrorCode.FORBIDDEN, "this needs the permission module:use", {"needed": ["module:use"]})
-        action, target = checked_capability(message.action), checked_module(message.target_module_id)
-        payload = bytes(message.payload)
-        self._limits.check(action, len(payload), self._limits.of(action, target))
-        return new_request(
-            action, payload, tenant_id=self._principal.tenant_id,
-            source_module_id=GATEWAY, target_module_id=target,
-            user_id=self._principal.user_id, api_key_id=self._principal.key_id, priority=message.priority,
-            ttl=message.ttl,
+        return self._gate.request(
+            self._principal, message.action, bytes(message.payload), module=message.target_module_id,
+            priority=message.priority, ttl=message.ttl,
         )
 
     async def _run(self, correlation_id: str, call: _Call, request: MCPMessage) -> None:
         stream = None
-        app = self._app
         try:
             try:
-                decision = await admit(app, self._principal, request)
+                stream = await self._gate.stream(self._principal, request, transport="websocket")
+            except Refused as refused:
+                call.ended = True
+                await self.send(to_wire(refused.answer, correlation_id))
+                return
             except ApiError as exc:
                 call.ended = True
                 await self.error(correlation_id, exc.code, exc.message, exc.details, call_id=call.call_id)
                 return
-            if not decision.allowed:
-                call.ended = True
-                await self.send(to_wire(await refusal(app, request, decision), correlation_id))
-                return
-            stream = await app[ROUTER].open_stream(request, on_end=app[METERING].record)
             if stream.refusal is None:
                 await self.send(WireMessage(type="ACCEPTED", correlation_id=correlation_id, call_id=call.call_id))
             async for message in stream:
