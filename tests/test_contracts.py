@@ -172,7 +172,16 @@ def test_messages_carry_their_timestamp() -> None:
 def test_messages_built_field_by_field_are_the_bytes_the_constructor_makes() -> None:
     """new_request, reply and error_reply set fields one by one for speed; the wire and the log see
     exactly what the keyword constructor would have made, an empty context included."""
-    from democratic_ai.contracts import Context, Error, ErrorCode, MCPMessage, MessageType, error_reply, new_request, reply
+    from democratic_ai.contracts import (
+        Context,
+        Error,
+        ErrorCode,
+        MCPMessage,
+        MessageType,
+        error_reply,
+        new_request,
+        reply,
+    )
 
     def same(built: MCPMessage, **fields: object) -> None:
         expected = MCPMessage(id=built.id, **fields)
