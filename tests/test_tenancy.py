@@ -21,10 +21,15 @@ async def _seed(pool: asyncpg.Pool, *tenants: str) -> None:
     now = datetime.now(UTC)
     async with pool.acquire() as conn:
         for tenant in tenants:
-            await conn.execute("INSERT INTO usage_daily (tenant_id, day, metric, outcome, value, events)"
-                               " VALUES ($1, $2, 'api_calls', 'success', 7, 7)", tenant, date(2025, 1, 1))
-            await conn.execute("INSERT INTO tenants (tenant_id, name, created_at, updated_at) VALUES ($1, $1, $2, $2)",
-                               tenant, now)
+            await conn.execute(
+                "INSERT INTO usage_daily (tenant_id, day, metric, outcome, value, events)"
+                " VALUES ($1, $2, 'api_calls', 'success', 7, 7)",
+                tenant,
+                date(2025, 1, 1),
+            )
+            await conn.execute(
+                "INSERT INTO tenants (tenant_id, name, created_at, updated_at) VALUES ($1, $1, $2, $2)", tenant, now
+            )
 
 
 async def test_the_app_role_sees_only_the_named_tenants_rows(pool: asyncpg.Pool, database_url: str) -> None:

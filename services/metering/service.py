@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import MCPMessage
+from democratic_ai.contracts.call_usage import usage_of
 from democratic_ai.contracts.headers import NATS_MSG_ID
 from democratic_ai.contracts.server_clock import ServerClock
-from democratic_ai.contracts.call_usage import usage_of
 from democratic_ai.contracts.subjects import usage_subject
 from democratic_ai.contracts.usage_events import (
     Metric,
