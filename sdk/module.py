@@ -421,7 +421,7 @@ class Module:
         data = answer.SerializeToString()
         # The record goes out before the reply, on the same connection: by the time the
         # caller holds the answer, the log holds it too, and the call's usage can always be
-        # re-derived from the log (services/metering/recovery.py).
+        # re-derived from the log (projections/recovery.py).
         await nc.publish(subjects.record_response(request.context.tenant_id, request.action), data)
         if reply:
             await nc.publish(reply, data)

@@ -12,9 +12,10 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import ErrorCode, error_reply, new_request, streaming
+from democratic_ai.contracts.call_usage import GATEWAY, is_metered, usage_of
 from democratic_ai.contracts.usage_events import CallMetered
 from democratic_ai.hub import Router
-from democratic_ai.services.metering import GATEWAY, RecoveryConfig, UsageRecovery, is_metered, usage_of
+from democratic_ai.projections import RecoveryConfig, UsageRecovery
 
 from conftest import Echo, Gateway, issue_key, unique
 from streaming_modules import Streamer

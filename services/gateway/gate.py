@@ -13,7 +13,7 @@ meters a call, so the rules cannot drift between transports:
   call's end (``rate_limited``, not billable);
 - the router records the request and its answers in the MCP log, and every call is metered once,
   from the message that ended it, with one outcome for all of its metrics
-  (:func:`democratic_ai.services.metering.derive.outcome_of`): ``success``, ``cancelled`` by the
+  (:func:`democratic_ai.contracts.call_usage.outcome_of`): ``success``, ``cancelled`` by the
   caller, ``timeout``, ``failed``, ``rate_limited``.
 
 Errors are :class:`~democratic_ai.contracts.PlatformError` with a stable code (the transport

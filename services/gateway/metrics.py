@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from democratic_ai.contracts import MCPMessage
-from democratic_ai.services.metering.derive import outcome_of
+from democratic_ai.contracts.call_usage import outcome_of
 
 __all__ = ["METRICS_PERMISSION", "GatewayMetrics"]
 
