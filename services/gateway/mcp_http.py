@@ -194,7 +194,9 @@ class McpAnswer(msgspec.Struct):
 
 @operation(
     "The Model Context Protocol (Streamable HTTP): every capability the caller may call, as a tool.",
-    {200: McpAnswer, 202: None}, body=dict[str, Any],
+    # A request the transport refuses (bad JSON-RPC, a header that disagrees with the body, an
+    # unknown method) is a JSON-RPC error too, with 400 or 404.
+    {200: McpAnswer, 202: None, 400: McpAnswer, 404: McpAnswer}, body=dict[str, Any],
     other_content={"text/event-stream": {"type": "string", "description": "Progress notifications, then the"
                                          " JSON-RPC response, as Server-Sent Events."}},
     description="JSON-RPC 2.0 per the MCP revisions 2026-07-28 (stateless requests, server/discover, the"
@@ -209,6 +211,9 @@ async def mcp(request: web.Request) -> web.StreamResponse:
         principal = request.app[GATE].authenticate(credential)
     except ApiError as exc:
         return challenge(request, exc.message)
+    if request.content_type != "application/json":  # as every JSON route of the gateway answers it
+        raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send JSON-RPC with 'Content-Type: application/json'",
+                       {"content_type": request.content_type})
     exchange = _Exchange(request, await _body(request), principal)
     try:
         await request.app[_ENDPOINT].manager.handle_request(exchange.scope, exchange.receive, exchange.send)
