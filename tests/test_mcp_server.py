@@ -271,3 +271,26 @@ async def test_a_new_module_is_announced_on_subscriptions_listen(
                 await module.stop()
     assert type(event).__name__ == "ToolsListChanged"
     assert action not in before and action in after
+
+
+async def test_the_direct_path_answers_as_the_sdk_does(gateway: Gateway, text_tools: TextTools) -> None:
+    """A plain 2026-07-28 tools/call is answered by the gateway's hot path (services/gateway/
+    mcp_direct.py), anything else by the SDK: the result is the same."""
+    arguments = {"text": TEXT, "max_length": 90}
+    body = {"jsonrpc": "2.0", "id": "x1", "method": "tools/call", "params": {
+        "name": "text.summarize", "arguments": arguments,
+        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}},
+    }}
+    headers = {"Authorization": f"Bearer {gateway.api_key}", "Accept": "application/json, text/event-stream",
+               "Mcp-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "text.summarize"}
+    async with aiohttp.ClientSession() as session, session.post(f"{gateway.url}/mcp", json=body,
+                                                                headers=headers) as response:
+        assert response.status == 200 and response.content_type == "application/json"
+        direct = await response.json()
+    async with mcp_client(gateway, LEGACY) as client:  # the handshake era: always the SDK's dispatch
+        through_sdk = await client.call_tool("text.summarize", arguments)
+    assert direct["id"] == "x1" and direct["result"]["resultType"] == "complete"
+    assert direct["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "democratic-ai"
+    assert direct["result"]["structuredContent"] == through_sdk.structured_content
+    assert msgspec.json.decode(direct["result"]["content"][0]["text"]) == through_sdk.structured_content
+    assert direct["result"]["isError"] is False and not through_sdk.is_error

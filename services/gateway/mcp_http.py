@@ -6,7 +6,9 @@ single-exchange requests with their ``Mcp-Method``/``Mcp-Name`` header checks an
 ``server/discover``, the 2025-11-25 ``initialize`` handshake, SSE framing, the keep-alive pings,
 ``subscriptions/listen`` — this handler hands each request to it through a small ASGI bridge:
 the scope is built from the aiohttp request, ``receive`` yields the body once, and ``send``
-writes the aiohttp response (one body, or a stream). The manager runs stateless: every request
+writes the aiohttp response (one body, or a stream). One request, the 2026-07-28 ``tools/call``
+of a capability that does not stream, is answered on a hot path of its own (:mod:`.mcp_direct`)
+when it is one the SDK would accept as it stands. The manager runs stateless: every request
 stands alone, so any gateway process can serve any request and no session outlives a request.
 Clients of 2025-11-25 still handshake (``initialize`` is answered), but the server has no
 standing GET stream for them; 2026-07-28 clients hear of tool-list changes on
@@ -39,6 +41,7 @@ from democratic_ai.contracts import ErrorCode
 
 from .auth import credential_of
 from .errors import ApiError, error_response
+from .mcp_direct import answer_directly
 from .mcp_tools import PRINCIPAL_SCOPE_KEY, McpTools
 from .openapi import operation
 from .state import GATE, INPUT_LIMITS, REGISTRY
@@ -65,6 +68,7 @@ class McpEndpoint:
     def __init__(self, tools: McpTools) -> None:
         self.tools = tools
         self.manager = StreamableHTTPSessionManager(tools.server, stateless=True)
+        self.stamp = tools.server.server_info_stamp  # the serverInfo of every 2026-07-28 result
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -214,9 +218,13 @@ async def mcp(request: web.Request) -> web.StreamResponse:
     if request.content_type != "application/json":  # as every JSON route of the gateway answers it
         raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send JSON-RPC with 'Content-Type: application/json'",
                        {"content_type": request.content_type})
-    exchange = _Exchange(request, await _body(request), principal)
+    body, endpoint = await _body(request), request.app[_ENDPOINT]
+    direct = await answer_directly(request, body, principal, endpoint.tools, endpoint.stamp)
+    if direct is not None:
+        return direct
+    exchange = _Exchange(request, body, principal)
     try:
-        await request.app[_ENDPOINT].manager.handle_request(exchange.scope, exchange.receive, exchange.send)
+        await endpoint.manager.handle_request(exchange.scope, exchange.receive, exchange.send)
     finally:
         exchange.over()
     if exchange.response is None:

@@ -44,7 +44,8 @@ from democratic_ai.services.identity import Principal
 
 from .gate import CALL_PERMISSION, CallGate
 
-__all__ = ["PRINCIPAL_SCOPE_KEY", "PROTOCOL_CODES", "TOOLS_TTL_MS", "McpTools", "tool_of"]
+__all__ = ["PRINCIPAL_SCOPE_KEY", "PROTOCOL_CODES", "TOOLS_TTL_MS", "McpTools", "failed", "protocol_error", "structured",
+           "tool_of"]
 
 PRINCIPAL_SCOPE_KEY = "dai.principal"  # where the HTTP side puts the caller, in the ASGI scope
 TOOLS_TTL_MS = 5_000  # how long a client may reuse a tools/list (per credential: "private")
@@ -91,7 +92,7 @@ def tool_of(spec: CapabilitySpec) -> types.Tool:
                       output_schema=output)
 
 
-def _structured(spec: CapabilitySpec | None, value: Any) -> Any:
+def structured(spec: CapabilitySpec | None, value: Any) -> Any:
     """A module's answer as the object its tool's output schema describes."""
     if spec is not None and not spec.streaming and _object_schema(spec.output_schema):
         return value
@@ -103,7 +104,7 @@ def _result(structured: Any) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
 
 
-def _failed(answer: MCPMessage) -> types.CallToolResult:
+def failed(answer: MCPMessage) -> types.CallToolResult:
     """A tool error for an ERROR answer — or a protocol error, for an unknown tool."""
     code, details = answer.error.code, error_details(answer)
     if code == ErrorCode.CAPABILITY_NOT_FOUND:
@@ -121,6 +122,8 @@ class McpTools:
         self._gate = gate
         self._registry = registry
         self._may_call = may_call or _may_call
+        self._specs: dict[str, CapabilitySpec] = {}
+        self._specs_at = -1  # the registry's sequence ``_specs`` was built at
         self.changes = InMemorySubscriptionBus()
         self.server: Server[Any] = Server(
             "democratic-ai",
@@ -138,12 +141,15 @@ class McpTools:
 
     def specs(self) -> dict[str, CapabilitySpec]:
         """Every registered capability by name; where several modules offer one, the spec of the
-        first module id, so the answer does not depend on the order they registered in."""
-        found: dict[str, CapabilitySpec] = {}
-        for module_id in sorted(self._registry.manifests):
-            for spec in self._registry.manifests[module_id].capabilities:
-                found.setdefault(spec.action, spec)
-        return found
+        first module id, so the answer does not depend on the order they registered in. Built
+        again only when the registry has applied another event."""
+        if self._specs_at != self._registry.last_sequence or not self._specs:
+            found: dict[str, CapabilitySpec] = {}
+            for module_id in sorted(self._registry.manifests):
+                for spec in self._registry.manifests[module_id].capabilities:
+                    found.setdefault(spec.action, spec)
+            self._specs, self._specs_at = found, self._registry.last_sequence
+        return self._specs
 
     def signature(self) -> tuple[tuple[str, str], ...]:
         """What the tool list is made of (module ids and manifest digests): a change means a new list."""
@@ -171,20 +177,29 @@ class McpTools:
                else "none of the registered capabilities is one this credential may call")
         return types.ListToolsResult(tools=[], meta={EXPLANATION_META_KEY: why})
 
+    async def call(self, principal: Principal, name: str, payload: bytes) -> MCPMessage:
+        """The answer to a (not streamed) call of tool ``name``: the RESPONSE or ERROR message;
+        a platform refusal raises the protocol error (:func:`protocol_error`)."""
+        try:
+            return await self._gate.call(principal, self._gate.request(principal, name, payload))
+        except PlatformError as exc:
+            raise protocol_error(exc.code, exc.message, exc.details) from None
+
     async def _call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
                          ) -> types.CallToolResult:
         principal = _principal(ctx)
         spec = self.specs().get(params.name)
-        try:
-            request = self._gate.request(principal, params.name, _encode(params.arguments or {}))
-            if spec is not None and spec.streaming:
+        payload = _encode(params.arguments or {})
+        if spec is not None and spec.streaming:
+            try:
+                request = self._gate.request(principal, params.name, payload)
                 return await self._streamed(ctx, principal, request)
-            answer = await self._gate.call(principal, request)
-        except PlatformError as exc:
-            raise protocol_error(exc.code, exc.message, exc.details) from None
+            except PlatformError as exc:
+                raise protocol_error(exc.code, exc.message, exc.details) from None
+        answer = await self.call(principal, params.name, payload)
         if answer.type == MessageType.ERROR:
-            return _failed(answer)
-        return _result(_structured(spec, _decode(answer.payload) if answer.payload else None))
+            return failed(answer)
+        return _result(structured(spec, _decode(answer.payload) if answer.payload else None))
 
     async def _streamed(self, ctx: ServerRequestContext[Any], principal: Principal, request: MCPMessage
                         ) -> types.CallToolResult:
@@ -193,7 +208,7 @@ class McpTools:
         try:
             async for message in stream:
                 if message.type == MessageType.ERROR:
-                    return _failed(message)
+                    return failed(message)
                 if message.payload:
                     chunks.append(_decode(message.payload))
                 if message.payload or message.HasField("progress"):
