@@ -15,12 +15,12 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import asyncpg
+import httpx2
 import jsonschema
 import msgspec
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from nats.aio.client import Client as NATS
 
 from democratic_ai.hub import Hub
@@ -41,7 +41,7 @@ BOTH = pytest.mark.parametrize("mode", [LEGACY, "auto"])
 
 @asynccontextmanager
 async def mcp_client(gateway: Gateway, mode: str = "auto", key: str | None = None) -> AsyncIterator[Client]:
-    http_client = create_mcp_http_client(headers={"Authorization": f"Bearer {key or gateway.api_key}"})
+    http_client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key or gateway.api_key}"}, timeout=30)
     async with http_client, Client(streamable_http_client(f"{gateway.url}/mcp", http_client=http_client),
                                    mode=mode, cache=None) as client:
         yield client
