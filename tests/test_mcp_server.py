@@ -145,12 +145,13 @@ async def test_a_streaming_capability_reports_progress(gateway: Gateway, streame
     assert seen == [(1, "1 of 3"), (2, "2 of 3"), (3, "3 of 3")]
 
 
+@pytest.mark.parametrize("mode", [LEGACY, MODERN])
 async def test_closing_the_stream_cancels_at_the_module_within_a_second(
-    gateway: Gateway, streamer: Streamer, nc: NATS, pool: asyncpg.Pool
+    gateway: Gateway, streamer: Streamer, nc: NATS, pool: asyncpg.Pool, mode: str
 ) -> None:
     streamer.started.clear()
     streamer.cancelled_at.clear()
-    async with mcp_client(gateway, MODERN) as client:
+    async with mcp_client(gateway, mode) as client:
         call = asyncio.create_task(client.call_tool("test.hang", {}))
         await asyncio.wait_for(streamer.started.wait(), 10)
         closed = time.monotonic()
