@@ -244,6 +244,11 @@ async def test_every_tool_call_is_metered_once(
     assert {e.outcome for e in events} == {"success"} and {e.value for e in events} == {1}
     status, usage = await http("GET", f"{gateway.url}/v1/usage?granularity=hour", credential=gateway.api_key)
     assert status == 200 and usage["totals"]["api_calls"] == {"success": 4}, usage
+    async with aiohttp.ClientSession() as session, session.get(
+        f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {gateway.api_key}"}
+    ) as response:
+        metrics = await response.text()
+    assert 'dai_calls_total{capability="text.summarize",outcome="success",transport="mcp"} 4.0' in metrics
 
 
 async def test_a_new_module_is_announced_on_subscriptions_listen(
@@ -295,3 +300,27 @@ async def test_the_direct_path_answers_as_the_sdk_does(gateway: Gateway, text_to
     assert direct["result"]["structuredContent"] == through_sdk.structured_content
     assert msgspec.json.decode(direct["result"]["content"][0]["text"]) == through_sdk.structured_content
     assert direct["result"]["isError"] is False and not through_sdk.is_error
+
+
+@BOTH
+async def test_a_limited_key_lists_and_calls_exactly_its_toolset(
+    gateway: Gateway, text_tools: TextTools, streamer: Streamer, mode: str
+) -> None:
+    status, issued = await http("POST", f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys",
+                                credential=gateway.api_key,
+                                json={"name": "limited", "capabilities": ["text.analyze", "test.*"]})
+    assert status == 201, issued
+    limited = issued["api_key"]
+    async with asyncio.timeout(10):  # the gateway's identity index hears of the key
+        while (found := await http("GET", f"{gateway.url}/v1/capabilities", credential=limited))[0] == 401:
+            await asyncio.sleep(0.05)
+    allowed = {entry["action"] for entry in found[1]["capabilities"]}
+    async with mcp_client(gateway, mode, key=limited) as client:
+        listed = [tool.name for tool in (await client.list_tools()).tools]
+        assert not (await client.call_tool("text.analyze", {"text": TEXT})).is_error
+        with pytest.raises(MCPError) as raised:
+            await client.call_tool("text.summarize", {"text": TEXT})
+    assert listed == sorted(allowed) and "text.analyze" in listed and "test.count" in listed
+    assert all(name == "text.analyze" or name.startswith("test.") for name in listed)
+    assert raised.value.code == PROTOCOL_CODES["FORBIDDEN"] and raised.value.data["code"] == "FORBIDDEN"
+    assert raised.value.data["details"]["capability"] == "text.summarize"

@@ -5,7 +5,8 @@ handlers; the HTTP side (:mod:`.mcp_http`) hands it each request with the caller
 the ASGI scope. What maps where:
 
 - a tool is a registered capability, by its name (capability names are valid tool names), with
-  its description and input schema; listed in name order, only those the caller may call;
+  its description and input schema; listed in name order, only those the caller may call (the
+  gate's ``may_call``: the permission, and the key's toolset);
 - a tool's result is the module's answer as ``structuredContent`` plus its JSON text. An object
   output schema is the tool's ``outputSchema`` as declared; any other output is wrapped as
   ``{"result": …}``, and a streaming capability's chunks as ``{"chunks": […]}`` (MCP results
@@ -25,7 +26,6 @@ whether a call may run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -48,6 +48,7 @@ __all__ = ["PRINCIPAL_SCOPE_KEY", "PROTOCOL_CODES", "TOOLS_TTL_MS", "McpTools", 
            "tool_of"]
 
 PRINCIPAL_SCOPE_KEY = "dai.principal"  # where the HTTP side puts the caller, in the ASGI scope
+TRANSPORT = "mcp"  # the way in, as the gate's metrics name it
 TOOLS_TTL_MS = 5_000  # how long a client may reuse a tools/list (per credential: "private")
 EXPLANATION_META_KEY = "democratic-ai/explanation"  # why a tools/list is empty
 
@@ -117,11 +118,9 @@ def failed(answer: MCPMessage) -> types.CallToolResult:
 class McpTools:
     """The MCP server of one gateway: its handlers, and the bus that tells listeners the tool list changed."""
 
-    def __init__(self, gate: CallGate, registry: RegistryIndex,
-                 may_call: Callable[[Principal, str], bool] | None = None) -> None:
+    def __init__(self, gate: CallGate, registry: RegistryIndex) -> None:
         self._gate = gate
         self._registry = registry
-        self._may_call = may_call or _may_call
         self._specs: dict[str, CapabilitySpec] = {}
         self._specs_at = -1  # the registry's sequence ``_specs`` was built at
         self.changes = InMemorySubscriptionBus()
@@ -158,7 +157,7 @@ class McpTools:
     def tools(self, principal: Principal) -> list[types.Tool]:
         """The tools ``principal`` may call, in name order."""
         specs = self.specs()
-        return [tool_of(specs[name]) for name in sorted(specs) if self._may_call(principal, name)]
+        return [tool_of(specs[name]) for name in sorted(specs) if self._gate.may_call(principal, name)]
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
         spec = self.specs().get(name)
@@ -173,15 +172,20 @@ class McpTools:
         tools = self.tools(principal)
         if tools:
             return types.ListToolsResult(tools=tools)
-        why = ("no module has registered a capability yet" if not self._registry.manifests
-               else "none of the registered capabilities is one this credential may call")
+        if not self._registry.manifests:
+            why = "no module has registered a capability yet"
+        elif principal.toolset:
+            why = (f"this API key may call only its toolset ({', '.join(sorted(principal.toolset))}), and no module"
+                   " serving one of those is registered")
+        else:
+            why = "none of the registered capabilities is one this credential may call"
         return types.ListToolsResult(tools=[], meta={EXPLANATION_META_KEY: why})
 
     async def call(self, principal: Principal, name: str, payload: bytes) -> MCPMessage:
         """The answer to a (not streamed) call of tool ``name``: the RESPONSE or ERROR message;
         a platform refusal raises the protocol error (:func:`protocol_error`)."""
         try:
-            return await self._gate.call(principal, self._gate.request(principal, name, payload))
+            return await self._gate.call(principal, self._gate.request(principal, name, payload), transport=TRANSPORT)
         except PlatformError as exc:
             raise protocol_error(exc.code, exc.message, exc.details) from None
 
@@ -203,7 +207,7 @@ class McpTools:
 
     async def _streamed(self, ctx: ServerRequestContext[Any], principal: Principal, request: MCPMessage
                         ) -> types.CallToolResult:
-        stream = await self._gate.stream(principal, request)
+        stream = await self._gate.stream(principal, request, transport=TRANSPORT)
         chunks: list[Any] = []
         try:
             async for message in stream:
@@ -219,10 +223,6 @@ class McpTools:
             with anyio.CancelScope(shield=True):
                 await stream.close()
         return _result({"chunks": chunks})
-
-
-def _may_call(principal: Principal, capability: str) -> bool:
-    return principal.can(CALL_PERMISSION)
 
 
 def _principal(ctx: ServerRequestContext[Any]) -> Principal:
