@@ -27,7 +27,6 @@ it the SDK's task running the tool, which closes the call's stream (CANCEL at th
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -47,8 +46,6 @@ from .openapi import operation
 from .state import GATE, INPUT_LIMITS, REGISTRY
 
 __all__ = ["MCP_PATH", "RESOURCE_METADATA_PATH", "McpEndpoint", "add_mcp_routes"]
-
-log = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
 RESOURCE_METADATA_PATH = "/.well-known/oauth-protected-resource"
