@@ -38,8 +38,8 @@ from .metrics import METRICS_PERMISSION, GatewayMetrics
 from .hygiene import edge_headers
 from .identity_routes import add_identity_routes
 from .input_limits import InputLimits, effective_ceiling
-from .mcp_http import add_mcp_routes
 from .inputs import input_middleware
+from .mcp_http import add_mcp_routes
 from .module_routes import add_module_routes
 from .openapi import add_openapi_route, operation
 from .protocol import GatewayRunner

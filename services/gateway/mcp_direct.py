@@ -104,8 +104,9 @@ def _json(document: bytes, status: int = 200) -> web.Response:
     return web.Response(body=document, status=status, content_type="application/json")
 
 
-async def answer_directly(request: web.Request, body: bytes, principal: Principal, tools: McpTools,
-                          stamp: dict[str, Any]) -> web.Response | None:
+async def answer_directly(
+    request: web.Request, body: bytes, principal: Principal, tools: McpTools, stamp: dict[str, Any]
+) -> web.Response | None:
     """The answer to ``body`` when the hot path takes it; ``None`` leaves it to the SDK.
     ``stamp`` is the server's ``serverInfo`` for the result's ``_meta``."""
     call = _direct_call(request, body)
@@ -121,15 +122,36 @@ async def answer_directly(request: web.Request, body: bytes, principal: Principa
         answer = await tools.call(principal, call.params.name, arguments)
         if answer.type == MessageType.ERROR:
             result = failed(answer).model_dump(mode="json", by_alias=True, exclude_none=True)
-            return _json(_encode({"jsonrpc": "2.0", "id": call.id, "result": {
-                **result, "resultType": "complete", "_meta": {SERVER_INFO_META_KEY: stamp}}}))
+            return _json(
+                _encode(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": call.id,
+                        "result": {**result, "resultType": "complete", "_meta": {SERVER_INFO_META_KEY: stamp}},
+                    }
+                )
+            )
     except MCPError as exc:
         error = JSONRPCError(jsonrpc="2.0", id=call.id, error=exc.error)
-        return _json(error.model_dump_json(by_alias=True, exclude_none=True).encode(),
-                     ERROR_CODE_HTTP_STATUS.get(exc.error.code, 200))
+        return _json(
+            error.model_dump_json(by_alias=True, exclude_none=True).encode(),
+            ERROR_CODE_HTTP_STATUS.get(exc.error.code, 200),
+        )
     value = msgspec.Raw(answer.payload or b"null")
     content = structured(spec, value)
     text = _encode(content).decode()
-    return _json(_encode({"jsonrpc": "2.0", "id": call.id, "result": {
-        "content": [{"type": "text", "text": text}], "structuredContent": content, "isError": False,
-        "resultType": "complete", "_meta": {SERVER_INFO_META_KEY: stamp}}}))
+    return _json(
+        _encode(
+            {
+                "jsonrpc": "2.0",
+                "id": call.id,
+                "result": {
+                    "content": [{"type": "text", "text": text}],
+                    "structuredContent": content,
+                    "isError": False,
+                    "resultType": "complete",
+                    "_meta": {SERVER_INFO_META_KEY: stamp},
+                },
+            }
+        )
+    )

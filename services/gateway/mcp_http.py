@@ -116,10 +116,16 @@ def challenge(request: web.Request, refused: str = "") -> web.Response:
     header = f'Bearer realm="democratic-ai", resource_metadata="{_origin(request)}{RESOURCE_METADATA_PATH}{MCP_PATH}"'
     if refused:
         header += f', error="invalid_token", error_description="{refused.replace(chr(34), chr(39))}"'
-    message = refused or (f"a credential is required: 'Authorization: Bearer <API key, or an access token from"
-                          f" POST {LOGIN_PATH}>'")
-    return error_response(ErrorCode.UNAUTHENTICATED, message, {"login": LOGIN_PATH, "refresh": REFRESH_PATH},
-                          status=401, headers={"WWW-Authenticate": header})
+    message = refused or (
+        f"a credential is required: 'Authorization: Bearer <API key, or an access token from POST {LOGIN_PATH}>'"
+    )
+    return error_response(
+        ErrorCode.UNAUTHENTICATED,
+        message,
+        {"login": LOGIN_PATH, "refresh": REFRESH_PATH},
+        status=401,
+        headers={"WWW-Authenticate": header},
+    )
 
 
 async def _body(request: web.Request) -> bytes:
@@ -145,11 +151,19 @@ class _Exchange:
         self.response: web.StreamResponse | None = None
         client = request.transport.get_extra_info("peername") if request.transport else None
         self.scope: dict[str, Any] = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
-            "scheme": request.scheme, "path": request.path, "raw_path": request.raw_path.encode("latin-1"),
-            "query_string": request.query_string.encode("latin-1"), "root_path": "",
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": request.method,
+            "scheme": request.scheme,
+            "path": request.path,
+            "raw_path": request.raw_path.encode("latin-1"),
+            "query_string": request.query_string.encode("latin-1"),
+            "root_path": "",
             "headers": [(name.lower(), value) for name, value in request.raw_headers],
-            "client": tuple(client[:2]) if client else None, "server": None, "state": {},
+            "client": tuple(client[:2]) if client else None,
+            "server": None,
+            "state": {},
             PRINCIPAL_SCOPE_KEY: principal,
         }
 
@@ -168,8 +182,11 @@ class _Exchange:
             return
         body, more = message.get("body", b""), message.get("more_body", False)
         if self.response is None:
-            headers = CIMultiDict((name.decode("latin-1"), value.decode("latin-1"))
-                                  for name, value in self._start.get("headers", ()) if name.lower() != b"content-length")
+            headers = CIMultiDict(
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in self._start.get("headers", ())
+                if name.lower() != b"content-length"
+            )
             if not more:  # one body: aiohttp sends it with its length
                 self.response = web.Response(body=body, status=self._start["status"], headers=headers)
                 return
@@ -197,12 +214,17 @@ class McpAnswer(msgspec.Struct):
     "The Model Context Protocol (Streamable HTTP): every capability the caller may call, as a tool.",
     # A request the transport refuses (bad JSON-RPC, a header that disagrees with the body, an
     # unknown method) is a JSON-RPC error too, with 400 or 404.
-    {200: McpAnswer, 202: None, 400: McpAnswer, 404: McpAnswer}, body=dict[str, Any],
-    other_content={"text/event-stream": {"type": "string", "description": "Progress notifications, then the"
-                                         " JSON-RPC response, as Server-Sent Events."}},
+    {200: McpAnswer, 202: None, 400: McpAnswer, 404: McpAnswer},
+    body=dict[str, Any],
+    other_content={
+        "text/event-stream": {
+            "type": "string",
+            "description": "Progress notifications, then the JSON-RPC response, as Server-Sent Events.",
+        }
+    },
     description="JSON-RPC 2.0 per the MCP revisions 2026-07-28 (stateless requests, server/discover, the"
-                " Mcp-Method/Mcp-Name headers) and 2025-11-25 (the initialize handshake). A missing or refused"
-                " credential is a 401 with a WWW-Authenticate challenge naming " + RESOURCE_METADATA_PATH + ".",
+    " Mcp-Method/Mcp-Name headers) and 2025-11-25 (the initialize handshake). A missing or refused"
+    " credential is a 401 with a WWW-Authenticate challenge naming " + RESOURCE_METADATA_PATH + ".",
 )
 async def mcp(request: web.Request) -> web.StreamResponse:
     credential = credential_of(request)
@@ -213,8 +235,11 @@ async def mcp(request: web.Request) -> web.StreamResponse:
     except ApiError as exc:
         return challenge(request, exc.message)
     if request.content_type != "application/json":  # as every JSON route of the gateway answers it
-        raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send JSON-RPC with 'Content-Type: application/json'",
-                       {"content_type": request.content_type})
+        raise ApiError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            "send JSON-RPC with 'Content-Type: application/json'",
+            {"content_type": request.content_type},
+        )
     body, endpoint = await _body(request), request.app[_ENDPOINT]
     direct = await answer_directly(request, body, principal, endpoint.tools, endpoint.stamp)
     if direct is not None:
@@ -246,14 +271,21 @@ class ResourceMetadata(msgspec.Struct):
     dai_refresh_endpoint: str
 
 
-@operation("OAuth protected-resource metadata (RFC 9728) of the MCP endpoint: how to authenticate to it.",
-           {200: ResourceMetadata}, public=True)
+@operation(
+    "OAuth protected-resource metadata (RFC 9728) of the MCP endpoint: how to authenticate to it.",
+    {200: ResourceMetadata},
+    public=True,
+)
 async def resource_metadata(request: web.Request) -> web.Response:
     origin = _origin(request)
     document = ResourceMetadata(
-        resource=origin + MCP_PATH, resource_name="Democratic_AI", bearer_methods_supported=["header"],
-        scopes_supported=["module:use"], resource_documentation=origin + "/openapi.json",
-        dai_login_endpoint=origin + LOGIN_PATH, dai_refresh_endpoint=origin + REFRESH_PATH,
+        resource=origin + MCP_PATH,
+        resource_name="Democratic_AI",
+        bearer_methods_supported=["header"],
+        scopes_supported=["module:use"],
+        resource_documentation=origin + "/openapi.json",
+        dai_login_endpoint=origin + LOGIN_PATH,
+        dai_refresh_endpoint=origin + REFRESH_PATH,
     )
     return web.Response(body=msgspec.json.encode(document), content_type="application/json")
 

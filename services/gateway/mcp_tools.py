@@ -44,8 +44,16 @@ from democratic_ai.services.identity import Principal
 
 from .gate import CALL_PERMISSION, CallGate
 
-__all__ = ["PRINCIPAL_SCOPE_KEY", "PROTOCOL_CODES", "TOOLS_TTL_MS", "McpTools", "failed", "protocol_error", "structured",
-           "tool_of"]
+__all__ = [
+    "PRINCIPAL_SCOPE_KEY",
+    "PROTOCOL_CODES",
+    "TOOLS_TTL_MS",
+    "McpTools",
+    "failed",
+    "protocol_error",
+    "structured",
+    "tool_of",
+]
 
 PRINCIPAL_SCOPE_KEY = "dai.principal"  # where the HTTP side puts the caller, in the ASGI scope
 TRANSPORT = "mcp"  # the way in, as the gate's metrics name it
@@ -83,14 +91,18 @@ def tool_of(spec: CapabilitySpec) -> types.Tool:
     """The MCP tool of a capability (see the module docstring for the schemas)."""
     input_schema = spec.input_schema if _object_schema(spec.input_schema) else {"type": "object", **spec.input_schema}
     if spec.streaming:
-        output = {"type": "object", "properties": {"chunks": {"type": "array", "items": spec.output_schema}},
-                  "required": ["chunks"]}
+        output = {
+            "type": "object",
+            "properties": {"chunks": {"type": "array", "items": spec.output_schema}},
+            "required": ["chunks"],
+        }
     elif _object_schema(spec.output_schema):
         output = spec.output_schema
     else:
         output = {"type": "object", "properties": {"result": spec.output_schema}, "required": ["result"]}
-    return types.Tool(name=spec.action, description=spec.description or None, input_schema=input_schema,
-                      output_schema=output)
+    return types.Tool(
+        name=spec.action, description=spec.description or None, input_schema=input_schema, output_schema=output
+    )
 
 
 def structured(spec: CapabilitySpec | None, value: Any) -> Any:
@@ -111,8 +123,9 @@ def failed(answer: MCPMessage) -> types.CallToolResult:
     if code == ErrorCode.CAPABILITY_NOT_FOUND:
         raise protocol_error(code, f"unknown tool: {answer.error.message}", details)
     document = {"error": {"code": code, "message": answer.error.message, "details": details}}
-    return types.CallToolResult(content=[types.TextContent(type="text", text=_encode(document).decode())],
-                                is_error=True)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=_encode(document).decode())], is_error=True
+    )
 
 
 class McpTools:
@@ -128,7 +141,7 @@ class McpTools:
             "democratic-ai",
             version="0.1.0",
             instructions="Every capability of the Democratic_AI platform that your credential may call, as a tool."
-                         " Calls are metered and billed like any other call of your tenant.",
+            " Calls are metered and billed like any other call of your tenant.",
             cache_hints={"tools/list": CacheHint(ttl_ms=TOOLS_TTL_MS, scope="private")},
             get_tool_input_schema=self._input_schema,
             on_list_tools=self._list_tools,
@@ -163,20 +176,26 @@ class McpTools:
         spec = self.specs().get(name)
         return None if spec is None else tool_of(spec).input_schema
 
-    async def _list_tools(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-                          ) -> types.ListToolsResult:
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
         principal = _principal(ctx)
         if not principal.can(CALL_PERMISSION):
-            raise protocol_error(ErrorCode.FORBIDDEN, f"this credential may not call tools: it needs the permission"
-                                 f" {CALL_PERMISSION}", {"needed": [CALL_PERMISSION]})
+            raise protocol_error(
+                ErrorCode.FORBIDDEN,
+                f"this credential may not call tools: it needs the permission {CALL_PERMISSION}",
+                {"needed": [CALL_PERMISSION]},
+            )
         tools = self.tools(principal)
         if tools:
             return types.ListToolsResult(tools=tools)
         if not self._registry.manifests:
             why = "no module has registered a capability yet"
         elif principal.toolset:
-            why = (f"this API key may call only its toolset ({', '.join(sorted(principal.toolset))}), and no module"
-                   " serving one of those is registered")
+            why = (
+                f"this API key may call only its toolset ({', '.join(sorted(principal.toolset))}), and no module"
+                " serving one of those is registered"
+            )
         else:
             why = "none of the registered capabilities is one this credential may call"
         return types.ListToolsResult(tools=[], meta={EXPLANATION_META_KEY: why})
@@ -189,8 +208,9 @@ class McpTools:
         except PlatformError as exc:
             raise protocol_error(exc.code, exc.message, exc.details) from None
 
-    async def _call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-                         ) -> types.CallToolResult:
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         principal = _principal(ctx)
         spec = self.specs().get(params.name)
         payload = _encode(params.arguments or {})
@@ -205,8 +225,9 @@ class McpTools:
             return failed(answer)
         return _result(structured(spec, _decode(answer.payload) if answer.payload else None))
 
-    async def _streamed(self, ctx: ServerRequestContext[Any], principal: Principal, request: MCPMessage
-                        ) -> types.CallToolResult:
+    async def _streamed(
+        self, ctx: ServerRequestContext[Any], principal: Principal, request: MCPMessage
+    ) -> types.CallToolResult:
         stream = await self._gate.stream(principal, request, transport=TRANSPORT)
         chunks: list[Any] = []
         try:

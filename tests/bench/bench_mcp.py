@@ -33,7 +33,6 @@ import asyncpg
 import psutil
 import uvloop
 from aiohttp import web
-
 from bench_call_path import (
     API_KEY_ENV,
     BODY,
@@ -46,11 +45,12 @@ from bench_call_path import (
     cpu_seconds,
     drive,
     open_config,
+    spawn as spawn_call_path,
     stop_child,
     until_ok,
     with_cpu,
 )
-from bench_call_path import spawn as spawn_call_path
+
 from democratic_ai.contracts import ensure_streams
 from democratic_ai.contracts.bus import connect
 from democratic_ai.hub import Hub
@@ -61,13 +61,27 @@ from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.identity import KeyEncryptionKey, ensure_bootstrap
 
 MODERN = "2026-07-28"
-MCP_BODY = json.dumps({
-    "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-    "params": {"name": CAPABILITY, "arguments": PAYLOAD, "_meta": {
-        "io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}},
-}).encode()
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Mcp-Protocol-Version": MODERN,
-               "Mcp-Method": "tools/call", "Mcp-Name": CAPABILITY}
+MCP_BODY = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": CAPABILITY,
+            "arguments": PAYLOAD,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+).encode()
+MCP_HEADERS = {
+    "Accept": "application/json, text/event-stream",
+    "Mcp-Protocol-Version": MODERN,
+    "Mcp-Method": "tools/call",
+    "Mcp-Name": CAPABILITY,
+}
 SCENARIOS = {"i": ("(i) POST .../invoke", INVOKE_PATH), "m": ("(m) POST /mcp tools/call", "/mcp")}
 ROLES = ("caller", "http", "server", "nats")
 
@@ -86,8 +100,7 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes, headers: d
 
 def call_of(session: aiohttp.ClientSession, url: str, api_key: str) -> partial[object]:
     mcp = url.endswith("/mcp")
-    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
-               **(MCP_HEADERS if mcp else {})}
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json", **(MCP_HEADERS if mcp else {})}
     return partial(post, session, url, MCP_BODY if mcp else BODY, headers, mcp)
 
 
@@ -104,9 +117,20 @@ async def measure(base: str, path: str, api_key: str, args: argparse.Namespace, 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT)) as session:
         await until_ok(call_of(session, url, api_key), url)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).resolve()), "--load", url, "--concurrency", str(args.concurrency),
-        "--warmup", str(args.warmup), "--seconds", str(args.seconds), env={**os.environ, API_KEY_ENV: api_key},
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True,
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--load",
+        url,
+        "--concurrency",
+        str(args.concurrency),
+        "--warmup",
+        str(args.warmup),
+        "--seconds",
+        str(args.seconds),
+        env={**os.environ, API_KEY_ENV: api_key},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     try:
@@ -142,8 +166,11 @@ async def run(server: NatsServer, database_url: str, args: argparse.Namespace) -
         async with asyncio.timeout(READY_TIMEOUT):
             while "bench" not in hub.registry.digests:
                 await asyncio.sleep(0.05)
-        gateway = create_app(GatewayConfig(bus=server.bus("gateway"), database_url=app_dsn(database_url), port=0,
-                                           kek=KeyEncryptionKey.generate()))
+        gateway = create_app(
+            GatewayConfig(
+                bus=server.bus("gateway"), database_url=app_dsn(database_url), port=0, kek=KeyEncryptionKey.generate()
+            )
+        )
         runner = web.AppRunner(gateway, access_log=None, handler_cancellation=True)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -165,8 +192,10 @@ async def run(server: NatsServer, database_url: str, args: argparse.Namespace) -
 
 
 def report(results: dict[str, Result], args: argparse.Namespace) -> None:
-    print(f"\n/mcp against invoke, {args.concurrency} calls in flight, {args.seconds:g} s each after"
-          f" {args.warmup:g} s warm-up")
+    print(
+        f"\n/mcp against invoke, {args.concurrency} calls in flight, {args.seconds:g} s each after"
+        f" {args.warmup:g} s warm-up"
+    )
     print(f"{'scenario':<32}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for key, (name, _) in SCENARIOS.items():
         r = results[key]
@@ -180,8 +209,10 @@ def report(results: dict[str, Result], args: argparse.Namespace) -> None:
         print(f"{name:<32}{''.join(f'{cpu.get(role, 0.0):>8.1f}' for role in ROLES)}{sum(cpu.values()):>8.1f}")
     total = {key: sum(results[key].cpu_us.values()) for key in SCENARIOS}
     if all(total.values()):
-        print(f"{'m/i by total CPU':<32}{total['i'] / total['m']:>10.2f}   (the throughput ratio when the cores"
-              " are the limit)")
+        print(
+            f"{'m/i by total CPU':<32}{total['i'] / total['m']:>10.2f}   (the throughput ratio when the cores"
+            " are the limit)"
+        )
 
 
 def main() -> None:
