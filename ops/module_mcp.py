@@ -36,18 +36,19 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import httpx2
 import mcp_types
+from democratic_ai.contracts import subjects
+from democratic_ai.contracts.bus import BusCredentialError, BusOptions, role_of
+from democratic_ai.sdk import Module, ModuleConfig
+from democratic_ai.sdk.errors import CredentialError, DaiError
 from mcp import Client as McpClient
 from mcp import MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from nats.aio.client import Client as NATS
-
-from democratic_ai.contracts import subjects
-from democratic_ai.contracts.bus import BusCredentialError, BusOptions, role_of
-from democratic_ai.sdk import Module, ModuleConfig
-from democratic_ai.sdk.errors import CredentialError
+from pydantic import ValidationError
 
 from .mcp_tools import MappedTool, ToolModule, map_tools, module_class
 from .module_run import EXIT_NO_BUS, GRACE, ModuleRunError, run_with_signals, serve
@@ -196,7 +197,7 @@ class McpBridge:
                 continue
             try:
                 module = self._build(tools)
-            except Exception as exc:  # the new list cannot be served (e.g. a tool's schema the SDK refuses)
+            except (DaiError, TypeError, ValueError) as exc:  # e.g. a tool's schema the SDK refuses
                 log.error("the MCP server's new tool list cannot be served; still serving the old one: %s", exc)
                 continue
             await module.start(nc)  # both serve for a moment: no call meets "no responders"
@@ -227,6 +228,13 @@ async def list_tools(client: McpClient) -> list[mcp_types.Tool]:
 def say_mapping(tools: Sequence[MappedTool]) -> None:
     for tool in tools:
         log.info("tool %s -> capability %s", tool.tool, tool.capability)
+
+
+# What starting or reaching a server and its handshake may raise: a process or socket that fails, an
+# HTTP error, a JSON-RPC error, a stream that ends, an answer the SDK cannot read — or, from anyio's
+# task groups, a group of those.
+_CONNECT_ERRORS = (OSError, httpx2.HTTPError, MCPError, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                   anyio.EndOfStream, ValidationError, ExceptionGroup)
 
 
 def _leaf(error: BaseException) -> BaseException:
@@ -284,7 +292,7 @@ async def _bridge(run: McpRun, stop: asyncio.Event) -> int:
         try:
             client = await run.target.open(stack, changed)
             tools = map_tools(run.prefix, await list_tools(client))
-        except (Exception, BaseExceptionGroup) as exc:
+        except _CONNECT_ERRORS as exc:
             raise _connect_failure(run.target, exc) from None
         if not tools:
             raise ModuleRunError(f"the MCP server {run.target.describe()!r} offers no tools: nothing to publish")
@@ -292,14 +300,13 @@ async def _bridge(run: McpRun, stop: asyncio.Event) -> int:
             _print_listing(run, client, tools)
             return 0
         options, config = bus
-
         info = client.server_info
         log.info("MCP server %s%s (protocol %s): %d tool(s)", info.name if info else run.target.describe(),
                  f" {info.version}" if info and info.version else "", client.protocol_version, len(tools))
         say_mapping(tools)
         try:
             bridge = McpBridge(client, run.module_id, run.prefix, config, tools, changed)
-        except Exception as exc:  # a tool's schema the SDK cannot serve
+        except (DaiError, TypeError, ValueError) as exc:  # a tool's schema the SDK cannot serve
             raise ModuleRunError(f"the MCP server's tools cannot be served: {exc}") from None
         return await serve(options, bridge, stop, run.wait)
 
