@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     bridge.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
                         help="pass NAME (from this environment, or as VALUE) to the stdio server, which otherwise"
                         " gets only PATH, HOME and the like (repeatable)")
+    bridge.add_argument("--protocol", choices=("auto", "2025-11-25", "2026-07-28"), default="auto",
+                        help="the MCP revision: auto (default) tries 2026-07-28 and falls back to the initialize"
+                        " handshake of 2025-11-25; either date insists on that revision")
     bridge.add_argument("--prefix", default=None,
                         help="the first part of every capability name (default: the module id)")
     bridge.add_argument("--credential-file", type=Path, default=None, metavar="FILE",

@@ -102,8 +102,9 @@ class ToolModule(Module):
 
     module_id = ""  # set by module_class
 
-    def __init__(self, client: McpClient, config: ModuleConfig | None = None) -> None:
+    def __init__(self, client: McpClient, lost: asyncio.Event, config: ModuleConfig | None = None) -> None:
         self.mcp = client
+        self.lost = lost  # set when the server closed the connection: the bridge then ends
         super().__init__(config)
 
     async def forward(self, tool: MappedTool, arguments: dict[str, Any]) -> AsyncIterator[Chunk]:
@@ -120,6 +121,10 @@ class ToolModule(Module):
                 yield chunk
             result = call.result()
         except MCPError as exc:
+            if exc.error.code == mcp_types.CONNECTION_CLOSED:
+                self.lost.set()
+                raise CallError(ErrorCode.MODULE_ERROR, f"the MCP server closed the connection during {tool.tool!r}",
+                                {"tool": tool.tool}) from None
             raise CallError(ErrorCode.MODULE_ERROR, f"the MCP server refused tools/call of {tool.tool!r}:"
                             f" {exc.error.message}", {"tool": tool.tool, "mcp_code": exc.error.code}) from None
         finally:

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -46,7 +47,9 @@ from democratic_ai.sdk.errors import CredentialError, DaiError
 from mcp import Client as McpClient
 from mcp import MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
+from mcp.client.subscriptions import SubscriptionLost
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
@@ -57,6 +60,10 @@ __all__ = ["McpBridge", "McpRun", "McpTarget", "list_tools", "main", "parse_targ
 
 log = logging.getLogger("dai.module.mcp")
 
+PING_INTERVAL = 2.0  # seconds between pings that tell whether a 2025-11-25 server is still there
+RELISTEN_DELAY = 1.0  # seconds before opening again a change stream the server closed
+# --protocol: the mcp client's mode — probe for 2026-07-28 and fall back, or insist on one revision.
+PROTOCOL_MODES = {"auto": "auto", "2025-11-25": "legacy", "2026-07-28": "2026-07-28"}
 HTTP_TIMEOUT, HTTP_READ_TIMEOUT = 30.0, 300.0  # seconds, as the mcp SDK's own HTTP client (a call may stream long)
 
 
@@ -68,6 +75,7 @@ class McpTarget:
     url: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    protocol: str = "auto"  # a key of PROTOCOL_MODES
 
     def __post_init__(self) -> None:
         if not self.command and not self.url:
@@ -100,11 +108,13 @@ class McpTarget:
             server = StdioServerParameters(command=self.command[0], args=list(self.command[1:]), env=self.env,
                                            cwd=Path.cwd())
         # No response cache: after a change the list is read again, never served from memory.
-        client = McpClient(server, message_handler=on_message, cache=None)  # type: ignore[arg-type]
+        client = McpClient(server, message_handler=on_message, cache=None,  # type: ignore[arg-type]
+                           mode=PROTOCOL_MODES[self.protocol])
         return await stack.enter_async_context(client)
 
 
-def parse_target(command: Sequence[str], url: str | None, headers: Sequence[str], env: Sequence[str]) -> McpTarget:
+def parse_target(command: Sequence[str], url: str | None, headers: Sequence[str], env: Sequence[str],
+                 protocol: str = "auto") -> McpTarget:
     """The target the arguments name, or :class:`ModuleRunError` saying what is wrong with them."""
     command = list(command)
     if command[:1] == ["--"]:
@@ -125,7 +135,8 @@ def parse_target(command: Sequence[str], url: str | None, headers: Sequence[str]
                 raise ModuleRunError(f"--env {name}: there is no {name} in this environment to pass on")
             value = os.environ[name]
         parsed_env[name] = value
-    return McpTarget(command=tuple(command), url=url or "", headers=parsed_headers, env=parsed_env)
+    return McpTarget(command=tuple(command), url=url or "", headers=parsed_headers, env=parsed_env,
+                     protocol=protocol)
 
 
 class McpBridge:
@@ -137,6 +148,7 @@ class McpBridge:
     def __init__(self, client: McpClient, module_id: str, prefix: str, config: ModuleConfig | None,
                  tools: list[MappedTool], changed: asyncio.Event) -> None:
         self.module_id = module_id
+        self.lost = asyncio.Event()  # the server closed the connection (a stdio server that exited, say)
         self._client, self._prefix, self._config, self._changed = client, prefix, config, changed
         self._tools = tools
         self._current: ToolModule = self._build(tools)
@@ -145,7 +157,7 @@ class McpBridge:
         self._watchers: list[asyncio.Task[None]] = []
 
     def _build(self, tools: list[MappedTool]) -> ToolModule:
-        return module_class(self.module_id, tools, self._client.server_info)(self._client, self._config)
+        return module_class(self.module_id, tools, self._client.server_info)(self._client, self.lost, self._config)
 
     @property
     def tenant(self) -> str:
@@ -162,9 +174,12 @@ class McpBridge:
     async def start(self, nc: NATS) -> None:
         await self._current.start(nc)
         self._watchers = [asyncio.create_task(self._follow(nc), name=f"{self.module_id}-tools")]
+        modern = self._client.protocol_version in MODERN_PROTOCOL_VERSIONS
         capabilities = self._client.server_capabilities.tools
-        if capabilities is not None and capabilities.list_changed:
+        if modern and capabilities is not None and capabilities.list_changed:
             self._watchers.append(asyncio.create_task(self._listen(), name=f"{self.module_id}-listen"))
+        elif not modern:
+            self._watchers.append(asyncio.create_task(self._ping(), name=f"{self.module_id}-ping"))
 
     async def stop(self, grace: float = GRACE) -> None:
         for task in self._watchers:
@@ -173,16 +188,43 @@ class McpBridge:
         self._watchers = []
         await asyncio.gather(self._current.stop(grace), *self._retiring, return_exceptions=True)
 
+    async def _ping(self) -> None:
+        """Notice a 2025-11-25 server that is gone between calls too: a ``ping`` every few seconds.
+
+        (2026-07-28 removed ``ping``: there the change stream's abrupt end, or a call, tells.)"""
+        # The SDK warns on every ping that 2026-07-28 removed it; this connection is not 2026-07-28.
+        warnings.filterwarnings("ignore", message="ping is removed", category=MCPDeprecationWarning)
+        while True:
+            await asyncio.sleep(PING_INTERVAL)
+            try:
+                await self._client.send_ping()
+            except MCPError as exc:
+                if exc.error.code == mcp_types.CONNECTION_CLOSED:
+                    self.lost.set()
+                    return
+                log.debug("the MCP server's answer to ping: %s", exc.error.message)
+
     async def _listen(self) -> None:
-        """Hear of changes on the 2026-07-28 ``subscriptions/listen`` stream (older servers notify instead)."""
-        try:
-            async with self._client.listen(tools_list_changed=True) as events:
-                async for _ in events:
-                    self._changed.set()
-        except ListenNotSupportedError:
-            return  # a 2025-11-25 server: its notifications/tools/list_changed reach the message handler
-        except (SubscriptionLost, MCPError) as exc:
-            log.warning("the MCP server's change stream ended (%s): a change of its tools will go unnoticed", exc)
+        """Hear of changes on the 2026-07-28 ``subscriptions/listen`` stream (older servers notify instead).
+
+        A stream the server closes is opened again; one that breaks off means the server is gone."""
+        while True:
+            try:
+                async with self._client.listen(tools_list_changed=True) as events:
+                    async for _ in events:
+                        self._changed.set()
+            except SubscriptionLost:
+                self.lost.set()
+                return
+            except MCPError as exc:
+                if exc.error.code == mcp_types.CONNECTION_CLOSED:
+                    self.lost.set()
+                else:
+                    log.warning("the MCP server refused subscriptions/listen (%s): a change of its tools will go"
+                                " unnoticed", exc.error.message)
+                return
+            await asyncio.sleep(RELISTEN_DELAY)
+            self._changed.set()  # it may have changed while no stream was open
 
     async def _follow(self, nc: NATS) -> None:
         while True:
@@ -286,6 +328,16 @@ def _options(run: McpRun) -> tuple[BusOptions, ModuleConfig | None]:
 
 
 async def _bridge(run: McpRun, stop: asyncio.Event) -> int:
+    try:
+        return await _publish(run, stop)
+    except BaseExceptionGroup as group:
+        # Raised inside the MCP client's context, a reason to stop comes out wrapped by its task groups.
+        if isinstance(reason := _leaf(group), ModuleRunError):
+            raise reason from None
+        raise
+
+
+async def _publish(run: McpRun, stop: asyncio.Event) -> int:
     bus = None if run.listing else _options(run)
     changed = asyncio.Event()
     async with AsyncExitStack() as stack:
@@ -308,7 +360,21 @@ async def _bridge(run: McpRun, stop: asyncio.Event) -> int:
             bridge = McpBridge(client, run.module_id, run.prefix, config, tools, changed)
         except (DaiError, TypeError, ValueError) as exc:  # a tool's schema the SDK cannot serve
             raise ModuleRunError(f"the MCP server's tools cannot be served: {exc}") from None
-        return await serve(options, bridge, stop, run.wait)
+        ended = asyncio.Event()  # a signal, or the server gone: either way the module leaves
+        forwards = [asyncio.create_task(_forward(event, ended)) for event in (stop, bridge.lost)]
+        try:
+            code = await serve(options, bridge, ended, run.wait)
+        finally:
+            for task in forwards:
+                task.cancel()
+        if bridge.lost.is_set() and not stop.is_set():
+            raise ModuleRunError(f"the MCP server {run.target.describe()!r} closed the connection", EXIT_NO_BUS)
+        return code
+
+
+async def _forward(event: asyncio.Event, to: asyncio.Event) -> None:
+    await event.wait()
+    to.set()
 
 
 def _print_listing(run: McpRun, client: McpClient, tools: Sequence[MappedTool]) -> None:
@@ -334,7 +400,8 @@ def main(args: argparse.Namespace) -> int:
             raise ModuleRunError(str(exc)) from None
         if args.list and args.registration:
             raise ModuleRunError("--list and --registration print different things: give one")
-        run = McpRun(module_id=module_id, target=parse_target(args.server_command, args.url, args.header, args.env),
+        run = McpRun(module_id=module_id, target=parse_target(args.server_command, args.url, args.header, args.env,
+                                                                   args.protocol),
                      prefix=prefix, credential_file=args.credential_file, wait=args.wait,
                      listing="list" if args.list else "registration" if args.registration else "")
         return run_with_signals(lambda stop: _bridge(run, stop))

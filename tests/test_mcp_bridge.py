@@ -31,7 +31,9 @@ from test_module_run import Run
 pytestmark = pytest.mark.slow
 
 SERVER = '''
+import os
 import sys
+import threading
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -67,6 +69,13 @@ async def learn(ctx: Context) -> str:
     await ctx.notify_tools_changed()  # the 2026-07-28 subscriptions/listen stream
     await ctx.request_context.session.send_tool_list_changed()  # a 2025-11-25 client hears this one
     return "learned"
+
+
+@server.tool()
+def quit() -> str:
+    """Exit, half a second after answering."""
+    threading.Timer(0.5, os._exit, (0,)).start()
+    return "bye"
 
 
 if __name__ == "__main__":
@@ -173,6 +182,7 @@ async def test_list_and_registration_show_the_mapping_without_the_bus(tmp_path: 
     assert out.splitlines() == [
         "countDown        ->  forecast.count_down",
         "learn            ->  forecast.learn",
+        "quit             ->  forecast.quit",
         "weather/explode  ->  forecast.weather_explode",
     ]
     code, out, err = await output_of("--id", "forecast", "--prefix", "wx.tools", "--registration", "--",
@@ -180,16 +190,20 @@ async def test_list_and_registration_show_the_mapping_without_the_bus(tmp_path: 
     assert code == 0, err
     assert msgspec.json.decode(out) == {
         "module_id": "forecast", "name": "forecaster",
-        "capabilities": ["wx.tools.count_down", "wx.tools.learn", "wx.tools.weather_explode"],
+        "capabilities": ["wx.tools.count_down", "wx.tools.learn", "wx.tools.quit", "wx.tools.weather_explode"],
     }
 
 
+@pytest.mark.parametrize("protocol", ["auto", "2025-11-25"])
 async def test_a_stdio_server_published_and_called_through_the_gateway(
-    gateway: Gateway, bus_authorizer: None, hub: object, nats_server: Any, tmp_path: Path, runs: list[Run]
+    protocol: str, gateway: Gateway, bus_authorizer: None, hub: object, nats_server: Any, tmp_path: Path,
+    runs: list[Run],
 ) -> None:
+    """Through the gateway, over either revision: auto (2026-07-28 with this SDK's server) and the
+    initialize handshake of 2025-11-25."""
     write_server(tmp_path)
     module_id = unique("forecast")
-    server = ("--", sys.executable, "forecaster.py")
+    server = ("--protocol", protocol, "--", sys.executable, "forecaster.py")
     code, out, err = await output_of("--id", module_id, "--registration", *server, cwd=tmp_path)
     assert code == 0, err
     body = msgspec.json.decode(out)
@@ -199,8 +213,9 @@ async def test_a_stdio_server_published_and_called_through_the_gateway(
                              cwd=tmp_path, env={"NATS_URL": nats_server.url})
     runs.append(run)
     await run.line(f"tool countDown -> capability {module_id}.count_down")
+    await run.line(f"\\(protocol {'2026-07-28' if protocol == 'auto' else protocol}\\): 4 tool\\(s\\)")
     await run.line(f"module {module_id} of tenant {gateway.tenant} serving {module_id}.count_down, "
-                   f"{module_id}.learn, {module_id}.weather_explode on NATS")
+                   f"{module_id}.learn, {module_id}.quit, {module_id}.weather_explode on NATS")
 
     # JSON: the tool's structured result.
     status, answer = await call(gateway, f"{module_id}.count_down", {"steps": 3})
@@ -239,8 +254,13 @@ async def test_a_stdio_server_published_and_called_through_the_gateway(
     status, answer = await call(gateway, f"{module_id}.count_down", {"steps": 1})  # the old tools still answer
     assert status == 200, answer
 
-    code, _ = await run.stop(signal.SIGTERM)
-    assert (code, run.count("Traceback")) == (0, 0), run.lines
+    # The server exits (half a second after answering): the bridge notices without a call, leaves, exits 1.
+    status, answer = await call(gateway, f"{module_id}.quit", {})
+    assert (status, answer["result"]) == (200, {"result": "bye"}), answer
+    code, _ = await run.exited(timeout=15)
+    assert run.lines[-1] == "dai: the MCP server '" + " ".join(server[3:]) + "' closed the connection", run.lines
+
+    assert (code, run.count("Traceback")) == (1, 0), run.lines
 
 
 async def test_a_streamable_http_server_by_url(
