@@ -134,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     bridge.add_argument("--protocol", choices=("auto", "2025-11-25", "2026-07-28"), default="auto",
                         help="the MCP revision: auto (default) tries 2026-07-28 and falls back to the initialize"
                         " handshake of 2025-11-25; either date insists on that revision")
+    bridge.add_argument("--tool", action="append", default=[], metavar="NAME",
+                        help="publish only this tool, by its MCP name (repeatable; default: every tool)")
     bridge.add_argument("--prefix", default=None,
                         help="the first part of every capability name (default: the module id)")
     bridge.add_argument("--credential-file", type=Path, default=None, metavar="FILE",

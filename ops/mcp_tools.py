@@ -77,12 +77,14 @@ class MappedTool:
     output_schema: dict[str, Any] | None  # the tool's; None: it answers CONTENT_SCHEMA
 
 
-def map_tools(prefix: str, tools: Sequence[mcp_types.Tool]) -> list[MappedTool]:
-    """Each tool with its capability, in the order of the capabilities' names."""
+def map_tools(prefix: str, tools: Sequence[mcp_types.Tool], only: frozenset[str] = frozenset()) -> list[MappedTool]:
+    """Each tool (of those named in ``only``, if any) with its capability, in the order of the capabilities' names."""
     validate_capability(prefix)
     taken: set[str] = set()
     mapped = []
     for tool in sorted(tools, key=lambda t: t.name):
+        if only and tool.name not in only:
+            continue
         base = capability_name(prefix, tool.name)
         head, _, last = base.rpartition(".")
         name, n = base, 1

@@ -46,6 +46,7 @@ from democratic_ai.sdk import Module, ModuleConfig
 from democratic_ai.sdk.errors import CredentialError, DaiError
 from mcp import Client as McpClient
 from mcp import MCPError, StdioServerParameters
+from mcp.client import Transport
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import SubscriptionLost
 from mcp.shared.exceptions import MCPDeprecationWarning
@@ -103,13 +104,12 @@ class McpTarget:
         if self.url:
             http = await stack.enter_async_context(httpx2.AsyncClient(
                 headers=self.headers, timeout=httpx2.Timeout(HTTP_TIMEOUT, read=HTTP_READ_TIMEOUT)))
-            server: object = streamable_http_client(self.url, http_client=http)
+            server: Transport | StdioServerParameters = streamable_http_client(self.url, http_client=http)
         else:
             server = StdioServerParameters(command=self.command[0], args=list(self.command[1:]), env=self.env,
                                            cwd=Path.cwd())
         # No response cache: after a change the list is read again, never served from memory.
-        client = McpClient(server, message_handler=on_message, cache=None,  # type: ignore[arg-type]
-                           mode=PROTOCOL_MODES[self.protocol])
+        client = McpClient(server, message_handler=on_message, cache=None, mode=PROTOCOL_MODES[self.protocol])
         return await stack.enter_async_context(client)
 
 
@@ -146,8 +146,9 @@ class McpBridge:
     """
 
     def __init__(self, client: McpClient, module_id: str, prefix: str, config: ModuleConfig | None,
-                 tools: list[MappedTool], changed: asyncio.Event) -> None:
+                 tools: list[MappedTool], changed: asyncio.Event, only: frozenset[str] = frozenset()) -> None:
         self.module_id = module_id
+        self._only = only  # --tool: publish these tools alone (none: all)
         self.lost = asyncio.Event()  # the server closed the connection (a stdio server that exited, say)
         self._client, self._prefix, self._config, self._changed = client, prefix, config, changed
         self._tools = tools
@@ -231,11 +232,14 @@ class McpBridge:
             await self._changed.wait()
             self._changed.clear()
             try:
-                tools = map_tools(self._prefix, await list_tools(self._client))
+                tools = map_tools(self._prefix, await list_tools(self._client), self._only)
             except MCPError as exc:
                 log.warning("the MCP server said its tools changed, but tools/list failed: %s", exc.error.message)
                 continue
             if tools == self._tools:
+                continue
+            if not tools:
+                log.warning("the MCP server's tools changed and none is left to publish; still serving the old ones")
                 continue
             try:
                 module = self._build(tools)
@@ -310,6 +314,7 @@ class McpRun:
     credential_file: Path | None
     wait: bool
     listing: str  # "", "list" (the mapping) or "registration" (the body of POST /v1/modules)
+    only: frozenset[str] = frozenset()  # --tool: the tools to publish (none: all)
 
 
 def _options(run: McpRun) -> tuple[BusOptions, ModuleConfig | None]:
@@ -321,8 +326,7 @@ def _options(run: McpRun) -> tuple[BusOptions, ModuleConfig | None]:
         return options, None  # a platform role (the operator): the module is the system tenant's
     try:
         # Any module_id-bearing class checks the credential; the tools do not matter for that.
-        probe = type("Probe", (ToolModule,), {"module_id": run.module_id})
-        return options, probe.config_for_credential(options.credential)
+        return options, module_class(run.module_id, (), None).config_for_credential(options.credential)
     except CredentialError as exc:
         raise ModuleRunError(str(exc)) from None
 
@@ -343,9 +347,14 @@ async def _publish(run: McpRun, stop: asyncio.Event) -> int:
     async with AsyncExitStack() as stack:
         try:
             client = await run.target.open(stack, changed)
-            tools = map_tools(run.prefix, await list_tools(client))
+            offered = await list_tools(client)
         except _CONNECT_ERRORS as exc:
             raise _connect_failure(run.target, exc) from None
+        unknown = sorted(run.only - {t.name for t in offered})
+        if unknown:
+            raise ModuleRunError(f"--tool {unknown[0]}: the MCP server has no such tool (its tools: "
+                                 f"{', '.join(sorted(t.name for t in offered)) or 'none'})")
+        tools = map_tools(run.prefix, offered, run.only)
         if not tools:
             raise ModuleRunError(f"the MCP server {run.target.describe()!r} offers no tools: nothing to publish")
         if bus is None:
@@ -357,7 +366,7 @@ async def _publish(run: McpRun, stop: asyncio.Event) -> int:
                  f" {info.version}" if info and info.version else "", client.protocol_version, len(tools))
         say_mapping(tools)
         try:
-            bridge = McpBridge(client, run.module_id, run.prefix, config, tools, changed)
+            bridge = McpBridge(client, run.module_id, run.prefix, config, tools, changed, run.only)
         except (DaiError, TypeError, ValueError) as exc:  # a tool's schema the SDK cannot serve
             raise ModuleRunError(f"the MCP server's tools cannot be served: {exc}") from None
         ended = asyncio.Event()  # a signal, or the server gone: either way the module leaves
@@ -403,7 +412,8 @@ def main(args: argparse.Namespace) -> int:
         run = McpRun(module_id=module_id, target=parse_target(args.server_command, args.url, args.header, args.env,
                                                                    args.protocol),
                      prefix=prefix, credential_file=args.credential_file, wait=args.wait,
-                     listing="list" if args.list else "registration" if args.registration else "")
+                     listing="list" if args.list else "registration" if args.registration else "",
+                     only=frozenset(args.tool))
         return run_with_signals(lambda stop: _bridge(run, stop))
     except ModuleRunError as exc:
         print(f"dai: {exc.message}", file=sys.stderr, flush=True)

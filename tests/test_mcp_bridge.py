@@ -192,6 +192,15 @@ async def test_list_and_registration_show_the_mapping_without_the_bus(tmp_path: 
         "module_id": "forecast", "name": "forecaster",
         "capabilities": ["wx.tools.count_down", "wx.tools.learn", "wx.tools.quit", "wx.tools.weather_explode"],
     }
+    code, out, err = await output_of("--id", "forecast", "--tool", "countDown", "--tool", "weather/explode", "--list",
+                                     "--", sys.executable, "forecaster.py", cwd=tmp_path)
+    assert (code, out.splitlines()) == (0, ["countDown        ->  forecast.count_down",
+                                            "weather/explode  ->  forecast.weather_explode"]), err
+    code, out, err = await output_of("--id", "forecast", "--tool", "count_down", "--list",
+                                     "--", sys.executable, "forecaster.py", cwd=tmp_path)
+    assert (code, out) == (2, ""), err
+    assert err.splitlines() == ["dai: --tool count_down: the MCP server has no such tool (its tools: countDown, learn,"
+                                " quit, weather/explode)"]
 
 
 @pytest.mark.parametrize("protocol", ["auto", "2025-11-25"])
