@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import mcp_types
+from mcp import Client as McpClient
+from mcp import MCPError
+
 from democratic_ai.contracts import ErrorCode
 from democratic_ai.contracts.subjects import validate_capability
 from democratic_ai.sdk import CallError, Chunk, Module, ModuleConfig, capability
-from mcp import Client as McpClient
-from mcp import MCPError
 
 __all__ = ["CONTENT_SCHEMA", "MappedTool", "ToolModule", "capability_name", "map_tools", "module_class"]
 

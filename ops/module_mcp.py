@@ -40,10 +40,6 @@ from pathlib import Path
 import anyio
 import httpx2
 import mcp_types
-from democratic_ai.contracts import subjects
-from democratic_ai.contracts.bus import BusCredentialError, BusOptions, role_of
-from democratic_ai.sdk import Module, ModuleConfig
-from democratic_ai.sdk.errors import CredentialError, DaiError
 from mcp import Client as McpClient
 from mcp import MCPError, StdioServerParameters
 from mcp.client import Transport
@@ -54,8 +50,13 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
+from democratic_ai.contracts import subjects
+from democratic_ai.contracts.bus import BusCredentialError, BusOptions, role_of
+from democratic_ai.sdk import Module, ModuleConfig
+from democratic_ai.sdk.errors import CredentialError, DaiError
+
 from .mcp_tools import MappedTool, ToolModule, map_tools, module_class
-from .module_run import EXIT_NO_BUS, GRACE, ModuleRunError, run_with_signals, serve
+from .module_run import EXIT_NO_BUS, GRACE, ModuleRunError, run_with_signals, serve, shown
 
 __all__ = ["McpBridge", "McpRun", "McpTarget", "list_tools", "main", "parse_target"]
 
@@ -90,7 +91,8 @@ class McpTarget:
             raise ModuleRunError(f"--url must be an http:// or https:// URL, not {self.url!r}")
 
     def describe(self) -> str:
-        return self.url or " ".join(self.command)
+        """The server in words, for a line of output: never a password a URL may hold."""
+        return shown(self.url) if self.url else " ".join(self.command)
 
     async def open(self, stack: AsyncExitStack, changed: asyncio.Event) -> McpClient:
         """The connected client (entered on ``stack``); ``changed`` is set when the server's tools change."""
@@ -295,12 +297,12 @@ def _connect_failure(target: McpTarget, error: BaseException) -> ModuleRunError:
     if isinstance(error, FileNotFoundError) and target.command:
         return ModuleRunError(f"cannot start the MCP server: there is no command {target.command[0]!r}")
     if isinstance(error, httpx2.TransportError) and target.url:
-        return ModuleRunError(f"cannot reach the MCP server at {target.url}: {error}", EXIT_NO_BUS)
+        return ModuleRunError(f"cannot reach the MCP server at {target.describe()}: {error}", EXIT_NO_BUS)
     if isinstance(error, MCPError):
         text = error.error.message
     else:
         text = str(error) or type(error).__name__
-    where = f"at {target.url}" if target.url else f"started with {target.describe()!r}"
+    where = f"at {target.describe()}" if target.url else f"started with {target.describe()!r}"
     return ModuleRunError(f"the MCP server {where} did not answer the handshake: {text}", EXIT_NO_BUS)
 
 

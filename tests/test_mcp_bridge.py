@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import time
@@ -26,7 +27,6 @@ from democratic_ai.ops.ports import free_port
 from democratic_ai.sdk.sse import read_events
 
 from conftest import Gateway, http, unique
-from test_module_run import Run
 
 pytestmark = pytest.mark.slow
 
@@ -94,13 +94,58 @@ def write_server(folder: Path) -> Path:
     return path
 
 
-async def start_bridge(*args: str, cwd: Path, env: dict[str, str]) -> Run:
+class Bridge:
+    """A running ``dai module mcp``, its stderr (its log, and the stdio server's) read line by line."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stderr is not None
+        async for raw in self.process.stderr:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    async def line(self, pattern: str, timeout: float = 30.0) -> str:
+        """The first line, seen so far or to come, that matches ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (self._reader.done() and self.process.returncode is not None):
+            found = [line for line in self.lines if re.search(pattern, line)]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+
+    def count(self, text: str) -> int:
+        return sum(1 for line in self.lines if text in line)
+
+    async def exited(self, timeout: float = 15.0) -> int:
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"still running after {timeout} s:\n" + "\n".join(self.lines)) from None
+        await asyncio.wait_for(self._reader, 5)
+        return code
+
+    async def stop(self, sig: int) -> int:
+        self.process.send_signal(sig)
+        return await self.exited()
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        self._reader.cancel()
+
+
+async def start_bridge(*args: str, cwd: Path, env: dict[str, str]) -> Bridge:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DAI_BUS_", "NATS_"))}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "democratic_ai.ops.cli", "module", "mcp", *args,
-        cwd=cwd, env={**clean, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=cwd, env={**clean, **env}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
-    return Run(process)
+    return Bridge(process)
 
 
 async def output_of(*args: str, cwd: Path) -> tuple[int, str, str]:
@@ -116,8 +161,8 @@ async def output_of(*args: str, cwd: Path) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-async def runs() -> AsyncIterator[list[Run]]:
-    started: list[Run] = []
+async def runs() -> AsyncIterator[list[Bridge]]:
+    started: list[Bridge] = []
     yield started
     for run in started:
         await run.kill()
@@ -207,7 +252,7 @@ async def test_list_and_registration_show_the_mapping_without_the_bus(tmp_path: 
 @pytest.mark.parametrize("protocol", ["auto", "2025-11-25"])
 async def test_a_stdio_server_published_and_called_through_the_gateway(
     protocol: str, gateway: Gateway, bus_authorizer: None, hub: object, nats_server: Any, tmp_path: Path,
-    runs: list[Run],
+    runs: list[Bridge],
 ) -> None:
     """Through the gateway, over either revision: auto (2026-07-28 with this SDK's server) and the
     initialize handshake of 2025-11-25."""
@@ -267,14 +312,14 @@ async def test_a_stdio_server_published_and_called_through_the_gateway(
     # The server exits (half a second after answering): the bridge notices without a call, leaves, exits 1.
     status, answer = await call(gateway, f"{module_id}.quit", {})
     assert (status, answer["result"]) == (200, {"result": "bye"}), answer
-    code, _ = await run.exited(timeout=15)
+    code = await run.exited()
     assert run.lines[-1] == "dai: the MCP server '" + " ".join(server[3:]) + "' closed the connection", run.lines
 
     assert (code, run.count("Traceback")) == (1, 0), run.lines
 
 
 async def test_a_streamable_http_server_by_url(
-    gateway: Gateway, bus_authorizer: None, hub: object, nats_server: Any, tmp_path: Path, runs: list[Run]
+    gateway: Gateway, bus_authorizer: None, hub: object, nats_server: Any, tmp_path: Path, runs: list[Bridge]
 ) -> None:
     write_server(tmp_path)
     port = free_port()
@@ -303,7 +348,7 @@ async def test_a_streamable_http_server_by_url(
         assert (status, answer["error"]["code"]) == (502, "MODULE_ERROR"), answer
         assert answer["error"]["message"].endswith("the forecast service is down: fog"), answer
         assert await hang_up_mid_stream(gateway, f"{module_id}.count_down", tmp_path) < 2.0
-        code, _ = await run.stop(signal.SIGINT)
+        code = await run.stop(signal.SIGINT)
         assert (code, run.count("Traceback")) == (0, 0), run.lines
     finally:
         server.terminate()
