@@ -40,6 +40,7 @@ from pathlib import Path
 import anyio
 import httpx2
 import mcp_types
+import nats.errors
 from mcp import Client as McpClient
 from mcp import MCPError, StdioServerParameters
 from mcp.client import Transport
@@ -248,7 +249,13 @@ class McpBridge:
             except (DaiError, TypeError, ValueError) as exc:  # e.g. a tool's schema the SDK refuses
                 log.error("the MCP server's new tool list cannot be served; still serving the old one: %s", exc)
                 continue
-            await module.start(nc)  # both serve for a moment: no call meets "no responders"
+            try:
+                await module.start(nc)  # both serve for a moment: no call meets "no responders"
+            except nats.errors.Error as exc:
+                log.error("the module of the MCP server's new tool list could not start (%s); still serving the"
+                          " old one", exc)
+                await module.stop(0)
+                continue
             old, self._current, self._tools = self._current, module, tools
             retiring = asyncio.create_task(old.stop(GRACE))
             self._retiring[retiring] = old

@@ -381,3 +381,21 @@ async def test_an_mcp_server_that_cannot_be_reached_is_one_line_and_exit_code_1(
     code, out, err = await output_of("--id", "w", "--url", url, "--list", cwd=tmp_path)
     assert (code, out) == (1, ""), err
     assert err.splitlines() == [f"dai: cannot reach the MCP server at {url}: All connection attempts failed"]
+
+
+async def test_unreachable_nats_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
+    """Once the server is up and its tools listed, NATS that is not there ends it as it ends dai module run."""
+    write_server(tmp_path)
+    url = f"nats://127.0.0.1:{free_port()}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "democratic_ai.ops.cli", "module", "mcp", "--id", "w", "--", sys.executable,
+        "forecaster.py", cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith(("DAI_BUS_", "NATS_"))},
+             "NATS_URL": url, "DAI_BUS_CREDENTIAL": "dai-role.operator.x"},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert (process.returncode, out) == (1, b""), err
+    assert err.decode().splitlines()[-1] == (
+        f"dai: cannot connect to NATS at {url}: connection refused (nothing listens there). Is the platform running"
+        " (dai up)? Check NATS_URL, or pass --wait to keep trying.")
+    assert b"Traceback" not in err
