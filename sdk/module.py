@@ -33,6 +33,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, cast
 
@@ -64,13 +65,13 @@ from .credentials import parse_module_credential
 from .errors import CredentialError
 from .events import Event, EventHandlerDefinition, event_handlers_of
 from .execution import Invocation
+from .micro import Endpoint, MicroService
 from .scheduling import Scheduler
 from .signatures import check_handler
 from .streaming import ChunkSender, elapsed_ms, last_data, stream_answers
 from .tenancy import ModuleClient, serving, serving_tenant
-from .micro import Endpoint, MicroService
 
-__all__ = ["Module", "ModuleConfig"]
+__all__ = ["Module", "ModuleConfig", "Route"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,16 @@ class _Streamed:
     tenant_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One subscription a started module needs: its subject, queue group ("" for none) and its callback."""
+
+    subject: str
+    queue: str
+    deliver: Callable[[Msg], Awaitable[None]]
+    endpoint: Endpoint | None = None  # a capability route's micro endpoint, which counts its calls
+
+
 class Module:
     """Subclass it, set ``module_id``, and decorate ``async def`` methods with ``@capability``."""
 
@@ -135,6 +146,7 @@ class Module:
         self._streams: dict[str, _Streamed] = {}
         self._background: list[asyncio.Task[None]] = []  # the heartbeat first, then the announcement
         self._micro: MicroService | None = None
+        self._routes: list[Route] = []
         self._stopping = False
         self._cutting_short = False
 
@@ -193,13 +205,28 @@ class Module:
 
     async def start(self, nc: NATS) -> None:
         """Subscribe every capability and event topic, then announce and heartbeat in the background."""
+        self.attach(nc)
+        for route in self.routes():
+            self._subscriptions.append(await nc.subscribe(route.subject, queue=route.queue, cb=route.deliver))
+        await self.begin()
+
+    def attach(self, nc: NATS) -> None:
+        """Take ``nc`` for this module's work: its answers, records and calls go out on it.
+
+        :meth:`start` is :meth:`attach`, subscribing :meth:`routes`, then :meth:`begin`. A host that
+        makes the subscriptions its own way (a FastStream broker: :mod:`democratic_ai.sdk.faststream`)
+        calls the three itself.
+        """
         self._nc = nc
         self._stopping = False
         self._cutting_short = False
-        endpoints: list[Endpoint] = []
+
+    def routes(self) -> list[Route]:
+        """What the module must be subscribed to: each capability's two routes, its event topics, its control."""
+        routes: list[Route] = []
         for definition in sorted(self.capabilities.values(), key=lambda d: d.action):
             action = definition.action
-            routes = (
+            endpoints = (
                 Endpoint(
                     name=action.replace(".", "_"), subject=subjects.call("*", action),
                     queue_group=subjects.capability_queue(action),
@@ -211,20 +238,12 @@ class Module:
                     metadata={"capability": action, "route": "direct", "description": definition.description},
                 ),
             )
-            for endpoint in routes:
+            for endpoint in endpoints:
 
                 async def on_call(msg: Msg, definition: CapabilityDefinition = definition, endpoint: Endpoint = endpoint) -> None:
                     self._spawn(self._serve(definition, msg, endpoint, time.perf_counter_ns()))
 
-                self._subscriptions.append(
-                    await nc.subscribe(endpoint.subject, queue=endpoint.queue_group, cb=on_call)
-                )
-                endpoints.append(endpoint)
-        self._micro = MicroService(
-            name=self.module_id, instance_id=self.instance_id, version=self.version,
-            description=self.manifest.description, endpoints=endpoints,
-        )
-        await self._micro.start(nc)
+                routes.append(Route(endpoint.subject, endpoint.queue_group, on_call, endpoint))
         for handler in self.event_handlers:
 
             async def on_event(msg: Msg, handler: EventHandlerDefinition = handler) -> None:
@@ -236,8 +255,22 @@ class Module:
             # module: exactly what the bus lets its connection subscribe to.
             queue = subjects.event_queue(self.module_id, handler.method_name)
             subject = subjects.event(subjects.event_scope(self.tenant), handler.topic)
-            self._subscriptions.append(await nc.subscribe(subject, queue=queue, cb=on_event))
-        self._subscriptions.append(await nc.subscribe(self._control, cb=self._on_control))
+            routes.append(Route(subject, queue, on_event))
+        routes.append(Route(self._control, "", self._on_control))
+        self._routes = routes
+        return routes
+
+    async def begin(self) -> None:
+        """Once the :meth:`routes` are subscribed: answer as a micro service, announce, heartbeat."""
+        nc = self._nc
+        if nc is None:
+            raise RuntimeError("attach the module to a connection first.")
+        self._micro = MicroService(
+            name=self.module_id, instance_id=self.instance_id, version=self.version,
+            description=self.manifest.description,
+            endpoints=[route.endpoint for route in self._routes if route.endpoint is not None],
+        )
+        await self._micro.start(nc)
         # Twice: nats-py writes flush()'s PING straight to the socket, ahead of SUBs still in its
         # buffer, so one PONG does not prove the server has them and a call sent at once could
         # find "no responders". The second PING leaves after the SUBs the first wait flushed.
@@ -420,7 +453,7 @@ class Module:
         if nc is None:
             return
         try:
-            window = min(max(int(msg.headers.get(DAI_WINDOW, "")), 1), streaming.MAX_WINDOW)
+            window = min(max(int((msg.headers or {}).get(DAI_WINDOW, "")), 1), streaming.MAX_WINDOW)
         except ValueError:
             window = streaming.DEFAULT_WINDOW
         sender = ChunkSender(

@@ -36,14 +36,13 @@ from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.sdk import Module, capability
 from democratic_ai.services.busauth import BusAuthorizer, Signer
-from democratic_ai.services.identity import IdentityIndex
 from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.gateway.app import runner_for
 from democratic_ai.services.gateway.state import METERING
-from democratic_ai.services.identity import KeyEncryptionKey
+from democratic_ai.services.identity import IdentityIndex, KeyEncryptionKey
 from democratic_ai.services.identity.bootstrap import new_api_key_secret
-from democratic_ai.services.identity.sealing import KEK_ENV, KEK_FILE_ENV
 from democratic_ai.services.identity.principal import sha256_hex
+from democratic_ai.services.identity.sealing import KEK_ENV, KEK_FILE_ENV
 from democratic_ai.services.metering import Metering, MeteringConfig, PublisherConfig
 
 from streaming_modules import Streamer

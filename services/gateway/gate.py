@@ -22,19 +22,25 @@ maps the code to its own status: HTTP through :data:`.errors.STATUS`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+from nats.aio.client import Client as NATS
+
 from democratic_ai.contracts import ErrorCode, MCPMessage, error_details, error_reply, new_request, subjects, tracing
 from democratic_ai.hub import CallStream, Router
 from democratic_ai.services.identity import IdentityIndex, KeyRing, Principal, Unauthenticated, authenticate
 from democratic_ai.services.metering import GATEWAY, AdmissionUnavailable, Decision, Metering, PolicyState
-from nats.aio.client import Client as NATS
 
 from .errors import ApiError
 from .input_limits import InputLimits
+from .metrics import GatewayMetrics
 from .ratelimit_headers import retry_after_header
 
 __all__ = ["CALL_PERMISSION", "CallGate", "Refused"]
 
 CALL_PERMISSION = "module:use"  # what a principal needs to call a capability
+OnEnd = Callable[[MCPMessage], None]  # told the message that ended a call
 
 
 class Refused(ApiError):
@@ -57,7 +63,7 @@ class CallGate:
 
     def __init__(
         self, nc: NATS, identity: IdentityIndex, key_ring: KeyRing, metering: Metering, router: Router,
-        input_limits: InputLimits,
+        input_limits: InputLimits, metrics: GatewayMetrics,
     ) -> None:
         self._nc = nc
         self._identity = identity
@@ -65,6 +71,7 @@ class CallGate:
         self._metering = metering
         self._router = router
         self._limits = input_limits
+        self._metrics = metrics
 
     def authenticate(self, credential: str) -> Principal:
         """The principal of an API key or access token; UNAUTHENTICATED, saying why, otherwise."""
@@ -74,63 +81,78 @@ class CallGate:
             raise ApiError(ErrorCode.UNAUTHENTICATED, exc.message) from None
 
     @staticmethod
-    def authorize(principal: Principal) -> None:
-        """FORBIDDEN unless ``principal`` may call capabilities (a transport may check it before
-        it reads a call's input; :meth:`request` checks it in any case)."""
+    def authorize(principal: Principal, capability: str) -> None:
+        """FORBIDDEN unless ``principal`` may call ``capability``: it holds the permission to call,
+        and its key's toolset (:mod:`democratic_ai.contracts.toolsets`) allows the capability. A
+        transport may check it before it reads a call's input; :meth:`request` checks it anyway."""
         if not principal.can(CALL_PERMISSION):
             raise ApiError(ErrorCode.FORBIDDEN, f"this needs the permission {CALL_PERMISSION}",
                            {"needed": [CALL_PERMISSION]})
+        if not principal.may_call(capability):
+            raise ApiError(ErrorCode.FORBIDDEN, f"this API key may not call {capability!r}: it is not in its toolset",
+                           {"capability": capability, "toolset": list(principal.toolset)})
+
+    @staticmethod
+    def may_call(principal: Principal, capability: str) -> bool:
+        """Whether :meth:`authorize` lets ``principal`` call ``capability`` (for listing them)."""
+        return principal.can(CALL_PERMISSION) and principal.may_call(capability)
 
     def request(
         self, principal: Principal, capability: str, payload: bytes, *, module: str = "", priority: int = 5,
         ttl: int = 30,
     ) -> MCPMessage:
         """The MCP request of ``principal`` calling ``capability`` (on ``module``, when given) with
-        ``payload``: FORBIDDEN without the permission to call, BAD_REQUEST for an invalid name,
+        ``payload``: BAD_REQUEST for an invalid name, FORBIDDEN unless it may call it (:meth:`authorize`),
         PAYLOAD_TOO_LARGE for an input over the capability's limit (:mod:`.input_limits`)."""
-        self.authorize(principal)
         action, target = checked_capability(capability), checked_module(module)
+        self.authorize(principal, action)
         self._limits.check(action, len(payload), self._limits.of(action, target))
         return new_request(
             action, payload, tenant_id=principal.tenant_id, source_module_id=GATEWAY, target_module_id=target,
             user_id=principal.user_id, api_key_id=principal.key_id, priority=priority, ttl=ttl,
         )
 
-    async def call(self, principal: Principal, request: MCPMessage) -> MCPMessage:
+    async def call(self, principal: Principal, request: MCPMessage, *, transport: str = "http") -> MCPMessage:
         """Admit, route and meter ``request``; its answer: the RESPONSE or an ERROR (the module's,
         or the platform's: no module, timeout, cancelled). Raises :class:`Refused` when the limits
-        refuse it, NOT_READY while this gateway cannot decide yet."""
-        if tracing.tracing_enabled():
-            with tracing.tracer.start_as_current_span(f"gateway invoke {request.action}"):
-                await self._admit(principal, request)
-                return await self._router.call(request, on_end=self._metering.record)
-        await self._admit(principal, request)
-        # Metered from the message that ended the call — also when the caller hangs up meanwhile
-        # (then the router's CANCELLED).
-        return await self._router.call(request, on_end=self._metering.record)
+        refuse it, NOT_READY while this gateway cannot decide yet. ``transport`` names the way in,
+        for the metrics."""
+        with _span("invoke", request):
+            on_end = await self._admit(principal, request, transport)
+            # Metered from the message that ended the call — also when the caller hangs up
+            # meanwhile (then the router's CANCELLED).
+            return await self._router.call(request, on_end=on_end)
 
-    async def stream(self, principal: Principal, request: MCPMessage) -> CallStream:
+    async def stream(self, principal: Principal, request: MCPMessage, *, transport: str = "sse") -> CallStream:
         """Admit ``request`` and open it as a streamed call, metered from the message that ends it,
         whichever way it ends. The caller must ``close()`` the stream; closing it before its end
         cancels the call at the module. Raises as :meth:`call` does."""
-        if tracing.tracing_enabled():
-            with tracing.tracer.start_as_current_span(f"gateway stream {request.action}"):
-                await self._admit(principal, request)
-                return await self._router.open_stream(request, on_end=self._metering.record)
-        await self._admit(principal, request)
-        return await self._router.open_stream(request, on_end=self._metering.record)
+        with _span("stream", request):
+            on_end = await self._admit(principal, request, transport)
+            return await self._router.open_stream(request, on_end=on_end)
 
     def policies(self, principal: Principal) -> list[PolicyState]:
         """The state of every rate-limit policy of ``principal`` (for a transport's headers)."""
         return self._metering.policies(principal)
 
-    async def _admit(self, principal: Principal, request: MCPMessage) -> None:
+    async def _admit(self, principal: Principal, request: MCPMessage, transport: str) -> OnEnd:
+        """Admit ``request``; what to tell the message that ends it (meter it, count it)."""
         try:
             decision = await self._metering.admit(principal, len(request.payload))
         except AdmissionUnavailable as exc:
             raise ApiError(ErrorCode.NOT_READY, exc.message) from None
         if not decision.allowed:
-            raise Refused(await self._refusal(request, decision), decision)
+            answer = await self._refusal(request, decision)
+            self._metrics.refused(answer, transport, decision.refused_by)
+            raise Refused(answer, decision)
+        metering, metrics = self._metering, self._metrics
+        started = metrics.started(transport)
+
+        def ended(answer: MCPMessage) -> None:
+            metering.record(answer)
+            metrics.ended(answer, transport, started)
+
+        return ended
 
     async def _refusal(self, request: MCPMessage, decision: Decision) -> MCPMessage:
         """The RATE_LIMITED answer to a refused call, recorded and metered like any call's end."""
@@ -141,6 +163,13 @@ class CallGate:
         await self._nc.publish(record, answer.SerializeToString())
         self._metering.record(answer)
         return answer
+
+
+def _span(kind: str, request: MCPMessage) -> AbstractContextManager[object]:
+    """The gateway's span of a call when tracing is on; nothing otherwise."""
+    if tracing.tracing_enabled():
+        return tracing.tracer.start_as_current_span(f"gateway {kind} {request.action}")
+    return nullcontext()
 
 
 def checked_capability(capability: str) -> str:
