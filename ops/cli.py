@@ -141,11 +141,13 @@ def _parser() -> argparse.ArgumentParser:
     bridge.add_argument("--credential-file", type=Path, default=None, metavar="FILE",
                         help="the module credential from POST /v1/modules (default: $DAI_BUS_CREDENTIAL or the file"
                         " named by $DAI_BUS_CREDENTIAL_FILE)")
-    bridge.add_argument("--wait", action="store_true", help="if NATS cannot be reached, keep trying (as dai module run)")
+    bridge.add_argument("--wait", action="store_true",
+                        help="if NATS cannot be reached, keep trying (as dai module run)")
     bridge.add_argument("--list", action="store_true",
                         help="print each tool and its capability, and exit (no bus, no credential needed)")
     bridge.add_argument("--registration", action="store_true",
-                        help="print the JSON body of POST /v1/modules that registers exactly these capabilities, and exit")
+                        help="print the JSON body of POST /v1/modules that registers exactly these capabilities,"
+                        " and exit")
     bridge.add_argument("server_command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG ...]",
                         help="the command that runs the server on stdio, after --")
 

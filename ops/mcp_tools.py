@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mcp_types
-from mcp import Client as McpClient
-from mcp import MCPError
+from mcp import Client as McpClient, MCPError
 
 from democratic_ai.contracts import ErrorCode
 from democratic_ai.contracts.subjects import validate_capability
@@ -63,7 +62,7 @@ def capability_name(prefix: str, tool: str) -> str:
     tokens = [token[:MAX_TOKEN] for token in name.split(".") if token] or ["tool"]
     room = MAX_TOKENS - len(prefix.split("."))
     if len(tokens) > room:
-        tokens = [*tokens[: room - 1], "_".join(tokens[room - 1:])[:MAX_TOKEN]]
+        tokens = [*tokens[: room - 1], "_".join(tokens[room - 1 :])[:MAX_TOKEN]]
     return validate_capability(".".join([prefix, *tokens]))
 
 
@@ -95,8 +94,15 @@ def map_tools(prefix: str, tools: Sequence[mcp_types.Tool], only: frozenset[str]
         taken.add(name)
         # The SDK hands a tool's arguments over as keyword arguments: an object, as MCP requires.
         schema = dict(tool.input_schema) if tool.input_schema.get("type") else {**tool.input_schema, "type": "object"}
-        mapped.append(MappedTool(tool=tool.name, capability=name, description=tool.description or tool.title or "",
-                                 input_schema=schema, output_schema=tool.output_schema))
+        mapped.append(
+            MappedTool(
+                tool=tool.name,
+                capability=name,
+                description=tool.description or tool.title or "",
+                input_schema=schema,
+                output_schema=tool.output_schema,
+            )
+        )
     return sorted(mapped, key=lambda m: m.capability)
 
 
@@ -126,10 +132,16 @@ class ToolModule(Module):
         except MCPError as exc:
             if exc.error.code == mcp_types.CONNECTION_CLOSED:
                 self.lost.set()
-                raise CallError(ErrorCode.MODULE_ERROR, f"the MCP server closed the connection during {tool.tool!r}",
-                                {"tool": tool.tool}) from None
-            raise CallError(ErrorCode.MODULE_ERROR, f"the MCP server refused tools/call of {tool.tool!r}:"
-                            f" {exc.error.message}", {"tool": tool.tool, "mcp_code": exc.error.code}) from None
+                raise CallError(
+                    ErrorCode.MODULE_ERROR,
+                    f"the MCP server closed the connection during {tool.tool!r}",
+                    {"tool": tool.tool},
+                ) from None
+            raise CallError(
+                ErrorCode.MODULE_ERROR,
+                f"the MCP server refused tools/call of {tool.tool!r}: {exc.error.message}",
+                {"tool": tool.tool, "mcp_code": exc.error.code},
+            ) from None
         finally:
             if not call.done():
                 # Cancelled here (the caller cancelled, or the module stops): the MCP client tells the
@@ -155,24 +167,33 @@ def _text(content: Sequence[mcp_types.ContentBlock]) -> str:
 def _data(tool: MappedTool, result: mcp_types.CallToolResult) -> Any:
     if tool.output_schema is not None:
         if result.structured_content is None:
-            raise CallError(ErrorCode.MODULE_ERROR, f"the tool {tool.tool!r} declares an outputSchema but"
-                            " answered no structuredContent", {"tool": tool.tool})
+            raise CallError(
+                ErrorCode.MODULE_ERROR,
+                f"the tool {tool.tool!r} declares an outputSchema but answered no structuredContent",
+                {"tool": tool.tool},
+            )
         return result.structured_content
-    data: dict[str, Any] = {"content": [b.model_dump(mode="json", by_alias=True, exclude_none=True)
-                                        for b in result.content]}
+    data: dict[str, Any] = {
+        "content": [b.model_dump(mode="json", by_alias=True, exclude_none=True) for b in result.content]
+    }
     if result.structured_content is not None:
         data["structuredContent"] = result.structured_content
     return data
 
 
-def module_class(module_id: str, tools: Sequence[MappedTool], server: mcp_types.Implementation | None) -> type[ToolModule]:
+def module_class(
+    module_id: str, tools: Sequence[MappedTool], server: mcp_types.Implementation | None
+) -> type[ToolModule]:
     """A :class:`ToolModule` subclass serving ``tools``, each as a streaming capability."""
     namespace: dict[str, Any] = {
         "module_id": module_id,
         "name": (server.title or server.name) if server else module_id,
         "version": (server.version if server and server.version else "0.1.0"),
-        "description": (server.description if server and server.description else
-                        f"The MCP server {server.name if server else module_id!r}, published with dai module mcp."),
+        "description": (
+            server.description
+            if server and server.description
+            else f"The MCP server {server.name if server else module_id!r}, published with dai module mcp."
+        ),
     }
     for i, tool in enumerate(tools):
         namespace[f"tool_{i}"] = _handler(tool, f"tool_{i}")
@@ -186,5 +207,9 @@ def _handler(tool: MappedTool, method_name: str) -> Callable[..., AsyncIterator[
 
     # The SDK finds a handler by its method's name: the attribute it is stored under.
     forward.__name__ = forward.__qualname__ = method_name
-    return capability(tool.capability, tool.input_schema, tool.output_schema or CONTENT_SCHEMA,
-                      description=tool.description or f"The MCP tool {tool.tool!r}.")(forward)
+    return capability(
+        tool.capability,
+        tool.input_schema,
+        tool.output_schema or CONTENT_SCHEMA,
+        description=tool.description or f"The MCP tool {tool.tool!r}.",
+    )(forward)

@@ -41,8 +41,7 @@ import anyio
 import httpx2
 import mcp_types
 import nats.errors
-from mcp import Client as McpClient
-from mcp import MCPError, StdioServerParameters
+from mcp import Client as McpClient, MCPError, StdioServerParameters
 from mcp.client import Transport
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import SubscriptionLost
@@ -82,8 +81,10 @@ class McpTarget:
 
     def __post_init__(self) -> None:
         if not self.command and not self.url:
-            raise ModuleRunError("give the MCP server to publish: a command after -- (stdio), as in"
-                                 " dai module mcp --id ID -- python server.py, or --url (Streamable HTTP)")
+            raise ModuleRunError(
+                "give the MCP server to publish: a command after -- (stdio), as in"
+                " dai module mcp --id ID -- python server.py, or --url (Streamable HTTP)"
+            )
         if self.command and self.url:
             raise ModuleRunError("give the MCP server as a command after -- or as --url, not both")
         if self.headers and not self.url:
@@ -105,19 +106,22 @@ class McpTarget:
                 log.warning("the MCP server's connection: %s", message)
 
         if self.url:
-            http = await stack.enter_async_context(httpx2.AsyncClient(
-                headers=self.headers, timeout=httpx2.Timeout(HTTP_TIMEOUT, read=HTTP_READ_TIMEOUT)))
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(headers=self.headers, timeout=httpx2.Timeout(HTTP_TIMEOUT, read=HTTP_READ_TIMEOUT))
+            )
             server: Transport | StdioServerParameters = streamable_http_client(self.url, http_client=http)
         else:
-            server = StdioServerParameters(command=self.command[0], args=list(self.command[1:]), env=self.env,
-                                           cwd=Path.cwd())
+            server = StdioServerParameters(
+                command=self.command[0], args=list(self.command[1:]), env=self.env, cwd=Path.cwd()
+            )
         # No response cache: after a change the list is read again, never served from memory.
         client = McpClient(server, message_handler=on_message, cache=None, mode=PROTOCOL_MODES[self.protocol])
         return await stack.enter_async_context(client)
 
 
-def parse_target(command: Sequence[str], url: str | None, headers: Sequence[str], env: Sequence[str],
-                 protocol: str = "auto") -> McpTarget:
+def parse_target(
+    command: Sequence[str], url: str | None, headers: Sequence[str], env: Sequence[str], protocol: str = "auto"
+) -> McpTarget:
     """The target the arguments name, or :class:`ModuleRunError` saying what is wrong with them."""
     command = list(command)
     if command[:1] == ["--"]:
@@ -138,8 +142,7 @@ def parse_target(command: Sequence[str], url: str | None, headers: Sequence[str]
                 raise ModuleRunError(f"--env {name}: there is no {name} in this environment to pass on")
             value = os.environ[name]
         parsed_env[name] = value
-    return McpTarget(command=tuple(command), url=url or "", headers=parsed_headers, env=parsed_env,
-                     protocol=protocol)
+    return McpTarget(command=tuple(command), url=url or "", headers=parsed_headers, env=parsed_env, protocol=protocol)
 
 
 class McpBridge:
@@ -148,8 +151,16 @@ class McpBridge:
     It stands in for a :class:`~democratic_ai.sdk.Module` where :func:`.module_run.serve` runs one.
     """
 
-    def __init__(self, client: McpClient, module_id: str, prefix: str, config: ModuleConfig | None,
-                 tools: list[MappedTool], changed: asyncio.Event, only: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        client: McpClient,
+        module_id: str,
+        prefix: str,
+        config: ModuleConfig | None,
+        tools: list[MappedTool],
+        changed: asyncio.Event,
+        only: frozenset[str] = frozenset(),
+    ) -> None:
         self.module_id = module_id
         self._only = only  # --tool: publish these tools alone (none: all)
         self.lost = asyncio.Event()  # the server closed the connection (a stdio server that exited, say)
@@ -224,8 +235,10 @@ class McpBridge:
                 if exc.error.code == mcp_types.CONNECTION_CLOSED:
                     self.lost.set()
                 else:
-                    log.warning("the MCP server refused subscriptions/listen (%s): a change of its tools will go"
-                                " unnoticed", exc.error.message)
+                    log.warning(
+                        "the MCP server refused subscriptions/listen (%s): a change of its tools will go unnoticed",
+                        exc.error.message,
+                    )
                 return
             await asyncio.sleep(RELISTEN_DELAY)
             self._changed.set()  # it may have changed while no stream was open
@@ -252,8 +265,9 @@ class McpBridge:
             try:
                 await module.start(nc)  # both serve for a moment: no call meets "no responders"
             except nats.errors.Error as exc:
-                log.error("the module of the MCP server's new tool list could not start (%s); still serving the"
-                          " old one", exc)
+                log.error(
+                    "the module of the MCP server's new tool list could not start (%s); still serving the old one", exc
+                )
                 await module.stop(0)
                 continue
             old, self._current, self._tools = self._current, module, tools
@@ -264,8 +278,12 @@ class McpBridge:
             say_mapping(tools)
             new = sorted(set(module.capabilities) - self._registered)
             if new:
-                log.warning("new since the start: %s; the bus refuses their calls unless the module's registration"
-                            " lists them (PATCH /v1/modules/%s)", ", ".join(new), self.module_id)
+                log.warning(
+                    "new since the start: %s; the bus refuses their calls unless the module's registration"
+                    " lists them (PATCH /v1/modules/%s)",
+                    ", ".join(new),
+                    self.module_id,
+                )
 
 
 async def list_tools(client: McpClient) -> list[mcp_types.Tool]:
@@ -288,8 +306,16 @@ def say_mapping(tools: Sequence[MappedTool]) -> None:
 # What starting or reaching a server and its handshake may raise: a process or socket that fails, an
 # HTTP error, a JSON-RPC error, a stream that ends, an answer the SDK cannot read — or, from anyio's
 # task groups, a group of those.
-_CONNECT_ERRORS = (OSError, httpx2.HTTPError, MCPError, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                   anyio.EndOfStream, ValidationError, ExceptionGroup)
+_CONNECT_ERRORS = (
+    OSError,
+    httpx2.HTTPError,
+    MCPError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    ValidationError,
+    ExceptionGroup,
+)
 
 
 def _leaf(error: BaseException) -> BaseException:
@@ -305,10 +331,7 @@ def _connect_failure(target: McpTarget, error: BaseException) -> ModuleRunError:
         return ModuleRunError(f"cannot start the MCP server: there is no command {target.command[0]!r}")
     if isinstance(error, httpx2.TransportError) and target.url:
         return ModuleRunError(f"cannot reach the MCP server at {target.describe()}: {error}", EXIT_NO_BUS)
-    if isinstance(error, MCPError):
-        text = error.error.message
-    else:
-        text = str(error) or type(error).__name__
+    text = error.error.message if isinstance(error, MCPError) else (str(error) or type(error).__name__)
     where = f"at {target.describe()}" if target.url else f"started with {target.describe()!r}"
     return ModuleRunError(f"the MCP server {where} did not answer the handshake: {text}", EXIT_NO_BUS)
 
@@ -361,8 +384,10 @@ async def _publish(run: McpRun, stop: asyncio.Event) -> int:
             raise _connect_failure(run.target, exc) from None
         unknown = sorted(run.only - {t.name for t in offered})
         if unknown:
-            raise ModuleRunError(f"--tool {unknown[0]}: the MCP server has no such tool (its tools: "
-                                 f"{', '.join(sorted(t.name for t in offered)) or 'none'})")
+            raise ModuleRunError(
+                f"--tool {unknown[0]}: the MCP server has no such tool (its tools: "
+                f"{', '.join(sorted(t.name for t in offered)) or 'none'})"
+            )
         tools = map_tools(run.prefix, offered, run.only)
         if not tools:
             raise ModuleRunError(f"the MCP server {run.target.describe()!r} offers no tools: nothing to publish")
@@ -371,8 +396,13 @@ async def _publish(run: McpRun, stop: asyncio.Event) -> int:
             return 0
         options, config = bus
         info = client.server_info
-        log.info("MCP server %s%s (protocol %s): %d tool(s)", info.name if info else run.target.describe(),
-                 f" {info.version}" if info and info.version else "", client.protocol_version, len(tools))
+        log.info(
+            "MCP server %s%s (protocol %s): %d tool(s)",
+            info.name if info else run.target.describe(),
+            f" {info.version}" if info and info.version else "",
+            client.protocol_version,
+            len(tools),
+        )
         say_mapping(tools)
         try:
             bridge = McpBridge(client, run.module_id, run.prefix, config, tools, changed, run.only)
@@ -403,8 +433,11 @@ def _print_listing(run: McpRun, client: McpClient, tools: Sequence[MappedTool]) 
             print(f"{tool.tool:<{width}}  ->  {tool.capability}")
         return
     info = client.server_info
-    body = {"module_id": run.module_id, "name": (info.title or info.name) if info else run.module_id,
-            "capabilities": [t.capability for t in tools]}
+    body = {
+        "module_id": run.module_id,
+        "name": (info.title or info.name) if info else run.module_id,
+        "capabilities": [t.capability for t in tools],
+    }
     print(json.dumps(body))
 
 
@@ -418,11 +451,15 @@ def main(args: argparse.Namespace) -> int:
             raise ModuleRunError(str(exc)) from None
         if args.list and args.registration:
             raise ModuleRunError("--list and --registration print different things: give one")
-        run = McpRun(module_id=module_id, target=parse_target(args.server_command, args.url, args.header, args.env,
-                                                                   args.protocol),
-                     prefix=prefix, credential_file=args.credential_file, wait=args.wait,
-                     listing="list" if args.list else "registration" if args.registration else "",
-                     only=frozenset(args.tool))
+        run = McpRun(
+            module_id=module_id,
+            target=parse_target(args.server_command, args.url, args.header, args.env, args.protocol),
+            prefix=prefix,
+            credential_file=args.credential_file,
+            wait=args.wait,
+            listing="list" if args.list else "registration" if args.registration else "",
+            only=frozenset(args.tool),
+        )
         return run_with_signals(lambda stop: _bridge(run, stop))
     except ModuleRunError as exc:
         print(f"dai: {exc.message}", file=sys.stderr, flush=True)
@@ -430,4 +467,3 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("dai: interrupted", file=sys.stderr, flush=True)
         return 130
-

@@ -123,7 +123,7 @@ class Bridge:
     async def exited(self, timeout: float = 15.0) -> int:
         try:
             code = await asyncio.wait_for(self.process.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"still running after {timeout} s:\n" + "\n".join(self.lines)) from None
         await asyncio.wait_for(self._reader, 5)
         return code
@@ -142,8 +142,16 @@ class Bridge:
 async def start_bridge(*args: str, cwd: Path, env: dict[str, str]) -> Bridge:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DAI_BUS_", "NATS_"))}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "democratic_ai.ops.cli", "module", "mcp", *args,
-        cwd=cwd, env={**clean, **env}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "democratic_ai.ops.cli",
+        "module",
+        "mcp",
+        *args,
+        cwd=cwd,
+        env={**clean, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     return Bridge(process)
 
@@ -151,8 +159,15 @@ async def start_bridge(*args: str, cwd: Path, env: dict[str, str]) -> Bridge:
 async def output_of(*args: str, cwd: Path) -> tuple[int, str, str]:
     """Exit code, stdout and stderr of a ``dai module mcp`` that is expected to end on its own."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "democratic_ai.ops.cli", "module", "mcp", *args,
-        cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "democratic_ai.ops.cli",
+        "module",
+        "mcp",
+        *args,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if not k.startswith(("DAI_BUS_", "NATS_"))},
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
@@ -185,9 +200,10 @@ async def call(gateway: Gateway, capability: str, body: dict[str, Any], timeout:
 
 async def sse(gateway: Gateway, capability: str, body: dict[str, Any]) -> list[tuple[str, Any]]:
     """The events of a call over SSE; a call refused before its first chunk is ``[("json", (status, body))]``."""
-    async with aiohttp.ClientSession() as session, session.post(
-        invoke(gateway, capability), json=body, headers={**gateway.headers, **SSE}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(invoke(gateway, capability), json=body, headers={**gateway.headers, **SSE}) as response,
+    ):
         if response.headers["Content-Type"].startswith("application/json"):
             return [("json", (response.status, await response.json()))]
         assert response.status == 200 and response.headers["Content-Type"] == "text/event-stream"
@@ -199,8 +215,9 @@ async def hang_up_mid_stream(gateway: Gateway, capability: str, folder: Path) ->
     marker = folder / "cancelled"
     marker.unlink(missing_ok=True)
     async with aiohttp.ClientSession() as session:
-        response = await session.post(invoke(gateway, capability), json={"steps": 1000, "delay": 0.05},
-                                      headers={**gateway.headers, **SSE})
+        response = await session.post(
+            invoke(gateway, capability), json={"steps": 1000, "delay": 0.05}, headers={**gateway.headers, **SSE}
+        )
         assert response.status == 200
         first = await response.content.readuntil(b"\n\n")
         assert first.startswith(b"event: chunk"), first
@@ -230,28 +247,58 @@ async def test_list_and_registration_show_the_mapping_without_the_bus(tmp_path: 
         "quit             ->  forecast.quit",
         "weather/explode  ->  forecast.weather_explode",
     ]
-    code, out, err = await output_of("--id", "forecast", "--prefix", "wx.tools", "--registration", "--",
-                                     sys.executable, "forecaster.py", cwd=tmp_path)
+    code, out, err = await output_of(
+        "--id",
+        "forecast",
+        "--prefix",
+        "wx.tools",
+        "--registration",
+        "--",
+        sys.executable,
+        "forecaster.py",
+        cwd=tmp_path,
+    )
     assert code == 0, err
     assert msgspec.json.decode(out) == {
-        "module_id": "forecast", "name": "forecaster",
+        "module_id": "forecast",
+        "name": "forecaster",
         "capabilities": ["wx.tools.count_down", "wx.tools.learn", "wx.tools.quit", "wx.tools.weather_explode"],
     }
-    code, out, err = await output_of("--id", "forecast", "--tool", "countDown", "--tool", "weather/explode", "--list",
-                                     "--", sys.executable, "forecaster.py", cwd=tmp_path)
-    assert (code, out.splitlines()) == (0, ["countDown        ->  forecast.count_down",
-                                            "weather/explode  ->  forecast.weather_explode"]), err
-    code, out, err = await output_of("--id", "forecast", "--tool", "count_down", "--list",
-                                     "--", sys.executable, "forecaster.py", cwd=tmp_path)
+    code, out, err = await output_of(
+        "--id",
+        "forecast",
+        "--tool",
+        "countDown",
+        "--tool",
+        "weather/explode",
+        "--list",
+        "--",
+        sys.executable,
+        "forecaster.py",
+        cwd=tmp_path,
+    )
+    assert (code, out.splitlines()) == (
+        0,
+        ["countDown        ->  forecast.count_down", "weather/explode  ->  forecast.weather_explode"],
+    ), err
+    code, out, err = await output_of(
+        "--id", "forecast", "--tool", "count_down", "--list", "--", sys.executable, "forecaster.py", cwd=tmp_path
+    )
     assert (code, out) == (2, ""), err
     # (what comes before is the server's own stderr: the SDK's warning about the name weather/explode)
-    assert err.splitlines()[-1:] == ["dai: --tool count_down: the MCP server has no such tool (its tools: countDown, learn,"
-                                " quit, weather/explode)"]
+    assert err.splitlines()[-1:] == [
+        "dai: --tool count_down: the MCP server has no such tool (its tools: countDown, learn, quit, weather/explode)"
+    ]
 
 
 @pytest.mark.parametrize("protocol", ["auto", "2025-11-25"])
 async def test_a_stdio_server_published_and_called_through_the_gateway(
-    protocol: str, gateway: Gateway, bus_authorizer: None, hub: object, nats_server: Any, tmp_path: Path,
+    protocol: str,
+    gateway: Gateway,
+    bus_authorizer: None,
+    hub: object,
+    nats_server: Any,
+    tmp_path: Path,
     runs: list[Bridge],
 ) -> None:
     """Through the gateway, over either revision: auto (2026-07-28 with this SDK's server) and the
@@ -264,29 +311,46 @@ async def test_a_stdio_server_published_and_called_through_the_gateway(
     body = msgspec.json.decode(out)
     body["capabilities"].append(f"{module_id}.reverse")  # the tool learn adds: registered ahead
     credential = await register(gateway, body, tmp_path)
-    run = await start_bridge("--id", module_id, "--credential-file", str(credential), *server,
-                             cwd=tmp_path, env={"NATS_URL": nats_server.url})
+    run = await start_bridge(
+        "--id",
+        module_id,
+        "--credential-file",
+        str(credential),
+        *server,
+        cwd=tmp_path,
+        env={"NATS_URL": nats_server.url},
+    )
     runs.append(run)
     await run.line(f"tool countDown -> capability {module_id}.count_down")
     await run.line(f"\\(protocol {'2026-07-28' if protocol == 'auto' else protocol}\\): 4 tool\\(s\\)")
-    await run.line(f"module {module_id} of tenant {gateway.tenant} serving {module_id}.count_down, "
-                   f"{module_id}.learn, {module_id}.quit, {module_id}.weather_explode on NATS")
+    await run.line(
+        f"module {module_id} of tenant {gateway.tenant} serving {module_id}.count_down, "
+        f"{module_id}.learn, {module_id}.quit, {module_id}.weather_explode on NATS"
+    )
 
     # JSON: the tool's structured result.
     status, answer = await call(gateway, f"{module_id}.count_down", {"steps": 3})
-    assert (status, answer.get("result"), answer.get("module_id")) == (200, {"result": "liftoff"}, module_id), (answer, "\n".join(run.lines))
+    assert (status, answer.get("result"), answer.get("module_id")) == (200, {"result": "liftoff"}, module_id), (
+        answer,
+        "\n".join(run.lines),
+    )
 
     # SSE: each progress notification a chunk, then the result, then done.
     events = await sse(gateway, f"{module_id}.count_down", {"steps": 3})
     assert [name for name, _ in events] == ["chunk"] * 4 + ["done"], events
     assert [e.get("progress") for _, e in events[:3]] == [
-        {"fraction": pytest.approx(i / 3), "message": f"step {i} of 3"} for i in (1, 2, 3)]
+        {"fraction": pytest.approx(i / 3), "message": f"step {i} of 3"} for i in (1, 2, 3)
+    ]
     assert events[3][1]["data"] == {"result": "liftoff"}
     assert events[4][1]["chunks"] == 4
 
     # The tool's own input schema is checked before anything reaches the server.
     status, answer = await call(gateway, f"{module_id}.count_down", {"steps": "three"})
-    assert (status, answer["error"]["code"], answer["error"]["details"]["path"]) == (422, "VALIDATION_FAILED", "$.steps")
+    assert (status, answer["error"]["code"], answer["error"]["details"]["path"]) == (
+        422,
+        "VALIDATION_FAILED",
+        "$.steps",
+    )
 
     # A tool error (isError) is a module error carrying the tool's text, as JSON and over SSE.
     status, answer = await call(gateway, f"{module_id}.weather_explode", {"reason": "rain"})
@@ -323,8 +387,15 @@ async def test_a_streamable_http_server_by_url(
 ) -> None:
     write_server(tmp_path)
     port = free_port()
-    server = await asyncio.create_subprocess_exec(sys.executable, "forecaster.py", "http", str(port), cwd=tmp_path,
-                                                  stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "forecaster.py",
+        "http",
+        str(port),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}/mcp"
         module_id = unique("forecast")
@@ -336,8 +407,18 @@ async def test_a_streamable_http_server_by_url(
             await asyncio.sleep(0.3)
         assert code == 0, err
         credential = await register(gateway, msgspec.json.decode(out), tmp_path)
-        run = await start_bridge("--id", module_id, "--url", url, "--header", "X-Test: yes",
-                                 "--credential-file", str(credential), cwd=tmp_path, env={"NATS_URL": nats_server.url})
+        run = await start_bridge(
+            "--id",
+            module_id,
+            "--url",
+            url,
+            "--header",
+            "X-Test: yes",
+            "--credential-file",
+            str(credential),
+            cwd=tmp_path,
+            env={"NATS_URL": nats_server.url},
+        )
         runs.append(run)
         await run.line(f"module {module_id} of tenant {gateway.tenant} serving")
         status, answer = await call(gateway, f"{module_id}.count_down", {"steps": 2})
@@ -388,14 +469,29 @@ async def test_unreachable_nats_is_one_line_and_exit_code_1(tmp_path: Path) -> N
     write_server(tmp_path)
     url = f"nats://127.0.0.1:{free_port()}"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "democratic_ai.ops.cli", "module", "mcp", "--id", "w", "--", sys.executable,
-        "forecaster.py", cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith(("DAI_BUS_", "NATS_"))},
-             "NATS_URL": url, "DAI_BUS_CREDENTIAL": "dai-role.operator.x"},
+        sys.executable,
+        "-m",
+        "democratic_ai.ops.cli",
+        "module",
+        "mcp",
+        "--id",
+        "w",
+        "--",
+        sys.executable,
+        "forecaster.py",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("DAI_BUS_", "NATS_"))},
+            "NATS_URL": url,
+            "DAI_BUS_CREDENTIAL": "dai-role.operator.x",
+        },
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert (process.returncode, out) == (1, b""), err
     assert err.decode().splitlines()[-1] == (
         f"dai: cannot connect to NATS at {url}: connection refused (nothing listens there). Is the platform running"
-        " (dai up)? Check NATS_URL, or pass --wait to keep trying.")
+        " (dai up)? Check NATS_URL, or pass --wait to keep trying."
+    )
     assert b"Traceback" not in err
