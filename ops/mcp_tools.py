@@ -24,6 +24,7 @@ if it sent one anyway).
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -156,7 +157,7 @@ class ToolModule(Module):
 
 def _progress_chunk(progress: float, total: float | None, message: str | None) -> Chunk:
     """An MCP progress notification as a chunk: a fraction only when the server says of what total."""
-    fraction = min(max(progress / total, 0.0), 1.0) if total else None
+    fraction = min(max(progress / total, 0.0), 1.0) if total and math.isfinite(progress / total) else None
     return Chunk(progress=fraction, message=message or ("" if fraction is not None else f"progress {progress:g}"))
 
 

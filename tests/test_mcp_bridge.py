@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import mcp_types
 import msgspec
 import pytest
 
+from democratic_ai.ops.mcp_tools import capability_name, map_tools
 from democratic_ai.ops.ports import free_port
 from democratic_ai.sdk.sse import read_events
 
@@ -235,6 +237,31 @@ async def register(gateway: Gateway, body: dict[str, Any], folder: Path) -> Path
     path = folder / "bridge.credential"
     path.write_text(answer["credential"] + "\n")
     return path
+
+
+@pytest.mark.parametrize(
+    ("tool", "capability"),
+    [
+        ("getForecast", "w.get_forecast"),
+        ("HTTPGet", "w.http_get"),
+        ("files/read", "w.files_read"),
+        ("a..b", "w.a.b"),
+        ("...", "w.tool"),
+        ("a.b.c.d.e.f.g.h.i", "w.a.b.c.d.e.f.g_h_i"),  # at most eight tokens
+        ("x" * 80, "w." + "x" * 64),  # of at most 64 characters
+    ],
+)
+def test_a_tool_name_becomes_a_capability_name(tool: str, capability: str) -> None:
+    assert capability_name("w", tool) == capability
+
+
+def test_tools_that_would_share_a_name_are_told_apart_in_the_order_of_their_names() -> None:
+    tools = [mcp_types.Tool(name=name, input_schema={"type": "object"}) for name in ("getX", "get_x", "GetX")]
+    assert [(m.tool, m.capability) for m in map_tools("w", tools)] == [
+        ("GetX", "w.get_x"),
+        ("getX", "w.get_x_2"),
+        ("get_x", "w.get_x_3"),
+    ]
 
 
 async def test_list_and_registration_show_the_mapping_without_the_bus(tmp_path: Path) -> None:
