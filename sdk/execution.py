@@ -63,11 +63,19 @@ class Invocation:
                 validator=invalid.validator,
             )
         if definition.takes_model:
-            return handler(value), None
+            return self._called(handler, (value,), {})
         kwargs, problem = _keyword_arguments(definition, value)
         if problem is not None:
             return None, self.error(ErrorCode.VALIDATION_FAILED, problem[1], where="input", path=problem[0])
-        return handler(**kwargs), None
+        return self._called(handler, (), kwargs)
+
+    def _called(self, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, MCPMessage | None]:
+        """``handler(*args, **kwargs)``, or the ERROR when calling it raises at once (arguments that
+        do not bind, a handler that is not ``async``): the caller gets an answer, not a timeout."""
+        try:
+            return handler(*args, **kwargs), None
+        except Exception as exc:
+            return None, self.failure(exc)
 
     def output(self, value: Any) -> tuple[bytes, MCPMessage | None]:
         """``value`` as JSON if it fits the output schema, else the ERROR saying where it does not."""
