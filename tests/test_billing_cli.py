@@ -9,7 +9,7 @@ from democratic_ai.ops.cli import _parser
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.services import close_billing_periods
 
-from conftest import unique
+from support.names import unique
 
 
 def test_the_command_line() -> None:

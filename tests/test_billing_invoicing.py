@@ -35,6 +35,8 @@ from democratic_ai.services.billing import (
 from democratic_ai.services.billing.periods import month_period, service_period
 from democratic_ai.services.plans import InvalidPricing, load_plans
 
+from support.paths import REPO
+
 PRICES = load_plans()
 STARTER = PRICES.terms("starter")
 PRO = PRICES.terms("pro")
@@ -90,7 +92,7 @@ def test_pricing_uses_the_plan_ids_of_the_rate_limits(repo_root: Path) -> None:
 
 
 def test_a_bad_pricing_file_is_refused_with_its_reason(tmp_path: Path) -> None:
-    bad = json.loads((Path(__file__).parent.parent / "schemas/json/pricing.json").read_text())
+    bad = json.loads((REPO / "schemas/json/pricing.json").read_text())
     bad["plans"]["starter"]["monthly_price"] = 4900.0  # a float: money is never a float
     path = tmp_path / "pricing.json"
     path.write_text(json.dumps(bad))

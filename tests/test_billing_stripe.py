@@ -24,8 +24,11 @@ from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.services.billing import BillingConfig, StripeConfig
 
-from billing_helpers import TableUsageTotals, billing_gateway, billing_service, new_billing_tenant
-from conftest import Gateway, caught_up, http, issue_key, unique
+from support.billing import TableUsageTotals, billing_gateway, billing_service, new_billing_tenant
+from support.client import http
+from support.gateway import Gateway, issue_key
+from support.names import unique
+from support.projections import caught_up
 
 SECRET = "whsec_test_secret"
 JAN_START = datetime(2024, 12, 31, 15, 0, tzinfo=UTC)  # 2025-01-01 00:00 in Tokyo

@@ -28,8 +28,12 @@ from democratic_ai.services.billing import BillingConfig, BillingService, Postgr
 from democratic_ai.services.plans import load_plans
 from democratic_ai.services.gateway import GatewayConfig, create_app
 
-from billing_helpers import new_billing_tenant
-from conftest import Gateway, caught_up, forget_usage, http, issue_key, unique
+from support.billing import new_billing_tenant
+from support.client import http
+from support.gateway import Gateway, issue_key
+from support.names import unique
+from support.projections import caught_up
+from support.usage import forget_usage
 
 usage_events = pytest.importorskip("democratic_ai.contracts.usage_events", reason="metering (issue 4) is not merged")
 pytest.importorskip("democratic_ai.projections.usage", reason="metering (issue 4) is not merged")

@@ -24,34 +24,17 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from democratic_ai.contracts import MessageType, new_request, subjects
-from democratic_ai.contracts.bus import BusOptions, connect
+from democratic_ai.contracts.bus import connect
 from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.identity_events import ApiKeyIssued, encode_event
 from democratic_ai.hub import Hub, Router
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.sdk import Module, capability
-from democratic_ai.services.busauth import inbox_prefix
 
-from conftest import Gateway, http, unique
-
-
-class Violations:
-    """The errors the server sent one connection, kept for assertions."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    async def record(self, error: Exception) -> None:
-        self.errors.append(str(error))
-
-    async def wait_for(self, fragment: str, timeout: float = 3.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for error in self.errors:
-                if fragment.lower() in error.lower():  # nats-py lowercases the server's message
-                    return error
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no permissions violation mentioning {fragment!r}; got {self.errors}")
+from support.bus import Violations, module_connection, register
+from support.client import http
+from support.gateway import Gateway
+from support.names import unique
 
 
 async def assert_refused(url: str, **credentials: str) -> None:
@@ -69,21 +52,6 @@ def make_module(module_id: str) -> type[Module]:
 
     Shouter.module_id = module_id
     return Shouter
-
-
-async def register(gateway: Gateway, module_id: str, capabilities: list[str]) -> str:
-    status, body = await http("POST", f"{gateway.url}/v1/modules", headers=gateway.headers,
-                              json={"module_id": module_id, "name": module_id, "capabilities": capabilities})
-    assert status == 201, body
-    return body["credential"]
-
-
-async def module_connection(
-    nats_server: NatsServer, credential: str, module_id: str, violations: Violations | None = None, **kwargs: object
-) -> NATS:
-    options = BusOptions(url=nats_server.url, credential=credential)
-    return await connect(options, f"test-{module_id}", error_cb=violations.record if violations else None, inbox_prefix=inbox_prefix(module_id).encode(),
-                         connect_timeout=3, **kwargs)
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from democratic_ai.contracts import MessageType, decode
 from democratic_ai.sdk import Module, capability
 from democratic_ai.sdk.examples import TextTools
 
-from conftest import Gateway, registered
+from support.gateway import Gateway
+from support.modules import registered
 from democratic_ai.hub import Hub
 
 TEXT = (

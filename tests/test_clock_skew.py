@@ -33,8 +33,10 @@ from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.schemas import app_dsn
 
-from conftest import Echo, http, issue_key, unique
-from test_usage_limits import _flood, _ready
+from support.client import http
+from support.gateway import flood, gateway_ready, issue_key
+from support.modules import Echo
+from support.names import unique
 
 LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
 
@@ -115,18 +117,18 @@ async def test_gateways_with_skewed_clocks_admit_at_most_the_limit_in_any_window
     with ExitStack() as stack:
         behind = stack.enter_context(skewed_gateway(gateway_env, -skew, tmp_path))
         ahead = stack.enter_context(skewed_gateway(gateway_env, +skew, tmp_path))
-        await asyncio.gather(_ready(behind.url, key, timeout=60), _ready(ahead.url, key, timeout=60))
+        await asyncio.gather(gateway_ready(behind.url, key, timeout=60), gateway_ready(ahead.url, key, timeout=60))
 
         # A window's whole quota through the gateway behind...
         started = time.monotonic()
-        first = _admitted(await _flood([behind.url], key, 2 * LIMIT))
+        first = _admitted(await flood([behind.url], key, 2 * LIMIT))
         ended = time.monotonic()
         # ...then as much again through the gateway ahead, at a moment when by its own clock
         # those leases have left the window (2 x skew early) but by the server's they have not.
         second_at = ended + max(0.5, window - 2 * skew + LEASE + 0.5)
         assert second_at < started + window + LEASE, "the first flood took too long to tell the clocks apart"
         await _until(second_at)
-        second = _admitted(await _flood([ahead.url], key, 2 * LIMIT))
+        second = _admitted(await flood([ahead.url], key, 2 * LIMIT))
         print(f"\n±{skew} s: {first} admitted behind, then {second} ahead {second_at - ended:.1f} s later"
               f" (limit {LIMIT} per {window} s)")
         assert 0.9 * LIMIT <= first <= LIMIT
@@ -136,7 +138,7 @@ async def test_gateways_with_skewed_clocks_admit_at_most_the_limit_in_any_window
 
         # Once the window has passed on the server's clock, the quota is there again, for both.
         await _until(ended + window + LEASE + 1.0)
-        again = _admitted(await _flood([behind.url, ahead.url], key, 2 * LIMIT))
+        again = _admitted(await flood([behind.url, ahead.url], key, 2 * LIMIT))
         print(f"a window later: {again} admitted through both")
         assert 0.9 * LIMIT <= again <= LIMIT
 
@@ -147,7 +149,7 @@ async def test_a_gateway_30_s_off_serves_short_ttl_calls_and_says_its_clock_is_o
     key = await issue_key(nc, unique("tenant"))
     with ExitStack() as stack:
         gateways = {offset: stack.enter_context(skewed_gateway(gateway_env, offset, tmp_path)) for offset in (-30, 30)}
-        await asyncio.gather(*(_ready(g.url, key, timeout=60) for g in gateways.values()))
+        await asyncio.gather(*(gateway_ready(g.url, key, timeout=60) for g in gateways.values()))
         for offset, gateway in gateways.items():
             started = time.monotonic()
             status, body = await http("POST", f"{gateway.url}/v1/capabilities/test.echo/invoke?ttl=5",

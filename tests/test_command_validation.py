@@ -28,7 +28,10 @@ from democratic_ai.contracts.fields import INT32_MAX
 from democratic_ai.services.gateway.state import USERS
 from democratic_ai.services.identity import Invalid
 
-from conftest import Gateway, caught_up, http, unique
+from support.client import http
+from support.gateway import Gateway
+from support.names import unique
+from support.projections import caught_up
 
 PASSWORD = "correct horse battery staple"
 EXAMPLES = 40  # per command: about 7 s for all of them

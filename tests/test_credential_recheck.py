@@ -9,7 +9,6 @@ access tokens too.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -19,9 +18,11 @@ import msgspec
 
 from democratic_ai.services.gateway.state import CREDENTIALS, KEY_RING
 
-from conftest import Gateway, StartGateway, http
-from streaming_modules import Streamer
-from test_identity_flows import PASSWORD, login, new_tenant, new_user
+from support.client import http
+from support.gateway import Gateway, StartGateway
+from support.identity import PASSWORD, login, new_tenant, new_user
+from support.streamer import Streamer
+from support.waiting import eventually
 
 WS_CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
@@ -44,12 +45,6 @@ async def _call(ws: aiohttp.ClientWebSocketResponse, correlation_id: str) -> lis
         kinds.append(frame["type"])
         if frame["type"] in ("RESPONSE", "ERROR"):
             return kinds
-
-
-async def _wait_for(condition: Callable[[], object], timeout: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
 
 
 async def _until_closed(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0) -> tuple[float, list[dict]]:
@@ -180,7 +175,7 @@ async def test_revoking_the_key_of_a_busy_websocket_cancels_its_calls(gateway: G
         changed = time.monotonic()
         await _revoke_key(gateway, tenant, admin)
         closed, frames = await _until_closed(ws)
-        await _wait_for(lambda: streamer.cancelled_at)
+        await eventually(lambda: streamer.cancelled_at, "the handler to see its cancel", timeout=1.0, interval=0.005)
     assert ws.close_code == 1008 and closed - changed < 1.0
     assert frames[-1]["type"] == "ERROR" and frames[-1]["error"]["code"] == "UNAUTHENTICATED", frames
     assert streamer.cancelled_at and streamer.cancelled_at[0] - changed < 1.0  # the module stopped working

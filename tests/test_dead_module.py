@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -30,10 +29,14 @@ from democratic_ai.sdk import Module, capability
 from democratic_ai.sdk.sse import read_events
 from democratic_ai.services.gateway.state import PRESENCE
 
-from conftest import Echo, Gateway, http, unique
-from streaming_modules import Streamer
-from test_bus_authorization import Violations, module_connection, register
-from test_usage_metering import usage_events
+from support.bus import Violations, module_connection, register
+from support.client import http
+from support.gateway import Gateway
+from support.modules import Echo
+from support.names import unique
+from support.paths import TESTS
+from support.streamer import Streamer
+from support.usage import usage_events
 
 HEARTBEAT = 1.0  # the modules' default heartbeat interval
 # Three missed heartbeats, plus room for a loaded machine; far below the 60 s ttl of the calls.
@@ -43,7 +46,7 @@ SSE = {"Accept": "text/event-stream"}
 
 @dataclass
 class Sleeper:
-    """The ``dead_modules:Sleeper`` process."""
+    """The ``support.sleeper:Sleeper`` process."""
 
     module_id: str
     process: asyncio.subprocess.Process
@@ -62,15 +65,14 @@ class Sleeper:
 
 @pytest.fixture
 async def sleeper(nats_server: NatsServer, gateway: Gateway, bus_authorizer: None) -> AsyncIterator[Sleeper]:
-    """``dai module run dead_modules:Sleeper`` with its own module credential, heard by the gateway."""
+    """``dai module run support.sleeper:Sleeper`` with its own module credential, heard by the gateway."""
     module_id = unique("sleeper")
     credential = await register(gateway, module_id, ["test.sleep", "test.drip"])
     env = {name: value for name, value in os.environ.items() if not name.startswith("DAI_BUS_")}
-    tests = str(Path(__file__).parent)
     env.update(NATS_URL=nats_server.url, DAI_BUS_CREDENTIAL=credential, DAI_TEST_MODULE_ID=module_id,
-               PYTHONPATH=os.pathsep.join(filter(None, [tests, env.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")])))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "democratic_ai.ops.cli", "module", "run", "dead_modules:Sleeper",
+        sys.executable, "-m", "democratic_ai.ops.cli", "module", "run", "support.sleeper:Sleeper",
         env=env, stdout=asyncio.subprocess.PIPE,
     )
     try:

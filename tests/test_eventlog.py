@@ -13,7 +13,7 @@ from nats.js.errors import BadRequestError
 
 from democratic_ai.contracts.eventlog import AppendConflict, append
 
-from conftest import unique
+from support.names import unique
 
 
 @pytest.fixture

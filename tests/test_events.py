@@ -13,7 +13,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from democratic_ai.contracts import MessageType, decode, new_event, subjects
 from democratic_ai.sdk import Client, Event, Module, ModuleConfig, event_handler
 
-from conftest import unique
+from support.names import unique
 
 
 class Orders(Module):

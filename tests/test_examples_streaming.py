@@ -18,7 +18,8 @@ from democratic_ai.sdk.examples import ImageTools, TextTools
 from democratic_ai.sdk.examples.image_tools import upscale_passes
 from democratic_ai.sdk.sse import read_events
 
-from conftest import Gateway, registered
+from support.gateway import Gateway
+from support.modules import registered
 
 TEXT = (
     "NATS is a messaging system built for speed. JetStream adds persistence to NATS. "

@@ -20,28 +20,8 @@ import pytest
 from democratic_ai.services.gateway.state import KEY_RING, USERS
 from democratic_ai.contracts.envelope import Meta
 
-from conftest import Gateway, http
-
-
-async def raw_request(gateway: Gateway, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-    """Send ``head`` (request line and header lines, CRLF-separated, without the blank line) and
-    ``body`` over a fresh connection; returns the status, the headers (lower-case names) and the body."""
-    address = urlsplit(gateway.url)
-    reader, writer = await asyncio.open_connection(address.hostname, address.port)
-    try:
-        writer.write(head + b"\r\nConnection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head_bytes, _, content = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head_bytes.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), headers, content
+from support.client import http, raw_request
+from support.gateway import Gateway
 
 
 def error_code(content: bytes) -> str:

@@ -7,7 +7,7 @@ import io
 import aiohttp
 import pytest
 
-from conftest import Gateway
+from support.gateway import Gateway
 
 
 async def _request(method: str, url: str, **kw: object) -> tuple[int, dict]:

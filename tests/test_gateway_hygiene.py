@@ -14,8 +14,8 @@ import pytest
 from democratic_ai.contracts.envelope import Meta
 from democratic_ai.services.gateway.state import USERS
 
-from conftest import Gateway
-from test_gateway_bad_input import raw_request
+from support.client import raw_request
+from support.gateway import Gateway
 
 
 def assert_edge_headers(headers: dict[str, str] | aiohttp.typedefs.LooseHeaders, where: object) -> None:

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from democratic_ai.services.gateway.auth import STRIPE_WEBHOOK_PATH
 
-from conftest import Gateway
-from test_gateway_bad_input import raw_request
+from support.client import raw_request
+from support.gateway import Gateway
 
 PATH_VALUES = ["%00", "%2F", "%2e%2e", "..", "%C3%A9", "a" * 300, "%20", "%FF", "A", "-", "x%00y", "%25"]
 QUERY = {

@@ -14,7 +14,8 @@ from democratic_ai.contracts.registry_events import CapabilitySpec, ModuleManife
 from democratic_ai.hub import Hub
 from democratic_ai.sdk import Module, ModuleConfig, capability
 
-from conftest import registered, unique
+from support.modules import registered
+from support.names import unique
 
 
 def _module_class(module_id: str, version: str = "1.0.0") -> type[Module]:

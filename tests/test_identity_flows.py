@@ -14,34 +14,11 @@ from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.identity_events import UserRegistered, encode_event
 from democratic_ai.services.identity import KeyEncryptionKey, rotate_signing_key
 
-from conftest import Gateway, caught_up, http, unique
-
-PASSWORD = "correct horse battery staple"
-
-
-async def new_tenant(gateway: Gateway) -> str:
-    tenant = unique("acme")
-    status, body = await http("POST", f"{gateway.url}/v1/tenants", json={"tenant_id": tenant, "name": "Acme"},
-                              credential=gateway.api_key)
-    assert status == 201, body
-    return tenant
-
-
-async def new_user(gateway: Gateway, tenant: str, role: str, credential: str | None = None) -> dict:
-    email = f"{unique(role)}@example.com"
-    status, body = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/users",
-                              json={"email": email, "password": PASSWORD, "role": role},
-                              credential=credential or gateway.api_key)
-    assert status == 201, body
-    return {**body, "password": PASSWORD}
-
-
-async def login(gateway: Gateway, tenant: str, user: dict) -> dict:
-    status, body = await http("POST", f"{gateway.url}/v1/auth/login",
-                              json={"tenant_id": tenant, "email": user["email"], "password": user["password"]})
-    assert status == 200, body
-    return body
-
+from support.client import http
+from support.identity import PASSWORD, login, new_tenant, new_user
+from support.gateway import Gateway
+from support.names import unique
+from support.projections import caught_up
 
 async def test_tenant_user_login_and_calls_with_token_and_key(gateway: Gateway) -> None:
     tenant = await new_tenant(gateway)

@@ -37,8 +37,11 @@ from democratic_ai.services.identity.passwords import PASSWORD_HASHER
 from democratic_ai.services.identity.tokens import BUCKET, InvalidToken
 from democratic_ai.services.identity.user_keys import USER_KEYS_BUCKET
 
-from conftest import Gateway, StartGateway, caught_up, http, unique
-from test_identity_flows import PASSWORD, login, new_tenant, new_user
+from support.client import http
+from support.gateway import Gateway, StartGateway
+from support.identity import PASSWORD, login, new_tenant, new_user
+from support.names import unique
+from support.projections import caught_up
 
 # The KEK ------------------------------------------------------------------------------------
 

@@ -21,8 +21,10 @@ from democratic_ai.ops.ports import free_port
 from democratic_ai.schemas import APP_ROLE, UnsafeRole, app_dsn, check_app_role
 from democratic_ai.services.identity import KeyEncryptionKey
 
-from conftest import Gateway, http, unique
-from test_identity_flows import PASSWORD, login, new_tenant, new_user
+from support.client import http
+from support.gateway import Gateway
+from support.identity import PASSWORD, login, new_tenant, new_user
+from support.names import unique
 
 ROLES = ("super_admin", "tenant_admin", "developer", "user", "viewer")
 

@@ -28,7 +28,9 @@ from democratic_ai.services.gateway import body_ceiling_from_env
 from democratic_ai.services.gateway.input_limits import ENVELOPE_BYTES, effective_ceiling
 from democratic_ai.services.gateway.state import INPUT_LIMITS
 
-from conftest import Gateway, StartGateway, registered, unique
+from support.gateway import Gateway, StartGateway
+from support.modules import registered
+from support.names import unique
 
 MiB = 1024 * 1024
 

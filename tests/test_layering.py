@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from support.paths import REPO
+
+ROOT = REPO
 
 # Top-level folders (installed as democratic_ai.<folder>), lowest layer first.
 LAYERS: list[tuple[str, ...]] = [("contracts", "schemas"), ("hub",), ("sdk", "services", "projections"), ("ops",)]

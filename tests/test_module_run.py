@@ -25,8 +25,10 @@ from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.sdk import Client
 
-from conftest import Gateway, http, unique
-from test_bus_authorization import register
+from support.bus import register
+from support.client import http
+from support.gateway import Gateway
+from support.names import unique
 
 pytestmark = pytest.mark.slow
 

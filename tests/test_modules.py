@@ -33,8 +33,11 @@ from democratic_ai.services.gateway.state import IDENTITY
 from democratic_ai.services.identity import IdentityIndex, new_module_credential, parse_module_credential
 from democratic_ai.services.identity.module_credentials import credential_prefix, credential_sha256
 
-from conftest import Gateway, caught_up, http, unique
-from test_identity_flows import login, new_tenant, new_user
+from support.client import http
+from support.gateway import Gateway
+from support.identity import login, new_tenant, new_user
+from support.names import unique
+from support.projections import caught_up
 
 
 class Tenant:

@@ -24,7 +24,8 @@ from democratic_ai.services.gateway.auth import STRIPE_WEBHOOK_PATH
 from democratic_ai.services.gateway.config import GatewayConfig
 from democratic_ai.services.gateway.openapi import openapi_document
 
-from conftest import Gateway, unique
+from support.gateway import Gateway
+from support.names import unique
 
 # /openapi.json itself: schemathesis leaves the document it loads out of the run anyway.
 NOT_FUZZED = (STRIPE_WEBHOOK_PATH, "/v1/billing/payment-method", "/v1/ws", "/openapi.json")

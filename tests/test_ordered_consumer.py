@@ -19,7 +19,7 @@ from democratic_ai.contracts.ordered import OrderedConsumer
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 
-from conftest import unique
+from support.names import unique
 
 
 class Recorder:

@@ -9,7 +9,9 @@ import pytest
 
 from democratic_ai.services.plans import PLANS_ENV, PRICING_ENV, InvalidPlans, InvalidPricing, load_plans
 
-PACKAGED = Path(__file__).resolve().parent.parent / "schemas" / "json"
+from support.paths import REPO
+
+PACKAGED = REPO / "schemas" / "json"
 
 
 def test_each_plan_has_its_limits_and_its_price() -> None:

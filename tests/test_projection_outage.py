@@ -29,7 +29,10 @@ from democratic_ai.services.gateway.app import runner_for
 from democratic_ai.services.identity import KeyEncryptionKey
 from democratic_ai.services.metering import MeteringConfig, load_plans
 
-from conftest import TEST_METERING, Echo, Gateway, forget_usage, issue_key, unique
+from support.gateway import TEST_METERING, Gateway, issue_key
+from support.modules import Echo
+from support.names import unique
+from support.usage import forget_usage
 
 CONCURRENCY = 16
 OUTAGE_SECONDS = 2.0

@@ -28,7 +28,8 @@ from democratic_ai.projections import (
     verify,
 )
 
-from conftest import caught_up, checkpoint, reached, unique
+from support.names import unique
+from support.projections import caught_up, checkpoint, reached
 
 
 def _manifest(module_id: str, version: str = "1.0.0") -> ModuleManifest:

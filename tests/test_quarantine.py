@@ -18,7 +18,8 @@ from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.identity_events import TenantCreated, encode_event
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner, projection_status, rebuild, retry, verify
 
-from conftest import caught_up, reached, unique
+from support.names import unique
+from support.projections import caught_up, reached
 
 _STREAM = "POISONTEST"
 

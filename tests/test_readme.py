@@ -4,7 +4,7 @@ The test stands where a new user stands after the README's first command: a fold
 ``.venv`` (this test run's own environment) and nothing else. It starts ``dai up`` there, as the
 first command ends by doing, on free ports (the README's 8080 and 4222 are rewritten to them, so
 a platform already running on this machine is left alone), and then runs every ``sh`` block in
-one shell, as a user pasting them into one terminal would (see ``tests/readme_blocks.py`` for the
+one shell, as a user pasting them into one terminal would (see ``tests/support/readme.py`` for the
 few blocks read otherwise). A block fails the test when a command in it fails: ``curl`` runs with
 ``--fail-with-body`` (unless it prints the status code with ``-w``: that example shows an error on
 purpose) and ``jq`` with ``-e`` (a missing field is an error, not ``null``), and any
@@ -28,11 +28,12 @@ import pytest
 
 from democratic_ai.ops.ports import free_port
 
-from readme_blocks import Block, read_blocks
+from support.paths import REPO
+from support.readme import Block, read_blocks
 
 pytestmark = pytest.mark.slow
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 BLOCK_TIMEOUT = 180.0
 DONE = "@@readme-block-done@@"
 PREAMBLE = """set -eu

@@ -19,7 +19,10 @@ from democratic_ai.hub import Hub
 from democratic_ai.projections import ProjectionRunner, RegistryProjection, rebuild
 from democratic_ai.sdk.examples import TextTools
 
-from conftest import Gateway, caught_up, kill_9_mid_batch, registered, unique
+from support.gateway import Gateway
+from support.modules import registered
+from support.names import unique
+from support.projections import caught_up, kill_9_mid_batch
 
 
 async def _rows(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:

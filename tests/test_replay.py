@@ -22,7 +22,7 @@ from democratic_ai.ops.progress import Progress
 from democratic_ai.ops.replay import ReplayError, ReplayOptions, plan_replay, replay
 from democratic_ai.ops.timespec import InvalidTime, parse_time
 
-from conftest import unique
+from support.names import unique
 
 
 async def _replay(nc: NATS, **options: object) -> list[dict]:

@@ -15,9 +15,11 @@ from nats.aio.client import Client as NATS
 from democratic_ai.contracts.identity_events import TenantReinstated, TenantUpdated, decode_event
 from democratic_ai.services.identity import ROLE_PERMISSIONS, Role
 
-from conftest import Gateway, caught_up, http
-from streaming_modules import Streamer
-from test_identity_flows import login, new_tenant, new_user
+from support.client import http
+from support.gateway import Gateway
+from support.identity import login, new_tenant, new_user
+from support.projections import caught_up
+from support.streamer import Streamer
 
 
 async def _call(gateway: Gateway, credential: str) -> tuple[int, dict]:

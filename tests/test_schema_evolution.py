@@ -15,7 +15,7 @@ from democratic_ai.hub import Hub, Registrar
 from democratic_ai.projections import RegistryProjection, rebuild, verify
 from democratic_ai.schemas import migrate, migrations
 
-from conftest import unique
+from support.names import unique
 
 
 def _v1_manifest(module_id: str) -> dict:

@@ -30,7 +30,7 @@ from democratic_ai.services import busauth
 from democratic_ai.services.busauth import inbox_prefix
 from democratic_ai.sdk import Client, Event, Module, ModuleConfig, capability, event_handler
 
-from conftest import registered
+from support.modules import registered
 
 TENANT = "acme"
 ANY = {"type": "object"}

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from democratic_ai.sdk import CallError, Client, Module, SchemaError, capability
 from democratic_ai.sdk.schema import _fast_check, to_schema
 
-from conftest import unique
+from support.names import unique
 
 
 class Order(msgspec.Struct):

@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 
 from democratic_ai.sdk import CallError, Client, Module, SchemaError, capability
 
-from conftest import unique
+from support.names import unique
 
 TEXT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
 

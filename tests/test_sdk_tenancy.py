@@ -15,7 +15,7 @@ from democratic_ai.sdk import CallError, Chunk, Client, Module, ModuleConfig, ca
 from democratic_ai.sdk.credentials import parse_module_credential
 from democratic_ai.sdk.errors import CredentialError, TenantError
 
-from conftest import unique
+from support.names import unique
 
 ANY = {"type": "object"}
 

@@ -26,7 +26,10 @@ from democratic_ai.schemas import app_dsn
 from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.identity import KeyEncryptionKey
 
-from conftest import TEST_METERING, Echo, caught_up, issue_key, registered, unique
+from support.gateway import TEST_METERING, issue_key
+from support.modules import Echo, registered
+from support.names import unique
+from support.projections import caught_up
 
 pytestmark = pytest.mark.slow
 

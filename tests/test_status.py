@@ -20,7 +20,9 @@ from democratic_ai.ops.ports import free_port
 from democratic_ai.ops.status import table
 from democratic_ai.sdk import CallError, Client
 
-from conftest import Echo, caught_up, unique
+from support.modules import Echo
+from support.names import unique
+from support.projections import caught_up
 
 pytestmark = pytest.mark.usefixtures("nats_server")
 

@@ -16,8 +16,8 @@ from democratic_ai.contracts.headers import MCP_COMPUTE_MS
 from democratic_ai.hub import Router
 from democratic_ai.sdk import CallError, Chunk, Client
 
-from conftest import unique
-from streaming_modules import Streamer
+from support.names import unique
+from support.streamer import Streamer
 
 
 @pytest.fixture

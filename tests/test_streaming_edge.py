@@ -18,38 +18,16 @@ from democratic_ai.contracts import MessageType, decode
 from democratic_ai.sdk import CallError, Chunk, HttpClient
 from democratic_ai.sdk.sse import read_events
 
-from conftest import Gateway
-from streaming_modules import Streamer
-
-SSE = {"Accept": "text/event-stream"}
-
-
-def _invoke(gateway: Gateway, capability: str) -> str:
-    return f"{gateway.url}/v1/capabilities/{capability}/invoke"
-
-
-async def _sse(gateway: Gateway, capability: str, body: bytes) -> tuple[int, list[tuple[str, Any]]]:
-    async with aiohttp.ClientSession() as session, session.post(
-        _invoke(gateway, capability), data=body, headers={**gateway.headers, **SSE}
-    ) as response:
-        if response.headers["Content-Type"].startswith("application/json"):
-            return response.status, [("json", await response.json())]
-        assert response.headers["Content-Type"] == "text/event-stream"
-        events = [(name, msgspec.json.decode(data)) async for name, data in read_events(response.content)]
-        return response.status, events
-
-
-async def _wait_for(condition: Any, timeout: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        await asyncio.sleep(0.002)
-
+from support.gateway import Gateway
+from support.streamer import Streamer
+from support.streaming import SSE, frames_until_ends, invoke_url, sse
+from support.waiting import eventually
 
 # --- SSE ------------------------------------------------------------------------------------
 
 
 async def test_sse_sends_one_event_per_chunk_then_done(gateway: Gateway, streamer: Streamer) -> None:
-    status, events = await _sse(gateway, "test.count", b'{"n": 3}')
+    status, events = await sse(gateway, "test.count", b'{"n": 3}')
     assert status == 200
     assert [name for name, _ in events] == ["chunk", "chunk", "chunk", "done"]
     assert [doc["data"] for _, doc in events[:3]] == [{"i": 0}, {"i": 1}, {"i": 2}]
@@ -60,7 +38,7 @@ async def test_sse_sends_one_event_per_chunk_then_done(gateway: Gateway, streame
 
 
 async def test_sse_of_a_capability_that_does_not_stream_is_one_chunk(gateway: Gateway, streamer: Streamer) -> None:
-    status, events = await _sse(gateway, "test.once", b'{"text": "hi"}')
+    status, events = await sse(gateway, "test.once", b'{"text": "hi"}')
     assert status == 200
     assert events == [("chunk", {"sequence": 0, "data": {"echo": "hi"}}), ("done", events[1][1])]
     assert events[1][1]["chunks"] == 1
@@ -76,13 +54,13 @@ async def test_sse_of_a_capability_that_does_not_stream_is_one_chunk(gateway: Ga
 async def test_sse_refused_before_any_chunk_is_a_plain_json_error(
     gateway: Gateway, streamer: Streamer, capability: str, body: bytes, status: int, code: str
 ) -> None:
-    got_status, events = await _sse(gateway, capability, body)
+    got_status, events = await sse(gateway, capability, body)
     assert got_status == status, events
     assert events[0][0] == "json" and events[0][1]["error"]["code"] == code
 
 
 async def test_sse_failure_after_a_chunk_is_an_error_event(gateway: Gateway, streamer: Streamer) -> None:
-    status, events = await _sse(gateway, "test.broken", b'{"fail_after": 1}')
+    status, events = await sse(gateway, "test.broken", b'{"fail_after": 1}')
     assert status == 200
     assert [name for name, _ in events] == ["chunk", "error"]
     assert events[1][1]["error"]["code"] == "MODULE_ERROR"
@@ -102,7 +80,7 @@ async def test_hanging_up_an_sse_stream_cancels_the_handler_within_100_ms(
     gateway: Gateway, streamer: Streamer, nc: NATS
 ) -> None:
     async with aiohttp.ClientSession() as session:
-        response = await session.post(_invoke(gateway, "test.hang"), data=b"{}", headers={**gateway.headers, **SSE})
+        response = await session.post(invoke_url(gateway, "test.hang"), data=b"{}", headers={**gateway.headers, **SSE})
         assert response.status == 200
         call_id = response.headers["X-Call-Id"]
         first = await response.content.readuntil(b"\n\n")
@@ -110,7 +88,7 @@ async def test_hanging_up_an_sse_stream_cancels_the_handler_within_100_ms(
         await streamer.started.wait()
         hung_up = time.monotonic()
         response.close()
-        await _wait_for(lambda: streamer.cancelled_at)
+        await eventually(lambda: streamer.cancelled_at, "the handler to see its cancel", timeout=1.0, interval=0.002)
     assert streamer.cancelled_at, "the handler was never cancelled"
     assert streamer.cancelled_at[0] - hung_up < 0.1
 
@@ -131,7 +109,7 @@ async def test_hanging_up_an_sse_stream_cancels_the_handler_within_100_ms(
 async def test_sse_to_a_capability_whose_modules_are_gone_is_503_at_once(gateway: Gateway, streamer: Streamer) -> None:
     await streamer.stop(grace=1.0)
     started = time.monotonic()
-    status, events = await _sse(gateway, "test.count", b"{}")
+    status, events = await sse(gateway, "test.count", b"{}")
     assert (status, events[0][1]["error"]["code"]) == (503, "CAPABILITY_UNAVAILABLE")
     assert time.monotonic() - started < 0.3
 
@@ -157,7 +135,7 @@ async def test_a_slow_sse_reader_holds_the_module_back(gateway: Gateway, streame
     assert bound < total / 2  # else the test could not tell a bounded stream from an unbounded one
     connector = aiohttp.TCPConnector(socket_factory=small_receive_buffer)
     async with aiohttp.ClientSession(connector=connector) as session, session.post(
-        _invoke(gateway, "test.flood"), data=msgspec.json.encode({"n": total, "size": size}),
+        invoke_url(gateway, "test.flood"), data=msgspec.json.encode({"n": total, "size": size}),
         headers={**gateway.headers, **SSE},
     ) as response:
         assert response.status == 200
@@ -189,19 +167,6 @@ def _max_send_buffer() -> int:
 # --- WebSocket ------------------------------------------------------------------------------
 
 
-async def _frames_until_ends(ws: aiohttp.ClientWebSocketResponse, calls: set[str]) -> dict[str, list[dict]]:
-    """Collect frames by correlation id until each of ``calls`` has ended."""
-    frames: dict[str, list[dict]] = {cid: [] for cid in calls}
-    open_calls = set(calls)
-    while open_calls:
-        frame = msgspec.json.decode((await ws.receive(timeout=5)).data)
-        cid = frame["correlation_id"]
-        frames[cid].append(frame)
-        if frame["type"] in ("RESPONSE", "ERROR") or frame.get("final"):
-            open_calls.discard(cid)
-    return frames
-
-
 async def test_websocket_multiplexes_concurrent_streams(gateway: Gateway, streamer: Streamer) -> None:
     async with aiohttp.ClientSession() as session, session.ws_connect(
         f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}
@@ -212,7 +177,7 @@ async def test_websocket_multiplexes_concurrent_streams(gateway: Gateway, stream
             await ws.send_json({"type": "REQUEST", "correlation_id": cid, "action": "test.count",
                                 "payload": {"n": n, "delay": 0.005}, "priority": 7})
         await ws.send_json({"type": "REQUEST", "correlation_id": "d", "action": "test.once", "payload": {"text": "x"}})
-        frames = await _frames_until_ends(ws, {"a", "b", "c", "d"})
+        frames = await frames_until_ends(ws, {"a", "b", "c", "d"})
     for cid, n in (("a", 5), ("b", 3), ("c", 4)):
         kinds = [f["type"] for f in frames[cid]]
         assert kinds == ["ACCEPTED"] + ["STREAM_CHUNK"] * (n + 1), (cid, kinds)
@@ -231,7 +196,7 @@ async def test_websocket_takes_the_key_as_its_first_message(gateway: Gateway, st
             await ws.send_json({"type": "AUTH", "api_key": gateway.api_key})
             assert (await ws.receive_json(timeout=5))["type"] == "READY"
             await ws.send_json({"type": "REQUEST", "correlation_id": "1", "action": "test.once", "payload": {}})
-            assert [f["type"] for f in (await _frames_until_ends(ws, {"1"}))["1"]] == ["ACCEPTED", "RESPONSE"]
+            assert [f["type"] for f in (await frames_until_ends(ws, {"1"}))["1"]] == ["ACCEPTED", "RESPONSE"]
         for first in ({"type": "AUTH", "api_key": "dai_0000_wrong"},
                       {"type": "REQUEST", "correlation_id": "1", "action": "test.once"}):
             async with session.ws_connect(f"{gateway.url}/v1/ws") as ws:
@@ -261,7 +226,7 @@ async def test_websocket_answers_bad_frames_and_stays_open(gateway: Gateway, str
             answer = await ws.receive_json(timeout=5)
             assert answer["type"] == "ERROR" and answer["error"]["code"] == "BAD_REQUEST", (frame, answer)
         await ws.send_json({"type": "REQUEST", "correlation_id": "ok", "action": "test.once", "payload": {}})
-        frames = (await _frames_until_ends(ws, {"ok"}))["ok"]
+        frames = (await frames_until_ends(ws, {"ok"}))["ok"]
         assert [f["type"] for f in frames] == ["ACCEPTED", "RESPONSE"], frames
 
 
@@ -277,7 +242,7 @@ async def test_websocket_cancel_reaches_the_handler_within_100_ms(gateway: Gatew
         cancelled = time.monotonic()
         await ws.send_json({"type": "CANCEL", "correlation_id": "long"})
         answer = await ws.receive_json(timeout=5)
-        await _wait_for(lambda: streamer.cancelled_at)
+        await eventually(lambda: streamer.cancelled_at, "the handler to see its cancel", timeout=1.0, interval=0.002)
     assert answer["type"] == "ERROR" and answer["error"]["code"] == "CANCELLED"
     assert streamer.cancelled_at and streamer.cancelled_at[0] - cancelled < 0.1
 
@@ -289,12 +254,12 @@ async def test_a_cancel_right_behind_its_request_ends_the_call_once(gateway: Gat
         await ws.receive_json(timeout=5)
         await ws.send_str('{"type": "REQUEST", "correlation_id": "quick", "action": "test.hang"}')
         await ws.send_str('{"type": "CANCEL", "correlation_id": "quick"}')
-        frames = (await _frames_until_ends(ws, {"quick"}))["quick"]
+        frames = (await frames_until_ends(ws, {"quick"}))["quick"]
         assert frames[-1]["type"] == "ERROR" and frames[-1]["error"]["code"] == "CANCELLED"
         assert frames[-1]["call_id"]
         with pytest.raises(asyncio.TimeoutError):
             await ws.receive(timeout=0.3)  # nothing follows the call's one end
-    await _wait_for(lambda: not streamer._streams)
+    await eventually(lambda: not streamer._streams, "the module to end every stream", timeout=1.0, interval=0.002)
     assert not streamer._streams  # nothing left running at the module
 
 
@@ -306,5 +271,5 @@ async def test_closing_the_websocket_cancels_its_calls(gateway: Gateway, streame
         await streamer.started.wait()
         closed = time.monotonic()
         await ws.close()
-        await _wait_for(lambda: streamer.cancelled_at)
+        await eventually(lambda: streamer.cancelled_at, "the handler to see its cancel", timeout=1.0, interval=0.002)
     assert streamer.cancelled_at and streamer.cancelled_at[0] - closed < 0.1

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import aiohttp
@@ -21,45 +20,20 @@ from democratic_ai.schemas import app_dsn
 from democratic_ai.services.metering import MeteringConfig, Plan, PlanBook
 from democratic_ai.services.plans import BandwidthLimit, CallLimit, ComputeLimit
 
-from conftest import TEST_METERING, Echo, Gateway, StartGateway, http, issue_key
-from test_usage_metering import settled, usage_events
+from support.client import http
+from support.gateway import TEST_METERING, Gateway, StartGateway, flood, gateway_ready, issue_key
+from support.modules import Echo
+from support.usage import settled, usage_events
 
 LIMIT = 100  # the API key's calls per minute
-
-
-async def _ready(url: str, key: str, timeout: float = 30.0) -> None:
-    """Wait until the gateway at ``url`` answers and knows ``key`` (reading limits costs no quota)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status, _ = await http("GET", f"{url}/v1/usage/limits", headers={"X-API-Key": key})
-            if status == 200:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not come up with the key")
-        await asyncio.sleep(0.1)
-
-
-async def _flood(urls: list[str], key: str, total: int) -> list[tuple[str, int, dict[str, str], dict]]:
-    """``total`` concurrent calls, an equal share to each of ``urls`` (in that order); returns
-    the URL, status, headers and body of each."""
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async def one(url: str) -> tuple[str, int, dict[str, str], dict]:
-            async with session.post(f"{url}/v1/capabilities/test.echo/invoke", json={"text": "hi"},
-                                    headers={"X-API-Key": key}) as response:
-                return url, response.status, dict(response.headers), await response.json()
-        return await asyncio.gather(*(one(urls[i * len(urls) // total]) for i in range(total)))
 
 
 async def test_one_gateway_admits_exactly_the_limit_of_five_times_as_many_concurrent_calls(
     gateway: Gateway, echo: Echo, nc: NATS, pool: asyncpg.Pool
 ) -> None:
     key = await issue_key(nc, gateway.tenant, rate_limit=LIMIT)
-    await _ready(gateway.url, key)
-    results = await _flood([gateway.url], key, 5 * LIMIT)
+    await gateway_ready(gateway.url, key)
+    results = await flood([gateway.url], key, 5 * LIMIT)
     statuses = Counter(status for _, status, _, _ in results)
     assert statuses == {200: LIMIT, 429: 4 * LIMIT}
 
@@ -95,12 +69,12 @@ async def test_two_gateway_processes_share_one_exact_limit(
     second = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", "gateway", "--port", str(port)], env=env)
     try:
         other = f"http://127.0.0.1:{port}"
-        await _ready(other, key)
-        await _ready(gateway.url, key)
-        results = await _flood([gateway.url, other], key, 5 * LIMIT)
+        await gateway_ready(other, key)
+        await gateway_ready(gateway.url, key)
+        results = await flood([gateway.url, other], key, 5 * LIMIT)
         # The same load in waves, so that both replicas keep leasing until the limit is reached.
-        await _ready(other, paced)
-        waves = [r for _ in range(10) for r in await _flood([gateway.url, other], paced, LIMIT // 2)]
+        await gateway_ready(other, paced)
+        waves = [r for _ in range(10) for r in await flood([gateway.url, other], paced, LIMIT // 2)]
     finally:
         second.terminate()
         second.wait(timeout=15)

@@ -9,47 +9,23 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from democratic_ai.contracts.usage_events import CallMetered, decode_usage_event
 from democratic_ai.services.metering import MeteringConfig, Plan, PlanBook, QuotaExceeded
 from democratic_ai.services.plans import BandwidthLimit, CallLimit, ComputeLimit, StorageLimit
 
-from conftest import TEST_METERING, Echo, Gateway, StartGateway, caught_up, http, issue_key, unique
-from test_identity_flows import login, new_tenant, new_user
+from support.client import http
+from support.gateway import TEST_METERING, Gateway, StartGateway, issue_key
+from support.identity import login, new_tenant, new_user
+from support.modules import Echo
+from support.names import unique
+from support.projections import caught_up
+from support.usage import settled, usage_events
 
 
 async def invoke(gateway: Gateway, payload: dict, capability: str = "test.echo",
                  key: str | None = None) -> tuple[int, dict]:
     return await http("POST", f"{gateway.url}/v1/capabilities/{capability}/invoke", json=payload,
                       headers={"X-API-Key": key or gateway.api_key})
-
-
-async def usage_events(nc: NATS, tenant: str) -> list[CallMetered]:
-    """Every usage event of ``tenant`` in the USAGE stream."""
-    subscription = await nc.jetstream().pull_subscribe(
-        f"usage.{tenant}.*", stream="USAGE",
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy="none"),
-    )
-    events = []
-    try:
-        while True:
-            try:
-                batch = await subscription.fetch(1000, timeout=0.5)
-            except TimeoutError:
-                break
-            events += [decode_usage_event(m.data) for m in batch]
-            if batch[-1].metadata.num_pending == 0:
-                break
-    finally:
-        await subscription.unsubscribe()
-    return events
-
-
-async def settled(gateway: Gateway, nc: NATS, pool: asyncpg.Pool) -> None:
-    """Everything the gateway metered is published and folded into the read models."""
-    assert await gateway.metering.publisher.flush()
-    await caught_up(nc, pool, "usage")
 
 
 async def test_calls_are_metered_by_outcome_with_the_modules_measurements(

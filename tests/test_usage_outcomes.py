@@ -22,11 +22,13 @@ from democratic_ai.services.billing.usage import PostgresUsageTotals
 from democratic_ai.services.metering import GATEWAY, RecoveryConfig, UsageRecovery, usage_of
 from democratic_ai.services.metering.derive import outcome_of
 
-from conftest import Echo, Gateway, caught_up, http
-from streaming_modules import Streamer
-from test_streaming_edge import SSE, _frames_until_ends, _invoke, _sse
-from test_usage_metering import settled, usage_events
-from test_usage_streaming import by_call
+from support.client import http
+from support.gateway import Gateway
+from support.modules import Echo
+from support.projections import caught_up
+from support.streamer import Streamer
+from support.streaming import SSE, frames_until_ends, invoke_url, sse
+from support.usage import by_call, settled, usage_events
 
 # --- the rule, without servers ------------------------------------------------------------------
 
@@ -136,7 +138,7 @@ async def _check(gateway: Gateway, nc: NATS, pool: asyncpg.Pool, expected: dict[
 
 async def _plain(gateway: Gateway, payload: dict, query: str = "") -> tuple[int, dict, str]:
     async with aiohttp.ClientSession() as session, session.post(
-        _invoke(gateway, "test.echo") + query, json=payload, headers=gateway.headers
+        invoke_url(gateway, "test.echo") + query, json=payload, headers=gateway.headers
     ) as response:
         return response.status, await response.json(), response.headers["X-Call-Id"]
 
@@ -157,7 +159,7 @@ async def test_plain_calls_have_one_outcome_in_every_metric(
     expected[call] = "timeout"
     with pytest.raises(TimeoutError):  # the client hangs up while the module works
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.2)) as session:
-            await session.post(_invoke(gateway, "test.echo"), json={"sleep_ms": 300}, headers=gateway.headers)
+            await session.post(invoke_url(gateway, "test.echo"), json={"sleep_ms": 300}, headers=gateway.headers)
     async with asyncio.timeout(5):  # the gateway learns of the hang-up, and meters it
         while not (hung_up := {c for c in by_call(await usage_events(nc, gateway.tenant)) if c not in expected}):
             await settled(gateway, nc, pool)
@@ -171,21 +173,21 @@ async def test_sse_calls_have_one_outcome_in_every_metric(
 ) -> None:
     since = datetime.now(UTC) - timedelta(minutes=1)
     expected: dict[str, str] = {}
-    status, events = await _sse(gateway, "test.count", b'{"n": 2}')
+    status, events = await sse(gateway, "test.count", b'{"n": 2}')
     assert status == 200 and events[-1][0] == "done"
     expected[events[-1][1]["call_id"]] = "success"
-    status, events = await _sse(gateway, "test.broken", b'{"fail_after": 1}')
+    status, events = await sse(gateway, "test.broken", b'{"fail_after": 1}')
     assert [name for name, _ in events] == ["chunk", "error"]
     expected[events[-1][1]["call_id"]] = "failed"
     async with aiohttp.ClientSession() as session, session.post(
-        _invoke(gateway, "test.hang") + "?ttl=1", data=b"{}", headers={**gateway.headers, **SSE}
+        invoke_url(gateway, "test.hang") + "?ttl=1", data=b"{}", headers={**gateway.headers, **SSE}
     ) as response:
         body = await response.text()  # a chunk, then nothing for longer than the ttl
     assert "event: error" in body and '"TIMEOUT"' in body, body
     expected[response.headers["X-Call-Id"]] = "timeout"
     streamer.started.clear()
     async with aiohttp.ClientSession() as session:
-        response = await session.post(_invoke(gateway, "test.hang"), data=b"{}", headers={**gateway.headers, **SSE})
+        response = await session.post(invoke_url(gateway, "test.hang"), data=b"{}", headers={**gateway.headers, **SSE})
         expected[response.headers["X-Call-Id"]] = "cancelled"
         await response.content.readuntil(b"\n\n")
         await streamer.started.wait()
@@ -209,12 +211,12 @@ async def test_websocket_calls_have_one_outcome_in_every_metric(
         await ws.receive_json(timeout=5)
         for cid, request in requests.items():
             await ws.send_json({"type": "REQUEST", "correlation_id": cid, **request})
-        frames = await _frames_until_ends(ws, set(requests))
+        frames = await frames_until_ends(ws, set(requests))
         streamer.started.clear()
         await ws.send_json({"type": "REQUEST", "correlation_id": "stopped", "action": "test.hang"})
         await streamer.started.wait()
         await ws.send_json({"type": "CANCEL", "correlation_id": "stopped"})
-        frames.update(await _frames_until_ends(ws, {"stopped"}))
+        frames.update(await frames_until_ends(ws, {"stopped"}))
     assert frames["ok"][-1].get("final")
     assert frames["broken"][-1]["error"]["code"] == "MODULE_ERROR"
     assert frames["slow"][-1]["error"]["code"] == "TIMEOUT"

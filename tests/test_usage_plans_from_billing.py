@@ -17,7 +17,7 @@ from democratic_ai.contracts.subjects import subscription_subject
 from democratic_ai.services.metering import load_plans
 from democratic_ai.services.metering.subscriptions import SubscribedPlans
 
-from conftest import unique
+from support.names import unique
 
 
 async def test_subscriptions_move_the_tenant_between_plans(nc: NATS) -> None:

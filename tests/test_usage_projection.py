@@ -15,7 +15,9 @@ from democratic_ai.contracts.usage_events import CallMetered, Outcome, encode_ev
 from democratic_ai.projections import UsageProjection, rebuild
 from democratic_ai.schemas import app_dsn
 
-from conftest import caught_up, forget_usage, kill_9_mid_batch, unique
+from support.names import unique
+from support.projections import caught_up, kill_9_mid_batch
+from support.usage import forget_usage
 
 AGGREGATES = ("usage_daily", "usage_hourly")
 

@@ -18,9 +18,11 @@ from democratic_ai.ops.ports import free_port
 from democratic_ai.schemas import app_dsn
 from democratic_ai.services.metering import RecoveryConfig, UsageRecovery
 
-from conftest import Echo, caught_up, issue_key, unique
-from test_usage_limits import _ready
-from test_usage_metering import usage_events
+from support.gateway import gateway_ready, issue_key
+from support.modules import Echo
+from support.names import unique
+from support.projections import caught_up
+from support.usage import usage_events
 
 CALLS = 300  # 1,200 usage events: a full batch of 1,000 goes out at once, the last ones stay buffered
 
@@ -37,7 +39,7 @@ async def test_usage_buffered_by_a_killed_gateway_is_recovered_exactly(
     gateway = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", "gateway", "--port", str(port)], env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        await _ready(url, key)
+        await gateway_ready(url, key)
         slots = asyncio.Semaphore(16)
 
         async def call(session: aiohttp.ClientSession, i: int) -> int:

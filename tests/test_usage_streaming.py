@@ -12,24 +12,17 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import ErrorCode, error_reply, new_request, streaming
-from democratic_ai.contracts.usage_events import CallMetered
 from democratic_ai.hub import Router
 from democratic_ai.services.metering import GATEWAY, RecoveryConfig, UsageRecovery, is_metered, usage_of
 
-from conftest import Echo, Gateway, issue_key, unique
-from streaming_modules import Streamer
-from test_streaming_edge import SSE, _frames_until_ends, _invoke, _sse
-from test_usage_limits import _ready
-from test_usage_metering import settled, usage_events
+from support.gateway import Gateway, gateway_ready, issue_key
+from support.modules import Echo
+from support.names import unique
+from support.streamer import Streamer
+from support.streaming import SSE, frames_until_ends, invoke_url, sse
+from support.usage import by_call, settled, usage_events
 
 CHUNK = len(b'{"i":0}')  # one chunk of test.count as the module encodes it
-
-
-def by_call(events: list[CallMetered]) -> dict[str, dict[str, CallMetered]]:
-    calls: dict[str, dict[str, CallMetered]] = {}
-    for event in events:
-        calls.setdefault(event.call_id, {})[event.metric] = event
-    return calls
 
 
 def test_a_stream_is_metered_from_its_last_message_alone() -> None:
@@ -53,16 +46,16 @@ async def test_sse_calls_are_metered_when_they_end(
     gateway: Gateway, streamer: Streamer, nc: NATS, pool: asyncpg.Pool
 ) -> None:
     async with aiohttp.ClientSession() as session, session.post(
-        _invoke(gateway, "test.count"), data=b'{"n": 3}', headers={**gateway.headers, **SSE}
+        invoke_url(gateway, "test.count"), data=b'{"n": 3}', headers={**gateway.headers, **SSE}
     ) as response:
         assert response.status == 200
         streamed = response.headers["X-Call-Id"]
         assert '"calls"' in response.headers["RateLimit-Policy"] and response.headers["RateLimit"]
         await response.read()
-    status, events = await _sse(gateway, "test.once", b'{"text": "hi"}')
+    status, events = await sse(gateway, "test.once", b'{"text": "hi"}')
     assert status == 200 and events[-1][0] == "done"
     once = events[-1][1]["call_id"]
-    status, events = await _sse(gateway, "test.broken", b'{"fail_after": 1}')
+    status, events = await sse(gateway, "test.broken", b'{"fail_after": 1}')
     assert [name for name, _ in events] == ["chunk", "error"]
     broken = events[-1][1]["call_id"]
     await settled(gateway, nc, pool)
@@ -84,7 +77,7 @@ async def test_a_cancelled_stream_is_metered_with_the_compute_it_used(
     gateway: Gateway, streamer: Streamer, nc: NATS, pool: asyncpg.Pool
 ) -> None:
     async with aiohttp.ClientSession() as session:
-        response = await session.post(_invoke(gateway, "test.hang"), data=b"{}", headers={**gateway.headers, **SSE})
+        response = await session.post(invoke_url(gateway, "test.hang"), data=b"{}", headers={**gateway.headers, **SSE})
         hung_up = response.headers["X-Call-Id"]
         await response.content.readuntil(b"\n\n")
         await streamer.started.wait()
@@ -96,7 +89,7 @@ async def test_a_cancelled_stream_is_metered_with_the_compute_it_used(
             accepted = await ws.receive_json(timeout=5)
             await streamer.started.wait()
             await ws.send_json({"type": "CANCEL", "correlation_id": "c"})
-            frames = (await _frames_until_ends(ws, {"c"}))["c"]
+            frames = (await frames_until_ends(ws, {"c"}))["c"]
     assert frames[-1]["error"]["code"] == "CANCELLED"
     cancelled = accepted["call_id"]
     deadline = asyncio.get_running_loop().time() + 5
@@ -118,14 +111,14 @@ async def test_websocket_calls_are_rate_limited_and_metered(
     gateway: Gateway, streamer: Streamer, nc: NATS, pool: asyncpg.Pool
 ) -> None:
     key = await issue_key(nc, gateway.tenant, rate_limit=2)
-    await _ready(gateway.url, key)
+    await gateway_ready(gateway.url, key)
     async with aiohttp.ClientSession() as session, session.ws_connect(
         f"{gateway.url}/v1/ws", headers={"X-API-Key": key}
     ) as ws:
         await ws.receive_json(timeout=5)
         for cid in ("a", "b", "c"):
             await ws.send_json({"type": "REQUEST", "correlation_id": cid, "action": "test.count", "payload": {"n": 2}})
-        frames = await _frames_until_ends(ws, {"a", "b", "c"})
+        frames = await frames_until_ends(ws, {"a", "b", "c"})
     ends = {cid: f[-1] for cid, f in frames.items()}
     refused = [cid for cid, end in ends.items() if end["type"] == "ERROR"]
     assert len(refused) == 1, ends
@@ -185,7 +178,7 @@ async def test_a_plain_call_whose_client_hung_up_is_metered_from_the_modules_rec
 ) -> None:
     with pytest.raises(TimeoutError):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.1)) as session:
-            await session.post(_invoke(gateway, "test.echo"), json={"sleep_ms": 400}, headers=gateway.headers)
+            await session.post(invoke_url(gateway, "test.echo"), json={"sleep_ms": 400}, headers=gateway.headers)
     await asyncio.sleep(0.6)  # the module finished the call and recorded its answer
     await settled(gateway, nc, pool)
     # The gateway had stopped waiting: it metered the hang-up, which is all it saw.

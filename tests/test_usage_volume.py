@@ -13,7 +13,11 @@ from nats.aio.client import Client as NATS
 
 from democratic_ai.services.metering import MeteringConfig, load_plans
 
-from conftest import TEST_METERING, Echo, StartGateway, caught_up, forget_usage, unique
+from support.gateway import TEST_METERING, StartGateway
+from support.modules import Echo
+from support.names import unique
+from support.projections import caught_up
+from support.usage import forget_usage
 
 CALLS = 10_000
 CONCURRENCY = 64

@@ -10,8 +10,8 @@ import msgspec
 
 from democratic_ai.services.gateway.state import CONFIG
 
-from conftest import Gateway
-from streaming_modules import Streamer
+from support.gateway import Gateway
+from support.streamer import Streamer
 
 
 async def _open(session: aiohttp.ClientSession, gateway: Gateway) -> aiohttp.ClientWebSocketResponse:

@@ -2,7 +2,7 @@
 a tenant with an administrator.
 
 Until metering (issue 4) is merged, the usage read model is a stand-in table, ``test_usage``,
-behind the same :class:`UsageTotals` port the real one implements; tests/test_billing_usage_e2e.py
+behind the same :class:`UsageTotals` port the real one implements; test_billing_usage_e2e.py
 runs the same flow against the real usage projection once it is there.
 """
 
@@ -24,8 +24,10 @@ from democratic_ai.services.billing import BillingConfig, BillingService
 from democratic_ai.services.plans import load_plans
 from democratic_ai.services.gateway import GatewayConfig, create_app
 
-from conftest import Gateway, http, unique
-from test_identity_flows import login, new_user
+from support.client import http
+from support.gateway import Gateway
+from support.identity import login, new_user
+from support.names import unique
 
 
 class TableUsageTotals:

@@ -27,7 +27,7 @@ class Streamer(Module):
     async def count(self, n: int = 3, delay: float = 0.0) -> AsyncIterator[Chunk]:
         for i in range(n):
             if delay:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # paces the stream as the test asked
             yield Chunk({"i": i}, progress=(i + 1) / n, message=f"{i + 1} of {n}")
 
     @capability("test.hang", {"type": "object"}, _CHUNK)
@@ -36,7 +36,7 @@ class Streamer(Module):
         yield Chunk({"i": 0}, progress=0.0, message="started")
         self.started.set()
         try:
-            await asyncio.sleep(60)
+            await asyncio.sleep(60)  # the work that only a cancel ends
         except asyncio.CancelledError:
             self.cancelled_at.append(time.monotonic())
             raise

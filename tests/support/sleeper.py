@@ -1,4 +1,4 @@
-"""A module that takes long calls, to be killed while it holds them (run by ``dai module run``).
+"""A module that takes long calls, to be killed while it holds them (``dai module run support.sleeper:Sleeper``).
 
 Its module id comes from ``DAI_TEST_MODULE_ID``: module ids are unique across tenants, and each
 test registers one of its own. It prints ``started`` when a handler begins.
@@ -21,7 +21,7 @@ class Sleeper(Module):
     @capability("test.sleep", _ANY, _ANY)
     async def sleep(self, seconds: float = 30.0) -> dict:
         print("started", flush=True)
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds)  # the long call the test kills the module during
         return {"slept": seconds}
 
     @capability("test.drip", _ANY, _ANY)
@@ -29,5 +29,5 @@ class Sleeper(Module):
         """One chunk, then a long silence, then another."""
         yield {"i": 0}
         print("started", flush=True)
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds)  # the silence the test kills the module during
         yield {"i": 1}

@@ -1,0 +1,6 @@
+"""What the tests share besides fixtures: helper functions, test modules and clients, by topic.
+
+``tests/`` is on pytest's ``pythonpath`` (pyproject.toml), so a test imports ``support.<topic>``;
+a process a test starts finds this package through :data:`support.paths.TESTS` on its
+``PYTHONPATH``. The fixtures themselves live in tests/conftest.py.
+"""
