@@ -1,7 +1,7 @@
 """Invoices read usage through :class:`PostgresUsageTotals`, which reads metering's read model
 (issue 4: ``usage_daily`` per UTC day, ``usage_events`` per event). Here those two tables are
 stand-ins with the same names and columns, in a schema of their own (``usage_standin``, first
-on the search path) so they never meet the real ones; tests/test_billing_usage_e2e.py runs
+on the search path) so they never meet the real ones; tests/services/billing/test_billing_usage_e2e.py runs
 against the real projection.
 
 A Tokyo month begins at 15:00 UTC, inside a UTC day: the whole days must come from the daily

@@ -4,7 +4,7 @@ Every transport (the JSON invoke, SSE, the WebSocket, later MCP and gRPC) hands 
 :class:`~democratic_ai.services.gateway.gate.CallGate`; a transport that admitted or metered a
 call itself would be a second set of rules that could drift (as they once did: a timed-out call
 metered ``failed`` for one metric and ``success`` for another). The outcome of each transport's
-calls is tested end to end in tests/test_usage_outcomes.py.
+calls is tested end to end in tests/services/metering/test_usage_outcomes.py.
 """
 
 from __future__ import annotations

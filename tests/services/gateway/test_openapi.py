@@ -4,7 +4,7 @@ with a super-admin key of a tenant of its own, finds no 5xx and no answer outsid
 
 Routes documented but not fuzzed: Stripe's webhook and ``payment-method``, which answer 503
 PAYMENT_PROVIDER_UNAVAILABLE by design while Stripe is off (the Stripe tests cover them); the
-WebSocket upgrade, which is not plain HTTP (tests/test_websocket_frames.py); the document itself.
+WebSocket upgrade, which is not plain HTTP (tests/services/gateway/test_websocket_frames.py); the document itself.
 """
 
 from __future__ import annotations
