@@ -87,7 +87,7 @@ async def new_billing_tenant(gateway: Gateway, name: str = "Acme") -> Tenant:
     tenant_id = unique("acme")
     status, body = await http("POST", f"{gateway.url}/v1/tenants", json={"tenant_id": tenant_id, "name": name},
                               credential=gateway.api_key)
-    assert status == 201, body
+    assert status == 201, (status, body)
     admin = await new_user(gateway, tenant_id, "tenant_admin")
     viewer = await new_user(gateway, tenant_id, "viewer")
     return Tenant(tenant_id, (await login(gateway, tenant_id, admin))["access_token"],

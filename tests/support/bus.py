@@ -40,7 +40,7 @@ async def register(gateway: Gateway, module_id: str, capabilities: list[str]) ->
     """Register ``module_id`` through the gateway; returns its bus credential."""
     status, body = await http("POST", f"{gateway.url}/v1/modules", headers=gateway.headers,
                               json={"module_id": module_id, "name": module_id, "capabilities": capabilities})
-    assert status == 201, body
+    assert status == 201, (status, body)
     return body["credential"]
 
 

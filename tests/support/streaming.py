@@ -26,7 +26,7 @@ async def sse(gateway: Gateway, capability: str, body: bytes) -> tuple[int, list
     ) as response:
         if response.headers["Content-Type"].startswith("application/json"):
             return response.status, [("json", await response.json())]
-        assert response.headers["Content-Type"] == "text/event-stream"
+        assert response.headers["Content-Type"] == "text/event-stream", response.headers["Content-Type"]
         events = [(name, msgspec.json.decode(data)) async for name, data in read_events(response.content)]
         return response.status, events
 

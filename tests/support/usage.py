@@ -43,7 +43,7 @@ def by_call(events: list[CallMetered]) -> dict[str, dict[str, CallMetered]]:
 
 async def settled(gateway: Gateway, nc: NATS, pool: asyncpg.Pool) -> None:
     """Everything the gateway metered is published and folded into the read models."""
-    assert await gateway.metering.publisher.flush()
+    assert await gateway.metering.publisher.flush(), "JetStream did not acknowledge the gateway's usage in time"
     await caught_up(nc, pool, "usage")
 
 
