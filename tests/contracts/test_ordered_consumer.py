@@ -4,7 +4,6 @@ the server restarts or the consumer is lost — whatever position it started fro
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 
 from support.names import unique
+from support.waiting import eventually
 
 
 class Recorder:
@@ -30,10 +30,8 @@ class Recorder:
         self.sequences.append(msg.metadata.sequence.stream)
 
     async def reach(self, sequence: int, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.sequences or self.sequences[-1] < sequence:
-            assert time.monotonic() < deadline, f"at {self.sequences[-1:]} after {timeout} s, expected {sequence}"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: self.sequences and self.sequences[-1] >= sequence,
+                         lambda: f"sequence {sequence}; at {self.sequences[-1:]}", timeout=timeout)
 
 
 async def _publish(nc: NATS, subject: str, n: int) -> int:
@@ -54,7 +52,7 @@ async def test_followers_started_by_time_and_new_only_resume_after_kill_9_of_the
         await nc.jetstream().add_stream(StreamConfig(name="T", subjects=["t.>"]))
         await _publish(nc, "t.old", 5)
         since = datetime.now(UTC)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # time passes between the instant and the recent events
         last = await _publish(nc, "t.recent", 3)
         by_time, new_only = Recorder(), Recorder()
         followers = [OrderedConsumer(nc.jetstream(), "T", "t.>", by_time, start=since),
@@ -66,14 +64,9 @@ async def test_followers_started_by_time_and_new_only_resume_after_kill_9_of_the
 
         server.kill()
         server.start()
-        deadline = time.monotonic() + 5
-        while True:  # publishing works once the client has reconnected
-            try:
-                last = await _publish(nc, "t.after", 3)
-                break
-            except (nats.errors.Error, TimeoutError):
-                assert time.monotonic() < deadline, "could not publish after the restart"
-                await asyncio.sleep(0.05)
+        # Publishing works once the client has reconnected.
+        last = await eventually(lambda: _publish(nc, "t.after", 3), "a publish after the restart", timeout=5,
+                                interval=0.05, ignoring=(nats.errors.Error, TimeoutError))
         await by_time.reach(last, timeout=2)
         await new_only.reach(last, timeout=2)
         assert by_time.sequences == list(range(6, last + 1))  # in order, none twice, none lost
@@ -97,10 +90,7 @@ async def test_a_lost_consumer_is_replaced_within_a_few_heartbeats(nc: NATS) -> 
         await follower.start(timeout=5)
         assert recorder.sequences == [1, 2, 3, 4] and follower.resumes == 0
         await js.delete_consumer(stream, follower._consumer)  # as a server that forgot it would
-        started = time.monotonic()
-        while follower.resumes == 0:
-            assert time.monotonic() - started < 2.0, "the lost consumer was not replaced"
-            await asyncio.sleep(0.02)
+        await eventually(lambda: follower.resumes, "the lost consumer to be replaced", timeout=2.0, interval=0.02)
         last = await _publish(nc, f"{subject}.b", 3)
         await recorder.reach(last)
         assert recorder.sequences == list(range(1, last + 1))

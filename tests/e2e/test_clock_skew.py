@@ -102,6 +102,7 @@ def _admitted(results: list[tuple[str, int, dict[str, str], dict]]) -> int:
 
 
 async def _until(moment: float) -> None:
+    """Sleep until ``moment`` (``time.monotonic()``): the tests place calls at points of the windows."""
     await asyncio.sleep(max(0.0, moment - time.monotonic()))
 
 

@@ -24,6 +24,8 @@ import pytest
 
 from democratic_ai.ops.ports import free_port
 
+from support.waiting import eventually_sync
+
 pytestmark = pytest.mark.slow
 
 
@@ -124,14 +126,12 @@ def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None
     try:
         assert key_file.read_text().strip() == key
         assert key not in banner  # never printed twice
-        deadline = time.monotonic() + 10
-        while True:  # the registry read model persisted; the module re-announces an unchanged manifest
+
+        def listed() -> bool:  # the registry read model persisted; the module re-announces an unchanged manifest
             _, listing = _call(port, key, "/v1/capabilities")
-            actions = {c["action"] for c in listing["capabilities"]}
-            if {"text.summarize", "text.analyze"} <= actions or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert {"text.summarize", "text.analyze"} <= actions
+            return {"text.summarize", "text.analyze"} <= {c["action"] for c in listing["capabilities"]}
+
+        eventually_sync(listed, "text.summarize and text.analyze listed again", timeout=10, interval=0.2)
         status, _ = _call(port, key, "/v1/capabilities/text.analyze/invoke", {"text": "Still here."})
         assert status == 200
     finally:
@@ -147,27 +147,21 @@ def _child(process: subprocess.Popen[str], *words: str) -> psutil.Process:
 
 
 def _wait_for_line(lines: list[str], pattern: str, timeout: float) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in list(lines):
-            if (match := re.search(pattern, line)) is not None:
-                return match
-        time.sleep(0.05)
-    raise AssertionError(f"no line matching {pattern!r} within {timeout} s in:\n" + "".join(lines))
+    def said() -> re.Match[str] | None:
+        return next((match for line in list(lines) if (match := re.search(pattern, line)) is not None), None)
+
+    return eventually_sync(said, lambda: f"a line matching {pattern!r} in:\n" + "".join(lines), timeout=timeout)
 
 
 def _served_within(port: int, key: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status, body = _call(port, key, "/v1/capabilities/text.summarize/invoke",
-                                 {"text": "Streams store messages. Consumers read them.", "max_length": 40})
-        except (urllib.error.HTTPError, urllib.error.URLError, OSError) as exc:
-            status, body = getattr(exc, "code", 0), {}
-        if status == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert status == 200 and body["result"]["summary"], f"not served within {timeout} s: {status}"
+    def served() -> dict | None:
+        status, body = _call(port, key, "/v1/capabilities/text.summarize/invoke",
+                             {"text": "Streams store messages. Consumers read them.", "max_length": 40})
+        return body if status == 200 else None
+
+    body = eventually_sync(served, "the platform to serve text.summarize", timeout=timeout, interval=0.2,
+                           ignoring=(urllib.error.HTTPError, urllib.error.URLError, OSError))
+    assert body["result"]["summary"], body
 
 
 def test_a_killed_child_is_restarted_and_the_platform_serves_again(tmp_path: Path) -> None:

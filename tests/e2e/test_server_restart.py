@@ -30,6 +30,7 @@ from support.gateway import TEST_METERING, issue_key
 from support.modules import Echo, registered
 from support.names import unique
 from support.projections import caught_up
+from support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -107,19 +108,17 @@ async def _load(gateways: list[str], key: str, until: asyncio.Event, calls: list
             status = await _status(session, "POST", f"{gateways[index]}/v1/capabilities/test.echo/invoke", key)
             calls.append((started, index, status))
             n += 1
-            await asyncio.sleep(PACE)
+            await asyncio.sleep(PACE)  # paces the load
 
 
 async def _revoke_when_possible(gateway: str, admin: str, tenant: str, key_id: str, timeout: float) -> float:
     """Revoke ``key_id`` through ``gateway`` as soon as it accepts; returns when it answered."""
-    deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            status = await _status(session, "DELETE", f"{gateway}/v1/tenants/{tenant}/api-keys/{key_id}", admin)
-            if status == 204:
-                return time.monotonic()
-            await asyncio.sleep(0.02)
-    raise AssertionError(f"the revocation was not accepted within {timeout} s")
+        async def revoked() -> bool:
+            return await _status(session, "DELETE", f"{gateway}/v1/tenants/{tenant}/api-keys/{key_id}", admin) == 204
+
+        await eventually(revoked, "the revocation to be accepted", timeout=timeout, interval=0.02)
+    return time.monotonic()
 
 
 async def _refused_everywhere(gateways: list[str], key: str, timeout: float) -> float:
@@ -127,13 +126,14 @@ async def _refused_everywhere(gateways: list[str], key: str, timeout: float) -> 
     started = time.monotonic()
     pending = set(gateways)
     async with aiohttp.ClientSession() as session:
-        while pending:
+        async def refused() -> bool:
             for url in list(pending):
                 if await _status(session, "GET", f"{url}/v1/usage/limits", key) == 401:
                     pending.discard(url)
-            if time.monotonic() - started > timeout:
-                raise AssertionError(f"{sorted(pending)} still accept the revoked key after {timeout} s")
-            await asyncio.sleep(0.01)
+            return not pending
+
+        await eventually(refused, lambda: f"every gateway to refuse the revoked key; {sorted(pending)} still accept it",
+                         timeout=timeout)
     return time.monotonic() - started
 
 
@@ -147,24 +147,24 @@ async def test_followers_resume_after_nats_server_is_killed_and_started_again(pl
         async with aiohttp.ClientSession() as session:
             for url in platform.gateways:  # both know both keys, and the limited key holds leases
                 for key in (limited, doomed):
-                    deadline = time.monotonic() + 10
-                    while (status := await _status(session, "POST", f"{url}/v1/capabilities/test.echo/invoke", key)) != 200:
-                        assert time.monotonic() < deadline, f"{url} does not serve the test's keys: {status}"
-                        await asyncio.sleep(0.05)
+                    async def served(url: str = url, key: str = key) -> bool:
+                        return await _status(session, "POST", f"{url}/v1/capabilities/test.echo/invoke", key) == 200
+
+                    await eventually(served, f"{url} to serve the test's keys", timeout=10, interval=0.05)
 
         calls: list[tuple[float, int, int]] = []
         done = asyncio.Event()
         load = asyncio.create_task(_load(platform.gateways, limited, done, calls))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # a second of calls before the kill
         killed = time.monotonic()
         platform.server.kill()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the outage
         platform.server.start()
         back = time.monotonic()
 
         revoked = await _revoke_when_possible(platform.gateways[0], admin, tenant, doomed_id, timeout=10)
         refused_after = await _refused_everywhere(platform.gateways, doomed, timeout=1.0)
-        await asyncio.sleep(max(0.0, back + 8 - time.monotonic()))
+        await asyncio.sleep(max(0.0, back + 8 - time.monotonic()))  # eight seconds of calls after the restart
         done.set()
         await load
 

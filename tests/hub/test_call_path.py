@@ -101,7 +101,7 @@ class Flaky(Module):
 
     @capability("test.sleepy", {"type": "object"})
     async def sleepy(self, seconds: float = 0) -> dict:
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds)  # a handler that takes as long as the test asks
         return {"slept": seconds}
 
 

@@ -37,6 +37,7 @@ from support.names import unique
 from support.paths import TESTS
 from support.streamer import Streamer
 from support.usage import usage_events
+from support.waiting import eventually
 
 HEARTBEAT = 1.0  # the modules' default heartbeat interval
 # Three missed heartbeats, plus room for a loaded machine; far below the 60 s ttl of the calls.
@@ -78,11 +79,12 @@ async def sleeper(nats_server: NatsServer, gateway: Gateway, bus_authorizer: Non
     try:
         index = gateway.app[PRESENCE] if gateway.app is not None else None
         assert index is not None
-        deadline = time.monotonic() + 20
-        while not any(beat.module_id == module_id for beat in index.instances()):
+
+        def heard() -> bool:
             assert process.returncode is None, "the module exited"
-            assert time.monotonic() < deadline, "the gateway never heard the module's heartbeat"
-            await asyncio.sleep(0.05)
+            return any(beat.module_id == module_id for beat in index.instances())
+
+        await eventually(heard, "the gateway to hear the module's heartbeat", timeout=20, interval=0.05)
         yield Sleeper(module_id, process)
     finally:
         if process.returncode is None:
@@ -210,10 +212,9 @@ async def test_only_a_call_held_past_accept_after_is_acknowledged_and_only_when_
         if asks:
             request.headers[MCP_ACCEPT_HELD] = "1"
         await nc.publish(subjects.call(tenant, "test.echo"), request.SerializeToString(), reply=f"{inbox}.{name}")
-    deadline = time.monotonic() + 5
-    while (len(received["slow"]) < 2 or not received["unasked"]) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)  # anything more for the other calls would have come by now
+    await eventually(lambda: len(received["slow"]) >= 2 and received["unasked"], "the slow calls' answers",
+                     timeout=5, interval=0.02)
+    await asyncio.sleep(0.1)  # a window for what must not come: anything more for the other calls
     await subscription.unsubscribe()
     assert received == {"fast": [MessageType.RESPONSE], "slow": [MessageType.ACCEPTED, MessageType.RESPONSE],
                         "unasked": [MessageType.RESPONSE]}
@@ -233,10 +234,10 @@ async def test_a_watcher_hears_of_an_instance_that_stops_heartbeating_but_not_of
             message = presence.Heartbeat(module_id=module_id, instance_id=instance_id, capabilities=("x.y",),
                                          interval=0.1, leaving=leaving)
             await nc.publish(subjects.heartbeat(module_id), presence.encode(message))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # paced as a module with a 0.1 s interval beats
 
     try:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # five intervals in which nothing must happen
         assert not dead.is_set(), "an instance never heard is not judged"
         await beat(leaving=False, times=3)
         assert [b.instance_id for b in index.instances() if b.module_id == module_id] == [instance_id]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -16,6 +17,7 @@ from democratic_ai.sdk import Module, ModuleConfig, capability
 
 from support.modules import registered
 from support.names import unique
+from support.waiting import eventually
 
 
 def _module_class(module_id: str, version: str = "1.0.0") -> type[Module]:
@@ -106,7 +108,8 @@ async def test_presence_ignores_a_heartbeat_or_leave_for_another_module(nc: NATS
                      presence.Leave(module_id=impostor, instance_id=module.instance_id)):
             await nc.publish(subjects.leave(impostor), presence.encode(body))
         await nc.flush()
-        await asyncio.sleep(0.5)  # two of the module's own heartbeats later
+        # Nothing to wait for: the forgeries must change nothing, over two of the module's own heartbeats.
+        await asyncio.sleep(0.5)
 
         def live() -> set[tuple[str, str]]:
             return {(beat.module_id, beat.instance_id) for beat in hub.presence.instances()}
@@ -116,11 +119,9 @@ async def test_presence_ignores_a_heartbeat_or_leave_for_another_module(nc: NATS
         assert hub.presence.serving("probe.ping") >= 1
     finally:
         await module.stop()
-    for _ in range(100):  # its own leave counts, once the hub has read it
-        if (module_id, module.instance_id) not in live():
-            break
-        await asyncio.sleep(0.02)
-    assert (module_id, module.instance_id) not in live()
+    # Its own leave counts, once the hub has read it.
+    await eventually(lambda: (module_id, module.instance_id) not in live(), "the module's own leave to count",
+                     timeout=2.0, interval=0.02)
 
 
 async def test_presence_follows_heartbeats_leaves_and_silence(nats_server: object, hub: Hub) -> None:
@@ -134,20 +135,19 @@ async def test_presence_follows_heartbeats_leaves_and_silence(nats_server: objec
     def live() -> set[str]:
         return {beat.instance_id for beat in hub.presence.instances() if beat.module_id == module_id}
 
-    async def until(condition: object, timeout: float) -> float:
+    async def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
         start = asyncio.get_running_loop().time()
-        while not condition():  # type: ignore[operator]
-            assert asyncio.get_running_loop().time() - start < timeout
-            await asyncio.sleep(0.02)
+        await eventually(condition, what, timeout=timeout, interval=0.02)
         return asyncio.get_running_loop().time() - start
 
-    await until(lambda: live() == {leaver.instance_id, silent.instance_id}, 2.0)
+    await until(lambda: live() == {leaver.instance_id, silent.instance_id}, 2.0, "both instances live")
     answer = await connections[0].request(subjects.MODULES, b"", timeout=2)
     listed = msgspec.json.decode(answer.data, type=list[presence.Heartbeat])
     assert {leaver.instance_id, silent.instance_id} <= {beat.instance_id for beat in listed}
 
     await leaver.stop()  # says goodbye: gone at once
-    assert await until(lambda: silent.instance_id in live() and leaver.instance_id not in live(), 0.5) < 0.5
+    assert await until(lambda: silent.instance_id in live() and leaver.instance_id not in live(), 0.5,
+                       "the leaver gone, the other still live") < 0.5
     await connections[1].close()  # dies without a word: gone after three missed heartbeats
-    assert await until(lambda: not live(), 2.0) < 2.0
+    assert await until(lambda: not live(), 2.0, "the silent instance gone") < 2.0
     await connections[0].close()

@@ -23,6 +23,8 @@ import pytest
 from democratic_ai.ops.datadir import DataDirInUse, DataDirLock, holder
 from democratic_ai.ops.ports import free_port
 
+from support.waiting import eventually_sync
+
 DAI = [sys.executable, "-m", "democratic_ai.ops.cli"]
 # What the user's shell must not carry into these tests: every dai command gets its servers from `dai env`.
 PLATFORM_VARS = ("NATS_URL", "DATABASE_URL", "DATABASE_APP_URL", "DAI_BUS_CREDENTIAL", "DAI_BUS_CREDENTIAL_FILE",
@@ -47,12 +49,16 @@ class _Up:
         self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.process.stdout.readline, "")),
                                         daemon=True)
         self._reader.start()
-        deadline = time.monotonic() + 90
-        while not any(line.startswith("Press Ctrl-C") for line in self.lines):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise AssertionError("dai up did not come up:\n" + self.output)
-            time.sleep(0.1)
+
+        def up() -> bool:
+            assert self.process.poll() is None, "dai up exited"
+            return any(line.startswith("Press Ctrl-C") for line in self.lines)
+
+        try:
+            eventually_sync(up, "dai up to come up", timeout=90, interval=0.1)
+        except AssertionError as error:
+            self.close()
+            raise AssertionError(f"{error}:\n" + self.output) from None
 
     @property
     def output(self) -> str:
@@ -162,10 +168,10 @@ def test_kill_9_of_dai_up_leaves_nothing_running_and_the_next_dai_up_serves(tmp_
         up.process.kill()
         up.process.wait()
         killed = time.monotonic()
-        while not all(_gone(proc) for proc in started) and time.monotonic() - killed < 30:
-            time.sleep(0.1)
-        left = [f"{proc.pid} {proc.name()}" for proc in started if not _gone(proc)]
-        assert not left, f"still running {time.monotonic() - killed:.1f} s after kill -9: {left}"
+        eventually_sync(lambda: all(_gone(proc) for proc in started),
+                        lambda: f"every process to stop after kill -9; still running: "
+                                f"{[f'{proc.pid} {proc.name()}' for proc in started if not _gone(proc)]}",
+                        timeout=30, interval=0.1)
         assert time.monotonic() - killed < 10
         assert f"dai: dai up (pid {up.process.pid}) on {data_dir} is gone; stopping what it started" in up.output
         idle = subprocess.run([*DAI, "env", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=30)
@@ -196,6 +202,7 @@ def test_dai_env_on_an_idle_data_dir_exits_1(tmp_path: Path) -> None:
 
 
 def test_the_lock_names_its_holder_and_is_free_when_the_holder_dies(tmp_path: Path) -> None:
+    # The holder keeps the lock until the test kills it.
     code = ("import sys, time; from democratic_ai.ops.datadir import DataDirLock;"
             f" DataDirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)")
     holder_process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -244,6 +251,7 @@ def test_servers_an_earlier_crash_left_on_the_data_dir_are_stopped_with_a_line(t
 
 def test_the_lock_of_a_dead_dai_up_whose_reaper_still_stops_things_is_waited_for(tmp_path: Path) -> None:
     """The reaper holds a copy of the lock until it has stopped everything: the next dai up waits for it."""
+    # The fork (the reaper) keeps its copy of the lock for two seconds after its parent died.
     code = ("import os, time; from democratic_ai.ops.datadir import DataDirLock;"
             f" DataDirLock({str(tmp_path)!r}).acquire(); pid = os.fork();"
             " (os.close(1), os.close(2), time.sleep(2), os._exit(0)) if pid == 0 else (print(os.getpid(), pid, flush=True), os._exit(0))")

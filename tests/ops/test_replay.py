@@ -23,6 +23,7 @@ from democratic_ai.ops.replay import ReplayError, ReplayOptions, plan_replay, re
 from democratic_ai.ops.timespec import InvalidTime, parse_time
 
 from support.names import unique
+from support.waiting import eventually
 
 
 async def _replay(nc: NATS, **options: object) -> list[dict]:
@@ -49,11 +50,11 @@ async def _record_calls(nc: NATS, tenant: str) -> None:
     ):
         await nc.publish(subject, message.SerializeToString())
     await nc.flush()
-    for _ in range(200):  # MCP records are core-NATS publishes: wait until the stream stored them
-        if (await nc.jetstream().stream_info("MCP")).state.last_seq >= before + 4:
-            return
-        await asyncio.sleep(0.01)
-    raise TimeoutError("MCP did not store the records")
+
+    async def stored() -> bool:  # MCP records are core-NATS publishes: wait until the stream stored them
+        return (await nc.jetstream().stream_info("MCP")).state.last_seq >= before + 4
+
+    await eventually(stored, "MCP to store the records", timeout=2.0)
 
 
 async def test_mcp_events_of_one_tenant_decode_to_json(nc: NATS) -> None:
@@ -86,7 +87,7 @@ async def test_windows_by_sequence_and_by_time(nc: NATS) -> None:
     sequences, instants = [], []
     for n in range(4):
         sequences.append((await js.publish(f"usage.{tenant}.api_calls", json.dumps({"type": "usage.recorded", "n": n}).encode())).seq)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # time passes on both sides of each instant, so that it falls between events
         instants.append(datetime.now(UTC))
         await asyncio.sleep(0.02)
 

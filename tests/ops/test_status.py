@@ -23,6 +23,7 @@ from democratic_ai.sdk import CallError, Client
 from support.modules import Echo
 from support.names import unique
 from support.projections import caught_up
+from support.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("nats_server")
 
@@ -39,14 +40,6 @@ async def _dai(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str
     code = await asyncio.to_thread(main, list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-async def _wait(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 async def test_status_shows_streams_consumers_modules_and_projections(
@@ -74,7 +67,8 @@ async def test_status_shows_streams_consumers_modules_and_projections(
     module = module_class()
     await module.start(nc)
     try:
-        await _wait(lambda: any(b.instance_id == module.instance_id for b in hub.presence.instances()))
+        await eventually(lambda: any(b.instance_id == module.instance_id for b in hub.presence.instances()),
+                         "the hub to hear the module", timeout=10.0, interval=0.02)
         client = Client(nc)
         await client.call("test.echo", {"text": "hi"}, target_module_id=module.module_id)
         with pytest.raises(CallError):

@@ -75,6 +75,7 @@ def test_the_delay_starts_over_once_a_child_stayed_up() -> None:
 def test_stop_ends_every_child_and_nothing_restarts_after() -> None:
     said: list[str] = []
     supervisor = Supervisor(said.append)
+    # A child that would run for a minute: only the stop ends it.
     sleeper = supervisor.start("sleeper", lambda: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
     supervisor.stop(timeout=10)
     assert sleeper.poll() is not None
@@ -91,7 +92,7 @@ def test_an_adopted_process_is_restarted_but_left_to_its_owner_at_stop() -> None
     said: list[str] = []
     clock = Clock()
     supervisor = Supervisor(said.append, clock=clock)
-    owned = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    owned = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # runs until its owner ends it
     try:
         supervisor.adopt("bus", _exits(0), lambda: owned)
         _settle(supervisor)

@@ -105,7 +105,7 @@ async def test_the_runner_waits_for_an_unreachable_database_and_says_so(
     runner = ProjectionRunner(nc.jetstream(), unreachable_pool, UsageProjection())
     with caplog.at_level(logging.WARNING):
         task = asyncio.create_task(runner.run(stop))
-        await asyncio.sleep(1.7)  # 0.2 + 0.4 + 0.8 s: four attempts
+        await asyncio.sleep(1.7)  # the outage lasts 0.2 + 0.4 + 0.8 s: four attempts, which must not give up
         assert not task.done(), "the runner gave up while the database was unreachable"
         stop.set()
         await asyncio.wait_for(task, timeout=2)  # a stop ends the wait at once
@@ -121,7 +121,7 @@ async def test_the_recovery_sweep_waits_for_an_unreachable_database_and_says_so(
     recovery = UsageRecovery(nc.jetstream(), unreachable_pool, RecoveryConfig(grace=0.1))
     with caplog.at_level(logging.WARNING):
         task = asyncio.create_task(recovery.run(stop))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the outage lasts several sweeps, which must not give up
         assert not task.done(), "the sweep gave up while the database was unreachable"
         stop.set()
         await asyncio.wait_for(task, timeout=2)
@@ -135,7 +135,7 @@ async def test_the_projections_process_waits_for_the_database_at_start(
     with caplog.at_level(logging.WARNING):
         task = asyncio.create_task(
             run_projections(nats_server.bus("projections"), _nowhere(tmp_path), ["usage"], stop))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the database stays away for several attempts, which must not give up
         assert not task.done(), "dai projections run exited because the database was not up yet"
         stop.set()
         await asyncio.wait_for(task, timeout=5)

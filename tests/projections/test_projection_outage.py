@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -33,6 +33,7 @@ from support.gateway import TEST_METERING, Gateway, issue_key
 from support.modules import Echo
 from support.names import unique
 from support.usage import forget_usage
+from support.waiting import eventually
 
 CONCURRENCY = 16
 OUTAGE_SECONDS = 2.0
@@ -61,14 +62,6 @@ async def _fetchval(url: str, query: str, *args: object) -> object:
         return await conn.fetchval(query, *args)
     finally:
         await conn.close()
-
-
-async def _until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"{what} within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -132,14 +125,14 @@ async def test_usage_totals_are_exact_after_postgres_is_killed_under_load_and_re
     try:
         async with asyncio.timeout(180), aiohttp.ClientSession() as session:
             callers += [asyncio.create_task(load(session)) for _ in range(CONCURRENCY)]
-            await _until(lambda: folded(1), 60, "the worker folded none of the tenant's calls")
+            await eventually(lambda: folded(1), "the worker to fold some of the tenant's calls", timeout=60, interval=0.05)
             kill_9(server)
             calls_at_kill = sum(statuses.values())
             await asyncio.sleep(OUTAGE_SECONDS)  # the calls go on; their usage waits in the stream
             calls_in_outage = sum(statuses.values()) - calls_at_kill
             restart(server)
             restarted = asyncio.get_running_loop().time()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the calls go on for a second after the restart
             done.set()
             await asyncio.gather(*callers)
             assert worker.poll() is None, "dai projections run exited"
@@ -150,7 +143,7 @@ async def test_usage_totals_are_exact_after_postgres_is_killed_under_load_and_re
                 return (await _fetchval(url, "SELECT last_sequence FROM projection_checkpoints WHERE name = 'usage'")
                         or 0) >= target
 
-            await _until(caught_up, 60, "the worker did not catch up after the restart")
+            await eventually(caught_up, "the worker to catch up after the restart", timeout=60, interval=0.05)
             resumed_in = asyncio.get_running_loop().time() - restarted
             assert worker.poll() is None, "the same worker process resumed, nobody restarted it"
             pool = await create_pool(url, max_size=1)

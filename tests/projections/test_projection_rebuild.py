@@ -98,7 +98,7 @@ async def test_readers_see_the_old_complete_model_until_the_swap(nc: NATS, pool:
                 seen.append(tuple(await conn.fetchrow(
                     "SELECT (SELECT count(*) FROM registry_modules), (SELECT count(*) FROM registry_capabilities)"
                 )))
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # yields to the rebuild between reads (not a wait)
 
     # Events that arrive during the rebuild are folded by the live runner; the swap must keep them.
     stop = asyncio.Event()
@@ -145,7 +145,7 @@ async def test_verify_finds_equal_tables_then_the_tampered_one(nc: NATS, pool: a
 async def test_as_of_builds_the_past_apart_from_the_live_model(nc: NATS, pool: asyncpg.Pool) -> None:
     old, new = unique("past"), unique("future")
     first = await _publish(nc, old, "1.0.0")
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # time passes on both sides of the instant, so that it falls between the events
     instant = datetime.now(UTC)
     await asyncio.sleep(0.05)
     await _publish(nc, old, "2.0.0", update=True)
@@ -198,7 +198,7 @@ async def test_status_counts_lag_in_events_and_stream_seconds(nc: NATS, pool: as
     sequences = []
     for version in ("1.0.0", "1.0.1", "1.0.2"):
         sequences.append(await _publish(nc, module_id, version, update=version != "1.0.0"))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the events' times apart: the lag in stream seconds is what the test reads
     stored = [(await nc.jetstream().get_msg("REGISTRY", seq)).time for seq in sequences]
 
     [never] = await projection_status(nc.jetstream(), pool, [projection])

@@ -4,7 +4,7 @@ entitled to them: a module owned by a tenant hears that tenant's, a ``system`` m
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -14,6 +14,7 @@ from democratic_ai.contracts import MessageType, decode, new_event, subjects
 from democratic_ai.sdk import Client, Event, Module, ModuleConfig, event_handler
 
 from support.names import unique
+from support.waiting import eventually
 
 
 class Orders(Module):
@@ -57,12 +58,6 @@ async def listeners(nc: NATS) -> AsyncIterator[tuple[Orders, Audit]]:
         await module.stop(grace=1.0)
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 async def test_every_subscribing_module_gets_the_event_and_the_log_records_it(
     nc: NATS, listeners: tuple[Orders, Audit]
 ) -> None:
@@ -73,7 +68,8 @@ async def test_every_subscribing_module_gets_the_event_and_the_log_records_it(
     await client.publish_event("orders.shipped", {"order_id": 7})
     await client.publish_event("orders.created", {"fail": True})
     await client.publish_event("orders.created", {"order_id": 8})
-    await _until(lambda: len(orders.created) == 3 and len(audit.seen) == 4 and len(orders.any_order) == 3)
+    await eventually(lambda: len(orders.created) == 3 and len(audit.seen) == 4 and len(orders.any_order) == 3,
+                     "every subscriber to get its events", timeout=2.0, interval=0.005)
 
     first = orders.created[0]
     assert (first.topic, first.tenant_id, first.data, first.source_module_id) == (
@@ -130,8 +126,9 @@ async def test_a_tenant_module_hears_its_tenant_only_and_a_system_module_every_t
     try:
         for n, tenant in enumerate((acme, globex, acme, globex)):
             await Client(nc, source_id="shop", tenant=tenant).publish_event("orders.created", {"n": n})
-        await _until(lambda: len(platform.seen) == 4 and len(own.seen) == 2)
-        await asyncio.sleep(0.1)  # time for an event that should not come
+        await eventually(lambda: len(platform.seen) == 4 and len(own.seen) == 2, "both modules to get their events",
+                         timeout=2.0, interval=0.005)
+        await asyncio.sleep(0.1)  # a window for an event that must not come
         assert own.seen == [(acme, 0), (acme, 2)]
         assert platform.seen == [(acme, 0), (globex, 1), (acme, 2), (globex, 3)]
     finally:
@@ -147,8 +144,8 @@ async def test_an_event_whose_body_names_another_tenant_than_its_subject_is_drop
         forged = new_event("orders.created", b'{"n": 1}', tenant_id=unique("globex"), source_module_id="x")
         await nc.publish(subjects.event(acme, "orders.created"), forged.SerializeToString())
         await Client(nc, source_id="shop", tenant=acme).publish_event("orders.created", {"n": 2})
-        await _until(lambda: len(module.seen) >= 1)
-        await asyncio.sleep(0.05)
+        await eventually(lambda: module.seen, "the genuine event", timeout=2.0, interval=0.005)
+        await asyncio.sleep(0.05)  # a window for the forged event, which must not come
         assert module.seen == [(acme, 2)]
     finally:
         await module.stop(grace=1.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 
 import msgspec
 import pytest
@@ -13,13 +12,15 @@ from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 from democratic_ai.sdk import CallError, Client
 from democratic_ai.sdk.examples import TextTools
 
+from support.waiting import eventually
+
 
 async def _ask(nc: NATS, subject: str) -> dict:
     return msgspec.json.decode((await nc.request(subject, b"", timeout=2)).data)
 
 
-async def _ask_all(nc: NATS, subject: str, wait: float = 0.3) -> list[dict]:
-    """Every answer within ``wait``, as ``nats micro ls`` collects them."""
+async def _ask_all(nc: NATS, subject: str, expected: set[str]) -> list[dict]:
+    """The answers to one request, as ``nats micro ls`` collects them, once the instances ``expected`` have answered."""
     inbox = nc.new_inbox()
     answers: list[dict] = []
 
@@ -28,7 +29,8 @@ async def _ask_all(nc: NATS, subject: str, wait: float = 0.3) -> list[dict]:
 
     subscription = await nc.subscribe(inbox, cb=collect)
     await nc.publish(subject, b"", reply=inbox)
-    await asyncio.sleep(wait)
+    await eventually(lambda: expected <= {answer["id"] for answer in answers}, f"{sorted(expected)} to answer {subject}",
+                     timeout=2.0)
     await subscription.unsubscribe()
     return answers
 
@@ -82,13 +84,13 @@ async def test_every_instance_answers_discovery(nc: NATS) -> None:
     first, second = TextTools(), TextTools()
     await first.start(nc)
     await second.start(nc)
+    ours = {first.instance_id, second.instance_id}
     try:
-        everyone = await _ask_all(nc, "$SRV.PING")
-        of_kind = await _ask_all(nc, "$SRV.INFO.text-tools")
+        everyone = await _ask_all(nc, "$SRV.PING", ours)
+        of_kind = await _ask_all(nc, "$SRV.INFO.text-tools", ours)
     finally:
         await first.stop()
         await second.stop()
-    ours = {first.instance_id, second.instance_id}
     assert ours <= {answer["id"] for answer in everyone}
     assert {answer["id"] for answer in of_kind if answer["id"] in ours} == ours
     assert all(answer["type"] == "io.nats.micro.v1.info_response" for answer in of_kind)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,6 +15,8 @@ from democratic_ai.contracts.headers import DAI_REMAINING_MS
 from democratic_ai.hub import Router
 from democratic_ai.sdk import CallError, Chunk, Client, Module, ModuleConfig, capability
 from democratic_ai.sdk.scheduling import Scheduler
+
+from support.waiting import eventually
 
 
 class Worker(Module):
@@ -42,14 +44,6 @@ class Worker(Module):
         yield Chunk({"label": label}, progress=1.0)
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.002)
-
-
 @pytest.fixture
 async def worker(nc: NATS) -> AsyncIterator[Worker]:
     # Aging of 20 ms per level: a call that waited 180 ms ranks with a fresh priority-9 one.
@@ -64,7 +58,8 @@ async def _saturate(worker: Worker, client: Client) -> asyncio.Task[Any]:
     """Occupy the worker's only slot until its gate opens."""
     worker.gate = asyncio.Event()
     blocker = asyncio.create_task(client.call("test.work", {"label": "blocker", "block": True}))
-    await _until(lambda: worker.scheduler.running == 1)
+    await eventually(lambda: worker.scheduler.running == 1, "1 running at the scheduler", timeout=2.0,
+                     interval=0.002)
     return blocker
 
 
@@ -74,9 +69,11 @@ async def test_saturated_module_serves_priority_9_before_0_and_0_is_not_starved(
     # Queued together: the priority-9 calls go first.
     blocker = await _saturate(worker, client)
     low = asyncio.create_task(client.call("test.work", {"label": "low"}, priority=0))
-    await _until(lambda: worker.scheduler.waiting == 1)
+    await eventually(lambda: worker.scheduler.waiting == 1, "1 waiting at the scheduler", timeout=2.0,
+                     interval=0.002)
     highs = [asyncio.create_task(client.call("test.work", {"label": f"high-{i}"}, priority=9)) for i in range(4)]
-    await _until(lambda: worker.scheduler.waiting == 5)
+    await eventually(lambda: worker.scheduler.waiting == 5, "5 waiting at the scheduler", timeout=2.0,
+                     interval=0.002)
     worker.gate.set()
     await asyncio.gather(blocker, low, *highs)
     assert worker.served == ["blocker", "high-0", "high-1", "high-2", "high-3", "low"]
@@ -85,10 +82,12 @@ async def test_saturated_module_serves_priority_9_before_0_and_0_is_not_starved(
     worker.served.clear()
     blocker = await _saturate(worker, client)
     low = asyncio.create_task(client.call("test.work", {"label": "low"}, priority=0))
-    await _until(lambda: worker.scheduler.waiting == 1)
-    await asyncio.sleep(0.3)
+    await eventually(lambda: worker.scheduler.waiting == 1, "1 waiting at the scheduler", timeout=2.0,
+                     interval=0.002)
+    await asyncio.sleep(0.3)  # the time that ages the waiting call: what the test is about
     highs = [asyncio.create_task(client.call("test.work", {"label": f"high-{i}"}, priority=9)) for i in range(4)]
-    await _until(lambda: worker.scheduler.waiting == 5)
+    await eventually(lambda: worker.scheduler.waiting == 5, "5 waiting at the scheduler", timeout=2.0,
+                     interval=0.002)
     worker.gate.set()
     await asyncio.gather(blocker, low, *highs)
     assert worker.served == ["blocker", "low", "high-0", "high-1", "high-2", "high-3"]
@@ -105,7 +104,9 @@ async def test_a_call_that_expires_while_queued_is_never_executed(nc: NATS, work
         async for _ in client.stream("test.work.stream", {"label": "late-stream"}, ttl=1):
             pass
     assert caught.value.code == "TIMEOUT"
-    await _until(lambda: worker.scheduler.waiting == 0)  # dropped at their deadlines, not at their turn
+    # Dropped at their deadlines, not at their turn.
+    await eventually(lambda: worker.scheduler.waiting == 0, "0 waiting at the scheduler", timeout=2.0,
+                     interval=0.002)
     worker.gate.set()
     await blocker
     assert await client.call("test.work", {"label": "after"}) == {"label": "after"}
@@ -125,7 +126,7 @@ async def test_a_call_that_arrives_expired_is_never_executed(nc: NATS, worker: W
     with pytest.raises(TimeoutError):
         await nc.request(subjects.call("system", "test.work"), request.SerializeToString(), timeout=0.3,
                          headers={DAI_REMAINING_MS: "-4000"})
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # a window for what must not happen: the module serving it late
     assert worker.served == []
 
 
@@ -151,7 +152,8 @@ async def test_a_module_drops_a_queued_call_when_the_time_left_it_was_sent_runs_
     with pytest.raises(TimeoutError):  # 300 ms left, whatever the 30 s ttl says: dropped, never answered
         await nc.request(subjects.call("system", "test.work"), request.SerializeToString(), timeout=1.0,
                          headers={DAI_REMAINING_MS: "300"})
-    await _until(lambda: worker.scheduler.waiting == 0)
+    await eventually(lambda: worker.scheduler.waiting == 0, "0 waiting at the scheduler", timeout=2.0,
+                     interval=0.002)
     assert time.monotonic() - started < 1.5
     worker.gate.set()
     await blocker
@@ -174,7 +176,7 @@ async def test_aged_priority_orders_the_queue() -> None:
     for label, priority, at in (("p0-early", 0, 0.0), ("p5", 5, 3.0), ("p9-late", 9, 10.0), ("p2", 2, 10.0)):
         now[0] = at
         tasks.append(asyncio.create_task(wait(label, priority)))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # lets the task queue up before the clock moves on
     assert scheduler.waiting == 4 and not scheduler.try_acquire()
     # Ranks (smaller first): p0-early 0 - 0 = 0; p5 3 - 5 = -2; p9-late 10 - 9 = 1; p2 10 - 2 = 8.
     scheduler.release()

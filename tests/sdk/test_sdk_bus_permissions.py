@@ -12,7 +12,6 @@ the auth callout), written into the server's configuration as a static user.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
@@ -31,6 +30,7 @@ from democratic_ai.services.busauth import inbox_prefix
 from democratic_ai.sdk import Client, Event, Module, ModuleConfig, capability, event_handler
 
 from support.modules import registered
+from support.waiting import eventually
 
 TENANT = "acme"
 ANY = {"type": "object"}
@@ -144,9 +144,8 @@ async def test_a_module_serves_calls_streams_nested_calls_events_and_micro_withi
         assert json.loads(ping.data)["id"] == probe.instance_id
         info = await platform.request(f"$SRV.INFO.perm-probe.{probe.instance_id}", b"", timeout=2)
         assert {e["subject"] for e in json.loads(info.data)["endpoints"]} >= {"mcp.call.*.perm.work"}
-        async with asyncio.timeout(2):
-            while probe.heard != [TENANT, TENANT]:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: probe.heard == [TENANT, TENANT], lambda: f"the tenant's two events; heard {probe.heard}",
+                         timeout=2)
         assert any(beat.instance_id == probe.instance_id for beat in hub.presence.instances())
     finally:
         await probe.stop(grace=1.0)
@@ -167,9 +166,7 @@ async def test_a_module_subscribing_wider_than_its_grants_is_refused_by_the_serv
     probe = Probe(ModuleConfig())  # owned by "system": subscribes mcp.evt.*.orders.>
     await probe.start(connection)
     try:
-        async with asyncio.timeout(2):
-            while not refused:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: refused, "the server's permissions violation", timeout=2)
         assert "permissions violation" in refused[0].lower() and "mcp.evt.*.orders.>" in refused[0]
     finally:
         await probe.stop(grace=1.0)

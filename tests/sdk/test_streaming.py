@@ -18,6 +18,7 @@ from democratic_ai.sdk import CallError, Chunk, Client
 
 from support.names import unique
 from support.streamer import Streamer
+from support.waiting import eventually
 
 
 @pytest.fixture
@@ -100,11 +101,7 @@ async def test_leaving_the_loop_cancels_the_handler_within_100_ms(nc: NATS, stre
     await streamer.started.wait()
     left = time.monotonic()
     await stream.aclose()
-    for _ in range(100):
-        if streamer.cancelled_at:
-            break
-        await asyncio.sleep(0.005)
-    assert streamer.cancelled_at, "the handler was never cancelled"
+    await eventually(lambda: streamer.cancelled_at, "the handler to be cancelled", timeout=0.5, interval=0.005)
     assert streamer.cancelled_at[0] - left < 0.1
 
     # The log holds the caller's CANCEL and the module's CANCELLED error with the compute time.
@@ -146,11 +143,10 @@ async def test_a_cancel_from_another_tenant_is_ignored(nc: NATS, streamer: Strea
     intruder = new_request("test.hang", b"{}", tenant_id=unique("other"), source_module_id="t")
     intruder.correlation_id = call.call_id
     await nc.publish(subjects.control(streamer.module_id, streamer.instance_id), streaming.cancel(intruder, source_module_id="t").SerializeToString())
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # a window for what must not happen: the intruder's cancel taking effect
     assert not streamer.cancelled_at
     await call.close()
-    await asyncio.sleep(0.1)
-    assert streamer.cancelled_at
+    await eventually(lambda: streamer.cancelled_at, "the caller's own cancel to reach the handler", timeout=0.5)
 
 
 async def test_a_caller_leaving_while_the_stream_opens_still_cancels_it(nc: NATS) -> None:
@@ -158,8 +154,11 @@ async def test_a_caller_leaving_while_the_stream_opens_still_cancels_it(nc: NATS
     control = subjects.control("slow", "slow-acceptor-1")
     cancels = await nc.subscribe(control)
 
+    arrived = asyncio.Event()
+
     async def accept_late(msg: Msg) -> None:
-        await asyncio.sleep(0.2)
+        arrived.set()
+        await asyncio.sleep(0.2)  # a module slow to accept: what the test is about
         request = decode(msg.data)
         await msg.respond(streaming.accepted(request, control, source_module_id="slow").SerializeToString())
 
@@ -168,7 +167,7 @@ async def test_a_caller_leaving_while_the_stream_opens_still_cancels_it(nc: NATS
         router = Router(nc, source_id="test")
         request = new_request("test.slow-accept", b"{}", tenant_id=unique("tenant"), source_module_id="t")
         opening = asyncio.create_task(router.open_stream(request))
-        await asyncio.sleep(0.05)  # the call is out; its ACCEPTED is not back yet
+        await asyncio.wait_for(arrived.wait(), 2)  # the call is out; its ACCEPTED is not back yet
         opening.cancel()
         with pytest.raises(asyncio.CancelledError):
             await opening

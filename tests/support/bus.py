@@ -29,11 +29,8 @@ class Violations:
             # nats-py lowercases the server's message
             return next((error for error in self.errors if fragment.lower() in error.lower()), None)
 
-        try:
-            return await eventually(mentioned, f"a permissions violation mentioning {fragment!r}",
-                                    timeout=timeout, interval=0.02)
-        except AssertionError:
-            raise AssertionError(f"no permissions violation mentioning {fragment!r}; got {self.errors}") from None
+        return await eventually(mentioned, lambda: f"a permissions violation mentioning {fragment!r}; got {self.errors}",
+                                timeout=timeout, interval=0.02)
 
 
 async def register(gateway: Gateway, module_id: str, capabilities: list[str]) -> str:

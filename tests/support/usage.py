@@ -33,6 +33,12 @@ async def usage_events(nc: NATS, tenant: str) -> list[CallMetered]:
     return events
 
 
+async def usage_events_at_least(count: int, nc: NATS, tenant: str) -> list[CallMetered] | None:
+    """Every usage event of ``tenant`` once there are ``count`` or more (``None`` before): for ``eventually``."""
+    events = await usage_events(nc, tenant)
+    return events if len(events) >= count else None
+
+
 def by_call(events: list[CallMetered]) -> dict[str, dict[str, CallMetered]]:
     """Usage events by call id, then by metric."""
     calls: dict[str, dict[str, CallMetered]] = {}

@@ -16,12 +16,13 @@ T = TypeVar("T")
 
 
 async def eventually(
-    condition: Callable[[], T | Awaitable[T]], what: str, *, timeout: float = 5.0, interval: float = 0.01,
-    ignoring: tuple[type[BaseException], ...] = (),
+    condition: Callable[[], T | Awaitable[T]], what: str | Callable[[], str], *, timeout: float = 5.0,
+    interval: float = 0.01, ignoring: tuple[type[BaseException], ...] = (),
 ) -> T:
     """Call ``condition`` (a function or a coroutine function) until it returns something true,
-    and return that. After ``timeout`` seconds, fail naming ``what`` it waited for and the last
-    value (or ignored error) seen. Errors of the types in ``ignoring`` count as "not yet"."""
+    and return that. After ``timeout`` seconds, fail naming ``what`` it waited for (a text, or a
+    function that describes the state then) and the last value (or ignored error) seen. Errors of
+    the types in ``ignoring`` count as "not yet"; any other error fails at once."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -34,13 +35,13 @@ async def eventually(
         except ignoring as error:
             last = error
         if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}; last saw {last!r}")
+            raise AssertionError(f"waited {timeout} s for {_describe(what)}; last saw {last!r}")
         await asyncio.sleep(interval)
 
 
 def eventually_sync(
-    condition: Callable[[], T], what: str, *, timeout: float = 5.0, interval: float = 0.05,
-    ignoring: tuple[type[BaseException], ...] = (),
+    condition: Callable[[], T], what: str | Callable[[], str], *, timeout: float = 5.0,
+    interval: float = 0.05, ignoring: tuple[type[BaseException], ...] = (),
 ) -> T:
     """:func:`eventually` for tests that run without an event loop (processes, files)."""
     deadline = time.monotonic() + timeout
@@ -52,5 +53,9 @@ def eventually_sync(
         except ignoring as error:
             last = error
         if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}; last saw {last!r}")
+            raise AssertionError(f"waited {timeout} s for {_describe(what)}; last saw {last!r}")
         time.sleep(interval)
+
+
+def _describe(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()

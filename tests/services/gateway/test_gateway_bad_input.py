@@ -22,6 +22,7 @@ from democratic_ai.contracts.envelope import Meta
 
 from support.client import http, raw_request
 from support.gateway import Gateway
+from support.waiting import eventually
 
 
 def error_code(content: bytes) -> str:
@@ -184,12 +185,12 @@ async def test_a_user_agent_that_is_not_utf8_does_not_break_a_command(gateway: G
 async def test_the_gateway_still_serves_after_all_that(gateway: Gateway) -> None:
     for path in ("/v1/tenants/%00", "/v1/invoices/%00"):
         await raw_request(gateway, f"GET {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {gateway.api_key}".encode())
-    for _ in range(100):  # the tenant's row may still be on its way into the read model
+
+    async def tenant_status() -> int | None:
         status, _ = await http("GET", f"{gateway.url}/v1/tenants/{gateway.tenant}", credential=gateway.api_key)
-        if status != 404:
-            break
-        await asyncio.sleep(0.05)
-    assert status == 200
+        return None if status == 404 else status  # the tenant's row may still be on its way into the read model
+
+    assert await eventually(tenant_status, "the tenant's row in the read model", timeout=5, interval=0.05) == 200
 
 
 async def _raw_exchange(gateway: Gateway, data: bytes) -> bytes:

@@ -144,7 +144,7 @@ async def test_a_slow_sse_reader_holds_the_module_back(gateway: Gateway, streame
         assert name == "chunk"
         await asyncio.sleep(0.5)  # the client reads nothing; the module fills every buffer it can
         ahead = streamer.produced
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a window for what must not happen: the module producing more
         assert streamer.produced == ahead, "the module kept producing for a client that reads nothing"
         assert ahead <= bound, (ahead, bound)
         received = 1

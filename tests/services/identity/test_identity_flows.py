@@ -12,13 +12,15 @@ from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.identity_events import UserRegistered, encode_event
+from democratic_ai.services.gateway.state import IDENTITY
 from democratic_ai.services.identity import KeyEncryptionKey, rotate_signing_key
 
 from support.client import http
-from support.identity import PASSWORD, login, new_tenant, new_user
 from support.gateway import Gateway
+from support.identity import PASSWORD, login, new_tenant, new_user
 from support.names import unique
 from support.projections import caught_up
+from support.waiting import eventually
 
 async def test_tenant_user_login_and_calls_with_token_and_key(gateway: Gateway) -> None:
     tenant = await new_tenant(gateway)
@@ -97,12 +99,13 @@ async def test_password_policy_errors_are_clear(gateway: Gateway, password: str,
 async def test_login_rehashes_a_password_hashed_with_weaker_parameters(gateway: Gateway, nc: NATS) -> None:
     tenant = await new_tenant(gateway)
     weak = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD)
-    email = f"{unique('old')}@example.com"
+    email, user_id = f"{unique('old')}@example.com", unique("u")
     await nc.jetstream().publish(f"iam.{tenant}.email.legacy-{unique('x')}", encode_event(UserRegistered(
-        tenant_id=tenant, meta=Meta(at=datetime.now(UTC)), user_id=unique("u"), email=email, role="user",
+        tenant_id=tenant, meta=Meta(at=datetime.now(UTC)), user_id=user_id, email=email, role="user",
         password_hash=weak,
     )))
-    await asyncio.sleep(0.2)
+    assert gateway.app is not None
+    await eventually(lambda: user_id in gateway.app[IDENTITY].users, "the gateway to know the user", timeout=2.0)
     await login(gateway, tenant, {"email": email, "password": PASSWORD})
     info = await nc.jetstream().stream_info("IDENTITY", subjects_filter=f"iam.{tenant}.user.>")
     assert info.state.subjects, "no password.changed event was appended"
@@ -117,12 +120,12 @@ async def test_key_rotation_keeps_old_tokens_valid_and_is_published(gateway: Gat
     status, jwks = await http("GET", f"{gateway.url}/.well-known/jwks.json")
     assert status == 200 and all(k["kty"] == "OKP" and k["alg"] == "EdDSA" for k in jwks["keys"])
     kid = await rotate_signing_key(nc.jetstream(), kek)
-    for _ in range(50):
-        status, jwks = await http("GET", f"{gateway.url}/.well-known/jwks.json")
-        if kid in {k["kid"] for k in jwks["keys"]}:
-            break
-        await asyncio.sleep(0.02)
-    assert kid in {k["kid"] for k in jwks["keys"]}
+
+    async def published() -> bool:
+        _, jwks = await http("GET", f"{gateway.url}/.well-known/jwks.json")
+        return kid in {k["kid"] for k in jwks["keys"]}
+
+    await eventually(published, f"the JWKS to publish the new key {kid}", timeout=2.0, interval=0.02)
     after = await login(gateway, tenant, user)
     me = f"{gateway.url}/v1/tenants/{tenant}/users/{user['user_id']}"
     assert (await http("GET", me, credential=before["access_token"]))[0] == 200
@@ -138,7 +141,7 @@ async def test_api_key_options_expiry_and_revoke_once(gateway: Gateway) -> None:
                              json={"name": "short", "expires_at": soon, "rate_limit": 60}, credential=token)
     assert status == 201 and key["rate_limit"] == 60
     assert (await http("GET", f"{gateway.url}/v1/capabilities", credential=key["api_key"]))[0] == 200
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(1.2)  # the key's expiry passes: what the test is about
     status, body = await http("GET", f"{gateway.url}/v1/capabilities", credential=key["api_key"])
     assert status == 401 and "expired" in body["error"]["message"]
     status, other = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/api-keys", json={}, credential=token)

@@ -3,7 +3,6 @@ is refused with a clear error, and destroying a user's data key makes their seal
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import logging
@@ -42,6 +41,7 @@ from support.gateway import Gateway, StartGateway
 from support.identity import PASSWORD, login, new_tenant, new_user
 from support.names import unique
 from support.projections import caught_up
+from support.waiting import eventually
 
 # The KEK ------------------------------------------------------------------------------------
 
@@ -198,10 +198,7 @@ async def test_login_works_after_register_change_password_and_sealing_an_old_has
         tenant_id=tenant, meta=Meta(at=datetime.now(UTC)), user_id=user_id, email=email, role="user",
         password_hash=PASSWORD_HASHER.hash(PASSWORD),
     )))
-    for _ in range(100):
-        if user_id in gateway.app[IDENTITY].users:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: user_id in gateway.app[IDENTITY].users, "the gateway to know the user", timeout=2.0)
     await login(gateway, tenant, {"email": email, "password": PASSWORD})
     assert gateway.app[IDENTITY].users[user_id].sealed_password_hash.startswith("dai-se1.")
     msg = await nc.jetstream().get_last_msg("IDENTITY", f"iam.{tenant}.user.{user_id}")
@@ -236,14 +233,6 @@ def _on_disk(store_dir: Path, needle: bytes) -> bool:
     return any(needle in path.read_bytes() for path in store_dir.rglob(f"KV_{USER_KEYS_BUCKET}/**/*") if path.is_file())
 
 
-async def _until(condition: object, what: str, timeout: float = 2.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(what)
-        await asyncio.sleep(0.02)
-
-
 async def test_destroying_a_users_key_makes_their_sealed_fields_unreadable(
     gateway: Gateway, nc: NATS, kek: KeyEncryptionKey, nats_server: NatsServer
 ) -> None:
@@ -262,7 +251,8 @@ async def test_destroying_a_users_key_makes_their_sealed_fields_unreadable(
             await store.open(tenant, kept["user_id"], sealed_erased)  # sealed values are bound to their user
         kv = await nc.jetstream().key_value(USER_KEYS_BUCKET)
         entry = await kv.get(f"{tenant}.{erased['user_id']}")
-        await _until(lambda: _on_disk(nats_server.store_dir, entry.value), "the wrapped key never reached the disk")
+        await eventually(lambda: _on_disk(nats_server.store_dir, entry.value), "the wrapped key on disk",
+                         timeout=2.0, interval=0.02)
 
         assert await store.destroy(tenant, erased["user_id"]) is True
         assert await store.open(tenant, erased["user_id"], sealed_erased) is None
@@ -272,16 +262,17 @@ async def test_destroying_a_users_key_makes_their_sealed_fields_unreadable(
         with pytest.raises(NotFoundError):
             await nc.jetstream().get_msg(f"KV_{USER_KEYS_BUCKET}", seq=entry.revision)
         # Erased, not just hidden: the bytes of the wrapped key are gone from the server's files.
-        await _until(lambda: not _on_disk(nats_server.store_dir, entry.value), "the wrapped key is still on disk")
+        await eventually(lambda: not _on_disk(nats_server.store_dir, entry.value), "the wrapped key gone from disk",
+                         timeout=2.0, interval=0.02)
 
         # The gateway's own store drops its cached copy: the erased user can no longer log in.
         wrong_now = {"tenant_id": tenant, "email": erased["email"], "password": PASSWORD}
-        for _ in range(50):
-            if (await http("POST", f"{gateway.url}/v1/auth/login", json=wrong_now))[0] == 401:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            pytest.fail("the gateway still opened the destroyed user's password hash")
+
+        async def refused() -> bool:
+            return (await http("POST", f"{gateway.url}/v1/auth/login", json=wrong_now))[0] == 401
+
+        await eventually(refused, "the gateway to stop opening the destroyed user's password hash", timeout=2.0,
+                         interval=0.02)
         await login(gateway, tenant, kept)
         assert (await store.open(tenant, kept["user_id"], sealed_kept) or "").startswith("$argon2id$")
     finally:

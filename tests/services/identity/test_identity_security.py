@@ -25,6 +25,7 @@ from support.client import http
 from support.gateway import Gateway
 from support.identity import PASSWORD, login, new_tenant, new_user
 from support.names import unique
+from support.waiting import eventually
 
 ROLES = ("super_admin", "tenant_admin", "developer", "user", "viewer")
 
@@ -317,16 +318,11 @@ async def test_a_revocation_reaches_a_second_gateway_process_within_a_second(
     second = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", "gateway", "--port", str(port)], env=env)
     try:
         other = f"http://127.0.0.1:{port}/v1/capabilities"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status, _ = await http("GET", other, credential=key["api_key"])
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the second gateway did not come up"
-            time.sleep(0.1)
+
+        async def up() -> bool:
+            return (await http("GET", other, credential=key["api_key"]))[0] == 200
+
+        await eventually(up, "the second gateway to come up", timeout=30, interval=0.1, ignoring=(OSError,))
         revoked_at = time.monotonic()
         status, _ = await http("DELETE", world.url(f"/v1/tenants/{{t}}/api-keys/{key['key_id']}"),
                                credential=world.credentials["tenant_admin"])

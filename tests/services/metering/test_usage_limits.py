@@ -3,7 +3,6 @@ for compute and bandwidth, and what a refusal looks like (429, headers, a usage 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
@@ -24,6 +23,7 @@ from support.client import http
 from support.gateway import TEST_METERING, Gateway, StartGateway, flood, gateway_ready, issue_key
 from support.modules import Echo
 from support.usage import settled, usage_events
+from support.waiting import eventually
 
 LIMIT = 100  # the API key's calls per minute
 
@@ -142,13 +142,15 @@ async def test_compute_used_through_one_replica_is_seen_by_another(start_gateway
     # hears of it, each of its own calls takes a millisecond of its 50: it would need about 50
     # calls to run dry alone.
     attempts = 0
-    async with asyncio.timeout(5):
-        while True:
-            attempts += 1
-            status, body = await http("POST", f"{second.url}/v1/capabilities/test.echo/invoke", json={"text": "x"},
-                                      headers={"X-API-Key": second.api_key})
-            if status == 429:
-                break
-            await asyncio.sleep(0.05)
+
+    async def refused() -> dict | None:
+        nonlocal attempts
+        attempts += 1
+        status, body = await http("POST", f"{second.url}/v1/capabilities/test.echo/invoke", json={"text": "x"},
+                                  headers={"X-API-Key": second.api_key})
+        return body if status == 429 else None
+
+    # One call every 0.05 s: twenty of them span four of the first replica's reports.
+    body = await eventually(refused, "the second replica to refuse for compute", timeout=5, interval=0.05)
     assert body["error"]["details"]["policy"] == "compute"
     assert attempts <= 20

@@ -3,7 +3,6 @@ models answer ``GET /v1/usage`` for the caller's tenant only."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -14,7 +13,7 @@ from democratic_ai.services.metering import MeteringConfig, Plan, PlanBook, Quot
 from democratic_ai.services.plans import BandwidthLimit, CallLimit, ComputeLimit, StorageLimit
 
 from support.client import http
-from support.gateway import TEST_METERING, Gateway, StartGateway, issue_key
+from support.gateway import TEST_METERING, Gateway, StartGateway, gateway_ready, issue_key
 from support.identity import login, new_tenant, new_user
 from support.modules import Echo
 from support.names import unique
@@ -143,7 +142,7 @@ async def test_limits_show_every_policy_of_the_plan_and_the_key(
     plans = PlanBook({"slow": SLOW_BUCKETS}, default_plan="slow")
     gateway = await start_gateway(MeteringConfig(plans=plans, publisher=TEST_METERING.publisher))
     key = await issue_key(nc, gateway.tenant, role="user", rate_limit=30)
-    await asyncio.sleep(0.1)  # the gateway's identity index follows the log
+    await gateway_ready(gateway.url, key)  # the gateway's identity index follows the log
     for _ in range(3):
         assert (await invoke(gateway, {"text": "hi"}, key=key))[0] == 200
     status, body = await http("GET", f"{gateway.url}/v1/usage/limits", headers={"X-API-Key": key})

@@ -29,6 +29,7 @@ from support.projections import caught_up
 from support.streamer import Streamer
 from support.streaming import SSE, frames_until_ends, invoke_url, sse
 from support.usage import by_call, settled, usage_events
+from support.waiting import eventually
 
 # --- the rule, without servers ------------------------------------------------------------------
 
@@ -100,13 +101,13 @@ async def _completed(nc: NATS, pool: asyncpg.Pool, tenant: str, calls: int) -> d
     stop = asyncio.Event()
     recovery = UsageRecovery(nc.jetstream(), pool, RecoveryConfig(grace=0.2, initial_lookback=60))
     task = asyncio.create_task(recovery.run(stop))
+
+    async def measured() -> bool:
+        metered = by_call(await usage_events(nc, tenant))
+        return len(metered) == calls and all("compute_ms" in m for m in metered.values())
+
     try:
-        async with asyncio.timeout(30):
-            while True:
-                metered = by_call(await usage_events(nc, tenant))
-                if len(metered) == calls and all("compute_ms" in m for m in metered.values()):
-                    break
-                await asyncio.sleep(0.1)
+        await eventually(measured, f"the compute time of all {calls} calls metered", timeout=30, interval=0.1)
     finally:
         stop.set()
         await task
@@ -222,5 +223,10 @@ async def test_websocket_calls_have_one_outcome_in_every_metric(
     assert frames["slow"][-1]["error"]["code"] == "TIMEOUT"
     assert frames["stopped"][-1]["error"]["code"] == "CANCELLED"
     call_ids = {cid: next(f["call_id"] for f in frames[cid] if f.get("call_id")) for cid in outcomes}
-    await asyncio.sleep(0.2)  # the module's confirmation of the cancel, which the gateway meters
+
+    async def confirmed() -> bool:  # the module's confirmation of the cancel, which the gateway meters
+        await gateway.metering.publisher.flush()
+        return "compute_ms" in by_call(await usage_events(nc, gateway.tenant)).get(call_ids["stopped"], {})
+
+    await eventually(confirmed, "the module's confirmation of the cancel metered", timeout=5, interval=0.05)
     await _check(gateway, nc, pool, {call_ids[cid]: outcome for cid, outcome in outcomes.items()}, since)

@@ -23,6 +23,7 @@ from support.modules import Echo
 from support.names import unique
 from support.projections import caught_up
 from support.usage import usage_events
+from support.waiting import eventually
 
 CALLS = 300  # 1,200 usage events: a full batch of 1,000 goes out at once, the last ones stay buffered
 
@@ -50,7 +51,12 @@ async def test_usage_buffered_by_a_killed_gateway_is_recovered_exactly(
         async with aiohttp.ClientSession() as session:
             statuses = await asyncio.gather(*(call(session, i) for i in range(CALLS)))
         assert statuses == [200] * CALLS
-        await asyncio.sleep(0.5)  # let the full batch reach the stream; the rest waits 600 s
+
+        async def batch_out() -> bool:  # the full batch reaches the stream; the rest waits 600 s
+            info = await nc.jetstream().stream_info("USAGE", subjects_filter=f"usage.{tenant}.>")
+            return sum((info.state.subjects or {}).values()) >= 1000
+
+        await eventually(batch_out, "the gateway's first full batch in the stream", timeout=10, interval=0.05)
     finally:
         gateway.send_signal(signal.SIGKILL)
         gateway.wait()
@@ -62,10 +68,10 @@ async def test_usage_buffered_by_a_killed_gateway_is_recovered_exactly(
     recovery = UsageRecovery(nc.jetstream(), pool, RecoveryConfig(grace=0.5, initial_lookback=60))
     task = asyncio.create_task(recovery.run(stop))
     try:
-        async with asyncio.timeout(30):
-            while recovery.recovered < missing:
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # a second sweep of the same calls would publish more: it must not
+        await eventually(lambda: recovery.recovered >= missing, f"the sweep to recover {missing} events", timeout=30,
+                         interval=0.05)
+        # A window for what must not happen: a second sweep of the same calls publishing more.
+        await asyncio.sleep(1.0)
     finally:
         stop.set()
         await task

@@ -10,8 +10,9 @@ import aiohttp
 import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
-from democratic_ai.contracts import ErrorCode, error_reply, new_request, streaming
+from democratic_ai.contracts import ErrorCode, decode, error_reply, new_request, streaming, subjects
 from democratic_ai.hub import Router
 from democratic_ai.services.metering import GATEWAY, RecoveryConfig, UsageRecovery, is_metered, usage_of
 
@@ -20,7 +21,8 @@ from support.modules import Echo
 from support.names import unique
 from support.streamer import Streamer
 from support.streaming import SSE, frames_until_ends, invoke_url, sse
-from support.usage import by_call, settled, usage_events
+from support.usage import by_call, settled, usage_events, usage_events_at_least
+from support.waiting import eventually
 
 CHUNK = len(b'{"i":0}')  # one chunk of test.count as the module encodes it
 
@@ -92,10 +94,14 @@ async def test_a_cancelled_stream_is_metered_with_the_compute_it_used(
             frames = (await frames_until_ends(ws, {"c"}))["c"]
     assert frames[-1]["error"]["code"] == "CANCELLED"
     cancelled = accepted["call_id"]
-    deadline = asyncio.get_running_loop().time() + 5
-    while len(streamer.cancelled_at) < 2 and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # the gateway meters the module's confirmation of the cancel
+    await eventually(lambda: len(streamer.cancelled_at) >= 2, "both handlers to be cancelled", timeout=5)
+
+    async def confirmed() -> bool:  # the gateway meters the module's confirmation of each cancel
+        await gateway.metering.publisher.flush()
+        calls = by_call(await usage_events(nc, gateway.tenant))
+        return all("compute_ms" in calls.get(call, {}) for call in (hung_up, cancelled))
+
+    await eventually(confirmed, "the module's confirmations of the cancels metered", timeout=5, interval=0.05)
     await settled(gateway, nc, pool)
 
     calls = by_call(await usage_events(nc, gateway.tenant))
@@ -161,9 +167,8 @@ async def test_recovery_meters_a_stream_from_its_final_chunk(
     recovery = UsageRecovery(nc.jetstream(), pool, RecoveryConfig(grace=0.2, initial_lookback=30))
     task = asyncio.create_task(recovery.run(stop))
     try:
-        async with asyncio.timeout(20):
-            while len(events := await usage_events(nc, tenant)) < 4:
-                await asyncio.sleep(0.1)
+        events = await eventually(lambda: usage_events_at_least(4, nc, tenant), "the four usage events recovered",
+                                  timeout=20, interval=0.1)
     finally:
         stop.set()
         await task
@@ -179,7 +184,12 @@ async def test_a_plain_call_whose_client_hung_up_is_metered_from_the_modules_rec
     with pytest.raises(TimeoutError):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.1)) as session:
             await session.post(invoke_url(gateway, "test.echo"), json={"sleep_ms": 400}, headers=gateway.headers)
-    await asyncio.sleep(0.6)  # the module finished the call and recorded its answer
+
+    async def answered() -> bool:  # the module finished the call and recorded its answer
+        record = await nc.jetstream().get_last_msg("MCP", subjects.record_response(gateway.tenant, "test.echo"))
+        return decode(record.data).source_module_id == echo.module_id
+
+    await eventually(answered, "the module's record of its answer", timeout=5, interval=0.05, ignoring=(NotFoundError,))
     await settled(gateway, nc, pool)
     # The gateway had stopped waiting: it metered the hang-up, which is all it saw.
     assert {(e.metric, e.outcome) for e in await usage_events(nc, gateway.tenant)} == {
@@ -189,9 +199,8 @@ async def test_a_plain_call_whose_client_hung_up_is_metered_from_the_modules_rec
     recovery = UsageRecovery(nc.jetstream(), pool, RecoveryConfig(grace=0.2, initial_lookback=30))
     task = asyncio.create_task(recovery.run(stop))
     try:
-        async with asyncio.timeout(20):
-            while len(events := await usage_events(nc, gateway.tenant)) < 4:
-                await asyncio.sleep(0.1)
+        events = await eventually(lambda: usage_events_at_least(4, nc, gateway.tenant),
+                                  "the four usage events recovered", timeout=20, interval=0.1)
     finally:
         stop.set()
         await task
