@@ -125,7 +125,8 @@ async def test_usage_totals_are_exact_after_postgres_is_killed_under_load_and_re
     try:
         async with asyncio.timeout(180), aiohttp.ClientSession() as session:
             callers += [asyncio.create_task(load(session)) for _ in range(CONCURRENCY)]
-            await eventually(lambda: folded(1), "the worker to fold some of the tenant's calls", timeout=60, interval=0.05)
+            await eventually(lambda: folded(1), "the worker to fold some of the tenant's calls", timeout=60,
+                             interval=0.05)
             kill_9(server)
             calls_at_kill = sum(statuses.values())
             await asyncio.sleep(OUTAGE_SECONDS)  # the calls go on; their usage waits in the stream

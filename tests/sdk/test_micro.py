@@ -29,8 +29,8 @@ async def _ask_all(nc: NATS, subject: str, expected: set[str]) -> list[dict]:
 
     subscription = await nc.subscribe(inbox, cb=collect)
     await nc.publish(subject, b"", reply=inbox)
-    await eventually(lambda: expected <= {answer["id"] for answer in answers}, f"{sorted(expected)} to answer {subject}",
-                     timeout=2.0)
+    await eventually(lambda: expected <= {answer["id"] for answer in answers},
+                     f"{sorted(expected)} to answer {subject}", timeout=2.0)
     await subscription.unsubscribe()
     return answers
 

@@ -144,8 +144,8 @@ async def test_a_module_serves_calls_streams_nested_calls_events_and_micro_withi
         assert json.loads(ping.data)["id"] == probe.instance_id
         info = await platform.request(f"$SRV.INFO.perm-probe.{probe.instance_id}", b"", timeout=2)
         assert {e["subject"] for e in json.loads(info.data)["endpoints"]} >= {"mcp.call.*.perm.work"}
-        await eventually(lambda: probe.heard == [TENANT, TENANT], lambda: f"the tenant's two events; heard {probe.heard}",
-                         timeout=2)
+        await eventually(lambda: probe.heard == [TENANT, TENANT],
+                         lambda: f"the tenant's two events; heard {probe.heard}", timeout=2)
         assert any(beat.instance_id == probe.instance_id for beat in hub.presence.instances())
     finally:
         await probe.stop(grace=1.0)

@@ -21,8 +21,8 @@ from democratic_ai.contracts.bus import BusOptions
 from democratic_ai.ops.ports import free_port
 from democratic_ai.schemas import app_dsn
 from democratic_ai.services.billing import BillingConfig, BillingService
-from democratic_ai.services.plans import load_plans
 from democratic_ai.services.gateway import GatewayConfig, create_app
+from democratic_ai.services.plans import load_plans
 
 from support.client import http
 from support.gateway import Gateway

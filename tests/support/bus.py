@@ -29,8 +29,10 @@ class Violations:
             # nats-py lowercases the server's message
             return next((error for error in self.errors if fragment.lower() in error.lower()), None)
 
-        return await eventually(mentioned, lambda: f"a permissions violation mentioning {fragment!r}; got {self.errors}",
-                                timeout=timeout, interval=0.02)
+        return await eventually(
+            mentioned, lambda: f"a permissions violation mentioning {fragment!r}; got {self.errors}",
+            timeout=timeout, interval=0.02,
+        )
 
 
 async def register(gateway: Gateway, module_id: str, capabilities: list[str]) -> str:

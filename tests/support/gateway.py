@@ -52,7 +52,8 @@ async def issue_key(nc: NATS, tenant: str, role: str = "super_admin", rate_limit
     for its admin; ``rate_limit`` is the key's own limit in calls per minute."""
     js = nc.jetstream()
     meta = Meta(at=datetime.now(UTC))
-    await js.publish(f"iam.{tenant}.tenant.{tenant}", encode_event(TenantCreated(tenant_id=tenant, meta=meta, name=tenant)),
+    tenant_created = TenantCreated(tenant_id=tenant, meta=meta, name=tenant)
+    await js.publish(f"iam.{tenant}.tenant.{tenant}", encode_event(tenant_created),
                      headers={"Nats-Msg-Id": f"tenant-{tenant}"})
     secret = new_api_key_secret()
     key_id = secret.split("_", 2)[1]
