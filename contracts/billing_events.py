@@ -44,8 +44,8 @@ from .envelope import Meta
 from .fields import INT64_MAX, Count, Id, Int64, Name, TenantId, Text, checked_encoder
 
 __all__ = [
-    "MINOR_UNITS",
     "INVOICE_VERSION",
+    "MINOR_UNITS",
     "BillingEvent",
     "CustomerLinked",
     "InvoiceIssued",
@@ -102,22 +102,22 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     meta: Meta
 
 
-class SubscriptionStarted(_Event, tag="subscription.started"):
+class SubscriptionStarted(_Event, tag="subscription.started", frozen=True):
     terms: PlanTerms
     interval: Interval  # billing_subscriptions.interval has the same CHECK
     time_zone: Id  # IANA name; the tenant's months and years begin at its midnight
 
 
-class PlanChanged(_Event, tag="subscription.plan_changed"):
+class PlanChanged(_Event, tag="subscription.plan_changed", frozen=True):
     terms: PlanTerms
     interval: Interval
 
 
-class SubscriptionCancelled(_Event, tag="subscription.cancelled"):
+class SubscriptionCancelled(_Event, tag="subscription.cancelled", frozen=True):
     reason: Text = ""
 
 
-class CustomerLinked(_Event, tag="customer.linked"):
+class CustomerLinked(_Event, tag="customer.linked", frozen=True):
     stripe_customer_id: Id
 
 
@@ -148,7 +148,7 @@ class InvoiceLine(msgspec.Struct, frozen=True, kw_only=True):
     included: Count | None = None  # … and the plan's allowance of them
 
 
-class InvoiceIssued(_Event, tag="invoice.issued", kw_only=True):
+class InvoiceIssued(_Event, tag="invoice.issued", frozen=True, kw_only=True):
     v: int = INVOICE_VERSION
     invoice_id: Id
     period: Id  # "YYYY-MM" in time_zone
@@ -165,13 +165,13 @@ class InvoiceIssued(_Event, tag="invoice.issued", kw_only=True):
     seller: Seller | None = None  # v2; None on a v1 invoice (not recorded then)
 
 
-class InvoicePushed(_Event, tag="invoice.pushed"):
+class InvoicePushed(_Event, tag="invoice.pushed", frozen=True):
     invoice_id: Id
     stripe_invoice_id: Id
     stripe_customer_id: Id
 
 
-class PaymentSucceeded(_Event, tag="payment.succeeded"):
+class PaymentSucceeded(_Event, tag="payment.succeeded", frozen=True):
     invoice_id: Id
     stripe_event_id: Id
     stripe_invoice_id: Id
@@ -179,7 +179,7 @@ class PaymentSucceeded(_Event, tag="payment.succeeded"):
     currency: Currency
 
 
-class PaymentFailed(_Event, tag="payment.failed"):
+class PaymentFailed(_Event, tag="payment.failed", frozen=True):
     invoice_id: Id
     stripe_event_id: Id
     stripe_invoice_id: Id
@@ -188,7 +188,7 @@ class PaymentFailed(_Event, tag="payment.failed"):
     reason: Text = ""
 
 
-class PaymentMethodAttached(_Event, tag="payment_method.attached"):
+class PaymentMethodAttached(_Event, tag="payment_method.attached", frozen=True):
     stripe_event_id: Id
     stripe_customer_id: Id
     setup_intent_id: Id  # the card itself stays with Stripe; we keep only its references

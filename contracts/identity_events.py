@@ -6,6 +6,7 @@ Subjects name the aggregate: ``iam.<tenant>.<aggregate>.<id>`` (:func:`.subjects
     iam.<t>.email.<sha256(email)>  user.registered — one per e-mail and tenant, ever (unique e-mail)
     iam.<t>.user.<user id>         user.role_changed, user.deactivated, user.password_changed
     iam.<t>.api_key.<key id>       api_key.issued, api_key.revoked
+    iam.<t>.toolset.<name>         toolset.defined, toolset.deleted — a named set of capabilities keys may call
     iam.<t>.session.<family id>    session.started, session.refreshed, session.revoked
     iam.<t>.token.<jti>            token.revoked
     iam.<t>.login.<sha256(email)>  login.attempted (success or failure; feeds login throttling)
@@ -37,6 +38,7 @@ import msgspec
 from .envelope import Meta
 from .fields import Email, Id, Name, PositiveInt32, TenantId, Text, checked_encoder
 from .subjects import validate_capability, validate_token
+from .toolsets import check_toolset
 
 __all__ = [
     "MAX_MODULE_CAPABILITIES",
@@ -58,6 +60,8 @@ __all__ = [
     "TenantReinstated",
     "TenantSuspended",
     "TenantUpdated",
+    "ToolsetDefined",
+    "ToolsetDeleted",
     "UserDeactivated",
     "UserRegistered",
     "UserRoleChanged",
@@ -97,51 +101,51 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     meta: Meta
 
 
-class TenantCreated(_Event, tag="tenant.created"):
+class TenantCreated(_Event, tag="tenant.created", frozen=True):
     name: Name
 
 
-class TenantUpdated(_Event, tag="tenant.updated"):
+class TenantUpdated(_Event, tag="tenant.updated", frozen=True):
     """A new name for the tenant (its id never changes)."""
 
     name: Name
 
 
-class TenantSuspended(_Event, tag="tenant.suspended"):
+class TenantSuspended(_Event, tag="tenant.suspended", frozen=True):
     """Every credential of the tenant is refused (calls, logins, refreshes, modules) until reinstated."""
 
     reason: Text = ""
 
 
-class TenantReinstated(_Event, tag="tenant.reinstated"):
+class TenantReinstated(_Event, tag="tenant.reinstated", frozen=True):
     """A suspended tenant's credentials work again; nothing was revoked by the suspension."""
 
     reason: Text = ""
 
 
-class UserRegistered(_Event, tag="user.registered"):
+class UserRegistered(_Event, tag="user.registered", frozen=True):
     user_id: Id
     email: Email
     role: Id
     password_hash: Text  # sealed (``dai-se1.…``); in clear only in events written before sealing
 
 
-class UserRoleChanged(_Event, tag="user.role_changed"):
+class UserRoleChanged(_Event, tag="user.role_changed", frozen=True):
     user_id: Id
     role: Id
 
 
-class UserDeactivated(_Event, tag="user.deactivated"):
+class UserDeactivated(_Event, tag="user.deactivated", frozen=True):
     user_id: Id
 
 
-class PasswordChanged(_Event, tag="user.password_changed"):
+class PasswordChanged(_Event, tag="user.password_changed", frozen=True):
     user_id: Id
     password_hash: Text  # sealed (``dai-se1.…``); in clear only in events written before sealing
     rehash: bool = False  # True when only the hashing or its sealing changed, at login
 
 
-class ApiKeyIssued(_Event, tag="api_key.issued"):
+class ApiKeyIssued(_Event, tag="api_key.issued", frozen=True):
     key_id: Id
     prefix: Id
     sha256: Id
@@ -153,37 +157,68 @@ class ApiKeyIssued(_Event, tag="api_key.issued"):
     scopes: tuple[Id, ...] = ()
     expires_at: datetime | None = None
     rate_limit: PositiveInt32 | None = None  # calls per minute, enforced by metering; api_keys.rate_limit is integer
+    # The key's toolset (contracts/toolsets.py): what it may call; empty, every capability.
+    capabilities: tuple[str, ...] = ()
+    toolset: str = ""  # or the name of one of its tenant's toolsets (ToolsetDefined), followed as it changes
+
+    def __post_init__(self) -> None:
+        check_toolset(self.capabilities)
+        if self.toolset:
+            validate_token(self.toolset, "toolset")
+            if self.capabilities:
+                raise ValueError("a key names its capabilities or a toolset, not both")
 
 
-class ApiKeyRevoked(_Event, tag="api_key.revoked"):
+class ToolsetDefined(_Event, frozen=True, tag="toolset.defined"):
+    """A named toolset of the tenant (defined anew or replaced): its keys may call ``capabilities``."""
+
+    name: Id
+    capabilities: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        validate_token(self.name, "toolset")
+        if not check_toolset(self.capabilities):
+            raise ValueError("a toolset names at least one capability")
+
+
+class ToolsetDeleted(_Event, frozen=True, tag="toolset.deleted"):
+    """The named toolset is gone; a key issued with it is refused from then on."""
+
+    name: Id
+
+    def __post_init__(self) -> None:
+        validate_token(self.name, "toolset")
+
+
+class ApiKeyRevoked(_Event, tag="api_key.revoked", frozen=True):
     key_id: Id
 
 
-class SessionStarted(_Event, tag="session.started"):
+class SessionStarted(_Event, tag="session.started", frozen=True):
     family_id: Id
     user_id: Id
     refresh_sha256: Id
     expires_at: datetime
 
 
-class SessionRefreshed(_Event, tag="session.refreshed"):
+class SessionRefreshed(_Event, tag="session.refreshed", frozen=True):
     family_id: Id
     refresh_sha256: Id
 
 
-class SessionRevoked(_Event, tag="session.revoked"):
+class SessionRevoked(_Event, tag="session.revoked", frozen=True):
     """Ends a session: its refresh tokens, and every access token whose ``sid`` names it, are refused."""
 
     family_id: Id
     reason: Id  # "logout", "reuse_detected", "user_deactivated", "password_changed"
 
 
-class AccessTokenRevoked(_Event, tag="token.revoked"):
+class AccessTokenRevoked(_Event, tag="token.revoked", frozen=True):
     jti: Id
     expires_at: datetime
 
 
-class LoginAttempted(_Event, tag="login.attempted"):
+class LoginAttempted(_Event, tag="login.attempted", frozen=True):
     email_sha256: Id
     success: bool
     user_id: Id = ""
@@ -197,7 +232,7 @@ class _ModuleEvent(_Event, frozen=True, kw_only=True):
         validate_token(self.module_id, "module_id")
 
 
-class ModuleRegistered(_ModuleEvent, tag="module.registered"):
+class ModuleRegistered(_ModuleEvent, tag="module.registered", frozen=True):
     """A module's registration by a user of its tenant; the credential itself is never stored."""
 
     owner_user_id: str  # empty when an owner-less (bootstrap) key registered it
@@ -212,7 +247,7 @@ class ModuleRegistered(_ModuleEvent, tag="module.registered"):
         check_module_capabilities(self.capabilities)
 
 
-class ModuleUpdated(_ModuleEvent, tag="module.updated"):
+class ModuleUpdated(_ModuleEvent, tag="module.updated", frozen=True):
     """A change of name and/or capabilities; a field left ``None`` keeps its value."""
 
     name: str | None = None
@@ -226,14 +261,14 @@ class ModuleUpdated(_ModuleEvent, tag="module.updated"):
             check_module_capabilities(self.capabilities)
 
 
-class ModuleCredentialRotated(_ModuleEvent, tag="module.credential_rotated"):
+class ModuleCredentialRotated(_ModuleEvent, tag="module.credential_rotated", frozen=True):
     """A new credential replaces the old one, which is refused from now on."""
 
     credential_sha256: str
     credential_prefix: str
 
 
-class ModuleRevoked(_ModuleEvent, tag="module.revoked"):
+class ModuleRevoked(_ModuleEvent, tag="module.revoked", frozen=True):
     """The module's credential is refused from now on; the module id stays taken."""
 
 
@@ -248,6 +283,8 @@ IdentityEvent = (
     | PasswordChanged
     | ApiKeyIssued
     | ApiKeyRevoked
+    | ToolsetDefined
+    | ToolsetDeleted
     | SessionStarted
     | SessionRefreshed
     | SessionRevoked

@@ -38,10 +38,10 @@ JSON = "application/json"
 DEFAULT_TTL_SECONDS = 30
 
 # The message types the call path builds and tests, read once.
-REQUEST: MessageType.ValueType = MessageType.REQUEST
-RESPONSE: MessageType.ValueType = MessageType.RESPONSE
-ERROR: MessageType.ValueType = MessageType.ERROR
-STREAM_CHUNK: MessageType.ValueType = MessageType.STREAM_CHUNK
+REQUEST: MessageType = MessageType.REQUEST
+RESPONSE: MessageType = MessageType.RESPONSE
+ERROR: MessageType = MessageType.ERROR
+STREAM_CHUNK: MessageType = MessageType.STREAM_CHUNK
 
 _NANOS = 1_000_000_000
 

@@ -34,8 +34,13 @@ from functools import partial
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import BadSubscriptionError, ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.errors import (
+    BadSubscriptionError,
+    ConnectionClosedError,
+    NoRespondersError,
+    OutboundBufferLimitError,
+    TimeoutError as NatsTimeoutError,
+)
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
@@ -155,9 +160,10 @@ class OrderedConsumer:
         self._subscription, self._consumer = subscription, info.name
         # A new consumer reports the sequence before its first message as delivered: for "new
         # messages only" or "from a time", nothing before it concerns this follower.
-        async with self._progress:
-            self.last_sequence = max(self.last_sequence, info.delivered.stream_seq)
-            self._progress.notify_all()
+        if info.delivered is not None:
+            async with self._progress:
+                self.last_sequence = max(self.last_sequence, info.delivered.stream_seq)
+                self._progress.notify_all()
         if not info.num_pending:
             self._caught_up.set()
 

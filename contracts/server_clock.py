@@ -31,8 +31,7 @@ from datetime import datetime
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeoutError
 
 __all__ = ["SKEW_WARNING_SECONDS", "ServerClock"]
 

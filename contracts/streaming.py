@@ -46,7 +46,7 @@ DEFAULT_WINDOW = 8
 MAX_WINDOW = 256
 
 
-def _answer(request: MCPMessage, kind: MessageType.ValueType, source_module_id: str) -> MCPMessage:
+def _answer(request: MCPMessage, kind: MessageType, source_module_id: str) -> MCPMessage:
     message = MCPMessage(
         id=str(uuid.uuid4()),
         type=kind,

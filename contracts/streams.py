@@ -114,6 +114,7 @@ STREAMS: tuple[StreamConfig, ...] = (
 async def ensure_streams(js: JetStreamContext) -> None:
     """Create every stream of :data:`STREAMS`, or update it to the declared configuration."""
     for config in STREAMS:
+        assert config.name is not None, "every stream of STREAMS is declared with its name"
         try:
             await js.stream_info(config.name)
         except NotFoundError:

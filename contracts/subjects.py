@@ -92,8 +92,8 @@ __all__ = [
     "subscription_subject",
     "usage_subject",
     "validate_capability",
-    "validate_topic_pattern",
     "validate_token",
+    "validate_topic_pattern",
 ]
 
 _TOKEN = re.compile(r"[a-z0-9_-]{1,64}")

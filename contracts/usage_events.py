@@ -106,7 +106,7 @@ class _UsageEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     at: datetime  # UTC
 
 
-class CallMetered(_UsageEvent, tag="usage.call"):
+class CallMetered(_UsageEvent, tag="usage.call", frozen=True):
     call_id: Id
     capability: Id
     module_id: Id = ""  # empty when no module answered (routing errors, rate limits)
@@ -115,7 +115,7 @@ class CallMetered(_UsageEvent, tag="usage.call"):
     outcome: Id = Outcome.SUCCESS
 
 
-class StorageMetered(_UsageEvent, tag="usage.storage"):
+class StorageMetered(_UsageEvent, tag="usage.storage", frozen=True):
     operation_id: Id  # the write's idempotency key: the same write is counted once
     store: Id  # what stores the data, e.g. a module id
     capability: Id = ""
@@ -133,20 +133,20 @@ class _RateLimitEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type
     replica: str  # the gateway replica that wrote it
 
 
-class QuotaLeased(_RateLimitEvent, tag="quota.leased"):
+class QuotaLeased(_RateLimitEvent, tag="quota.leased", frozen=True):
     holder: str  # "tenant" or "key-<api key id>"
     n: int  # calls granted
     at: float  # UTC epoch seconds: the lease may be used from here …
     until: float  # … to here
 
 
-class QuotaReturned(_RateLimitEvent, tag="quota.returned"):
+class QuotaReturned(_RateLimitEvent, tag="quota.returned", frozen=True):
     holder: str
     lease_sequence: int  # the RATELIMIT stream sequence of the lease
     n: int  # calls of it that were not used
 
 
-class MeterConsumed(_RateLimitEvent, tag="meter.consumed"):
+class MeterConsumed(_RateLimitEvent, tag="meter.consumed", frozen=True):
     since: float  # UTC epoch seconds: the calls ended between here …
     until: float  # … and here
     compute_ms: int = 0

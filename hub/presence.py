@@ -174,8 +174,10 @@ def died(module_id: str, instance_id: str, capability: str) -> tuple[ErrorCode, 
     """The error of a call whose instance died while it held the call: code, text, details."""
     return (
         ErrorCode.MODULE_UNAVAILABLE,
-        f"module {module_id!r} stopped while it ran {capability!r}: its instance missed {MISSED_HEARTBEATS}"
-        " heartbeats in a row; the call may have partly run",
+        (
+            f"module {module_id!r} stopped while it ran {capability!r}: its instance missed {MISSED_HEARTBEATS}"
+            " heartbeats in a row; the call may have partly run"
+        ),
         {"module_id": module_id, "instance_id": instance_id, "capability": capability,
          "missed_heartbeats": MISSED_HEARTBEATS},
     )

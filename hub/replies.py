@@ -34,7 +34,7 @@ class Interrupted(Exception):
 class Pending:
     """One call's inbox: its messages in order of arrival."""
 
-    __slots__ = ("_replies", "_token", "_messages", "_waiter", "_interrupted", "inbox")
+    __slots__ = ("_interrupted", "_messages", "_replies", "_token", "_waiter", "inbox")
 
     def __init__(self, replies: Replies, token: str, inbox: str) -> None:
         self._replies = replies
@@ -80,7 +80,7 @@ class Pending:
 
     def close(self) -> None:
         """The call is over: messages that still come for it are dropped."""
-        self._replies._pending.pop(self._token, None)
+        self._replies._pending.pop(self._token, None)  # noqa: SLF001 - Replies keeps the map its Pendings leave
 
 
 class Replies:

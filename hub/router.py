@@ -14,8 +14,9 @@ answered at once; its chunks then flow as :mod:`democratic_ai.contracts.streamin
 
 A router given a :class:`~.presence.PresenceIndex` also answers at once when the module instance
 running a call dies: it asks (``MCP_ACCEPT_HELD``) that a call its module holds for longer than
-``ACCEPT_AFTER`` be acknowledged with ACCEPTED naming the instance (a streamed call always is), and once that instance has missed
-three heartbeats the call is answered ``MODULE_UNAVAILABLE`` instead of waiting out its ttl.
+``ACCEPT_AFTER`` be acknowledged with ACCEPTED naming the instance (a streamed call always is),
+and once that instance has missed three heartbeats the call is answered ``MODULE_UNAVAILABLE``
+instead of waiting out its ttl.
 A call answered faster costs nothing extra: the router's own inboxes (:mod:`.replies`) take the
 answer exactly as nats-py's ``request`` would.
 """
@@ -33,13 +34,30 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
-from democratic_ai.contracts import DEFAULT_TTL_SECONDS, ErrorCode, MCPMessage, MessageType, decode, error_reply
-from democratic_ai.contracts import deadlines, streaming, subjects, tracing
+from democratic_ai.contracts import (
+    DEFAULT_TTL_SECONDS,
+    ErrorCode,
+    MCPMessage,
+    MessageType,
+    deadlines,
+    decode,
+    error_reply,
+    streaming,
+    subjects,
+    tracing,
+)
+from democratic_ai.contracts.headers import (
+    DAI_REMAINING_MS,
+    DAI_STREAM,
+    DAI_WINDOW,
+    MCP_ACCEPT_HELD,
+    MCP_BYTES_IN,
+    MCP_CONTROL,
+)
 
 from .presence import PresenceIndex, died
 from .replies import Interrupted, Pending, Replies
 from .streaming import CANCEL_WAIT_SECONDS, CallStream, OnEnd
-from democratic_ai.contracts.headers import DAI_REMAINING_MS, DAI_STREAM, DAI_WINDOW, MCP_ACCEPT_HELD, MCP_BYTES_IN, MCP_CONTROL
 
 __all__ = ["Router"]
 

@@ -29,6 +29,14 @@ _decode_manifest = msgspec.json.Decoder(ModuleManifest).decode
 
 
 class Hub:
+    """The registry's writer and the answer to "who is online".
+
+    It validates each announced manifest (a module may announce only itself), appends it to the
+    REGISTRY stream, keeps the registry and presence indexes, and answers ``hub.modules``. It
+    holds no call state: the router and the modules carry calls without it, so a hub restart
+    stops no call.
+    """
+
     def __init__(self) -> None:
         self.registry = RegistryIndex()
         self.presence = PresenceIndex()

@@ -19,9 +19,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, decode, streaming, subjects
+from democratic_ai.contracts.headers import MCP_CONTROL
 
 from .presence import PresenceIndex, died
-from democratic_ai.contracts.headers import MCP_CONTROL
 
 __all__ = ["CallStream"]
 

@@ -222,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gateway":
         from democratic_ai.schemas import app_dsn
         from democratic_ai.services.gateway import GatewayConfig, body_ceiling_from_env
-
         from democratic_ai.services.metering import MeteringConfig, PublisherConfig
 
         billing = _billing_config()

@@ -162,7 +162,7 @@ def holder(data_dir: Path) -> Holder | None:
     try:
         if _try_lock_shared(fd):
             return None
-        current = DataDirLock._holder_settled(fd)
+        current = DataDirLock._holder_settled(fd)  # noqa: SLF001 - the lock's own reading of its holder
         return current if current.alive else None
     finally:
         os.close(fd)

@@ -23,7 +23,6 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.bus import BusCredentialError, BusOptions, connect
-
 from democratic_ai.projections import (
     PROJECTIONS,
     Projection,
@@ -151,7 +150,8 @@ async def verify_command(nats_url: str, database_url: str, name: str) -> int:
         comparisons = await verify(nc.jetstream(), pool, projection)
     for c in comparisons:
         verdict = "equal" if c.equal else "DIFFERENT"
-        print(f"{c.table:<40} {verdict:<10} live {c.live.rows} rows md5 {c.live.md5}  rebuilt {c.rebuilt.rows} rows md5 {c.rebuilt.md5}")
+        print(f"{c.table:<40} {verdict:<10} live {c.live.rows} rows md5 {c.live.md5}"
+              f"  rebuilt {c.rebuilt.rows} rows md5 {c.rebuilt.md5}")
     different = [c.table for c in comparisons if not c.equal]
     print(f"{name}: {'different: ' + ', '.join(different) if different else 'equal to a rebuild from the log'}")
     return 1 if different else 0

@@ -117,7 +117,7 @@ class PostgresServer:
                 f"PostgreSQL failed to start in {self.pgdata}: {exc}; end of {self.pgdata / 'log'}:\n"
                 + _tail(self.pgdata / "log")
             ) from exc
-        atexit.unregister(server._cleanup)
+        atexit.unregister(server._cleanup)  # noqa: SLF001 - pgserver registers it and offers no public handle
         atexit.register(self.stop)
         self._server = server
 
@@ -190,7 +190,7 @@ class PostgresServer:
         # Forget this server in pgserver's bookkeeping, so the next start() builds a
         # fresh handle instead of reusing one that points at the dead postmaster.
         server.global_process_id_list.get_and_remove(os.getpid())
-        type(server)._instances.pop(server.pgdata, None)
+        type(server)._instances.pop(server.pgdata, None)  # noqa: SLF001 - pgserver's cache has no public eviction
 
     def __enter__(self) -> PostgresServer:
         self.start()

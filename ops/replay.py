@@ -85,7 +85,7 @@ def _valid_subject(subject: str) -> bool:
 def _overlaps(left: str, right: str) -> bool:
     """Whether some subject matches both filters."""
     a, b = left.split("."), right.split(".")
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if ">" in (x, y):
             return True
         if x != y and "*" not in (x, y):

@@ -31,9 +31,8 @@ from democratic_ai.services.billing import (
     format_money,
 )
 from democratic_ai.services.busauth import BusAuthorizer, Signer
-from democratic_ai.services.identity import IdentityIndex
 from democratic_ai.services.gateway import GatewayConfig, create_runner
-from democratic_ai.services.identity import KeyEncryptionKey, load_kek, rotate_signing_key
+from democratic_ai.services.identity import IdentityIndex, KeyEncryptionKey, load_kek, rotate_signing_key
 from democratic_ai.services.metering import RecoveryConfig, UsageRecovery
 from democratic_ai.services.plans import load_plans
 
@@ -42,9 +41,9 @@ __all__ = [
     "env_seconds",
     "load_module_class",
     "rotate_jwt_key",
+    "run_busauth",
     "run_gateway",
     "run_hub",
-    "run_busauth",
     "run_projections",
 ]
 
@@ -146,8 +145,7 @@ async def _migrate_when_reachable(pool: asyncpg.Pool, stop: asyncio.Event) -> No
 
 def load_module_class(spec: str) -> type[Module]:
     """Import ``module:Class`` (see :mod:`.module_run`) and check that it is a Module subclass."""
-    from .module_run import ModuleRunError
-    from .module_run import load_module_class as load
+    from .module_run import ModuleRunError, load_module_class as load
 
     try:
         return load(spec)

@@ -19,7 +19,8 @@ class InvalidTime(ValueError):
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """``2024-05-01``, ``2024-05-01T12:00:00Z``, ``2024-05-01T14:00+02:00`` or an age: ``90s``, ``15m``, ``2h``, ``7d``, ``1w``."""
+    """``2024-05-01``, ``2024-05-01T12:00:00Z``, ``2024-05-01T14:00+02:00``, or an age: ``90s``, ``15m``,
+    ``2h``, ``7d``, ``1w``."""
     value = text.strip()
     age = _AGE.fullmatch(value)
     if age:

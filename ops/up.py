@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 
 from democratic_ai.contracts import ensure_streams
 from democratic_ai.contracts.bus import CA_FILE_ENV, CREDENTIAL_FILE_ENV, BusOptions, connect
+from democratic_ai.contracts.headers import HTTP_API_KEY
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.services.identity import ensure_bootstrap
 from democratic_ai.services.identity.bootstrap import ensure_platform_module
@@ -47,7 +48,6 @@ from .postgres_server import PostgresServer, postmaster
 from .reaper import CHILD, DATA_DIR_ENV, NATS, POSTGRES, Reaper, die_with_parent, stop_leftovers
 from .services import load_module_class
 from .supervisor import Supervisor
-from democratic_ai.contracts.headers import HTTP_API_KEY
 
 __all__ = ["UpOptions", "up"]
 
@@ -89,10 +89,11 @@ async def _prepare(
                 await migrate(conn)
         finally:
             await pool.close()
-        if key_file.exists():
+        stored = await asyncio.to_thread(_stored_key, key_file)
+        if stored is not None:
             # Record the stored key again: harmless when the log has it (it enters once, ever),
             # and it heals a log that was reset while the key file stayed.
-            await ensure_bootstrap(js, key_file.read_text().strip())
+            await ensure_bootstrap(js, stored)
             return None, modules
         secret = await ensure_bootstrap(js)
         key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,10 @@ async def _prepare(
         return secret, modules
     finally:
         await nc.drain()
+
+
+def _stored_key(key_file: Path) -> str | None:
+    return key_file.read_text().strip() if key_file.exists() else None
 
 
 async def _ensure_module_credential(

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from .base import Projection
 from .billing import BillingProjection
-from .identity import IdentityProjection
 from .errors import MissingReadModel, ProjectionError, ReadModelChanged, RebuildInProgress, UnfoldableEvent
+from .identity import IdentityProjection
 from .log import LogRange, LogReader, sequence_at
-from .rebuild import AsOfResult, TableComparison, rebuild, rebuild_as_of, verify
 from .quarantine import DeadLetter, RetryResult, retry
+from .rebuild import AsOfResult, TableComparison, rebuild, rebuild_as_of, verify
 from .registry import RegistryProjection
 from .runner import ProjectionRunner
 from .status import ProjectionStatus, projection_status

@@ -81,7 +81,8 @@ class IdentityProjection:
                     keys[event.key_id] = {
                         _CREATED: True, "tenant_id": event.tenant_id, "user_id": event.user_id, "name": event.name,
                         "prefix": event.prefix, "role": event.role, "scopes": list(event.scopes),
-                        "expires_at": event.expires_at, "rate_limit": event.rate_limit, "created_at": at,
+                        "expires_at": event.expires_at, "rate_limit": event.rate_limit,
+                        "capabilities": list(event.capabilities), "toolset": event.toolset, "created_at": at,
                         "revoked_at": None,
                     }
                 case ApiKeyRevoked():
@@ -117,7 +118,8 @@ class IdentityProjection:
             )
         if audit:
             await conn.executemany(
-                "INSERT INTO identity_audit (sequence, tenant_id, event_type, subject, actor, ip, user_agent, success, at)"
+                "INSERT INTO identity_audit"
+                " (sequence, tenant_id, event_type, subject, actor, ip, user_agent, success, at)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (sequence) DO NOTHING", audit,
             )
 

@@ -200,7 +200,8 @@ async def rebuild_as_of(
                 " built_at timestamptz NOT NULL DEFAULT now())"
             )
             await conn.execute(
-                f"INSERT INTO {checkpoint} (projection, stream, as_of, last_sequence, events) VALUES ($1, $2, $3, $4, $5)",
+                f"INSERT INTO {checkpoint} (projection, stream, as_of, last_sequence, events)"
+                " VALUES ($1, $2, $3, $4, $5)",
                 projection.name, projection.stream, as_of, last, builder.events,
             )
     return AsOfResult(schema=schema, as_of=as_of, last_sequence=last, events=builder.events)

@@ -17,9 +17,9 @@ import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
-from democratic_ai.contracts.usage_events import UsageEvent
 from democratic_ai.contracts.streams import USAGE_STREAM
 from democratic_ai.contracts.subjects import ALL_USAGE
+from democratic_ai.contracts.usage_events import UsageEvent
 
 __all__ = ["UsageProjection"]
 

@@ -24,12 +24,12 @@ from democratic_ai.contracts import (
     new_request,
     subjects,
 )
+from democratic_ai.contracts.headers import HTTP_API_KEY
 from democratic_ai.hub.router import Router
 
 from .errors import CallError
 from .sse import read_events
 from .streaming import Chunk
-from democratic_ai.contracts.headers import HTTP_API_KEY
 
 __all__ = ["Client", "HttpClient"]
 

@@ -64,11 +64,11 @@ from .credentials import parse_module_credential
 from .errors import CredentialError
 from .events import Event, EventHandlerDefinition, event_handlers_of
 from .execution import Invocation
+from .micro import Endpoint, MicroService
 from .scheduling import Scheduler
 from .signatures import check_handler
 from .streaming import ChunkSender, elapsed_ms, last_data, stream_answers
 from .tenancy import ModuleClient, serving, serving_tenant
-from .micro import Endpoint, MicroService
 
 __all__ = ["Module", "ModuleConfig"]
 
@@ -420,7 +420,7 @@ class Module:
         if nc is None:
             return
         try:
-            window = min(max(int(msg.headers.get(DAI_WINDOW, "")), 1), streaming.MAX_WINDOW)
+            window = min(max(int((msg.headers or {}).get(DAI_WINDOW, "")), 1), streaming.MAX_WINDOW)
         except ValueError:
             window = streaming.DEFAULT_WINDOW
         sender = ChunkSender(

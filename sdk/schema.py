@@ -74,7 +74,7 @@ class JsonSchema:
 def _path_of(error: jsonschema.ValidationError) -> str:
     """The JSON path of the field at fault: for a missing required property, the property itself
     (``$.text``), as msgspec and pydantic say, not the object that lacks it (jsonschema's ``$``)."""
-    if error.validator == "required" and isinstance(error.instance, dict):
+    if error.validator == "required" and isinstance(error.instance, dict) and isinstance(error.validator_value, list):
         missing = [name for name in error.validator_value if name not in error.instance]
         # jsonschema reports each missing property as its own error, "'text' is a required property".
         named = next((name for name in missing if error.message == f"{name!r} is a required property"), None)

@@ -107,7 +107,7 @@ def _open(encoded: str, scale: int) -> Image.Image:
             "VALIDATION_FAILED", "input $.image: not valid base64", {"where": "input", "path": "$.image"}
         ) from None
     try:
-        picture = Image.open(io.BytesIO(data))
+        picture: Image.Image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise CallError(
             "VALIDATION_FAILED", "input $.image: not an image Pillow can read", {"where": "input", "path": "$.image"}

@@ -1,5 +1,5 @@
-"""Billing from the log: plans as data (the catalogue of :mod:`democratic_ai.services.plans`), subscriptions as events, invoices computed from usage,
-payments through Stripe.
+"""Billing from the log: plans as data (the catalogue of :mod:`democratic_ai.services.plans`),
+subscriptions as events, invoices computed from usage, payments through Stripe.
 
 Commands (:class:`BillingService`, :class:`Payments`) append BILLING events; the billing
 projection folds them into read models; an invoice is a pure function of the log

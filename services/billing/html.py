@@ -96,7 +96,8 @@ def render_invoice(invoice: Mapping[str, Any], lines: Sequence[Mapping[str, Any]
 <tr><td colspan="3" class="num">Subtotal</td><td class="num">{_e(format_money(invoice['subtotal'], currency))}</td></tr>
 <tr><td colspan="3" class="num">Consumption tax {_e(rate)} (rounded down)</td>
 <td class="num">{_e(format_money(invoice['tax'], currency))}</td></tr>
-<tr class="total"><td colspan="3" class="num">Total</td><td class="num">{_e(format_money(invoice['total'], currency))}</td></tr>
+<tr class="total"><td colspan="3" class="num">Total</td>
+<td class="num">{_e(format_money(invoice['total'], currency))}</td></tr>
 </tfoot>
 </table>
 <p class="muted">Line amounts are rounded half up to the currency's smallest unit; tax is computed on the subtotal

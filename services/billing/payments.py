@@ -22,6 +22,7 @@ from democratic_ai.contracts.billing_events import (
     PaymentMethodAttached,
     PaymentSucceeded,
 )
+from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import (
     InvalidSubjectToken,
     customer_subject,
@@ -29,7 +30,6 @@ from democratic_ai.contracts.subjects import (
     stripe_event_subject,
     validate_token,
 )
-from democratic_ai.contracts.envelope import Meta
 
 from .errors import Conflict, StripeDisabled
 from .eventlog import BillingLog
@@ -114,8 +114,8 @@ class Payments:
             invoice_id = str(metadata.get("invoice_id", ""))
             if not invoice_id:
                 return "ignored"
-            common = dict(tenant_id=tenant_id, meta=meta, invoice_id=invoice_id, stripe_event_id=event_id,
-                          stripe_invoice_id=str(obj.get("id", "")), currency=str(obj.get("currency", "")).upper())
+            common = {"tenant_id": tenant_id, "meta": meta, "invoice_id": invoice_id, "stripe_event_id": event_id,
+                      "stripe_invoice_id": str(obj.get("id", "")), "currency": str(obj.get("currency", "")).upper()}
             if kind == "invoice.paid":
                 recorded = PaymentSucceeded(amount=int(obj.get("amount_paid") or 0), **common)
             else:

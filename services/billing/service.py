@@ -56,6 +56,14 @@ class Closed:
 
 
 class BillingService:
+    """The billing commands: a tenant's plan, its cancellation, and closing months into invoices.
+
+    State comes from the BILLING stream (a subscription is folded from its events) and from the
+    usage read model (what was used, billable by the one outcome rule); every decision is one
+    append under the subject's expected sequence, so the billing projection and any number of
+    gateways agree on it.
+    """
+
     def __init__(
         self,
         js: JetStreamContext,

@@ -73,8 +73,8 @@ class StripeBilling:
         ))
         lines = [(f"line-{n}", line.description, line.amount) for n, line in enumerate(invoice.lines)]
         if invoice.tax:
-            lines.append(("tax", f"Consumption tax {invoice.tax_rate * 100:.0f}% on "
-                                 f"{format_money(invoice.subtotal, invoice.currency)}", invoice.tax))
+            lines.append(("tax", (f"Consumption tax {invoice.tax_rate * 100:.0f}% on "
+                                  f"{format_money(invoice.subtotal, invoice.currency)}"), invoice.tax))
         for name, description, amount in lines:
             await self._call(items.create_async(
                 params={"customer": customer_id, "invoice": draft.id, "currency": currency, "amount": amount,

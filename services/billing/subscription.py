@@ -65,7 +65,7 @@ def fold_subscription(tenant_id: str, events: Iterable[tuple[int, BillingEvent]]
     """Fold ``(sequence, event)`` pairs of one tenant's subscription subject, in stream order."""
     tenures: list[Tenure] = []
     sequence = 0
-    for sequence, event in events:
+    for sequence, event in events:  # noqa: B007 - the last one read is the fold's sequence
         at = event.meta.at
         running = tenures[-1] if tenures and tenures[-1].end is None else None
         match event:

@@ -26,8 +26,8 @@ from democratic_ai.services.metering import GATEWAY, Metering
 from democratic_ai.services.plans import load_plans
 
 from .auth import auth_middleware
-from .bodies import respond
 from .billing_routes import add_billing_routes
+from .bodies import respond
 from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .credential_watch import CredentialWatch
@@ -54,11 +54,12 @@ from .state import (
     POOL,
     PRESENCE,
     REGISTRY,
-    USERS,
     USER_KEYS,
+    USERS,
 )
-from .websocket import websocket
+from .toolset_routes import add_toolset_routes
 from .usage_routes import add_usage_routes
+from .websocket import websocket
 
 __all__ = ["create_app", "create_runner", "runner_for"]
 
@@ -164,6 +165,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     app.router.add_post("/v1/capabilities/{capability}/invoke", invoke)
     add_identity_routes(app)
     add_module_routes(app)
+    add_toolset_routes(app)
     add_billing_routes(app)
     app.router.add_get("/v1/ws", websocket)
     add_usage_routes(app)

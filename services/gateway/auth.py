@@ -13,11 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
+from democratic_ai.contracts.headers import HTTP_API_KEY
 from democratic_ai.services.identity import Principal
 
 from .errors import ApiError
 from .state import GATE
-from democratic_ai.contracts.headers import HTTP_API_KEY
 
 __all__ = ["PRINCIPAL", "STRIPE_WEBHOOK_PATH", "auth_middleware", "principal_of", "require", "require_tenant"]
 

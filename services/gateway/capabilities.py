@@ -23,8 +23,8 @@ from democratic_ai.services.identity import Principal
 from .auth import PRINCIPAL, require
 from .bodies import check_json, from_row, respond
 from .errors import ApiError, error_response
-from .input_limits import read_input
 from .gate import CallGate, Refused, checked_capability, checked_module
+from .input_limits import read_input
 from .openapi import Query, operation
 from .ratelimit_headers import limit_header, policy_header
 from .sse import stream_call
@@ -95,7 +95,6 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 async def invoke(request: web.Request) -> web.StreamResponse:
     principal = request[PRINCIPAL]
     gate = request.app[GATE]
-    gate.authorize(principal)  # before the body is read
     call = await _call_of(request, gate, principal)
     try:
         if "text/event-stream" in request.headers.get("Accept", ""):
@@ -115,6 +114,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
 async def _call_of(request: web.Request, gate: CallGate, principal: Principal) -> MCPMessage:
     """The call an invoke asks for, once its name, parameters and body are checked."""
     capability = checked_capability(request.match_info["capability"])
+    gate.authorize(principal, capability)  # before the body is read
     target = checked_module(request.query.get("module", ""))
     priority = _int_param(request, "priority", 5, 0, 9)
     ttl = _int_param(request, "ttl", 30, 1, MAX_TTL_SECONDS)
@@ -153,9 +153,10 @@ def _refusal(gate: CallGate, principal: Principal, call: MCPMessage, refused: Re
     return error_response(ErrorCode.RATE_LIMITED, refused.message, refused.details, status=429, headers=headers)
 
 
-@operation("Every registered capability, its schemas and how many live instances serve it.", {200: CapabilityList})
+@operation("Every registered capability the caller may call (for a key with a toolset: those in it), its schemas"
+           " and how many live instances serve it.", {200: CapabilityList})
 async def list_capabilities(request: web.Request) -> web.Response:
-    require(request, "module:read")
+    principal = require(request, "module:read")
     async with request.app[POOL].acquire() as conn:
         rows = await conn.fetch(
             """
@@ -171,6 +172,6 @@ async def list_capabilities(request: web.Request) -> web.Response:
     capabilities = [
         from_row(CapabilityEntry, row, max_input_bytes=limits.declared(row["max_input_bytes"]), instances=sum(
             1 for beat in live if beat.module_id == row["module_id"] and row["action"] in beat.capabilities))
-        for row in rows
+        for row in rows if principal.may_call(row["action"])  # a key with a toolset sees only that
     ]
     return respond(CapabilityList(capabilities))

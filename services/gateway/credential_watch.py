@@ -62,7 +62,8 @@ class Watched:
         fresh = recheck(self._watch.index, self.principal)
         if fresh is not self.principal:  # recheck hands back the very principal while its permissions hold
             raise Unauthenticated(
-                f"this connection's permissions have changed (its role is now {fresh.role!r}): connect again"
+                f"this connection's permissions have changed (its role is now {fresh.role!r}, its toolset"
+                f" {list(fresh.toolset) or 'every capability'}): connect again"
             )
         return fresh
 
@@ -89,7 +90,7 @@ class Watched:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._watch._forget(self)
+        self._watch._forget(self)  # noqa: SLF001 - a watched principal leaves its own watch
 
     def _expire_at(self, expires_at: datetime) -> None:
         delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds())
@@ -111,7 +112,7 @@ class CredentialWatch:
         self._by_tenant.setdefault(principal.tenant_id, set()).add(watched)
         expires_at = expiry_of(self.index, principal)
         if expires_at is not None:
-            watched._expire_at(expires_at)
+            watched._expire_at(expires_at)  # noqa: SLF001 - the watch arms the timers of its own entries
         # A change folded between the authentication and now (a WebSocket handshake takes a
         # write) would otherwise go unnoticed until the next call.
         watched.check()

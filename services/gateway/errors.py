@@ -118,7 +118,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         code, message = _HTTP_CODES.get(exc.status, (ErrorCode.BAD_REQUEST, exc.reason))
         details: dict[str, Any] = {}
         if exc.status == 413:
-            details = {"max_bytes": request.app._client_max_size}
+            details = {"max_bytes": request.app._client_max_size}  # noqa: SLF001 - aiohttp has no public getter
         elif exc.status == 405:
             details = {"allowed": sorted(getattr(exc, "allowed_methods", ()))}
         return error_response(code, message, details, status=exc.status)

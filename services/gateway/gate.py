@@ -22,11 +22,12 @@ maps the code to its own status: HTTP through :data:`.errors.STATUS`).
 
 from __future__ import annotations
 
+from nats.aio.client import Client as NATS
+
 from democratic_ai.contracts import ErrorCode, MCPMessage, error_details, error_reply, new_request, subjects, tracing
 from democratic_ai.hub import CallStream, Router
 from democratic_ai.services.identity import IdentityIndex, KeyRing, Principal, Unauthenticated, authenticate
 from democratic_ai.services.metering import GATEWAY, AdmissionUnavailable, Decision, Metering, PolicyState
-from nats.aio.client import Client as NATS
 
 from .errors import ApiError
 from .input_limits import InputLimits
@@ -74,22 +75,31 @@ class CallGate:
             raise ApiError(ErrorCode.UNAUTHENTICATED, exc.message) from None
 
     @staticmethod
-    def authorize(principal: Principal) -> None:
-        """FORBIDDEN unless ``principal`` may call capabilities (a transport may check it before
-        it reads a call's input; :meth:`request` checks it in any case)."""
+    def authorize(principal: Principal, capability: str) -> None:
+        """FORBIDDEN unless ``principal`` may call ``capability``: it holds the permission to call,
+        and its key's toolset (:mod:`democratic_ai.contracts.toolsets`) allows the capability. A
+        transport may check it before it reads a call's input; :meth:`request` checks it anyway."""
         if not principal.can(CALL_PERMISSION):
             raise ApiError(ErrorCode.FORBIDDEN, f"this needs the permission {CALL_PERMISSION}",
                            {"needed": [CALL_PERMISSION]})
+        if not principal.may_call(capability):
+            raise ApiError(ErrorCode.FORBIDDEN, f"this API key may not call {capability!r}: it is not in its toolset",
+                           {"capability": capability, "toolset": list(principal.toolset)})
+
+    @staticmethod
+    def may_call(principal: Principal, capability: str) -> bool:
+        """Whether :meth:`authorize` lets ``principal`` call ``capability`` (for listing them)."""
+        return principal.can(CALL_PERMISSION) and principal.may_call(capability)
 
     def request(
         self, principal: Principal, capability: str, payload: bytes, *, module: str = "", priority: int = 5,
         ttl: int = 30,
     ) -> MCPMessage:
         """The MCP request of ``principal`` calling ``capability`` (on ``module``, when given) with
-        ``payload``: FORBIDDEN without the permission to call, BAD_REQUEST for an invalid name,
+        ``payload``: BAD_REQUEST for an invalid name, FORBIDDEN unless it may call it (:meth:`authorize`),
         PAYLOAD_TOO_LARGE for an input over the capability's limit (:mod:`.input_limits`)."""
-        self.authorize(principal)
         action, target = checked_capability(capability), checked_module(module)
+        self.authorize(principal, action)
         self._limits.check(action, len(payload), self._limits.of(action, target))
         return new_request(
             action, payload, tenant_id=principal.tenant_id, source_module_id=GATEWAY, target_module_id=target,

@@ -24,9 +24,9 @@ from democratic_ai.services.identity import Principal
 from .auth import principal_of, require, require_tenant
 from .bodies import from_row, read_json, respond
 from .errors import ApiError
+from .identity_reads import read_your_writes, tenant_rows
 from .meta import request_meta
 from .openapi import NO_CONTENT, operation
-from .identity_reads import read_your_writes, tenant_rows
 from .state import IDENTITY, KEY_RING, USERS
 
 __all__ = ["add_identity_routes"]
@@ -255,10 +255,9 @@ async def update_user(request: web.Request) -> web.Response:
     user = service.user(tenant_id, user_id)
     meta = _meta(request, principal)
     if body.password is not None:
-        if not principal.can("user:update"):
-            # Changing one's own password needs the current one: a stolen token is not enough.
-            if not await service.check_password(user, body.current_password or ""):
-                raise ApiError(ErrorCode.FORBIDDEN, "current_password is wrong or missing", {"path": "$.current_password"})
+        # Changing one's own password needs the current one: a stolen token is not enough.
+        if not principal.can("user:update") and not await service.check_password(user, body.current_password or ""):
+            raise ApiError(ErrorCode.FORBIDDEN, "current_password is wrong or missing", {"path": "$.current_password"})
         # The user's own session that changes it lives on; every other one ends. An admin's
         # reset ends them all.
         own = principal.session_id if principal.user_id == user.user_id else ""
@@ -359,9 +358,13 @@ class NewApiKey(msgspec.Struct, forbid_unknown_fields=True):
     scopes: list[Id] | None = None  # omitted: module:read and module:use (as far as the caller holds them)
     expires_at: datetime | None = None
     rate_limit: PositiveInt32 | None = None  # api_keys.rate_limit is an integer column
+    # What the key may call: capability names or families ("text.*"); omitted, what its issuer may.
+    capabilities: list[Id] | None = None
+    toolset: Id = ""  # or the name of one of the tenant's toolsets, which the key follows
 
 
-_KEY_COLUMNS = "key_id, tenant_id, user_id, name, prefix, role, scopes, expires_at, rate_limit, created_at, revoked_at"
+_KEY_COLUMNS = ("key_id, tenant_id, user_id, name, prefix, role, scopes, expires_at, rate_limit, capabilities,"
+                " toolset, created_at, revoked_at")
 
 
 class IssuedApiKey(msgspec.Struct):
@@ -374,6 +377,8 @@ class IssuedApiKey(msgspec.Struct):
     scopes: list[str]
     expires_at: datetime | None
     rate_limit: int | None
+    capabilities: list[str]  # its toolset; empty: every capability its scopes allow
+    toolset: str  # or the tenant's toolset it follows
 
 
 class ApiKey(msgspec.Struct):
@@ -386,6 +391,8 @@ class ApiKey(msgspec.Struct):
     scopes: list[str]
     expires_at: datetime | None
     rate_limit: int | None
+    capabilities: list[str]  # its toolset; empty: every capability its scopes allow
+    toolset: str  # or the tenant's toolset it follows
     created_at: datetime
     revoked_at: datetime | None
 
@@ -409,12 +416,14 @@ async def create_api_key(request: web.Request) -> web.Response:
     issued = await request.app[USERS].issue_api_key(
         _meta(request, principal), tenant_id=tenant_id, role=principal.role, user_id=principal.user_id,
         name=body.name, scopes=body.scopes, expires_at=body.expires_at, rate_limit=body.rate_limit,
-        granted=principal.permissions,
+        granted=principal.permissions, capabilities=body.capabilities, toolset=body.toolset,
+        granted_toolset=principal.toolset,
     )
     await read_your_writes(request)
     event = issued.event
     return respond(IssuedApiKey(issued.key_id, issued.secret, event.prefix, event.name, list(event.scopes),
-                                event.expires_at, event.rate_limit), status=201)
+                                event.expires_at, event.rate_limit, list(event.capabilities), event.toolset),
+                   status=201)
 
 
 @operation("The tenant's API keys (only one's own, without api_key:read); never their secrets.", {200: ApiKeyList})

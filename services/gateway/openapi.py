@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from .errors import ErrorBody
 from democratic_ai.contracts.headers import HTTP_API_KEY
+
+from .errors import ErrorBody
 
 __all__ = ["NO_CONTENT", "OPENAPI_PATH", "Operation", "Query", "add_openapi_route", "openapi_document", "operation",
            "operation_of"]

@@ -76,5 +76,5 @@ class GatewayRunner(web.AppRunner):
         plain = await super()._make_server()
         return _Server(
             plain.request_handler, request_factory=plain.request_factory,
-            handler_cancellation=plain.handler_cancellation, loop=asyncio.get_running_loop(), **plain._kwargs,
+            handler_cancellation=plain.handler_cancellation, loop=asyncio.get_running_loop(), **plain._kwargs,  # noqa: SLF001 - aiohttp's
         )

@@ -13,9 +13,9 @@ import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, MessageType, error_details
+from democratic_ai.contracts.headers import HTTP_CALL_ID, MCP_COMPUTE_MS
 
 from .errors import STATUS, error_response
-from democratic_ai.contracts.headers import HTTP_CALL_ID, MCP_COMPUTE_MS
 
 __all__ = [
     "MAX_TTL_SECONDS",

@@ -36,6 +36,8 @@ from democratic_ai.contracts.identity_events import (
     TenantReinstated,
     TenantSuspended,
     TenantUpdated,
+    ToolsetDefined,
+    ToolsetDeleted,
     UserDeactivated,
     UserRegistered,
     UserRoleChanged,
@@ -88,6 +90,8 @@ class ApiKeyState:
     expires_at: datetime | None
     rate_limit: int | None
     revoked: bool = False
+    capabilities: tuple[str, ...] = ()  # its toolset: empty, every capability
+    toolset: str = ""  # or the name of its tenant's toolset it follows
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,7 @@ class IdentityIndex(StreamFollower):
         self.users_by_email: dict[tuple[str, str], str] = {}  # (tenant, email) → user id
         self.api_keys: dict[str, ApiKeyState] = {}  # key id → key
         self.api_keys_by_hash: dict[str, str] = {}  # sha256 → key id
+        self.toolsets: dict[tuple[str, str], tuple[str, ...]] = {}  # (tenant, name) → its capabilities
         self.sessions: dict[str, SessionState] = {}
         self.revoked_tokens: dict[str, datetime] = {}  # jti → when it expires anyway
         self.failures_by_account: dict[tuple[str, str], deque[datetime]] = {}
@@ -224,9 +229,14 @@ class IdentityIndex(StreamFollower):
             case ApiKeyIssued():
                 self.api_keys[event.key_id] = ApiKeyState(
                     event.key_id, event.tenant_id, event.user_id, event.role, event.scopes, event.prefix,
-                    event.name, event.expires_at, event.rate_limit,
+                    event.name, event.expires_at, event.rate_limit, capabilities=event.capabilities,
+                    toolset=event.toolset,
                 )
                 self.api_keys_by_hash[event.sha256] = event.key_id
+            case ToolsetDefined():
+                self.toolsets[(event.tenant_id, event.name)] = event.capabilities
+            case ToolsetDeleted():
+                self.toolsets.pop((event.tenant_id, event.name), None)
             case ApiKeyRevoked():
                 if key := self.api_keys.get(event.key_id):
                     self.api_keys[event.key_id] = replace(key, revoked=True)

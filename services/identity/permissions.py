@@ -78,7 +78,4 @@ def permissions_of(role: str) -> frozenset[str]:
 def allows(granted: Iterable[str], needed: str) -> bool:
     """Whether ``granted`` covers ``needed`` (e.g. ``"user:read"`` or ``"api_key:read:own"``)."""
     resource = needed.split(":", 1)[0]
-    for permission in granted:
-        if permission == needed or permission == "*" or permission == f"{resource}:*":
-            return True
-    return False
+    return any(permission in (needed, "*", f"{resource}:*") for permission in granted)

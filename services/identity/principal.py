@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from democratic_ai.contracts.toolsets import toolset_allows
+
 from .errors import Unauthenticated
 from .hashing import sha256_hex
 from .index import IdentityIndex
@@ -25,6 +27,7 @@ class Principal:
     session_id: str = ""  # an access token's session (refresh-token family); empty in older tokens
     token_expires_at: datetime | None = None
     rate_limit: int | None = None
+    toolset: tuple[str, ...] = ()  # what an API key may call (contracts/toolsets.py); empty, everything
 
     @property
     def actor(self) -> str:
@@ -36,6 +39,10 @@ class Principal:
 
     def can(self, permission: str) -> bool:
         return allows(self.permissions, permission)
+
+    def may_call(self, capability: str) -> bool:
+        """Whether the credential's toolset lets it call ``capability`` (the permission aside)."""
+        return toolset_allows(self.toolset, capability)
 
 
 def authenticate(index: IdentityIndex, ring: KeyRing, credential: str) -> Principal:
@@ -126,14 +133,20 @@ def _api_key(index: IdentityIndex, key_id: str, now: datetime, known: Principal 
             raise Unauthenticated("the API key's owner is not active")
         role = owner.role
     _tenant_active(index, key.tenant_id)
-    if known is not None and known.role == role:
+    toolset = key.capabilities
+    if key.toolset:
+        named = index.toolsets.get((key.tenant_id, key.toolset))
+        if named is None:  # refused rather than let it call everything
+            raise Unauthenticated(f"the API key's toolset {key.toolset!r} no longer exists")
+        toolset = named
+    if known is not None and known.role == role and known.toolset == toolset:
         return known  # a key's scopes never change: the same role means the same permissions
     granted = permissions_of(role)
     if key.scopes:
         granted = frozenset(s for s in key.scopes if allows(granted, s))
     return Principal(
         tenant_id=key.tenant_id, role=role, permissions=granted, user_id=key.user_id, key_id=key.key_id,
-        rate_limit=key.rate_limit,
+        rate_limit=key.rate_limit, toolset=toolset,
     )
 
 

@@ -43,11 +43,14 @@ from democratic_ai.contracts.identity_events import (
     TenantReinstated,
     TenantSuspended,
     TenantUpdated,
+    ToolsetDefined,
+    ToolsetDeleted,
     UserDeactivated,
     UserRegistered,
     UserRoleChanged,
     encode_event,
 )
+from democratic_ai.contracts.toolsets import check_toolset, outside_of
 
 from .bootstrap import new_api_key_secret
 from .errors import Conflict, Forbidden, Invalid, NotFound, Throttled, Unauthenticated, Unavailable
@@ -109,6 +112,16 @@ def normalise_email(email: str) -> str:
 
 
 class IdentityService:
+    """The identity commands: tenants, users, sessions, API keys and module credentials.
+
+    A command reads the in-memory index (the IDENTITY stream folded), decides, and appends one
+    event on the entity's subject with the expected last sequence of that subject
+    (:func:`democratic_ai.contracts.eventlog.append`): two racing commands on one entity cannot
+    both win. Secrets never enter an event in clear: passwords are hashed and sealed with the
+    user's data key, API keys and module credentials are stored as hashes and shown once.
+    The gateway waits for its own index to apply what it appended before it answers.
+    """
+
     def __init__(self, js: JetStreamContext, index: IdentityIndex, ring: KeyRing, user_keys: UserKeyStore) -> None:
         self._js = js
         self.index = index
@@ -272,6 +285,9 @@ class IdentityService:
         expires_at: datetime | None = None,
         rate_limit: int | None = None,
         granted: frozenset[str] | None = None,
+        capabilities: Sequence[str] | None = None,
+        toolset: str = "",
+        granted_toolset: tuple[str, ...] = (),
     ) -> IssuedKey:
         """Issue a key whose scopes are a subset of ``granted`` (default: what ``role`` may do) —
         the permissions of whoever asks, so a scoped key cannot issue a wider one.
@@ -279,7 +295,11 @@ class IdentityService:
         Without ``scopes`` the key gets :data:`DEFAULT_KEY_SCOPES` (``module:read``,
         ``module:use``) as far as ``granted`` holds them; never every permission of its owner.
         The limits of every field (``rate_limit`` 1 … 2**31-1, a name without NUL …) are the
-        event's types; :meth:`_append` refuses an event outside them with :class:`Invalid`."""
+        event's types; :meth:`_append` refuses an event outside them with :class:`Invalid`.
+        ``capabilities`` is the key's toolset (:mod:`democratic_ai.contracts.toolsets`): what it
+        may call, within ``granted_toolset`` (the asker's own); ``None``, the asker's toolset
+        (for a user: every capability its permissions allow). ``toolset`` names one of the
+        tenant's toolsets instead, which the key follows as it is redefined."""
         _token(tenant_id, "tenant")
         granted = permissions_of(role) if granted is None else granted
         if scopes is None:
@@ -296,14 +316,58 @@ class IdentityService:
             raise Forbidden("a key's scopes must be a subset of its owner's permissions", scopes=outside)
         if expires_at is not None and expires_at <= datetime.now(UTC):
             raise Invalid("expires_at must be in the future", field="expires_at")
+        if toolset and capabilities is not None:
+            raise Invalid("name the key's capabilities or a toolset, not both", field="toolset")
+        try:
+            entries = granted_toolset if capabilities is None else check_toolset(capabilities)
+        except ValueError as exc:
+            raise Invalid(str(exc), field="capabilities") from None
+        if toolset:
+            entries = self.toolset(tenant_id, toolset)
+        if wider := outside_of(entries, granted_toolset):
+            raise Forbidden("a key's toolset must be within its issuer's", capabilities=wider)
         secret = new_api_key_secret()
         key_id = secret.split("_", 2)[1]
         event = ApiKeyIssued(
             tenant_id=tenant_id, meta=meta, key_id=key_id, prefix=secret[:16], sha256=sha256_hex(secret), role=role,
             user_id=user_id, name=name, scopes=tuple(sorted(set(scopes))), expires_at=expires_at, rate_limit=rate_limit,
+            capabilities=() if toolset else entries, toolset=toolset,
         )
         await self._append(subjects.identity_subject(tenant_id, "api_key", key_id), event, expected=0)
         return IssuedKey(key_id=key_id, secret=secret, event=event)
+
+    # Toolsets --------------------------------------------------------------------------------
+
+    def toolset(self, tenant_id: str, name: str) -> tuple[str, ...]:
+        """The capabilities of the tenant's toolset ``name``; :class:`NotFound` if there is none."""
+        entries = self.index.toolsets.get((tenant_id, name))
+        if entries is None:
+            raise NotFound(f"no toolset {name!r}", toolset=name)
+        return entries
+
+    async def define_toolset(self, meta: Meta, tenant_id: str, name: str, capabilities: Sequence[str]) -> ToolsetDefined:
+        """Define the tenant's toolset ``name`` (or replace it: its keys follow at their next call)."""
+        _token(tenant_id, "tenant")
+        _token(name, "toolset")
+        try:
+            entries = check_toolset(capabilities)
+        except ValueError as exc:
+            raise Invalid(str(exc), field="capabilities") from None
+        if not entries:
+            raise Invalid("a toolset names at least one capability", field="capabilities")
+        event = ToolsetDefined(tenant_id=tenant_id, meta=meta, name=name, capabilities=entries)
+        await self._append(subjects.identity_subject(tenant_id, "toolset", name), event, expected=None)
+        return event
+
+    async def delete_toolset(self, meta: Meta, tenant_id: str, name: str) -> None:
+        """Delete the tenant's toolset ``name``; :class:`Conflict` while a live key follows it."""
+        self.toolset(tenant_id, name)
+        users = sorted(k.key_id for k in self.index.api_keys.values()
+                       if k.tenant_id == tenant_id and k.toolset == name and not k.revoked)
+        if users:
+            raise Conflict(f"toolset {name!r} is the toolset of live API keys: revoke them first", api_keys=users)
+        await self._append(subjects.identity_subject(tenant_id, "toolset", name),
+                           ToolsetDeleted(tenant_id=tenant_id, meta=meta, name=name), expected=None)
 
     async def revoke_api_key(self, meta: Meta, tenant_id: str, key_id: str) -> None:
         key = self.index.api_keys.get(key_id)

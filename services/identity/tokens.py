@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -29,8 +30,8 @@ import jwt
 import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from nats.js import JetStreamContext
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -212,7 +213,7 @@ class KeyRing:
             return
         ordered = sorted(self._keys.values(), key=lambda k: k.created_at)
         now = datetime.now(UTC)
-        for key, successor in zip(ordered, ordered[1:]):
+        for key, successor in itertools.pairwise(ordered):
             if now - successor.created_at > RETIRED_KEY_GRACE:
                 await self._kv.delete(key.kid)
 

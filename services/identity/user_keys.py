@@ -7,10 +7,11 @@ useless without the KEK, which never touches NATS.
 
 :meth:`UserKeyStore.destroy` is crypto-shredding: the message holding the wrapped key is erased
 from the bucket's stream (JetStream overwrites a deleted message's bytes on disk — which is why
-this bucket, unlike a default KV bucket, allows message deletes) and a purge marker left in its place, which every replica's store sees and drops its cached copy for. From
-then on every value sealed for that user — in the IDENTITY log, in a backup of it, anywhere —
-opens to ``None``; the log itself is never rewritten. Sealing for the user again afterwards
-makes a new key, which opens only what is sealed from then on.
+this bucket, unlike a default KV bucket, allows message deletes) and a purge marker left in its
+place, which every replica's store sees and drops its cached copy for. From then on every value
+sealed for that user — in the IDENTITY log, in a backup of it, anywhere — opens to ``None``; the
+log itself is never rewritten. Sealing for the user again afterwards makes a new key, which opens
+only what is sealed from then on.
 
 Opening is on the login path, never on the per-call path (API keys are checked by their hash,
 which is not sealed). Data keys are cached in memory, bounded, so a login costs no KV round

@@ -77,7 +77,7 @@ from democratic_ai.contracts.usage_events import (
 from .algorithms import Grant, SlidingLog
 from .errors import AdmissionUnavailable
 
-__all__ = ["Admission", "AdmissionConfig", "HolderView", "TENANT_HOLDER", "key_holder"]
+__all__ = ["TENANT_HOLDER", "Admission", "AdmissionConfig", "HolderView", "key_holder"]
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,18 @@ class _LocalLease:
 
 
 class _Holder:
-    __slots__ = ("committing", "last_sequence", "lease", "log", "recent", "recent_since", "subject", "tenant_id",
-                 "name", "waiting")
+    __slots__ = (
+        "committing",
+        "last_sequence",
+        "lease",
+        "log",
+        "name",
+        "recent",
+        "recent_since",
+        "subject",
+        "tenant_id",
+        "waiting",
+    )
 
     def __init__(self, tenant_id: str, name: str, window: float) -> None:
         self.tenant_id, self.name = tenant_id, name

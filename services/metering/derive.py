@@ -72,7 +72,7 @@ def is_metered(answer: MCPMessage) -> bool:
     """Whether ``answer`` closes a call the gateway meters."""
     kind = answer.type
     return answer.target_module_id == GATEWAY and (
-        kind == RESPONSE or kind == ERROR or (kind == STREAM_CHUNK and answer.final)
+        kind in (RESPONSE, ERROR) or (kind == STREAM_CHUNK and answer.final)
     )
 
 
@@ -99,6 +99,8 @@ def _header(answer: MCPMessage, name: str) -> int:
     raw = answer.headers.get(name)
     if not raw:
         return 0
+    if raw.isdigit() and raw.isascii():  # the usual case: whole units, no Decimal needed
+        return min(int(raw), MAX_MEASURE)
     try:
         # Whole units, rounded up: compute is billed by the started millisecond, and a module
         # may report fractions ("12.345").

@@ -113,7 +113,7 @@ class TenantMeters:
         if metric == _COMPUTE:
             if self.compute is not None:
                 self.compute = self.compute.spend(value, at)
-        elif metric == _IN or metric == _OUT:
+        elif metric in (_IN, _OUT):
             if self.bandwidth is not None:
                 self.bandwidth = self.bandwidth.add(value, at)
         elif metric == _STORAGE and self.storage is not None:

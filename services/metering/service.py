@@ -46,6 +46,16 @@ class MeteringConfig:
 
 
 class Metering:
+    """Admits, meters and limits the calls of one gateway process.
+
+    ``admit`` decides a call against the caller's plan (the exact call limits through leases on
+    the RATELIMIT stream, the byte and compute buckets in memory, shared between gateways by
+    their published consumption); ``record`` turns the message that ended a call into its usage
+    events (one outcome for all of them) and publishes them to the USAGE stream in batches;
+    ``policies`` is the state the edge reports in its rate-limit headers. Only the call gate
+    uses ``admit`` and ``record`` (services/gateway/gate.py).
+    """
+
     def __init__(self, nc: NATS, config: MeteringConfig | None = None) -> None:
         self.config = config or MeteringConfig()
         js = nc.jetstream()

@@ -78,7 +78,7 @@ def imports(path: Path, root: Path = ROOT) -> list[tuple[int, list[str]]]:
             base += node.module.split(".") if node.module else []
             # ``from democratic_ai import hub`` / ``from .. import billing``: the names are the packages.
             bare = base in (["democratic_ai"], ["democratic_ai", "services"], ["services"], [])
-            found += [(node.lineno, base + [alias.name]) for alias in node.names] if bare else [(node.lineno, base)]
+            found += [(node.lineno, [*base, alias.name]) for alias in node.names] if bare else [(node.lineno, base)]
     return found
 
 

@@ -30,9 +30,9 @@ not scheduling:
 With ``--authorization both`` (the default) every scenario runs twice, on a server with the
 platform's authorization (each process with its role's credential, the module with a module
 credential admitted by the auth callout) and on one without any, and the ratios on/off are printed
-too: what the trust boundary costs a call. Every process runs uvloop. The MCP stream exists before (b)/(c), so the records the SDK and
-the gateway publish for each request and response are stored and counted. Each measurement
-follows a warm-up; every wait is bounded; the servers stop on errors and Ctrl-C too.
+too: what the trust boundary costs a call. Every process runs uvloop. The MCP stream exists before
+(b)/(c), so the records the SDK and the gateway publish for each request and response are stored
+and counted. Each measurement follows a warm-up; every wait is bounded; the servers stop on errors and Ctrl-C too.
 
 Reading the figures: with the machine saturated, latency is concurrency / throughput (Little's
 law), so at 64 in flight the p50 difference c - d restates the throughput ratio; run with
@@ -71,8 +71,8 @@ from democratic_ai.ops.nats_server import CONFIG_PATH, NatsServer
 from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.schemas import app_dsn, migrate
 from democratic_ai.sdk import Client, Module, capability
-from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.busauth import BusAuthorizer, Signer, inbox_prefix
+from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.identity import IdentityIndex, KeyEncryptionKey, ensure_bootstrap
 from democratic_ai.services.identity.bootstrap import SYSTEM_TENANT, ensure_platform_module
 
@@ -414,11 +414,14 @@ def report(results: dict[str, Result], args: argparse.Namespace, authorization: 
     a, r, b, c, d = (results[k] for k in "arbcd")
     for label, value, target, ok in (
         ("b/a throughput", f"{b.rate / a.rate:.2f}", ">= 0.70", b.rate / a.rate >= 0.7),
-        ("c/d throughput", f"{c.rate / d.rate:.2f}", ">= 0.70", c.rate / d.rate >= 0.7),
-        ("c-d p50 (ms)", f"{c.p50_ms - d.p50_ms:+.2f}", "<= 1.00", c.p50_ms - d.p50_ms <= 1.0),
+        ("c/d throughput", f"{c.rate / d.rate:.2f}", ">= 0.80", c.rate / d.rate >= 0.8),
+        # Within 0.5 ms of the floor for one unloaded call (--concurrency 1); at 64 in flight the
+        # difference restates the throughput ratio (Little's law).
+        ("c-d p50 (ms)", f"{c.p50_ms - d.p50_ms:+.2f}", "<= 0.50", c.p50_ms - d.p50_ms <= 0.5),
     ):
         print(f"{label:<36}{value:>10}   target {target}  {'ok' if ok else 'MISS'}")
-    print(f"{'r/a, b/r throughput':<36}{f'{r.rate / a.rate:.2f}, {b.rate / r.rate:.2f}':>10}   (the records; the SDK beyond them)")
+    ratios = f"{r.rate / a.rate:.2f}, {b.rate / r.rate:.2f}"
+    print(f"{'r/a, b/r throughput':<36}{ratios:>10}   (the records; the SDK beyond them)")
     print("\nCPU µs per call (caller: the NATS caller of a/b, the load generator of c/d)")
     print(f"{'scenario':<36}" + "".join(f"{role:>8}" for role in (*ROLES, "total")))
     for key, name in SCENARIOS.items():

@@ -25,7 +25,10 @@ def test_generated_code_is_current(repo_root: Path, tmp_path: Path) -> None:
     generated = sorted(p.name for p in tmp_path.iterdir())
     assert generated, "protoc generated nothing"
     stale = [name for name in generated if (contracts / name).read_bytes() != (tmp_path / name).read_bytes()]
-    assert not stale, f"regenerate with: python -m grpc_tools.protoc -Icontracts --python_out=contracts --pyi_out=contracts contracts/*.proto ({stale})"
+    assert not stale, (
+        "regenerate with: python -m grpc_tools.protoc -Icontracts --python_out=contracts --pyi_out=contracts"
+        f" contracts/*.proto ({stale})"
+    )
 
 
 def test_mcp_message_round_trips() -> None:

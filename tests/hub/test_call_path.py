@@ -10,14 +10,14 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from democratic_ai.contracts.bus import connect
 from democratic_ai.contracts import MessageType, decode
+from democratic_ai.contracts.bus import connect
+from democratic_ai.hub import Hub
 from democratic_ai.sdk import Module, capability
 from democratic_ai.sdk.examples import TextTools
 
 from support.gateway import Gateway
 from support.modules import registered
-from democratic_ai.hub import Hub
 
 TEXT = (
     "NATS is a messaging system built for speed. JetStream adds persistence to NATS. "
@@ -146,7 +146,7 @@ async def test_two_replicas_share_the_calls(gateway: Gateway, nats_server: objec
             return await _original(text=text, top_k=top_k)
 
         replica.analyze = counting  # type: ignore[method-assign]
-    for replica, connection in zip(replicas, connections):
+    for replica, connection in zip(replicas, connections, strict=True):
         await replica.start(connection)
     await registered(hub, replicas[0])
     try:
@@ -155,7 +155,7 @@ async def test_two_replicas_share_the_calls(gateway: Gateway, nats_server: objec
         assert sum(served.values()) == 60
         assert set(served) == {r.instance_id for r in replicas}, served
     finally:
-        for replica, connection in zip(replicas, connections):
+        for replica, connection in zip(replicas, connections, strict=True):
             await replica.stop()
             await connection.close()
 

@@ -9,8 +9,8 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts.bus import connect
 from democratic_ai.contracts import presence, subjects
+from democratic_ai.contracts.bus import connect
 from democratic_ai.contracts.registry_events import CapabilitySpec, ModuleManifest
 from democratic_ai.hub import Hub
 from democratic_ai.sdk import Module, ModuleConfig, capability

@@ -162,7 +162,7 @@ def test_kill_9_of_dai_up_leaves_nothing_running_and_the_next_dai_up_serves(tmp_
     try:
         key = (data_dir / "admin.key").read_text().strip()
         postmaster = _postmaster(data_dir)
-        started = psutil.Process(up.process.pid).children(recursive=True) + [postmaster, *postmaster.children()]
+        started = [*psutil.Process(up.process.pid).children(recursive=True), postmaster, *postmaster.children()]
         names = {proc.name() for proc in started}
         assert {"nats-server", "postgres"} <= names and len(started) >= 8  # 6 platform processes, the reaper, …
         up.process.kill()
@@ -243,8 +243,8 @@ def test_servers_an_earlier_crash_left_on_the_data_dir_are_stopped_with_a_line(t
     nats, postmaster = psutil.Process(int(result.stdout.split()[0])), _postmaster(tmp_path)
     said: list[str] = []
     assert stop_leftovers(tmp_path, said.append) == []
-    assert said == [f"dai: an earlier dai up on {tmp_path} left processes running; stopping them:"
-                    f" nats-server (pid {nats.pid}), postgres (pid {postmaster.pid})"]
+    assert said == [(f"dai: an earlier dai up on {tmp_path} left processes running; stopping them:"
+                     f" nats-server (pid {nats.pid}), postgres (pid {postmaster.pid})")]
     assert _gone(nats) and _gone(postmaster)
     assert stop_leftovers(tmp_path, said.append) == [] and len(said) == 1  # nothing left: nothing said
 
@@ -254,7 +254,8 @@ def test_the_lock_of_a_dead_dai_up_whose_reaper_still_stops_things_is_waited_for
     # The fork (the reaper) keeps its copy of the lock for two seconds after its parent died.
     code = ("import os, time; from democratic_ai.ops.datadir import DataDirLock;"
             f" DataDirLock({str(tmp_path)!r}).acquire(); pid = os.fork();"
-            " (os.close(1), os.close(2), time.sleep(2), os._exit(0)) if pid == 0 else (print(os.getpid(), pid, flush=True), os._exit(0))")
+            " (os.close(1), os.close(2), time.sleep(2), os._exit(0)) if pid == 0"
+            " else (print(os.getpid(), pid, flush=True), os._exit(0))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     dead, reaper = (int(word) for word in result.stdout.split())
     waited: list[int | None] = []

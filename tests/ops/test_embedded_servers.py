@@ -121,7 +121,7 @@ def test_postgres_select_and_fresh_database(tmp_path: Path) -> None:
         db_url = server.ensure_database("test_fresh")
         assert server.ensure_database("test_fresh") == db_url  # second call: no error, same DSN
         assert asyncio.run(check(server.url, db_url)) == (1, "test_fresh")
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="must match"):
             server.ensure_database("Robert'); DROP TABLE students;--")
     assert _processes_using(tmp_path / "pg") == []
 

@@ -127,5 +127,5 @@ def test_a_restart_that_fails_is_tried_again_later() -> None:
     assert "could not restart flaky (no such binary); trying again in 1 s" in said[-1]
     clock.now += 1
     supervisor.poll()
-    assert said[-1].endswith("flaky restarted (pid %d)" % supervisor.processes[0].pid)
+    assert said[-1].endswith(f"flaky restarted (pid {supervisor.processes[0].pid})")
     supervisor.stop()

@@ -1,4 +1,5 @@
-"""Shadow rebuilds swap atomically, verification compares checksums, as-of builds the past apart, status measures lag."""
+"""Shadow rebuilds swap atomically, verification compares checksums, as-of builds the past apart,
+status measures lag."""
 
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ async def test_readers_see_the_old_complete_model_until_the_swap(nc: NATS, pool:
             while not done.is_set():
                 # One statement, one snapshot: both counts come from the same state of the model.
                 seen.append(tuple(await conn.fetchrow(
-                    "SELECT (SELECT count(*) FROM registry_modules), (SELECT count(*) FROM registry_capabilities)"
+                    "SELECT (SELECT count(*) FROM registry_modules),"
+                    " (SELECT count(*) FROM registry_capabilities)"
                 )))
                 await asyncio.sleep(0)  # yields to the rebuild between reads (not a wait)
 

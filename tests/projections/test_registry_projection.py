@@ -118,7 +118,7 @@ async def test_kill_9_of_the_worker_mid_batch_loses_and_repeats_nothing(
     ids, last = await _publish_manifests(nc, 20_000)
     env = {**os.environ, **nats_server.environment("projections"), "DATABASE_URL": database_url, "DAI_LOG_LEVEL": "WARNING"}
     await kill_9_mid_batch(pool, "registry", env, last)
-    modules, capabilities = await _rows(pool)
+    modules, _capabilities = await _rows(pool)
     present = {row["module_id"] for row in modules}
     assert set(ids) <= present
     assert len(present) == len(modules)

@@ -54,8 +54,8 @@ async def _snapshot(pool: asyncpg.Pool, tenant: str) -> dict[str, list[tuple]]:
             for table in AGGREGATES
         }
         snapshot["raw"] = [tuple(r) for r in await conn.fetch(
-            "SELECT call_id, metric, at, value, outcome, capability, module_id FROM usage_events WHERE tenant_id = $1"
-            " ORDER BY 1, 2", tenant)]
+            "SELECT call_id, metric, at, value, outcome, capability, module_id FROM usage_events"
+            " WHERE tenant_id = $1 ORDER BY 1, 2", tenant)]
     return snapshot
 
 

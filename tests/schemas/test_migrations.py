@@ -13,7 +13,6 @@ from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.schemas import RENAMED, migrate, migrations
 
 
-
 def test_no_two_migration_files_share_a_number() -> None:
     names = [e.name for e in resources.files("democratic_ai.schemas").joinpath("sql").iterdir() if e.name.endswith(".sql")]
     numbers = Counter()
@@ -62,7 +61,8 @@ async def _schema(conn: asyncpg.Connection) -> dict[str, list]:
         "functions": "SELECT proname, pg_get_functiondef(oid) FROM pg_proc"
                      " WHERE pronamespace = 'public'::regnamespace ORDER BY 1",
         "triggers": "SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2",
-        "policies": "SELECT tablename, policyname, qual, with_check FROM pg_policies WHERE schemaname = 'public' ORDER BY 1, 2",
+        "policies": "SELECT tablename, policyname, qual, with_check FROM pg_policies WHERE schemaname = 'public'"
+        " ORDER BY 1, 2",
         "grants": "SELECT table_name, grantee, privilege_type FROM information_schema.role_table_grants"
                   " WHERE table_schema = 'public' ORDER BY 1, 2, 3",
         "versions": "SELECT version FROM schema_migrations ORDER BY 1",

@@ -109,7 +109,7 @@ class Run:
             self._new.clear()
             try:
                 await asyncio.wait_for(self._new.wait(), min(left, 0.5))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def count(self, text: str) -> int:
@@ -121,7 +121,7 @@ class Run:
         started = time.monotonic()
         try:
             code = await asyncio.wait_for(self.process.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"still running after {timeout} s:\n" + "\n".join(self.lines)) from None
         await asyncio.wait_for(self._reader, 5)
         return code, time.monotonic() - started
@@ -178,7 +178,7 @@ async def test_a_module_runs_from_its_folder_from_a_path_and_by_module_path(
             await run.line(rf"module {module_id} of tenant system serving test\.nap, text\.shout on NATS")
             answer = await client.call("text.shout", {"text": "hi"}, target_module_id=module_id)
             assert answer == {"text": "HI!"}, spec
-            code, took = await run.stop()
+            code, _took = await run.stop()
             assert (code, run.count("Traceback")) == (0, 0), (spec, run.lines)
     finally:
         await nc.close()
@@ -240,8 +240,8 @@ async def test_unreachable_nats_is_one_line_and_exit_code_1(tmp_path: Path, runs
     code, _ = await run.exited(timeout=20)
     assert code == 1
     assert run.process.stdout is not None and await run.process.stdout.read() == b""
-    assert run.lines == [f"dai: cannot connect to NATS at {url}: connection refused (nothing listens there). Is the"
-                         " platform running (dai up)? Check NATS_URL, or pass --wait to keep trying."]
+    assert run.lines == [(f"dai: cannot connect to NATS at {url}: connection refused (nothing listens there). Is the"
+                          " platform running (dai up)? Check NATS_URL, or pass --wait to keep trying.")]
 
 
 async def test_wait_keeps_trying_with_backoff_then_serves(

@@ -25,9 +25,9 @@ from democratic_ai.contracts import ensure_streams
 from democratic_ai.hub import Hub
 from democratic_ai.ops import nats_server as nats_server_module
 from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.sdk import Client, Event, Module, ModuleConfig, capability, event_handler
 from democratic_ai.services import busauth
 from democratic_ai.services.busauth import inbox_prefix
-from democratic_ai.sdk import Client, Event, Module, ModuleConfig, capability, event_handler
 
 from support.modules import registered
 from support.waiting import eventually
@@ -136,7 +136,7 @@ async def test_a_module_serves_calls_streams_nested_calls_events_and_micro_withi
                                                                                      "streamed": "globex"}
         # Twenty chunks through a window of eight: the caller's credit reaches mcp.ctl.<module>.<instance>.
         assert [chunk.data["i"] async for chunk in globex.stream("perm.count")] == list(range(20))
-        async for chunk in globex.stream("perm.count", {"n": 1000}):
+        async for _chunk in globex.stream("perm.count", {"n": 1000}):
             break  # leaving the loop sends CANCEL to the control subject
         for tenant in (TENANT, "globex", TENANT):
             await Client(platform, tenant=tenant).publish_event("orders.created", {})

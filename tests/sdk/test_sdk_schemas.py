@@ -48,7 +48,7 @@ def test_unusable_schemas_are_refused_early() -> None:
         to_schema({"type": "no-such-type"})
     with pytest.raises(SchemaError):
         to_schema(42)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not a valid name"):
         capability("Not A Name")
 
 

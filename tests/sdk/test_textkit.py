@@ -98,9 +98,9 @@ def test_empty_text() -> None:
 
 
 def test_invalid_arguments_raise() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_length must be at least 1"):
         summarize(ARTICLE, max_length=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="top_k must not be negative"):
         analyze(ARTICLE, top_k=-1)
 
 

@@ -230,7 +230,8 @@ async def test_every_billing_read_model_rebuilds_identically(
         await service.close_period(t, month)
     await service.cancel(Meta(at=datetime(2025, 3, 3, tzinfo=UTC)), t)
     billing_log = BillingLog(nc.jetstream())
-    common = dict(tenant_id=t, invoice_id=f"{t}-2025-01", stripe_invoice_id="in_1", amount=15_028, currency="JPY")
+    common = {"tenant_id": t, "invoice_id": f"{t}-2025-01", "stripe_invoice_id": "in_1", "amount": 15_028,
+              "currency": "JPY"}
     await billing_log.append(stripe_event_subject(t, "a" * 32), PaymentFailed(
         meta=Meta(at=datetime(2025, 2, 3, tzinfo=UTC)), stripe_event_id="evt_a", reason="card declined", **common),
         expected=0)

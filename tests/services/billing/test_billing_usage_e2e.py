@@ -25,8 +25,8 @@ from democratic_ai.ops.ports import free_port
 from democratic_ai.projections import PROJECTIONS, rebuild
 from democratic_ai.schemas import app_dsn
 from democratic_ai.services.billing import BillingConfig, BillingService, PostgresUsageTotals, build_invoice
-from democratic_ai.services.plans import load_plans
 from democratic_ai.services.gateway import GatewayConfig, create_app
+from democratic_ai.services.plans import load_plans
 
 from support.billing import new_billing_tenant
 from support.client import http

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 
-from democratic_ai.services.gateway.state import KEY_RING, USERS
 from democratic_ai.contracts.envelope import Meta
+from democratic_ai.services.gateway.state import KEY_RING, USERS
 
 from support.client import http, raw_request
 from support.gateway import Gateway
@@ -214,9 +214,11 @@ async def _raw_exchange(gateway: Gateway, data: bytes) -> bytes:
         b"BREW /v1/capabilities HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"Connection: close\r\n\r\n",
-        b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        (b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+         b"zz\r\nabc\r\n0\r\n\r\n"),
         b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\nConnection: close\r\n\r\n",
-        b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\nConnection: close\r\n\r\nabcdef",
+        (b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n"
+         b"Connection: close\r\n\r\nabcdef"),
         b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
         b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\nConnection: close\r\n\r\n",
         b"GET /v1/capabilities HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n",

@@ -19,8 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.envelope import Meta
@@ -150,6 +149,8 @@ SCOPES = valid_or(st.just(["module:use"]),
                   st.lists(st.one_of(st.sampled_from(["module:use", "module:read", "*", "billing:read"]), TEXT),
                            max_size=3))
 RATE_LIMIT = valid_or(st.integers(1, 1000), st.one_of(st.none(), INTS))
+TOOLSET = valid_or(st.just(["test.echo", "text.*"]),
+                   st.lists(st.one_of(st.sampled_from(["*", "text.*.x", "a.b", "A.B"]), TEXT), max_size=3))
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def _commands(tenant: str, user_id: str) -> list[Command]:
     t = f"/v1/tenants/{tenant}"
 
     def body(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
-        return st.fixed_dictionaries({}, optional={k: v for k, v in fields.items()})
+        return st.fixed_dictionaries({}, optional=dict(fields))
 
     return [
         Command("create tenant", st.builds(lambda b: Request("POST", "/v1/tenants", b), st.fixed_dictionaries(
@@ -192,7 +193,13 @@ def _commands(tenant: str, user_id: str) -> list[Command]:
         Command("deactivate a user", st.builds(lambda u: Request("POST", f"{t}/users/{u}/deactivate"),
                                                valid_or(st.just("{new_user}"), TOKEN)), "identity", "IDENTITY"),
         Command("issue API key", st.builds(lambda b: Request("POST", f"{t}/api-keys", b), body(
-            name=NAME, scopes=SCOPES, expires_at=WHEN, rate_limit=RATE_LIMIT)), "identity", "IDENTITY"),
+            name=NAME, scopes=SCOPES, expires_at=WHEN, rate_limit=RATE_LIMIT, capabilities=TOOLSET,
+            toolset=st.one_of(st.just("tools"), TEXT))), "identity", "IDENTITY"),
+        Command("define a toolset", st.builds(lambda n, b: Request("PUT", f"{t}/toolsets/{n}", b),
+                                              valid_or(st.just("tools"), TOKEN),
+                                              st.fixed_dictionaries({"capabilities": TOOLSET})), "identity", "IDENTITY"),
+        Command("delete a toolset", st.builds(lambda n: Request("DELETE", f"{t}/toolsets/{n}"),
+                                              valid_or(st.just("tools"), TOKEN)), "identity", "IDENTITY"),
         Command("revoke API key", st.builds(lambda k: Request("DELETE", f"{t}/api-keys/{k}"),
                                             st.one_of(st.just("{new_key}"), TOKEN)), "identity", "IDENTITY"),
         Command("log in", st.builds(lambda b: Request("POST", "/v1/auth/login", b), st.fixed_dictionaries(

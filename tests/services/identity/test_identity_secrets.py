@@ -288,5 +288,5 @@ def test_commands_without_a_kek_exit_with_one_clear_line(argv: list[str], monkey
     monkeypatch.setenv("DAI_BUS_CREDENTIAL", "dai-role.gateway.never-used")
     monkeypatch.delenv("DAI_KEK", raising=False)
     monkeypatch.delenv("DAI_KEK_FILE", raising=False)
-    with pytest.raises(SystemExit, match="^dai: No key-encryption key is configured: set DAI_KEK_FILE"):
+    with pytest.raises(SystemExit, match=r"^dai: No key-encryption key is configured: set DAI_KEK_FILE"):
         main(argv)

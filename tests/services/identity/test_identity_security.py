@@ -232,7 +232,7 @@ async def test_tenant_isolation(gateway: Gateway, pool: asyncpg.Pool) -> None:
 
 
 async def test_row_level_security_confines_the_app_role(pool: asyncpg.Pool, database_url: str, gateway: Gateway) -> None:
-    a, b = await World.create(gateway), await World.create(gateway)
+    a, _other = await World.create(gateway), await World.create(gateway)  # another tenant's rows exist
     app = await asyncpg.connect(app_dsn(database_url))
     try:
         await check_app_role(app)

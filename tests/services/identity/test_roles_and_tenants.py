@@ -126,7 +126,7 @@ async def test_renaming_a_tenant(gateway: Gateway, nc: NATS, pool: asyncpg.Pool)
     status, body = await http("GET", f"{gateway.url}/v1/tenants/{tenant}", credential=tokens["access_token"])
     assert body["name"] == "Acme Ltd."
     # The same name again appends nothing; a blank one, NUL, or an unknown field is a 422.
-    for bad, path in (({"name": " "}, "name"), ({"name": "a\u0000b"}, "$.name"), ({"nom": "x"}, "$")):
+    for bad in ({"name": " "}, {"name": "a\u0000b"}, {"nom": "x"}):
         status, body = await http("PATCH", f"{gateway.url}/v1/tenants/{tenant}", json=bad, credential=gateway.api_key)
         assert status == 422, (bad, body)
     status, _ = await http("PATCH", f"{gateway.url}/v1/tenants/{tenant}", json={"name": "Acme Ltd."},

@@ -37,7 +37,7 @@ async def test_one_gateway_admits_exactly_the_limit_of_five_times_as_many_concur
     statuses = Counter(status for _, status, _, _ in results)
     assert statuses == {200: LIMIT, 429: 4 * LIMIT}
 
-    _, status, headers, body = next(r for r in results if r[1] == 429)
+    _, _, headers, body = next(r for r in results if r[1] == 429)
     assert body["error"]["code"] == "RATE_LIMITED" and body["error"]["details"]["policy"] == "key-calls"
     retry = int(headers["Retry-After"])
     assert 1 <= retry <= 61

@@ -32,7 +32,7 @@ async def test_calls_are_metered_by_outcome_with_the_modules_measurements(
 ) -> None:
     ok = [await invoke(gateway, {"text": "x" * n}) for n in (1, 10, 100)]
     assert [status for status, _ in ok] == [200, 200, 200]
-    status, failed = await invoke(gateway, {"text": "boom", "fail": True})
+    status, _ = await invoke(gateway, {"text": "boom", "fail": True})
     assert status == 502
     status, _ = await invoke(gateway, {"text": "nobody"}, capability="test.nobody-serves-this")
     assert status == 404

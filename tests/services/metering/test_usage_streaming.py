@@ -146,7 +146,8 @@ async def test_websocket_calls_are_rate_limited_and_metered(
             assert set(metrics) == {"api_calls"}  # a refusal used nothing but itself
     async with pool.acquire() as conn:
         assert await conn.fetchval(
-            "SELECT sum(value) FROM usage_daily WHERE tenant_id = $1 AND metric = 'api_calls' AND outcome = 'success'",
+            "SELECT sum(value) FROM usage_daily"
+            " WHERE tenant_id = $1 AND metric = 'api_calls' AND outcome = 'success'",
             gateway.tenant,
         ) == 2
 

@@ -55,5 +55,5 @@ def test_an_unreadable_file_names_itself(tmp_path: Path) -> None:
     with pytest.raises(InvalidPlans, match=f"cannot read the plans file {tmp_path}/missing.json"):
         load_plans(env={PLANS_ENV: str(tmp_path / "missing.json")})
     (tmp_path / "pricing.json").write_text("{not json")
-    with pytest.raises(InvalidPricing, match="the pricing file .* is not JSON"):
+    with pytest.raises(InvalidPricing, match=r"the pricing file .* is not JSON"):
         load_plans(env={PRICING_ENV: str(tmp_path / "pricing.json")})
