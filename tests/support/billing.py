@@ -38,30 +38,43 @@ class TableUsageTotals:
 
     async def create(self) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute("CREATE TABLE IF NOT EXISTS test_usage (tenant_id text NOT NULL, metric text NOT NULL,"
-                               " at timestamptz NOT NULL, value bigint NOT NULL)")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS test_usage (tenant_id text NOT NULL, metric text NOT NULL,"
+                " at timestamptz NOT NULL, value bigint NOT NULL)"
+            )
 
     async def add(self, tenant_id: str, rows: Iterable[tuple[str, datetime, int]]) -> None:
         async with self.pool.acquire() as conn:
-            await conn.executemany("INSERT INTO test_usage (tenant_id, metric, at, value) VALUES ($1, $2, $3, $4)",
-                                   [(tenant_id, metric, at, value) for metric, at, value in rows])
+            await conn.executemany(
+                "INSERT INTO test_usage (tenant_id, metric, at, value) VALUES ($1, $2, $3, $4)",
+                [(tenant_id, metric, at, value) for metric, at, value in rows],
+            )
 
     async def totals(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, int]:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT metric, sum(value)::bigint AS total FROM test_usage WHERE tenant_id = $1 AND at < $3"
-                " AND (at >= $2 OR metric = 'storage_bytes') GROUP BY metric", tenant_id, start, end)
+                " AND (at >= $2 OR metric = 'storage_bytes') GROUP BY metric",
+                tenant_id,
+                start,
+                end,
+            )
         return {r["metric"]: int(r["total"]) for r in rows}
 
 
 @asynccontextmanager
 async def billing_gateway(
-    bus: BusOptions, database_url: str, api_key: str, tenant: str, usage: TableUsageTotals,
+    bus: BusOptions,
+    database_url: str,
+    api_key: str,
+    tenant: str,
+    usage: TableUsageTotals,
     billing: BillingConfig | None = None,
 ) -> AsyncIterator[Gateway]:
     port = free_port()
-    config = GatewayConfig(bus=bus, database_url=app_dsn(database_url), port=port,
-                           billing=billing or BillingConfig(close_grace_seconds=0))
+    config = GatewayConfig(
+        bus=bus, database_url=app_dsn(database_url), port=port, billing=billing or BillingConfig(close_grace_seconds=0)
+    )
     runner = web.AppRunner(create_app(config, usage=usage))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -85,10 +98,14 @@ class Tenant:
 
 async def new_billing_tenant(gateway: Gateway, name: str = "Acme") -> Tenant:
     tenant_id = unique("acme")
-    status, body = await http("POST", f"{gateway.url}/v1/tenants", json={"tenant_id": tenant_id, "name": name},
-                              credential=gateway.api_key)
+    status, body = await http(
+        "POST", f"{gateway.url}/v1/tenants", json={"tenant_id": tenant_id, "name": name}, credential=gateway.api_key
+    )
     assert status == 201, (status, body)
     admin = await new_user(gateway, tenant_id, "tenant_admin")
     viewer = await new_user(gateway, tenant_id, "viewer")
-    return Tenant(tenant_id, (await login(gateway, tenant_id, admin))["access_token"],
-                  (await login(gateway, tenant_id, viewer))["access_token"])
+    return Tenant(
+        tenant_id,
+        (await login(gateway, tenant_id, admin))["access_token"],
+        (await login(gateway, tenant_id, viewer))["access_token"],
+    )

@@ -25,20 +25,27 @@ class Violations:
 
     async def wait_for(self, fragment: str, timeout: float = 3.0) -> str:
         """The first error that mentions ``fragment``, once the server has sent it."""
+
         def mentioned() -> str | None:
             # nats-py lowercases the server's message
             return next((error for error in self.errors if fragment.lower() in error.lower()), None)
 
         return await eventually(
-            mentioned, lambda: f"a permissions violation mentioning {fragment!r}; got {self.errors}",
-            timeout=timeout, interval=0.02,
+            mentioned,
+            lambda: f"a permissions violation mentioning {fragment!r}; got {self.errors}",
+            timeout=timeout,
+            interval=0.02,
         )
 
 
 async def register(gateway: Gateway, module_id: str, capabilities: list[str]) -> str:
     """Register ``module_id`` through the gateway; returns its bus credential."""
-    status, body = await http("POST", f"{gateway.url}/v1/modules", headers=gateway.headers,
-                              json={"module_id": module_id, "name": module_id, "capabilities": capabilities})
+    status, body = await http(
+        "POST",
+        f"{gateway.url}/v1/modules",
+        headers=gateway.headers,
+        json={"module_id": module_id, "name": module_id, "capabilities": capabilities},
+    )
     assert status == 201, (status, body)
     return body["credential"]
 
@@ -48,5 +55,11 @@ async def module_connection(
 ) -> NATS:
     """A connection as module ``module_id`` with its ``credential``; ``violations`` keeps the server's errors."""
     options = BusOptions(url=nats_server.url, credential=credential)
-    return await connect(options, f"test-{module_id}", error_cb=violations.record if violations else None,
-                         inbox_prefix=inbox_prefix(module_id).encode(), connect_timeout=3, **kwargs)
+    return await connect(
+        options,
+        f"test-{module_id}",
+        error_cb=violations.record if violations else None,
+        inbox_prefix=inbox_prefix(module_id).encode(),
+        connect_timeout=3,
+        **kwargs,
+    )

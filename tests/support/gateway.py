@@ -53,19 +53,31 @@ async def issue_key(nc: NATS, tenant: str, role: str = "super_admin", rate_limit
     js = nc.jetstream()
     meta = Meta(at=datetime.now(UTC))
     tenant_created = TenantCreated(tenant_id=tenant, meta=meta, name=tenant)
-    await js.publish(f"iam.{tenant}.tenant.{tenant}", encode_event(tenant_created),
-                     headers={"Nats-Msg-Id": f"tenant-{tenant}"})
+    await js.publish(
+        f"iam.{tenant}.tenant.{tenant}", encode_event(tenant_created), headers={"Nats-Msg-Id": f"tenant-{tenant}"}
+    )
     secret = new_api_key_secret()
     key_id = secret.split("_", 2)[1]
-    await js.publish(f"iam.{tenant}.api_key.{key_id}", encode_event(ApiKeyIssued(
-        tenant_id=tenant, meta=meta, key_id=key_id, prefix=secret[:16], sha256=sha256_hex(secret), role=role,
-        rate_limit=rate_limit,
-    )))
+    await js.publish(
+        f"iam.{tenant}.api_key.{key_id}",
+        encode_event(
+            ApiKeyIssued(
+                tenant_id=tenant,
+                meta=meta,
+                key_id=key_id,
+                prefix=secret[:16],
+                sha256=sha256_hex(secret),
+                role=role,
+                rate_limit=rate_limit,
+            )
+        ),
+    )
     return secret
 
 
 async def gateway_ready(url: str, key: str, timeout: float = 30.0) -> None:
     """Wait until the gateway at ``url`` answers and knows ``key`` (reading limits costs no quota)."""
+
     async def knows_key() -> bool:
         status, _ = await http("GET", f"{url}/v1/usage/limits", headers={"X-API-Key": key})
         return status == 200
@@ -78,8 +90,11 @@ async def flood(urls: list[str], key: str, total: int) -> list[tuple[str, int, d
     returns the URL, status, headers and body of each."""
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def one(url: str) -> tuple[str, int, dict[str, str], dict]:
-            async with session.post(f"{url}/v1/capabilities/test.echo/invoke", json={"text": "hi"},
-                                    headers={"X-API-Key": key}) as response:
+            async with session.post(
+                f"{url}/v1/capabilities/test.echo/invoke", json={"text": "hi"}, headers={"X-API-Key": key}
+            ) as response:
                 return url, response.status, dict(response.headers), await response.json()
+
         return await asyncio.gather(*(one(urls[i * len(urls) // total]) for i in range(total)))

@@ -17,8 +17,10 @@ class Echo(Module):
 
     @capability(
         "test.echo",
-        input_schema={"type": "object", "properties": {"text": {"type": "string"}, "fail": {"type": "boolean"},
-                                                       "sleep_ms": {"type": "integer"}}},
+        input_schema={
+            "type": "object",
+            "properties": {"text": {"type": "string"}, "fail": {"type": "boolean"}, "sleep_ms": {"type": "integer"}},
+        },
         output_schema={"type": "object"},
     )
     async def echo(self, text: str = "", fail: bool = False, sleep_ms: int = 0) -> dict:
@@ -32,5 +34,9 @@ class Echo(Module):
 async def registered(hub: Hub, module: Module, timeout: float = 5.0) -> None:
     """Wait until the hub has recorded ``module``'s manifest in the REGISTRY stream."""
     digest = module.manifest.digest()
-    await eventually(lambda: hub.registry.digests.get(module.module_id) == digest,
-                     f"{module.module_id} to be registered", timeout=timeout, interval=0.02)
+    await eventually(
+        lambda: hub.registry.digests.get(module.module_id) == digest,
+        f"{module.module_id} to be registered",
+        timeout=timeout,
+        interval=0.02,
+    )

@@ -23,6 +23,7 @@ async def checkpoint(pool: asyncpg.Pool, name: str) -> int:
 
 async def reached(pool: asyncpg.Pool, name: str, target: int, timeout: float = 30.0) -> None:
     """Wait until projection ``name`` has applied the stream up to sequence ``target``."""
+
     async def applied() -> bool:
         return await checkpoint(pool, name) >= target
 
@@ -42,8 +43,9 @@ async def kill_9_mid_batch(pool: asyncpg.Pool, name: str, env: dict[str, str], l
     worker = subprocess.Popen(command, env=env)
     try:
         # Polled this often so that the kill lands mid-way, not after the last batch.
-        applied = await eventually(lambda: checkpoint(pool, name), f"projection {name} to apply a first batch",
-                                   timeout=30, interval=0.005)
+        applied = await eventually(
+            lambda: checkpoint(pool, name), f"projection {name} to apply a first batch", timeout=30, interval=0.005
+        )
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         assert 0 < applied < last, "the worker finished before it could be killed mid-way"

@@ -21,9 +21,10 @@ def invoke_url(gateway: Gateway, capability: str) -> str:
 async def sse(gateway: Gateway, capability: str, body: bytes) -> tuple[int, list[tuple[str, Any]]]:
     """Invoke ``capability`` asking for SSE; returns the status and the events (name, decoded data),
     or one ``("json", body)`` when the gateway answered in JSON instead."""
-    async with aiohttp.ClientSession() as session, session.post(
-        invoke_url(gateway, capability), data=body, headers={**gateway.headers, **SSE}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(invoke_url(gateway, capability), data=body, headers={**gateway.headers, **SSE}) as response,
+    ):
         if response.headers["Content-Type"].startswith("application/json"):
             return response.status, [("json", await response.json())]
         assert response.headers["Content-Type"] == "text/event-stream", response.headers["Content-Type"]

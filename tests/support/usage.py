@@ -15,7 +15,8 @@ from support.projections import caught_up
 async def usage_events(nc: NATS, tenant: str) -> list[CallMetered]:
     """Every usage event of ``tenant`` in the USAGE stream."""
     subscription = await nc.jetstream().pull_subscribe(
-        f"usage.{tenant}.*", stream="USAGE",
+        f"usage.{tenant}.*",
+        stream="USAGE",
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy="none"),
     )
     events = []

@@ -16,8 +16,12 @@ T = TypeVar("T")
 
 
 async def eventually(
-    condition: Callable[[], T | Awaitable[T]], what: str | Callable[[], str], *, timeout: float = 5.0,
-    interval: float = 0.01, ignoring: tuple[type[BaseException], ...] = (),
+    condition: Callable[[], T | Awaitable[T]],
+    what: str | Callable[[], str],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.01,
+    ignoring: tuple[type[BaseException], ...] = (),
 ) -> T:
     """Call ``condition`` (a function or a coroutine function) until it returns something true,
     and return that. After ``timeout`` seconds, fail naming ``what`` it waited for (a text, or a
@@ -40,8 +44,12 @@ async def eventually(
 
 
 def eventually_sync(
-    condition: Callable[[], T], what: str | Callable[[], str], *, timeout: float = 5.0,
-    interval: float = 0.05, ignoring: tuple[type[BaseException], ...] = (),
+    condition: Callable[[], T],
+    what: str | Callable[[], str],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.05,
+    ignoring: tuple[type[BaseException], ...] = (),
 ) -> T:
     """:func:`eventually` for tests that run without an event loop (processes, files)."""
     deadline = time.monotonic() + timeout

@@ -3,8 +3,6 @@ and lists only those; the limit is in the key's event, so it survives a restart 
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import asyncpg
 import pytest
@@ -12,8 +10,13 @@ from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.toolsets import MAX_TOOLSET_ENTRIES, check_toolset, outside_of, toolset_allows
 
-from conftest import Echo, Gateway, caught_up, http, issue_key, unique
-from streaming_modules import Streamer
+from support.client import http
+from support.gateway import Gateway, issue_key
+from support.modules import Echo
+from support.names import unique
+from support.projections import caught_up
+from support.streamer import Streamer
+from support.waiting import eventually
 
 # --- the rule ----------------------------------------------------------------------------------
 
@@ -189,7 +192,8 @@ async def test_named_toolsets_refuse_what_they_cannot_hold(gateway: Gateway, nc:
 
 async def eventually_authenticated(gateway: Gateway, key: str) -> None:
     """Until the gateway's identity index holds ``key`` (published straight to the log)."""
-    async with asyncio.timeout(10):
-        while (await http("GET", f"{gateway.url}/v1/capabilities", credential=key))[0] == 401:
-            await asyncio.sleep(0.05)
+    async def known() -> bool:
+        return (await http("GET", f"{gateway.url}/v1/capabilities", credential=key))[0] != 401
+
+    await eventually(known, "the gateway to know the key", timeout=10, interval=0.05)
 

@@ -22,6 +22,7 @@ from support.names import unique
 from support.projections import caught_up
 from support.waiting import eventually
 
+
 async def test_tenant_user_login_and_calls_with_token_and_key(gateway: Gateway) -> None:
     tenant = await new_tenant(gateway)
     admin = await new_user(gateway, tenant, "tenant_admin")
