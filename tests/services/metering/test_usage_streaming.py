@@ -10,15 +10,15 @@ import aiohttp
 import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.errors import NotFoundError
 
-from democratic_ai.contracts import ErrorCode, decode, error_reply, new_request, streaming, subjects
+from democratic_ai.contracts import ErrorCode, error_reply, new_request, streaming
 from democratic_ai.hub import Router
 from democratic_ai.services.metering import GATEWAY, RecoveryConfig, UsageRecovery, is_metered, usage_of
 
 from support.gateway import Gateway, gateway_ready, issue_key
 from support.modules import Echo
 from support.names import unique
+from support.records import last_answer
 from support.streamer import Streamer
 from support.streaming import SSE, frames_until_ends, invoke_url, sse
 from support.usage import by_call, settled, usage_events, usage_events_at_least
@@ -187,10 +187,10 @@ async def test_a_plain_call_whose_client_hung_up_is_metered_from_the_modules_rec
             await session.post(invoke_url(gateway, "test.echo"), json={"sleep_ms": 400}, headers=gateway.headers)
 
     async def answered() -> bool:  # the module finished the call and recorded its answer
-        record = await nc.jetstream().get_last_msg("MCP", subjects.record_response(gateway.tenant, "test.echo"))
-        return decode(record.data).source_module_id == echo.module_id
+        answer = await last_answer(nc, gateway.tenant, "test.echo")
+        return answer is not None and answer.source_module_id == echo.module_id
 
-    await eventually(answered, "the module's record of its answer", timeout=5, interval=0.05, ignoring=(NotFoundError,))
+    await eventually(answered, "the module's record of its answer", timeout=5, interval=0.05)
     await settled(gateway, nc, pool)
     # The gateway had stopped waiting: it metered the hang-up, which is all it saw.
     assert {(e.metric, e.outcome) for e in await usage_events(nc, gateway.tenant)} == {
