@@ -31,7 +31,8 @@ import time
 import uuid
 
 from .headers import MCP_CONTROL
-from .mcp_v2_pb2 import MCPMessage, MessageType, Progress
+from .mcp_v2_pb2 import MCPMessage, Progress
+from .messages import ACCEPTED, CANCEL, STREAM_ACK, STREAM_CHUNK, answering
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -46,23 +47,9 @@ DEFAULT_WINDOW = 8
 MAX_WINDOW = 256
 
 
-def _answer(request: MCPMessage, kind: MessageType, source_module_id: str) -> MCPMessage:
-    message = MCPMessage(
-        id=str(uuid.uuid4()),
-        type=kind,
-        source_module_id=source_module_id,
-        target_module_id=request.source_module_id,
-        action=request.action,
-        context=request.context,
-        correlation_id=request.correlation_id,
-    )
-    message.timestamp.FromNanoseconds(time.time_ns())
-    return message
-
-
 def accepted(request: MCPMessage, control: str, *, source_module_id: str) -> MCPMessage:
     """The module's answer to a streamed call it has taken: chunks follow on the inbox."""
-    message = _answer(request, MessageType.ACCEPTED, source_module_id)
+    message = answering(request, ACCEPTED, source_module_id)
     message.headers[MCP_CONTROL] = control
     return message
 
@@ -78,7 +65,7 @@ def chunk(
     final: bool = False,
 ) -> MCPMessage:
     """One STREAM_CHUNK of the answer to ``request``; ``payload`` is JSON, or empty for progress only."""
-    message = _answer(request, MessageType.STREAM_CHUNK, source_module_id)
+    message = answering(request, STREAM_CHUNK, source_module_id)
     message.sequence = sequence
     message.final = final
     if payload:
@@ -93,7 +80,7 @@ def cancel(request: MCPMessage, *, source_module_id: str) -> MCPMessage:
     """The caller's CANCEL of ``request``: sent to the module's control subject and recorded."""
     message = MCPMessage(
         id=str(uuid.uuid4()),
-        type=MessageType.CANCEL,
+        type=CANCEL,
         source_module_id=source_module_id,
         action=request.action,
         context=request.context,
@@ -106,6 +93,6 @@ def cancel(request: MCPMessage, *, source_module_id: str) -> MCPMessage:
 def stream_ack(request: MCPMessage, consumed: int) -> MCPMessage:
     """Credit for the module: the caller has taken every chunk before sequence ``consumed``."""
     return MCPMessage(
-        type=MessageType.STREAM_ACK, correlation_id=request.correlation_id, sequence=consumed,
+        type=STREAM_ACK, correlation_id=request.correlation_id, sequence=consumed,
         context=request.context,
     )

@@ -82,6 +82,7 @@ __all__ = [
     "is_control",
     "leave",
     "meter_subject",
+    "module_inbox",
     "of_tenant",
     "quota_subject",
     "record_request",
@@ -194,6 +195,11 @@ def event_scope(owner_tenant: str) -> str:
 def control(module: str, instance_id: str) -> str:
     """Where a module instance takes CANCEL and STREAM_ACK messages for its streamed calls."""
     return f"mcp.ctl.{module}.{instance_id}"
+
+
+def module_inbox(module: str) -> str:
+    """The inbox prefix of a module's connection: the only inbox the bus lets it subscribe to."""
+    return f"_INBOX.module.{module}"
 
 
 def is_control(subject: str) -> bool:

@@ -8,7 +8,7 @@ USAGE, subject ``usage.<tenant>.<metric>`` (:mod:`.subjects` spells them), one e
 Each event is published with a deterministic ``Nats-Msg-Id`` (:func:`message_id`: the call
 or operation id and the metric), so a retried or re-derived publish is dropped by JetStream's
 duplicate window, and read models key their rows on the same pair. Every event of a call carries
-the call's one :class:`Outcome` (decided by ``services/metering/derive.py``); what is billable
+the call's one :class:`Outcome` (decided by ``contracts/call_usage.py``); what is billable
 is :data:`BILLABLE`: every metric of a ``success``, and the ``compute_ms`` of a call its caller
 ``cancelled``.
 
@@ -31,7 +31,7 @@ replica (``services/metering/meters.py``).
 Every event carries a version ``v``; decoders ignore unknown fields, so older readers survive
 newer writers. USAGE fields carry the limits of the usage read models (:mod:`.fields`; NUL is
 left to PostgreSQL, see ``BoundedId``): an event outside them is quarantined by the projection,
-and metering caps what a module reports (``services/metering/derive.py``).
+and metering caps what a module reports (``contracts/call_usage.py``).
 """
 
 from __future__ import annotations

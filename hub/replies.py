@@ -6,25 +6,31 @@ within :data:`~democratic_ai.contracts.presence.ACCEPT_AFTER`, naming its instan
 the answer. :class:`Replies` does what ``request`` does (one wildcard subscription, a token per
 call, an unguessable inbox) and hands every message to the call it belongs to; a call waits
 for its next message, or until :meth:`Pending.interrupt` says the instance running it died.
+
+It runs once or twice per call, so it is kept cheap: a call's token is 64 random bits (more than
+``request``'s NUID and two random bytes, which a module that saw one inbox could narrow to tens of
+millions of guesses) cut from a pool the kernel fills 256 tokens at a time, instead of a system call
+per call; a wait is one timer on the loop, not an ``asyncio.timeout`` context.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import deque
-from secrets import token_hex
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
-from nats.nuid import NUID
 
 from democratic_ai.contracts.headers import NATS_STATUS
 
 __all__ = ["Interrupted", "Pending", "Replies"]
 
 _NO_RESPONDERS = "503"
+_TOKEN_HEX = 16  # hex digits of a call's token: 64 random bits
+_POOL_TOKENS = 256  # tokens drawn from the kernel at once
 
 
 class Interrupted(Exception):
@@ -66,11 +72,13 @@ class Pending:
         elif self._interrupted:
             raise Interrupted
         else:
-            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(max(timeout, 0.0), _expire, waiter)
             try:
-                async with asyncio.timeout(timeout):
-                    msg = await waiter
+                msg = await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
             if msg is None:
                 raise Interrupted
@@ -88,18 +96,39 @@ class Replies:
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._nuid = NUID()
         self._pending: dict[str, Pending] = {}
         self._prefix = ""
         self._opening: asyncio.Future[Subscription] | None = None
+        self._pool = ""  # random hex digits, a token's worth taken per call
+        self._drawn = 0  # digits of the pool used
 
     async def expect(self) -> Pending:
         """A new inbox, subscribed before it is returned: publish the call with it as reply subject."""
         if not self._prefix:
             await self._open()
-        token = self._nuid.next().decode() + token_hex(2)  # as nats-py's request: unguessable
+        return self.pending()
+
+    def pending(self) -> Pending:
+        """A new inbox, once the subscription is open (:attr:`ready`); :meth:`expect` opens it first."""
+        token = self._token()
+        while token in self._pending:  # 64 random bits: practically never, but a token is unique
+            token = self._token()
         pending = self._pending[token] = Pending(self, token, self._prefix + token)
         return pending
+
+    @property
+    def ready(self) -> bool:
+        """Whether the inbox subscription is open, so :meth:`pending` may be used without :meth:`expect`."""
+        return bool(self._prefix)
+
+    def _token(self) -> str:
+        """64 fresh random bits as hex: unguessable, so nobody can answer a call not sent to them."""
+        start = self._drawn
+        if start >= len(self._pool):
+            self._pool = os.urandom(_POOL_TOKENS * _TOKEN_HEX // 2).hex()
+            start = 0
+        self._drawn = start + _TOKEN_HEX
+        return self._pool[start:start + _TOKEN_HEX]
 
     async def _open(self) -> None:
         if self._opening is None:
@@ -119,3 +148,9 @@ class Replies:
         pending = self._pending.get(msg.subject[len(self._prefix):])
         if pending is not None:
             pending.deliver(msg)
+
+
+def _expire(waiter: asyncio.Future[Msg | None]) -> None:
+    """The timer of :meth:`Pending.next`: the wait is over unless a message came first."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

@@ -38,7 +38,6 @@ from democratic_ai.contracts import (
     DEFAULT_TTL_SECONDS,
     ErrorCode,
     MCPMessage,
-    MessageType,
     deadlines,
     decode,
     error_reply,
@@ -54,6 +53,7 @@ from democratic_ai.contracts.headers import (
     MCP_BYTES_IN,
     MCP_CONTROL,
 )
+from democratic_ai.contracts.messages import ACCEPTED
 
 from .presence import PresenceIndex, died
 from .replies import Interrupted, Pending, Replies
@@ -110,6 +110,8 @@ class Router:
         if tracing.tracing_enabled():
             with tracing.tracer.start_as_current_span(f"hub route {request.action}"):
                 return await self._call(request, on_end)
+        if on_end is None:  # the common case, one coroutine fewer
+            return await self._carry(request)
         return await self._call(request, on_end)
 
     async def _call(self, request: MCPMessage, on_end: OnEnd | None) -> MCPMessage:
@@ -124,36 +126,39 @@ class Router:
         return answer
 
     async def _carry(self, request: MCPMessage) -> MCPMessage:
-        tenant = request.context.tenant_id
-        action = request.action
         deadline = deadlines.made_here(request)
-        if _remaining(deadline) <= 0:
+        if deadline is not None and deadline <= time.monotonic():
             return await self._expired(request)
         if self._presence is not None:
             request.headers[MCP_ACCEPT_HELD] = "1"  # we watch the instance that says it holds the call
         data = request.SerializeToString()
+        tenant, action = request.context.tenant_id, request.action
         trace = tracing.inject({}) if tracing.tracing_enabled() else None
+        nc = self._nc
 
         # The record goes first on the same connection, so the log holds the request before
         # any module can answer it.
-        await self._nc.publish(subjects.record_request(tenant, action), data, headers=trace)
-        headers = _with_remaining(trace, deadline)
-        pending = await self._replies.expect()
+        await nc.publish(subjects.record_request(tenant, action), data, headers=trace)
+        replies = self._replies
+        pending = replies.pending() if replies.ready else await replies.expect()
         try:
-            await self._nc.publish(self._subject(request), data, reply=pending.inbox, headers=headers)
-            return await self._answer(request, pending, deadline)
+            target = request.target_module_id
+            subject = subjects.direct(target, tenant, action) if target else subjects.call(tenant, action)
+            await nc.publish(subject, data, reply=pending.inbox, headers=_with_remaining(trace, deadline))
+            answer = await self._next(request, pending, _remaining(deadline))
+            if answer.type != ACCEPTED:
+                return answer
+            return await self._held(request, pending, deadline, answer)
         finally:
             pending.close()
 
-    async def _answer(self, request: MCPMessage, pending: Pending, deadline: float | None) -> MCPMessage:
-        """The module's answer; when it says it holds the call (ACCEPTED), the one after, unless it dies."""
-        answer = await self._next(request, pending, _remaining(deadline))
-        if answer.type != MessageType.ACCEPTED:
-            return answer
+    async def _held(self, request: MCPMessage, pending: Pending, deadline: float | None,
+                    answer: MCPMessage) -> MCPMessage:
+        """The answer after the module's ACCEPTED (it holds the call), unless the instance dies."""
         named = subjects.instance_of_control(answer.headers.get(MCP_CONTROL, ""))
         unwatch = self._presence.watch(*named, pending.interrupt) if named and self._presence else _nothing
         try:
-            while answer.type == MessageType.ACCEPTED:
+            while answer.type == ACCEPTED:
                 answer = await self._next(request, pending, _remaining(deadline))
         except Interrupted:
             module_id, instance_id = named or ("", "")  # only a watched call is interrupted
@@ -199,15 +204,14 @@ class Router:
             cancel_wait=self._cancel_wait, presence=self._presence,
         )
         deadline = deadlines.made_here(request)
-        if _remaining(deadline) <= 0:
+        if deadline is not None and deadline <= time.monotonic():
             await stream.refuse(await self._expired(request))
             return stream
         await stream.listen()
         data = request.SerializeToString()
         trace = tracing.inject({}) if tracing.tracing_enabled() else None
         await self._nc.publish(subjects.record_request(request.context.tenant_id, request.action), data, headers=trace)
-        headers = {**_with_remaining(trace, deadline), DAI_STREAM: stream.inbox,
-                   DAI_WINDOW: str(window)}
+        headers = {**(_with_remaining(trace, deadline) or {}), DAI_STREAM: stream.inbox, DAI_WINDOW: str(window)}
         opening = asyncio.ensure_future(
             self._nc.request(self._subject(request), data, timeout=_remaining(deadline), headers=headers)
         )
@@ -311,8 +315,12 @@ def _remaining(deadline: float | None) -> float:
     return deadline - time.monotonic()
 
 
-def _with_remaining(headers: dict[str, str] | None, deadline: float | None) -> dict[str, str]:
-    """``headers`` plus the time left, set just before publishing (none without a deadline)."""
+def _with_remaining(headers: dict[str, str] | None, deadline: float | None) -> dict[str, str] | None:
+    """``headers`` with the time left added, set just before publishing (none without a deadline);
+    None when there is nothing to send, so the message goes without a header block."""
     if deadline is None:
-        return headers or {}
-    return {**(headers or {}), DAI_REMAINING_MS: deadlines.remaining_header(deadline)}
+        return headers
+    if headers is None:
+        return {DAI_REMAINING_MS: deadlines.remaining_header(deadline)}
+    headers[DAI_REMAINING_MS] = deadlines.remaining_header(deadline)
+    return headers

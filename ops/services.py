@@ -17,7 +17,7 @@ from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.streams import MCP_STREAM, REGISTRY_STREAM
 from democratic_ai.hub import Hub
-from democratic_ai.projections import PROJECTIONS, ProjectionRunner
+from democratic_ai.projections import PROJECTIONS, ProjectionRunner, RecoveryConfig, UsageRecovery
 from democratic_ai.schemas import DatabaseOutage, DatabaseUnreachable, create_pool, migrate, on_database
 from democratic_ai.sdk import Module
 from democratic_ai.services.billing import (
@@ -33,7 +33,6 @@ from democratic_ai.services.billing import (
 from democratic_ai.services.busauth import BusAuthorizer, Signer
 from democratic_ai.services.gateway import GatewayConfig, create_runner
 from democratic_ai.services.identity import IdentityIndex, KeyEncryptionKey, load_kek, rotate_signing_key
-from democratic_ai.services.metering import RecoveryConfig, UsageRecovery
 from democratic_ai.services.plans import load_plans
 
 __all__ = [

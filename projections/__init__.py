@@ -4,6 +4,8 @@
 into a shadow schema first (see :mod:`.rebuild`); ``LogReader`` reads any window of a stream;
 ``projection_status`` says how far behind each projection is and how many events it has
 quarantined; ``retry`` applies a projection's quarantined events again (see :mod:`.quarantine`).
+``UsageRecovery`` runs beside the usage projection: it re-derives, from the MCP log, usage that
+no gateway published (see :mod:`.recovery`), on the same checkpoints table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from .identity import IdentityProjection
 from .log import LogRange, LogReader, sequence_at
 from .quarantine import DeadLetter, RetryResult, retry
 from .rebuild import AsOfResult, TableComparison, rebuild, rebuild_as_of, verify
+from .recovery import RecoveryConfig, UsageRecovery
 from .registry import RegistryProjection
 from .runner import ProjectionRunner
 from .status import ProjectionStatus, projection_status
@@ -37,11 +40,13 @@ __all__ = [
     "ProjectionStatus",
     "ReadModelChanged",
     "RebuildInProgress",
+    "RecoveryConfig",
     "RegistryProjection",
     "RetryResult",
     "TableComparison",
     "UnfoldableEvent",
     "UsageProjection",
+    "UsageRecovery",
     "projection_status",
     "rebuild",
     "rebuild_as_of",

@@ -1,4 +1,5 @@
-"""Where each projection stands in its stream: one row per projection in ``projection_checkpoints``.
+"""Where each projection stands in its stream: one row per projection in ``projection_checkpoints``
+(and one for the usage recovery sweep, ``usage-recovery``: the last MCP sequence it handled).
 
 The row is also the projection's write lock: whoever changes the read model (the live runner,
 a rebuild's swap, a verification's comparison) first locks it with :func:`lock_checkpoint`, so
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncpg
 
-__all__ = ["advance_checkpoint", "lock_checkpoint", "read_checkpoints"]
+__all__ = ["advance_checkpoint", "lock_checkpoint", "read_checkpoint", "read_checkpoints"]
 
 
 async def lock_checkpoint(conn: asyncpg.Connection, name: str) -> int:
@@ -22,6 +23,11 @@ async def advance_checkpoint(conn: asyncpg.Connection, name: str, sequence: int)
     await conn.execute(
         "UPDATE projection_checkpoints SET last_sequence = $2, updated_at = now() WHERE name = $1", name, sequence
     )
+
+
+async def read_checkpoint(conn: asyncpg.Connection, name: str) -> int:
+    """One checkpoint, without locking (0 when it was never written)."""
+    return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", name) or 0
 
 
 async def read_checkpoints(conn: asyncpg.Connection) -> dict[str, int]:

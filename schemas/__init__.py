@@ -12,6 +12,7 @@ import asyncpg
 from .database import create_pool
 from .outage import DatabaseOutage, DatabaseUnreachable, is_unreachable, on_database
 from .roles import APP_ROLE, UnsafeRole, app_dsn, check_app_role, ensure_app_role
+from .tenancy import platform_transaction, tenant_transaction
 
 __all__ = [
     "APP_ROLE",
@@ -27,6 +28,8 @@ __all__ = [
     "migrate",
     "migrations",
     "on_database",
+    "platform_transaction",
+    "tenant_transaction",
 ]
 
 # Any fixed number works; it only has to be the same in every process that migrates.

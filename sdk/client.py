@@ -8,6 +8,7 @@ capability that does not stream). Leaving the loop early cancels the call at the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,13 +19,13 @@ from nats.aio.client import Client as NATS
 from democratic_ai.contracts import (
     DEFAULT_TTL_SECONDS,
     MCPMessage,
-    MessageType,
     error_details,
     new_event,
     new_request,
     subjects,
 )
 from democratic_ai.contracts.headers import HTTP_API_KEY
+from democratic_ai.contracts.messages import ERROR
 from democratic_ai.hub.router import Router
 
 from .errors import CallError
@@ -66,9 +67,10 @@ class Client:
     ) -> Any:
         """Call ``capability`` with ``payload`` (JSON-able) and return its result."""
         answer = await self._router.call(self._request(capability, payload, tenant, target_module_id, priority, ttl))
-        if answer.type == MessageType.ERROR:
+        if answer.type == ERROR:
             raise CallError(answer.error.code, answer.error.message, error_details(answer))
-        return _decode(answer.payload) if answer.payload else None
+        data = answer.payload
+        return _decode(data) if data else None
 
     async def stream(
         self,
@@ -88,7 +90,7 @@ class Client:
         call = await self._router.open_stream(request)
         try:
             async for message in call:
-                if message.type == MessageType.ERROR:
+                if message.type == ERROR:
                     raise CallError(message.error.code, message.error.message, error_details(message))
                 if message.final and not message.payload and not message.HasField("progress"):
                     return  # the closing chunk carries no data of its own
@@ -114,7 +116,7 @@ class Client:
     def _request(
         self, capability: str, payload: Any, tenant: str | None, target_module_id: str, priority: int, ttl: int
     ) -> MCPMessage:
-        subjects.validate_capability(capability)
+        _checked_capability(capability)
         if not 0 <= priority <= 9:
             raise ValueError("priority must be between 0 and 9.")
         if ttl < 0:
@@ -130,8 +132,16 @@ class Client:
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def _checked_capability(name: str) -> str:
+    """:func:`~democratic_ai.contracts.subjects.validate_capability`, remembered for valid names (an
+    invalid one raises, and is not remembered): a client calls the same few capabilities again and again."""
+    return subjects.validate_capability(name)
+
+
 def _chunk(message: MCPMessage) -> Chunk:
-    data = _decode(message.payload) if message.payload else None
+    payload = message.payload
+    data = _decode(payload) if payload else None
     if not message.HasField("progress"):
         return Chunk(data)
     progress = message.progress

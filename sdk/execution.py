@@ -28,23 +28,27 @@ _decode_json = msgspec.json.Decoder().decode
 class Invocation:
     """The call of ``definition`` that ``request`` asks for, served by module ``module_id``."""
 
-    __slots__ = ("definition", "module_id", "request")
+    __slots__ = ("_payload", "definition", "input_bytes", "module_id", "request")
 
     def __init__(self, module_id: str, definition: CapabilityDefinition, request: MCPMessage) -> None:
         self.module_id = module_id
         self.definition = definition
         self.request = request
+        # Read once: protobuf copies a bytes field on every read (about 37 µs per MiB).
+        self._payload = request.payload
+        self.input_bytes = len(self._payload)  # the size of the input, metered with the answer
 
     def start(self, handler: Callable[..., Any]) -> tuple[Any, MCPMessage | None]:
         """Check the input and call ``handler``: its coroutine or async generator, not yet run, or the ERROR."""
         definition = self.definition
         limit = definition.max_input_bytes
-        if limit is not None and len(self.request.payload) > limit:
+        data = self._payload
+        if limit is not None and self.input_bytes > limit:
             # Calls come over NATS too, not only through the gateway that checks the same limit.
             return None, self.error(ErrorCode.PAYLOAD_TOO_LARGE, f"the input may be at most {limit} bytes",
                                     where="input", max_bytes=limit)
         try:
-            payload = _decode_json(self.request.payload) if self.request.payload else {}
+            payload = _decode_json(data) if data else {}
         except msgspec.DecodeError as exc:
             return None, self.error(
                 ErrorCode.VALIDATION_FAILED, f"the payload is not valid JSON: {exc}", where="input", path="$"

@@ -33,6 +33,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, cast
 
@@ -47,7 +48,6 @@ from democratic_ai.contracts import (
     DEFAULT_TTL_SECONDS,
     ErrorCode,
     MCPMessage,
-    MessageType,
     deadlines,
     decode,
     presence,
@@ -56,6 +56,7 @@ from democratic_ai.contracts import (
     tracing,
 )
 from democratic_ai.contracts.headers import DAI_STREAM, DAI_WINDOW, MCP_ACCEPT_HELD, MCP_BYTES_IN, MCP_COMPUTE_MS
+from democratic_ai.contracts.messages import CANCEL, ERROR, STREAM_ACK
 from democratic_ai.contracts.registry_events import ModuleManifest
 
 from .capability import CapabilityDefinition, definitions_of
@@ -70,7 +71,7 @@ from .signatures import check_handler
 from .streaming import ChunkSender, elapsed_ms, last_data, stream_answers
 from .tenancy import ModuleClient, serving, serving_tenant
 
-__all__ = ["Module", "ModuleConfig"]
+__all__ = ["Module", "ModuleConfig", "Route"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,16 @@ class _Streamed:
     tenant_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One subscription a started module needs: its subject, queue group ("" for none) and its callback."""
+
+    subject: str
+    queue: str
+    deliver: Callable[[Msg], Awaitable[None]]
+    endpoint: Endpoint | None = None  # a capability route's micro endpoint, which counts its calls
+
+
 class Module:
     """Subclass it, set ``module_id``, and decorate ``async def`` methods with ``@capability``."""
 
@@ -135,6 +146,7 @@ class Module:
         self._streams: dict[str, _Streamed] = {}
         self._background: list[asyncio.Task[None]] = []  # the heartbeat first, then the announcement
         self._micro: MicroService | None = None
+        self._routes: list[Route] = []
         self._stopping = False
         self._cutting_short = False
 
@@ -193,13 +205,28 @@ class Module:
 
     async def start(self, nc: NATS) -> None:
         """Subscribe every capability and event topic, then announce and heartbeat in the background."""
+        self.attach(nc)
+        for route in self.routes():
+            self._subscriptions.append(await nc.subscribe(route.subject, queue=route.queue, cb=route.deliver))
+        await self.begin()
+
+    def attach(self, nc: NATS) -> None:
+        """Take ``nc`` for this module's work: its answers, records and calls go out on it.
+
+        :meth:`start` is :meth:`attach`, subscribing :meth:`routes`, then :meth:`begin`. A host that
+        makes the subscriptions its own way (a FastStream broker: :mod:`democratic_ai.sdk.faststream`)
+        calls the three itself.
+        """
         self._nc = nc
         self._stopping = False
         self._cutting_short = False
-        endpoints: list[Endpoint] = []
+
+    def routes(self) -> list[Route]:
+        """What the module must be subscribed to: each capability's two routes, its event topics, its control."""
+        routes: list[Route] = []
         for definition in sorted(self.capabilities.values(), key=lambda d: d.action):
             action = definition.action
-            routes = (
+            endpoints = (
                 Endpoint(
                     name=action.replace(".", "_"), subject=subjects.call("*", action),
                     queue_group=subjects.capability_queue(action),
@@ -211,20 +238,12 @@ class Module:
                     metadata={"capability": action, "route": "direct", "description": definition.description},
                 ),
             )
-            for endpoint in routes:
+            for endpoint in endpoints:
 
                 async def on_call(msg: Msg, definition: CapabilityDefinition = definition, endpoint: Endpoint = endpoint) -> None:
                     self._spawn(self._serve(definition, msg, endpoint, time.perf_counter_ns()))
 
-                self._subscriptions.append(
-                    await nc.subscribe(endpoint.subject, queue=endpoint.queue_group, cb=on_call)
-                )
-                endpoints.append(endpoint)
-        self._micro = MicroService(
-            name=self.module_id, instance_id=self.instance_id, version=self.version,
-            description=self.manifest.description, endpoints=endpoints,
-        )
-        await self._micro.start(nc)
+                routes.append(Route(endpoint.subject, endpoint.queue_group, on_call, endpoint))
         for handler in self.event_handlers:
 
             async def on_event(msg: Msg, handler: EventHandlerDefinition = handler) -> None:
@@ -236,8 +255,22 @@ class Module:
             # module: exactly what the bus lets its connection subscribe to.
             queue = subjects.event_queue(self.module_id, handler.method_name)
             subject = subjects.event(subjects.event_scope(self.tenant), handler.topic)
-            self._subscriptions.append(await nc.subscribe(subject, queue=queue, cb=on_event))
-        self._subscriptions.append(await nc.subscribe(self._control, cb=self._on_control))
+            routes.append(Route(subject, queue, on_event))
+        routes.append(Route(self._control, "", self._on_control))
+        self._routes = routes
+        return routes
+
+    async def begin(self) -> None:
+        """Once the :meth:`routes` are subscribed: answer as a micro service, announce, heartbeat."""
+        nc = self._nc
+        if nc is None:
+            raise RuntimeError("attach the module to a connection first.")
+        self._micro = MicroService(
+            name=self.module_id, instance_id=self.instance_id, version=self.version,
+            description=self.manifest.description,
+            endpoints=[route.endpoint for route in self._routes if route.endpoint is not None],
+        )
+        await self._micro.start(nc)
         # Twice: nats-py writes flush()'s PING straight to the socket, ahead of SUBs still in its
         # buffer, so one PONG does not prove the server has them and a call sent at once could
         # find "no responders". The second PING leaves after the SUBs the first wait flushed.
@@ -349,22 +382,24 @@ class Module:
             endpoint.record(time.perf_counter_ns() - received_ns, "dropped an unreadable call")
             return
         # When the call arrived, on the monotonic clock: its deadline counts from there.
-        arrived = time.monotonic() - (time.perf_counter_ns() - received_ns) / 1e9
-        deadline = deadlines.received(request, msg.headers, arrived)
-        if deadline is not None and time.monotonic() > deadline:
+        now = time.monotonic()
+        headers = msg.headers
+        deadline = deadlines.received(request, headers, now - (time.perf_counter_ns() - received_ns) / 1e9)
+        if deadline is not None and now > deadline:
             # The caller stopped waiting: running the work now would only waste it.
             log.info("dropped expired call %s of %s", request.correlation_id, request.action)
             endpoint.record(time.perf_counter_ns() - received_ns, "dropped a call whose ttl had expired")
             return
-        inbox = msg.headers.get(DAI_STREAM) if msg.headers else None
+        inbox = headers.get(DAI_STREAM) if headers else None
         if inbox:
             await self._serve_stream(definition, request, msg, inbox, deadline)
             endpoint.record(time.perf_counter_ns() - received_ns, None)
             return
         # Costs one timer per call whose caller asks; only a call still held after ACCEPT_AFTER says ACCEPTED.
+        reply = msg.reply
         accepting = asyncio.get_running_loop().call_later(
-            presence.ACCEPT_AFTER, self._accept, nc, request, msg.reply
-        ) if msg.reply and MCP_ACCEPT_HELD in request.headers else None
+            presence.ACCEPT_AFTER, self._accept, nc, request, reply
+        ) if reply and MCP_ACCEPT_HELD in request.headers else None
         try:
             if not (self.scheduler.try_acquire() or await self.scheduler.acquire(request.priority, deadline)):
                 log.info("dropped call %s of %s: its ttl passed while it waited", request.correlation_id, request.action)
@@ -373,7 +408,7 @@ class Module:
             try:
                 if tracing.tracing_enabled():
                     with tracing.tracer.start_as_current_span(
-                        f"module {definition.action}", context=tracing.extract(msg.headers)
+                        f"module {definition.action}", context=tracing.extract(headers)
                     ):
                         answer = await self._answer(definition, request)
                 else:
@@ -383,16 +418,14 @@ class Module:
         finally:
             if accepting is not None:
                 accepting.cancel()
-        # The input's size travels with the answer, for metering (compute_ms is set by _answer).
-        answer.headers[MCP_BYTES_IN] = str(len(request.payload))
         data = answer.SerializeToString()
         # The record goes out before the reply, on the same connection: by the time the
         # caller holds the answer, the log holds it too, and the call's usage can always be
-        # re-derived from the log (services/metering/recovery.py).
+        # re-derived from the log (projections/recovery.py).
         await nc.publish(subjects.record_response(request.context.tenant_id, request.action), data)
-        if msg.reply:
-            await nc.publish(msg.reply, data)
-        failed = answer.type == MessageType.ERROR
+        if reply:
+            await nc.publish(reply, data)
+        failed = answer.type == ERROR
         endpoint.record(time.perf_counter_ns() - received_ns, f"{answer.error.code}: {answer.error.message}" if failed else None)
 
     def _accept(self, nc: NATS, request: MCPMessage, reply: str) -> None:
@@ -403,13 +436,14 @@ class Module:
     async def _answer(self, definition: CapabilityDefinition, request: MCPMessage) -> MCPMessage:
         """Run the handler for a caller waiting for one answer: a streaming one gives its last data."""
         invocation = Invocation(self.module_id, definition, request)
-        call, error = invocation.start(getattr(self, definition.method_name))
-        if error is not None:
-            return error
-        started = time.perf_counter()
-        with serving(request.context.tenant_id):
-            answer = await invocation.answer(last_data(call) if definition.streaming else call)
-        answer.headers[MCP_COMPUTE_MS] = f"{elapsed_ms(started):.3f}"
+        call, answer = invocation.start(getattr(self, definition.method_name))
+        if answer is None:
+            started = time.perf_counter()
+            with serving(request.context.tenant_id):
+                answer = await invocation.answer(last_data(call) if definition.streaming else call)
+            answer.headers[MCP_COMPUTE_MS] = f"{elapsed_ms(started):.3f}"
+        # The input's size travels with the answer, for metering.
+        answer.headers[MCP_BYTES_IN] = str(invocation.input_bytes)
         return answer
 
     async def _serve_stream(
@@ -485,9 +519,9 @@ class Module:
         streamed = self._streams.get(message.correlation_id)
         if streamed is None or streamed.tenant_id != message.context.tenant_id:
             return  # finished already, or not ours to touch
-        if message.type == MessageType.STREAM_ACK:
+        if message.type == STREAM_ACK:
             streamed.sender.grant(message.sequence)
-        elif message.type == MessageType.CANCEL and not streamed.sender.ended:
+        elif message.type == CANCEL and not streamed.sender.ended:
             streamed.task.cancel()
 
     async def _deliver(self, handler: EventHandlerDefinition, msg: Msg) -> None:

@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 
 from democratic_ai.contracts.streams import USAGE_STREAM
 from democratic_ai.contracts.usage_events import BILLABLE
+from democratic_ai.schemas import tenant_transaction
 
 from .errors import UsageUnavailable
 
@@ -98,10 +99,9 @@ class PostgresUsageTotals:
         head_end = min(first_full, end)
         tail_start = max(last_full, head_end)
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                # The usage tables use row level security; naming the tenant lets the gateway's
-                # read-only role run this too.
-                await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant_id)
+            # The usage tables use row level security; naming the tenant lets the gateway's
+            # read-only role run this too.
+            async with tenant_transaction(self._pool, tenant_id) as conn:
                 rows = await conn.fetch(
                     _QUERY, tenant_id, list(FLOW_METRICS), first_full.date(), last_full.date(),
                     start, head_end, tail_start, end, list(STOCK_METRICS), _day_start(end).date(), _day_start(end),

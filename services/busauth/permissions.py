@@ -50,7 +50,7 @@ class ModuleGrant(Protocol):
 
 def inbox_prefix(module_id: str) -> str:
     """The only inbox a module may subscribe to: answers to its own requests arrive there."""
-    return f"_INBOX.module.{module_id}"
+    return subjects.module_inbox(module_id)
 
 
 def module_permissions(module: ModuleGrant) -> dict[str, Any]:

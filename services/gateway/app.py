@@ -9,6 +9,7 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from democratic_ai.contracts import ErrorCode, bus
 from democratic_ai.hub import PresenceIndex, RegistryIndex, Router
@@ -25,7 +26,7 @@ from democratic_ai.services.identity import IdentityIndex, IdentityService, KeyR
 from democratic_ai.services.metering import GATEWAY, Metering
 from democratic_ai.services.plans import load_plans
 
-from .auth import auth_middleware
+from .auth import auth_middleware, require
 from .billing_routes import add_billing_routes
 from .bodies import respond
 from .capabilities import invoke, list_capabilities
@@ -33,6 +34,7 @@ from .config import GatewayConfig
 from .credential_watch import CredentialWatch
 from .errors import error_middleware, error_response
 from .gate import CallGate
+from .metrics import METRICS_PERMISSION, GatewayMetrics
 from .hygiene import edge_headers
 from .identity_routes import add_identity_routes
 from .input_limits import InputLimits, effective_ceiling
@@ -49,6 +51,7 @@ from .state import (
     INPUT_LIMITS,
     KEY_RING,
     METERING,
+    METRICS,
     NC,
     PAYMENTS,
     POOL,
@@ -97,7 +100,11 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     await metering.start()
     app[METERING] = metering
     router = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered, presence=presence)
-    app[GATE] = CallGate(nc, identity, ring, metering, router, app[INPUT_LIMITS])
+    app[METRICS] = GatewayMetrics(
+        registry.is_registered, lambda: {"identity": identity.last_sequence, "registry": registry.last_sequence},
+        lambda: nc.stats["reconnects"],
+    )
+    app[GATE] = CallGate(nc, identity, ring, metering, router, app[INPUT_LIMITS], app[METRICS])
     stripe = StripeBilling(config.billing.stripe) if config.billing.stripe else None
     usage = app.get(USAGE_TOTALS) or PostgresUsageTotals(pool, js)
     app[BILLING] = BillingService(js, load_plans(), usage, config.billing)
@@ -150,6 +157,15 @@ async def readyz(request: web.Request) -> web.Response:
     return respond(Status("ready"))
 
 
+@operation("Prometheus metrics of this gateway (text exposition format); needs metrics:read.", {200: None},
+           other_content={"text/plain": {"type": "string", "description": "Prometheus text format 0.0.4."}},
+           description="Calls by capability, transport and outcome, their latency, refusals by policy, follower"
+                       " positions, NATS reconnects (services/gateway/metrics.py).")
+async def metrics(request: web.Request) -> web.Response:
+    require(request, METRICS_PERMISSION)
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> web.Application:
     """The gateway; ``usage`` replaces the usage read model that invoices are computed from."""
     app = web.Application(middlewares=[error_middleware, input_middleware, auth_middleware],
@@ -161,6 +177,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     app.cleanup_ctx.append(_connections)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/capabilities", list_capabilities)
     app.router.add_post("/v1/capabilities/{capability}/invoke", invoke)
     add_identity_routes(app)

@@ -28,6 +28,7 @@ from democratic_ai.contracts import ErrorCode
 from democratic_ai.contracts.billing_events import InvoiceIssued, PlanTerms, Seller
 from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.fields import Id
+from democratic_ai.schemas import tenant_transaction
 from democratic_ai.services.billing import BillingService, Payments, render_invoice
 from democratic_ai.services.billing.payments import WebhookOutcome
 from democratic_ai.services.identity import Principal
@@ -241,8 +242,7 @@ def _format(request: web.Request) -> str:
 
 
 async def _rows(request: web.Request, tenant_id: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant_id)
+    async with tenant_transaction(request.app[POOL], tenant_id) as conn:
         return await conn.fetch(query, *args)
 
 
@@ -364,8 +364,7 @@ async def get_invoice(request: web.Request) -> web.Response:
     require_tenant(request, tenant_id)
     require(request, "billing:read")
     wanted = _format(request)
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant_id)
+    async with tenant_transaction(request.app[POOL], tenant_id) as conn:
         invoice = await conn.fetchrow(f"SELECT {_INVOICE_COLUMNS} FROM billing_invoices WHERE invoice_id = $1",
                                       invoice_id)
         lines = await conn.fetch(f"SELECT {_LINE_COLUMNS} FROM billing_invoice_lines WHERE invoice_id = $1"

@@ -13,7 +13,7 @@ meters a call, so the rules cannot drift between transports:
   call's end (``rate_limited``, not billable);
 - the router records the request and its answers in the MCP log, and every call is metered once,
   from the message that ended it, with one outcome for all of its metrics
-  (:func:`democratic_ai.services.metering.derive.outcome_of`): ``success``, ``cancelled`` by the
+  (:func:`democratic_ai.contracts.call_usage.outcome_of`): ``success``, ``cancelled`` by the
   caller, ``timeout``, ``failed``, ``rate_limited``.
 
 Errors are :class:`~democratic_ai.contracts.PlatformError` with a stable code (the transport
@@ -21,6 +21,9 @@ maps the code to its own status: HTTP through :data:`.errors.STATUS`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from nats.aio.client import Client as NATS
 
@@ -31,11 +34,13 @@ from democratic_ai.services.metering import GATEWAY, AdmissionUnavailable, Decis
 
 from .errors import ApiError
 from .input_limits import InputLimits
+from .metrics import GatewayMetrics
 from .ratelimit_headers import retry_after_header
 
 __all__ = ["CALL_PERMISSION", "CallGate", "Refused"]
 
 CALL_PERMISSION = "module:use"  # what a principal needs to call a capability
+OnEnd = Callable[[MCPMessage], None]  # told the message that ended a call
 
 
 class Refused(ApiError):
@@ -58,7 +63,7 @@ class CallGate:
 
     def __init__(
         self, nc: NATS, identity: IdentityIndex, key_ring: KeyRing, metering: Metering, router: Router,
-        input_limits: InputLimits,
+        input_limits: InputLimits, metrics: GatewayMetrics,
     ) -> None:
         self._nc = nc
         self._identity = identity
@@ -66,6 +71,7 @@ class CallGate:
         self._metering = metering
         self._router = router
         self._limits = input_limits
+        self._metrics = metrics
 
     def authenticate(self, credential: str) -> Principal:
         """The principal of an API key or access token; UNAUTHENTICATED, saying why, otherwise."""
@@ -106,41 +112,47 @@ class CallGate:
             user_id=principal.user_id, api_key_id=principal.key_id, priority=priority, ttl=ttl,
         )
 
-    async def call(self, principal: Principal, request: MCPMessage) -> MCPMessage:
+    async def call(self, principal: Principal, request: MCPMessage, *, transport: str = "http") -> MCPMessage:
         """Admit, route and meter ``request``; its answer: the RESPONSE or an ERROR (the module's,
         or the platform's: no module, timeout, cancelled). Raises :class:`Refused` when the limits
-        refuse it, NOT_READY while this gateway cannot decide yet."""
-        if tracing.tracing_enabled():
-            with tracing.tracer.start_as_current_span(f"gateway invoke {request.action}"):
-                await self._admit(principal, request)
-                return await self._router.call(request, on_end=self._metering.record)
-        await self._admit(principal, request)
-        # Metered from the message that ended the call — also when the caller hangs up meanwhile
-        # (then the router's CANCELLED).
-        return await self._router.call(request, on_end=self._metering.record)
+        refuse it, NOT_READY while this gateway cannot decide yet. ``transport`` names the way in,
+        for the metrics."""
+        with _span("invoke", request):
+            on_end = await self._admit(principal, request, transport)
+            # Metered from the message that ended the call — also when the caller hangs up
+            # meanwhile (then the router's CANCELLED).
+            return await self._router.call(request, on_end=on_end)
 
-    async def stream(self, principal: Principal, request: MCPMessage) -> CallStream:
+    async def stream(self, principal: Principal, request: MCPMessage, *, transport: str = "sse") -> CallStream:
         """Admit ``request`` and open it as a streamed call, metered from the message that ends it,
         whichever way it ends. The caller must ``close()`` the stream; closing it before its end
         cancels the call at the module. Raises as :meth:`call` does."""
-        if tracing.tracing_enabled():
-            with tracing.tracer.start_as_current_span(f"gateway stream {request.action}"):
-                await self._admit(principal, request)
-                return await self._router.open_stream(request, on_end=self._metering.record)
-        await self._admit(principal, request)
-        return await self._router.open_stream(request, on_end=self._metering.record)
+        with _span("stream", request):
+            on_end = await self._admit(principal, request, transport)
+            return await self._router.open_stream(request, on_end=on_end)
 
     def policies(self, principal: Principal) -> list[PolicyState]:
         """The state of every rate-limit policy of ``principal`` (for a transport's headers)."""
         return self._metering.policies(principal)
 
-    async def _admit(self, principal: Principal, request: MCPMessage) -> None:
+    async def _admit(self, principal: Principal, request: MCPMessage, transport: str) -> OnEnd:
+        """Admit ``request``; what to tell the message that ends it (meter it, count it)."""
         try:
             decision = await self._metering.admit(principal, len(request.payload))
         except AdmissionUnavailable as exc:
             raise ApiError(ErrorCode.NOT_READY, exc.message) from None
         if not decision.allowed:
-            raise Refused(await self._refusal(request, decision), decision)
+            answer = await self._refusal(request, decision)
+            self._metrics.refused(answer, transport, decision.refused_by)
+            raise Refused(answer, decision)
+        metering, metrics = self._metering, self._metrics
+        started = metrics.started(transport)
+
+        def ended(answer: MCPMessage) -> None:
+            metering.record(answer)
+            metrics.ended(answer, transport, started)
+
+        return ended
 
     async def _refusal(self, request: MCPMessage, decision: Decision) -> MCPMessage:
         """The RATE_LIMITED answer to a refused call, recorded and metered like any call's end."""
@@ -151,6 +163,13 @@ class CallGate:
         await self._nc.publish(record, answer.SerializeToString())
         self._metering.record(answer)
         return answer
+
+
+def _span(kind: str, request: MCPMessage) -> AbstractContextManager[object]:
+    """The gateway's span of a call when tracing is on; nothing otherwise."""
+    if tracing.tracing_enabled():
+        return tracing.tracer.start_as_current_span(f"gateway {kind} {request.action}")
+    return nullcontext()
 
 
 def checked_capability(capability: str) -> str:

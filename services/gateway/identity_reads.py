@@ -9,6 +9,8 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from democratic_ai.schemas import platform_transaction, tenant_transaction
+
 from .state import IDENTITY, POOL
 
 __all__ = ["read_your_writes", "tenant_rows"]
@@ -18,11 +20,9 @@ log = logging.getLogger(__name__)
 
 async def tenant_rows(request: web.Request, tenant_id: str | None, query: str, *args: Any) -> list[asyncpg.Record]:
     """Run a read in a transaction scoped to ``tenant_id`` (``None``: platform-wide tenants only)."""
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        if tenant_id is None:
-            await conn.execute("SELECT set_config('dai.scope', 'platform', true)")
-        else:
-            await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant_id)
+    pool = request.app[POOL]
+    scope = platform_transaction(pool) if tenant_id is None else tenant_transaction(pool, tenant_id)
+    async with scope as conn:
         return await conn.fetch(query, *args)
 
 

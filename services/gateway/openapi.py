@@ -128,8 +128,9 @@ def openapi_document(app: web.Application, *, title: str = "Democratic_AI gatewa
             answer: dict[str, Any] = {"description": _REASONS.get(status, "Success.")}
             if body_type is not None:
                 answer["content"] = {"application/json": {"schema": schema_of[id(body_type)]}}
+            if body_type is not None or (spec.other_content and status < 300 and status != 204):
                 for media_type, schema in spec.other_content.items():
-                    answer["content"][media_type] = {"schema": dict(schema)}
+                    answer.setdefault("content", {})[media_type] = {"schema": dict(schema)}
             responses[str(status)] = answer
         responses["default"] = error
         op["responses"] = responses

@@ -15,8 +15,9 @@ from .config import GatewayConfig
 from .credential_watch import CredentialWatch
 from .gate import CallGate
 from .input_limits import InputLimits
+from .metrics import GatewayMetrics
 
-__all__ = ["BILLING", "CONFIG", "CREDENTIALS", "GATE", "IDENTITY", "INPUT_LIMITS", "KEY_RING", "METERING", "NC", "PAYMENTS", "POOL", "PRESENCE", "REGISTRY",
+__all__ = ["BILLING", "CONFIG", "CREDENTIALS", "GATE", "IDENTITY", "INPUT_LIMITS", "KEY_RING", "METERING", "METRICS", "NC", "PAYMENTS", "POOL", "PRESENCE", "REGISTRY",
            "USERS", "USER_KEYS"]
 
 CONFIG = web.AppKey("config", GatewayConfig)
@@ -34,3 +35,4 @@ USER_KEYS = web.AppKey("user_keys", UserKeyStore)
 BILLING = web.AppKey("billing", BillingService)
 PAYMENTS = web.AppKey("payments", Payments)
 METERING = web.AppKey("metering", Metering)
+METRICS = web.AppKey("metrics", GatewayMetrics)

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode, subjects
 from democratic_ai.contracts.usage_events import Metric, is_billable
+from democratic_ai.schemas import tenant_transaction
 from democratic_ai.services.identity import Principal
 
 from .auth import require, require_tenant
@@ -211,8 +212,7 @@ async def get_usage(request: web.Request) -> web.Response:
                " sum(value)::bigint AS value, sum(events)::bigint AS events FROM usage_daily"
                f" WHERE day >= ${len(args) - 1} AND day < ${len(args)}")
     sql += "".join(f" AND {f}" for f in filters) + " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        await conn.execute("SELECT set_config('dai.tenant_id', $1, true)", tenant)
+    async with tenant_transaction(request.app[POOL], tenant) as conn:
         rows = await conn.fetch(sql, *args)
 
     totals: dict[str, dict[str, int]] = {}

@@ -267,7 +267,7 @@ class _Session:
         stream = None
         try:
             try:
-                stream = await self._gate.stream(self._principal, request)
+                stream = await self._gate.stream(self._principal, request, transport="websocket")
             except Refused as refused:
                 call.ended = True
                 await self.send(to_wire(refused.answer, correlation_id))

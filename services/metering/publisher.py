@@ -13,10 +13,11 @@ window drops what it already stored.
 **Why a crash loses nothing.** Events waiting in this buffer die with the process. They are
 not the only record of the call: the module wrote its answer to the MCP stream *before* it
 answered (``sdk/module.py``), so any call a client saw completed is in the log, with what is
-needed to meter it (:func:`.derive.usage_of`). The recovery sweeper (:mod:`.recovery`) reads
-those answers once they are older than the publisher can take to flush, looks up which of
-their usage events the read model lacks, and publishes exactly those — with the same message
-ids, so a race with a slow publisher still counts every event once. The same backstop lets
+needed to meter it (:func:`democratic_ai.contracts.call_usage.usage_of`). The recovery sweeper
+(:mod:`democratic_ai.projections.recovery`) reads those answers once they are older than the
+publisher can take to flush, looks up which of their usage events the read model lacks, and
+publishes exactly those — with the same message ids, so a race with a slow publisher still
+counts every event once. The same backstop lets
 this buffer shed events when NATS is unreachable for long (``max_buffer``) instead of growing
 without bound.
 """

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import MCPMessage
+from democratic_ai.contracts.call_usage import usage_of
 from democratic_ai.contracts.headers import NATS_MSG_ID
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.subjects import usage_subject
@@ -28,7 +29,6 @@ from democratic_ai.services.identity import Principal
 from democratic_ai.services.plans import PlanBook, load_plans
 
 from .admission import STREAM as RATELIMIT, Admission, AdmissionConfig
-from .derive import usage_of
 from .errors import QuotaExceeded
 from .limiter import Decision, PolicyState, RateLimiter
 from .meters import Meters

@@ -25,7 +25,8 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "schemas": [
         "app_dsn", "APP_ROLE", "check_app_role", "create_pool", "DatabaseOutage", "DatabaseUnreachable",
-        "ensure_app_role", "is_unreachable", "migrate", "migrations", "on_database", "RENAMED", "UnsafeRole"
+        "ensure_app_role", "is_unreachable", "migrate", "migrations", "on_database", "platform_transaction", "RENAMED",
+        "tenant_transaction", "UnsafeRole"
     ],
     "sdk": [
         "CallError", "capability", "Chunk", "Client", "DaiError", "Event", "event_handler", "HttpClient",
@@ -38,8 +39,8 @@ PUBLIC: dict[str, list[str]] = {
         "AsOfResult", "BillingProjection", "DeadLetter", "IdentityProjection", "LogRange", "LogReader",
         "MissingReadModel", "Projection", "projection_status", "ProjectionError", "ProjectionRunner",
         "PROJECTIONS", "ProjectionStatus", "ReadModelChanged", "rebuild", "rebuild_as_of", "RebuildInProgress",
-        "RegistryProjection", "retry", "RetryResult", "sequence_at", "TableComparison", "UnfoldableEvent",
-        "UsageProjection", "verify"
+        "RecoveryConfig", "RegistryProjection", "retry", "RetryResult", "sequence_at", "TableComparison",
+        "UnfoldableEvent", "UsageProjection", "UsageRecovery", "verify"
     ],
     "services": [],
     "services.identity": [
@@ -68,7 +69,7 @@ PUBLIC: dict[str, list[str]] = {
         "Admission", "AdmissionConfig", "AdmissionUnavailable", "Decision", "FixedWindow", "GATEWAY", "Grant",
         "InvalidPlans", "is_metered", "LeakyBucket", "load_plans", "Metering", "MeteringConfig",
         "MeteringError", "Plan", "PlanBook", "PolicyState", "PublisherConfig", "QuotaExceeded", "RateLimiter",
-        "RecoveryConfig", "SlidingLog", "TokenBucket", "usage_of", "UsagePublisher", "UsageRecovery"
+        "SlidingLog", "TokenBucket", "usage_of", "UsagePublisher"
     ],
     "services.busauth": [
         "ACCOUNT", "BusAuthorizer", "inbox_prefix", "InvalidClaims", "module_permissions", "PLATFORM_TENANT",

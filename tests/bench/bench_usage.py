@@ -34,12 +34,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
-import nats
 import uvloop
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from democratic_ai.contracts import ensure_streams
+from democratic_ai.contracts.bus import BusOptions, connect
 from democratic_ai.contracts.subjects import usage_subject
 from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id
 from democratic_ai.ops.nats_server import NatsServer
@@ -142,14 +142,14 @@ async def project(js: JetStreamContext, pool: asyncpg.Pool, last: int, batch: in
     return last / elapsed
 
 
-async def run(nats_url: str, database_url: str, args: argparse.Namespace) -> None:
+async def run(bus: BusOptions, database_url: str, args: argparse.Namespace) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         await migrate(conn)
     finally:
         await conn.close()
     pool = await create_pool(database_url, max_size=4)
-    nc = await nats.connect(nats_url, name="bench-usage")
+    nc = await connect(bus, "bench-usage")
     try:
         js = nc.jetstream(publish_async_max_pending=8192)
         await ensure_streams(js)
@@ -211,7 +211,7 @@ def main() -> None:
         try:
             nats_server.start()
             postgres.start()
-            uvloop.run(run(nats_server.url, postgres.ensure_database("bench"), args))
+            uvloop.run(run(nats_server.bus("operator"), postgres.ensure_database("bench"), args))
         except KeyboardInterrupt:
             sys.exit("interrupted")
         finally:

@@ -167,3 +167,40 @@ def test_messages_carry_their_timestamp() -> None:
     after = time.time_ns()
     assert before <= request.timestamp.ToNanoseconds() <= response.timestamp.ToNanoseconds() <= after
     assert response.correlation_id == request.id != response.id
+
+
+def test_messages_built_field_by_field_are_the_bytes_the_constructor_makes() -> None:
+    """new_request, reply and error_reply set fields one by one for speed; the wire and the log see
+    exactly what the keyword constructor would have made, an empty context included."""
+    from democratic_ai.contracts import (
+        Context,
+        Error,
+        ErrorCode,
+        MCPMessage,
+        MessageType,
+        error_reply,
+        new_request,
+        reply,
+    )
+
+    def same(built: MCPMessage, **fields: object) -> None:
+        expected = MCPMessage(id=built.id, **fields)
+        expected.timestamp.CopyFrom(built.timestamp)
+        assert built.SerializeToString() == expected.SerializeToString()
+
+    request = new_request("text.summarize", b'{"t": 1}', tenant_id="acme", source_module_id="t", user_id="u",
+                          api_key_id="k", target_module_id="m", priority=9, ttl=3)
+    same(request, type=MessageType.REQUEST, source_module_id="t", target_module_id="m", action="text.summarize",
+         context=Context(tenant_id="acme", user_id="u", api_key_id="k"), payload=b'{"t": 1}',
+         correlation_id=request.id, priority=9, ttl=3, content_type="application/json")
+    response = reply(request, b"{}", source_module_id="m")
+    same(response, type=MessageType.RESPONSE, source_module_id="m", target_module_id="t", action="text.summarize",
+         context=request.context, payload=b"{}", correlation_id=request.id, content_type="application/json")
+    error = error_reply(request, ErrorCode.TIMEOUT, "late", source_module_id="hub", details={"ttl": 3})
+    same(error, type=MessageType.ERROR, source_module_id="hub", target_module_id="t", action="text.summarize",
+         context=request.context, correlation_id=request.id,
+         error=Error(code="TIMEOUT", message="late", details=b'{"ttl":3}'))
+    bare = reply(MCPMessage(action="x.y"), b"", source_module_id="m")  # a request without a context
+    assert bare.HasField("context")
+    same(bare, type=MessageType.RESPONSE, source_module_id="m", action="x.y", context=Context(),
+         content_type="application/json")

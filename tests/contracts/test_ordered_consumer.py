@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -96,4 +97,104 @@ async def test_a_lost_consumer_is_replaced_within_a_few_heartbeats(nc: NATS) -> 
         assert recorder.sequences == list(range(1, last + 1))
     finally:
         await follower.stop()
+        await js.delete_stream(stream)
+
+
+class Batches:
+    """An ``on_batch`` that records its batches, and fails once on the batch holding ``fail_at``."""
+
+    def __init__(self, fail_at: int = 0) -> None:
+        self.batches: list[list[int]] = []
+        self.fail_at = fail_at
+
+    async def __call__(self, messages: list[Msg]) -> None:
+        sequences = [m.metadata.sequence.stream for m in messages]
+        if self.fail_at in sequences:
+            self.fail_at = 0
+            raise LookupError(f"cannot fold {sequences}")
+        self.batches.append(sequences)
+
+    @property
+    def sequences(self) -> list[int]:
+        return [s for batch in self.batches for s in batch]
+
+
+async def test_a_batch_follower_starts_after_a_checkpoint_and_hands_over_batches_in_order(nc: NATS) -> None:
+    stream, subject = unique("ORDERED").upper(), unique("ordered")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{subject}.>"]))
+    try:
+        last = await _publish(nc, f"{subject}.a", 50)
+        batches = Batches()
+        stop = asyncio.Event()
+        follower = OrderedConsumer(js, stream, f"{subject}.>", on_batch=batches, batch=16, after=10, name="fold-me",
+                                   description="a test fold")
+        task = asyncio.create_task(follower.run(stop))
+        try:
+            await follower.wait_for(last, timeout=5)
+            info = await js.consumer_info(stream, "fold-me")  # named as asked: `nats consumer info`
+            assert info.config.description == "a test fold" and info.config.durable_name is None
+            last = await _publish(nc, f"{subject}.b", 5)
+            await follower.wait_for(last, timeout=5)
+        finally:
+            stop.set()
+            await task
+        assert batches.sequences == list(range(11, last + 1))  # after the checkpoint, in order, once each
+        assert max(len(b) for b in batches.batches) <= 16 and len(batches.batches) >= 4
+        with pytest.raises(nats.js.errors.NotFoundError):  # a stopped follower leaves no consumer behind
+            await js.consumer_info(stream, "fold-me")
+    finally:
+        await js.delete_stream(stream)
+
+
+async def test_a_failing_batch_stops_the_follower_with_nothing_of_it_applied(nc: NATS) -> None:
+    stream, subject = unique("ORDERED").upper(), unique("ordered")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{subject}.>"]))
+    try:
+        await _publish(nc, f"{subject}.a", 5)
+        batches = Batches(fail_at=3)
+        follower = OrderedConsumer(js, stream, f"{subject}.>", on_batch=batches, batch=1)
+        with pytest.raises(LookupError, match="cannot fold"):
+            await asyncio.wait_for(follower.run(asyncio.Event()), timeout=5)
+        assert batches.sequences == [1, 2] and follower.last_sequence == 2
+        # Started again after what was applied, it goes on from the failed batch.
+        stop = asyncio.Event()
+        again = OrderedConsumer(js, stream, f"{subject}.>", on_batch=batches, after=follower.last_sequence)
+        task = asyncio.create_task(again.run(stop))
+        try:
+            await again.wait_for(5, timeout=5)
+        finally:
+            stop.set()
+            await task
+        assert batches.sequences == [1, 2, 3, 4, 5]
+        with pytest.raises(TypeError, match="run"):
+            await again.start()
+        with pytest.raises(ValueError, match="either"):
+            OrderedConsumer(js, stream, f"{subject}.>", Recorder(), on_batch=batches)
+    finally:
+        await js.delete_stream(stream)
+
+
+async def test_a_batch_follower_replaces_a_lost_consumer_and_applies_nothing_twice(nc: NATS) -> None:
+    stream, subject = unique("ORDERED").upper(), unique("ordered")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{subject}.>"]))
+    batches = Batches()
+    stop = asyncio.Event()
+    follower = OrderedConsumer(js, stream, f"{subject}.>", on_batch=batches, name="lost-one", heartbeat=0.2)
+    task = asyncio.create_task(follower.run(stop))
+    try:
+        await follower.wait_for(await _publish(nc, f"{subject}.a", 4), timeout=5)
+        await js.delete_consumer(stream, "lost-one")  # as a server that forgot it would
+        started = time.monotonic()
+        while follower.resumes == 0:
+            assert time.monotonic() - started < 2.0, "the lost consumer was not replaced"
+            await asyncio.sleep(0.02)
+        last = await _publish(nc, f"{subject}.b", 3)
+        await follower.wait_for(last, timeout=5)
+        assert batches.sequences == list(range(1, last + 1))
+    finally:
+        stop.set()
+        await task
         await js.delete_stream(stream)

@@ -15,10 +15,9 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.ops.services import run_projections
-from democratic_ai.projections import ProjectionRunner, UsageProjection
+from democratic_ai.projections import ProjectionRunner, RecoveryConfig, UsageProjection, UsageRecovery
 from democratic_ai.schemas import create_pool, is_unreachable
 from democratic_ai.schemas.outage import DatabaseOutage, backoff_delays
-from democratic_ai.services.metering import RecoveryConfig, UsageRecovery
 
 
 def _nowhere(tmp_path: Path) -> str:

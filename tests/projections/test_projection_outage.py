@@ -71,7 +71,7 @@ async def gateway(
     """An in-process gateway with a tenant of its own on the unlimited plan.
 
     Not conftest's ``start_gateway``: that one runs the projections in-process, and their usage
-    runner would share the durable consumer ``projection-usage`` with the worker under test.
+    runner would take the consumer ``projection-usage`` from the worker under test.
     """
     tenant = unique("outage")
     plans = load_plans()

@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from democratic_ai.contracts.subjects import usage_subject
 from democratic_ai.contracts.usage_events import CallMetered, Outcome, encode_event, message_id
 from democratic_ai.projections import UsageProjection, rebuild
-from democratic_ai.schemas import app_dsn
+from democratic_ai.schemas import app_dsn, tenant_transaction
 
 from support.names import unique
 from support.projections import caught_up, kill_9_mid_batch
@@ -129,8 +129,7 @@ async def test_months_get_partitions_on_demand_and_the_app_role_sees_one_tenant(
     app = await asyncpg.connect(app_dsn(database_url))
     try:
         assert await app.fetchval("SELECT count(*) FROM usage_events") == 0  # no tenant named: nothing
-        async with app.transaction():
-            await app.execute("SELECT set_config('dai.tenant_id', $1, true)", mine)
+        async with tenant_transaction(app, mine):
             tenants = {r["tenant_id"] for r in await app.fetch("SELECT tenant_id FROM usage_events")}
             daily = {r["tenant_id"] for r in await app.fetch("SELECT tenant_id FROM usage_daily")}
         assert tenants == daily == {mine}

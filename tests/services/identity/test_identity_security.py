@@ -18,7 +18,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.ops.ports import free_port
-from democratic_ai.schemas import APP_ROLE, UnsafeRole, app_dsn, check_app_role
+from democratic_ai.schemas import APP_ROLE, UnsafeRole, app_dsn, check_app_role, tenant_transaction
 from democratic_ai.services.identity import KeyEncryptionKey
 
 from support.client import http
@@ -237,8 +237,7 @@ async def test_row_level_security_confines_the_app_role(pool: asyncpg.Pool, data
     try:
         await check_app_role(app)
         assert await app.fetchval("SELECT count(*) FROM users") == 0  # no tenant set: nothing
-        async with app.transaction():
-            await app.execute("SELECT set_config('dai.tenant_id', $1, true)", a.tenant)
+        async with tenant_transaction(app, a.tenant):
             tenants = {r["tenant_id"] for r in await app.fetch("SELECT tenant_id FROM users")}
         assert tenants == {a.tenant}
         assert await app.fetchval("SELECT count(*) FROM users") == 0  # SET LOCAL ended with the transaction

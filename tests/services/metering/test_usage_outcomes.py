@@ -17,10 +17,10 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, error_reply, new_request, reply, streaming
+from democratic_ai.contracts.call_usage import GATEWAY, outcome_of, usage_of
 from democratic_ai.contracts.usage_events import BILLABLE, CallMetered, Metric, Outcome, is_billable
+from democratic_ai.projections import RecoveryConfig, UsageRecovery
 from democratic_ai.services.billing.usage import PostgresUsageTotals
-from democratic_ai.services.metering import GATEWAY, RecoveryConfig, UsageRecovery, usage_of
-from democratic_ai.services.metering.derive import outcome_of
 
 from support.client import http
 from support.gateway import Gateway

@@ -15,8 +15,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.ops.ports import free_port
+from democratic_ai.projections import RecoveryConfig, UsageRecovery
 from democratic_ai.schemas import app_dsn
-from democratic_ai.services.metering import RecoveryConfig, UsageRecovery
 
 from support.gateway import gateway_ready, issue_key
 from support.modules import Echo

@@ -12,8 +12,9 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import ErrorCode, error_reply, new_request, streaming
+from democratic_ai.contracts.call_usage import GATEWAY, is_metered, usage_of
 from democratic_ai.hub import Router
-from democratic_ai.services.metering import GATEWAY, RecoveryConfig, UsageRecovery, is_metered, usage_of
+from democratic_ai.projections import RecoveryConfig, UsageRecovery
 
 from support.gateway import Gateway, gateway_ready, issue_key
 from support.modules import Echo

@@ -35,7 +35,7 @@ A call can have two ends: the gateway's own (it stopped waiting: the ttl passed,
 up) and the module's, which comes later. The call's outcome is the end its client got — the
 gateway's — and the module's later answer only adds the measures the gateway's lacked (the
 compute time, the bytes sent), under that same outcome: ``usage_of(first, later, outcome=…)``,
-which is how the recovery sweep completes such a call (:mod:`.recovery`). So a call that timed
+which is how the recovery sweep completes such a call (:mod:`democratic_ai.projections.recovery`). So a call that timed
 out is ``timeout`` in every metric, however late its module answered.
 """
 
@@ -46,10 +46,11 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 import msgspec
 
-from democratic_ai.contracts import ErrorCode, MCPMessage
-from democratic_ai.contracts.headers import MCP_BYTES_IN, MCP_BYTES_OUT, MCP_COMPUTE_MS
-from democratic_ai.contracts.messages import ERROR, RESPONSE, STREAM_CHUNK
-from democratic_ai.contracts.usage_events import CallMetered, Metric, Outcome
+from .errors import ErrorCode
+from .headers import MCP_BYTES_IN, MCP_BYTES_OUT, MCP_COMPUTE_MS
+from .mcp_v2_pb2 import MCPMessage
+from .messages import ERROR, RESPONSE, STREAM_CHUNK
+from .usage_events import CallMetered, Metric, Outcome
 
 __all__ = ["GATEWAY", "at_of", "is_metered", "outcome_of", "usage_of"]
 

@@ -1,25 +1,28 @@
 """Recovering usage a crashed gateway never published, from the MCP log.
 
 A gateway buffers usage events for up to ``max_delay`` before publishing them
-(:mod:`.publisher`); killed in between, it takes them along. The calls themselves are not
+(:mod:`democratic_ai.services.metering.publisher`); killed in between, it takes them along. The calls themselves are not
 lost: every answer a client received was first recorded on ``mcp.res.<tenant>.<capability>``
 by whoever answered (the module writes the record before the reply; the gateway records its
 own errors and refusals), and an answer — for a streamed call, its last message, the ``final``
-chunk or the ERROR — carries everything :func:`.derive.usage_of` needs.
+chunk or the ERROR — carries everything
+:func:`~democratic_ai.contracts.call_usage.usage_of` needs.
 
 The same holds for a plain call whose client hung up before the answer came: the gateway
 stopped waiting, the module did the work, and its record is how the call is metered. (Waiting
 on in the gateway instead would cost a task per call on the hot path.)
 
-The sweeper follows those records at a distance of ``grace`` seconds — longer than any
-publisher takes to flush and retry — and for each batch of answers to gateway calls:
+The sweeper follows those records with the platform's one follower
+(:class:`~democratic_ai.contracts.ordered.OrderedConsumer`, resuming by sequence after
+reconnects and server restarts), at a distance of ``grace`` seconds — longer than any publisher
+takes to flush and retry — and for each batch of answers to gateway calls:
 
 1. waits until the usage projection has applied everything the USAGE stream holds now, so
    any event a gateway published for these calls is in ``usage_events``;
 2. asks ``usage_events`` which (call id, metric) pairs it has, in one query;
 3. publishes the missing events — derived from the same answer, so identical, with the same
-   ``Nats-Msg-Id`` — and only then advances its checkpoint (``projection_checkpoints`` row
-   ``usage-recovery``, the last MCP sequence handled).
+   ``Nats-Msg-Id`` — and only then advances its checkpoint: the row ``usage-recovery`` of the
+   projections' ``projection_checkpoints`` (:mod:`.checkpoints`), the last MCP sequence handled.
 
 Every step is idempotent: a sweep repeated after a crash finds the events present; an event
 the sweeper publishes while a slow gateway publishes it too is dropped by the duplicate
@@ -28,7 +31,7 @@ window, and beyond it by the read model's key.
 **One outcome per call.** A call the gateway stopped waiting for (its ttl passed, its client hung
 up) has two ends in the log: the gateway's own ERROR, recorded first, and the module's later
 answer, which carries what the gateway's lacks — the compute time, the bytes sent. The sweeper
-meters such a call from both with :func:`.derive.usage_of`: the outcome is the gateway's end (the
+meters such a call from both with ``usage_of``: the outcome is the gateway's end (the
 one its client got), or — when some of the call's events are in the read model already — the
 outcome they carry; the module's answer only adds the missing measures, under that outcome. So
 a plain call whose client hung up is ``cancelled`` in every metric (its ``compute_ms`` billable),
@@ -37,8 +40,8 @@ falls in. One edge stays: when the gateway crashed before it even recorded its o
 module's answer is left, and the call is metered from that.
 
 While PostgreSQL cannot be reached the sweeper waits for it with backoff (one WARNING, then one
-every 30 s) and then starts over from its checkpoint, as the projections do; nothing it held
-in memory is taken for swept.
+every 30 s) and then starts over from its checkpoint, as the projections do
+(:class:`~.runner.ProjectionRunner`); nothing it held in memory is taken for swept.
 """
 
 from __future__ import annotations
@@ -55,24 +58,25 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from democratic_ai.contracts import MCPMessage, decode
+from democratic_ai.contracts.call_usage import GATEWAY, at_of, is_metered, usage_of
 from democratic_ai.contracts.headers import NATS_MSG_ID
+from democratic_ai.contracts.ordered import OrderedConsumer
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.streams import MCP_STREAM, USAGE_STREAM
 from democratic_ai.contracts.subjects import ALL_RESPONSES, usage_subject
 from democratic_ai.contracts.usage_events import CallMetered, Metric, Outcome, encode_event, message_id
 from democratic_ai.schemas.outage import DatabaseOutage, on_database
 
-from .derive import GATEWAY, at_of, is_metered, usage_of
+from .checkpoints import advance_checkpoint, lock_checkpoint, read_checkpoint
+from .usage import UsageProjection
 
 __all__ = ["RecoveryConfig", "UsageRecovery"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "usage-recovery"
-USAGE_PROJECTION = "usage"
+CHECKPOINT = "usage-recovery"  # its row in projection_checkpoints
 _LATE_ANSWER_MARGIN = timedelta(days=1)  # how much earlier than its answer a call's usage may be stamped
 
 
@@ -106,6 +110,9 @@ class UsageRecovery:
         self.config = config or RecoveryConfig()
         self.recovered = 0  # events published by this sweeper
         self.swept = 0  # answers examined
+        # An answer's age is measured on the server's clock, which stamped it: this host's
+        # clock, if ahead, would sweep answers a publisher still holds; if behind, sweep late.
+        self._clock = ServerClock()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sweep until ``stop`` is set, waiting out database outages."""
@@ -113,49 +120,35 @@ class UsageRecovery:
 
     async def _follow(self, stop: asyncio.Event, outage: DatabaseOutage) -> None:
         """Sweep from the checkpoint until ``stop`` is set; raises :class:`DatabaseUnreachable`."""
-        config = self.config
         with on_database():
-            last = await self._checkpoint()
+            async with self._pool.acquire() as conn:
+                last = await read_checkpoint(conn, CHECKPOINT)
         outage.over()
-        subscription = await self._subscribe(last)
-        held: list[Msg] = []
-        # An answer's age is measured on the server's clock, which stamped it: this host's
-        # clock, if ahead, would sweep answers a publisher still holds; if behind, sweep late.
-        clock = ServerClock()
-        try:
-            while not stop.is_set():
-                if len(held) < config.batch:
-                    try:
-                        fetched = await subscription.fetch(config.batch - len(held), timeout=0.5)
-                    except TimeoutError:  # builtin: nats raises both its own and asyncio's
-                        fetched = []
-                    if fetched:
-                        clock.observe_message(fetched[-1])  # the newest: the tightest bound
-                    held += fetched
-                if not held:
-                    continue
-                cutoff = datetime.fromtimestamp(clock.now() - config.grace, UTC)
-                ready = 0
-                while ready < len(held) and held[ready].metadata.timestamp <= cutoff:
-                    ready += 1
-                if not ready:
-                    wait = (held[0].metadata.timestamp - cutoff).total_seconds()
-                    try:
-                        await asyncio.wait_for(stop.wait(), timeout=min(max(wait, 0.01), 1.0))
-                    except TimeoutError:
-                        pass
-                    continue
-                try:
-                    await self.sweep(held[:ready])
-                except (asyncpg.PostgresError, OSError, NatsError, TimeoutError) as exc:
-                    # Not an outage (that is DatabaseUnreachable, which starts over from the
-                    # checkpoint): a NATS hiccup, or a statement Postgres refused.
-                    log.warning("usage recovery sweep failed (%r); retrying", exc)
-                    await asyncio.sleep(1.0)
-                    continue
-                held = held[ready:]
-        finally:
-            await subscription.unsubscribe()
+        # The first time (no checkpoint), from ``initial_lookback`` ago; then after the checkpoint.
+        since = datetime.now(UTC) - timedelta(seconds=self.config.initial_lookback)
+        follower = OrderedConsumer(self._js, MCP_STREAM, ALL_RESPONSES, batch=self.config.batch, start=since,
+                                   after=last, on_batch=lambda records: self._when_due(records, stop))
+        await follower.run(stop)
+
+    async def _when_due(self, records: list[Msg], stop: asyncio.Event) -> None:
+        """Sweep a batch once its newest answer is ``grace`` old, retrying a sweep that failed
+        (not for an outage: that stops the follower, which starts over from the checkpoint)."""
+        self._clock.observe_message(records[-1])  # the newest: the tightest bound
+        while (wait := (records[-1].metadata.timestamp - self._cutoff()).total_seconds()) > 0:
+            if await _stopped(stop, wait):
+                return  # unswept, and the checkpoint stays before it: the next run sweeps it
+        while True:
+            try:
+                await self.sweep(records)
+                return
+            except (asyncpg.PostgresError, OSError, NatsError, TimeoutError) as exc:
+                # A NATS hiccup, or a statement Postgres refused.
+                log.warning("usage recovery sweep failed (%r); retrying", exc)
+                if await _stopped(stop, 1.0):
+                    return
+
+    def _cutoff(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.now() - self.config.grace, UTC)
 
     async def sweep(self, records: Sequence[Msg]) -> int:
         """Handle one batch of answer records (in stream order); returns the events published."""
@@ -192,30 +185,10 @@ class UsageRecovery:
                          " (a gateway stopped, or a client hung up before its answer came)",
                          published, len({e.call_id for e in missing}))
         with on_database():
-            async with self._pool.acquire() as conn:
-                await conn.execute(
-                    "INSERT INTO projection_checkpoints (name, last_sequence) VALUES ($1, $2)"
-                    " ON CONFLICT (name) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = now()",
-                    CHECKPOINT, records[-1].metadata.sequence.stream,
-                )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await lock_checkpoint(conn, CHECKPOINT)
+                await advance_checkpoint(conn, CHECKPOINT, records[-1].metadata.sequence.stream)
         return published
-
-    async def _checkpoint(self) -> int:
-        """The last MCP sequence swept (0 when this database has never been swept)."""
-        async with self._pool.acquire() as conn:
-            return await conn.fetchval(
-                "SELECT last_sequence FROM projection_checkpoints WHERE name = $1", CHECKPOINT) or 0
-
-    async def _subscribe(self, last: int) -> JetStreamContext.PullSubscription:
-        if last:
-            start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": last + 1}
-        else:
-            since = datetime.now(UTC) - timedelta(seconds=self.config.initial_lookback)
-            start = {"deliver_policy": DeliverPolicy.BY_START_TIME, "opt_start_time": since}
-        return await self._js.pull_subscribe(
-            ALL_RESPONSES, stream=MCP_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=60.0, **start),
-        )
 
     async def _wait_for_projection(self) -> None:
         target = (await self._js.stream_info(USAGE_STREAM)).state.last_seq
@@ -223,8 +196,7 @@ class UsageRecovery:
         with on_database():
             async with self._pool.acquire() as conn:
                 while True:
-                    done = await conn.fetchval(
-                        "SELECT last_sequence FROM projection_checkpoints WHERE name = $1", USAGE_PROJECTION) or 0
+                    done = await read_checkpoint(conn, UsageProjection.name)
                     if done >= target:
                         return
                     if time.monotonic() > deadline:
@@ -255,3 +227,12 @@ class UsageRecovery:
             for e in events
         ]
         await asyncio.wait_for(asyncio.gather(*futures), timeout=30.0)
+
+
+async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds``; whether ``stop`` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
