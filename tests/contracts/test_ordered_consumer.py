@@ -187,10 +187,7 @@ async def test_a_batch_follower_replaces_a_lost_consumer_and_applies_nothing_twi
     try:
         await follower.wait_for(await _publish(nc, f"{subject}.a", 4), timeout=5)
         await js.delete_consumer(stream, "lost-one")  # as a server that forgot it would
-        started = time.monotonic()
-        while follower.resumes == 0:
-            assert time.monotonic() - started < 2.0, "the lost consumer was not replaced"
-            await asyncio.sleep(0.02)
+        await eventually(lambda: follower.resumes, "the lost consumer to be replaced", timeout=2.0, interval=0.02)
         last = await _publish(nc, f"{subject}.b", 3)
         await follower.wait_for(last, timeout=5)
         assert batches.sequences == list(range(1, last + 1))

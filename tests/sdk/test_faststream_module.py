@@ -10,7 +10,6 @@ metered — the same contract ``dai module run`` meets.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +32,14 @@ from democratic_ai.sdk import CallError, Chunk, Event, Module, capability, event
 from democratic_ai.sdk.errors import CredentialError
 from democratic_ai.sdk.faststream import FastStreamModule, broker_arguments, serve
 
-from conftest import Gateway, http, registered, unique
-from test_bus_authorization import Violations, register
-from test_streaming_edge import _frames_until_ends, _invoke, _sse
-from test_usage_metering import settled, usage_events
+from support.bus import Violations, register
+from support.client import http
+from support.gateway import Gateway
+from support.modules import registered
+from support.names import unique
+from support.streaming import frames_until_ends, invoke_url, sse
+from support.usage import settled, usage_events
+from support.waiting import eventually
 
 TEXT = {"type": "object", "properties": {"text": {"type": "string"}, "fail": {"type": "string"}}, "required": ["text"]}
 CAPABILITIES = ["fs.stamp", "fs.count", "fs.hang"]
@@ -80,7 +83,7 @@ class Stamp(Module):
     async def hang(self):  # type: ignore[no-untyped-def]
         yield {"started": True}
         try:
-            await asyncio.sleep(60)
+            await asyncio.sleep(60)  # the work that only a cancel ends
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
@@ -130,25 +133,18 @@ async def served(nats_server: NatsServer, gateway: Gateway, hub: Hub, bus_author
 
 
 async def invoke(gateway: Gateway, capability: str, body: dict) -> tuple[int, dict]:
-    return await http("POST", _invoke(gateway, capability), json=body, headers={"X-API-Key": gateway.api_key})
+    return await http("POST", invoke_url(gateway, capability), json=body, headers={"X-API-Key": gateway.api_key})
 
 
 async def metered(gateway: Gateway, nc: NATS, pool: asyncpg.Pool, call_id: str) -> dict[str, CallMetered]:
     """The usage of ``call_id`` by metric, once the gateway has metered it (a stream's, when its end arrived)."""
-    deadline = time.monotonic() + 5.0
-    while True:
+
+    async def of_the_call() -> dict[str, CallMetered] | None:
         await settled(gateway, nc, pool)
         metrics = {e.metric: e for e in await usage_events(nc, gateway.tenant) if e.call_id == call_id}
-        if "api_calls" in metrics or time.monotonic() > deadline:
-            return metrics
-        await asyncio.sleep(0.05)
+        return metrics if "api_calls" in metrics else None
 
-
-async def eventually(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        await asyncio.sleep(0.01)
+    return await eventually(of_the_call, f"the usage of call {call_id}", timeout=5.0, interval=0.05)
 
 
 async def test_a_call_through_the_gateway_is_answered_recorded_and_metered(
@@ -212,7 +208,7 @@ async def test_a_failing_handler_answers_module_error_and_the_module_keeps_servi
 async def test_streams_and_cancels_go_through_the_faststream_subscribers(
     served: Served, gateway: Gateway, nc: NATS, pool: asyncpg.Pool
 ) -> None:
-    status, events = await _sse(gateway, "fs.count", b'{"n": 3}')
+    status, events = await sse(gateway, "fs.count", b'{"n": 3}')
     assert status == 200, events
     assert [data["data"] for name, data in events if name == "chunk"] == [{"i": 0}, {"i": 1}, {"i": 2}]
     assert events[-1][0] == "done"
@@ -226,7 +222,7 @@ async def test_streams_and_cancels_go_through_the_faststream_subscribers(
         first = await ws.receive_json(timeout=5)
         assert first["payload"] == {"started": True}, first
         await ws.send_json({"type": "CANCEL", "correlation_id": "c"})
-        frames = (await _frames_until_ends(ws, {"c"}))["c"]
+        frames = (await frames_until_ends(ws, {"c"}))["c"]
     assert frames[-1]["error"]["code"] == "CANCELLED"
     await asyncio.wait_for(served.module.cancelled.wait(), 5)  # the CANCEL reached the handler on the control subject
 
@@ -242,10 +238,10 @@ async def test_the_app_runs_under_the_modules_bus_credential(
     # The author's own handler runs in the same app, on what the credential lets it read, and so
     # does the module's event handler, on its tenant's events.
     await nc.publish(subjects.event(gateway.tenant, "fs.audit"), msgspec.json.encode({"seen": 1}))
-    await eventually(lambda: served.heard == [{"seen": 1}])
+    await eventually(lambda: served.heard == [{"seen": 1}], "the app's own subscriber to hear the event")
     event = new_event("fs.noted", b'{"n": 1}', tenant_id=gateway.tenant, source_module_id="test")
     await nc.publish(subjects.event(gateway.tenant, "fs.noted"), event.SerializeToString())
-    await eventually(lambda: served.module.noted == [(gateway.tenant, {"n": 1})])
+    await eventually(lambda: served.module.noted == [(gateway.tenant, {"n": 1})], "the module's event handler to note the event")
     # Outside its grants, the connection is refused like any module's: no other capability's calls,
     # no usage of its own making.
     await connection.subscribe(subjects.call("*", "text.summarize"), queue="text.summarize")
@@ -257,7 +253,7 @@ async def test_the_app_runs_under_the_modules_bus_credential(
     # Revoked, the credential is refused: the bus drops the app's connection.
     status, body = await http("DELETE", f"{gateway.url}/v1/modules/{served.module.module_id}", headers=gateway.headers)
     assert status in (200, 204), body
-    await eventually(lambda: not connection.is_connected)
+    await eventually(lambda: not connection.is_connected, "the connection to close")
     stranger = NatsBroker(
         nats_server.url, security=NatsToken(served.credential), allow_reconnect=False, connect_timeout=3
     )
@@ -267,11 +263,12 @@ async def test_the_app_runs_under_the_modules_bus_credential(
 
 async def test_a_stopping_module_leaves_and_finishes_its_calls(served: Served, gateway: Gateway, hub: Hub) -> None:
     calling = asyncio.create_task(invoke(gateway, "fs.stamp", {"text": "last"}))
-    await eventually(lambda: served.module.calls_in_progress > 0)
+    await eventually(lambda: served.module.calls_in_progress > 0, "a call in progress")
     await served.served.stop()  # what the app's shutdown runs first, before the broker drains
     status, body = await calling
     assert status == 200 and body["result"] == {"text": "LAST"}
-    await eventually(lambda: not any(b.instance_id == served.module.instance_id for b in hub.presence.instances()))
+    await eventually(lambda: not any(b.instance_id == served.module.instance_id for b in hub.presence.instances()),
+                     "the instance to leave the hub's presence")
     status, body = await invoke(gateway, "fs.stamp", {"text": "gone"})
     assert status in (404, 503) and body["error"]["code"] in ("CAPABILITY_UNAVAILABLE", "MODULE_UNAVAILABLE"), body
 

@@ -9,8 +9,10 @@ import aiohttp
 from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 
-
-from conftest import Echo, Gateway, http, issue_key
+from support.client import http
+from support.gateway import Gateway, issue_key
+from support.modules import Echo
+from support.waiting import eventually
 
 
 async def _scrape(gateway: Gateway, credential: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -68,7 +70,7 @@ async def test_refusals_are_counted_by_policy(gateway: Gateway, echo: Echo, nc: 
         assert status in (200, 401, 429)  # 401 until the gateway's index has the new key
         statuses.add(status)
         if status == 401:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # paces the calls while the gateway's index has not the key yet
     samples = await _scrape(gateway, gateway.api_key)
     assert samples[("dai_rate_limit_refusals_total", (("policy", "key-calls"),))] >= 1
     assert _calls(samples, "unregistered", "http", "rate_limited") >= 1
@@ -78,10 +80,12 @@ async def test_metrics_need_metrics_read(gateway: Gateway, nc: NATS) -> None:
     status, body = await http("GET", f"{gateway.url}/metrics")
     assert status == 401 and body["error"]["code"] == "UNAUTHENTICATED", body
     tenant_admin = await issue_key(nc, gateway.tenant, role="tenant_admin")
-    status, body = await http("GET", f"{gateway.url}/metrics", credential=tenant_admin)
-    while status == 401:  # until the gateway's index has the key
-        await asyncio.sleep(0.05)
-        status, body = await http("GET", f"{gateway.url}/metrics", credential=tenant_admin)
+
+    async def known() -> tuple[int, dict] | None:  # once the gateway's index has the key
+        answer = await http("GET", f"{gateway.url}/metrics", credential=tenant_admin)
+        return None if answer[0] == 401 else answer
+
+    status, body = await eventually(known, "the gateway to know the key", timeout=10, interval=0.05)
     assert status == 403 and body["error"]["details"] == {"needed": ["metrics:read"]}, body
     status, key = await http("POST", f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys",
                              json={"name": "prometheus", "scopes": ["metrics:read"]}, credential=gateway.api_key)
