@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from democratic_ai.schemas.checkpoints import read_checkpoint
+
 __all__ = ["advance_checkpoint", "lock_checkpoint", "read_checkpoint", "read_checkpoints"]
 
 
@@ -23,11 +25,6 @@ async def advance_checkpoint(conn: asyncpg.Connection, name: str, sequence: int)
     await conn.execute(
         "UPDATE projection_checkpoints SET last_sequence = $2, updated_at = now() WHERE name = $1", name, sequence
     )
-
-
-async def read_checkpoint(conn: asyncpg.Connection, name: str) -> int:
-    """One checkpoint, without locking (0 when it was never written)."""
-    return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", name) or 0
 
 
 async def read_checkpoints(conn: asyncpg.Connection) -> dict[str, int]:

@@ -12,6 +12,7 @@ import asyncpg
 from .database import create_pool
 from .outage import DatabaseOutage, DatabaseUnreachable, is_unreachable, on_database
 from .roles import APP_ROLE, UnsafeRole, app_dsn, check_app_role, ensure_app_role
+from .checkpoints import read_checkpoint, wait_for_checkpoint
 from .tenancy import platform_transaction, tenant_transaction
 
 __all__ = [
@@ -29,7 +30,9 @@ __all__ = [
     "migrations",
     "on_database",
     "platform_transaction",
+    "read_checkpoint",
     "tenant_transaction",
+    "wait_for_checkpoint",
 ]
 
 # Any fixed number works; it only has to be the same in every process that migrates.

@@ -119,7 +119,18 @@ class Route:
 
 
 class Module:
-    """Subclass it, set ``module_id``, and decorate ``async def`` methods with ``@capability``."""
+    """A module author's capabilities, served on the bus.
+
+    Subclass it, set ``module_id``, and decorate ``async def`` methods with ``@capability`` (and
+    ``@event_handler``). ``start(nc)`` subscribes each capability in its queue group (and on its
+    direct route), announces the manifest to the hub and heartbeats until ``stop()``, which leaves,
+    lets the calls in progress finish (up to ``grace`` seconds) and unsubscribes. Each call is
+    checked against its input schema, run under the caller's tenant (``current_tenant``), checked
+    against its output schema, answered with the metering headers (compute ms, bytes) and recorded
+    in the MCP log; a streamed call sends chunks within its credit window and obeys CANCEL.
+    ``attach``, ``routes`` and ``begin`` are the three steps of ``start`` for a host that owns the
+    subscriptions itself (:mod:`.faststream`).
+    """
 
     module_id: ClassVar[str] = ""
     name: ClassVar[str] = ""

@@ -17,7 +17,6 @@ was refused.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, time, timedelta
 from typing import Protocol
 
@@ -26,7 +25,7 @@ from nats.js import JetStreamContext
 
 from democratic_ai.contracts.streams import USAGE_STREAM
 from democratic_ai.contracts.usage_events import BILLABLE
-from democratic_ai.schemas import tenant_transaction
+from democratic_ai.schemas import tenant_transaction, wait_for_checkpoint
 
 from .errors import UsageUnavailable
 
@@ -115,17 +114,9 @@ class PostgresUsageTotals:
         if self._js is None:
             return
         target = (await self._js.stream_info(self._stream)).state.last_seq
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
-        while True:
-            async with self._pool.acquire() as conn:
-                done = await conn.fetchval(
-                    "SELECT last_sequence FROM projection_checkpoints WHERE name = $1", self._projection) or 0
-            if done >= target:
-                return
-            if loop.time() > deadline:
-                raise UsageUnavailable(
-                    f"the {self._projection} projection is at {done} of {target} {self._stream} events;"
-                    " is the projection worker running?"
-                )
-            await asyncio.sleep(0.05)
+        done = await wait_for_checkpoint(self._pool, self._projection, target, self._timeout)
+        if done < target:
+            raise UsageUnavailable(
+                f"the {self._projection} projection is at {done} of {target} {self._stream} events;"
+                " is the projection worker running?"
+            )

@@ -39,6 +39,7 @@ from .hygiene import edge_headers
 from .identity_routes import add_identity_routes
 from .input_limits import InputLimits, effective_ceiling
 from .inputs import input_middleware
+from .mcp_http import add_mcp_routes
 from .module_routes import add_module_routes
 from .openapi import add_openapi_route, operation
 from .protocol import GatewayRunner
@@ -186,6 +187,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     add_billing_routes(app)
     app.router.add_get("/v1/ws", websocket)
     add_usage_routes(app)
+    add_mcp_routes(app)
     add_openapi_route(app)
     return app
 

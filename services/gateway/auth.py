@@ -19,17 +19,22 @@ from democratic_ai.services.identity import Principal
 from .errors import ApiError
 from .state import GATE
 
-__all__ = ["PRINCIPAL", "STRIPE_WEBHOOK_PATH", "auth_middleware", "principal_of", "require", "require_tenant"]
+__all__ = ["PRINCIPAL", "STRIPE_WEBHOOK_PATH", "auth_middleware", "credential_of", "principal_of", "require",
+           "require_tenant"]
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 # Stripe authenticates its webhook with a signature over the body, checked by the handler.
 STRIPE_WEBHOOK_PATH = "/v1/billing/stripe/webhook"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/v1/auth/login", "/v1/auth/refresh",
-                          "/openapi.json", STRIPE_WEBHOOK_PATH})
+                          "/openapi.json", STRIPE_WEBHOOK_PATH, "/.well-known/oauth-protected-resource",
+                          "/.well-known/oauth-protected-resource/mcp"})
 FIRST_MESSAGE_AUTH_PATHS = frozenset({"/v1/ws"})
+# Authenticates on its own, to answer 401 with the Bearer challenge MCP clients follow (.mcp_http).
+OWN_AUTH_PATHS = frozenset({"/mcp"})
 
 
-def _credential(request: web.Request) -> str | None:
+def credential_of(request: web.Request) -> str | None:
+    """The API key or access token the request carries, if any."""
     key = request.headers.get(HTTP_API_KEY, "").strip()
     if key:
         return key
@@ -41,9 +46,9 @@ def _credential(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or request.path in OWN_AUTH_PATHS:
         return await handler(request)
-    credential = _credential(request)
+    credential = credential_of(request)
     if credential is None:
         if request.path in FIRST_MESSAGE_AUTH_PATHS:
             return await handler(request)

@@ -12,7 +12,6 @@ its q-values; a tie goes to JSON). A format nobody offers answers 406 ``NOT_ACCE
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from democratic_ai.contracts import ErrorCode
 from democratic_ai.contracts.billing_events import InvoiceIssued, PlanTerms, Seller
 from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.fields import Id
-from democratic_ai.schemas import tenant_transaction
+from democratic_ai.schemas import tenant_transaction, wait_for_checkpoint
 from democratic_ai.services.billing import BillingService, Payments, render_invoice
 from democratic_ai.services.billing.payments import WebhookOutcome
 from democratic_ai.services.identity import Principal
@@ -248,14 +247,8 @@ async def _rows(request: web.Request, tenant_id: str, query: str, *args: Any) ->
 
 async def _caught_up(request: web.Request, sequence: int, timeout: float = 2.0) -> None:
     """Wait (briefly) until the billing read model holds the event just appended at ``sequence``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    async with request.app[POOL].acquire() as conn:
-        while loop.time() < deadline:
-            done = await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = 'billing'")
-            if done is not None and done >= sequence:
-                return
-            await asyncio.sleep(0.01)
+    if await wait_for_checkpoint(request.app[POOL], "billing", sequence, timeout) >= sequence:
+        return
     log.warning("the billing read model lags behind the log; is the projection worker running?")
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
-from democratic_ai.schemas import platform_transaction, tenant_transaction
+from democratic_ai.schemas import platform_transaction, tenant_transaction, wait_for_checkpoint
 
 from .state import IDENTITY, POOL
 
@@ -34,11 +33,6 @@ async def read_your_writes(request: web.Request, timeout: float = 2.0) -> None:
     worker is down the command has still happened: the wait gives up and the answer goes out.
     """
     target = request.app[IDENTITY].last_sequence
-    deadline = asyncio.get_running_loop().time() + timeout
-    async with request.app[POOL].acquire() as conn:
-        while asyncio.get_running_loop().time() < deadline:
-            done = await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = 'identity'")
-            if done is not None and done >= target:
-                return
-            await asyncio.sleep(0.01)
+    if await wait_for_checkpoint(request.app[POOL], "identity", target, timeout) >= target:
+        return
     log.warning("the identity read model lags behind the log; is the projection worker running?")

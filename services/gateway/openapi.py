@@ -156,7 +156,9 @@ def openapi_document(app: web.Application, *, title: str = "Democratic_AI gatewa
     }
 
 
-_REASONS = {200: "OK.", 201: "Created.", 204: "Done; no body.", 101: "Switching to the WebSocket protocol."}
+_REASONS = {200: "OK.", 201: "Created.", 202: "Accepted; no body.", 204: "Done; no body.",
+            101: "Switching to the WebSocket protocol.", 400: "Refused; the body says why.",
+            404: "Not found; the body says what."}
 _DOCUMENT = web.AppKey("openapi_document", dict)  # {"json": bytes} once built
 
 

@@ -25,8 +25,8 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "schemas": [
         "app_dsn", "APP_ROLE", "check_app_role", "create_pool", "DatabaseOutage", "DatabaseUnreachable",
-        "ensure_app_role", "is_unreachable", "migrate", "migrations", "on_database", "platform_transaction", "RENAMED",
-        "tenant_transaction", "UnsafeRole"
+        "ensure_app_role", "is_unreachable", "migrate", "migrations", "on_database", "platform_transaction", "read_checkpoint",
+        "RENAMED", "tenant_transaction", "UnsafeRole", "wait_for_checkpoint"
     ],
     "sdk": [
         "CallError", "capability", "Chunk", "Client", "DaiError", "Event", "event_handler", "HttpClient",
