@@ -28,10 +28,13 @@ from democratic_ai.sdk import Module, capability
 from democratic_ai.sdk.examples import TextTools
 from democratic_ai.services.gateway.mcp_tools import PROTOCOL_CODES
 
-from conftest import Gateway, http, issue_key, registered, unique
-from streaming_modules import Streamer
-from test_usage_metering import settled, usage_events
-from test_usage_streaming import by_call
+from support.client import http
+from support.gateway import Gateway, issue_key
+from support.modules import registered
+from support.names import unique
+from support.streamer import Streamer
+from support.usage import by_call, settled, usage_events
+from support.waiting import eventually
 
 TEXT = (
     "NATS is a messaging system built for speed. JetStream adds persistence to NATS. "
@@ -102,6 +105,15 @@ async def test_a_tool_call_returns_structured_content_matching_the_output_schema
     jsonschema.validate(result.structured_content, tools["text.summarize"].output_schema)
     assert result.structured_content["summary"]
     assert msgspec.json.decode(result.content[0].text) == result.structured_content  # the text form
+
+
+async def known_key(gateway: Gateway, key: str, path: str) -> tuple[int, dict]:
+    """The answer to GET ``path`` with ``key``, once the gateway's identity index has heard of the key."""
+    async def answer() -> tuple[int, dict] | None:
+        found = await http("GET", f"{gateway.url}{path}", credential=key)
+        return None if found[0] == 401 else found
+
+    return await eventually(answer, "the gateway to know the key", timeout=10, interval=0.05)
 
 
 async def test_a_spoofed_mcp_name_header_changes_nothing(gateway: Gateway, text_tools: TextTools) -> None:
@@ -177,9 +189,7 @@ async def test_closing_the_stream_cancels_at_the_module_within_a_second(
         call.cancel()  # the client abandons the call: it closes the response stream
         with pytest.raises(asyncio.CancelledError):
             await call
-    async with asyncio.timeout(5):
-        while not streamer.cancelled_at:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: streamer.cancelled_at, "the handler to be cancelled", timeout=5)
     assert streamer.cancelled_at[0] - closed < 1.0
     async with asyncio.timeout(10):  # metered once, as cancelled
         while not (calls := by_call(await usage_events(nc, gateway.tenant))):
@@ -225,9 +235,7 @@ async def test_a_rate_limited_key_gets_the_protocol_error_with_retry_after(
     gateway: Gateway, text_tools: TextTools, nc: NATS
 ) -> None:
     key = await issue_key(nc, gateway.tenant, rate_limit=1)
-    async with asyncio.timeout(10):  # the gateway's identity index hears of the key
-        while (await http("GET", f"{gateway.url}/v1/capabilities", credential=key))[0] == 401:
-            await asyncio.sleep(0.05)
+    await known_key(gateway, key, "/v1/capabilities")
     async with mcp_client(gateway, key=key) as client:
         first = await client.call_tool("text.summarize", {"text": TEXT})
         assert not first.is_error
@@ -242,9 +250,7 @@ async def test_a_key_without_module_use_is_told_why_it_has_no_tools(
     gateway: Gateway, text_tools: TextTools, nc: NATS
 ) -> None:
     key = await issue_key(nc, gateway.tenant, role="viewer")
-    async with asyncio.timeout(10):
-        while (await http("GET", f"{gateway.url}/v1/usage", credential=key))[0] == 401:
-            await asyncio.sleep(0.05)
+    await known_key(gateway, key, "/v1/usage")
     async with mcp_client(gateway, key=key) as client:
         with pytest.raises(MCPError) as raised:
             await client.list_tools()
@@ -261,7 +267,7 @@ async def test_every_tool_call_is_metered_once(
     async with asyncio.timeout(10):
         while len(calls := by_call(await usage_events(nc, gateway.tenant))) < 4:
             await settled(gateway, nc, pool)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # a window for what must not come: a second metering of any call
     events = [e for e in await usage_events(nc, gateway.tenant) if e.metric == "api_calls"]
     assert len(calls) == 4 and len(events) == 4
     assert {e.outcome for e in events} == {"success"} and {e.value for e in events} == {1}
@@ -354,9 +360,7 @@ async def test_a_limited_key_lists_and_calls_exactly_its_toolset(
     )
     assert status == 201, issued
     limited = issued["api_key"]
-    async with asyncio.timeout(10):  # the gateway's identity index hears of the key
-        while (found := await http("GET", f"{gateway.url}/v1/capabilities", credential=limited))[0] == 401:
-            await asyncio.sleep(0.05)
+    found = await known_key(gateway, limited, "/v1/capabilities")
     allowed = {entry["action"] for entry in found[1]["capabilities"]}
     async with mcp_client(gateway, mode, key=limited) as client:
         listed = [tool.name for tool in (await client.list_tools()).tools]
