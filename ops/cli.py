@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("hub", help="run the hub: module announcements and presence (needs NATS_URL)")
 
-    module = commands.add_parser("module", help="module commands: run a module you wrote")
+    module = commands.add_parser("module", help="module commands: run a module you wrote, publish an MCP server")
     module_commands = module.add_subparsers(dest="module_command", required=True, metavar="ACTION")
     run = module_commands.add_parser(
         "run", help="serve a module class on the bus (NATS_URL, default nats://127.0.0.1:4222)",
@@ -115,6 +115,41 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", action="store_true",
                      help="if NATS cannot be reached, keep trying (backing off from 0.5 s to 10 s, a line per"
                      " attempt) instead of exiting with code 1")
+
+    bridge = module_commands.add_parser(
+        "mcp", help="publish an MCP server (a stdio command after --, or --url) as a module: each tool a capability",
+        description="Publish an existing MCP server as a module: each of its tools becomes a capability"
+        " <prefix>.<tool> (the mapping is printed; --list shows it), served on the bus like dai module run"
+        " serves a class. Register the module first (POST /v1/modules; --registration prints the body)."
+        " Exit codes: 0 stopped by a signal (or after --list/--registration), 1 the MCP server or NATS cannot"
+        " be reached, 2 arguments, a credential or a server that cannot be used.")
+    bridge.add_argument("--id", dest="module_id", required=True, metavar="MODULE_ID",
+                        help="the module id to publish the server as (as registered: POST /v1/modules)")
+    bridge.add_argument("--url", default=None, help="the server's Streamable HTTP endpoint, e.g. http://127.0.0.1:8000/mcp")
+    bridge.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="an HTTP header for every request to --url, e.g. 'Authorization: Bearer …' (repeatable)")
+    bridge.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                        help="pass NAME (from this environment, or as VALUE) to the stdio server, which otherwise"
+                        " gets only PATH, HOME and the like (repeatable)")
+    bridge.add_argument("--protocol", choices=("auto", "2025-11-25", "2026-07-28"), default="auto",
+                        help="the MCP revision: auto (default) tries 2026-07-28 and falls back to the initialize"
+                        " handshake of 2025-11-25; either date insists on that revision")
+    bridge.add_argument("--tool", action="append", default=[], metavar="NAME",
+                        help="publish only this tool, by its MCP name (repeatable; default: every tool)")
+    bridge.add_argument("--prefix", default=None,
+                        help="the first part of every capability name (default: the module id)")
+    bridge.add_argument("--credential-file", type=Path, default=None, metavar="FILE",
+                        help="the module credential from POST /v1/modules (default: $DAI_BUS_CREDENTIAL or the file"
+                        " named by $DAI_BUS_CREDENTIAL_FILE)")
+    bridge.add_argument("--wait", action="store_true",
+                        help="if NATS cannot be reached, keep trying (as dai module run)")
+    bridge.add_argument("--list", action="store_true",
+                        help="print each tool and its capability, and exit (no bus, no credential needed)")
+    bridge.add_argument("--registration", action="store_true",
+                        help="print the JSON body of POST /v1/modules that registers exactly these capabilities,"
+                        " and exit")
+    bridge.add_argument("server_command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG ...]",
+                        help="the command that runs the server on stdio, after --")
 
     projections = commands.add_parser(
         "projections", help="the read models folded from the log: run, status, retry, rebuild, verify")
@@ -244,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "hub":
         options = _bus()
         run_until_signalled(lambda stop: services.run_hub(options, stop))
+    elif args.command == "module" and args.module_command == "mcp":
+        from . import module_mcp
+
+        return module_mcp.main(args)
     elif args.command == "module":
         from . import module_run
 

@@ -34,10 +34,10 @@ import ssl
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
@@ -49,7 +49,7 @@ from democratic_ai.sdk import Module
 from democratic_ai.sdk.errors import CredentialError
 from democratic_ai.services.busauth import inbox_prefix
 
-__all__ = ["GRACE", "ModuleRunError", "load_module_class", "main"]
+__all__ = ["GRACE", "ModuleRunError", "Served", "load_module_class", "main", "run_with_signals", "serve"]
 
 log = logging.getLogger("dai.module")
 
@@ -360,7 +360,27 @@ async def _until(stop: asyncio.Event, work: Awaitable[Any]) -> bool:
 # --- running -----------------------------------------------------------------------------------
 
 
-async def serve(options: BusOptions, module: Module, stop: asyncio.Event, wait: bool) -> int:
+class Served(Protocol):
+    """What :func:`serve` runs: a :class:`~democratic_ai.sdk.Module`, or what stands in for one
+    (``dai module mcp``'s bridge, which replaces its module when the MCP server's tools change)."""
+
+    module_id: str
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Mapping[str, object]: ...
+
+    @property
+    def calls_in_progress(self) -> int: ...
+
+    async def start(self, nc: NATS) -> None: ...
+
+    async def stop(self, grace: float = GRACE) -> None: ...
+
+
+async def serve(options: BusOptions, module: Served, stop: asyncio.Event, wait: bool) -> int:
     """Connect, start, serve until ``stop`` (or the connection closes for good), stop; the exit code."""
     tracing.configure_tracing(f"dai-module-{module.module_id}")
     connection = Connection(options, f"dai-module-{module.module_id}", inbox_prefix(module.module_id))
@@ -404,7 +424,7 @@ async def _forward(event: asyncio.Event, to: asyncio.Event) -> None:
     to.set()
 
 
-def _run(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+def run_with_signals(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     """Run ``main(stop)``: the first SIGINT/SIGTERM sets ``stop``, a second cancels it outright."""
 
     async def wrapper() -> int:
@@ -437,7 +457,7 @@ def main(spec: str, credential_file: Path | None = None, wait: bool = False) -> 
     """``dai module run``: the process's exit code; a failure is one ``dai:`` line on stderr."""
     try:
         options, module = prepare(spec, credential_file)
-        return _run(lambda stop: serve(options, module, stop, wait))
+        return run_with_signals(lambda stop: serve(options, module, stop, wait))
     except ModuleRunError as exc:
         print(f"dai: {exc.message}", file=sys.stderr, flush=True)
         return exc.exit_code
