@@ -28,7 +28,10 @@ from democratic_ai.ops.mcp_tools import capability_name, map_tools
 from democratic_ai.ops.ports import free_port
 from democratic_ai.sdk.sse import read_events
 
-from conftest import Gateway, http, unique
+from support.client import http
+from support.gateway import Gateway
+from support.names import unique
+from support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +53,7 @@ async def countDown(steps: int, ctx: Context, delay: float = 0.0) -> str:
     try:
         for i in range(steps):
             await ctx.report_progress(i + 1, steps, f"step {i + 1} of {steps}")
-            await anyio.sleep(delay)
+            await anyio.sleep(delay)  # paces the steps as the caller asked
     except anyio.get_cancelled_exc_class():
         with open("cancelled", "w") as marker:  # what the test looks for: the cancellation arrived
             marker.write(str(i))
@@ -191,13 +194,13 @@ def invoke(gateway: Gateway, capability: str) -> str:
 
 async def call(gateway: Gateway, capability: str, body: dict[str, Any], timeout: float = 15.0) -> tuple[int, dict]:
     """The JSON answer, retried while the gateway has not heard of the capability yet."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def heard() -> tuple[int, dict] | None:
         status, answer = await http("POST", invoke(gateway, capability), headers=gateway.headers, json=body)
         code = answer.get("error", {}).get("code")
-        if code not in ("CAPABILITY_NOT_FOUND", "CAPABILITY_UNAVAILABLE") or time.monotonic() > deadline:
-            return status, answer
-        await asyncio.sleep(0.2)
+        return None if code in ("CAPABILITY_NOT_FOUND", "CAPABILITY_UNAVAILABLE") else (status, answer)
+
+    return await eventually(heard, f"the gateway to route {capability}", timeout=timeout, interval=0.2)
 
 
 async def sse(gateway: Gateway, capability: str, body: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -225,9 +228,7 @@ async def hang_up_mid_stream(gateway: Gateway, capability: str, folder: Path) ->
         assert first.startswith(b"event: chunk"), first
         hung_up = time.monotonic()
         response.close()
-    while not marker.exists() and time.monotonic() - hung_up < 10:
-        await asyncio.sleep(0.01)
-    assert marker.exists(), "the MCP server never heard of the cancellation"
+    await eventually(marker.exists, "the MCP server to hear of the cancellation", timeout=10)
     return time.monotonic() - hung_up
 
 
@@ -426,13 +427,15 @@ async def test_a_streamable_http_server_by_url(
     try:
         url = f"http://127.0.0.1:{port}/mcp"
         module_id = unique("forecast")
-        deadline = time.monotonic() + 20
-        while True:  # until the server listens
+        said: list[str] = []
+
+        async def registration() -> str | None:  # once the server listens
             code, out, err = await output_of("--id", module_id, "--url", url, "--registration", cwd=tmp_path)
-            if code == 0 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.3)
-        assert code == 0, err
+            said[:] = [err]
+            return out if code == 0 else None
+
+        out = await eventually(registration, lambda: f"the MCP server to listen and describe itself; said {said}",
+                               timeout=20, interval=0.3)
         credential = await register(gateway, msgspec.json.decode(out), tmp_path)
         run = await start_bridge(
             "--id",
