@@ -89,7 +89,7 @@ _ANNOTATIONS = frozenset(
     {"$comment", "title", "description", "default", "examples", "format", "readOnly", "writeOnly", "deprecated"}
 )
 # Keywords that mean the same in drafts 4, 6 and 7 as fastjsonschema generates them and in the
-# draft jsonschema applies to the schema (checked against each other in tests/test_sdk_schemas.py).
+# draft jsonschema applies to the schema (checked against each other in tests/sdk/test_sdk_schemas.py).
 # Keywords of newer drafts that fastjsonschema does not know (unevaluatedProperties,
 # dependentRequired, prefixItems, ...) are missing on purpose: it would ignore them.
 _ASSERTIONS = frozenset({

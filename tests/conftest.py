@@ -1,56 +1,43 @@
 """Fixtures: a real nats-server with JetStream and a real PostgreSQL for the whole session.
 
 Tests share the servers but not their data: each test gets a fresh database, and names its
-tenants and modules uniquely, so streams shared by all tests never mix their results.
+tenants and modules uniquely, so streams shared by all tests never mix their results. Only
+fixtures live here; the helpers they and the tests use are in the ``support`` package.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import asyncpg
-import msgspec
 import pytest
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import ensure_streams
 from democratic_ai.contracts.bus import connect
-from democratic_ai.contracts.envelope import Meta
-from democratic_ai.contracts.identity_events import ApiKeyIssued, TenantCreated, encode_event
 from democratic_ai.hub import Hub
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner
 from democratic_ai.schemas import app_dsn, create_pool, migrate
-from democratic_ai.sdk import Module, capability
 from democratic_ai.services.busauth import BusAuthorizer, Signer
 from democratic_ai.services.gateway import GatewayConfig, create_app
 from democratic_ai.services.gateway.app import runner_for
-from democratic_ai.services.gateway.state import METERING
 from democratic_ai.services.identity import IdentityIndex, KeyEncryptionKey
-from democratic_ai.services.identity.bootstrap import new_api_key_secret
-from democratic_ai.services.identity.principal import sha256_hex
 from democratic_ai.services.identity.sealing import KEK_ENV, KEK_FILE_ENV
-from democratic_ai.services.metering import Metering, MeteringConfig, PublisherConfig
+from democratic_ai.services.metering import MeteringConfig
 
-from streaming_modules import Streamer
-
-
-def unique(prefix: str) -> str:
-    """A subject-safe name no other test uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+from support.gateway import TEST_METERING, Gateway, StartGateway, issue_key
+from support.modules import Echo, registered
+from support.names import unique
+from support.paths import REPO
+from support.streamer import Streamer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -118,47 +105,6 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-@dataclass(frozen=True)
-class Gateway:
-    url: str
-    api_key: str
-    tenant: str
-    app: web.Application | None = None
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"X-API-Key": self.api_key, "Content-Type": "application/json"}
-
-    @property
-    def metering(self) -> Metering:
-        if self.app is None:
-            raise RuntimeError("this gateway runs in another process")
-        return self.app[METERING]
-
-
-# Test gateways flush usage every 50 ms, so read models catch up quickly.
-TEST_METERING = MeteringConfig(publisher=PublisherConfig(max_delay=0.05))
-
-
-async def issue_key(nc: NATS, tenant: str, role: str = "super_admin", rate_limit: int | None = None) -> str:
-    """Record a tenant (once) and an owner-less API key of ``role`` for it, as ``dai up`` does
-    for its admin; ``rate_limit`` is the key's own limit in calls per minute."""
-    js = nc.jetstream()
-    meta = Meta(at=datetime.now(UTC))
-    await js.publish(f"iam.{tenant}.tenant.{tenant}", encode_event(TenantCreated(tenant_id=tenant, meta=meta, name=tenant)),
-                     headers={"Nats-Msg-Id": f"tenant-{tenant}"})
-    secret = new_api_key_secret()
-    key_id = secret.split("_", 2)[1]
-    await js.publish(f"iam.{tenant}.api_key.{key_id}", encode_event(ApiKeyIssued(
-        tenant_id=tenant, meta=meta, key_id=key_id, prefix=secret[:16], sha256=sha256_hex(secret), role=role,
-        rate_limit=rate_limit,
-    )))
-    return secret
-
-
-StartGateway = Callable[..., Awaitable[Gateway]]
-
-
 @pytest.fixture
 async def start_gateway(
     nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS, projections: None,
@@ -198,25 +144,6 @@ async def gateway(start_gateway: StartGateway) -> Gateway:
     return await start_gateway()
 
 
-class Echo(Module):
-    """A trivial module: answers its input, or fails on request."""
-
-    module_id = "echo-test"
-
-    @capability(
-        "test.echo",
-        input_schema={"type": "object", "properties": {"text": {"type": "string"}, "fail": {"type": "boolean"},
-                                                       "sleep_ms": {"type": "integer"}}},
-        output_schema={"type": "object"},
-    )
-    async def echo(self, text: str = "", fail: bool = False, sleep_ms: int = 0) -> dict:
-        if sleep_ms:
-            await asyncio.sleep(sleep_ms / 1000)
-        if fail:
-            raise RuntimeError("asked to fail")
-        return {"text": text}
-
-
 @pytest.fixture
 async def echo(nc: NATS) -> AsyncIterator[Echo]:
     """The ``test.echo`` capability, served in-process."""
@@ -228,7 +155,7 @@ async def echo(nc: NATS) -> AsyncIterator[Echo]:
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return REPO
 
 
 @pytest.fixture
@@ -237,16 +164,6 @@ async def hub(nc: NATS) -> AsyncIterator[Hub]:
     await hub.start(nc)
     yield hub
     await hub.stop()
-
-
-async def registered(hub: Hub, module: Module, timeout: float = 5.0) -> None:
-    """Wait until the hub has recorded ``module``'s manifest in the REGISTRY stream."""
-    digest = module.manifest.digest()
-    deadline = asyncio.get_running_loop().time() + timeout
-    while hub.registry.digests.get(module.module_id) != digest:
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"{module.module_id} was not registered within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -259,18 +176,6 @@ async def streamer(nc: NATS, hub: Hub) -> AsyncIterator[Streamer]:
     await module.stop(grace=1.0)
 
 
-async def http(
-    method: str, url: str, *, json: object = None, credential: str | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict]:
-    """One HTTP request; returns the status and the JSON body (``{}`` for an empty one)."""
-    sent = dict(headers or {})
-    if credential is not None:
-        sent["Authorization"] = f"Bearer {credential}"
-    async with aiohttp.ClientSession() as session, session.request(method, url, json=json, headers=sent) as response:
-        body = await response.read()
-        return response.status, (msgspec.json.decode(body) if body else {})
-
-
 @pytest.fixture
 async def projections(nc: NATS, pool: asyncpg.Pool) -> AsyncIterator[None]:
     """Every projection folding into this test's database, in-process."""
@@ -279,57 +184,6 @@ async def projections(nc: NATS, pool: asyncpg.Pool) -> AsyncIterator[None]:
     yield
     stop.set()
     await asyncio.gather(*tasks)
-
-
-async def checkpoint(pool: asyncpg.Pool, name: str) -> int:
-    """The last stream sequence projection ``name`` has applied in this test's database."""
-    async with pool.acquire() as conn:
-        return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", name) or 0
-
-
-async def reached(pool: asyncpg.Pool, name: str, target: int, timeout: float = 30.0) -> None:
-    """Wait until projection ``name`` has applied the stream up to sequence ``target``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (done := await checkpoint(pool, name)) < target:
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"projection {name} at {done}, expected {target}")
-        await asyncio.sleep(0.02)
-
-
-async def caught_up(nc: NATS, pool: asyncpg.Pool, name: str, timeout: float = 10.0) -> None:
-    """Wait until projection ``name`` has applied everything its stream holds now."""
-    target = (await nc.jetstream().stream_info(PROJECTIONS[name].stream)).state.last_seq
-    await reached(pool, name, target, timeout)
-
-
-async def kill_9_mid_batch(pool: asyncpg.Pool, name: str, env: dict[str, str], last: int) -> None:
-    """Run ``dai projections run <name>`` as a process, kill -9 it once it has applied part of
-    the stream (but not up to ``last``), start it again and wait until it has applied ``last``."""
-    command = [sys.executable, "-m", "democratic_ai.ops.cli", "projections", "run", name]
-    worker = subprocess.Popen(command, env=env)
-    try:
-        while (applied := await checkpoint(pool, name)) == 0:
-            await asyncio.sleep(0.005)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
-        assert 0 < applied < last, "the worker finished before it could be killed mid-way"
-        worker = subprocess.Popen(command, env=env)
-        await reached(pool, name, last, timeout=60)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=15)
-
-
-async def forget_usage(nc: NATS, tenant: str) -> None:
-    """Purge a bulk test's usage events from the shared USAGE stream, and its calls' records from MCP.
-
-    Every test's fresh database folds the whole stream from the start; a test that publishes
-    a hundred thousand events would otherwise slow down every test after it. The MCP records
-    go too: a later test's recovery sweep would find their usage missing and publish it again.
-    """
-    js = nc.jetstream()
-    await js.purge_stream("USAGE", subject=f"usage.{tenant}.>")
-    await js.purge_stream("MCP", subject=f"mcp.*.{tenant}.>")
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ aiohttp has no setting for this, so it leans on three of its internals, all here
 ``_make_server`` (to build a server whose connections are a ``RequestHandler`` subclass with its
 own ``handle_error``), that server's ``_loop`` and ``_kwargs``, and ``Response._prepare_headers``
 (the application's ``on_response_prepare`` signal does not run for a request that was never
-routed, so the answer removes the ``Server`` banner itself). ``tests/test_gateway_hygiene.py``
-and ``tests/test_gateway_bad_input.py`` fail if an aiohttp upgrade changes any of them.
+routed, so the answer removes the ``Server`` banner itself). ``tests/services/gateway/test_gateway_hygiene.py``
+and ``tests/services/gateway/test_gateway_bad_input.py`` fail if an aiohttp upgrade changes any of them.
 """
 
 from __future__ import annotations

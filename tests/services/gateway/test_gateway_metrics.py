@@ -1,0 +1,93 @@
+"""``GET /metrics``: the gateway's Prometheus metrics parse, move with the calls of every
+transport, keep their labels bounded, and are for ``metrics:read`` only."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from nats.aio.client import Client as NATS
+from prometheus_client.parser import text_string_to_metric_families
+
+from support.client import http
+from support.gateway import Gateway, issue_key
+from support.modules import Echo
+from support.waiting import eventually
+
+
+async def _scrape(gateway: Gateway, credential: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with aiohttp.ClientSession() as session, session.get(
+        f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {credential}"}
+    ) as response:
+        assert response.status == 200, await response.text()
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def _calls(samples: dict, capability: str, transport: str, outcome: str) -> float:
+    labels = (("capability", capability), ("outcome", outcome), ("transport", transport))
+    return samples.get(("dai_calls_total", labels), 0.0)
+
+
+async def test_metrics_count_calls_by_capability_transport_and_outcome(gateway: Gateway, echo: Echo) -> None:
+    invoke = f"{gateway.url}/v1/capabilities/{{}}/invoke"
+    before = await _scrape(gateway, gateway.api_key)
+    assert (await http("POST", invoke.format("test.echo"), json={"text": "a"}, credential=gateway.api_key))[0] == 200
+    assert (await http("POST", invoke.format("test.echo"), json={"fail": True}, credential=gateway.api_key))[0] == 502
+    assert (await http("POST", invoke.format("nobody.serves.this"), json={}, credential=gateway.api_key))[0] == 404
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+        f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}
+    ) as ws:
+        await ws.receive_json(timeout=5)
+        await ws.send_json({"type": "REQUEST", "correlation_id": "w", "action": "test.echo", "payload": {}})
+        while (frame := await ws.receive_json(timeout=5))["type"] not in ("RESPONSE", "ERROR"):
+            pass
+        assert frame["type"] == "RESPONSE", frame
+    after = await _scrape(gateway, gateway.api_key)
+
+    # test.echo is served but was never registered with a hub here: its series is "unregistered",
+    # as is the name nobody serves — a caller cannot add series by inventing names.
+    def moved(transport: str, outcome: str) -> float:
+        return _calls(after, "unregistered", transport, outcome) - _calls(before, "unregistered", transport, outcome)
+
+    assert moved("http", "success") == 1 and moved("http", "failed") == 2 and moved("websocket", "success") == 1
+    assert not any(dict(labels).get("capability") in ("nobody.serves.this", "test.echo") for _, labels in after)
+    assert after[("dai_calls_in_flight", (("transport", "http"),))] == 0
+    duration = ("dai_call_duration_seconds_count", (("capability", "unregistered"), ("transport", "http")))
+    assert after[duration] - before.get(duration, 0) == 3
+    assert after[("dai_follower_position", (("follower", "identity"),))] > 0
+    assert ("dai_nats_reconnects_total", ()) in after
+
+
+async def test_refusals_are_counted_by_policy(gateway: Gateway, echo: Echo, nc: NATS) -> None:
+    limited = await issue_key(nc, gateway.tenant, rate_limit=1)  # one call a minute
+    invoke = f"{gateway.url}/v1/capabilities/test.echo/invoke"
+    statuses = set()
+    while 429 not in statuses:
+        status, _ = await http("POST", invoke, json={}, credential=limited)
+        assert status in (200, 401, 429)  # 401 until the gateway's index has the new key
+        statuses.add(status)
+        if status == 401:
+            await asyncio.sleep(0.05)  # paces the calls while the gateway's index has not the key yet
+    samples = await _scrape(gateway, gateway.api_key)
+    assert samples[("dai_rate_limit_refusals_total", (("policy", "key-calls"),))] >= 1
+    assert _calls(samples, "unregistered", "http", "rate_limited") >= 1
+
+
+async def test_metrics_need_metrics_read(gateway: Gateway, nc: NATS) -> None:
+    status, body = await http("GET", f"{gateway.url}/metrics")
+    assert status == 401 and body["error"]["code"] == "UNAUTHENTICATED", body
+    tenant_admin = await issue_key(nc, gateway.tenant, role="tenant_admin")
+
+    async def known() -> tuple[int, dict] | None:  # once the gateway's index has the key
+        answer = await http("GET", f"{gateway.url}/metrics", credential=tenant_admin)
+        return None if answer[0] == 401 else answer
+
+    status, body = await eventually(known, "the gateway to know the key", timeout=10, interval=0.05)
+    assert status == 403 and body["error"]["details"] == {"needed": ["metrics:read"]}, body
+    status, key = await http("POST", f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys",
+                             json={"name": "prometheus", "scopes": ["metrics:read"]}, credential=gateway.api_key)
+    assert status == 201, key
+    await _scrape(gateway, key["api_key"])
