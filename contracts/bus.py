@@ -58,7 +58,7 @@ def role_of(credential: str) -> str | None:
     """The role a ``dai-role.<role>.<secret>`` credential names; None for any other string."""
     if not credential.startswith(_ROLE_PREFIX):
         return None
-    role, _, secret = credential[len(_ROLE_PREFIX):].partition(".")
+    role, _, secret = credential[len(_ROLE_PREFIX) :].partition(".")
     return role if role and secret else None
 
 

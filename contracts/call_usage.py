@@ -55,8 +55,9 @@ from .usage_events import CallMetered, Metric, Outcome
 __all__ = ["GATEWAY", "at_of", "is_metered", "outcome_of", "usage_of"]
 
 GATEWAY = "gateway"  # the source id of calls that enter through the HTTP edge
-_API_CALLS, _COMPUTE_MS, _BYTES_IN, _BYTES_OUT = (m.value for m in (Metric.API_CALLS, Metric.COMPUTE_MS,
-                                                                    Metric.BYTES_IN, Metric.BYTES_OUT))
+_API_CALLS, _COMPUTE_MS, _BYTES_IN, _BYTES_OUT = (
+    m.value for m in (Metric.API_CALLS, Metric.COMPUTE_MS, Metric.BYTES_IN, Metric.BYTES_OUT)
+)
 # What a module may claim for one call: 2**40 ms is 35 years of compute, 2**40 bytes a TiB. A
 # bigint column (and the sums of the aggregates) cannot take an unbounded claim, and a real
 # call comes nowhere near this one.
@@ -72,9 +73,7 @@ _ENDED_BY = {ErrorCode.CANCELLED.value: Outcome.CANCELLED, ErrorCode.TIMEOUT.val
 def is_metered(answer: MCPMessage) -> bool:
     """Whether ``answer`` closes a call the gateway meters."""
     kind = answer.type
-    return answer.target_module_id == GATEWAY and (
-        kind in (RESPONSE, ERROR) or (kind == STREAM_CHUNK and answer.final)
-    )
+    return answer.target_module_id == GATEWAY and (kind in (RESPONSE, ERROR) or (kind == STREAM_CHUNK and answer.final))
 
 
 def outcome_of(answer: MCPMessage) -> Outcome:
@@ -132,9 +131,16 @@ def usage_of(answer: MCPMessage, *later: MCPMessage, outcome: Outcome | None = N
         outcome = outcome_of(answer)
     source = answer.source_module_id
     call = CallMetered(
-        tenant_id=context.tenant_id, metric=_API_CALLS, value=1, at=at_of(answer), call_id=answer.correlation_id,
-        capability=answer.action, module_id="" if source == GATEWAY else source, user_id=context.user_id,
-        api_key_id=context.api_key_id, outcome=outcome.value,
+        tenant_id=context.tenant_id,
+        metric=_API_CALLS,
+        value=1,
+        at=at_of(answer),
+        call_id=answer.correlation_id,
+        capability=answer.action,
+        module_id="" if source == GATEWAY else source,
+        user_id=context.user_id,
+        api_key_id=context.api_key_id,
+        outcome=outcome.value,
     )
     events = [call]
     if outcome is Outcome.RATE_LIMITED:
@@ -160,6 +166,9 @@ def _measured_later(call: CallMetered, metric: str, later: tuple[MCPMessage, ...
             value = _header(answer, MCP_COMPUTE_MS if metric == _COMPUTE_MS else MCP_BYTES_IN)
         if value:
             source = answer.source_module_id
-            return [_replace(call, metric=metric, value=value, at=at_of(answer),
-                             module_id="" if source == GATEWAY else source)]
+            return [
+                _replace(
+                    call, metric=metric, value=value, at=at_of(answer), module_id="" if source == GATEWAY else source
+                )
+            ]
     return []

@@ -65,7 +65,8 @@ async def append(
         ack = await js.publish(subject, data, timeout=timeout, headers=headers or None)
     except BadRequestError as exc:
         if exc.err_code == WRONG_LAST_SEQUENCE:
-            raise AppendConflict(code=exc.code, description=exc.description, err_code=exc.err_code,
-                                 stream=exc.stream, seq=exc.seq) from None
+            raise AppendConflict(
+                code=exc.code, description=exc.description, err_code=exc.err_code, stream=exc.stream, seq=exc.seq
+            ) from None
         raise
     return ack.seq

@@ -64,6 +64,7 @@ PositiveInt32 = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]
 
 _PATH = re.compile(r" - at `(?P<path>\$[^`]*)`$")
 
+
 class EventRejected(ValueError):
     """An event breaks a rule of its type; ``path`` names the field (``$.rate_limit``)."""
 

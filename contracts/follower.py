@@ -44,8 +44,9 @@ class StreamFollower:
         raise NotImplementedError
 
     async def start(self, js: JetStreamContext, timeout: float = 30.0) -> None:
-        self._consumer = OrderedConsumer(js, self.stream, self.filter_subject, self._on_message,
-                                         start=DeliverPolicy.ALL)
+        self._consumer = OrderedConsumer(
+            js, self.stream, self.filter_subject, self._on_message, start=DeliverPolicy.ALL
+        )
         await self._consumer.start(timeout)
 
     async def stop(self) -> None:

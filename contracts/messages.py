@@ -106,16 +106,18 @@ def new_request(
 def new_event(topic: str, payload: bytes, *, tenant_id: str, source_module_id: str) -> MCPMessage:
     """An EVENT: a fact about ``topic`` for whoever subscribes; nobody answers it."""
     event_id = new_id()
-    return _stamp(MCPMessage(
-        id=event_id,
-        type=MessageType.EVENT,
-        source_module_id=source_module_id,
-        action=topic,
-        context={"tenant_id": tenant_id},
-        payload=payload,
-        correlation_id=event_id,
-        content_type=JSON,
-    ))
+    return _stamp(
+        MCPMessage(
+            id=event_id,
+            type=MessageType.EVENT,
+            source_module_id=source_module_id,
+            action=topic,
+            context={"tenant_id": tenant_id},
+            payload=payload,
+            correlation_id=event_id,
+            content_type=JSON,
+        )
+    )
 
 
 def reply(request: MCPMessage, payload: bytes, *, source_module_id: str) -> MCPMessage:

@@ -70,8 +70,14 @@ log = logging.getLogger(__name__)
 # given ``after`` (a checkpoint) starts by sequence too.
 Start = DeliverPolicy | datetime
 
-_RETRYABLE = (NatsTimeoutError, TimeoutError, NoRespondersError, APIError, ConnectionClosedError,
-              OutboundBufferLimitError)
+_RETRYABLE = (
+    NatsTimeoutError,
+    TimeoutError,
+    NoRespondersError,
+    APIError,
+    ConnectionClosedError,
+    OutboundBufferLimitError,
+)
 _MAX_DELAY = 1.0
 _WATCH_INTERVAL = 0.1
 
@@ -273,8 +279,9 @@ class OrderedConsumer:
 
     async def _resubscribe(self, reason: str) -> None:
         if reason:
-            log.info("following %s %s again after sequence %d: %s", self.stream, self.subject, self.last_sequence,
-                     reason)
+            log.info(
+                "following %s %s again after sequence %d: %s", self.stream, self.subject, self.last_sequence, reason
+            )
         delay, attempts = 0.05, 0
         while True:
             self._again = False
@@ -285,8 +292,9 @@ class OrderedConsumer:
                 except _RETRYABLE as exc:
                     attempts += 1
                     if attempts == 1 or attempts % 30 == 0:
-                        log.warning("cannot follow %s %s yet (attempt %d): %r", self.stream, self.subject,
-                                    attempts, exc)
+                        log.warning(
+                            "cannot follow %s %s yet (attempt %d): %r", self.stream, self.subject, attempts, exc
+                        )
                 else:
                     if not first:
                         self.resumes += 1
@@ -304,8 +312,12 @@ class OrderedConsumer:
             if reconnects != self._reconnects:
                 self._reconnects = reconnects
                 self._resume("the connection reconnected")
-            elif (self._nc.is_connected and self._subscription is not None and not self._busy
-                  and time.monotonic() - self._last_activity > 3 * self._heartbeat):
+            elif (
+                self._nc.is_connected
+                and self._subscription is not None
+                and not self._busy
+                and time.monotonic() - self._last_activity > 3 * self._heartbeat
+            ):
                 self._resume("no heartbeat")
 
     # Deliveries ---------------------------------------------------------------------------------
@@ -382,8 +394,11 @@ class OrderedConsumer:
             try:
                 await self._on_message(msg)
             except Exception:
-                log.exception("a follower of %s failed on the message at sequence %d (skipped)", self.stream,
-                              msg.metadata.sequence.stream)
+                log.exception(
+                    "a follower of %s failed on the message at sequence %d (skipped)",
+                    self.stream,
+                    msg.metadata.sequence.stream,
+                )
         return True
 
     async def _control(self, generation: int, msg: Msg) -> None:

@@ -97,8 +97,10 @@ class ServerClock:
         if skew is None or abs(skew) <= SKEW_WARNING_SECONDS:
             return None
         way = "ahead of" if skew > 0 else "behind"
-        return (f"this process's clock is {abs(skew):.1f} s {way} the NATS server's; limits and deadlines use"
-                " the server's time, but logs and tokens stamped here are off: fix NTP on this host")
+        return (
+            f"this process's clock is {abs(skew):.1f} s {way} the NATS server's; limits and deadlines use"
+            " the server's time, but logs and tokens stamped here are off: fix NTP on this host"
+        )
 
     def check(self) -> str | None:
         """:meth:`problem`, logged as a warning when it appears and as info when it is gone."""

@@ -93,6 +93,8 @@ def cancel(request: MCPMessage, *, source_module_id: str) -> MCPMessage:
 def stream_ack(request: MCPMessage, consumed: int) -> MCPMessage:
     """Credit for the module: the caller has taken every chunk before sequence ``consumed``."""
     return MCPMessage(
-        type=STREAM_ACK, correlation_id=request.correlation_id, sequence=consumed,
+        type=STREAM_ACK,
+        correlation_id=request.correlation_id,
+        sequence=consumed,
         context=request.context,
     )

@@ -61,6 +61,7 @@ __all__ = [
     "message_id",
 ]
 
+
 class Metric(StrEnum):
     API_CALLS = "api_calls"
     COMPUTE_MS = "compute_ms"
@@ -86,8 +87,7 @@ class Outcome(StrEnum):
 
 
 BILLABLE: frozenset[tuple[str, str]] = frozenset(
-    {(metric.value, Outcome.SUCCESS.value) for metric in Metric}
-    | {(Metric.COMPUTE_MS.value, Outcome.CANCELLED.value)}
+    {(metric.value, Outcome.SUCCESS.value) for metric in Metric} | {(Metric.COMPUTE_MS.value, Outcome.CANCELLED.value)}
 )
 """The (metric, outcome) pairs billing counts: every metric of a successful call, and the
 compute time of a cancelled one. Nothing of a call that timed out, failed or was refused."""

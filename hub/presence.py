@@ -122,8 +122,13 @@ class PresenceIndex:
             watch.timer = asyncio.get_running_loop().call_later(remaining, self._check, key)
             return
         del self._watches[key]
-        log.warning("instance %s of module %s missed %d heartbeats; failing the %d calls it held",
-                    key[1], key[0], MISSED_HEARTBEATS, len(watch.callbacks))
+        log.warning(
+            "instance %s of module %s missed %d heartbeats; failing the %d calls it held",
+            key[1],
+            key[0],
+            MISSED_HEARTBEATS,
+            len(watch.callbacks),
+        )
         for on_dead in list(watch.callbacks):
             on_dead()
 
@@ -178,8 +183,12 @@ def died(module_id: str, instance_id: str, capability: str) -> tuple[ErrorCode, 
             f"module {module_id!r} stopped while it ran {capability!r}: its instance missed {MISSED_HEARTBEATS}"
             " heartbeats in a row; the call may have partly run"
         ),
-        {"module_id": module_id, "instance_id": instance_id, "capability": capability,
-         "missed_heartbeats": MISSED_HEARTBEATS},
+        {
+            "module_id": module_id,
+            "instance_id": instance_id,
+            "capability": capability,
+            "missed_heartbeats": MISSED_HEARTBEATS,
+        },
     )
 
 

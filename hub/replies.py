@@ -128,7 +128,7 @@ class Replies:
             self._pool = os.urandom(_POOL_TOKENS * _TOKEN_HEX // 2).hex()
             start = 0
         self._drawn = start + _TOKEN_HEX
-        return self._pool[start:start + _TOKEN_HEX]
+        return self._pool[start : start + _TOKEN_HEX]
 
     async def _open(self) -> None:
         if self._opening is None:
@@ -145,7 +145,7 @@ class Replies:
         return subscription
 
     async def _on_reply(self, msg: Msg) -> None:
-        pending = self._pending.get(msg.subject[len(self._prefix):])
+        pending = self._pending.get(msg.subject[len(self._prefix) :])
         if pending is not None:
             pending.deliver(msg)
 

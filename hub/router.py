@@ -152,8 +152,9 @@ class Router:
         finally:
             pending.close()
 
-    async def _held(self, request: MCPMessage, pending: Pending, deadline: float | None,
-                    answer: MCPMessage) -> MCPMessage:
+    async def _held(
+        self, request: MCPMessage, pending: Pending, deadline: float | None, answer: MCPMessage
+    ) -> MCPMessage:
         """The answer after the module's ACCEPTED (it holds the call), unless the instance dies."""
         named = subjects.instance_of_control(answer.headers.get(MCP_CONTROL, ""))
         unwatch = self._presence.watch(*named, pending.interrupt) if named and self._presence else _nothing
@@ -199,9 +200,15 @@ class Router:
 
     async def _open_stream(self, request: MCPMessage, window: int, on_end: OnEnd | None) -> CallStream:
         stream = CallStream(
-            self._nc, request, source_id=self._source_id, window=window,
-            idle_timeout=float(request.ttl or DEFAULT_TTL_SECONDS), fail=self._fail, on_end=on_end,
-            cancel_wait=self._cancel_wait, presence=self._presence,
+            self._nc,
+            request,
+            source_id=self._source_id,
+            window=window,
+            idle_timeout=float(request.ttl or DEFAULT_TTL_SECONDS),
+            fail=self._fail,
+            on_end=on_end,
+            cancel_wait=self._cancel_wait,
+            presence=self._presence,
         )
         deadline = deadlines.made_here(request)
         if deadline is not None and deadline <= time.monotonic():
@@ -262,7 +269,9 @@ class Router:
     async def _expired(self, request: MCPMessage) -> MCPMessage:
         """A request whose deadline passed before it was sent: never sent, answered TIMEOUT."""
         return await self._fail(
-            request, ErrorCode.TIMEOUT, f"the ttl of {request.action!r} passed before it was sent",
+            request,
+            ErrorCode.TIMEOUT,
+            f"the ttl of {request.action!r} passed before it was sent",
             {"ttl": request.ttl},
         )
 
@@ -288,9 +297,7 @@ class Router:
             {"capability": action},
         )
 
-    async def _fail(
-        self, request: MCPMessage, code: ErrorCode, text: str, details: dict[str, object]
-    ) -> MCPMessage:
+    async def _fail(self, request: MCPMessage, code: ErrorCode, text: str, details: dict[str, object]) -> MCPMessage:
         """Answer with an error of the router's own and record it like a module's answer.
 
         It carries the request's size, as a module's answer does, so the failed call is

@@ -150,8 +150,12 @@ class CallStream:
             if self._presence is not None:
                 self._unwatch = self._presence.watch(*named, lambda: self._queue.put_nowait(_Signal.DIED))
             return
-        log.error("module %s answered a streamed call with %s, control %r",
-                  answer.source_module_id, MessageType.Name(answer.type), control)
+        log.error(
+            "module %s answered a streamed call with %s, control %r",
+            answer.source_module_id,
+            MessageType.Name(answer.type),
+            control,
+        )
         error = await self._fail(self.request, ErrorCode.INTERNAL, "the module's answer is not one of a stream", {})
         await self.refuse(error)
 
@@ -171,7 +175,8 @@ class CallStream:
                     msg = await self._queue.get()
             except TimeoutError:
                 return await self._abort(
-                    ErrorCode.TIMEOUT, f"no message of the stream within its ttl of {self._idle_timeout:g} s",
+                    ErrorCode.TIMEOUT,
+                    f"no message of the stream within its ttl of {self._idle_timeout:g} s",
                     {"ttl": self._idle_timeout},
                 )
             if msg is _Signal.OVERFLOW:
@@ -187,7 +192,8 @@ class CallStream:
             if message.type == MessageType.STREAM_CHUNK:
                 if message.sequence != self._next_sequence:
                     return await self._abort(
-                        ErrorCode.INTERNAL, "chunks of the stream were lost",
+                        ErrorCode.INTERNAL,
+                        "chunks of the stream were lost",
                         {"expected": self._next_sequence, "received": message.sequence},
                     )
                 self._next_sequence += 1
@@ -236,10 +242,15 @@ class CallStream:
             await self._nc.publish(record, message)
             if self.end is None:
                 confirmation = await self._last_message()
-                self._ended(confirmation or await self._fail(
-                    self.request, ErrorCode.CANCELLED,
-                    f"the call was cancelled; its module did not confirm within {self._cancel_wait:g} s", {},
-                ))
+                self._ended(
+                    confirmation
+                    or await self._fail(
+                        self.request,
+                        ErrorCode.CANCELLED,
+                        f"the call was cancelled; its module did not confirm within {self._cancel_wait:g} s",
+                        {},
+                    )
+                )
         await self._unsubscribe()
 
     async def _last_message(self) -> MCPMessage | None:

@@ -24,7 +24,7 @@ def _env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
         example = "nats://127.0.0.1:4222" if name == "NATS_URL" else "postgresql://…"
-        raise SystemExit(f"dai: set {name} (e.g. {example}); for the dai up running here: eval \"$(dai env)\"")
+        raise SystemExit(f'dai: set {name} (e.g. {example}); for the dai up running here: eval "$(dai env)"')
     return value
 
 
@@ -68,26 +68,41 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dai", description="Democratic_AI: an open platform for sharing AI tools.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
-                        help="print the installed version of democratic-ai and exit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {_version()}",
+        help="print the installed version of democratic-ai and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="run the whole platform on this machine (embedded NATS and Postgres)")
     up.add_argument("--data-dir", type=Path, default=Path(".dai"), help="where all state lives (default: ./.dai)")
     up.add_argument("--port", type=int, default=8080, help="gateway port (default: 8080)")
     up.add_argument("--nats-port", type=int, default=None, help="embedded NATS port (default: 4222, from nats.conf)")
-    up.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
-                    help="serve NATS clients over TLS with this certificate (PEM; needs --tls-key)")
+    up.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="serve NATS clients over TLS with this certificate (PEM; needs --tls-key)",
+    )
     up.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="the private key of --tls-cert (PEM)")
 
-    env_help = ("print the export lines (NATS_URL, DATABASE_URL, the operator's credential) of the dai up"
-                " running on a data dir, for eval \"$(dai env)\"; exit 1 when none runs there")
+    env_help = (
+        "print the export lines (NATS_URL, DATABASE_URL, the operator's credential) of the dai up"
+        ' running on a data dir, for eval "$(dai env)"; exit 1 when none runs there'
+    )
     env = commands.add_parser("env", help=env_help, description=env_help[0].upper() + env_help[1:] + ".")
-    env.add_argument("--data-dir", type=Path, default=Path(".dai"), help="the data dir of that dai up (default: ./.dai)")
+    env.add_argument(
+        "--data-dir", type=Path, default=Path(".dai"), help="the data dir of that dai up (default: ./.dai)"
+    )
 
     commands.add_parser(
-        "bus-auth", help="run the bus's authorization service (the auth callout that admits modules; needs NATS_URL,"
-        " DAI_BUS_CREDENTIAL_FILE, DAI_BUS_SYS_CREDENTIAL_FILE, DAI_BUS_ISSUER_SEED_FILE)")
+        "bus-auth",
+        help="run the bus's authorization service (the auth callout that admits modules; needs NATS_URL,"
+        " DAI_BUS_CREDENTIAL_FILE, DAI_BUS_SYS_CREDENTIAL_FILE, DAI_BUS_ISSUER_SEED_FILE)",
+    )
 
     gateway = commands.add_parser(
         "gateway", help="run the HTTP gateway (needs NATS_URL and DATABASE_APP_URL, or DATABASE_URL to derive it)"
@@ -100,110 +115,192 @@ def _parser() -> argparse.ArgumentParser:
     module = commands.add_parser("module", help="module commands: run a module you wrote, publish an MCP server")
     module_commands = module.add_subparsers(dest="module_command", required=True, metavar="ACTION")
     run = module_commands.add_parser(
-        "run", help="serve a module class on the bus (NATS_URL, default nats://127.0.0.1:4222)",
+        "run",
+        help="serve a module class on the bus (NATS_URL, default nats://127.0.0.1:4222)",
         description="Serve a Module subclass until Ctrl-C or SIGTERM. The spec, the credential and the handlers"
         " (against their input schemas) are checked first; then it connects to NATS_URL"
         " (default nats://127.0.0.1:4222). Ctrl-C leaves and lets calls in progress finish (up to 10 s);"
         " a second Ctrl-C stops at once. Exit codes: 0 stopped by a signal, 1 NATS unreachable or the"
-        " connection closed for good, 2 a spec, class or credential that cannot be used.")
-    run.add_argument("spec", metavar="MODULE:CLASS",
-                     help="the class to serve: shout:Shout (shout.py in this folder), pkg.mod:Class (importable),"
-                     " or ./path/to/shout.py:Shout (a file anywhere)")
-    run.add_argument("--credential-file", type=Path, default=None, metavar="FILE",
-                     help="the module credential from POST /v1/modules (default: $DAI_BUS_CREDENTIAL or the file"
-                     " named by $DAI_BUS_CREDENTIAL_FILE)")
-    run.add_argument("--wait", action="store_true",
-                     help="if NATS cannot be reached, keep trying (backing off from 0.5 s to 10 s, a line per"
-                     " attempt) instead of exiting with code 1")
+        " connection closed for good, 2 a spec, class or credential that cannot be used.",
+    )
+    run.add_argument(
+        "spec",
+        metavar="MODULE:CLASS",
+        help="the class to serve: shout:Shout (shout.py in this folder), pkg.mod:Class (importable),"
+        " or ./path/to/shout.py:Shout (a file anywhere)",
+    )
+    run.add_argument(
+        "--credential-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the module credential from POST /v1/modules (default: $DAI_BUS_CREDENTIAL or the file"
+        " named by $DAI_BUS_CREDENTIAL_FILE)",
+    )
+    run.add_argument(
+        "--wait",
+        action="store_true",
+        help="if NATS cannot be reached, keep trying (backing off from 0.5 s to 10 s, a line per"
+        " attempt) instead of exiting with code 1",
+    )
 
     bridge = module_commands.add_parser(
-        "mcp", help="publish an MCP server (a stdio command after --, or --url) as a module: each tool a capability",
+        "mcp",
+        help="publish an MCP server (a stdio command after --, or --url) as a module: each tool a capability",
         description="Publish an existing MCP server as a module: each of its tools becomes a capability"
         " <prefix>.<tool> (the mapping is printed; --list shows it), served on the bus like dai module run"
         " serves a class. Register the module first (POST /v1/modules; --registration prints the body)."
         " Exit codes: 0 stopped by a signal (or after --list/--registration), 1 the MCP server or NATS cannot"
-        " be reached, 2 arguments, a credential or a server that cannot be used.")
-    bridge.add_argument("--id", dest="module_id", required=True, metavar="MODULE_ID",
-                        help="the module id to publish the server as (as registered: POST /v1/modules)")
-    bridge.add_argument("--url", default=None, help="the server's Streamable HTTP endpoint, e.g. http://127.0.0.1:8000/mcp")
-    bridge.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
-                        help="an HTTP header for every request to --url, e.g. 'Authorization: Bearer …' (repeatable)")
-    bridge.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
-                        help="pass NAME (from this environment, or as VALUE) to the stdio server, which otherwise"
-                        " gets only PATH, HOME and the like (repeatable)")
-    bridge.add_argument("--protocol", choices=("auto", "2025-11-25", "2026-07-28"), default="auto",
-                        help="the MCP revision: auto (default) tries 2026-07-28 and falls back to the initialize"
-                        " handshake of 2025-11-25; either date insists on that revision")
-    bridge.add_argument("--tool", action="append", default=[], metavar="NAME",
-                        help="publish only this tool, by its MCP name (repeatable; default: every tool)")
-    bridge.add_argument("--prefix", default=None,
-                        help="the first part of every capability name (default: the module id)")
-    bridge.add_argument("--credential-file", type=Path, default=None, metavar="FILE",
-                        help="the module credential from POST /v1/modules (default: $DAI_BUS_CREDENTIAL or the file"
-                        " named by $DAI_BUS_CREDENTIAL_FILE)")
-    bridge.add_argument("--wait", action="store_true",
-                        help="if NATS cannot be reached, keep trying (as dai module run)")
-    bridge.add_argument("--list", action="store_true",
-                        help="print each tool and its capability, and exit (no bus, no credential needed)")
-    bridge.add_argument("--registration", action="store_true",
-                        help="print the JSON body of POST /v1/modules that registers exactly these capabilities,"
-                        " and exit")
-    bridge.add_argument("server_command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG ...]",
-                        help="the command that runs the server on stdio, after --")
+        " be reached, 2 arguments, a credential or a server that cannot be used.",
+    )
+    bridge.add_argument(
+        "--id",
+        dest="module_id",
+        required=True,
+        metavar="MODULE_ID",
+        help="the module id to publish the server as (as registered: POST /v1/modules)",
+    )
+    bridge.add_argument(
+        "--url", default=None, help="the server's Streamable HTTP endpoint, e.g. http://127.0.0.1:8000/mcp"
+    )
+    bridge.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an HTTP header for every request to --url, e.g. 'Authorization: Bearer …' (repeatable)",
+    )
+    bridge.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="pass NAME (from this environment, or as VALUE) to the stdio server, which otherwise"
+        " gets only PATH, HOME and the like (repeatable)",
+    )
+    bridge.add_argument(
+        "--protocol",
+        choices=("auto", "2025-11-25", "2026-07-28"),
+        default="auto",
+        help="the MCP revision: auto (default) tries 2026-07-28 and falls back to the initialize"
+        " handshake of 2025-11-25; either date insists on that revision",
+    )
+    bridge.add_argument(
+        "--tool",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="publish only this tool, by its MCP name (repeatable; default: every tool)",
+    )
+    bridge.add_argument(
+        "--prefix", default=None, help="the first part of every capability name (default: the module id)"
+    )
+    bridge.add_argument(
+        "--credential-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the module credential from POST /v1/modules (default: $DAI_BUS_CREDENTIAL or the file"
+        " named by $DAI_BUS_CREDENTIAL_FILE)",
+    )
+    bridge.add_argument(
+        "--wait", action="store_true", help="if NATS cannot be reached, keep trying (as dai module run)"
+    )
+    bridge.add_argument(
+        "--list",
+        action="store_true",
+        help="print each tool and its capability, and exit (no bus, no credential needed)",
+    )
+    bridge.add_argument(
+        "--registration",
+        action="store_true",
+        help="print the JSON body of POST /v1/modules that registers exactly these capabilities, and exit",
+    )
+    bridge.add_argument(
+        "server_command",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND [ARG ...]",
+        help="the command that runs the server on stdio, after --",
+    )
 
     projections = commands.add_parser(
-        "projections", help="the read models folded from the log: run, status, retry, rebuild, verify")
+        "projections", help="the read models folded from the log: run, status, retry, rebuild, verify"
+    )
     projection_commands = projections.add_subparsers(dest="projection_command", required=True, metavar="ACTION")
     prun = projection_commands.add_parser("run", help="fold events into read models (needs NATS_URL, DATABASE_URL)")
     prun.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default: all)")
     pstatus = projection_commands.add_parser(
-        "status", help="each projection's position, lag and quarantined events (needs NATS_URL, DATABASE_URL)")
+        "status", help="each projection's position, lag and quarantined events (needs NATS_URL, DATABASE_URL)"
+    )
     pstatus.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     retry = projection_commands.add_parser(
-        "retry", help="apply a projection's quarantined events again, after a fix (needs DATABASE_URL)")
+        "retry", help="apply a projection's quarantined events again, after a fix (needs DATABASE_URL)"
+    )
     retry.add_argument("name", metavar="NAME", help=_PROJECTION_NAMES)
     rebuild = projection_commands.add_parser(
         "rebuild", help="rebuild a read model from its stream in a shadow schema and swap it in atomically"
     )
     rebuild.add_argument("name", metavar="NAME", help=_PROJECTION_NAMES)
     rebuild.add_argument(
-        "--as-of", metavar="TIME", help="build the state as of TIME into schema dai_asof_NAME; the live model is untouched"
+        "--as-of",
+        metavar="TIME",
+        help="build the state as of TIME into schema dai_asof_NAME; the live model is untouched",
     )
     verify = projection_commands.add_parser("verify", help="prove a read model equals a rebuild (exit 1 if not)")
     verify.add_argument("name", metavar="NAME", help=_PROJECTION_NAMES)
 
     replay = commands.add_parser("replay", help="decode a stream's events to JSON lines or CSV (needs NATS_URL)")
-    replay.add_argument("stream", metavar="STREAM",
-                        help="MCP, USAGE, IDENTITY, BILLING, REGISTRY, RATELIMIT or any other stream (any case)")
+    replay.add_argument(
+        "stream",
+        metavar="STREAM",
+        help="MCP, USAGE, IDENTITY, BILLING, REGISTRY, RATELIMIT or any other stream (any case)",
+    )
     replay.add_argument("--tenant", help="only this tenant's events")
     replay.add_argument("--capability", help="only this capability's events (MCP)")
     replay.add_argument("--subject", help="a NATS subject filter, e.g. 'mcp.req.acme.>'")
-    replay.add_argument("--since", metavar="TIME", help="from TIME: ISO 8601 (UTC unless an offset is given) or an age like 15m, 2h, 7d")
+    replay.add_argument(
+        "--since", metavar="TIME", help="from TIME: ISO 8601 (UTC unless an offset is given) or an age like 15m, 2h, 7d"
+    )
     replay.add_argument("--from-seq", type=int, metavar="N", help="from stream sequence N")
     replay.add_argument("--until", metavar="TIME", help="up to TIME (inclusive)")
     replay.add_argument("--to-seq", type=int, metavar="N", help="up to stream sequence N (inclusive)")
-    replay.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
-                        help="JSON lines, one event each (default), or CSV with the event as JSON in one column")
+    replay.add_argument(
+        "--format",
+        choices=("jsonl", "csv"),
+        default="jsonl",
+        help="JSON lines, one event each (default), or CSV with the event as JSON in one column",
+    )
     replay.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of stdout")
     identity = commands.add_parser("identity", help="identity administration: rotate-jwt-key")
     identity_commands = identity.add_subparsers(dest="identity_command", required=True, metavar="ACTION")
     identity_commands.add_parser(
-        "rotate-jwt-key", help="sign new access tokens with a new key; old ones stay valid until they expire"
-        " (needs NATS_URL and DAI_KEK_FILE or DAI_KEK)")
+        "rotate-jwt-key",
+        help="sign new access tokens with a new key; old ones stay valid until they expire"
+        " (needs NATS_URL and DAI_KEK_FILE or DAI_KEK)",
+    )
     billing = commands.add_parser("billing", help="billing: close-period (issue the invoices of ended months)")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True, metavar="ACTION")
     close = billing_commands.add_parser(
-        "close-period", help="issue the invoices of ended months (needs NATS_URL, DATABASE_URL; pushes to Stripe"
-        " when STRIPE_API_KEY is set)")
+        "close-period",
+        help="issue the invoices of ended months (needs NATS_URL, DATABASE_URL; pushes to Stripe"
+        " when STRIPE_API_KEY is set)",
+    )
     close.add_argument("--tenant", default=None, help="only this tenant (default: every tenant with a subscription)")
-    close.add_argument("--period", default=None, metavar="YYYY-MM",
-                       help="only this month of the tenant's time zone (default: every ended month not yet invoiced)")
+    close.add_argument(
+        "--period",
+        default=None,
+        metavar="YYYY-MM",
+        help="only this month of the tenant's time zone (default: every ended month not yet invoiced)",
+    )
     status = commands.add_parser(
-        "status", help="the platform at a glance: streams, consumers and their lag, modules and their statistics,"
-        " projections (needs NATS_URL; DATABASE_URL for the projections)")
+        "status",
+        help="the platform at a glance: streams, consumers and their lag, modules and their statistics,"
+        " projections (needs NATS_URL; DATABASE_URL for the projections)",
+    )
     status.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     modules = commands.add_parser(
-        "modules", help="module instances and their endpoints' requests, errors and latency (needs NATS_URL)")
+        "modules", help="module instances and their endpoints' requests, errors and latency (needs NATS_URL)"
+    )
     modules.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     _describe(parser)
     return parser
@@ -269,8 +366,16 @@ def main(argv: list[str] | None = None) -> int:
             ceiling = body_ceiling_from_env()
         except ValueError as exc:
             raise SystemExit(f"dai: {exc}") from None
-        config = GatewayConfig(bus=_bus(), database_url=database_url, host=args.host, port=args.port,
-                               metering=metering, billing=billing, kek=_kek(), body_ceiling_bytes=ceiling)
+        config = GatewayConfig(
+            bus=_bus(),
+            database_url=database_url,
+            host=args.host,
+            port=args.port,
+            metering=metering,
+            billing=billing,
+            kek=_kek(),
+            body_ceiling_bytes=ceiling,
+        )
         run_until_signalled(lambda stop: services.run_gateway(config, stop))
     elif args.command == "bus-auth":
         auth, system = _bus(), _bus(Path(_env("DAI_BUS_SYS_CREDENTIAL_FILE")))

@@ -66,8 +66,7 @@ class DataDirInUse(Exception):
 
     def __init__(self, data_dir: Path, holder: Holder) -> None:
         self.data_dir, self.holder = data_dir, holder
-        super().__init__(
-            f"{data_dir} is in use by dai up ({holder.describe()}); stop it first or use --data-dir")
+        super().__init__(f"{data_dir} is in use by dai up ({holder.describe()}); stop it first or use --data-dir")
 
 
 class DataDirIdle(Exception):
@@ -199,9 +198,12 @@ def read_env(data_dir: Path) -> str:
     data_dir = Path(data_dir).absolute()
     current = holder(data_dir)
     if current is None:
-        raise DataDirIdle(f"no dai up runs on {data_dir}; start one with: dai up --data-dir {shlex.quote(str(data_dir))}")
+        raise DataDirIdle(
+            f"no dai up runs on {data_dir}; start one with: dai up --data-dir {shlex.quote(str(data_dir))}"
+        )
     try:
         return (data_dir / ENV_NAME).read_text()
     except FileNotFoundError:
-        raise DataDirIdle(f"the dai up on {data_dir} ({current.describe()}) is still starting;"
-                          " try again once it says it is up") from None
+        raise DataDirIdle(
+            f"the dai up on {data_dir} ({current.describe()}) is still starting; try again once it says it is up"
+        ) from None

@@ -132,9 +132,13 @@ CODECS: dict[str, StreamCodec] = {
     for codec in (
         StreamCodec(MCP_STREAM, _decode_mcp, _mcp_filter),
         StreamCodec(REGISTRY_STREAM, _typed(registry_events.decode_event), _registry_filter),
-        StreamCodec(IDENTITY_STREAM, _typed(identity_events.decode_event), _tenant_first(subjects.ALL_IDENTITY, IDENTITY_STREAM)),
+        StreamCodec(
+            IDENTITY_STREAM, _typed(identity_events.decode_event), _tenant_first(subjects.ALL_IDENTITY, IDENTITY_STREAM)
+        ),
         StreamCodec(USAGE_STREAM, _decode_json, _tenant_first(subjects.ALL_USAGE, USAGE_STREAM)),
-        StreamCodec(BILLING_STREAM, _typed(billing_events.decode_event), _tenant_first(subjects.ALL_BILLING, BILLING_STREAM)),
+        StreamCodec(
+            BILLING_STREAM, _typed(billing_events.decode_event), _tenant_first(subjects.ALL_BILLING, BILLING_STREAM)
+        ),
     )
 }
 

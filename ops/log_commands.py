@@ -40,7 +40,13 @@ from .replay import ReplayError, ReplayOptions, plan_replay, replay
 from .timespec import InvalidTime, parse_time
 
 __all__ = [
-    "UsageError", "rebuild_command", "replay_command", "retry_command", "run", "status_command", "verify_command",
+    "UsageError",
+    "rebuild_command",
+    "replay_command",
+    "retry_command",
+    "run",
+    "status_command",
+    "verify_command",
 ]
 
 
@@ -63,8 +69,14 @@ async def _quiet(error: Exception) -> None:
 async def _nats(url: str, name: str) -> AsyncIterator[NATS]:
     # The credential comes from the environment, as for every dai command (contracts/bus.py).
     # One attempt and one retry (nats-py reads 0 as "retry for ever"), errors raised, not logged.
-    nc = await connect(BusOptions.from_env(url), name, connect_timeout=5, allow_reconnect=False,
-                       max_reconnect_attempts=1, error_cb=_quiet)
+    nc = await connect(
+        BusOptions.from_env(url),
+        name,
+        connect_timeout=5,
+        allow_reconnect=False,
+        max_reconnect_attempts=1,
+        error_cb=_quiet,
+    )
     try:
         yield nc
     finally:
@@ -122,8 +134,10 @@ async def retry_command(database_url: str, name: str) -> int:
     projection = _projection(name)
     async with _database(database_url) as pool:
         result = await retry(pool, projection)
-    print(f"{name}: {result.applied} quarantined events applied, {result.failed} still failing"
-          + (" (see projection_dead_letters.error)" if result.failed else ""))
+    print(
+        f"{name}: {result.applied} quarantined events applied, {result.failed} still failing"
+        + (" (see projection_dead_letters.error)" if result.failed else "")
+    )
     return 1 if result.failed else 0
 
 
@@ -150,8 +164,10 @@ async def verify_command(nats_url: str, database_url: str, name: str) -> int:
         comparisons = await verify(nc.jetstream(), pool, projection)
     for c in comparisons:
         verdict = "equal" if c.equal else "DIFFERENT"
-        print(f"{c.table:<40} {verdict:<10} live {c.live.rows} rows md5 {c.live.md5}"
-              f"  rebuilt {c.rebuilt.rows} rows md5 {c.rebuilt.md5}")
+        print(
+            f"{c.table:<40} {verdict:<10} live {c.live.rows} rows md5 {c.live.md5}"
+            f"  rebuilt {c.rebuilt.rows} rows md5 {c.rebuilt.md5}"
+        )
     different = [c.table for c in comparisons if not c.equal]
     print(f"{name}: {'different: ' + ', '.join(different) if different else 'equal to a rebuild from the log'}")
     return 1 if different else 0
@@ -162,9 +178,15 @@ def run(args: argparse.Namespace, env: Callable[[str], str]) -> int:
     try:
         if args.command == "replay":
             options = ReplayOptions(
-                stream=args.stream, tenant=args.tenant, capability=args.capability, subject=args.subject,
-                since=parse_time(args.since) if args.since else None, from_seq=args.from_seq,
-                until=parse_time(args.until) if args.until else None, to_seq=args.to_seq, format=args.format,
+                stream=args.stream,
+                tenant=args.tenant,
+                capability=args.capability,
+                subject=args.subject,
+                since=parse_time(args.since) if args.since else None,
+                from_seq=args.from_seq,
+                until=parse_time(args.until) if args.until else None,
+                to_seq=args.to_seq,
+                format=args.format,
             )
             return _run(replay_command(env("NATS_URL"), options, args.out))
         if args.projection_command == "retry":

@@ -88,8 +88,14 @@ def load_module_class(spec: str) -> type[Module]:
         module = _import(target, spec)
     found = getattr(module, class_name, None)
     if found is None:
-        classes = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Module)
-                         and v is not Module and getattr(v, "__module__", None) == module.__name__)
+        classes = sorted(
+            n
+            for n, v in vars(module).items()
+            if isinstance(v, type)
+            and issubclass(v, Module)
+            and v is not Module
+            and getattr(v, "__module__", None) == module.__name__
+        )
         hint = f" (its Module classes: {', '.join(classes)})" if classes else " (it defines no Module subclass)"
         raise ModuleRunError(f"{spec!r}: module {module.__name__!r} has no {class_name!r}{hint}")
     if not (isinstance(found, type) and issubclass(found, Module)):
@@ -128,8 +134,10 @@ def _import_file(path: Path, spec: str) -> ModuleType:
         raise ModuleRunError(f"{spec!r}: there is no file {path}" + (" (it is a folder)" if path.is_dir() else ""))
     name = path.stem
     if not name.isidentifier():
-        raise ModuleRunError(f"{spec!r}: {path.name} cannot be imported as a Python module (rename it, e.g. to"
-                             f" {name.replace('-', '_').replace('.', '_')}.py)")
+        raise ModuleRunError(
+            f"{spec!r}: {path.name} cannot be imported as a Python module (rename it, e.g. to"
+            f" {name.replace('-', '_').replace('.', '_')}.py)"
+        )
     _on_import_path(path.parent)  # its neighbours are importable, as for `python path/to/file.py`
     loaded = sys.modules.get(name)
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
@@ -197,8 +205,10 @@ def shown(url: str) -> str:
 def describe(error: BaseException) -> str:
     """Why a connection attempt failed, in words."""
     if _refused(error):
-        return ("the server refused the credential (revoked or rotated, or the bus authorization service that"
-                " admits modules is not running)")
+        return (
+            "the server refused the credential (revoked or rotated, or the bus authorization service that"
+            " admits modules is not running)"
+        )
     if isinstance(error, ConnectionRefusedError):
         return "connection refused (nothing listens there)"
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
@@ -247,9 +257,12 @@ class Connection:
             if not wait:
                 raise ModuleRunError(
                     f"cannot connect to NATS at {self.url}: {describe(error)}. Is the platform running (dai up)? Check"
-                    " NATS_URL, or pass --wait to keep trying.", EXIT_NO_BUS)
-            log.warning("NATS at %s: %s; trying again in %g s (attempt %d, --wait)",
-                        self.url, describe(error), delay, attempt)
+                    " NATS_URL, or pass --wait to keep trying.",
+                    EXIT_NO_BUS,
+                )
+            log.warning(
+                "NATS at %s: %s; trying again in %g s (attempt %d, --wait)", self.url, describe(error), delay, attempt
+            )
             await _sleep_unless(stop, delay)
             delay = min(delay * 2, LAST_RETRY)
         return None
@@ -258,13 +271,21 @@ class Connection:
         """One attempt: None when connected (or stopped), else what went wrong."""
         nc = NATS()
         self._first_error = asyncio.get_running_loop().create_future()
-        connecting = asyncio.create_task(nc.connect(
-            self.options.url, name=self.name, inbox_prefix=self.inbox.encode(),
-            error_cb=self._on_error, disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected, closed_cb=self._on_closed,
-            connect_timeout=CONNECT_TIMEOUT, reconnect_time_wait=RECONNECT_WAIT, max_reconnect_attempts=-1,
-            **self.options.connect_kwargs(),
-        ))
+        connecting = asyncio.create_task(
+            nc.connect(
+                self.options.url,
+                name=self.name,
+                inbox_prefix=self.inbox.encode(),
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                closed_cb=self._on_closed,
+                connect_timeout=CONNECT_TIMEOUT,
+                reconnect_time_wait=RECONNECT_WAIT,
+                max_reconnect_attempts=-1,
+                **self.options.connect_kwargs(),
+            )
+        )
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({connecting, self._first_error, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
@@ -395,16 +416,25 @@ async def serve(options: BusOptions, module: Served, stop: asyncio.Event, wait: 
             started = await _until(ended, module.start(nc))
         except nats.errors.Error as exc:  # e.g. no answer to the flush that confirms the subscriptions
             ended.set()
-            raise ModuleRunError(f"module {module.module_id} could not start on NATS at {connection.url}:"
-                                 f" {describe(exc)}", EXIT_NO_BUS) from None
+            raise ModuleRunError(
+                f"module {module.module_id} could not start on NATS at {connection.url}: {describe(exc)}", EXIT_NO_BUS
+            ) from None
         if started:
-            log.info("module %s of tenant %s serving %s on NATS at %s", module.module_id, module.tenant,
-                     ", ".join(sorted(module.capabilities)) or "events", connection.url)
+            log.info(
+                "module %s of tenant %s serving %s on NATS at %s",
+                module.module_id,
+                module.tenant,
+                ", ".join(sorted(module.capabilities)) or "events",
+                connection.url,
+            )
             await ended.wait()
         in_flight = module.calls_in_progress
         if in_flight:
-            log.warning("stopping: waiting up to %g s for %d call(s) in progress (send the signal again to stop"
-                        " at once)", GRACE, in_flight)
+            log.warning(
+                "stopping: waiting up to %g s for %d call(s) in progress (send the signal again to stop at once)",
+                GRACE,
+                in_flight,
+            )
         else:
             log.info("stopping")
         await module.stop(GRACE)
@@ -414,8 +444,10 @@ async def serve(options: BusOptions, module: Served, stop: asyncio.Event, wait: 
         await connection.close()
     if connection.closed.is_set() and not stop.is_set():
         error = nc.last_error
-        raise ModuleRunError(f"NATS at {connection.url} closed the connection for good"
-                             f"{': ' + describe(error) if error else ''}", EXIT_NO_BUS)
+        raise ModuleRunError(
+            f"NATS at {connection.url} closed the connection for good{': ' + describe(error) if error else ''}",
+            EXIT_NO_BUS,
+        )
     return 0
 
 

@@ -98,8 +98,12 @@ class NatsServer:
     """
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, tls: tuple[Path, Path] | None = None,
-        config: Path | None = None, monitor_port: int | None = None,
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
+        config: Path | None = None,
+        monitor_port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.store_dir = self.data_dir / "nats"
@@ -144,8 +148,9 @@ class NatsServer:
 
     def bus(self, role: str = "operator") -> BusOptions:
         """How a process of platform ``role`` connects to this server."""
-        return BusOptions(url=self.url, credential=self.credentials.credential(role),
-                          ca_file=self.tls[0] if self.tls else None)
+        return BusOptions(
+            url=self.url, credential=self.credentials.credential(role), ca_file=self.tls[0] if self.tls else None
+        )
 
     def environment(self, role: str = "operator") -> dict[str, str]:
         """The environment variables that make a ``dai`` command connect to this server as ``role``."""
@@ -166,8 +171,19 @@ class NatsServer:
             ensure_port_free(fixed, "NATS", HOST, flag="--nats-port")
             port_args = ["-p", str(fixed)]
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [str(binary), "-c", str(self.config), "-js", "-sd", str(self.store_dir), "-a", HOST, *port_args,
-               "-m", str(self._monitor_port_to_ask())]
+        cmd = [
+            str(binary),
+            "-c",
+            str(self.config),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+            "-a",
+            HOST,
+            *port_args,
+            "-m",
+            str(self._monitor_port_to_ask()),
+        ]
         cmd += ["--ports_file_dir", str(self.store_dir)]
         if self.tls is not None:
             cert, key = self.tls

@@ -144,8 +144,10 @@ class Reaper:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "democratic_ai.ops.reaper", str(os.getpid()), str(self.data_dir), str(lock_fd)],
-                stdin=read_end, pass_fds=(lock_fd,), start_new_session=True,  # a terminal's Ctrl-C or hang-up
-            )                                                                  # must not stop the reaper
+                stdin=read_end,
+                pass_fds=(lock_fd,),
+                start_new_session=True,  # a terminal's Ctrl-C or hang-up
+            )  # must not stop the reaper
         finally:
             os.close(read_end)
         self._broken = False
@@ -236,7 +238,7 @@ def _leftovers(data_dir: Path) -> list[_Found]:
             if proc.info["name"] == "nats-server" and "-sd" in cmdline and cmdline[cmdline.index("-sd") + 1] == store:
                 found.append(_Found(NATS, "nats-server", proc))
             elif "democratic_ai.ops.cli" in cmdline and proc.environ().get(DATA_DIR_ENV) == str(data_dir):
-                name = " ".join(cmdline[cmdline.index("democratic_ai.ops.cli") + 1:][:3])
+                name = " ".join(cmdline[cmdline.index("democratic_ai.ops.cli") + 1 :][:3])
                 found.append(_Found(CHILD, name, proc))
         except (psutil.Error, IndexError):
             continue

@@ -76,10 +76,13 @@ class ReplayOptions:
 
 def _valid_subject(subject: str) -> bool:
     tokens = subject.split(".")
-    return all(
-        token and not any(c.isspace() for c in token) and (token in ("*", ">") or not {"*", ">"} & set(token))
-        for token in tokens
-    ) and ">" not in tokens[:-1]
+    return (
+        all(
+            token and not any(c.isspace() for c in token) and (token in ("*", ">") or not {"*", ">"} & set(token))
+            for token in tokens
+        )
+        and ">" not in tokens[:-1]
+    )
 
 
 def _overlaps(left: str, right: str) -> bool:
@@ -162,7 +165,9 @@ class _CsvWriter:
     def write(self, records: list[dict[str, Any]]) -> None:
         for r in records:
             headers = _encode(r["headers"]).decode() if "headers" in r else ""
-            self._csv.writerow((r["stream"], r["seq"], r["time"], r["subject"], r["type"], _encode(r["event"]).decode(), headers))
+            self._csv.writerow(
+                (r["stream"], r["seq"], r["time"], r["subject"], r["type"], _encode(r["event"]).decode(), headers)
+            )
         self._out.write(self._buffer.getvalue().encode())
         self._buffer.seek(0)
         self._buffer.truncate()

@@ -188,9 +188,10 @@ async def close_billing_periods(
                 pushed = ""
                 if payments.enabled:
                     pushed = await payments.push(Meta(at=datetime.now(UTC), actor="system"), invoice)
-                lines.append(f"{result.tenant_id} {result.period}: {state} {invoice.invoice_id}, total"
-                             f" {format_money(invoice.total, invoice.currency)}"
-                             + (f", Stripe {pushed}" if pushed else ""))
+                lines.append(
+                    f"{result.tenant_id} {result.period}: {state} {invoice.invoice_id}, total"
+                    f" {format_money(invoice.total, invoice.currency)}" + (f", Stripe {pushed}" if pushed else "")
+                )
         except BillingError as exc:
             raise SystemExit(f"dai: {exc.message}") from None
     finally:

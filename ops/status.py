@@ -43,9 +43,21 @@ from democratic_ai.projections import PROJECTIONS, projection_status
 from democratic_ai.schemas import create_pool
 
 __all__ = [
-    "SCHEMA", "BusRefused", "BusUnreachable", "StatusError", "gather_modules", "gather_modules_only",
-    "gather_projections", "gather_status", "modules_command", "render_modules", "render_projections",
-    "render_status", "run", "status_command", "table",
+    "SCHEMA",
+    "BusRefused",
+    "BusUnreachable",
+    "StatusError",
+    "gather_modules",
+    "gather_modules_only",
+    "gather_projections",
+    "gather_status",
+    "modules_command",
+    "render_modules",
+    "render_projections",
+    "render_status",
+    "run",
+    "status_command",
+    "table",
 ]
 
 SCHEMA = "dai.status/1"  # the JSON document's shape; a change that removes or renames a field bumps it
@@ -100,14 +112,21 @@ class _Bus:
 
         try:
             # One attempt and one retry: nats-py counts 0 as "retry for ever".
-            self.nc = await connect(self.options, "dai-status", error_cb=on_error, connect_timeout=5,
-                                    allow_reconnect=False, max_reconnect_attempts=1)
+            self.nc = await connect(
+                self.options,
+                "dai-status",
+                error_cb=on_error,
+                connect_timeout=5,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+            )
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             text = str(exc).strip() if not isinstance(exc, nats.errors.NoServersError) else ""
             if self.refusals or "authorization" in text.lower() or "authentication" in text.lower():
                 why = self.refusals[-1] if self.refusals else text
                 raise BusRefused(
-                    f"NATS at {self.options.url} refused the connection ({why}); {OPERATOR_HINT}") from None
+                    f"NATS at {self.options.url} refused the connection ({why}); {OPERATOR_HINT}"
+                ) from None
             why = text or (last[-1] if last else type(exc).__name__)
             raise BusUnreachable(f"cannot reach NATS at {self.options.url}: {why}") from None
         return self.nc
@@ -212,8 +231,9 @@ def _consumer(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _streams_and_consumers(bus: _Bus, nc: NATS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    streams = sorted((_stream(s) for s in await _paged(bus, nc, "$JS.API.STREAM.LIST", "streams")),
-                     key=lambda s: s["name"] or "")
+    streams = sorted(
+        (_stream(s) for s in await _paged(bus, nc, "$JS.API.STREAM.LIST", "streams")), key=lambda s: s["name"] or ""
+    )
     consumers: list[dict[str, Any]] = []
     for stream in streams:
         if stream["consumers"]:
@@ -298,23 +318,38 @@ async def gather_modules(bus: _Bus, nc: NATS) -> dict[str, Any]:
     instances: dict[tuple[str, str], dict[str, Any]] = {}
 
     def instance(module_id: str, instance_id: str) -> dict[str, Any]:
-        return instances.setdefault((module_id, instance_id), {
-            "instance_id": instance_id, "version": None, "started": None, "capabilities": [], "in_flight": None,
-            "leaving": False, "heartbeat": False, "micro": False, "num_requests": 0, "num_errors": 0,
-            "endpoints": [],
-        })
+        return instances.setdefault(
+            (module_id, instance_id),
+            {
+                "instance_id": instance_id,
+                "version": None,
+                "started": None,
+                "capabilities": [],
+                "in_flight": None,
+                "leaving": False,
+                "heartbeat": False,
+                "micro": False,
+                "num_requests": 0,
+                "num_errors": 0,
+                "endpoints": [],
+            },
+        )
 
     for beat in beats or ():
         entry = instance(beat.module_id, beat.instance_id)
-        entry.update(capabilities=sorted(beat.capabilities), in_flight=beat.in_flight, leaving=beat.leaving,
-                     heartbeat=True)
+        entry.update(
+            capabilities=sorted(beat.capabilities), in_flight=beat.in_flight, leaving=beat.leaving, heartbeat=True
+        )
     for answer in stats:
         entry = instance(str(answer.get("name")), str(answer.get("id")))
         endpoints = [_endpoint(e) for e in answer.get("endpoints") or ()]
         metadata = answer.get("metadata") or {}
         entry.update(
-            version=metadata.get("module_version") or answer.get("version"), started=_time(answer.get("started")),
-            micro=True, endpoints=endpoints, num_requests=sum(e["num_requests"] for e in endpoints),
+            version=metadata.get("module_version") or answer.get("version"),
+            started=_time(answer.get("started")),
+            micro=True,
+            endpoints=endpoints,
+            num_requests=sum(e["num_requests"] for e in endpoints),
             num_errors=sum(e["num_errors"] for e in endpoints),
         )
     modules: dict[str, list[dict[str, Any]]] = {}
@@ -322,12 +357,19 @@ async def gather_modules(bus: _Bus, nc: NATS) -> dict[str, Any]:
         modules.setdefault(module_id, []).append(entry)
     return {
         "modules": [
-            {"module_id": module_id, "instances": entries, "num_requests": sum(e["num_requests"] for e in entries),
-             "num_errors": sum(e["num_errors"] for e in entries)}
+            {
+                "module_id": module_id,
+                "instances": entries,
+                "num_requests": sum(e["num_requests"] for e in entries),
+                "num_errors": sum(e["num_errors"] for e in entries),
+            }
             for module_id, entries in modules.items()
         ],
-        "hub": {"answered": beats is not None, "instances": len(beats) if beats is not None else None,
-                "error": hub_error},
+        "hub": {
+            "answered": beats is not None,
+            "instances": len(beats) if beats is not None else None,
+            "error": hub_error,
+        },
     }
 
 
@@ -342,8 +384,10 @@ async def gather_projections(nc: NATS, database_url: str | None) -> dict[str, An
     try:
         rows = await projection_status(nc.jetstream(), pool, PROJECTIONS.values())
     except asyncpg.UndefinedTableError:
-        return {"projections": None,
-                "error": "this database has no read models yet (`dai projections run` or `dai up` creates them)"}
+        return {
+            "projections": None,
+            "error": "this database has no read models yet (`dai projections run` or `dai up` creates them)",
+        }
     except (OSError, asyncpg.PostgresError) as exc:
         return {"projections": None, "error": f"cannot read the projections: {_one_line(exc)}"}
     finally:
@@ -370,24 +414,33 @@ async def gather_status(options: BusOptions, database_url: str | None) -> dict[s
             "consumers": consumers,
             **modules,
             "projections": projections["projections"],
-            "unavailable": {k: v for k, v in (("hub", modules["hub"]["error"]), ("projections", projections["error"]))
-                            if v},
+            "unavailable": {
+                k: v for k, v in (("hub", modules["hub"]["error"]), ("projections", projections["error"])) if v
+            },
         }
 
 
 def _server(options: BusOptions, nc: NATS) -> dict[str, Any]:
     info = nc._server_info  # noqa: SLF001 - nats-py keeps the server's INFO here and nowhere public
-    return {"url": options.url, "server_name": info.get("server_name"), "version": info.get("version"),
-            "jetstream": bool(info.get("jetstream"))}
+    return {
+        "url": options.url,
+        "server_name": info.get("server_name"),
+        "version": info.get("version"),
+        "jetstream": bool(info.get("jetstream")),
+    }
 
 
 async def gather_modules_only(options: BusOptions) -> dict[str, Any]:
     bus = _Bus(options)
     async with bus as nc:
         modules = await gather_modules(bus, nc)
-        return {"schema": SCHEMA, "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-                "nats": _server(options, nc), **modules,
-                "unavailable": {"hub": modules["hub"]["error"]} if modules["hub"]["error"] else {}}
+        return {
+            "schema": SCHEMA,
+            "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "nats": _server(options, nc),
+            **modules,
+            "unavailable": {"hub": modules["hub"]["error"]} if modules["hub"]["error"] else {},
+        }
 
 
 # --- Human output ------------------------------------------------------------------------------
@@ -427,14 +480,26 @@ def render_projections(rows: list[dict[str, Any]] | None, error: str | None = No
         return [f"  {error}"]
     lines = table(
         ("PROJECTION", "STREAM", "APPLIED", "STREAM LAST", "LAG EVENTS", "LAG SECONDS", "QUARANTINED"),
-        [(r["name"], r["stream"], r["applied"], r["stream_last"], r["lag_events"], f"{r['lag_seconds']:.3f}",
-          r["quarantined"]) for r in rows],
+        [
+            (
+                r["name"],
+                r["stream"],
+                r["applied"],
+                r["stream_last"],
+                r["lag_events"],
+                f"{r['lag_seconds']:.3f}",
+                r["quarantined"],
+            )
+            for r in rows
+        ],
         right=range(2, 7),
     )
     quarantined = [r["name"] for r in rows if r["quarantined"]]
     if quarantined:
-        lines.append(f"quarantined events: see projection_dead_letters; after a fix, `dai projections retry NAME`"
-                     f" ({', '.join(quarantined)})")
+        lines.append(
+            f"quarantined events: see projection_dead_letters; after a fix, `dai projections retry NAME`"
+            f" ({', '.join(quarantined)})"
+        )
     return lines
 
 
@@ -451,18 +516,56 @@ def render_modules(document: dict[str, Any], endpoints: bool) -> list[str]:
             state = "leaving" if i["leaving"] else ("live" if i["heartbeat"] else "no heartbeat")
             if not i["micro"]:
                 state += ", no $SRV.STATS"
-            rows.append((module["module_id"], i["instance_id"], i["version"] or "-", _when(i["started"]),
-                         "-" if i["in_flight"] is None else i["in_flight"], i["num_requests"], i["num_errors"], state))
-    lines += table(("MODULE", "INSTANCE", "VERSION", "UP SINCE", "IN FLIGHT", "REQUESTS", "ERRORS", "STATE"), rows,
-                   right=(4, 5, 6))
+            rows.append(
+                (
+                    module["module_id"],
+                    i["instance_id"],
+                    i["version"] or "-",
+                    _when(i["started"]),
+                    "-" if i["in_flight"] is None else i["in_flight"],
+                    i["num_requests"],
+                    i["num_errors"],
+                    state,
+                )
+            )
+    lines += table(
+        ("MODULE", "INSTANCE", "VERSION", "UP SINCE", "IN FLIGHT", "REQUESTS", "ERRORS", "STATE"), rows, right=(4, 5, 6)
+    )
     if endpoints:
         endpoint_rows = [
-            (module["module_id"], i["instance_id"], e["name"], e["subject"], e["queue_group"], e["num_requests"],
-             e["num_errors"], _ms(e["average_processing_time_ns"]), e["last_error"] or "-")
-            for module in document["modules"] for i in module["instances"] for e in i["endpoints"]
+            (
+                module["module_id"],
+                i["instance_id"],
+                e["name"],
+                e["subject"],
+                e["queue_group"],
+                e["num_requests"],
+                e["num_errors"],
+                _ms(e["average_processing_time_ns"]),
+                e["last_error"] or "-",
+            )
+            for module in document["modules"]
+            for i in module["instances"]
+            for e in i["endpoints"]
         ]
-        lines += ["", *table(("MODULE", "INSTANCE", "ENDPOINT", "SUBJECT", "QUEUE GROUP", "REQUESTS", "ERRORS",
-                               "AVG MS", "LAST ERROR"), endpoint_rows, right=(5, 6, 7))]
+        lines += [
+            "",
+            *table(
+                (
+                    "MODULE",
+                    "INSTANCE",
+                    "ENDPOINT",
+                    "SUBJECT",
+                    "QUEUE GROUP",
+                    "REQUESTS",
+                    "ERRORS",
+                    "AVG MS",
+                    "LAST ERROR",
+                ),
+                endpoint_rows,
+                right=(5, 6, 7),
+            ),
+        ]
     return lines
 
 
@@ -475,17 +578,38 @@ def render_status(document: dict[str, Any]) -> str:
     lines = [_heading(document), "", "STREAMS"]
     lines += table(
         ("STREAM", "MESSAGES", "BYTES", "FIRST SEQ", "LAST SEQ", "FIRST", "LAST", "CONSUMERS"),
-        [(s["name"], s["messages"], _bytes(s["bytes"]), s["first_seq"], s["last_seq"], _when(s["first_time"]),
-          _when(s["last_time"]), s["consumers"]) for s in document["streams"]],
+        [
+            (
+                s["name"],
+                s["messages"],
+                _bytes(s["bytes"]),
+                s["first_seq"],
+                s["last_seq"],
+                _when(s["first_time"]),
+                _when(s["last_time"]),
+                s["consumers"],
+            )
+            for s in document["streams"]
+        ],
         right=(1, 2, 3, 4, 7),
     )
     lines += ["", "CONSUMERS  (lag = pending + ack pending)"]
     if document["consumers"]:
         lines += table(
             ("STREAM", "CONSUMER", "KIND", "PENDING", "ACK PENDING", "LAG", "REDELIVERED", "LAST ACTIVE"),
-            [(c["stream"], c["name"], "durable" if c["durable"] else "ephemeral", c["num_pending"],
-              c["num_ack_pending"], c["lag"], c["num_redelivered"], _when(c["last_active"]))
-             for c in document["consumers"]],
+            [
+                (
+                    c["stream"],
+                    c["name"],
+                    "durable" if c["durable"] else "ephemeral",
+                    c["num_pending"],
+                    c["num_ack_pending"],
+                    c["lag"],
+                    c["num_redelivered"],
+                    _when(c["last_active"]),
+                )
+                for c in document["consumers"]
+            ],
             right=(3, 4, 5, 6),
         )
     else:
@@ -512,8 +636,11 @@ async def modules_command(options: BusOptions, as_json: bool) -> int:
 def run(args: argparse.Namespace, bus: Callable[[], BusOptions]) -> int:
     """``dai status`` or ``dai modules``; NATS unreachable or refusing is one ``dai:`` line, exit 1."""
     options = bus()
-    command = (status_command(options, os.environ.get("DATABASE_URL"), args.json) if args.command == "status"
-               else modules_command(options, args.json))
+    command = (
+        status_command(options, os.environ.get("DATABASE_URL"), args.json)
+        if args.command == "status"
+        else modules_command(options, args.json)
+    )
     try:
         return asyncio.run(command)
     except StatusError as exc:

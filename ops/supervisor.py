@@ -56,8 +56,9 @@ def describe_exit(code: int) -> str:
 class Supervisor:
     """The platform's child processes, each restarted with backoff when it exits."""
 
-    def __init__(self, say: Callable[[str], None], backoff: Backoff | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, say: Callable[[str], None], backoff: Backoff | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._say = say
         self.backoff = backoff or Backoff()
         self._clock = clock
@@ -106,8 +107,10 @@ class Supervisor:
                 if now - child.started >= self.backoff.stable_after:
                     child.delay = self.backoff.initial_delay
                 child.restart_at = now + child.delay
-                self._say(f"dai: {time.strftime('%H:%M:%S')} {child.name} (pid {process.pid}) exited with"
-                          f" {describe_exit(code)} after {now - child.started:.1f} s; restarting it in {child.delay:g} s")
+                self._say(
+                    f"dai: {time.strftime('%H:%M:%S')} {child.name} (pid {process.pid}) exited with"
+                    f" {describe_exit(code)} after {now - child.started:.1f} s; restarting it in {child.delay:g} s"
+                )
                 child.delay = min(child.delay * 2, self.backoff.max_delay)
             elif child.restart_at is not None and now >= child.restart_at:
                 child.restart_at = None
@@ -115,8 +118,10 @@ class Supervisor:
                     restarted = self._launch(child)
                 except (OSError, ServerStartError) as exc:
                     child.restart_at = now + child.delay
-                    self._say(f"dai: {time.strftime('%H:%M:%S')} could not restart {child.name} ({exc});"
-                              f" trying again in {child.delay:g} s")
+                    self._say(
+                        f"dai: {time.strftime('%H:%M:%S')} could not restart {child.name} ({exc});"
+                        f" trying again in {child.delay:g} s"
+                    )
                     child.delay = min(child.delay * 2, self.backoff.max_delay)
                     continue
                 self.restarts += 1

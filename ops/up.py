@@ -81,8 +81,11 @@ async def _prepare(
     try:
         js = nc.jetstream()
         await ensure_streams(js)
-        modules = [module_id for module_id, spec in EXAMPLE_MODULES.items()
-                   if await _ensure_module_credential(js, module_id, spec, credentials)]
+        modules = [
+            module_id
+            for module_id, spec in EXAMPLE_MODULES.items()
+            if await _ensure_module_credential(js, module_id, spec, credentials)
+        ]
         pool = await create_pool(database_url, max_size=1)
         try:
             async with pool.acquire() as conn:
@@ -130,14 +133,16 @@ async def _ensure_module_credential(
     return True
 
 
-def _spawn(reaper: Reaper, name: str, args: list[str], env: dict[str, str], credential: Path,
-           **extra: str) -> subprocess.Popen[bytes]:
+def _spawn(
+    reaper: Reaper, name: str, args: list[str], env: dict[str, str], credential: Path, **extra: str
+) -> subprocess.Popen[bytes]:
     """Start ``dai <args>`` with the bus credential of its role, and nothing else's.
 
     The child gets SIGTERM when ``dai up`` dies (Linux), and the reaper knows it in any case."""
     child_env = {**env, CREDENTIAL_FILE_ENV: str(credential), **extra}
-    process = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", *args], env=child_env,
-                               preexec_fn=die_with_parent())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "democratic_ai.ops.cli", *args], env=child_env, preexec_fn=die_with_parent()
+    )
     reaper.watch(CHILD, process.pid, name)
     return process
 
@@ -148,28 +153,58 @@ def _restart_nats(server: NatsServer, reaper: Reaper) -> subprocess.Popen[bytes]
     return server.process
 
 
-def _start_children(children: Supervisor, reaper: Reaper, env: dict[str, str], credentials: PlatformCredentials,
-                    modules: list[str], port: int) -> None:
+def _start_children(
+    children: Supervisor,
+    reaper: Reaper,
+    env: dict[str, str],
+    credentials: PlatformCredentials,
+    modules: list[str],
+    port: int,
+) -> None:
     """The platform's processes: bus authorization first (every other connection needs it)."""
     spawn = partial(_spawn, reaper)
-    children.start("bus-auth", lambda: spawn(
-        "bus-auth", ["bus-auth"], env, credentials.file("busauth"),
-        DAI_BUS_SYS_CREDENTIAL_FILE=str(credentials.file("sys")),
-        DAI_BUS_ISSUER_SEED_FILE=str(credentials.issuer_seed_file)))
+    children.start(
+        "bus-auth",
+        lambda: spawn(
+            "bus-auth",
+            ["bus-auth"],
+            env,
+            credentials.file("busauth"),
+            DAI_BUS_SYS_CREDENTIAL_FILE=str(credentials.file("sys")),
+            DAI_BUS_ISSUER_SEED_FILE=str(credentials.issuer_seed_file),
+        ),
+    )
     children.start("hub", lambda: spawn("hub", ["hub"], env, credentials.file("hub")))
-    children.start("projections", lambda: spawn("projections", ["projections", "run"], env,
-                                                credentials.file("projections")))
+    children.start(
+        "projections", lambda: spawn("projections", ["projections", "run"], env, credentials.file("projections"))
+    )
     for module_id in modules:
-        children.start(f"module {module_id}", lambda m=module_id: spawn(
-            f"module {m}", ["module", "run", "--wait", EXAMPLE_MODULES[m]], env, credentials.module_file(m)))
-    children.start("gateway", lambda: spawn("gateway", ["gateway", "--port", str(port)], env,
-                                            credentials.file("gateway"), DAI_KEK_FILE=str(credentials.kek_file)))
+        children.start(
+            f"module {module_id}",
+            lambda m=module_id: spawn(
+                f"module {m}", ["module", "run", "--wait", EXAMPLE_MODULES[m]], env, credentials.module_file(m)
+            ),
+        )
+    children.start(
+        "gateway",
+        lambda: spawn(
+            "gateway",
+            ["gateway", "--port", str(port)],
+            env,
+            credentials.file("gateway"),
+            DAI_KEK_FILE=str(credentials.kek_file),
+        ),
+    )
 
 
 def _operator_environment(env: dict[str, str], credentials: PlatformCredentials) -> dict[str, str]:
     """What a ``dai`` command needs to work on this platform as its operator (``dai env`` prints it)."""
-    published = {"NATS_URL": env["NATS_URL"], "DATABASE_URL": env["DATABASE_URL"],
-                 CREDENTIAL_FILE_ENV: str(credentials.file("operator")), KEK_FILE_ENV: str(credentials.kek_file)}
+    published = {
+        "NATS_URL": env["NATS_URL"],
+        "DATABASE_URL": env["DATABASE_URL"],
+        CREDENTIAL_FILE_ENV: str(credentials.file("operator")),
+        KEK_FILE_ENV: str(credentials.kek_file),
+    }
     if env.get(CA_FILE_ENV):
         published[CA_FILE_ENV] = env[CA_FILE_ENV]
     return published
@@ -177,9 +212,12 @@ def _operator_environment(env: dict[str, str], credentials: PlatformCredentials)
 
 def _take(lock: DataDirLock) -> str | None:
     """Take the data dir's lock; the refusal line when another ``dai up`` holds it."""
+
     def waiting(holder: Holder) -> None:
-        _say(f"dai: waiting for the processes of the dai up that held {lock.data_dir} ({holder.describe()},"
-             " gone) to stop…")
+        _say(
+            f"dai: waiting for the processes of the dai up that held {lock.data_dir} ({holder.describe()},"
+            " gone) to stop…"
+        )
 
     try:
         lock.acquire(on_wait=waiting)
@@ -270,8 +308,11 @@ def up(options: UpOptions) -> int:
         env[DATA_DIR_ENV] = str(data_dir)  # marks the platform's processes, should any outlive a crash
         if options.tls is not None and not env.get(CA_FILE_ENV):
             env[CA_FILE_ENV] = str(options.tls[0].resolve())  # a self-signed certificate is its own authority
-        operator = BusOptions(url=nats_url, credential=credentials.credential("operator"),
-                              ca_file=Path(env[CA_FILE_ENV]) if env.get(CA_FILE_ENV) else None)
+        operator = BusOptions(
+            url=nats_url,
+            credential=credentials.credential("operator"),
+            ca_file=Path(env[CA_FILE_ENV]) if env.get(CA_FILE_ENV) else None,
+        )
         new_key, modules = asyncio.run(_prepare(operator, database_url, data_dir / "admin.key", credentials))
         children = Supervisor(_say)
         stack.callback(children.stop)
@@ -289,8 +330,7 @@ def up(options: UpOptions) -> int:
             return 1
         published = _operator_environment(env, credentials)
         write_env(data_dir, published)
-        _banner(gateway_url, nats_url, data_dir, new_key, published,
-                nats_server.monitor_url if nats_server else None)
+        _banner(gateway_url, nats_url, data_dir, new_key, published, nats_server.monitor_url if nats_server else None)
         # From here on a child that exits is restarted (with backoff); only a signal stops the platform.
         while not stop_requested:
             children.poll()
@@ -308,25 +348,35 @@ def _env_command(data_dir: Path) -> str:
     return command
 
 
-def _banner(gateway_url: str, nats_url: str, data_dir: Path, new_key: str | None, published: dict[str, str],
-            monitor_url: str | None = None) -> None:
+def _banner(
+    gateway_url: str,
+    nats_url: str,
+    data_dir: Path,
+    new_key: str | None,
+    published: dict[str, str],
+    monitor_url: str | None = None,
+) -> None:
     key_file = data_dir / "admin.key"
     if new_key:
         _say(f"\nBootstrap admin API key (shown once, stored in {key_file}):\n\n    {new_key}\n")
     operator = data_dir / "credentials" / "operator.credential"
     monitor = f"  monitor  {monitor_url} (nats-server's /healthz, /varz, /jsz)\n" if monitor_url else ""
-    _say(f"Democratic_AI is up.\n  gateway  {gateway_url}\n  nats     {nats_url}\n{monitor}"
-         f"  data     {data_dir} (locked by this dai up, pid {os.getpid()})\n"
-         f"  bus      authorization on; the operator's credential: {operator}\n")
+    _say(
+        f"Democratic_AI is up.\n  gateway  {gateway_url}\n  nats     {nats_url}\n{monitor}"
+        f"  data     {data_dir} (locked by this dai up, pid {os.getpid()})\n"
+        f"  bus      authorization on; the operator's credential: {operator}\n"
+    )
     exports = "\n".join(f"  {line}" for line in export_lines(published))
-    _say("For the dai commands (dai projections status, dai replay, dai billing close-period …), paste:\n\n"
-         f"{exports}\n\n"
-         f"or, in another shell: eval \"$({_env_command(data_dir)})\"\n")
+    _say(
+        "For the dai commands (dai projections status, dai replay, dai billing close-period …), paste:\n\n"
+        f"{exports}\n\n"
+        f'or, in another shell: eval "$({_env_command(data_dir)})"\n'
+    )
     _say(
         "Try it:\n\n"
         f"  curl -s {gateway_url}/v1/capabilities/text.summarize/invoke \\\n"
         f"    -H \"X-API-Key: $(cat {key_file})\" -H 'Content-Type: application/json' \\\n"
-        "    -d '{\"text\": \"NATS is a messaging system. JetStream adds persistence to NATS. "
-        "Streams store messages. Consumers read them back.\", \"max_length\": 80}'\n\n"
+        '    -d \'{"text": "NATS is a messaging system. JetStream adds persistence to NATS. '
+        'Streams store messages. Consumers read them back.", "max_length": 80}\'\n\n'
         "Press Ctrl-C to stop."
     )

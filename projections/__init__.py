@@ -23,7 +23,9 @@ from .runner import ProjectionRunner
 from .status import ProjectionStatus, projection_status
 from .usage import UsageProjection
 
-PROJECTIONS: dict[str, Projection] = {p.name: p for p in (RegistryProjection(), IdentityProjection(), UsageProjection(), BillingProjection())}
+PROJECTIONS: dict[str, Projection] = {
+    p.name: p for p in (RegistryProjection(), IdentityProjection(), UsageProjection(), BillingProjection())
+}
 
 __all__ = [
     "PROJECTIONS",

@@ -56,12 +56,28 @@ class IdentityProjection:
             event = decode_event(msg.data)  # a malformed event raises: the runner quarantines it
             at = event.meta.at
             success = event.success if isinstance(event, LoginAttempted) else True
-            audit.append((msg.metadata.sequence.stream, event.tenant_id, type(event).__struct_config__.tag,
-                          msg.subject, event.meta.actor, event.meta.ip, event.meta.user_agent, success, at))
+            audit.append(
+                (
+                    msg.metadata.sequence.stream,
+                    event.tenant_id,
+                    type(event).__struct_config__.tag,
+                    msg.subject,
+                    event.meta.actor,
+                    event.meta.ip,
+                    event.meta.user_agent,
+                    success,
+                    at,
+                )
+            )
             match event:
                 case TenantCreated():
-                    tenants[event.tenant_id] = {_CREATED: True, "name": event.name, "suspended": False,
-                                                "created_at": at, "updated_at": at}
+                    tenants[event.tenant_id] = {
+                        _CREATED: True,
+                        "name": event.name,
+                        "suspended": False,
+                        "created_at": at,
+                        "updated_at": at,
+                    }
                 case TenantUpdated():
                     tenants.setdefault(event.tenant_id, {}).update(name=event.name, updated_at=at)
                 case TenantSuspended():
@@ -69,8 +85,15 @@ class IdentityProjection:
                 case TenantReinstated():
                     tenants.setdefault(event.tenant_id, {}).update(suspended=False, updated_at=at)
                 case UserRegistered():
-                    users[event.user_id] = {_CREATED: True, "tenant_id": event.tenant_id, "email": event.email, "role": event.role,
-                                            "active": True, "created_at": at, "updated_at": at}
+                    users[event.user_id] = {
+                        _CREATED: True,
+                        "tenant_id": event.tenant_id,
+                        "email": event.email,
+                        "role": event.role,
+                        "active": True,
+                        "created_at": at,
+                        "updated_at": at,
+                    }
                 case UserRoleChanged():
                     users.setdefault(event.user_id, {}).update(role=event.role, updated_at=at)
                 case UserDeactivated():
@@ -79,10 +102,18 @@ class IdentityProjection:
                     users.setdefault(event.user_id, {}).update(updated_at=at)
                 case ApiKeyIssued():
                     keys[event.key_id] = {
-                        _CREATED: True, "tenant_id": event.tenant_id, "user_id": event.user_id, "name": event.name,
-                        "prefix": event.prefix, "role": event.role, "scopes": list(event.scopes),
-                        "expires_at": event.expires_at, "rate_limit": event.rate_limit,
-                        "capabilities": list(event.capabilities), "toolset": event.toolset, "created_at": at,
+                        _CREATED: True,
+                        "tenant_id": event.tenant_id,
+                        "user_id": event.user_id,
+                        "name": event.name,
+                        "prefix": event.prefix,
+                        "role": event.role,
+                        "scopes": list(event.scopes),
+                        "expires_at": event.expires_at,
+                        "rate_limit": event.rate_limit,
+                        "capabilities": list(event.capabilities),
+                        "toolset": event.toolset,
+                        "created_at": at,
                         "revoked_at": None,
                     }
                 case ApiKeyRevoked():
@@ -90,11 +121,19 @@ class IdentityProjection:
                 case AccessTokenRevoked():
                     revoked.append((event.tenant_id, event.jti, event.expires_at, at))
                 case ModuleRegistered():
-                    modules.setdefault((event.tenant_id, event.module_id), {
-                        _CREATED: True, "owner_user_id": event.owner_user_id, "name": event.name,
-                        "capabilities": list(event.capabilities), "credential_prefix": event.credential_prefix,
-                        "registered_at": at, "updated_at": at, "revoked_at": None,
-                    })
+                    modules.setdefault(
+                        (event.tenant_id, event.module_id),
+                        {
+                            _CREATED: True,
+                            "owner_user_id": event.owner_user_id,
+                            "name": event.name,
+                            "capabilities": list(event.capabilities),
+                            "credential_prefix": event.credential_prefix,
+                            "registered_at": at,
+                            "updated_at": at,
+                            "revoked_at": None,
+                        },
+                    )
                 case ModuleUpdated():
                     row = modules.setdefault((event.tenant_id, event.module_id), {})
                     if event.name is not None:
@@ -104,7 +143,8 @@ class IdentityProjection:
                     row["updated_at"] = at
                 case ModuleCredentialRotated():
                     modules.setdefault((event.tenant_id, event.module_id), {}).update(
-                        credential_prefix=event.credential_prefix, updated_at=at)
+                        credential_prefix=event.credential_prefix, updated_at=at
+                    )
                 case ModuleRevoked():
                     modules.setdefault((event.tenant_id, event.module_id), {}).update(revoked_at=at, updated_at=at)
         await _upsert(conn, "tenants", "tenant_id", tenants)
@@ -114,13 +154,15 @@ class IdentityProjection:
         if revoked:
             await conn.executemany(
                 "INSERT INTO revoked_tokens (tenant_id, jti, expires_at, revoked_at) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (jti) DO NOTHING", revoked,
+                " ON CONFLICT (jti) DO NOTHING",
+                revoked,
             )
         if audit:
             await conn.executemany(
                 "INSERT INTO identity_audit"
                 " (sequence, tenant_id, event_type, subject, actor, ip, user_agent, success, at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (sequence) DO NOTHING", audit,
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (sequence) DO NOTHING",
+                audit,
             )
 
 
@@ -139,8 +181,10 @@ async def _upsert(conn: asyncpg.Connection, table: str, key: str, rows: dict[str
         if created:
             placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 1))
             updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
-            sql = (f"INSERT INTO {table} ({', '.join(names)}) VALUES ({placeholders})"
-                   f" ON CONFLICT ({key}) DO UPDATE SET {updates}")
+            sql = (
+                f"INSERT INTO {table} ({', '.join(names)}) VALUES ({placeholders})"
+                f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
+            )
         else:
             sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
             sql = f"UPDATE {table} SET {sets} WHERE {key} = $1"
@@ -157,7 +201,9 @@ async def _write_modules(conn: asyncpg.Connection, rows: dict[tuple[str, str], d
     groups: dict[tuple[bool, tuple[str, ...]], list[tuple[Any, ...]]] = {}
     for (tenant_id, module_id), values in rows.items():
         columns = tuple(sorted(c for c in values if c != _CREATED))
-        groups.setdefault((_CREATED in values, columns), []).append((module_id, tenant_id, *(values[c] for c in columns)))
+        groups.setdefault((_CREATED in values, columns), []).append(
+            (module_id, tenant_id, *(values[c] for c in columns))
+        )
     for (created, columns), records in groups.items():
         if not created:
             sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=3))
@@ -168,5 +214,6 @@ async def _write_modules(conn: asyncpg.Connection, rows: dict[tuple[str, str], d
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
         await conn.executemany(
             f"INSERT INTO modules ({', '.join(names)}) VALUES ({placeholders}) ON CONFLICT (module_id)"
-            f" DO UPDATE SET {updates} WHERE modules.tenant_id = excluded.tenant_id", records,
+            f" DO UPDATE SET {updates} WHERE modules.tenant_id = excluded.tenant_id",
+            records,
         )

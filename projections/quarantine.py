@@ -96,12 +96,23 @@ async def fold(conn: asyncpg.Connection, projection: Projection, events: Sequenc
         await conn.execute(
             f"INSERT INTO {TABLE} (projection, stream, sequence, subject, error, payload)"
             " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (projection, sequence) DO NOTHING",
-            letter.projection, letter.stream, letter.sequence, _storable(letter.subject), letter.error, msg.data,
+            letter.projection,
+            letter.stream,
+            letter.sequence,
+            _storable(letter.subject),
+            letter.error,
+            msg.data,
         )
         log.error(
             "projection %s quarantined %s event %d on %s: %s -- the projection goes on; the event is in %s,"
             " and `dai projections retry %s` applies it again after a fix",
-            letter.projection, letter.stream, letter.sequence, letter.subject, letter.error, TABLE, letter.projection,
+            letter.projection,
+            letter.stream,
+            letter.sequence,
+            letter.subject,
+            letter.error,
+            TABLE,
+            letter.projection,
         )
     return quarantined
 
@@ -141,8 +152,12 @@ def _storable(text: str) -> str:
 def stored_message(stream: str, sequence: int, subject: str, payload: bytes) -> Msg:
     """A dead letter as the message a projection applies: subject, data and stream sequence."""
     metadata = Msg.Metadata(
-        sequence=Msg.Metadata.SequencePair(consumer=0, stream=sequence), num_pending=0, num_delivered=1,
-        timestamp=datetime.now(UTC), stream=stream, consumer="retry",
+        sequence=Msg.Metadata.SequencePair(consumer=0, stream=sequence),
+        num_pending=0,
+        num_delivered=1,
+        timestamp=datetime.now(UTC),
+        stream=stream,
+        consumer="retry",
     )
     return Msg(_client=None, subject=subject, data=payload, _metadata=metadata)  # type: ignore[arg-type]
 
@@ -179,14 +194,22 @@ async def _retry(conn: asyncpg.Connection, projection: Projection) -> RetryResul
             failed += 1
             await conn.execute(
                 f"UPDATE {TABLE} SET error = $3, attempts = attempts + 1 WHERE projection = $1 AND sequence = $2",
-                projection.name, row["sequence"], describe(exc),
+                projection.name,
+                row["sequence"],
+                describe(exc),
             )
-            log.error("projection %s: %s event %d still fails: %s", projection.name, row["stream"],
-                      row["sequence"], describe(exc))
+            log.error(
+                "projection %s: %s event %d still fails: %s",
+                projection.name,
+                row["stream"],
+                row["sequence"],
+                describe(exc),
+            )
             continue
         applied += 1
-        await conn.execute(f"DELETE FROM {TABLE} WHERE projection = $1 AND sequence = $2",
-                           projection.name, row["sequence"])
+        await conn.execute(
+            f"DELETE FROM {TABLE} WHERE projection = $1 AND sequence = $2", projection.name, row["sequence"]
+        )
         log.info("projection %s: %s event %d applied on retry", projection.name, row["stream"], row["sequence"])
     return RetryResult(applied=applied, failed=failed)
 
@@ -202,5 +225,6 @@ async def replace_live(conn: asyncpg.Connection, schema: str, projection: Projec
     swap, in its transaction): an event that now applies is no longer quarantined."""
     # Unqualified: the caller's search_path, the live one, resolves the live table.
     await conn.execute(f"DELETE FROM {TABLE} WHERE projection = $1", projection.name)
-    await conn.execute(f"INSERT INTO {TABLE} SELECT * FROM {_ident(schema)}.{TABLE} WHERE projection = $1",
-                       projection.name)
+    await conn.execute(
+        f"INSERT INTO {TABLE} SELECT * FROM {_ident(schema)}.{TABLE} WHERE projection = $1", projection.name
+    )

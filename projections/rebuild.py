@@ -113,7 +113,9 @@ class _Builder:
     def _reader(self, last: int, batch: int) -> LogReader:
         """The events after ``position`` up to ``last`` (an empty window once ``last`` is reached)."""
         first = self.position + 1
-        window = LogRange(self._projection.stream, self._projection.filter_subject, first_seq=first, last_seq=max(last, first - 1))
+        window = LogRange(
+            self._projection.stream, self._projection.filter_subject, first_seq=first, last_seq=max(last, first - 1)
+        )
         return LogReader(self._js, window, batch=batch)
 
 
@@ -176,11 +178,13 @@ async def verify(
                 for table in tables
             ]
             # The same events quarantined: a rebuild would set aside exactly what the live runner did.
-            comparisons.append(TableComparison(
-                table=f"{quarantine.TABLE} of {projection.name}",
-                live=await shadow.dead_letters_checksum(conn, None, projection),
-                rebuilt=await shadow.dead_letters_checksum(conn, schema, projection),
-            ))
+            comparisons.append(
+                TableComparison(
+                    table=f"{quarantine.TABLE} of {projection.name}",
+                    live=await shadow.dead_letters_checksum(conn, None, projection),
+                    rebuilt=await shadow.dead_letters_checksum(conn, schema, projection),
+                )
+            )
             return comparisons
 
 
@@ -202,6 +206,10 @@ async def rebuild_as_of(
             await conn.execute(
                 f"INSERT INTO {checkpoint} (projection, stream, as_of, last_sequence, events)"
                 " VALUES ($1, $2, $3, $4, $5)",
-                projection.name, projection.stream, as_of, last, builder.events,
+                projection.name,
+                projection.stream,
+                as_of,
+                last,
+                builder.events,
             )
     return AsOfResult(schema=schema, as_of=as_of, last_sequence=last, events=builder.events)

@@ -126,8 +126,15 @@ class UsageRecovery:
         outage.over()
         # The first time (no checkpoint), from ``initial_lookback`` ago; then after the checkpoint.
         since = datetime.now(UTC) - timedelta(seconds=self.config.initial_lookback)
-        follower = OrderedConsumer(self._js, MCP_STREAM, ALL_RESPONSES, batch=self.config.batch, start=since,
-                                   after=last, on_batch=lambda records: self._when_due(records, stop))
+        follower = OrderedConsumer(
+            self._js,
+            MCP_STREAM,
+            ALL_RESPONSES,
+            batch=self.config.batch,
+            start=since,
+            after=last,
+            on_batch=lambda records: self._when_due(records, stop),
+        )
         await follower.run(stop)
 
     async def _when_due(self, records: list[Msg], stop: asyncio.Event) -> None:
@@ -181,9 +188,12 @@ class UsageRecovery:
                 await self._publish(missing)
                 published = len(missing)
                 self.recovered += published
-                log.info("recovered %d usage events of %d calls that no gateway had published"
-                         " (a gateway stopped, or a client hung up before its answer came)",
-                         published, len({e.call_id for e in missing}))
+                log.info(
+                    "recovered %d usage events of %d calls that no gateway had published"
+                    " (a gateway stopped, or a client hung up before its answer came)",
+                    published,
+                    len({e.call_id for e in missing}),
+                )
         with on_database():
             async with self._pool.acquire() as conn, conn.transaction():
                 await lock_checkpoint(conn, CHECKPOINT)
@@ -213,7 +223,9 @@ class UsageRecovery:
                 rows = await conn.fetch(
                     "SELECT call_id, metric, outcome FROM usage_events"
                     " WHERE call_id = any($1::text[]) AND at >= $2 AND at <= $3",
-                    list({a.correlation_id for a in answers}), min(stamps) - _LATE_ANSWER_MARGIN, max(stamps),
+                    list({a.correlation_id for a in answers}),
+                    min(stamps) - _LATE_ANSWER_MARGIN,
+                    max(stamps),
                 )
         present: dict[str, dict[str, str]] = {}
         for r in rows:
@@ -222,8 +234,9 @@ class UsageRecovery:
 
     async def _publish(self, events: list[CallMetered]) -> None:
         futures = [
-            await self._js.publish_async(usage_subject(e.tenant_id, e.metric), encode_event(e),
-                                         headers={NATS_MSG_ID: message_id(e)})
+            await self._js.publish_async(
+                usage_subject(e.tenant_id, e.metric), encode_event(e), headers={NATS_MSG_ID: message_id(e)}
+            )
             for e in events
         ]
         await asyncio.wait_for(asyncio.gather(*futures), timeout=30.0)

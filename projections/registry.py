@@ -49,8 +49,14 @@ class RegistryProjection:
             """,
             [
                 (
-                    e.manifest.module_id, e.manifest.name, e.manifest.version, e.manifest.description, e.digest,
-                    registered_at, e.at, msg.metadata.sequence.stream,
+                    e.manifest.module_id,
+                    e.manifest.name,
+                    e.manifest.version,
+                    e.manifest.description,
+                    e.digest,
+                    registered_at,
+                    e.at,
+                    msg.metadata.sequence.stream,
                 )
                 for e, msg, registered_at in latest.values()
             ],
@@ -63,8 +69,15 @@ class RegistryProjection:
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             """,
             [
-                (e.manifest.module_id, c.action, c.description, c.input_schema, c.output_schema, c.streaming,
-                 c.max_input_bytes)
+                (
+                    e.manifest.module_id,
+                    c.action,
+                    c.description,
+                    c.input_schema,
+                    c.output_schema,
+                    c.streaming,
+                    c.max_input_bytes,
+                )
                 for e, _, _ in latest.values()
                 for c in e.manifest.capabilities
             ],

@@ -59,9 +59,7 @@ class ProjectionRunner:
     docstring for what survives what). Run one per projection and database.
     """
 
-    def __init__(
-        self, js: JetStreamContext, pool: asyncpg.Pool, projection: Projection, *, batch: int = 1024
-    ) -> None:
+    def __init__(self, js: JetStreamContext, pool: asyncpg.Pool, projection: Projection, *, batch: int = 1024) -> None:
         # A batch is what arrived while the previous one was folded, so a larger limit adds no
         # latency; under load it spreads each transaction's fixed cost over more events (bench_usage.py).
         self._js = js
@@ -82,8 +80,13 @@ class ProjectionRunner:
         outage.over()
         projection = self.projection
         follower = OrderedConsumer(
-            self._js, projection.stream, projection.filter_subject, on_batch=self._fold, batch=self._batch,
-            after=last, name=consumer_name(projection),
+            self._js,
+            projection.stream,
+            projection.filter_subject,
+            on_batch=self._fold,
+            batch=self._batch,
+            after=last,
+            name=consumer_name(projection),
             description=f"folds {projection.stream} into the {projection.name} read model",
         )
         await follower.run(stop)
@@ -102,8 +105,12 @@ class ProjectionRunner:
         try:
             return await self._apply(messages, careful=False)
         except quarantine.EVENT_ERRORS as exc:
-            log.warning("projection %s: a batch of %d events failed (%s); applying it again, quarantining"
-                        " the events at fault", self.projection.name, len(messages), quarantine.describe(exc))
+            log.warning(
+                "projection %s: a batch of %d events failed (%s); applying it again, quarantining the events at fault",
+                self.projection.name,
+                len(messages),
+                quarantine.describe(exc),
+            )
         return await self._apply(messages, careful=True)
 
     async def _apply(self, messages: Sequence[Msg], *, careful: bool) -> int:

@@ -31,8 +31,17 @@ from .base import Projection
 from .errors import MissingReadModel, ReadModelChanged
 
 __all__ = [
-    "Table", "TableChecksum", "checksum", "create", "dead_letters_checksum", "drop", "fold", "ident", "live_tables",
-    "replace_live", "schema_name",
+    "Table",
+    "TableChecksum",
+    "checksum",
+    "create",
+    "dead_letters_checksum",
+    "drop",
+    "fold",
+    "ident",
+    "live_tables",
+    "replace_live",
+    "schema_name",
 ]
 
 
@@ -77,7 +86,9 @@ async def live_tables(conn: asyncpg.Connection, projection: Projection) -> list[
             ident(name),
         )
         if row is None:
-            raise MissingReadModel(f"table {name!r} of projection {projection.name!r} does not exist; run the migrations")
+            raise MissingReadModel(
+                f"table {name!r} of projection {projection.name!r} does not exist; run the migrations"
+            )
         tables.append(Table(schema=row["nspname"], name=row["relname"]))
     return tables
 

@@ -54,8 +54,9 @@ async def _status(js: JetStreamContext, projection: Projection, applied: int, qu
         reference = await _stored_at(js, projection.stream, applied) or first_pending
         if newest is not None and reference is not None:
             lag_seconds = max(0.0, (newest - reference).total_seconds())
-    return ProjectionStatus(projection.name, projection.stream, applied, stream_last, lag_events, lag_seconds,
-                            quarantined)
+    return ProjectionStatus(
+        projection.name, projection.stream, applied, stream_last, lag_events, lag_seconds, quarantined
+    )
 
 
 async def _pending(js: JetStreamContext, projection: Projection, applied: int) -> tuple[int, datetime | None]:

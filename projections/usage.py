@@ -80,8 +80,11 @@ def _partition(month: tuple[int, int]) -> tuple[str, str, str]:
     """The partition of ``(year, month)``: its name and its bounds (UTC)."""
     year, number = month
     after = (year + 1, 1) if number == 12 else (year, number + 1)
-    return (f"usage_events_{year:04d}_{number:02d}", f"{year:04d}-{number:02d}-01 00:00:00+00",
-            f"{after[0]:04d}-{after[1]:02d}-01 00:00:00+00")
+    return (
+        f"usage_events_{year:04d}_{number:02d}",
+        f"{year:04d}-{number:02d}-01 00:00:00+00",
+        f"{after[0]:04d}-{after[1]:02d}-01 00:00:00+00",
+    )
 
 
 class UsageProjection:
@@ -105,7 +108,10 @@ class UsageProjection:
         wanted = {_partition(m)[0]: m for m in months}
         existing = await conn.fetch(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = $1 AND c.relname = any($2::text[])", PARTITION_SCHEMA, list(wanted))
+            " WHERE n.nspname = $1 AND c.relname = any($2::text[])",
+            PARTITION_SCHEMA,
+            list(wanted),
+        )
         for name in set(wanted) - {r["relname"] for r in existing}:
             _, start, end = _partition(wanted[name])
             await conn.execute(

@@ -9,10 +9,10 @@ from importlib import resources
 
 import asyncpg
 
+from .checkpoints import read_checkpoint, wait_for_checkpoint
 from .database import create_pool
 from .outage import DatabaseOutage, DatabaseUnreachable, is_unreachable, on_database
 from .roles import APP_ROLE, UnsafeRole, app_dsn, check_app_role, ensure_app_role
-from .checkpoints import read_checkpoint, wait_for_checkpoint
 from .tenancy import platform_transaction, tenant_transaction
 
 __all__ = [

@@ -90,7 +90,12 @@ class DatabaseOutage:
     """
 
     def __init__(
-        self, who: str, logger: logging.Logger, *, first: float = 0.2, ceiling: float = 5.0,
+        self,
+        who: str,
+        logger: logging.Logger,
+        *,
+        first: float = 0.2,
+        ceiling: float = 5.0,
         log_every: float = 30.0,
     ) -> None:
         if not 0 < first <= ceiling or log_every <= 0:
@@ -113,12 +118,20 @@ class DatabaseOutage:
         if self._since is None:
             self._since = now
             self._logged = now
-            self._log.warning("%s: the database is unreachable (%s); waiting for it, retrying with backoff"
-                              " -- nothing is acknowledged meanwhile", self.who, _brief(exc))
+            self._log.warning(
+                "%s: the database is unreachable (%s); waiting for it, retrying with backoff"
+                " -- nothing is acknowledged meanwhile",
+                self.who,
+                _brief(exc),
+            )
         elif now - self._logged >= self._log_every:
             self._logged = now
-            self._log.warning("%s: the database is still unreachable after %.0f s (%s); still waiting",
-                              self.who, now - self._since, _brief(exc))
+            self._log.warning(
+                "%s: the database is still unreachable after %.0f s (%s); still waiting",
+                self.who,
+                now - self._since,
+                _brief(exc),
+            )
         self.retries += 1
         delay = next(self._delays)
         if stop is None:
@@ -129,9 +142,7 @@ class DatabaseOutage:
         except TimeoutError:
             pass
 
-    async def keep_following(
-        self, follow: Callable[[DatabaseOutage], Awaitable[None]], stop: asyncio.Event
-    ) -> None:
+    async def keep_following(self, follow: Callable[[DatabaseOutage], Awaitable[None]], stop: asyncio.Event) -> None:
         """Run ``follow(self)`` until ``stop`` is set, waiting out every outage it raises
         (:class:`DatabaseUnreachable`) and starting it over from its checkpoint after one."""
         while not stop.is_set():
@@ -144,8 +155,12 @@ class DatabaseOutage:
         """The database answered: say so once if it had been unreachable, and reset the backoff."""
         if self._since is None:
             return
-        self._log.warning("%s: the database is reachable again after %.1f s (%d retries); resuming",
-                          self.who, time.monotonic() - self._since, self.retries)
+        self._log.warning(
+            "%s: the database is reachable again after %.1f s (%d retries); resuming",
+            self.who,
+            time.monotonic() - self._since,
+            self.retries,
+        )
         self._since = None
         self.retries = 0
         self._delays = backoff_delays(self._first, self._ceiling)

@@ -39,9 +39,7 @@ async def ensure_app_role(conn: asyncpg.Connection) -> None:
 
 async def check_app_role(conn: asyncpg.Connection) -> None:
     """Refuse a role that is superuser, bypasses RLS, or owns tables (owners can alter policies)."""
-    role = await conn.fetchrow(
-        "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
-    )
+    role = await conn.fetchrow("SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
     owned = await conn.fetchval(
         "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner"
         " WHERE r.rolname = current_user AND c.relkind IN ('r', 'p')"

@@ -1,11 +1,11 @@
 """Errors of the SDK.
 
-    DaiError
-    ├── CallError          a call answered with an error: ``code``, ``message``, ``details``
-    ├── SchemaError        a capability declared a schema the SDK cannot use, or one its handler's
-    │                      parameters disagree with (raised when the module is constructed)
-    ├── CredentialError    a module credential that is malformed, or is another module's
-    └── TenantError        a module named a tenant it may not act for
+DaiError
+├── CallError          a call answered with an error: ``code``, ``message``, ``details``
+├── SchemaError        a capability declared a schema the SDK cannot use, or one its handler's
+│                      parameters disagree with (raised when the module is constructed)
+├── CredentialError    a module credential that is malformed, or is another module's
+└── TenantError        a module named a tenant it may not act for
 """
 
 from __future__ import annotations

@@ -45,8 +45,9 @@ class Invocation:
         data = self._payload
         if limit is not None and self.input_bytes > limit:
             # Calls come over NATS too, not only through the gateway that checks the same limit.
-            return None, self.error(ErrorCode.PAYLOAD_TOO_LARGE, f"the input may be at most {limit} bytes",
-                                    where="input", max_bytes=limit)
+            return None, self.error(
+                ErrorCode.PAYLOAD_TOO_LARGE, f"the input may be at most {limit} bytes", where="input", max_bytes=limit
+            )
         try:
             payload = _decode_json(data) if data else {}
         except msgspec.DecodeError as exc:
@@ -69,7 +70,9 @@ class Invocation:
             return None, self.error(ErrorCode.VALIDATION_FAILED, problem[1], where="input", path=problem[0])
         return self._called(handler, (), kwargs)
 
-    def _called(self, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, MCPMessage | None]:
+    def _called(
+        self, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Any, MCPMessage | None]:
         """``handler(*args, **kwargs)``, or the ERROR when calling it raises at once (arguments that
         do not bind, a handler that is not ``async``): the caller gets an answer, not a timeout."""
         try:
@@ -106,9 +109,7 @@ class Invocation:
         if isinstance(exc, CallError):
             code = ErrorCode(exc.code) if exc.code in ErrorCode.__members__ else ErrorCode.MODULE_ERROR
             return self.error(code, exc.message, **exc.details)
-        log.error(
-            "capability %s failed on call %s", self.definition.action, self.request.correlation_id, exc_info=exc
-        )
+        log.error("capability %s failed on call %s", self.definition.action, self.request.correlation_id, exc_info=exc)
         return self.error(
             ErrorCode.MODULE_ERROR,
             f"the module {self.module_id!r} failed while handling {self.definition.action!r}",
@@ -118,9 +119,7 @@ class Invocation:
         return error_reply(self.request, code, text, source_module_id=self.module_id, details=details)
 
 
-def _keyword_arguments(
-    definition: CapabilityDefinition, value: Any
-) -> tuple[dict[str, Any], tuple[str, str] | None]:
+def _keyword_arguments(definition: CapabilityDefinition, value: Any) -> tuple[dict[str, Any], tuple[str, str] | None]:
     """Map a JSON object onto the handler's parameters, or say which field does not fit."""
     if not isinstance(value, dict):
         return {}, ("$", "the input must be a JSON object")

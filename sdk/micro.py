@@ -70,7 +70,9 @@ class Endpoint:
 class MicroService:
     """The ``$SRV`` side of one module instance: name = module id, id = instance id."""
 
-    def __init__(self, *, name: str, instance_id: str, version: str, description: str, endpoints: list[Endpoint]) -> None:
+    def __init__(
+        self, *, name: str, instance_id: str, version: str, description: str, endpoints: list[Endpoint]
+    ) -> None:
         self.name = name
         self.id = instance_id
         # The protocol wants SemVer; a module may say anything, so the original stays in the metadata.

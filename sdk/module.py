@@ -239,19 +239,23 @@ class Module:
             action = definition.action
             endpoints = (
                 Endpoint(
-                    name=action.replace(".", "_"), subject=subjects.call("*", action),
+                    name=action.replace(".", "_"),
+                    subject=subjects.call("*", action),
                     queue_group=subjects.capability_queue(action),
                     metadata={"capability": action, "route": "capability", "description": definition.description},
                 ),
                 Endpoint(
-                    name=action.replace(".", "_") + "-direct", subject=subjects.direct(self.module_id, "*", action),
+                    name=action.replace(".", "_") + "-direct",
+                    subject=subjects.direct(self.module_id, "*", action),
                     queue_group=self.module_id,
                     metadata={"capability": action, "route": "direct", "description": definition.description},
                 ),
             )
             for endpoint in endpoints:
 
-                async def on_call(msg: Msg, definition: CapabilityDefinition = definition, endpoint: Endpoint = endpoint) -> None:
+                async def on_call(
+                    msg: Msg, definition: CapabilityDefinition = definition, endpoint: Endpoint = endpoint
+                ) -> None:
                     self._spawn(self._serve(definition, msg, endpoint, time.perf_counter_ns()))
 
                 routes.append(Route(endpoint.subject, endpoint.queue_group, on_call, endpoint))
@@ -277,7 +281,9 @@ class Module:
         if nc is None:
             raise RuntimeError("attach the module to a connection first.")
         self._micro = MicroService(
-            name=self.module_id, instance_id=self.instance_id, version=self.version,
+            name=self.module_id,
+            instance_id=self.instance_id,
+            version=self.version,
             description=self.manifest.description,
             endpoints=[route.endpoint for route in self._routes if route.endpoint is not None],
         )
@@ -359,7 +365,9 @@ class Module:
                 if answer.data == b"ok":
                     log.info("the hub registered %s: %s", self.module_id, ", ".join(sorted(self.capabilities)))
                     return
-                log.error("the hub refused the manifest of %s: %s", self.module_id, answer.data.decode(errors="replace"))
+                log.error(
+                    "the hub refused the manifest of %s: %s", self.module_id, answer.data.decode(errors="replace")
+                )
                 return
             # Start quickly (the hub may be starting alongside us), then back off.
             await asyncio.sleep(min(self.config.announce_retry, 0.1 * 2**attempts))
@@ -408,12 +416,16 @@ class Module:
             return
         # Costs one timer per call whose caller asks; only a call still held after ACCEPT_AFTER says ACCEPTED.
         reply = msg.reply
-        accepting = asyncio.get_running_loop().call_later(
-            presence.ACCEPT_AFTER, self._accept, nc, request, reply
-        ) if reply and MCP_ACCEPT_HELD in request.headers else None
+        accepting = (
+            asyncio.get_running_loop().call_later(presence.ACCEPT_AFTER, self._accept, nc, request, reply)
+            if reply and MCP_ACCEPT_HELD in request.headers
+            else None
+        )
         try:
             if not (self.scheduler.try_acquire() or await self.scheduler.acquire(request.priority, deadline)):
-                log.info("dropped call %s of %s: its ttl passed while it waited", request.correlation_id, request.action)
+                log.info(
+                    "dropped call %s of %s: its ttl passed while it waited", request.correlation_id, request.action
+                )
                 endpoint.record(time.perf_counter_ns() - received_ns, "dropped a call whose ttl passed while it waited")
                 return
             try:
@@ -437,7 +449,9 @@ class Module:
         if reply:
             await nc.publish(reply, data)
         failed = answer.type == ERROR
-        endpoint.record(time.perf_counter_ns() - received_ns, f"{answer.error.code}: {answer.error.message}" if failed else None)
+        endpoint.record(
+            time.perf_counter_ns() - received_ns, f"{answer.error.code}: {answer.error.message}" if failed else None
+        )
 
     def _accept(self, nc: NATS, request: MCPMessage, reply: str) -> None:
         """Tell the caller of a plain call that this instance holds it (its ttl may be long)."""
@@ -469,7 +483,11 @@ class Module:
         except ValueError:
             window = streaming.DEFAULT_WINDOW
         sender = ChunkSender(
-            nc, request, inbox, window, source_module_id=self.module_id,
+            nc,
+            request,
+            inbox,
+            window,
+            source_module_id=self.module_id,
             credit_timeout=float(request.ttl or DEFAULT_TTL_SECONDS),
         )
         # Always a task: _spawn started this coroutine as one, and a CANCEL cancels exactly it.
@@ -482,8 +500,11 @@ class Module:
                 accepted = streaming.accepted(request, self._control, source_module_id=self.module_id)
                 await nc.publish(msg.reply, accepted.SerializeToString())
             if not (self.scheduler.try_acquire() or await self.scheduler.acquire(request.priority, deadline)):
-                log.info("dropped streamed call %s of %s: its ttl passed while it waited for a slot",
-                         request.correlation_id, request.action)
+                log.info(
+                    "dropped streamed call %s of %s: its ttl passed while it waited for a slot",
+                    request.correlation_id,
+                    request.action,
+                )
                 await sender.end(invocation.error(ErrorCode.TIMEOUT, "the ttl passed before a slot was free"), 0.0)
                 return
             try:

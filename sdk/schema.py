@@ -92,11 +92,27 @@ _ANNOTATIONS = frozenset(
 # draft jsonschema applies to the schema (checked against each other in tests/sdk/test_sdk_schemas.py).
 # Keywords of newer drafts that fastjsonschema does not know (unevaluatedProperties,
 # dependentRequired, prefixItems, ...) are missing on purpose: it would ignore them.
-_ASSERTIONS = frozenset({
-    "type", "enum", "const", "required", "minLength", "maxLength", "pattern", "minimum", "maximum",
-    "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minItems", "maxItems", "uniqueItems",
-    "minProperties", "maxProperties",
-})
+_ASSERTIONS = frozenset(
+    {
+        "type",
+        "enum",
+        "const",
+        "required",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+    }
+)
 _ONE_SCHEMA = frozenset({"additionalProperties", "items", "not", "if", "then", "else", "contains", "propertyNames"})
 _SCHEMA_LIST = frozenset({"allOf", "anyOf", "oneOf"})
 _SCHEMA_MAP = frozenset({"properties", "patternProperties", "definitions", "$defs"})
@@ -236,6 +252,4 @@ def to_schema(spec: dict[str, Any] | type | None) -> Schema:
         return StructSchema(spec)
     if isinstance(spec, type) and hasattr(spec, "model_json_schema") and hasattr(spec, "model_validate"):
         return PydanticSchema(spec)
-    raise SchemaError(
-        f"a schema must be a JSON Schema dict, a msgspec.Struct type or a pydantic model, not {spec!r}."
-    )
+    raise SchemaError(f"a schema must be a JSON Schema dict, a msgspec.Struct type or a pydantic model, not {spec!r}.")

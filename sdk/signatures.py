@@ -74,9 +74,11 @@ def _shape(schema: dict[str, Any]) -> _Shape:
             required |= inner.required
             patterns.extend(inner.patterns)
     return _Shape(
-        declared=frozenset(declared), patterns=tuple(patterns), required=frozenset(required),
-        open=any(k in schema for k in _DECLARING if k != "allOf") or any(
-            isinstance(b, dict) and _shape(b).open for b in schema.get("allOf") or []),
+        declared=frozenset(declared),
+        patterns=tuple(patterns),
+        required=frozenset(required),
+        open=any(k in schema for k in _DECLARING if k != "allOf")
+        or any(isinstance(b, dict) and _shape(b).open for b in schema.get("allOf") or []),
         may_require=any(k in schema for k in _REQUIRING),
     )
 
@@ -91,36 +93,48 @@ def _takes_objects(schema: dict[str, Any]) -> bool:
 def check_handler(module: type[Any], definition: CapabilityDefinition) -> None:
     """Raise :class:`SchemaError` when ``definition``'s handler cannot take what its input schema accepts."""
     method = getattr(module, definition.method_name)
-    where = (f"{module.__name__} (module {module.module_id!r}), capability {definition.action!r}:"
-             f" {module.__name__}.{definition.method_name}{_signature(method)}")
+    where = (
+        f"{module.__name__} (module {module.module_id!r}), capability {definition.action!r}:"
+        f" {module.__name__}.{definition.method_name}{_signature(method)}"
+    )
     if definition.takes_model:
         _check_model_handler(where, method, definition)
         return
     schema = definition.input.json_schema
     if not _takes_objects(schema):
-        raise SchemaError(f"{where} takes the input's fields as keyword arguments, but its input schema accepts"
-                          f" {schema.get('type')!r}, not an object.")
+        raise SchemaError(
+            f"{where} takes the input's fields as keyword arguments, but its input schema accepts"
+            f" {schema.get('type')!r}, not an object."
+        )
     shape = _shape(schema)
     receives = definition.parameters
     if not definition.takes_any_keyword:
         for name in sorted(shape.required):
             if name not in receives:
-                raise SchemaError(f"{where} has no parameter {name!r}, but the input schema requires property"
-                                  f" {name!r}: every valid call would fail. Rename the parameter or the property.")
+                raise SchemaError(
+                    f"{where} has no parameter {name!r}, but the input schema requires property"
+                    f" {name!r}: every valid call would fail. Rename the parameter or the property."
+                )
         for name in sorted(shape.declared):
             if name not in receives:
-                raise SchemaError(f"{where} has no parameter {name!r}, but the input schema declares property"
-                                  f" {name!r}: a call that sends it would fail. Add the parameter (or **kwargs),"
-                                  " or drop the property.")
+                raise SchemaError(
+                    f"{where} has no parameter {name!r}, but the input schema declares property"
+                    f" {name!r}: a call that sends it would fail. Add the parameter (or **kwargs),"
+                    " or drop the property."
+                )
     for name in sorted(definition.required):
         if not shape.declares(name):
-            raise SchemaError(f"{where} needs parameter {name!r}, but the input schema has no property {name!r}:"
-                              " callers cannot know to send it. Declare it (and require it), or give the"
-                              " parameter a default.")
+            raise SchemaError(
+                f"{where} needs parameter {name!r}, but the input schema has no property {name!r}:"
+                " callers cannot know to send it. Declare it (and require it), or give the"
+                " parameter a default."
+            )
         if name not in shape.required and not shape.may_require:
-            raise SchemaError(f"{where} needs parameter {name!r}, but the input schema does not require property"
-                              f" {name!r}: a call that leaves it out would fail. Add {name!r} to \"required\","
-                              " or give the parameter a default.")
+            raise SchemaError(
+                f"{where} needs parameter {name!r}, but the input schema does not require property"
+                f' {name!r}: a call that leaves it out would fail. Add {name!r} to "required",'
+                " or give the parameter a default."
+            )
 
 
 def _check_model_handler(where: str, method: Any, definition: CapabilityDefinition) -> None:
@@ -130,20 +144,26 @@ def _check_model_handler(where: str, method: Any, definition: CapabilityDefiniti
     model = getattr(definition.input, "model", None)
     model_name = getattr(model, "__name__", "the model")
     if not positional:
-        raise SchemaError(f"{where} has no parameter for the {model_name} instance its input schema"
-                          " describes: add one, e.g. (self, request).")
+        raise SchemaError(
+            f"{where} has no parameter for the {model_name} instance its input schema"
+            " describes: add one, e.g. (self, request)."
+        )
     first, rest = positional[0], [p for p in params if p is not positional[0]]
     for extra in rest:
         if extra.default is extra.empty and extra.kind not in (extra.VAR_POSITIONAL, extra.VAR_KEYWORD):
-            raise SchemaError(f"{where} receives one {model_name} instance, but also needs parameter {extra.name!r},"
-                              " which no call can supply: give it a default or remove it.")
+            raise SchemaError(
+                f"{where} receives one {model_name} instance, but also needs parameter {extra.name!r},"
+                " which no call can supply: give it a default or remove it."
+            )
     try:
         hint = typing.get_type_hints(method).get(first.name)
     except Exception:  # an annotation that cannot be resolved here: nothing to compare
         return
     if isinstance(hint, type) and isinstance(model, type) and not issubclass(model, hint):
-        raise SchemaError(f"{where} annotates parameter {first.name!r} as {hint.__name__}, but the input schema"
-                          f" is {model_name}: the handler receives a {model_name} instance.")
+        raise SchemaError(
+            f"{where} annotates parameter {first.name!r} as {hint.__name__}, but the input schema"
+            f" is {model_name}: the handler receives a {model_name} instance."
+        )
 
 
 def _signature(method: Any) -> str:

@@ -76,8 +76,7 @@ def call_tenant(owner: str, named: str | None) -> str:
     if owner != subjects.SYSTEM_TENANT and named != owner and named != current:
         serving_text = f"the tenant of the call it serves ({current!r})" if current else "no call (it serves none now)"
         raise TenantError(
-            f"a module owned by tenant {owner!r} may act for its own tenant or {serving_text},"
-            f" not for {named!r}."
+            f"a module owned by tenant {owner!r} may act for its own tenant or {serving_text}, not for {named!r}."
         )
     return named
 

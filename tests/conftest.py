@@ -107,7 +107,11 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def start_gateway(
-    nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS, projections: None,
+    nats_server: NatsServer,
+    database_url: str,
+    pool: asyncpg.Pool,
+    nc: NATS,
+    projections: None,
     kek: KeyEncryptionKey,
 ) -> AsyncIterator[StartGateway]:
     """Start in-process gateways on random ports (as the read-only app role), each with a
@@ -118,14 +122,22 @@ async def start_gateway(
     session_kek = kek
 
     async def start(
-        metering: MeteringConfig = TEST_METERING, tenant: str | None = None, kek: KeyEncryptionKey | None = None,
+        metering: MeteringConfig = TEST_METERING,
+        tenant: str | None = None,
+        kek: KeyEncryptionKey | None = None,
         **config: object,
     ) -> Gateway:
         tenant = tenant or unique("tenant")
         key = await issue_key(nc, tenant)
         port = free_port()
-        gateway_config = GatewayConfig(bus=nats_server.bus("gateway"), database_url=app_dsn(database_url), port=port,
-                                       metering=metering, kek=kek or session_kek, **config)  # type: ignore[arg-type]
+        gateway_config = GatewayConfig(
+            bus=nats_server.bus("gateway"),
+            database_url=app_dsn(database_url),
+            port=port,
+            metering=metering,
+            kek=kek or session_kek,
+            **config,
+        )  # type: ignore[arg-type]
         app = create_app(gateway_config)
         runner = runner_for(app)  # as create_runner serves it
         await runner.setup()
@@ -180,7 +192,10 @@ async def streamer(nc: NATS, hub: Hub) -> AsyncIterator[Streamer]:
 async def projections(nc: NATS, pool: asyncpg.Pool) -> AsyncIterator[None]:
     """Every projection folding into this test's database, in-process."""
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(ProjectionRunner(nc.jetstream(), pool, p, batch=256).run(stop)) for p in PROJECTIONS.values()]
+    tasks = [
+        asyncio.create_task(ProjectionRunner(nc.jetstream(), pool, p, batch=256).run(stop))
+        for p in PROJECTIONS.values()
+    ]
     yield
     stop.set()
     await asyncio.gather(*tasks)

@@ -55,8 +55,12 @@ class ImageTools(Module):
         input_schema={
             "type": "object",
             "properties": {
-                "image": {"type": "string", "minLength": 1, "maxLength": MAX_IMAGE_CHARACTERS,
-                          "contentEncoding": "base64"},
+                "image": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_IMAGE_CHARACTERS,
+                    "contentEncoding": "base64",
+                },
                 "scale": {"type": "integer", "minimum": 2, "maximum": 4, "default": 2},
             },
             "required": ["image"],
@@ -90,12 +94,11 @@ class ImageTools(Module):
         encoded = await asyncio.to_thread(_png_base64, picture)
         if len(encoded) > MAX_RESULT_BYTES:
             raise CallError(
-                "PAYLOAD_TOO_LARGE", f"the upscaled PNG is {len(encoded)} bytes as base64; upscale a smaller image",
+                "PAYLOAD_TOO_LARGE",
+                f"the upscaled PNG is {len(encoded)} bytes as base64; upscale a smaller image",
                 {"max_bytes": MAX_RESULT_BYTES},
             )
-        yield Chunk(
-            {"image": encoded, "width": picture.width, "height": picture.height}, progress=1.0, message="done"
-        )
+        yield Chunk({"image": encoded, "width": picture.width, "height": picture.height}, progress=1.0, message="done")
 
 
 def _open(encoded: str, scale: int) -> Image.Image:

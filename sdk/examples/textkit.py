@@ -35,9 +35,7 @@ _HIRAGANA_ONLY = re.compile(rf"[{_HIRAGANA}]+")
 # punctuation (no space follows it), or at a blank line (headings, list items).
 _SENTENCE_END = re.compile(r"[.!?]+[\"'’”)\]]*(?=\s|$)|[。！？]+[」』）]*|\n\s*\n")
 _CJK_CLOSERS = "。！？」』）"  # a sentence ending in one of these needs no space after it
-_ABBREVIATIONS = frozenset(
-    "e.g i.e dr mr mrs ms prof sr jr st vs cf fig approx dept inc ltd co".split()
-)
+_ABBREVIATIONS = frozenset("e.g i.e dr mr mrs ms prof sr jr st vs cf fig approx dept inc ltd co".split())
 
 # --- stopwords ----------------------------------------------------------------------------
 
@@ -263,9 +261,7 @@ def analyze(text: str, top_k: int = 5) -> Analysis:
 def _keywords(words: list[str], language: str, top_k: int) -> tuple[str, ...]:
     min_length = 2 if language == "ja" else 3
     counts = Counter(
-        word
-        for word in words
-        if len(word) >= min_length and not word.isdigit() and not _is_stopword(word, language)
+        word for word in words if len(word) >= min_length and not word.isdigit() and not _is_stopword(word, language)
     )
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return tuple(word for word, _ in ranked[:top_k])

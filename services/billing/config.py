@@ -53,11 +53,13 @@ class BillingConfig:
 
     def __post_init__(self) -> None:
         if not self.tax_rate.is_finite() or not Decimal(0) <= self.tax_rate < Decimal(1):
-            raise InvalidBillingConfig(f"DAI_TAX_RATE must be at least 0 and below 1 (0.10 is 10 %),"
-                                       f" not {self.tax_rate}.")
+            raise InvalidBillingConfig(
+                f"DAI_TAX_RATE must be at least 0 and below 1 (0.10 is 10 %), not {self.tax_rate}."
+            )
         if self.close_grace_seconds < 0:
-            raise InvalidBillingConfig(f"DAI_BILLING_GRACE_SECONDS must not be negative, not"
-                                       f" {self.close_grace_seconds}.")
+            raise InvalidBillingConfig(
+                f"DAI_BILLING_GRACE_SECONDS must not be negative, not {self.close_grace_seconds}."
+            )
         try:
             check_seller(self.seller)
         except InvalidSeller as exc:
@@ -77,8 +79,9 @@ class BillingConfig:
             raise InvalidBillingConfig(f"DAI_TAX_RATE must be a decimal such as 0.10, not {text!r}.") from None
         grace = env.get("DAI_BILLING_GRACE_SECONDS", "3600").strip()
         if not grace.lstrip("-").isdigit():
-            raise InvalidBillingConfig(f"DAI_BILLING_GRACE_SECONDS must be a whole number of seconds such as 3600,"
-                                       f" not {grace!r}.")
+            raise InvalidBillingConfig(
+                f"DAI_BILLING_GRACE_SECONDS must be a whole number of seconds such as 3600, not {grace!r}."
+            )
         try:
             seller = load_seller(env)
         except InvalidSeller as exc:

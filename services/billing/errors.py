@@ -1,13 +1,13 @@
 """Errors of billing, each with a stable code the gateway's table turns into a status.
 
-    BillingError
-    ├── NotFound              no such invoice or subscription — in the caller's tenant (404)
-    ├── Conflict              already subscribed, not subscribed, a concurrent change won (409)
-    ├── Invalid               an unknown plan, interval, time zone or month; a month not yet over (422)
-    ├── UsageUnavailable      the usage read model is missing or behind (503)
-    ├── StripeDisabled        a Stripe operation while STRIPE_API_KEY is unset (503)
-    ├── StripeFailed          Stripe answered with an error or could not be reached (502)
-    └── BadSignature          a webhook whose Stripe-Signature does not verify (400)
+BillingError
+├── NotFound              no such invoice or subscription — in the caller's tenant (404)
+├── Conflict              already subscribed, not subscribed, a concurrent change won (409)
+├── Invalid               an unknown plan, interval, time zone or month; a month not yet over (422)
+├── UsageUnavailable      the usage read model is missing or behind (503)
+├── StripeDisabled        a Stripe operation while STRIPE_API_KEY is unset (503)
+├── StripeFailed          Stripe answered with an error or could not be reached (502)
+└── BadSignature          a webhook whose Stripe-Signature does not verify (400)
 """
 
 from __future__ import annotations

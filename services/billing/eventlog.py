@@ -48,7 +48,9 @@ class BillingLog:
                 log.error("skipped unreadable BILLING event %d on %s: %s", msg.seq, subject, exc)
             sequence = msg.seq + 1
 
-    async def append(self, subject: str, event: BillingEvent, *, expected: int | None, msg_id: str | None = None) -> int:
+    async def append(
+        self, subject: str, event: BillingEvent, *, expected: int | None, msg_id: str | None = None
+    ) -> int:
         """Append ``event``; raises :class:`Conflict` when ``subject`` has moved past ``expected``,
         :class:`Invalid` (naming the field) when the event breaks a limit of its type.
 

@@ -49,9 +49,12 @@ def _seller(seller: Mapping[str, Any] | None) -> str:
     if not seller:
         return ""
     number = seller.get("registration_number") or ""
-    return (f'<address class="seller"><strong>{_e(seller["name"])}</strong>'
-            + (f"\n{_e(seller['address'])}" if seller.get("address") else "")
-            + (f"\nRegistration number (登録番号) {_e(number)}" if number else "") + "</address>")
+    return (
+        f'<address class="seller"><strong>{_e(seller["name"])}</strong>'
+        + (f"\n{_e(seller['address'])}" if seller.get("address") else "")
+        + (f"\nRegistration number (登録番号) {_e(number)}" if number else "")
+        + "</address>"
+    )
 
 
 def render_invoice(invoice: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], tenant_name: str) -> str:
@@ -62,17 +65,21 @@ def render_invoice(invoice: Mapping[str, Any], lines: Sequence[Mapping[str, Any]
     issuer = seller["name"] if seller else "Democratic_AI"
     if "as_of" in invoice:
         title = f"Upcoming invoice {invoice['invoice_id']}"
-        state = (f"So far, as of {_e(_local(invoice['as_of'], time_zone))} · <span class=\"status\">upcoming</span>"
-                 " — the month is not over; this is what it would be billed if it ended now")
+        state = (
+            f'So far, as of {_e(_local(invoice["as_of"], time_zone))} · <span class="status">upcoming</span>'
+            " — the month is not over; this is what it would be billed if it ended now"
+        )
     else:
         title = f"Invoice {invoice['invoice_id']}"
-        state = (f"Issued {_e(_local(invoice['issued_at'], time_zone))} ·"
-                 f" <span class=\"status\">{_e(invoice['status'])}</span>")
+        state = (
+            f"Issued {_e(_local(invoice['issued_at'], time_zone))} ·"
+            f' <span class="status">{_e(invoice["status"])}</span>'
+        )
     body_rows = "\n".join(
         f"<tr><td>{_e(line['description'])}</td>"
-        f"<td class=\"num\">{_e(quantity_text(line['quantity'], line['unit']))}</td>"
-        f"<td class=\"num\">{_e(format_price(line['unit_price'], currency))}</td>"
-        f"<td class=\"num\">{_e(format_money(line['amount'], currency))}</td></tr>"
+        f'<td class="num">{_e(quantity_text(line["quantity"], line["unit"]))}</td>'
+        f'<td class="num">{_e(format_price(line["unit_price"], currency))}</td>'
+        f'<td class="num">{_e(format_money(line["amount"], currency))}</td></tr>'
         for line in lines
     )
     rate = f"{_quantity(invoice['tax_rate'] * 100)}%"
@@ -82,9 +89,9 @@ def render_invoice(invoice: Mapping[str, Any], lines: Sequence[Mapping[str, Any]
 <body>
 {_seller(seller)}
 <h1>{_e(title)}</h1>
-<p class="muted">{_e(issuer)} · billed to <strong>{_e(tenant_name)}</strong> ({_e(invoice['tenant_id'])})</p>
-<p>Period {_e(invoice['period'])}: {_e(_local(invoice['period_start'], time_zone))} –
-{_e(_local(invoice['period_end'], time_zone))} ({_e(time_zone)})<br>
+<p class="muted">{_e(issuer)} · billed to <strong>{_e(tenant_name)}</strong> ({_e(invoice["tenant_id"])})</p>
+<p>Period {_e(invoice["period"])}: {_e(_local(invoice["period_start"], time_zone))} –
+{_e(_local(invoice["period_end"], time_zone))} ({_e(time_zone)})<br>
 {state}</p>
 <table>
 <thead><tr><th>Description</th><th class="num">Quantity</th><th class="num">Unit price</th>
@@ -93,11 +100,11 @@ def render_invoice(invoice: Mapping[str, Any], lines: Sequence[Mapping[str, Any]
 {body_rows}
 </tbody>
 <tfoot>
-<tr><td colspan="3" class="num">Subtotal</td><td class="num">{_e(format_money(invoice['subtotal'], currency))}</td></tr>
+<tr><td colspan="3" class="num">Subtotal</td><td class="num">{_e(format_money(invoice["subtotal"], currency))}</td></tr>
 <tr><td colspan="3" class="num">Consumption tax {_e(rate)} (rounded down)</td>
-<td class="num">{_e(format_money(invoice['tax'], currency))}</td></tr>
+<td class="num">{_e(format_money(invoice["tax"], currency))}</td></tr>
 <tr class="total"><td colspan="3" class="num">Total</td>
-<td class="num">{_e(format_money(invoice['total'], currency))}</td></tr>
+<td class="num">{_e(format_money(invoice["total"], currency))}</td></tr>
 </tfoot>
 </table>
 <p class="muted">Line amounts are rounded half up to the currency's smallest unit; tax is computed on the subtotal

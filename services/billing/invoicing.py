@@ -101,8 +101,7 @@ def usage_window(subscription: Subscription, period: Period, until: datetime | N
     """From the first instant of ``period`` the tenant was subscribed to the last (or to ``until``);
     ``None`` if never."""
     end_of = period.end if until is None else min(period.end, until)
-    overlapping = [t for t in subscription.tenures
-                   if t.start < end_of and (t.end is None or t.end > period.start)]
+    overlapping = [t for t in subscription.tenures if t.start < end_of and (t.end is None or t.end > period.start)]
     if not overlapping:
         return None
     last_end = overlapping[-1].end
@@ -161,15 +160,22 @@ def _base_fee(piece: _Piece, currency: str) -> InvoiceLine | None:
     used, whole = seconds(piece.end - piece.start), seconds(piece.service.end - piece.service.start)
     fraction = exact.divide(used, whole)
     time_zone = piece.tenure.time_zone
-    description = (f"{terms.name} plan ({'monthly' if interval == 'month' else 'yearly'}),"
-                   f" {_local(piece.start, time_zone)} – {_local(piece.end, time_zone)} ({time_zone})")
+    description = (
+        f"{terms.name} plan ({'monthly' if interval == 'month' else 'yearly'}),"
+        f" {_local(piece.start, time_zone)} – {_local(piece.end, time_zone)} ({time_zone})"
+    )
     if used != whole:
         description += f", {duration(used)} of {duration(whole)}"
     return InvoiceLine(
-        kind="base_fee", description=description, plan_id=terms.plan_id,
+        kind="base_fee",
+        description=description,
+        plan_id=terms.plan_id,
         quantity=Decimal(1) if used == whole else fraction.quantize(_DISPLAY, rounding=ROUND_HALF_UP),
-        unit=interval, unit_price=price, amount=round_line(exact.multiply(price, fraction), currency),
-        service_start=piece.start, service_end=piece.end,
+        unit=interval,
+        unit_price=price,
+        amount=round_line(exact.multiply(price, fraction), currency),
+        service_start=piece.start,
+        service_end=piece.end,
     )
 
 
@@ -193,19 +199,30 @@ def _usage(metric: str, used: int, terms: PlanTerms) -> InvoiceLine:
     over = max(0, used - price.included * price.unit_size)
     quantity, shown_used = _units(over, price), _units(used, price)
     label, verb, unit = _LABELS.get(metric, metric), _VERBS.get(metric, "used"), price.unit
-    description = (f"{label}: {quantity_text(shown_used, unit)} {verb},"
-                   f" {quantity_text(Decimal(price.included), unit)} included, {quantity_text(quantity, unit)} over")
+    description = (
+        f"{label}: {quantity_text(shown_used, unit)} {verb},"
+        f" {quantity_text(Decimal(price.included), unit)} included, {quantity_text(quantity, unit)} over"
+    )
     if price.overage_price is None:
         description += " (not billed past the allowance)"
         unit_price, amount = Decimal(0), 0
     else:
         description += f" × {format_price(price.overage_price, terms.currency)} per {unit}"
         unit_price = price.overage_price
-        amount = round_line(exact.divide(exact.multiply(Decimal(over), price.overage_price),
-                                         Decimal(price.unit_size)), terms.currency)
+        amount = round_line(
+            exact.divide(exact.multiply(Decimal(over), price.overage_price), Decimal(price.unit_size)), terms.currency
+        )
     return InvoiceLine(
-        kind="overage", metric=metric, plan_id=terms.plan_id, description=description, quantity=quantity,
-        unit=price.unit, unit_price=unit_price, amount=amount, used=shown_used, included=price.included,
+        kind="overage",
+        metric=metric,
+        plan_id=terms.plan_id,
+        description=description,
+        quantity=quantity,
+        unit=price.unit,
+        unit_price=unit_price,
+        amount=amount,
+        used=shown_used,
+        included=price.included,
     )
 
 
@@ -215,8 +232,14 @@ def _billable(line: InvoiceLine) -> bool:
 
 
 def compute_invoice(
-    subscription: Subscription, month: Month, usage: dict[str, int], tax_rate: Decimal, meta: Meta,
-    *, seller: Seller = DEFAULT_SELLER, until: datetime | None = None,
+    subscription: Subscription,
+    month: Month,
+    usage: dict[str, int],
+    tax_rate: Decimal,
+    meta: Meta,
+    *,
+    seller: Seller = DEFAULT_SELLER,
+    until: datetime | None = None,
 ) -> InvoiceIssued | None:
     """The invoice of ``month`` — so far, when ``until`` falls inside it — even when it bills
     nothing; ``None`` only when the tenant was never subscribed in the month (up to ``until``).
@@ -236,21 +259,38 @@ def compute_invoice(
         return None
     currency = window.terms.currency
     lines = [line for piece in _pieces(subscription, period, until) if (line := _base_fee(piece, currency))]
-    lines += [_usage(metric, usage.get(metric, 0), window.terms) for metric in BILLED_METRICS
-              if metric in window.terms.usage]
+    lines += [
+        _usage(metric, usage.get(metric, 0), window.terms) for metric in BILLED_METRICS if metric in window.terms.usage
+    ]
     subtotal = sum(line.amount for line in lines)
     tax = tax_amount(subtotal, tax_rate)
     return InvoiceIssued(
-        tenant_id=subscription.tenant_id, meta=meta, invoice_id=invoice_id(subscription.tenant_id, month),
-        period=period_id(month), period_start=period.start, period_end=period.end, time_zone=time_zone,
-        currency=currency, lines=tuple(lines), subtotal=subtotal, tax_rate=tax_rate, tax=tax,
-        total=subtotal + tax, usage={m: usage.get(m, 0) for m in BILLED_METRICS}, seller=seller,
+        tenant_id=subscription.tenant_id,
+        meta=meta,
+        invoice_id=invoice_id(subscription.tenant_id, month),
+        period=period_id(month),
+        period_start=period.start,
+        period_end=period.end,
+        time_zone=time_zone,
+        currency=currency,
+        lines=tuple(lines),
+        subtotal=subtotal,
+        tax_rate=tax_rate,
+        tax=tax,
+        total=subtotal + tax,
+        usage={m: usage.get(m, 0) for m in BILLED_METRICS},
+        seller=seller,
     )
 
 
 def build_invoice(
-    subscription: Subscription, month: Month, usage: dict[str, int], tax_rate: Decimal, meta: Meta,
-    *, seller: Seller = DEFAULT_SELLER,
+    subscription: Subscription,
+    month: Month,
+    usage: dict[str, int],
+    tax_rate: Decimal,
+    meta: Meta,
+    *,
+    seller: Seller = DEFAULT_SELLER,
 ) -> InvoiceIssued | None:
     """The invoice to issue for ``month``, or ``None`` when the month has nothing to bill (no
     base fee and nothing billable over an allowance). See :func:`compute_invoice`."""

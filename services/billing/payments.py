@@ -64,14 +64,17 @@ class Payments:
             return linked
         customer_id = await self._stripe().create_customer(tenant_id, name or tenant_id)
         try:
-            await self.log.append(subject, CustomerLinked(tenant_id=tenant_id, meta=meta,
-                                                          stripe_customer_id=customer_id), expected=0)
+            await self.log.append(
+                subject, CustomerLinked(tenant_id=tenant_id, meta=meta, stripe_customer_id=customer_id), expected=0
+            )
         except Conflict:
             return await self._linked(subject) or customer_id
         return customer_id
 
     async def _linked(self, subject: str) -> str:
-        return next((e.stripe_customer_id for _, e in await self.log.read(subject) if isinstance(e, CustomerLinked)), "")
+        return next(
+            (e.stripe_customer_id for _, e in await self.log.read(subject) if isinstance(e, CustomerLinked)), ""
+        )
 
     async def push(self, meta: Meta, invoice: InvoiceIssued) -> str:
         """Send an issued invoice to Stripe, once; returns the Stripe invoice id ("" for a zero invoice)."""
@@ -85,10 +88,17 @@ class Payments:
         customer_id = await self.customer(meta, invoice.tenant_id)
         stripe_invoice_id = await self._stripe().push_invoice(customer_id, invoice)
         try:
-            await self.log.append(subject, InvoicePushed(
-                tenant_id=invoice.tenant_id, meta=meta, invoice_id=invoice.invoice_id,
-                stripe_invoice_id=stripe_invoice_id, stripe_customer_id=customer_id,
-            ), expected=events[-1][0] if events else 0)
+            await self.log.append(
+                subject,
+                InvoicePushed(
+                    tenant_id=invoice.tenant_id,
+                    meta=meta,
+                    invoice_id=invoice.invoice_id,
+                    stripe_invoice_id=stripe_invoice_id,
+                    stripe_customer_id=customer_id,
+                ),
+                expected=events[-1][0] if events else 0,
+            )
         except Conflict:
             pass  # a concurrent push recorded it; the idempotency keys made it the same Stripe invoice
         return stripe_invoice_id
@@ -114,8 +124,14 @@ class Payments:
             invoice_id = str(metadata.get("invoice_id", ""))
             if not invoice_id:
                 return "ignored"
-            common = {"tenant_id": tenant_id, "meta": meta, "invoice_id": invoice_id, "stripe_event_id": event_id,
-                      "stripe_invoice_id": str(obj.get("id", "")), "currency": str(obj.get("currency", "")).upper()}
+            common = {
+                "tenant_id": tenant_id,
+                "meta": meta,
+                "invoice_id": invoice_id,
+                "stripe_event_id": event_id,
+                "stripe_invoice_id": str(obj.get("id", "")),
+                "currency": str(obj.get("currency", "")).upper(),
+            }
             if kind == "invoice.paid":
                 recorded = PaymentSucceeded(amount=int(obj.get("amount_paid") or 0), **common)
             else:
@@ -127,9 +143,14 @@ class Payments:
                 return "duplicate"
             customer_id, intent = str(obj.get("customer", "")), str(obj.get("setup_intent", ""))
             payment_method = await self._stripe().make_default_payment_method(event_id, customer_id, intent)
-            recorded = PaymentMethodAttached(tenant_id=tenant_id, meta=meta, stripe_event_id=event_id,
-                                             stripe_customer_id=customer_id, setup_intent_id=intent,
-                                             payment_method_id=payment_method)
+            recorded = PaymentMethodAttached(
+                tenant_id=tenant_id,
+                meta=meta,
+                stripe_event_id=event_id,
+                stripe_customer_id=customer_id,
+                setup_intent_id=intent,
+                payment_method_id=payment_method,
+            )
         else:
             return "ignored"
         try:

@@ -54,8 +54,10 @@ def check_seller(seller: Seller, where: str = "the seller") -> Seller:
         raise InvalidSeller(f"{where}: the seller's name must not be empty.")
     number = seller.registration_number
     if number and not REGISTRATION_NUMBER.fullmatch(number):
-        raise InvalidSeller(f"{where}: the registration number {number!r} is not 'T' followed by 13 digits"
-                            " (e.g. T1234567890123, Japan's qualified-invoice registration number).")
+        raise InvalidSeller(
+            f"{where}: the registration number {number!r} is not 'T' followed by 13 digits"
+            " (e.g. T1234567890123, Japan's qualified-invoice registration number)."
+        )
     return seller
 
 

@@ -100,18 +100,29 @@ class BillingService:
             _zone(time_zone)
         subscription = await self.subscription(tenant_id)
         if time_zone is not None and subscription.time_zone not in (None, time_zone):
-            raise Invalid(f"the billing time zone is {subscription.time_zone}: it is set by the first subscription"
-                          " and kept, so that months never overlap", field="time_zone")
+            raise Invalid(
+                f"the billing time zone is {subscription.time_zone}: it is set by the first subscription"
+                " and kept, so that months never overlap",
+                field="time_zone",
+            )
         current = subscription.current
         event: SubscriptionStarted | PlanChanged
         if current is None:
-            event = SubscriptionStarted(tenant_id=tenant_id, meta=meta, terms=terms, interval=interval,
-                                        time_zone=subscription.time_zone or time_zone or DEFAULT_TIME_ZONE)
+            event = SubscriptionStarted(
+                tenant_id=tenant_id,
+                meta=meta,
+                terms=terms,
+                interval=interval,
+                time_zone=subscription.time_zone or time_zone or DEFAULT_TIME_ZONE,
+            )
         elif current.terms.plan_id == plan_id and current.interval == interval:
             return 0
         elif current.terms.currency != terms.currency:
-            raise Invalid(f"plan {plan_id!r} is priced in {terms.currency}, the subscription in"
-                          f" {current.terms.currency}; an invoice has one currency", field="plan")
+            raise Invalid(
+                f"plan {plan_id!r} is priced in {terms.currency}, the subscription in"
+                f" {current.terms.currency}; an invoice has one currency",
+                field="plan",
+            )
         else:
             event = PlanChanged(tenant_id=tenant_id, meta=meta, terms=terms, interval=interval)
         return await self.log.append(subscription_subject(tenant_id), event, expected=subscription.sequence)
@@ -122,7 +133,8 @@ class BillingService:
         if subscription.current is None:
             raise Conflict(f"tenant {tenant_id!r} has no subscription to cancel")
         return await self.log.append(
-            subscription_subject(tenant_id), SubscriptionCancelled(tenant_id=tenant_id, meta=meta, reason=reason),
+            subscription_subject(tenant_id),
+            SubscriptionCancelled(tenant_id=tenant_id, meta=meta, reason=reason),
             expected=subscription.sequence,
         )
 
@@ -147,8 +159,11 @@ class BillingService:
             raise NotFound(f"tenant {tenant_id!r} has never subscribed to a plan")
         period, now = period_id(month), self.clock()
         if now < self.closable_from(month, time_zone):
-            raise Invalid(f"{period} can be closed from {self.closable_from(month, time_zone).isoformat()}:"
-                          " a month is closed only after it has ended and its usage has settled", field="period")
+            raise Invalid(
+                f"{period} can be closed from {self.closable_from(month, time_zone).isoformat()}:"
+                " a month is closed only after it has ended and its usage has settled",
+                field="period",
+            )
         existing, _ = await self.invoice(tenant_id, period)
         if existing is not None:
             return Closed(tenant_id, period, existing, created=False)
@@ -161,21 +176,26 @@ class BillingService:
         if window is None:
             return Closed(tenant_id, period, None, created=False)
         usage = await self.usage.totals(tenant_id, window.start, window.end)
-        invoice = build_invoice(before_end, month, usage, self.config.tax_rate, Meta(at=now, actor=actor),
-                                seller=self.config.seller)
+        invoice = build_invoice(
+            before_end, month, usage, self.config.tax_rate, Meta(at=now, actor=actor), seller=self.config.seller
+        )
         if invoice is None:
             return Closed(tenant_id, period, None, created=False)
         try:
-            sequence = await self.log.append(invoice_subject(tenant_id, period), invoice, expected=0,
-                                             msg_id=invoice.invoice_id)
+            sequence = await self.log.append(
+                invoice_subject(tenant_id, period), invoice, expected=0, msg_id=invoice.invoice_id
+            )
         except Conflict:
             sequence = 0  # a concurrent close won
         stored, _ = await self.invoice(tenant_id, period)
         if stored is None:
             raise Conflict(f"the invoice of {period} was appended but cannot be read back; retry")
         if msgspec.structs.replace(stored, meta=invoice.meta) != invoice:
-            log.error("tenant %s %s: the stored invoice differs from a recomputation; is usage still arriving?",
-                      tenant_id, period)
+            log.error(
+                "tenant %s %s: the stored invoice differs from a recomputation; is usage still arriving?",
+                tenant_id,
+                period,
+            )
         return Closed(tenant_id, period, stored, created=sequence != 0 and stored.meta == invoice.meta)
 
     async def upcoming(self, tenant_id: str, actor: str = "system") -> InvoiceIssued:
@@ -197,8 +217,9 @@ class BillingService:
         if window is None:
             raise NotFound(f"tenant {tenant_id!r} has no subscription in {period_id(month)}: nothing is accruing")
         usage = await self.usage.totals(tenant_id, window.start, window.end)
-        invoice = compute_invoice(so_far, month, usage, self.config.tax_rate, Meta(at=now, actor=actor),
-                                  seller=self.config.seller, until=now)
+        invoice = compute_invoice(
+            so_far, month, usage, self.config.tax_rate, Meta(at=now, actor=actor), seller=self.config.seller, until=now
+        )
         if invoice is None:  # cannot happen: a usage window exists, so the month has an invoice
             raise NotFound(f"tenant {tenant_id!r} has nothing accruing in {period_id(month)}")
         return invoice

@@ -48,10 +48,12 @@ class StripeBilling:
 
     async def create_customer(self, tenant_id: str, name: str) -> str:
         """The tenant's customer; one per tenant even when two requests race (same key)."""
-        customer = await self._call(self._client.v1.customers.create_async(
-            params={"name": name, "metadata": {"tenant_id": tenant_id}},
-            options={"idempotency_key": f"dai-customer-{tenant_id}"},
-        ))
+        customer = await self._call(
+            self._client.v1.customers.create_async(
+                params={"name": name, "metadata": {"tenant_id": tenant_id}},
+                options={"idempotency_key": f"dai-customer-{tenant_id}"},
+            )
+        )
         return str(customer.id)
 
     async def push_invoice(self, customer_id: str, invoice: InvoiceIssued) -> str:
@@ -65,45 +67,84 @@ class StripeBilling:
         metadata = {"tenant_id": invoice.tenant_id, "invoice_id": invoice.invoice_id, "period": invoice.period}
         currency = invoice.currency.lower()
         invoices, items = self._client.v1.invoices, self._client.v1.invoice_items
-        draft = await self._call(invoices.create_async(
-            params={"customer": customer_id, "currency": currency, "collection_method": "charge_automatically",
-                    "auto_advance": False, "pending_invoice_items_behavior": "exclude", "metadata": metadata,
-                    "description": f"Democratic_AI {invoice.period}"},
-            options={"idempotency_key": f"{key}:invoice"},
-        ))
+        draft = await self._call(
+            invoices.create_async(
+                params={
+                    "customer": customer_id,
+                    "currency": currency,
+                    "collection_method": "charge_automatically",
+                    "auto_advance": False,
+                    "pending_invoice_items_behavior": "exclude",
+                    "metadata": metadata,
+                    "description": f"Democratic_AI {invoice.period}",
+                },
+                options={"idempotency_key": f"{key}:invoice"},
+            )
+        )
         lines = [(f"line-{n}", line.description, line.amount) for n, line in enumerate(invoice.lines)]
         if invoice.tax:
-            lines.append(("tax", (f"Consumption tax {invoice.tax_rate * 100:.0f}% on "
-                                  f"{format_money(invoice.subtotal, invoice.currency)}"), invoice.tax))
+            lines.append(
+                (
+                    "tax",
+                    (
+                        f"Consumption tax {invoice.tax_rate * 100:.0f}% on "
+                        f"{format_money(invoice.subtotal, invoice.currency)}"
+                    ),
+                    invoice.tax,
+                )
+            )
         for name, description, amount in lines:
-            await self._call(items.create_async(
-                params={"customer": customer_id, "invoice": draft.id, "currency": currency, "amount": amount,
-                        "description": description, "metadata": metadata},
-                options={"idempotency_key": f"{key}:{name}"},
-            ))
-        await self._call(invoices.finalize_invoice_async(
-            draft.id, params={"auto_advance": True}, options={"idempotency_key": f"{key}:finalize"},
-        ))
+            await self._call(
+                items.create_async(
+                    params={
+                        "customer": customer_id,
+                        "invoice": draft.id,
+                        "currency": currency,
+                        "amount": amount,
+                        "description": description,
+                        "metadata": metadata,
+                    },
+                    options={"idempotency_key": f"{key}:{name}"},
+                )
+            )
+        await self._call(
+            invoices.finalize_invoice_async(
+                draft.id,
+                params={"auto_advance": True},
+                options={"idempotency_key": f"{key}:finalize"},
+            )
+        )
         return str(draft.id)
 
     async def checkout_setup(self, tenant_id: str, customer_id: str, currency: str) -> CheckoutSession:
         """A Checkout session in setup mode: Stripe's page collects the card, we never see it."""
-        session = await self._call(self._client.v1.checkout.sessions.create_async(params={
-            "mode": "setup", "customer": customer_id, "currency": currency.lower(),
-            "payment_method_types": ["card"], "success_url": self.config.success_url,
-            "cancel_url": self.config.cancel_url, "metadata": {"tenant_id": tenant_id},
-            "setup_intent_data": {"metadata": {"tenant_id": tenant_id}},
-        }))
+        session = await self._call(
+            self._client.v1.checkout.sessions.create_async(
+                params={
+                    "mode": "setup",
+                    "customer": customer_id,
+                    "currency": currency.lower(),
+                    "payment_method_types": ["card"],
+                    "success_url": self.config.success_url,
+                    "cancel_url": self.config.cancel_url,
+                    "metadata": {"tenant_id": tenant_id},
+                    "setup_intent_data": {"metadata": {"tenant_id": tenant_id}},
+                }
+            )
+        )
         return CheckoutSession(session_id=str(session.id), url=str(session.url))
 
     async def make_default_payment_method(self, event_id: str, customer_id: str, setup_intent_id: str) -> str:
         """Use the card a finished Checkout saved for the customer's invoices; returns its id."""
         intent = await self._call(self._client.v1.setup_intents.retrieve_async(setup_intent_id))
         payment_method = str(intent.payment_method)
-        await self._call(self._client.v1.customers.update_async(
-            customer_id, params={"invoice_settings": {"default_payment_method": payment_method}},
-            options={"idempotency_key": f"{event_id}:default-payment-method"},
-        ))
+        await self._call(
+            self._client.v1.customers.update_async(
+                customer_id,
+                params={"invoice_settings": {"default_payment_method": payment_method}},
+                options={"idempotency_key": f"{event_id}:default-payment-method"},
+            )
+        )
         return payment_method
 
     def verify_webhook(self, payload: bytes, signature: str | None) -> dict[str, Any]:
@@ -120,7 +161,10 @@ class StripeBilling:
             raise BadSignature("the Stripe-Signature header is not ASCII")
         try:
             event = stripe.Webhook.construct_event(
-                payload, signature, self.config.webhook_secret, tolerance=self.config.webhook_tolerance,
+                payload,
+                signature,
+                self.config.webhook_secret,
+                tolerance=self.config.webhook_tolerance,
                 api_key=self.config.api_key,
             )
         except stripe.SignatureVerificationError as exc:
@@ -133,5 +177,6 @@ class StripeBilling:
         try:
             return await request
         except stripe.StripeError as exc:
-            raise StripeFailed(f"Stripe refused the request: {exc.user_message or exc}",
-                               stripe_code=exc.code or "") from None
+            raise StripeFailed(
+                f"Stripe refused the request: {exc.user_message or exc}", stripe_code=exc.code or ""
+            ) from None

@@ -83,8 +83,15 @@ class PostgresUsageTotals:
     the log.
     """
 
-    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext | None = None, *, catch_up_timeout: float = 60.0,
-                 projection: str = "usage", stream: str = USAGE_STREAM) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        js: JetStreamContext | None = None,
+        *,
+        catch_up_timeout: float = 60.0,
+        projection: str = "usage",
+        stream: str = USAGE_STREAM,
+    ) -> None:
         self._pool = pool
         self._js = js
         self._timeout = catch_up_timeout
@@ -102,9 +109,20 @@ class PostgresUsageTotals:
             # read-only role run this too.
             async with tenant_transaction(self._pool, tenant_id) as conn:
                 rows = await conn.fetch(
-                    _QUERY, tenant_id, list(FLOW_METRICS), first_full.date(), last_full.date(),
-                    start, head_end, tail_start, end, list(STOCK_METRICS), _day_start(end).date(), _day_start(end),
-                    _BILLABLE_METRICS, _BILLABLE_OUTCOMES,
+                    _QUERY,
+                    tenant_id,
+                    list(FLOW_METRICS),
+                    first_full.date(),
+                    last_full.date(),
+                    start,
+                    head_end,
+                    tail_start,
+                    end,
+                    list(STOCK_METRICS),
+                    _day_start(end).date(),
+                    _day_start(end),
+                    _BILLABLE_METRICS,
+                    _BILLABLE_OUTCOMES,
                 )
         except asyncpg.UndefinedTableError as exc:
             raise UsageUnavailable(f"the usage read model is not installed ({exc}); run the usage projection") from None

@@ -10,4 +10,12 @@ from .callout import ACCOUNT, BusAuthorizer
 from .natsjwt import InvalidClaims, Signer
 from .permissions import PLATFORM_TENANT, inbox_prefix, module_permissions
 
-__all__ = ["ACCOUNT", "PLATFORM_TENANT", "BusAuthorizer", "InvalidClaims", "Signer", "inbox_prefix", "module_permissions"]
+__all__ = [
+    "ACCOUNT",
+    "PLATFORM_TENANT",
+    "BusAuthorizer",
+    "InvalidClaims",
+    "Signer",
+    "inbox_prefix",
+    "module_permissions",
+]

@@ -95,8 +95,11 @@ class BusAuthorizer:
         module = self._index.module_for_credential(token) if isinstance(token, str) else None
         if module is None:
             address = request.get("client_info", {}).get("host", "?")
-            log.info("refused a bus connection from %s: %s", address, "no credential" if not token else
-                     "not a live module credential")
+            log.info(
+                "refused a bus connection from %s: %s",
+                address,
+                "no credential" if not token else "not a live module credential",
+            )
             answer = self._signer.response(user_nkey, server_id, error="not a live module credential")
         else:
             user = self._signer.user(user_nkey, ACCOUNT, f"module:{module.module_id}", module_permissions(module))

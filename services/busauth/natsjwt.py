@@ -74,7 +74,11 @@ class Signer:
     def encode(self, claims: dict[str, Any]) -> str:
         body = {**claims, "iat": int(time.time()), "iss": self.public_key}
         # jti: a unique id for the token, derived from its claims.
-        body["jti"] = base64.b32encode(hashlib.sha512(json.dumps(body, sort_keys=True).encode()).digest()[:32]).decode().rstrip("=")
+        body["jti"] = (
+            base64.b32encode(hashlib.sha512(json.dumps(body, sort_keys=True).encode()).digest()[:32])
+            .decode()
+            .rstrip("=")
+        )
         header = _b64(json.dumps(_HEADER).encode())
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
         signature = self._keys.sign(f"{header}.{payload}".encode())
@@ -82,10 +86,14 @@ class Signer:
 
     def user(self, user_nkey: str, account: str, name: str, permissions: dict[str, Any]) -> str:
         """A user JWT: who the connection is and what it may publish and subscribe to."""
-        return self.encode({
-            "sub": user_nkey, "aud": account, "name": name,
-            "nats": {**permissions, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2},
-        })
+        return self.encode(
+            {
+                "sub": user_nkey,
+                "aud": account,
+                "name": name,
+                "nats": {**permissions, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2},
+            }
+        )
 
     def response(self, user_nkey: str, server_id: str, *, user_jwt: str = "", error: str = "") -> str:
         """The answer to an authorization request: the user JWT, or why the connection is refused."""

@@ -36,8 +36,19 @@ __all__ = ["PLATFORM_TENANT", "ModuleGrant", "inbox_prefix", "module_permissions
 PLATFORM_TENANT = subjects.SYSTEM_TENANT
 
 _NEVER_PUBLISH = [ALL_IDENTITY, ALL_USAGE, ALL_BILLING, ALL_RATELIMIT, ALL_REGISTRY, "$JS.>", "$KV.>", "$O.>", "$SYS.>"]
-_NEVER_SUBSCRIBE = [ALL_REQUESTS, ALL_RESPONSES, ALL_IDENTITY, ALL_USAGE, ALL_BILLING, ALL_RATELIMIT, ALL_REGISTRY,
-                    "$JS.>", "$KV.>", "$O.>", "$SYS.>"]
+_NEVER_SUBSCRIBE = [
+    ALL_REQUESTS,
+    ALL_RESPONSES,
+    ALL_IDENTITY,
+    ALL_USAGE,
+    ALL_BILLING,
+    ALL_RATELIMIT,
+    ALL_REGISTRY,
+    "$JS.>",
+    "$KV.>",
+    "$O.>",
+    "$SYS.>",
+]
 
 
 class ModuleGrant(Protocol):
@@ -58,20 +69,32 @@ def module_permissions(module: ModuleGrant) -> dict[str, Any]:
     m = module.module_id
     events = subjects.event(subjects.event_scope(module.tenant_id), ">")  # "*" for a module of the platform
     subscribe = [
-        *(f"{subjects.call('*', capability)} {subjects.capability_queue(capability)}" for capability in module.capabilities),
+        *(
+            f"{subjects.call('*', capability)} {subjects.capability_queue(capability)}"
+            for capability in module.capabilities
+        ),
         *(f"{subjects.direct(m, '*', capability)} {m}" for capability in module.capabilities),
         subjects.control(m, "*"),
         events,
         f"{inbox_prefix(m)}.>",
-        "$SRV.PING", "$SRV.INFO", "$SRV.STATS", f"$SRV.*.{m}", f"$SRV.*.{m}.*",
+        "$SRV.PING",
+        "$SRV.INFO",
+        "$SRV.STATS",
+        f"$SRV.*.{m}",
+        f"$SRV.*.{m}.*",
     ]
     publish = [
         *(subjects.record_response("*", capability) for capability in module.capabilities),
-        subjects.announce(m), subjects.heartbeat(m), subjects.leave(m),
+        subjects.announce(m),
+        subjects.heartbeat(m),
+        subjects.leave(m),
         # Answers, stream chunks and micro replies go to the caller's inbox.
         "_INBOX.>",
         # Calls of its own, with their records and their streams' control messages.
-        ALL_CALLS, ALL_DIRECT, ALL_REQUESTS, ALL_CONTROL,
+        ALL_CALLS,
+        ALL_DIRECT,
+        ALL_REQUESTS,
+        ALL_CONTROL,
         events,
     ]
     return {

@@ -34,12 +34,12 @@ from .config import GatewayConfig
 from .credential_watch import CredentialWatch
 from .errors import error_middleware, error_response
 from .gate import CallGate
-from .metrics import METRICS_PERMISSION, GatewayMetrics
 from .hygiene import edge_headers
 from .identity_routes import add_identity_routes
 from .input_limits import InputLimits, effective_ceiling
 from .inputs import input_middleware
 from .mcp_http import add_mcp_routes
+from .metrics import METRICS_PERMISSION, GatewayMetrics
 from .module_routes import add_module_routes
 from .openapi import add_openapi_route, operation
 from .protocol import GatewayRunner
@@ -102,7 +102,8 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     app[METERING] = metering
     router = Router(nc, source_id=GATEWAY, is_registered=registry.is_registered, presence=presence)
     app[METRICS] = GatewayMetrics(
-        registry.is_registered, lambda: {"identity": identity.last_sequence, "registry": registry.last_sequence},
+        registry.is_registered,
+        lambda: {"identity": identity.last_sequence, "registry": registry.last_sequence},
         lambda: nc.stats["reconnects"],
     )
     app[GATE] = CallGate(nc, identity, ring, metering, router, app[INPUT_LIMITS], app[METRICS])
@@ -135,8 +136,11 @@ async def healthz(request: web.Request) -> web.Response:
     return respond(Status("ok"))
 
 
-@operation("Readiness: NATS connected and Postgres answering (503 NOT_READY, naming what fails, otherwise).",
-           {200: Status}, public=True)
+@operation(
+    "Readiness: NATS connected and Postgres answering (503 NOT_READY, naming what fails, otherwise).",
+    {200: Status},
+    public=True,
+)
 async def readyz(request: web.Request) -> web.Response:
     """Ready when NATS is connected and Postgres answers. A clock far from the NATS server's
     is named under ``warnings`` but does not make the gateway unready: limits and deadlines are
@@ -158,10 +162,13 @@ async def readyz(request: web.Request) -> web.Response:
     return respond(Status("ready"))
 
 
-@operation("Prometheus metrics of this gateway (text exposition format); needs metrics:read.", {200: None},
-           other_content={"text/plain": {"type": "string", "description": "Prometheus text format 0.0.4."}},
-           description="Calls by capability, transport and outcome, their latency, refusals by policy, follower"
-                       " positions, NATS reconnects (services/gateway/metrics.py).")
+@operation(
+    "Prometheus metrics of this gateway (text exposition format); needs metrics:read.",
+    {200: None},
+    other_content={"text/plain": {"type": "string", "description": "Prometheus text format 0.0.4."}},
+    description="Calls by capability, transport and outcome, their latency, refusals by policy, follower"
+    " positions, NATS reconnects (services/gateway/metrics.py).",
+)
 async def metrics(request: web.Request) -> web.Response:
     require(request, METRICS_PERMISSION)
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -169,8 +176,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> web.Application:
     """The gateway; ``usage`` replaces the usage read model that invoices are computed from."""
-    app = web.Application(middlewares=[error_middleware, input_middleware, auth_middleware],
-                          client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware, input_middleware, auth_middleware], client_max_size=config.max_body_bytes
+    )
     app[CONFIG] = config
     app.on_response_prepare.append(edge_headers)
     if usage is not None:

@@ -19,15 +19,32 @@ from democratic_ai.services.identity import Principal
 from .errors import ApiError
 from .state import GATE
 
-__all__ = ["PRINCIPAL", "STRIPE_WEBHOOK_PATH", "auth_middleware", "credential_of", "principal_of", "require",
-           "require_tenant"]
+__all__ = [
+    "PRINCIPAL",
+    "STRIPE_WEBHOOK_PATH",
+    "auth_middleware",
+    "credential_of",
+    "principal_of",
+    "require",
+    "require_tenant",
+]
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 # Stripe authenticates its webhook with a signature over the body, checked by the handler.
 STRIPE_WEBHOOK_PATH = "/v1/billing/stripe/webhook"
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/v1/auth/login", "/v1/auth/refresh",
-                          "/openapi.json", STRIPE_WEBHOOK_PATH, "/.well-known/oauth-protected-resource",
-                          "/.well-known/oauth-protected-resource/mcp"})
+PUBLIC_PATHS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/.well-known/jwks.json",
+        "/v1/auth/login",
+        "/v1/auth/refresh",
+        "/openapi.json",
+        STRIPE_WEBHOOK_PATH,
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+    }
+)
 FIRST_MESSAGE_AUTH_PATHS = frozenset({"/v1/ws"})
 # Authenticates on its own, to answer 401 with the Bearer challenge MCP clients follow (.mcp_http).
 OWN_AUTH_PATHS = frozenset({"/mcp"})
@@ -68,8 +85,9 @@ def require(request: web.Request, *permissions: str) -> Principal:
     """The caller, if it holds one of ``permissions``; otherwise 403."""
     principal = request[PRINCIPAL]
     if not any(principal.can(p) for p in permissions):
-        raise ApiError(ErrorCode.FORBIDDEN, f"this needs the permission {' or '.join(permissions)}",
-                       {"needed": list(permissions)})
+        raise ApiError(
+            ErrorCode.FORBIDDEN, f"this needs the permission {' or '.join(permissions)}", {"needed": list(permissions)}
+        )
     return principal
 
 

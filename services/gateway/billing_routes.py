@@ -43,10 +43,14 @@ __all__ = ["add_billing_routes"]
 
 log = logging.getLogger(__name__)
 
-_INVOICE_COLUMNS = ("invoice_id, tenant_id, period, period_start, period_end, time_zone, currency, subtotal,"
-                    " tax_rate, tax, total, usage, status, issued_at, stripe_invoice_id, paid_at, seller")
-_LINE_COLUMNS = ("line_no, kind, description, metric, plan_id, quantity, unit, unit_price, amount, service_start,"
-                 " service_end, used, included")
+_INVOICE_COLUMNS = (
+    "invoice_id, tenant_id, period, period_start, period_end, time_zone, currency, subtotal,"
+    " tax_rate, tax, total, usage, status, issued_at, stripe_invoice_id, paid_at, seller"
+)
+_LINE_COLUMNS = (
+    "line_no, kind, description, metric, plan_id, quantity, unit, unit_price, amount, service_start,"
+    " service_end, used, included"
+)
 
 
 def _plain(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -178,8 +182,11 @@ class WebhookReceipt(msgspec.Struct):
 
 _TENANT = Query("tenant_id", "The tenant (super admins only; anyone else gets their own). `tenant` is an alias.")
 _TENANT_ALIAS = Query("tenant", "The same as tenant_id.")
-_FORMAT = Query("format", "json or html (the printable page); overrides the Accept header.",
-                {"type": "string", "enum": ["json", "html"]})
+_FORMAT = Query(
+    "format",
+    "json or html (the printable page); overrides the Accept header.",
+    {"type": "string", "enum": ["json", "html"]},
+)
 _FORMATS = {"json": "application/json", "html": "text/html"}  # in order of preference on a tie
 _INVOICE_ID = re.compile(r"(?P<tenant>.+)-\d{4}-\d{2}")
 
@@ -228,15 +235,21 @@ def _format(request: web.Request) -> str:
         asked = asked.lower()
         if asked in _FORMATS:
             return asked
-        raise ApiError(ErrorCode.NOT_ACCEPTABLE, f"format {asked!r} is not offered; use json or html",
-                       {"field": "format", "offered": list(_FORMATS)})
+        raise ApiError(
+            ErrorCode.NOT_ACCEPTABLE,
+            f"format {asked!r} is not offered; use json or html",
+            {"field": "format", "offered": list(_FORMATS)},
+        )
     header = request.headers.get("Accept", "").strip()
     if not header:
         return "json"
     ranked = sorted(_FORMATS, key=lambda name: -_accepted(header, _FORMATS[name]))  # stable: json wins a tie
     if _accepted(header, _FORMATS[ranked[0]]) <= 0:
-        raise ApiError(ErrorCode.NOT_ACCEPTABLE, "no format the Accept header takes is offered; invoices are"
-                       " application/json or text/html", {"offered": list(_FORMATS.values())})
+        raise ApiError(
+            ErrorCode.NOT_ACCEPTABLE,
+            "no format the Accept header takes is offered; invoices are application/json or text/html",
+            {"offered": list(_FORMATS.values())},
+        )
     return ranked[0]
 
 
@@ -260,10 +273,15 @@ def _catalogue(service: BillingService) -> list[PlanTerms]:
 
 
 async def _plan_document(request: web.Request, tenant_id: str) -> PlanDocument:
-    rows = await _rows(request, tenant_id, "SELECT tenant_id, plan_id, plan_name, interval, time_zone, currency, status,"
-                       " terms, started_at, current_since, cancelled_at FROM billing_subscriptions")
-    return PlanDocument(tenant_id, from_row(Subscription, _plain(rows[0])) if rows else None,
-                        _catalogue(request.app[BILLING]))
+    rows = await _rows(
+        request,
+        tenant_id,
+        "SELECT tenant_id, plan_id, plan_name, interval, time_zone, currency, status,"
+        " terms, started_at, current_since, cancelled_at FROM billing_subscriptions",
+    )
+    return PlanDocument(
+        tenant_id, from_row(Subscription, _plain(rows[0])) if rows else None, _catalogue(request.app[BILLING])
+    )
 
 
 @operation("The tenant's plan and the catalogue of plans.", {200: PlanDocument}, query=(_TENANT, _TENANT_ALIAS))
@@ -279,14 +297,19 @@ class PlanChoice(msgspec.Struct, forbid_unknown_fields=True):
     time_zone: Id | None = None
 
 
-@operation("Choose the tenant's plan (and interval, time zone).", {200: PlanDocument}, body=PlanChoice,
-           query=(_TENANT, _TENANT_ALIAS))
+@operation(
+    "Choose the tenant's plan (and interval, time zone).",
+    {200: PlanDocument},
+    body=PlanChoice,
+    query=(_TENANT, _TENANT_ALIAS),
+)
 async def put_plan(request: web.Request) -> web.Response:
     principal, tenant_id = _tenant(request)
     require(request, "billing:update")
     body = await read_json(request, PlanChoice)
-    sequence = await request.app[BILLING].set_plan(_meta(request, principal), tenant_id, body.plan, body.interval,
-                                                   body.time_zone)
+    sequence = await request.app[BILLING].set_plan(
+        _meta(request, principal), tenant_id, body.plan, body.interval, body.time_zone
+    )
     await _caught_up(request, sequence)
     return respond(await _plan_document(request, tenant_id))
 
@@ -310,8 +333,9 @@ async def list_invoices(request: web.Request) -> web.Response:
     return respond(InvoiceList([from_row(Invoice, _plain(r)) for r in rows]))
 
 
-def _page(request: web.Request, tenant_id: str, invoice: Mapping[str, Any], lines: list[Mapping[str, Any]]
-          ) -> web.Response:
+def _page(
+    request: web.Request, tenant_id: str, invoice: Mapping[str, Any], lines: list[Mapping[str, Any]]
+) -> web.Response:
     tenant = request.app[IDENTITY].tenants.get(tenant_id)
     page = render_invoice(dict(invoice), [dict(line) for line in lines], tenant.name if tenant else tenant_id)
     return web.Response(text=page, content_type="text/html", charset="utf-8")
@@ -320,11 +344,12 @@ def _page(request: web.Request, tenant_id: str, invoice: Mapping[str, Any], line
 @operation(
     "The current month's invoice so far — base fee prorated to now, usage against the allowance, tax —"
     " computed as closing the month would; a printable page with ?format=html or 'Accept: text/html'.",
-    {200: UpcomingInvoice}, query=(_TENANT, _TENANT_ALIAS, _FORMAT),
+    {200: UpcomingInvoice},
+    query=(_TENANT, _TENANT_ALIAS, _FORMAT),
     other_content={"text/html": {"type": "string"}},
     description="Nothing is appended: the month's invoice is issued once it has ended (dai billing close-period)."
-                " 404 NOT_FOUND when the tenant has no subscription this month; 406 NOT_ACCEPTABLE for a format"
-                " other than JSON or HTML.",
+    " 404 NOT_FOUND when the tenant has no subscription this month; 406 NOT_ACCEPTABLE for a format"
+    " other than JSON or HTML.",
 )
 async def upcoming_invoice(request: web.Request) -> web.Response:
     principal, tenant_id = _tenant(request)
@@ -332,9 +357,23 @@ async def upcoming_invoice(request: web.Request) -> web.Response:
     wanted = _format(request)
     draft = await request.app[BILLING].upcoming(tenant_id, principal.actor)
     lines = [{"line_no": n, **msgspec.structs.asdict(line)} for n, line in enumerate(draft.lines, start=1)]
-    invoice = {name: getattr(draft, name) for name in ("invoice_id", "tenant_id", "period", "period_start",
-                                                        "period_end", "time_zone", "currency", "subtotal",
-                                                        "tax_rate", "tax", "total", "usage")}
+    invoice = {
+        name: getattr(draft, name)
+        for name in (
+            "invoice_id",
+            "tenant_id",
+            "period",
+            "period_start",
+            "period_end",
+            "time_zone",
+            "currency",
+            "subtotal",
+            "tax_rate",
+            "tax",
+            "total",
+            "usage",
+        )
+    }
     invoice.update(as_of=draft.meta.at, status="upcoming", seller=draft.seller)
     if wanted == "html":
         return _page(request, tenant_id, {**invoice, "seller": msgspec.to_builtins(draft.seller)}, lines)
@@ -343,10 +382,11 @@ async def upcoming_invoice(request: web.Request) -> web.Response:
 
 @operation(
     "One invoice with its lines and payments; a printable HTML page with ?format=html or 'Accept: text/html'.",
-    {200: InvoiceDetail}, query=(_TENANT, _TENANT_ALIAS, _FORMAT),
+    {200: InvoiceDetail},
+    query=(_TENANT, _TENANT_ALIAS, _FORMAT),
     other_content={"text/html": {"type": "string"}},
     description="A super admin reads any tenant's invoice by its id alone. 406 NOT_ACCEPTABLE for a format other"
-                " than JSON or HTML.",
+    " than JSON or HTML.",
 )
 async def get_invoice(request: web.Request) -> web.Response:
     invoice_id = request.match_info["invoice"]
@@ -358,18 +398,26 @@ async def get_invoice(request: web.Request) -> web.Response:
     require(request, "billing:read")
     wanted = _format(request)
     async with tenant_transaction(request.app[POOL], tenant_id) as conn:
-        invoice = await conn.fetchrow(f"SELECT {_INVOICE_COLUMNS} FROM billing_invoices WHERE invoice_id = $1",
-                                      invoice_id)
-        lines = await conn.fetch(f"SELECT {_LINE_COLUMNS} FROM billing_invoice_lines WHERE invoice_id = $1"
-                                 " ORDER BY line_no", invoice_id)
-        payments = await conn.fetch("SELECT stripe_event_id, outcome, amount, currency, reason, at FROM billing_payments"
-                                    " WHERE invoice_id = $1 ORDER BY at", invoice_id)
+        invoice = await conn.fetchrow(
+            f"SELECT {_INVOICE_COLUMNS} FROM billing_invoices WHERE invoice_id = $1", invoice_id
+        )
+        lines = await conn.fetch(
+            f"SELECT {_LINE_COLUMNS} FROM billing_invoice_lines WHERE invoice_id = $1 ORDER BY line_no", invoice_id
+        )
+        payments = await conn.fetch(
+            "SELECT stripe_event_id, outcome, amount, currency, reason, at FROM billing_payments"
+            " WHERE invoice_id = $1 ORDER BY at",
+            invoice_id,
+        )
     if invoice is None:
         raise ApiError(ErrorCode.NOT_FOUND, f"no invoice {invoice_id!r}")
     if wanted == "html":
         return _page(request, tenant_id, invoice, list(lines))
-    return respond(from_row(InvoiceDetail, _plain(invoice), lines=[_plain(r) for r in lines],
-                            payments=[_plain(r) for r in payments]))
+    return respond(
+        from_row(
+            InvoiceDetail, _plain(invoice), lines=[_plain(r) for r in lines], payments=[_plain(r) for r in payments]
+        )
+    )
 
 
 class ClosePeriod(msgspec.Struct, forbid_unknown_fields=True):
@@ -377,8 +425,12 @@ class ClosePeriod(msgspec.Struct, forbid_unknown_fields=True):
     period: Id | None = None
 
 
-@operation("Issue the invoices of ended months (and push them to Stripe when it is on); admins.",
-           {200: ClosedMonths}, body=ClosePeriod, body_required=False)
+@operation(
+    "Issue the invoices of ended months (and push them to Stripe when it is on); admins.",
+    {200: ClosedMonths},
+    body=ClosePeriod,
+    body_required=False,
+)
 async def close_period(request: web.Request) -> web.Response:
     """Admin: issue the invoices of ended months (and push them to Stripe when it is on)."""
     principal = require(request, "billing:close")
@@ -390,16 +442,18 @@ async def close_period(request: web.Request) -> web.Response:
         stripe_invoice_id = ""
         if result.invoice is not None and payments.enabled:
             stripe_invoice_id = await payments.push(_meta(request, principal), result.invoice)
-        results.append(ClosedMonth(result.tenant_id, result.period, result.created, result.invoice,
-                                   stripe_invoice_id))
+        results.append(ClosedMonth(result.tenant_id, result.period, result.created, result.invoice, stripe_invoice_id))
     return respond(ClosedMonths(results))
 
 
 # Stripe -------------------------------------------------------------------------------------------
 
 
-@operation("A Stripe Checkout page where the tenant enters a card (503 while Stripe is off).", {201: Checkout},
-           query=(_TENANT, _TENANT_ALIAS))
+@operation(
+    "A Stripe Checkout page where the tenant enters a card (503 while Stripe is off).",
+    {201: Checkout},
+    query=(_TENANT, _TENANT_ALIAS),
+)
 async def payment_method(request: web.Request) -> web.Response:
     """A Stripe Checkout page (setup mode) where the tenant enters a card; we never see it."""
     principal, tenant_id = _tenant(request)
@@ -407,16 +461,19 @@ async def payment_method(request: web.Request) -> web.Response:
     tenant = request.app[IDENTITY].tenants.get(tenant_id)
     subscription = await request.app[BILLING].subscription(tenant_id)
     currency = subscription.current.terms.currency if subscription.current else "JPY"
-    session = await request.app[PAYMENTS].checkout(_meta(request, principal), tenant_id,
-                                                   tenant.name if tenant else tenant_id, currency)
+    session = await request.app[PAYMENTS].checkout(
+        _meta(request, principal), tenant_id, tenant.name if tenant else tenant_id, currency
+    )
     return respond(Checkout(session.session_id, session.url), status=201)
 
 
 @operation(
-    "Stripe's webhook, authenticated by its Stripe-Signature header.", {200: WebhookReceipt}, public=True,
+    "Stripe's webhook, authenticated by its Stripe-Signature header.",
+    {200: WebhookReceipt},
+    public=True,
     body=dict[str, Any],
     description="Answers 503 PAYMENT_PROVIDER_UNAVAILABLE while Stripe is not configured, and 400 for a"
-                " signature that does not verify. Not for clients: Stripe calls it.",
+    " signature that does not verify. Not for clients: Stripe calls it.",
 )
 async def stripe_webhook(request: web.Request) -> web.Response:
     """Stripe's webhook: verified by signature (no credential), recorded at most once per event."""

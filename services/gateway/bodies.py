@@ -47,15 +47,19 @@ async def read_json(request: web.Request, body_type: type[T]) -> T:
     422 with the JSON path for JSON of the wrong shape or outside a field's limits (body types
     use the field types of the events, :mod:`democratic_ai.contracts.fields`)."""
     if request.content_type != "application/json":
-        raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send a JSON body with 'Content-Type: application/json'",
-                       {"content_type": request.content_type})
+        raise ApiError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            "send a JSON body with 'Content-Type: application/json'",
+            {"content_type": request.content_type},
+        )
     body = await request.read()
     try:
         return msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
         rejected = rejection(exc)
-        raise ApiError(ErrorCode.VALIDATION_FAILED, f"body {rejected.path}: {rejected.message}",
-                       {"path": rejected.path}) from None
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED, f"body {rejected.path}: {rejected.message}", {"path": rejected.path}
+        ) from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise _not_json(exc) from None
 

@@ -33,8 +33,13 @@ from .wire import MAX_TTL_SECONDS, http_error
 
 __all__ = ["invoke", "list_capabilities"]
 
-_FreeForm = Annotated[Any, msgspec.Meta(description="Free-form JSON: the capability's own, as its module declares"
-                                                      " (see input_schema/output_schema in GET /v1/capabilities).")]
+_FreeForm = Annotated[
+    Any,
+    msgspec.Meta(
+        description="Free-form JSON: the capability's own, as its module declares"
+        " (see input_schema/output_schema in GET /v1/capabilities)."
+    ),
+]
 
 
 class InvokeResult(msgspec.Struct):
@@ -63,8 +68,11 @@ class CapabilityList(msgspec.Struct):
 _INVOKE_QUERY = (
     Query("module", "Call this module's instance of the capability (default: any module serving it)."),
     Query("priority", "0-9, higher first (default 5).", {"type": "string", "pattern": "^[0-9]$"}),
-    Query("ttl", f"Seconds the call may take, 1-{MAX_TTL_SECONDS} (default 30).",
-          {"type": "string", "pattern": "^[0-9]{1,5}$"}),
+    Query(
+        "ttl",
+        f"Seconds the call may take, 1-{MAX_TTL_SECONDS} (default 30).",
+        {"type": "string", "pattern": "^[0-9]{1,5}$"},
+    ),
 )
 
 
@@ -78,19 +86,27 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
         value = low - 1
     if not low <= value <= high:
         raise ApiError(
-            ErrorCode.BAD_REQUEST, f"query parameter {name!r} must be an integer from {low} to {high}",
+            ErrorCode.BAD_REQUEST,
+            f"query parameter {name!r} must be an integer from {low} to {high}",
             {"parameter": name, "value": raw},
         )
     return value
 
 
 @operation(
-    "Invoke a capability with a JSON payload (at most its max_input_bytes: 413 otherwise).", {200: InvokeResult},
-    body=_FreeForm, query=_INVOKE_QUERY,
-    other_content={"text/event-stream": {"type": "string", "description": "With 'Accept: text/event-stream':"
-                                         " the call as Server-Sent Events (progress, chunks, the result)."}},
+    "Invoke a capability with a JSON payload (at most its max_input_bytes: 413 otherwise).",
+    {200: InvokeResult},
+    body=_FreeForm,
+    query=_INVOKE_QUERY,
+    other_content={
+        "text/event-stream": {
+            "type": "string",
+            "description": "With 'Accept: text/event-stream':"
+            " the call as Server-Sent Events (progress, chunks, the result).",
+        }
+    },
     description="A refusal by a rate limit is a 429 with Retry-After; every answer carries X-Call-Id and the"
-                " RateLimit-Policy / RateLimit headers of the caller's limits.",
+    " RateLimit-Policy / RateLimit headers of the caller's limits.",
 )
 async def invoke(request: web.Request) -> web.StreamResponse:
     principal = request[PRINCIPAL]
@@ -120,7 +136,8 @@ async def _call_of(request: web.Request, gate: CallGate, principal: Principal) -
     ttl = _int_param(request, "ttl", 30, 1, MAX_TTL_SECONDS)
     if request.content_type != "application/json":
         raise ApiError(
-            ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send the payload as JSON with 'Content-Type: application/json'",
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            "send the payload as JSON with 'Content-Type: application/json'",
             {"content_type": request.content_type},
         )
     body = await read_input(request, request.app[INPUT_LIMITS], capability, target)
@@ -153,8 +170,11 @@ def _refusal(gate: CallGate, principal: Principal, call: MCPMessage, refused: Re
     return error_response(ErrorCode.RATE_LIMITED, refused.message, refused.details, status=429, headers=headers)
 
 
-@operation("Every registered capability the caller may call (for a key with a toolset: those in it), its schemas"
-           " and how many live instances serve it.", {200: CapabilityList})
+@operation(
+    "Every registered capability the caller may call (for a key with a toolset: those in it), its schemas"
+    " and how many live instances serve it.",
+    {200: CapabilityList},
+)
 async def list_capabilities(request: web.Request) -> web.Response:
     principal = require(request, "module:read")
     async with request.app[POOL].acquire() as conn:
@@ -170,8 +190,15 @@ async def list_capabilities(request: web.Request) -> web.Response:
     live = presence.instances()
     limits = request.app[INPUT_LIMITS]
     capabilities = [
-        from_row(CapabilityEntry, row, max_input_bytes=limits.declared(row["max_input_bytes"]), instances=sum(
-            1 for beat in live if beat.module_id == row["module_id"] and row["action"] in beat.capabilities))
-        for row in rows if principal.may_call(row["action"])  # a key with a toolset sees only that
+        from_row(
+            CapabilityEntry,
+            row,
+            max_input_bytes=limits.declared(row["max_input_bytes"]),
+            instances=sum(
+                1 for beat in live if beat.module_id == row["module_id"] and row["action"] in beat.capabilities
+            ),
+        )
+        for row in rows
+        if principal.may_call(row["action"])  # a key with a toolset sees only that
     ]
     return respond(CapabilityList(capabilities))

@@ -1,11 +1,11 @@
 """Every error of the HTTP edge is ``{"error": {"code", "message", "details"}}`` with a fitting status.
 
-    PlatformError       every domain error (identity, billing, metering, projections) and ApiError, the
-                        edge's own: a stable ErrorCode, a message, details; ``STATUS`` below alone
-                        maps its code to the HTTP status (a 5xx is logged as a warning)
-    aiohttp HTTPException (unknown route, wrong method, body too large) → the same shape
-    RequestPayloadError a body aiohttp cannot read, e.g. not what its Content-Encoding says → 400
-    anything else       → 500 INTERNAL, logged with its traceback
+PlatformError       every domain error (identity, billing, metering, projections) and ApiError, the
+                    edge's own: a stable ErrorCode, a message, details; ``STATUS`` below alone
+                    maps its code to the HTTP status (a 5xx is logged as a warning)
+aiohttp HTTPException (unknown route, wrong method, body too large) → the same shape
+RequestPayloadError a body aiohttp cannot read, e.g. not what its Content-Encoding says → 400
+anything else       → 500 INTERNAL, logged with its traceback
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from democratic_ai.contracts import ErrorCode, PlatformError
 from democratic_ai.services.identity import Throttled
 
 __all__ = [
-    "STATUS", "ApiError", "ErrorBody", "ErrorDetail", "error_body", "error_middleware", "error_response", "status_of",
+    "STATUS",
+    "ApiError",
+    "ErrorBody",
+    "ErrorDetail",
+    "error_body",
+    "error_middleware",
+    "error_response",
+    "status_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,11 +91,16 @@ def error_body(code: ErrorCode | str, message: str, details: dict[str, Any] | No
 
 
 def error_response(
-    code: ErrorCode | str, message: str, details: dict[str, Any] | None = None, *, status: int,
+    code: ErrorCode | str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    *,
+    status: int,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    return web.Response(body=error_body(code, message, details), status=status, content_type="application/json",
-                        headers=headers)
+    return web.Response(
+        body=error_body(code, message, details), status=status, content_type="application/json", headers=headers
+    )
 
 
 _HTTP_CODES: dict[int, tuple[ErrorCode, str]] = {
@@ -110,8 +122,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(exc.code, exc.message, exc.details, status=status, headers=headers)
     except web.RequestPayloadError:
         # Say what, not the parser's words: they may quote the body.
-        return error_response(ErrorCode.BAD_REQUEST, "the request body could not be read: it is truncated or"
-                              " not what its Content-Encoding header says", status=400)
+        return error_response(
+            ErrorCode.BAD_REQUEST,
+            "the request body could not be read: it is truncated or not what its Content-Encoding header says",
+            status=400,
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -62,8 +62,14 @@ class CallGate:
     """
 
     def __init__(
-        self, nc: NATS, identity: IdentityIndex, key_ring: KeyRing, metering: Metering, router: Router,
-        input_limits: InputLimits, metrics: GatewayMetrics,
+        self,
+        nc: NATS,
+        identity: IdentityIndex,
+        key_ring: KeyRing,
+        metering: Metering,
+        router: Router,
+        input_limits: InputLimits,
+        metrics: GatewayMetrics,
     ) -> None:
         self._nc = nc
         self._identity = identity
@@ -86,11 +92,15 @@ class CallGate:
         and its key's toolset (:mod:`democratic_ai.contracts.toolsets`) allows the capability. A
         transport may check it before it reads a call's input; :meth:`request` checks it anyway."""
         if not principal.can(CALL_PERMISSION):
-            raise ApiError(ErrorCode.FORBIDDEN, f"this needs the permission {CALL_PERMISSION}",
-                           {"needed": [CALL_PERMISSION]})
+            raise ApiError(
+                ErrorCode.FORBIDDEN, f"this needs the permission {CALL_PERMISSION}", {"needed": [CALL_PERMISSION]}
+            )
         if not principal.may_call(capability):
-            raise ApiError(ErrorCode.FORBIDDEN, f"this API key may not call {capability!r}: it is not in its toolset",
-                           {"capability": capability, "toolset": list(principal.toolset)})
+            raise ApiError(
+                ErrorCode.FORBIDDEN,
+                f"this API key may not call {capability!r}: it is not in its toolset",
+                {"capability": capability, "toolset": list(principal.toolset)},
+            )
 
     @staticmethod
     def may_call(principal: Principal, capability: str) -> bool:
@@ -98,7 +108,13 @@ class CallGate:
         return principal.can(CALL_PERMISSION) and principal.may_call(capability)
 
     def request(
-        self, principal: Principal, capability: str, payload: bytes, *, module: str = "", priority: int = 5,
+        self,
+        principal: Principal,
+        capability: str,
+        payload: bytes,
+        *,
+        module: str = "",
+        priority: int = 5,
         ttl: int = 30,
     ) -> MCPMessage:
         """The MCP request of ``principal`` calling ``capability`` (on ``module``, when given) with
@@ -108,8 +124,15 @@ class CallGate:
         self.authorize(principal, action)
         self._limits.check(action, len(payload), self._limits.of(action, target))
         return new_request(
-            action, payload, tenant_id=principal.tenant_id, source_module_id=GATEWAY, target_module_id=target,
-            user_id=principal.user_id, api_key_id=principal.key_id, priority=priority, ttl=ttl,
+            action,
+            payload,
+            tenant_id=principal.tenant_id,
+            source_module_id=GATEWAY,
+            target_module_id=target,
+            user_id=principal.user_id,
+            api_key_id=principal.key_id,
+            priority=priority,
+            ttl=ttl,
         )
 
     async def call(self, principal: Principal, request: MCPMessage, *, transport: str = "http") -> MCPMessage:
@@ -157,8 +180,9 @@ class CallGate:
     async def _refusal(self, request: MCPMessage, decision: Decision) -> MCPMessage:
         """The RATE_LIMITED answer to a refused call, recorded and metered like any call's end."""
         details = {"policy": decision.refused_by, "retry_after": int(retry_after_header(decision.retry_after))}
-        answer = error_reply(request, ErrorCode.RATE_LIMITED, decision.message, source_module_id=GATEWAY,
-                             details=details)
+        answer = error_reply(
+            request, ErrorCode.RATE_LIMITED, decision.message, source_module_id=GATEWAY, details=details
+        )
         record = subjects.record_response(request.context.tenant_id, request.action)
         await self._nc.publish(record, answer.SerializeToString())
         self._metering.record(answer)

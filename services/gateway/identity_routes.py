@@ -78,7 +78,9 @@ async def create_tenant(request: web.Request) -> web.Response:
 @operation("Every tenant (super admin).", {200: TenantList})
 async def list_tenants(request: web.Request) -> web.Response:
     require(request, "tenant:list")
-    rows = await tenant_rows(request, None, "SELECT tenant_id, name, suspended, created_at FROM tenants ORDER BY tenant_id")
+    rows = await tenant_rows(
+        request, None, "SELECT tenant_id, name, suspended, created_at FROM tenants ORDER BY tenant_id"
+    )
     return respond(TenantList([from_row(Tenant, r) for r in rows]))
 
 
@@ -91,8 +93,9 @@ async def get_tenant(request: web.Request) -> web.Response:
 
 
 async def _tenant_answer(request: web.Request, tenant_id: str, **known: Any) -> web.Response:
-    rows = await tenant_rows(request, tenant_id, "SELECT tenant_id, name, suspended, created_at FROM tenants WHERE tenant_id = $1",
-                       tenant_id)
+    rows = await tenant_rows(
+        request, tenant_id, "SELECT tenant_id, name, suspended, created_at FROM tenants WHERE tenant_id = $1", tenant_id
+    )
     if not rows:
         raise ApiError(ErrorCode.NOT_FOUND, f"no tenant {tenant_id!r}")
     return respond(from_row(Tenant, rows[0], **known))
@@ -102,8 +105,9 @@ class TenantChange(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
 
 
-@operation("Rename a tenant: the caller's own (tenant:update), any for a super admin.", {200: Tenant},
-           body=TenantChange)
+@operation(
+    "Rename a tenant: the caller's own (tenant:update), any for a super admin.", {200: Tenant}, body=TenantChange
+)
 async def update_tenant(request: web.Request) -> web.Response:
     tenant_id = request.match_info["tenant"]
     principal = require_tenant(request, tenant_id)
@@ -132,21 +136,34 @@ async def _change_lifecycle(
     tenant_id = request.match_info["tenant"]
     if tenant_id == principal.tenant_id:
         # Suspending it would lock out the very credentials that could reinstate it.
-        raise ApiError(ErrorCode.FORBIDDEN, "a super admin does not suspend or reinstate their own tenant",
-                       {"tenant_id": tenant_id})
+        raise ApiError(
+            ErrorCode.FORBIDDEN,
+            "a super admin does not suspend or reinstate their own tenant",
+            {"tenant_id": tenant_id},
+        )
     await change(_meta(request, principal), tenant_id, await _optional_reason(request))
     await read_your_writes(request)
     return web.Response(status=204)
 
 
-@operation("Suspend a tenant: its credentials stop working until it is reinstated (super admin). No body needed;"
-           " 409 if it is suspended already.", {204: NO_CONTENT}, body=Suspension, body_required=False)
+@operation(
+    "Suspend a tenant: its credentials stop working until it is reinstated (super admin). No body needed;"
+    " 409 if it is suspended already.",
+    {204: NO_CONTENT},
+    body=Suspension,
+    body_required=False,
+)
 async def suspend_tenant(request: web.Request) -> web.Response:
     return await _change_lifecycle(request, request.app[USERS].suspend_tenant)
 
 
-@operation("Reinstate a suspended tenant: its credentials work again (super admin). No body needed; 409 if it is"
-           " not suspended.", {204: NO_CONTENT}, body=Suspension, body_required=False)
+@operation(
+    "Reinstate a suspended tenant: its credentials work again (super admin). No body needed; 409 if it is"
+    " not suspended.",
+    {204: NO_CONTENT},
+    body=Suspension,
+    body_required=False,
+)
 async def reinstate_tenant(request: web.Request) -> web.Response:
     return await _change_lifecycle(request, request.app[USERS].reinstate_tenant)
 
@@ -201,7 +218,9 @@ async def create_user(request: web.Request) -> web.Response:
     principal = require_tenant(request, tenant_id)
     require(request, "user:create")
     body = await read_json(request, NewUser)
-    event = await request.app[USERS].register_user(_meta(request, principal), tenant_id, body.email, body.password, body.role)
+    event = await request.app[USERS].register_user(
+        _meta(request, principal), tenant_id, body.email, body.password, body.role
+    )
     await read_your_writes(request)
     return respond(UserAnswer(event.user_id, tenant_id, event.email, event.role, True), status=201)
 
@@ -214,8 +233,9 @@ async def list_users(request: web.Request) -> web.Response:
     if principal.can("user:read"):
         rows = await tenant_rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users ORDER BY email")
     else:
-        rows = await tenant_rows(request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1",
-                           principal.user_id)
+        rows = await tenant_rows(
+            request, tenant_id, f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1", principal.user_id
+        )
     return respond(UserList([from_row(User, r) for r in rows]))
 
 
@@ -239,8 +259,11 @@ async def get_user(request: web.Request) -> web.Response:
     return respond(from_row(User, rows[0]))
 
 
-@operation("Change a user's role and/or password (one's own password needs current_password).", {200: UserAnswer},
-           body=UserChange)
+@operation(
+    "Change a user's role and/or password (one's own password needs current_password).",
+    {200: UserAnswer},
+    body=UserChange,
+)
 async def update_user(request: web.Request) -> web.Response:
     tenant_id, user_id = request.match_info["tenant"], request.match_info["user"]
     principal = require_tenant(request, tenant_id)
@@ -308,22 +331,28 @@ def _tokens(tokens: Any) -> web.Response:
     return respond(TokenAnswer(tokens.access_token, "Bearer", tokens.expires_in, tokens.refresh_token))
 
 
-@operation("Log in with email and password: an access token and a refresh token.", {200: TokenAnswer}, body=Login,
-           public=True)
+@operation(
+    "Log in with email and password: an access token and a refresh token.", {200: TokenAnswer}, body=Login, public=True
+)
 async def login(request: web.Request) -> web.Response:
     body = await read_json(request, Login)
     return _tokens(await request.app[USERS].login(_meta(request), body.tenant_id, body.email, body.password))
 
 
-@operation("Exchange a refresh token for new tokens (the old refresh token is spent).", {200: TokenAnswer},
-           body=Refresh, public=True)
+@operation(
+    "Exchange a refresh token for new tokens (the old refresh token is spent).",
+    {200: TokenAnswer},
+    body=Refresh,
+    public=True,
+)
 async def refresh(request: web.Request) -> web.Response:
     body = await read_json(request, Refresh)
     return _tokens(await request.app[USERS].refresh(_meta(request), body.refresh_token))
 
 
-@operation("End the session (and revoke the refresh token, if sent).", {204: NO_CONTENT}, body=Logout,
-           body_required=False)
+@operation(
+    "End the session (and revoke the refresh token, if sent).", {204: NO_CONTENT}, body=Logout, body_required=False
+)
 async def logout(request: web.Request) -> web.Response:
     principal = principal_of(request)
     body = await read_json(request, Logout) if request.can_read_body else Logout()
@@ -344,8 +373,9 @@ class JsonWebKeySet(msgspec.Struct):
     keys: list[JsonWebKey]
 
 
-@operation("The public keys that verify the gateway's access tokens (a JSON Web Key Set).", {200: JsonWebKeySet},
-           public=True)
+@operation(
+    "The public keys that verify the gateway's access tokens (a JSON Web Key Set).", {200: JsonWebKeySet}, public=True
+)
 async def jwks(request: web.Request) -> web.Response:
     return respond(msgspec.convert(request.app[KEY_RING].jwks(), JsonWebKeySet))
 
@@ -363,8 +393,10 @@ class NewApiKey(msgspec.Struct, forbid_unknown_fields=True):
     toolset: Id = ""  # or the name of one of the tenant's toolsets, which the key follows
 
 
-_KEY_COLUMNS = ("key_id, tenant_id, user_id, name, prefix, role, scopes, expires_at, rate_limit, capabilities,"
-                " toolset, created_at, revoked_at")
+_KEY_COLUMNS = (
+    "key_id, tenant_id, user_id, name, prefix, role, scopes, expires_at, rate_limit, capabilities,"
+    " toolset, created_at, revoked_at"
+)
 
 
 class IssuedApiKey(msgspec.Struct):
@@ -401,8 +433,11 @@ class ApiKeyList(msgspec.Struct):
     api_keys: list[ApiKey]
 
 
-@operation("Issue an API key to the caller (a user of this tenant); its secret is answered once.",
-           {201: IssuedApiKey}, body=NewApiKey)
+@operation(
+    "Issue an API key to the caller (a user of this tenant); its secret is answered once.",
+    {201: IssuedApiKey},
+    body=NewApiKey,
+)
 async def create_api_key(request: web.Request) -> web.Response:
     tenant_id = request.match_info["tenant"]
     principal = require_tenant(request, tenant_id)
@@ -411,19 +446,41 @@ async def create_api_key(request: web.Request) -> web.Response:
     if principal.tenant_id != tenant_id:
         raise ApiError(ErrorCode.FORBIDDEN, "API keys are created by a user of their own tenant")
     if body.expires_at is not None and body.expires_at.tzinfo is None:
-        raise ApiError(ErrorCode.VALIDATION_FAILED, "expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z",
-                       {"path": "$.expires_at"})
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED,
+            "expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z",
+            {"path": "$.expires_at"},
+        )
     issued = await request.app[USERS].issue_api_key(
-        _meta(request, principal), tenant_id=tenant_id, role=principal.role, user_id=principal.user_id,
-        name=body.name, scopes=body.scopes, expires_at=body.expires_at, rate_limit=body.rate_limit,
-        granted=principal.permissions, capabilities=body.capabilities, toolset=body.toolset,
+        _meta(request, principal),
+        tenant_id=tenant_id,
+        role=principal.role,
+        user_id=principal.user_id,
+        name=body.name,
+        scopes=body.scopes,
+        expires_at=body.expires_at,
+        rate_limit=body.rate_limit,
+        granted=principal.permissions,
+        capabilities=body.capabilities,
+        toolset=body.toolset,
         granted_toolset=principal.toolset,
     )
     await read_your_writes(request)
     event = issued.event
-    return respond(IssuedApiKey(issued.key_id, issued.secret, event.prefix, event.name, list(event.scopes),
-                                event.expires_at, event.rate_limit, list(event.capabilities), event.toolset),
-                   status=201)
+    return respond(
+        IssuedApiKey(
+            issued.key_id,
+            issued.secret,
+            event.prefix,
+            event.name,
+            list(event.scopes),
+            event.expires_at,
+            event.rate_limit,
+            list(event.capabilities),
+            event.toolset,
+        ),
+        status=201,
+    )
 
 
 @operation("The tenant's API keys (only one's own, without api_key:read); never their secrets.", {200: ApiKeyList})
@@ -434,8 +491,12 @@ async def list_api_keys(request: web.Request) -> web.Response:
     if principal.can("api_key:read"):
         rows = await tenant_rows(request, tenant_id, f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")
     else:
-        rows = await tenant_rows(request, tenant_id, f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1"
-                           " ORDER BY created_at", principal.user_id)
+        rows = await tenant_rows(
+            request,
+            tenant_id,
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at",
+            principal.user_id,
+        )
     return respond(ApiKeyList([from_row(ApiKey, r) for r in rows]))
 
 

@@ -38,8 +38,14 @@ def effective_ceiling(configured: int | None, max_payload: int) -> int:
     if configured is None:
         return carried
     if configured > carried:
-        log.warning("the body ceiling of %d bytes is more than the NATS server carries (max_payload %d, less"
-                    " %d for the envelope); using %d", configured, max_payload, ENVELOPE_BYTES, carried)
+        log.warning(
+            "the body ceiling of %d bytes is more than the NATS server carries (max_payload %d, less"
+            " %d for the envelope); using %d",
+            configured,
+            max_payload,
+            ENVELOPE_BYTES,
+            carried,
+        )
         return carried
     return configured
 
@@ -61,9 +67,11 @@ class InputLimits:
     def check(self, action: str, size: int, limit: int) -> None:
         """A PAYLOAD_TOO_LARGE naming ``limit`` when an input of ``size`` bytes is over it."""
         if size > limit:
-            raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE,
-                           f"the input of {action!r} may be at most {limit} bytes",
-                           {"max_bytes": limit, "capability": action})
+            raise ApiError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"the input of {action!r} may be at most {limit} bytes",
+                {"max_bytes": limit, "capability": action},
+            )
 
 
 async def read_input(request: web.Request, limits: InputLimits, action: str, module_id: str = "") -> bytes:

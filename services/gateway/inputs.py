@@ -42,14 +42,21 @@ def header_text(request: web.Request, name: str, limit: int = 256) -> str:
 async def input_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     for name, value in request.match_info.items():
         if not storable(value):
-            raise ApiError(ErrorCode.BAD_REQUEST, f"path parameter {name!r} holds a NUL or a broken character",
-                           {"parameter": name})
+            raise ApiError(
+                ErrorCode.BAD_REQUEST, f"path parameter {name!r} holds a NUL or a broken character", {"parameter": name}
+            )
     for name, value in request.query.items():
         if not (storable(name) and storable(value)):
-            raise ApiError(ErrorCode.BAD_REQUEST, "a query parameter holds a NUL or a broken character",
-                           {"parameter": name if storable(name) else ""})
+            raise ApiError(
+                ErrorCode.BAD_REQUEST,
+                "a query parameter holds a NUL or a broken character",
+                {"parameter": name if storable(name) else ""},
+            )
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding and encoding not in SUPPORTED_CONTENT_ENCODINGS:
-        raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "the body's Content-Encoding is not one the gateway decodes",
-                       {"supported": sorted(SUPPORTED_CONTENT_ENCODINGS)})
+        raise ApiError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            "the body's Content-Encoding is not one the gateway decodes",
+            {"supported": sorted(SUPPORTED_CONTENT_ENCODINGS)},
+        )
     return await handler(request)

@@ -46,14 +46,17 @@ class _Process(Collector):
         self._reconnects = reconnects
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        followers = GaugeMetricFamily("dai_follower_position",
-                                      "The last stream sequence each in-memory view of the gateway applied.",
-                                      labels=["follower"])
+        followers = GaugeMetricFamily(
+            "dai_follower_position",
+            "The last stream sequence each in-memory view of the gateway applied.",
+            labels=["follower"],
+        )
         for name, sequence in sorted(self._positions().items()):
             followers.add_metric([name], sequence)
         yield followers
-        yield CounterMetricFamily("dai_nats_reconnects", "Reconnects of the gateway's NATS connection.",
-                                  value=self._reconnects())
+        yield CounterMetricFamily(
+            "dai_nats_reconnects", "Reconnects of the gateway's NATS connection.", value=self._reconnects()
+        )
 
 
 class GatewayMetrics:
@@ -61,20 +64,35 @@ class GatewayMetrics:
     share a process, as in tests)."""
 
     def __init__(
-        self, is_registered: Callable[[str], bool], positions: Callable[[], Mapping[str, int]],
+        self,
+        is_registered: Callable[[str], bool],
+        positions: Callable[[], Mapping[str, int]],
         reconnects: Callable[[], int],
     ) -> None:
         self._is_registered = is_registered
         self.registry = CollectorRegistry(auto_describe=True)
-        self._calls = Counter("dai_calls", "Calls that ended, by capability, transport and outcome.",
-                              ["capability", "transport", "outcome"], registry=self.registry)
-        self._duration = Histogram("dai_call_duration_seconds",
-                                   "Seconds from a call's admission to the message that ended it.",
-                                   ["capability", "transport"], buckets=_BUCKETS, registry=self.registry)
-        self._in_flight = Gauge("dai_calls_in_flight", "Calls admitted and not yet ended.", ["transport"],
-                                registry=self.registry)
-        self._refusals = Counter("dai_rate_limit_refusals", "Calls the rate limits refused, by refusing policy.",
-                                 ["policy"], registry=self.registry)
+        self._calls = Counter(
+            "dai_calls",
+            "Calls that ended, by capability, transport and outcome.",
+            ["capability", "transport", "outcome"],
+            registry=self.registry,
+        )
+        self._duration = Histogram(
+            "dai_call_duration_seconds",
+            "Seconds from a call's admission to the message that ended it.",
+            ["capability", "transport"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self._in_flight = Gauge(
+            "dai_calls_in_flight", "Calls admitted and not yet ended.", ["transport"], registry=self.registry
+        )
+        self._refusals = Counter(
+            "dai_rate_limit_refusals",
+            "Calls the rate limits refused, by refusing policy.",
+            ["policy"],
+            registry=self.registry,
+        )
         self.registry.register(_Process(positions, reconnects))
         # The labelled children, found once: ``labels()`` takes a lock and builds a key each time.
         self._ended: dict[tuple[str, str, str], tuple[Any, Any]] = {}

@@ -26,8 +26,10 @@ from .state import USERS
 
 __all__ = ["add_module_routes"]
 
-_COLUMNS = ("tenant_id, module_id, owner_user_id, name, capabilities, credential_prefix,"
-            " registered_at AS created_at, updated_at, revoked_at")
+_COLUMNS = (
+    "tenant_id, module_id, owner_user_id, name, capabilities, credential_prefix,"
+    " registered_at AS created_at, updated_at, revoked_at"
+)
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -81,24 +83,36 @@ class RotatedCredential(IssuedModuleCredential):
 
 def _visible(request: web.Request, principal: Principal) -> ModuleState:
     """The module of the path, if the caller's tenant owns it (any, for a super admin); else 404."""
-    return request.app[USERS].module(None if principal.is_super_admin else principal.tenant_id,
-                                     request.match_info["module"])
+    return request.app[USERS].module(
+        None if principal.is_super_admin else principal.tenant_id, request.match_info["module"]
+    )
 
 
 async def _document(request: web.Request, module: ModuleState) -> Module:
-    rows = await tenant_rows(request, module.tenant_id, f"SELECT {_COLUMNS} FROM modules WHERE module_id = $1",
-                       module.module_id)
+    rows = await tenant_rows(
+        request, module.tenant_id, f"SELECT {_COLUMNS} FROM modules WHERE module_id = $1", module.module_id
+    )
     if not rows:  # the read model lags (its worker is down): the index knows the module, the rows not yet
-        raise ApiError(ErrorCode.NOT_READY, "the module is registered but the read model has not caught up; retry",
-                       {"module_id": module.module_id})
+        raise ApiError(
+            ErrorCode.NOT_READY,
+            "the module is registered but the read model has not caught up; retry",
+            {"module_id": module.module_id},
+        )
     return from_row(Module, rows[0])
 
 
-def _credential(answer_type: type[IssuedModuleCredential], issued: ModuleCredential,
-                status: int) -> web.Response:
+def _credential(answer_type: type[IssuedModuleCredential], issued: ModuleCredential, status: int) -> web.Response:
     module = issued.module
-    answer = answer_type(module.module_id, module.tenant_id, module.owner_user_id, module.name,
-                         list(module.capabilities), issued.credential, issued.prefix, issued.at)
+    answer = answer_type(
+        module.module_id,
+        module.tenant_id,
+        module.owner_user_id,
+        module.name,
+        list(module.capabilities),
+        issued.credential,
+        issued.prefix,
+        issued.at,
+    )
     return respond(answer, status=status, headers=_NO_STORE)
 
 
@@ -109,15 +123,22 @@ async def register_module(request: web.Request) -> web.Response:
     tenant_id = principal.tenant_id if body.tenant_id is None else body.tenant_id
     require_tenant(request, tenant_id)
     issued = await request.app[USERS].register_module(
-        request_meta(request, principal.actor), tenant_id=tenant_id, owner_user_id=principal.user_id, module_id=body.module_id,
-        name=body.name, capabilities=body.capabilities,
+        request_meta(request, principal.actor),
+        tenant_id=tenant_id,
+        owner_user_id=principal.user_id,
+        module_id=body.module_id,
+        name=body.name,
+        capabilities=body.capabilities,
     )
     await read_your_writes(request)
     return _credential(RegisteredModule, issued, 201)
 
 
-@operation("The tenant's modules (every tenant's, for a super admin without tenant_id).", {200: ModuleList},
-           query=(Query("tenant_id", "Only this tenant's modules (super admins; others see their own)."),))
+@operation(
+    "The tenant's modules (every tenant's, for a super admin without tenant_id).",
+    {200: ModuleList},
+    query=(Query("tenant_id", "Only this tenant's modules (super admins; others see their own)."),),
+)
 async def list_modules(request: web.Request) -> web.Response:
     principal = require(request, "module:read")
     tenant_id = request.query.get("tenant_id")
@@ -142,16 +163,19 @@ async def update_module(request: web.Request) -> web.Response:
     module = _visible(request, principal)
     body = await read_json(request, ModuleChange)
     if body.name is None and body.capabilities is None:
-        raise ApiError(ErrorCode.VALIDATION_FAILED, "nothing to change: send 'name' and/or 'capabilities'",
-                       {"path": "$"})
-    module = await request.app[USERS].update_module(request_meta(request, principal.actor), module, name=body.name,
-                                                    capabilities=body.capabilities)
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED, "nothing to change: send 'name' and/or 'capabilities'", {"path": "$"}
+        )
+    module = await request.app[USERS].update_module(
+        request_meta(request, principal.actor), module, name=body.name, capabilities=body.capabilities
+    )
     await read_your_writes(request)
     return respond(await _document(request, module))
 
 
-@operation("Rotate a module's credential: the old one stops working; the new one is answered once.",
-           {200: RotatedCredential})
+@operation(
+    "Rotate a module's credential: the old one stops working; the new one is answered once.", {200: RotatedCredential}
+)
 async def rotate_credential(request: web.Request) -> web.Response:
     principal = require(request, "module:update")
     module = _visible(request, principal)

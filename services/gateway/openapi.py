@@ -24,8 +24,16 @@ from democratic_ai.contracts.headers import HTTP_API_KEY
 
 from .errors import ErrorBody
 
-__all__ = ["NO_CONTENT", "OPENAPI_PATH", "Operation", "Query", "add_openapi_route", "openapi_document", "operation",
-           "operation_of"]
+__all__ = [
+    "NO_CONTENT",
+    "OPENAPI_PATH",
+    "Operation",
+    "Query",
+    "add_openapi_route",
+    "openapi_document",
+    "operation",
+    "operation_of",
+]
 
 H = TypeVar("H", bound=Callable[..., Any])
 NO_CONTENT = None  # a response type of None: the status carries no body (204)
@@ -85,8 +93,10 @@ def _routes(app: web.Application) -> list[tuple[str, str, Operation]]:
             continue
         spec = operation_of(route.handler)
         if spec is None:
-            raise ValueError(f"{route.method} {route.resource.canonical} has no OpenAPI operation: decorate"
-                             f" {route.handler.__qualname__} with @operation")
+            raise ValueError(
+                f"{route.method} {route.resource.canonical} has no OpenAPI operation: decorate"
+                f" {route.handler.__qualname__} with @operation"
+            )
         found.append((route.method.lower(), route.resource.canonical, spec))
     return found
 
@@ -96,8 +106,9 @@ def _operation_id(method: str, path: str) -> str:
     return "_".join([method, *re.findall(r"[A-Za-z0-9]+", path)])
 
 
-def openapi_document(app: web.Application, *, title: str = "Democratic_AI gateway",
-                     version: str = "0.1.0") -> dict[str, Any]:
+def openapi_document(
+    app: web.Application, *, title: str = "Democratic_AI gateway", version: str = "0.1.0"
+) -> dict[str, Any]:
     routes = _routes(app)
     types: list[Any] = [ErrorBody]
     for _, _, spec in routes:
@@ -106,23 +117,31 @@ def openapi_document(app: web.Application, *, title: str = "Democratic_AI gatewa
         types.extend(t for t in spec.responses.values() if t is not None)
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
     schema_of = dict(zip(map(id, types), schemas, strict=True))
-    error = {"description": "An error in the platform's one shape.",
-             "content": {"application/json": {"schema": schema_of[id(ErrorBody)]}}}
+    error = {
+        "description": "An error in the platform's one shape.",
+        "content": {"application/json": {"schema": schema_of[id(ErrorBody)]}},
+    }
 
     paths: dict[str, dict[str, Any]] = {}
     for method, path, spec in routes:
         op: dict[str, Any] = {"summary": spec.summary, "operationId": _operation_id(method, path)}
         if spec.description:
             op["description"] = spec.description
-        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                      for name in _PARAM.findall(path)]
-        parameters += [{"name": q.name, "in": "query", "required": False, "description": q.description,
-                        "schema": dict(q.schema)} for q in spec.query]
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _PARAM.findall(path)
+        ]
+        parameters += [
+            {"name": q.name, "in": "query", "required": False, "description": q.description, "schema": dict(q.schema)}
+            for q in spec.query
+        ]
         if parameters:
             op["parameters"] = parameters
         if spec.body is not None:
-            op["requestBody"] = {"required": spec.body_required,
-                                 "content": {"application/json": {"schema": schema_of[id(spec.body)]}}}
+            op["requestBody"] = {
+                "required": spec.body_required,
+                "content": {"application/json": {"schema": schema_of[id(spec.body)]}},
+            }
         responses: dict[str, Any] = {}
         for status, body_type in spec.responses.items():
             answer: dict[str, Any] = {"description": _REASONS.get(status, "Success.")}
@@ -140,25 +159,38 @@ def openapi_document(app: web.Application, *, title: str = "Democratic_AI gatewa
 
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version,
-                 "description": "Every route of the gateway. Errors are {\"error\": {\"code\", \"message\","
-                                " \"details\"}} with a stable code."},
+        "info": {
+            "title": title,
+            "version": version,
+            "description": 'Every route of the gateway. Errors are {"error": {"code", "message",'
+            ' "details"}} with a stable code.',
+        },
         "paths": paths,
         "components": {
             "schemas": components,
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": HTTP_API_KEY},
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                           "description": "An access token from /v1/auth/login, or an API key."},
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "An access token from /v1/auth/login, or an API key.",
+                },
             },
         },
         "security": [{"apiKey": []}, {"bearer": []}],
     }
 
 
-_REASONS = {200: "OK.", 201: "Created.", 202: "Accepted; no body.", 204: "Done; no body.",
-            101: "Switching to the WebSocket protocol.", 400: "Refused; the body says why.",
-            404: "Not found; the body says what."}
+_REASONS = {
+    200: "OK.",
+    201: "Created.",
+    202: "Accepted; no body.",
+    204: "Done; no body.",
+    101: "Switching to the WebSocket protocol.",
+    400: "Refused; the body says why.",
+    404: "Not found; the body says what.",
+}
 _DOCUMENT = web.AppKey("openapi_document", dict)  # {"json": bytes} once built
 
 

@@ -43,7 +43,10 @@ class _UnroutedResponse(web.Response):
 
 class _Handler(web.RequestHandler):
     def handle_error(
-        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
         kind = type(exc).__name__ if exc is not None else "error"
@@ -58,8 +61,9 @@ class _Handler(web.RequestHandler):
             details = {"fault": kind}
         if request.writer.output_size > 0:
             raise ConnectionError("a response is under way; the connection can only be closed")
-        response = _UnroutedResponse(body=error_body(code, text, details), status=status,
-                                     content_type="application/json")
+        response = _UnroutedResponse(
+            body=error_body(code, text, details), status=status, content_type="application/json"
+        )
         response.force_close()
         return response
 
@@ -75,6 +79,9 @@ class GatewayRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
         return _Server(
-            plain.request_handler, request_factory=plain.request_factory,
-            handler_cancellation=plain.handler_cancellation, loop=asyncio.get_running_loop(), **plain._kwargs,  # noqa: SLF001 - aiohttp's
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **plain._kwargs,  # noqa: SLF001 - aiohttp's
         )

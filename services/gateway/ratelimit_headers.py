@@ -36,7 +36,9 @@ def policy_header(states: Iterable[PolicyState]) -> str:
 def limit_header(states: Iterable[PolicyState], refused: str = "", retry_after: float = 0.0) -> str:
     """Each policy's remaining quota; the refusing one says 0 and when to retry."""
     return ", ".join(
-        f'"{s.name}";r=0;t={_whole(retry_after)}' if s.name == refused else f'"{s.name}";r={s.remaining};t={_whole(s.reset)}'
+        f'"{s.name}";r=0;t={_whole(retry_after)}'
+        if s.name == refused
+        else f'"{s.name}";r={s.remaining};t={_whole(s.reset)}'
         for s in states
     )
 

@@ -82,8 +82,12 @@ async def _relay(response: web.StreamResponse, message: MCPMessage | None, strea
             await response.write(sse_event("chunk", document))
             chunks += 1
         if message.type == MessageType.RESPONSE or message.final:
-            done = {"call_id": call_id, "module_id": message.source_module_id, "chunks": chunks,
-                    "compute_ms": compute_ms(message)}
+            done = {
+                "call_id": call_id,
+                "module_id": message.source_module_id,
+                "chunks": chunks,
+                "compute_ms": compute_ms(message),
+            }
             await response.write(sse_event("done", done))
             return
         message = await anext(stream, None)

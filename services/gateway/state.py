@@ -17,8 +17,24 @@ from .gate import CallGate
 from .input_limits import InputLimits
 from .metrics import GatewayMetrics
 
-__all__ = ["BILLING", "CONFIG", "CREDENTIALS", "GATE", "IDENTITY", "INPUT_LIMITS", "KEY_RING", "METERING", "METRICS", "NC", "PAYMENTS", "POOL", "PRESENCE", "REGISTRY",
-           "USERS", "USER_KEYS"]
+__all__ = [
+    "BILLING",
+    "CONFIG",
+    "CREDENTIALS",
+    "GATE",
+    "IDENTITY",
+    "INPUT_LIMITS",
+    "KEY_RING",
+    "METERING",
+    "METRICS",
+    "NC",
+    "PAYMENTS",
+    "POOL",
+    "PRESENCE",
+    "REGISTRY",
+    "USERS",
+    "USER_KEYS",
+]
 
 CONFIG = web.AppKey("config", GatewayConfig)
 CREDENTIALS = web.AppKey("credentials", CredentialWatch)

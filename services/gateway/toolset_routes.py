@@ -37,15 +37,20 @@ class ToolsetList(msgspec.Struct):
     toolsets: list[Toolset]
 
 
-@operation(f"Define (or replace) a named toolset of the tenant: at most {MAX_TOOLSET_ENTRIES} capability names or"
-           " families ('text.*').", {200: Toolset}, body=ToolsetBody)
+@operation(
+    f"Define (or replace) a named toolset of the tenant: at most {MAX_TOOLSET_ENTRIES} capability names or"
+    " families ('text.*').",
+    {200: Toolset},
+    body=ToolsetBody,
+)
 async def put_toolset(request: web.Request) -> web.Response:
     tenant_id, name = request.match_info["tenant"], request.match_info["name"]
     principal = require_tenant(request, tenant_id)
     require(request, "tenant:update")
     body = await read_json(request, ToolsetBody)
-    event = await request.app[USERS].define_toolset(request_meta(request, principal.actor), tenant_id, name,
-                                                    body.capabilities)
+    event = await request.app[USERS].define_toolset(
+        request_meta(request, principal.actor), tenant_id, name, body.capabilities
+    )
     return respond(Toolset(event.name, list(event.capabilities)))
 
 
@@ -55,8 +60,15 @@ async def list_toolsets(request: web.Request) -> web.Response:
     require_tenant(request, tenant_id)
     require(request, "tenant:read")
     toolsets = request.app[IDENTITY].toolsets
-    return respond(ToolsetList([Toolset(name, list(entries))
-                                for (tenant, name), entries in sorted(toolsets.items()) if tenant == tenant_id]))
+    return respond(
+        ToolsetList(
+            [
+                Toolset(name, list(entries))
+                for (tenant, name), entries in sorted(toolsets.items())
+                if tenant == tenant_id
+            ]
+        )
+    )
 
 
 @operation("One named toolset of the tenant.", {200: Toolset})
@@ -67,8 +79,9 @@ async def get_toolset(request: web.Request) -> web.Response:
     return respond(Toolset(name, list(request.app[USERS].toolset(tenant_id, name))))
 
 
-@operation("Delete a named toolset no live API key follows (409 CONFLICT, naming the keys, otherwise).",
-           {204: NO_CONTENT})
+@operation(
+    "Delete a named toolset no live API key follows (409 CONFLICT, naming the keys, otherwise).", {204: NO_CONTENT}
+)
 async def delete_toolset(request: web.Request) -> web.Response:
     tenant_id, name = request.match_info["tenant"], request.match_info["name"]
     principal = require_tenant(request, tenant_id)

@@ -120,8 +120,11 @@ def _instant(parameter: str, raw: str) -> datetime:
                 raise _bad(parameter, f"{parameter!r} needs a time zone, e.g. 2025-06-01T12:00:00Z", raw)
             value = value.astimezone(UTC)
     except (ValueError, OverflowError):
-        raise _bad(parameter, f"{parameter!r} must be an ISO 8601 date or date-time, e.g. 2025-06-01 or"
-                              " 2025-06-01T12:00:00Z", raw) from None
+        raise _bad(
+            parameter,
+            f"{parameter!r} must be an ISO 8601 date or date-time, e.g. 2025-06-01 or 2025-06-01T12:00:00Z",
+            raw,
+        ) from None
     if not _EARLIEST <= value < _LATEST:
         raise _bad(parameter, f"{parameter!r} must lie between 1970 and 9000", raw)
     return value
@@ -157,11 +160,14 @@ def _tenant(request: web.Request, principal: Principal) -> str:
     return tenant
 
 
-@operation("The tenant's usage as a series (and totals) from the usage read models.", {200: UsageSeries},
-           query=_USAGE_QUERY,
-           description="Every event of a call carries the call's one outcome: success, cancelled (by the caller),"
-                       " timeout, failed or rate_limited. 'billable' sums, per metric, what is billed: every metric"
-                       " of a success, and the compute_ms of a cancelled call; nothing of the others.")
+@operation(
+    "The tenant's usage as a series (and totals) from the usage read models.",
+    {200: UsageSeries},
+    query=_USAGE_QUERY,
+    description="Every event of a call carries the call's one outcome: success, cancelled (by the caller),"
+    " timeout, failed or rate_limited. 'billable' sums, per metric, what is billed: every metric"
+    " of a success, and the compute_ms of a cancelled call; nothing of the others.",
+)
 async def get_usage(request: web.Request) -> web.Response:
     principal = require(request, "billing:read")
     tenant = _tenant(request, principal)
@@ -203,14 +209,18 @@ async def get_usage(request: web.Request) -> web.Response:
                 args.append(value)
                 filters.append(f"{column} = ${len(args)}")
         args += [start, end]
-        sql = ("SELECT date_trunc($1, hour, 'UTC') AS period, metric, outcome, sum(value)::bigint AS value,"
-               " sum(events)::bigint AS events FROM usage_hourly"
-               f" WHERE hour >= ${len(args) - 1} AND hour < ${len(args)}")
+        sql = (
+            "SELECT date_trunc($1, hour, 'UTC') AS period, metric, outcome, sum(value)::bigint AS value,"
+            " sum(events)::bigint AS events FROM usage_hourly"
+            f" WHERE hour >= ${len(args) - 1} AND hour < ${len(args)}"
+        )
     else:
         args += [start.date(), end.date()]
-        sql = ("SELECT date_trunc($1, day::timestamp) AT TIME ZONE 'UTC' AS period, metric, outcome,"
-               " sum(value)::bigint AS value, sum(events)::bigint AS events FROM usage_daily"
-               f" WHERE day >= ${len(args) - 1} AND day < ${len(args)}")
+        sql = (
+            "SELECT date_trunc($1, day::timestamp) AT TIME ZONE 'UTC' AS period, metric, outcome,"
+            " sum(value)::bigint AS value, sum(events)::bigint AS events FROM usage_daily"
+            f" WHERE day >= ${len(args) - 1} AND day < ${len(args)}"
+        )
     sql += "".join(f" AND {f}" for f in filters) + " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     async with tenant_transaction(request.app[POOL], tenant) as conn:
         rows = await conn.fetch(sql, *args)
@@ -219,10 +229,24 @@ async def get_usage(request: web.Request) -> web.Response:
     for row in rows:
         by_outcome = totals.setdefault(row["metric"], {})
         by_outcome[row["outcome"]] = by_outcome.get(row["outcome"], 0) + row["value"]
-    billable = {metric: sum(value for outcome, value in by_outcome.items() if is_billable(metric, outcome))
-                for metric, by_outcome in totals.items()}
-    return respond(UsageSeries(tenant, start, end, cast(Granularity, granularity), metric, capability, module,
-                               [from_row(UsagePoint, row) for row in rows], totals, billable))
+    billable = {
+        metric: sum(value for outcome, value in by_outcome.items() if is_billable(metric, outcome))
+        for metric, by_outcome in totals.items()
+    }
+    return respond(
+        UsageSeries(
+            tenant,
+            start,
+            end,
+            cast(Granularity, granularity),
+            metric,
+            capability,
+            module,
+            [from_row(UsagePoint, row) for row in rows],
+            totals,
+            billable,
+        )
+    )
 
 
 @operation("Every limit the caller is subject to, as it stands now.", {200: Limits}, query=(_TENANT,))
@@ -232,10 +256,19 @@ async def get_limits(request: web.Request) -> web.Response:
     if tenant != principal.tenant_id:  # a super admin looking at another tenant: its plan only
         principal = Principal(tenant_id=tenant, role="", permissions=frozenset())
     metering = request.app[METERING]
-    return respond(Limits(tenant, metering.plans.plan_of(tenant).name, principal.key_id or None, [
-        LimitState(s.name, s.algorithm, s.metric, s.unit, s.quota, s.window, s.used, s.remaining, round(s.reset, 3))
-        for s in metering.policies(principal, storage=True)
-    ]))
+    return respond(
+        Limits(
+            tenant,
+            metering.plans.plan_of(tenant).name,
+            principal.key_id or None,
+            [
+                LimitState(
+                    s.name, s.algorithm, s.metric, s.unit, s.quota, s.window, s.used, s.remaining, round(s.reset, 3)
+                )
+                for s in metering.policies(principal, storage=True)
+            ],
+        )
+    )
 
 
 def add_usage_routes(app: web.Application) -> None:

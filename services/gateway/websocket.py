@@ -73,10 +73,11 @@ _TERMINAL = (MessageType.RESPONSE, MessageType.ERROR)
 
 
 @operation(
-    "The WebSocket transport: MCP messages as JSON frames (see the README); not plain HTTP.", {101: None},
+    "The WebSocket transport: MCP messages as JSON frames (see the README); not plain HTTP.",
+    {101: None},
     description="Upgrade with the usual WebSocket handshake. The credential goes in the X-API-Key or Authorization"
-                " header, or in the first frame ({\"type\": \"AUTH\", \"api_key\": ...}). Each frame is one call, progress"
-                " message or answer; an oversized or malformed frame gets an ERROR frame for that call.",
+    ' header, or in the first frame ({"type": "AUTH", "api_key": ...}). Each frame is one call, progress'
+    " message or answer; an oversized or malformed frame gets an ERROR frame for that call.",
 )
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     config = request.app[CONFIG]
@@ -151,7 +152,11 @@ class _Session:
     """The calls of one authenticated socket, by the client's correlation id."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, principal: Principal, app: web.Application, max_in_flight: int,
+        self,
+        ws: web.WebSocketResponse,
+        principal: Principal,
+        app: web.Application,
+        max_in_flight: int,
     ) -> None:
         self._ws = ws
         self._principal = principal
@@ -196,9 +201,12 @@ class _Session:
     async def handle(self, data: str) -> None:
         if _utf8_longer_than(data, self._max_frame_bytes):
             ceiling = self._limits.ceiling
-            await self._refuse_frame(data, ErrorCode.PAYLOAD_TOO_LARGE,
-                                     f"a message may be at most {self._max_frame_bytes} bytes, a call's input at"
-                                     f" most {ceiling}", {"max_bytes": ceiling})
+            await self._refuse_frame(
+                data,
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"a message may be at most {self._max_frame_bytes} bytes, a call's input at most {ceiling}",
+                {"max_bytes": ceiling},
+            )
             return
         try:
             message = decode_client_message(data)
@@ -243,7 +251,9 @@ class _Session:
             return
         if len(self._calls) >= self._max_in_flight:
             await self.error(
-                correlation_id, ErrorCode.RATE_LIMITED, f"at most {self._max_in_flight} calls may be in flight",
+                correlation_id,
+                ErrorCode.RATE_LIMITED,
+                f"at most {self._max_in_flight} calls may be in flight",
                 {"max_in_flight": self._max_in_flight},
             )
             return
@@ -259,8 +269,12 @@ class _Session:
 
     def _request(self, message: Request) -> MCPMessage:
         return self._gate.request(
-            self._principal, message.action, bytes(message.payload), module=message.target_module_id,
-            priority=message.priority, ttl=message.ttl,
+            self._principal,
+            message.action,
+            bytes(message.payload),
+            module=message.target_module_id,
+            priority=message.priority,
+            ttl=message.ttl,
         )
 
     async def _run(self, correlation_id: str, call: _Call, request: MCPMessage) -> None:
@@ -299,7 +313,11 @@ class _Session:
             pass  # the socket is closing; its calls are being cancelled
 
     async def error(
-        self, correlation_id: str, code: ErrorCode, text: str, details: dict[str, object] | None = None,
+        self,
+        correlation_id: str,
+        code: ErrorCode,
+        text: str,
+        details: dict[str, object] | None = None,
         call_id: str = "",
     ) -> None:
         error = WireError(code.value, text, dict(details or {}))

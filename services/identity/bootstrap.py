@@ -49,14 +49,20 @@ async def ensure_bootstrap(js: JetStreamContext, secret: str | None = None) -> s
     """Record the system tenant and the bootstrap key (``secret``, or a new one); return the key."""
     meta = Meta(at=datetime.now(UTC), actor="system")
     await _append_once(
-        js, identity_subject(SYSTEM_TENANT, "tenant", SYSTEM_TENANT),
+        js,
+        identity_subject(SYSTEM_TENANT, "tenant", SYSTEM_TENANT),
         encode_event(TenantCreated(tenant_id=SYSTEM_TENANT, meta=meta, name="Platform operators")),
     )
     secret = secret or new_api_key_secret()
     key_id = secret.split("_", 2)[1]
     issued = ApiKeyIssued(
-        tenant_id=SYSTEM_TENANT, meta=meta, key_id=key_id, prefix=secret[:16], sha256=sha256_hex(secret),
-        role=Role.SUPER_ADMIN, name="bootstrap admin",
+        tenant_id=SYSTEM_TENANT,
+        meta=meta,
+        key_id=key_id,
+        prefix=secret[:16],
+        sha256=sha256_hex(secret),
+        role=Role.SUPER_ADMIN,
+        name="bootstrap admin",
     )
     await _append_once(js, identity_subject(SYSTEM_TENANT, "api_key", key_id), encode_event(issued))
     return secret
@@ -85,11 +91,18 @@ async def ensure_platform_module(
             raise ValueError(f"module id {module_id!r} is taken by tenant {module.tenant_id!r}.")
         if credential is None or index.module_for_credential(credential) is None:
             credential = new_module_credential(SYSTEM_TENANT, module_id)
-            fields = {"tenant_id": SYSTEM_TENANT, "meta": meta, "module_id": module_id,
-                      "credential_sha256": credential_sha256(credential),
-                      "credential_prefix": credential_prefix(credential)}
-            event = (ModuleRegistered(**fields, owner_user_id="", name=name, capabilities=capabilities)
-                     if module is None else ModuleCredentialRotated(**fields))
+            fields = {
+                "tenant_id": SYSTEM_TENANT,
+                "meta": meta,
+                "module_id": module_id,
+                "credential_sha256": credential_sha256(credential),
+                "credential_prefix": credential_prefix(credential),
+            }
+            event = (
+                ModuleRegistered(**fields, owner_user_id="", name=name, capabilities=capabilities)
+                if module is None
+                else ModuleCredentialRotated(**fields)
+            )
             await append(js, subject, encode_event(event), expected=index.expected_sequence(subject))
         elif tuple(module.capabilities) != capabilities:
             updated = ModuleUpdated(tenant_id=SYSTEM_TENANT, meta=meta, module_id=module_id, capabilities=capabilities)

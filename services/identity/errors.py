@@ -1,13 +1,13 @@
 """Errors of the identity commands, each with a stable code the gateway's table turns into a status.
 
-    IdentityError
-    ├── Unauthenticated   bad credentials, expired or revoked tokens (401)
-    ├── Forbidden         authenticated, but not allowed (403)
-    ├── NotFound          no such tenant, user or key — in the caller's tenant (404)
-    ├── Conflict          the e-mail is taken, the key already revoked, a concurrent change (409)
-    ├── Invalid           input that breaks a rule, e.g. the password policy (422)
-    ├── Throttled         too many failed logins (429)
-    └── Unavailable       the gateway cannot do it now, e.g. cannot open its password store (503)
+IdentityError
+├── Unauthenticated   bad credentials, expired or revoked tokens (401)
+├── Forbidden         authenticated, but not allowed (403)
+├── NotFound          no such tenant, user or key — in the caller's tenant (404)
+├── Conflict          the e-mail is taken, the key already revoked, a concurrent change (409)
+├── Invalid           input that breaks a rule, e.g. the password policy (422)
+├── Throttled         too many failed logins (429)
+└── Unavailable       the gateway cannot do it now, e.g. cannot open its password store (503)
 """
 
 from __future__ import annotations
@@ -16,7 +16,16 @@ from typing import Any
 
 from democratic_ai.contracts import ErrorCode, PlatformError
 
-__all__ = ["Conflict", "Forbidden", "IdentityError", "Invalid", "NotFound", "Throttled", "Unauthenticated", "Unavailable"]
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "IdentityError",
+    "Invalid",
+    "NotFound",
+    "Throttled",
+    "Unauthenticated",
+    "Unavailable",
+]
 
 
 class IdentityError(PlatformError):

@@ -50,7 +50,13 @@ from .hashing import sha256_hex
 from .module_credentials import parse_module_credential
 
 __all__ = [
-    "ApiKeyState", "ChangeListener", "IdentityIndex", "ModuleListener", "ModuleState", "SessionState", "TenantState",
+    "ApiKeyState",
+    "ChangeListener",
+    "IdentityIndex",
+    "ModuleListener",
+    "ModuleState",
+    "SessionState",
+    "TenantState",
     "UserState",
 ]
 
@@ -228,8 +234,16 @@ class IdentityIndex(StreamFollower):
                 self._update_user(event.user_id, sealed_password_hash=event.password_hash)
             case ApiKeyIssued():
                 self.api_keys[event.key_id] = ApiKeyState(
-                    event.key_id, event.tenant_id, event.user_id, event.role, event.scopes, event.prefix,
-                    event.name, event.expires_at, event.rate_limit, capabilities=event.capabilities,
+                    event.key_id,
+                    event.tenant_id,
+                    event.user_id,
+                    event.role,
+                    event.scopes,
+                    event.prefix,
+                    event.name,
+                    event.expires_at,
+                    event.rate_limit,
+                    capabilities=event.capabilities,
                     toolset=event.toolset,
                 )
                 self.api_keys_by_hash[event.sha256] = event.key_id
@@ -260,9 +274,7 @@ class IdentityIndex(StreamFollower):
             case ModuleRegistered() | ModuleUpdated() | ModuleCredentialRotated() | ModuleRevoked():
                 self._apply_module(event)
 
-    def _apply_module(
-        self, event: ModuleRegistered | ModuleUpdated | ModuleCredentialRotated | ModuleRevoked
-    ) -> None:
+    def _apply_module(self, event: ModuleRegistered | ModuleUpdated | ModuleCredentialRotated | ModuleRevoked) -> None:
         """Fold a module event. The first registration of an id wins, platform-wide, and an event
         for another tenant's module is skipped. (The events check their own names: a wildcard
         capability never decodes, so it never reaches the bus permissions built from this.)"""
@@ -271,11 +283,21 @@ class IdentityIndex(StreamFollower):
             if current is not None:
                 log.warning("ignored a second registration of module %r (tenant %r)", event.module_id, event.tenant_id)
                 return
-            module = ModuleState(event.tenant_id, event.module_id, event.owner_user_id, event.name,
-                                 event.capabilities, event.credential_sha256)
+            module = ModuleState(
+                event.tenant_id,
+                event.module_id,
+                event.owner_user_id,
+                event.name,
+                event.capabilities,
+                event.credential_sha256,
+            )
         elif current is None or current.tenant_id != event.tenant_id:
-            log.warning("ignored %s for module %r, which tenant %r does not have", type(event).__name__,
-                        event.module_id, event.tenant_id)
+            log.warning(
+                "ignored %s for module %r, which tenant %r does not have",
+                type(event).__name__,
+                event.module_id,
+                event.tenant_id,
+            )
             return
         elif isinstance(event, ModuleUpdated):
             module = replace(

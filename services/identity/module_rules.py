@@ -50,6 +50,9 @@ def check_capabilities(capabilities: Iterable[object]) -> tuple[str, ...]:
         except subjects.InvalidSubjectToken as exc:
             raise Invalid(str(exc), field=f"capabilities[{position}]") from None
         if len(names) > MAX_MODULE_CAPABILITIES:
-            raise Invalid(f"a module registers at most {MAX_MODULE_CAPABILITIES} capabilities", field="capabilities",
-                          max_items=MAX_MODULE_CAPABILITIES)
+            raise Invalid(
+                f"a module registers at most {MAX_MODULE_CAPABILITIES} capabilities",
+                field="capabilities",
+                max_items=MAX_MODULE_CAPABILITIES,
+            )
     return tuple(sorted(names))

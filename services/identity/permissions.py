@@ -35,29 +35,52 @@ class Role(StrEnum):
 
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
     Role.SUPER_ADMIN: frozenset({"*"}),
-    Role.TENANT_ADMIN: frozenset({
-        "tenant:read", "tenant:update",
-        "user:create", "user:read", "user:update", "user:delete",
-        "module:*", "api_key:*", "billing:read", "billing:update",
-    }),
-    Role.DEVELOPER: frozenset({
-        "tenant:read",
-        "user:read:self", "user:update:self",
-        "module:create", "module:read", "module:update", "module:delete:own",
-        "module:use",  # not in the product's table: a developer can call what they build
-        "api_key:create:own", "api_key:read:own", "api_key:delete:own",
-    }),
-    Role.USER: frozenset({
-        "tenant:read",
-        "user:read:self", "user:update:self",
-        "module:read", "module:use",
-        "api_key:read:own",
-    }),
-    Role.VIEWER: frozenset({
-        "tenant:read",
-        "user:read:self",
-        "module:read",
-    }),
+    Role.TENANT_ADMIN: frozenset(
+        {
+            "tenant:read",
+            "tenant:update",
+            "user:create",
+            "user:read",
+            "user:update",
+            "user:delete",
+            "module:*",
+            "api_key:*",
+            "billing:read",
+            "billing:update",
+        }
+    ),
+    Role.DEVELOPER: frozenset(
+        {
+            "tenant:read",
+            "user:read:self",
+            "user:update:self",
+            "module:create",
+            "module:read",
+            "module:update",
+            "module:delete:own",
+            "module:use",  # not in the product's table: a developer can call what they build
+            "api_key:create:own",
+            "api_key:read:own",
+            "api_key:delete:own",
+        }
+    ),
+    Role.USER: frozenset(
+        {
+            "tenant:read",
+            "user:read:self",
+            "user:update:self",
+            "module:read",
+            "module:use",
+            "api_key:read:own",
+        }
+    ),
+    Role.VIEWER: frozenset(
+        {
+            "tenant:read",
+            "user:read:self",
+            "module:read",
+        }
+    ),
 }
 
 # What an API key created without ``scopes`` may do (within its owner's permissions).

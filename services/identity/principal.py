@@ -65,8 +65,9 @@ def authenticate(index: IdentityIndex, ring: KeyRing, credential: str) -> Princi
         claims = ring.verify(credential)
     except InvalidToken as exc:
         raise Unauthenticated(f"the access token is not valid: {exc}") from None
-    return _access_token(index, claims.sub, claims.tenant_id, claims.jti, claims.sid,
-                         datetime.fromtimestamp(claims.exp, UTC), now)
+    return _access_token(
+        index, claims.sub, claims.tenant_id, claims.jti, claims.sid, datetime.fromtimestamp(claims.exp, UTC), now
+    )
 
 
 def recheck(index: IdentityIndex, principal: Principal, now: datetime | None = None) -> Principal:
@@ -81,14 +82,28 @@ def recheck(index: IdentityIndex, principal: Principal, now: datetime | None = N
     """
     now = now or datetime.now(UTC)
     if principal.jti:
-        return _access_token(index, principal.user_id, principal.tenant_id, principal.jti, principal.session_id,
-                             principal.token_expires_at, now, principal)
+        return _access_token(
+            index,
+            principal.user_id,
+            principal.tenant_id,
+            principal.jti,
+            principal.session_id,
+            principal.token_expires_at,
+            now,
+            principal,
+        )
     return _api_key(index, principal.key_id, now, principal)
 
 
 def _access_token(
-    index: IdentityIndex, user_id: str, tenant_id: str, jti: str, session_id: str, expires_at: datetime | None,
-    now: datetime, known: Principal | None = None,
+    index: IdentityIndex,
+    user_id: str,
+    tenant_id: str,
+    jti: str,
+    session_id: str,
+    expires_at: datetime | None,
+    now: datetime,
+    known: Principal | None = None,
 ) -> Principal:
     if expires_at is None or expires_at <= now:
         raise Unauthenticated("the access token has expired")
@@ -145,8 +160,13 @@ def _api_key(index: IdentityIndex, key_id: str, now: datetime, known: Principal 
     if key.scopes:
         granted = frozenset(s for s in key.scopes if allows(granted, s))
     return Principal(
-        tenant_id=key.tenant_id, role=role, permissions=granted, user_id=key.user_id, key_id=key.key_id,
-        rate_limit=key.rate_limit, toolset=toolset,
+        tenant_id=key.tenant_id,
+        role=role,
+        permissions=granted,
+        user_id=key.user_id,
+        key_id=key.key_id,
+        rate_limit=key.rate_limit,
+        toolset=toolset,
     )
 
 

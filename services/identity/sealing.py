@@ -145,10 +145,12 @@ class KeyEncryptionKey:
         """The data key inside ``wrapped``; raises :class:`CannotUnseal`."""
         if not wrapped.startswith(WRAPPED_PREFIX):
             raise CannotUnseal(f"the data key for {context!r} is not in a wrapped form this version reads.")
-        key_id, _, body = wrapped[len(WRAPPED_PREFIX):].partition(".")
+        key_id, _, body = wrapped[len(WRAPPED_PREFIX) :].partition(".")
         if key_id != self.key_id:
-            raise CannotUnseal(f"the data key for {context!r} was wrapped by key-encryption key {key_id},"
-                               f" not by this one ({self.key_id}).")
+            raise CannotUnseal(
+                f"the data key for {context!r} was wrapped by key-encryption key {key_id},"
+                f" not by this one ({self.key_id})."
+            )
         return _decrypt(self.secret, body, context, "data key")
 
     def __repr__(self) -> str:
@@ -168,7 +170,7 @@ def open_sealed(data_key: bytes, sealed: str, context: str) -> str:
     """The plaintext inside ``sealed``; raises :class:`CannotUnseal`."""
     if not is_sealed(sealed):
         raise CannotUnseal(f"the value for {context!r} is not in a sealed form this version reads.")
-    return _decrypt(data_key, sealed[len(SEALED_PREFIX):], context, "sealed value").decode()
+    return _decrypt(data_key, sealed[len(SEALED_PREFIX) :], context, "sealed value").decode()
 
 
 def is_sealed(text: str) -> bool:

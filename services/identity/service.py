@@ -199,7 +199,11 @@ class IdentityService:
         _policy(password, email)
         user_id = uuid.uuid4().hex
         event = UserRegistered(
-            tenant_id=tenant_id, meta=meta, user_id=user_id, email=email, role=role,
+            tenant_id=tenant_id,
+            meta=meta,
+            user_id=user_id,
+            email=email,
+            role=role,
             password_hash=await self._seal_password(tenant_id, user_id, await hash_password(password)),
         )
         try:
@@ -224,7 +228,9 @@ class IdentityService:
         if role == Role.SUPER_ADMIN:
             raise Forbidden("super admins are not created through the API")
         if role != user.role:
-            await self._user_event(user, UserRoleChanged(tenant_id=user.tenant_id, meta=meta, user_id=user.user_id, role=role))
+            await self._user_event(
+                user, UserRoleChanged(tenant_id=user.tenant_id, meta=meta, user_id=user.user_id, role=role)
+            )
 
     async def change_password(self, meta: Meta, user: UserState, password: str, *, keep_session: str = "") -> None:
         """Set the user's password and end every session of theirs but ``keep_session`` (the
@@ -232,9 +238,15 @@ class IdentityService:
         have logged in with it. Ending a session refuses its refresh token and its access tokens."""
         _policy(password, user.email)
         sealed = await self._seal_password(user.tenant_id, user.user_id, await hash_password(password))
-        await self._user_event(user, PasswordChanged(
-            tenant_id=user.tenant_id, meta=meta, user_id=user.user_id, password_hash=sealed,
-        ))
+        await self._user_event(
+            user,
+            PasswordChanged(
+                tenant_id=user.tenant_id,
+                meta=meta,
+                user_id=user.user_id,
+                password_hash=sealed,
+            ),
+        )
         await self._end_sessions(meta, user, "password_changed", keep=keep_session)
 
     async def check_password(self, user: UserState, password: str) -> bool:
@@ -266,8 +278,11 @@ class IdentityService:
         await self._end_sessions(meta, user, "user_deactivated")
 
     async def _end_sessions(self, meta: Meta, user: UserState, reason: str, keep: str = "") -> None:
-        live = [s for s in self.index.sessions.values()
-                if s.user_id == user.user_id and not s.revoked and s.family_id != keep]
+        live = [
+            s
+            for s in self.index.sessions.values()
+            if s.user_id == user.user_id and not s.revoked and s.family_id != keep
+        ]
         for session in live:
             await self._revoke_session(meta, session.tenant_id, session.family_id, reason)
 
@@ -305,12 +320,12 @@ class IdentityService:
         if scopes is None:
             scopes = [s for s in DEFAULT_KEY_SCOPES if allows(granted, s)]
             if not scopes:
-                raise Forbidden("you hold neither module:use nor module:read: name the key's scopes",
-                                field="scopes")
+                raise Forbidden("you hold neither module:use nor module:read: name the key's scopes", field="scopes")
         elif not scopes:
             # An event with no scopes means "every permission of the owner" (older keys): never that.
-            raise Invalid("scopes must name at least one permission (omit it for module:read and module:use)",
-                          field="scopes")
+            raise Invalid(
+                "scopes must name at least one permission (omit it for module:read and module:use)", field="scopes"
+            )
         outside = sorted(s for s in scopes if not allows(granted, s))
         if outside:
             raise Forbidden("a key's scopes must be a subset of its owner's permissions", scopes=outside)
@@ -329,9 +344,19 @@ class IdentityService:
         secret = new_api_key_secret()
         key_id = secret.split("_", 2)[1]
         event = ApiKeyIssued(
-            tenant_id=tenant_id, meta=meta, key_id=key_id, prefix=secret[:16], sha256=sha256_hex(secret), role=role,
-            user_id=user_id, name=name, scopes=tuple(sorted(set(scopes))), expires_at=expires_at, rate_limit=rate_limit,
-            capabilities=() if toolset else entries, toolset=toolset,
+            tenant_id=tenant_id,
+            meta=meta,
+            key_id=key_id,
+            prefix=secret[:16],
+            sha256=sha256_hex(secret),
+            role=role,
+            user_id=user_id,
+            name=name,
+            scopes=tuple(sorted(set(scopes))),
+            expires_at=expires_at,
+            rate_limit=rate_limit,
+            capabilities=() if toolset else entries,
+            toolset=toolset,
         )
         await self._append(subjects.identity_subject(tenant_id, "api_key", key_id), event, expected=0)
         return IssuedKey(key_id=key_id, secret=secret, event=event)
@@ -345,7 +370,9 @@ class IdentityService:
             raise NotFound(f"no toolset {name!r}", toolset=name)
         return entries
 
-    async def define_toolset(self, meta: Meta, tenant_id: str, name: str, capabilities: Sequence[str]) -> ToolsetDefined:
+    async def define_toolset(
+        self, meta: Meta, tenant_id: str, name: str, capabilities: Sequence[str]
+    ) -> ToolsetDefined:
         """Define the tenant's toolset ``name`` (or replace it: its keys follow at their next call)."""
         _token(tenant_id, "tenant")
         _token(name, "toolset")
@@ -362,12 +389,18 @@ class IdentityService:
     async def delete_toolset(self, meta: Meta, tenant_id: str, name: str) -> None:
         """Delete the tenant's toolset ``name``; :class:`Conflict` while a live key follows it."""
         self.toolset(tenant_id, name)
-        users = sorted(k.key_id for k in self.index.api_keys.values()
-                       if k.tenant_id == tenant_id and k.toolset == name and not k.revoked)
+        users = sorted(
+            k.key_id
+            for k in self.index.api_keys.values()
+            if k.tenant_id == tenant_id and k.toolset == name and not k.revoked
+        )
         if users:
             raise Conflict(f"toolset {name!r} is the toolset of live API keys: revoke them first", api_keys=users)
-        await self._append(subjects.identity_subject(tenant_id, "toolset", name),
-                           ToolsetDeleted(tenant_id=tenant_id, meta=meta, name=name), expected=None)
+        await self._append(
+            subjects.identity_subject(tenant_id, "toolset", name),
+            ToolsetDeleted(tenant_id=tenant_id, meta=meta, name=name),
+            expected=None,
+        )
 
     async def revoke_api_key(self, meta: Meta, tenant_id: str, key_id: str) -> None:
         key = self.index.api_keys.get(key_id)
@@ -377,8 +410,11 @@ class IdentityService:
             raise Conflict("the API key is already revoked")
         subject = subjects.identity_subject(tenant_id, "api_key", key_id)
         try:
-            await self._append(subject, ApiKeyRevoked(tenant_id=tenant_id, meta=meta, key_id=key_id),
-                               expected=self.index.expected_sequence(subject))
+            await self._append(
+                subject,
+                ApiKeyRevoked(tenant_id=tenant_id, meta=meta, key_id=key_id),
+                expected=self.index.expected_sequence(subject),
+            )
         except Conflict:
             raise Conflict("the API key is already revoked") from None
 
@@ -419,8 +455,13 @@ class IdentityService:
             raise taken
         credential = new_module_credential(tenant_id, module_id)
         event = ModuleRegistered(
-            tenant_id=tenant_id, meta=meta, module_id=module_id, owner_user_id=owner_user_id, name=name,
-            capabilities=names, credential_sha256=credential_sha256(credential),
+            tenant_id=tenant_id,
+            meta=meta,
+            module_id=module_id,
+            owner_user_id=owner_user_id,
+            name=name,
+            capabilities=names,
+            credential_sha256=credential_sha256(credential),
             credential_prefix=credential_prefix(credential),
         )
         try:
@@ -442,8 +483,9 @@ class IdentityService:
             raise Conflict(f"module {module.module_id!r} is revoked", module_id=module.module_id)
         if (new_name is None or new_name == module.name) and (names is None or names == module.capabilities):
             return module
-        event = ModuleUpdated(tenant_id=module.tenant_id, meta=meta, module_id=module.module_id, name=new_name,
-                              capabilities=names)
+        event = ModuleUpdated(
+            tenant_id=module.tenant_id, meta=meta, module_id=module.module_id, name=new_name, capabilities=names
+        )
         await self._module_event(module, event)
         return self.module(module.tenant_id, module.module_id)
 
@@ -453,18 +495,24 @@ class IdentityService:
             raise Conflict(f"module {module.module_id!r} is revoked", module_id=module.module_id)
         credential = new_module_credential(module.tenant_id, module.module_id)
         event = ModuleCredentialRotated(
-            tenant_id=module.tenant_id, meta=meta, module_id=module.module_id,
-            credential_sha256=credential_sha256(credential), credential_prefix=credential_prefix(credential),
+            tenant_id=module.tenant_id,
+            meta=meta,
+            module_id=module.module_id,
+            credential_sha256=credential_sha256(credential),
+            credential_prefix=credential_prefix(credential),
         )
         await self._module_event(module, event)
-        return ModuleCredential(self.module(module.tenant_id, module.module_id), credential, event.credential_prefix,
-                                meta.at)
+        return ModuleCredential(
+            self.module(module.tenant_id, module.module_id), credential, event.credential_prefix, meta.at
+        )
 
     async def revoke_module(self, meta: Meta, module: ModuleState) -> None:
         """Refuse the module's credential from now on; its id stays taken."""
         if module.revoked:
             raise Conflict(f"module {module.module_id!r} is already revoked", module_id=module.module_id)
-        await self._module_event(module, ModuleRevoked(tenant_id=module.tenant_id, meta=meta, module_id=module.module_id))
+        await self._module_event(
+            module, ModuleRevoked(tenant_id=module.tenant_id, meta=meta, module_id=module.module_id)
+        )
 
     async def _module_event(self, module: ModuleState, event: IdentityEvent) -> None:
         subject = _module_subject(module.tenant_id, module.module_id)
@@ -486,25 +534,42 @@ class IdentityService:
         tenant = self.index.tenants.get(tenant_id)
         ok = bool(user and stored and matches and user.active and tenant and not tenant.suspended)
         attempt = LoginAttempted(
-            tenant_id=_safe_tenant(tenant_id), meta=meta, email_sha256=email_hash, success=ok,
+            tenant_id=_safe_tenant(tenant_id),
+            meta=meta,
+            email_sha256=email_hash,
+            success=ok,
             user_id=user.user_id if ok and user else "",
         )
-        await self._append(subjects.identity_subject(_safe_tenant(tenant_id), "login", email_hash[:32]), attempt, expected=None)
+        await self._append(
+            subjects.identity_subject(_safe_tenant(tenant_id), "login", email_hash[:32]), attempt, expected=None
+        )
         if not ok or user is None or stored is None:
             raise Unauthenticated("invalid e-mail, password or tenant")
         if needs_rehash or not is_sealed(user.sealed_password_hash):
             # Weaker parameters get a new hash; a hash logged in clear (before sealing) gets sealed.
             new_hash = await hash_password(password) if needs_rehash else stored
-            await self._user_event(user, PasswordChanged(
-                tenant_id=tenant_id, meta=meta, user_id=user.user_id,
-                password_hash=await self._seal_password(tenant_id, user.user_id, new_hash), rehash=True,
-            ))
+            await self._user_event(
+                user,
+                PasswordChanged(
+                    tenant_id=tenant_id,
+                    meta=meta,
+                    user_id=user.user_id,
+                    password_hash=await self._seal_password(tenant_id, user.user_id, new_hash),
+                    rehash=True,
+                ),
+            )
         family_id = uuid.uuid4().hex
         refresh = _refresh_token(family_id)
         await self._append(
             subjects.identity_subject(tenant_id, "session", family_id),
-            SessionStarted(tenant_id=tenant_id, meta=meta, family_id=family_id, user_id=user.user_id,
-                           refresh_sha256=sha256_hex(refresh), expires_at=meta.at + REFRESH_TOKEN_TTL),
+            SessionStarted(
+                tenant_id=tenant_id,
+                meta=meta,
+                family_id=family_id,
+                user_id=user.user_id,
+                refresh_sha256=sha256_hex(refresh),
+                expires_at=meta.at + REFRESH_TOKEN_TTL,
+            ),
             expected=0,
         )
         return self._tokens(user, refresh, family_id)
@@ -530,10 +595,16 @@ class IdentityService:
         refresh = _refresh_token(session.family_id)
         subject = subjects.identity_subject(session.tenant_id, "session", session.family_id)
         try:
-            await self._append(subject, SessionRefreshed(
-                tenant_id=session.tenant_id, meta=meta, family_id=session.family_id,
-                refresh_sha256=sha256_hex(refresh),
-            ), expected=self.index.expected_sequence(subject))
+            await self._append(
+                subject,
+                SessionRefreshed(
+                    tenant_id=session.tenant_id,
+                    meta=meta,
+                    family_id=session.family_id,
+                    refresh_sha256=sha256_hex(refresh),
+                ),
+                expected=self.index.expected_sequence(subject),
+            )
         except Conflict:
             # Two refreshes with the same token raced: one of them is a replay.
             await self._revoke_session(meta, session.tenant_id, session.family_id, "reuse_detected")
@@ -544,29 +615,41 @@ class IdentityService:
         if principal.jti and principal.token_expires_at is not None:
             await self._append(
                 subjects.identity_subject(principal.tenant_id, "token", principal.jti),
-                AccessTokenRevoked(tenant_id=principal.tenant_id, meta=meta, jti=principal.jti,
-                                   expires_at=principal.token_expires_at),
+                AccessTokenRevoked(
+                    tenant_id=principal.tenant_id, meta=meta, jti=principal.jti, expires_at=principal.token_expires_at
+                ),
                 expected=None,
             )
         if refresh_token:
             parts = refresh_token.split("_", 2)
             session = self.index.sessions.get(parts[1]) if len(parts) == 3 else None
-            if (session and not session.revoked and session.user_id == principal.user_id
-                    and sha256_hex(refresh_token) == session.refresh_sha256):
+            if (
+                session
+                and not session.revoked
+                and session.user_id == principal.user_id
+                and sha256_hex(refresh_token) == session.refresh_sha256
+            ):
                 await self._revoke_session(meta, session.tenant_id, session.family_id, "logout")
 
     async def _revoke_session(self, meta: Meta, tenant_id: str, family_id: str, reason: str) -> None:
-        await self._append(subjects.identity_subject(tenant_id, "session", family_id),
-                           SessionRevoked(tenant_id=tenant_id, meta=meta, family_id=family_id, reason=reason),
-                           expected=None)
+        await self._append(
+            subjects.identity_subject(tenant_id, "session", family_id),
+            SessionRevoked(tenant_id=tenant_id, meta=meta, family_id=family_id, reason=reason),
+            expected=None,
+        )
 
     def _tokens(self, user: UserState, refresh: str, family_id: str) -> Tokens:
         # ``sid`` ties the access token to its session: ending the session (logout, reuse of a
         # refresh token, a password change) refuses the access tokens it issued, too.
-        access, _, _ = self.ring.issue({
-            "sub": user.user_id, "tenant_id": user.tenant_id, "sid": family_id, "role": user.role,
-            "permissions": sorted(permissions_of(user.role)),
-        })
+        access, _, _ = self.ring.issue(
+            {
+                "sub": user.user_id,
+                "tenant_id": user.tenant_id,
+                "sid": family_id,
+                "role": user.role,
+                "permissions": sorted(permissions_of(user.role)),
+            }
+        )
         return Tokens(access_token=access, refresh_token=refresh, expires_in=15 * 60)
 
 
@@ -576,10 +659,15 @@ def _module_subject(tenant_id: str, module_id: str) -> str:
 
 def _store_unavailable(user_id: str, exc: CannotUnseal) -> Unavailable:
     """Log what only the operator can fix, and tell the client no more than that it is not its fault."""
-    log.error("cannot open the data key of user %s: %s Is DAI_KEK_FILE (or DAI_KEK) this platform's"
-              " key-encryption key?", user_id, exc)
-    return Unavailable("passwords cannot be checked or set now: this gateway cannot open its password store;"
-                       " the details are in its log")
+    log.error(
+        "cannot open the data key of user %s: %s Is DAI_KEK_FILE (or DAI_KEK) this platform's key-encryption key?",
+        user_id,
+        exc,
+    )
+    return Unavailable(
+        "passwords cannot be checked or set now: this gateway cannot open its password store;"
+        " the details are in its log"
+    )
 
 
 def _refresh_token(family_id: str) -> str:

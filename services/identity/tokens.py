@@ -109,11 +109,14 @@ async def rotate_signing_key(js: JetStreamContext, kek: KeyEncryptionKey) -> str
     kv = await _bucket(js)
     private = Ed25519PrivateKey.generate()
     kid = uuid.uuid4().hex[:16]
-    raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                serialization.NoEncryption())
+    raw = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     data_key = new_data_key()
     stored = _StoredKey(
-        kid=kid, created_at=datetime.now(UTC), data_key=kek.wrap(data_key, _context(kid)),
+        kid=kid,
+        created_at=datetime.now(UTC),
+        data_key=kek.wrap(data_key, _context(kid)),
         private_key=seal(data_key, _b64(raw), _context(kid)),
     )
     await kv.create(kid, msgspec.json.encode(stored))
@@ -144,8 +147,9 @@ class KeyRing:
         self._kv = await _bucket(js)
         # The last value of every key, then each change; resumes by sequence after reconnects
         # and server restarts, so a rotation or a deletion is never missed.
-        self._follower = OrderedConsumer(js, f"KV_{BUCKET}", f"{_KV_PREFIX}>", self._on_entry,
-                                         start=DeliverPolicy.LAST_PER_SUBJECT)
+        self._follower = OrderedConsumer(
+            js, f"KV_{BUCKET}", f"{_KV_PREFIX}>", self._on_entry, start=DeliverPolicy.LAST_PER_SUBJECT
+        )
         # Returns once every stored key is applied, not at the first: the first may be one this
         # ring cannot open, and a ring that decided too early would make a needless new key.
         await self._follower.start(10.0)
@@ -170,7 +174,7 @@ class KeyRing:
             await asyncio.sleep(0.01)
 
     async def _on_entry(self, msg: Msg) -> None:
-        key = msg.subject[len(_KV_PREFIX):]
+        key = msg.subject[len(_KV_PREFIX) :]
         if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
             self._keys.pop(key, None)
             self._in_clear.discard(key)
@@ -186,8 +190,11 @@ class KeyRing:
             return
         if not stored.private_key:
             if stored.private_pem:
-                log.warning("JWT signing key %s is stored in clear by an older version: it is not used,"
-                            " and is deleted once this ring has a sealed key", kv_key)
+                log.warning(
+                    "JWT signing key %s is stored in clear by an older version: it is not used,"
+                    " and is deleted once this ring has a sealed key",
+                    kv_key,
+                )
                 self._in_clear.add(kv_key)
             else:
                 log.error("skipped JWT signing key %s: it holds no private key", kv_key)
@@ -195,8 +202,11 @@ class KeyRing:
         try:
             private = _unseal(stored, self._kek)
         except CannotUnseal as exc:
-            log.error("skipped JWT signing key %s: %s Is DAI_KEK_FILE (or DAI_KEK) this platform's"
-                      " key-encryption key?", kv_key, exc)
+            log.error(
+                "skipped JWT signing key %s: %s Is DAI_KEK_FILE (or DAI_KEK) this platform's key-encryption key?",
+                kv_key,
+                exc,
+            )
             return
         self._keys[stored.kid] = _Key(stored.kid, private, private.public_key(), stored.created_at)
 
@@ -244,7 +254,11 @@ class KeyRing:
             # issued the token stamped it with its own, and one a few seconds ahead would make
             # every other gateway refuse its fresh tokens as "not yet valid". ``exp`` is checked.
             claims = jwt.decode(
-                token, key.public, algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER,
+                token,
+                key.public,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                issuer=ISSUER,
                 options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"], "verify_iat": False},
             )
         except jwt.PyJWTError as exc:

@@ -60,11 +60,20 @@ async def _open_bucket(js: JetStreamContext) -> KeyValue:
     except BucketNotFoundError:
         pass
     # Same config from every replica: a concurrent add_stream of it succeeds.
-    await js.add_stream(StreamConfig(
-        name=_STREAM, description="per-user data keys, wrapped by the KEK", subjects=[f"{_SUBJECT_PREFIX}>"],
-        allow_direct=True, allow_rollup_hdrs=True, deny_delete=False, discard=DiscardPolicy.NEW,
-        duplicate_window=120.0, max_msgs_per_subject=1, storage=StorageType.FILE,
-    ))
+    await js.add_stream(
+        StreamConfig(
+            name=_STREAM,
+            description="per-user data keys, wrapped by the KEK",
+            subjects=[f"{_SUBJECT_PREFIX}>"],
+            allow_direct=True,
+            allow_rollup_hdrs=True,
+            deny_delete=False,
+            discard=DiscardPolicy.NEW,
+            duplicate_window=120.0,
+            max_msgs_per_subject=1,
+            storage=StorageType.FILE,
+        )
+    )
     return await js.key_value(USER_KEYS_BUCKET)
 
 
@@ -89,8 +98,9 @@ class UserKeyStore:
         # Only removals matter to the cache (a put can only create a key no cache holds), so
         # new messages' headers suffice; the follower resumes by sequence across reconnects
         # and server restarts, so no removal is missed.
-        self._changes = OrderedConsumer(self._js, _STREAM, f"{_SUBJECT_PREFIX}>", self._on_change,
-                                        start=DeliverPolicy.NEW, headers_only=True)
+        self._changes = OrderedConsumer(
+            self._js, _STREAM, f"{_SUBJECT_PREFIX}>", self._on_change, start=DeliverPolicy.NEW, headers_only=True
+        )
         await self._changes.start()
 
     async def stop(self) -> None:
@@ -132,8 +142,12 @@ class UserKeyStore:
             except ServerError as exc:
                 if exc.err_code != _DELETE_DENIED:
                     raise
-                log.warning("the %s bucket denies message deletes (made by create_key_value?): user %s's key"
-                            " is purged, but its wrapped bytes may stay on disk until compaction", USER_KEYS_BUCKET, key)
+                log.warning(
+                    "the %s bucket denies message deletes (made by create_key_value?): user %s's key"
+                    " is purged, but its wrapped bytes may stay on disk until compaction",
+                    USER_KEYS_BUCKET,
+                    key,
+                )
             existed = True
         await kv.purge(key)  # the marker every replica's store evicts on
         self._forget(key)
@@ -185,4 +199,4 @@ class UserKeyStore:
 
     async def _on_change(self, msg: Msg) -> None:
         if (msg.headers or {}).get("KV-Operation") in _REMOVED:
-            self._forget(msg.subject[len(_SUBJECT_PREFIX):])
+            self._forget(msg.subject[len(_SUBJECT_PREFIX) :])

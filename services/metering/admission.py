@@ -213,8 +213,7 @@ class Admission:
         same lease, while it lasts: a unit put into a later lease would grant one call too many."""
         holder = self._holders.get(quota_subject(tenant_id, name))
         lease = holder.lease if holder is not None else None
-        if (holder is not None and lease is not None and lease.sequence == sequence
-                and time.monotonic() <= lease.until):
+        if holder is not None and lease is not None and lease.sequence == sequence and time.monotonic() <= lease.until:
             lease.left += 1
             holder.recent -= 1
 
@@ -251,8 +250,9 @@ class Admission:
         used = holder.log.used(now)
         lease = holder.lease
         own = lease.left if lease is not None and time.monotonic() <= lease.until else 0
-        return HolderView(used=used, remaining=min(limit, max(0, limit - used) + own),
-                          reset=holder.log.frees_all_in(now))
+        return HolderView(
+            used=used, remaining=min(limit, max(0, limit - used) + own), reset=holder.log.frees_all_in(now)
+        )
 
     def retry_after(self, tenant_id: str, name: str, limit: int) -> float:
         """Seconds until one more call fits the holder's window."""
@@ -287,8 +287,14 @@ class Admission:
                     _settle(holder)
                     break
                 n = min(free, want + self._expected_extra(holder, sent, free - want))
-                lease = QuotaLeased(tenant_id=holder.tenant_id, holder=holder.name, replica=self.replica, n=n,
-                                    at=now, until=now + period)
+                lease = QuotaLeased(
+                    tenant_id=holder.tenant_id,
+                    holder=holder.name,
+                    replica=self.replica,
+                    n=n,
+                    at=now,
+                    until=now + period,
+                )
                 sequence = await self._append(holder, lease)
                 if sequence is None:
                     continue  # another replica won the race: decide again with its lease applied
@@ -330,8 +336,13 @@ class Admission:
         """Append ``lease`` if nobody else did first; returns its sequence, or ``None`` after
         catching up with the winner."""
         try:
-            sequence = await append(self._js, holder.subject, encode_event(lease), expected=holder.last_sequence,
-                                    timeout=self.config.append_timeout)
+            sequence = await append(
+                self._js,
+                holder.subject,
+                encode_event(lease),
+                expected=holder.last_sequence,
+                timeout=self.config.append_timeout,
+            )
         except AppendConflict:
             self.conflicts += 1
             await self._catch_up(holder)
@@ -389,13 +400,22 @@ class Admission:
     async def _give_back(self, holder: _Holder, lease: _LocalLease) -> None:
         """Append ``QuotaReturned``. The follower applies it, not this method: other leases may
         precede it on the subject, and they must be applied first."""
-        event = QuotaReturned(tenant_id=holder.tenant_id, holder=holder.name, replica=self.replica,
-                              lease_sequence=lease.sequence, n=lease.left)
+        event = QuotaReturned(
+            tenant_id=holder.tenant_id,
+            holder=holder.name,
+            replica=self.replica,
+            lease_sequence=lease.sequence,
+            n=lease.left,
+        )
         try:
             await self._js.publish(holder.subject, encode_event(event), timeout=self.config.append_timeout)
         except (NatsTimeoutError, TimeoutError, APIError) as exc:
-            log.warning("could not return %d unused calls of %s (they free up with the window): %r",
-                        lease.left, holder.subject, exc)
+            log.warning(
+                "could not return %d unused calls of %s (they free up with the window): %r",
+                lease.left,
+                holder.subject,
+                exc,
+            )
 
     # Following the stream ----------------------------------------------------------------------
 

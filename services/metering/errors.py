@@ -1,8 +1,8 @@
 """Errors of metering and rate limiting, each with a stable code the gateway's table turns into a status.
 
-    MeteringError
-    ├── QuotaExceeded        RATE_LIMITED: a limit refuses the request now; ``retry_after`` says when to try again
-    └── AdmissionUnavailable NOT_READY: the RATELIMIT log cannot be reached, so no call limit can be decided
+MeteringError
+├── QuotaExceeded        RATE_LIMITED: a limit refuses the request now; ``retry_after`` says when to try again
+└── AdmissionUnavailable NOT_READY: the RATELIMIT log cannot be reached, so no call limit can be decided
 """
 
 from __future__ import annotations

@@ -70,30 +70,49 @@ class RateLimiter:
         plan = self.plans.plan_of(tenant)
         refusal = self.meters.check(tenant, bytes_in, now)
         if refusal is not None:
-            return Decision(False, refused_by=refusal.policy, retry_after=refusal.retry_after,
-                            message=f"{refusal.message}; retry in {_seconds(refusal.retry_after)} s")
+            return Decision(
+                False,
+                refused_by=refusal.policy,
+                retry_after=refusal.retry_after,
+                message=f"{refusal.message}; retry in {_seconds(refusal.retry_after)} s",
+            )
         admission = self.admission
         calls = plan.api_calls
         lease = 0
         if calls is not None:
-            lease = (admission.take_local(tenant, TENANT_HOLDER)
-                     or await admission.take(tenant, TENANT_HOLDER, calls.limit, calls.window_seconds))
+            lease = admission.take_local(tenant, TENANT_HOLDER) or await admission.take(
+                tenant, TENANT_HOLDER, calls.limit, calls.window_seconds
+            )
             if not lease:
                 retry = admission.retry_after(tenant, TENANT_HOLDER, calls.limit)
-                return Decision(False, refused_by="calls", retry_after=retry, message=(
-                    f"the tenant's plan allows {calls.limit} calls per {calls.window_seconds} s;"
-                    f" retry in {_seconds(retry)} s"))
+                return Decision(
+                    False,
+                    refused_by="calls",
+                    retry_after=retry,
+                    message=(
+                        f"the tenant's plan allows {calls.limit} calls per {calls.window_seconds} s;"
+                        f" retry in {_seconds(retry)} s"
+                    ),
+                )
         key_limit = principal.rate_limit if principal.key_id else None
         if key_limit is not None:
             holder = key_holder(principal.key_id)
-            if not (admission.take_local(tenant, holder)
-                    or await admission.take(tenant, holder, key_limit, API_KEY_WINDOW_SECONDS)):
+            if not (
+                admission.take_local(tenant, holder)
+                or await admission.take(tenant, holder, key_limit, API_KEY_WINDOW_SECONDS)
+            ):
                 if lease:
                     admission.put_back(tenant, TENANT_HOLDER, lease)
                 retry = admission.retry_after(tenant, holder, key_limit)
-                return Decision(False, refused_by="key-calls", retry_after=retry, message=(
-                    f"this API key allows {key_limit} calls per {API_KEY_WINDOW_SECONDS} s;"
-                    f" retry in {_seconds(retry)} s"))
+                return Decision(
+                    False,
+                    refused_by="key-calls",
+                    retry_after=retry,
+                    message=(
+                        f"this API key allows {key_limit} calls per {API_KEY_WINDOW_SECONDS} s;"
+                        f" retry in {_seconds(retry)} s"
+                    ),
+                )
         return _ALLOWED
 
     def policies(self, principal: Principal, *, storage: bool = False, now: float | None = None) -> list[PolicyState]:
@@ -104,18 +123,23 @@ class RateLimiter:
         plan = self.plans.plan_of(tenant)
         states = []
         if plan.api_calls is not None:
-            states.append(self._calls("calls", tenant, TENANT_HOLDER, plan.api_calls.limit,
-                                      plan.api_calls.window_seconds))
+            states.append(
+                self._calls("calls", tenant, TENANT_HOLDER, plan.api_calls.limit, plan.api_calls.window_seconds)
+            )
         if principal.key_id and principal.rate_limit is not None:
-            states.append(self._calls("key-calls", tenant, key_holder(principal.key_id), principal.rate_limit,
-                                      API_KEY_WINDOW_SECONDS))
+            states.append(
+                self._calls(
+                    "key-calls", tenant, key_holder(principal.key_id), principal.rate_limit, API_KEY_WINDOW_SECONDS
+                )
+            )
         states.extend(self._buckets(tenant, plan, storage, now))
         return states
 
     def _calls(self, name: str, tenant: str, holder: str, limit: int, window: int) -> PolicyState:
         view = self.admission.view(tenant, holder, limit, window)  # on the server's clock, as leases are
-        return PolicyState(name, "sliding_window", "api_calls", "requests", limit, window, view.used,
-                           view.remaining, view.reset)
+        return PolicyState(
+            name, "sliding_window", "api_calls", "requests", limit, window, view.used, view.remaining, view.reset
+        )
 
     def _buckets(self, tenant: str, plan: Plan, storage: bool, now: float) -> list[PolicyState]:
         meters = self.meters.tenant(tenant, now)
@@ -123,21 +147,49 @@ class RateLimiter:
         if meters.compute is not None:
             bucket = meters.compute.refilled(now)
             available = max(0.0, bucket.tokens)
-            states.append(PolicyState(
-                "compute", "token_bucket", "compute_ms", "compute-ms", int(bucket.capacity),
-                round(bucket.capacity / bucket.rate), round(bucket.capacity - bucket.tokens), int(available),
-                (bucket.capacity - bucket.tokens) / bucket.rate))
+            states.append(
+                PolicyState(
+                    "compute",
+                    "token_bucket",
+                    "compute_ms",
+                    "compute-ms",
+                    int(bucket.capacity),
+                    round(bucket.capacity / bucket.rate),
+                    round(bucket.capacity - bucket.tokens),
+                    int(available),
+                    (bucket.capacity - bucket.tokens) / bucket.rate,
+                )
+            )
         if meters.bandwidth is not None:
             leaky = meters.bandwidth.drained(now)
-            states.append(PolicyState(
-                "bandwidth", "leaky_bucket", "bytes_in+bytes_out", "content-bytes", int(leaky.capacity),
-                round(leaky.capacity / leaky.rate), round(leaky.level), int(max(0.0, leaky.capacity - leaky.level)),
-                leaky.level / leaky.rate))
+            states.append(
+                PolicyState(
+                    "bandwidth",
+                    "leaky_bucket",
+                    "bytes_in+bytes_out",
+                    "content-bytes",
+                    int(leaky.capacity),
+                    round(leaky.capacity / leaky.rate),
+                    round(leaky.level),
+                    int(max(0.0, leaky.capacity - leaky.level)),
+                    leaky.level / leaky.rate,
+                )
+            )
         if storage and meters.storage is not None:
             window = meters.storage.current(now)
-            states.append(PolicyState(
-                "storage", "fixed_window", "storage_bytes", "content-bytes", window.limit, int(window.size),
-                window.used, window.remaining(now), window.resets_in(now)))
+            states.append(
+                PolicyState(
+                    "storage",
+                    "fixed_window",
+                    "storage_bytes",
+                    "content-bytes",
+                    window.limit,
+                    int(window.size),
+                    window.used,
+                    window.remaining(now),
+                    window.resets_in(now),
+                )
+            )
         return states
 
 

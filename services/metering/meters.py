@@ -93,11 +93,15 @@ class TenantMeters:
             self.compute = TokenBucket.full(c.capacity, c.refill_per_second, now)
         elif (self.compute.capacity, self.compute.rate) != (c.capacity, c.refill_per_second):
             used = self.compute.capacity - self.compute.tokens
-            self.compute = TokenBucket(c.capacity, c.refill_per_second, max(-c.capacity, c.capacity - used),
-                                       self.compute.at)
+            self.compute = TokenBucket(
+                c.capacity, c.refill_per_second, max(-c.capacity, c.capacity - used), self.compute.at
+            )
         if b is None:
             self.bandwidth = None
-        elif self.bandwidth is None or (self.bandwidth.capacity, self.bandwidth.rate) != (b.capacity, b.leak_per_second):
+        elif self.bandwidth is None or (self.bandwidth.capacity, self.bandwidth.rate) != (
+            b.capacity,
+            b.leak_per_second,
+        ):
             level = self.bandwidth.level if self.bandwidth else 0.0
             self.bandwidth = LeakyBucket(b.capacity, b.leak_per_second, min(level, 2 * b.capacity), now)
         if s is None:
@@ -140,8 +144,9 @@ class Meters:
         """Replay the current storage window, follow it, and start telling other replicas."""
         now = time.time()
         since = datetime.fromtimestamp(math.floor(now / storage_window) * storage_window, UTC)
-        self._follower = OrderedConsumer(self._nc.jetstream(), USAGE_STREAM, usage_subject("*", _STORAGE), self._on_storage,
-                                         start=since)
+        self._follower = OrderedConsumer(
+            self._nc.jetstream(), USAGE_STREAM, usage_subject("*", _STORAGE), self._on_storage, start=since
+        )
         await self._follower.start(timeout)
         self._teller = asyncio.create_task(self._tell(), name="meter-events")
 
@@ -167,19 +172,25 @@ class Meters:
         meters = self.tenant(tenant_id, now)
         compute, bandwidth = meters.compute, meters.bandwidth
         if compute is not None and not compute.allows(now):
-            return Refusal("compute", compute.retry_after(now),
-                           f"the compute budget of {compute.capacity:g} ms is used up")
+            return Refusal(
+                "compute", compute.retry_after(now), f"the compute budget of {compute.capacity:g} ms is used up"
+            )
         if bandwidth is not None and not bandwidth.allows(bytes_in, now):
-            return Refusal("bandwidth", bandwidth.retry_after(bytes_in, now),
-                           f"the bandwidth bucket of {bandwidth.capacity:g} bytes is full")
+            return Refusal(
+                "bandwidth",
+                bandwidth.retry_after(bytes_in, now),
+                f"the bandwidth bucket of {bandwidth.capacity:g} bytes is full",
+            )
         return None
 
     def check_storage(self, tenant_id: str, amount: int, now: float) -> Refusal | None:
         storage = self.tenant(tenant_id, now).storage
         if storage is not None and not storage.allows(amount, now):
-            return Refusal("storage", storage.resets_in(now),
-                           f"writing {amount} bytes would pass the storage limit of {storage.limit} bytes"
-                           f" per {storage.size:g} s")
+            return Refusal(
+                "storage",
+                storage.resets_in(now),
+                f"writing {amount} bytes would pass the storage limit of {storage.limit} bytes per {storage.size:g} s",
+            )
         return None
 
     def applied(self, key: str) -> bool:
@@ -234,8 +245,14 @@ class Meters:
     async def _flush(self) -> None:
         pending, self._pending = self._pending, {}
         for tenant_id, (compute, bandwidth, since, until) in pending.items():
-            event = MeterConsumed(tenant_id=tenant_id, replica=self.replica, compute_ms=int(compute),
-                                  bandwidth_bytes=int(bandwidth), since=since, until=until)
+            event = MeterConsumed(
+                tenant_id=tenant_id,
+                replica=self.replica,
+                compute_ms=int(compute),
+                bandwidth_bytes=int(bandwidth),
+                since=since,
+                until=until,
+            )
             try:
                 # Plain publish: the stream stores it, nobody waits for an acknowledgement. A lost
                 # meter event only makes the other replicas' buckets a little more lenient.

@@ -197,12 +197,15 @@ class UsagePublisher:
             del self._in_flight[token]
             self.stats.resent += 1
             if batch.sent_at:  # a batch the stream refused was logged when it was refused
-                log.warning("usage batch of %d events unacknowledged after %.1f s; sending it again",
-                            len(batch.frames), now - batch.sent_at)
+                log.warning(
+                    "usage batch of %d events unacknowledged after %.1f s; sending it again",
+                    len(batch.frames),
+                    now - batch.sent_at,
+                )
             await self._send(batch)
 
     async def _on_ack(self, msg: Msg) -> None:
-        token = msg.subject[len(self._prefix):]
+        token = msg.subject[len(self._prefix) :]
         batch = self._in_flight.get(token)
         if batch is None:
             return  # the ack of an attempt already superseded

@@ -76,8 +76,9 @@ class Metering:
         await self.clock.refresh(self._nc, RATELIMIT)
         self._clock_watch = asyncio.create_task(self.clock.watch(self._nc, RATELIMIT), name="server-clock")
         await self.subscriptions.start(self._js)
-        storage_window = max((p.storage_bytes.window_seconds for p in self.plans.plans.values() if p.storage_bytes),
-                             default=86_400)
+        storage_window = max(
+            (p.storage_bytes.window_seconds for p in self.plans.plans.values() if p.storage_bytes), default=86_400
+        )
         await self.admission.start(self.plans.longest_call_window(), history=self.plans.horizon())
         await self.meters.start(storage_window)
         await self.publisher.start()
@@ -127,15 +128,23 @@ class Metering:
         and there is no other record to recover it from.
         """
         event = StorageMetered(
-            tenant_id=tenant_id, metric=Metric.STORAGE_BYTES.value, value=value, at=at or datetime.now(UTC),
-            operation_id=operation_id, store=store, capability=capability, user_id=user_id, api_key_id=api_key_id,
+            tenant_id=tenant_id,
+            metric=Metric.STORAGE_BYTES.value,
+            value=value,
+            at=at or datetime.now(UTC),
+            operation_id=operation_id,
+            store=store,
+            capability=capability,
+            user_id=user_id,
+            api_key_id=api_key_id,
         )
         if value > 0 and not self.meters.applied(message_id(event)):  # a retry is never refused
             refusal = self.meters.check_storage(tenant_id, value, time.time())
             if refusal is not None:
                 raise QuotaExceeded(refusal.message, policy=refusal.policy, retry_after=refusal.retry_after)
-        ack = await self._js.publish(usage_subject(tenant_id, event.metric), encode_event(event),
-                                     headers={NATS_MSG_ID: message_id(event)})
+        ack = await self._js.publish(
+            usage_subject(tenant_id, event.metric), encode_event(event), headers={NATS_MSG_ID: message_id(event)}
+        )
         if not ack.duplicate:
             self.meters.note([event])
         return event

@@ -44,8 +44,11 @@ class SubscribedPlans(StreamFollower):
                 try:
                     self._plans.assign(event.tenant_id, event.terms.plan_id)
                 except InvalidPlans:
-                    log.error("tenant %s subscribed to plan %r, which has no limits; keeping its current plan",
-                              event.tenant_id, event.terms.plan_id)
+                    log.error(
+                        "tenant %s subscribed to plan %r, which has no limits; keeping its current plan",
+                        event.tenant_id,
+                        event.terms.plan_id,
+                    )
             case SubscriptionCancelled():
                 configured = self._configured.get(event.tenant_id)
                 if configured is None:

@@ -125,7 +125,10 @@ class PlanBook:
     """
 
     def __init__(
-        self, plans: dict[str, Plan], default_plan: str, assignments: dict[str, str] | None = None,
+        self,
+        plans: dict[str, Plan],
+        default_plan: str,
+        assignments: dict[str, str] | None = None,
         prices: dict[str, PlanTerms] | None = None,
     ) -> None:
         self._prices = {name: plan.terms for name, plan in plans.items() if plan.terms is not None} | dict(prices or {})
@@ -278,8 +281,12 @@ def load_plans(
     limits = _read(plans_path, "plans", _PlansFile, InvalidPlans)
     prices = _read(pricing_path, "pricing", _PricingFile, InvalidPricing)
     plans = {
-        plan_id: Plan(api_calls=entry.api_calls, compute_ms=entry.compute_ms, bandwidth_bytes=entry.bandwidth_bytes,
-                      storage_bytes=entry.storage_bytes)
+        plan_id: Plan(
+            api_calls=entry.api_calls,
+            compute_ms=entry.compute_ms,
+            bandwidth_bytes=entry.bandwidth_bytes,
+            storage_bytes=entry.storage_bytes,
+        )
         for plan_id, entry in limits.plans.items()
     }
     terms = {plan_id: _terms(plan_id, price) for plan_id, price in prices.plans.items()}
@@ -308,13 +315,19 @@ def _read(path: str | Path | None, kind: str, type_: type[_File], error: type[In
 
 def _terms(plan_id: str, price: _Price) -> PlanTerms:
     return PlanTerms(
-        plan_id=plan_id, name=price.name, currency=price.currency,
+        plan_id=plan_id,
+        name=price.name,
+        currency=price.currency,
         monthly_price=_decimal(price.monthly_price, f"{plan_id}.monthly_price"),
-        yearly_price=_decimal(price.yearly_price, f"{plan_id}.yearly_price"), features=tuple(price.features),
+        yearly_price=_decimal(price.yearly_price, f"{plan_id}.yearly_price"),
+        features=tuple(price.features),
         usage={
             metric: MeteredPrice(
-                unit=u.unit, unit_size=u.unit_size, included=u.included,
-                overage_price=None if u.overage_price is None
+                unit=u.unit,
+                unit_size=u.unit_size,
+                included=u.included,
+                overage_price=None
+                if u.overage_price is None
                 else _decimal(u.overage_price, f"{plan_id}.usage.{metric}.overage_price"),
             )
             for metric, u in price.usage.items()
@@ -326,7 +339,7 @@ def _decimal(text: str, where: str) -> Decimal:
     try:
         value = Decimal(text)
     except InvalidOperation:
-        raise InvalidPricing(f"{where} must be a decimal string such as \"4900\" or \"0.05\", not {text!r}.") from None
+        raise InvalidPricing(f'{where} must be a decimal string such as "4900" or "0.05", not {text!r}.') from None
     if not value.is_finite():
         raise InvalidPricing(f"{where} must be a finite decimal, not {text!r}.")
     return value

@@ -107,13 +107,23 @@ def test_every_package_has_a_layer() -> None:
     assert services <= {unit for layer in SERVICE_LAYERS for unit in layer}
 
 
-@pytest.mark.parametrize(("source", "target", "ok"), [
-    ("hub", "contracts", True), ("sdk", "hub", True), ("ops", "services.gateway", True),
-    ("contracts", "schemas", False), ("hub", "sdk", False), ("sdk", "services.identity", False),
-    ("projections", "services.metering", False), ("services.gateway", "ops", False),
-    ("services.metering", "services.plans", True), ("services.billing", "services.metering", False),
-    ("services.identity", "services.gateway", False), ("services.metering", "services.identity", True),
-])
+@pytest.mark.parametrize(
+    ("source", "target", "ok"),
+    [
+        ("hub", "contracts", True),
+        ("sdk", "hub", True),
+        ("ops", "services.gateway", True),
+        ("contracts", "schemas", False),
+        ("hub", "sdk", False),
+        ("sdk", "services.identity", False),
+        ("projections", "services.metering", False),
+        ("services.gateway", "ops", False),
+        ("services.metering", "services.plans", True),
+        ("services.billing", "services.metering", False),
+        ("services.identity", "services.gateway", False),
+        ("services.metering", "services.identity", True),
+    ],
+)
 def test_the_rule(source: str, target: str, ok: bool) -> None:
     assert allowed(source, target) is ok
 
@@ -128,6 +138,8 @@ def test_a_late_relative_import_upwards_is_named_with_file_and_line(tmp_path: Pa
         "def route():\n    from ..services.gateway import app\n    return app\n"
     )
     assert sorted(imports(tmp_path / "hub" / "router.py", tmp_path)) == [
-        (1, ["__future__"]), (3, ["contracts"]), (7, ["services", "gateway"]),
+        (1, ["__future__"]),
+        (3, ["contracts"]),
+        (7, ["services", "gateway"]),
     ]
     assert [v.split(" (")[0] for v in violations(tmp_path)] == ["hub/router.py:7: hub imports services.gateway"]

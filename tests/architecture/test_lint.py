@@ -26,8 +26,9 @@ TIMEOUT = 600
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> None:
-    result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=TIMEOUT, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
     if result.returncode != 0:
         pytest.fail(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}", pytrace=False)
 

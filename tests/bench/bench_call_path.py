@@ -213,8 +213,11 @@ async def serve(kind: str) -> None:
     # No hub runs here: the module's announcement retries stay unanswered, which is cheap but chatty.
     logging.getLogger("democratic_ai.sdk.module").setLevel(logging.ERROR)
     options = BusOptions.from_env()  # the parent passes NATS_URL and the credential
-    nc = await connect(options, f"bench-serve-{kind}", inbox_prefix=inbox_prefix(NoopModule.module_id).encode()
-                       if kind == "module" else b"_INBOX")
+    nc = await connect(
+        options,
+        f"bench-serve-{kind}",
+        inbox_prefix=inbox_prefix(NoopModule.module_id).encode() if kind == "module" else b"_INBOX",
+    )
     module: Module | None = None
     if kind == "raw":
 
@@ -231,7 +234,9 @@ async def serve(kind: str) -> None:
 
         await nc.subscribe(RAW_SUBJECT, cb=echo_recorded)
     else:
-        module = NoopModule(None if role_of(options.credential) else NoopModule.config_for_credential(options.credential))
+        module = NoopModule(
+            None if role_of(options.credential) else NoopModule.config_for_credential(options.credential)
+        )
         await module.start(nc)
     await nc.flush()
     await stop.wait()
@@ -254,8 +259,13 @@ async def spawn(*args: str, env: dict[str, str] | None = None, stdout: int | Non
     """This script in another process: in a session of its own, so Ctrl-C reaches only us and we
     stop it; with stdin a pipe, so a server child also stops when we close it or die."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).resolve()), *args,
-        stdin=asyncio.subprocess.PIPE, stdout=stdout, env=env, start_new_session=True,
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=stdout,
+        env=env,
+        start_new_session=True,
     )
 
 
@@ -304,8 +314,16 @@ async def over_http(app: web.Application, api_key: str, args: argparse.Namespace
             # Non-200 until the API-key index has the key (401) and the module serves (503).
             await until_ok(partial(post, session, url, headers), url)
         proc = await spawn(
-            "--load", url, "--concurrency", str(args.concurrency), "--warmup", str(args.warmup),
-            "--seconds", str(args.seconds), env={**os.environ, API_KEY_ENV: api_key}, stdout=asyncio.subprocess.PIPE,
+            "--load",
+            url,
+            "--concurrency",
+            str(args.concurrency),
+            "--warmup",
+            str(args.warmup),
+            "--seconds",
+            str(args.seconds),
+            env={**os.environ, API_KEY_ENV: api_key},
+            stdout=asyncio.subprocess.PIPE,
         )
         assert proc.stdout is not None
         try:
@@ -329,7 +347,9 @@ def progress(scenario: str) -> None:
     print(f"running {SCENARIOS[scenario]} ...", file=sys.stderr, flush=True)
 
 
-async def run_all(server: NatsServer, database_url: str, args: argparse.Namespace, authorized: bool) -> dict[str, Result]:
+async def run_all(
+    server: NatsServer, database_url: str, args: argparse.Namespace, authorized: bool
+) -> dict[str, Result]:
     results: dict[str, Result] = {}
     conn = await asyncpg.connect(database_url)
     try:
@@ -377,7 +397,9 @@ async def run_all(server: NatsServer, database_url: str, args: argparse.Namespac
         progress("a")
         results["a"] = await measure(raw_call)
         progress("d")
-        results["d"] = await over_http(bare_app(server.bus("operator")), key, args, {"server": children[-1].pid, "nats": nats_pid})
+        results["d"] = await over_http(
+            bare_app(server.bus("operator")), key, args, {"server": children[-1].pid, "nats": nats_pid}
+        )
         await stop_child(children.pop())
 
         children.append(await spawn("--serve", "raw-records", env=raw_env))
@@ -392,8 +414,11 @@ async def run_all(server: NatsServer, database_url: str, args: argparse.Namespac
         results["b"] = await measure(sdk_call)
         progress("c")
         # As in production, the gateway reads the read models as the read-only app role.
-        gateway = create_app(GatewayConfig(bus=server.bus("gateway"), database_url=app_dsn(database_url), port=0,
-                                           kek=KeyEncryptionKey.generate()))
+        gateway = create_app(
+            GatewayConfig(
+                bus=server.bus("gateway"), database_url=app_dsn(database_url), port=0, kek=KeyEncryptionKey.generate()
+            )
+        )
         results["c"] = await over_http(gateway, key, args, {"server": children[-1].pid, "nats": nats_pid})
     finally:
         for proc in children:
@@ -405,8 +430,10 @@ async def run_all(server: NatsServer, database_url: str, args: argparse.Namespac
 
 
 def report(results: dict[str, Result], args: argparse.Namespace, authorization: str) -> None:
-    print(f"\ncall path, authorization {authorization}, {args.concurrency} calls in flight, {args.seconds:g} s each"
-          f" after {args.warmup:g} s warm-up")
+    print(
+        f"\ncall path, authorization {authorization}, {args.concurrency} calls in flight, {args.seconds:g} s each"
+        f" after {args.warmup:g} s warm-up"
+    )
     print(f"{'scenario':<36}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for key, name in SCENARIOS.items():
         r = results[key]
@@ -431,8 +458,10 @@ def report(results: dict[str, Result], args: argparse.Namespace, authorization: 
     # Where all processes compete for the cores, throughput goes as 1 / total CPU per call.
     total = {key: sum(results[key].cpu_us.values()) for key in SCENARIOS}
     if all(total.values()):
-        print(f"{'b/a, c/d, b/r by total CPU':<36}{total['a'] / total['b']:>10.2f}{total['d'] / total['c']:>8.2f}"
-              f"{total['r'] / total['b']:>8.2f}   (the throughput ratios when the cores are the limit)")
+        print(
+            f"{'b/a, c/d, b/r by total CPU':<36}{total['a'] / total['b']:>10.2f}{total['d'] / total['c']:>8.2f}"
+            f"{total['r'] / total['b']:>8.2f}   (the throughput ratios when the cores are the limit)"
+        )
 
 
 def main() -> None:
@@ -442,8 +471,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
     parser.add_argument("--serve", choices=("raw", "raw-records", "module"), help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=1, help="measurements of each mode, alternated (default 1)")
-    parser.add_argument("--authorization", choices=("on", "off", "both"), default="both",
-                        help="measure with the platform's bus authorization, without it, or both (default)")
+    parser.add_argument(
+        "--authorization",
+        choices=("on", "off", "both"),
+        default="both",
+        help="measure with the platform's bus authorization, without it, or both (default)",
+    )
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -464,13 +497,16 @@ def main() -> None:
             runs[authorized].append(measure_all(args, authorized))
             report(runs[authorized][-1], args, f"{label}, round {round_number}")
     if len(runs) == 2:
-        print("\nauthorization on / off, throughput by round and median (the cost of the trust boundary;"
-              " target >= 0.95)")
+        print(
+            "\nauthorization on / off, throughput by round and median (the cost of the trust boundary; target >= 0.95)"
+        )
         for key in "abcd":
             ratios = [on[key].rate / off[key].rate for on, off in zip(runs[True], runs[False], strict=True)]
             median = statistics.median(ratios)
-            print(f"{SCENARIOS[key]:<36}{'  '.join(f'{r:.2f}' for r in ratios):>24}   median {median:.2f}"
-                  f"   {'ok' if median >= 0.95 else 'MISS'}")
+            print(
+                f"{SCENARIOS[key]:<36}{'  '.join(f'{r:.2f}' for r in ratios):>24}   median {median:.2f}"
+                f"   {'ok' if median >= 0.95 else 'MISS'}"
+            )
 
 
 def open_config(folder: Path) -> Path:

@@ -82,8 +82,11 @@ async def fetch_floor(js: JetStreamContext, events: int, batch: int) -> float:
     info = await js.add_consumer(
         "REGISTRY",
         ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0,
-            filter_subject="registry.>", mem_storage=True,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+            filter_subject="registry.>",
+            mem_storage=True,
         ),
     )
     subscription = await js.pull_subscribe_bind(consumer=info.name, stream="REGISTRY")
@@ -159,12 +162,18 @@ def main() -> None:
     print(f"events                         {args.events:>12,}  ({args.modules:,} modules)")
     print(f"publish (publish_async)        {figures['publish']:>12,.0f} events/s")
     print(f"(a) floor: fetch 256, ack none {figures['floor_fetch_256']:>12,.0f} events/s")
-    print(f"(a) floor: fetch 1024          {figures['floor_fetch_1024']:>12,.0f} events/s"
-          f"  ({figures['floor_fetch_1024_after']:,.0f} after the rebuild)")
-    print(f"(b) rebuild registry           {figures['rebuild']:>12,.0f} events/s"
-          f"  = {figures['rebuild_over_floor']:.2f} x best floor (target >= 0.80)")
-    print(f"(c) replay to JSONL            {figures['replay_jsonl']:>12,.0f} events/s"
-          f"  = {figures['replay_over_floor']:.2f} x best floor")
+    print(
+        f"(a) floor: fetch 1024          {figures['floor_fetch_1024']:>12,.0f} events/s"
+        f"  ({figures['floor_fetch_1024_after']:,.0f} after the rebuild)"
+    )
+    print(
+        f"(b) rebuild registry           {figures['rebuild']:>12,.0f} events/s"
+        f"  = {figures['rebuild_over_floor']:.2f} x best floor (target >= 0.80)"
+    )
+    print(
+        f"(c) replay to JSONL            {figures['replay_jsonl']:>12,.0f} events/s"
+        f"  = {figures['replay_over_floor']:.2f} x best floor"
+    )
     print(json.dumps({k: round(v, 3) for k, v in figures.items()}))
 
 

@@ -47,8 +47,12 @@ from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.projections import ProjectionRunner, UsageProjection, rebuild
 from democratic_ai.schemas import create_pool, migrate
 
-METRICS = (("api_calls", lambda r: 1), ("compute_ms", lambda r: r.randint(1, 500)),
-           ("bytes_in", lambda r: r.randint(20, 4000)), ("bytes_out", lambda r: r.randint(20, 20000)))
+METRICS = (
+    ("api_calls", lambda r: 1),
+    ("compute_ms", lambda r: r.randint(1, 500)),
+    ("bytes_in", lambda r: r.randint(20, 4000)),
+    ("bytes_out", lambda r: r.randint(20, 20000)),
+)
 
 
 def events(count: int, seed: int, prefix: str, hours: float) -> list[CallMetered]:
@@ -65,10 +69,13 @@ def events(count: int, seed: int, prefix: str, hours: float) -> list[CallMetered
         common = {
             # Traffic is skewed (a few tenants make most calls), and a capability is served by
             # one module: the shape of a real platform's log, not a uniform worst case.
-            "tenant_id": f"tenant-{min(49, int(rng.paretovariate(1.0)) - 1)}", "call_id": f"{prefix}-{call}",
-            "capability": f"cap.op{capability}", "module_id": f"module-{capability % 4}",
+            "tenant_id": f"tenant-{min(49, int(rng.paretovariate(1.0)) - 1)}",
+            "call_id": f"{prefix}-{call}",
+            "capability": f"cap.op{capability}",
+            "module_id": f"module-{capability % 4}",
             "at": start + step * call,
-            "outcome": "success" if rng.random() < 0.95 else "failed", "api_key_id": f"key-{rng.randrange(200)}",
+            "outcome": "success" if rng.random() < 0.95 else "failed",
+            "api_key_id": f"key-{rng.randrange(200)}",
         }
         for metric, value in METRICS:
             if len(out) < count:
@@ -80,8 +87,11 @@ async def publish(js: JetStreamContext, batch: list[CallMetered]) -> float:
     """Publish with pipelining; returns events/s."""
     started = time.perf_counter()
     for event in batch:
-        await js.publish_async(usage_subject(event.tenant_id, event.metric), encode_event(event),
-                               headers={"Nats-Msg-Id": message_id(event)})
+        await js.publish_async(
+            usage_subject(event.tenant_id, event.metric),
+            encode_event(event),
+            headers={"Nats-Msg-Id": message_id(event)},
+        )
     await js.publish_async_completed()
     return len(batch) / (time.perf_counter() - started)
 
@@ -89,8 +99,12 @@ async def publish(js: JetStreamContext, batch: list[CallMetered]) -> float:
 async def floor(js: JetStreamContext, count: int, batch: int, policy: AckPolicy) -> float:
     """Raw pull consumption of ``count`` messages with acks; returns messages/s."""
     name = f"bench-floor-{policy.value}"
-    subscription = await js.pull_subscribe("usage.>", durable=name, stream="USAGE", config=ConsumerConfig(
-        ack_policy=policy, deliver_policy=DeliverPolicy.ALL, max_ack_pending=-1, ack_wait=60))
+    subscription = await js.pull_subscribe(
+        "usage.>",
+        durable=name,
+        stream="USAGE",
+        config=ConsumerConfig(ack_policy=policy, deliver_policy=DeliverPolicy.ALL, max_ack_pending=-1, ack_wait=60),
+    )
     seen = 0
     started = time.perf_counter()
     while seen < count:
@@ -122,8 +136,9 @@ async def totals(pool: asyncpg.Pool) -> tuple[int, int]:
 async def reset(pool: asyncpg.Pool) -> None:
     """Empty the read models and forget the checkpoint: the next projection starts from scratch."""
     async with pool.acquire() as conn:
-        await conn.execute("TRUNCATE usage_events, usage_daily, usage_hourly;"
-                           " DELETE FROM projection_checkpoints WHERE name = 'usage'")
+        await conn.execute(
+            "TRUNCATE usage_events, usage_daily, usage_hourly; DELETE FROM projection_checkpoints WHERE name = 'usage'"
+        )
 
 
 async def project(js: JetStreamContext, pool: asyncpg.Pool, last: int, batch: int) -> float:
@@ -166,18 +181,24 @@ async def run(bus: BusOptions, database_url: str, args: argparse.Namespace) -> N
             rounds["projection"].append(await project(js, pool, last, args.batch))
             raw, folded = await totals(pool)
             if raw != len(batch) or folded != len(batch):
-                raise SystemExit(f"the read model is wrong: {raw} raw rows, {folded} aggregated, {len(batch)} published")
+                raise SystemExit(
+                    f"the read model is wrong: {raw} raw rows, {folded} aggregated, {len(batch)} published"
+                )
         explicit, ack_all, projected = (statistics.median(v) for v in rounds.values())
         ratio = projected / explicit
-        print(f"\nstream -> aggregate read model, {len(batch)} events, fetch({args.batch}),"
-              f" median of {args.rounds} interleaved rounds")
+        print(
+            f"\nstream -> aggregate read model, {len(batch)} events, fetch({args.batch}),"
+            f" median of {args.rounds} interleaved rounds"
+        )
         print(f"{'floor: raw pull consume, ack each':<44}{explicit:>10,.0f} events/s")
         print(f"{'(raw pull consume, one ack per batch)':<44}{ack_all:>10,.0f} events/s")
         print(f"{'usage projection into Postgres':<44}{projected:>10,.0f} events/s")
         print(f"{'projection / floor':<44}{ratio:>10.2f}   target >= 0.80  {'ok' if ratio >= 0.8 else 'MISS'}")
         print(f"{'projection / one-ack-per-batch floor':<44}{projected / ack_all:>10.2f}")
-        print("rounds (floor / projection): " + ", ".join(
-            f"{e:,.0f} / {p:,.0f}" for e, p in zip(rounds["explicit"], rounds["projection"], strict=True)))
+        print(
+            "rounds (floor / projection): "
+            + ", ".join(f"{e:,.0f} / {p:,.0f}" for e, p in zip(rounds["explicit"], rounds["projection"], strict=True))
+        )
 
         if args.rebuild_events:
             await js.purge_stream("USAGE")
@@ -190,8 +211,10 @@ async def run(bus: BusOptions, database_url: str, args: argparse.Namespace) -> N
             raw, folded = await totals(pool)
             if replayed != args.rebuild_events or raw != replayed or folded != replayed:
                 raise SystemExit(f"rebuild is wrong: {replayed} replayed, {raw} raw rows, {folded} aggregated")
-            print(f"rebuilt the usage read models from {replayed:,} events in {elapsed:.1f} s"
-                  f" ({replayed / elapsed:,.0f} events/s)")
+            print(
+                f"rebuilt the usage read models from {replayed:,} events in {elapsed:.1f} s"
+                f" ({replayed / elapsed:,.0f} events/s)"
+            )
     finally:
         await nc.close()
         await pool.close()
@@ -201,8 +224,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000, help="events for the throughput comparison")
     parser.add_argument("--rebuild-events", type=int, default=1_000_000, help="events to rebuild from (0: skip)")
-    parser.add_argument("--batch", type=int, default=1024,
-                        help="fetch size of the floor and the projection (the runner's default)")
+    parser.add_argument(
+        "--batch", type=int, default=1024, help="fetch size of the floor and the projection (the runner's default)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each measurement")
     parser.add_argument("--hours", type=float, default=24.0, help="the span of time the events cover")
     args = parser.parse_args()

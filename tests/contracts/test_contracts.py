@@ -18,8 +18,15 @@ def test_generated_code_is_current(repo_root: Path, tmp_path: Path) -> None:
     protos = sorted(p.name for p in contracts.glob("*.proto"))
     assert protos, "no .proto files found"
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{contracts}", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", *protos],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{contracts}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            *protos,
+        ],
         check=True,
     )
     generated = sorted(p.name for p in tmp_path.iterdir())
@@ -48,8 +55,9 @@ def test_stream_chunks_carry_sequence_progress_and_final() -> None:
     from democratic_ai.contracts.headers import MCP_CONTROL
 
     request = new_request("image.upscale", b"{}", tenant_id="acme", source_module_id="t")
-    started = decode(streaming.chunk(request, 0, b"", source_module_id="m", fraction=0.0, status="queued")
-                     .SerializeToString())
+    started = decode(
+        streaming.chunk(request, 0, b"", source_module_id="m", fraction=0.0, status="queued").SerializeToString()
+    )
     assert started.type == MessageType.STREAM_CHUNK and started.correlation_id == request.correlation_id
     assert started.progress.HasField("fraction") and started.progress.fraction == 0.0  # 0 is not "unknown"
     assert not started.payload and not started.final
@@ -120,12 +128,15 @@ def test_a_forked_child_draws_ids_of_its_own() -> None:
     assert child[:24] != parent[:24]
 
 
-@pytest.mark.parametrize(("age", "ttl", "left"), [
-    (0.0, 30, 30.0),
-    (29.0, 30, 1.0),
-    (31.0, 30, -1.0),
-    (-5.0, 30, 30.0),  # stamped "in the future" (the clock stepped back since): the ttl is not lengthened
-])
+@pytest.mark.parametrize(
+    ("age", "ttl", "left"),
+    [
+        (0.0, 30, 30.0),
+        (29.0, 30, 1.0),
+        (31.0, 30, -1.0),
+        (-5.0, 30, 30.0),  # stamped "in the future" (the clock stepped back since): the ttl is not lengthened
+    ],
+)
 def test_a_request_made_here_has_its_ttl_from_its_timestamp(
     age: float, ttl: int, left: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,19 +199,60 @@ def test_messages_built_field_by_field_are_the_bytes_the_constructor_makes() -> 
         expected.timestamp.CopyFrom(built.timestamp)
         assert built.SerializeToString() == expected.SerializeToString()
 
-    request = new_request("text.summarize", b'{"t": 1}', tenant_id="acme", source_module_id="t", user_id="u",
-                          api_key_id="k", target_module_id="m", priority=9, ttl=3)
-    same(request, type=MessageType.REQUEST, source_module_id="t", target_module_id="m", action="text.summarize",
-         context=Context(tenant_id="acme", user_id="u", api_key_id="k"), payload=b'{"t": 1}',
-         correlation_id=request.id, priority=9, ttl=3, content_type="application/json")
+    request = new_request(
+        "text.summarize",
+        b'{"t": 1}',
+        tenant_id="acme",
+        source_module_id="t",
+        user_id="u",
+        api_key_id="k",
+        target_module_id="m",
+        priority=9,
+        ttl=3,
+    )
+    same(
+        request,
+        type=MessageType.REQUEST,
+        source_module_id="t",
+        target_module_id="m",
+        action="text.summarize",
+        context=Context(tenant_id="acme", user_id="u", api_key_id="k"),
+        payload=b'{"t": 1}',
+        correlation_id=request.id,
+        priority=9,
+        ttl=3,
+        content_type="application/json",
+    )
     response = reply(request, b"{}", source_module_id="m")
-    same(response, type=MessageType.RESPONSE, source_module_id="m", target_module_id="t", action="text.summarize",
-         context=request.context, payload=b"{}", correlation_id=request.id, content_type="application/json")
+    same(
+        response,
+        type=MessageType.RESPONSE,
+        source_module_id="m",
+        target_module_id="t",
+        action="text.summarize",
+        context=request.context,
+        payload=b"{}",
+        correlation_id=request.id,
+        content_type="application/json",
+    )
     error = error_reply(request, ErrorCode.TIMEOUT, "late", source_module_id="hub", details={"ttl": 3})
-    same(error, type=MessageType.ERROR, source_module_id="hub", target_module_id="t", action="text.summarize",
-         context=request.context, correlation_id=request.id,
-         error=Error(code="TIMEOUT", message="late", details=b'{"ttl":3}'))
+    same(
+        error,
+        type=MessageType.ERROR,
+        source_module_id="hub",
+        target_module_id="t",
+        action="text.summarize",
+        context=request.context,
+        correlation_id=request.id,
+        error=Error(code="TIMEOUT", message="late", details=b'{"ttl":3}'),
+    )
     bare = reply(MCPMessage(action="x.y"), b"", source_module_id="m")  # a request without a context
     assert bare.HasField("context")
-    same(bare, type=MessageType.RESPONSE, source_module_id="m", action="x.y", context=Context(),
-         content_type="application/json")
+    same(
+        bare,
+        type=MessageType.RESPONSE,
+        source_module_id="m",
+        action="x.y",
+        context=Context(),
+        content_type="application/json",
+    )

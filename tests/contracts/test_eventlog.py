@@ -23,8 +23,7 @@ async def log(nc: NATS) -> AsyncIterator[tuple[JetStreamContext, str]]:
     js = nc.jetstream()
     prefix = unique("evlog")
     stream = prefix.upper().replace("-", "_")
-    await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.>"], duplicate_window=120.0,
-                                     max_msg_size=1024))
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.>"], duplicate_window=120.0, max_msg_size=1024))
     yield js, prefix
     await js.delete_stream(stream)
 

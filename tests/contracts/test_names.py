@@ -35,7 +35,11 @@ def test_each_family_is_spelled_as_the_wire_has_it() -> None:
     assert subjects.of_tenant(subjects.ALL_IDENTITY, "acme") == "iam.acme.>"
     with pytest.raises(ValueError, match="tenant"):
         subjects.of_tenant(subjects.ALL_REGISTRY, "acme")
-    assert (subjects.ALL_CALLS, subjects.ALL_DIRECT, subjects.ALL_CONTROL) == ("mcp.call.>", "mcp.direct.>", "mcp.ctl.>")
+    assert (subjects.ALL_CALLS, subjects.ALL_DIRECT, subjects.ALL_CONTROL) == (
+        "mcp.call.>",
+        "mcp.direct.>",
+        "mcp.ctl.>",
+    )
 
 
 def test_the_streams_capture_what_they_always_did() -> None:
@@ -47,16 +51,33 @@ def test_the_streams_capture_what_they_always_did() -> None:
         "BILLING": ["billing.>"],
         "REGISTRY": ["registry.>"],
     }
-    names = (streams.MCP_STREAM, streams.USAGE_STREAM, streams.RATELIMIT_STREAM, streams.IDENTITY_STREAM,
-             streams.BILLING_STREAM, streams.REGISTRY_STREAM)
+    names = (
+        streams.MCP_STREAM,
+        streams.USAGE_STREAM,
+        streams.RATELIMIT_STREAM,
+        streams.IDENTITY_STREAM,
+        streams.BILLING_STREAM,
+        streams.REGISTRY_STREAM,
+    )
     assert names == tuple(c.name for c in streams.STREAMS)
 
 
 def test_headers_are_spelled_as_the_wire_has_them() -> None:
-    assert (headers.DAI_STREAM, headers.DAI_WINDOW, headers.DAI_REMAINING_MS) == ("Dai-Stream", "Dai-Window", "Dai-Remaining-Ms")
-    assert (headers.NATS_MSG_ID, headers.NATS_EXPECTED_LAST_SUBJECT_SEQUENCE) == ("Nats-Msg-Id", "Nats-Expected-Last-Subject-Sequence")
+    assert (headers.DAI_STREAM, headers.DAI_WINDOW, headers.DAI_REMAINING_MS) == (
+        "Dai-Stream",
+        "Dai-Window",
+        "Dai-Remaining-Ms",
+    )
+    assert (headers.NATS_MSG_ID, headers.NATS_EXPECTED_LAST_SUBJECT_SEQUENCE) == (
+        "Nats-Msg-Id",
+        "Nats-Expected-Last-Subject-Sequence",
+    )
     assert (headers.MCP_CONTROL, headers.MCP_ACCEPT_HELD) == ("control", "accept_held")
-    assert (headers.MCP_COMPUTE_MS, headers.MCP_BYTES_IN, headers.MCP_BYTES_OUT) == ("compute_ms", "bytes_in", "bytes_out")
+    assert (headers.MCP_COMPUTE_MS, headers.MCP_BYTES_IN, headers.MCP_BYTES_OUT) == (
+        "compute_ms",
+        "bytes_in",
+        "bytes_out",
+    )
     assert (headers.HTTP_API_KEY, headers.HTTP_CALL_ID) == ("X-API-Key", "X-Call-Id")
     values = [getattr(headers, name) for name in headers.__all__]
     assert len(values) == len(set(values)), "one constant per header"
@@ -64,12 +85,34 @@ def test_headers_are_spelled_as_the_wire_has_them() -> None:
 
 def test_a_module_is_granted_the_subjects_it_always_was() -> None:
     tenant = module_permissions(SimpleNamespace(tenant_id="acme", module_id="m1", capabilities=["text.echo"]))
-    assert tenant["sub"]["allow"][:4] == ["mcp.call.*.text.echo text.echo", "mcp.direct.m1.*.text.echo m1", "mcp.ctl.m1.*",
-                                          "mcp.evt.acme.>"]
-    assert tenant["pub"]["allow"] == ["mcp.res.*.text.echo", "hub.announce.m1", "hub.heartbeat.m1", "hub.leave.m1", "_INBOX.>",
-                                      "mcp.call.>", "mcp.direct.>", "mcp.req.>", "mcp.ctl.>", "mcp.evt.acme.>"]
+    assert tenant["sub"]["allow"][:4] == [
+        "mcp.call.*.text.echo text.echo",
+        "mcp.direct.m1.*.text.echo m1",
+        "mcp.ctl.m1.*",
+        "mcp.evt.acme.>",
+    ]
+    assert tenant["pub"]["allow"] == [
+        "mcp.res.*.text.echo",
+        "hub.announce.m1",
+        "hub.heartbeat.m1",
+        "hub.leave.m1",
+        "_INBOX.>",
+        "mcp.call.>",
+        "mcp.direct.>",
+        "mcp.req.>",
+        "mcp.ctl.>",
+        "mcp.evt.acme.>",
+    ]
     assert tenant["pub"]["deny"][:5] == ["iam.>", "usage.>", "billing.>", "ratelimit.>", "registry.>"]
-    assert tenant["sub"]["deny"][:7] == ["mcp.req.>", "mcp.res.>", "iam.>", "usage.>", "billing.>", "ratelimit.>", "registry.>"]
+    assert tenant["sub"]["deny"][:7] == [
+        "mcp.req.>",
+        "mcp.res.>",
+        "iam.>",
+        "usage.>",
+        "billing.>",
+        "ratelimit.>",
+        "registry.>",
+    ]
     platform = module_permissions(SimpleNamespace(tenant_id="system", module_id="m2", capabilities=["a.b"]))
     assert "mcp.evt.*.>" in platform["sub"]["allow"] and "mcp.evt.*.>" in platform["pub"]["allow"]
 
@@ -85,12 +128,20 @@ _EVENT_TAGS = {"usage.call", "usage.storage"}  # msgspec tags of USAGE events, n
 def _strings(path: Path) -> list[tuple[int, str]]:
     """Every string constant of a module (f-strings by their leading text), docstrings and ``__all__`` left out."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-    exports = {id(element) for node in ast.walk(tree) if isinstance(node, ast.Assign)
-               and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
-               for element in ast.walk(node.value)}
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    exports = {
+        id(element)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+        for element in ast.walk(node.value)
+    }
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):

@@ -31,8 +31,11 @@ class Recorder:
         self.sequences.append(msg.metadata.sequence.stream)
 
     async def reach(self, sequence: int, timeout: float = 5.0) -> None:
-        await eventually(lambda: self.sequences and self.sequences[-1] >= sequence,
-                         lambda: f"sequence {sequence}; at {self.sequences[-1:]}", timeout=timeout)
+        await eventually(
+            lambda: self.sequences and self.sequences[-1] >= sequence,
+            lambda: f"sequence {sequence}; at {self.sequences[-1:]}",
+            timeout=timeout,
+        )
 
 
 async def _publish(nc: NATS, subject: str, n: int) -> int:
@@ -56,8 +59,10 @@ async def test_followers_started_by_time_and_new_only_resume_after_kill_9_of_the
         await asyncio.sleep(0.01)  # time passes between the instant and the recent events
         last = await _publish(nc, "t.recent", 3)
         by_time, new_only = Recorder(), Recorder()
-        followers = [OrderedConsumer(nc.jetstream(), "T", "t.>", by_time, start=since),
-                     OrderedConsumer(nc.jetstream(), "T", "t.>", new_only, start=DeliverPolicy.NEW)]
+        followers = [
+            OrderedConsumer(nc.jetstream(), "T", "t.>", by_time, start=since),
+            OrderedConsumer(nc.jetstream(), "T", "t.>", new_only, start=DeliverPolicy.NEW),
+        ]
         for follower in followers:
             await follower.start(timeout=5)
         assert by_time.sequences == [6, 7, 8] and new_only.sequences == []
@@ -66,8 +71,13 @@ async def test_followers_started_by_time_and_new_only_resume_after_kill_9_of_the
         server.kill()
         server.start()
         # Publishing works once the client has reconnected.
-        last = await eventually(lambda: _publish(nc, "t.after", 3), "a publish after the restart", timeout=5,
-                                interval=0.05, ignoring=(nats.errors.Error, TimeoutError))
+        last = await eventually(
+            lambda: _publish(nc, "t.after", 3),
+            "a publish after the restart",
+            timeout=5,
+            interval=0.05,
+            ignoring=(nats.errors.Error, TimeoutError),
+        )
         await by_time.reach(last, timeout=2)
         await new_only.reach(last, timeout=2)
         assert by_time.sequences == list(range(6, last + 1))  # in order, none twice, none lost
@@ -127,8 +137,9 @@ async def test_a_batch_follower_starts_after_a_checkpoint_and_hands_over_batches
         last = await _publish(nc, f"{subject}.a", 50)
         batches = Batches()
         stop = asyncio.Event()
-        follower = OrderedConsumer(js, stream, f"{subject}.>", on_batch=batches, batch=16, after=10, name="fold-me",
-                                   description="a test fold")
+        follower = OrderedConsumer(
+            js, stream, f"{subject}.>", on_batch=batches, batch=16, after=10, name="fold-me", description="a test fold"
+        )
         task = asyncio.create_task(follower.run(stop))
         try:
             await follower.wait_for(last, timeout=5)

@@ -20,11 +20,19 @@ from support.names import unique
 
 def _v1_manifest(module_id: str) -> dict:
     return {
-        "module_id": module_id, "name": "Old", "version": "0.9.0", "description": "written by v1",
-        "capabilities": [{
-            "action": "legacy.echo", "description": "", "input_schema": {"type": "object"},
-            "output_schema": {}, "streaming": False,
-        }],
+        "module_id": module_id,
+        "name": "Old",
+        "version": "0.9.0",
+        "description": "written by v1",
+        "capabilities": [
+            {
+                "action": "legacy.echo",
+                "description": "",
+                "input_schema": {"type": "object"},
+                "output_schema": {},
+                "streaming": False,
+            }
+        ],
     }
 
 
@@ -69,7 +77,9 @@ async def test_v1_events_replay_into_the_current_read_model(nc: NATS, pool: asyn
     module_id = unique("legacy")
     manifest = _v1_manifest(module_id)
     js = nc.jetstream()
-    await js.publish(f"registry.{module_id}.registered", _v1_event("module.registered", manifest, "2024-01-02T03:04:05Z"))
+    await js.publish(
+        f"registry.{module_id}.registered", _v1_event("module.registered", manifest, "2024-01-02T03:04:05Z")
+    )
     updated = {**manifest, "version": "0.9.1"}
     await js.publish(f"registry.{module_id}.updated", _v1_event("module.updated", updated, "2024-02-03T04:05:06Z"))
 
@@ -77,7 +87,9 @@ async def test_v1_events_replay_into_the_current_read_model(nc: NATS, pool: asyn
 
     async with pool.acquire() as conn:
         row = await conn.fetchrow("SELECT * FROM registry_modules WHERE module_id = $1", module_id)
-        actions = await conn.fetch("SELECT action, input_schema FROM registry_capabilities WHERE module_id = $1", module_id)
+        actions = await conn.fetch(
+            "SELECT action, input_schema FROM registry_capabilities WHERE module_id = $1", module_id
+        )
     assert row["version"] == "0.9.1"
     assert row["digest"] == msgspec.convert(updated, ModuleManifest).digest()
     assert row["registered_at"].isoformat() == "2024-01-02T03:04:05+00:00"
@@ -91,7 +103,9 @@ async def test_a_module_registered_under_v1_is_not_registered_again(nc: NATS, hu
     module_id = unique("legacy")
     manifest = _v1_manifest(module_id)
     js = nc.jetstream()
-    ack = await js.publish(f"registry.{module_id}.registered", _v1_event("module.registered", manifest, "2024-01-02T03:04:05Z"))
+    ack = await js.publish(
+        f"registry.{module_id}.registered", _v1_event("module.registered", manifest, "2024-01-02T03:04:05Z")
+    )
     await hub.registry.wait_for(ack.seq)
     appended = await Registrar(js, hub.registry).announce(msgspec.convert(manifest, ModuleManifest))
     assert appended is False
@@ -101,7 +115,9 @@ async def test_a_module_registered_under_v1_is_not_registered_again(nc: NATS, hu
 async def test_the_migration_prefixes_digests_folded_from_v1(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         for version, sql in migrations():
             if version < "003":
                 await conn.execute(sql)

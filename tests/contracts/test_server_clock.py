@@ -112,8 +112,16 @@ def test_a_meter_event_from_a_clock_ahead_does_not_stall_a_bucket(monkeypatch: p
     monkeypatch.setattr(time, "time", lambda: now[0])
     plans = PlanBook({"p": Plan(compute_ms=ComputeLimit(capacity=10, refill_per_second=1.0))}, default_plan="p")
     meters = Meters(None, plans, replica="here")  # type: ignore[arg-type]  # folding needs no connection
-    meters.apply_remote(MeterConsumed(tenant_id="acme", replica="ahead", compute_ms=10, bandwidth_bytes=0,
-                                      since=now[0] + 29.0, until=now[0] + 30.0))
+    meters.apply_remote(
+        MeterConsumed(
+            tenant_id="acme",
+            replica="ahead",
+            compute_ms=10,
+            bandwidth_bytes=0,
+            since=now[0] + 29.0,
+            until=now[0] + 30.0,
+        )
+    )
     assert meters.check("acme", 0, now[0]) is not None  # used up…
     now[0] += 2.0
     assert meters.check("acme", 0, now[0]) is None  # …and refilled two seconds later

@@ -62,12 +62,23 @@ def gateway_env(
     """The environment of a `dai gateway` process: the gateway's bus role, this test's database,
     and a plans file with no call limit but for ``short_window_tenant``: LIMIT per SHORT_WINDOW s."""
     plans = tmp_path / "plans.json"
-    plans.write_text(json.dumps({
-        "version": 1, "default_plan": "open", "assignments": {short_window_tenant: "short"},
-        "plans": {"open": {}, "short": {"api_calls": {"limit": LIMIT, "window_seconds": SHORT_WINDOW}}},
-    }))
-    return {**os.environ, **nats_server.environment("gateway"), "DATABASE_APP_URL": app_dsn(database_url),
-            "DAI_LOG_LEVEL": "WARNING", "DAI_PLANS_FILE": str(plans)}
+    plans.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "default_plan": "open",
+                "assignments": {short_window_tenant: "short"},
+                "plans": {"open": {}, "short": {"api_calls": {"limit": LIMIT, "window_seconds": SHORT_WINDOW}}},
+            }
+        )
+    )
+    return {
+        **os.environ,
+        **nats_server.environment("gateway"),
+        "DATABASE_APP_URL": app_dsn(database_url),
+        "DAI_LOG_LEVEL": "WARNING",
+        "DAI_PLANS_FILE": str(plans),
+    }
 
 
 class SkewedGateway:
@@ -82,8 +93,12 @@ def skewed_gateway(env: dict[str, str], offset: int, log_dir: Path) -> Iterator[
     log = log_dir / f"gateway{offset:+d}.log"
     fake = {"LD_PRELOAD": LIBFAKETIME or "", "FAKETIME": f"{offset:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", "gateway", "--port", str(port)],
-                                   env={**env, **fake}, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "democratic_ai.ops.cli", "gateway", "--port", str(port)],
+            env={**env, **fake},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield SkewedGateway(f"http://127.0.0.1:{port}", log)
     finally:
@@ -108,7 +123,12 @@ async def _until(moment: float) -> None:
 
 @pytest.mark.parametrize(("skew", "window"), [(2, SHORT_WINDOW), (30, SHORT_WINDOW), (30, 60)])
 async def test_gateways_with_skewed_clocks_admit_at_most_the_limit_in_any_window(
-    skew: int, window: int, nc: NATS, echo: Echo, gateway_env: dict[str, str], tmp_path: Path,
+    skew: int,
+    window: int,
+    nc: NATS,
+    echo: Echo,
+    gateway_env: dict[str, str],
+    tmp_path: Path,
     short_window_tenant: str,
 ) -> None:
     if window == SHORT_WINDOW:
@@ -130,8 +150,10 @@ async def test_gateways_with_skewed_clocks_admit_at_most_the_limit_in_any_window
         assert second_at < started + window + LEASE, "the first flood took too long to tell the clocks apart"
         await _until(second_at)
         second = _admitted(await flood([ahead.url], key, 2 * LIMIT))
-        print(f"\n±{skew} s: {first} admitted behind, then {second} ahead {second_at - ended:.1f} s later"
-              f" (limit {LIMIT} per {window} s)")
+        print(
+            f"\n±{skew} s: {first} admitted behind, then {second} ahead {second_at - ended:.1f} s later"
+            f" (limit {LIMIT} per {window} s)"
+        )
         assert 0.9 * LIMIT <= first <= LIMIT
         assert first + second <= LIMIT
         if window > SHORT_WINDOW:
@@ -153,8 +175,12 @@ async def test_a_gateway_30_s_off_serves_short_ttl_calls_and_says_its_clock_is_o
         await asyncio.gather(*(gateway_ready(g.url, key, timeout=60) for g in gateways.values()))
         for offset, gateway in gateways.items():
             started = time.monotonic()
-            status, body = await http("POST", f"{gateway.url}/v1/capabilities/test.echo/invoke?ttl=5",
-                                      json={"text": "on time"}, headers={"X-API-Key": key})
+            status, body = await http(
+                "POST",
+                f"{gateway.url}/v1/capabilities/test.echo/invoke?ttl=5",
+                json={"text": "on time"},
+                headers={"X-API-Key": key},
+            )
             assert (status, body.get("result")) == (200, {"text": "on time"}), (offset, body)
             assert time.monotonic() - started < 2.0  # answered, not waited out
 

@@ -32,9 +32,22 @@ pytestmark = pytest.mark.slow
 def _start(data_dir: Path, port: int, nats_port: int) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "democratic_ai.ops.cli", "up", "--data-dir", str(data_dir),
-         "--port", str(port), "--nats-port", str(nats_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "democratic_ai.ops.cli",
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--nats-port",
+            str(nats_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     lines = []
     deadline = time.monotonic() + 90
@@ -92,8 +105,12 @@ def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None
         assert key in banner  # shown once, on first start
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         assert f"http://127.0.0.1:{port}" in banner and "curl" in banner
-        status, body = _call(port, key, "/v1/capabilities/text.summarize/invoke",
-                             {"text": "Streams store messages. Consumers read them. Cats sleep a lot.", "max_length": 40})
+        status, body = _call(
+            port,
+            key,
+            "/v1/capabilities/text.summarize/invoke",
+            {"text": "Streams store messages. Consumers read them. Cats sleep a lot.", "max_length": 40},
+        )
         assert status == 200 and 0 < len(body["result"]["summary"]) <= 40
         # Locked down with no extra step: nobody gets on the bus without a credential, and every
         # credential is the owner's alone.
@@ -109,11 +126,19 @@ def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None
         assert monitor is not None, banner
         with urllib.request.urlopen(f"{monitor.group(1)}/healthz", timeout=5) as response:
             assert json.loads(response.read()) == {"status": "ok"}
-        operator_env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{nats_port}",
-                        "DAI_BUS_CREDENTIAL_FILE": str(credentials / "operator.credential")}
+        operator_env = {
+            **os.environ,
+            "NATS_URL": f"nats://127.0.0.1:{nats_port}",
+            "DAI_BUS_CREDENTIAL_FILE": str(credentials / "operator.credential"),
+        }
         operator_env.pop("DATABASE_URL", None)
-        done = subprocess.run([sys.executable, "-m", "democratic_ai.ops.cli", "status", "--json"], env=operator_env,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "democratic_ai.ops.cli", "status", "--json"],
+            env=operator_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         document = json.loads(done.stdout)
         assert {"text-tools", "image-tools"} <= {m["module_id"] for m in document["modules"]}
@@ -141,7 +166,7 @@ def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None
 def _child(process: subprocess.Popen[str], *words: str) -> psutil.Process:
     """The child of ``dai up`` whose command line ends with ``words``."""
     for child in psutil.Process(process.pid).children():
-        if tuple(child.cmdline()[-len(words):]) == words:
+        if tuple(child.cmdline()[-len(words) :]) == words:
             return child
     raise AssertionError(f"dai up has no child running {' '.join(words)}")
 
@@ -155,12 +180,21 @@ def _wait_for_line(lines: list[str], pattern: str, timeout: float) -> re.Match[s
 
 def _served_within(port: int, key: str, timeout: float) -> None:
     def served() -> dict | None:
-        status, body = _call(port, key, "/v1/capabilities/text.summarize/invoke",
-                             {"text": "Streams store messages. Consumers read them.", "max_length": 40})
+        status, body = _call(
+            port,
+            key,
+            "/v1/capabilities/text.summarize/invoke",
+            {"text": "Streams store messages. Consumers read them.", "max_length": 40},
+        )
         return body if status == 200 else None
 
-    body = eventually_sync(served, "the platform to serve text.summarize", timeout=timeout, interval=0.2,
-                           ignoring=(urllib.error.HTTPError, urllib.error.URLError, OSError))
+    body = eventually_sync(
+        served,
+        "the platform to serve text.summarize",
+        timeout=timeout,
+        interval=0.2,
+        ignoring=(urllib.error.HTTPError, urllib.error.URLError, OSError),
+    )
     assert body["result"]["summary"], body
 
 
@@ -178,8 +212,12 @@ def test_a_killed_child_is_restarted_and_the_platform_serves_again(tmp_path: Pat
         module.kill()
         hub.kill()
         for name, pid in (("module text-tools", module.pid), ("hub", hub.pid)):
-            _wait_for_line(lines, rf"dai: [\d:]+ {name} \(pid {pid}\) exited with signal SIGKILL after [\d.]+ s;"
-                                  r" restarting it in 0.5 s", timeout=10)
+            _wait_for_line(
+                lines,
+                rf"dai: [\d:]+ {name} \(pid {pid}\) exited with signal SIGKILL after [\d.]+ s;"
+                r" restarting it in 0.5 s",
+                timeout=10,
+            )
             restarted = int(_wait_for_line(lines, rf"dai: [\d:]+ {name} restarted \(pid (\d+)\)", timeout=10).group(1))
             assert restarted != pid and psutil.pid_exists(restarted)
         _served_within(port, key, 30)  # the new module instance announces itself and serves
@@ -210,7 +248,9 @@ def test_a_taken_port_is_a_one_line_error(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "democratic_ai.ops.cli", "up", "--data-dir", str(tmp_path), "--port", str(port)],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert result.returncode == 1
     lines = [line for line in result.stdout.splitlines() + result.stderr.splitlines() if line.strip()]

@@ -68,8 +68,13 @@ class Shell:
     def __init__(self, folder: Path, env: dict[str, str]) -> None:
         self.folder = folder
         self.process = subprocess.Popen(
-            ["bash", "--noprofile", "--norc"], cwd=folder, env=env, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            ["bash", "--noprofile", "--norc"],
+            cwd=folder,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -93,11 +98,14 @@ class Shell:
             try:
                 line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"{block.where()} did not finish within {BLOCK_TIMEOUT:g} s:\n"
-                                     + "".join(output)) from None
+                raise AssertionError(
+                    f"{block.where()} did not finish within {BLOCK_TIMEOUT:g} s:\n" + "".join(output)
+                ) from None
             if line is None:
-                raise AssertionError(f"{block.where()} failed (exit {self.process.wait()}):\n{block.text}\n"
-                                     f"--- it printed:\n" + "".join(output))
+                raise AssertionError(
+                    f"{block.where()} failed (exit {self.process.wait()}):\n{block.text}\n"
+                    f"--- it printed:\n" + "".join(output)
+                )
             if DONE in line:  # the block's last line may not end in a newline
                 output.append(line.split(DONE)[0])
                 return "".join(output)
@@ -126,10 +134,16 @@ class Shell:
             self.process.wait()
 
 
-def _start_platform(folder: Path, env: dict[str, str], port: int, nats_port: int) -> tuple[subprocess.Popen[str], list[str]]:
+def _start_platform(
+    folder: Path, env: dict[str, str], port: int, nats_port: int
+) -> tuple[subprocess.Popen[str], list[str]]:
     process = subprocess.Popen(
         [str(folder / ".venv" / "bin" / "dai"), "up", "--port", str(port), "--nats-port", str(nats_port)],
-        cwd=folder, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=folder,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     printed: list[str] = []
     assert process.stdout is not None

@@ -50,8 +50,9 @@ class Platform:
 
 
 @pytest.fixture
-async def platform(tmp_path: Path, database_url: str, pool: asyncpg.Pool, kek: KeyEncryptionKey
-                   ) -> AsyncIterator[Platform]:
+async def platform(
+    tmp_path: Path, database_url: str, pool: asyncpg.Pool, kek: KeyEncryptionKey
+) -> AsyncIterator[Platform]:
     """A nats-server of this test's own on a fixed port, a hub, the echo module, every
     projection and two in-process gateways, all connected to it."""
     server = NatsServer(tmp_path / "platform", port=free_port())
@@ -63,13 +64,16 @@ async def platform(tmp_path: Path, database_url: str, pool: asyncpg.Pool, kek: K
     await echo.start(nc)
     await registered(hub, echo)
     stop = asyncio.Event()
-    projections = [asyncio.create_task(ProjectionRunner(nc.jetstream(), pool, p, batch=256).run(stop))
-                   for p in PROJECTIONS.values()]
+    projections = [
+        asyncio.create_task(ProjectionRunner(nc.jetstream(), pool, p, batch=256).run(stop))
+        for p in PROJECTIONS.values()
+    ]
     platform = Platform(server, nc, pool, [], projections)
     for _ in range(2):
         port = free_port()
-        config = GatewayConfig(bus=server.bus("gateway"), database_url=app_dsn(database_url), port=port,
-                               metering=TEST_METERING, kek=kek)
+        config = GatewayConfig(
+            bus=server.bus("gateway"), database_url=app_dsn(database_url), port=port, metering=TEST_METERING, kek=kek
+        )
         runner = web.AppRunner(create_app(config), handler_cancellation=True)
         await runner.setup()
         platform.runners.append(runner)
@@ -90,8 +94,9 @@ async def platform(tmp_path: Path, database_url: str, pool: asyncpg.Pool, kek: K
 
 async def _status(session: aiohttp.ClientSession, method: str, url: str, key: str) -> int:
     try:
-        async with session.request(method, url, headers={"X-API-Key": key}, json={"text": "hi"},
-                                   timeout=aiohttp.ClientTimeout(total=5)) as response:
+        async with session.request(
+            method, url, headers={"X-API-Key": key}, json={"text": "hi"}, timeout=aiohttp.ClientTimeout(total=5)
+        ) as response:
             await response.read()
             return response.status
     except (aiohttp.ClientError, TimeoutError):
@@ -114,6 +119,7 @@ async def _load(gateways: list[str], key: str, until: asyncio.Event, calls: list
 async def _revoke_when_possible(gateway: str, admin: str, tenant: str, key_id: str, timeout: float) -> float:
     """Revoke ``key_id`` through ``gateway`` as soon as it accepts; returns when it answered."""
     async with aiohttp.ClientSession() as session:
+
         async def revoked() -> bool:
             return await _status(session, "DELETE", f"{gateway}/v1/tenants/{tenant}/api-keys/{key_id}", admin) == 204
 
@@ -126,14 +132,18 @@ async def _refused_everywhere(gateways: list[str], key: str, timeout: float) -> 
     started = time.monotonic()
     pending = set(gateways)
     async with aiohttp.ClientSession() as session:
+
         async def refused() -> bool:
             for url in list(pending):
                 if await _status(session, "GET", f"{url}/v1/usage/limits", key) == 401:
                     pending.discard(url)
             return not pending
 
-        await eventually(refused, lambda: f"every gateway to refuse the revoked key; {sorted(pending)} still accept it",
-                         timeout=timeout)
+        await eventually(
+            refused,
+            lambda: f"every gateway to refuse the revoked key; {sorted(pending)} still accept it",
+            timeout=timeout,
+        )
     return time.monotonic() - started
 
 
@@ -147,6 +157,7 @@ async def test_followers_resume_after_nats_server_is_killed_and_started_again(pl
         async with aiohttp.ClientSession() as session:
             for url in platform.gateways:  # both know both keys, and the limited key holds leases
                 for key in (limited, doomed):
+
                     async def served(url: str = url, key: str = key) -> bool:
                         return await _status(session, "POST", f"{url}/v1/capabilities/test.echo/invoke", key) == 200
 
@@ -175,7 +186,9 @@ async def test_followers_resume_after_nats_server_is_killed_and_started_again(pl
             failures = [started for started, status in after if status != 200]
             last_failure = max(failures, default=back)
             served = [started for started, status in after if status == 200 and started > last_failure]
-            assert last_failure - back < 5.0, f"gateway {index} failed calls {last_failure - back:.1f} s after the restart"
+            assert last_failure - back < 5.0, (
+                f"gateway {index} failed calls {last_failure - back:.1f} s after the restart"
+            )
             assert len(served) >= 20, f"gateway {index} served only {len(served)} calls after its last failure"
         assert refused_after < 1.0
         assert revoked - back < 5.0

@@ -62,14 +62,30 @@ SCRIPT = textwrap.dedent(
 
 def test_one_call_is_one_trace(nats_server: NatsServer, database_url: str, pool: asyncpg.Pool) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, nats_server.url, app_dsn(database_url), str(nats_server.credentials.file("gateway"))],
-        capture_output=True, text=True, timeout=60, env={**os.environ, **nats_server.environment("operator")},
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            nats_server.url,
+            app_dsn(database_url),
+            str(nats_server.credentials.file("gateway")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **nats_server.environment("operator")},
     )
     assert result.returncode == 0, result.stderr
-    spans = {name: (int(trace_id), int(span_id), int(parent)) for *words, trace_id, span_id, parent in
-             (line.rsplit(" ", 3) for line in result.stdout.splitlines()) for name in [" ".join(words)]}
-    gateway, router, module = (spans["gateway invoke text.analyze"], spans["hub route text.analyze"],
-                               spans["module text.analyze"])
+    spans = {
+        name: (int(trace_id), int(span_id), int(parent))
+        for *words, trace_id, span_id, parent in (line.rsplit(" ", 3) for line in result.stdout.splitlines())
+        for name in [" ".join(words)]
+    }
+    gateway, router, module = (
+        spans["gateway invoke text.analyze"],
+        spans["hub route text.analyze"],
+        spans["module text.analyze"],
+    )
     assert gateway[0] == router[0] == module[0]
     assert router[2] == gateway[1]  # the router's span is a child of the gateway's
     assert module[2] == router[1]  # and the module's, across NATS, a child of the router's

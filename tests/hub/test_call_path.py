@@ -28,9 +28,12 @@ TEXT = (
 
 async def _post(gateway: Gateway, capability: str, body: bytes | str, **kw: object) -> tuple[int, dict]:
     headers = kw.pop("headers", gateway.headers)
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{gateway.url}/v1/capabilities/{capability}/invoke", data=body, headers=headers, **kw
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gateway.url}/v1/capabilities/{capability}/invoke", data=body, headers=headers, **kw
+        ) as response,
+    ):
         return response.status, await response.json()
 
 
@@ -105,9 +108,7 @@ class Flaky(Module):
         return {"slept": seconds}
 
 
-async def test_handler_exception_is_module_error_and_module_keeps_serving(
-    gateway: Gateway, nc: NATS, hub: Hub
-) -> None:
+async def test_handler_exception_is_module_error_and_module_keeps_serving(gateway: Gateway, nc: NATS, hub: Hub) -> None:
     module = Flaky()
     await module.start(nc)
     await registered(hub, module)

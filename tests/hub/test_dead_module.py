@@ -70,11 +70,21 @@ async def sleeper(nats_server: NatsServer, gateway: Gateway, bus_authorizer: Non
     module_id = unique("sleeper")
     credential = await register(gateway, module_id, ["test.sleep", "test.drip"])
     env = {name: value for name, value in os.environ.items() if not name.startswith("DAI_BUS_")}
-    env.update(NATS_URL=nats_server.url, DAI_BUS_CREDENTIAL=credential, DAI_TEST_MODULE_ID=module_id,
-               PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")])))
+    env.update(
+        NATS_URL=nats_server.url,
+        DAI_BUS_CREDENTIAL=credential,
+        DAI_TEST_MODULE_ID=module_id,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")])),
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "democratic_ai.ops.cli", "module", "run", "support.sleeper:Sleeper",
-        env=env, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "democratic_ai.ops.cli",
+        "module",
+        "run",
+        "support.sleeper:Sleeper",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         index = gateway.app[PRESENCE] if gateway.app is not None else None
@@ -117,10 +127,14 @@ async def test_a_plain_call_to_a_module_killed_mid_call_is_answered_within_three
     gateway: Gateway, sleeper: Sleeper, nc: NATS
 ) -> None:
     accepted, subscription = await accepted_by(nc, sleeper.module_id)
-    call = asyncio.create_task(http(
-        "POST", f"{gateway.url}/v1/capabilities/test.sleep/invoke?ttl=60", json={"seconds": 30},
-        headers=gateway.headers,
-    ))
+    call = asyncio.create_task(
+        http(
+            "POST",
+            f"{gateway.url}/v1/capabilities/test.sleep/invoke?ttl=60",
+            json={"seconds": 30},
+            headers=gateway.headers,
+        )
+    )
     await sleeper.started()
     await asyncio.wait_for(accepted.wait(), 5)  # after ACCEPT_AFTER: the gateway knows the instance now
     killed = sleeper.kill()
@@ -141,9 +155,10 @@ async def test_a_streamed_call_to_a_module_killed_mid_stream_ends_within_three_h
     gateway: Gateway, sleeper: Sleeper, nc: NATS
 ) -> None:
     url = f"{gateway.url}/v1/capabilities/test.drip/invoke?ttl=60"
-    async with aiohttp.ClientSession() as session, session.post(
-        url, data=b'{"seconds": 30}', headers={**gateway.headers, **SSE}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=b'{"seconds": 30}', headers={**gateway.headers, **SSE}) as response,
+    ):
         assert response.status == 200
         events = read_events(response.content)
         name, data = await asyncio.wait_for(anext(events), 10)
@@ -167,10 +182,14 @@ async def test_a_slow_call_of_a_live_module_is_not_cut_short_even_while_the_modu
     await module.start(nc)
     try:
         # Longer than three heartbeats, and the module stops (leaves) a second into it.
-        call = asyncio.create_task(http(
-            "POST", f"{gateway.url}/v1/capabilities/test.echo/invoke?ttl=60", json={"text": "slow", "sleep_ms": 4500},
-            headers=gateway.headers,
-        ))
+        call = asyncio.create_task(
+            http(
+                "POST",
+                f"{gateway.url}/v1/capabilities/test.echo/invoke?ttl=60",
+                json={"text": "slow", "sleep_ms": 4500},
+                headers=gateway.headers,
+            )
+        )
         await asyncio.sleep(1.0)
         await module.stop(grace=15)
         status, body = await asyncio.wait_for(call, 15)
@@ -182,9 +201,10 @@ async def test_a_slow_call_of_a_live_module_is_not_cut_short_even_while_the_modu
 
 async def test_a_silent_stream_of_a_live_module_is_not_cut_short(gateway: Gateway, streamer: Streamer) -> None:
     url = f"{gateway.url}/v1/capabilities/test.count/invoke?ttl=60"
-    async with aiohttp.ClientSession() as session, session.post(
-        url, data=b'{"n": 2, "delay": 3.5}', headers={**gateway.headers, **SSE}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=b'{"n": 2, "delay": 3.5}', headers={**gateway.headers, **SSE}) as response,
+    ):
         assert response.status == 200
         names = [name async for name, _ in read_events(response.content)]
     assert names == ["chunk", "chunk", "done"]
@@ -207,17 +227,22 @@ async def test_only_a_call_held_past_accept_after_is_acknowledged_and_only_when_
     tenant = unique("tenant")
     slow = int(presence.ACCEPT_AFTER * 1000) + 300
     for name, sleep_ms, asks in (("fast", 0, True), ("slow", slow, True), ("unasked", slow, False)):
-        request = new_request("test.echo", msgspec.json.encode({"sleep_ms": sleep_ms}), tenant_id=tenant,
-                              source_module_id="test")
+        request = new_request(
+            "test.echo", msgspec.json.encode({"sleep_ms": sleep_ms}), tenant_id=tenant, source_module_id="test"
+        )
         if asks:
             request.headers[MCP_ACCEPT_HELD] = "1"
         await nc.publish(subjects.call(tenant, "test.echo"), request.SerializeToString(), reply=f"{inbox}.{name}")
-    await eventually(lambda: len(received["slow"]) >= 2 and received["unasked"], "the slow calls' answers",
-                     timeout=5, interval=0.02)
+    await eventually(
+        lambda: len(received["slow"]) >= 2 and received["unasked"], "the slow calls' answers", timeout=5, interval=0.02
+    )
     await asyncio.sleep(0.1)  # a window for what must not come: anything more for the other calls
     await subscription.unsubscribe()
-    assert received == {"fast": [MessageType.RESPONSE], "slow": [MessageType.ACCEPTED, MessageType.RESPONSE],
-                        "unasked": [MessageType.RESPONSE]}
+    assert received == {
+        "fast": [MessageType.RESPONSE],
+        "slow": [MessageType.ACCEPTED, MessageType.RESPONSE],
+        "unasked": [MessageType.RESPONSE],
+    }
     assert control == [subjects.control(echo.module_id, echo.instance_id)]
 
 
@@ -231,8 +256,9 @@ async def test_a_watcher_hears_of_an_instance_that_stops_heartbeating_but_not_of
 
     async def beat(leaving: bool, times: int) -> None:
         for _ in range(times):
-            message = presence.Heartbeat(module_id=module_id, instance_id=instance_id, capabilities=("x.y",),
-                                         interval=0.1, leaving=leaving)
+            message = presence.Heartbeat(
+                module_id=module_id, instance_id=instance_id, capabilities=("x.y",), interval=0.1, leaving=leaving
+            )
             await nc.publish(subjects.heartbeat(module_id), presence.encode(message))
             await asyncio.sleep(0.1)  # paced as a module with a 0.1 s interval beats
 
@@ -271,8 +297,12 @@ async def test_a_module_on_its_own_credential_takes_its_nested_answers_on_its_ow
     await module.start(connection)
     try:
         for sleep_ms in (0, int(presence.ACCEPT_AFTER * 1000) + 300):
-            status, body = await http("POST", f"{gateway.url}/v1/capabilities/test.relay/invoke",
-                                      json={"sleep_ms": sleep_ms}, headers=gateway.headers)
+            status, body = await http(
+                "POST",
+                f"{gateway.url}/v1/capabilities/test.relay/invoke",
+                json={"sleep_ms": sleep_ms},
+                headers=gateway.headers,
+            )
             assert (status, body.get("result")) == (200, {"text": "via"}), body
     finally:
         await module.stop(grace=1.0)

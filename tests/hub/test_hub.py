@@ -68,11 +68,20 @@ async def test_announcement_is_recorded_once_and_changes_as_updates(nc: NATS, hu
             ModuleManifest(module_id="ok-id", capabilities=(CapabilitySpec(action="a.b", input_schema={"type": 5}),))
         ),
         # What the registry read model could not store: NUL anywhere (schemas are jsonb), too long.
-        msgspec.json.encode(ModuleManifest(module_id="ok-id", name="a\x00b", capabilities=(CapabilitySpec(action="a.b"),))),
-        msgspec.json.encode(ModuleManifest(module_id="ok-id", capabilities=(
-            CapabilitySpec(action="a.b", input_schema={"properties": {"x\x00": {"type": "string"}}}),))),
-        msgspec.json.encode(ModuleManifest(module_id="ok-id", capabilities=(
-            CapabilitySpec(action="a.b", description="d" * 10_001),))),
+        msgspec.json.encode(
+            ModuleManifest(module_id="ok-id", name="a\x00b", capabilities=(CapabilitySpec(action="a.b"),))
+        ),
+        msgspec.json.encode(
+            ModuleManifest(
+                module_id="ok-id",
+                capabilities=(
+                    CapabilitySpec(action="a.b", input_schema={"properties": {"x\x00": {"type": "string"}}}),
+                ),
+            )
+        ),
+        msgspec.json.encode(
+            ModuleManifest(module_id="ok-id", capabilities=(CapabilitySpec(action="a.b", description="d" * 10_001),))
+        ),
     ],
 )
 async def test_bad_announcements_are_refused(nc: NATS, hub: Hub, manifest: bytes) -> None:
@@ -97,15 +106,18 @@ async def test_presence_ignores_a_heartbeat_or_leave_for_another_module(nc: NATS
     module = _module_class(module_id)(ModuleConfig(heartbeat_interval=0.2))
     await module.start(nc)
     try:
-        forged = presence.Heartbeat(module_id=module_id, instance_id=f"{module_id}-forged", capabilities=("probe.ping",),
-                                    interval=5.0)
+        forged = presence.Heartbeat(
+            module_id=module_id, instance_id=f"{module_id}-forged", capabilities=("probe.ping",), interval=5.0
+        )
         await nc.publish(subjects.heartbeat(impostor), presence.encode(forged))
         # Under its own id, with the module's instance id: its own presence, not the module's.
         claim = presence.Heartbeat(module_id=impostor, instance_id=module.instance_id, capabilities=(), interval=5.0)
         await nc.publish(subjects.heartbeat(impostor), presence.encode(claim))
         # A leave naming the module, on the impostor's subject; and the impostor leaving under that instance id.
-        for body in (presence.Leave(module_id=module_id, instance_id=module.instance_id),
-                     presence.Leave(module_id=impostor, instance_id=module.instance_id)):
+        for body in (
+            presence.Leave(module_id=module_id, instance_id=module.instance_id),
+            presence.Leave(module_id=impostor, instance_id=module.instance_id),
+        ):
             await nc.publish(subjects.leave(impostor), presence.encode(body))
         await nc.flush()
         # Nothing to wait for: the forgeries must change nothing, over two of the module's own heartbeats.
@@ -120,8 +132,12 @@ async def test_presence_ignores_a_heartbeat_or_leave_for_another_module(nc: NATS
     finally:
         await module.stop()
     # Its own leave counts, once the hub has read it.
-    await eventually(lambda: (module_id, module.instance_id) not in live(), "the module's own leave to count",
-                     timeout=2.0, interval=0.02)
+    await eventually(
+        lambda: (module_id, module.instance_id) not in live(),
+        "the module's own leave to count",
+        timeout=2.0,
+        interval=0.02,
+    )
 
 
 async def test_presence_follows_heartbeats_leaves_and_silence(nats_server: object, hub: Hub) -> None:
@@ -146,8 +162,14 @@ async def test_presence_follows_heartbeats_leaves_and_silence(nats_server: objec
     assert {leaver.instance_id, silent.instance_id} <= {beat.instance_id for beat in listed}
 
     await leaver.stop()  # says goodbye: gone at once
-    assert await until(lambda: silent.instance_id in live() and leaver.instance_id not in live(), 0.5,
-                       "the leaver gone, the other still live") < 0.5
+    assert (
+        await until(
+            lambda: silent.instance_id in live() and leaver.instance_id not in live(),
+            0.5,
+            "the leaver gone, the other still live",
+        )
+        < 0.5
+    )
     await connections[1].close()  # dies without a word: gone after three missed heartbeats
     assert await until(lambda: not live(), 2.0, "the silent instance gone") < 2.0
     await connections[0].close()

@@ -25,17 +25,22 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dai test nats")])
     now = dt.datetime.now(dt.UTC)
     certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = folder / "nats.crt", folder / "nats.key"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -52,10 +57,13 @@ def test_clients_connect_over_tls_with_the_servers_certificate(tmp_path: Path) -
         # Without the certificate authority the server's certificate is not trusted.
         untrusted = BusOptions(url=server.url, credential=server.credentials.credential("operator"))
         with pytest.raises((nats.errors.Error, OSError)):
-            await connect(untrusted, "test-untrusted", connect_timeout=3, allow_reconnect=False,
-                          max_reconnect_attempts=0)
+            await connect(
+                untrusted, "test-untrusted", connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0
+            )
         # A plain-text client is refused: the server requires TLS.
-        plain = BusOptions(url=server.url.replace("tls://", "nats://"), credential=server.credentials.credential("operator"))
+        plain = BusOptions(
+            url=server.url.replace("tls://", "nats://"), credential=server.credentials.credential("operator")
+        )
         with pytest.raises((nats.errors.Error, OSError)):
             await connect(plain, "test-plain", connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0)
 

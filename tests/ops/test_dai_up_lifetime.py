@@ -27,8 +27,16 @@ from support.waiting import eventually_sync
 
 DAI = [sys.executable, "-m", "democratic_ai.ops.cli"]
 # What the user's shell must not carry into these tests: every dai command gets its servers from `dai env`.
-PLATFORM_VARS = ("NATS_URL", "DATABASE_URL", "DATABASE_APP_URL", "DAI_BUS_CREDENTIAL", "DAI_BUS_CREDENTIAL_FILE",
-                 "DAI_KEK", "DAI_KEK_FILE", "NATS_CA_FILE")
+PLATFORM_VARS = (
+    "NATS_URL",
+    "DATABASE_URL",
+    "DATABASE_APP_URL",
+    "DAI_BUS_CREDENTIAL",
+    "DAI_BUS_CREDENTIAL_FILE",
+    "DAI_KEK",
+    "DAI_KEK_FILE",
+    "NATS_CA_FILE",
+)
 
 
 def _clean_env() -> dict[str, str]:
@@ -42,12 +50,16 @@ class _Up:
         self.data_dir, self.port = data_dir, port
         self.process = subprocess.Popen(
             [*DAI, "up", "--data-dir", str(data_dir), "--port", str(port), "--nats-port", str(nats_port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_clean_env(),
         )
         self.lines: list[str] = []
         assert self.process.stdout is not None
-        self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.process.stdout.readline, "")),
-                                        daemon=True)
+        self._reader = threading.Thread(
+            target=lambda: self.lines.extend(iter(self.process.stdout.readline, "")), daemon=True
+        )
         self._reader.start()
 
         def up() -> bool:
@@ -83,8 +95,10 @@ def _get(port: int, path: str) -> int:
 
 def _invoke(port: int, key: str) -> dict:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/capabilities/text.analyze/invoke", data=b'{"text": "Still here."}',
-        headers={"X-API-Key": key, "Content-Type": "application/json"})
+        f"http://127.0.0.1:{port}/v1/capabilities/text.analyze/invoke",
+        data=b'{"text": "Still here."}',
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -117,31 +131,43 @@ def test_a_second_dai_up_is_refused_and_dai_env_points_the_dai_commands_at_the_f
         started = time.monotonic()
         second = subprocess.run(
             [*DAI, "up", "--data-dir", str(data_dir), "--port", str(free_port()), "--nats-port", str(free_port())],
-            capture_output=True, text=True, timeout=60, env=_clean_env())
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_clean_env(),
+        )
         assert second.returncode == 1
         lines = [line for line in (second.stdout + second.stderr).splitlines() if line.strip()]
         assert len(lines) == 1, lines
         assert re.fullmatch(
             rf"dai: {re.escape(str(data_dir))} is in use by dai up \(pid {first.process.pid}, started"
-            r" \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); stop it first or use --data-dir", lines[0]), lines[0]
+            r" \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); stop it first or use --data-dir",
+            lines[0],
+        ), lines[0]
         assert time.monotonic() - started < 15  # refused up front, before starting any server
         assert len(_nats_servers_on(data_dir / "nats")) == 1
         assert _get(first.port, "/healthz") == 200 and _get(first.port, "/readyz") == 200
 
         # The banner's export lines are what `dai env` prints, and with exactly them the dai commands work.
-        env = subprocess.run([*DAI, "env", "--data-dir", str(data_dir)], capture_output=True, text=True,
-                             timeout=30, env=_clean_env())
+        env = subprocess.run(
+            [*DAI, "env", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=30, env=_clean_env()
+        )
         assert env.returncode == 0, env.stderr
         exports = env.stdout.splitlines()
         assert [line.split("=", 1)[0] for line in exports] == [
-            "export NATS_URL", "export DATABASE_URL", "export DAI_BUS_CREDENTIAL_FILE", "export DAI_KEK_FILE"]
+            "export NATS_URL",
+            "export DATABASE_URL",
+            "export DAI_BUS_CREDENTIAL_FILE",
+            "export DAI_KEK_FILE",
+        ]
         assert all(f"  {line}\n" in first.output for line in exports)
         dai = " ".join(DAI)
-        script = (f'eval "$({dai} env --data-dir {data_dir})" && {dai} projections status'
-                  f" && {dai} replay REGISTRY --format csv --out {tmp_path / 'registry.csv'}"
-                  f" && {dai} billing close-period")
-        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120,
-                                env=_clean_env())
+        script = (
+            f'eval "$({dai} env --data-dir {data_dir})" && {dai} projections status'
+            f" && {dai} replay REGISTRY --format csv --out {tmp_path / 'registry.csv'}"
+            f" && {dai} billing close-period"
+        )
+        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120, env=_clean_env())
         assert result.returncode == 0, result.stdout + result.stderr
         status = result.stdout.splitlines()
         assert status[0].split()[:2] == ["PROJECTION", "STREAM"]
@@ -168,10 +194,15 @@ def test_kill_9_of_dai_up_leaves_nothing_running_and_the_next_dai_up_serves(tmp_
         up.process.kill()
         up.process.wait()
         killed = time.monotonic()
-        eventually_sync(lambda: all(_gone(proc) for proc in started),
-                        lambda: f"every process to stop after kill -9; still running: "
-                                f"{[f'{proc.pid} {proc.name()}' for proc in started if not _gone(proc)]}",
-                        timeout=30, interval=0.1)
+        eventually_sync(
+            lambda: all(_gone(proc) for proc in started),
+            lambda: (
+                f"every process to stop after kill -9; still running: "
+                f"{[f'{proc.pid} {proc.name()}' for proc in started if not _gone(proc)]}"
+            ),
+            timeout=30,
+            interval=0.1,
+        )
         assert time.monotonic() - killed < 10
         assert f"dai: dai up (pid {up.process.pid}) on {data_dir} is gone; stopping what it started" in up.output
         idle = subprocess.run([*DAI, "env", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=30)
@@ -194,17 +225,19 @@ def test_dai_env_on_an_idle_data_dir_exits_1(tmp_path: Path) -> None:
             data_dir.mkdir()
             (data_dir / "dai.lock").write_text(json.dumps({"pid": os.getpid(), "started": "2026-01-01T00:00:00+00:00"}))
             (data_dir / "env").write_text("export NATS_URL=nats://127.0.0.1:1\n")
-        result = subprocess.run([*DAI, "env", "--data-dir", str(data_dir)], capture_output=True, text=True,
-                                timeout=30)
+        result = subprocess.run([*DAI, "env", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=30)
         assert result.returncode == 1 and result.stdout == ""
         assert result.stderr.splitlines() == [
-            f"dai: no dai up runs on {data_dir}; start one with: dai up --data-dir {data_dir}"]
+            f"dai: no dai up runs on {data_dir}; start one with: dai up --data-dir {data_dir}"
+        ]
 
 
 def test_the_lock_names_its_holder_and_is_free_when_the_holder_dies(tmp_path: Path) -> None:
     # The holder keeps the lock until the test kills it.
-    code = ("import sys, time; from democratic_ai.ops.datadir import DataDirLock;"
-            f" DataDirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from democratic_ai.ops.datadir import DataDirLock;"
+        f" DataDirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"
+    )
     holder_process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder_process.stdout is not None and holder_process.stdout.readline() == "held\n"
@@ -234,17 +267,23 @@ def test_servers_an_earlier_crash_left_on_the_data_dir_are_stopped_with_a_line(t
     """What a dai up from before the reaper left behind: its nats-server and postmaster, parents gone."""
     from democratic_ai.ops.reaper import stop_leftovers
 
-    leave = ("import os, sys; from democratic_ai.ops.nats_server import NatsServer;"
-             " from democratic_ai.ops.postgres_server import PostgresServer;"
-             f" n = NatsServer({str(tmp_path)!r}, port=0); n.start(); PostgresServer({str(tmp_path)!r}).start();"
-             " print(n.process.pid, flush=True); os._exit(0)")
+    leave = (
+        "import os, sys; from democratic_ai.ops.nats_server import NatsServer;"
+        " from democratic_ai.ops.postgres_server import PostgresServer;"
+        f" n = NatsServer({str(tmp_path)!r}, port=0); n.start(); PostgresServer({str(tmp_path)!r}).start();"
+        " print(n.process.pid, flush=True); os._exit(0)"
+    )
     result = subprocess.run([sys.executable, "-c", leave], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     nats, postmaster = psutil.Process(int(result.stdout.split()[0])), _postmaster(tmp_path)
     said: list[str] = []
     assert stop_leftovers(tmp_path, said.append) == []
-    assert said == [(f"dai: an earlier dai up on {tmp_path} left processes running; stopping them:"
-                     f" nats-server (pid {nats.pid}), postgres (pid {postmaster.pid})")]
+    assert said == [
+        (
+            f"dai: an earlier dai up on {tmp_path} left processes running; stopping them:"
+            f" nats-server (pid {nats.pid}), postgres (pid {postmaster.pid})"
+        )
+    ]
     assert _gone(nats) and _gone(postmaster)
     assert stop_leftovers(tmp_path, said.append) == [] and len(said) == 1  # nothing left: nothing said
 
@@ -252,10 +291,12 @@ def test_servers_an_earlier_crash_left_on_the_data_dir_are_stopped_with_a_line(t
 def test_the_lock_of_a_dead_dai_up_whose_reaper_still_stops_things_is_waited_for(tmp_path: Path) -> None:
     """The reaper holds a copy of the lock until it has stopped everything: the next dai up waits for it."""
     # The fork (the reaper) keeps its copy of the lock for two seconds after its parent died.
-    code = ("import os, time; from democratic_ai.ops.datadir import DataDirLock;"
-            f" DataDirLock({str(tmp_path)!r}).acquire(); pid = os.fork();"
-            " (os.close(1), os.close(2), time.sleep(2), os._exit(0)) if pid == 0"
-            " else (print(os.getpid(), pid, flush=True), os._exit(0))")
+    code = (
+        "import os, time; from democratic_ai.ops.datadir import DataDirLock;"
+        f" DataDirLock({str(tmp_path)!r}).acquire(); pid = os.fork();"
+        " (os.close(1), os.close(2), time.sleep(2), os._exit(0)) if pid == 0"
+        " else (print(os.getpid(), pid, flush=True), os._exit(0))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     dead, reaper = (int(word) for word in result.stdout.split())
     waited: list[int | None] = []

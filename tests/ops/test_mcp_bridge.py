@@ -434,8 +434,9 @@ async def test_a_streamable_http_server_by_url(
             said[:] = [err]
             return out if code == 0 else None
 
-        out = await eventually(registration, lambda: f"the MCP server to listen and describe itself; said {said}",
-                               timeout=20, interval=0.3)
+        out = await eventually(
+            registration, lambda: f"the MCP server to listen and describe itself; said {said}", timeout=20, interval=0.3
+        )
         credential = await register(gateway, msgspec.json.decode(out), tmp_path)
         run = await start_bridge(
             "--id",

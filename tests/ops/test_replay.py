@@ -39,9 +39,13 @@ async def _record_calls(nc: NATS, tenant: str) -> None:
     """Requests, a response and an error of ``tenant`` in MCP, published as the call path does (core NATS)."""
     before = (await nc.jetstream().stream_info("MCP")).state.last_seq
     summarize = new_request("text.summarize", b'{"text": "hello"}', tenant_id=tenant, source_module_id="gateway")
-    upscale = new_request("image.upscale", b"\x89PNG", tenant_id=tenant, source_module_id="gateway", content_type="image/png")
+    upscale = new_request(
+        "image.upscale", b"\x89PNG", tenant_id=tenant, source_module_id="gateway", content_type="image/png"
+    )
     answer = reply(summarize, b'{"summary": "hi"}', source_module_id="text-tools")
-    failure = error_reply(summarize, ErrorCode.VALIDATION_FAILED, "too long", source_module_id="text-tools", details={"path": "$.text"})
+    failure = error_reply(
+        summarize, ErrorCode.VALIDATION_FAILED, "too long", source_module_id="text-tools", details={"path": "$.text"}
+    )
     for subject, message in (
         (f"mcp.req.{tenant}.text.summarize", summarize),
         (f"mcp.req.{tenant}.image.upscale", upscale),
@@ -69,7 +73,11 @@ async def test_mcp_events_of_one_tenant_decode_to_json(nc: NATS) -> None:
     assert records[0]["event"]["context"]["tenant_id"] == tenant
     assert records[1]["event"]["payload_base64"] == "iVBORw=="
     assert records[2]["event"]["payload"] == {"summary": "hi"}
-    assert records[3]["event"]["error"] == {"code": "VALIDATION_FAILED", "message": "too long", "details": {"path": "$.text"}}
+    assert records[3]["event"]["error"] == {
+        "code": "VALIDATION_FAILED",
+        "message": "too long",
+        "details": {"path": "$.text"},
+    }
     assert records[0]["seq"] < records[1]["seq"] < records[2]["seq"] < records[3]["seq"]
     assert datetime.fromisoformat(records[0]["time"]).tzinfo is not None
 
@@ -86,7 +94,9 @@ async def test_windows_by_sequence_and_by_time(nc: NATS) -> None:
     js = nc.jetstream()
     sequences, instants = [], []
     for n in range(4):
-        sequences.append((await js.publish(f"usage.{tenant}.api_calls", json.dumps({"type": "usage.recorded", "n": n}).encode())).seq)
+        sequences.append(
+            (await js.publish(f"usage.{tenant}.api_calls", json.dumps({"type": "usage.recorded", "n": n}).encode())).seq
+        )
         await asyncio.sleep(0.02)  # time passes on both sides of each instant, so that it falls between events
         instants.append(datetime.now(UTC))
         await asyncio.sleep(0.02)
@@ -103,7 +113,9 @@ async def test_registry_events_are_upcast_and_csv_keeps_one_row_per_event(nc: NA
     module_id = unique("old")
     manifest = {"module_id": module_id, "capabilities": [{"action": "x.y"}]}
     v1 = {"type": "module.registered", "v": 1, "manifest": manifest, "digest": "ab" * 32, "at": "2024-01-02T03:04:05Z"}
-    await nc.jetstream().publish(f"registry.{module_id}.registered", json.dumps(v1).encode(), headers={"Nats-Msg-Id": module_id})
+    await nc.jetstream().publish(
+        f"registry.{module_id}.registered", json.dumps(v1).encode(), headers={"Nats-Msg-Id": module_id}
+    )
 
     [record] = await _replay(nc, stream="REGISTRY", subject=f"registry.{module_id}.>")
     assert record["type"] == "module.registered"
@@ -112,14 +124,18 @@ async def test_registry_events_are_upcast_and_csv_keeps_one_row_per_event(nc: NA
     assert record["headers"] == {"Nats-Msg-Id": module_id}
 
     out = io.BytesIO()
-    plan = await plan_replay(nc.jetstream(), ReplayOptions(stream="REGISTRY", subject=f"registry.{module_id}.>", format="csv"))
+    plan = await plan_replay(
+        nc.jetstream(), ReplayOptions(stream="REGISTRY", subject=f"registry.{module_id}.>", format="csv")
+    )
     assert await replay(nc.jetstream(), plan, out) == 1
     rows = list(csv.DictReader(io.StringIO(out.getvalue().decode())))
     assert [(r["subject"], r["type"]) for r in rows] == [(f"registry.{module_id}.registered", "module.registered")]
     assert json.loads(rows[0]["event"])["manifest"]["module_id"] == module_id
 
     empty = io.BytesIO()
-    none = await plan_replay(nc.jetstream(), ReplayOptions(stream="REGISTRY", subject="registry.nobody-here.>", format="csv"))
+    none = await plan_replay(
+        nc.jetstream(), ReplayOptions(stream="REGISTRY", subject="registry.nobody-here.>", format="csv")
+    )
     assert await replay(nc.jetstream(), none, empty) == 0
     assert empty.getvalue().decode() == "stream,seq,time,subject,type,event,headers\n"
 
@@ -187,7 +203,12 @@ async def test_the_command_writes_a_file_and_fails_in_one_line(
     command = [sys.executable, "-m", "democratic_ai.ops.cli", "replay", "MCP", "--tenant", tenant, "--out", str(out)]
     done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert [json.loads(line)["type"] for line in out.read_text().splitlines()] == ["REQUEST", "REQUEST", "RESPONSE", "ERROR"]
+    assert [json.loads(line)["type"] for line in out.read_text().splitlines()] == [
+        "REQUEST",
+        "REQUEST",
+        "RESPONSE",
+        "ERROR",
+    ]
     assert done.stderr.strip() == "replayed 4 events from MCP"  # no progress bar: stderr is not a terminal
 
     out.write_text("keep me")
@@ -224,7 +245,10 @@ def test_unreachable_nats_is_one_line_and_quick(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["replay", "MCP", "--from-seq", "x"], "dai replay: argument --from-seq: invalid int value: 'x' (see dai replay --help)"),
+        (
+            ["replay", "MCP", "--from-seq", "x"],
+            "dai replay: argument --from-seq: invalid int value: 'x' (see dai replay --help)",
+        ),
         (["replay", "MCP", "--since", "soon"], "dai: 'soon' is not a time"),
         (["replay", "MCP", "--since", "1h", "--from-seq", "3"], "dai: give either --since or --from-seq, not both"),
     ],

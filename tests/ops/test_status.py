@@ -43,8 +43,14 @@ async def _dai(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str
 
 
 async def test_status_shows_streams_consumers_modules_and_projections(
-    nc: NATS, hub: Hub, pool: asyncpg.Pool, projections: None, database_url: str, operator_env: None,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    nc: NATS,
+    hub: Hub,
+    pool: asyncpg.Pool,
+    projections: None,
+    database_url: str,
+    operator_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     js = nc.jetstream()
     # A stream of its own with five messages, and a consumer that took three of them without acknowledging.
@@ -52,8 +58,7 @@ async def test_status_shows_streams_consumers_modules_and_projections(
     await js.add_stream(name=stream, subjects=[f"{stream.lower()}.>"])
     for i in range(5):
         await js.publish(f"{stream.lower()}.event", f"event {i}".encode())
-    await js.add_consumer(stream, ConsumerConfig(durable_name="reader", ack_policy=AckPolicy.EXPLICIT,
-                                                 ack_wait=60))
+    await js.add_consumer(stream, ConsumerConfig(durable_name="reader", ack_policy=AckPolicy.EXPLICIT, ack_wait=60))
     reader = await js.pull_subscribe_bind("reader", stream=stream)
     assert len(await reader.fetch(3, timeout=5)) == 3  # delivered, not acknowledged
     # A forged IDENTITY event: the identity projection quarantines it.
@@ -67,8 +72,12 @@ async def test_status_shows_streams_consumers_modules_and_projections(
     module = module_class()
     await module.start(nc)
     try:
-        await eventually(lambda: any(b.instance_id == module.instance_id for b in hub.presence.instances()),
-                         "the hub to hear the module", timeout=10.0, interval=0.02)
+        await eventually(
+            lambda: any(b.instance_id == module.instance_id for b in hub.presence.instances()),
+            "the hub to hear the module",
+            timeout=10.0,
+            interval=0.02,
+        )
         client = Client(nc)
         await client.call("test.echo", {"text": "hi"}, target_module_id=module.module_id)
         with pytest.raises(CallError):
@@ -94,8 +103,13 @@ async def test_status_shows_streams_consumers_modules_and_projections(
     assert {"MCP", "USAGE", "IDENTITY", "BILLING", "REGISTRY", "RATELIMIT"} <= set(streams)
 
     [consumer] = [c for c in document["consumers"] if c["stream"] == stream]
-    assert (consumer["name"], consumer["durable"], consumer["num_pending"], consumer["num_ack_pending"],
-            consumer["lag"]) == ("reader", True, 2, 3, 5)
+    assert (
+        consumer["name"],
+        consumer["durable"],
+        consumer["num_pending"],
+        consumer["num_ack_pending"],
+        consumer["lag"],
+    ) == ("reader", True, 2, 3, 5)
 
     [entry] = [m for m in document["modules"] if m["module_id"] == module.module_id]
     [instance] = entry["instances"]
@@ -138,7 +152,11 @@ async def test_status_shows_streams_consumers_modules_and_projections(
 
 
 async def test_projections_status_json(
-    nc: NATS, pool: asyncpg.Pool, database_url: str, operator_env: None, monkeypatch: pytest.MonkeyPatch,
+    nc: NATS,
+    pool: asyncpg.Pool,
+    database_url: str,
+    operator_env: None,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", database_url)
@@ -150,7 +168,10 @@ async def test_projections_status_json(
 
 
 async def test_without_database_url_the_projections_part_says_so(
-    nc: NATS, operator_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    nc: NATS,
+    operator_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, out, err = await _dai(capsys, "status", "--json")
     assert code == 0, err
@@ -172,8 +193,13 @@ async def test_without_database_url_the_projections_part_says_so(
 def test_unreachable_nats_is_one_line(tmp_path: object) -> None:
     env = {**os.environ, "NATS_URL": "nats://127.0.0.1:1", "DAI_BUS_CREDENTIAL": "dai-role.operator.x"}
     for command in ("status", "modules"):
-        done = subprocess.run([sys.executable, "-m", "democratic_ai.ops.cli", command], env=env,
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-m", "democratic_ai.ops.cli", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 1 and done.stdout == ""
         [line] = done.stderr.strip().splitlines()
         assert line.startswith("dai: cannot reach NATS at nats://127.0.0.1:1: ")
@@ -183,8 +209,14 @@ async def test_a_credential_without_the_permissions_is_one_line(nc: NATS, nats_s
     env = {**os.environ, **nats_server.environment("gateway")}
     env.pop("DAI_BUS_CREDENTIAL", None)
     for command, subject in (("status", "$js.api.stream.list"), ("modules", "hub.modules")):
-        done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "democratic_ai.ops.cli", command],
-                                       env=env, capture_output=True, text=True, timeout=30)
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "democratic_ai.ops.cli", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 1 and done.stdout == ""
         [line] = done.stderr.strip().splitlines()
         assert line.startswith("dai: NATS refused ") and subject in line.lower()

@@ -38,8 +38,11 @@ def test_a_child_that_keeps_exiting_is_restarted_with_doubling_delays_up_to_the_
     for _ in range(4):
         _settle(supervisor)
         supervisor.poll()
-        match = re.fullmatch(r"dai: \d\d:\d\d:\d\d worker \(pid \d+\) exited with code 3 after [\d.]+ s;"
-                             r" restarting it in ([\d.]+) s", said[-1])
+        match = re.fullmatch(
+            r"dai: \d\d:\d\d:\d\d worker \(pid \d+\) exited with code 3 after [\d.]+ s;"
+            r" restarting it in ([\d.]+) s",
+            said[-1],
+        )
         assert match is not None, said[-1]
         delay = float(match.group(1))
         delays.append(delay)
@@ -76,14 +79,18 @@ def test_stop_ends_every_child_and_nothing_restarts_after() -> None:
     said: list[str] = []
     supervisor = Supervisor(said.append)
     # A child that would run for a minute: only the stop ends it.
-    sleeper = supervisor.start("sleeper", lambda: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+    sleeper = supervisor.start(
+        "sleeper", lambda: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    )
     supervisor.stop(timeout=10)
     assert sleeper.poll() is not None
     supervisor.poll()
     assert supervisor.restarts == 0 and said == []
 
 
-@pytest.mark.parametrize(("code", "text"), [(0, "code 0"), (3, "code 3"), (-9, "signal SIGKILL"), (-15, "signal SIGTERM")])
+@pytest.mark.parametrize(
+    ("code", "text"), [(0, "code 0"), (3, "code 3"), (-9, "signal SIGKILL"), (-15, "signal SIGTERM")]
+)
 def test_exit_codes_are_described(code: int, text: str) -> None:
     assert describe_exit(code) == text
 

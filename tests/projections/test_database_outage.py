@@ -36,31 +36,37 @@ def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
 
 
-@pytest.mark.parametrize("exc", [
-    ConnectionRefusedError(111, "Connection refused"),
-    FileNotFoundError(2, "No such file or directory"),
-    asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
-    asyncpg.CannotConnectNowError("the database system is in recovery mode"),
-    asyncpg.AdminShutdownError("terminating connection due to administrator command"),
-    asyncpg.CrashShutdownError("terminating connection because of crash of another server process"),
-    asyncpg.InterfaceError("connection is closed"),
-    asyncpg.InterfaceError("cannot call Transaction.__aexit__(): the underlying connection is closed"),
-    asyncpg.InterfaceError("cannot call Connection.fetchval(): connection has been released back to the pool"),
-    asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        FileNotFoundError(2, "No such file or directory"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.CannotConnectNowError("the database system is in recovery mode"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.CrashShutdownError("terminating connection because of crash of another server process"),
+        asyncpg.InterfaceError("connection is closed"),
+        asyncpg.InterfaceError("cannot call Transaction.__aexit__(): the underlying connection is closed"),
+        asyncpg.InterfaceError("cannot call Connection.fetchval(): connection has been released back to the pool"),
+        asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
+    ],
+)
 def test_errors_about_the_database_mean_it_is_unreachable(exc: BaseException) -> None:
     assert is_unreachable(exc)
 
 
-@pytest.mark.parametrize("exc", [
-    asyncpg.DataError("value out of range"),
-    asyncpg.UniqueViolationError("duplicate key"),
-    asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
-    asyncpg.InterfaceError("pool is closing"),
-    asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
-    msgspec.DecodeError("not JSON"),
-    ValueError("a bug"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.DataError("value out of range"),
+        asyncpg.UniqueViolationError("duplicate key"),
+        asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+        asyncpg.InterfaceError("pool is closing"),
+        asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
+        msgspec.DecodeError("not JSON"),
+        ValueError("a bug"),
+    ],
+)
 def test_errors_about_the_data_or_the_code_do_not(exc: BaseException) -> None:
     assert not is_unreachable(exc)
 
@@ -132,8 +138,7 @@ async def test_the_projections_process_waits_for_the_database_at_start(
 ) -> None:
     stop = asyncio.Event()
     with caplog.at_level(logging.WARNING):
-        task = asyncio.create_task(
-            run_projections(nats_server.bus("projections"), _nowhere(tmp_path), ["usage"], stop))
+        task = asyncio.create_task(run_projections(nats_server.bus("projections"), _nowhere(tmp_path), ["usage"], stop))
         await asyncio.sleep(1.0)  # the database stays away for several attempts, which must not give up
         assert not task.done(), "dai projections run exited because the database was not up yet"
         stop.set()

@@ -78,8 +78,13 @@ async def gateway(
     plans.assign(tenant, "unlimited")
     key = await issue_key(nc, tenant)
     port = free_port()
-    config = GatewayConfig(bus=nats_server.bus("gateway"), database_url=app_dsn(database_url), port=port,
-                           metering=MeteringConfig(plans=plans, publisher=TEST_METERING.publisher), kek=kek)
+    config = GatewayConfig(
+        bus=nats_server.bus("gateway"),
+        database_url=app_dsn(database_url),
+        port=port,
+        metering=MeteringConfig(plans=plans, publisher=TEST_METERING.publisher),
+        kek=kek,
+    )
     app = create_app(config)
     runner = runner_for(app)
     await runner.setup()
@@ -101,8 +106,13 @@ async def test_usage_totals_are_exact_after_postgres_is_killed_under_load_and_re
         await migrate(conn)  # as the worker would: the test reads the tables from the start
     await pool.close()
     log_path = tmp_path / "projections.log"
-    env = {**os.environ, **nats_server.environment("projections"), "DATABASE_URL": url, "DAI_LOG_LEVEL": "WARNING",
-           RECOVERY_GRACE_ENV: "1"}  # the recovery sweep runs (and meets the outage) during the test
+    env = {
+        **os.environ,
+        **nats_server.environment("projections"),
+        "DATABASE_URL": url,
+        "DAI_LOG_LEVEL": "WARNING",
+        RECOVERY_GRACE_ENV: "1",
+    }  # the recovery sweep runs (and meets the outage) during the test
     command = [sys.executable, "-m", "democratic_ai.ops.cli", "projections", "run", "usage"]
     statuses: Counter[int] = Counter()
     done = asyncio.Event()
@@ -115,8 +125,9 @@ async def test_usage_totals_are_exact_after_postgres_is_killed_under_load_and_re
                 statuses[response.status] += 1
 
     async def folded(minimum: int) -> bool:
-        count = await _fetchval(url, "SELECT count(*) FROM usage_events WHERE tenant_id = $1"
-                                     " AND metric = 'api_calls'", tenant)
+        count = await _fetchval(
+            url, "SELECT count(*) FROM usage_events WHERE tenant_id = $1 AND metric = 'api_calls'", tenant
+        )
         return count >= minimum
 
     with log_path.open("wb") as log_file:
@@ -125,8 +136,9 @@ async def test_usage_totals_are_exact_after_postgres_is_killed_under_load_and_re
     try:
         async with asyncio.timeout(180), aiohttp.ClientSession() as session:
             callers += [asyncio.create_task(load(session)) for _ in range(CONCURRENCY)]
-            await eventually(lambda: folded(1), "the worker to fold some of the tenant's calls", timeout=60,
-                             interval=0.05)
+            await eventually(
+                lambda: folded(1), "the worker to fold some of the tenant's calls", timeout=60, interval=0.05
+            )
             kill_9(server)
             calls_at_kill = sum(statuses.values())
             await asyncio.sleep(OUTAGE_SECONDS)  # the calls go on; their usage waits in the stream
@@ -141,8 +153,9 @@ async def test_usage_totals_are_exact_after_postgres_is_killed_under_load_and_re
             target = (await nc.jetstream().stream_info("USAGE")).state.last_seq
 
             async def caught_up() -> bool:
-                return (await _fetchval(url, "SELECT last_sequence FROM projection_checkpoints WHERE name = 'usage'")
-                        or 0) >= target
+                return (
+                    await _fetchval(url, "SELECT last_sequence FROM projection_checkpoints WHERE name = 'usage'") or 0
+                ) >= target
 
             await eventually(caught_up, "the worker to catch up after the restart", timeout=60, interval=0.05)
             resumed_in = asyncio.get_running_loop().time() - restarted
@@ -150,10 +163,14 @@ async def test_usage_totals_are_exact_after_postgres_is_killed_under_load_and_re
             pool = await create_pool(url, max_size=1)
             try:
                 async with pool.acquire() as conn:
-                    rows = await conn.fetch("SELECT metric, outcome, sum(value)::bigint AS value FROM usage_daily"
-                                            " WHERE tenant_id = $1 GROUP BY 1, 2", tenant)
-                    raw = await conn.fetchval("SELECT count(*) FROM usage_events WHERE tenant_id = $1"
-                                              " AND metric = 'api_calls'", tenant)
+                    rows = await conn.fetch(
+                        "SELECT metric, outcome, sum(value)::bigint AS value FROM usage_daily"
+                        " WHERE tenant_id = $1 GROUP BY 1, 2",
+                        tenant,
+                    )
+                    raw = await conn.fetchval(
+                        "SELECT count(*) FROM usage_events WHERE tenant_id = $1 AND metric = 'api_calls'", tenant
+                    )
             finally:
                 await pool.close()
     finally:
@@ -166,8 +183,10 @@ async def test_usage_totals_are_exact_after_postgres_is_killed_under_load_and_re
             worker.wait(timeout=15)
         finally:
             server.stop()
-    print(f"\n{statuses[200]} calls, {calls_at_kill} before the kill, {calls_in_outage} while PostgreSQL was down;"
-          f" caught up {resumed_in:.1f} s after the restart")
+    print(
+        f"\n{statuses[200]} calls, {calls_at_kill} before the kill, {calls_in_outage} while PostgreSQL was down;"
+        f" caught up {resumed_in:.1f} s after the restart"
+    )
     assert calls_in_outage > 0, "no calls were made while the database was down"
     # The worker recreates its consumer at the checkpoint: it does not wait for JetStream to
     # redeliver (ack_wait is 60 s) what it had fetched when the database went.

@@ -96,10 +96,14 @@ async def test_readers_see_the_old_complete_model_until_the_swap(nc: NATS, pool:
         async with pool.acquire() as conn:
             while not done.is_set():
                 # One statement, one snapshot: both counts come from the same state of the model.
-                seen.append(tuple(await conn.fetchrow(
-                    "SELECT (SELECT count(*) FROM registry_modules),"
-                    " (SELECT count(*) FROM registry_capabilities)"
-                )))
+                seen.append(
+                    tuple(
+                        await conn.fetchrow(
+                            "SELECT (SELECT count(*) FROM registry_modules),"
+                            " (SELECT count(*) FROM registry_capabilities)"
+                        )
+                    )
+                )
                 await asyncio.sleep(0)  # yields to the rebuild between reads (not a wait)
 
     # Events that arrive during the rebuild are folded by the live runner; the swap must keep them.
@@ -132,8 +136,11 @@ async def test_verify_finds_equal_tables_then_the_tampered_one(nc: NATS, pool: a
     ids = await _publish_many(nc, 20)
     await _catch_up(nc, pool)
     comparisons = await verify(nc.jetstream(), pool, RegistryProjection())
-    assert [c.table for c in comparisons] == ['"public"."registry_capabilities"', '"public"."registry_modules"',
-                                              "projection_dead_letters of registry"]
+    assert [c.table for c in comparisons] == [
+        '"public"."registry_capabilities"',
+        '"public"."registry_modules"',
+        "projection_dead_letters of registry",
+    ]
     assert all(c.equal and c.live.rows > 0 for c in comparisons[:2]) and comparisons[2].equal
 
     async with pool.acquire() as conn:
@@ -166,7 +173,9 @@ async def test_as_of_builds_the_past_apart_from_the_live_model(nc: NATS, pool: a
     assert (stopped["projection"], stopped["last_sequence"], stopped["as_of"]) == ("registry", first, instant)
     assert await _rows(pool) == live_rows and await checkpoint(pool, "registry") == live_checkpoint
 
-    before_everything = await rebuild_as_of(nc.jetstream(), pool, RegistryProjection(), datetime(2000, 1, 1, tzinfo=UTC))
+    before_everything = await rebuild_as_of(
+        nc.jetstream(), pool, RegistryProjection(), datetime(2000, 1, 1, tzinfo=UTC)
+    )
     assert (before_everything.last_sequence, before_everything.events) == (0, 0)
     assert await _rows(pool, result.schema) == ([], [])
 
@@ -208,21 +217,29 @@ async def test_status_counts_lag_in_events_and_stream_seconds(nc: NATS, pool: as
     assert never.lag_seconds == pytest.approx((stored[2] - stored[0]).total_seconds(), abs=1e-3)
 
     async with pool.acquire() as conn:
-        await conn.execute("INSERT INTO projection_checkpoints (name, last_sequence) VALUES ($1, $2)", projection.name, sequences[1])
+        await conn.execute(
+            "INSERT INTO projection_checkpoints (name, last_sequence) VALUES ($1, $2)", projection.name, sequences[1]
+        )
     [behind] = await projection_status(nc.jetstream(), pool, [projection])
     assert (behind.applied, behind.lag_events) == (sequences[1], 1)
     assert behind.lag_seconds == pytest.approx((stored[2] - stored[1]).total_seconds(), abs=1e-3)
     assert behind.lag_seconds >= 0.25
 
     async with pool.acquire() as conn:
-        await conn.execute("UPDATE projection_checkpoints SET last_sequence = $2 WHERE name = $1", projection.name, sequences[2])
+        await conn.execute(
+            "UPDATE projection_checkpoints SET last_sequence = $2 WHERE name = $1", projection.name, sequences[2]
+        )
     [current] = await projection_status(nc.jetstream(), pool, [projection])
     assert (current.lag_events, current.lag_seconds) == (0, 0.0)
 
 
 async def test_the_projection_commands(
-    nc: NATS, pool: asyncpg.Pool, nats_server: object, database_url: str,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    nc: NATS,
+    pool: asyncpg.Pool,
+    nats_server: object,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from democratic_ai.ops.cli import main
 

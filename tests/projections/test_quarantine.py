@@ -43,15 +43,17 @@ class Values:
         for msg in events:  # type: ignore[attr-defined]
             event = msgspec.json.decode(msg.data, type=ValueEvent)
             rows.append((msg.metadata.sequence.stream, event.value, event.label))
-        await conn.executemany("INSERT INTO poison_values (sequence, value, label) VALUES ($1, $2, $3)"
-                               " ON CONFLICT DO NOTHING", rows)
+        await conn.executemany(
+            "INSERT INTO poison_values (sequence, value, label) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", rows
+        )
 
 
 async def _values_stream(nc: NATS, pool: asyncpg.Pool) -> None:
     await nc.jetstream().add_stream(StreamConfig(name=_STREAM, subjects=["poisontest.>"]))
     async with pool.acquire() as conn:
-        await conn.execute("CREATE TABLE poison_values (sequence bigint PRIMARY KEY, value integer NOT NULL,"
-                           " label text NOT NULL)")
+        await conn.execute(
+            "CREATE TABLE poison_values (sequence bigint PRIMARY KEY, value integer NOT NULL, label text NOT NULL)"
+        )
 
 
 async def _dead_letters(pool: asyncpg.Pool, name: str) -> list[asyncpg.Record]:
@@ -94,7 +96,9 @@ async def test_bad_events_are_quarantined_and_retried_after_a_fix(
     letters = await _dead_letters(pool, projection.name)
     assert [r["sequence"] for r in letters] == sequences[1:4]
     assert [r["payload"] for r in letters] == payloads[1:4]
-    assert {r["stream"] for r in letters} == {_STREAM} and {r["subject"] for r in letters} == {projection.filter_subject}
+    assert {r["stream"] for r in letters} == {_STREAM} and {r["subject"] for r in letters} == {
+        projection.filter_subject
+    }
     assert "DataError" in letters[0]["error"] and "int32" in letters[0]["error"]
     assert "CharacterNotInRepertoire" in letters[1]["error"]
     assert "DecodeError" in letters[2]["error"]
@@ -112,7 +116,10 @@ async def test_bad_events_are_quarantined_and_retried_after_a_fix(
     assert (result.applied, result.failed) == (1, 2)
     async with pool.acquire() as conn:
         assert [r["value"] for r in await conn.fetch("SELECT value FROM poison_values ORDER BY sequence")] == [
-            1, 2**40, 5]
+            1,
+            2**40,
+            5,
+        ]
     letters = await _dead_letters(pool, projection.name)
     assert [(r["sequence"], r["attempts"]) for r in letters] == [(sequences[2], 2), (sequences[3], 2)]
 
@@ -121,8 +128,9 @@ async def test_bad_events_are_quarantined_and_retried_after_a_fix(
     assert [c.equal for c in comparisons] == [True, True], comparisons
     assert comparisons[-1].table == f"projection_dead_letters of {projection.name}" and comparisons[-1].live.rows == 2
     async with pool.acquire() as conn:  # a dead letter removed by hand: verify says so
-        await conn.execute("DELETE FROM projection_dead_letters WHERE projection = $1 AND sequence = $2",
-                           projection.name, sequences[3])
+        await conn.execute(
+            "DELETE FROM projection_dead_letters WHERE projection = $1 AND sequence = $2", projection.name, sequences[3]
+        )
     assert [c.equal for c in await verify(js, pool, projection)] == [True, False]
 
     # A rebuild folds the log into a shadow with the same quarantine and swaps the dead letters too.
@@ -150,8 +158,9 @@ async def test_a_lost_database_connection_is_not_blamed_on_the_event(nc: NATS, p
         await runner.apply([msg])
     assert await _dead_letters(pool, projection.name) == []
     async with pool.acquire() as conn:
-        assert await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1",
-                                   projection.name) in (None, 0)
+        assert await conn.fetchval(
+            "SELECT last_sequence FROM projection_checkpoints WHERE name = $1", projection.name
+        ) in (None, 0)
     await subscription.unsubscribe()
 
 
@@ -165,23 +174,94 @@ async def forged(nc: NATS) -> tuple[str, dict[str, int]]:
     meta = {"at": at, "actor": "system", "ip": "", "user_agent": ""}
     sequences = {
         "identity_not_json": (await js.publish(f"iam.{tenant}.api_key.a", b"\x00not json")).seq,
-        "identity_overflow": (await js.publish(f"iam.{tenant}.api_key.b", msgspec.json.encode({
-            "type": "api_key.issued", "tenant_id": tenant, "meta": meta, "key_id": "b", "prefix": "p", "sha256": "s",
-            "role": "user", "rate_limit": 123456789012345678901234567890}))).seq,
-        "usage_no_call_id": (await js.publish(f"usage.{tenant}.api_calls", msgspec.json.encode({
-            "type": "usage.call", "tenant_id": tenant, "metric": "api_calls", "value": 1, "at": at,
-            "capability": "x.y"}))).seq,
-        "usage_nul": (await js.publish(f"usage.{tenant}.api_calls", msgspec.json.encode({
-            "type": "usage.call", "tenant_id": tenant, "metric": "api_calls", "value": 1, "at": at,
-            "call_id": unique("call"), "capability": "x\x00y"}))).seq,
-        "usage_huge": (await js.publish(f"usage.{tenant}.api_calls", msgspec.json.encode({
-            "type": "usage.call", "tenant_id": tenant, "metric": "api_calls", "value": 2**63, "at": at,
-            "call_id": unique("call"), "capability": "x.y"}))).seq,
-        "usage_no_user_id": (await js.publish(f"usage.{tenant}.api_calls", msgspec.json.encode({
-            "type": "usage.call", "tenant_id": tenant, "metric": "api_calls", "value": 1, "at": at,
-            "call_id": unique("call"), "capability": "x.y"}))).seq,
-        "identity_valid": (await js.publish(f"iam.{tenant}.tenant.{tenant}", encode_event(TenantCreated(
-            tenant_id=tenant, meta=Meta(at=datetime.now(UTC)), name="after the forged ones")))).seq,
+        "identity_overflow": (
+            await js.publish(
+                f"iam.{tenant}.api_key.b",
+                msgspec.json.encode(
+                    {
+                        "type": "api_key.issued",
+                        "tenant_id": tenant,
+                        "meta": meta,
+                        "key_id": "b",
+                        "prefix": "p",
+                        "sha256": "s",
+                        "role": "user",
+                        "rate_limit": 123456789012345678901234567890,
+                    }
+                ),
+            )
+        ).seq,
+        "usage_no_call_id": (
+            await js.publish(
+                f"usage.{tenant}.api_calls",
+                msgspec.json.encode(
+                    {
+                        "type": "usage.call",
+                        "tenant_id": tenant,
+                        "metric": "api_calls",
+                        "value": 1,
+                        "at": at,
+                        "capability": "x.y",
+                    }
+                ),
+            )
+        ).seq,
+        "usage_nul": (
+            await js.publish(
+                f"usage.{tenant}.api_calls",
+                msgspec.json.encode(
+                    {
+                        "type": "usage.call",
+                        "tenant_id": tenant,
+                        "metric": "api_calls",
+                        "value": 1,
+                        "at": at,
+                        "call_id": unique("call"),
+                        "capability": "x\x00y",
+                    }
+                ),
+            )
+        ).seq,
+        "usage_huge": (
+            await js.publish(
+                f"usage.{tenant}.api_calls",
+                msgspec.json.encode(
+                    {
+                        "type": "usage.call",
+                        "tenant_id": tenant,
+                        "metric": "api_calls",
+                        "value": 2**63,
+                        "at": at,
+                        "call_id": unique("call"),
+                        "capability": "x.y",
+                    }
+                ),
+            )
+        ).seq,
+        "usage_no_user_id": (
+            await js.publish(
+                f"usage.{tenant}.api_calls",
+                msgspec.json.encode(
+                    {
+                        "type": "usage.call",
+                        "tenant_id": tenant,
+                        "metric": "api_calls",
+                        "value": 1,
+                        "at": at,
+                        "call_id": unique("call"),
+                        "capability": "x.y",
+                    }
+                ),
+            )
+        ).seq,
+        "identity_valid": (
+            await js.publish(
+                f"iam.{tenant}.tenant.{tenant}",
+                encode_event(
+                    TenantCreated(tenant_id=tenant, meta=Meta(at=datetime.now(UTC)), name="after the forged ones")
+                ),
+            )
+        ).seq,
     }
     yield tenant, sequences
     await js.purge_stream("IDENTITY", subject=f"iam.{tenant}.>")
@@ -189,8 +269,14 @@ async def forged(nc: NATS) -> tuple[str, dict[str, int]]:
 
 
 async def test_forged_events_are_quarantined_and_the_projections_stay_current(
-    nc: NATS, pool: asyncpg.Pool, projections: None, forged: tuple[str, dict[str, int]],
-    nats_server: object, database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    nc: NATS,
+    pool: asyncpg.Pool,
+    projections: None,
+    forged: tuple[str, dict[str, int]],
+    nats_server: object,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     tenant, sequences = forged
     await caught_up(nc, pool, "identity")
@@ -231,7 +317,10 @@ async def test_forged_events_are_quarantined_and_the_projections_stay_current(
 
     code, out = await dai("projections", "retry", "identity")
     assert code == 1
-    assert out.strip() == f"identity: 0 quarantined events applied, {len(identity)} still failing (see projection_dead_letters.error)"
+    assert (
+        out.strip()
+        == f"identity: 0 quarantined events applied, {len(identity)} still failing (see projection_dead_letters.error)"
+    )
     assert len(await _dead_letters(pool, "identity")) == len(identity)
 
     code, _ = await dai("projections", "retry", "nope")
@@ -243,7 +332,11 @@ def test_a_stored_message_looks_like_the_message_projections_apply() -> None:
 
     msg: Msg = stored_message("IDENTITY", 42, "iam.t.tenant.t", b"{}")
     assert (msg.subject, msg.data, msg.metadata.sequence.stream, msg.metadata.stream) == (
-        "iam.t.tenant.t", b"{}", 42, "IDENTITY")
+        "iam.t.tenant.t",
+        b"{}",
+        42,
+        "IDENTITY",
+    )
 
 
 async def test_the_gateway_role_cannot_read_dead_letters(pool: asyncpg.Pool, database_url: str) -> None:

@@ -59,9 +59,10 @@ async def test_live_registry_rows_and_capability_listing(
     try:
         await registered(hub, module)
         await caught_up(nc, pool, "registry", timeout=30)
-        async with aiohttp.ClientSession() as session, session.get(
-            f"{gateway.url}/v1/capabilities", headers=gateway.headers
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{gateway.url}/v1/capabilities", headers=gateway.headers) as response,
+        ):
             assert response.status == 200
             listing = (await response.json())["capabilities"]
         summarize = next(c for c in listing if c["action"] == "text.summarize" and c["module_id"] == "text-tools")
@@ -116,7 +117,12 @@ async def test_kill_9_of_the_worker_mid_batch_loses_and_repeats_nothing(
     nc: NATS, pool: asyncpg.Pool, nats_server: object, database_url: str
 ) -> None:
     ids, last = await _publish_manifests(nc, 20_000)
-    env = {**os.environ, **nats_server.environment("projections"), "DATABASE_URL": database_url, "DAI_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        **nats_server.environment("projections"),
+        "DATABASE_URL": database_url,
+        "DAI_LOG_LEVEL": "WARNING",
+    }
     await kill_9_mid_batch(pool, "registry", env, last)
     modules, _capabilities = await _rows(pool)
     present = {row["module_id"] for row in modules}

@@ -28,8 +28,14 @@ def _events(tenant: str, count: int, *, start: datetime | None = None) -> list[C
     events = []
     for i in range(count):
         at = start - timedelta(days=31 if i % 2 else 0, seconds=i)
-        common = {"tenant_id": tenant, "at": at, "call_id": f"{tenant}-{start:%Y%m%d}-{i}", "capability": f"cap.c{i % 3}",
-                  "module_id": f"m{i % 2}", "outcome": Outcome.FAILED if i % 10 == 0 else Outcome.SUCCESS}
+        common = {
+            "tenant_id": tenant,
+            "at": at,
+            "call_id": f"{tenant}-{start:%Y%m%d}-{i}",
+            "capability": f"cap.c{i % 3}",
+            "module_id": f"m{i % 2}",
+            "outcome": Outcome.FAILED if i % 10 == 0 else Outcome.SUCCESS,
+        }
         events.append(CallMetered(metric="api_calls", value=1, **common))
         events.append(CallMetered(metric="bytes_in", value=100 + i % 7, **common))
     return events
@@ -38,8 +44,11 @@ def _events(tenant: str, count: int, *, start: datetime | None = None) -> list[C
 async def _publish(nc: NATS, events: list[CallMetered], *, with_ids: bool = True) -> int:
     js = nc.jetstream()
     acks = [
-        await js.publish_async(usage_subject(e.tenant_id, e.metric), encode_event(e),
-                               headers={"Nats-Msg-Id": message_id(e)} if with_ids else None)
+        await js.publish_async(
+            usage_subject(e.tenant_id, e.metric),
+            encode_event(e),
+            headers={"Nats-Msg-Id": message_id(e)} if with_ids else None,
+        )
         for e in events
     ]
     await js.publish_async_completed()
@@ -49,20 +58,31 @@ async def _publish(nc: NATS, events: list[CallMetered], *, with_ids: bool = True
 async def _snapshot(pool: asyncpg.Pool, tenant: str) -> dict[str, list[tuple]]:
     async with pool.acquire() as conn:
         snapshot = {
-            table: [tuple(r) for r in await conn.fetch(
-                f"SELECT * FROM {table} WHERE tenant_id = $1 ORDER BY 1, 2, 3, 4, 5, 6", tenant)]
+            table: [
+                tuple(r)
+                for r in await conn.fetch(
+                    f"SELECT * FROM {table} WHERE tenant_id = $1 ORDER BY 1, 2, 3, 4, 5, 6", tenant
+                )
+            ]
             for table in AGGREGATES
         }
-        snapshot["raw"] = [tuple(r) for r in await conn.fetch(
-            "SELECT call_id, metric, at, value, outcome, capability, module_id FROM usage_events"
-            " WHERE tenant_id = $1 ORDER BY 1, 2", tenant)]
+        snapshot["raw"] = [
+            tuple(r)
+            for r in await conn.fetch(
+                "SELECT call_id, metric, at, value, outcome, capability, module_id FROM usage_events"
+                " WHERE tenant_id = $1 ORDER BY 1, 2",
+                tenant,
+            )
+        ]
     return snapshot
 
 
 async def _totals(pool: asyncpg.Pool, tenant: str) -> dict[tuple[str, str], int]:
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT metric, outcome, sum(value)::bigint AS v FROM usage_daily WHERE tenant_id = $1"
-                                " GROUP BY 1, 2", tenant)
+        rows = await conn.fetch(
+            "SELECT metric, outcome, sum(value)::bigint AS v FROM usage_daily WHERE tenant_id = $1 GROUP BY 1, 2",
+            tenant,
+        )
     return {(r["metric"], r["outcome"]): r["v"] for r in rows}
 
 
@@ -80,7 +100,12 @@ async def test_kill_9_of_the_worker_mid_batch_and_a_restart_equal_a_fresh_rebuil
     tenant = unique("bulk")
     events = _events(tenant, 10_000)
     last = await _publish(nc, events)
-    env = {**os.environ, **nats_server.environment("projections"), "DATABASE_URL": database_url, "DAI_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        **nats_server.environment("projections"),
+        "DATABASE_URL": database_url,
+        "DAI_LOG_LEVEL": "WARNING",
+    }
     await kill_9_mid_batch(pool, "usage", env, last)
     live = await _snapshot(pool, tenant)
     assert await _totals(pool, tenant) == _expected(events)
@@ -118,9 +143,13 @@ async def test_months_get_partitions_on_demand_and_the_app_role_sees_one_tenant(
     await _publish(nc, _events(mine, 4) + _events(theirs, 4) + _events(mine, 1, start=old))
     await caught_up(nc, pool, "usage")
     async with pool.acquire() as conn:
-        partitions = {r["relname"] for r in await conn.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'usage_events'::regclass")}
+        partitions = {
+            r["relname"]
+            for r in await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'usage_events'::regclass"
+            )
+        }
         february = await conn.fetchval("SELECT count(*) FROM usage_partitions.usage_events_2024_02")
     now = datetime.now(UTC)
     assert {f"usage_events_{now:%Y_%m}", "usage_events_2024_02"} <= partitions

@@ -14,7 +14,9 @@ from democratic_ai.schemas import RENAMED, migrate, migrations
 
 
 def test_no_two_migration_files_share_a_number() -> None:
-    names = [e.name for e in resources.files("democratic_ai.schemas").joinpath("sql").iterdir() if e.name.endswith(".sql")]
+    names = [
+        e.name for e in resources.files("democratic_ai.schemas").joinpath("sql").iterdir() if e.name.endswith(".sql")
+    ]
     numbers = Counter()
     for name in names:
         match = re.fullmatch(r"(\d{3})_[a-z0-9_]+\.sql", name)
@@ -52,19 +54,19 @@ async def _schema(conn: asyncpg.Connection) -> dict[str, list]:
     """The catalogue of the public schema: what a migration can have made, and which ran."""
     queries = {
         "relations": "SELECT c.relname, c.relkind::text, c.relispartition FROM pg_class c"
-                     " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' ORDER BY 1",
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' ORDER BY 1",
         "columns": "SELECT table_name, column_name, data_type, is_nullable, column_default"
-                   " FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2",
+        " FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2",
         "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint"
-                       " WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+        " WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
         "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1, 2",
         "functions": "SELECT proname, pg_get_functiondef(oid) FROM pg_proc"
-                     " WHERE pronamespace = 'public'::regnamespace ORDER BY 1",
+        " WHERE pronamespace = 'public'::regnamespace ORDER BY 1",
         "triggers": "SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2",
         "policies": "SELECT tablename, policyname, qual, with_check FROM pg_policies WHERE schemaname = 'public'"
         " ORDER BY 1, 2",
         "grants": "SELECT table_name, grantee, privilege_type FROM information_schema.role_table_grants"
-                  " WHERE table_schema = 'public' ORDER BY 1, 2, 3",
+        " WHERE table_schema = 'public' ORDER BY 1, 2, 3",
         "versions": "SELECT version FROM schema_migrations ORDER BY 1",
     }
     return {name: [tuple(r) for r in await conn.fetch(sql)] for name, sql in queries.items()}

@@ -68,18 +68,26 @@ async def test_every_subscribing_module_gets_the_event_and_the_log_records_it(
     await client.publish_event("orders.shipped", {"order_id": 7})
     await client.publish_event("orders.created", {"fail": True})
     await client.publish_event("orders.created", {"order_id": 8})
-    await eventually(lambda: len(orders.created) == 3 and len(audit.seen) == 4 and len(orders.any_order) == 3,
-                     "every subscriber to get its events", timeout=2.0, interval=0.005)
+    await eventually(
+        lambda: len(orders.created) == 3 and len(audit.seen) == 4 and len(orders.any_order) == 3,
+        "every subscriber to get its events",
+        timeout=2.0,
+        interval=0.005,
+    )
 
     first = orders.created[0]
     assert (first.topic, first.tenant_id, first.data, first.source_module_id) == (
-        "orders.created", tenant, {"order_id": 7}, "shop"
+        "orders.created",
+        tenant,
+        {"order_id": 7},
+        "shop",
     )
     assert orders.any_order == ["orders.created", "orders.shipped", "orders.created"]
     assert audit.seen == [f"{tenant}:orders.created", f"{tenant}:orders.shipped"] + [f"{tenant}:orders.created"] * 2
 
     subscription = await nc.jetstream().pull_subscribe(
-        subjects.event(tenant, ">"), stream="MCP",
+        subjects.event(tenant, ">"),
+        stream="MCP",
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy="none"),
     )
     records = [decode(m.data) for m in await subscription.fetch(4, timeout=2)]
@@ -126,8 +134,12 @@ async def test_a_tenant_module_hears_its_tenant_only_and_a_system_module_every_t
     try:
         for n, tenant in enumerate((acme, globex, acme, globex)):
             await Client(nc, source_id="shop", tenant=tenant).publish_event("orders.created", {"n": n})
-        await eventually(lambda: len(platform.seen) == 4 and len(own.seen) == 2, "both modules to get their events",
-                         timeout=2.0, interval=0.005)
+        await eventually(
+            lambda: len(platform.seen) == 4 and len(own.seen) == 2,
+            "both modules to get their events",
+            timeout=2.0,
+            interval=0.005,
+        )
         await asyncio.sleep(0.1)  # a window for an event that must not come
         assert own.seen == [(acme, 0), (acme, 2)]
         assert platform.seen == [(acme, 0), (globex, 1), (acme, 2), (globex, 3)]

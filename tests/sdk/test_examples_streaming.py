@@ -31,7 +31,9 @@ TEXT = (
 def _png(width: int, height: int, mode: str = "RGBA", *, blank: bool = False) -> str:
     picture = Image.new(mode, (width, height))
     if not blank:
-        picture.putdata([(x * 10 % 256, y * 20 % 256, 128, 255)[: len(mode)] for y in range(height) for x in range(width)])
+        picture.putdata(
+            [(x * 10 % 256, y * 20 % 256, 128, 255)[: len(mode)] for y in range(height) for x in range(width)]
+        )
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
@@ -113,10 +115,14 @@ async def test_upscale_over_sse_through_the_gateway(gateway: Gateway, hub: Hub, 
     await registered(hub, module)
     try:
         body = msgspec.json.encode({"image": _png(16, 16), "scale": 2})
-        async with aiohttp.ClientSession() as session, session.post(
-            f"{gateway.url}/v1/capabilities/image.upscale/invoke", data=body,
-            headers={**gateway.headers, "Accept": "text/event-stream"},
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{gateway.url}/v1/capabilities/image.upscale/invoke",
+                data=body,
+                headers={**gateway.headers, "Accept": "text/event-stream"},
+            ) as response,
+        ):
             assert response.status == 200
             events = [(name, msgspec.json.decode(data)) async for name, data in read_events(response.content)]
     finally:

@@ -241,7 +241,9 @@ async def test_the_app_runs_under_the_modules_bus_credential(
     await eventually(lambda: served.heard == [{"seen": 1}], "the app's own subscriber to hear the event")
     event = new_event("fs.noted", b'{"n": 1}', tenant_id=gateway.tenant, source_module_id="test")
     await nc.publish(subjects.event(gateway.tenant, "fs.noted"), event.SerializeToString())
-    await eventually(lambda: served.module.noted == [(gateway.tenant, {"n": 1})], "the module's event handler to note the event")
+    await eventually(
+        lambda: served.module.noted == [(gateway.tenant, {"n": 1})], "the module's event handler to note the event"
+    )
     # Outside its grants, the connection is refused like any module's: no other capability's calls,
     # no usage of its own making.
     await connection.subscribe(subjects.call("*", "text.summarize"), queue="text.summarize")
@@ -267,8 +269,10 @@ async def test_a_stopping_module_leaves_and_finishes_its_calls(served: Served, g
     await served.served.stop()  # what the app's shutdown runs first, before the broker drains
     status, body = await calling
     assert status == 200 and body["result"] == {"text": "LAST"}
-    await eventually(lambda: not any(b.instance_id == served.module.instance_id for b in hub.presence.instances()),
-                     "the instance to leave the hub's presence")
+    await eventually(
+        lambda: not any(b.instance_id == served.module.instance_id for b in hub.presence.instances()),
+        "the instance to leave the hub's presence",
+    )
     status, body = await invoke(gateway, "fs.stamp", {"text": "gone"})
     assert status in (404, 503) and body["error"]["code"] in ("CAPABILITY_UNAVAILABLE", "MODULE_UNAVAILABLE"), body
 

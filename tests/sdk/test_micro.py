@@ -28,8 +28,9 @@ async def _ask_all(nc: NATS, subject: str, expected: set[str]) -> list[dict]:
 
     subscription = await nc.subscribe(inbox, cb=collect)
     await nc.publish(subject, b"", reply=inbox)
-    await eventually(lambda: expected <= {answer["id"] for answer in answers},
-                     f"{sorted(expected)} to answer {subject}", timeout=2.0)
+    await eventually(
+        lambda: expected <= {answer["id"] for answer in answers}, f"{sorted(expected)} to answer {subject}", timeout=2.0
+    )
     await subscription.unsubscribe()
     return answers
 
@@ -40,7 +41,10 @@ async def test_info_lists_the_call_routes_with_their_queue_groups(nc: NATS) -> N
     try:
         ping = ServicePing.from_dict(await _ask(nc, f"$SRV.PING.text-tools.{module.instance_id}"))
         assert (ping.type, ping.name, ping.id, ping.version) == (
-            "io.nats.micro.v1.ping_response", "text-tools", module.instance_id, "1.0.0",
+            "io.nats.micro.v1.ping_response",
+            "text-tools",
+            module.instance_id,
+            "1.0.0",
         )
         info = ServiceInfo.from_dict(await _ask(nc, f"$SRV.INFO.text-tools.{module.instance_id}"))
         assert info.type == "io.nats.micro.v1.info_response"

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 PROMPTLY = 5.0  # seconds a signalled module may take to exit (it has no call in progress to wait for)
 
-SHOUT = '''
+SHOUT = """
 import asyncio
 
 from democratic_ai.sdk import Module, capability
@@ -62,7 +62,7 @@ class Shout(Module):
 
 def helper() -> None:
     pass
-'''
+"""
 
 
 def write_shout(folder: Path, module_id: str, name: str = "shout.py") -> Path:
@@ -85,8 +85,16 @@ class Run:
     async def start(cls, *args: str, cwd: Path, env: dict[str, str]) -> Run:
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("DAI_BUS_", "NATS_"))}
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "democratic_ai.ops.cli", "module", "run", *args,
-            cwd=cwd, env={**clean, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "democratic_ai.ops.cli",
+            "module",
+            "run",
+            *args,
+            cwd=cwd,
+            env={**clean, **env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         return cls(process)
 
@@ -170,9 +178,11 @@ async def test_a_module_runs_from_its_folder_from_a_path_and_by_module_path(
     nc = await connect(nats_server.bus("operator"), "module-run-test")
     client = Client(nc, tenant=unique("t"))
     try:
-        for spec, cwd in [("shout:Shout", tmp_path / "here"),  # next to shout.py, as the README says
-                          ("./here/shout.py:Shout", tmp_path),  # a path
-                          ("pkg.mods.loud:Shout", tmp_path)]:  # a dotted module path
+        for spec, cwd in [
+            ("shout:Shout", tmp_path / "here"),  # next to shout.py, as the README says
+            ("./here/shout.py:Shout", tmp_path),  # a path
+            ("pkg.mods.loud:Shout", tmp_path),
+        ]:  # a dotted module path
             run = await Run.start(spec, cwd=cwd, env=operator_env(nats_server))
             runs.append(run)
             await run.line(rf"module {module_id} of tenant system serving test\.nap, text\.shout on NATS")
@@ -184,7 +194,7 @@ async def test_a_module_runs_from_its_folder_from_a_path_and_by_module_path(
         await nc.close()
 
 
-MISMATCHED = '''
+MISMATCHED = """
 from democratic_ai.sdk import Module, capability
 
 class Shout(Module):
@@ -193,7 +203,7 @@ class Shout(Module):
     @capability("text.shout", {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]})
     async def shout(self, txt: str) -> dict:
         return {"text": txt}
-'''
+"""
 
 OTHER_MODULE = "dai-module.acme.other." + "a" * 43
 
@@ -206,10 +216,18 @@ OTHER_MODULE = "dai-module.acme.other." + "a" * 43
         (["shout:Shoot"], {}, "has no 'Shoot' (its Module classes: Shout)"),
         (["shout:helper"], {}, "is a function, not a subclass of democratic_ai.sdk.Module"),
         (["./missing.py:Shout"], {}, "there is no file missing.py"),
-        (["broken:Shout"], {}, "importing 'broken' failed: NameError: name 'undefined' is not defined (broken.py, line 2)"),
+        (
+            ["broken:Shout"],
+            {},
+            "importing 'broken' failed: NameError: name 'undefined' is not defined (broken.py, line 2)",
+        ),
         (["mismatched:Shout"], {}, "has no parameter 'text', but the input schema requires property 'text'"),
         (["shout:Shout"], {"DAI_BUS_CREDENTIAL": ""}, "no bus credential"),
-        (["shout:Shout", "--credential-file", "absent.credential"], {}, "cannot read the bus credential file absent.credential"),
+        (
+            ["shout:Shout", "--credential-file", "absent.credential"],
+            {},
+            "cannot read the bus credential file absent.credential",
+        ),
         (["shout:Shout", "--credential-file", "."], {}, "Is a directory"),
         (["shout:Shout", "--credential-file", "binary.credential"], {}, "is not text"),
         (["shout:Shout"], {"DAI_BUS_CREDENTIAL": OTHER_MODULE}, "the credential is for module 'other'"),
@@ -224,8 +242,11 @@ async def test_what_cannot_work_is_one_line_and_exit_code_2(
     (tmp_path / "mismatched.py").write_text(MISMATCHED)
     (tmp_path / "binary.credential").write_bytes(b"\xff\xfe\x00credential")
     # Nothing listens on this port: none of these may get as far as connecting.
-    run = await Run.start(*args, cwd=tmp_path, env={
-        "NATS_URL": f"nats://127.0.0.1:{free_port()}", "DAI_BUS_CREDENTIAL": "dai-role.operator.unused", **env})
+    run = await Run.start(
+        *args,
+        cwd=tmp_path,
+        env={"NATS_URL": f"nats://127.0.0.1:{free_port()}", "DAI_BUS_CREDENTIAL": "dai-role.operator.unused", **env},
+    )
     runs.append(run)
     code, _ = await run.exited(timeout=20)  # the time to start Python and import: a loaded machine is slow
     assert code == 2, run.lines
@@ -235,13 +256,19 @@ async def test_what_cannot_work_is_one_line_and_exit_code_2(
 async def test_unreachable_nats_is_one_line_and_exit_code_1(tmp_path: Path, runs: list[Run]) -> None:
     write_shout(tmp_path, unique("shout"))
     url = f"nats://127.0.0.1:{free_port()}"
-    run = await Run.start("shout:Shout", cwd=tmp_path, env={"NATS_URL": url, "DAI_BUS_CREDENTIAL": "dai-role.operator.x"})
+    run = await Run.start(
+        "shout:Shout", cwd=tmp_path, env={"NATS_URL": url, "DAI_BUS_CREDENTIAL": "dai-role.operator.x"}
+    )
     runs.append(run)
     code, _ = await run.exited(timeout=20)
     assert code == 1
     assert run.process.stdout is not None and await run.process.stdout.read() == b""
-    assert run.lines == [(f"dai: cannot connect to NATS at {url}: connection refused (nothing listens there). Is the"
-                          " platform running (dai up)? Check NATS_URL, or pass --wait to keep trying.")]
+    assert run.lines == [
+        (
+            f"dai: cannot connect to NATS at {url}: connection refused (nothing listens there). Is the"
+            " platform running (dai up)? Check NATS_URL, or pass --wait to keep trying."
+        )
+    ]
 
 
 async def test_wait_keeps_trying_with_backoff_then_serves(
@@ -339,8 +366,9 @@ async def test_lost_and_regained_nats_is_one_line_each_and_it_serves_again(
         await run.line(rf"reconnected to NATS at {re.escape(own_nats.url)} after \d+\.\d s")
         nc = await connect(own_nats.bus("operator"), "module-run-test")
         try:
-            answer = await Client(nc, tenant=unique("t")).call("text.shout", {"text": "back"},
-                                                                target_module_id=module_id)
+            answer = await Client(nc, tenant=unique("t")).call(
+                "text.shout", {"text": "back"}, target_module_id=module_id
+            )
             assert answer == {"text": "BACK!"}
         finally:
             await nc.close()
@@ -362,20 +390,26 @@ async def test_the_readme_way_a_module_credential_from_the_gateway(
     write_shout(tmp_path, module_id)
     credential = await register(gateway, module_id, ["text.shout", "test.nap"])
     (tmp_path / "shout.credential").write_text(credential + "\n")
-    run = await Run.start("shout:Shout", "--credential-file", "shout.credential", cwd=tmp_path,
-                          env={"NATS_URL": nats_server.url})
+    run = await Run.start(
+        "shout:Shout", "--credential-file", "shout.credential", cwd=tmp_path, env={"NATS_URL": nats_server.url}
+    )
     runs.append(run)
     await run.line(f"module {module_id} of tenant {gateway.tenant} serving")
 
     async def served() -> dict | None:
-        status, body = await http("POST", f"{gateway.url}/v1/capabilities/text.shout/invoke?module={module_id}",
-                                  headers=gateway.headers, json={"text": "hi"})
+        status, body = await http(
+            "POST",
+            f"{gateway.url}/v1/capabilities/text.shout/invoke?module={module_id}",
+            headers=gateway.headers,
+            json={"text": "hi"},
+        )
         return body if status == 200 else None
 
     body = await eventually(served, "the gateway to route to the module", timeout=15, interval=0.2)
     assert body["result"] == {"text": "HI!"}, body
-    status, body = await http("POST", f"{gateway.url}/v1/capabilities/text.shout/invoke?module={module_id}",
-                              headers=gateway.headers, json={})
+    status, body = await http(
+        "POST", f"{gateway.url}/v1/capabilities/text.shout/invoke?module={module_id}", headers=gateway.headers, json={}
+    )
     assert status == 422 and body["error"]["details"]["path"] == "$.text", body
     code, _ = await run.stop()
     assert (code, run.count("Traceback")) == (0, 0), run.lines
@@ -389,7 +423,9 @@ async def test_a_revoked_credential_is_one_line_and_a_signal_still_stops_it(
     module_id = unique("shout")
     write_shout(tmp_path, module_id)
     credential = await register(gateway, module_id, ["text.shout", "test.nap"])
-    run = await Run.start("shout:Shout", cwd=tmp_path, env={"NATS_URL": nats_server.url, "DAI_BUS_CREDENTIAL": credential})
+    run = await Run.start(
+        "shout:Shout", cwd=tmp_path, env={"NATS_URL": nats_server.url, "DAI_BUS_CREDENTIAL": credential}
+    )
     runs.append(run)
     await run.line(f"module {module_id} of tenant {gateway.tenant} serving")
     status, body = await http("DELETE", f"{gateway.url}/v1/modules/{module_id}", headers=gateway.headers)
@@ -415,4 +451,5 @@ async def test_a_credential_the_bus_refuses_at_start_is_one_line_and_exit_code_1
     code, _ = await run.exited(timeout=15)
     assert code == 1, run.lines
     assert len(run.lines) == 1 and run.lines[0].startswith(
-        f"dai: cannot connect to NATS at {nats_server.url}: the server refused the credential"), run.lines
+        f"dai: cannot connect to NATS at {nats_server.url}: the server refused the credential"
+    ), run.lines

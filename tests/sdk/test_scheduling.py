@@ -29,16 +29,23 @@ class Worker(Module):
         self.gate = asyncio.Event()
         self.served: list[str] = []
 
-    @capability("test.work", {"type": "object", "properties": {"label": {"type": "string"}, "block": {"type": "boolean"}},
-                              "required": ["label"]})
+    @capability(
+        "test.work",
+        {
+            "type": "object",
+            "properties": {"label": {"type": "string"}, "block": {"type": "boolean"}},
+            "required": ["label"],
+        },
+    )
     async def work(self, label: str, block: bool = False) -> dict[str, Any]:
         self.served.append(label)
         if block:
             await self.gate.wait()
         return {"label": label}
 
-    @capability("test.work.stream", {"type": "object", "properties": {"label": {"type": "string"}},
-                                     "required": ["label"]})
+    @capability(
+        "test.work.stream", {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
+    )
     async def work_stream(self, label: str) -> AsyncIterator[Chunk]:
         self.served.append(label)
         yield Chunk({"label": label}, progress=1.0)
@@ -58,8 +65,7 @@ async def _saturate(worker: Worker, client: Client) -> asyncio.Task[Any]:
     """Occupy the worker's only slot until its gate opens."""
     worker.gate = asyncio.Event()
     blocker = asyncio.create_task(client.call("test.work", {"label": "blocker", "block": True}))
-    await eventually(lambda: worker.scheduler.running == 1, "1 running at the scheduler", timeout=2.0,
-                     interval=0.002)
+    await eventually(lambda: worker.scheduler.running == 1, "1 running at the scheduler", timeout=2.0, interval=0.002)
     return blocker
 
 
@@ -69,11 +75,9 @@ async def test_saturated_module_serves_priority_9_before_0_and_0_is_not_starved(
     # Queued together: the priority-9 calls go first.
     blocker = await _saturate(worker, client)
     low = asyncio.create_task(client.call("test.work", {"label": "low"}, priority=0))
-    await eventually(lambda: worker.scheduler.waiting == 1, "1 waiting at the scheduler", timeout=2.0,
-                     interval=0.002)
+    await eventually(lambda: worker.scheduler.waiting == 1, "1 waiting at the scheduler", timeout=2.0, interval=0.002)
     highs = [asyncio.create_task(client.call("test.work", {"label": f"high-{i}"}, priority=9)) for i in range(4)]
-    await eventually(lambda: worker.scheduler.waiting == 5, "5 waiting at the scheduler", timeout=2.0,
-                     interval=0.002)
+    await eventually(lambda: worker.scheduler.waiting == 5, "5 waiting at the scheduler", timeout=2.0, interval=0.002)
     worker.gate.set()
     await asyncio.gather(blocker, low, *highs)
     assert worker.served == ["blocker", "high-0", "high-1", "high-2", "high-3", "low"]
@@ -82,12 +86,10 @@ async def test_saturated_module_serves_priority_9_before_0_and_0_is_not_starved(
     worker.served.clear()
     blocker = await _saturate(worker, client)
     low = asyncio.create_task(client.call("test.work", {"label": "low"}, priority=0))
-    await eventually(lambda: worker.scheduler.waiting == 1, "1 waiting at the scheduler", timeout=2.0,
-                     interval=0.002)
+    await eventually(lambda: worker.scheduler.waiting == 1, "1 waiting at the scheduler", timeout=2.0, interval=0.002)
     await asyncio.sleep(0.3)  # the time that ages the waiting call: what the test is about
     highs = [asyncio.create_task(client.call("test.work", {"label": f"high-{i}"}, priority=9)) for i in range(4)]
-    await eventually(lambda: worker.scheduler.waiting == 5, "5 waiting at the scheduler", timeout=2.0,
-                     interval=0.002)
+    await eventually(lambda: worker.scheduler.waiting == 5, "5 waiting at the scheduler", timeout=2.0, interval=0.002)
     worker.gate.set()
     await asyncio.gather(blocker, low, *highs)
     assert worker.served == ["blocker", "low", "high-0", "high-1", "high-2", "high-3"]
@@ -105,8 +107,7 @@ async def test_a_call_that_expires_while_queued_is_never_executed(nc: NATS, work
             pass
     assert caught.value.code == "TIMEOUT"
     # Dropped at their deadlines, not at their turn.
-    await eventually(lambda: worker.scheduler.waiting == 0, "0 waiting at the scheduler", timeout=2.0,
-                     interval=0.002)
+    await eventually(lambda: worker.scheduler.waiting == 0, "0 waiting at the scheduler", timeout=2.0, interval=0.002)
     worker.gate.set()
     await blocker
     assert await client.call("test.work", {"label": "after"}) == {"label": "after"}
@@ -124,8 +125,12 @@ async def test_a_call_that_arrives_expired_is_never_executed(nc: NATS, worker: W
     assert time.monotonic() - started < 0.1
     # ...and a module that receives it anyway, told no time is left, drops it.
     with pytest.raises(TimeoutError):
-        await nc.request(subjects.call("system", "test.work"), request.SerializeToString(), timeout=0.3,
-                         headers={DAI_REMAINING_MS: "-4000"})
+        await nc.request(
+            subjects.call("system", "test.work"),
+            request.SerializeToString(),
+            timeout=0.3,
+            headers={DAI_REMAINING_MS: "-4000"},
+        )
     await asyncio.sleep(0.05)  # a window for what must not happen: the module serving it late
     assert worker.served == []
 
@@ -135,11 +140,13 @@ async def test_a_module_counts_the_time_left_not_the_callers_clock(nc: NATS, wor
     """A caller whose clock is 30 s off stamps its calls 30 s off; the module serves them by the
     time left they carry (or, without it, by their ttl from arrival), never by the stamp."""
     for label, headers in ((f"left-{skew}", {DAI_REMAINING_MS: "5000"}), (f"ttl-{skew}", None)):
-        request = new_request("test.work", b'{"label": "%s"}' % label.encode(), tenant_id="system",
-                              source_module_id="t", ttl=5)
+        request = new_request(
+            "test.work", b'{"label": "%s"}' % label.encode(), tenant_id="system", source_module_id="t", ttl=5
+        )
         request.timestamp.FromNanoseconds(time.time_ns() + skew * 1_000_000_000)
-        answer = await nc.request(subjects.call("system", "test.work"), request.SerializeToString(), timeout=2,
-                                  headers=headers)
+        answer = await nc.request(
+            subjects.call("system", "test.work"), request.SerializeToString(), timeout=2, headers=headers
+        )
         assert decode(answer.data).type == MessageType.RESPONSE
     assert worker.served == [f"left-{skew}", f"ttl-{skew}"]
 
@@ -150,10 +157,13 @@ async def test_a_module_drops_a_queued_call_when_the_time_left_it_was_sent_runs_
     request = new_request("test.work", b'{"label": "short"}', tenant_id="system", source_module_id="t", ttl=30)
     started = time.monotonic()
     with pytest.raises(TimeoutError):  # 300 ms left, whatever the 30 s ttl says: dropped, never answered
-        await nc.request(subjects.call("system", "test.work"), request.SerializeToString(), timeout=1.0,
-                         headers={DAI_REMAINING_MS: "300"})
-    await eventually(lambda: worker.scheduler.waiting == 0, "0 waiting at the scheduler", timeout=2.0,
-                     interval=0.002)
+        await nc.request(
+            subjects.call("system", "test.work"),
+            request.SerializeToString(),
+            timeout=1.0,
+            headers={DAI_REMAINING_MS: "300"},
+        )
+    await eventually(lambda: worker.scheduler.waiting == 0, "0 waiting at the scheduler", timeout=2.0, interval=0.002)
     assert time.monotonic() - started < 1.5
     worker.gate.set()
     await blocker

@@ -86,8 +86,11 @@ def guarded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsSer
     directory = tmp_path_factory.mktemp("nats-permissions")
     users = [
         {"user": "platform", "password": "platform-secret"},
-        {"user": "module", "password": "module-secret",
-         "permissions": module_permissions(Probe.module_id, TENANT, CAPABILITIES)},
+        {
+            "user": "module",
+            "password": "module-secret",
+            "permissions": module_permissions(Probe.module_id, TENANT, CAPABILITIES),
+        },
     ]
     config = directory / "nats.conf"
     # JSON is valid NATS configuration syntax.
@@ -114,7 +117,10 @@ async def _module_connection(server: NatsServer, refused: list[str]) -> NATS:
         refused.append(str(error))
 
     return await nats.connect(
-        server.url, user="module", password="module-secret", error_cb=on_error,
+        server.url,
+        user="module",
+        password="module-secret",
+        error_cb=on_error,
         inbox_prefix=inbox_prefix(Probe.module_id),
     )
 
@@ -132,8 +138,10 @@ async def test_a_module_serves_calls_streams_nested_calls_events_and_micro_withi
         await registered(hub, probe)  # announced on hub.announce.perm-probe, answered on its inbox
         globex = Client(platform, tenant="globex")
         assert await globex.call("perm.work") == {"called": "globex", "streamed": "globex"}
-        assert await globex.call("perm.work", target_module_id=Probe.module_id) == {"called": "globex",
-                                                                                     "streamed": "globex"}
+        assert await globex.call("perm.work", target_module_id=Probe.module_id) == {
+            "called": "globex",
+            "streamed": "globex",
+        }
         # Twenty chunks through a window of eight: the caller's credit reaches mcp.ctl.<module>.<instance>.
         assert [chunk.data["i"] async for chunk in globex.stream("perm.count")] == list(range(20))
         async for _chunk in globex.stream("perm.count", {"n": 1000}):
@@ -144,8 +152,9 @@ async def test_a_module_serves_calls_streams_nested_calls_events_and_micro_withi
         assert json.loads(ping.data)["id"] == probe.instance_id
         info = await platform.request(f"$SRV.INFO.perm-probe.{probe.instance_id}", b"", timeout=2)
         assert {e["subject"] for e in json.loads(info.data)["endpoints"]} >= {"mcp.call.*.perm.work"}
-        await eventually(lambda: probe.heard == [TENANT, TENANT],
-                         lambda: f"the tenant's two events; heard {probe.heard}", timeout=2)
+        await eventually(
+            lambda: probe.heard == [TENANT, TENANT], lambda: f"the tenant's two events; heard {probe.heard}", timeout=2
+        )
         assert any(beat.instance_id == probe.instance_id for beat in hub.presence.instances())
     finally:
         await probe.stop(grace=1.0)

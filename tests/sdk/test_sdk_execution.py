@@ -24,8 +24,11 @@ class Miswrapped(Module):
 
     module_id = "miswrapped"
 
-    @capability("test.miswrapped", input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
-                output_schema={"type": "object"})
+    @capability(
+        "test.miswrapped",
+        input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        output_schema={"type": "object"},
+    )
     @functools.wraps(miswrapped)
     async def miswrapped(self, *, other: str = "") -> dict[str, Any]:
         return {"other": other}
@@ -34,7 +37,9 @@ class Miswrapped(Module):
 def test_a_handler_that_raises_when_called_is_answered_module_error() -> None:
     module = Miswrapped()
     definition = definitions_of(module)["test.miswrapped"]
-    request = new_request("test.miswrapped", msgspec.json.encode({"text": "hi"}), tenant_id="t", source_module_id="gateway")
+    request = new_request(
+        "test.miswrapped", msgspec.json.encode({"text": "hi"}), tenant_id="t", source_module_id="gateway"
+    )
     result, error = Invocation(module.module_id, definition, request).start(module.miswrapped)
     assert result is None and error is not None
     assert error.type == MessageType.ERROR and error.correlation_id == request.correlation_id

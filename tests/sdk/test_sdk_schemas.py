@@ -30,7 +30,11 @@ class Person(pydantic.BaseModel):
 @pytest.mark.parametrize(
     ("spec", "bad", "path"),
     [
-        ({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"}}}}, {"a": [1, "x"]}, "$.a[1]"),
+        (
+            {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"}}}},
+            {"a": [1, "x"]},
+            "$.a[1]",
+        ),
         (Order, {"item": "pen", "quantity": "two"}, "$.quantity"),
         (Person, {"name": "Ada", "age": -1}, "$.age"),
     ],
@@ -96,7 +100,12 @@ SCHEMAS: list[dict[str, object]] = [
     {"type": "object"},
     {"type": "object", "title": "anything", "format": "email"},
     {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"}}}},
-    {"type": "object", "required": ["a"], "additionalProperties": False, "properties": {"a": {"type": ["integer", "null"]}}},
+    {
+        "type": "object",
+        "required": ["a"],
+        "additionalProperties": False,
+        "properties": {"a": {"type": ["integer", "null"]}},
+    },
     {"type": "object", "patternProperties": {"^x": {"type": "number"}}, "additionalProperties": {"type": "string"}},
     {"type": "array", "uniqueItems": True},
     {"type": "array", "items": {"enum": [1, "a", None, False]}, "minItems": 1, "maxItems": 2},
@@ -113,8 +122,11 @@ SCHEMAS: list[dict[str, object]] = [
     {"type": "object", "propertyNames": {"maxLength": 1}, "maxProperties": 2},
     {"$defs": {"n": {"type": "integer"}}, "type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}},
     {"$defs": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/$defs/n", "minimum": 5}}},
-    {"$schema": "http://json-schema.org/draft-07/schema#", "definitions": {"n": {"type": "integer"}},
-     "properties": {"a": {"$ref": "#/definitions/n", "minimum": 5}}},
+    {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "definitions": {"n": {"type": "integer"}},
+        "properties": {"a": {"$ref": "#/definitions/n", "minimum": 5}},
+    },
     {"$schema": "http://json-schema.org/draft-04/schema#", "type": "integer", "maximum": 1, "exclusiveMaximum": True},
     {"$schema": "http://json-schema.org/draft-06/schema#", "type": "array", "items": [{"type": "integer"}]},
     {"type": "object", "dependentRequired": {"a": ["b"]}},
@@ -123,10 +135,40 @@ SCHEMAS: list[dict[str, object]] = [
     {"type": "object", "dependencies": {"a": ["b"]}},
 ]
 VALUES: list[object] = [
-    None, True, False, 0, 1, 1.0, 1.5, -1, 2**70, "", "a", "abc\n", "ABC", "abcd",
-    [], [1], [1, 1.0], [1, True], [0, False], ["a", "b"], [[1], [True]], [None, "a"],
-    {}, {"a": 1}, {"a": 5}, {"a": "x"}, {"a": [1, "x"]}, {"a": None}, {"b": 1}, {"a": 1, "b": 2},
-    {"x1": 1, "x2": "s"}, {"x1": "s"}, {"ab": 1}, {"a": 1.0, "c": {"k": [1, 2]}},
+    None,
+    True,
+    False,
+    0,
+    1,
+    1.0,
+    1.5,
+    -1,
+    2**70,
+    "",
+    "a",
+    "abc\n",
+    "ABC",
+    "abcd",
+    [],
+    [1],
+    [1, 1.0],
+    [1, True],
+    [0, False],
+    ["a", "b"],
+    [[1], [True]],
+    [None, "a"],
+    {},
+    {"a": 1},
+    {"a": 5},
+    {"a": "x"},
+    {"a": [1, "x"]},
+    {"a": None},
+    {"b": 1},
+    {"a": 1, "b": 2},
+    {"x1": 1, "x2": "s"},
+    {"x1": "s"},
+    {"ab": 1},
+    {"a": 1.0, "c": {"k": [1, 2]}},
 ]
 
 
@@ -148,16 +190,19 @@ def test_fast_checks_agree_with_jsonschema(spec: dict[str, object]) -> None:
             assert (invalid.path, invalid.validator) == (path, str(expected.validator)), value
 
 
-@pytest.mark.parametrize(("spec", "fast"), [
-    ({}, True),
-    ({"type": "object"}, True),
-    ({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}, True),
-    ({"$defs": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/$defs/n"}}}, True),
-    ({"properties": {"a": {"$ref": "#/$defs/n", "minimum": 5}}, "$defs": {"n": {"type": "integer"}}}, False),
-    ({"$ref": "https://example.com/schema.json"}, False),
-    ({"type": "object", "unevaluatedProperties": False}, False),
-    ({"$schema": "http://json-schema.org/draft-03/schema#", "type": "object", "properties": {}}, False),
-])
+@pytest.mark.parametrize(
+    ("spec", "fast"),
+    [
+        ({}, True),
+        ({"type": "object"}, True),
+        ({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}, True),
+        ({"$defs": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/$defs/n"}}}, True),
+        ({"properties": {"a": {"$ref": "#/$defs/n", "minimum": 5}}, "$defs": {"n": {"type": "integer"}}}, False),
+        ({"$ref": "https://example.com/schema.json"}, False),
+        ({"type": "object", "unevaluatedProperties": False}, False),
+        ({"$schema": "http://json-schema.org/draft-03/schema#", "type": "object", "properties": {}}, False),
+    ],
+)
 def test_only_portable_schemas_get_a_fast_check(spec: dict[str, object], fast: bool) -> None:
     validator_class = jsonschema.validators.validator_for(spec)
     assert (_fast_check(spec, validator_class) is not None) is fast

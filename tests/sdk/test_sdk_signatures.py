@@ -64,11 +64,17 @@ async def letter_as_note(self: Module, letter: Note) -> dict:
         (TEXT, text_and_mood, ["needs parameter 'mood'", "no property 'mood'"]),
         (None, text_only, ["needs parameter 'text'", "no property 'text'"]),
         # declared but not required, while the handler cannot do without it
-        ({"type": "object", "properties": {"text": {"type": "string"}}}, text_only,
-         ["needs parameter 'text'", "does not require property 'text'"]),
+        (
+            {"type": "object", "properties": {"text": {"type": "string"}}},
+            text_only,
+            ["needs parameter 'text'", "does not require property 'text'"],
+        ),
         # declared, but the handler has nowhere to put it
-        ({"type": "object", "properties": {"text": {"type": "string"}}}, nothing,
-         ["no parameter 'text'", "declares property 'text'"]),
+        (
+            {"type": "object", "properties": {"text": {"type": "string"}}},
+            nothing,
+            ["no parameter 'text'", "declares property 'text'"],
+        ),
         # keyword arguments from a schema that is not an object
         ({"type": "string"}, nothing, ["'string', not an object"]),
         # a model handler: one value, nothing else it cannot do without, and of the schema's type

@@ -67,17 +67,20 @@ async def test_a_nested_call_carries_the_tenant_of_the_call_being_served(nc: NAT
     try:
         acme, globex = unique("acme"), unique("globex")
         events = await nc.subscribe(subjects.event("*", "tenancy.relayed"))
-        answers = await asyncio.gather(*(
-            Client(nc, tenant=tenant).call("tenancy.relay", {"delay_ms": delay})
-            for tenant, delay in ((acme, 30), (globex, 0), (acme, 0), (globex, 30))
-        ))
+        answers = await asyncio.gather(
+            *(
+                Client(nc, tenant=tenant).call("tenancy.relay", {"delay_ms": delay})
+                for tenant, delay in ((acme, 30), (globex, 0), (acme, 0), (globex, 30))
+            )
+        )
         assert [a["inner"] for a in answers] == [acme, globex, acme, globex]
         assert [a["outer"] for a in answers] == [acme, globex, acme, globex]
         published = [await events.next_msg(timeout=2) for _ in range(4)]
         await events.unsubscribe()
         # Each event went out on the subject of the caller's tenant, and says so in its body.
-        assert sorted(m.subject for m in published) == sorted(subjects.event(t, "tenancy.relayed") for t in
-                                                               (acme, acme, globex, globex))
+        assert sorted(m.subject for m in published) == sorted(
+            subjects.event(t, "tenancy.relayed") for t in (acme, acme, globex, globex)
+        )
         assert all(decode(m.data).context.tenant_id == m.subject.split(".")[2] for m in published)
     finally:
         await outer.stop(grace=1.0)
@@ -154,8 +157,13 @@ def test_a_credential_of_another_module_or_malformed_is_refused_without_echoing_
     with pytest.raises(CredentialError, match=f"for module '{Inner.module_id}'.*'{Outer.module_id}'"):
         Outer.config_for_credential(other)
     secret = secrets.token_urlsafe(32)
-    for bad in (secret, f"dai-module.acme.{secret}", f"dai-modul.acme.m.{secret}", "dai-module.Acme.m." + secret,
-                "dai-module.acme.m.short"):
+    for bad in (
+        secret,
+        f"dai-module.acme.{secret}",
+        f"dai-modul.acme.m.{secret}",
+        "dai-module.Acme.m." + secret,
+        "dai-module.acme.m.short",
+    ):
         with pytest.raises(CredentialError) as refused:
             parse_module_credential(bad)
         assert secret not in str(refused.value)

@@ -142,7 +142,10 @@ async def test_a_cancel_from_another_tenant_is_ignored(nc: NATS, streamer: Strea
     assert first.type == MessageType.STREAM_CHUNK
     intruder = new_request("test.hang", b"{}", tenant_id=unique("other"), source_module_id="t")
     intruder.correlation_id = call.call_id
-    await nc.publish(subjects.control(streamer.module_id, streamer.instance_id), streaming.cancel(intruder, source_module_id="t").SerializeToString())
+    await nc.publish(
+        subjects.control(streamer.module_id, streamer.instance_id),
+        streaming.cancel(intruder, source_module_id="t").SerializeToString(),
+    )
     await asyncio.sleep(0.1)  # a window for what must not happen: the intruder's cancel taking effect
     assert not streamer.cancelled_at
     await call.close()

@@ -39,9 +39,7 @@ def test_highest_scoring_sentence_is_picked() -> None:
     text = "The meeting started late. Coffee drinkers love coffee. The printer broke again."
     assert summarize(text, max_length=30).summary == "Coffee drinkers love coffee."
     # With room for two, the runner-up (first sentence) joins, and original order is kept.
-    assert summarize(text, max_length=60).summary == (
-        "The meeting started late. Coffee drinkers love coffee."
-    )
+    assert summarize(text, max_length=60).summary == ("The meeting started late. Coffee drinkers love coffee.")
 
 
 def test_off_topic_sentences_are_left_out_and_order_is_preserved() -> None:

@@ -14,7 +14,12 @@ from support.names import unique
 
 def test_the_command_line() -> None:
     args = _parser().parse_args(["billing", "close-period", "--tenant", "acme", "--period", "2025-01"])
-    assert (args.command, args.billing_command, args.tenant, args.period) == ("billing", "close-period", "acme", "2025-01")
+    assert (args.command, args.billing_command, args.tenant, args.period) == (
+        "billing",
+        "close-period",
+        "acme",
+        "2025-01",
+    )
     args = _parser().parse_args(["billing", "close-period"])
     assert (args.tenant, args.period) == (None, None)
 

@@ -28,30 +28,43 @@ NUMBER = "T1234567890123"
 def test_the_defaults_are_valid() -> None:
     config = check_environment({})
     assert (config.tax_rate, config.close_grace_seconds, config.stripe, config.seller) == (
-        BillingConfig().tax_rate, 3600, None, DEFAULT_SELLER)
+        BillingConfig().tax_rate,
+        3600,
+        None,
+        DEFAULT_SELLER,
+    )
 
 
 def test_the_seller_comes_from_a_file_and_the_variables_win(tmp_path: Path) -> None:
     seller_file = tmp_path / "seller.json"
-    seller_file.write_text(json.dumps({"name": "Democratic AI K.K.", "address": "1-2-3 Marunouchi\nTokyo",
-                                       "registration_number": NUMBER}))
+    seller_file.write_text(
+        json.dumps({"name": "Democratic AI K.K.", "address": "1-2-3 Marunouchi\nTokyo", "registration_number": NUMBER})
+    )
     assert load_seller({"DAI_SELLER_FILE": str(seller_file)}) == Seller(
-        name="Democratic AI K.K.", address="1-2-3 Marunouchi\nTokyo", registration_number=NUMBER)
+        name="Democratic AI K.K.", address="1-2-3 Marunouchi\nTokyo", registration_number=NUMBER
+    )
     assert load_seller({"DAI_SELLER_FILE": str(seller_file), "DAI_SELLER_NAME": "Other K.K."}).name == "Other K.K."
     assert load_seller({"DAI_SELLER_NAME": "Solo", "DAI_SELLER_REGISTRATION_NUMBER": NUMBER}) == Seller(
-        name="Solo", registration_number=NUMBER)
+        name="Solo", registration_number=NUMBER
+    )
     assert check_environment({"DAI_SELLER_NAME": "Solo"}).seller == Seller(name="Solo")
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"DAI_SELLER_REGISTRATION_NUMBER": "1234567890123"}, "not 'T' followed by 13 digits"),
-    ({"DAI_SELLER_REGISTRATION_NUMBER": "T123456789012"}, "not 'T' followed by 13 digits"),
-    ({"DAI_SELLER_REGISTRATION_NUMBER": "T１２３４５６７８９０１２３"}, "not 'T' followed by 13 digits"),  # full-width
-    ({"DAI_SELLER_NAME": " "}, "name must not be empty"),
-    ({"DAI_SELLER_NAME": "A\nB"}, "control character"),
-    ({"DAI_SELLER_ADDRESS": "x" * 2001}, "at most 2,000"),
-    ({"DAI_SELLER_FILE": "/nonexistent/seller.json"}, "cannot read"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DAI_SELLER_REGISTRATION_NUMBER": "1234567890123"}, "not 'T' followed by 13 digits"),
+        ({"DAI_SELLER_REGISTRATION_NUMBER": "T123456789012"}, "not 'T' followed by 13 digits"),
+        (
+            {"DAI_SELLER_REGISTRATION_NUMBER": "T１２３４５６７８９０１２３"},
+            "not 'T' followed by 13 digits",
+        ),  # full-width
+        ({"DAI_SELLER_NAME": " "}, "name must not be empty"),
+        ({"DAI_SELLER_NAME": "A\nB"}, "control character"),
+        ({"DAI_SELLER_ADDRESS": "x" * 2001}, "at most 2,000"),
+        ({"DAI_SELLER_FILE": "/nonexistent/seller.json"}, "cannot read"),
+    ],
+)
 def test_a_bad_seller_is_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(InvalidSeller, match=message):
         load_seller(env)

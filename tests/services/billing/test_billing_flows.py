@@ -39,7 +39,11 @@ async def usage(pool: asyncpg.Pool) -> TableUsageTotals:
 
 @pytest.fixture
 async def gateway(
-    nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS, projections: None,
+    nats_server: NatsServer,
+    database_url: str,
+    pool: asyncpg.Pool,
+    nc: NATS,
+    projections: None,
     usage: TableUsageTotals,
 ) -> AsyncIterator[Gateway]:
     tenant = unique("tenant")
@@ -52,8 +56,10 @@ async def a_month_of_calls(usage: TableUsageTotals, tenant: str) -> None:
     """150,000 successful calls in Tokyo's January 2025, and some on either side of it."""
     rows = [("api_calls", JAN_START + timedelta(hours=5 * n), 1000) for n in range(149)]
     rows += [("api_calls", JAN_END - timedelta(microseconds=1), 1000)]  # the month's last instant counts
-    rows += [("api_calls", JAN_START - timedelta(microseconds=1), 777),  # Tokyo's December
-             ("api_calls", JAN_END, 555)]  # Tokyo's February
+    rows += [
+        ("api_calls", JAN_START - timedelta(microseconds=1), 777),  # Tokyo's December
+        ("api_calls", JAN_END, 555),
+    ]  # Tokyo's February
     await usage.add(tenant, rows)
 
 
@@ -64,8 +70,12 @@ async def test_a_month_of_calls_becomes_an_invoice_over_http(
     await billing_service(nc, usage).set_plan(Meta(at=JAN_START), tenant.tenant_id, "starter")
     await a_month_of_calls(usage, tenant.tenant_id)
 
-    status, body = await http("POST", f"{gateway.url}/v1/billing/close-period",
-                              json={"tenant_id": tenant.tenant_id, "period": "2025-01"}, credential=gateway.api_key)
+    status, body = await http(
+        "POST",
+        f"{gateway.url}/v1/billing/close-period",
+        json={"tenant_id": tenant.tenant_id, "period": "2025-01"},
+        credential=gateway.api_key,
+    )
     assert status == 200, body
     [closed] = body["closed"]
     assert closed["created"] is True
@@ -79,10 +89,17 @@ async def test_a_month_of_calls_becomes_an_invoice_over_http(
     assert status == 200 and invoice["status"] == "open" and invoice["currency"] == "JPY"
     assert invoice["usage"]["api_calls"] == 150_000
     assert [(line["kind"], line["quantity"], line["unit_price"], line["amount"]) for line in invoice["lines"]] == [
-        ("base_fee", "1", "4900", 4900), ("overage", "50000", "0.05", 2500), ("overage", "0", "50", 0),
-        ("overage", "0", "10", 0)]
+        ("base_fee", "1", "4900", 4900),
+        ("overage", "50000", "0.05", 2500),
+        ("overage", "0", "50", 0),
+        ("overage", "0", "10", 0),
+    ]
     assert [(line["used"], line["included"]) for line in invoice["lines"]] == [
-        (None, None), ("150000", 100_000), ("0", 100), ("0", 50)]
+        (None, None),
+        ("150000", 100_000),
+        ("0", 100),
+        ("0", 50),
+    ]
     assert invoice["seller"] == {"name": "Democratic_AI", "address": "", "registration_number": ""}
     assert (invoice["subtotal"], invoice["tax_rate"], invoice["tax"], invoice["total"]) == (7400, "0.10", 740, 8140)
 
@@ -120,16 +137,26 @@ async def test_plan_changes_over_http_need_billing_update(gateway: Gateway, nc: 
     plan_url = f"{gateway.url}/v1/billing/plan"
     status, body = await http("PUT", plan_url, json={"plan": "pro"}, credential=tenant.viewer_token)
     assert status == 403
-    status, body = await http("PUT", plan_url, json={"plan": "starter", "interval": "year",
-                                                     "time_zone": "Europe/Berlin"}, credential=tenant.admin_token)
+    status, body = await http(
+        "PUT",
+        plan_url,
+        json={"plan": "starter", "interval": "year", "time_zone": "Europe/Berlin"},
+        credential=tenant.admin_token,
+    )
     assert status == 200, body
-    assert (body["subscription"]["plan_id"], body["subscription"]["interval"],
-            body["subscription"]["time_zone"]) == ("starter", "year", "Europe/Berlin")
+    assert (body["subscription"]["plan_id"], body["subscription"]["interval"], body["subscription"]["time_zone"]) == (
+        "starter",
+        "year",
+        "Europe/Berlin",
+    )
     status, body = await http("PUT", plan_url, json={"plan": "pro", "interval": "year"}, credential=tenant.admin_token)
     assert status == 200 and body["subscription"]["plan_id"] == "pro"
-    for bad, path in (({"plan": "platinum"}, "plan"), ({"plan": "pro", "interval": "week"}, "interval"),
-                      ({"plan": "pro", "time_zone": "Mars/Olympus"}, "time_zone"),
-                      ({"plan": "pro", "time_zone": "Asia/Tokyo"}, "time_zone")):
+    for bad, path in (
+        ({"plan": "platinum"}, "plan"),
+        ({"plan": "pro", "interval": "week"}, "interval"),
+        ({"plan": "pro", "time_zone": "Mars/Olympus"}, "time_zone"),
+        ({"plan": "pro", "time_zone": "Asia/Tokyo"}, "time_zone"),
+    ):
         status, body = await http("PUT", plan_url, json=bad, credential=tenant.admin_token)
         assert status == 422 and body["error"]["details"]["field"] == path, (bad, body)
     status, body = await http("DELETE", plan_url, credential=tenant.admin_token)
@@ -137,12 +164,20 @@ async def test_plan_changes_over_http_need_billing_update(gateway: Gateway, nc: 
     status, body = await http("DELETE", plan_url, credential=tenant.admin_token)
     assert status == 409
     # Closing months is for super admins; the current month cannot be closed before it ends.
-    status, body = await http("POST", f"{gateway.url}/v1/billing/close-period",
-                              json={"tenant_id": tenant.tenant_id}, credential=tenant.admin_token)
+    status, body = await http(
+        "POST",
+        f"{gateway.url}/v1/billing/close-period",
+        json={"tenant_id": tenant.tenant_id},
+        credential=tenant.admin_token,
+    )
     assert status == 403
     this_month = datetime.now(UTC).strftime("%Y-%m")
-    status, body = await http("POST", f"{gateway.url}/v1/billing/close-period",
-                              json={"tenant_id": tenant.tenant_id, "period": this_month}, credential=gateway.api_key)
+    status, body = await http(
+        "POST",
+        f"{gateway.url}/v1/billing/close-period",
+        json={"tenant_id": tenant.tenant_id, "period": this_month},
+        credential=gateway.api_key,
+    )
     assert status == 422 and "can be closed from" in body["error"]["message"]
 
 
@@ -174,8 +209,9 @@ async def test_closing_a_month_concurrently_issues_one_invoice(
     await billing_service(nc, usage).set_plan(Meta(at=JAN_START), tenant.tenant_id, "starter")
     await a_month_of_calls(usage, tenant.tenant_id)
     # Eight closers, each with its own service (as separate processes would be), at once.
-    results = await asyncio.gather(*(billing_service(nc, usage).close_period(tenant.tenant_id, "2025-01")
-                                     for _ in range(8)))
+    results = await asyncio.gather(
+        *(billing_service(nc, usage).close_period(tenant.tenant_id, "2025-01") for _ in range(8))
+    )
     assert sum(r.created for r in results) == 1
     assert len({msgspec.json.encode(r.invoice) for r in results}) == 1
     info = await nc.jetstream().stream_info("BILLING", subjects_filter=f"billing.{tenant.tenant_id}.invoice.>")
@@ -207,13 +243,19 @@ async def test_regenerating_from_a_rebuilt_usage_read_model_gives_the_same_invoi
     assert issued is not None
     # Rebuild the usage read model: empty it and fold the same usage again, in another order.
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT metric, at, value FROM test_usage WHERE tenant_id = $1 ORDER BY at DESC",
-                                tenant.tenant_id)
+        rows = await conn.fetch(
+            "SELECT metric, at, value FROM test_usage WHERE tenant_id = $1 ORDER BY at DESC", tenant.tenant_id
+        )
         await conn.execute("DELETE FROM test_usage WHERE tenant_id = $1", tenant.tenant_id)
     await usage.add(tenant.tenant_id, [(r["metric"], r["at"], r["value"]) for r in rows])
     subscription = await service.subscription(tenant.tenant_id)
-    recomputed = build_invoice(subscription, (2025, 1), await usage.totals(tenant.tenant_id, JAN_START, JAN_END),
-                               BillingConfig().tax_rate, issued.meta)
+    recomputed = build_invoice(
+        subscription,
+        (2025, 1),
+        await usage.totals(tenant.tenant_id, JAN_START, JAN_END),
+        BillingConfig().tax_rate,
+        issued.meta,
+    )
     assert recomputed == issued
 
 
@@ -230,19 +272,33 @@ async def test_every_billing_read_model_rebuilds_identically(
         await service.close_period(t, month)
     await service.cancel(Meta(at=datetime(2025, 3, 3, tzinfo=UTC)), t)
     billing_log = BillingLog(nc.jetstream())
-    common = {"tenant_id": t, "invoice_id": f"{t}-2025-01", "stripe_invoice_id": "in_1", "amount": 15_028,
-              "currency": "JPY"}
-    await billing_log.append(stripe_event_subject(t, "a" * 32), PaymentFailed(
-        meta=Meta(at=datetime(2025, 2, 3, tzinfo=UTC)), stripe_event_id="evt_a", reason="card declined", **common),
-        expected=0)
-    await billing_log.append(stripe_event_subject(t, "b" * 32), PaymentSucceeded(
-        meta=Meta(at=datetime(2025, 2, 5, tzinfo=UTC)), stripe_event_id="evt_b", **common), expected=0)
+    common = {
+        "tenant_id": t,
+        "invoice_id": f"{t}-2025-01",
+        "stripe_invoice_id": "in_1",
+        "amount": 15_028,
+        "currency": "JPY",
+    }
+    await billing_log.append(
+        stripe_event_subject(t, "a" * 32),
+        PaymentFailed(
+            meta=Meta(at=datetime(2025, 2, 3, tzinfo=UTC)), stripe_event_id="evt_a", reason="card declined", **common
+        ),
+        expected=0,
+    )
+    await billing_log.append(
+        stripe_event_subject(t, "b" * 32),
+        PaymentSucceeded(meta=Meta(at=datetime(2025, 2, 5, tzinfo=UTC)), stripe_event_id="evt_b", **common),
+        expected=0,
+    )
     await caught_up(nc, pool, "billing")
 
     async def snapshot() -> dict[str, list[tuple]]:
         async with pool.acquire() as conn:
-            return {table: [tuple(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY 1, 2")]
-                    for table in BillingProjection.tables}
+            return {
+                table: [tuple(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY 1, 2")]
+                for table in BillingProjection.tables
+            }
 
     live = await snapshot()
     assert all(live[table] for table in BillingProjection.tables if table != "billing_customers")

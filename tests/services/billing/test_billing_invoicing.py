@@ -64,8 +64,9 @@ def charged(invoice: object) -> list:
 
 
 def started(when: str, plan: str = "starter", interval: str = "month", time_zone: str = TOKYO) -> SubscriptionStarted:
-    return SubscriptionStarted(tenant_id="acme", meta=meta(when), terms=PRICES.terms(plan), interval=interval,
-                               time_zone=time_zone)
+    return SubscriptionStarted(
+        tenant_id="acme", meta=meta(when), terms=PRICES.terms(plan), interval=interval, time_zone=time_zone
+    )
 
 
 def test_starter_is_the_seed_pricing_tier() -> None:
@@ -74,9 +75,13 @@ def test_starter_is_the_seed_pricing_tier() -> None:
     usage = STARTER.usage
     assert (usage["api_calls"].included, usage["api_calls"].overage_price) == (100_000, Decimal("0.05"))
     assert (usage["compute_ms"].included * usage["compute_ms"].unit_size, usage["compute_ms"].overage_price) == (
-        100 * HOUR_MS, Decimal("50"))
-    assert (usage["storage_bytes"].included * usage["storage_bytes"].unit_size,
-            usage["storage_bytes"].overage_price) == (50 * GIB, Decimal("10"))
+        100 * HOUR_MS,
+        Decimal("50"),
+    )
+    assert (
+        usage["storage_bytes"].included * usage["storage_bytes"].unit_size,
+        usage["storage_bytes"].overage_price,
+    ) == (50 * GIB, Decimal("10"))
     assert STARTER.features == ("Email Support", "API Access", "Custom Modules")
     assert set(PRICES.prices) == {"free", "starter", "pro", "enterprise"}
     assert all(terms.currency for terms in PRICES.prices.values())
@@ -133,8 +138,10 @@ def test_the_seeds_example_starter_with_150000_calls() -> None:
     assert (invoice.subtotal, invoice.tax, invoice.total) == (7400, 740, 8140)
     assert invoice.invoice_id == "acme-2025-01" and invoice.currency == "JPY"
     # The month is Tokyo's: it starts at 15:00 UTC the day before.
-    assert (invoice.period_start, invoice.period_end) == (at("2024-12-31T15:00:00+00:00"),
-                                                          at("2025-01-31T15:00:00+00:00"))
+    assert (invoice.period_start, invoice.period_end) == (
+        at("2024-12-31T15:00:00+00:00"),
+        at("2025-01-31T15:00:00+00:00"),
+    )
     assert [line.description for line in invoice.lines] == [
         "Starter plan (monthly), 2025-01-01 00:00 – 2025-02-01 00:00 (Asia/Tokyo)",
         "API calls: 150,000 calls used, 100,000 calls included, 50,000 calls over × ¥0.05 per call",
@@ -153,7 +160,8 @@ def test_compute_and_storage_overage_in_hours_and_gigabytes() -> None:
     calls = invoice.lines[1]
     assert (calls.metric, calls.quantity, calls.amount, calls.used) == ("api_calls", 0, 0, 99_999)
     assert by_metric["compute_ms"].description == (
-        "Compute time: 130.5 hours used, 100 hours included, 30.5 hours over × ¥50 per hour")
+        "Compute time: 130.5 hours used, 100 hours included, 30.5 hours over × ¥50 per hour"
+    )
     assert (by_metric["compute_ms"].quantity, by_metric["compute_ms"].amount) == (Decimal("30.5"), 1525)  # × ¥50
     assert (by_metric["storage_bytes"].quantity, by_metric["storage_bytes"].amount) == (Decimal("2.25"), 23)  # 22.5 ↑
     assert (invoice.subtotal, invoice.tax, invoice.total) == (4900 + 1525 + 23, 644, 7092)
@@ -230,16 +238,26 @@ def test_months_follow_the_tenants_time_zone_across_daylight_saving() -> None:
     sub = subscription(started("2025-03-01T00:00:00-05:00", time_zone="America/New_York"))
     invoice = build_invoice(sub, (2025, 3), {}, TEN_PERCENT, meta("2025-04-02T00:00:00-04:00"))
     assert invoice is not None and [line.amount for line in charged(invoice)] == [4900]  # a whole month, exactly
-    assert invoice.lines[0].description == ("Starter plan (monthly), 2025-03-01 00:00 – 2025-04-01 00:00"
-                                            " (America/New_York)")
+    assert invoice.lines[0].description == (
+        "Starter plan (monthly), 2025-03-01 00:00 – 2025-04-01 00:00 (America/New_York)"
+    )
 
 
-@pytest.mark.parametrize(("span", "text"), [
-    ("2678400", "31 days"), ("2573735.494916", "29 days 18 hours"), ("1296000", "15 days"),
-    ("2674800", "30 days 23 hours"),  # March in New York: an hour is lost to daylight saving
-    ("90000", "1 day 1 hour"), ("7200", "2 hours"), ("3599", "59 minutes"), ("60", "1 minute"),
-    ("59.9", "less than a minute"), ("31536000", "365 days"),
-])
+@pytest.mark.parametrize(
+    ("span", "text"),
+    [
+        ("2678400", "31 days"),
+        ("2573735.494916", "29 days 18 hours"),
+        ("1296000", "15 days"),
+        ("2674800", "30 days 23 hours"),  # March in New York: an hour is lost to daylight saving
+        ("90000", "1 day 1 hour"),
+        ("7200", "2 hours"),
+        ("3599", "59 minutes"),
+        ("60", "1 minute"),
+        ("59.9", "less than a minute"),
+        ("31536000", "365 days"),
+    ],
+)
 def test_durations_read_in_days_and_hours(span: str, text: str) -> None:
     assert duration(Decimal(span)) == text
 
@@ -252,15 +270,21 @@ def test_the_month_so_far_prorates_the_running_fee_to_that_instant() -> None:
     so_far = compute_invoice(sub, (2025, 1), {"api_calls": 3}, TEN_PERCENT, Meta(at=now), until=now)
     assert so_far is not None
     assert [(line.metric, line.amount) for line in so_far.lines] == [
-        ("", 1502), ("api_calls", 0), ("compute_ms", 0), ("storage_bytes", 0)]
+        ("", 1502),
+        ("api_calls", 0),
+        ("compute_ms", 0),
+        ("storage_bytes", 0),
+    ]
     assert so_far.lines[0].service_end == now and so_far.lines[0].quantity == Decimal("0.306452")
-    assert so_far.lines[0].description.endswith("2025-01-01 00:00 – 2025-01-10 12:00 (Asia/Tokyo), 9 days 12 hours"
-                                                " of 31 days")
+    assert so_far.lines[0].description.endswith(
+        "2025-01-01 00:00 – 2025-01-10 12:00 (Asia/Tokyo), 9 days 12 hours of 31 days"
+    )
     assert (so_far.subtotal, so_far.tax, so_far.total) == (1502, 150, 1652)
     # Once the month is over, "so far" is the whole month: the invoice closing it issues.
     later = meta("2025-02-01T01:00:00+09:00")
     assert compute_invoice(sub, (2025, 1), {"api_calls": 3}, TEN_PERCENT, later, until=later.at) == build_invoice(
-        sub, (2025, 1), {"api_calls": 3}, TEN_PERCENT, later)
+        sub, (2025, 1), {"api_calls": 3}, TEN_PERCENT, later
+    )
 
 
 @given(
@@ -281,24 +305,34 @@ def test_the_month_so_far_is_the_month_as_if_the_plan_ended_then(
     until = month_start + timedelta(seconds=cut)
     events: list[object] = [started(first, interval=interval)]
     if change is not None and change < cut:
-        events.append(PlanChanged(tenant_id="acme", meta=Meta(at=month_start + timedelta(seconds=change)), terms=PRO,
-                                  interval=interval))
+        events.append(
+            PlanChanged(
+                tenant_id="acme", meta=Meta(at=month_start + timedelta(seconds=change)), terms=PRO, interval=interval
+            )
+        )
     usage = {"api_calls": calls, "compute_ms": calls * 7, "storage_bytes": calls * 40_000}
     so_far = compute_invoice(subscription(*events), (2025, 1), usage, TEN_PERCENT, Meta(at=until), until=until)
-    ended = compute_invoice(subscription(*events, SubscriptionCancelled(tenant_id="acme", meta=Meta(at=until))),
-                            (2025, 1), usage, TEN_PERCENT, Meta(at=until))
+    ended = compute_invoice(
+        subscription(*events, SubscriptionCancelled(tenant_id="acme", meta=Meta(at=until))),
+        (2025, 1),
+        usage,
+        TEN_PERCENT,
+        Meta(at=until),
+    )
     assert so_far is not None and so_far == ended
 
 
 def test_the_month_so_far_of_a_yearly_plan_holds_its_fee_only_in_the_years_last_month() -> None:
     sub = subscription(started("2025-04-01T00:00:00+09:00", interval="year"))
-    september = compute_invoice(sub, (2025, 9), {}, TEN_PERCENT, meta("2025-09-15T00:00:00+09:00"),
-                                until=at("2025-09-15T00:00:00+09:00"))
+    september = compute_invoice(
+        sub, (2025, 9), {}, TEN_PERCENT, meta("2025-09-15T00:00:00+09:00"), until=at("2025-09-15T00:00:00+09:00")
+    )
     assert september is not None and september.total == 0  # the year is billed when it ends
     assert [line.kind for line in september.lines] == ["overage"] * 3
     # On 16 March 2026 the year's fee so far: 349 of 365 days × ¥49,000 = 46,852.05 → ¥46,852.
-    march = compute_invoice(sub, (2026, 3), {}, TEN_PERCENT, meta("2026-03-16T00:00:00+09:00"),
-                            until=at("2026-03-16T00:00:00+09:00"))
+    march = compute_invoice(
+        sub, (2026, 3), {}, TEN_PERCENT, meta("2026-03-16T00:00:00+09:00"), until=at("2026-03-16T00:00:00+09:00")
+    )
     assert march is not None and [(line.unit, line.amount) for line in charged(march)] == [("year", 46852)]
     assert march.lines[0].description.endswith(", 349 days of 365 days")
 
@@ -307,8 +341,9 @@ def test_a_free_plan_shows_its_allowances_but_issues_nothing() -> None:
     sub = subscription(started("2025-01-01T00:00:00+09:00", plan="free"))
     usage = {"api_calls": 1500, "storage_bytes": GIB // 2}
     assert build_invoice(sub, (2025, 1), usage, TEN_PERCENT, meta("2025-02-02T00:00:00+09:00")) is None
-    so_far = compute_invoice(sub, (2025, 1), usage, TEN_PERCENT, meta("2025-01-20T00:00:00+09:00"),
-                             until=at("2025-01-20T00:00:00+09:00"))
+    so_far = compute_invoice(
+        sub, (2025, 1), usage, TEN_PERCENT, meta("2025-01-20T00:00:00+09:00"), until=at("2025-01-20T00:00:00+09:00")
+    )
     assert so_far is not None and so_far.total == 0
     assert [line.description for line in so_far.lines] == [
         "API calls: 1,500 calls used, 1,000 calls included, 500 calls over (not billed past the allowance)",

@@ -64,15 +64,19 @@ class FakeStripe:
         elif path.endswith("/finalize"):
             answer = {"id": path.split("/")[3], "object": "invoice", "status": "open"}
         elif path == "/v1/checkout/sessions":
-            answer = {"id": f"cs_{self.created}", "object": "checkout.session",
-                      "url": f"https://checkout.stripe.test/c/pay/cs_{self.created}"}
+            answer = {
+                "id": f"cs_{self.created}",
+                "object": "checkout.session",
+                "url": f"https://checkout.stripe.test/c/pay/cs_{self.created}",
+            }
         elif path.startswith("/v1/setup_intents/"):
             answer = {"id": path.rsplit("/", 1)[1], "object": "setup_intent", "payment_method": "pm_card_visa"}
         elif path.startswith("/v1/customers/"):
             answer = {"id": path.rsplit("/", 1)[1], "object": "customer"}
         else:
-            return web.json_response({"error": {"type": "invalid_request_error", "message": "no such route"}},
-                                     status=404)
+            return web.json_response(
+                {"error": {"type": "invalid_request_error", "message": "no such route"}}, status=404
+            )
         if key:
             self.answers[key] = answer
         return web.json_response(answer)
@@ -104,14 +108,25 @@ async def usage(pool: asyncpg.Pool) -> TableUsageTotals:
 
 @pytest.fixture
 async def gateway(
-    nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS, projections: None,
-    usage: TableUsageTotals, fake_stripe: FakeStripe,
+    nats_server: NatsServer,
+    database_url: str,
+    pool: asyncpg.Pool,
+    nc: NATS,
+    projections: None,
+    usage: TableUsageTotals,
+    fake_stripe: FakeStripe,
 ) -> AsyncIterator[Gateway]:
     tenant = unique("tenant")
     key = await issue_key(nc, tenant)
     stripe = StripeConfig(api_key="sk_test_fake", webhook_secret=SECRET, api_base=fake_stripe.url)
-    async with billing_gateway(nats_server.bus("gateway"), database_url, key, tenant, usage,
-                               BillingConfig(close_grace_seconds=0, stripe=stripe)) as gw:
+    async with billing_gateway(
+        nats_server.bus("gateway"),
+        database_url,
+        key,
+        tenant,
+        usage,
+        BillingConfig(close_grace_seconds=0, stripe=stripe),
+    ) as gw:
         yield gw
 
 
@@ -123,24 +138,41 @@ def sign(payload: bytes, secret: str = SECRET, timestamp: int | None = None) -> 
 
 
 def stripe_event(event_id: str, kind: str, obj: dict) -> bytes:
-    return json.dumps({"id": event_id, "object": "event", "type": kind, "api_version": "2024-06-20",
-                       "created": int(time.time()), "data": {"object": obj}}).encode()
+    return json.dumps(
+        {
+            "id": event_id,
+            "object": "event",
+            "type": kind,
+            "api_version": "2024-06-20",
+            "created": int(time.time()),
+            "data": {"object": obj},
+        }
+    ).encode()
 
 
 def invoice_event(event_id: str, kind: str, tenant: str, invoice_id: str, amount: int) -> bytes:
-    return stripe_event(event_id, kind, {
-        "id": "in_x", "object": "invoice", "currency": "jpy", "amount_paid": amount if kind == "invoice.paid" else 0,
-        "amount_due": amount, "metadata": {"tenant_id": tenant, "invoice_id": invoice_id, "period": "2025-01"},
-    })
+    return stripe_event(
+        event_id,
+        kind,
+        {
+            "id": "in_x",
+            "object": "invoice",
+            "currency": "jpy",
+            "amount_paid": amount if kind == "invoice.paid" else 0,
+            "amount_due": amount,
+            "metadata": {"tenant_id": tenant, "invoice_id": invoice_id, "period": "2025-01"},
+        },
+    )
 
 
 async def deliver(gateway: Gateway, payload: bytes, signature: str | None) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
     if signature is not None:
         headers["Stripe-Signature"] = signature
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{gateway.url}/v1/billing/stripe/webhook", data=payload, headers=headers
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{gateway.url}/v1/billing/stripe/webhook", data=payload, headers=headers) as response,
+    ):
         return response.status, await response.json()
 
 
@@ -149,8 +181,12 @@ async def issued_invoice(gateway: Gateway, nc: NATS, usage: TableUsageTotals) ->
     tenant = await new_billing_tenant(gateway)
     await billing_service(nc, usage).set_plan(Meta(at=JAN_START), tenant.tenant_id, "starter")
     await usage.add(tenant.tenant_id, [("api_calls", JAN_START + timedelta(days=1), 150_000)])
-    status, body = await http("POST", f"{gateway.url}/v1/billing/close-period",
-                              json={"tenant_id": tenant.tenant_id, "period": "2025-01"}, credential=gateway.api_key)
+    status, body = await http(
+        "POST",
+        f"{gateway.url}/v1/billing/close-period",
+        json={"tenant_id": tenant.tenant_id, "period": "2025-01"},
+        credential=gateway.api_key,
+    )
     assert status == 200, body
     return tenant.tenant_id, body["closed"][0]["invoice"]["invoice_id"]
 
@@ -163,27 +199,40 @@ async def test_closing_pushes_the_invoice_to_stripe_once_with_idempotency_keys(
     assert key == f"dai-customer-{tenant}" and customer["metadata[tenant_id]"] == tenant
     [(key, draft)] = fake_stripe.posted("/v1/invoices")
     assert key == f"{invoice_id}:invoice"
-    assert (draft["customer"], draft["currency"], draft["metadata[invoice_id]"],
-            draft["pending_invoice_items_behavior"]) == ("cus_1", "jpy", invoice_id, "exclude")
+    assert (
+        draft["customer"],
+        draft["currency"],
+        draft["metadata[invoice_id]"],
+        draft["pending_invoice_items_behavior"],
+    ) == ("cus_1", "jpy", invoice_id, "exclude")
     items = fake_stripe.posted("/v1/invoiceitems")
     assert [(k, form["amount"], form["invoice"]) for k, form in items] == [
-        (f"{invoice_id}:line-0", "4900", "in_2"), (f"{invoice_id}:line-1", "2500", "in_2"),
+        (f"{invoice_id}:line-0", "4900", "in_2"),
+        (f"{invoice_id}:line-1", "2500", "in_2"),
         # The usage lines within their allowance, at ¥0: Stripe's invoice says what ours says.
-        (f"{invoice_id}:line-2", "0", "in_2"), (f"{invoice_id}:line-3", "0", "in_2"),
-        (f"{invoice_id}:tax", "740", "in_2")]
+        (f"{invoice_id}:line-2", "0", "in_2"),
+        (f"{invoice_id}:line-3", "0", "in_2"),
+        (f"{invoice_id}:tax", "740", "in_2"),
+    ]
     assert sum(int(form["amount"]) for _, form in items) == 8140
     [(key, _)] = fake_stripe.posted("/v1/invoices/in_2/finalize")
     assert key == f"{invoice_id}:finalize"
     # Closing again sends nothing: the push is recorded in the log.
     before = len(fake_stripe.requests)
-    status, body = await http("POST", f"{gateway.url}/v1/billing/close-period",
-                              json={"tenant_id": tenant, "period": "2025-01"}, credential=gateway.api_key)
+    status, body = await http(
+        "POST",
+        f"{gateway.url}/v1/billing/close-period",
+        json={"tenant_id": tenant, "period": "2025-01"},
+        credential=gateway.api_key,
+    )
     assert status == 200 and body["closed"][0]["created"] is False and body["closed"][0]["stripe_invoice_id"] == "in_2"
     assert len(fake_stripe.requests) == before
     await caught_up(nc, pool, "billing")
     async with pool.acquire() as conn:
-        assert await conn.fetchval("SELECT stripe_invoice_id FROM billing_invoices WHERE invoice_id = $1",
-                                   invoice_id) == "in_2"
+        assert (
+            await conn.fetchval("SELECT stripe_invoice_id FROM billing_invoices WHERE invoice_id = $1", invoice_id)
+            == "in_2"
+        )
 
 
 async def test_payment_method_goes_through_checkout_in_setup_mode(
@@ -198,22 +247,35 @@ async def test_payment_method_goes_through_checkout_in_setup_mode(
     assert (session["mode"], session["currency"], session["payment_method_types[0]"]) == ("setup", "jpy", "card")
     assert not any("card[" in name or "number" in name for *_, form in fake_stripe.requests for name in form)
     # Stripe reports the finished Checkout; the saved card becomes the customer's default.
-    payload = stripe_event("evt_Checkout1", "checkout.session.completed", {
-        "id": body["session_id"], "object": "checkout.session", "mode": "setup", "customer": session["customer"],
-        "setup_intent": "seti_123", "metadata": {"tenant_id": tenant.tenant_id}})
+    payload = stripe_event(
+        "evt_Checkout1",
+        "checkout.session.completed",
+        {
+            "id": body["session_id"],
+            "object": "checkout.session",
+            "mode": "setup",
+            "customer": session["customer"],
+            "setup_intent": "seti_123",
+            "metadata": {"tenant_id": tenant.tenant_id},
+        },
+    )
     assert await deliver(gateway, payload, sign(payload)) == (200, {"received": True, "outcome": "recorded"})
     [(key, update)] = fake_stripe.posted(f"/v1/customers/{session['customer']}")
     assert update["invoice_settings[default_payment_method]"] == "pm_card_visa"
     assert key == "evt_Checkout1:default-payment-method"
     await caught_up(nc, pool, "billing")
     async with pool.acquire() as conn:
-        row = await conn.fetchrow("SELECT stripe_customer_id, default_payment_method_id FROM billing_customers"
-                                  " WHERE tenant_id = $1", tenant.tenant_id)
+        row = await conn.fetchrow(
+            "SELECT stripe_customer_id, default_payment_method_id FROM billing_customers WHERE tenant_id = $1",
+            tenant.tenant_id,
+        )
     assert tuple(row) == (session["customer"], "pm_card_visa")
 
 
-@pytest.mark.parametrize("attack", ["tampered body", "wrong secret", "stale timestamp", "missing header",
-                                    "garbage header", "non-ASCII header"])
+@pytest.mark.parametrize(
+    "attack",
+    ["tampered body", "wrong secret", "stale timestamp", "missing header", "garbage header", "non-ASCII header"],
+)
 async def test_webhook_signature_attacks_are_refused(
     gateway: Gateway, nc: NATS, pool: asyncpg.Pool, usage: TableUsageTotals, attack: str
 ) -> None:
@@ -249,8 +311,9 @@ async def test_a_webhook_delivered_five_times_changes_state_once(
     failed = invoice_event("evt_Failed1", "invoice.payment_failed", tenant, invoice_id, 8140)
     assert (await deliver(gateway, failed, sign(failed)))[1]["outcome"] == "recorded"
     await caught_up(nc, pool, "billing")
-    status, body = await http("GET", f"{gateway.url}/v1/invoices/{invoice_id}?tenant={tenant}",
-                              credential=gateway.api_key)
+    status, body = await http(
+        "GET", f"{gateway.url}/v1/invoices/{invoice_id}?tenant={tenant}", credential=gateway.api_key
+    )
     assert body["status"] == "payment_failed"
 
     paid = invoice_event("evt_Paid1", "invoice.paid", tenant, invoice_id, 8140)
@@ -263,11 +326,15 @@ async def test_a_webhook_delivered_five_times_changes_state_once(
     await caught_up(nc, pool, "billing")
     info = await nc.jetstream().stream_info("BILLING", subjects_filter=f"billing.{tenant}.stripe_event.>")
     assert sorted(info.state.subjects.values()) == [1, 1, 1]
-    status, body = await http("GET", f"{gateway.url}/v1/invoices/{invoice_id}?tenant={tenant}",
-                              credential=gateway.api_key)
+    status, body = await http(
+        "GET", f"{gateway.url}/v1/invoices/{invoice_id}?tenant={tenant}", credential=gateway.api_key
+    )
     assert status == 200 and body["status"] == "paid"
     assert [(p["stripe_event_id"], p["outcome"]) for p in body["payments"]] == [
-        ("evt_Failed1", "failed"), ("evt_Paid1", "succeeded"), ("evt_Failed2", "failed")]
+        ("evt_Failed1", "failed"),
+        ("evt_Paid1", "succeeded"),
+        ("evt_Failed2", "failed"),
+    ]
 
 
 async def test_events_of_no_tenant_of_ours_are_acknowledged_and_ignored(gateway: Gateway, nc: NATS) -> None:
@@ -276,7 +343,11 @@ async def test_events_of_no_tenant_of_ours_are_acknowledged_and_ignored(gateway:
 
 
 async def test_stripe_is_off_without_an_api_key(
-    nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS, projections: None,
+    nats_server: NatsServer,
+    database_url: str,
+    pool: asyncpg.Pool,
+    nc: NATS,
+    projections: None,
     usage: TableUsageTotals,
 ) -> None:
     tenant = unique("tenant")

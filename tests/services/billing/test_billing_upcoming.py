@@ -29,8 +29,11 @@ from support.projections import caught_up
 
 JAN_START = datetime(2024, 12, 31, 15, 0, tzinfo=UTC)  # 2025-01-01 00:00 in Tokyo
 JAN_END = datetime(2025, 1, 31, 15, 0, tzinfo=UTC)
-SELLER = Seller(name="Democratic AI K.K.", address="1-2-3 Marunouchi\nChiyoda-ku, Tokyo 100-0005",
-                registration_number="T1234567890123")
+SELLER = Seller(
+    name="Democratic AI K.K.",
+    address="1-2-3 Marunouchi\nChiyoda-ku, Tokyo 100-0005",
+    registration_number="T1234567890123",
+)
 CONFIG = BillingConfig(close_grace_seconds=0, seller=SELLER)
 
 
@@ -43,7 +46,11 @@ async def usage(pool: asyncpg.Pool) -> TableUsageTotals:
 
 @pytest.fixture
 async def gateway(
-    nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS, projections: None,
+    nats_server: NatsServer,
+    database_url: str,
+    pool: asyncpg.Pool,
+    nc: NATS,
+    projections: None,
     usage: TableUsageTotals,
 ) -> AsyncIterator[Gateway]:
     tenant = unique("tenant")
@@ -53,9 +60,10 @@ async def gateway(
 
 
 async def page(url: str, token: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
-    async with aiohttp.ClientSession() as session, session.get(
-        url, headers={**(headers or {}), "Authorization": f"Bearer {token}"}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers={**(headers or {}), "Authorization": f"Bearer {token}"}) as response,
+    ):
         return response.status, response.content_type, await response.text()
 
 
@@ -77,10 +85,15 @@ async def test_the_upcoming_invoice_is_what_closing_the_month_issues(
     # Starter 15 of 31 days (¥2,371); Pro 5 days 6 hours 30 minutes of 31 days: 19,800 × 455,400/2,678,400
     # = 3,366.53 → ¥3,367; 150,000 calls over Pro's 1,000,000 at ¥0.03 = ¥4,500.
     assert [(line.plan_id, line.metric, line.amount) for line in upcoming.lines] == [
-        ("starter", "", 2371), ("pro", "", 3367), ("pro", "api_calls", 4500), ("pro", "compute_ms", 0),
-        ("pro", "storage_bytes", 0)]
-    assert upcoming.lines[1].description == ("Pro plan (monthly), 2025-01-16 00:00 – 2025-01-21 06:30 (Asia/Tokyo),"
-                                             " 5 days 6 hours of 31 days")
+        ("starter", "", 2371),
+        ("pro", "", 3367),
+        ("pro", "api_calls", 4500),
+        ("pro", "compute_ms", 0),
+        ("pro", "storage_bytes", 0),
+    ]
+    assert upcoming.lines[1].description == (
+        "Pro plan (monthly), 2025-01-16 00:00 – 2025-01-21 06:30 (Asia/Tokyo), 5 days 6 hours of 31 days"
+    )
     assert (upcoming.subtotal, upcoming.tax, upcoming.total) == (10238, 1023, 11261)
     assert upcoming.seller == SELLER
 
@@ -108,8 +121,10 @@ async def test_upcoming_over_http_in_json_and_html(gateway: Gateway, nc: NATS, u
     assert status == 200, upcoming
     as_of = datetime.fromisoformat(upcoming["as_of"])
     assert month.start < as_of <= datetime.now(UTC) and upcoming["status"] == "upcoming"
-    assert (upcoming["period_start"], upcoming["period_end"]) == (month.start.isoformat().replace("+00:00", "Z"),
-                                                                  month.end.isoformat().replace("+00:00", "Z"))
+    assert (upcoming["period_start"], upcoming["period_end"]) == (
+        month.start.isoformat().replace("+00:00", "Z"),
+        month.end.isoformat().replace("+00:00", "Z"),
+    )
     fee, calls, compute, storage = upcoming["lines"]
     # The base fee to date: ¥4,900 × the share of the month gone by, rounded half up.
     share = seconds(as_of - month.start) / seconds(month.end - month.start)
@@ -117,7 +132,9 @@ async def test_upcoming_over_http_in_json_and_html(gateway: Gateway, nc: NATS, u
     assert fee["service_end"] == upcoming["as_of"]
     assert (calls["used"], calls["included"], calls["quantity"], calls["amount"]) == ("120000", 100_000, "20000", 1000)
     assert [(line["metric"], line["quantity"], line["amount"]) for line in (compute, storage)] == [
-        ("compute_ms", "0", 0), ("storage_bytes", "0", 0)]
+        ("compute_ms", "0", 0),
+        ("storage_bytes", "0", 0),
+    ]
     assert upcoming["subtotal"] == fee["amount"] + 1000
     assert upcoming["tax"] == upcoming["subtotal"] // 10 and upcoming["total"] == upcoming["subtotal"] + upcoming["tax"]
     assert upcoming["seller"] == msgspec.to_builtins(SELLER)
@@ -125,15 +142,27 @@ async def test_upcoming_over_http_in_json_and_html(gateway: Gateway, nc: NATS, u
     for target, headers in ((f"{url}?format=html", {}), (url, {"Accept": "text/html,*/*;q=0.8"})):
         status, content_type, text = await page(target, tenant.admin_token, headers)
         assert status == 200 and content_type == "text/html"
-        for shown in ("Upcoming invoice", "Democratic AI K.K.", "1-2-3 Marunouchi", "T1234567890123", "¥1,000",
-                      "120,000 calls used, 100,000 calls included, 20,000 calls over"):
+        for shown in (
+            "Upcoming invoice",
+            "Democratic AI K.K.",
+            "1-2-3 Marunouchi",
+            "T1234567890123",
+            "¥1,000",
+            "120,000 calls used, 100,000 calls included, 20,000 calls over",
+        ):
             assert shown in text, shown
 
 
-@pytest.mark.parametrize(("query", "accept"), [
-    ("?format=pdf", None), ("?format=xml", None), ("", "application/pdf"), ("", "text/html;q=0, application/json;q=0"),
-    ("", "image/*"),
-])
+@pytest.mark.parametrize(
+    ("query", "accept"),
+    [
+        ("?format=pdf", None),
+        ("?format=xml", None),
+        ("", "application/pdf"),
+        ("", "text/html;q=0, application/json;q=0"),
+        ("", "image/*"),
+    ],
+)
 async def test_a_format_that_is_not_offered_is_406(
     gateway: Gateway, nc: NATS, usage: TableUsageTotals, query: str, accept: str | None
 ) -> None:
@@ -143,15 +172,22 @@ async def test_a_format_that_is_not_offered_is_406(
     await service.close_period(tenant.tenant_id, "2025-01")
     headers = {"Accept": accept} if accept else {}
     for path in ("upcoming", f"{tenant.tenant_id}-2025-01"):
-        status, body = await http("GET", f"{gateway.url}/v1/invoices/{path}{query}", credential=tenant.admin_token,
-                                  headers=headers)
+        status, body = await http(
+            "GET", f"{gateway.url}/v1/invoices/{path}{query}", credential=tenant.admin_token, headers=headers
+        )
         assert status == 406 and body["error"]["code"] == "NOT_ACCEPTABLE", (path, body)
     # What is offered: JSON without an Accept, for */*, application/*, and on a tie; HTML when preferred.
-    for accept_ok, wanted in ((None, "application/json"), ("*/*", "application/json"),
-                              ("application/*", "application/json"), ("application/json, text/html", "application/json"),
-                              ("text/*", "text/html"), ("application/json;q=0.5, text/html", "text/html")):
-        status, content_type, _ = await page(f"{gateway.url}/v1/invoices/upcoming", tenant.admin_token,
-                                             {"Accept": accept_ok} if accept_ok else {})
+    for accept_ok, wanted in (
+        (None, "application/json"),
+        ("*/*", "application/json"),
+        ("application/*", "application/json"),
+        ("application/json, text/html", "application/json"),
+        ("text/*", "text/html"),
+        ("application/json;q=0.5, text/html", "text/html"),
+    ):
+        status, content_type, _ = await page(
+            f"{gateway.url}/v1/invoices/upcoming", tenant.admin_token, {"Accept": accept_ok} if accept_ok else {}
+        )
         assert (status, content_type) == (200, wanted), accept_ok
 
 
@@ -173,12 +209,16 @@ async def test_a_super_admin_reads_any_tenants_invoices(
         assert status == 200 and body["tenant_id"] == theirs.tenant_id and body["total"] == 5390, (query, body)
     status, content_type, text = await page(f"{gateway.url}/v1/invoices/{invoice_id}?format=html", admin)
     assert (status, content_type) == (200, "text/html") and "T1234567890123" in text
-    status, body = await http("GET", f"{gateway.url}/v1/invoices/upcoming?tenant_id={theirs.tenant_id}",
-                              credential=admin)
+    status, body = await http(
+        "GET", f"{gateway.url}/v1/invoices/upcoming?tenant_id={theirs.tenant_id}", credential=admin
+    )
     assert status == 200 and body["tenant_id"] == theirs.tenant_id
     # Anyone else naming another tenant, or its invoice, finds nothing.
-    for url in (f"{gateway.url}/v1/invoices?tenant_id={theirs.tenant_id}", f"{gateway.url}/v1/invoices/{invoice_id}",
-                f"{gateway.url}/v1/invoices/upcoming?tenant_id={theirs.tenant_id}"):
+    for url in (
+        f"{gateway.url}/v1/invoices?tenant_id={theirs.tenant_id}",
+        f"{gateway.url}/v1/invoices/{invoice_id}",
+        f"{gateway.url}/v1/invoices/upcoming?tenant_id={theirs.tenant_id}",
+    ):
         status, body = await http("GET", url, credential=ours.admin_token)
         assert status == 404 and body["error"]["code"] == "NOT_FOUND", url
     status, body = await http("GET", f"{gateway.url}/v1/invoices/nobody-2025-01", credential=admin)
@@ -214,13 +254,16 @@ async def test_a_v1_invoice_event_still_folds_and_reads_as_it_was_issued(
     assert (event.v, event.seller, event.lines[2].used, event.lines[2].included) == (1, None, None, None)
     await nc.jetstream().publish(invoice_subject(tenant.tenant_id, "2025-01"), data)
     await caught_up(nc, pool, "billing")
-    status, invoice = await http("GET", f"{gateway.url}/v1/invoices/{tenant.tenant_id}-2025-01",
-                                 credential=tenant.admin_token)
+    status, invoice = await http(
+        "GET", f"{gateway.url}/v1/invoices/{tenant.tenant_id}-2025-01", credential=tenant.admin_token
+    )
     assert status == 200 and invoice["seller"] is None  # not recorded then; nothing is invented
     assert [(line["description"], line["amount"], line["used"]) for line in invoice["lines"]] == [
-        (line.description, line.amount, None) for line in event.lines]
+        (line.description, line.amount, None) for line in event.lines
+    ]
     assert "prorated 1,296,000 s of 2,678,400 s" in invoice["lines"][0]["description"]  # as issued
     assert (invoice["subtotal"], invoice["tax"], invoice["total"]) == (17090, 1709, 18799)
-    status, content_type, text = await page(f"{gateway.url}/v1/invoices/{tenant.tenant_id}-2025-01?format=html",
-                                            tenant.admin_token)
+    status, content_type, text = await page(
+        f"{gateway.url}/v1/invoices/{tenant.tenant_id}-2025-01?format=html", tenant.admin_token
+    )
     assert (status, content_type) == (200, "text/html") and "¥18,799" in text and "Democratic_AI" in text

@@ -63,13 +63,19 @@ async def standin(database_url: str, pool: asyncpg.Pool) -> AsyncIterator[asyncp
         await conn.executemany(
             "INSERT INTO usage_standin.usage_events (call_id, metric, at, tenant_id, value, outcome)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
-            [(f"{tenant}-{n}", metric, at, tenant, value, outcome) for tenant in ("acme", "other")
-             for n, (metric, at, value, outcome) in enumerate(EVENTS)])
+            [
+                (f"{tenant}-{n}", metric, at, tenant, value, outcome)
+                for tenant in ("acme", "other")
+                for n, (metric, at, value, outcome) in enumerate(EVENTS)
+            ],
+        )
         await conn.execute(
             "INSERT INTO usage_standin.usage_daily SELECT tenant_id, (at AT TIME ZONE 'UTC')::date, metric, outcome,"
-            " sum(value), count(*) FROM usage_standin.usage_events GROUP BY 1, 2, 3, 4")
-    standin_pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2,
-                                             server_settings={"search_path": "usage_standin, public"})
+            " sum(value), count(*) FROM usage_standin.usage_events GROUP BY 1, 2, 3, 4"
+        )
+    standin_pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=2, server_settings={"search_path": "usage_standin, public"}
+    )
     yield standin_pool
     await standin_pool.close()
 
@@ -92,12 +98,15 @@ async def test_a_tokyo_month_from_whole_utc_days_and_exact_edges(standin: asyncp
     assert totals == expected(JAN_START, JAN_END)
 
 
-@pytest.mark.parametrize(("start", "end"), [
-    (JAN_START, JAN_START + timedelta(hours=3)),  # inside one UTC day
-    (datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC)),  # UTC midnights
-    (JAN_START + timedelta(hours=9), JAN_END - timedelta(hours=15)),  # whole days only
-    (JAN_START - timedelta(days=60), JAN_END + timedelta(days=1)),
-])
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (JAN_START, JAN_START + timedelta(hours=3)),  # inside one UTC day
+        (datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC)),  # UTC midnights
+        (JAN_START + timedelta(hours=9), JAN_END - timedelta(hours=15)),  # whole days only
+        (JAN_START - timedelta(days=60), JAN_END + timedelta(days=1)),
+    ],
+)
 async def test_any_window_equals_the_plain_sum_of_its_events(
     standin: asyncpg.Pool, start: datetime, end: datetime
 ) -> None:
@@ -124,14 +133,19 @@ async def test_billed_usage_follows_the_outcome_rule_in_whole_days_and_at_the_ed
         for outcome, compute in calls.items():
             rows.append((f"{day}-{outcome}", "api_calls", at, 1, outcome))
             if compute:
-                rows += [(f"{day}-{outcome}", "compute_ms", at, compute, outcome),
-                         (f"{day}-{outcome}", "bytes_out", at, 7, outcome)]
+                rows += [
+                    (f"{day}-{outcome}", "compute_ms", at, compute, outcome),
+                    (f"{day}-{outcome}", "bytes_out", at, 7, outcome),
+                ]
     async with standin.acquire() as conn:
         await conn.executemany(
             "INSERT INTO usage_events (call_id, metric, at, tenant_id, value, outcome)"
-            " VALUES ($1, $2, $3, 'rule', $4, $5)", rows)
+            " VALUES ($1, $2, $3, 'rule', $4, $5)",
+            rows,
+        )
         await conn.execute(
             "INSERT INTO usage_daily SELECT tenant_id, (at AT TIME ZONE 'UTC')::date, metric, outcome, sum(value),"
-            " count(*) FROM usage_events WHERE tenant_id = 'rule' GROUP BY 1, 2, 3, 4")
+            " count(*) FROM usage_events WHERE tenant_id = 'rule' GROUP BY 1, 2, 3, 4"
+        )
     totals = await PostgresUsageTotals(standin).totals("rule", JAN_START, JAN_END)
     assert totals == {"api_calls": 2, "compute_ms": 2 * (1_000 + 200)}

@@ -53,8 +53,12 @@ async def gateway(
     tenant = unique("tenant")
     key = await issue_key(nc, tenant)
     port = free_port()
-    config = GatewayConfig(bus=nats_server.bus("gateway"), database_url=app_dsn(database_url), port=port,
-                           billing=BillingConfig(close_grace_seconds=0))
+    config = GatewayConfig(
+        bus=nats_server.bus("gateway"),
+        database_url=app_dsn(database_url),
+        port=port,
+        billing=BillingConfig(close_grace_seconds=0),
+    )
     runner = web.AppRunner(create_app(config))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -68,17 +72,30 @@ async def publish_calls(nc: NATS, tenant: str) -> None:
     js = nc.jetstream()
     step = (JAN_END - JAN_START) / CALLS
     events = [(f"call-{tenant}-{n}", JAN_START + step * n, "success") for n in range(CALLS - 1)]
-    events += [(f"call-{tenant}-last", JAN_END - timedelta(microseconds=1), "success"),
-               (f"call-{tenant}-failed", JAN_START + timedelta(days=3), "failed"),
-               (f"call-{tenant}-before", JAN_START - timedelta(microseconds=1), "success"),
-               (f"call-{tenant}-after", JAN_END, "success"),
-               (f"call-{tenant}-0", JAN_START, "success")]  # the first call again: dropped, not counted
+    events += [
+        (f"call-{tenant}-last", JAN_END - timedelta(microseconds=1), "success"),
+        (f"call-{tenant}-failed", JAN_START + timedelta(days=3), "failed"),
+        (f"call-{tenant}-before", JAN_START - timedelta(microseconds=1), "success"),
+        (f"call-{tenant}-after", JAN_END, "success"),
+        (f"call-{tenant}-0", JAN_START, "success"),
+    ]  # the first call again: dropped, not counted
     for start in range(0, len(events), 1000):
-        for call_id, at, outcome in events[start:start + 1000]:
-            event = usage_events.CallMetered(tenant_id=tenant, metric="api_calls", value=1, at=at, call_id=call_id,
-                                             capability="text.summarize", module_id="text-tools", outcome=outcome)
-            await js.publish_async(subjects.usage_subject(tenant, "api_calls"), usage_events.encode_event(event),
-                                   headers={"Nats-Msg-Id": usage_events.message_id(event)})
+        for call_id, at, outcome in events[start : start + 1000]:
+            event = usage_events.CallMetered(
+                tenant_id=tenant,
+                metric="api_calls",
+                value=1,
+                at=at,
+                call_id=call_id,
+                capability="text.summarize",
+                module_id="text-tools",
+                outcome=outcome,
+            )
+            await js.publish_async(
+                subjects.usage_subject(tenant, "api_calls"),
+                usage_events.encode_event(event),
+                headers={"Nats-Msg-Id": usage_events.message_id(event)},
+            )
         await js.publish_async_completed()
 
 
@@ -87,8 +104,9 @@ async def test_a_month_of_usage_events_becomes_the_seeds_invoice(
 ) -> None:
     assert "usage" in PROJECTIONS, "register UsageProjection in projections/__init__.py"
     tenant = await new_billing_tenant(gateway)
-    service = BillingService(nc.jetstream(), load_plans(), PostgresUsageTotals(pool, nc.jetstream()),
-                             BillingConfig(close_grace_seconds=0))
+    service = BillingService(
+        nc.jetstream(), load_plans(), PostgresUsageTotals(pool, nc.jetstream()), BillingConfig(close_grace_seconds=0)
+    )
     await service.set_plan(Meta(at=JAN_START), tenant.tenant_id, "starter")
     try:
         await _a_month_becomes_the_invoice(gateway, nc, pool, service, tenant)
@@ -102,15 +120,24 @@ async def _a_month_becomes_the_invoice(
     await publish_calls(nc, tenant.tenant_id)
     await caught_up(nc, pool, "usage", timeout=120.0)
 
-    status, body = await http("POST", f"{gateway.url}/v1/billing/close-period",
-                              json={"tenant_id": tenant.tenant_id, "period": "2025-01"}, credential=gateway.api_key)
+    status, body = await http(
+        "POST",
+        f"{gateway.url}/v1/billing/close-period",
+        json={"tenant_id": tenant.tenant_id, "period": "2025-01"},
+        credential=gateway.api_key,
+    )
     assert status == 200, body
     await caught_up(nc, pool, "billing")
-    status, invoice = await http("GET", f"{gateway.url}/v1/invoices/{tenant.tenant_id}-2025-01",
-                                 credential=tenant.admin_token)
+    status, invoice = await http(
+        "GET", f"{gateway.url}/v1/invoices/{tenant.tenant_id}-2025-01", credential=tenant.admin_token
+    )
     assert status == 200 and invoice["usage"]["api_calls"] == CALLS
     assert [(line["quantity"], line["amount"]) for line in invoice["lines"]] == [
-        ("1", 4900), ("50000", 2500), ("0", 0), ("0", 0)]
+        ("1", 4900),
+        ("50000", 2500),
+        ("0", 0),
+        ("0", 0),
+    ]
     assert (invoice["subtotal"], invoice["tax"], invoice["total"]) == (7400, 740, 8140)
 
     # Rebuild the usage read model from the log: the month recomputes to the same invoice.
@@ -118,6 +145,7 @@ async def _a_month_becomes_the_invoice(
     issued, _ = await service.invoice(tenant.tenant_id, "2025-01")
     assert issued is not None
     usage = await PostgresUsageTotals(pool).totals(tenant.tenant_id, JAN_START, JAN_END)
-    regenerated = build_invoice(await service.subscription(tenant.tenant_id), (2025, 1), usage,
-                                BillingConfig().tax_rate, issued.meta)
+    regenerated = build_invoice(
+        await service.subscription(tenant.tenant_id), (2025, 1), usage, BillingConfig().tax_rate, issued.meta
+    )
     assert regenerated == issued

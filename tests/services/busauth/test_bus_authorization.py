@@ -45,8 +45,11 @@ async def assert_refused(url: str, **credentials: str) -> None:
 
 def make_module(module_id: str) -> type[Module]:
     class Shouter(Module):
-        @capability("test.shout", input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
-                    output_schema={"type": "object"})
+        @capability(
+            "test.shout",
+            input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+            output_schema={"type": "object"},
+        )
         async def shout(self, text: str = "") -> dict:
             return {"text": text.upper()}
 
@@ -55,7 +58,9 @@ def make_module(module_id: str) -> type[Module]:
 
 
 @pytest.fixture
-async def attacker(nats_server: NatsServer, gateway: Gateway, bus_authorizer: None) -> AsyncIterator[tuple[NATS, Violations, str]]:
+async def attacker(
+    nats_server: NatsServer, gateway: Gateway, bus_authorizer: None
+) -> AsyncIterator[tuple[NATS, Violations, str]]:
     """A module's connection, with its own valid credential: the attacker of these tests."""
     module_id = unique("mallory")
     credential = await register(gateway, module_id, ["test.shout"])
@@ -74,8 +79,14 @@ async def test_an_anonymous_connection_is_refused(nats_server: NatsServer, bus_a
 async def test_a_module_cannot_mint_a_super_admin_key(attacker: tuple[NATS, Violations, str], nc: NATS) -> None:
     connection, violations, _ = attacker
     subject = "iam.system.api_key.forged0001"
-    event = ApiKeyIssued(tenant_id="system", meta=Meta(at=datetime.now(UTC)), key_id="forged0001",
-                         prefix="dai_forged000", sha256="0" * 64, role="super_admin")
+    event = ApiKeyIssued(
+        tenant_id="system",
+        meta=Meta(at=datetime.now(UTC)),
+        key_id="forged0001",
+        prefix="dai_forged000",
+        sha256="0" * 64,
+        role="super_admin",
+    )
     await connection.publish(subject, encode_event(event))
     await violations.wait_for(f'publish to "{subject}"')
     with pytest.raises(NotFoundError):
@@ -91,8 +102,12 @@ async def test_a_module_cannot_read_other_tenants_calls(attacker: tuple[NATS, Vi
 
 async def test_a_module_cannot_forge_usage_or_billing(attacker: tuple[NATS, Violations, str], nc: NATS) -> None:
     connection, violations, _ = attacker
-    for subject in ("usage.acme.api_calls", "billing.acme.invoice.2020-01", "ratelimit.acme.lease.x",
-                    "registry.text-tools.registered"):
+    for subject in (
+        "usage.acme.api_calls",
+        "billing.acme.invoice.2020-01",
+        "ratelimit.acme.lease.x",
+        "registry.text-tools.registered",
+    ):
         await connection.publish(subject, b"{}")
         await violations.wait_for(f'publish to "{subject}"')
     for stream, subject in (("USAGE", "usage.acme.api_calls"), ("BILLING", "billing.acme.invoice.2020-01")):
@@ -123,7 +138,9 @@ async def test_a_module_serves_its_capabilities_and_nothing_else(
     module = make_module(module_id)()
     try:
         await module.start(connection)
-        answer = await Router(nc, source_id="test").call(new_request("test.shout", b'{"text": "hi"}', tenant_id="acme", source_module_id="test"))
+        answer = await Router(nc, source_id="test").call(
+            new_request("test.shout", b'{"text": "hi"}', tenant_id="acme", source_module_id="test")
+        )
         assert answer.type == MessageType.RESPONSE, answer
         assert msgspec.json.decode(answer.payload) == {"text": "HI"}
         # Another module's capability, and a direct route under another module's id: refused.
@@ -153,8 +170,9 @@ async def test_revoking_a_credential_disconnects_the_module_within_a_second(
     async def on_disconnect() -> None:
         disconnected.set()
 
-    connection = await module_connection(nats_server, credential, module_id, allow_reconnect=False,
-                                         disconnected_cb=on_disconnect)
+    connection = await module_connection(
+        nats_server, credential, module_id, allow_reconnect=False, disconnected_cb=on_disconnect
+    )
     status, body = await http("DELETE", f"{gateway.url}/v1/modules/{module_id}", headers=gateway.headers)
     assert status in (200, 204), body
     revoked_at = time.monotonic()
@@ -174,8 +192,9 @@ async def test_a_rotated_credential_works_and_the_old_one_is_refused(
     async def on_disconnect() -> None:
         disconnected.set()
 
-    connection = await module_connection(nats_server, old, module_id, allow_reconnect=False,
-                                         disconnected_cb=on_disconnect)
+    connection = await module_connection(
+        nats_server, old, module_id, allow_reconnect=False, disconnected_cb=on_disconnect
+    )
     status, body = await http("POST", f"{gateway.url}/v1/modules/{module_id}/credential", headers=gateway.headers)
     assert status in (200, 201), body
     rotated_at = time.monotonic()
@@ -190,8 +209,12 @@ async def test_a_rotated_credential_works_and_the_old_one_is_refused(
 
 async def test_platform_roles_are_narrow(nats_server: NatsServer) -> None:
     """A leaked hub or projections credential cannot mint keys; the gateway cannot rewrite the registry."""
-    for role, subject in (("hub", "iam.system.api_key.x"), ("projections", "iam.system.api_key.x"),
-                          ("projections", "billing.acme.invoice.x"), ("gateway", "registry.text-tools.registered")):
+    for role, subject in (
+        ("hub", "iam.system.api_key.x"),
+        ("projections", "iam.system.api_key.x"),
+        ("projections", "billing.acme.invoice.x"),
+        ("gateway", "registry.text-tools.registered"),
+    ):
         violations = Violations()
         connection = await connect(nats_server.bus(role), f"test-{role}", error_cb=violations.record)
         try:
@@ -216,17 +239,28 @@ async def test_the_readme_example_runs_dai_commands_as_the_operator(
     script = section.split("```sh\n", 1)[1].split("\n```", 1)[0]
     # `dai env` reads a running dai up's data dir; here the session's server stands in for one.
     assert 'eval "$(.venv/bin/dai env)"' in script
-    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in
-                      {**nats_server.environment("operator"),
-                       "DAI_BUS_CREDENTIAL_FILE": ".dai/credentials/operator.credential"}.items())
+    exports = "".join(
+        f"export {name}={shlex.quote(value)}\n"
+        for name, value in {
+            **nats_server.environment("operator"),
+            "DAI_BUS_CREDENTIAL_FILE": ".dai/credentials/operator.credential",
+        }.items()
+    )
     script = script.replace('eval "$(.venv/bin/dai env)"\n', exports)
     (tmp_path / ".dai").mkdir()
     (tmp_path / ".dai" / "credentials").symlink_to(nats_server.credentials.folder)
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # the README runs .venv/bin/dai
     env = {"PATH": os.environ["PATH"]}
     process = await asyncio.create_subprocess_exec(
-        "bash", "-euo", "pipefail", "-c", script,
-        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script,
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, err.decode()

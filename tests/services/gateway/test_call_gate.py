@@ -45,8 +45,11 @@ def test_only_the_gate_routes_admits_and_meters_calls() -> None:
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         if path.name != "gate.py":
             # The router and the metering service are the gate's: no other module names them in a call.
-            offenders += [f"{path.name}:{line} {recv}.{meth}()" for recv, meth, line in _calls(tree)
-                          if meth in GATE_ONLY and recv in GATE_ONLY_RECEIVERS]
+            offenders += [
+                f"{path.name}:{line} {recv}.{meth}()"
+                for recv, meth, line in _calls(tree)
+                if meth in GATE_ONLY and recv in GATE_ONLY_RECEIVERS
+            ]
             if "Router" in names and path.name != "app.py":  # app.py builds the gate's router
                 offenders.append(f"{path.name}: uses the hub's Router")
     assert offenders == []

@@ -36,8 +36,9 @@ async def _open(session: aiohttp.ClientSession, gateway: Gateway, credential: st
 
 async def _call(ws: aiohttp.ClientWebSocketResponse, correlation_id: str) -> list[str]:
     """One call's frame types, up to its end."""
-    await ws.send_json({"type": "REQUEST", "correlation_id": correlation_id, "action": "test.once",
-                        "payload": {"text": "hi"}})
+    await ws.send_json(
+        {"type": "REQUEST", "correlation_id": correlation_id, "action": "test.once", "payload": {"text": "hi"}}
+    )
     kinds = []
     while True:
         frame = msgspec.json.decode((await ws.receive(timeout=5)).data)
@@ -57,8 +58,9 @@ async def _until_closed(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.
         frames.append(msgspec.json.decode(message.data))
 
 
-def _assert_closed_within_1_s(ws: aiohttp.ClientWebSocketResponse, frames: list[dict], changed: float,
-                              closed: float) -> None:
+def _assert_closed_within_1_s(
+    ws: aiohttp.ClientWebSocketResponse, frames: list[dict], changed: float, closed: float
+) -> None:
     """An idle socket: one ERROR UNAUTHENTICATED saying why, then close 1008, within 1 s of the change."""
     assert ws.close_code == 1008, ws.close_code
     assert closed - changed < 1.0, f"closed {closed - changed:.3f} s after the change"
@@ -70,8 +72,9 @@ async def _admin(gateway: Gateway) -> tuple[str, dict, str]:
     tenant = await new_tenant(gateway)
     admin = await new_user(gateway, tenant, "tenant_admin")
     tokens = await login(gateway, tenant, admin)
-    status, key = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/api-keys", json={"name": "ws"},
-                             credential=tokens["access_token"])
+    status, key = await http(
+        "POST", f"{gateway.url}/v1/tenants/{tenant}/api-keys", json={"name": "ws"}, credential=tokens["access_token"]
+    )
     assert status == 201, key
     return tenant, {**admin, "key_id": key["key_id"]}, key["api_key"]
 
@@ -80,27 +83,34 @@ Change = Callable[[Gateway, str, dict], Awaitable[None]]
 
 
 async def _revoke_key(gateway: Gateway, tenant: str, admin: dict) -> None:
-    status, body = await http("DELETE", f"{gateway.url}/v1/tenants/{tenant}/api-keys/{admin['key_id']}",
-                              credential=gateway.api_key)
+    status, body = await http(
+        "DELETE", f"{gateway.url}/v1/tenants/{tenant}/api-keys/{admin['key_id']}", credential=gateway.api_key
+    )
     assert status == 204, body
 
 
 async def _deactivate(gateway: Gateway, tenant: str, admin: dict) -> None:
-    status, body = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/users/{admin['user_id']}/deactivate",
-                              credential=gateway.api_key)
+    status, body = await http(
+        "POST", f"{gateway.url}/v1/tenants/{tenant}/users/{admin['user_id']}/deactivate", credential=gateway.api_key
+    )
     assert status == 204, body
 
 
 async def _change_role(gateway: Gateway, tenant: str, admin: dict) -> None:
     # To a role that may still use modules: what ends the socket is that its permissions changed.
-    status, body = await http("PATCH", f"{gateway.url}/v1/tenants/{tenant}/users/{admin['user_id']}",
-                              json={"role": "user"}, credential=gateway.api_key)
+    status, body = await http(
+        "PATCH",
+        f"{gateway.url}/v1/tenants/{tenant}/users/{admin['user_id']}",
+        json={"role": "user"},
+        credential=gateway.api_key,
+    )
     assert status == 200 and body["role"] == "user", body
 
 
 async def _suspend(gateway: Gateway, tenant: str, admin: dict) -> None:
-    status, body = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/suspend", json={"reason": "test"},
-                              credential=gateway.api_key)
+    status, body = await http(
+        "POST", f"{gateway.url}/v1/tenants/{tenant}/suspend", json={"reason": "test"}, credential=gateway.api_key
+    )
     assert status == 204, body
 
 
@@ -123,8 +133,12 @@ async def test_an_idle_websocket_on_a_key_closes_within_1_s_of_each_change(
 
 
 async def _logout(gateway: Gateway, tenant: str, admin: dict) -> None:
-    status, _ = await http("POST", f"{gateway.url}/v1/auth/logout", json={"refresh_token": admin["refresh_token"]},
-                           credential=admin["access_token"])
+    status, _ = await http(
+        "POST",
+        f"{gateway.url}/v1/auth/logout",
+        json={"refresh_token": admin["refresh_token"]},
+        credential=admin["access_token"],
+    )
     assert status == 204
 
 
@@ -161,7 +175,8 @@ async def test_after_each_change_the_next_call_is_refused_even_without_the_watch
         assert ws.close_code == 1008, change.__name__
         # The call's one end, then the socket's: both UNAUTHENTICATED.
         assert [(f["type"], f.get("correlation_id", ""), f["error"]["code"]) for f in frames] == [
-            ("ERROR", "after", "UNAUTHENTICATED"), ("ERROR", "", "UNAUTHENTICATED")
+            ("ERROR", "after", "UNAUTHENTICATED"),
+            ("ERROR", "", "UNAUTHENTICATED"),
         ], change.__name__
 
 
@@ -186,8 +201,12 @@ async def test_a_websocket_closes_when_its_key_expires(gateway: Gateway, streame
     admin = await new_user(gateway, tenant, "tenant_admin")
     tokens = await login(gateway, tenant, admin)
     expires_at = datetime.now(UTC) + timedelta(seconds=1.5)
-    status, key = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/api-keys",
-                             json={"expires_at": expires_at.isoformat()}, credential=tokens["access_token"])
+    status, key = await http(
+        "POST",
+        f"{gateway.url}/v1/tenants/{tenant}/api-keys",
+        json={"expires_at": expires_at.isoformat()},
+        credential=tokens["access_token"],
+    )
     assert status == 201, key
     async with aiohttp.ClientSession() as session:
         ws = await _open(session, gateway, key["api_key"])
@@ -260,9 +279,12 @@ async def test_a_password_change_ends_the_users_other_sessions(gateway: Gateway)
     tenant = await new_tenant(gateway)
     user = await new_user(gateway, tenant, "user")
     mine, other = await login(gateway, tenant, user), await login(gateway, tenant, user)
-    status, body = await http("PATCH", f"{gateway.url}/v1/tenants/{tenant}/users/{user['user_id']}",
-                              json={"password": PASSWORD + " again", "current_password": PASSWORD},
-                              credential=mine["access_token"])
+    status, body = await http(
+        "PATCH",
+        f"{gateway.url}/v1/tenants/{tenant}/users/{user['user_id']}",
+        json={"password": PASSWORD + " again", "current_password": PASSWORD},
+        credential=mine["access_token"],
+    )
     assert status == 200, body
     # The other session: its access token and its refresh token are refused.
     assert not await _works(gateway, tenant, other["access_token"])
@@ -279,8 +301,12 @@ async def test_a_password_reset_by_an_admin_ends_every_session_of_the_user(gatew
     tenant = await new_tenant(gateway)
     user = await new_user(gateway, tenant, "user")
     sessions = [await login(gateway, tenant, user), await login(gateway, tenant, user)]
-    status, body = await http("PATCH", f"{gateway.url}/v1/tenants/{tenant}/users/{user['user_id']}",
-                              json={"password": PASSWORD + " reset"}, credential=gateway.api_key)
+    status, body = await http(
+        "PATCH",
+        f"{gateway.url}/v1/tenants/{tenant}/users/{user['user_id']}",
+        json={"password": PASSWORD + " reset"},
+        credential=gateway.api_key,
+    )
     assert status == 200, body
     for tokens in sessions:
         assert not await _works(gateway, tenant, tokens["access_token"])

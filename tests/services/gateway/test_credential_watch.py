@@ -33,30 +33,66 @@ def _index() -> IdentityIndex:
     index = IdentityIndex()
     for tenant in ("acme", "other"):
         index.apply(TenantCreated(tenant_id=tenant, meta=META, name=tenant))
-    index.apply(UserRegistered(tenant_id="acme", meta=META, user_id="u1", email="a@example.com", role="tenant_admin",
-                               password_hash="sealed"))
-    index.apply(ApiKeyIssued(tenant_id="acme", meta=META, key_id="k1", prefix="dai_k1", sha256="0" * 64,
-                             role="tenant_admin", user_id="u1"))
-    index.apply(SessionStarted(tenant_id="acme", meta=META, family_id="s1", user_id="u1", refresh_sha256="1" * 64,
-                               expires_at=NOW + timedelta(days=1)))
+    index.apply(
+        UserRegistered(
+            tenant_id="acme",
+            meta=META,
+            user_id="u1",
+            email="a@example.com",
+            role="tenant_admin",
+            password_hash="sealed",
+        )
+    )
+    index.apply(
+        ApiKeyIssued(
+            tenant_id="acme",
+            meta=META,
+            key_id="k1",
+            prefix="dai_k1",
+            sha256="0" * 64,
+            role="tenant_admin",
+            user_id="u1",
+        )
+    )
+    index.apply(
+        SessionStarted(
+            tenant_id="acme",
+            meta=META,
+            family_id="s1",
+            user_id="u1",
+            refresh_sha256="1" * 64,
+            expires_at=NOW + timedelta(days=1),
+        )
+    )
     return index
 
 
 def _key() -> Principal:
-    return Principal(tenant_id="acme", role="tenant_admin", permissions=permissions_of("tenant_admin"), user_id="u1",
-                     key_id="k1")
+    return Principal(
+        tenant_id="acme", role="tenant_admin", permissions=permissions_of("tenant_admin"), user_id="u1", key_id="k1"
+    )
 
 
 def _token(expires_in: float = 900, session_id: str = "s1") -> Principal:
-    return Principal(tenant_id="acme", role="tenant_admin", permissions=permissions_of("tenant_admin"), user_id="u1",
-                     jti="j1", session_id=session_id, token_expires_at=NOW + timedelta(seconds=expires_in))
+    return Principal(
+        tenant_id="acme",
+        role="tenant_admin",
+        permissions=permissions_of("tenant_admin"),
+        user_id="u1",
+        jti="j1",
+        session_id=session_id,
+        token_expires_at=NOW + timedelta(seconds=expires_in),
+    )
 
 
-@pytest.mark.parametrize("event", [
-    ApiKeyRevoked(tenant_id="acme", meta=META, key_id="k1"),
-    UserDeactivated(tenant_id="acme", meta=META, user_id="u1"),
-    TenantSuspended(tenant_id="acme", meta=META),
-])
+@pytest.mark.parametrize(
+    "event",
+    [
+        ApiKeyRevoked(tenant_id="acme", meta=META, key_id="k1"),
+        UserDeactivated(tenant_id="acme", meta=META, user_id="u1"),
+        TenantSuspended(tenant_id="acme", meta=META),
+    ],
+)
 def test_recheck_refuses_a_key_once_it_no_longer_holds(event: object) -> None:
     index = _index()
     key = _key()

@@ -48,14 +48,22 @@ def _signed(gateway: Gateway, **claims: object) -> str:
     """A token signed with the gateway's own current key, with whatever claims a forger likes."""
     key = gateway.app[KEY_RING]._signing_key()
     now = datetime.now(UTC)
-    payload = {"iss": "democratic-ai", "aud": "democratic-ai-api", "iat": int(now.timestamp()),
-               "exp": int((now + timedelta(minutes=5)).timestamp()), "jti": "j" * 32, **claims}
+    payload = {
+        "iss": "democratic-ai",
+        "aud": "democratic-ai-api",
+        "iat": int(now.timestamp()),
+        "exp": int((now + timedelta(minutes=5)).timestamp()),
+        "jti": "j" * 32,
+        **claims,
+    }
     return jwt.encode(payload, key.private, algorithm="EdDSA", headers={"kid": key.kid})
 
 
 async def _a_user(gateway: Gateway) -> tuple[str, str]:
     meta = Meta(at=datetime.now(UTC), actor="test")
-    user = await gateway.app[USERS].register_user(meta, gateway.tenant, "forged@example.com", "a long password 1", "user")
+    user = await gateway.app[USERS].register_user(
+        meta, gateway.tenant, "forged@example.com", "a long password 1", "user"
+    )
     return user.user_id, gateway.tenant
 
 
@@ -90,15 +98,18 @@ async def test_a_token_whose_header_is_nested_deeply_is_401(gateway: Gateway) ->
 async def test_a_correctly_typed_forged_token_still_works(gateway: Gateway) -> None:
     """The control for the test above: the signing and the user are right, so only the types were wrong."""
     user_id, tenant = await _a_user(gateway)
-    status, body = await http("GET", f"{gateway.url}/v1/capabilities",
-                              credential=_signed(gateway, sub=user_id, tenant_id=tenant))
+    status, body = await http(
+        "GET", f"{gateway.url}/v1/capabilities", credential=_signed(gateway, sub=user_id, tenant_id=tenant)
+    )
     assert status == 200, body
 
 
 @pytest.mark.parametrize("body", [b"not gzip at all", b"\x1f\x8b\x08\x00garbage", b""])
 async def test_a_body_that_is_not_what_its_content_encoding_says_is_400(gateway: Gateway, body: bytes) -> None:
-    head = (b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
-            b"X-API-Key: " + gateway.api_key.encode())
+    head = (
+        b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"X-API-Key: " + gateway.api_key.encode()
+    )
     status, _, content = await raw_request(gateway, head, body)
     assert (status, error_code(content)) == (400, "BAD_REQUEST")
 
@@ -108,23 +119,29 @@ async def test_a_compressed_body_that_inflates_past_the_limit_is_413(gateway: Ga
     inflated = b'{"tenant_id": "' + b"a" * (8 * 1024 * 1024) + b'"}'
     body = gzip.compress(inflated) if encoding == "gzip" else zlib.compress(inflated)
     assert len(body) < 1024 * 1024  # the compressed body itself is within the limit
-    head = (f"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}"
-            f"\r\nX-API-Key: {gateway.api_key}").encode()
+    head = (
+        f"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}"
+        f"\r\nX-API-Key: {gateway.api_key}"
+    ).encode()
     status, _, content = await raw_request(gateway, head, body)
     assert (status, error_code(content)) == (413, "PAYLOAD_TOO_LARGE")
 
 
 @pytest.mark.parametrize("encoding", ["deflate", "GZIP", "gzip, gzip"])
 async def test_other_bodies_that_lie_about_their_encoding_are_4xx(gateway: Gateway, encoding: str) -> None:
-    head = (f"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}"
-            f"\r\nX-API-Key: {gateway.api_key}").encode()
+    head = (
+        f"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}"
+        f"\r\nX-API-Key: {gateway.api_key}"
+    ).encode()
     status, _, content = await raw_request(gateway, head, b"plainly not compressed")
     assert 400 <= status < 500 and error_code(content) in ("BAD_REQUEST", "UNSUPPORTED_MEDIA_TYPE"), content
 
 
 async def test_an_unknown_content_encoding_is_415(gateway: Gateway) -> None:
-    head = (b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: rot13\r\n"
-            b"X-API-Key: " + gateway.api_key.encode())
+    head = (
+        b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: rot13\r\n"
+        b"X-API-Key: " + gateway.api_key.encode()
+    )
     status, _, content = await raw_request(gateway, head, b'{"tenant_id": "x"}')
     assert (status, error_code(content)) == (415, "UNSUPPORTED_MEDIA_TYPE")
 
@@ -176,8 +193,11 @@ async def test_bytes_that_are_not_utf8_in_the_path_are_a_4xx(gateway: Gateway, p
 async def test_a_user_agent_that_is_not_utf8_does_not_break_a_command(gateway: Gateway) -> None:
     """The User-Agent is recorded in the event a command appends."""
     body = json.dumps({"name": "from a broken client"}).encode()
-    head = (f"POST /v1/tenants/{gateway.tenant}/api-keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"X-API-Key: {gateway.api_key}\r\nUser-Agent: ".encode() + b"broken \xff\xfe agent")
+    head = (
+        f"POST /v1/tenants/{gateway.tenant}/api-keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {gateway.api_key}\r\nUser-Agent: ".encode()
+        + b"broken \xff\xfe agent"
+    )
     status, _, content = await raw_request(gateway, head, body)
     assert status == 201, content
 
@@ -214,11 +234,15 @@ async def _raw_exchange(gateway: Gateway, data: bytes) -> bytes:
         b"BREW /v1/capabilities HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"Connection: close\r\n\r\n",
-        (b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-         b"zz\r\nabc\r\n0\r\n\r\n"),
+        (
+            b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"zz\r\nabc\r\n0\r\n\r\n"
+        ),
         b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\nConnection: close\r\n\r\n",
-        (b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n"
-         b"Connection: close\r\n\r\nabcdef"),
+        (
+            b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n"
+            b"Connection: close\r\n\r\nabcdef"
+        ),
         b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
         b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\nConnection: close\r\n\r\n",
         b"GET /v1/capabilities HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n",

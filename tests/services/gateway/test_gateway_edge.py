@@ -35,8 +35,9 @@ async def test_health_endpoints_need_no_key(gateway: Gateway) -> None:
     ],
 )
 async def test_missing_or_bad_key_is_401(gateway: Gateway, headers: dict[str, str]) -> None:
-    status, body = await _request("POST", _invoke(gateway), data=b'{"text": "x"}',
-                                  headers={**headers, "Content-Type": "application/json"})
+    status, body = await _request(
+        "POST", _invoke(gateway), data=b'{"text": "x"}', headers={**headers, "Content-Type": "application/json"}
+    )
     assert status == 401
     assert body["error"]["code"] == "UNAUTHENTICATED"
 
@@ -62,7 +63,10 @@ async def test_malformed_bodies_are_clear_4xx(
     gateway: Gateway, body: bytes, content_type: str, status: int, code: str
 ) -> None:
     got_status, got = await _request(
-        "POST", _invoke(gateway), data=io.BytesIO(body), headers={"X-API-Key": gateway.api_key, "Content-Type": content_type}
+        "POST",
+        _invoke(gateway),
+        data=io.BytesIO(body),
+        headers={"X-API-Key": gateway.api_key, "Content-Type": content_type},
     )
     assert (got_status, got["error"]["code"]) == (status, code)
     assert got["error"]["message"]

@@ -38,8 +38,12 @@ async def test_every_kind_of_answer_carries_the_edge_headers_and_no_banner(gatew
         await _answer("GET", f"{gateway.url}/v1/capabilities"),  # 401
         await _answer("GET", f"{gateway.url}/v1/nothing", headers=key),  # 404
         await _answer("DELETE", f"{gateway.url}/v1/capabilities", headers=key),  # 405
-        await _answer("POST", f"{gateway.url}/v1/tenants", headers={**key, "Content-Type": "application/json"},
-                      data=io.BytesIO(b"x" * (2 * 1024 * 1024))),  # 413
+        await _answer(
+            "POST",
+            f"{gateway.url}/v1/tenants",
+            headers={**key, "Content-Type": "application/json"},
+            data=io.BytesIO(b"x" * (2 * 1024 * 1024)),
+        ),  # 413
         await _answer("POST", f"{gateway.url}/v1/auth/logout", headers=key),  # 204
     ]
     assert [status for status, _, _ in answers] == [200, 200, 401, 404, 405, 413, 204]
@@ -56,29 +60,40 @@ async def test_an_answer_to_an_unparsable_request_has_them_too(gateway: Gateway)
 
 
 async def test_the_websocket_handshake_has_them(gateway: Gateway) -> None:
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}) as ws,
+    ):
         assert_edge_headers(ws._response.headers, "101")
         assert (await ws.receive_json(timeout=5))["type"] == "READY"
 
 
 async def test_answers_carrying_credentials_are_not_cached(gateway: Gateway) -> None:
     meta = Meta(at=datetime.now(UTC), actor="test")
-    await gateway.app[USERS].register_user(meta, gateway.tenant, "cache@example.com", "a long password 1", "tenant_admin")
+    await gateway.app[USERS].register_user(
+        meta, gateway.tenant, "cache@example.com", "a long password 1", "tenant_admin"
+    )
     json_headers = {"Content-Type": "application/json"}
     status, headers, body = await _answer(
-        "POST", f"{gateway.url}/v1/auth/login", headers=json_headers,
+        "POST",
+        f"{gateway.url}/v1/auth/login",
+        headers=json_headers,
         data=json.dumps({"tenant_id": gateway.tenant, "email": "cache@example.com", "password": "a long password 1"}),
     )
     assert status == 200 and headers["Cache-Control"] == "no-store"
     tokens = json.loads(body)
-    status, headers, body = await _answer("POST", f"{gateway.url}/v1/auth/refresh", headers=json_headers,
-                                          data=json.dumps({"refresh_token": tokens["refresh_token"]}))
+    status, headers, body = await _answer(
+        "POST",
+        f"{gateway.url}/v1/auth/refresh",
+        headers=json_headers,
+        data=json.dumps({"refresh_token": tokens["refresh_token"]}),
+    )
     assert status == 200 and headers["Cache-Control"] == "no-store"
     status, headers, body = await _answer(
-        "POST", f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys",
-        headers={**json_headers, "Authorization": f"Bearer {json.loads(body)['access_token']}"}, data=b'{"name": "k"}',
+        "POST",
+        f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys",
+        headers={**json_headers, "Authorization": f"Bearer {json.loads(body)['access_token']}"},
+        data=b'{"name": "k"}',
     )
     assert status == 201 and json.loads(body)["api_key"].startswith("dai_")
     assert headers["Cache-Control"] == "no-store"
@@ -124,7 +139,8 @@ async def test_a_malformed_header_line_is_never_echoed_nor_logged(
     ["not-a-jwt-SECRETSECRET", "eyJhbGciOiJub25lIn0.SECRETSECRET.x", "dai_SECRETSECRET_wrong", "a.b.c.SECRETSECRET"],
 )
 async def test_a_refused_credential_is_not_quoted_in_the_answer(gateway: Gateway, credential: str) -> None:
-    status, _, content = await _answer("GET", f"{gateway.url}/v1/capabilities",
-                                       headers={"Authorization": f"Bearer {credential}"})
+    status, _, content = await _answer(
+        "GET", f"{gateway.url}/v1/capabilities", headers={"Authorization": f"Bearer {credential}"}
+    )
     assert status == 401
     assert "SECRETSECRET" not in content.decode()

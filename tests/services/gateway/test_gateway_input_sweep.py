@@ -23,8 +23,15 @@ from support.gateway import Gateway
 PATH_VALUES = ["%00", "%2F", "%2e%2e", "..", "%C3%A9", "a" * 300, "%20", "%FF", "A", "-", "x%00y", "%25"]
 QUERY = {
     "tenant": ["", "A", "..", "%00x", "a" * 300, "%C3%A9", "system"],
-    "from": ["yesterday", "0001-01-01", "9999-12-31", "9999-12-31T23:59:59+00:00", "2026-01-01T00:00:00-23:59",
-             "1e9", "%00"],
+    "from": [
+        "yesterday",
+        "0001-01-01",
+        "9999-12-31",
+        "9999-12-31T23:59:59+00:00",
+        "2026-01-01T00:00:00-23:59",
+        "1e9",
+        "%00",
+    ],
     "to": ["0001-01-01", "9999-12-31", "9999-12-31T23:59:59-14:00", "2026-13-45"],
     "granularity": ["hour", "day", "month", "year", ""],
     "metric": ["calls", "nope", ""],
@@ -68,8 +75,9 @@ def _fill(template: str, tenant: str, nasty: tuple[str, str] | None = None) -> s
     return _PARAM.sub(value, template)
 
 
-async def _send(gateway: Gateway, method: str, target: str, body: bytes | None = None,
-                content_type: str = "application/json") -> tuple[int, bytes]:
+async def _send(
+    gateway: Gateway, method: str, target: str, body: bytes | None = None, content_type: str = "application/json"
+) -> tuple[int, bytes]:
     head = f"{method} {target} HTTP/1.1\r\nHost: x\r\nX-API-Key: {gateway.api_key}".encode()
     if body is not None:
         head += f"\r\nContent-Type: {content_type}".encode()
@@ -86,8 +94,12 @@ def _assert_a_clean_refusal(status: int, content: bytes, what: object) -> None:
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 # Routes that act without a body; the sweep never calls them with one it would accept.
-_ACTS_WITHOUT_BODY = {("POST", "/v1/billing/close-period"), ("POST", "/v1/billing/payment-method"),
-                      ("POST", "/v1/auth/logout"), ("DELETE", "/v1/billing/plan")}
+_ACTS_WITHOUT_BODY = {
+    ("POST", "/v1/billing/close-period"),
+    ("POST", "/v1/billing/payment-method"),
+    ("POST", "/v1/auth/logout"),
+    ("DELETE", "/v1/billing/plan"),
+}
 
 
 _IGNORES_ITS_BODY = {("POST", "/v1/billing/payment-method")}
@@ -134,7 +146,12 @@ async def test_hostile_bodies(gateway: Gateway) -> None:
 async def test_no_or_a_broken_credential_on_every_route(gateway: Gateway) -> None:
     for method, template in _routes(gateway.app):
         target = _fill(template, gateway.tenant)
-        for header in (b"", b"\r\nX-API-Key: dai_\xff", b"\r\nAuthorization: Bearer a.b.c", b"\r\nAuthorization: Basic \x00"):
+        for header in (
+            b"",
+            b"\r\nX-API-Key: dai_\xff",
+            b"\r\nAuthorization: Bearer a.b.c",
+            b"\r\nAuthorization: Basic \x00",
+        ):
             head = f"{method} {target} HTTP/1.1\r\nHost: x".encode() + header
             status, _, content = await raw_request(gateway, head, b"not json" if method in _BODY_METHODS else b"")
             _assert_a_clean_refusal(status, content, (method, target, header))

@@ -16,14 +16,18 @@ from support.waiting import eventually
 
 
 async def _scrape(gateway: Gateway, credential: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with aiohttp.ClientSession() as session, session.get(
-        f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {credential}"}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {credential}"}) as response,
+    ):
         assert response.status == 200, await response.text()
         assert response.headers["Content-Type"].startswith("text/plain")
         text = await response.text()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def _calls(samples: dict, capability: str, transport: str, outcome: str) -> float:
@@ -37,9 +41,10 @@ async def test_metrics_count_calls_by_capability_transport_and_outcome(gateway: 
     assert (await http("POST", invoke.format("test.echo"), json={"text": "a"}, credential=gateway.api_key))[0] == 200
     assert (await http("POST", invoke.format("test.echo"), json={"fail": True}, credential=gateway.api_key))[0] == 502
     assert (await http("POST", invoke.format("nobody.serves.this"), json={}, credential=gateway.api_key))[0] == 404
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}) as ws,
+    ):
         await ws.receive_json(timeout=5)
         await ws.send_json({"type": "REQUEST", "correlation_id": "w", "action": "test.echo", "payload": {}})
         while (frame := await ws.receive_json(timeout=5))["type"] not in ("RESPONSE", "ERROR"):
@@ -87,7 +92,11 @@ async def test_metrics_need_metrics_read(gateway: Gateway, nc: NATS) -> None:
 
     status, body = await eventually(known, "the gateway to know the key", timeout=10, interval=0.05)
     assert status == 403 and body["error"]["details"] == {"needed": ["metrics:read"]}, body
-    status, key = await http("POST", f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys",
-                             json={"name": "prometheus", "scopes": ["metrics:read"]}, credential=gateway.api_key)
+    status, key = await http(
+        "POST",
+        f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys",
+        json={"name": "prometheus", "scopes": ["metrics:read"]},
+        credential=gateway.api_key,
+    )
     assert status == 201, key
     await _scrape(gateway, key["api_key"])

@@ -53,21 +53,28 @@ def _png_base64(side: int) -> str:
 
 
 async def _invoke(gateway: Gateway, capability: str, body: bytes) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{gateway.url}/v1/capabilities/{capability}/invoke", data=io.BytesIO(body),
-        headers={"X-API-Key": gateway.api_key, "Content-Type": "application/json"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gateway.url}/v1/capabilities/{capability}/invoke",
+            data=io.BytesIO(body),
+            headers={"X-API-Key": gateway.api_key, "Content-Type": "application/json"},
+        ) as response,
+    ):
         return response.status, await response.json()
 
 
 async def _listed(gateway: Gateway) -> dict[str, int]:
-    async with aiohttp.ClientSession() as session, session.get(
-        f"{gateway.url}/v1/capabilities", headers={"X-API-Key": gateway.api_key}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{gateway.url}/v1/capabilities", headers={"X-API-Key": gateway.api_key}) as response,
+    ):
         return {c["action"]: c["max_input_bytes"] for c in (await response.json())["capabilities"]}
 
 
-async def test_a_body_up_to_the_declared_limit_reaches_the_capability(gateway: Gateway, image_tools: ImageTools) -> None:
+async def test_a_body_up_to_the_declared_limit_reaches_the_capability(
+    gateway: Gateway, image_tools: ImageTools
+) -> None:
     image = _png_base64(800)
     body = json.dumps({"image": image, "scale": 2}).encode()
     assert 2 * MiB < len(body) < MAX_INPUT_BYTES
@@ -84,14 +91,20 @@ async def test_a_body_over_the_declared_limit_is_413_naming_it(gateway: Gateway,
     assert answer["error"]["code"] == "PAYLOAD_TOO_LARGE"
     assert answer["error"]["details"] == {"max_bytes": MAX_INPUT_BYTES, "capability": "image.upscale"}
     assert str(MAX_INPUT_BYTES) in answer["error"]["message"]
+
     # Sent in chunks (no Content-Length), it is refused as soon as the limit is passed.
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(body), 256 * 1024):
-            yield body[start:start + 256 * 1024]
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{gateway.url}/v1/capabilities/image.upscale/invoke", data=chunks(),
-        headers={"X-API-Key": gateway.api_key, "Content-Type": "application/json"},
-    ) as response:
+            yield body[start : start + 256 * 1024]
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gateway.url}/v1/capabilities/image.upscale/invoke",
+            data=chunks(),
+            headers={"X-API-Key": gateway.api_key, "Content-Type": "application/json"},
+        ) as response,
+    ):
         assert response.status == 413 and (await response.json())["error"]["details"]["max_bytes"] == MAX_INPUT_BYTES
 
 
@@ -126,8 +139,7 @@ def test_the_ceiling_from_the_environment() -> None:
 
 
 async def _ws(session: aiohttp.ClientSession, gateway: Gateway) -> aiohttp.ClientWebSocketResponse:
-    ws = await session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key},
-                                  max_msg_size=32 * MiB)
+    ws = await session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}, max_msg_size=32 * MiB)
     assert (await ws.receive_json(timeout=5))["type"] == "READY"
     return ws
 
@@ -139,26 +151,55 @@ async def test_the_websocket_answers_an_oversized_call_with_an_error_and_goes_on
     async with aiohttp.ClientSession() as session:
         ws = await _ws(session, gateway)
         # Over the capability's declaration, within what the socket reads.
-        await ws.send_str(json.dumps({"type": "REQUEST", "correlation_id": "big", "action": "image.upscale",
-                                      "payload": {"image": "A" * MAX_INPUT_BYTES}}))
+        await ws.send_str(
+            json.dumps(
+                {
+                    "type": "REQUEST",
+                    "correlation_id": "big",
+                    "action": "image.upscale",
+                    "payload": {"image": "A" * MAX_INPUT_BYTES},
+                }
+            )
+        )
         answer = await ws.receive_json(timeout=10)
-        assert (answer["type"], answer["correlation_id"], answer["error"]["code"]) == ("ERROR", "big", "PAYLOAD_TOO_LARGE")
+        assert (answer["type"], answer["correlation_id"], answer["error"]["code"]) == (
+            "ERROR",
+            "big",
+            "PAYLOAD_TOO_LARGE",
+        )
         assert answer["error"]["details"] == {"max_bytes": MAX_INPUT_BYTES, "capability": "image.upscale"}
         # Over the ceiling (and its envelope's room), still within the 16 MiB read limit.
-        await ws.send_str(json.dumps({"type": "REQUEST", "correlation_id": "huge", "action": "image.upscale",
-                                      "payload": {"image": "A" * (ceiling + ENVELOPE_BYTES)}}))
+        await ws.send_str(
+            json.dumps(
+                {
+                    "type": "REQUEST",
+                    "correlation_id": "huge",
+                    "action": "image.upscale",
+                    "payload": {"image": "A" * (ceiling + ENVELOPE_BYTES)},
+                }
+            )
+        )
         answer = await ws.receive_json(timeout=10)
         assert (answer["correlation_id"], answer["error"]["code"]) == ("huge", "PAYLOAD_TOO_LARGE")
         assert answer["error"]["details"] == {"max_bytes": ceiling}
         # The socket goes on: a 2.5 MB call (over the 1 MiB default) is served.
-        await ws.send_str(json.dumps({"type": "REQUEST", "correlation_id": "ok", "action": "image.upscale",
-                                      "payload": {"image": _png_base64(800)}}))
+        await ws.send_str(
+            json.dumps(
+                {
+                    "type": "REQUEST",
+                    "correlation_id": "ok",
+                    "action": "image.upscale",
+                    "payload": {"image": _png_base64(800)},
+                }
+            )
+        )
         frames = []
         while not (frames and (frames[-1].get("final") or frames[-1]["type"] in ("RESPONSE", "ERROR"))):
             frames.append(await ws.receive_json(timeout=30))
         assert frames[0]["type"] == "ACCEPTED" and frames[-1]["type"] == "STREAM_CHUNK", frames[-1]
-        assert [f["payload"]["width"] for f in frames if isinstance(f.get("payload"), dict) and "width" in f["payload"]
-                ] == [1600]
+        assert [
+            f["payload"]["width"] for f in frames if isinstance(f.get("payload"), dict) and "width" in f["payload"]
+        ] == [1600]
         await ws.close()
 
 
@@ -179,8 +220,9 @@ async def test_the_module_refuses_an_input_over_its_declaration(nc: NATS) -> Non
         tenant = unique("t")
         for payload, code in ((b'{"a": 1}', ""), (json.dumps({"a": "x" * 100}).encode(), ErrorCode.PAYLOAD_TOO_LARGE)):
             request = new_request("test.small", payload, tenant_id=tenant, source_module_id="test")
-            reply = decode((await nc.request(subjects.call(tenant, "test.small"), request.SerializeToString(),
-                                             timeout=5)).data)
+            reply = decode(
+                (await nc.request(subjects.call(tenant, "test.small"), request.SerializeToString(), timeout=5)).data
+            )
             if code:
                 assert reply.type == MessageType.ERROR and reply.error.code == code, reply
                 assert "100 bytes" in reply.error.message

@@ -109,6 +109,7 @@ async def test_a_tool_call_returns_structured_content_matching_the_output_schema
 
 async def known_key(gateway: Gateway, key: str, path: str) -> tuple[int, dict]:
     """The answer to GET ``path`` with ``key``, once the gateway's identity index has heard of the key."""
+
     async def answer() -> tuple[int, dict] | None:
         found = await http("GET", f"{gateway.url}{path}", credential=key)
         return None if found[0] == 401 else found

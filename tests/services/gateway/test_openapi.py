@@ -64,7 +64,8 @@ def test_every_error_and_the_security_schemes_are_described() -> None:
     for path, operations in document["paths"].items():
         for method, op in operations.items():
             assert op["responses"]["default"]["content"]["application/json"]["schema"] == {
-                "$ref": "#/components/schemas/ErrorBody"}, (method, path)
+                "$ref": "#/components/schemas/ErrorBody"
+            }, (method, path)
     ids = [op["operationId"] for operations in document["paths"].values() for op in operations.values()]
     assert len(ids) == len(set(ids))
     assert document["paths"]["/v1/tenants/{tenant}/users"]["post"]["operationId"] == "post_v1_tenants_tenant_users"
@@ -89,8 +90,10 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
     # Half the {tenant} path parameters name a real tenant (not the key's own: suspending that would
     # refuse the rest of the run), so the handlers behind the 404 are reached too.
     target = unique("fuzzed")
-    async with aiohttp.ClientSession(headers=gateway.headers) as http, \
-            http.post(f"{gateway.url}/v1/tenants", json={"tenant_id": target}) as response:
+    async with (
+        aiohttp.ClientSession(headers=gateway.headers) as http,
+        http.post(f"{gateway.url}/v1/tenants", json={"tenant_id": target}) as response,
+    ):
         assert response.status == 201, await response.text()
     config = tmp_path / "schemathesis.toml"
     config.write_text(
@@ -100,14 +103,30 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
         '[parameters]\n"path.tenant" = { dictionary = "tenant", probability = 0.5 }\n'
     )
     process = await asyncio.create_subprocess_exec(
-        Path(sys.executable).with_name("schemathesis"), "--config-file", str(config), "run",
+        Path(sys.executable).with_name("schemathesis"),
+        "--config-file",
+        str(config),
+        "run",
         f"{gateway.url}/openapi.json",
-        "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
-        "--phases", "examples,coverage,fuzzing", "--max-examples", "15", "--generation-deterministic",
-        "--workers", "1", "--request-timeout", "10", "--no-color",
-        "--report-dir", str(tmp_path),
-        "-H", f"X-API-Key: {gateway.api_key}", *exclusions,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "--checks",
+        "not_a_server_error,response_schema_conformance,content_type_conformance",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        "15",
+        "--generation-deterministic",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "10",
+        "--no-color",
+        "--report-dir",
+        str(tmp_path),
+        "-H",
+        f"X-API-Key: {gateway.api_key}",
+        *exclusions,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
         cwd=tmp_path,  # its cache of crashes (.schemathesis/) stays out of the work tree
     )
     try:

@@ -94,12 +94,16 @@ async def test_hanging_up_an_sse_stream_cancels_the_handler_within_100_ms(
 
     # The log shows the cancel and the compute time the handler used until then (what metering reads).
     subscription = await nc.jetstream().pull_subscribe(
-        f"mcp.*.{gateway.tenant}.test.hang", stream="MCP",
+        f"mcp.*.{gateway.tenant}.test.hang",
+        stream="MCP",
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy="none"),
     )
     records = [(m.subject.split(".")[1], decode(m.data)) for m in await subscription.fetch(4, timeout=2)]
     assert sorted((kind, MessageType.Name(r.type)) for kind, r in records) == [
-        ("req", "CANCEL"), ("req", "REQUEST"), ("res", "ERROR"), ("res", "STREAM_CHUNK")
+        ("req", "CANCEL"),
+        ("req", "REQUEST"),
+        ("res", "ERROR"),
+        ("res", "STREAM_CHUNK"),
     ]
     assert {r.correlation_id for _, r in records} == {call_id}
     error = next(r for _, r in records if r.type == MessageType.ERROR)
@@ -134,10 +138,14 @@ async def test_a_slow_sse_reader_holds_the_module_back(gateway: Gateway, streame
     bound = 8 + 2 + (kernel + 512 * 1024) // size  # + aiohttp's own read and write buffers
     assert bound < total / 2  # else the test could not tell a bounded stream from an unbounded one
     connector = aiohttp.TCPConnector(socket_factory=small_receive_buffer)
-    async with aiohttp.ClientSession(connector=connector) as session, session.post(
-        invoke_url(gateway, "test.flood"), data=msgspec.json.encode({"n": total, "size": size}),
-        headers={**gateway.headers, **SSE},
-    ) as response:
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(
+            invoke_url(gateway, "test.flood"),
+            data=msgspec.json.encode({"n": total, "size": size}),
+            headers={**gateway.headers, **SSE},
+        ) as response,
+    ):
         assert response.status == 200
         events = read_events(response.content)
         name, _ = await anext(events)
@@ -168,14 +176,22 @@ def _max_send_buffer() -> int:
 
 
 async def test_websocket_multiplexes_concurrent_streams(gateway: Gateway, streamer: Streamer) -> None:
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}) as ws,
+    ):
         ready = await ws.receive_json(timeout=5)
         assert ready == {"type": "READY", "tenant_id": gateway.tenant}
         for cid, n in (("a", 5), ("b", 3), ("c", 4)):
-            await ws.send_json({"type": "REQUEST", "correlation_id": cid, "action": "test.count",
-                                "payload": {"n": n, "delay": 0.005}, "priority": 7})
+            await ws.send_json(
+                {
+                    "type": "REQUEST",
+                    "correlation_id": cid,
+                    "action": "test.count",
+                    "payload": {"n": n, "delay": 0.005},
+                    "priority": 7,
+                }
+            )
         await ws.send_json({"type": "REQUEST", "correlation_id": "d", "action": "test.once", "payload": {"text": "x"}})
         frames = await frames_until_ends(ws, {"a", "b", "c", "d"})
     for cid, n in (("a", 5), ("b", 3), ("c", 4)):
@@ -197,8 +213,10 @@ async def test_websocket_takes_the_key_as_its_first_message(gateway: Gateway, st
             assert (await ws.receive_json(timeout=5))["type"] == "READY"
             await ws.send_json({"type": "REQUEST", "correlation_id": "1", "action": "test.once", "payload": {}})
             assert [f["type"] for f in (await frames_until_ends(ws, {"1"}))["1"]] == ["ACCEPTED", "RESPONSE"]
-        for first in ({"type": "AUTH", "api_key": "dai_0000_wrong"},
-                      {"type": "REQUEST", "correlation_id": "1", "action": "test.once"}):
+        for first in (
+            {"type": "AUTH", "api_key": "dai_0000_wrong"},
+            {"type": "REQUEST", "correlation_id": "1", "action": "test.once"},
+        ):
             async with session.ws_connect(f"{gateway.url}/v1/ws") as ws:
                 await ws.send_json(first)
                 refusal = await ws.receive_json(timeout=5)
@@ -215,13 +233,18 @@ async def test_websocket_with_a_bad_header_key_is_401(gateway: Gateway) -> None:
 
 
 async def test_websocket_answers_bad_frames_and_stays_open(gateway: Gateway, streamer: Streamer) -> None:
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}) as ws,
+    ):
         await ws.receive_json(timeout=5)
-        for frame in ('{"type": "NOPE"}', "not json", '{"type": "REQUEST", "correlation_id": "x", "action": "Bad Name"}',
-                      '{"type": "REQUEST", "correlation_id": "y", "action": "test.once", "priority": 10}',
-                      '{"type": "CANCEL", "correlation_id": "never-started"}'):
+        for frame in (
+            '{"type": "NOPE"}',
+            "not json",
+            '{"type": "REQUEST", "correlation_id": "x", "action": "Bad Name"}',
+            '{"type": "REQUEST", "correlation_id": "y", "action": "test.once", "priority": 10}',
+            '{"type": "CANCEL", "correlation_id": "never-started"}',
+        ):
             await ws.send_str(frame)
             answer = await ws.receive_json(timeout=5)
             assert answer["type"] == "ERROR" and answer["error"]["code"] == "BAD_REQUEST", (frame, answer)
@@ -231,9 +254,10 @@ async def test_websocket_answers_bad_frames_and_stays_open(gateway: Gateway, str
 
 
 async def test_websocket_cancel_reaches_the_handler_within_100_ms(gateway: Gateway, streamer: Streamer) -> None:
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}) as ws,
+    ):
         await ws.receive_json(timeout=5)
         await ws.send_json({"type": "REQUEST", "correlation_id": "long", "action": "test.hang"})
         assert (await ws.receive_json(timeout=5))["type"] == "ACCEPTED"
@@ -248,9 +272,10 @@ async def test_websocket_cancel_reaches_the_handler_within_100_ms(gateway: Gatew
 
 
 async def test_a_cancel_right_behind_its_request_ends_the_call_once(gateway: Gateway, streamer: Streamer) -> None:
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}) as ws,
+    ):
         await ws.receive_json(timeout=5)
         await ws.send_str('{"type": "REQUEST", "correlation_id": "quick", "action": "test.hang"}')
         await ws.send_str('{"type": "CANCEL", "correlation_id": "quick"}')

@@ -51,8 +51,12 @@ def test_a_key_hands_on_no_more_than_it_may_call() -> None:
 
 
 async def _limited_key(gateway: Gateway, capabilities: list[str]) -> dict:
-    status, key = await http("POST", f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys",
-                             json={"name": "limited", "capabilities": capabilities}, credential=gateway.api_key)
+    status, key = await http(
+        "POST",
+        f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys",
+        json={"name": "limited", "capabilities": capabilities},
+        credential=gateway.api_key,
+    )
     assert status == 201, key
     return key
 
@@ -72,9 +76,15 @@ async def test_a_limited_key_calls_and_lists_only_its_toolset(
     assert body["error"]["details"] == {"capability": "test.hang", "toolset": ["test.count", "test.echo"]}
 
     async with aiohttp.ClientSession() as session:  # SSE: refused before the stream starts
-        async with session.post(invoke.format("test.broken"), data=b"{}", headers={
-            "Authorization": f"Bearer {secret}", "Content-Type": "application/json", "Accept": "text/event-stream",
-        }) as response:
+        async with session.post(
+            invoke.format("test.broken"),
+            data=b"{}",
+            headers={
+                "Authorization": f"Bearer {secret}",
+                "Content-Type": "application/json",
+                "Accept": "text/event-stream",
+            },
+        ) as response:
             assert response.status == 403 and (await response.json())["error"]["code"] == "FORBIDDEN"
         async with session.ws_connect(f"{gateway.url}/v1/ws", headers={"Authorization": f"Bearer {secret}"}) as ws:
             assert (await ws.receive_json(timeout=5))["type"] == "READY"
@@ -82,8 +92,9 @@ async def test_a_limited_key_calls_and_lists_only_its_toolset(
             refused = await ws.receive_json(timeout=5)
             assert refused["type"] == "ERROR" and refused["correlation_id"] == "no", refused
             assert refused["error"]["code"] == "FORBIDDEN" and refused["error"]["details"]["capability"] == "test.hang"
-            await ws.send_json({"type": "REQUEST", "correlation_id": "yes", "action": "test.count",
-                                "payload": {"n": 1}})
+            await ws.send_json(
+                {"type": "REQUEST", "correlation_id": "yes", "action": "test.count", "payload": {"n": 1}}
+            )
             frames = [await ws.receive_json(timeout=5)]
             while not (frames[-1].get("final") or frames[-1]["type"] in ("RESPONSE", "ERROR")):
                 frames.append(await ws.receive_json(timeout=5))
@@ -99,24 +110,34 @@ async def test_a_limited_key_calls_and_lists_only_its_toolset(
     await caught_up(nc, pool, "identity")
     status, keys = await http("GET", f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys", credential=gateway.api_key)
     assert status == 200, keys
-    assert next(k for k in keys["api_keys"] if k["key_id"] == key["key_id"])["capabilities"] == ["test.count",
-                                                                                                  "test.echo"]
+    assert next(k for k in keys["api_keys"] if k["key_id"] == key["key_id"])["capabilities"] == [
+        "test.count",
+        "test.echo",
+    ]
 
 
 async def test_a_family_and_a_key_issued_by_a_limited_key(gateway: Gateway, echo: Echo) -> None:
     family = await _limited_key(gateway, ["test.*"])
-    status, body = await http("POST", f"{gateway.url}/v1/capabilities/test.echo/invoke", json={},
-                              credential=family["api_key"])
+    status, body = await http(
+        "POST", f"{gateway.url}/v1/capabilities/test.echo/invoke", json={}, credential=family["api_key"]
+    )
     assert status == 200, body
 
     # Keys issued by a limited key: within its toolset (inherited when not named), never wider.
-    issuer = (await http("POST", f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys", credential=gateway.api_key,
-                         json={"capabilities": ["test.echo"], "scopes": ["api_key:create", "module:use"]}))[1]
+    issuer = (
+        await http(
+            "POST",
+            f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys",
+            credential=gateway.api_key,
+            json={"capabilities": ["test.echo"], "scopes": ["api_key:create", "module:use"]},
+        )
+    )[1]
     keys = f"{gateway.url}/v1/tenants/{gateway.tenant}/api-keys"
     status, inherited = await http("POST", keys, json={"scopes": ["module:use"]}, credential=issuer["api_key"])
     assert status == 201 and inherited["capabilities"] == ["test.echo"], inherited
-    status, wider = await http("POST", keys, json={"scopes": ["module:use"], "capabilities": ["test.*"]},
-                               credential=issuer["api_key"])
+    status, wider = await http(
+        "POST", keys, json={"scopes": ["module:use"], "capabilities": ["test.*"]}, credential=issuer["api_key"]
+    )
     assert status == 403 and wider["error"]["details"] == {"capabilities": ["test.*"]}, wider
 
 
@@ -139,8 +160,9 @@ async def test_a_named_toolset_is_followed_by_its_keys(gateway: Gateway, echo: E
     tenant_url = f"{gateway.url}/v1/tenants/{gateway.tenant}"
     invoke = f"{gateway.url}/v1/capabilities/{{}}/invoke"
     admin = gateway.api_key
-    status, body = await http("PUT", f"{tenant_url}/toolsets/echo-only", json={"capabilities": ["test.echo"]},
-                              credential=admin)
+    status, body = await http(
+        "PUT", f"{tenant_url}/toolsets/echo-only", json={"capabilities": ["test.echo"]}, credential=admin
+    )
     assert status == 200 and body == {"name": "echo-only", "capabilities": ["test.echo"]}, body
     status, key = await http("POST", f"{tenant_url}/api-keys", json={"toolset": "echo-only"}, credential=admin)
     assert status == 201 and key["toolset"] == "echo-only" and key["capabilities"] == [], key
@@ -150,8 +172,9 @@ async def test_a_named_toolset_is_followed_by_its_keys(gateway: Gateway, echo: E
     assert status == 403 and body["error"]["details"]["toolset"] == ["test.echo"], body
 
     # Redefined: the key follows at its next call, on this gateway and any other.
-    status, _ = await http("PUT", f"{tenant_url}/toolsets/echo-only", json={"capabilities": ["test.count"]},
-                           credential=admin)
+    status, _ = await http(
+        "PUT", f"{tenant_url}/toolsets/echo-only", json={"capabilities": ["test.count"]}, credential=admin
+    )
     assert status == 200
     assert (await http("POST", invoke.format("test.count"), json={"n": 1}, credential=secret))[0] == 200
     assert (await http("POST", invoke.format("test.echo"), json={}, credential=secret))[0] == 403
@@ -170,16 +193,21 @@ async def test_a_named_toolset_is_followed_by_its_keys(gateway: Gateway, echo: E
 async def test_named_toolsets_refuse_what_they_cannot_hold(gateway: Gateway, nc: NATS) -> None:
     tenant_url = f"{gateway.url}/v1/tenants/{gateway.tenant}"
     admin = gateway.api_key
-    for name, body in (("ok", {"capabilities": []}), ("ok", {"capabilities": ["Bad Name"]}),
-                       ("no.dots", {"capabilities": ["test.echo"]}), ("ok", {"capabilities": "test.echo"}),
-                       ("ok", {"capabilities": ["test.echo"], "extra": 1})):
+    for name, body in (
+        ("ok", {"capabilities": []}),
+        ("ok", {"capabilities": ["Bad Name"]}),
+        ("no.dots", {"capabilities": ["test.echo"]}),
+        ("ok", {"capabilities": "test.echo"}),
+        ("ok", {"capabilities": ["test.echo"], "extra": 1}),
+    ):
         status, answer = await http("PUT", f"{tenant_url}/toolsets/{name}", json=body, credential=admin)
         assert status in (400, 422), (name, body, answer)
     status, answer = await http("POST", f"{tenant_url}/api-keys", json={"toolset": "missing"}, credential=admin)
     assert status == 404 and answer["error"]["details"] == {"toolset": "missing"}, answer
     await http("PUT", f"{tenant_url}/toolsets/ok", json={"capabilities": ["test.echo"]}, credential=admin)
-    status, answer = await http("POST", f"{tenant_url}/api-keys", credential=admin,
-                                json={"toolset": "ok", "capabilities": ["test.echo"]})
+    status, answer = await http(
+        "POST", f"{tenant_url}/api-keys", credential=admin, json={"toolset": "ok", "capabilities": ["test.echo"]}
+    )
     assert status == 422 and answer["error"]["details"]["field"] == "toolset", answer
     status, listed = await http("GET", f"{tenant_url}/toolsets", credential=admin)
     assert listed == {"toolsets": [{"name": "ok", "capabilities": ["test.echo"]}]}
@@ -192,8 +220,8 @@ async def test_named_toolsets_refuse_what_they_cannot_hold(gateway: Gateway, nc:
 
 async def eventually_authenticated(gateway: Gateway, key: str) -> None:
     """Until the gateway's identity index holds ``key`` (published straight to the log)."""
+
     async def known() -> bool:
         return (await http("GET", f"{gateway.url}/v1/capabilities", credential=key))[0] != 401
 
     await eventually(known, "the gateway to know the key", timeout=10, interval=0.05)
-

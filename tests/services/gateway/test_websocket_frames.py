@@ -15,8 +15,9 @@ from support.streamer import Streamer
 
 
 async def _open(session: aiohttp.ClientSession, gateway: Gateway) -> aiohttp.ClientWebSocketResponse:
-    ws = await session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key},
-                                  max_msg_size=64 * 1024 * 1024)
+    ws = await session.ws_connect(
+        f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}, max_msg_size=64 * 1024 * 1024
+    )
     assert (await ws.receive_json(timeout=5))["type"] == "READY"
     return ws
 
@@ -39,7 +40,9 @@ async def _the_long_call_is_still_running(ws: aiohttp.ClientWebSocketResponse, s
     assert [(f["correlation_id"], f["type"]) for f in frames] == [("after", "ACCEPTED"), ("after", "RESPONSE")]
 
 
-async def test_an_oversized_frame_gets_an_error_and_the_other_call_lives_on(gateway: Gateway, streamer: Streamer) -> None:
+async def test_an_oversized_frame_gets_an_error_and_the_other_call_lives_on(
+    gateway: Gateway, streamer: Streamer
+) -> None:
     limit = gateway.app[CONFIG].max_body_bytes
     async with aiohttp.ClientSession() as session:
         ws = await _open(session, gateway)
@@ -52,8 +55,9 @@ async def test_an_oversized_frame_gets_an_error_and_the_other_call_lives_on(gate
         assert answer["error"]["code"] == "PAYLOAD_TOO_LARGE"
         assert answer["error"]["details"] == {"max_bytes": limit, "capability": "test.once"}
         # Counted in bytes, not characters: 'é' takes two.
-        await ws.send_str(json.dumps({**big, "correlation_id": "wide", "payload": {"text": "é" * (limit // 2)}},
-                                     ensure_ascii=False))
+        await ws.send_str(
+            json.dumps({**big, "correlation_id": "wide", "payload": {"text": "é" * (limit // 2)}}, ensure_ascii=False)
+        )
         answer = await ws.receive_json(timeout=5)
         assert (answer["correlation_id"], answer["error"]["code"]) == ("wide", "PAYLOAD_TOO_LARGE")
         await _the_long_call_is_still_running(ws, streamer)
@@ -61,7 +65,12 @@ async def test_an_oversized_frame_gets_an_error_and_the_other_call_lives_on(gate
 
 
 async def test_malformed_frames_get_errors_and_the_other_call_lives_on(gateway: Gateway, streamer: Streamer) -> None:
-    deep = '{"type": "REQUEST", "correlation_id": "deep", "action": "test.once", "payload": ' + "[" * 10_000 + "]" * 10_000 + "}"
+    deep = (
+        '{"type": "REQUEST", "correlation_id": "deep", "action": "test.once", "payload": '
+        + "[" * 10_000
+        + "]" * 10_000
+        + "}"
+    )
     frames = [
         ("not json", ""),
         ('{"type": "REQUEST", "correlation_id": "m1", "action": "test.once", "priority": "high"}', "m1"),

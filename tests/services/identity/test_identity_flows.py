@@ -30,9 +30,12 @@ async def test_tenant_user_login_and_calls_with_token_and_key(gateway: Gateway) 
     assert tokens["token_type"] == "Bearer" and tokens["expires_in"] == 900
     status, me = await http("GET", f"{gateway.url}/v1/tenants/{tenant}", credential=tokens["access_token"])
     assert status == 200 and me["tenant_id"] == tenant
-    status, key = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/api-keys",
-                             json={"name": "ci", "scopes": ["module:use", "module:read"]},
-                             credential=tokens["access_token"])
+    status, key = await http(
+        "POST",
+        f"{gateway.url}/v1/tenants/{tenant}/api-keys",
+        json={"name": "ci", "scopes": ["module:use", "module:read"]},
+        credential=tokens["access_token"],
+    )
     assert status == 201, key
     assert key["api_key"].startswith(key["prefix"]) and key["scopes"] == ["module:read", "module:use"]
     status, listing = await http("GET", f"{gateway.url}/v1/capabilities", headers={"X-API-Key": key["api_key"]})
@@ -46,7 +49,9 @@ async def test_refresh_rotates_and_a_reused_token_ends_the_session(gateway: Gate
     tenant = await new_tenant(gateway)
     user = await new_user(gateway, tenant, "user")
     first = await login(gateway, tenant, user)
-    status, second = await http("POST", f"{gateway.url}/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    status, second = await http(
+        "POST", f"{gateway.url}/v1/auth/refresh", json={"refresh_token": first["refresh_token"]}
+    )
     assert status == 200 and second["refresh_token"] != first["refresh_token"]
     # The first refresh token comes back: reuse. The whole family is revoked, the newest token too.
     status, body = await http("POST", f"{gateway.url}/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
@@ -61,8 +66,12 @@ async def test_logout_revokes_the_access_token_and_the_session(gateway: Gateway)
     tokens = await login(gateway, tenant, user)
     me = f"{gateway.url}/v1/tenants/{tenant}/users/{user['user_id']}"
     assert (await http("GET", me, credential=tokens["access_token"]))[0] == 200
-    status, _ = await http("POST", f"{gateway.url}/v1/auth/logout", json={"refresh_token": tokens["refresh_token"]},
-                           credential=tokens["access_token"])
+    status, _ = await http(
+        "POST",
+        f"{gateway.url}/v1/auth/logout",
+        json={"refresh_token": tokens["refresh_token"]},
+        credential=tokens["access_token"],
+    )
     assert status == 204
     status, body = await http("GET", me, credential=tokens["access_token"])
     assert status == 401 and "revoked" in body["error"]["message"]
@@ -90,9 +99,12 @@ async def test_failed_logins_do_not_reveal_the_email_and_are_throttled(gateway: 
 )
 async def test_password_policy_errors_are_clear(gateway: Gateway, password: str, rule: str) -> None:
     tenant = await new_tenant(gateway)
-    status, body = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/users",
-                              json={"email": "p@example.com", "password": password, "role": "user"},
-                              credential=gateway.api_key)
+    status, body = await http(
+        "POST",
+        f"{gateway.url}/v1/tenants/{tenant}/users",
+        json={"email": "p@example.com", "password": password, "role": "user"},
+        credential=gateway.api_key,
+    )
     assert status == 422
     assert body["error"]["details"] == {"field": "password", "rule": rule}
 
@@ -101,10 +113,19 @@ async def test_login_rehashes_a_password_hashed_with_weaker_parameters(gateway: 
     tenant = await new_tenant(gateway)
     weak = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD)
     email, user_id = f"{unique('old')}@example.com", unique("u")
-    await nc.jetstream().publish(f"iam.{tenant}.email.legacy-{unique('x')}", encode_event(UserRegistered(
-        tenant_id=tenant, meta=Meta(at=datetime.now(UTC)), user_id=user_id, email=email, role="user",
-        password_hash=weak,
-    )))
+    await nc.jetstream().publish(
+        f"iam.{tenant}.email.legacy-{unique('x')}",
+        encode_event(
+            UserRegistered(
+                tenant_id=tenant,
+                meta=Meta(at=datetime.now(UTC)),
+                user_id=user_id,
+                email=email,
+                role="user",
+                password_hash=weak,
+            )
+        ),
+    )
     assert gateway.app is not None
     await eventually(lambda: user_id in gateway.app[IDENTITY].users, "the gateway to know the user", timeout=2.0)
     await login(gateway, tenant, {"email": email, "password": PASSWORD})
@@ -113,8 +134,9 @@ async def test_login_rehashes_a_password_hashed_with_weaker_parameters(gateway: 
     await login(gateway, tenant, {"email": email, "password": PASSWORD})  # the new hash verifies
 
 
-async def test_key_rotation_keeps_old_tokens_valid_and_is_published(gateway: Gateway, nc: NATS,
-                                                                     kek: KeyEncryptionKey) -> None:
+async def test_key_rotation_keeps_old_tokens_valid_and_is_published(
+    gateway: Gateway, nc: NATS, kek: KeyEncryptionKey
+) -> None:
     tenant = await new_tenant(gateway)
     user = await new_user(gateway, tenant, "viewer")
     before = await login(gateway, tenant, user)
@@ -138,8 +160,12 @@ async def test_api_key_options_expiry_and_revoke_once(gateway: Gateway) -> None:
     admin = await new_user(gateway, tenant, "tenant_admin")
     token = (await login(gateway, tenant, admin))["access_token"]
     soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
-    status, key = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/api-keys",
-                             json={"name": "short", "expires_at": soon, "rate_limit": 60}, credential=token)
+    status, key = await http(
+        "POST",
+        f"{gateway.url}/v1/tenants/{tenant}/api-keys",
+        json={"name": "short", "expires_at": soon, "rate_limit": 60},
+        credential=token,
+    )
     assert status == 201 and key["rate_limit"] == 60
     assert (await http("GET", f"{gateway.url}/v1/capabilities", credential=key["api_key"]))[0] == 200
     await asyncio.sleep(1.2)  # the key's expiry passes: what the test is about
@@ -150,22 +176,29 @@ async def test_api_key_options_expiry_and_revoke_once(gateway: Gateway) -> None:
     results = await asyncio.gather(*(http("DELETE", revoke, credential=token) for _ in range(5)))
     assert sorted(status for status, _ in results) == [204, 409, 409, 409, 409]
     assert (await http("GET", f"{gateway.url}/v1/capabilities", credential=other["api_key"]))[0] == 401
-    status, body = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/api-keys",
-                              json={"scopes": ["tenant:create"]}, credential=token)
+    status, body = await http(
+        "POST", f"{gateway.url}/v1/tenants/{tenant}/api-keys", json={"scopes": ["tenant:create"]}, credential=token
+    )
     assert status == 403 and body["error"]["details"]["scopes"] == ["tenant:create"]
 
 
 async def test_concurrent_duplicate_user_creation_has_one_winner(gateway: Gateway) -> None:
     tenant = await new_tenant(gateway)
     body = {"email": "twin@example.com", "password": PASSWORD, "role": "user"}
-    results = await asyncio.gather(*(
-        http("POST", f"{gateway.url}/v1/tenants/{tenant}/users", json=body, credential=gateway.api_key)
-        for _ in range(8)
-    ))
+    results = await asyncio.gather(
+        *(
+            http("POST", f"{gateway.url}/v1/tenants/{tenant}/users", json=body, credential=gateway.api_key)
+            for _ in range(8)
+        )
+    )
     assert sorted(status for status, _ in results) == [201] + [409] * 7
     # Case and spaces do not make a second account.
-    status, _ = await http("POST", f"{gateway.url}/v1/tenants/{tenant}/users",
-                           json={**body, "email": " Twin@Example.com "}, credential=gateway.api_key)
+    status, _ = await http(
+        "POST",
+        f"{gateway.url}/v1/tenants/{tenant}/users",
+        json={**body, "email": " Twin@Example.com "},
+        credential=gateway.api_key,
+    )
     assert status == 409
 
 
@@ -179,8 +212,9 @@ async def test_read_models_list_and_rebuild_identically(
     viewer = await new_user(gateway, tenant, "viewer")
     token = (await login(gateway, tenant, admin))["access_token"]
     await http("POST", f"{gateway.url}/v1/tenants/{tenant}/api-keys", json={"name": "k"}, credential=token)
-    await http("PATCH", f"{gateway.url}/v1/tenants/{tenant}/users/{viewer['user_id']}", json={"role": "user"},
-               credential=token)
+    await http(
+        "PATCH", f"{gateway.url}/v1/tenants/{tenant}/users/{viewer['user_id']}", json={"role": "user"}, credential=token
+    )
     await http("POST", f"{gateway.url}/v1/tenants/{tenant}/users/{viewer['user_id']}/deactivate", credential=token)
     await caught_up(nc, pool, "identity")
     status, users = await http("GET", f"{gateway.url}/v1/tenants/{tenant}/users", credential=token)
@@ -193,6 +227,7 @@ async def test_read_models_list_and_rebuild_identically(
     assert "sha256" not in keys["api_keys"][0] and "api_key" not in keys["api_keys"][0]
 
     tables = IdentityProjection.tables
+
     async def snapshot() -> dict[str, list]:
         async with pool.acquire() as conn:
             return {t: [tuple(r) for r in await conn.fetch(f"SELECT * FROM {t} ORDER BY 1, 2")] for t in tables}

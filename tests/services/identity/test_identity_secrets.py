@@ -69,10 +69,12 @@ def test_the_kek_comes_from_a_file_or_the_environment_with_clear_errors(tmp_path
 
 
 def _clear_forms(private: Ed25519PrivateKey) -> list[bytes]:
-    raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                serialization.NoEncryption())
-    der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    raw = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    der = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     forms = [raw, der, raw.hex().encode()]
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         forms += [encode(raw), encode(raw).rstrip(b"="), encode(der).rstrip(b"=")]
@@ -103,8 +105,13 @@ async def test_a_key_ring_with_the_wrong_kek_refuses_the_keys(
         usable = {k["kid"] for k in right.jwks()["keys"]}
         own = {k["kid"] for k in wrong.jwks()["keys"]}
         assert usable and own and not usable & own  # it made a key of its own instead
-        assert any(f"skipped JWT signing key {kid}" in r.getMessage() and "wrapped by key-encryption key" in
-                   r.getMessage() and "DAI_KEK_FILE" in r.getMessage() for r in caplog.records for kid in usable)
+        assert any(
+            f"skipped JWT signing key {kid}" in r.getMessage()
+            and "wrapped by key-encryption key" in r.getMessage()
+            and "DAI_KEK_FILE" in r.getMessage()
+            for r in caplog.records
+            for kid in usable
+        )
         token, _, _ = right.issue({"sub": "u", "tenant_id": "t"})
         with pytest.raises(InvalidToken, match="no known signing key"):
             wrong.verify(token)
@@ -118,8 +125,11 @@ async def test_a_key_ring_with_the_wrong_kek_refuses_the_keys(
 async def test_unreadable_and_clear_keys_in_the_bucket_are_never_used(nc: NATS, kek: KeyEncryptionKey) -> None:
     kv = await nc.jetstream().key_value(BUCKET)
     garbage, legacy = unique("garbage"), unique("legacy")
-    pem = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    pem = (
+        Ed25519PrivateKey.generate()
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
     await kv.put(garbage, b"not json")
     await kv.put(legacy, msgspec.json.encode({"kid": legacy, "private_pem": pem, "created_at": datetime.now(UTC)}))
     ring = KeyRing(kek)
@@ -145,16 +155,17 @@ async def _identity_text(nc: NATS, tenant: str) -> tuple[str, list[dict]]:
     return text, [msgspec.json.decode(line) for line in text.splitlines()]
 
 
-async def test_replaying_identity_finds_no_password_hash(
-    gateway: Gateway, nc: NATS, pool: asyncpg.Pool
-) -> None:
+async def test_replaying_identity_finds_no_password_hash(gateway: Gateway, nc: NATS, pool: asyncpg.Pool) -> None:
     tenant = await new_tenant(gateway)
     admin = await new_user(gateway, tenant, "tenant_admin")
     user = await new_user(gateway, tenant, "user")
     tokens = await login(gateway, tenant, user)
-    status, body = await http("PATCH", f"{gateway.url}/v1/tenants/{tenant}/users/{user['user_id']}",
-                              json={"password": PASSWORD + "!", "current_password": PASSWORD},
-                              credential=tokens["access_token"])
+    status, body = await http(
+        "PATCH",
+        f"{gateway.url}/v1/tenants/{tenant}/users/{user['user_id']}",
+        json={"password": PASSWORD + "!", "current_password": PASSWORD},
+        credential=tokens["access_token"],
+    )
     assert status == 200, body
     await login(gateway, tenant, admin)
 
@@ -166,38 +177,53 @@ async def test_replaying_identity_finds_no_password_hash(
     # The read models never held the hash; they hold neither form now.
     await caught_up(nc, pool, "identity")
     async with pool.acquire() as conn:
-        columns = await conn.fetch("SELECT table_name, column_name FROM information_schema.columns"
-                                   " WHERE table_schema = 'public' AND column_name LIKE '%password%'")
+        columns = await conn.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND column_name LIKE '%password%'"
+        )
         users = await conn.fetch("SELECT * FROM users WHERE tenant_id = $1", tenant)
     assert columns == [] and len(users) == 2
     assert not any("$argon2" in str(v) or "dai-se1." in str(v) for row in users for v in row.values())
 
 
-async def test_login_works_after_register_change_password_and_sealing_an_old_hash(
-    gateway: Gateway, nc: NATS
-) -> None:
+async def test_login_works_after_register_change_password_and_sealing_an_old_hash(gateway: Gateway, nc: NATS) -> None:
     tenant = await new_tenant(gateway)
     user = await new_user(gateway, tenant, "developer")
     tokens = await login(gateway, tenant, user)
     me = f"{gateway.url}/v1/tenants/{tenant}/users/{user['user_id']}"
-    status, _ = await http("PATCH", me, json={"password": PASSWORD + "?", "current_password": "wrong wrong wrong"},
-                           credential=tokens["access_token"])
+    status, _ = await http(
+        "PATCH",
+        me,
+        json={"password": PASSWORD + "?", "current_password": "wrong wrong wrong"},
+        credential=tokens["access_token"],
+    )
     assert status == 403
-    status, _ = await http("PATCH", me, json={"password": PASSWORD + "?", "current_password": PASSWORD},
-                           credential=tokens["access_token"])
+    status, _ = await http(
+        "PATCH", me, json={"password": PASSWORD + "?", "current_password": PASSWORD}, credential=tokens["access_token"]
+    )
     assert status == 200
     await login(gateway, tenant, {**user, "password": PASSWORD + "?"})
-    status, _ = await http("POST", f"{gateway.url}/v1/auth/login",
-                           json={"tenant_id": tenant, "email": user["email"], "password": PASSWORD})
+    status, _ = await http(
+        "POST", f"{gateway.url}/v1/auth/login", json={"tenant_id": tenant, "email": user["email"], "password": PASSWORD}
+    )
     assert status == 401
 
     # An event written before sealing holds the hash in clear: it still folds and logs in, and
     # the login seals it (the old event stays in the log; the log is permanent).
     email, user_id = f"{unique('old')}@example.com", unique("u")
-    await nc.jetstream().publish(f"iam.{tenant}.email.legacy-{unique('x')}", encode_event(UserRegistered(
-        tenant_id=tenant, meta=Meta(at=datetime.now(UTC)), user_id=user_id, email=email, role="user",
-        password_hash=PASSWORD_HASHER.hash(PASSWORD),
-    )))
+    await nc.jetstream().publish(
+        f"iam.{tenant}.email.legacy-{unique('x')}",
+        encode_event(
+            UserRegistered(
+                tenant_id=tenant,
+                meta=Meta(at=datetime.now(UTC)),
+                user_id=user_id,
+                email=email,
+                role="user",
+                password_hash=PASSWORD_HASHER.hash(PASSWORD),
+            )
+        ),
+    )
     await eventually(lambda: user_id in gateway.app[IDENTITY].users, "the gateway to know the user", timeout=2.0)
     await login(gateway, tenant, {"email": email, "password": PASSWORD})
     assert gateway.app[IDENTITY].users[user_id].sealed_password_hash.startswith("dai-se1.")
@@ -213,13 +239,20 @@ async def test_login_with_the_wrong_kek_is_a_clear_error(start_gateway: StartGat
     user = await new_user(right, tenant, "user")
     wrong = await start_gateway(kek=KeyEncryptionKey.generate())
     try:
-        status, body = await http("POST", f"{wrong.url}/v1/auth/login",
-                                  json={"tenant_id": tenant, "email": user["email"], "password": PASSWORD})
+        status, body = await http(
+            "POST",
+            f"{wrong.url}/v1/auth/login",
+            json={"tenant_id": tenant, "email": user["email"], "password": PASSWORD},
+        )
         assert status == 503, body
         assert body["error"]["code"] == "NOT_READY"
         assert "cannot open its password store" in body["error"]["message"]
-        status, body = await http("PATCH", f"{wrong.url}/v1/tenants/{tenant}/users/{user['user_id']}",
-                                  json={"password": PASSWORD + "#"}, credential=right.api_key)
+        status, body = await http(
+            "PATCH",
+            f"{wrong.url}/v1/tenants/{tenant}/users/{user['user_id']}",
+            json={"password": PASSWORD + "#"},
+            credential=right.api_key,
+        )
         assert status == 503 and body["error"]["code"] == "NOT_READY", body  # sealing a new one, too
         await login(right, tenant, user)  # the right KEK still works beside it
     finally:
@@ -251,8 +284,9 @@ async def test_destroying_a_users_key_makes_their_sealed_fields_unreadable(
             await store.open(tenant, kept["user_id"], sealed_erased)  # sealed values are bound to their user
         kv = await nc.jetstream().key_value(USER_KEYS_BUCKET)
         entry = await kv.get(f"{tenant}.{erased['user_id']}")
-        await eventually(lambda: _on_disk(nats_server.store_dir, entry.value), "the wrapped key on disk",
-                         timeout=2.0, interval=0.02)
+        await eventually(
+            lambda: _on_disk(nats_server.store_dir, entry.value), "the wrapped key on disk", timeout=2.0, interval=0.02
+        )
 
         assert await store.destroy(tenant, erased["user_id"]) is True
         assert await store.open(tenant, erased["user_id"], sealed_erased) is None
@@ -262,8 +296,12 @@ async def test_destroying_a_users_key_makes_their_sealed_fields_unreadable(
         with pytest.raises(NotFoundError):
             await nc.jetstream().get_msg(f"KV_{USER_KEYS_BUCKET}", seq=entry.revision)
         # Erased, not just hidden: the bytes of the wrapped key are gone from the server's files.
-        await eventually(lambda: not _on_disk(nats_server.store_dir, entry.value), "the wrapped key gone from disk",
-                         timeout=2.0, interval=0.02)
+        await eventually(
+            lambda: not _on_disk(nats_server.store_dir, entry.value),
+            "the wrapped key gone from disk",
+            timeout=2.0,
+            interval=0.02,
+        )
 
         # The gateway's own store drops its cached copy: the erased user can no longer log in.
         wrong_now = {"tenant_id": tenant, "email": erased["email"], "password": PASSWORD}
@@ -271,8 +309,9 @@ async def test_destroying_a_users_key_makes_their_sealed_fields_unreadable(
         async def refused() -> bool:
             return (await http("POST", f"{gateway.url}/v1/auth/login", json=wrong_now))[0] == 401
 
-        await eventually(refused, "the gateway to stop opening the destroyed user's password hash", timeout=2.0,
-                         interval=0.02)
+        await eventually(
+            refused, "the gateway to stop opening the destroyed user's password hash", timeout=2.0, interval=0.02
+        )
         await login(gateway, tenant, kept)
         assert (await store.open(tenant, kept["user_id"], sealed_kept) or "").startswith("$argon2id$")
     finally:

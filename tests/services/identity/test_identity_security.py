@@ -59,8 +59,12 @@ async def _victim(world: World) -> dict:
 
 
 async def _someone_elses_key(world: World) -> str:
-    status, key = await http("POST", world.url("/v1/tenants/{t}/api-keys"), json={"name": "victim"},
-                             credential=world.credentials["tenant_admin"])
+    status, key = await http(
+        "POST",
+        world.url("/v1/tenants/{t}/api-keys"),
+        json={"name": "victim"},
+        credential=world.credentials["tenant_admin"],
+    )
     assert status == 201
     return key["key_id"]
 
@@ -68,12 +72,15 @@ async def _someone_elses_key(world: World) -> str:
 def _call(method: str, path: str, body: object = None) -> Call:
     async def call(world: World, role: str) -> tuple[int, dict]:
         return await http(method, world.url(path), json=body, credential=world.credentials[role])
+
     return call
 
 
 async def _get_other_user(world: World, role: str) -> tuple[int, dict]:
     victim = await _victim(world)
-    return await http("GET", world.url(f"/v1/tenants/{{t}}/users/{victim['user_id']}"), credential=world.credentials[role])
+    return await http(
+        "GET", world.url(f"/v1/tenants/{{t}}/users/{victim['user_id']}"), credential=world.credentials[role]
+    )
 
 
 async def _get_self(world: World, role: str) -> tuple[int, dict]:
@@ -83,21 +90,29 @@ async def _get_self(world: World, role: str) -> tuple[int, dict]:
 
 async def _change_role(world: World, role: str) -> tuple[int, dict]:
     victim = await _victim(world)
-    return await http("PATCH", world.url(f"/v1/tenants/{{t}}/users/{victim['user_id']}"), json={"role": "user"},
-                      credential=world.credentials[role])
+    return await http(
+        "PATCH",
+        world.url(f"/v1/tenants/{{t}}/users/{victim['user_id']}"),
+        json={"role": "user"},
+        credential=world.credentials[role],
+    )
 
 
 async def _change_own_password(world: World, role: str) -> tuple[int, dict]:
     user = world.users[role]
-    return await http("PATCH", world.url(f"/v1/tenants/{{t}}/users/{user['user_id']}"),
-                      json={"password": PASSWORD + "!", "current_password": PASSWORD},
-                      credential=world.credentials[role])
+    return await http(
+        "PATCH",
+        world.url(f"/v1/tenants/{{t}}/users/{user['user_id']}"),
+        json={"password": PASSWORD + "!", "current_password": PASSWORD},
+        credential=world.credentials[role],
+    )
 
 
 async def _deactivate(world: World, role: str) -> tuple[int, dict]:
     victim = await _victim(world)
-    return await http("POST", world.url(f"/v1/tenants/{{t}}/users/{victim['user_id']}/deactivate"),
-                      credential=world.credentials[role])
+    return await http(
+        "POST", world.url(f"/v1/tenants/{{t}}/users/{victim['user_id']}/deactivate"), credential=world.credentials[role]
+    )
 
 
 async def _revoke_others_key(world: World, role: str) -> tuple[int, dict]:
@@ -106,26 +121,39 @@ async def _revoke_others_key(world: World, role: str) -> tuple[int, dict]:
 
 
 async def _create_user(world: World, role: str) -> tuple[int, dict]:
-    return await http("POST", world.url("/v1/tenants/{t}/users"), credential=world.credentials[role],
-                      json={"email": f"{unique('n')}@example.com", "password": PASSWORD, "role": "viewer"})
+    return await http(
+        "POST",
+        world.url("/v1/tenants/{t}/users"),
+        credential=world.credentials[role],
+        json={"email": f"{unique('n')}@example.com", "password": PASSWORD, "role": "viewer"},
+    )
 
 
 async def _someone_elses_module(world: World) -> str:
-    status, module = await http("POST", world.url("/v1/modules"), credential=world.credentials["tenant_admin"],
-                                json={"module_id": unique("victim"), "capabilities": ["text.summarize"]})
+    status, module = await http(
+        "POST",
+        world.url("/v1/modules"),
+        credential=world.credentials["tenant_admin"],
+        json={"module_id": unique("victim"), "capabilities": ["text.summarize"]},
+    )
     assert status == 201, module
     return module["module_id"]
 
 
 async def _create_module(world: World, role: str) -> tuple[int, dict]:
-    return await http("POST", world.url("/v1/modules"), credential=world.credentials[role],
-                      json={"module_id": unique("m"), "capabilities": ["text.summarize"], "tenant_id": world.tenant})
+    return await http(
+        "POST",
+        world.url("/v1/modules"),
+        credential=world.credentials[role],
+        json={"module_id": unique("m"), "capabilities": ["text.summarize"], "tenant_id": world.tenant},
+    )
 
 
 async def _change_module(world: World, role: str) -> tuple[int, dict]:
     module_id = await _someone_elses_module(world)
-    return await http("PATCH", world.url(f"/v1/modules/{module_id}"), json={"name": "renamed"},
-                      credential=world.credentials[role])
+    return await http(
+        "PATCH", world.url(f"/v1/modules/{module_id}"), json={"name": "renamed"}, credential=world.credentials[role]
+    )
 
 
 async def _rotate_module(world: World, role: str) -> tuple[int, dict]:
@@ -140,8 +168,11 @@ async def _revoke_others_module(world: World, role: str) -> tuple[int, dict]:
 
 # endpoint → the roles allowed (the seed's table); every other role must get 403.
 MATRIX: list[tuple[str, Call, set[str]]] = [
-    ("create tenant", lambda w, r: http("POST", w.url("/v1/tenants"), json={"tenant_id": unique("x")},
-                                         credential=w.credentials[r]), {"super_admin"}),
+    (
+        "create tenant",
+        lambda w, r: http("POST", w.url("/v1/tenants"), json={"tenant_id": unique("x")}, credential=w.credentials[r]),
+        {"super_admin"},
+    ),
     ("list tenants", _call("GET", "/v1/tenants"), {"super_admin"}),
     ("read tenant", _call("GET", "/v1/tenants/{t}"), set(ROLES)),
     ("suspend tenant", _call("POST", "/v1/tenants/nonexistent-tenant/suspend", {}), {"super_admin"}),
@@ -157,8 +188,11 @@ MATRIX: list[tuple[str, Call, set[str]]] = [
     ("create API key", _call("POST", "/v1/tenants/{t}/api-keys", {}), {"tenant_admin", "developer"}),
     ("list API keys", _call("GET", "/v1/tenants/{t}/api-keys"), {"super_admin", "tenant_admin", "developer", "user"}),
     ("revoke another's key", _revoke_others_key, {"super_admin", "tenant_admin"}),
-    ("invoke a capability", _call("POST", "/v1/capabilities/text.summarize/invoke", {"text": "x"}),
-     {"super_admin", "tenant_admin", "developer", "user"}),  # developer: a documented addition
+    (
+        "invoke a capability",
+        _call("POST", "/v1/capabilities/text.summarize/invoke", {"text": "x"}),
+        {"super_admin", "tenant_admin", "developer", "user"},
+    ),  # developer: a documented addition
     ("list capabilities", _call("GET", "/v1/capabilities"), set(ROLES)),
     ("register a module", _create_module, {"super_admin", "tenant_admin", "developer"}),
     ("list modules", _call("GET", "/v1/modules"), set(ROLES)),
@@ -195,15 +229,22 @@ async def test_self_scoped_reads_show_only_oneself(gateway: Gateway) -> None:
 
 async def test_tenant_isolation(gateway: Gateway, pool: asyncpg.Pool) -> None:
     a, b = await World.create(gateway), await World.create(gateway)
-    _, b_key = await http("POST", b.url("/v1/tenants/{t}/api-keys"), json={"name": "b"}, credential=b.credentials["tenant_admin"])
+    _, b_key = await http(
+        "POST", b.url("/v1/tenants/{t}/api-keys"), json={"name": "b"}, credential=b.credentials["tenant_admin"]
+    )
     victim = b.users["viewer"]["user_id"]
 
     async def b_state() -> list:
         async with pool.acquire() as conn:
-            return [tuple(r) for r in await conn.fetch(
-                "SELECT 'u', user_id, role, active::text, updated_at::text FROM users WHERE tenant_id = $1"
-                " UNION ALL SELECT 'k', key_id, name, (revoked_at IS NULL)::text, created_at::text FROM api_keys"
-                " WHERE tenant_id = $1 ORDER BY 1, 2", b.tenant)]
+            return [
+                tuple(r)
+                for r in await conn.fetch(
+                    "SELECT 'u', user_id, role, active::text, updated_at::text FROM users WHERE tenant_id = $1"
+                    " UNION ALL SELECT 'k', key_id, name, (revoked_at IS NULL)::text, created_at::text FROM api_keys"
+                    " WHERE tenant_id = $1 ORDER BY 1, 2",
+                    b.tenant,
+                )
+            ]
 
     before = await b_state()
     attempts = [
@@ -231,7 +272,9 @@ async def test_tenant_isolation(gateway: Gateway, pool: asyncpg.Pool) -> None:
     assert await b_state() == before
 
 
-async def test_row_level_security_confines_the_app_role(pool: asyncpg.Pool, database_url: str, gateway: Gateway) -> None:
+async def test_row_level_security_confines_the_app_role(
+    pool: asyncpg.Pool, database_url: str, gateway: Gateway
+) -> None:
     a, _other = await World.create(gateway), await World.create(gateway)  # another tenant's rows exist
     app = await asyncpg.connect(app_dsn(database_url))
     try:
@@ -289,16 +332,28 @@ async def test_claim_checks_of_the_key_ring(nc: NATS, kek: KeyEncryptionKey) -> 
     try:
         key = max(ring._keys.values(), key=lambda k: k.created_at)
         now = datetime.now(UTC)
-        base = {"sub": "u", "tenant_id": "t", "jti": "j", "iss": ISSUER, "aud": AUDIENCE, "iat": now,
-                "exp": now + timedelta(minutes=5)}
+        base = {
+            "sub": "u",
+            "tenant_id": "t",
+            "jti": "j",
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + timedelta(minutes=5),
+        }
 
         def signed(**changes: object) -> str:
             claims = {k: v for k, v in {**base, **changes}.items() if v is not None}
             return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
 
         assert ring.verify(signed()).sub == "u"
-        for bad in (signed(aud="someone-else"), signed(iss="evil"), signed(exp=now - timedelta(seconds=5)),
-                    signed(exp=None), signed(jti=None)):
+        for bad in (
+            signed(aud="someone-else"),
+            signed(iss="evil"),
+            signed(exp=now - timedelta(seconds=5)),
+            signed(exp=None),
+            signed(jti=None),
+        ):
             with pytest.raises(InvalidToken):
                 ring.verify(bad)
     finally:
@@ -309,11 +364,19 @@ async def test_a_revocation_reaches_a_second_gateway_process_within_a_second(
     gateway: Gateway, nats_server: object, database_url: str
 ) -> None:
     world = await World.create(gateway)
-    _, key = await http("POST", world.url("/v1/tenants/{t}/api-keys"), json={"name": "replica"},
-                        credential=world.credentials["tenant_admin"])
+    _, key = await http(
+        "POST",
+        world.url("/v1/tenants/{t}/api-keys"),
+        json={"name": "replica"},
+        credential=world.credentials["tenant_admin"],
+    )
     port = free_port()
-    env = {**os.environ, **nats_server.environment("gateway"), "DATABASE_APP_URL": app_dsn(database_url),
-           "DAI_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        **nats_server.environment("gateway"),
+        "DATABASE_APP_URL": app_dsn(database_url),
+        "DAI_LOG_LEVEL": "WARNING",
+    }
     second = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", "gateway", "--port", str(port)], env=env)
     try:
         other = f"http://127.0.0.1:{port}/v1/capabilities"
@@ -323,8 +386,11 @@ async def test_a_revocation_reaches_a_second_gateway_process_within_a_second(
 
         await eventually(up, "the second gateway to come up", timeout=30, interval=0.1, ignoring=(OSError,))
         revoked_at = time.monotonic()
-        status, _ = await http("DELETE", world.url(f"/v1/tenants/{{t}}/api-keys/{key['key_id']}"),
-                               credential=world.credentials["tenant_admin"])
+        status, _ = await http(
+            "DELETE",
+            world.url(f"/v1/tenants/{{t}}/api-keys/{key['key_id']}"),
+            credential=world.credentials["tenant_admin"],
+        )
         assert status == 204
         while (await http("GET", other, credential=key["api_key"]))[0] != 401:
             assert time.monotonic() - revoked_at < 1.0

@@ -73,11 +73,18 @@ def index(gateway: Gateway) -> IdentityIndex:
 async def test_registration_shows_the_credential_once(gateway: Gateway) -> None:
     acme = await Tenant.create(gateway, "developer")
     module_id = unique("text-tools")
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{gateway.url}/v1/modules", json={"module_id": module_id, "name": "Text tools",
-                                           "capabilities": ["text.summarize", "text.analyze", "text.analyze"]},
-        headers={"Authorization": f"Bearer {acme.tokens['developer']}"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gateway.url}/v1/modules",
+            json={
+                "module_id": module_id,
+                "name": "Text tools",
+                "capabilities": ["text.summarize", "text.analyze", "text.analyze"],
+            },
+            headers={"Authorization": f"Bearer {acme.tokens['developer']}"},
+        ) as response,
+    ):
         assert response.status == 201, await response.text()
         assert response.headers["Cache-Control"] == "no-store"
         created = await response.json()
@@ -109,9 +116,13 @@ async def test_rotation_refuses_the_old_credential_and_accepts_the_new(gateway: 
     acme = await Tenant.create(gateway, "developer")
     _, created = await acme.register()
     module_id, old = created["module_id"], created["credential"]
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{gateway.url}/v1/modules/{module_id}/credential", headers={"Authorization": f"Bearer {acme.tokens['developer']}"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gateway.url}/v1/modules/{module_id}/credential",
+            headers={"Authorization": f"Bearer {acme.tokens['developer']}"},
+        ) as response,
+    ):
         assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
         rotated = await response.json()
     new = rotated["credential"]
@@ -154,8 +165,9 @@ async def test_who_may_register_change_and_revoke(gateway: Gateway) -> None:
     assert (await acme.call("DELETE", f"/{theirs['module_id']}", role="tenant_admin"))[0] == 204
     # module:update is tenant-wide for developers (the product's table); viewers only read.
     _, third = await acme.register("developer2")
-    status, changed = await acme.call("PATCH", f"/{third['module_id']}",
-                                      json={"capabilities": ["text.translate"], "name": "Translator"})
+    status, changed = await acme.call(
+        "PATCH", f"/{third['module_id']}", json={"capabilities": ["text.translate"], "name": "Translator"}
+    )
     assert status == 200 and changed["capabilities"] == ["text.translate"] and changed["name"] == "Translator"
     assert index(gateway).modules[third["module_id"]].capabilities == ("text.translate",)
     assert (await acme.call("PATCH", f"/{third['module_id']}", role="viewer", json={"name": "x"}))[0] == 403
@@ -189,8 +201,12 @@ async def test_another_tenants_modules_are_404(gateway: Gateway) -> None:
 async def test_a_super_admin_registers_for_any_tenant_and_lists_them_all(gateway: Gateway) -> None:
     acme, globex = await Tenant.create(gateway, "developer"), await Tenant.create(gateway, "developer")
     _, a = await acme.register()
-    status, b = await http("POST", f"{gateway.url}/v1/modules", credential=gateway.api_key,
-                           json={"module_id": unique("platform"), "capabilities": [], "tenant_id": globex.tenant})
+    status, b = await http(
+        "POST",
+        f"{gateway.url}/v1/modules",
+        credential=gateway.api_key,
+        json={"module_id": unique("platform"), "capabilities": [], "tenant_id": globex.tenant},
+    )
     assert status == 201 and b["tenant_id"] == globex.tenant and b["owner_user_id"] == "", b
     status, listing = await http("GET", f"{gateway.url}/v1/modules", credential=gateway.api_key)
     assert status == 200 and {a["module_id"], b["module_id"]} <= {m["module_id"] for m in listing["modules"]}
@@ -217,23 +233,29 @@ async def test_module_ids_are_unique_across_tenants(gateway: Gateway) -> None:
     assert index(gateway).module_for_credential(winner["credential"]) is not None
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"capabilities": ["text.summarize", "text.>"]}, "capabilities[1]"),
-    ({"capabilities": ["*"]}, "capabilities[0]"),
-    ({"capabilities": ["Text.Summarize"]}, "capabilities[0]"),
-    ({"capabilities": [f"cap.n{i}" for i in range(65)]}, "capabilities"),
-    ({"module_id": "Bad.Id"}, "module_id"),
-    ({"module_id": ""}, "module_id"),
-    ({"module_id": "x" * 65}, "module_id"),
-    ({"name": "n" * 201}, "name"),
-    ({"name": "nul\x00byte"}, "name"),
-    ({"name": "bell\x07"}, "name"),
-    ({"tenant_id": "../etc"}, "tenant_id"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"capabilities": ["text.summarize", "text.>"]}, "capabilities[1]"),
+        ({"capabilities": ["*"]}, "capabilities[0]"),
+        ({"capabilities": ["Text.Summarize"]}, "capabilities[0]"),
+        ({"capabilities": [f"cap.n{i}" for i in range(65)]}, "capabilities"),
+        ({"module_id": "Bad.Id"}, "module_id"),
+        ({"module_id": ""}, "module_id"),
+        ({"module_id": "x" * 65}, "module_id"),
+        ({"name": "n" * 201}, "name"),
+        ({"name": "nul\x00byte"}, "name"),
+        ({"name": "bell\x07"}, "name"),
+        ({"tenant_id": "../etc"}, "tenant_id"),
+    ],
+)
 async def test_invalid_registrations_name_the_field(gateway: Gateway, body: dict, field: str) -> None:
-    status, answer = await http("POST", f"{gateway.url}/v1/modules", credential=gateway.api_key,
-                                json={"module_id": unique("m"), "capabilities": ["text.summarize"],
-                                      "tenant_id": gateway.tenant, **body})
+    status, answer = await http(
+        "POST",
+        f"{gateway.url}/v1/modules",
+        credential=gateway.api_key,
+        json={"module_id": unique("m"), "capabilities": ["text.summarize"], "tenant_id": gateway.tenant, **body},
+    )
     assert status in (404, 422), answer
     if status == 422:
         assert answer["error"]["code"] == "VALIDATION_FAILED" and answer["error"]["details"]["field"] == field, answer
@@ -241,30 +263,43 @@ async def test_invalid_registrations_name_the_field(gateway: Gateway, body: dict
         assert field == "tenant_id" and answer["error"]["code"] == "NOT_FOUND"
 
 
-@pytest.mark.parametrize(("body", "path"), [
-    ({"module_id": "m", "capabilities": "text.summarize"}, "$.capabilities"),
-    ({"module_id": "m", "capabilities": [1]}, "$.capabilities[0]"),
-    ({"module_id": 7, "capabilities": []}, "$.module_id"),
-    ({"capabilities": []}, "$.module_id"),
-    ({"module_id": "m", "capabilities": [], "secret": "x"}, "$"),
-])
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ({"module_id": "m", "capabilities": "text.summarize"}, "$.capabilities"),
+        ({"module_id": "m", "capabilities": [1]}, "$.capabilities[0]"),
+        ({"module_id": 7, "capabilities": []}, "$.module_id"),
+        ({"capabilities": []}, "$.module_id"),
+        ({"module_id": "m", "capabilities": [], "secret": "x"}, "$"),
+    ],
+)
 async def test_bodies_of_the_wrong_shape_are_422_with_the_path(gateway: Gateway, body: dict, path: str) -> None:
     status, answer = await http("POST", f"{gateway.url}/v1/modules", json=body, credential=gateway.api_key)
     assert status == 422 and answer["error"]["details"]["path"] == path, answer
 
 
 async def test_changes_of_the_wrong_shape_are_422(gateway: Gateway) -> None:
-    _, created = await http("POST", f"{gateway.url}/v1/modules", credential=gateway.api_key,
-                            json={"module_id": unique("m"), "capabilities": []})
+    _, created = await http(
+        "POST",
+        f"{gateway.url}/v1/modules",
+        credential=gateway.api_key,
+        json={"module_id": unique("m"), "capabilities": []},
+    )
     url = f"{gateway.url}/v1/modules/{created['module_id']}"
-    for body, where in (({"capabilities": "text.a"}, "path"), ({"name": 5}, "path"), ({"credential": "x"}, "path"),
-                        ({"capabilities": ["a..b"]}, "field"), ({"name": "\x1b[31m"}, "field")):
+    for body, where in (
+        ({"capabilities": "text.a"}, "path"),
+        ({"name": 5}, "path"),
+        ({"credential": "x"}, "path"),
+        ({"capabilities": ["a..b"]}, "field"),
+        ({"name": "\x1b[31m"}, "field"),
+    ):
         status, answer = await http("PATCH", url, json=body, credential=gateway.api_key)
         assert status == 422 and where in answer["error"]["details"], (body, answer)
     status, answer = await http("PATCH", url, json={}, credential=gateway.api_key)
     assert status == 422 and "nothing to change" in answer["error"]["message"]
-    status, answer = await http("PATCH", f"{gateway.url}/v1/modules/no-such-module", json={"name": "x"},
-                                credential=gateway.api_key)
+    status, answer = await http(
+        "PATCH", f"{gateway.url}/v1/modules/no-such-module", json={"name": "x"}, credential=gateway.api_key
+    )
     assert status == 404
 
 
@@ -290,21 +325,39 @@ async def test_the_read_model_folds_the_module_events(
             found = await conn.fetch(
                 "SELECT module_id, tenant_id, owner_user_id, name, capabilities, credential_prefix,"
                 " revoked_at IS NOT NULL AS revoked, registered_at <= updated_at AS ordered"
-                " FROM modules WHERE tenant_id = $1", acme.tenant)
+                " FROM modules WHERE tenant_id = $1",
+                acme.tenant,
+            )
         return {r["module_id"]: tuple(r) for r in found}
 
     owner = acme.users["developer"]["user_id"]
     live = await rows()
     assert live == {
-        kept["module_id"]: (kept["module_id"], acme.tenant, owner, "Kept", ["text.c"], rotated["credential_prefix"],
-                            False, True),
+        kept["module_id"]: (
+            kept["module_id"],
+            acme.tenant,
+            owner,
+            "Kept",
+            ["text.c"],
+            rotated["credential_prefix"],
+            False,
+            True,
+        ),
         gone["module_id"]: (gone["module_id"], acme.tenant, owner, "Gone", [], gone["credential_prefix"], True, True),
     }
     async with pool.acquire() as conn:
-        audit = await conn.fetch("SELECT event_type FROM identity_audit WHERE tenant_id = $1 AND subject LIKE $2"
-                                 " ORDER BY sequence", acme.tenant, f"iam.{acme.tenant}.module.%")
+        audit = await conn.fetch(
+            "SELECT event_type FROM identity_audit WHERE tenant_id = $1 AND subject LIKE $2 ORDER BY sequence",
+            acme.tenant,
+            f"iam.{acme.tenant}.module.%",
+        )
     assert [r["event_type"] for r in audit] == [
-        "module.registered", "module.registered", "module.updated", "module.credential_rotated", "module.revoked"]
+        "module.registered",
+        "module.registered",
+        "module.updated",
+        "module.credential_rotated",
+        "module.revoked",
+    ]
     await rebuild(nc.jetstream(), pool, IdentityProjection())
     assert await rows() == live
 
@@ -313,10 +366,18 @@ def _meta() -> Meta:
     return Meta(at=datetime.now(UTC))
 
 
-def _registered(tenant: str, module_id: str, credential: str, capabilities: tuple[str, ...] = ("text.a",)) -> ModuleRegistered:
-    return ModuleRegistered(tenant_id=tenant, meta=_meta(), module_id=module_id, owner_user_id="u",
-                            capabilities=capabilities, credential_sha256=credential_sha256(credential),
-                            credential_prefix=credential_prefix(credential))
+def _registered(
+    tenant: str, module_id: str, credential: str, capabilities: tuple[str, ...] = ("text.a",)
+) -> ModuleRegistered:
+    return ModuleRegistered(
+        tenant_id=tenant,
+        meta=_meta(),
+        module_id=module_id,
+        owner_user_id="u",
+        capabilities=capabilities,
+        credential_sha256=credential_sha256(credential),
+        credential_prefix=credential_prefix(credential),
+    )
 
 
 def test_the_index_keeps_the_first_registration_and_refuses_forged_names() -> None:
@@ -361,12 +422,23 @@ def test_the_index_tells_listeners_about_module_changes() -> None:
     assert folded.modules["tools"].revoked
 
 
-@pytest.mark.parametrize("text", [
-    "", "dai-module", "dai-module.acme.tools", "dai-module.acme.tools.short",
-    "dai-module.ACME.tools." + "a" * 43, "dai-module.acme.to.ols." + "a" * 43, "dai-module.acme.tools." + "a" * 44,
-    "dai-module.acme.tools." + "a" * 42 + "=", "dai-modulx.acme.tools." + "a" * 43, "dai_" + "a" * 60,
-    "dai-module.acme.tools." + "\u00e9" * 43, "dai-module." + "a" * 5000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "dai-module",
+        "dai-module.acme.tools",
+        "dai-module.acme.tools.short",
+        "dai-module.ACME.tools." + "a" * 43,
+        "dai-module.acme.to.ols." + "a" * 43,
+        "dai-module.acme.tools." + "a" * 44,
+        "dai-module.acme.tools." + "a" * 42 + "=",
+        "dai-modulx.acme.tools." + "a" * 43,
+        "dai_" + "a" * 60,
+        "dai-module.acme.tools." + "\u00e9" * 43,
+        "dai-module." + "a" * 5000,
+    ],
+)
 def test_malformed_credentials_parse_to_none_and_authenticate_nothing(text: str) -> None:
     folded = IdentityIndex()
     assert parse_module_credential(text) is None
@@ -409,12 +481,24 @@ async def test_the_readme_example_registers_reads_runs_rotates_and_revokes(
     dai.parent.mkdir(parents=True)
     dai.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m democratic_ai.ops.cli "$@"\n')
     dai.chmod(0o755)
-    env = {"PATH": os.environ["PATH"], "GW": gateway.url, "TOKEN": acme.tokens["tenant_admin"],
-           "JSON": "Content-Type: application/json", "NATS_URL": nats_server.url}
+    env = {
+        "PATH": os.environ["PATH"],
+        "GW": gateway.url,
+        "TOKEN": acme.tokens["tenant_admin"],
+        "JSON": "Content-Type: application/json",
+        "NATS_URL": nats_server.url,
+    }
     # Async, not subprocess.run: the gateway it calls runs in this event loop.
     process = await asyncio.create_subprocess_exec(
-        "bash", "-euo", "pipefail", "-c", script, cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script,
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=90)
     assert process.returncode == 0, err.decode()

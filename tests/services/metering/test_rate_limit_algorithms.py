@@ -151,7 +151,9 @@ def test_plans_file_errors_name_the_problem(tmp_path: object) -> None:
     bad.write_text('{"version": 1, "default_plan": "free", "plans": {"free": {"api_calls": {"limit": "many"}}}}')
     with pytest.raises(InvalidPlans, match=r"api_calls.limit"):
         load_plans(bad)
-    bad.write_text('{"version": 1, "default_plan": "free", "plans": {"free": {"compute_ms": {"capacity": 0,'
-                   ' "refill_per_second": 1}}}}')
+    bad.write_text(
+        '{"version": 1, "default_plan": "free", "plans": {"free": {"compute_ms": {"capacity": 0,'
+        ' "refill_per_second": 1}}}}'
+    )
     with pytest.raises(InvalidPlans, match="positive capacity"):
         load_plans(bad)

@@ -43,8 +43,10 @@ async def test_one_gateway_admits_exactly_the_limit_of_five_times_as_many_concur
     assert 1 <= retry <= 61
     assert f'"key-calls";q={LIMIT};w=60' in headers["RateLimit-Policy"]
     assert f'"key-calls";r=0;t={retry}' in headers["RateLimit"]
-    assert re.fullmatch(r'("[a-z-]+";(q=\d+;w=\d+|r=\d+;t=\d+)(;[a-z-]+="[a-z-]+")?(, )?)+',
-                        headers["RateLimit"] + ", " + headers["RateLimit-Policy"])
+    assert re.fullmatch(
+        r'("[a-z-]+";(q=\d+;w=\d+|r=\d+;t=\d+)(;[a-z-]+="[a-z-]+")?(, )?)+',
+        headers["RateLimit"] + ", " + headers["RateLimit-Policy"],
+    )
 
     # Refusals are usage too: recorded as rate_limited, never as billable calls.
     await settled(gateway, nc, pool)
@@ -64,8 +66,13 @@ async def test_two_gateway_processes_share_one_exact_limit(
     key = await issue_key(nc, gateway.tenant, rate_limit=LIMIT)
     paced = await issue_key(nc, gateway.tenant, rate_limit=LIMIT)
     port = free_port()
-    env = {**os.environ, **nats_server.environment("gateway"), "DATABASE_APP_URL": app_dsn(database_url),
-           "DAI_LOG_LEVEL": "WARNING", "DAI_USAGE_FLUSH_SECONDS": "0.05"}
+    env = {
+        **os.environ,
+        **nats_server.environment("gateway"),
+        "DATABASE_APP_URL": app_dsn(database_url),
+        "DAI_LOG_LEVEL": "WARNING",
+        "DAI_USAGE_FLUSH_SECONDS": "0.05",
+    }
     second = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", "gateway", "--port", str(port)], env=env)
     try:
         other = f"http://127.0.0.1:{port}"
@@ -81,9 +88,11 @@ async def test_two_gateway_processes_share_one_exact_limit(
     statuses = Counter(status for _, status, _, _ in results)
     admitted = statuses[200]
     served = Counter(url for url, status, _, _ in results if status == 200)
-    print(f"\ntwo gateways, limit {LIMIT}, {5 * LIMIT} concurrent calls: {admitted} admitted"
-          f" ({served[gateway.url]} + {served[other]}), {statuses[429]} refused;"
-          f" the in-process one lost {gateway.metering.admission.conflicts} lease races")
+    print(
+        f"\ntwo gateways, limit {LIMIT}, {5 * LIMIT} concurrent calls: {admitted} admitted"
+        f" ({served[gateway.url]} + {served[other]}), {statuses[429]} refused;"
+        f" the in-process one lost {gateway.metering.admission.conflicts} lease races"
+    )
     assert set(statuses) <= {200, 429}
     assert admitted <= LIMIT  # exact: never over the limit, whatever the interleaving
     assert admitted >= 0.9 * LIMIT  # and not far under it
@@ -93,35 +102,43 @@ async def test_two_gateway_processes_share_one_exact_limit(
     assert served[gateway.url] and served[other]
 
 
-TIGHT = PlanBook({
-    "tight": Plan(
-        api_calls=CallLimit(limit=600),
-        compute_ms=ComputeLimit(capacity=50, refill_per_second=0.5),
-        bandwidth_bytes=BandwidthLimit(capacity=2000, leak_per_second=1.0),
-    ),
-}, default_plan="tight")
+TIGHT = PlanBook(
+    {
+        "tight": Plan(
+            api_calls=CallLimit(limit=600),
+            compute_ms=ComputeLimit(capacity=50, refill_per_second=0.5),
+            bandwidth_bytes=BandwidthLimit(capacity=2000, leak_per_second=1.0),
+        ),
+    },
+    default_plan="tight",
+)
 
 
-async def test_compute_and_bandwidth_buckets_refuse_with_their_policy(
-    start_gateway: StartGateway, echo: Echo
-) -> None:
+async def test_compute_and_bandwidth_buckets_refuse_with_their_policy(start_gateway: StartGateway, echo: Echo) -> None:
     gateway = await start_gateway(MeteringConfig(plans=TIGHT, publisher=TEST_METERING.publisher))
     invoke = f"{gateway.url}/v1/capabilities/test.echo/invoke"
     # Compute is post-paid: a 60 ms call runs on a 50 ms budget, and the next one waits for the refill.
     status, _ = await http("POST", invoke, json={"sleep_ms": 60}, headers={"X-API-Key": gateway.api_key})
     assert status == 200
-    async with aiohttp.ClientSession() as session, session.post(
-        invoke, json={"text": "x"}, headers={"X-API-Key": gateway.api_key}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(invoke, json={"text": "x"}, headers={"X-API-Key": gateway.api_key}) as response,
+    ):
         body = await response.json()
         assert response.status == 429 and body["error"]["details"]["policy"] == "compute"
         retry = int(response.headers["Retry-After"])
         assert retry >= 22  # at least (60 - 50 + 1) ms of debt, refilled at 0.5 ms per second
         assert f'"compute";r=0;t={retry}' in response.headers["RateLimit"]
 
-    other = await start_gateway(MeteringConfig(plans=PlanBook({"tight": Plan(
-        bandwidth_bytes=BandwidthLimit(capacity=2000, leak_per_second=1.0))}, default_plan="tight"),
-        publisher=TEST_METERING.publisher))
+    other = await start_gateway(
+        MeteringConfig(
+            plans=PlanBook(
+                {"tight": Plan(bandwidth_bytes=BandwidthLimit(capacity=2000, leak_per_second=1.0))},
+                default_plan="tight",
+            ),
+            publisher=TEST_METERING.publisher,
+        )
+    )
     invoke = f"{other.url}/v1/capabilities/test.echo/invoke"
     status, _ = await http("POST", invoke, json={"text": "y" * 900}, headers={"X-API-Key": other.api_key})
     assert status == 200  # 900 in and ~900 out: the bucket now holds ~1,800 of 2,000 bytes
@@ -135,8 +152,12 @@ async def test_compute_used_through_one_replica_is_seen_by_another(start_gateway
     config = MeteringConfig(plans=TIGHT, publisher=TEST_METERING.publisher)
     first = await start_gateway(config)
     second = await start_gateway(config, tenant=first.tenant)
-    status, _ = await http("POST", f"{first.url}/v1/capabilities/test.echo/invoke", json={"sleep_ms": 60},
-                           headers={"X-API-Key": first.api_key})
+    status, _ = await http(
+        "POST",
+        f"{first.url}/v1/capabilities/test.echo/invoke",
+        json={"sleep_ms": 60},
+        headers={"X-API-Key": first.api_key},
+    )
     assert status == 200
     # The first replica tells the others what the tenant used every 0.25 s. Until the second
     # hears of it, each of its own calls takes a millisecond of its 50: it would need about 50
@@ -146,8 +167,12 @@ async def test_compute_used_through_one_replica_is_seen_by_another(start_gateway
     async def refused() -> dict | None:
         nonlocal attempts
         attempts += 1
-        status, body = await http("POST", f"{second.url}/v1/capabilities/test.echo/invoke", json={"text": "x"},
-                                  headers={"X-API-Key": second.api_key})
+        status, body = await http(
+            "POST",
+            f"{second.url}/v1/capabilities/test.echo/invoke",
+            json={"text": "x"},
+            headers={"X-API-Key": second.api_key},
+        )
         return body if status == 429 else None
 
     # One call every 0.05 s: twenty of them span four of the first replica's reports.

@@ -21,10 +21,15 @@ from support.projections import caught_up
 from support.usage import settled, usage_events
 
 
-async def invoke(gateway: Gateway, payload: dict, capability: str = "test.echo",
-                 key: str | None = None) -> tuple[int, dict]:
-    return await http("POST", f"{gateway.url}/v1/capabilities/{capability}/invoke", json=payload,
-                      headers={"X-API-Key": key or gateway.api_key})
+async def invoke(
+    gateway: Gateway, payload: dict, capability: str = "test.echo", key: str | None = None
+) -> tuple[int, dict]:
+    return await http(
+        "POST",
+        f"{gateway.url}/v1/capabilities/{capability}/invoke",
+        json=payload,
+        headers={"X-API-Key": key or gateway.api_key},
+    )
 
 
 async def test_calls_are_metered_by_outcome_with_the_modules_measurements(
@@ -62,19 +67,26 @@ async def test_calls_are_metered_by_outcome_with_the_modules_measurements(
     assert status == 200, usage
     assert usage["tenant_id"] == gateway.tenant and usage["granularity"] == "day"
     assert usage["totals"]["api_calls"] == {"success": 4, "failed": 2}
-    assert usage["totals"]["bytes_in"]["success"] == sum(e.value for e in events
-                                                        if e.metric == "bytes_in" and e.outcome == "success")
-    status, hourly = await http("GET", f"{gateway.url}/v1/usage?granularity=hour&metric=api_calls&capability=test.echo",
-                                headers={"X-API-Key": gateway.api_key})
+    assert usage["totals"]["bytes_in"]["success"] == sum(
+        e.value for e in events if e.metric == "bytes_in" and e.outcome == "success"
+    )
+    status, hourly = await http(
+        "GET",
+        f"{gateway.url}/v1/usage?granularity=hour&metric=api_calls&capability=test.echo",
+        headers={"X-API-Key": gateway.api_key},
+    )
     assert status == 200, hourly
     assert {r["metric"] for r in hourly["usage"]} == {"api_calls"}
     assert hourly["totals"] == {"api_calls": {"success": 4, "failed": 1}}
-    status, by_module = await http("GET", f"{gateway.url}/v1/usage?module=echo-test&metric=compute_ms",
-                                   headers={"X-API-Key": gateway.api_key})
+    status, by_module = await http(
+        "GET", f"{gateway.url}/v1/usage?module=echo-test&metric=compute_ms", headers={"X-API-Key": gateway.api_key}
+    )
     assert status == 200 and set(by_module["totals"]) == {"compute_ms"}
     assert by_module["totals"]["compute_ms"]["success"] >= 30
     now = datetime.now(UTC)
-    month = f"{gateway.url}/v1/usage?granularity=month&from={(now - timedelta(days=40)).date()}&to={now:%Y-%m-%dT%H:%M:%SZ}"
+    month = (
+        f"{gateway.url}/v1/usage?granularity=month&from={(now - timedelta(days=40)).date()}&to={now:%Y-%m-%dT%H:%M:%SZ}"
+    )
     status, monthly = await http("GET", month, headers={"X-API-Key": gateway.api_key})
     assert status == 200 and monthly["totals"]["api_calls"]["success"] == 4
     assert monthly["usage"][-1]["period"].startswith(f"{now:%Y-%m}-01T00:00:00")
@@ -108,8 +120,12 @@ async def test_usage_is_the_tenants_own_and_needs_billing_read(
     user = await login(gateway, tenant, await new_user(gateway, tenant, "user"))
     status, _ = await invoke(gateway, {"text": "mine"}, key=None)
     assert status == 200
-    status, _ = await http("POST", f"{gateway.url}/v1/capabilities/test.echo/invoke", json={"text": "theirs"},
-                           credential=user["access_token"])
+    status, _ = await http(
+        "POST",
+        f"{gateway.url}/v1/capabilities/test.echo/invoke",
+        json={"text": "theirs"},
+        credential=user["access_token"],
+    )
     assert status == 200
     await settled(gateway, nc, pool)
     usage = f"{gateway.url}/v1/usage"
@@ -164,8 +180,7 @@ async def test_storage_is_metered_once_per_write_within_its_fixed_window(
     limit = metering.plans.plan_of(gateway.tenant).storage_bytes.limit
     write = unique("write")
     first = await metering.record_storage(gateway.tenant, limit - 100, store="files", operation_id=write)
-    again = await metering.record_storage(gateway.tenant, limit - 100, store="files", operation_id=write,
-                                          at=first.at)
+    again = await metering.record_storage(gateway.tenant, limit - 100, store="files", operation_id=write, at=first.at)
     assert again == first  # the same write, recorded twice, counts once
     with pytest.raises(QuotaExceeded) as refused:
         await metering.record_storage(gateway.tenant, 200, store="files", operation_id=unique("write"))
@@ -174,9 +189,9 @@ async def test_storage_is_metered_once_per_write_within_its_fixed_window(
     await caught_up(nc, pool, "usage")
     async with pool.acquire() as conn:
         total = await conn.fetchval(
-            "SELECT sum(value) FROM usage_daily WHERE tenant_id = $1 AND metric = 'storage_bytes'", gateway.tenant)
-        stores = await conn.fetch("SELECT DISTINCT module_id FROM usage_hourly WHERE tenant_id = $1",
-                                  gateway.tenant)
+            "SELECT sum(value) FROM usage_daily WHERE tenant_id = $1 AND metric = 'storage_bytes'", gateway.tenant
+        )
+        stores = await conn.fetch("SELECT DISTINCT module_id FROM usage_hourly WHERE tenant_id = $1", gateway.tenant)
     assert total == limit - 150
     assert [r["module_id"] for r in stores] == ["files"]
 
@@ -184,11 +199,18 @@ async def test_storage_is_metered_once_per_write_within_its_fixed_window(
 async def test_rate_limit_headers_on_every_call(gateway: Gateway, echo: Echo) -> None:
     import aiohttp
 
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{gateway.url}/v1/capabilities/test.echo/invoke", json={"text": "hi"}, headers={"X-API-Key": gateway.api_key}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gateway.url}/v1/capabilities/test.echo/invoke",
+            json={"text": "hi"},
+            headers={"X-API-Key": gateway.api_key},
+        ) as response,
+    ):
         assert response.status == 200
         policy, state = response.headers["RateLimit-Policy"], response.headers["RateLimit"]
-    assert policy.startswith('"calls";q=600;w=60, "compute";q=60000;w=60;dai-unit="compute-ms", "bandwidth";q=52428800;')
+    assert policy.startswith(
+        '"calls";q=600;w=60, "compute";q=60000;w=60;dai-unit="compute-ms", "bandwidth";q=52428800;'
+    )
     assert 'qu="content-bytes"' in policy
     assert state.startswith('"calls";r=') and '"compute";r=' in state

@@ -42,21 +42,35 @@ def test_one_function_decides_the_outcome_of_every_end() -> None:
     request = _request()
     ends = {
         "a response": (streaming.chunk(request, 0, b"{}", source_module_id="m1", final=True), Outcome.SUCCESS),
-        "the module's cancel": (error_reply(request, ErrorCode.CANCELLED, "c", source_module_id="m1"),
-                                Outcome.CANCELLED),
-        "the gateway's cancel": (error_reply(request, ErrorCode.CANCELLED, "c", source_module_id=GATEWAY),
-                                 Outcome.CANCELLED),
-        "the gateway's timeout": (error_reply(request, ErrorCode.TIMEOUT, "t", source_module_id=GATEWAY),
-                                  Outcome.TIMEOUT),
-        "a module's timeout (no slot in time)": (error_reply(request, ErrorCode.TIMEOUT, "t", source_module_id="m1"),
-                                                 Outcome.TIMEOUT),
-        "the gateway's refusal": (error_reply(request, ErrorCode.RATE_LIMITED, "r", source_module_id=GATEWAY),
-                                  Outcome.RATE_LIMITED),
-        "a module's RATE_LIMITED": (error_reply(request, ErrorCode.RATE_LIMITED, "r", source_module_id="m1"),
-                                    Outcome.FAILED),
+        "the module's cancel": (
+            error_reply(request, ErrorCode.CANCELLED, "c", source_module_id="m1"),
+            Outcome.CANCELLED,
+        ),
+        "the gateway's cancel": (
+            error_reply(request, ErrorCode.CANCELLED, "c", source_module_id=GATEWAY),
+            Outcome.CANCELLED,
+        ),
+        "the gateway's timeout": (
+            error_reply(request, ErrorCode.TIMEOUT, "t", source_module_id=GATEWAY),
+            Outcome.TIMEOUT,
+        ),
+        "a module's timeout (no slot in time)": (
+            error_reply(request, ErrorCode.TIMEOUT, "t", source_module_id="m1"),
+            Outcome.TIMEOUT,
+        ),
+        "the gateway's refusal": (
+            error_reply(request, ErrorCode.RATE_LIMITED, "r", source_module_id=GATEWAY),
+            Outcome.RATE_LIMITED,
+        ),
+        "a module's RATE_LIMITED": (
+            error_reply(request, ErrorCode.RATE_LIMITED, "r", source_module_id="m1"),
+            Outcome.FAILED,
+        ),
         "a module error": (error_reply(request, ErrorCode.MODULE_ERROR, "e", source_module_id="m1"), Outcome.FAILED),
-        "no module": (error_reply(request, ErrorCode.CAPABILITY_UNAVAILABLE, "n", source_module_id=GATEWAY),
-                      Outcome.FAILED),
+        "no module": (
+            error_reply(request, ErrorCode.CAPABILITY_UNAVAILABLE, "n", source_module_id=GATEWAY),
+            Outcome.FAILED,
+        ),
     }
     for name, (end, outcome) in ends.items():
         end.headers.update({"compute_ms": "5", "bytes_in": "15"})
@@ -73,7 +87,9 @@ def test_a_late_answer_adds_its_measures_under_the_outcome_the_client_got() -> N
     late.headers.update({"compute_ms": "2500.2", "bytes_in": "15"})
     events = {e.metric: e for e in usage_of(timed_out, late)}
     assert {m: (e.value, e.outcome) for m, e in events.items()} == {
-        "api_calls": (1, "timeout"), "bytes_in": (15, "timeout"), "compute_ms": (2501, "timeout"),
+        "api_calls": (1, "timeout"),
+        "bytes_in": (15, "timeout"),
+        "compute_ms": (2501, "timeout"),
         "bytes_out": (len(b'{"text": "abc"}'), "timeout"),
     }
     assert events["api_calls"].module_id == "" and events["compute_ms"].module_id == "m1"
@@ -129,8 +145,9 @@ async def _check(gateway: Gateway, nc: NATS, pool: asyncpg.Pool, expected: dict[
     totals = await PostgresUsageTotals(pool).totals(gateway.tenant, since, datetime.now(UTC) + timedelta(minutes=1))
     assert totals == {"api_calls": 1, "compute_ms": billed_compute}
 
-    status, usage = await http("GET", f"{gateway.url}/v1/usage?granularity=hour",
-                               headers={"X-API-Key": gateway.api_key})
+    status, usage = await http(
+        "GET", f"{gateway.url}/v1/usage?granularity=hour", headers={"X-API-Key": gateway.api_key}
+    )
     assert status == 200, usage
     assert usage["totals"]["api_calls"] == {"success": 1, "cancelled": 1, "timeout": 1, "failed": 1}
     assert usage["billable"]["api_calls"] == 1 and usage["billable"]["compute_ms"] == billed_compute
@@ -138,9 +155,10 @@ async def _check(gateway: Gateway, nc: NATS, pool: asyncpg.Pool, expected: dict[
 
 
 async def _plain(gateway: Gateway, payload: dict, query: str = "") -> tuple[int, dict, str]:
-    async with aiohttp.ClientSession() as session, session.post(
-        invoke_url(gateway, "test.echo") + query, json=payload, headers=gateway.headers
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(invoke_url(gateway, "test.echo") + query, json=payload, headers=gateway.headers) as response,
+    ):
         return response.status, await response.json(), response.headers["X-Call-Id"]
 
 
@@ -180,9 +198,12 @@ async def test_sse_calls_have_one_outcome_in_every_metric(
     status, events = await sse(gateway, "test.broken", b'{"fail_after": 1}')
     assert [name for name, _ in events] == ["chunk", "error"]
     expected[events[-1][1]["call_id"]] = "failed"
-    async with aiohttp.ClientSession() as session, session.post(
-        invoke_url(gateway, "test.hang") + "?ttl=1", data=b"{}", headers={**gateway.headers, **SSE}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            invoke_url(gateway, "test.hang") + "?ttl=1", data=b"{}", headers={**gateway.headers, **SSE}
+        ) as response,
+    ):
         body = await response.text()  # a chunk, then nothing for longer than the ttl
     assert "event: error" in body and '"TIMEOUT"' in body, body
     expected[response.headers["X-Call-Id"]] = "timeout"
@@ -206,9 +227,10 @@ async def test_websocket_calls_have_one_outcome_in_every_metric(
         "broken": {"action": "test.broken", "payload": {"fail_after": 1}},
         "slow": {"action": "test.hang", "ttl": 1},
     }
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": gateway.api_key}) as ws,
+    ):
         await ws.receive_json(timeout=5)
         for cid, request in requests.items():
             await ws.send_json({"type": "REQUEST", "correlation_id": cid, **request})

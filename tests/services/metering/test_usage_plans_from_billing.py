@@ -34,8 +34,11 @@ async def test_subscriptions_move_the_tenant_between_plans(nc: NATS) -> None:
 
     try:
         assert plans.plan_of(tenant).name == plans.default_plan
-        await append(SubscriptionStarted(tenant_id=tenant, meta=meta, terms=plans.terms("starter"),
-                                         interval="month", time_zone="Asia/Tokyo"))
+        await append(
+            SubscriptionStarted(
+                tenant_id=tenant, meta=meta, terms=plans.terms("starter"), interval="month", time_zone="Asia/Tokyo"
+            )
+        )
         assert plans.plan_of(tenant).name == "starter"
         await append(PlanChanged(tenant_id=tenant, meta=meta, terms=plans.terms("pro"), interval="month"))
         assert plans.plan_of(tenant).name == "pro"

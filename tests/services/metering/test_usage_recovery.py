@@ -35,8 +35,13 @@ async def test_usage_buffered_by_a_killed_gateway_is_recovered_exactly(
     tenant = unique("tenant")
     key = await issue_key(nc, tenant)
     port = free_port()
-    env = {**os.environ, **nats_server.environment("gateway"), "DATABASE_APP_URL": app_dsn(database_url),
-           "DAI_LOG_LEVEL": "WARNING", "DAI_USAGE_FLUSH_SECONDS": "600"}
+    env = {
+        **os.environ,
+        **nats_server.environment("gateway"),
+        "DATABASE_APP_URL": app_dsn(database_url),
+        "DAI_LOG_LEVEL": "WARNING",
+        "DAI_USAGE_FLUSH_SECONDS": "600",
+    }
     gateway = subprocess.Popen([sys.executable, "-m", "democratic_ai.ops.cli", "gateway", "--port", str(port)], env=env)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -44,8 +49,12 @@ async def test_usage_buffered_by_a_killed_gateway_is_recovered_exactly(
         slots = asyncio.Semaphore(16)
 
         async def call(session: aiohttp.ClientSession, i: int) -> int:
-            async with slots, session.post(f"{url}/v1/capabilities/test.echo/invoke", json={"text": f"call {i}"},
-                                           headers={"X-API-Key": key}) as response:
+            async with (
+                slots,
+                session.post(
+                    f"{url}/v1/capabilities/test.echo/invoke", json={"text": f"call {i}"}, headers={"X-API-Key": key}
+                ) as response,
+            ):
                 return response.status
 
         async with aiohttp.ClientSession() as session:
@@ -68,8 +77,9 @@ async def test_usage_buffered_by_a_killed_gateway_is_recovered_exactly(
     recovery = UsageRecovery(nc.jetstream(), pool, RecoveryConfig(grace=0.5, initial_lookback=60))
     task = asyncio.create_task(recovery.run(stop))
     try:
-        await eventually(lambda: recovery.recovered >= missing, f"the sweep to recover {missing} events", timeout=30,
-                         interval=0.05)
+        await eventually(
+            lambda: recovery.recovered >= missing, f"the sweep to recover {missing} events", timeout=30, interval=0.05
+        )
         # A window for what must not happen: a second sweep of the same calls publishing more.
         await asyncio.sleep(1.0)
     finally:
@@ -85,8 +95,9 @@ async def test_usage_buffered_by_a_killed_gateway_is_recovered_exactly(
     assert len({(e.call_id, e.metric) for e in events}) == 4 * CALLS
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT metric, outcome, sum(value)::bigint AS value FROM usage_daily WHERE tenant_id = $1"
-            " GROUP BY 1, 2", tenant)
+            "SELECT metric, outcome, sum(value)::bigint AS value FROM usage_daily WHERE tenant_id = $1 GROUP BY 1, 2",
+            tenant,
+        )
     totals = {(r["metric"], r["outcome"]): r["value"] for r in rows}
     assert totals[("api_calls", "success")] == CALLS
     assert totals[("bytes_in", "success")] == sum(e.value for e in events if e.metric == "bytes_in")

@@ -35,7 +35,9 @@ def test_a_stream_is_metered_from_its_last_message_alone() -> None:
     final.headers.update({"compute_ms": "12.001", "bytes_in": "15", "bytes_out": "7"})
     assert not is_metered(chunk) and is_metered(final)
     assert {e.metric: (e.value, e.outcome) for e in usage_of(final)} == {
-        "api_calls": (1, "success"), "compute_ms": (13, "success"), "bytes_in": (15, "success"),
+        "api_calls": (1, "success"),
+        "compute_ms": (13, "success"),
+        "bytes_in": (15, "success"),
         "bytes_out": (7, "success"),
     }
     failed = error_reply(request, ErrorCode.RATE_LIMITED, "upstream throttled", source_module_id="m1")
@@ -48,9 +50,12 @@ def test_a_stream_is_metered_from_its_last_message_alone() -> None:
 async def test_sse_calls_are_metered_when_they_end(
     gateway: Gateway, streamer: Streamer, nc: NATS, pool: asyncpg.Pool
 ) -> None:
-    async with aiohttp.ClientSession() as session, session.post(
-        invoke_url(gateway, "test.count"), data=b'{"n": 3}', headers={**gateway.headers, **SSE}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            invoke_url(gateway, "test.count"), data=b'{"n": 3}', headers={**gateway.headers, **SSE}
+        ) as response,
+    ):
         assert response.status == 200
         streamed = response.headers["X-Call-Id"]
         assert '"calls"' in response.headers["RateLimit-Policy"] and response.headers["RateLimit"]
@@ -119,9 +124,10 @@ async def test_websocket_calls_are_rate_limited_and_metered(
 ) -> None:
     key = await issue_key(nc, gateway.tenant, rate_limit=2)
     await gateway_ready(gateway.url, key)
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{gateway.url}/v1/ws", headers={"X-API-Key": key}
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{gateway.url}/v1/ws", headers={"X-API-Key": key}) as ws,
+    ):
         await ws.receive_json(timeout=5)
         for cid in ("a", "b", "c"):
             await ws.send_json({"type": "REQUEST", "correlation_id": cid, "action": "test.count", "payload": {"n": 2}})
@@ -146,11 +152,14 @@ async def test_websocket_calls_are_rate_limited_and_metered(
         else:
             assert set(metrics) == {"api_calls"}  # a refusal used nothing but itself
     async with pool.acquire() as conn:
-        assert await conn.fetchval(
-            "SELECT sum(value) FROM usage_daily"
-            " WHERE tenant_id = $1 AND metric = 'api_calls' AND outcome = 'success'",
-            gateway.tenant,
-        ) == 2
+        assert (
+            await conn.fetchval(
+                "SELECT sum(value) FROM usage_daily"
+                " WHERE tenant_id = $1 AND metric = 'api_calls' AND outcome = 'success'",
+                gateway.tenant,
+            )
+            == 2
+        )
 
 
 async def test_recovery_meters_a_stream_from_its_final_chunk(
@@ -169,8 +178,9 @@ async def test_recovery_meters_a_stream_from_its_final_chunk(
     recovery = UsageRecovery(nc.jetstream(), pool, RecoveryConfig(grace=0.2, initial_lookback=30))
     task = asyncio.create_task(recovery.run(stop))
     try:
-        events = await eventually(lambda: usage_events_at_least(4, nc, tenant), "the four usage events recovered",
-                                  timeout=20, interval=0.1)
+        events = await eventually(
+            lambda: usage_events_at_least(4, nc, tenant), "the four usage events recovered", timeout=20, interval=0.1
+        )
     finally:
         stop.set()
         await task
@@ -195,14 +205,20 @@ async def test_a_plain_call_whose_client_hung_up_is_metered_from_the_modules_rec
     await settled(gateway, nc, pool)
     # The gateway had stopped waiting: it metered the hang-up, which is all it saw.
     assert {(e.metric, e.outcome) for e in await usage_events(nc, gateway.tenant)} == {
-        ("api_calls", "cancelled"), ("bytes_in", "cancelled")}
+        ("api_calls", "cancelled"),
+        ("bytes_in", "cancelled"),
+    }
 
     stop = asyncio.Event()
     recovery = UsageRecovery(nc.jetstream(), pool, RecoveryConfig(grace=0.2, initial_lookback=30))
     task = asyncio.create_task(recovery.run(stop))
     try:
-        events = await eventually(lambda: usage_events_at_least(4, nc, gateway.tenant),
-                                  "the four usage events recovered", timeout=20, interval=0.1)
+        events = await eventually(
+            lambda: usage_events_at_least(4, nc, gateway.tenant),
+            "the four usage events recovered",
+            timeout=20,
+            interval=0.1,
+        )
     finally:
         stop.set()
         await task

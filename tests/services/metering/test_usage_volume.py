@@ -55,10 +55,14 @@ async def test_ten_thousand_calls_meter_exactly(
     assert await gateway.metering.publisher.flush(timeout=30)
     await caught_up(nc, pool, "usage", timeout=60)
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT metric, outcome, sum(value)::bigint AS value, sum(events)::bigint AS events"
-                                " FROM usage_daily WHERE tenant_id = $1 GROUP BY 1, 2", tenant)
-        raw = await conn.fetchval("SELECT count(*) FROM usage_events WHERE tenant_id = $1 AND metric = 'api_calls'",
-                                  tenant)
+        rows = await conn.fetch(
+            "SELECT metric, outcome, sum(value)::bigint AS value, sum(events)::bigint AS events"
+            " FROM usage_daily WHERE tenant_id = $1 GROUP BY 1, 2",
+            tenant,
+        )
+        raw = await conn.fetchval(
+            "SELECT count(*) FROM usage_events WHERE tenant_id = $1 AND metric = 'api_calls'", tenant
+        )
     totals = {(r["metric"], r["outcome"]): r["value"] for r in rows}
     print(f"\n{CALLS} calls in {elapsed:.1f} s ({CALLS / elapsed:.0f}/s, {CONCURRENCY} in flight)")
     assert totals[("api_calls", "success")] == statuses[200]
