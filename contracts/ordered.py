@@ -153,7 +153,20 @@ class OrderedConsumer:
         if self._on_batch is not None:
             raise TypeError("a follower with on_batch runs with run(stop), which raises what on_batch raised.")
         self._reconnects = self._nc.stats["reconnects"]
-        await self._open(self._first_config())
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self._open(self._first_config())
+                break
+            except NatsTimeoutError:
+                # A busy server may take longer than one API request's timeout to make the
+                # consumer: ask again until the caller's own timeout is spent (a consumer the
+                # lost request made anyway delivers to an inbox nobody listens on any more, and
+                # the server removes it as an ephemeral consumer without interest).
+                if time.monotonic() + 1.0 > deadline:
+                    raise
+                log.warning("%s: making the consumer of %s timed out; asking again", self.stream, self.subject)
+                await asyncio.sleep(0.5)
         self._watchdog = asyncio.create_task(self._watch(), name=f"follow {self.stream} {self.subject}")
         await asyncio.wait_for(self._caught_up.wait(), timeout)
 

@@ -21,14 +21,14 @@ from democratic_ai.contracts.headers import HTTP_CALL_ID
 from democratic_ai.services.identity import Principal
 
 from .auth import PRINCIPAL, require
-from .bodies import check_json, from_row, respond
+from .bodies import check_json, respond
 from .errors import ApiError, error_response
 from .gate import CallGate, Refused, checked_capability, checked_module
 from .input_limits import read_input
 from .openapi import Query, operation
 from .ratelimit_headers import limit_header, policy_header
 from .sse import stream_call
-from .state import GATE, INPUT_LIMITS, POOL, PRESENCE
+from .state import GATE, INPUT_LIMITS, PRESENCE, REGISTRY
 from .wire import MAX_TTL_SECONDS, http_error
 
 __all__ = ["invoke", "list_capabilities"]
@@ -176,29 +176,30 @@ def _refusal(gate: CallGate, principal: Principal, call: MCPMessage, refused: Re
     {200: CapabilityList},
 )
 async def list_capabilities(request: web.Request) -> web.Response:
+    """From the gateway's registry index — the view its router and ``tools/list`` route by — so a
+    capability is listed exactly when it can be called here."""
     principal = require(request, "module:read")
-    async with request.app[POOL].acquire() as conn:
-        rows = await conn.fetch(
-            """
-            SELECT c.action, c.description, c.input_schema, c.output_schema, c.streaming, c.max_input_bytes,
-                   m.module_id, m.name AS module_name, m.version AS module_version
-            FROM registry_capabilities c JOIN registry_modules m USING (module_id)
-            ORDER BY c.action, m.module_id
-            """
-        )
-    presence = request.app[PRESENCE]
-    live = presence.instances()
+    manifests = request.app[REGISTRY].manifests
+    live = request.app[PRESENCE].instances()
     limits = request.app[INPUT_LIMITS]
     capabilities = [
-        from_row(
-            CapabilityEntry,
-            row,
-            max_input_bytes=limits.declared(row["max_input_bytes"]),
+        CapabilityEntry(
+            action=spec.action,
+            description=spec.description,
+            input_schema=spec.input_schema,
+            output_schema=spec.output_schema,
+            streaming=spec.streaming,
+            module_id=manifest.module_id,
+            module_name=manifest.name,
+            module_version=manifest.version,
             instances=sum(
-                1 for beat in live if beat.module_id == row["module_id"] and row["action"] in beat.capabilities
+                1 for beat in live if beat.module_id == manifest.module_id and spec.action in beat.capabilities
             ),
+            max_input_bytes=limits.declared(spec.max_input_bytes),
         )
-        for row in rows
-        if principal.may_call(row["action"])  # a key with a toolset sees only that
+        for manifest in manifests.values()
+        for spec in manifest.capabilities
+        if principal.may_call(spec.action)  # a key with a toolset sees only that
     ]
+    capabilities.sort(key=lambda entry: (entry.action, entry.module_id))
     return respond(CapabilityList(capabilities))
