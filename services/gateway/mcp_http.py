@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from aiohttp import web
@@ -109,6 +110,25 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 def _origin(request: web.Request) -> str:
     return str(request.url.origin())
+
+
+def _check_origin(request: web.Request) -> None:
+    """FORBIDDEN for a browser's request from another site (its ``Origin`` names another host).
+
+    The MCP transport asks servers to check ``Origin`` against DNS rebinding: a page that gets a
+    browser to resolve its own name to this gateway would otherwise reach ``/mcp`` from inside.
+    Desktop and command-line clients send no ``Origin``; a page of this gateway's own host is let
+    through (its scheme may differ behind a TLS-terminating proxy, its host does not).
+    """
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    if urlsplit(origin.strip()).netloc.lower() != request.host.lower():
+        raise ApiError(
+            ErrorCode.FORBIDDEN,
+            "cross-origin requests to /mcp are refused: call it from an MCP client, or from a page of this gateway",
+            {"origin": origin[:200]},
+        )
 
 
 def challenge(request: web.Request, refused: str = "") -> web.Response:
@@ -227,6 +247,7 @@ class McpAnswer(msgspec.Struct):
     " credential is a 401 with a WWW-Authenticate challenge naming " + RESOURCE_METADATA_PATH + ".",
 )
 async def mcp(request: web.Request) -> web.StreamResponse:
+    _check_origin(request)
     credential = credential_of(request)
     if credential is None:
         return challenge(request)

@@ -372,3 +372,28 @@ async def test_a_limited_key_lists_and_calls_exactly_its_toolset(
     assert all(name == "text.analyze" or name.startswith("test.") for name in listed)
     assert raised.value.code == PROTOCOL_CODES["FORBIDDEN"] and raised.value.data["code"] == "FORBIDDEN"
     assert raised.value.data["details"]["capability"] == "text.summarize"
+
+
+async def test_a_page_of_another_site_is_refused_and_clients_without_origin_are_not(
+    gateway: Gateway, text_tools: TextTools
+) -> None:
+    """Against DNS rebinding: a browser's request whose ``Origin`` is another host is a 403, even
+    with a valid credential; no ``Origin`` (desktop and command-line clients) or this gateway's own
+    host (its scheme may differ behind a proxy) goes on to the protocol."""
+    meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}}
+    headers = {
+        "Authorization": f"Bearer {gateway.api_key}",
+        "Accept": "application/json, text/event-stream",
+        "Mcp-Protocol-Version": MODERN,
+        "Mcp-Method": "server/discover",
+    }
+    own = gateway.url.removeprefix("http://")
+    async with aiohttp.ClientSession() as session:
+        for origin in ("http://evil.example", f"http://{own}.evil.example", "null", ""):
+            async with session.post(f"{gateway.url}/mcp", json=body, headers={**headers, "Origin": origin}) as r:
+                answer = await r.json()
+                assert r.status == 403 and answer["error"]["code"] == "FORBIDDEN", (origin, answer)
+        for extra in ({}, {"Origin": f"http://{own}"}, {"Origin": f"https://{own}"}):
+            async with session.post(f"{gateway.url}/mcp", json=body, headers={**headers, **extra}) as r:
+                assert r.status == 200, (extra, await r.text())
