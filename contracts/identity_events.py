@@ -159,7 +159,7 @@ class ApiKeyIssued(_Event, tag="api_key.issued", frozen=True):
     rate_limit: PositiveInt32 | None = None  # calls per minute, enforced by metering; api_keys.rate_limit is integer
     # The key's toolset (contracts/toolsets.py): what it may call; empty, every capability.
     capabilities: tuple[str, ...] = ()
-    toolset: str = ""  # or the name of one of its tenant's toolsets (ToolsetDefined), followed as it changes
+    toolset: Id = ""  # or the name of one of its tenant's toolsets (ToolsetDefined), followed as it changes
 
     def __post_init__(self) -> None:
         check_toolset(self.capabilities)

@@ -172,8 +172,7 @@ class CallGate:
         started = metrics.started(transport)
 
         def ended(answer: MCPMessage) -> None:
-            metering.record(answer)
-            metrics.ended(answer, transport, started)
+            metrics.ended(answer, metering.record(answer), transport, started)
 
         return ended
 

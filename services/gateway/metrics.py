@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from democratic_ai.contracts import MCPMessage
-from democratic_ai.contracts.call_usage import outcome_of
+from democratic_ai.contracts.usage_events import Outcome
 
 __all__ = ["METRICS_PERMISSION", "GatewayMetrics"]
 
@@ -103,10 +103,10 @@ class GatewayMetrics:
         self._in_flight_of(transport).inc()
         return time.monotonic()
 
-    def ended(self, answer: MCPMessage, transport: str, started: float) -> None:
-        """Count the call ``answer`` ended, admitted at ``started``."""
+    def ended(self, answer: MCPMessage, outcome: str, transport: str, started: float) -> None:
+        """Count the call ``answer`` ended with ``outcome`` (as metered), admitted at ``started``."""
         capability = answer.action if self._is_registered(answer.action) else UNREGISTERED
-        key = (capability, transport, outcome_of(answer).value)
+        key = (capability, transport, outcome)
         children = self._ended.get(key)
         if children is None:
             children = self._ended[key] = (self._calls.labels(*key), self._duration.labels(capability, transport))
@@ -123,7 +123,7 @@ class GatewayMetrics:
     def refused(self, answer: MCPMessage, transport: str, policy: str) -> None:
         """Count a call the limits refused: it ended at once, ``rate_limited``."""
         self._refusals.labels(policy).inc()
-        self.ended(answer, transport, self.started(transport))
+        self.ended(answer, Outcome.RATE_LIMITED, transport, self.started(transport))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

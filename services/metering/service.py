@@ -96,11 +96,13 @@ class Metering:
     async def admit(self, principal: Principal, bytes_in: int) -> Decision:
         return await self.limiter.admit(principal, bytes_in)
 
-    def record(self, answer: MCPMessage) -> None:
-        """Meter the call ``answer`` closes: buffer its usage events, count them at once."""
+    def record(self, answer: MCPMessage) -> str:
+        """Meter the call ``answer`` closes: buffer its usage events, count them at once; the
+        call's outcome (every event of it carries the same one)."""
         events = usage_of(answer)
         self.meters.note(events)
         self.publisher.add(events)
+        return events[0].outcome
 
     def policies(self, principal: Principal, *, storage: bool = False) -> list[PolicyState]:
         return self.limiter.policies(principal, storage=storage)
