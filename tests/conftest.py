@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from democratic_ai.services.identity import IdentityIndex, KeyEncryptionKey
 from democratic_ai.services.identity.sealing import KEK_ENV, KEK_FILE_ENV
 from democratic_ai.services.metering import MeteringConfig
 
+from support.databases import keep_wal_small, throwaway_database
 from support.gateway import TEST_METERING, Gateway, StartGateway, issue_key
 from support.modules import Echo, registered
 from support.names import unique
@@ -63,6 +63,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     with PostgresServer(tmp_path_factory.mktemp("pg")) as server:
+        keep_wal_small(server)
         yield server
 
 
@@ -92,8 +93,9 @@ async def bus_authorizer(nats_server: NatsServer) -> AsyncIterator[None]:
 
 
 @pytest.fixture
-def database_url(postgres_server: PostgresServer) -> str:
-    return postgres_server.ensure_database(f"t_{uuid.uuid4().hex[:16]}")
+def database_url(postgres_server: PostgresServer) -> Iterator[str]:
+    with throwaway_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture
