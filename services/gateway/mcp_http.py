@@ -40,9 +40,9 @@ from multidict import CIMultiDict
 from democratic_ai.contracts import ErrorCode
 
 from .auth import credential_of
-from .errors import ApiError, error_response
+from .errors import ApiError, status_of
 from .mcp_direct import answer_directly
-from .mcp_tools import PRINCIPAL_SCOPE_KEY, McpTools
+from .mcp_tools import PRINCIPAL_SCOPE_KEY, McpTools, protocol_error
 from .openapi import operation
 from .state import GATE, INPUT_LIMITS, REGISTRY
 
@@ -131,6 +131,20 @@ def _check_origin(request: web.Request) -> None:
         )
 
 
+def refusal(
+    code: ErrorCode, message: str, details: dict[str, Any], headers: dict[str, str] | None = None
+) -> web.Response:
+    """A refusal of the request itself, with its HTTP status, as the JSON-RPC error MCP clients
+    show their users: the numbered code of :data:`.mcp_tools.PROTOCOL_CODES`, the stable code and
+    its details in ``data`` — as a refused ``tools/call`` reads. The id is null: the refused
+    request is not read (clients pair it with the request they sent)."""
+    error = protocol_error(code, message, details)
+    answer = McpAnswer("2.0", None, error={"code": error.code, "message": error.message, "data": error.data})
+    return web.Response(
+        body=msgspec.json.encode(answer), status=status_of(code), content_type="application/json", headers=headers
+    )
+
+
 def challenge(request: web.Request, refused: str = "") -> web.Response:
     """401 UNAUTHENTICATED with the Bearer challenge that names the resource metadata."""
     header = f'Bearer realm="democratic-ai", resource_metadata="{_origin(request)}{RESOURCE_METADATA_PATH}{MCP_PATH}"'
@@ -139,13 +153,8 @@ def challenge(request: web.Request, refused: str = "") -> web.Response:
     message = refused or (
         f"a credential is required: 'Authorization: Bearer <API key, or an access token from POST {LOGIN_PATH}>'"
     )
-    return error_response(
-        ErrorCode.UNAUTHENTICATED,
-        message,
-        {"login": LOGIN_PATH, "refresh": REFRESH_PATH},
-        status=401,
-        headers={"WWW-Authenticate": header},
-    )
+    details = {"login": LOGIN_PATH, "refresh": REFRESH_PATH}
+    return refusal(ErrorCode.UNAUTHENTICATED, message, details, headers={"WWW-Authenticate": header})
 
 
 async def _body(request: web.Request) -> bytes:
@@ -234,7 +243,11 @@ class McpAnswer(msgspec.Struct):
     "The Model Context Protocol (Streamable HTTP): every capability the caller may call, as a tool.",
     # A request the transport refuses (bad JSON-RPC, a header that disagrees with the body, an
     # unknown method) is a JSON-RPC error too, with 400 or 404.
-    {200: McpAnswer, 202: None, 400: McpAnswer, 404: McpAnswer},
+    {
+        200: McpAnswer,
+        202: None,
+        **dict.fromkeys((400, 401, 403, 404, 413, 415), McpAnswer),
+    },
     body=dict[str, Any],
     other_content={
         "text/event-stream": {
@@ -243,10 +256,20 @@ class McpAnswer(msgspec.Struct):
         }
     },
     description="JSON-RPC 2.0 per the MCP revisions 2026-07-28 (stateless requests, server/discover, the"
-    " Mcp-Method/Mcp-Name headers) and 2025-11-25 (the initialize handshake). A missing or refused"
-    " credential is a 401 with a WWW-Authenticate challenge naming " + RESOURCE_METADATA_PATH + ".",
+    " Mcp-Method/Mcp-Name headers) and 2025-11-25 (the initialize handshake). A refused request is a"
+    " JSON-RPC error too, its data the stable code and details; a missing or refused credential is a"
+    " 401 with a WWW-Authenticate challenge naming " + RESOURCE_METADATA_PATH + ".",
 )
 async def mcp(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _answer(request)
+    except ApiError as exc:
+        if status_of(exc.code) >= 500:
+            raise  # the error middleware logs it
+        return refusal(exc.code, exc.message, exc.details)
+
+
+async def _answer(request: web.Request) -> web.StreamResponse:
     _check_origin(request)
     credential = credential_of(request)
     if credential is None:

@@ -208,7 +208,8 @@ async def test_no_credential_is_a_401_with_the_challenge(gateway: Gateway) -> No
         ) as response:
             assert response.status == 401
             challenge = response.headers["WWW-Authenticate"]
-            assert (await response.json())["error"]["code"] == "UNAUTHENTICATED"
+            error = (await response.json())["error"]  # a JSON-RPC error, as clients show it
+            assert (error["code"], error["data"]["code"]) == (PROTOCOL_CODES["UNAUTHENTICATED"], "UNAUTHENTICATED")
         assert challenge.startswith("Bearer ")
         metadata_url = challenge.split('resource_metadata="', 1)[1].split('"', 1)[0]
         async with session.get(metadata_url) as response:
@@ -393,7 +394,7 @@ async def test_a_page_of_another_site_is_refused_and_clients_without_origin_are_
         for origin in ("http://evil.example", f"http://{own}.evil.example", "null", ""):
             async with session.post(f"{gateway.url}/mcp", json=body, headers={**headers, "Origin": origin}) as r:
                 answer = await r.json()
-                assert r.status == 403 and answer["error"]["code"] == "FORBIDDEN", (origin, answer)
+                assert r.status == 403 and answer["error"]["data"]["code"] == "FORBIDDEN", (origin, answer)
         for extra in ({}, {"Origin": f"http://{own}"}, {"Origin": f"https://{own}"}):
             async with session.post(f"{gateway.url}/mcp", json=body, headers={**headers, **extra}) as r:
                 assert r.status == 200, (extra, await r.text())
