@@ -31,6 +31,7 @@ from .billing_routes import add_billing_routes
 from .bodies import respond
 from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
+from .console_routes import add_console_routes
 from .credential_watch import CredentialWatch
 from .errors import error_middleware, error_response
 from .gate import CallGate
@@ -196,6 +197,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     app.router.add_get("/v1/ws", websocket)
     add_usage_routes(app)
     add_mcp_routes(app)
+    add_console_routes(app)
     add_openapi_route(app)
     return app
 

@@ -48,6 +48,10 @@ PUBLIC_PATHS = frozenset(
 FIRST_MESSAGE_AUTH_PATHS = frozenset({"/v1/ws"})
 # Authenticates on its own, to answer 401 with the Bearer challenge MCP clients follow (.mcp_http).
 OWN_AUTH_PATHS = frozenset({"/mcp"})
+# The front door and the console: its page and files are public (they hold no data; the pages
+# call the API with a credential), and its session routes check their own (.console_routes).
+CONSOLE_PATHS = frozenset({"/", "/console"})
+CONSOLE_PREFIX = "/console/"
 
 
 def credential_of(request: web.Request) -> str | None:
@@ -63,7 +67,8 @@ def credential_of(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS or request.path in OWN_AUTH_PATHS:
+    path = request.path
+    if path in PUBLIC_PATHS or path in OWN_AUTH_PATHS or path in CONSOLE_PATHS or path.startswith(CONSOLE_PREFIX):
         return await handler(request)
     credential = credential_of(request)
     if credential is None:
