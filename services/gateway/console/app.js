@@ -5,10 +5,11 @@ import { LANGUAGES, currentLanguage, messageParts, preferredLanguage, t, useLang
 import usage from "./pages/usage.js";
 import catalog from "./pages/catalog.js";
 import keys from "./pages/keys.js";
+import users from "./pages/users.js";
 
 // Each page: {path, title (a message key), visible(): whether the signed-in user may open it,
 // render(main, params): draws into `main`, and may return a function that stops what it started}.
-const PAGES = [usage, catalog, keys];
+const PAGES = [usage, catalog, keys, users];
 const BASE = "/console";
 
 const root = document.getElementById("app");

@@ -78,7 +78,7 @@ export function stackedTable(headers, rows, empty = "") {
       "table",
       {},
       el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))),
-      el("tbody", {}, rows.map((row) => el("tr", {}, row.map((cell, i) => el("td", { "data-label": headers[i] }, cell))))),
+      el("tbody", {}, rows.map((row) => el("tr", {}, row.map((cell, i) => el("td", { "data-label": headers[i] }, el("div", {}, cell)))))),
     ),
   );
 }

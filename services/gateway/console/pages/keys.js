@@ -218,7 +218,7 @@ export default {
     const who = principal();
     const tenant = encodeURIComponent(who.tenant_id);
     const secretSlot = el("div");
-    const list = el("section", { class: "panel", "aria-label": t("keys.list") });
+    const list = el("section", { class: "panel key-list", "aria-label": t("keys.list") });
     let toolsets = [];
     if (mayCreate()) {
       try {
@@ -282,8 +282,13 @@ export default {
         state(key),
         mayRevoke(key)
           ? el("button", { type: "button", class: "danger", "aria-label": t("keys.revoke_named", { name: key.name || key.prefix }), onclick: () => revoke(key) }, t("keys.revoke"))
-          : "",
+          : null,
       ]);
+      if (rows.every((row) => row.at(-1) === null)) {
+        // Nothing the caller may do to any row: no Actions column.
+        headers.pop();
+        for (const row of rows) row.pop();
+      }
       clear(list).append(el("h2", {}, t("keys.list")), stackedTable(headers, rows, t("keys.none")));
     }
 
