@@ -193,3 +193,34 @@ async def test_a_user_without_key_rights_sees_their_keys_but_no_create_or_revoke
     await expect(page.get_by_text("No API key yet.")).to_be_visible()
     await expect(page.get_by_role("form", name="New API key")).to_have_count(0)
     await expect(page.get_by_role("button", name="Create key")).to_have_count(0)
+
+
+async def test_a_key_follows_a_toolset_of_the_tenant_and_the_page_speaks_japanese(page: Page, admin: Admin) -> None:
+    token = await _admin_token(admin)
+    status, body = await http(
+        "PUT",
+        f"{admin.gateway.url}/v1/tenants/{admin.tenant}/toolsets/summaries",
+        json={"capabilities": ["text.summarize"]},
+        credential=token,
+    )
+    assert status == 200, body
+    await sign_in(page, admin)
+    await page.get_by_role("link", name="API keys").click()
+    form = page.get_by_role("form", name="New API key")
+    await form.get_by_label("Name", exact=True).fill("summaries only")
+    await form.get_by_label("Toolset").select_option(label="Toolset summaries: text.summarize")
+    await expect(form.get_by_label("Capabilities")).to_be_hidden()
+    await form.get_by_role("button", name="Create key").click()
+    row = page.get_by_role("row").filter(has_text="summaries only")
+    await expect(row).to_contain_text("toolset summaries")
+    status, listed = await http("GET", f"{admin.gateway.url}/v1/tenants/{admin.tenant}/api-keys", credential=token)
+    [key] = [k for k in listed["api_keys"] if k["name"] == "summaries only"]
+    assert (key["toolset"], key["capabilities"]) == ("summaries", [])
+
+    await page.get_by_label("Language").select_option("ja")
+    await expect(page.get_by_role("heading", name="新しい API キー")).to_be_visible()
+    await expect(page.get_by_role("row").filter(has_text="summaries only")).to_contain_text("ツールセット summaries")
+    await expect(page.get_by_role("button", name="summaries only を失効")).to_be_visible()
+    await screenshots(page, "keys-ja")
+    await page.get_by_label("言語").select_option("en")
+    await expect(page.get_by_role("heading", name="New API key")).to_be_visible()
