@@ -6,10 +6,12 @@ import overview from "./pages/overview.js";
 import usage from "./pages/usage.js";
 import catalog from "./pages/catalog.js";
 import calls from "./pages/calls.js";
+import keys from "./pages/keys.js";
+import users from "./pages/users.js";
 
 // Each page: {path, title (a message key), visible(): whether the signed-in user may open it,
 // render(main, params): draws into `main`, and may return a function that stops what it started}.
-const PAGES = [overview, usage, catalog, calls];
+const PAGES = [overview, usage, catalog, calls, keys, users];
 const BASE = "/console";
 
 const root = document.getElementById("app");
