@@ -136,7 +136,11 @@ _LIST_QUERY = (
     Query("capability", "Only calls of this capability."),
     Query("outcome", f"Only calls that ended so: {', '.join(_OUTCOMES)}.", {"type": "string", "enum": list(_OUTCOMES)}),
     Query("since", "Only calls that began at or after this ISO 8601 date-time (with a time zone)."),
-    Query("limit", f"How many calls, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT}).", {"type": "integer"}),
+    Query(
+        "limit",
+        f"How many calls, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT}).",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+    ),
 )
 
 
@@ -336,7 +340,11 @@ def _capability_stats(name: str, row: Any, outcomes: dict[str, int]) -> Capabili
     {200: CallStats},
     query=(
         TENANT_QUERY,
-        Query("minutes", f"The window, 1 to {MAX_MINUTES} minutes (default {DEFAULT_MINUTES}).", {"type": "integer"}),
+        Query(
+            "minutes",
+            f"The window, 1 to {MAX_MINUTES} minutes (default {DEFAULT_MINUTES}).",
+            {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES},
+        ),
     ),
     description="Counts calls that ended in the window (the current minute included), by the minute they"
     " ended. An error is any outcome but success. p50_ms and p95_ms are exact (percentile_cont over every"
