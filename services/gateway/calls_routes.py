@@ -3,7 +3,7 @@
     GET /v1/calls                  recent calls, newest first, filtered
     GET /v1/calls/stats            per-minute counts; p50/p95 latency and success rate per capability
     GET /v1/calls/live             each call as it ends, as Server-Sent Events (:mod:`.calls_live`)
-    GET /v1/calls/{call_id}        one call with its request, its answer and its metering
+    GET /v1/calls/{call_id}        one call with its request, its answer, its chunks and its metering
 
 Payloads are not in PostgreSQL: the detail reads the request and the answer from the MCP stream
 by the sequences the read model keeps, each cut at :data:`MAX_PAYLOAD` bytes (``truncated``).
@@ -23,7 +23,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, decode, error_details, subjects
-from democratic_ai.contracts.messages import ERROR
+from democratic_ai.contracts.messages import ERROR, STREAM_CHUNK
 from democratic_ai.contracts.streams import MCP_STREAM
 from democratic_ai.contracts.usage_events import Outcome, is_billable
 from democratic_ai.schemas import tenant_transaction
@@ -34,10 +34,12 @@ from .calls_live import live_calls
 from .errors import ApiError
 from .openapi import Query, operation
 from .state import NC, POOL
+from .wire import WireProgress, progress_of
 
 __all__ = ["MAX_PAYLOAD", "add_calls_routes"]
 
 MAX_PAYLOAD = 64 * 1024  # bytes of a payload the detail shows; a longer one is cut, and says so
+MAX_SCAN = 512  # records a detail reads at most to find a stream's chunks
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 DEFAULT_MINUTES, MAX_MINUTES = 60, 1440
 _OUTCOMES = tuple(o.value for o in Outcome)
@@ -61,6 +63,7 @@ class CallPayload(msgspec.Struct):
     data: msgspec.Raw | None  # the payload, when it is JSON and not truncated
     text: str | None  # otherwise: the payload as text (UTF-8, undecodable bytes replaced)
     error: dict[str, Any] | None  # an ERROR's code, message and details
+    progress: WireProgress | None = None  # a stream chunk's progress (fraction 0-1, message)
 
 
 class MeteredUsage(msgspec.Struct):
@@ -76,6 +79,8 @@ class CallDetail(msgspec.Struct):
     call: CallItem
     request: CallPayload | None  # null when the log no longer holds it (or never did: a refusal)
     answer: CallPayload | None  # the answer that ended the call; null while it runs
+    chunks: list[CallPayload]  # a stream's chunks, in order, their payloads 64 KiB in all
+    chunks_truncated: bool  # more chunks than shown (or payload beyond the 64 KiB)
     usage: list[MeteredUsage]  # the call's usage events, by metric
 
 
@@ -131,7 +136,11 @@ _LIST_QUERY = (
     Query("capability", "Only calls of this capability."),
     Query("outcome", f"Only calls that ended so: {', '.join(_OUTCOMES)}.", {"type": "string", "enum": list(_OUTCOMES)}),
     Query("since", "Only calls that began at or after this ISO 8601 date-time (with a time zone)."),
-    Query("limit", f"How many calls, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT}).", {"type": "integer"}),
+    Query(
+        "limit",
+        f"How many calls, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT}).",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+    ),
 )
 
 
@@ -175,10 +184,10 @@ async def list_calls(request: web.Request) -> web.Response:
 _KINDS = {1: "request", 2: "response", 4: "error", 5: "stream_chunk"}
 
 
-def _payload_of(sequence: int, message: MCPMessage) -> CallPayload:
+def _payload_of(sequence: int, message: MCPMessage, limit: int = MAX_PAYLOAD) -> CallPayload:
     payload = message.payload
     size = len(payload)
-    truncated = size > MAX_PAYLOAD
+    truncated = size > limit
     content_type = message.content_type or "application/json"
     data = text = None
     if payload and not truncated and content_type == "application/json":
@@ -188,11 +197,21 @@ def _payload_of(sequence: int, message: MCPMessage) -> CallPayload:
         except msgspec.DecodeError:
             pass  # not what its content type says: shown as text
     if payload and data is None:
-        text = payload[:MAX_PAYLOAD].decode("utf-8", "replace")
+        text = payload[:limit].decode("utf-8", "replace")
     error = None
     if message.type == ERROR:
         error = {"code": message.error.code, "message": message.error.message, "details": error_details(message)}
-    return CallPayload(sequence, _KINDS.get(message.type, "other"), content_type, size, truncated, data, text, error)
+    return CallPayload(
+        sequence,
+        _KINDS.get(message.type, "other"),
+        content_type,
+        size,
+        truncated,
+        data,
+        text,
+        error,
+        progress_of(message),
+    )
 
 
 async def _record(request: web.Request, sequence: int | None, subject: str, call_id: str) -> CallPayload | None:
@@ -214,11 +233,59 @@ async def _record(request: web.Request, sequence: int | None, subject: str, call
     return _payload_of(sequence, message)
 
 
+def _chunk_of(sequence: int, data: bytes, call_id: str, limit: int) -> CallPayload | None:
+    """The record as a chunk of call ``call_id`` (payload cut at ``limit``), or None if it is not one."""
+    try:
+        message = decode(data)
+    except DecodeError:
+        return None
+    if message.correlation_id != call_id or message.type != STREAM_CHUNK:
+        return None
+    if not (message.payload or message.HasField("progress")):
+        return None
+    return _payload_of(sequence, message, limit)
+
+
+async def _chunks(request: web.Request, row: Any, subject: str, call_id: str) -> tuple[list[CallPayload], bool]:
+    """The call's stream chunks (those with a payload or progress), read from the MCP stream
+    between its request and its end: the records on its answer subject, at most
+    :data:`MAX_SCAN` of them (other calls of the same tenant and capability interleave), their
+    payloads cut to :data:`MAX_PAYLOAD` in all. Whether more chunks exist than are returned."""
+    first, last, expected = row["request_seq"], row["answer_seq"], row["chunks"]
+    if not expected or first is None:
+        return [], False
+    js = request.app[NC].jetstream()
+    found: list[CallPayload] = []
+    budget, sequence = MAX_PAYLOAD, first + 1
+    for _ in range(MAX_SCAN):
+        try:
+            stored = await js.get_msg(MCP_STREAM, seq=sequence, subject=subject, next=True)
+        except NotFoundError:
+            return found, len(found) < expected  # nothing more on the subject (aged out, purged)
+        except (NatsError, TimeoutError) as exc:
+            raise ApiError(ErrorCode.NOT_READY, f"the MCP stream could not be read: {exc}") from None
+        if stored.seq is None or (last is not None and stored.seq > last):
+            break
+        sequence = stored.seq + 1
+        chunk = _chunk_of(stored.seq, stored.data or b"", call_id, budget)
+        if chunk is not None:
+            if budget <= 0:
+                return found, True
+            budget -= min(chunk.size, budget)
+            found.append(chunk)
+            if len(found) >= expected:
+                return found, chunk.truncated
+        if stored.seq == last:
+            break  # the end: a final chunk with a payload is the last chunk too
+    return found, len(found) < expected
+
+
 @operation(
     "One call of the tenant: its row, its request and answer from the MCP stream, and its metering.",
     {200: CallDetail},
     query=(TENANT_QUERY,),
-    description=f"Payloads longer than {MAX_PAYLOAD} bytes are cut (truncated: true, the start in 'text')."
+    description=f"Payloads longer than {MAX_PAYLOAD} bytes are cut (truncated: true, the start in 'text');"
+    " a stream's chunks share one such budget."
     " Another tenant's call, or an unknown one, answers 404 NOT_FOUND.",
 )
 async def get_call(request: web.Request) -> web.Response:
@@ -237,12 +304,16 @@ async def get_call(request: web.Request) -> web.Response:
             end + _METERING_MARGIN,
         )
     capability = row["capability"]
+    answers = subjects.record_response(tenant, capability)
+    chunks, more = await _chunks(request, row, answers, call_id)
     return respond(
         CallDetail(
             tenant,
             item_of(row),
             await _record(request, row["request_seq"], subjects.record_request(tenant, capability), call_id),
-            await _record(request, row["answer_seq"], subjects.record_response(tenant, capability), call_id),
+            await _record(request, row["answer_seq"], answers, call_id),
+            chunks,
+            more,
             [
                 MeteredUsage(u["metric"], u["value"], u["outcome"], u["at"], is_billable(u["metric"], u["outcome"]))
                 for u in usage
@@ -269,7 +340,11 @@ def _capability_stats(name: str, row: Any, outcomes: dict[str, int]) -> Capabili
     {200: CallStats},
     query=(
         TENANT_QUERY,
-        Query("minutes", f"The window, 1 to {MAX_MINUTES} minutes (default {DEFAULT_MINUTES}).", {"type": "integer"}),
+        Query(
+            "minutes",
+            f"The window, 1 to {MAX_MINUTES} minutes (default {DEFAULT_MINUTES}).",
+            {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES},
+        ),
     ),
     description="Counts calls that ended in the window (the current minute included), by the minute they"
     " ended. An error is any outcome but success. p50_ms and p95_ms are exact (percentile_cont over every"

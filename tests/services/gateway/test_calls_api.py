@@ -21,7 +21,8 @@ from support.calls import ended_calls, publish_records, request_record, response
 from support.client import http
 from support.gateway import Gateway, gateway_ready, issue_key
 from support.modules import Echo
-from support.streaming import invoke_url
+from support.streamer import Streamer
+from support.streaming import invoke_url, sse
 from support.usage import settled
 
 
@@ -111,8 +112,34 @@ async def test_the_detail_has_the_payloads_and_the_metering(
     assert body["request"]["truncated"] is True and body["request"]["data"] is None
     assert body["request"]["size"] > 70 * 1024 and len(body["request"]["text"]) == 64 * 1024
 
+    assert body["chunks"] == [] and body["chunks_truncated"] is False
+
     status, body = await _get(gateway, "/v1/calls/no-such-call")
     assert status == 404 and body["error"]["code"] == "NOT_FOUND"
+
+
+async def test_the_detail_of_a_stream_has_its_chunks_within_64_kib(
+    gateway: Gateway, streamer: Streamer, nc: NATS, pool: asyncpg.Pool
+) -> None:
+    status, events = await sse(gateway, "test.count", b'{"n": 3}')
+    counted = events[-1][1]["call_id"]
+    status, events = await sse(gateway, "test.flood", b'{"n": 3, "size": 40000}')
+    flooded = events[-1][1]["call_id"]
+    await ended_calls(nc, pool, gateway.tenant, 2)
+
+    status, body = await _get(gateway, f"/v1/calls/{counted}")
+    assert status == 200, body
+    assert [c["data"] for c in body["chunks"]] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert [c["progress"]["fraction"] for c in body["chunks"]] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert body["chunks_truncated"] is False and body["call"]["chunks"] == 3
+    assert body["answer"]["type"] == "stream_chunk" and body["answer"]["sequence"] == body["call"]["answer_seq"]
+
+    status, body = await _get(gateway, f"/v1/calls/{flooded}")
+    assert status == 200 and body["call"]["chunks"] == 3
+    first, second = body["chunks"]  # 40 kB, then the rest of the 64 KiB, cut
+    assert first["truncated"] is False and first["data"]["i"] == 0
+    assert second["truncated"] is True and len(second["text"]) == 64 * 1024 - first["size"]
+    assert body["chunks_truncated"] is True
 
 
 async def test_stats_give_exact_percentiles_of_known_durations(gateway: Gateway, nc: NATS, pool: asyncpg.Pool) -> None:
