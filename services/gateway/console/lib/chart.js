@@ -58,6 +58,7 @@ export function lineChart(title, series, { label = String, format = String, heig
         "stroke-width": 2,
       }),
     );
+    if (points.length > 24) return; // a dense series is its line; points to hover would crowd it
     for (const [x, y] of points) {
       chart.append(svg("circle", { cx: sx(x), cy: sy(y), r: 3, fill: colour }, svg("title", {}, `${s.name} · ${label(x)}: ${format(y)}`)));
     }
@@ -77,11 +78,13 @@ export function barChart(title, items, { format = String, empty = title } = {}) 
   const height = items.length * row + 8;
   const max = niceMax(Math.max(...items.map((i) => i.value), 0));
   const left = 170;
+  // Room right of the longest bar for its value and note (about 6.5 px a character at 11 px).
+  const room = Math.min(W - left - 80, 16 + 6.5 * Math.max(...items.map((i) => (format(i.value) + (i.note ? ` ${i.note}` : "")).length)));
   const chart = svg("svg", { viewBox: `0 0 ${W} ${height}`, role: "img", "aria-label": title, class: "chart-svg" });
   chart.append(svg("title", {}, title));
   items.forEach((item, i) => {
     const y = 4 + i * row;
-    const width = Math.max(1, (item.value / max) * (W - left - 90));
+    const width = Math.max(1, (item.value / max) * (W - left - room));
     chart.append(
       svg("text", { x: left - 8, y: y + 16, "text-anchor": "end", class: "tick" }, item.label.length > 26 ? item.label.slice(0, 25) + "…" : item.label),
       svg("rect", { x: left, y: y + 3, width, height: row - 8, fill: COLOURS[i % COLOURS.length], rx: 3 }, svg("title", {}, `${item.label}: ${format(item.value)}`)),

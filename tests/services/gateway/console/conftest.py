@@ -43,8 +43,11 @@ async def admin(gateway: Gateway) -> Admin:
 
 
 @pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh browser context (no cookies) and its page, watched for faults (checked at the end)."""
+async def page(browser: Browser, gateway: Gateway) -> AsyncIterator[Page]:
+    """A fresh browser context (no cookies) and its page, watched for faults (checked at the end).
+
+    It closes before the gateway stops (it depends on it): a live page's open streams end as the
+    page goes, not refused by a gateway that went first."""
     context = await browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-GB")
     page = await context.new_page()
     page.set_default_timeout(10_000)
