@@ -4,10 +4,12 @@ import { clear, el, field, toast } from "./lib/dom.js";
 import { LANGUAGES, currentLanguage, messageParts, preferredLanguage, t, useLanguage } from "./lib/i18n.js";
 import usage from "./pages/usage.js";
 import catalog from "./pages/catalog.js";
+import modules from "./pages/modules.js";
+import operations from "./pages/operations.js";
 
 // Each page: {path, title (a message key), visible(): whether the signed-in user may open it,
 // render(main, params): draws into `main`, and may return a function that stops what it started}.
-const PAGES = [usage, catalog];
+const PAGES = [usage, catalog, modules, operations];
 const BASE = "/console";
 
 const root = document.getElementById("app");
