@@ -2,7 +2,7 @@
 // and registering one, rotating its credential (shown once) and revoking it.
 import { ApiError, api, can } from "../lib/api.js";
 import { lineChart } from "../lib/chart.js";
-import { clear, confirmDialog, el, field, table, toast } from "../lib/dom.js";
+import { append, clear, confirmDialog, el, field, table, toast } from "../lib/dom.js";
 import { formatDate, formatDateTime, formatNumber, t } from "../lib/i18n.js";
 
 const LIVE_EVERY_MS = 5000; // instances come and go with their heartbeats: look again this often
@@ -45,7 +45,7 @@ function secretBox(title, answer, onDone) {
 }
 
 function registerForm(onRegistered) {
-  const moduleId = el("input", { name: "module_id", required: true, pattern: "[a-z0-9_-]{1,64}", autocomplete: "off" });
+  const moduleId = el("input", { name: "module_id", required: true, pattern: "[a-z0-9_\\-]{1,64}", autocomplete: "off" });
   const name = el("input", { name: "name", autocomplete: "off" });
   const capabilities = el("input", { name: "capabilities", required: true, autocomplete: "off" });
   const status = el("p", { class: "problem", role: "alert" });
@@ -228,6 +228,7 @@ export default {
     const list = el("div", { class: "module-list" });
     let cards = [];
     let timer = null;
+    const refresh = el("button", { type: "button", class: "secondary", onclick: () => draw().catch((e) => toast(problem(e), "error")) }, t("common.refresh"));
 
     function showSecret(title, answer) {
       clear(secrets).append(secretBox(title, answer));
@@ -239,19 +240,18 @@ export default {
       modules.sort((a, b) => Boolean(a.revoked_at) - Boolean(b.revoked_at) || a.module_id.localeCompare(b.module_id));
       cards = modules.map((m) => moduleCard(m, { onSecret: showSecret, onChanged: () => draw().catch((e) => toast(problem(e), "error")) }));
       clear(list).append(
-        el("h2", {}, t("modules.list_title")),
-        cards.length ? cards.map((c) => c.card) : el("p", { class: "empty" }, t("modules.none")),
+        el("div", { class: "list-head" }, el("h2", {}, t("modules.list_title")), refresh),
+        ...(cards.length ? cards.map((c) => c.card) : [el("p", { class: "empty" }, t("modules.none"))]),
       );
       await Promise.all(cards.map((c) => c.refreshLive()));
     }
 
-    main.append(
+    append(main, [
       el("p", { class: "intro" }, t("modules.intro")),
       secrets,
       can("module:create") ? registerForm((answer) => (showSecret(t("modules.registered_title", { module: answer.module_id }), answer), draw())) : null,
-      el("div", { class: "toolbar" }, el("button", { type: "button", class: "secondary", onclick: () => draw().catch((e) => toast(problem(e), "error")) }, t("common.refresh"))),
       list,
-    );
+    ]);
     await draw();
     timer = setInterval(() => cards.forEach((c) => c.refreshLive()), LIVE_EVERY_MS);
     return () => clearInterval(timer);

@@ -2,7 +2,7 @@
 // projections with their lag and quarantined events (retry), and the streams.
 import { ApiError, api, can, principal } from "../lib/api.js";
 import { barChart } from "../lib/chart.js";
-import { clear, el, field, table, toast } from "../lib/dom.js";
+import { append, clear, el, field, table, toast } from "../lib/dom.js";
 import { formatDateTime, formatNumber, t } from "../lib/i18n.js";
 
 function problem(error) {
@@ -198,7 +198,7 @@ async function projections(refresh) {
       [t("operations.projection"), t("operations.sequence"), t("operations.subject"), t("operations.error"), t("operations.attempts"), t("operations.quarantined_at"), t("operations.action")],
       report.quarantined.map((q) => [
         el("code", {}, q.projection),
-        `${q.stream} #${q.sequence}`,
+        el("span", { class: "nowrap" }, `${q.stream} #${q.sequence}`),
         el("code", {}, q.subject),
         el("code", { class: "error-text" }, q.error),
         formatNumber(q.attempts),
@@ -248,11 +248,11 @@ export default {
       panel(t("operations.projections_title"), projections),
       panel(t("operations.streams_title"), streams),
     ];
-    main.append(
+    append(main, [
       el("p", { class: "intro" }, t("operations.intro")),
       el("div", { class: "toolbar" }, el("button", { type: "button", class: "secondary", onclick: () => parts.forEach((p) => p.refresh()) }, t("common.refresh"))),
-      parts.map((p) => p.section),
-    );
+      ...parts.map((p) => p.section),
+    ]);
     await Promise.all(parts.map((p) => p.refresh()));
   },
 };
