@@ -26,6 +26,7 @@ __all__ = [
     "MCP_BYTES_OUT",
     "MCP_COMPUTE_MS",
     "MCP_CONTROL",
+    "MCP_TRANSPORT",
     "NATS_CONSUMER_STALLED",
     "NATS_EXPECTED_LAST_SUBJECT_SEQUENCE",
     "NATS_LAST_CONSUMER",
@@ -55,6 +56,9 @@ MCP_BYTES_IN = "bytes_in"  # a call's last answer: size of the request payload i
 # The last message of a streamed call: the payload bytes of every message of its answer. An
 # answer without it sent its own payload and nothing else.
 MCP_BYTES_OUT = "bytes_out"
+# A gateway call's request (and the gateway's refusal of it): the way it came in — http, sse,
+# websocket, mcp — as the calls read model shows it (projections/calls.py).
+MCP_TRANSPORT = "transport"
 
 # HTTP headers of the gateway's API.
 HTTP_API_KEY = "X-API-Key"  # the caller's API key

@@ -362,7 +362,9 @@ def _banner(
     operator = data_dir / "credentials" / "operator.credential"
     monitor = f"  monitor  {monitor_url} (nats-server's /healthz, /varz, /jsz)\n" if monitor_url else ""
     _say(
-        f"Democratic_AI is up.\n  gateway  {gateway_url}\n  nats     {nats_url}\n{monitor}"
+        f"Democratic_AI is up.\n  gateway  {gateway_url}\n  console  {gateway_url}/console (sign in with a user's"
+        " e-mail and password: see the README's console section)\n"
+        f"  nats     {nats_url}\n{monitor}"
         f"  data     {data_dir} (locked by this dai up, pid {os.getpid()})\n"
         f"  bus      authorization on; the operator's credential: {operator}\n"
     )

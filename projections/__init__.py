@@ -4,6 +4,7 @@
 into a shadow schema first (see :mod:`.rebuild`); ``LogReader`` reads any window of a stream;
 ``projection_status`` says how far behind each projection is and how many events it has
 quarantined; ``retry`` applies a projection's quarantined events again (see :mod:`.quarantine`).
+``CallsProjection`` folds the MCP log into one row per gateway call (see :mod:`.calls`).
 ``UsageRecovery`` runs beside the usage projection: it re-derives, from the MCP log, usage that
 no gateway published (see :mod:`.recovery`), on the same checkpoints table.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from .base import Projection
 from .billing import BillingProjection
+from .calls import CallsProjection
 from .errors import MissingReadModel, ProjectionError, ReadModelChanged, RebuildInProgress, UnfoldableEvent
 from .identity import IdentityProjection
 from .log import LogRange, LogReader, sequence_at
@@ -24,13 +26,15 @@ from .status import ProjectionStatus, projection_status
 from .usage import UsageProjection
 
 PROJECTIONS: dict[str, Projection] = {
-    p.name: p for p in (RegistryProjection(), IdentityProjection(), UsageProjection(), BillingProjection())
+    p.name: p
+    for p in (RegistryProjection(), IdentityProjection(), UsageProjection(), BillingProjection(), CallsProjection())
 }
 
 __all__ = [
     "PROJECTIONS",
     "AsOfResult",
     "BillingProjection",
+    "CallsProjection",
     "DeadLetter",
     "IdentityProjection",
     "LogRange",

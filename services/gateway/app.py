@@ -29,6 +29,7 @@ from democratic_ai.services.plans import load_plans
 from .auth import auth_middleware, require
 from .billing_routes import add_billing_routes
 from .bodies import respond
+from .calls_routes import add_calls_routes
 from .capabilities import invoke, list_capabilities
 from .config import GatewayConfig
 from .console_routes import add_console_routes
@@ -197,6 +198,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     add_billing_routes(app)
     app.router.add_get("/v1/ws", websocket)
     add_usage_routes(app)
+    add_calls_routes(app)
     add_ops_routes(app)
     add_mcp_routes(app)
     add_console_routes(app)

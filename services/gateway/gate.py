@@ -28,6 +28,7 @@ from contextlib import AbstractContextManager, nullcontext
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import ErrorCode, MCPMessage, error_details, error_reply, new_request, subjects, tracing
+from democratic_ai.contracts.headers import MCP_TRANSPORT
 from democratic_ai.hub import CallStream, Router
 from democratic_ai.services.identity import IdentityIndex, KeyRing, Principal, Unauthenticated, authenticate
 from democratic_ai.services.metering import GATEWAY, AdmissionUnavailable, Decision, Metering, PolicyState
@@ -160,6 +161,7 @@ class CallGate:
 
     async def _admit(self, principal: Principal, request: MCPMessage, transport: str) -> OnEnd:
         """Admit ``request``; what to tell the message that ends it (meter it, count it)."""
+        request.headers[MCP_TRANSPORT] = transport  # recorded with the request: the calls read model shows it
         try:
             decision = await self._metering.admit(principal, len(request.payload))
         except AdmissionUnavailable as exc:
@@ -182,6 +184,7 @@ class CallGate:
         answer = error_reply(
             request, ErrorCode.RATE_LIMITED, decision.message, source_module_id=GATEWAY, details=details
         )
+        answer.headers[MCP_TRANSPORT] = request.headers[MCP_TRANSPORT]  # a refused call has no request record
         record = subjects.record_response(request.context.tenant_id, request.action)
         await self._nc.publish(record, answer.SerializeToString())
         self._metering.record(answer)

@@ -70,6 +70,7 @@ PUBLIC: dict[str, list[str]] = {
     "projections": [
         "AsOfResult",
         "BillingProjection",
+        "CallsProjection",
         "DeadLetter",
         "IdentityProjection",
         "LogRange",

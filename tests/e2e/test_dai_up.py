@@ -126,6 +126,11 @@ def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None
         assert monitor is not None, banner
         with urllib.request.urlopen(f"{monitor.group(1)}/healthz", timeout=5) as response:
             assert json.loads(response.read()) == {"status": "ok"}
+        # The console comes with the package: its page and scripts are served from the installed files.
+        assert f"  console  http://127.0.0.1:{port}/console " in banner
+        for path in ("/console", "/console/static/app.js", "/console/static/i18n/shell.ja.json"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                assert response.status == 200 and response.headers["Content-Security-Policy"], path
         operator_env = {
             **os.environ,
             "NATS_URL": f"nats://127.0.0.1:{nats_port}",

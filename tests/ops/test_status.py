@@ -122,7 +122,7 @@ async def test_status_shows_streams_consumers_modules_and_projections(
     assert document["hub"]["answered"] is True and document["hub"]["error"] is None
 
     projections = {p["name"]: p for p in document["projections"]}
-    assert set(projections) == {"registry", "identity", "usage", "billing"}
+    assert set(projections) == {"registry", "identity", "usage", "billing", "calls"}
     assert projections["identity"]["quarantined"] == quarantined
     assert projections["identity"]["lag_events"] == 0 and projections["identity"]["stream"] == "IDENTITY"
     assert document["unavailable"] == {}
@@ -163,7 +163,7 @@ async def test_projections_status_json(
     code, out, err = await _dai(capsys, "projections", "status", "--json")
     assert code == 0, err
     rows = json.loads(out)["projections"]
-    assert [r["name"] for r in rows] == ["registry", "identity", "usage", "billing"]
+    assert [r["name"] for r in rows] == ["registry", "identity", "usage", "billing", "calls"]
     assert set(rows[0]) == {"name", "stream", "applied", "stream_last", "lag_events", "lag_seconds", "quarantined"}
 
 

@@ -1,19 +1,24 @@
 // The console's shell: sign-in, the navigation, the language, and which page shows.
-import { ApiError, can, onSession, principal, renew, signIn, signOut } from "./lib/api.js";
+import { ApiError, api, can, onSession, principal, renew, signIn, signOut } from "./lib/api.js";
 import { clear, el, field, toast } from "./lib/dom.js";
 import { LANGUAGES, currentLanguage, messageParts, preferredLanguage, t, useLanguage } from "./lib/i18n.js";
+import overview from "./pages/overview.js";
 import usage from "./pages/usage.js";
 import catalog from "./pages/catalog.js";
+import calls from "./pages/calls.js";
+import keys from "./pages/keys.js";
+import users from "./pages/users.js";
 import modules from "./pages/modules.js";
 import operations from "./pages/operations.js";
 
 // Each page: {path, title (a message key), visible(): whether the signed-in user may open it,
 // render(main, params): draws into `main`, and may return a function that stops what it started}.
-const PAGES = [usage, catalog, modules, operations];
+const PAGES = [overview, usage, catalog, calls, keys, users, modules, operations];
 const BASE = "/console";
 
 const root = document.getElementById("app");
 let stopPage = null;
+let tenantName = ""; // the signed-in tenant's display name: its own words, shown as text
 
 function pageOf(path) {
   const name = path.replace(/^\/console\/?/, "").split("/")[0] || "overview";
@@ -107,7 +112,7 @@ function shell(current) {
     "header",
     {},
     el("a", { class: "brand", href: `${BASE}/overview` }, "Democratic_AI"),
-    el("span", { class: "who" }, `${who.tenant_id} · ${t(`role.${who.role}`)}`),
+    el("span", { class: "who" }, tenantName ? `${tenantName} (${who.tenant_id})` : who.tenant_id, ` · ${t(`role.${who.role}`)}`),
     languagePicker(),
     el(
       "button",
@@ -158,9 +163,17 @@ async function start() {
   await useLanguage(preferredLanguage());
   window.addEventListener("popstate", show);
   let signedIn = false;
-  onSession((who) => {
+  onSession(async (who) => {
     if (Boolean(who) !== signedIn) {
       signedIn = Boolean(who);
+      tenantName = "";
+      if (who) {
+        try {
+          tenantName = (await api("GET", `/v1/tenants/${encodeURIComponent(who.tenant_id)}`)).name;
+        } catch {
+          /* the id alone, then */
+        }
+      }
       show(); // only when the user signs in or out; a renewed token changes nothing on screen
     }
   });
@@ -172,5 +185,4 @@ async function start() {
   if (!principal()) show();
 }
 
-export { can };
 start();

@@ -13,6 +13,13 @@ export class ApiError extends Error {
   }
 }
 
+/** A refusal as the page shows it: the API's stable code and message (and the field it names). */
+export function describe(error) {
+  if (!(error instanceof ApiError)) return String(error && error.message ? error.message : error);
+  const where = error.details && (error.details.path || error.details.field);
+  return `${error.code}: ${error.message}${where ? ` (${where})` : ""}`;
+}
+
 const CONSOLE_HEADER = { "X-Dai-Console": "1" };
 const listeners = new Set();
 let token = null;

@@ -65,6 +65,24 @@ export function table(headers, rows, empty = "") {
   );
 }
 
+/**
+ * Like table(), but each cell carries its column's name (data-label), so that on a narrow
+ * screen (console.css, .stack) every row becomes a card of "name: value" lines.
+ */
+export function stackedTable(headers, rows, empty = "") {
+  if (!rows.length && empty) return el("p", { class: "empty" }, empty);
+  return el(
+    "div",
+    { class: "table-wrap stack" },
+    el(
+      "table",
+      {},
+      el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows.map((row) => el("tr", {}, row.map((cell, i) => el("td", { "data-label": headers[i] }, el("div", {}, cell)))))),
+    ),
+  );
+}
+
 /** A dialog asking to confirm `message`; resolves true or false. */
 export function confirmDialog(message, confirmLabel, cancelLabel) {
   return new Promise((resolve) => {

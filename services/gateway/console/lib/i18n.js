@@ -95,3 +95,15 @@ export function formatMoney(amount, currency) {
     return `${amount} ${currency}`;
   }
 }
+
+/** An amount in minor units (cents; yen) in `currency`: 7400 JPY → ¥7,400, 1999 USD → $19.99. */
+export function formatMinorUnits(minor, currency) {
+  const code = currency || "USD";
+  let digits = 2;
+  try {
+    digits = new Intl.NumberFormat("en", { style: "currency", currency: code }).resolvedOptions().maximumFractionDigits;
+  } catch {
+    /* an unknown code: two decimals */
+  }
+  return formatMoney(Number(minor) / 10 ** digits, code);
+}
