@@ -27,8 +27,10 @@ def _module(module_id: str) -> Module:
     return Repeat()
 
 
+# The page is asked for last, so that it closes before the gateway: a page that still reads (the
+# Overview's live stream) would otherwise see the gateway go away.
 async def test_an_author_registers_a_module_watches_it_run_and_rotates_its_credential(
-    page: Page, admin: Admin, nats_server: NatsServer, hub: Hub, bus_authorizer: None
+    admin: Admin, nats_server: NatsServer, hub: Hub, bus_authorizer: None, page: Page
 ) -> None:
     module_id = unique("repeat")
     await sign_in(page, admin)
@@ -83,7 +85,7 @@ async def test_an_author_registers_a_module_watches_it_run_and_rotates_its_crede
     await expect(card.get_by_role("button", name="Rotate credential")).to_have_count(0)
 
 
-async def test_a_viewer_sees_modules_without_the_buttons_that_change_them(page: Page, admin: Admin) -> None:
+async def test_a_viewer_sees_modules_without_the_buttons_that_change_them(admin: Admin, page: Page) -> None:
     viewer = await new_user(admin.gateway, admin.tenant, "viewer")
     await sign_in(page, Admin(admin.gateway, admin.tenant, viewer["email"], viewer["password"], viewer["user_id"]))
     await page.get_by_role("link", name="My modules").click()

@@ -35,7 +35,7 @@ async def _suspended(gateway: Gateway, tenant: str) -> bool:
 
 
 async def test_a_super_admin_suspends_and_reinstates_a_tenant_named_with_markup(
-    page: Page, gateway: Gateway, ops_desk: None, nc: NATS
+    gateway: Gateway, ops_desk: None, nc: NATS, page: Page
 ) -> None:
     dialogs: list[str] = []
 
@@ -78,7 +78,7 @@ async def test_a_super_admin_suspends_and_reinstates_a_tenant_named_with_markup(
 
 
 async def test_a_super_admin_sees_the_projections_and_retries_a_quarantined_event(
-    page: Page, gateway: Gateway, ops_desk: None, poison: PoisonValues, nc: NATS, pool: asyncpg.Pool
+    gateway: Gateway, ops_desk: None, poison: PoisonValues, nc: NATS, pool: asyncpg.Pool, page: Page
 ) -> None:
     sequence = await quarantine_one(nc, pool, poison)
     await sign_in(page, await super_admin(gateway, nc))
@@ -110,7 +110,7 @@ async def test_a_super_admin_sees_the_projections_and_retries_a_quarantined_even
 
 
 async def test_a_tenant_admin_sees_no_operations_and_the_ops_api_refuses_them(
-    page: Page, admin: Admin, ops_desk: None
+    admin: Admin, ops_desk: None, page: Page
 ) -> None:
     await sign_in(page, admin)
     await expect(page.get_by_role("link", name="My modules")).to_be_visible()

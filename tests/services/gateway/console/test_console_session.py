@@ -41,7 +41,6 @@ async def test_sign_in_holds_the_session_in_an_http_only_strict_cookie(page: Pag
     await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
     [renewed] = await page.context.cookies()
     assert renewed["value"] != cookie["value"]  # the refresh token was spent and replaced
-    await expect(page.get_by_role("heading", name="Totals")).to_be_visible()  # its reads end before the gateway
 
 
 async def test_sign_out_revokes_the_session(page: Page, admin: Admin) -> None:
