@@ -18,6 +18,7 @@ from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.streams import MCP_STREAM, REGISTRY_STREAM
 from democratic_ai.hub import Hub
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner, RecoveryConfig, UsageRecovery
+from democratic_ai.projections.admin import ProjectionsAdmin
 from democratic_ai.schemas import DatabaseOutage, DatabaseUnreachable, create_pool, migrate, on_database
 from democratic_ai.sdk import Module
 from democratic_ai.services.billing import (
@@ -114,6 +115,10 @@ async def run_projections(options: BusOptions, database_url: str, names: list[st
     await _migrate_when_reachable(pool, stop)
     runners = [ProjectionRunner(nc.jetstream(), pool, PROJECTIONS[name]) for name in names or sorted(PROJECTIONS)]
     log.info("projections running: %s", ", ".join(r.projection.name for r in runners))
+    # Every worker answers for every projection (a retry takes the projection's checkpoint lock,
+    # whichever process folds it): the console's Operations page asks whichever answers first.
+    admin = ProjectionsAdmin(nc, pool, PROJECTIONS.values())
+    await admin.start()
     tasks = [runner.run(stop) for runner in runners]
     if any(r.projection.name == "usage" for r in runners):
         # Recovery re-derives usage that crashed gateways never published; it checks the usage
@@ -123,6 +128,7 @@ async def run_projections(options: BusOptions, database_url: str, names: list[st
     try:
         await asyncio.gather(*tasks)
     finally:
+        await admin.stop()
         await pool.close()
         await nc.drain()
 

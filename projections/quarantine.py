@@ -38,8 +38,10 @@ __all__ = [
     "EVENT_ERRORS",
     "TABLE",
     "DeadLetter",
+    "QuarantinedRow",
     "RetryResult",
     "count_dead_letters",
+    "dead_letters",
     "describe",
     "fold",
     "replace_live",
@@ -71,6 +73,19 @@ class DeadLetter:
     sequence: int
     subject: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRow:
+    """A dead letter as an operator reads it: where it is and why, not its payload."""
+
+    projection: str
+    stream: str
+    sequence: int
+    subject: str
+    error: str
+    attempts: int
+    quarantined_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +177,9 @@ def stored_message(stream: str, sequence: int, subject: str, payload: bytes) -> 
     return Msg(_client=None, subject=subject, data=payload, _metadata=metadata)  # type: ignore[arg-type]
 
 
-async def retry(pool: asyncpg.Pool, projection: Projection) -> RetryResult:
-    """Apply ``projection``'s dead letters again, in stream order, each in its own savepoint.
+async def retry(pool: asyncpg.Pool, projection: Projection, sequences: Sequence[int] | None = None) -> RetryResult:
+    """Apply ``projection``'s dead letters again (only those at ``sequences``, if given), in
+    stream order, each in its own savepoint.
 
     Holds the projection's checkpoint lock, so the live runner waits meanwhile. A dead letter
     is applied on top of the current model: when later events changed the same rows, only
@@ -174,16 +190,18 @@ async def retry(pool: asyncpg.Pool, projection: Projection) -> RetryResult:
         # still bind the old column types.
         await conn.reload_schema_state()
         async with conn.transaction():
-            return await _retry(conn, projection)
+            return await _retry(conn, projection, sequences)
 
 
-async def _retry(conn: asyncpg.Connection, projection: Projection) -> RetryResult:
+async def _retry(conn: asyncpg.Connection, projection: Projection, sequences: Sequence[int] | None) -> RetryResult:
     """:func:`retry` inside the caller's transaction."""
     applied = failed = 0
     await lock_checkpoint(conn, projection.name)
     rows = await conn.fetch(
-        f"SELECT stream, sequence, subject, payload FROM {TABLE} WHERE projection = $1 ORDER BY sequence",
+        f"SELECT stream, sequence, subject, payload FROM {TABLE}"
+        " WHERE projection = $1 AND ($2::bigint[] IS NULL OR sequence = ANY($2)) ORDER BY sequence",
         projection.name,
+        None if sequences is None else list(sequences),
     )
     for row in rows:
         msg = stored_message(row["stream"], row["sequence"], row["subject"], row["payload"])
@@ -218,6 +236,21 @@ async def count_dead_letters(conn: asyncpg.Connection) -> dict[str, int]:
     """How many events each projection has quarantined (projections without any are absent)."""
     rows = await conn.fetch(f"SELECT projection, count(*) AS n FROM {TABLE} GROUP BY projection")
     return {row["projection"]: row["n"] for row in rows}
+
+
+async def dead_letters(
+    conn: asyncpg.Connection, projection: str | None = None, sequence: int | None = None, limit: int = 100
+) -> list[QuarantinedRow]:
+    """The quarantined events (of ``projection``, at ``sequence``, if given), oldest first, at most ``limit``."""
+    rows = await conn.fetch(
+        f"SELECT projection, stream, sequence, subject, error, attempts, quarantined_at FROM {TABLE}"
+        " WHERE ($1::text IS NULL OR projection = $1) AND ($2::bigint IS NULL OR sequence = $2)"
+        " ORDER BY quarantined_at, projection, sequence LIMIT $3",
+        projection,
+        sequence,
+        limit,
+    )
+    return [QuarantinedRow(**dict(row)) for row in rows]
 
 
 async def replace_live(conn: asyncpg.Connection, schema: str, projection: Projection) -> None:

@@ -44,6 +44,7 @@ from .mcp_http import add_mcp_routes
 from .metrics import METRICS_PERMISSION, GatewayMetrics
 from .module_routes import add_module_routes
 from .openapi import add_openapi_route, operation
+from .ops_routes import add_ops_routes
 from .protocol import GatewayRunner
 from .state import (
     BILLING,
@@ -198,6 +199,7 @@ def create_app(config: GatewayConfig, *, usage: UsageTotals | None = None) -> we
     app.router.add_get("/v1/ws", websocket)
     add_usage_routes(app)
     add_calls_routes(app)
+    add_ops_routes(app)
     add_mcp_routes(app)
     add_console_routes(app)
     add_openapi_route(app)

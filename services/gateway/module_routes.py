@@ -20,6 +20,7 @@ from .auth import require, require_tenant
 from .bodies import from_row, read_json, respond
 from .errors import ApiError
 from .identity_reads import read_your_writes, tenant_rows
+from .instances import LiveInstance, live_instances
 from .meta import request_meta
 from .openapi import NO_CONTENT, Query, operation
 from .state import USERS
@@ -59,6 +60,11 @@ class Module(msgspec.Struct):
 
 class ModuleList(msgspec.Struct):
     modules: list[Module]
+
+
+class ModuleInstances(msgspec.Struct):
+    module_id: str
+    instances: list[LiveInstance]
 
 
 class IssuedModuleCredential(msgspec.Struct):
@@ -141,7 +147,7 @@ async def register_module(request: web.Request) -> web.Response:
 )
 async def list_modules(request: web.Request) -> web.Response:
     principal = require(request, "module:read")
-    tenant_id = request.query.get("tenant_id")
+    tenant_id = request.query.get("tenant_id") or None  # empty: as if absent (not a tenant to scope to)
     if tenant_id is not None:
         require_tenant(request, tenant_id)
     elif not principal.is_super_admin:
@@ -155,6 +161,16 @@ async def list_modules(request: web.Request) -> web.Response:
 async def get_module(request: web.Request) -> web.Response:
     principal = require(request, "module:read")
     return respond(await _document(request, _visible(request, principal)))
+
+
+@operation(
+    "A module's live instances, from their heartbeats (the caller's tenant's; any, for a super admin).",
+    {200: ModuleInstances},
+)
+async def module_instances(request: web.Request) -> web.Response:
+    principal = require(request, "module:read")
+    module = _visible(request, principal)
+    return respond(ModuleInstances(module.module_id, live_instances(request.app, module.module_id)))
 
 
 @operation("Rename a module or change its capabilities.", {200: Module}, body=ModuleChange)
@@ -199,6 +215,7 @@ def add_module_routes(app: web.Application) -> None:
     app.router.add_post("/v1/modules", register_module)
     app.router.add_get("/v1/modules", list_modules)
     app.router.add_get("/v1/modules/{module}", get_module)
+    app.router.add_get("/v1/modules/{module}/instances", module_instances)
     app.router.add_patch("/v1/modules/{module}", update_module)
     app.router.add_post("/v1/modules/{module}/credential", rotate_credential)
     app.router.add_delete("/v1/modules/{module}", revoke_module)

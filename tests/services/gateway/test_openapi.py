@@ -86,7 +86,7 @@ async def test_the_document_is_served_and_schemathesis_loads_it(gateway: Gateway
 
 
 async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
-    gateway: Gateway, tmp_path: Path, forget_logins: None
+    gateway: Gateway, tmp_path: Path, forget_logins: None, ops_desk: None
 ) -> None:
     exclusions = [arg for path in NOT_FUZZED for arg in ("--exclude-path", path)]
     # Half the {tenant} path parameters name a real tenant (not the key's own: suspending that would
