@@ -4,10 +4,11 @@ import { clear, el, field, toast } from "./lib/dom.js";
 import { LANGUAGES, currentLanguage, messageParts, preferredLanguage, t, useLanguage } from "./lib/i18n.js";
 import usage from "./pages/usage.js";
 import catalog from "./pages/catalog.js";
+import billing from "./pages/billing.js";
 
 // Each page: {path, title (a message key), visible(): whether the signed-in user may open it,
 // render(main, params): draws into `main`, and may return a function that stops what it started}.
-const PAGES = [usage, catalog];
+const PAGES = [usage, catalog, billing];
 const BASE = "/console";
 
 const root = document.getElementById("app");

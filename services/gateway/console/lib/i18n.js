@@ -95,3 +95,26 @@ export function formatMoney(amount, currency) {
     return `${amount} ${currency}`;
   }
 }
+
+/** The number of decimals `currency` is written with (its minor unit: JPY 0, USD 2). */
+export function currencyDigits(currency) {
+  try {
+    return new Intl.NumberFormat("en", { style: "currency", currency }).resolvedOptions().maximumFractionDigits;
+  } catch {
+    return 2;
+  }
+}
+
+/** An amount in integer minor units (as invoices hold them: yen, cents) in `currency`. */
+export function formatMinorUnits(minor, currency) {
+  return formatMoney(Number(minor) / 10 ** currencyDigits(currency), currency);
+}
+
+/** A unit price (a decimal string) with as many decimals as it has: ¥0.05, ¥50, $0.015. */
+export function formatPrice(price, currency) {
+  try {
+    return new Intl.NumberFormat(locale(), { style: "currency", currency, maximumFractionDigits: 6 }).format(Number(price));
+  } catch {
+    return `${price} ${currency}`;
+  }
+}
