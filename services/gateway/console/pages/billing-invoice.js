@@ -2,20 +2,32 @@
 // frames, and nothing the API sends becomes markup), and its download in the formats offered.
 import { apiText } from "../lib/api.js";
 import { el, table, toast } from "../lib/dom.js";
-import { formatDate, formatDateTime, formatMinorUnits, formatNumber, formatPrice, t } from "../lib/i18n.js";
+import { formatDateTime, formatMinorUnits, formatNumber, formatPrice, locale, t } from "../lib/i18n.js";
 
 const UNITS = ["call", "hour", "GB", "month", "year"];
 
-/** A unit as the user's language writes it; a unit the console does not know, as the API sent it. */
-export function unitName(unit) {
-  return UNITS.includes(unit) ? t(`billing.unit.${unit}`) : unit;
+/** A unit as the user's language writes it for `count` of them; one the console does not know, as sent. */
+export function unitName(unit, count = 2) {
+  if (!UNITS.includes(unit)) return unit;
+  const one = new Intl.PluralRules(locale()).select(Number(count)) === "one";
+  return t(`billing.${one ? "unit_one" : "unit"}.${unit}`);
 }
 
-/** The month an invoice is for (`2025-01`) and, smaller, its bounds in the user's time zone. */
+/** The month an invoice is for (`2025-01`, in the tenant's billing time zone) and, smaller, when it
+ * begins and ends in the user's time zone — with the hour, since the two zones may differ. */
 export function periodText(invoice) {
-  // period_end is the first instant of the next month: the last day is the one before it.
-  const last = new Date(new Date(invoice.period_end).getTime() - 1);
-  return el("span", {}, invoice.period, " ", el("small", { class: "muted" }, `${formatDate(invoice.period_start)} – ${formatDate(last)}`));
+  const bounds = `${formatDateTime(invoice.period_start)} – ${formatDateTime(invoice.period_end)}`;
+  return el("span", { class: "period" }, invoice.period, " ", el("small", { class: "muted" }, bounds));
+}
+
+/** Label each cell with its column's heading, for the stacked layout of narrow screens (console.css). */
+export function labelled(wrap) {
+  const headings = [...wrap.querySelectorAll("thead th")].map((th) => th.textContent);
+  for (const row of wrap.querySelectorAll("tbody tr")) {
+    [...row.children].forEach((cell, n) => cell.setAttribute("data-label", headings[n] || ""));
+  }
+  wrap.classList.add("stacked");
+  return wrap;
 }
 
 export function statusBadge(status) {
@@ -28,7 +40,7 @@ export function invoiceLines(invoice, caption) {
   const money = (minor) => formatMinorUnits(minor, invoice.currency);
   const rows = invoice.lines.map((line) => [
     line.description,
-    `${formatNumber(line.quantity, { maximumFractionDigits: 6 })} ${unitName(line.unit)}`,
+    `${formatNumber(line.quantity, { maximumFractionDigits: 6 })} ${unitName(line.unit, line.quantity)}`,
     formatPrice(line.unit_price, invoice.currency),
     el("span", { class: "amount" }, money(line.amount)),
   ]);
@@ -46,7 +58,7 @@ export function invoiceLines(invoice, caption) {
   const lines = table([t("billing.line"), t("billing.quantity"), t("billing.unit_price"), t("billing.amount")], rows, t("billing.no_lines"));
   const tableNode = lines.querySelector("table");
   if (tableNode && caption) tableNode.prepend(el("caption", { class: "visually-hidden" }, caption));
-  return el("div", { class: "invoice-lines" }, lines, totals);
+  return el("div", { class: "invoice-lines" }, tableNode ? labelled(lines) : lines, totals);
 }
 
 function save(name, type, text) {
@@ -58,8 +70,8 @@ function save(name, type, text) {
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
-/** Buttons that download `path` as the API offers it (HTML or JSON); the request carries the token. */
-export function downloads(path, name) {
+/** Buttons that download `path` as the API offers it (HTML or JSON), then `more`; the request carries the token. */
+export function downloads(path, name, ...more) {
   const button = (format, type, label) =>
     el(
       "button",
@@ -85,11 +97,12 @@ export function downloads(path, name) {
     { class: "actions" },
     button("html", "text/html", t("billing.download_html")),
     button("json", "application/json", t("billing.download_json")),
+    more,
   );
 }
 
-/** One issued invoice: who issued it, its dates and status, its lines, its payments. */
-export function invoiceDetail(invoice) {
+/** One issued invoice: who issued it, its dates and status, its lines, its payments; `more` are actions. */
+export function invoiceDetail(invoice, ...more) {
   const facts = [
     [t("billing.period"), periodText(invoice)],
     [t("billing.issued"), formatDateTime(invoice.issued_at)],
@@ -113,6 +126,6 @@ export function invoiceDetail(invoice) {
           ),
         ]
       : null,
-    downloads(`/v1/invoices/${encodeURIComponent(invoice.invoice_id)}`, invoice.invoice_id),
+    downloads(`/v1/invoices/${encodeURIComponent(invoice.invoice_id)}`, invoice.invoice_id, more),
   );
 }

@@ -4,7 +4,7 @@
 import { ApiError, api, can } from "../lib/api.js";
 import { clear, confirmDialog, el, field, table, toast } from "../lib/dom.js";
 import { formatDate, formatDateTime, formatMinorUnits, formatNumber, formatPrice, t, timeZone } from "../lib/i18n.js";
-import { downloads, invoiceDetail, invoiceLines, periodText, statusBadge, unitName } from "./billing-invoice.js";
+import { downloads, invoiceDetail, invoiceLines, labelled, periodText, statusBadge, unitName } from "./billing-invoice.js";
 
 const INTERVALS = ["month", "year"];
 const METRICS = ["api_calls", "compute_ms", "storage_bytes"];
@@ -17,11 +17,11 @@ function problem(error) {
 function allowance(terms) {
   return METRICS.filter((m) => terms.usage[m]).map((m) => {
     const price = terms.usage[m];
-    const included = `${formatNumber(price.included)} ${unitName(price.unit)}`;
+    const included = `${formatNumber(price.included)} ${unitName(price.unit, price.included)}`;
     const over =
       price.overage_price === null
         ? t("billing.not_billed_over")
-        : t("billing.per_unit", { price: formatPrice(price.overage_price, terms.currency), unit: unitName(price.unit) });
+        : t("billing.per_unit", { price: formatPrice(price.overage_price, terms.currency), unit: unitName(price.unit, 1) });
     return el("li", {}, t(`billing.metric.${m}`), ": ", included, " · ", over);
   });
 }
@@ -31,7 +31,7 @@ function planPrice(terms, interval) {
   return t(`billing.price_per_${interval}`, { price: formatPrice(price, terms.currency) });
 }
 
-function currentPlan(billing) {
+function currentPlan(billing, refresh) {
   const sub = billing.subscription;
   if (!sub || sub.status !== "active") {
     return el("p", { class: "empty" }, sub ? t("billing.cancelled_on", { date: formatDate(sub.cancelled_at) }) : t("billing.no_plan"));
@@ -49,19 +49,35 @@ function currentPlan(billing) {
       " · ",
       t("billing.time_zone_is", { zone: sub.time_zone }),
     ),
+    can("billing:update") ? el("div", { class: "actions" }, cancelButton(billing, refresh)) : null,
   );
 }
 
-function catalogue(plans) {
-  return table(
-    [t("billing.plan"), t("billing.monthly"), t("billing.yearly"), t("billing.included")],
-    plans.map((terms) => [
-      terms.name,
-      formatPrice(terms.monthly_price, terms.currency),
-      formatPrice(terms.yearly_price, terms.currency),
-      el("ul", { class: "allowance" }, allowance(terms)),
-    ]),
+/** A plan as a card: its name, prices and allowance; with `choice`, a radio button to choose it. */
+function planCard(terms, choice) {
+  const id = `plan-${terms.plan_id}`;
+  const name = el("span", { class: "plan-card-name", id: `${id}-name` }, terms.name);
+  const details = el(
+    "span",
+    { class: "plan-card-details", id: `${id}-details` },
+    el("span", { class: "plan-card-price" }, planPrice(terms, "month")),
+    el("span", { class: "muted" }, planPrice(terms, "year")),
+    el("ul", { class: "allowance" }, allowance(terms)),
   );
+  if (!choice) return el("div", { class: "card plan-card" }, el("span", { class: "plan-card-head" }, name), details);
+  const radio = el("input", {
+    type: "radio",
+    name: "plan",
+    value: terms.plan_id,
+    checked: choice.checked || null,
+    "aria-labelledby": `${id}-name`,
+    "aria-describedby": `${id}-details`,
+  });
+  return el("label", { class: "card plan-card choosable" }, el("span", { class: "plan-card-head" }, radio, name), details);
+}
+
+function catalogue(plans) {
+  return el("div", { class: "plan-cards" }, plans.map((terms) => planCard(terms, null)));
 }
 
 /** The effect of a change as the API previews it: both totals, the difference, the invoice to come. */
@@ -91,14 +107,7 @@ function effect(preview, plans, subscription) {
 
 function changeForm(billing, refresh) {
   const sub = billing.subscription && billing.subscription.status === "active" ? billing.subscription : null;
-  const choices = billing.plans.map((terms) =>
-    el(
-      "label",
-      { class: "plan-choice" },
-      el("input", { type: "radio", name: "plan", value: terms.plan_id, checked: sub ? terms.plan_id === sub.plan_id : null }),
-      el("span", {}, el("strong", {}, terms.name), " ", el("span", { class: "muted" }, planPrice(terms, "month"), " · ", planPrice(terms, "year"))),
-    ),
-  );
+  const choices = billing.plans.map((terms) => planCard(terms, { checked: sub ? terms.plan_id === sub.plan_id : false }));
   const interval = el(
     "select",
     { name: "interval" },
@@ -150,7 +159,7 @@ function changeForm(billing, refresh) {
   const form = el(
     "form",
     { class: "plan-form", onsubmit: (event) => (event.preventDefault(), preview()), onchange: (event) => event.target !== zone && preview() },
-    el("fieldset", { class: "plan-choices" }, el("legend", {}, t("billing.choose")), choices),
+    el("fieldset", { class: "plan-choices" }, el("legend", {}, t("billing.choose")), el("div", { class: "plan-cards" }, choices)),
     el("div", { class: "toolbar" }, field(t("billing.interval"), interval), zone ? field(t("billing.time_zone"), zone, t("billing.time_zone_hint")) : null),
     el("button", { type: "submit", class: "secondary" }, t("billing.preview")),
     result,
@@ -190,7 +199,8 @@ async function upcoming(billing) {
   try {
     const invoice = await api("GET", "/v1/invoices/upcoming");
     box.append(
-      el("p", { class: "muted" }, periodText(invoice), " · ", t("billing.as_of", { date: formatDateTime(invoice.as_of) })),
+      el("p", { class: "muted" }, periodText(invoice)),
+      el("p", { class: "muted" }, t("billing.as_of", { date: formatDateTime(invoice.as_of) })),
       invoiceLines(invoice, t("billing.upcoming")),
       downloads("/v1/invoices/upcoming", `${invoice.invoice_id}-upcoming`),
     );
@@ -218,8 +228,7 @@ export default {
       try {
         const invoice = await api("GET", `/v1/invoices/${encodeURIComponent(invoiceId)}`);
         opened.lastChild.replaceWith(
-          invoiceDetail(invoice),
-          el("button", { type: "button", class: "secondary", onclick: () => closeInvoice() }, t("billing.close_invoice")),
+          invoiceDetail(invoice, el("button", { type: "button", class: "secondary", onclick: () => closeInvoice() }, t("billing.close_invoice"))),
         );
       } catch (error) {
         opened.lastChild.replaceWith(problem(error));
@@ -238,26 +247,30 @@ export default {
     async function draw() {
       const billing = await api("GET", "/v1/billing/plan");
       billing.plans.sort((a, b) => Number(a.monthly_price) - Number(b.monthly_price)); // cheapest first, as read
-      const plan = el("section", { class: "panel", "aria-labelledby": "plan-title" }, el("h2", { id: "plan-title" }, t("billing.your_plan")), currentPlan(billing));
-      plan.append(el("h3", {}, t("billing.plans")), catalogue(billing.plans));
+      const plan = el("section", { class: "panel", "aria-labelledby": "plan-title" }, el("h2", { id: "plan-title" }, t("billing.your_plan")), currentPlan(billing, draw));
       if (can("billing:update")) {
-        plan.append(el("h3", {}, t("billing.change")), changeForm(billing, draw), el("div", { class: "actions" }, cancelButton(billing, draw)));
+        plan.append(el("h3", {}, t("billing.change")), changeForm(billing, draw));
+      } else {
+        plan.append(el("h3", {}, t("billing.plans")), catalogue(billing.plans));
       }
       const { invoices } = await api("GET", "/v1/invoices");
       const past = el(
         "section",
         { class: "panel", "aria-labelledby": "invoices-title" },
         el("h2", { id: "invoices-title" }, t("billing.invoices")),
-        table(
-          [t("billing.number"), t("billing.period"), t("billing.total"), t("billing.status")],
-          invoices.map((invoice) => [
-            el("button", { type: "button", class: "link", onclick: () => open(invoice.invoice_id) }, invoice.invoice_id),
-            periodText(invoice),
-            formatMinorUnits(invoice.total, invoice.currency),
-            statusBadge(invoice.status),
-          ]),
-          t("billing.no_invoices"),
-        ),
+        invoices.length
+          ? labelled(
+              table(
+                [t("billing.number"), t("billing.period"), t("billing.total"), t("billing.status")],
+                invoices.map((invoice) => [
+                  el("button", { type: "button", class: "link", onclick: () => open(invoice.invoice_id) }, invoice.invoice_id),
+                  periodText(invoice),
+                  formatMinorUnits(invoice.total, invoice.currency),
+                  statusBadge(invoice.status),
+                ]),
+              ),
+            )
+          : el("p", { class: "empty" }, t("billing.no_invoices")),
       );
       clear(body).append(plan, await upcoming(billing), past, opened);
     }

@@ -158,6 +158,8 @@ async def test_in_japanese_the_page_speaks_japanese(page: Page, admin: Admin, nc
     await page.get_by_label("Language").first.select_option("ja")
     await expect(page.get_by_role("heading", name="現在のプラン")).to_be_visible()
     await expect(page.get_by_role("region", name="今月のここまでの請求").locator("dl.totals")).to_contain_text("消費税")
+    await expect(page.get_by_role("radio", name="Pro")).to_be_visible()
+    await screenshots(page, "billing-ja")
     await page.get_by_label("言語").first.select_option("en")
     await expect(page.get_by_role("heading", name="Your plan")).to_be_visible()
 
