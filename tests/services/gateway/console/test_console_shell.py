@@ -12,7 +12,7 @@ from support.gateway import Gateway
 from support.identity import new_user
 from support.names import unique
 
-HOSTILE = "<script>window.hacked = 1</script><img src=x onerror=\"window.hacked = 2\"> & Co"
+HOSTILE = '<script>window.hacked = 1</script><img src=x onerror="window.hacked = 2"> & Co'
 
 
 async def test_switch_to_japanese_and_chinese_and_back(page: Page, admin: Admin) -> None:
