@@ -48,7 +48,7 @@ async def test_a_user_made_in_the_page_signs_in_changes_role_and_is_deactivated(
     theirs = await context.new_page()
     watch = PageWatch(theirs)
     await sign_in(theirs, Admin(admin.gateway, admin.tenant, email, PASSWORD, created["user_id"]))
-    await expect(theirs.get_by_text(f"{admin.tenant} · developer")).to_be_visible()
+    await expect(theirs.locator("header .who")).to_have_text(f"Acme ({admin.tenant}) · developer")
     await context.close()
     watch.check()
 
