@@ -4,8 +4,7 @@ subscriptions as events, invoices computed from usage, payments through Stripe.
 Commands (:class:`BillingService`, :class:`Payments`) append BILLING events; the billing
 projection folds them into read models; an invoice is a pure function of the log
 (:func:`build_invoice`) and the usage read model (:class:`UsageTotals`); the month so far
-(:meth:`BillingService.upcoming`) is the same computation cut at now (:func:`compute_invoice`), and
-so is the preview of a change of plan (:meth:`BillingService.preview_plan`).
+(:meth:`BillingService.upcoming`) is the same computation cut at now (:func:`compute_invoice`).
 Settings, the seller included, are checked at start (:func:`check_environment`).
 """
 
@@ -28,7 +27,7 @@ from .invoicing import build_invoice, compute_invoice, duration, invoice_id, usa
 from .money import format_money, format_price, round_line, tax_amount
 from .payments import Payments
 from .seller import DEFAULT_SELLER, InvalidSeller, load_seller
-from .service import DEFAULT_TIME_ZONE, BillingService, Closed, PlanPreview
+from .service import DEFAULT_TIME_ZONE, BillingService, Closed
 from .stripe_gateway import CheckoutSession, StripeBilling
 from .subscription import Subscription, Tenure, fold_subscription
 from .usage import PostgresUsageTotals, UsageTotals
@@ -49,7 +48,6 @@ __all__ = [
     "InvalidSeller",
     "NotFound",
     "Payments",
-    "PlanPreview",
     "PostgresUsageTotals",
     "StripeBilling",
     "StripeConfig",

@@ -96,25 +96,14 @@ export function formatMoney(amount, currency) {
   }
 }
 
-/** The number of decimals `currency` is written with (its minor unit: JPY 0, USD 2). */
-export function currencyDigits(currency) {
-  try {
-    return new Intl.NumberFormat("en", { style: "currency", currency }).resolvedOptions().maximumFractionDigits;
-  } catch {
-    return 2;
-  }
-}
-
-/** An amount in integer minor units (as invoices hold them: yen, cents) in `currency`. */
+/** An amount in minor units (cents; yen) in `currency`: 7400 JPY → ¥7,400, 1999 USD → $19.99. */
 export function formatMinorUnits(minor, currency) {
-  return formatMoney(Number(minor) / 10 ** currencyDigits(currency), currency);
-}
-
-/** A unit price (a decimal string) with as many decimals as it has: ¥0.05, ¥50, $0.015. */
-export function formatPrice(price, currency) {
+  const code = currency || "USD";
+  let digits = 2;
   try {
-    return new Intl.NumberFormat(locale(), { style: "currency", currency, maximumFractionDigits: 6 }).format(Number(price));
+    digits = new Intl.NumberFormat("en", { style: "currency", currency: code }).resolvedOptions().maximumFractionDigits;
   } catch {
-    return `${price} ${currency}`;
+    /* an unknown code: two decimals */
   }
+  return formatMoney(Number(minor) / 10 ** digits, code);
 }
