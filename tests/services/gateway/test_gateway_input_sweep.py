@@ -119,8 +119,11 @@ async def test_hostile_path_parameters(gateway: Gateway) -> None:
 @pytest.mark.parametrize("name", sorted(QUERY))
 async def test_hostile_query_values(gateway: Gateway, name: str) -> None:
     for method, template in _routes(gateway.app):
-        # The WebSocket, and the live feed of calls (an answer that never ends), are swept elsewhere.
-        if template in ("/v1/ws", "/v1/calls/live") or ((method, template) in _ACTS_WITHOUT_BODY and name != "tenant"):
+        # The WebSocket, the live feed of calls (an answer that never ends) and the projections
+        # worker's status (503 NOT_READY where no worker runs, as in this test) are tested elsewhere.
+        if template in ("/v1/ws", "/v1/calls/live", "/v1/ops/projections") or (
+            (method, template) in _ACTS_WITHOUT_BODY and name != "tenant"
+        ):
             continue
         for raw in QUERY[name]:
             value = raw if "%" in raw else quote(raw, safe="")
