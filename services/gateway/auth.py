@@ -12,11 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
-from democratic_ai.contracts import ErrorCode
+from democratic_ai.contracts import ErrorCode, subjects
 from democratic_ai.contracts.headers import HTTP_API_KEY
 from democratic_ai.services.identity import Principal
 
-from .errors import ApiError
+from .errors import ApiError, bad_parameter
 from .state import GATE
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "auth_middleware",
     "credential_of",
     "principal_of",
+    "queried_tenant",
     "require",
     "require_tenant",
 ]
@@ -106,3 +107,15 @@ def require_tenant(request: web.Request, tenant_id: str) -> Principal:
     if principal.tenant_id != tenant_id and not principal.is_super_admin:
         raise ApiError(ErrorCode.NOT_FOUND, f"no tenant {tenant_id!r}")
     return principal
+
+
+def queried_tenant(request: web.Request, principal: Principal) -> str:
+    """The tenant a read names in ``?tenant=`` (default: the caller's own): a valid tenant id, and
+    one the caller may see (:func:`require_tenant`)."""
+    tenant = request.query.get("tenant", principal.tenant_id)
+    try:
+        subjects.validate_token(tenant, "tenant")
+    except subjects.InvalidSubjectToken as exc:
+        raise bad_parameter("tenant", str(exc), tenant) from None
+    require_tenant(request, tenant)
+    return tenant

@@ -16,11 +16,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from democratic_ai.contracts import ErrorCode, subjects
 from democratic_ai.services.identity import Principal
 
-from .auth import require, require_tenant
-from .errors import ApiError
+from .auth import queried_tenant, require
+from .errors import bad_parameter as bad
 from .openapi import Query
 
 __all__ = ["CALLS_PERMISSION", "COLUMNS", "TENANT_QUERY", "CallError", "CallItem", "bad", "item_of", "tenant_of"]
@@ -80,19 +79,7 @@ def item_of(row: Mapping[str, Any]) -> CallItem:
     )
 
 
-def bad(parameter: str, message: str, value: str | None = None) -> ApiError:
-    """A 400 BAD_REQUEST naming the query parameter at fault (and the value given)."""
-    details = {"parameter": parameter} if value is None else {"parameter": parameter, "value": value}
-    return ApiError(ErrorCode.BAD_REQUEST, message, details)
-
-
 def tenant_of(request: web.Request) -> tuple[Principal, str]:
     """The caller (who must hold :data:`CALLS_PERMISSION`) and the tenant whose calls it reads."""
     principal = require(request, CALLS_PERMISSION)
-    tenant = request.query.get("tenant", principal.tenant_id)
-    try:
-        subjects.validate_token(tenant, "tenant")
-    except subjects.InvalidSubjectToken as exc:
-        raise bad("tenant", str(exc), tenant) from None
-    require_tenant(request, tenant)
-    return principal, tenant
+    return principal, queried_tenant(request, principal)

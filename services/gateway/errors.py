@@ -24,6 +24,7 @@ __all__ = [
     "ApiError",
     "ErrorBody",
     "ErrorDetail",
+    "bad_parameter",
     "error_body",
     "error_middleware",
     "error_response",
@@ -67,6 +68,12 @@ class ApiError(PlatformError):
     def __init__(self, code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message, **(details or {}))
         self.code = code
+
+
+def bad_parameter(parameter: str, message: str, value: str | None = None) -> ApiError:
+    """A 400 BAD_REQUEST naming the query parameter at fault (and the value given)."""
+    details = {"parameter": parameter} if value is None else {"parameter": parameter, "value": value}
+    return ApiError(ErrorCode.BAD_REQUEST, message, details)
 
 
 def status_of(code: ErrorCode) -> int:

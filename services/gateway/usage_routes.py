@@ -19,14 +19,14 @@ from typing import Literal, cast
 import msgspec
 from aiohttp import web
 
-from democratic_ai.contracts import ErrorCode, subjects
+from democratic_ai.contracts import subjects
 from democratic_ai.contracts.usage_events import Metric, is_billable
 from democratic_ai.schemas import tenant_transaction
 from democratic_ai.services.identity import Principal
 
-from .auth import require, require_tenant
+from .auth import queried_tenant, require
 from .bodies import from_row, respond
-from .errors import ApiError
+from .errors import bad_parameter
 from .openapi import Query, operation
 from .state import METERING, POOL
 
@@ -98,11 +98,6 @@ _USAGE_QUERY = (
 )
 
 
-def _bad(parameter: str, message: str, value: str | None = None) -> ApiError:
-    details = {"parameter": parameter} if value is None else {"parameter": parameter, "value": value}
-    return ApiError(ErrorCode.BAD_REQUEST, message, details)
-
-
 # Instants a series may start or end at: far enough inside datetime's years 1-9999 that
 # rounding to a month and subtracting a default range cannot overflow.
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -117,16 +112,16 @@ def _instant(parameter: str, raw: str) -> datetime:
         else:
             value = datetime.fromisoformat(raw)
             if value.tzinfo is None:
-                raise _bad(parameter, f"{parameter!r} needs a time zone, e.g. 2025-06-01T12:00:00Z", raw)
+                raise bad_parameter(parameter, f"{parameter!r} needs a time zone, e.g. 2025-06-01T12:00:00Z", raw)
             value = value.astimezone(UTC)
     except (ValueError, OverflowError):
-        raise _bad(
+        raise bad_parameter(
             parameter,
             f"{parameter!r} must be an ISO 8601 date or date-time, e.g. 2025-06-01 or 2025-06-01T12:00:00Z",
             raw,
         ) from None
     if not _EARLIEST <= value < _LATEST:
-        raise _bad(parameter, f"{parameter!r} must lie between 1970 and 9000", raw)
+        raise bad_parameter(parameter, f"{parameter!r} must lie between 1970 and 9000", raw)
     return value
 
 
@@ -150,16 +145,6 @@ def _ceil(value: datetime, granularity: str) -> datetime:
     return (floored + timedelta(days=32)).replace(day=1)
 
 
-def _tenant(request: web.Request, principal: Principal) -> str:
-    tenant = request.query.get("tenant", principal.tenant_id)
-    try:
-        subjects.validate_token(tenant, "tenant")
-    except subjects.InvalidSubjectToken as exc:
-        raise _bad("tenant", str(exc), tenant) from None
-    require_tenant(request, tenant)
-    return tenant
-
-
 @operation(
     "The tenant's usage as a series (and totals) from the usage read models.",
     {200: UsageSeries},
@@ -170,34 +155,36 @@ def _tenant(request: web.Request, principal: Principal) -> str:
 )
 async def get_usage(request: web.Request) -> web.Response:
     principal = require(request, "billing:read")
-    tenant = _tenant(request, principal)
+    tenant = queried_tenant(request, principal)
     query = request.query
     granularity = query.get("granularity", "day")
     if granularity not in _RANGES:
-        raise _bad("granularity", "'granularity' must be hour, day or month", granularity)
+        raise bad_parameter("granularity", "'granularity' must be hour, day or month", granularity)
     longest, default = _RANGES[granularity]
     metric = query.get("metric") or None
     if metric is not None and metric not in _METRICS:
-        raise _bad("metric", f"'metric' must be one of {', '.join(sorted(_METRICS))}", metric)
+        raise bad_parameter("metric", f"'metric' must be one of {', '.join(sorted(_METRICS))}", metric)
     capability = query.get("capability") or None
     if capability is not None:
         try:
             subjects.validate_capability(capability)
         except subjects.InvalidSubjectToken as exc:
-            raise _bad("capability", str(exc), capability) from None
+            raise bad_parameter("capability", str(exc), capability) from None
     module = query.get("module") or None
     if module is not None:
         try:
             subjects.validate_token(module, "module")
         except subjects.InvalidSubjectToken as exc:
-            raise _bad("module", str(exc), module) from None
+            raise bad_parameter("module", str(exc), module) from None
     end = _instant("to", query["to"]) if "to" in query else datetime.now(UTC)
     start = _instant("from", query["from"]) if "from" in query else end - default
     if start >= end:
-        raise _bad("from", "'from' must be earlier than 'to'")
+        raise bad_parameter("from", "'from' must be earlier than 'to'")
     start, end = _floor(start, granularity), _ceil(end, granularity)
     if end - start > longest:
-        raise _bad("from", f"a {granularity}ly series covers at most {longest.days} days; narrow 'from' and 'to'")
+        raise bad_parameter(
+            "from", f"a {granularity}ly series covers at most {longest.days} days; narrow 'from' and 'to'"
+        )
 
     filters, args = [], [granularity]
     if metric is not None:
@@ -252,7 +239,7 @@ async def get_usage(request: web.Request) -> web.Response:
 @operation("Every limit the caller is subject to, as it stands now.", {200: Limits}, query=(_TENANT,))
 async def get_limits(request: web.Request) -> web.Response:
     principal = require(request, "billing:read", "module:use")
-    tenant = _tenant(request, principal)
+    tenant = queried_tenant(request, principal)
     if tenant != principal.tenant_id:  # a super admin looking at another tenant: its plan only
         principal = Principal(tenant_id=tenant, role="", permissions=frozenset())
     metering = request.app[METERING]
