@@ -32,7 +32,9 @@ Fail = Callable[[MCPMessage, ErrorCode, str, dict[str, Any]], Awaitable[MCPMessa
 # Told the message that ended a call, once: how the gateway meters streamed calls.
 OnEnd = Callable[[MCPMessage], None]
 
-CANCEL_WAIT_SECONDS = 1.0  # how long closing a running stream waits for the module to confirm the cancel
+CANCEL_WAIT_SECONDS = (
+    3.0  # how long closing a running stream waits for the module to confirm the cancel (a loaded host answers late)
+)
 
 _TERMINAL = (MessageType.RESPONSE, MessageType.ERROR)
 

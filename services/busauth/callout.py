@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 
-from democratic_ai.services.identity import IdentityIndex
+from democratic_ai.contracts.streams import IDENTITY_STREAM
+from democratic_ai.services.identity import IdentityIndex, ModuleState
 
 from .natsjwt import InvalidClaims, Signer, decode_request
 from .permissions import module_permissions
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 ACCOUNT = "DAI"  # the account of nats.conf every platform connection lives in
 _AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 _DISCONNECTS = "$SYS.ACCOUNT.*.DISCONNECT"
+_CATCH_UP_SECONDS = 1.0  # within the server's callout timeout (2 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +63,13 @@ class BusAuthorizer:
         self._tasks: list[asyncio.Task[None]] = []
         self._subscriptions: list[object] = []
         self._sys: NATS | None = None
+        self._js: JetStreamContext | None = None
 
     async def start(self, auth: NATS, system: NATS) -> None:
         """Serve on ``auth`` (a callout user of the platform account); disconnect through ``system``."""
         self._sys = system
-        await self._index.start(auth.jetstream())
+        self._js = auth.jetstream()
+        await self._index.start(self._js)
         self._subscriptions = [
             await auth.subscribe(_AUTH_SUBJECT, cb=self._on_request),
             await system.subscribe(_DISCONNECTS, cb=self._on_disconnect),
@@ -92,7 +97,7 @@ class BusAuthorizer:
         except (InvalidClaims, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
             log.warning("ignored an authorization request that could not be read: %s", exc)
             return
-        module = self._index.module_for_credential(token) if isinstance(token, str) else None
+        module = await self._module_for(token) if isinstance(token, str) and token else None
         if module is None:
             address = request.get("client_info", {}).get("host", "?")
             log.info(
@@ -109,6 +114,22 @@ class BusAuthorizer:
             )
             log.info("admitted module %s of tenant %s to the bus", module.module_id, module.tenant_id)
         await msg.respond(answer.encode())
+
+    async def _module_for(self, token: str) -> ModuleState | None:
+        """The live module ``token`` is the credential of. A credential issued moments ago may
+        not be folded yet: an unknown one is looked up again once the index has caught up with
+        the stream as it is now (bounded by ``_CATCH_UP_SECONDS``), so that a module started
+        right after ``POST /v1/modules`` or a rotation is admitted rather than refused."""
+        module = self._index.module_for_credential(token)
+        if module is not None or self._js is None:
+            return module
+        try:
+            stream = await self._js.stream_info(IDENTITY_STREAM)
+            if stream.state.last_seq > self._index.last_sequence:
+                await self._index.wait_for(stream.state.last_seq, timeout=_CATCH_UP_SECONDS)
+        except (NatsError, TimeoutError) as exc:
+            log.info("could not catch up with the identity stream before answering: %s", exc)
+        return self._index.module_for_credential(token)
 
     async def _on_disconnect(self, msg: Msg) -> None:
         try:
