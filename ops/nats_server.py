@@ -282,6 +282,17 @@ class NatsServer:
         # A killed server leaves its ports file behind; a clean exit removes it.
         self._ports_file(proc.pid).unlink(missing_ok=True)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP), as a stalled host would: connections stay open and
+        nothing answers until :meth:`resume`. For fault-injection tests."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server go on (SIGCONT)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """Kill the server with SIGKILL, as a crash would: nothing is flushed or cleaned up.
         ``start`` starts it again on the same store and port (fault-injection tests do)."""

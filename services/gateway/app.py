@@ -71,6 +71,7 @@ from .websocket import websocket
 __all__ = ["create_app", "create_runner", "runner_for"]
 
 USAGE_TOTALS = web.AppKey("usage_totals", UsageTotals)  # set by create_app's caller to replace the read model
+_USAGE_CATCH_UP_SECONDS = 5.0
 
 
 async def _connections(app: web.Application) -> AsyncIterator[None]:
@@ -111,7 +112,9 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     )
     app[GATE] = CallGate(nc, identity, ring, metering, router, app[INPUT_LIMITS], app[METRICS])
     stripe = StripeBilling(config.billing.stripe) if config.billing.stripe else None
-    usage = app.get(USAGE_TOTALS) or PostgresUsageTotals(pool, js)
+    # A request waits a few seconds for the usage fold, then answers 503 NOT_READY: a client can
+    # retry; a request held for a minute (a projection worker that is down) helps nobody.
+    usage = app.get(USAGE_TOTALS) or PostgresUsageTotals(pool, js, catch_up_timeout=_USAGE_CATCH_UP_SECONDS)
     app[BILLING] = BillingService(js, load_plans(), usage, config.billing)
     app[PAYMENTS] = Payments(BillingLog(js), stripe)
     yield

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from nats.errors import Error as NatsError
 
 from democratic_ai.contracts import ErrorCode, PlatformError
 from democratic_ai.services.identity import Throttled
@@ -144,6 +145,16 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         elif exc.status == 405:
             details = {"allowed": sorted(getattr(exc, "allowed_methods", ()))}
         return error_response(code, message, details, status=exc.status)
+    except NatsError as exc:
+        # The bus did not answer (a timeout, a reconnect under way): not a bug of the request's,
+        # and nothing the caller can fix but by trying again.
+        log.warning("the bus failed %s %s: %r", request.method, request.path, exc, exc_info=True)
+        return error_response(
+            ErrorCode.NOT_READY,
+            "the event log did not answer in time; the change may or may not have been recorded: read it back, then retry",
+            status=503,
+            headers={"Retry-After": "1"},
+        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(ErrorCode.INTERNAL, "internal error; it has been logged", status=500)
