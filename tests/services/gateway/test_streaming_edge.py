@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,18 @@ async def test_sse_to_a_capability_whose_modules_are_gone_is_503_at_once(gateway
     assert time.monotonic() - started < 0.3
 
 
+async def _stops_growing(count: Callable[[], int], quiet: float = 0.5, timeout: float = 15.0) -> int:
+    """``count()`` once it has not changed for ``quiet`` seconds (however slow the host)."""
+    deadline = time.monotonic() + timeout
+    last = count()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(quiet)  # a window for what must not happen once the buffers are full
+        if (now := count()) == last:
+            return now
+        last = now
+    raise AssertionError(f"the module kept producing for a client that reads nothing: {last} chunks")
+
+
 async def test_a_slow_sse_reader_holds_the_module_back(gateway: Gateway, streamer: Streamer) -> None:
     """Backpressure: the module stays a bounded number of chunks ahead of what the client read.
 
@@ -150,10 +163,9 @@ async def test_a_slow_sse_reader_holds_the_module_back(gateway: Gateway, streame
         events = read_events(response.content)
         name, _ = await anext(events)
         assert name == "chunk"
-        await asyncio.sleep(0.5)  # the client reads nothing; the module fills every buffer it can
-        ahead = streamer.produced
-        await asyncio.sleep(0.5)  # a window for what must not happen: the module producing more
-        assert streamer.produced == ahead, "the module kept producing for a client that reads nothing"
+        # The client reads nothing; the module fills every buffer it can, then must stop. An
+        # unbounded stream stops only at its end (200 chunks), above the bound.
+        ahead = await _stops_growing(lambda: streamer.produced)
         assert ahead <= bound, (ahead, bound)
         received = 1
         async for name, data in events:
