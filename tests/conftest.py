@@ -194,16 +194,22 @@ async def streamer(nc: NATS, hub: Hub) -> AsyncIterator[Streamer]:
 async def projections(nc: NATS, pool: asyncpg.Pool) -> AsyncIterator[None]:
     """Every projection folding into this test's database, in-process.
 
-    The calls projection starts at the MCP stream's end: that stream holds every call of the
-    session's earlier tests, which a fresh database would otherwise fold first (seconds per test,
-    and its CPU taken from the other projections); this test's calls all come after this fixture.
+    The calls and usage projections start at their streams' ends: the MCP and USAGE streams hold
+    every call of the session's earlier tests, which a fresh database would otherwise fold first
+    (tens of seconds per test late in the session, and the CPU taken from the other projections;
+    a billing read waits for the usage fold to reach the stream's end). This test's calls all
+    come after this fixture.
     """
-    calls = PROJECTIONS["calls"]
-    info = await nc.jetstream().stream_info(calls.stream)
+    js = nc.jetstream()
     async with pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO projection_checkpoints (name, last_sequence) VALUES ($1, $2)", calls.name, info.state.last_seq
-        )
+        for name in ("calls", "usage"):
+            projection = PROJECTIONS[name]
+            info = await js.stream_info(projection.stream)
+            await conn.execute(
+                "INSERT INTO projection_checkpoints (name, last_sequence) VALUES ($1, $2)",
+                projection.name,
+                info.state.last_seq,
+            )
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(ProjectionRunner(nc.jetstream(), pool, p, batch=256).run(stop))

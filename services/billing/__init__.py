@@ -4,7 +4,8 @@ subscriptions as events, invoices computed from usage, payments through Stripe.
 Commands (:class:`BillingService`, :class:`Payments`) append BILLING events; the billing
 projection folds them into read models; an invoice is a pure function of the log
 (:func:`build_invoice`) and the usage read model (:class:`UsageTotals`); the month so far
-(:meth:`BillingService.upcoming`) is the same computation cut at now (:func:`compute_invoice`).
+(:meth:`BillingService.upcoming`) is the same computation cut at now (:func:`compute_invoice`), and
+so is the preview of a change of plan (:meth:`BillingService.preview_plan`).
 Settings, the seller included, are checked at start (:func:`check_environment`).
 """
 
@@ -27,7 +28,7 @@ from .invoicing import build_invoice, compute_invoice, duration, invoice_id, usa
 from .money import format_money, format_price, round_line, tax_amount
 from .payments import Payments
 from .seller import DEFAULT_SELLER, InvalidSeller, load_seller
-from .service import DEFAULT_TIME_ZONE, BillingService, Closed
+from .service import DEFAULT_TIME_ZONE, BillingService, Closed, PlanPreview
 from .stripe_gateway import CheckoutSession, StripeBilling
 from .subscription import Subscription, Tenure, fold_subscription
 from .usage import PostgresUsageTotals, UsageTotals
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidSeller",
     "NotFound",
     "Payments",
+    "PlanPreview",
     "PostgresUsageTotals",
     "StripeBilling",
     "StripeConfig",

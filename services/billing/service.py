@@ -38,7 +38,7 @@ from .periods import InvalidPeriod, InvalidTimeZone, Month, add_months, month_of
 from .subscription import Subscription, fold_subscription
 from .usage import UsageTotals
 
-__all__ = ["DEFAULT_TIME_ZONE", "BillingService", "Closed"]
+__all__ = ["DEFAULT_TIME_ZONE", "BillingService", "Closed", "PlanPreview"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,24 @@ class Closed:
     period: str
     invoice: InvoiceIssued | None  # None: nothing to bill that month
     created: bool  # False: the invoice already existed (or nothing was billed)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanPreview:
+    """This month's invoice with and without a change of plan made now, to the month's end."""
+
+    tenant_id: str
+    plan_id: str
+    interval: str
+    as_of: datetime  # the instant the change is supposed to be made
+    changes: bool  # False: the tenant is already on that plan and interval
+    unchanged: InvoiceIssued | None  # None: not subscribed this month
+    changed: InvoiceIssued | None  # None only when the plan ends before the month (cannot happen for a choice)
+
+    @property
+    def difference(self) -> int:
+        """How much more (negative: less) this month's invoice totals with the change."""
+        return (self.changed.total if self.changed else 0) - (self.unchanged.total if self.unchanged else 0)
 
 
 class BillingService:
@@ -90,6 +108,15 @@ class BillingService:
     ) -> int:
         """Subscribe to ``plan_id``, or change to it (at once, prorated); returns the event's
         sequence, or 0 when the tenant is already on that plan and interval."""
+        subscription, event = await self._plan_event(meta, tenant_id, plan_id, interval, time_zone)
+        if event is None:
+            return 0
+        return await self.log.append(subscription_subject(tenant_id), event, expected=subscription.sequence)
+
+    async def _plan_event(
+        self, meta: Meta, tenant_id: str, plan_id: str, interval: str, time_zone: str | None
+    ) -> tuple[Subscription, SubscriptionStarted | PlanChanged | None]:
+        """The subscription and the event choosing ``plan_id`` would append (``None``: already on it)."""
         try:
             terms = self.plans.terms(plan_id)
         except KeyError:
@@ -106,26 +133,65 @@ class BillingService:
                 field="time_zone",
             )
         current = subscription.current
-        event: SubscriptionStarted | PlanChanged
         if current is None:
-            event = SubscriptionStarted(
+            started = SubscriptionStarted(
                 tenant_id=tenant_id,
                 meta=meta,
                 terms=terms,
                 interval=interval,
                 time_zone=subscription.time_zone or time_zone or DEFAULT_TIME_ZONE,
             )
-        elif current.terms.plan_id == plan_id and current.interval == interval:
-            return 0
-        elif current.terms.currency != terms.currency:
+            return subscription, started
+        if current.terms.plan_id == plan_id and current.interval == interval:
+            return subscription, None
+        if current.terms.currency != terms.currency:
             raise Invalid(
                 f"plan {plan_id!r} is priced in {terms.currency}, the subscription in"
                 f" {current.terms.currency}; an invoice has one currency",
                 field="plan",
             )
-        else:
-            event = PlanChanged(tenant_id=tenant_id, meta=meta, terms=terms, interval=interval)
-        return await self.log.append(subscription_subject(tenant_id), event, expected=subscription.sequence)
+        return subscription, PlanChanged(tenant_id=tenant_id, meta=meta, terms=terms, interval=interval)
+
+    async def preview_plan(
+        self, meta: Meta, tenant_id: str, plan_id: str, interval: str = "month", time_zone: str | None = None
+    ) -> PlanPreview:
+        """What choosing ``plan_id`` now would do to this month's invoice; nothing is appended.
+
+        The event :meth:`set_plan` would append is decided by the same code, stamped with the
+        service's clock, and folded after the subscription's events; both the month with it and
+        the month without it are then computed by :func:`compute_invoice` to the month's end —
+        the fees as they will be billed if nothing else changes, the usage counted so far.
+        """
+        now = self.clock()
+        stamped = msgspec.structs.replace(meta, at=now)  # as if set_plan were called at this instant
+        _, event = await self._plan_event(stamped, tenant_id, plan_id, interval, time_zone)
+        events = [(s, e) for s, e in await self.log.read(subscription_subject(tenant_id)) if e.meta.at <= now]
+        unchanged = fold_subscription(tenant_id, events)
+        changed = unchanged
+        if event is not None:
+            changed = fold_subscription(tenant_id, [*events, (unchanged.sequence + 1, event)])
+        zone_name = changed.time_zone or DEFAULT_TIME_ZONE
+        month = month_of(now, zone_name)
+        at = Meta(at=now, actor=meta.actor)
+        return PlanPreview(
+            tenant_id=tenant_id,
+            plan_id=plan_id,
+            interval=interval,
+            as_of=now,
+            changes=event is not None,
+            unchanged=await self._projected(unchanged, month, at),
+            changed=await self._projected(changed, month, at),
+        )
+
+    async def _projected(self, subscription: Subscription, month: Month, meta: Meta) -> InvoiceIssued | None:
+        """``month``'s whole invoice for ``subscription`` as it stands, with the usage so far."""
+        if subscription.time_zone is None:
+            return None
+        window = usage_window(subscription, month_period(month, subscription.time_zone))
+        if window is None:
+            return None
+        usage = await self.usage.totals(subscription.tenant_id, window.start, min(window.end, meta.at))
+        return compute_invoice(subscription, month, usage, self.config.tax_rate, meta, seller=self.config.seller)
 
     async def cancel(self, meta: Meta, tenant_id: str, reason: str = "") -> int:
         """End the subscription now; its last pieces are billed, prorated, with this month."""

@@ -26,9 +26,9 @@ from aiohttp import web
 from democratic_ai.contracts import ErrorCode
 from democratic_ai.contracts.billing_events import InvoiceIssued, PlanTerms, Seller
 from democratic_ai.contracts.envelope import Meta
-from democratic_ai.contracts.fields import Id
+from democratic_ai.contracts.fields import Id, rejection
 from democratic_ai.schemas import tenant_transaction, wait_for_checkpoint
-from democratic_ai.services.billing import BillingService, Payments, render_invoice
+from democratic_ai.services.billing import BillingService, Payments, PlanPreview, render_invoice
 from democratic_ai.services.billing.payments import WebhookOutcome
 from democratic_ai.services.identity import Principal
 
@@ -142,6 +142,35 @@ class UpcomingInvoice(msgspec.Struct):
     total: int
     usage: dict[str, int]
     seller: Seller
+
+
+class ProjectedInvoice(msgspec.Struct):
+    """A month's invoice as it will be issued if nothing else changes: fees to the month's end, usage so far."""
+
+    invoice_id: str
+    period: str
+    period_start: datetime
+    period_end: datetime
+    time_zone: str
+    currency: str
+    lines: list[InvoiceLineRow]
+    subtotal: int
+    tax_rate: DecimalText
+    tax: int
+    total: int
+
+
+class PlanPreviewDocument(msgspec.Struct):
+    """What choosing a plan now would do to this month's invoice; nothing is changed."""
+
+    tenant_id: str
+    plan_id: str
+    interval: str
+    as_of: datetime  # the instant the change is supposed to be made
+    changes: bool  # False: the tenant is already on that plan and interval
+    unchanged: ProjectedInvoice | None  # this month's invoice without the change (None: no plan this month)
+    changed: ProjectedInvoice | None  # … and with it
+    difference: int  # changed.total − unchanged.total: more to pay (a charge), or less (negative: a credit)
 
 
 class Payment(msgspec.Struct):
@@ -312,6 +341,63 @@ async def put_plan(request: web.Request) -> web.Response:
     )
     await _caught_up(request, sequence)
     return respond(await _plan_document(request, tenant_id))
+
+
+def _projected(draft: InvoiceIssued | None) -> ProjectedInvoice | None:
+    if draft is None:
+        return None
+    lines = [_plain({"line_no": n, **msgspec.structs.asdict(line)}) for n, line in enumerate(draft.lines, start=1)]
+    fields = {name: getattr(draft, name) for name in ProjectedInvoice.__struct_fields__ if name != "lines"}
+    return from_row(ProjectedInvoice, _plain(fields), lines=lines)
+
+
+def _preview_document(preview: PlanPreview) -> PlanPreviewDocument:
+    return PlanPreviewDocument(
+        tenant_id=preview.tenant_id,
+        plan_id=preview.plan_id,
+        interval=preview.interval,
+        as_of=preview.as_of,
+        changes=preview.changes,
+        unchanged=_projected(preview.unchanged),
+        changed=_projected(preview.changed),
+        difference=preview.difference,
+    )
+
+
+_PLAN = Query("plan", "The plan to preview (an id of the catalogue).")
+_INTERVAL = Query("interval", "month (the default) or year.", {"type": "string", "enum": ["month", "year"]})
+_TIME_ZONE = Query("time_zone", "The billing time zone of a first subscription (IANA name; default Asia/Tokyo).")
+
+
+def _query_choice(request: web.Request) -> PlanChoice:
+    """``?plan=&interval=&time_zone=`` checked as PUT checks its body (the same struct)."""
+    if not request.query.get("plan"):
+        raise ApiError(ErrorCode.VALIDATION_FAILED, "plan is required: ?plan=<plan id>", {"field": "plan"})
+    asked = {name: request.query[name] for name in ("plan", "interval", "time_zone") if request.query.get(name)}
+    try:
+        return msgspec.convert(asked, PlanChoice)
+    except msgspec.ValidationError as exc:
+        rejected = rejection(exc)
+        field = rejected.path.removeprefix("$.")
+        raise ApiError(ErrorCode.VALIDATION_FAILED, f"{field}: {rejected.message}", {"field": field}) from None
+
+
+@operation(
+    "Preview choosing a plan: this month's invoice with the change made now and without it.",
+    {200: PlanPreviewDocument},
+    query=(_PLAN, _INTERVAL, _TIME_ZONE, _TENANT, _TENANT_ALIAS),
+    description="Nothing is appended. The change PUT /v1/billing/plan would record is decided by the same code and"
+    " both months are computed by the code that issues invoices, to the month's end (fees prorated by the"
+    " second, usage counted so far). 422 VALIDATION_FAILED for an unknown plan or interval, as PUT answers.",
+)
+async def preview_plan(request: web.Request) -> web.Response:
+    principal, tenant_id = _tenant(request)
+    require(request, "billing:read")
+    choice = _query_choice(request)
+    preview = await request.app[BILLING].preview_plan(
+        _meta(request, principal), tenant_id, choice.plan, choice.interval, choice.time_zone
+    )
+    return respond(_preview_document(preview))
 
 
 @operation("Cancel the tenant's plan at the end of its period.", {200: PlanDocument}, query=(_TENANT, _TENANT_ALIAS))
@@ -486,6 +572,7 @@ async def stripe_webhook(request: web.Request) -> web.Response:
 def add_billing_routes(app: web.Application) -> None:
     app.router.add_get("/v1/billing/plan", get_plan)
     app.router.add_put("/v1/billing/plan", put_plan)
+    app.router.add_get("/v1/billing/plan/preview", preview_plan)
     app.router.add_delete("/v1/billing/plan", cancel_plan)
     app.router.add_post("/v1/billing/close-period", close_period)
     app.router.add_post("/v1/billing/payment-method", payment_method)

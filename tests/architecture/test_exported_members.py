@@ -176,6 +176,7 @@ PUBLIC: dict[str, list[str]] = {
         "load_seller",
         "NotFound",
         "Payments",
+        "PlanPreview",
         "PostgresUsageTotals",
         "render_invoice",
         "round_line",

@@ -96,14 +96,25 @@ export function formatMoney(amount, currency) {
   }
 }
 
-/** An amount in minor units (cents; yen) in `currency`: 7400 JPY → ¥7,400, 1999 USD → $19.99. */
-export function formatMinorUnits(minor, currency) {
-  const code = currency || "USD";
-  let digits = 2;
+/** The number of decimals `currency` is written with (its minor unit: JPY 0, USD 2). */
+export function currencyDigits(currency) {
   try {
-    digits = new Intl.NumberFormat("en", { style: "currency", currency: code }).resolvedOptions().maximumFractionDigits;
+    return new Intl.NumberFormat("en", { style: "currency", currency }).resolvedOptions().maximumFractionDigits;
   } catch {
-    /* an unknown code: two decimals */
+    return 2;
   }
-  return formatMoney(Number(minor) / 10 ** digits, code);
+}
+
+/** An amount in integer minor units (as invoices hold them: yen, cents) in `currency`. */
+export function formatMinorUnits(minor, currency) {
+  return formatMoney(Number(minor) / 10 ** currencyDigits(currency), currency);
+}
+
+/** A unit price (a decimal string) with as many decimals as it has: ¥0.05, ¥50, $0.015. */
+export function formatPrice(price, currency) {
+  try {
+    return new Intl.NumberFormat(locale(), { style: "currency", currency, maximumFractionDigits: 6 }).format(Number(price));
+  } catch {
+    return `${price} ${currency}`;
+  }
 }
