@@ -9,12 +9,13 @@ import catalog from "./pages/catalog.js";
 import calls from "./pages/calls.js";
 import keys from "./pages/keys.js";
 import users from "./pages/users.js";
+import organisation from "./pages/organisation.js";
 import modules from "./pages/modules.js";
 import operations from "./pages/operations.js";
 
 // Each page: {path, title (a message key), visible(): whether the signed-in user may open it,
 // render(main, params): draws into `main`, and may return a function that stops what it started}.
-const PAGES = [overview, usage, catalog, calls, keys, users, modules, operations];
+const PAGES = [overview, usage, catalog, calls, keys, users, organisation, modules, operations];
 const BASE = "/console";
 
 const root = document.getElementById("app");
