@@ -2,6 +2,7 @@
 import { ApiError, api, can, onSession, principal, renew, signIn, signOut } from "./lib/api.js";
 import { clear, el, field, toast } from "./lib/dom.js";
 import { LANGUAGES, currentLanguage, messageParts, preferredLanguage, t, useLanguage } from "./lib/i18n.js";
+import { onTenantName, setTenantName, tenantName } from "./lib/tenant.js";
 import overview from "./pages/overview.js";
 import usage from "./pages/usage.js";
 import catalog from "./pages/catalog.js";
@@ -9,17 +10,18 @@ import calls from "./pages/calls.js";
 import keys from "./pages/keys.js";
 import users from "./pages/users.js";
 import billing from "./pages/billing.js";
+import organisation from "./pages/organisation.js";
 import modules from "./pages/modules.js";
 import operations from "./pages/operations.js";
 
 // Each page: {path, title (a message key), visible(): whether the signed-in user may open it,
 // render(main, params): draws into `main`, and may return a function that stops what it started}.
-const PAGES = [overview, usage, catalog, calls, keys, users, billing, modules, operations];
+const PAGES = [overview, usage, catalog, calls, keys, users, organisation, billing, modules, operations];
 const BASE = "/console";
 
 const root = document.getElementById("app");
 let stopPage = null;
-let tenantName = ""; // the signed-in tenant's display name: its own words, shown as text
+let whoLine = null; // the header's "name (id) · role", redrawn when the tenant is renamed
 
 function pageOf(path) {
   const name = path.replace(/^\/console\/?/, "").split("/")[0] || "overview";
@@ -81,8 +83,15 @@ function signInPage() {
   tenant.focus();
 }
 
-function shell(current) {
+/** "Name (id) · role": the tenant's name is its own words, shown as text. */
+function whoText() {
   const who = principal();
+  const name = tenantName();
+  return `${name ? `${name} (${who.tenant_id})` : who.tenant_id} · ${t(`role.${who.role}`)}`;
+}
+
+function shell(current) {
+  whoLine = el("span", { class: "who" }, whoText());
   const nav = el(
     "nav",
     { "aria-label": t("nav.label") },
@@ -113,7 +122,7 @@ function shell(current) {
     "header",
     {},
     el("a", { class: "brand", href: `${BASE}/overview` }, "Democratic_AI"),
-    el("span", { class: "who" }, tenantName ? `${tenantName} (${who.tenant_id})` : who.tenant_id, ` · ${t(`role.${who.role}`)}`),
+    whoLine,
     languagePicker(),
     el(
       "button",
@@ -163,18 +172,22 @@ async function start() {
   messageParts(PAGES.map((page) => page.path));
   await useLanguage(preferredLanguage());
   window.addEventListener("popstate", show);
+  onTenantName(() => {
+    if (whoLine && whoLine.isConnected && principal()) whoLine.textContent = whoText();
+  });
   let signedIn = false;
   onSession(async (who) => {
     if (Boolean(who) !== signedIn) {
       signedIn = Boolean(who);
-      tenantName = "";
+      let name = "";
       if (who) {
         try {
-          tenantName = (await api("GET", `/v1/tenants/${encodeURIComponent(who.tenant_id)}`)).name;
+          name = (await api("GET", `/v1/tenants/${encodeURIComponent(who.tenant_id)}`)).name;
         } catch {
           /* the id alone, then */
         }
       }
+      setTenantName(name);
       show(); // only when the user signs in or out; a renewed token changes nothing on screen
     }
   });
