@@ -8,6 +8,9 @@ import asyncpg
 from nats.aio.client import Client as NATS
 from playwright.async_api import Dialog, Page, expect
 
+from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.services.identity import KeyEncryptionKey
+
 from support.browser import screenshots
 from support.client import http
 from support.console import Admin, sign_in, super_admin
@@ -35,7 +38,7 @@ async def _suspended(gateway: Gateway, tenant: str) -> bool:
 
 
 async def test_a_super_admin_suspends_and_reinstates_a_tenant_named_with_markup(
-    gateway: Gateway, ops_desk: None, nc: NATS, page: Page
+    gateway: Gateway, ops_desk: None, nats_server: NatsServer, kek: KeyEncryptionKey, page: Page
 ) -> None:
     dialogs: list[str] = []
 
@@ -45,7 +48,7 @@ async def test_a_super_admin_suspends_and_reinstates_a_tenant_named_with_markup(
 
     page.on("dialog", on_dialog)
     tenant = await _tenant_named(gateway, SCRIPT)
-    await sign_in(page, await super_admin(gateway, nc))
+    await sign_in(page, await super_admin(gateway, nats_server, kek))
     await page.get_by_role("link", name="Operations").click()
     tenants = page.get_by_role("region", name="Tenants")
     row = tenants.get_by_role("row").filter(has_text=tenant)
@@ -78,10 +81,17 @@ async def test_a_super_admin_suspends_and_reinstates_a_tenant_named_with_markup(
 
 
 async def test_a_super_admin_sees_the_projections_and_retries_a_quarantined_event(
-    gateway: Gateway, ops_desk: None, poison: PoisonValues, nc: NATS, pool: asyncpg.Pool, page: Page
+    gateway: Gateway,
+    ops_desk: None,
+    poison: PoisonValues,
+    nc: NATS,
+    nats_server: NatsServer,
+    kek: KeyEncryptionKey,
+    pool: asyncpg.Pool,
+    page: Page,
 ) -> None:
     sequence = await quarantine_one(nc, pool, poison)
-    await sign_in(page, await super_admin(gateway, nc))
+    await sign_in(page, await super_admin(gateway, nats_server, kek))
     await page.goto(f"{gateway.url}/console/operations")
     projections = page.get_by_role("region", name="Projections")
     for name in ("identity", "usage", "billing", "registry", poison.name):
