@@ -10,9 +10,11 @@ import asyncio
 import os
 import pty
 import select
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -227,3 +229,36 @@ def test_no_route_of_the_gateway_makes_a_super_admin() -> None:
     ]
     assert callers == []
     assert "register_super_admin(" in (REPO / "ops" / "services.py").read_text(encoding="utf-8")
+
+
+async def test_the_readme_example_makes_a_super_admin_who_lists_the_tenants(
+    gateway: Gateway, nats_server: NatsServer, kek: KeyEncryptionKey, tmp_path: Path
+) -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## The console\n", 1)[1].split("\n## ", 1)[0]
+    [script] = [b.split("\n```", 1)[0] for b in section.split("```sh\n")[1:] if "add-super-admin" in b]
+    # `dai env` reads a running dai up's data dir; here the session's server stands in for one, and
+    # the e-mail is one no other test of the session uses.
+    assert 'eval "$(.venv/bin/dai env)"\n' in script and "ops@example.test" in script
+    email = _email()
+    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in _environment(nats_server, kek).items())
+    script = script.replace('eval "$(.venv/bin/dai env)"\n', exports).replace("ops@example.test", email)
+    script = f"GW={gateway.url}; JSON='Content-Type: application/json'\n{script}"
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # the README runs .venv/bin/dai
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script,
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[0].startswith(f"super admin {email} registered: user id ")
+    assert lines[1] == f"sign in to the console with tenant system, e-mail {email} and that password"
+    assert {"system", gateway.tenant} <= set(lines[2:])  # what the super admin's token lists
