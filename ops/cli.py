@@ -46,6 +46,23 @@ def _kek() -> KeyEncryptionKey:
         raise SystemExit(f"dai: {exc}") from None
 
 
+def _password(from_stdin: bool) -> str:
+    """A new password: the first line of stdin, or typed twice at a terminal without echo."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise SystemExit("dai: --password-stdin read nothing: write the password as one line to standard input")
+        return line.removesuffix("\n").removesuffix("\r")
+    if not sys.stdin.isatty():
+        raise SystemExit("dai: standard input is not a terminal: give the password on it with --password-stdin")
+    import getpass
+
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Password (again): ") != password:
+        raise SystemExit("dai: the two passwords differ; nothing was registered")
+    return password
+
+
 def _billing_config() -> BillingConfig:
     """The billing settings (tax, grace, seller, plan catalogue), checked; a one-line exit when one is wrong."""
     from democratic_ai.services.billing import InvalidBillingConfig, check_environment
@@ -271,12 +288,24 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON lines, one event each (default), or CSV with the event as JSON in one column",
     )
     replay.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of stdout")
-    identity = commands.add_parser("identity", help="identity administration: rotate-jwt-key")
+    identity = commands.add_parser("identity", help="identity administration: rotate-jwt-key, add-super-admin")
     identity_commands = identity.add_subparsers(dest="identity_command", required=True, metavar="ACTION")
     identity_commands.add_parser(
         "rotate-jwt-key",
         help="sign new access tokens with a new key; old ones stay valid until they expire"
         " (needs NATS_URL and DAI_KEK_FILE or DAI_KEK)",
+    )
+    add_admin = identity_commands.add_parser(
+        "add-super-admin",
+        help="register a super admin in the system tenant, who signs in to the console with an e-mail"
+        " and a password (needs NATS_URL, the operator's credential and DAI_KEK_FILE or DAI_KEK)",
+    )
+    add_admin.add_argument("--email", required=True, help="the super admin's e-mail address (their sign-in name)")
+    add_admin.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input (default: prompt for it twice,"
+        " without echo; a password is never an argument)",
     )
     billing = commands.add_parser("billing", help="billing: close-period (issue the invoices of ended months)")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True, metavar="ACTION")
@@ -395,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "projections" and args.projection_command == "run":
         options, database_url = _bus(), _env("DATABASE_URL")
         run_until_signalled(lambda stop: services.run_projections(options, database_url, args.names, stop))
+    elif args.command == "identity" and args.identity_command == "add-super-admin":
+        options, kek = _bus(), _kek()  # both before the password: no typing it twice for nothing
+        user = asyncio.run(services.add_super_admin(options, kek, args.email, _password(args.password_stdin)))
+        print(f"super admin {user.email} registered: user id {user.user_id}")
+        print(f"sign in to the console with tenant {user.tenant_id}, e-mail {user.email} and that password")
     elif args.command == "identity":
         kid = asyncio.run(services.rotate_jwt_key(_bus(), _kek()))
         print(f"new JWT signing key {kid}; tokens signed by the previous key stay valid until they expire")

@@ -1,11 +1,14 @@
 """The processes of the platform, one function each: hub, gateway, projections; and the one-shot
-commands (key rotation, closing billing periods). A module runs by :mod:`.module_run`."""
+commands (key rotation, adding a super admin, closing billing periods). A module runs by
+:mod:`.module_run`."""
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
 import os
+import socket
 from datetime import UTC, datetime
 
 import asyncpg
@@ -14,6 +17,7 @@ from aiohttp import web
 from democratic_ai.contracts import tracing
 from democratic_ai.contracts.bus import BusOptions, connect
 from democratic_ai.contracts.envelope import Meta
+from democratic_ai.contracts.identity_events import UserRegistered
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.streams import MCP_STREAM, REGISTRY_STREAM
 from democratic_ai.hub import Hub
@@ -33,10 +37,20 @@ from democratic_ai.services.billing import (
 )
 from democratic_ai.services.busauth import BusAuthorizer, Signer
 from democratic_ai.services.gateway import GatewayConfig, create_runner
-from democratic_ai.services.identity import IdentityIndex, KeyEncryptionKey, load_kek, rotate_signing_key
+from democratic_ai.services.identity import (
+    IdentityError,
+    IdentityIndex,
+    IdentityService,
+    KeyEncryptionKey,
+    KeyRing,
+    UserKeyStore,
+    load_kek,
+    rotate_signing_key,
+)
 from democratic_ai.services.plans import load_plans
 
 __all__ = [
+    "add_super_admin",
     "close_billing_periods",
     "env_seconds",
     "load_module_class",
@@ -165,6 +179,41 @@ async def rotate_jwt_key(options: BusOptions, kek: KeyEncryptionKey | None = Non
     try:
         return await rotate_signing_key(nc.jetstream(), kek)
     finally:
+        await nc.drain()
+
+
+def _operator_actor() -> str:
+    """Who runs this command, for the audit trail: ``operator:<login>@<host>``."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container): the uid still says who
+        login = f"uid {os.getuid()}"
+    return f"operator:{login}@{socket.gethostname()}"[:128]
+
+
+async def add_super_admin(options: BusOptions, kek: KeyEncryptionKey, email: str, password: str) -> UserRegistered:
+    """Register a super admin in the ``system`` tenant, who signs in to the console with a password.
+
+    The API never makes a super admin; the operator does, with the bus credential that may write
+    the IDENTITY stream and the KEK that seals the password hash with the user's data key. The
+    identity index is folded here from the log, as a gateway folds it, so the command sees the
+    e-mails already taken. Raises SystemExit with a one-line ``dai:`` message when it is refused.
+    """
+    nc = await connect(options, "dai-identity")
+    js = nc.jetstream()
+    index, user_keys = IdentityIndex(), UserKeyStore(js, kek)
+    try:
+        await index.start(js)
+        await user_keys.start()
+        # The ring signs tokens; registering signs none, so it is never started (nor a key made).
+        service = IdentityService(js, index, KeyRing(kek), user_keys)
+        meta = Meta(at=datetime.now(UTC), actor=_operator_actor(), user_agent="dai identity add-super-admin")
+        return await service.register_super_admin(meta, email, password)
+    except IdentityError as exc:
+        raise SystemExit(f"dai: {exc.message}") from None
+    finally:
+        await user_keys.stop()
+        await index.stop()
         await nc.drain()
 
 

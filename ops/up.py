@@ -363,7 +363,8 @@ def _banner(
     monitor = f"  monitor  {monitor_url} (nats-server's /healthz, /varz, /jsz)\n" if monitor_url else ""
     _say(
         f"Democratic_AI is up.\n  gateway  {gateway_url}\n  console  {gateway_url}/console (sign in with a user's"
-        " e-mail and password: see the README's console section)\n"
+        " e-mail and password; yourself, as a super admin of tenant system, once you have made one with"
+        " dai identity add-super-admin --email you@example.com)\n"
         f"  nats     {nats_url}\n{monitor}"
         f"  data     {data_dir} (locked by this dai up, pid {os.getpid()})\n"
         f"  bus      authorization on; the operator's credential: {operator}\n"

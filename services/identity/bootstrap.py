@@ -28,9 +28,10 @@ from .module_credentials import credential_prefix, credential_sha256, new_module
 from .permissions import Role
 from .principal import sha256_hex
 
-__all__ = ["SYSTEM_TENANT", "ensure_bootstrap", "ensure_platform_module", "new_api_key_secret"]
+__all__ = ["SYSTEM_TENANT", "SYSTEM_TENANT_NAME", "ensure_bootstrap", "ensure_platform_module", "new_api_key_secret"]
 
 SYSTEM_TENANT = "system"
+SYSTEM_TENANT_NAME = "Platform operators"
 
 
 def new_api_key_secret() -> str:
@@ -51,7 +52,7 @@ async def ensure_bootstrap(js: JetStreamContext, secret: str | None = None) -> s
     await _append_once(
         js,
         identity_subject(SYSTEM_TENANT, "tenant", SYSTEM_TENANT),
-        encode_event(TenantCreated(tenant_id=SYSTEM_TENANT, meta=meta, name="Platform operators")),
+        encode_event(TenantCreated(tenant_id=SYSTEM_TENANT, meta=meta, name=SYSTEM_TENANT_NAME)),
     )
     secret = secret or new_api_key_secret()
     key_id = secret.split("_", 2)[1]

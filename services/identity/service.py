@@ -52,7 +52,7 @@ from democratic_ai.contracts.identity_events import (
 )
 from democratic_ai.contracts.toolsets import check_toolset, outside_of
 
-from .bootstrap import new_api_key_secret
+from .bootstrap import SYSTEM_TENANT, SYSTEM_TENANT_NAME, new_api_key_secret
 from .errors import Conflict, Forbidden, Invalid, NotFound, Throttled, Unauthenticated, Unavailable
 from .index import LOGIN_WINDOW, IdentityIndex, ModuleState, TenantState, UserState
 from .module_credentials import credential_prefix, credential_sha256, new_module_credential
@@ -196,6 +196,28 @@ class IdentityService:
         _role(role)
         if role == Role.SUPER_ADMIN:
             raise Forbidden("super admins are not created through the API")
+        return await self._register(meta, tenant_id, email, password, role)
+
+    async def register_super_admin(self, meta: Meta, email: str, password: str) -> UserRegistered:
+        """Register a super admin in the ``system`` tenant: the operator's command, never the API's.
+
+        Only ``dai identity add-super-admin`` calls this, with the operator's bus credential and
+        the KEK; no route does, so a super admin is never made by someone who is not already the
+        platform's operator. The ``system`` tenant is recorded first if the log has none yet (a
+        platform started without ``dai up``), as ``dai up`` records it.
+        """
+        tenant = self.index.tenants.get(SYSTEM_TENANT)
+        if tenant is None:
+            try:
+                await self.create_tenant(meta, SYSTEM_TENANT, SYSTEM_TENANT_NAME)
+            except Conflict:
+                pass  # recorded by someone else since this index read the log: it is there now
+        elif tenant.suspended:
+            raise Forbidden(f"tenant {SYSTEM_TENANT!r} is suspended: reinstate it first", tenant_id=SYSTEM_TENANT)
+        return await self._register(meta, SYSTEM_TENANT, normalise_email(email), password, Role.SUPER_ADMIN)
+
+    async def _register(self, meta: Meta, tenant_id: str, email: str, password: str, role: str) -> UserRegistered:
+        """Register ``email`` (normalised) with ``role``, its password checked, hashed and sealed."""
         _policy(password, email)
         user_id = uuid.uuid4().hex
         event = UserRegistered(

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from nats.aio.client import Client as NATS
 from playwright.async_api import Page
 
-from democratic_ai.contracts import subjects
-from democratic_ai.contracts.envelope import Meta
-from democratic_ai.contracts.identity_events import UserRoleChanged, encode_event
+from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.ops.services import add_super_admin
 from democratic_ai.services.gateway.state import USERS
+from democratic_ai.services.identity import KeyEncryptionKey
 
 from support.gateway import Gateway
-from support.identity import new_user
+from support.identity import PASSWORD
+from support.names import unique
 from support.waiting import eventually
 
 __all__ = ["Admin", "sign_in", "super_admin"]
@@ -41,21 +40,14 @@ async def sign_in(page: Page, who: Admin, tenant: str | None = None) -> None:
     await page.get_by_role("button", name="Sign out").wait_for()
 
 
-async def super_admin(gateway: Gateway, nc: NATS) -> Admin:
-    """A super admin who signs in with a password, in the gateway's own (the platform's) tenant.
+async def super_admin(gateway: Gateway, nats_server: NatsServer, kek: KeyEncryptionKey) -> Admin:
+    """A super admin who signs in with a password, in the ``system`` tenant.
 
-    The API creates no super admin (``dai up`` makes the platform's first one): a user is
-    registered as a tenant admin, then promoted by an event appended to the log as an operator
-    with the bus' rights would — the way ``issue_key`` records the gateway's super-admin key.
+    Made the one way there is: the operator's command (``dai identity add-super-admin``, here
+    its function), with the operator's bus credential and the platform's KEK.
     """
-    user = await new_user(gateway, gateway.tenant, "tenant_admin")
-    promoted = UserRoleChanged(
-        tenant_id=gateway.tenant, meta=Meta(at=datetime.now(UTC)), user_id=user["user_id"], role="super_admin"
-    )
-    subject = subjects.identity_subject(gateway.tenant, "user", user["user_id"])
-    await nc.jetstream().publish(subject, encode_event(promoted))
+    email = f"{unique('root')}@example.com"
+    user = await add_super_admin(nats_server.bus("operator"), kek, email, PASSWORD)
     users = gateway.app[USERS].index.users if gateway.app is not None else {}
-    await eventually(
-        lambda: users[user["user_id"]].role == "super_admin", "the gateway to know the super admin", timeout=5
-    )
-    return Admin(gateway, gateway.tenant, user["email"], user["password"], user["user_id"])
+    await eventually(lambda: user.user_id in users, "the gateway to know the super admin", timeout=5)
+    return Admin(gateway, user.tenant_id, email, PASSWORD, user.user_id)

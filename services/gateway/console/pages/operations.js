@@ -1,6 +1,7 @@
-// Operations (super admins): tenants (suspend, reinstate), modules and instances of every tenant,
-// projections with their lag and quarantined events (retry), and the streams.
-import { ApiError, api, can, principal } from "../lib/api.js";
+// Operations (super admins): tenants (a new one with its first administrator, suspend, reinstate),
+// modules and instances of every tenant, projections with their lag and quarantined events (retry),
+// and the streams.
+import { ApiError, api, can, describe, principal } from "../lib/api.js";
 import { barChart } from "../lib/chart.js";
 import { append, clear, el, field, table, toast } from "../lib/dom.js";
 import { formatDateTime, formatNumber, t } from "../lib/i18n.js";
@@ -114,6 +115,96 @@ async function tenants(refresh) {
       ];
     }),
     t("operations.no_tenants"),
+  );
+}
+
+/**
+ * A new tenant and its first administrator: two API calls, POST /v1/tenants then the admin's
+ * POST /v1/tenants/{t}/users. When the second fails the tenant stays (a tenant cannot be
+ * deleted), and the form keeps it: the next submit only adds the administrator.
+ */
+function newTenantForm(onCreated) {
+  // No pattern or length here: the platform's rule for an id is the one that counts, and the API says it.
+  const tenantId = el("input", { name: "tenant_id", autocomplete: "off", autocapitalize: "none", spellcheck: "false", required: true });
+  const name = el("input", { name: "name", autocomplete: "off", maxlength: "200" });
+  const email = el("input", { name: "email", inputmode: "email", autocomplete: "off", spellcheck: "false", required: true, maxlength: "254" });
+  const password = el("input", { name: "password", type: "password", autocomplete: "new-password", required: true });
+  const problem = el("p", { class: "problem", role: "alert" });
+  const submit = el("button", { type: "submit" }, t("operations.create_tenant"));
+  const startOver = el("button", { type: "button", class: "secondary", hidden: true, onclick: () => forget() }, t("operations.another_tenant"));
+  let created = null; // the tenant made by an earlier submit whose administrator failed
+
+  function keep(tenant) {
+    created = tenant;
+    tenantId.readOnly = true;
+    name.readOnly = true;
+    submit.textContent = t("operations.add_admin");
+    startOver.hidden = false;
+  }
+
+  function forget() {
+    created = null;
+    tenantId.readOnly = false;
+    name.readOnly = false;
+    tenantId.value = "";
+    name.value = "";
+    email.value = "";
+    password.value = "";
+    problem.textContent = "";
+    submit.textContent = t("operations.create_tenant");
+    startOver.hidden = true;
+  }
+
+  async function create() {
+    const tenant = tenantId.value.trim();
+    if (created === null) {
+      try {
+        await api("POST", "/v1/tenants", { tenant_id: tenant, name: name.value.trim() });
+      } catch (error) {
+        problem.textContent = describe(error);
+        return;
+      }
+      keep(tenant);
+      await onCreated();
+    }
+    try {
+      await api("POST", `/v1/tenants/${encodeURIComponent(created)}/users`, { email: email.value.trim(), password: password.value, role: "tenant_admin" });
+    } catch (error) {
+      problem.textContent = t("operations.admin_failed", { tenant: created, error: describe(error) });
+      return;
+    }
+    toast(t("operations.tenant_ready", { tenant: created, email: email.value.trim() }), "ok");
+    forget();
+  }
+
+  return el(
+    "form",
+    {
+      class: "panel new-tenant",
+      "aria-label": t("operations.new_tenant"),
+      onsubmit: async (event) => {
+        event.preventDefault();
+        problem.textContent = "";
+        submit.disabled = true;
+        try {
+          await create();
+        } finally {
+          submit.disabled = false;
+        }
+      },
+    },
+    el("h2", {}, t("operations.new_tenant")),
+    el("p", { class: "meta" }, t("operations.new_tenant_intro")),
+    el(
+      "div",
+      { class: "form-grid" },
+      field(t("operations.tenant_id"), tenantId, t("operations.tenant_id_hint")),
+      field(t("operations.name"), name),
+      field(t("operations.admin_email"), email),
+      field(t("operations.admin_password"), password, t("operations.admin_password_hint")),
+    ),
+    problem,
+    el("div", { class: "actions" }, submit, startOver),
   );
 }
 
@@ -251,6 +342,7 @@ export default {
     append(main, [
       el("p", { class: "intro" }, t("operations.intro")),
       el("div", { class: "toolbar" }, el("button", { type: "button", class: "secondary", onclick: () => parts.forEach((p) => p.refresh()) }, t("common.refresh"))),
+      can("tenant:create") ? newTenantForm(() => parts[0].refresh()) : null,
       ...parts.map((p) => p.section),
     ]);
     await Promise.all(parts.map((p) => p.refresh()));

@@ -1,18 +1,22 @@
 """Operations, in Chromium: a super admin suspends and reinstates a tenant whose name is markup
-(shown as text), sees the projections and retries a quarantined event until it applies; a
-tenant admin sees no Operations page, and the ops API refuses them."""
+(shown as text), creates a tenant with its first administrator, sees the projections and retries
+a quarantined event until it applies; a tenant admin sees no Operations page, and the ops API
+refuses them."""
 
 from __future__ import annotations
 
 import asyncpg
 from nats.aio.client import Client as NATS
-from playwright.async_api import Dialog, Page, expect
+from playwright.async_api import Browser, Dialog, Page, expect
+
+from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.services.identity import KeyEncryptionKey
 
 from support.browser import screenshots
 from support.client import http
 from support.console import Admin, sign_in, super_admin
 from support.gateway import Gateway
-from support.identity import login
+from support.identity import PASSWORD, login
 from support.names import unique
 from support.quarantine import PoisonValues, fix_poison, quarantine_one
 
@@ -35,7 +39,7 @@ async def _suspended(gateway: Gateway, tenant: str) -> bool:
 
 
 async def test_a_super_admin_suspends_and_reinstates_a_tenant_named_with_markup(
-    gateway: Gateway, ops_desk: None, nc: NATS, page: Page
+    gateway: Gateway, ops_desk: None, nats_server: NatsServer, kek: KeyEncryptionKey, page: Page
 ) -> None:
     dialogs: list[str] = []
 
@@ -45,7 +49,7 @@ async def test_a_super_admin_suspends_and_reinstates_a_tenant_named_with_markup(
 
     page.on("dialog", on_dialog)
     tenant = await _tenant_named(gateway, SCRIPT)
-    await sign_in(page, await super_admin(gateway, nc))
+    await sign_in(page, await super_admin(gateway, nats_server, kek))
     await page.get_by_role("link", name="Operations").click()
     tenants = page.get_by_role("region", name="Tenants")
     row = tenants.get_by_role("row").filter(has_text=tenant)
@@ -77,11 +81,82 @@ async def test_a_super_admin_suspends_and_reinstates_a_tenant_named_with_markup(
     await expect(streams.get_by_role("cell", name="IDENTITY", exact=True)).to_be_visible()
 
 
+async def _refusal(gateway: Gateway, path: str, body: dict, status: int) -> str:
+    """What the console shows for the API's refusal of ``body`` (lib/api.js describe): asked of the API itself."""
+    answered, answer = await http("POST", f"{gateway.url}{path}", json=body, credential=gateway.api_key)
+    assert answered == status, answer
+    error = answer["error"]
+    where = error["details"].get("path") or error["details"].get("field")
+    return f"{error['code']}: {error['message']}" + (f" ({where})" if where else "")
+
+
+async def test_a_super_admin_creates_a_tenant_whose_first_administrator_then_signs_in(
+    gateway: Gateway, ops_desk: None, nats_server: NatsServer, kek: KeyEncryptionKey, page: Page, browser: Browser
+) -> None:
+    for status, url in ((422, r"/v1/tenants$"), (409, r"/v1/tenants$"), (422, r"/v1/tenants/[^/]+/users$")):
+        page.watch.expect(status, url)  # type: ignore[attr-defined]
+    await sign_in(page, await super_admin(gateway, nats_server, kek))
+    await page.get_by_role("link", name="Operations").click()
+    form = page.get_by_role("form", name="New tenant")
+    tenant, email = unique("new"), f"{unique('first')}@example.com"
+    await form.get_by_label("Name").fill("Newco")
+    await form.get_by_label("Administrator's e-mail").fill(email)
+    await form.get_by_label("Administrator's password").fill("too short")
+
+    # An id the API refuses, then one that is taken: its error, and no tenant.
+    for refused, status in (("Not A Tenant", 422), (gateway.tenant, 409)):
+        shown = await _refusal(gateway, "/v1/tenants", {"tenant_id": refused, "name": "Newco"}, status)
+        await form.get_by_label("Tenant id").fill(refused)
+        await form.get_by_role("button", name="Create tenant").click()
+        await expect(form.get_by_role("alert")).to_have_text(shown)
+
+    # The tenant is made, its administrator refused: said so, the tenant kept, and a retry adds only the admin.
+    await form.get_by_label("Tenant id").fill(tenant)
+    await form.get_by_role("button", name="Create tenant").click()
+    weak = await _refusal(gateway, f"/v1/tenants/{tenant}/users", {"email": email, "password": "too short"}, 422)
+    await expect(form.get_by_role("alert")).to_have_text(
+        f"Tenant {tenant} was created, but its administrator was not: {weak}. The tenant stays; correct the"
+        " e-mail or password and add the administrator again."
+    )
+    await expect(page.get_by_role("region", name="Tenants").get_by_role("row").filter(has_text=tenant)).to_be_visible()
+    await expect(form.get_by_label("Tenant id")).not_to_be_editable()
+    await screenshots(page, "operations-new-tenant")
+    await form.get_by_label("Administrator's password").fill(PASSWORD)
+    await form.get_by_role("button", name="Add the administrator").click()
+    await expect(page.get_by_text(f"Tenant {tenant} is ready: {email} signs in as its administrator.")).to_be_visible()
+    await expect(form.get_by_role("button", name="Create tenant")).to_be_visible()
+    await expect(form.get_by_label("Tenant id")).to_have_value("")
+
+    status, body = await http("GET", f"{gateway.url}/v1/tenants/{tenant}/users", credential=gateway.api_key)
+    assert status == 200, body
+    [admin] = body["users"]
+    assert (admin["email"], admin["role"]) == (email, "tenant_admin")
+    status, body = await http("GET", f"{gateway.url}/v1/tenants/{tenant}", credential=gateway.api_key)
+    assert (status, body["name"]) == (200, "Newco"), body
+
+    # The new administrator, in a browser of their own.
+    context = await browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-GB")
+    try:
+        theirs = await context.new_page()
+        await sign_in(theirs, Admin(gateway, tenant, email, PASSWORD, admin["user_id"]))
+        await expect(theirs.get_by_role("link", name="Users")).to_be_visible()
+        await expect(theirs.get_by_role("link", name="Operations")).to_have_count(0)
+    finally:
+        await context.close()
+
+
 async def test_a_super_admin_sees_the_projections_and_retries_a_quarantined_event(
-    gateway: Gateway, ops_desk: None, poison: PoisonValues, nc: NATS, pool: asyncpg.Pool, page: Page
+    gateway: Gateway,
+    ops_desk: None,
+    poison: PoisonValues,
+    nc: NATS,
+    nats_server: NatsServer,
+    kek: KeyEncryptionKey,
+    pool: asyncpg.Pool,
+    page: Page,
 ) -> None:
     sequence = await quarantine_one(nc, pool, poison)
-    await sign_in(page, await super_admin(gateway, nc))
+    await sign_in(page, await super_admin(gateway, nats_server, kek))
     await page.goto(f"{gateway.url}/console/operations")
     projections = page.get_by_role("region", name="Projections")
     for name in ("identity", "usage", "billing", "registry", poison.name):
