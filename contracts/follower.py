@@ -1,8 +1,9 @@
 """Folding a whole stream in memory: replay it from the start, then follow it live.
 
 The gateway's auth index and the registry index are such folds. ``start`` returns once the
-fold has caught up with the stream as it was at the call, and ``wait_for(seq)`` lets a command
-that just appended an event wait until its own fold has applied it. The fold survives
+fold has caught up with the stream as it was at the call, ``wait_for(seq)`` lets a command
+that just appended an event wait until its own fold has applied it, and ``catch_up()`` waits
+for what other processes appended up to now. The fold survives
 reconnects and server restarts: it resumes after the last sequence it applied
 (:class:`~.ordered.OrderedConsumer`).
 """
@@ -58,6 +59,14 @@ class StreamFollower:
         if self._consumer is None:
             raise RuntimeError(f"the {self.stream} follower is not started")
         await self._consumer.wait_for(sequence, timeout)
+
+    async def catch_up(self, timeout: float = 1.0) -> None:
+        """Wait until the fold has applied everything the stream holds now: read-your-writes for
+        what another process appended (a command's own append uses :meth:`wait_for`). Raises
+        ``TimeoutError``."""
+        if self._consumer is None:
+            raise RuntimeError(f"the {self.stream} follower is not started")
+        await self._consumer.catch_up(timeout)
 
     async def _on_message(self, msg: Msg) -> None:
         self.apply_message(msg)

@@ -205,6 +205,27 @@ class OrderedConsumer:
         async with self._progress:
             await asyncio.wait_for(self._progress.wait_for(lambda: self.last_sequence >= sequence), timeout)
 
+    async def catch_up(self, timeout: float) -> None:
+        """Wait until every message the stream holds now (of this consumer's subjects) has been
+        applied: what another process appended a moment ago is then folded. The server says
+        what is left to deliver, so a purged tail is not waited for. Raises ``TimeoutError``;
+        while the consumer is being replaced it returns at once (nothing to ask)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                consumer = self._consumer
+                if not consumer:
+                    return
+                try:
+                    info = await self._js.consumer_info(self.stream, consumer)
+                except NotFoundError:
+                    return
+                if not info.num_pending:
+                    break
+                await asyncio.sleep(0.01)  # the server is still delivering
+            delivered = info.delivered.stream_seq if info.delivered else 0
+            async with self._progress:
+                await self._progress.wait_for(lambda: self.last_sequence >= delivered)
+
     # Making consumers ---------------------------------------------------------------------------
 
     def _first_config(self) -> ConsumerConfig:

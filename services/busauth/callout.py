@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 
-from democratic_ai.contracts.streams import IDENTITY_STREAM
 from democratic_ai.services.identity import IdentityIndex, ModuleState
 
 from .natsjwt import InvalidClaims, Signer, decode_request
@@ -63,13 +61,11 @@ class BusAuthorizer:
         self._tasks: list[asyncio.Task[None]] = []
         self._subscriptions: list[object] = []
         self._sys: NATS | None = None
-        self._js: JetStreamContext | None = None
 
     async def start(self, auth: NATS, system: NATS) -> None:
         """Serve on ``auth`` (a callout user of the platform account); disconnect through ``system``."""
         self._sys = system
-        self._js = auth.jetstream()
-        await self._index.start(self._js)
+        await self._index.start(auth.jetstream())
         self._subscriptions = [
             await auth.subscribe(_AUTH_SUBJECT, cb=self._on_request),
             await system.subscribe(_DISCONNECTS, cb=self._on_disconnect),
@@ -121,14 +117,12 @@ class BusAuthorizer:
         the stream as it is now (bounded by ``_CATCH_UP_SECONDS``), so that a module started
         right after ``POST /v1/modules`` or a rotation is admitted rather than refused."""
         module = self._index.module_for_credential(token)
-        if module is not None or self._js is None:
+        if module is not None:
             return module
         try:
-            stream = await self._js.stream_info(IDENTITY_STREAM)
-            if stream.state.last_seq > self._index.last_sequence:
-                await self._index.wait_for(stream.state.last_seq, timeout=_CATCH_UP_SECONDS)
+            await self._index.catch_up(_CATCH_UP_SECONDS)
         except (NatsError, TimeoutError) as exc:
-            log.info("could not catch up with the identity stream before answering: %s", exc)
+            log.info("could not catch up with the identity stream before answering: %r", exc)
         return self._index.module_for_credential(token)
 
     async def _on_disconnect(self, msg: Msg) -> None:

@@ -151,7 +151,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         log.warning("the bus failed %s %s: %r", request.method, request.path, exc, exc_info=True)
         return error_response(
             ErrorCode.NOT_READY,
-            "the event log did not answer in time; the change may or may not have been recorded: read it back, then retry",
+            "the event log did not answer in time; the change may or may not have been recorded:"
+            " read it back, then retry",
             status=503,
             headers={"Retry-After": "1"},
         )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from democratic_ai.contracts import subjects
@@ -74,6 +75,7 @@ MAX_FAILURES_PER_IP = 20
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
 # A fixed hash to verify against when the e-mail is unknown, so both paths cost one argon2 run.
 _DUMMY_HASH = PASSWORD_HASHER.hash(secrets.token_urlsafe(16))
+_CATCH_UP_SECONDS = 1.0  # how long a login waits for the identity index to fold what others appended
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,14 @@ class IdentityService:
         self.index = index
         self.ring = ring
         self.user_keys = user_keys
+
+    async def _caught_up(self) -> None:
+        """Fold what other processes appended up to now (within a second; a bus that does not
+        answer leaves the index as it is, and the command decides on that)."""
+        try:
+            await self.index.catch_up(_CATCH_UP_SECONDS)
+        except (NatsError, TimeoutError) as exc:
+            log.info("the identity index could not catch up before a login: %r", exc)
 
     async def _append(self, subject: str, event: IdentityEvent, *, expected: int | None) -> int:
         try:
@@ -549,6 +559,7 @@ class IdentityService:
         by_account, by_ip = self.index.recent_failures(tenant_id, email_hash, meta.ip, meta.at)
         if by_account >= MAX_FAILURES_PER_ACCOUNT or by_ip >= MAX_FAILURES_PER_IP:
             raise Throttled("too many failed logins; try again later", retry_after=int(LOGIN_WINDOW.total_seconds()))
+        await self._caught_up()  # a user (or tenant) recorded a moment ago by another process counts
         user_id = self.index.users_by_email.get((tenant_id, email)) if tenant_id in self.index.tenants else None
         user = self.index.users.get(user_id) if user_id else None
         stored = await self._password_hash(user) if user else None

@@ -110,6 +110,32 @@ async def test_a_lost_consumer_is_replaced_within_a_few_heartbeats(nc: NATS) -> 
         await js.delete_stream(stream)
 
 
+async def test_catch_up_waits_for_what_another_connection_appended_and_not_for_a_purged_tail(nc: NATS) -> None:
+    stream, subject = unique("CATCHUP").upper(), unique("catchup")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{subject}.>"]))
+    applied: list[int] = []
+
+    async def slow(msg: Msg) -> None:
+        await asyncio.sleep(0.05)  # a fold that takes a while per message
+        applied.append(msg.metadata.sequence.stream)
+
+    await _publish(nc, f"{subject}.a", 2)
+    await _publish(nc, f"{subject}.tail", 1)
+    await js.purge_stream(stream, subject=f"{subject}.tail")  # the stream's last sequence (3) is gone
+    follower = OrderedConsumer(js, stream, f"{subject}.>", slow)
+    try:
+        await follower.start(timeout=5)
+        await follower.catch_up(1.0)  # returns: nothing is left to deliver, though 3 was never applied
+        assert applied == [1, 2]
+        last = await _publish(nc, f"{subject}.b", 5)
+        await follower.catch_up(5.0)
+        assert applied == [1, 2, *range(4, last + 1)]  # all five folded, not just acknowledged
+    finally:
+        await follower.stop()
+        await js.delete_stream(stream)
+
+
 class Batches:
     """An ``on_batch`` that records its batches, and fails once on the batch holding ``fail_at``."""
 
