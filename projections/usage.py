@@ -106,15 +106,20 @@ class UsageProjection:
         small query) rather than remembered: a partition created in a transaction that rolled
         back, or in another database, must not be taken for existing."""
         wanted = {_partition(m)[0]: m for m in months}
-        existing = await conn.fetch(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = $1 AND c.relname = any($2::text[])",
+        # The partitions belong to the live, partitioned usage_events, also while a rebuild folds
+        # into its shadow copy (projections/shadow.py: a plain table, on the search path then):
+        # the rebuilt rows are copied into the live table, which must have their months by then.
+        parent, existing = await conn.fetchrow(
+            "SELECT (SELECT p.partrelid::regclass::text FROM pg_partitioned_table p"
+            " JOIN pg_class c ON c.oid = p.partrelid WHERE c.relname = 'usage_events'),"
+            " array(SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = $1 AND c.relname = any($2::text[]))",
             PARTITION_SCHEMA,
             list(wanted),
         )
-        for name in set(wanted) - {r["relname"] for r in existing}:
+        for name in set(wanted) - set(existing):
             _, start, end = _partition(wanted[name])
             await conn.execute(
-                f'CREATE TABLE IF NOT EXISTS {PARTITION_SCHEMA}."{name}" PARTITION OF usage_events'
+                f'CREATE TABLE IF NOT EXISTS {PARTITION_SCHEMA}."{name}" PARTITION OF {parent}'
                 f" FOR VALUES FROM ('{start}') TO ('{end}')"
             )

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
+from democratic_ai.contracts import ensure_streams
+from democratic_ai.contracts.bus import connect
 from democratic_ai.contracts.subjects import usage_subject
 from democratic_ai.contracts.usage_events import CallMetered, Outcome, encode_event, message_id
+from democratic_ai.ops.nats_server import NatsServer
+from democratic_ai.ops.ports import free_port
 from democratic_ai.projections import UsageProjection, rebuild
 from democratic_ai.schemas import app_dsn, tenant_transaction
 
@@ -168,3 +173,28 @@ async def test_months_get_partitions_on_demand_and_the_app_role_sees_one_tenant(
             await app.execute("DELETE FROM usage_daily")
     finally:
         await app.close()
+
+
+async def test_a_rebuild_in_a_database_that_never_folded_makes_the_months_partitions(
+    tmp_path: Path, pool: asyncpg.Pool
+) -> None:
+    """``dai projections rebuild usage`` on a new database: the shadow it folds into is a plain
+    table, and the live table it is copied into gets the months' partitions on the way. (A bus
+    of its own: a rebuild folds the whole stream, which the session's holds every test's usage.)"""
+    tenant = unique("fresh")
+    events = _events(tenant, 20, start=datetime(2024, 7, 3, tzinfo=UTC))  # July and June 2024
+    with NatsServer(tmp_path / "bus", port=free_port()) as server:
+        nc = await connect(server.bus("operator"), "rebuild-test")
+        try:
+            await ensure_streams(nc.jetstream())
+            await _publish(nc, events)
+            assert await rebuild(nc.jetstream(), pool, UsageProjection()) == len(events)
+        finally:
+            await nc.close()
+    async with pool.acquire() as conn:
+        partitions = await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'usage_events'::regclass ORDER BY 1"
+        )
+    assert [p["relname"] for p in partitions] == ["usage_events_2024_06", "usage_events_2024_07"]
+    assert await _totals(pool, tenant) == _expected(events)
