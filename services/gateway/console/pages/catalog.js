@@ -107,6 +107,24 @@ function tryIt(capability) {
   return panel;
 }
 
+// A platform may hold thousands of capabilities: the list shows the first matches, and the search narrows it.
+const MAX_LISTED = 100;
+
+/** One entry per capability, however many modules offer it: the one with the most live instances
+ * speaks for it (the gateway routes a call by capability, to whichever serves it), the others
+ * are counted. */
+function byCapability(entries) {
+  const providers = new Map();
+  for (const entry of entries) {
+    if (!providers.has(entry.action)) providers.set(entry.action, []);
+    providers.get(entry.action).push(entry);
+  }
+  return [...providers.values()].map((offers) => {
+    offers.sort((a, b) => b.instances - a.instances);
+    return { ...offers[0], providers: offers, live: offers[0].instances > 0 };
+  });
+}
+
 function detail(capability) {
   return el(
     "section",
@@ -117,6 +135,7 @@ function detail(capability) {
       "p",
       { class: "meta" },
       t("catalog.served_by", { module: capability.module_name || capability.module_id, version: capability.module_version, instances: capability.instances }),
+      capability.providers.length > 1 ? [" ", t("catalog.other_modules", { count: capability.providers.length - 1 })] : null,
     ),
     el("h3", {}, t("catalog.input")),
     schemaTable(capability.input_schema),
@@ -132,7 +151,7 @@ export default {
   title: "nav.catalog",
   visible: () => can("module:read"),
   async render(main, params) {
-    const { capabilities } = await api("GET", "/v1/capabilities");
+    const capabilities = byCapability((await api("GET", "/v1/capabilities")).capabilities);
     const search = el("input", { type: "search", value: params.get("q") || "", placeholder: t("catalog.search_hint") });
     const list = el("ul", { class: "capability-list" });
     const shown = el("div");
@@ -140,7 +159,7 @@ export default {
       const q = search.value.trim().toLowerCase();
       const matches = capabilities.filter((c) => !q || c.action.toLowerCase().includes(q) || (c.description || "").toLowerCase().includes(q));
       clear(list).append(
-        ...matches.map((c) =>
+        ...matches.slice(0, MAX_LISTED).map((c) =>
           el(
             "li",
             {},
@@ -150,10 +169,12 @@ export default {
               c.action,
             ),
             " ",
+            c.live ? null : [el("span", { class: "badge" }, t("catalog.unavailable")), " "],
             el("span", { class: "muted" }, c.description || ""),
           ),
         ),
       );
+      if (matches.length > MAX_LISTED) list.append(el("li", { class: "muted" }, t("catalog.more", { count: matches.length - MAX_LISTED })));
       if (!matches.length) list.append(el("li", { class: "empty" }, capabilities.length ? t("catalog.no_match") : t("catalog.empty")));
     }
     search.addEventListener("input", draw);

@@ -7,14 +7,19 @@ from __future__ import annotations
 import base64
 import csv
 import io
+from datetime import UTC, datetime
 
 import asyncpg
 from nats.aio.client import Client as NATS
 from PIL import Image
 from playwright.async_api import Page, expect
 
+from democratic_ai.contracts.registry_events import CapabilitySpec, ModuleManifest, ModuleRegistered, encode_event
+
 from support.browser import screenshots
+from support.client import http
 from support.console import Admin, sign_in
+from support.names import unique
 from support.usage import by_call, settled, usage_events
 from support.waiting import eventually
 
@@ -92,3 +97,37 @@ async def _metered(admin: Admin, nc: NATS, pool: asyncpg.Pool, calls: int) -> bo
         return False
     await settled(admin.gateway, nc, pool)
     return True
+
+
+async def test_a_large_catalog_lists_each_capability_once_and_the_first_hundred_matches(
+    page: Page, admin: Admin, nc: NATS
+) -> None:
+    """A platform holds many capabilities, some offered by several modules: the catalog shows
+    one entry per capability, and no more than a hundred matches at once."""
+    family = unique("many").replace("-", "")
+    shared = f"{family}.shared"
+    manifests = [
+        ModuleManifest(module_id=f"{family}-{i}", capabilities=(CapabilitySpec(action=f"{family}.op{i:03d}"),))
+        for i in range(120)
+    ] + [ModuleManifest(module_id=f"{family}-s{i}", capabilities=(CapabilitySpec(action=shared),)) for i in range(3)]
+    js = nc.jetstream()
+    for manifest in manifests:
+        event = ModuleRegistered(manifest=manifest, digest=manifest.digest(), at=datetime.now(UTC))
+        await js.publish(f"registry.{manifest.module_id}.registered", encode_event(event))
+
+    async def all_listed() -> bool:
+        status, body = await http("GET", f"{admin.gateway.url}/v1/capabilities", credential=admin.gateway.api_key)
+        return status == 200 and sum(c["action"].startswith(f"{family}.") for c in body["capabilities"]) == 123
+
+    await eventually(all_listed, "the gateway to list the new modules' capabilities", timeout=10)
+    await sign_in(page, admin)
+    await page.get_by_role("link", name="Catalog").click()
+    await page.get_by_label("Search").fill(f"{family}.")
+    listing = page.locator("ul.capability-list")
+    await expect(listing.get_by_text("21 more match: narrow the search to see them.")).to_be_visible()
+    await expect(listing.get_by_role("button")).to_have_count(100)  # 121 capabilities, the first hundred
+    await page.get_by_label("Search").fill(shared)
+    await expect(listing.get_by_role("button", name=shared)).to_have_count(1)  # three modules, one entry
+    await expect(listing.get_by_text("no live instance")).to_be_visible()
+    await listing.get_by_role("button", name=shared).click()
+    await expect(page.locator(f'[data-capability="{shared}"]')).to_contain_text("2 other module(s) offer it too.")
