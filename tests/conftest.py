@@ -24,6 +24,7 @@ from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.ops.postgres_server import PostgresServer
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner
+from democratic_ai.projections.recovery import CHECKPOINT as RECOVERY_CHECKPOINT
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.services.busauth import BusAuthorizer, Signer
 from democratic_ai.services.gateway import GatewayConfig, create_app
@@ -198,18 +199,20 @@ async def projections(nc: NATS, pool: asyncpg.Pool) -> AsyncIterator[None]:
     every call of the session's earlier tests, which a fresh database would otherwise fold first
     (tens of seconds per test late in the session, and the CPU taken from the other projections;
     a billing read waits for the usage fold to reach the stream's end). This test's calls all
-    come after this fixture.
+    come after this fixture. A usage recovery sweep a test runs starts there too: before it, the
+    MCP stream's calls have their usage in no read model of this database, and the sweep would
+    publish it again.
     """
     js = nc.jetstream()
+    ends = {
+        name: (await js.stream_info(stream)).state.last_seq
+        for name, stream in (("calls", PROJECTIONS["calls"].stream), ("usage", PROJECTIONS["usage"].stream))
+    }
+    ends[RECOVERY_CHECKPOINT] = ends["calls"]  # the sweep follows the MCP stream, as the calls projection does
     async with pool.acquire() as conn:
-        for name in ("calls", "usage"):
-            projection = PROJECTIONS[name]
-            info = await js.stream_info(projection.stream)
-            await conn.execute(
-                "INSERT INTO projection_checkpoints (name, last_sequence) VALUES ($1, $2)",
-                projection.name,
-                info.state.last_seq,
-            )
+        await conn.executemany(
+            "INSERT INTO projection_checkpoints (name, last_sequence) VALUES ($1, $2)", list(ends.items())
+        )
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(ProjectionRunner(nc.jetstream(), pool, p, batch=256).run(stop))
