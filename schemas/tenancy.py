@@ -4,9 +4,10 @@ The read-model tables that hold a tenant's rows have a policy ``tenant_isolation
 (``schemas/sql/*.sql``): the app role sees a row only when its ``tenant_id`` is the
 transaction's ``dai.tenant_id``. :func:`tenant_transaction` opens the transaction and names the
 tenant in it (``set_config(..., true)``: transaction-local, so the scope ends with the block and
-a pooled connection carries nothing into its next use). :func:`platform_transaction` is the
-super admin's platform-wide read: ``dai.scope = 'platform'``, which only the tables meant to be
-listed across tenants (``tenants``, ``modules``) admit.
+a pooled connection carries nothing into its next use). :func:`platform_transaction` reads
+across tenants: ``dai.scope = 'platform'``, which only the tables meant to be read so admit —
+``tenants`` and ``modules`` (a super admin lists them platform-wide) and ``calls`` (a module's
+author counts the calls of every tenant to the module, filtered on it: aggregates only).
 
 Both refuse a connection that is already in a transaction: a setting made in a nested
 transaction (a savepoint) would outlive the block, until the outer transaction ends.

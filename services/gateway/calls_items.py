@@ -22,7 +22,17 @@ from .auth import queried_tenant, require
 from .errors import bad_parameter as bad
 from .openapi import Query
 
-__all__ = ["CALLS_PERMISSION", "COLUMNS", "TENANT_QUERY", "CallError", "CallItem", "bad", "item_of", "tenant_of"]
+__all__ = [
+    "CALLS_PERMISSION",
+    "COLUMNS",
+    "TENANT_QUERY",
+    "CallError",
+    "CallItem",
+    "bad",
+    "item_of",
+    "tenant_of",
+    "whole_number",
+]
 
 CALLS_PERMISSION = "billing:read"
 TENANT_QUERY = Query("tenant", "The tenant (super admins only; anyone else gets their own).")
@@ -83,3 +93,12 @@ def tenant_of(request: web.Request) -> tuple[Principal, str]:
     """The caller (who must hold :data:`CALLS_PERMISSION`) and the tenant whose calls it reads."""
     principal = require(request, CALLS_PERMISSION)
     return principal, queried_tenant(request, principal)
+
+
+def whole_number(parameter: str, raw: str | None, default: int, highest: int) -> int:
+    """The query parameter ``parameter`` as a whole number from 1 to ``highest`` (``default`` when absent)."""
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= highest:
+        raise bad(parameter, f"{parameter!r} must be a whole number from 1 to {highest}", raw)
+    return int(raw)

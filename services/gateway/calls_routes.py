@@ -29,8 +29,9 @@ from democratic_ai.contracts.usage_events import Outcome, is_billable
 from democratic_ai.schemas import tenant_transaction
 
 from .bodies import respond
-from .calls_items import COLUMNS, TENANT_QUERY, CallItem, bad, item_of, tenant_of
+from .calls_items import COLUMNS, TENANT_QUERY, CallItem, bad, item_of, tenant_of, whole_number
 from .calls_live import live_calls
+from .calls_stats import MINUTES_QUERY, STATS_DESCRIPTION, WindowStats, window_minutes, window_stats
 from .errors import ApiError
 from .openapi import Query, operation
 from .state import NC, POOL
@@ -41,7 +42,6 @@ __all__ = ["MAX_PAYLOAD", "add_calls_routes"]
 MAX_PAYLOAD = 64 * 1024  # bytes of a payload the detail shows; a longer one is cut, and says so
 MAX_SCAN = 512  # records a detail reads at most to find a stream's chunks
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
-DEFAULT_MINUTES, MAX_MINUTES = 60, 1440
 _OUTCOMES = tuple(o.value for o in Outcome)
 _METERING_MARGIN = timedelta(days=1)  # how far from a call's own times its usage may be stamped
 _decode_json = msgspec.json.Decoder().decode
@@ -84,39 +84,10 @@ class CallDetail(msgspec.Struct):
     usage: list[MeteredUsage]  # the call's usage events, by metric
 
 
-class MinuteStats(msgspec.Struct):
-    minute: datetime  # the UTC minute it starts
-    calls: int  # calls that ended in it
-    errors: int  # of them, those that did not succeed
-    outcomes: dict[str, int]  # outcome → calls
+class CallStats(WindowStats):
+    """The tenant's calls of the window (:func:`.calls_stats.window_stats`)."""
 
-
-class CapabilityStats(msgspec.Struct):
-    capability: str
-    calls: int
-    errors: int
-    success_rate: float | None  # successes / calls; null without calls
-    p50_ms: float | None  # exact percentiles of duration_ms (percentile_cont); null without a known duration
-    p95_ms: float | None
-    outcomes: dict[str, int]
-
-
-class CallStats(msgspec.Struct):
     tenant_id: str
-    minutes: int
-    from_: datetime = msgspec.field(name="from")  # the first minute of the window
-    to: datetime
-    per_minute: list[MinuteStats]  # every minute of the window, oldest first, zeros included
-    capabilities: list[CapabilityStats]  # by capability name
-    total: CapabilityStats  # every capability together (its ``capability`` is "*")
-
-
-def _int(parameter: str, raw: str | None, default: int, highest: int) -> int:
-    if raw is None or raw == "":
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= highest:
-        raise bad(parameter, f"{parameter!r} must be a whole number from 1 to {highest}", raw)
-    return int(raw)
 
 
 def _since(raw: str) -> datetime:
@@ -173,7 +144,7 @@ async def list_calls(request: web.Request) -> web.Response:
     if query.get("since"):
         args.append(_since(query["since"]))
         filters.append(f"at >= ${len(args)}")
-    args.append(_int("limit", query.get("limit"), DEFAULT_LIMIT, MAX_LIMIT))
+    args.append(whole_number("limit", query.get("limit"), DEFAULT_LIMIT, MAX_LIMIT))
     where = " WHERE " + " AND ".join(filters) if filters else ""
     sql = f"SELECT {COLUMNS} FROM calls{where} ORDER BY at DESC, call_id DESC LIMIT ${len(args)}"
     async with tenant_transaction(request.app[POOL], tenant) as conn:
@@ -322,82 +293,18 @@ async def get_call(request: web.Request) -> web.Response:
     )
 
 
-def _capability_stats(name: str, row: Any, outcomes: dict[str, int]) -> CapabilityStats:
-    calls, successes = row["calls"], row["successes"]
-    return CapabilityStats(
-        name,
-        calls,
-        calls - successes,
-        successes / calls if calls else None,
-        row["p50"],
-        row["p95"],
-        outcomes,
-    )
-
-
 @operation(
     "Per-minute call and error counts of the last minutes, and latency and success rate per capability.",
     {200: CallStats},
-    query=(
-        TENANT_QUERY,
-        Query(
-            "minutes",
-            f"The window, 1 to {MAX_MINUTES} minutes (default {DEFAULT_MINUTES}).",
-            {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES},
-        ),
-    ),
-    description="Counts calls that ended in the window (the current minute included), by the minute they"
-    " ended. An error is any outcome but success. p50_ms and p95_ms are exact (percentile_cont over every"
-    " call with a known duration, not sampled); a refused call has none.",
+    query=(TENANT_QUERY, MINUTES_QUERY),
+    description=STATS_DESCRIPTION,
 )
 async def call_stats(request: web.Request) -> web.Response:
     _, tenant = tenant_of(request)
-    minutes = _int("minutes", request.query.get("minutes"), DEFAULT_MINUTES, MAX_MINUTES)
-    now = datetime.now(UTC)
-    start = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
-    window = "ended_at IS NOT NULL AND ended_at >= $1 AND ended_at <= $2"
+    minutes = window_minutes(request)
     async with tenant_transaction(request.app[POOL], tenant) as conn:
-        by_minute = await conn.fetch(
-            f"SELECT date_trunc('minute', ended_at, 'UTC') AS minute, outcome, count(*) AS n FROM calls"
-            f" WHERE {window} GROUP BY 1, 2",
-            start,
-            now,
-        )
-        by_capability = await conn.fetch(
-            f"SELECT capability, outcome, count(*) AS n FROM calls WHERE {window} GROUP BY 1, 2", start, now
-        )
-        latency = await conn.fetch(
-            "SELECT capability, count(*) AS calls, count(*) FILTER (WHERE outcome = 'success') AS successes,"
-            " percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50,"
-            " percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95"
-            f" FROM calls WHERE {window} GROUP BY GROUPING SETS ((capability), ())",
-            start,
-            now,
-        )
-    minutes_seen: dict[datetime, dict[str, int]] = {}
-    for row in by_minute:
-        minutes_seen.setdefault(row["minute"], {})[row["outcome"]] = row["n"]
-    per_minute = []
-    for i in range(minutes):
-        minute = start + timedelta(minutes=i)
-        outcomes = minutes_seen.get(minute, {})
-        calls = sum(outcomes.values())
-        per_minute.append(MinuteStats(minute, calls, calls - outcomes.get(Outcome.SUCCESS.value, 0), outcomes))
-    outcomes_of: dict[str, dict[str, int]] = {}
-    everything: dict[str, int] = {}
-    for row in by_capability:
-        outcomes_of.setdefault(row["capability"], {})[row["outcome"]] = row["n"]
-        everything[row["outcome"]] = everything.get(row["outcome"], 0) + row["n"]
-    capabilities, total = [], None
-    for row in latency:
-        if row["capability"] is None:
-            total = _capability_stats("*", row, everything)
-        else:
-            capabilities.append(_capability_stats(row["capability"], row, outcomes_of.get(row["capability"], {})))
-    if total is None:  # no call in the window: the empty grouping set still answers, but be sure
-        total = CapabilityStats("*", 0, 0, None, None, None, {})
-    capabilities.sort(key=lambda c: c.capability)
-    return respond(CallStats(tenant, minutes, start, now, per_minute, capabilities, total))
+        stats = await window_stats(conn, CallStats, minutes, tenant_id=tenant)
+    return respond(stats)
 
 
 def add_calls_routes(app: web.Application) -> None:

@@ -1,4 +1,5 @@
-"""Modules over HTTP: register one, list and read them, change, rotate its credential, revoke it.
+"""Modules over HTTP: register one, list and read them, change, rotate its credential, revoke it;
+a module's live instances, and the stats of the calls it answered.
 
 A registration answers the module's credential once (``Cache-Control: no-store``); nothing
 shows it again — reads show its non-secret prefix. Whether a module exists, and whose it is,
@@ -14,16 +15,18 @@ import msgspec
 from aiohttp import web
 
 from democratic_ai.contracts import ErrorCode
+from democratic_ai.schemas import platform_transaction
 from democratic_ai.services.identity import ModuleCredential, ModuleState, Principal
 
 from .auth import require, require_tenant
 from .bodies import from_row, read_json, respond
+from .calls_stats import MINUTES_QUERY, STATS_DESCRIPTION, WindowStats, window_minutes, window_stats
 from .errors import ApiError
 from .identity_reads import read_your_writes, tenant_rows
 from .instances import LiveInstance, live_instances
 from .meta import request_meta
 from .openapi import NO_CONTENT, Query, operation
-from .state import USERS
+from .state import POOL, USERS
 
 __all__ = ["add_module_routes"]
 
@@ -65,6 +68,12 @@ class ModuleList(msgspec.Struct):
 class ModuleInstances(msgspec.Struct):
     module_id: str
     instances: list[LiveInstance]
+
+
+class ModuleCallStats(WindowStats):
+    """The calls a module answered in the window, from every tenant that called it: aggregates only."""
+
+    module_id: str
 
 
 class IssuedModuleCredential(msgspec.Struct):
@@ -173,6 +182,37 @@ async def module_instances(request: web.Request) -> web.Response:
     return respond(ModuleInstances(module.module_id, live_instances(request.app, module.module_id)))
 
 
+@operation(
+    "The calls a module answered, from every tenant that called it: per-minute calls and errors, and"
+    " latency and success rate per capability (the caller's tenant's module; any, for a super admin).",
+    {200: ModuleCallStats},
+    query=(MINUTES_QUERY,),
+    description=STATS_DESCRIPTION + " Counts and percentiles only: no caller's tenant, user, key or payload."
+    " Another tenant's module, or an unknown one, answers 404 NOT_FOUND.",
+)
+async def module_stats(request: web.Request) -> web.Response:
+    """How the module does for everyone who calls it, as its author needs to know.
+
+    The module's calls are rows of the calling tenants, which a tenant-scoped transaction hides
+    by design (the ``calls`` policy shows a tenant its own calls only), so this reads in a
+    :func:`~democratic_ai.schemas.platform_transaction`, which the policy also admits
+    (schemas/sql/017_calls_by_module.sql), and keeps the rows whose ``module_id`` is this
+    module: ids are unique across tenants, and whose the module is was checked first (404
+    otherwise). Nothing but counts and percentiles leaves the database, so no calling tenant's
+    ids, users, keys or payloads reach the author. A policy keyed on the module (a
+    ``dai.module_id`` setting) would make the database enforce the filter too; the platform
+    scope keeps one mechanism for reads across tenants, and the filter lives in this one query.
+    """
+    principal = require(request, "module:read")
+    module = _visible(request, principal)
+    minutes = window_minutes(request)
+    async with platform_transaction(request.app[POOL]) as conn:
+        stats = await window_stats(
+            conn, ModuleCallStats, minutes, "module_id = $3", (module.module_id,), module_id=module.module_id
+        )
+    return respond(stats)
+
+
 @operation("Rename a module or change its capabilities.", {200: Module}, body=ModuleChange)
 async def update_module(request: web.Request) -> web.Response:
     principal = require(request, "module:update")
@@ -216,6 +256,7 @@ def add_module_routes(app: web.Application) -> None:
     app.router.add_get("/v1/modules", list_modules)
     app.router.add_get("/v1/modules/{module}", get_module)
     app.router.add_get("/v1/modules/{module}/instances", module_instances)
+    app.router.add_get("/v1/modules/{module}/stats", module_stats)
     app.router.add_patch("/v1/modules/{module}", update_module)
     app.router.add_post("/v1/modules/{module}/credential", rotate_credential)
     app.router.add_delete("/v1/modules/{module}", revoke_module)

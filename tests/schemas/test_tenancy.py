@@ -68,3 +68,33 @@ async def test_a_scope_that_would_outlive_its_block_is_refused(pool: asyncpg.Poo
     with pytest.raises(TypeError, match="pool or a connection"):
         async with tenant_transaction("postgresql://nowhere", _tenant()):  # type: ignore[arg-type]
             pytest.fail("the block ran without a database")
+
+
+async def test_a_platform_transaction_reads_a_modules_calls_of_every_tenant_by_its_index(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """What GET /v1/modules/{module}/stats reads (migration 017): every tenant's calls to the module."""
+    mine, other, module = _tenant(), _tenant(), f"module-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        for tenant in (mine, other):
+            await conn.execute(
+                "INSERT INTO calls (tenant_id, call_id, capability, module_id, at, ended_at, outcome)"
+                " VALUES ($1, $2, 'test.stats', $3, $4, $4, 'success')",
+                tenant,
+                uuid.uuid4().hex,
+                module,
+                now,
+            )
+    app = await asyncpg.create_pool(app_dsn(database_url), min_size=1, max_size=1)
+    window = "SELECT tenant_id FROM calls WHERE module_id = $1 AND ended_at IS NOT NULL AND ended_at >= $2"
+    try:
+        async with tenant_transaction(app, mine) as conn:
+            assert [r["tenant_id"] for r in await conn.fetch(window, module, now)] == [mine]
+        async with platform_transaction(app) as conn:
+            assert sorted(r["tenant_id"] for r in await conn.fetch(window, module, now)) == sorted([mine, other])
+            await conn.execute("SET LOCAL enable_seqscan = off")  # two rows: else a scan is as cheap
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {window}", module, now))
+            assert "calls_by_module" in plan, plan
+    finally:
+        await app.close()

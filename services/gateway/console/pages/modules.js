@@ -1,9 +1,10 @@
-// My modules: the modules the caller's organisation owns — capabilities, live instances, calls —
-// and registering one, rotating its credential (shown once) and revoking it.
+// My modules: the modules the caller's organisation owns — capabilities, live instances, the calls
+// every organisation made to them — and registering one, rotating its credential (shown once) and
+// revoking it.
 import { ApiError, api, can } from "../lib/api.js";
 import { lineChart } from "../lib/chart.js";
-import { append, clear, confirmDialog, el, field, table, toast } from "../lib/dom.js";
-import { formatDate, formatDateTime, formatNumber, t } from "../lib/i18n.js";
+import { append, clear, confirmDialog, el, field, stackedTable, table, toast } from "../lib/dom.js";
+import { formatDateTime, formatNumber, t } from "../lib/i18n.js";
 
 const LIVE_EVERY_MS = 5000; // instances come and go with their heartbeats: look again this often
 
@@ -97,38 +98,56 @@ function instancesTable(instances) {
   );
 }
 
-// Calls by day, from the usage read model: the calls the caller's organisation made to this
-// module. The calls API (GET /v1/calls/stats: every caller's calls, errors and latency) will
-// take this section's place; it is kept apart so that only this function changes then.
-async function callsSection(module) {
-  const section = el("div", { class: "module-calls" }, el("h3", {}, t("modules.calls_title")));
-  if (!can("billing:read") && !can("module:use")) {
-    section.append(el("p", { class: "empty" }, t("modules.calls_not_allowed")));
-    return section;
-  }
-  const query = new URLSearchParams({ module: module.module_id, granularity: "day", metric: "api_calls" });
-  try {
-    const series = await api("GET", `/v1/usage?${query}`);
-    const byOutcome = new Map();
-    for (const point of series.usage) {
-      if (!byOutcome.has(point.outcome)) byOutcome.set(point.outcome, []);
-      byOutcome.get(point.outcome).push([new Date(point.period), point.value]);
+const WINDOWS = [60, 1440]; // minutes the calls section looks back: the last hour, the last 24 hours
+
+function milliseconds(value) {
+  return value == null ? "—" : formatNumber(value, { maximumFractionDigits: 1 });
+}
+
+function percent(value) {
+  return value == null ? "—" : formatNumber(value, { style: "percent", maximumFractionDigits: 1 });
+}
+
+// The calls the module answered, from every organisation that called it (GET
+// /v1/modules/{id}/stats: counts and latency only, nothing of who called): calls and errors per
+// minute, and per capability its errors, success rate and p50/p95 latency.
+function callsSection(module) {
+  const id = module.module_id;
+  const period = el("select", { name: "window", onchange: () => load() }, WINDOWS.map((m) => el("option", { value: String(m) }, t(`modules.window_${m}`))));
+  const shown = el("div", {}, el("p", {}, t("common.loading")));
+  const section = el("div", { class: "module-calls" }, el("div", { class: "list-head" }, el("h3", {}, t("modules.calls_title")), field(t("modules.window"), period)), shown);
+
+  async function load() {
+    try {
+      const stats = await api("GET", `/v1/modules/${encodeURIComponent(id)}/stats?minutes=${period.value}`);
+      const title = t("modules.calls_chart", { module: id });
+      const minutes = stats.per_minute.map((m) => Date.parse(m.minute));
+      const daily = stats.minutes > 60; // a day's ticks need their hour; an hour's, its minutes
+      clear(shown).append(
+        el("p", { class: "meta" }, t("modules.calls_summary", { calls: formatNumber(stats.total.calls), errors: formatNumber(stats.total.errors) })),
+        lineChart(
+          title,
+          [
+            { name: t("modules.series_calls"), points: stats.per_minute.map((m, i) => [minutes[i], m.calls]) },
+            { name: t("modules.series_errors"), points: stats.per_minute.map((m, i) => [minutes[i], m.errors]) },
+          ],
+          {
+            label: (x) => formatDateTime(new Date(x), daily ? { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" } : { hour: "2-digit", minute: "2-digit" }),
+            format: (v) => formatNumber(v, { maximumFractionDigits: 2 }), // a few calls: ticks at quarters
+          },
+        ),
+        stackedTable(
+          [t("modules.capability"), t("modules.series_calls"), t("modules.series_errors"), t("modules.success_rate"), t("modules.p50"), t("modules.p95")],
+          stats.capabilities.map((c) => [el("code", {}, c.capability), formatNumber(c.calls), formatNumber(c.errors), percent(c.success_rate), milliseconds(c.p50_ms), milliseconds(c.p95_ms)]),
+          t("modules.no_calls"),
+        ),
+      );
+    } catch (error) {
+      clear(shown).append(el("p", { class: "problem" }, problem(error)));
     }
-    const title = t("modules.calls_chart", { module: module.module_id });
-    const totals = series.totals.api_calls || {};
-    const all = Object.values(totals).reduce((a, b) => a + b, 0);
-    const failed = all - (totals.success || 0);
-    section.append(
-      el("p", { class: "meta" }, t("modules.calls_summary", { calls: formatNumber(all), failed: formatNumber(failed) })),
-      lineChart(title, [...byOutcome].map(([name, points]) => ({ name: t(`outcome.${name}`), points })), {
-        label: (x) => formatDate(new Date(x)),
-        format: (v) => formatNumber(v),
-        empty: t("modules.no_calls"),
-      }),
-    );
-  } catch (error) {
-    section.append(el("p", { class: "problem" }, problem(error)));
   }
+
+  load();
   return section;
 }
 
@@ -204,6 +223,7 @@ function moduleCard(module, { onSecret, onChanged }) {
       revoked ? [el("dt", {}, t("modules.revoked_at")), el("dd", {}, formatDateTime(module.revoked_at))] : null,
     ),
     revoked ? null : [el("h3", {}, t("modules.instances_title")), live],
+    callsSection(module),
     actions.childElementCount ? actions : null,
   );
   async function refreshLive() {
@@ -215,7 +235,6 @@ function moduleCard(module, { onSecret, onChanged }) {
       clear(live).append(el("p", { class: "problem" }, problem(error)));
     }
   }
-  callsSection(module).then((section) => card.append(section));
   return { card, refreshLive };
 }
 
