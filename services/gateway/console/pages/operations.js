@@ -36,6 +36,26 @@ function panel(title, load) {
   return { section, refresh };
 }
 
+// A platform holds hundreds of tenants and modules: a table shows the first matches of its filter.
+const MAX_ROWS = 50;
+
+/** A filter box over `items` and what `draw(shown)` makes of the first MAX_ROWS matches (by
+ * `text(item)`). The filter lives in `state`, so a refresh of the panel keeps what was typed. */
+function filtered(label, state, items, text, draw) {
+  const input = el("input", { type: "search", autocomplete: "off", spellcheck: "false", value: state.filter });
+  const shown = el("div");
+  function redraw() {
+    state.filter = input.value;
+    const q = input.value.trim().toLowerCase();
+    const matches = q ? items.filter((item) => text(item).toLowerCase().includes(q)) : items;
+    clear(shown).append(draw(matches.slice(0, MAX_ROWS)));
+    if (matches.length > MAX_ROWS) shown.append(el("p", { class: "muted" }, t("operations.more_rows", { count: formatNumber(matches.length - MAX_ROWS) })));
+  }
+  input.addEventListener("input", redraw);
+  redraw();
+  return el("div", {}, el("div", { class: "toolbar" }, field(label, input)), shown);
+}
+
 /** Ask for a reason and confirmation; resolves the reason, or null when cancelled. */
 function reasonDialog(message, okLabel) {
   return new Promise((resolve) => {
@@ -74,13 +94,17 @@ function reasonDialog(message, okLabel) {
   });
 }
 
-async function tenants(refresh) {
+async function tenants(refresh, tenantFilter) {
   const { tenants: all } = await api("GET", "/v1/tenants");
-  const own = principal().tenant_id;
   all.sort((a, b) => a.tenant_id.localeCompare(b.tenant_id));
+  return filtered(t("operations.filter_tenants"), tenantFilter, all, (tenant) => `${tenant.tenant_id} ${tenant.name}`, (shown) => tenantTable(shown, refresh));
+}
+
+function tenantTable(shown, refresh) {
+  const own = principal().tenant_id;
   return table(
     [t("operations.tenant"), t("operations.name"), t("operations.status"), t("operations.created"), t("operations.action")],
-    all.map((tenant) => {
+    shown.map((tenant) => {
       const suspended = tenant.suspended;
       const action = suspended ? "reinstate" : "suspend";
       const button =
@@ -208,7 +232,7 @@ function newTenantForm(onCreated) {
   );
 }
 
-async function modules() {
+async function modules(moduleFilter) {
   const [{ modules: registered }, { instances }] = await Promise.all([api("GET", "/v1/modules"), api("GET", "/v1/ops/instances")]);
   const byModule = new Map();
   for (const instance of instances) byModule.set(instance.module_id, (byModule.get(instance.module_id) || 0) + 1);
@@ -216,16 +240,23 @@ async function modules() {
     "div",
     {},
     el("h3", {}, t("operations.registered_modules")),
-    table(
-      [t("operations.tenant"), t("operations.module"), t("operations.capabilities"), t("operations.instances"), t("operations.status")],
-      registered.map((m) => [
-        el("code", {}, m.tenant_id),
-        [m.name || m.module_id, " ", el("code", { class: "muted" }, m.module_id)],
-        m.capabilities.join(", "),
-        formatNumber(byModule.get(m.module_id) || 0),
-        el("span", { class: m.revoked_at ? "badge bad" : "badge good" }, m.revoked_at ? t("operations.revoked") : t("operations.active")),
-      ]),
-      t("operations.no_modules"),
+    filtered(
+      t("operations.filter_modules"),
+      moduleFilter,
+      registered,
+      (m) => `${m.tenant_id} ${m.module_id} ${m.name || ""} ${m.capabilities.join(" ")}`,
+      (shown) =>
+        table(
+          [t("operations.tenant"), t("operations.module"), t("operations.capabilities"), t("operations.instances"), t("operations.status")],
+          shown.map((m) => [
+            el("code", {}, m.tenant_id),
+            [m.name || m.module_id, " ", el("code", { class: "muted" }, m.module_id)],
+            m.capabilities.join(", "),
+            formatNumber(byModule.get(m.module_id) || 0),
+            el("span", { class: m.revoked_at ? "badge bad" : "badge good" }, m.revoked_at ? t("operations.revoked") : t("operations.active")),
+          ]),
+          t("operations.no_modules"),
+        ),
     ),
     el("h3", {}, t("operations.live_instances")),
     table(
@@ -333,9 +364,10 @@ export default {
   // The permission the ops API asks for: only super admins hold it (through "*").
   visible: () => can("ops:read"),
   async render(main) {
+    const filters = { tenants: { filter: "" }, modules: { filter: "" } }; // kept while the page is open
     const parts = [
-      panel(t("operations.tenants_title"), tenants),
-      panel(t("operations.modules_title"), modules),
+      panel(t("operations.tenants_title"), (refresh) => tenants(refresh, filters.tenants)),
+      panel(t("operations.modules_title"), () => modules(filters.modules)),
       panel(t("operations.projections_title"), projections),
       panel(t("operations.streams_title"), streams),
     ];
