@@ -18,6 +18,7 @@ from democratic_ai.contracts.bus import BusCredentialError, BusOptions
 __all__ = ["main"]
 
 USAGE_FLUSH_ENV = "DAI_USAGE_FLUSH_SECONDS"  # longest a gateway buffers usage events (default 1 s)
+PROJECTIONS_METRICS_ENV = "DAI_PROJECTIONS_METRICS_PORT"  # the port of `dai projections run`'s /metrics
 
 
 def _env(name: str) -> str:
@@ -246,6 +247,15 @@ def _parser() -> argparse.ArgumentParser:
     projection_commands = projections.add_subparsers(dest="projection_command", required=True, metavar="ACTION")
     prun = projection_commands.add_parser("run", help="fold events into read models (needs NATS_URL, DATABASE_URL)")
     prun.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default: all)")
+    prun.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (default: ${PROJECTIONS_METRICS_ENV}; unset: off)",
+    )
+    prun.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default: 127.0.0.1)"
+    )
     pstatus = projection_commands.add_parser(
         "status", help="each projection's position, lag and quarantined events (needs NATS_URL, DATABASE_URL)"
     )
@@ -422,8 +432,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return module_run.main(args.spec, args.credential_file, wait=args.wait)
     elif args.command == "projections" and args.projection_command == "run":
+        from .metrics_endpoint import metrics_address
+
+        metrics = metrics_address(args.metrics_port, args.metrics_host, PROJECTIONS_METRICS_ENV)
         options, database_url = _bus(), _env("DATABASE_URL")
-        run_until_signalled(lambda stop: services.run_projections(options, database_url, args.names, stop))
+        run_until_signalled(lambda stop: services.run_projections(options, database_url, args.names, stop, metrics))
     elif args.command == "identity" and args.identity_command == "add-super-admin":
         options, kek = _bus(), _kek()  # both before the password: no typing it twice for nothing
         user = asyncio.run(services.add_super_admin(options, kek, args.email, _password(args.password_stdin)))

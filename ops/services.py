@@ -23,6 +23,7 @@ from democratic_ai.contracts.streams import MCP_STREAM, REGISTRY_STREAM
 from democratic_ai.hub import Hub
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner, RecoveryConfig, UsageRecovery
 from democratic_ai.projections.admin import ProjectionsAdmin
+from democratic_ai.projections.metrics import ProjectionMetrics
 from democratic_ai.schemas import DatabaseOutage, DatabaseUnreachable, create_pool, migrate, on_database
 from democratic_ai.sdk import Module
 from democratic_ai.services.billing import (
@@ -48,6 +49,8 @@ from democratic_ai.services.identity import (
     rotate_signing_key,
 )
 from democratic_ai.services.plans import load_plans
+
+from .metrics_endpoint import MetricsAddress, serve_metrics
 
 __all__ = [
     "add_super_admin",
@@ -116,7 +119,14 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
     await runner.cleanup()
 
 
-async def run_projections(options: BusOptions, database_url: str, names: list[str], stop: asyncio.Event) -> None:
+async def run_projections(
+    options: BusOptions,
+    database_url: str,
+    names: list[str],
+    stop: asyncio.Event,
+    metrics: MetricsAddress | None = None,
+) -> None:
+    """Fold ``names`` (default: every projection) until ``stop``; serve their metrics at ``metrics`` if given."""
     unknown = sorted(set(names) - set(PROJECTIONS))
     if unknown:
         raise SystemExit(f"dai: unknown projection(s) {', '.join(unknown)}; known: {', '.join(sorted(PROJECTIONS))}")
@@ -134,14 +144,23 @@ async def run_projections(options: BusOptions, database_url: str, names: list[st
     admin = ProjectionsAdmin(nc, pool, PROJECTIONS.values())
     await admin.start()
     tasks = [runner.run(stop) for runner in runners]
+    recovery = None
     if any(r.projection.name == "usage" for r in runners):
         # Recovery re-derives usage that crashed gateways never published; it checks the usage
         # read model, so it runs next to the projection that keeps it.
-        recovery = RecoveryConfig(grace=env_seconds(RECOVERY_GRACE_ENV, RecoveryConfig().grace))
-        tasks.append(UsageRecovery(nc.jetstream(), pool, recovery).run(stop))
+        config = RecoveryConfig(grace=env_seconds(RECOVERY_GRACE_ENV, RecoveryConfig().grace))
+        recovery = UsageRecovery(nc.jetstream(), pool, config)
+        tasks.append(recovery.run(stop))
+    endpoint = None
     try:
+        if metrics is not None:
+            collected = ProjectionMetrics(nc.jetstream(), pool, runners, recovery, lambda: nc.stats["reconnects"])
+            endpoint = await serve_metrics(metrics, collected.render, "projections metrics")
+            log.info("projections metrics at http://%s:%d/metrics", metrics.host, metrics.port)
         await asyncio.gather(*tasks)
     finally:
+        if endpoint is not None:
+            await endpoint.cleanup()
         await admin.stop()
         await pool.close()
         await nc.drain()
