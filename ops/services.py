@@ -21,6 +21,7 @@ from democratic_ai.contracts.identity_events import UserRegistered
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.streams import MCP_STREAM, REGISTRY_STREAM
 from democratic_ai.hub import Hub
+from democratic_ai.hub.metrics import HubMetrics
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner, RecoveryConfig, UsageRecovery
 from democratic_ai.projections.admin import ProjectionsAdmin
 from democratic_ai.projections.metrics import ProjectionMetrics
@@ -96,16 +97,26 @@ async def run_busauth(auth: BusOptions, system: BusOptions, issuer_seed: str, st
     await auth_nc.drain()
 
 
-async def run_hub(options: BusOptions, stop: asyncio.Event) -> None:
+async def run_hub(options: BusOptions, stop: asyncio.Event, metrics: MetricsAddress | None = None) -> None:
+    """Run the hub until ``stop``; serve its metrics at ``metrics`` if given."""
     tracing.configure_tracing("dai-hub")
     nc = await connect(options, "dai-hub", max_reconnect_attempts=-1)
     await ServerClock().refresh(nc, REGISTRY_STREAM)  # warns if this host's clock is far from the server's
     hub = Hub()
     await hub.start(nc)
-    log.info("hub ready")
-    await stop.wait()
-    await hub.stop()
-    await nc.drain()
+    endpoint = None
+    try:
+        if metrics is not None:
+            collected = HubMetrics(hub, lambda: nc.stats["reconnects"])
+            endpoint = await serve_metrics(metrics, collected.render, "hub metrics")
+            log.info("hub metrics at http://%s:%d/metrics", metrics.host, metrics.port)
+        log.info("hub ready")
+        await stop.wait()
+    finally:
+        if endpoint is not None:
+            await endpoint.cleanup()
+        await hub.stop()
+        await nc.drain()
 
 
 async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
