@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import subjects
-from democratic_ai.ops.metrics_endpoint import MetricsAddress
-from democratic_ai.ops.ports import free_port
-from democratic_ai.ops.services import run_hub
 
-from support.metrics import Samples, samples, scrape_text
+from support.metrics import Samples, hub_worker, samples, scrape_text
 from support.modules import Echo
 from support.waiting import eventually
 
@@ -21,14 +16,8 @@ def _announced(scraped: Samples, result: str) -> float:
 
 
 async def test_the_hub_counts_live_instances_and_announcements(nats_server: object, nc: NATS) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_hub(nats_server.bus("hub"), stop, MetricsAddress("127.0.0.1", port)))  # type: ignore[attr-defined]
-    try:
-        before = samples(
-            await eventually(lambda: scrape_text(url), "the hub's metrics", timeout=15, ignoring=(OSError,))
-        )
+    async with hub_worker(nats_server.bus("hub")) as url:  # type: ignore[attr-defined]
+        before = samples(await scrape_text(url))
         assert before[("dai_nats_reconnects_total", ())] == 0
         assert {result: _announced(before, result) for result in ("registered", "unchanged", "refused")} == {
             "registered": 0,
@@ -53,6 +42,3 @@ async def test_the_hub_counts_live_instances_and_announcements(nats_server: obje
             assert _announced(samples(await scrape_text(url)), "refused") == 1
         finally:
             await echo.stop()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=10)

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from democratic_ai.ops.metrics_endpoint import MetricsAddress
 from democratic_ai.ops.ports import free_port
-from democratic_ai.ops.services import run_projections
+from democratic_ai.ops.services import run_hub, run_projections
 from democratic_ai.projections import PROJECTIONS
 from democratic_ai.projections.recovery import CHECKPOINT as RECOVERY_CHECKPOINT
 
@@ -80,3 +80,18 @@ async def projections_worker(
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=15)
+
+
+@asynccontextmanager
+async def hub_worker(bus: object) -> AsyncIterator[str]:
+    """``dai hub --metrics-port …`` in-process; yields its metrics URL once it answers."""
+    port = free_port()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_hub(bus, stop, MetricsAddress("127.0.0.1", port)))  # type: ignore[arg-type]
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        await eventually(lambda: scrape_text(url), "the hub's metrics to answer", timeout=15, ignoring=(OSError,))
+        yield url
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
