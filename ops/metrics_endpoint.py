@@ -22,8 +22,6 @@ from .ports import PortInUseError
 
 __all__ = ["MetricsAddress", "metrics_address", "serve_metrics"]
 
-LOOPBACK = "127.0.0.1"
-
 
 @dataclass(frozen=True, slots=True)
 class MetricsAddress:
