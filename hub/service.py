@@ -26,6 +26,7 @@ __all__ = ["Hub"]
 log = logging.getLogger(__name__)
 
 _decode_manifest = msgspec.json.Decoder(ModuleManifest).decode
+ANNOUNCEMENT_RESULTS = ("registered", "unchanged", "refused")
 
 
 class Hub:
@@ -42,6 +43,9 @@ class Hub:
         self.presence = PresenceIndex()
         self._registrar: Registrar | None = None
         self._subscriptions: list[Subscription] = []
+        # Announcements handled since start, by result: registered (a new manifest appended),
+        # unchanged (the manifest the registry holds already), refused (invalid). See :mod:`.metrics`.
+        self.announcements = dict.fromkeys(ANNOUNCEMENT_RESULTS, 0)
 
     async def start(self, nc: NATS) -> None:
         js = nc.jetstream()
@@ -74,8 +78,10 @@ class Hub:
             appended = await self._registrar.announce(manifest) if self._registrar else False
         except (msgspec.DecodeError, InvalidManifest) as exc:
             log.warning("refused a module announcement: %s", exc)
+            self.announcements["refused"] += 1
             await msg.respond(f"refused: {exc}".encode())
             return
+        self.announcements["registered" if appended else "unchanged"] += 1
         if appended:
             log.info("registered %s %s", manifest.module_id, manifest.version)
         await msg.respond(b"ok")

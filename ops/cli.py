@@ -18,6 +18,21 @@ from democratic_ai.contracts.bus import BusCredentialError, BusOptions
 __all__ = ["main"]
 
 USAGE_FLUSH_ENV = "DAI_USAGE_FLUSH_SECONDS"  # longest a gateway buffers usage events (default 1 s)
+# The ports of the workers' /metrics (ops/metrics_endpoint.py): off when unset.
+PROJECTIONS_METRICS_ENV = "DAI_PROJECTIONS_METRICS_PORT"
+HUB_METRICS_ENV = "DAI_HUB_METRICS_PORT"
+
+
+def _metrics_options(parser: argparse.ArgumentParser, env: str) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (default: ${env}; unset: off)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default: 127.0.0.1)"
+    )
 
 
 def _env(name: str) -> str:
@@ -127,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     gateway.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
 
-    commands.add_parser("hub", help="run the hub: module announcements and presence (needs NATS_URL)")
+    hub = commands.add_parser("hub", help="run the hub: module announcements and presence (needs NATS_URL)")
+    _metrics_options(hub, HUB_METRICS_ENV)
 
     module = commands.add_parser("module", help="module commands: run a module you wrote, publish an MCP server")
     module_commands = module.add_subparsers(dest="module_command", required=True, metavar="ACTION")
@@ -246,6 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     projection_commands = projections.add_subparsers(dest="projection_command", required=True, metavar="ACTION")
     prun = projection_commands.add_parser("run", help="fold events into read models (needs NATS_URL, DATABASE_URL)")
     prun.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default: all)")
+    _metrics_options(prun, PROJECTIONS_METRICS_ENV)
     pstatus = projection_commands.add_parser(
         "status", help="each projection's position, lag and quarantined events (needs NATS_URL, DATABASE_URL)"
     )
@@ -411,8 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         seed = Path(_env("DAI_BUS_ISSUER_SEED_FILE")).read_text()
         run_until_signalled(lambda stop: services.run_busauth(auth, system, seed, stop))
     elif args.command == "hub":
+        from .metrics_endpoint import metrics_address
+
+        metrics = metrics_address(args.metrics_port, args.metrics_host, HUB_METRICS_ENV)
         options = _bus()
-        run_until_signalled(lambda stop: services.run_hub(options, stop))
+        run_until_signalled(lambda stop: services.run_hub(options, stop, metrics))
     elif args.command == "module" and args.module_command == "mcp":
         from . import module_mcp
 
@@ -422,8 +442,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return module_run.main(args.spec, args.credential_file, wait=args.wait)
     elif args.command == "projections" and args.projection_command == "run":
+        from .metrics_endpoint import metrics_address
+
+        metrics = metrics_address(args.metrics_port, args.metrics_host, PROJECTIONS_METRICS_ENV)
         options, database_url = _bus(), _env("DATABASE_URL")
-        run_until_signalled(lambda stop: services.run_projections(options, database_url, args.names, stop))
+        run_until_signalled(lambda stop: services.run_projections(options, database_url, args.names, stop, metrics))
     elif args.command == "identity" and args.identity_command == "add-super-admin":
         options, kek = _bus(), _kek()  # both before the password: no typing it twice for nothing
         user = asyncio.run(services.add_super_admin(options, kek, args.email, _password(args.password_stdin)))

@@ -21,8 +21,10 @@ from democratic_ai.contracts.identity_events import UserRegistered
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.streams import MCP_STREAM, REGISTRY_STREAM
 from democratic_ai.hub import Hub
+from democratic_ai.hub.metrics import HubMetrics
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner, RecoveryConfig, UsageRecovery
 from democratic_ai.projections.admin import ProjectionsAdmin
+from democratic_ai.projections.metrics import ProjectionMetrics
 from democratic_ai.schemas import DatabaseOutage, DatabaseUnreachable, create_pool, migrate, on_database
 from democratic_ai.sdk import Module
 from democratic_ai.services.billing import (
@@ -48,6 +50,8 @@ from democratic_ai.services.identity import (
     rotate_signing_key,
 )
 from democratic_ai.services.plans import load_plans
+
+from .metrics_endpoint import MetricsAddress, serve_metrics
 
 __all__ = [
     "add_super_admin",
@@ -93,16 +97,26 @@ async def run_busauth(auth: BusOptions, system: BusOptions, issuer_seed: str, st
     await auth_nc.drain()
 
 
-async def run_hub(options: BusOptions, stop: asyncio.Event) -> None:
+async def run_hub(options: BusOptions, stop: asyncio.Event, metrics: MetricsAddress | None = None) -> None:
+    """Run the hub until ``stop``; serve its metrics at ``metrics`` if given."""
     tracing.configure_tracing("dai-hub")
     nc = await connect(options, "dai-hub", max_reconnect_attempts=-1)
     await ServerClock().refresh(nc, REGISTRY_STREAM)  # warns if this host's clock is far from the server's
     hub = Hub()
     await hub.start(nc)
-    log.info("hub ready")
-    await stop.wait()
-    await hub.stop()
-    await nc.drain()
+    endpoint = None
+    try:
+        if metrics is not None:
+            collected = HubMetrics(hub, lambda: nc.stats["reconnects"])
+            endpoint = await serve_metrics(metrics, collected.render, "hub metrics")
+            log.info("hub metrics at http://%s:%d/metrics", metrics.host, metrics.port)
+        log.info("hub ready")
+        await stop.wait()
+    finally:
+        if endpoint is not None:
+            await endpoint.cleanup()
+        await hub.stop()
+        await nc.drain()
 
 
 async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
@@ -116,7 +130,14 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
     await runner.cleanup()
 
 
-async def run_projections(options: BusOptions, database_url: str, names: list[str], stop: asyncio.Event) -> None:
+async def run_projections(
+    options: BusOptions,
+    database_url: str,
+    names: list[str],
+    stop: asyncio.Event,
+    metrics: MetricsAddress | None = None,
+) -> None:
+    """Fold ``names`` (default: every projection) until ``stop``; serve their metrics at ``metrics`` if given."""
     unknown = sorted(set(names) - set(PROJECTIONS))
     if unknown:
         raise SystemExit(f"dai: unknown projection(s) {', '.join(unknown)}; known: {', '.join(sorted(PROJECTIONS))}")
@@ -134,14 +155,23 @@ async def run_projections(options: BusOptions, database_url: str, names: list[st
     admin = ProjectionsAdmin(nc, pool, PROJECTIONS.values())
     await admin.start()
     tasks = [runner.run(stop) for runner in runners]
+    recovery = None
     if any(r.projection.name == "usage" for r in runners):
         # Recovery re-derives usage that crashed gateways never published; it checks the usage
         # read model, so it runs next to the projection that keeps it.
-        recovery = RecoveryConfig(grace=env_seconds(RECOVERY_GRACE_ENV, RecoveryConfig().grace))
-        tasks.append(UsageRecovery(nc.jetstream(), pool, recovery).run(stop))
+        config = RecoveryConfig(grace=env_seconds(RECOVERY_GRACE_ENV, RecoveryConfig().grace))
+        recovery = UsageRecovery(nc.jetstream(), pool, config)
+        tasks.append(recovery.run(stop))
+    endpoint = None
     try:
+        if metrics is not None:
+            collected = ProjectionMetrics(nc.jetstream(), pool, runners, recovery, lambda: nc.stats["reconnects"])
+            endpoint = await serve_metrics(metrics, collected.render, "projections metrics")
+            log.info("projections metrics at http://%s:%d/metrics", metrics.host, metrics.port)
         await asyncio.gather(*tasks)
     finally:
+        if endpoint is not None:
+            await endpoint.cleanup()
         await admin.stop()
         await pool.close()
         await nc.drain()

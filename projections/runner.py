@@ -66,7 +66,11 @@ class ProjectionRunner:
         self._pool = pool
         self.projection = projection
         self._batch = batch
-        self.quarantined = 0  # events this runner has quarantined since it started
+        # Since this runner started, for the worker's metrics (:mod:`.metrics`): events folded and
+        # committed, events quarantined, and batches that failed on an event and were applied again.
+        self.applied = 0
+        self.quarantined = 0
+        self.failed_batches = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fold events until ``stop`` is set, waiting out database outages (see the module docstring)."""
@@ -105,6 +109,7 @@ class ProjectionRunner:
         try:
             return await self._apply(messages, careful=False)
         except quarantine.EVENT_ERRORS as exc:
+            self.failed_batches += 1
             log.warning(
                 "projection %s: a batch of %d events failed (%s); applying it again, quarantining the events at fault",
                 self.projection.name,
@@ -125,12 +130,16 @@ class ProjectionRunner:
             if not fresh:
                 return last
             if careful:
-                self.quarantined += len(await quarantine.fold(conn, self.projection, fresh))
+                quarantined = len(await quarantine.fold(conn, self.projection, fresh))
             else:
                 await self.projection.apply(conn, fresh)
+                quarantined = 0
             last = fresh[-1].metadata.sequence.stream
             await advance_checkpoint(conn, name, last)
-            return last
+        # Counted once committed: a batch whose commit failed is applied again and counted then.
+        self.applied += len(fresh) - quarantined
+        self.quarantined += quarantined
+        return last
 
     async def _checkpoint(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():

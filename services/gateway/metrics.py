@@ -24,10 +24,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from democratic_ai.contracts import MCPMessage
+from democratic_ai.contracts.metrics import NatsReconnects
 from democratic_ai.contracts.usage_events import Outcome
 
 __all__ = ["METRICS_PERMISSION", "GatewayMetrics"]
@@ -38,14 +39,13 @@ UNREGISTERED = "unregistered"
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
-class _Process(Collector):
-    """What is read at scrape time: follower positions and NATS reconnects."""
+class _Followers(Collector):
+    """The follower positions, read at scrape time."""
 
-    def __init__(self, positions: Callable[[], Mapping[str, int]], reconnects: Callable[[], int]) -> None:
+    def __init__(self, positions: Callable[[], Mapping[str, int]]) -> None:
         self._positions = positions
-        self._reconnects = reconnects
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         followers = GaugeMetricFamily(
             "dai_follower_position",
             "The last stream sequence each in-memory view of the gateway applied.",
@@ -54,9 +54,6 @@ class _Process(Collector):
         for name, sequence in sorted(self._positions().items()):
             followers.add_metric([name], sequence)
         yield followers
-        yield CounterMetricFamily(
-            "dai_nats_reconnects", "Reconnects of the gateway's NATS connection.", value=self._reconnects()
-        )
 
 
 class GatewayMetrics:
@@ -93,7 +90,8 @@ class GatewayMetrics:
             ["policy"],
             registry=self.registry,
         )
-        self.registry.register(_Process(positions, reconnects))
+        self.registry.register(_Followers(positions))
+        self.registry.register(NatsReconnects(reconnects, "gateway"))
         # The labelled children, found once: ``labels()`` takes a lock and builds a key each time.
         self._ended: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._flight: dict[str, Any] = {}

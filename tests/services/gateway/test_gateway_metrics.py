@@ -7,29 +7,18 @@ import asyncio
 
 import aiohttp
 from nats.aio.client import Client as NATS
-from prometheus_client.parser import text_string_to_metric_families
 
 from democratic_ai.services.gateway.state import REGISTRY
 
 from support.client import http
 from support.gateway import Gateway, issue_key
+from support.metrics import Samples, samples, scrape_text
 from support.modules import Echo
 from support.waiting import eventually
 
 
-async def _scrape(gateway: Gateway, credential: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {credential}"}) as response,
-    ):
-        assert response.status == 200, await response.text()
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = await response.text()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+async def _scrape(gateway: Gateway, credential: str) -> Samples:
+    return samples(await scrape_text(f"{gateway.url}/metrics", credential))
 
 
 def _label(gateway: Gateway, capability: str) -> str:
