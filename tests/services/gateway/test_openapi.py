@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
 import schemathesis
 from aiohttp import web
+from nats.aio.client import Client as NATS
 
+from democratic_ai.contracts.registry_events import CapabilitySpec, ModuleManifest, ModuleRegistered, encode_event
 from democratic_ai.services.gateway import create_app
 from democratic_ai.services.gateway.auth import STRIPE_WEBHOOK_PATH
 from democratic_ai.services.gateway.config import GatewayConfig
@@ -86,9 +89,14 @@ async def test_the_document_is_served_and_schemathesis_loads_it(gateway: Gateway
 
 
 async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
-    gateway: Gateway, tmp_path: Path, forget_logins: None, ops_desk: None
+    gateway: Gateway, nc: NATS, tmp_path: Path, forget_logins: None, ops_desk: None
 ) -> None:
     exclusions = [arg for path in NOT_FUZZED for arg in ("--exclude-path", path)]
+    # A module registered once and no longer running, as a real registry holds: its capability is
+    # listed, and calling it answers 503 CAPABILITY_UNAVAILABLE.
+    gone = ModuleManifest(module_id=unique("gone"), capabilities=(CapabilitySpec(action=f"{unique('gone')}.op"),))
+    registered = ModuleRegistered(manifest=gone, digest=gone.digest(), at=datetime.now(UTC))
+    await nc.jetstream().publish(f"registry.{gone.module_id}.registered", encode_event(registered))
     # Half the {tenant} path parameters name a real tenant (not the key's own: suspending that would
     # refuse the rest of the run), so the handlers behind the 404 are reached too.
     target = unique("fuzzed")
@@ -103,6 +111,11 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
         "[auth]\nauto-signup = false\n"
         f'[dictionaries.tenant]\nvalues = ["{target}"]\n'
         '[parameters]\n"path.tenant" = { dictionary = "tenant", probability = 0.5 }\n'
+        # A call's documented answers that depend on the module, not on the request: 502 MODULE_ERROR,
+        # 503 CAPABILITY_UNAVAILABLE (schemathesis reuses the names GET /v1/capabilities lists, and the
+        # session's registry holds modules no longer running), 504 TIMEOUT. A 500 still fails.
+        '[[operations]]\ninclude-path = "/v1/capabilities/{capability}/invoke"\n'
+        'checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "502", "503", "504"]\n'
     )
     process = await asyncio.create_subprocess_exec(
         Path(sys.executable).with_name("schemathesis"),

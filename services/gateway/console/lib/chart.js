@@ -30,7 +30,9 @@ export function lineChart(title, series, { label = String, format = String, heig
     return figure;
   }
   const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
-  const yMax = niceMax(Math.max(...ys, 0));
+  // Counts (calls, bytes) get whole-number ticks: an axis of 0.25 calls says nothing.
+  const top = Math.max(...ys, 0);
+  const yMax = ys.every(Number.isInteger) ? 4 * Math.ceil(Math.max(1, niceMax(top / 4))) : niceMax(top);
   const sx = (x) => pad.left + (x1 === x0 ? (W - pad.left - pad.right) / 2 : ((+x - x0) / (x1 - x0)) * (W - pad.left - pad.right));
   const sy = (y) => height - pad.bottom - (y / yMax) * (height - pad.top - pad.bottom);
   const chart = svg("svg", { viewBox: `0 0 ${W} ${height}`, role: "img", "aria-label": title, class: "chart-svg" });

@@ -133,7 +133,7 @@ function callsSection(module) {
           ],
           {
             label: (x) => formatDateTime(new Date(x), daily ? { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" } : { hour: "2-digit", minute: "2-digit" }),
-            format: (v) => formatNumber(v, { maximumFractionDigits: 2 }), // a few calls: ticks at quarters
+            format: (v) => formatNumber(v),
           },
         ),
         stackedTable(
