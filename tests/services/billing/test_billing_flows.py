@@ -4,52 +4,26 @@ read model → HTTP, with permissions, tenant isolation, idempotent closing and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
 import msgspec
-import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.billing_events import PaymentFailed, PaymentSucceeded
 from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import stripe_event_subject
-from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.projections import BillingProjection, rebuild
 from democratic_ai.services.billing import BillingConfig, BillingLog, build_invoice
 
-from support.billing import TableUsageTotals, billing_gateway, billing_service, new_billing_tenant
+from support.billing import TableUsageTotals, billing_service, new_billing_tenant
 from support.client import http
-from support.gateway import Gateway, issue_key
-from support.names import unique
+from support.gateway import Gateway
 from support.projections import caught_up
 
 JAN_START = datetime(2024, 12, 31, 15, 0, tzinfo=UTC)  # 2025-01-01 00:00 in Tokyo
 JAN_END = datetime(2025, 1, 31, 15, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def usage(pool: asyncpg.Pool) -> TableUsageTotals:
-    table = TableUsageTotals(pool)
-    await table.create()
-    return table
-
-
-@pytest.fixture
-async def gateway(
-    nats_server: NatsServer,
-    database_url: str,
-    pool: asyncpg.Pool,
-    nc: NATS,
-    projections: None,
-    usage: TableUsageTotals,
-) -> AsyncIterator[Gateway]:
-    tenant = unique("tenant")
-    key = await issue_key(nc, tenant)
-    async with billing_gateway(nats_server.bus("gateway"), database_url, key, tenant, usage) as gw:
-        yield gw
 
 
 async def a_month_of_calls(usage: TableUsageTotals, tenant: str) -> None:

@@ -4,23 +4,19 @@ nothing is appended, and the preview is refused as the change is (unknown plan, 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts.envelope import Meta
-from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.services.billing import BillingConfig, Invalid
 from democratic_ai.services.billing.periods import month_of, month_period
 
-from support.billing import TableUsageTotals, billing_gateway, billing_service, new_billing_tenant
+from support.billing import TableUsageTotals, billing_service, new_billing_tenant
 from support.client import http
-from support.gateway import Gateway, issue_key
-from support.names import unique
+from support.gateway import Gateway
 
 JAN_START = datetime(2024, 12, 31, 15, 0, tzinfo=UTC)  # 2025-01-01 00:00 in Tokyo
 JAN_16 = JAN_START + timedelta(days=15)
@@ -29,25 +25,8 @@ CONFIG = BillingConfig(close_grace_seconds=0)
 
 
 @pytest.fixture
-async def usage(pool: asyncpg.Pool) -> TableUsageTotals:
-    table = TableUsageTotals(pool)
-    await table.create()
-    return table
-
-
-@pytest.fixture
-async def gateway(
-    nats_server: NatsServer,
-    database_url: str,
-    pool: asyncpg.Pool,
-    nc: NATS,
-    projections: None,
-    usage: TableUsageTotals,
-) -> AsyncIterator[Gateway]:
-    tenant = unique("tenant")
-    key = await issue_key(nc, tenant)
-    async with billing_gateway(nats_server.bus("gateway"), database_url, key, tenant, usage, CONFIG) as gw:
-        yield gw
+def billing_config() -> BillingConfig:
+    return CONFIG
 
 
 async def test_the_preview_is_the_invoice_the_change_issues(

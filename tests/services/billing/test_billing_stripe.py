@@ -100,13 +100,6 @@ async def fake_stripe() -> AsyncIterator[FakeStripe]:
 
 
 @pytest.fixture
-async def usage(pool: asyncpg.Pool) -> TableUsageTotals:
-    table = TableUsageTotals(pool)
-    await table.create()
-    return table
-
-
-@pytest.fixture
 async def gateway(
     nats_server: NatsServer,
     database_url: str,

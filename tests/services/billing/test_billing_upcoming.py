@@ -4,7 +4,6 @@ seller, and a super admin reads any tenant's invoices. Old (v1) invoice events s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -17,14 +16,12 @@ from nats.aio.client import Client as NATS
 from democratic_ai.contracts.billing_events import Seller, decode_event
 from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.subjects import invoice_subject
-from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.services.billing import BillingConfig
 from democratic_ai.services.billing.periods import month_of, month_period, seconds
 
-from support.billing import TableUsageTotals, billing_gateway, billing_service, new_billing_tenant
+from support.billing import TableUsageTotals, billing_service, new_billing_tenant
 from support.client import http
-from support.gateway import Gateway, issue_key
-from support.names import unique
+from support.gateway import Gateway
 from support.projections import caught_up
 
 JAN_START = datetime(2024, 12, 31, 15, 0, tzinfo=UTC)  # 2025-01-01 00:00 in Tokyo
@@ -38,25 +35,8 @@ CONFIG = BillingConfig(close_grace_seconds=0, seller=SELLER)
 
 
 @pytest.fixture
-async def usage(pool: asyncpg.Pool) -> TableUsageTotals:
-    table = TableUsageTotals(pool)
-    await table.create()
-    return table
-
-
-@pytest.fixture
-async def gateway(
-    nats_server: NatsServer,
-    database_url: str,
-    pool: asyncpg.Pool,
-    nc: NATS,
-    projections: None,
-    usage: TableUsageTotals,
-) -> AsyncIterator[Gateway]:
-    tenant = unique("tenant")
-    key = await issue_key(nc, tenant)
-    async with billing_gateway(nats_server.bus("gateway"), database_url, key, tenant, usage, CONFIG) as gw:
-        yield gw
+def billing_config() -> BillingConfig:
+    return CONFIG
 
 
 async def page(url: str, token: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
