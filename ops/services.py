@@ -40,12 +40,14 @@ from democratic_ai.services.billing import (
 from democratic_ai.services.busauth import BusAuthorizer, Signer
 from democratic_ai.services.gateway import GatewayConfig, create_runner
 from democratic_ai.services.identity import (
+    CannotUnseal,
     IdentityError,
     IdentityIndex,
     IdentityService,
     KeyEncryptionKey,
     KeyRing,
     UserKeyStore,
+    check_kek,
     load_kek,
     rotate_signing_key,
 )
@@ -233,6 +235,12 @@ async def add_super_admin(options: BusOptions, kek: KeyEncryptionKey, email: str
     js = nc.jetstream()
     index, user_keys = IdentityIndex(), UserKeyStore(js, kek)
     try:
+        try:
+            await check_kek(js, kek)  # a password sealed under another KEK would never open
+        except CannotUnseal as exc:
+            raise SystemExit(
+                f"dai: {exc}: is DAI_KEK_FILE (or DAI_KEK) the key-encryption key the gateways use?"
+            ) from None
         await index.start(js)
         await user_keys.start()
         # The ring signs tokens; registering signs none, so it is never started (nor a key made).

@@ -16,7 +16,7 @@ from .permissions import ROLE_PERMISSIONS, Role, allows, permissions_of
 from .principal import Principal, authenticate, expiry_of, recheck
 from .sealing import CannotUnseal, KekUnavailable, KeyEncryptionKey, SealingError, generate_kek_file, load_kek
 from .service import IdentityService, IssuedKey, ModuleCredential, Tokens
-from .tokens import KeyRing, rotate_signing_key
+from .tokens import KeyRing, check_kek, rotate_signing_key
 from .user_keys import UserKeyStore
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "UserKeyStore",
     "allows",
     "authenticate",
+    "check_kek",
     "ensure_bootstrap",
     "expiry_of",
     "generate_kek_file",

@@ -33,14 +33,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from democratic_ai.contracts.ordered import OrderedConsumer
 
 from .sealing import CannotUnseal, KeyEncryptionKey, new_data_key, open_sealed, seal
 
-__all__ = ["ACCESS_TOKEN_TTL", "AUDIENCE", "ISSUER", "AccessClaims", "InvalidToken", "KeyRing", "rotate_signing_key"]
+__all__ = [
+    "ACCESS_TOKEN_TTL",
+    "AUDIENCE",
+    "ISSUER",
+    "AccessClaims",
+    "InvalidToken",
+    "KeyRing",
+    "check_kek",
+    "rotate_signing_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +130,35 @@ async def rotate_signing_key(js: JetStreamContext, kek: KeyEncryptionKey) -> str
     )
     await kv.create(kid, msgspec.json.encode(stored))
     return kid
+
+
+async def check_kek(js: JetStreamContext, kek: KeyEncryptionKey) -> None:
+    """Raise :class:`CannotUnseal` when the platform has sealed signing keys and ``kek`` opens none:
+    it is not the KEK the gateways use. A command that seals a secret with another KEK (a password
+    hash, through the user's data key) would record what no gateway can open. No key stored yet:
+    nothing to tell by, and nothing raised."""
+    kv = await _bucket(js)
+    try:
+        names = await kv.keys()
+    except NoKeysError:
+        return
+    sealed = 0
+    for name in names:
+        try:
+            entry = await kv.get(name)
+            stored = msgspec.json.decode(entry.value or b"", type=_StoredKey)
+        except (KeyNotFoundError, msgspec.DecodeError):
+            continue  # removed meanwhile, or unreadable: the ring skips it too
+        if not stored.private_key:
+            continue
+        sealed += 1
+        try:
+            _unseal(stored, kek)
+        except CannotUnseal:
+            continue
+        return
+    if sealed:
+        raise CannotUnseal(f"this key-encryption key opens none of the platform's {sealed} JWT signing key(s)")
 
 
 def _unseal(stored: _StoredKey, kek: KeyEncryptionKey) -> Ed25519PrivateKey:

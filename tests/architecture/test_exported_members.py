@@ -102,6 +102,7 @@ PUBLIC: dict[str, list[str]] = {
         "allows",
         "authenticate",
         "CannotUnseal",
+        "check_kek",
         "Conflict",
         "ensure_bootstrap",
         "expiry_of",

@@ -262,3 +262,17 @@ async def test_the_readme_example_makes_a_super_admin_who_lists_the_tenants(
     assert lines[0].startswith(f"super admin {email} registered: user id ")
     assert lines[1] == f"sign in to the console with tenant system, e-mail {email} and that password"
     assert {"system", gateway.tenant} <= set(lines[2:])  # what the super admin's token lists
+
+
+async def test_a_kek_that_is_not_the_platforms_is_refused_and_appends_nothing(
+    gateway: Gateway, nats_server: NatsServer, nc: NATS
+) -> None:
+    """The gateway has sealed its signing key with the platform's KEK; another KEK opens none of
+    them, so a password sealed with it could never be checked: refused before anything is written."""
+    email = _email()
+    done = await _add(_environment(nats_server, KeyEncryptionKey.generate()), email, f"{PASSWORD}\n")
+    assert (done.returncode, done.stdout) == (1, "")
+    [line] = done.stderr.splitlines()
+    assert line.startswith("dai: this key-encryption key opens none of the platform's"), line
+    assert line.endswith("is DAI_KEK_FILE (or DAI_KEK) the key-encryption key the gateways use?"), line
+    assert await _registrations(nc, email) == 0
