@@ -32,6 +32,7 @@ from support.client import http
 from support.gateway import Gateway
 from support.names import unique
 from support.paths import REPO
+from support.readme import run_script, section_scripts
 from support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -234,9 +235,7 @@ def test_no_route_of_the_gateway_makes_a_super_admin() -> None:
 async def test_the_readme_example_makes_a_super_admin_who_lists_the_tenants(
     gateway: Gateway, nats_server: NatsServer, kek: KeyEncryptionKey, tmp_path: Path
 ) -> None:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("\n## The console\n", 1)[1].split("\n## ", 1)[0]
-    [script] = [b.split("\n```", 1)[0] for b in section.split("```sh\n")[1:] if "add-super-admin" in b]
+    [script] = [b for b in section_scripts(REPO / "README.md", "## The console") if "add-super-admin" in b]
     # `dai env` reads a running dai up's data dir; here the session's server stands in for one, and
     # the e-mail is one no other test of the session uses.
     assert 'eval "$(.venv/bin/dai env)"\n' in script and "ops@example.test" in script
@@ -245,20 +244,8 @@ async def test_the_readme_example_makes_a_super_admin_who_lists_the_tenants(
     script = script.replace('eval "$(.venv/bin/dai env)"\n', exports).replace("ops@example.test", email)
     script = f"GW={gateway.url}; JSON='Content-Type: application/json'\n{script}"
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # the README runs .venv/bin/dai
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        "-euo",
-        "pipefail",
-        "-c",
-        script,
-        cwd=tmp_path,
-        env={"PATH": os.environ["PATH"]},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
+    out, _ = await run_script(script, cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+    lines = out.splitlines()
     assert lines[0].startswith(f"super admin {email} registered: user id ")
     assert lines[1] == f"sign in to the console with tenant system, e-mail {email} and that password"
     assert {"system", gateway.tenant} <= set(lines[2:])  # what the super admin's token lists

@@ -4,17 +4,13 @@ events, recovered usage and reconnects, scraped from the endpoint ``dai projecti
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import asyncpg
-import msgspec
 import pytest
 from aiohttp import web
 from nats.aio.client import Client as NATS
-from nats.js.api import StreamConfig
 
 from democratic_ai.ops.metrics_endpoint import MetricsAddress, metrics_address, serve_metrics
 from democratic_ai.ops.ports import free_port
@@ -23,36 +19,15 @@ from democratic_ai.projections.metrics import ProjectionMetrics
 from democratic_ai.schemas import create_pool
 
 from support.metrics import Samples, projections_worker, samples, scrape_text
-from support.names import unique
+from support.quarantine import TOO_BIG, PoisonValues, prepare_poison
 from support.waiting import eventually
-
-_STREAM = "METRICSTEST"
-
-
-class Value(msgspec.Struct):
-    value: int
-
-
-@dataclass
-class Values:
-    """A test projection: one row per event, in an integer column (2**40 does not fit: quarantined)."""
-
-    name: str = field(default_factory=lambda: unique("metered"))
-    stream: str = _STREAM
-    filter_subject: str = field(default_factory=lambda: f"metricstest.{uuid.uuid4().hex[:10]}")
-    tables: tuple[str, ...] = ("metric_values",)
-
-    async def apply(self, conn: asyncpg.Connection, events: object) -> None:
-        rows = [(m.metadata.sequence.stream, msgspec.json.decode(m.data, type=Value).value) for m in events]  # type: ignore[attr-defined]
-        await conn.executemany("INSERT INTO metric_values (sequence, value) VALUES ($1, $2)", rows)
 
 
 @pytest.fixture
-async def values(nc: NATS, pool: asyncpg.Pool) -> Values:
-    await nc.jetstream().add_stream(StreamConfig(name=_STREAM, subjects=["metricstest.>"]))
-    async with pool.acquire() as conn:
-        await conn.execute("CREATE TABLE metric_values (sequence bigint PRIMARY KEY, value integer NOT NULL)")
-    return Values()
+async def values(nc: NATS, pool: asyncpg.Pool) -> PoisonValues:
+    """A projection of integers into an integer column: 2**40 (TOO_BIG) cannot be folded."""
+    await prepare_poison(nc, pool)
+    return PoisonValues()
 
 
 def _of(scraped: Samples, name: str, projection: str) -> float | None:
@@ -70,7 +45,7 @@ async def _served(metrics: ProjectionMetrics) -> AsyncIterator[str]:
 
 
 async def test_the_metrics_follow_a_projection_through_its_events_and_a_poison_one(
-    nc: NATS, pool: asyncpg.Pool, values: Values
+    nc: NATS, pool: asyncpg.Pool, values: PoisonValues
 ) -> None:
     js = nc.jetstream()
     first = [(await js.publish(values.filter_subject, b'{"value": %d}' % i)).seq for i in range(3)]
@@ -100,7 +75,7 @@ async def test_the_metrics_follow_a_projection_through_its_events_and_a_poison_o
             assert _of(caught_up, "dai_projection_batches_failed_total", values.name) == 0
 
             # A poison event (too large for the column) and a good one after it.
-            await js.publish(values.filter_subject, b'{"value": 1099511627776}')
+            await js.publish(values.filter_subject, b'{"value": %d}' % TOO_BIG)
             last = (await js.publish(values.filter_subject, b'{"value": 7}')).seq
             after = await eventually(lambda: at(last), "the checkpoint to pass the poison event", timeout=10)
         finally:
@@ -113,7 +88,7 @@ async def test_the_metrics_follow_a_projection_through_its_events_and_a_poison_o
     assert _of(after, "dai_projection_batches_failed_total", values.name) == 1
 
 
-async def test_positions_are_left_out_while_the_database_is_unreachable(nc: NATS, values: Values) -> None:
+async def test_positions_are_left_out_while_the_database_is_unreachable(nc: NATS, values: PoisonValues) -> None:
     # A server that is not there: the scrape answers at once with the counters, without the positions.
     nowhere = await create_pool(f"postgresql://dai@127.0.0.1:{free_port()}/dai", min_size=0, max_size=1)
     try:

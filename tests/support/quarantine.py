@@ -21,7 +21,15 @@ from democratic_ai.projections.admin import ProjectionsAdmin
 from support.names import unique
 from support.projections import reached
 
-__all__ = ["POISON_STREAM", "TOO_BIG", "PoisonValues", "fix_poison", "projections_admin", "quarantine_one"]
+__all__ = [
+    "POISON_STREAM",
+    "TOO_BIG",
+    "PoisonValues",
+    "fix_poison",
+    "prepare_poison",
+    "projections_admin",
+    "quarantine_one",
+]
 
 POISON_STREAM = "OPSPOISON"
 TOO_BIG = 2**40  # fits the event (an int) but not the column (integer) — until the fix
@@ -49,7 +57,7 @@ class PoisonValues:
 async def quarantine_one(nc: NATS, pool: asyncpg.Pool, projection: PoisonValues) -> int:
     """Publish a value the projection cannot fold, fold it, and return the quarantined event's sequence."""
     js = nc.jetstream()
-    await _prepare(nc, pool)
+    await prepare_poison(nc, pool)
     sequence = (await js.publish(projection.filter_subject, msgspec.json.encode({"value": TOO_BIG}))).seq
     stop = asyncio.Event()
     task = asyncio.create_task(ProjectionRunner(js, pool, projection, batch=16).run(stop))
@@ -61,7 +69,7 @@ async def quarantine_one(nc: NATS, pool: asyncpg.Pool, projection: PoisonValues)
     return sequence
 
 
-async def _prepare(nc: NATS, pool: asyncpg.Pool) -> None:
+async def prepare_poison(nc: NATS, pool: asyncpg.Pool) -> None:
     """The projection's stream (shared by the session's tests, as the platform's are) and table."""
     await nc.jetstream().add_stream(StreamConfig(name=POISON_STREAM, subjects=["opspoison.>"]))
     async with pool.acquire() as conn:
@@ -78,7 +86,7 @@ async def fix_poison(pool: asyncpg.Pool) -> None:
 async def projections_admin(nc: NATS, pool: asyncpg.Pool, poison: PoisonValues) -> AsyncIterator[ProjectionsAdmin]:
     """The projections' operator desk (as `dai projections run` serves it), for the platform's
     projections and ``poison``, on the operator's connection and the owner's pool."""
-    await _prepare(nc, pool)
+    await prepare_poison(nc, pool)
     admin = ProjectionsAdmin(nc, pool, [*PROJECTIONS.values(), poison])
     await admin.start()
     try:

@@ -12,11 +12,12 @@ terminal in real life, such as a module, the README starts in the background wit
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Block", "read_blocks"]
+__all__ = ["Block", "read_blocks", "run_script", "section_scripts"]
 
 _FENCE = re.compile(r"^```(\w*)\s*$")
 _DIRECTIVE = re.compile(r"^<!--\s*readme-test:\s*(.*?)\s*-->\s*$")
@@ -73,3 +74,30 @@ def read_blocks(readme: Path) -> list[Block]:
         directive = None
         index += 1
     return blocks
+
+
+def section_scripts(readme: Path, heading: str) -> list[str]:
+    """The ``sh`` blocks of the README's section ``heading`` (e.g. ``"## The console"``), in order,
+    for a test that runs one section's example against the session's servers."""
+    text = readme.read_text(encoding="utf-8")
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("\n```", 1)[0] for block in section.split("```sh\n")[1:]]
+
+
+async def run_script(script: str, *, cwd: Path, env: dict[str, str], timeout: float = 60) -> tuple[str, str]:
+    """Run ``script`` as the README runs, in ``bash -euo pipefail``; its stdout and stderr once it
+    exits 0. Asynchronous: the gateway it calls may run in this test's event loop."""
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    assert process.returncode == 0, err.decode()
+    return out.decode(), err.decode()

@@ -100,27 +100,9 @@ async def fake_stripe() -> AsyncIterator[FakeStripe]:
 
 
 @pytest.fixture
-async def gateway(
-    nats_server: NatsServer,
-    database_url: str,
-    pool: asyncpg.Pool,
-    nc: NATS,
-    projections: None,
-    usage: TableUsageTotals,
-    fake_stripe: FakeStripe,
-) -> AsyncIterator[Gateway]:
-    tenant = unique("tenant")
-    key = await issue_key(nc, tenant)
+def billing_config(fake_stripe: FakeStripe) -> BillingConfig:
     stripe = StripeConfig(api_key="sk_test_fake", webhook_secret=SECRET, api_base=fake_stripe.url)
-    async with billing_gateway(
-        nats_server.bus("gateway"),
-        database_url,
-        key,
-        tenant,
-        usage,
-        BillingConfig(close_grace_seconds=0, stripe=stripe),
-    ) as gw:
-        yield gw
+    return BillingConfig(close_grace_seconds=0, stripe=stripe)
 
 
 def sign(payload: bytes, secret: str = SECRET, timestamp: int | None = None) -> str:

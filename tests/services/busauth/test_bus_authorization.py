@@ -35,6 +35,7 @@ from support.bus import Violations, module_connection, register
 from support.client import http
 from support.gateway import Gateway
 from support.names import unique
+from support.readme import run_script, section_scripts
 
 
 async def assert_refused(url: str, **credentials: str) -> None:
@@ -234,9 +235,7 @@ async def test_platform_roles_are_narrow(nats_server: NatsServer) -> None:
 async def test_the_readme_example_runs_dai_commands_as_the_operator(
     nats_server: NatsServer, gateway: Gateway, repo_root: Path, tmp_path: Path
 ) -> None:
-    text = (repo_root / "README.md").read_text(encoding="utf-8")
-    section = text.split("\n## Who may do what on the bus\n", 1)[1].split("\n## ", 1)[0]
-    script = section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+    script = section_scripts(repo_root / "README.md", "## Who may do what on the bus")[0]
     # `dai env` reads a running dai up's data dir; here the session's server stands in for one.
     assert 'eval "$(.venv/bin/dai env)"' in script
     exports = "".join(
@@ -250,20 +249,7 @@ async def test_the_readme_example_runs_dai_commands_as_the_operator(
     (tmp_path / ".dai").mkdir()
     (tmp_path / ".dai" / "credentials").symlink_to(nats_server.credentials.folder)
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # the README runs .venv/bin/dai
-    env = {"PATH": os.environ["PATH"]}
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        "-euo",
-        "pipefail",
-        "-c",
-        script,
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
+    out, _ = await run_script(script, cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+    lines = out.splitlines()
     assert msgspec.json.decode(lines[0])["stream"] == "IDENTITY", out  # the gateway's tenant is there
     assert "STREAMS" in lines and "MODULES" in lines  # dai status, and dai modules after it

@@ -38,6 +38,7 @@ from support.gateway import Gateway
 from support.identity import login, new_tenant, new_user
 from support.names import unique
 from support.projections import caught_up
+from support.readme import run_script, section_scripts
 
 
 class Tenant:
@@ -463,20 +464,15 @@ def json_documents(text: str) -> list[dict]:
     return found
 
 
-def readme_block(repo_root: Path, heading: str) -> str:
-    """The first ``sh`` code block under ``heading`` in the README."""
-    text = (repo_root / "README.md").read_text(encoding="utf-8")
-    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
-    return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
-
-
 async def test_the_readme_example_registers_reads_runs_rotates_and_revokes(
     gateway: Gateway, nats_server: NatsServer, bus_authorizer: None, hub: Hub, repo_root: Path, tmp_path: Path
 ) -> None:
     """The README's blocks as written: "Write a module" saves shout.py, "Registering a module" registers
     it, reads it back, runs it with ``.venv/bin/dai module run``, calls it, stops it, rotates and revokes."""
     acme = await Tenant.create(gateway, "tenant_admin")  # the README's $TOKEN is a tenant admin's
-    script = readme_block(repo_root, "## Write a module") + "\n" + readme_block(repo_root, "## Registering a module")
+    readme = repo_root / "README.md"
+    headings = ("## Write a module", "## Registering a module")
+    script = "\n".join(section_scripts(readme, heading)[0] for heading in headings)
     dai = tmp_path / ".venv" / "bin" / "dai"  # the README's .venv/bin/dai: this interpreter's
     dai.parent.mkdir(parents=True)
     dai.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m democratic_ai.ops.cli "$@"\n')
@@ -488,26 +484,13 @@ async def test_the_readme_example_registers_reads_runs_rotates_and_revokes(
         "JSON": "Content-Type: application/json",
         "NATS_URL": nats_server.url,
     }
-    # Async, not subprocess.run: the gateway it calls runs in this event loop.
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        "-euo",
-        "pipefail",
-        "-c",
-        script,
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=90)
-    assert process.returncode == 0, err.decode()
+    out, err = await run_script(script, cwd=tmp_path, env=env, timeout=90)
     # What prints: the GET, the call, the call without its field and its status (the DELETE answers 204).
-    read_back, called, refused, status = json_documents(out.decode())
+    read_back, called, refused, status = json_documents(out)
     assert status == 422, out
     assert called["module_id"] == "shout" and called["result"] == {"text": "HI!"}, called
     assert refused["error"]["code"] == "VALIDATION_FAILED" and refused["error"]["details"]["path"] == "$.text"
-    assert "module shout of tenant" in err.decode() and "Traceback" not in err.decode(), err.decode()
+    assert "module shout of tenant" in err and "Traceback" not in err, err
     assert read_back["module_id"] == "shout" and read_back["capabilities"] == ["text.shout"], out
     assert read_back["owner_user_id"] == acme.users["tenant_admin"]["user_id"] and "credential" not in read_back
 
