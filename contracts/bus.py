@@ -97,6 +97,12 @@ class BusOptions:
         ca = os.environ.get(CA_FILE_ENV)
         return cls(url=url, credential=credential, ca_file=Path(ca) if ca else None)
 
+    @property
+    def servers(self) -> list[str]:
+        """The servers of ``url``: one, or a cluster's members comma-separated, tried in order
+        (so each role can prefer a different member; the server tells of the others too)."""
+        return [server.strip() for server in self.url.split(",") if server.strip()]
+
     def connect_kwargs(self) -> dict[str, Any]:
         """The arguments of ``nats.connect`` that carry the credential and TLS settings."""
         kwargs: dict[str, Any] = {}
@@ -127,6 +133,7 @@ async def connect(
     # A restarted server is back within a second or so; nats-py's default wait of 2 s between
     # attempts would keep every follower (and so every revocation) that much longer behind.
     kwargs.setdefault("reconnect_time_wait", RECONNECT_WAIT)
+    kwargs.setdefault("dont_randomize", True)
     return await nats.connect(
-        options.url, name=name, error_cb=error_cb or _log_error, **options.connect_kwargs(), **kwargs
+        options.servers, name=name, error_cb=error_cb or _log_error, **options.connect_kwargs(), **kwargs
     )

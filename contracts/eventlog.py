@@ -18,7 +18,7 @@ Errors::
 
     nats.js.errors.APIError
      └── BadRequestError
-          └── AppendConflict       the subject moved past ``expected`` (JetStream err_code 10071)
+          └── AppendConflict       the subject moved past ``expected`` (JetStream err_code 10071, or 10164 in a cluster)
 
 :class:`AppendConflict` is a :class:`~nats.js.errors.BadRequestError`, so code that handled the
 server's refusal as a bad request before still does. Every other error of ``js.publish`` (other
@@ -64,7 +64,7 @@ async def append(
     try:
         ack = await js.publish(subject, data, timeout=timeout, headers=headers or None)
     except BadRequestError as exc:
-        if exc.err_code == WRONG_LAST_SEQUENCE:
+        if exc.err_code in WRONG_LAST_SEQUENCE:
             raise AppendConflict(
                 code=exc.code, description=exc.description, err_code=exc.err_code, stream=exc.stream, seq=exc.seq
             ) from None

@@ -1,14 +1,31 @@
-"""The streams of the log, declared once.
+"""The streams of the log, declared once for any topology.
 
-Every process that starts (``dai up``, the hub, the gateway, a projection worker) calls
-:func:`ensure_streams`, which creates missing streams and updates changed ones, so the
-configuration in this file is the configuration on the server.
+The platform's preparation (``dai up``, or ``dai streams ensure`` where an operator runs the
+processes) calls :func:`ensure_streams`, which creates missing streams and updates changed
+ones, so the configuration in this file is the configuration on the server.
+
+Replicas are the one setting that depends on the topology: 1 on a single server, 3 in a
+cluster (Raft needs a majority: three servers survive the loss of one). ``DAI_STREAM_REPLICAS``
+(or the ``replicas`` argument) says which; a process that is not told keeps what the server
+has, so nothing started without it ever shrinks a cluster's streams. The key-value buckets of
+the identity service follow the same rule (:func:`stream_replicas`).
+
+Durability: the streams whose loss is money or identity (:data:`DURABLE_STREAMS`) must survive
+a crash of every node at once, which replication alone does not give (an acknowledged write
+may sit in the page cache of all three). ``nats.conf`` therefore sets ``sync_interval:
+always``: the server fsyncs every write before it acknowledges it. The setting is the
+server's, not a stream's (JetStream's per-stream ``persist_mode`` only offers a weaker, R1-only
+mode), so the other streams pay for it too; ``tests/bench/bench_durability.py`` measures what
+it costs.
 
 The names of the streams are the constants here (``MCP_STREAM`` …); what each captures is
 spelled by :mod:`.subjects`.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import os
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -27,14 +44,17 @@ from .subjects import (
 
 __all__ = [
     "BILLING_STREAM",
+    "DURABLE_STREAMS",
     "IDENTITY_STREAM",
     "MCP_STREAM",
     "RATELIMIT_STREAM",
     "REGISTRY_STREAM",
+    "REPLICAS_ENV",
     "STREAMS",
     "USAGE_STREAM",
     "WRONG_LAST_SEQUENCE",
     "ensure_streams",
+    "stream_replicas",
 ]
 
 MCP_STREAM = "MCP"
@@ -46,8 +66,16 @@ REGISTRY_STREAM = "REGISTRY"
 
 _DAY = 24 * 3600.0
 
-# JetStream's error code when Nats-Expected-Last-Subject-Sequence did not match: another writer won.
-WRONG_LAST_SEQUENCE = 10071
+REPLICAS_ENV = "DAI_STREAM_REPLICAS"
+_MAX_REPLICAS = 5  # JetStream's own limit
+
+# An acknowledged write to these must survive the crash of every server: money and identity.
+DURABLE_STREAMS = frozenset({USAGE_STREAM, BILLING_STREAM, IDENTITY_STREAM, RATELIMIT_STREAM})
+
+# JetStream's error codes when Nats-Expected-Last-Subject-Sequence did not match: another writer
+# won. A replicated stream's leader answers 10164 (without the sequence) when the subject's
+# previous append is still being replicated, a single server 10071.
+WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 
 STREAMS: tuple[StreamConfig, ...] = (
     StreamConfig(
@@ -111,13 +139,32 @@ STREAMS: tuple[StreamConfig, ...] = (
 )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create every stream of :data:`STREAMS`, or update it to the declared configuration."""
-    for config in STREAMS:
-        assert config.name is not None, "every stream of STREAMS is declared with its name"
+def stream_replicas() -> int | None:
+    """The replicas ``DAI_STREAM_REPLICAS`` asks for, or ``None`` when it is not set.
+
+    Raises ``ValueError`` with the fix when the value is not a whole number from 1 to 5."""
+    raw = os.environ.get(REPLICAS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_REPLICAS:
+        raise ValueError(
+            f"{REPLICAS_ENV}={raw!r}: set it to the number of copies of each stream, 1 on one server,"
+            f" 3 in a cluster of three or more (at most {_MAX_REPLICAS})."
+        )
+    return int(raw)
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> None:
+    """Create every stream of :data:`STREAMS`, or update it to the declared configuration.
+
+    ``replicas`` (default: :func:`stream_replicas`) is each stream's number of copies; when
+    neither says, a new stream gets one and an existing one keeps what it has."""
+    wanted = replicas if replicas is not None else stream_replicas()
+    for declared in STREAMS:
+        assert declared.name is not None, "every stream of STREAMS is declared with its name"
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(declared.name)
         except NotFoundError:
-            await js.add_stream(config)
+            await js.add_stream(dataclasses.replace(declared, num_replicas=wanted or 1))
         else:
-            await js.update_stream(config)
+            await js.update_stream(dataclasses.replace(declared, num_replicas=wanted or info.config.num_replicas))

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -27,6 +28,10 @@ from .credentials import PlatformCredentials
 from .ports import ServerStartError, ensure_port_free
 
 CONFIG_PATH = Path(__file__).with_name("nats.conf")
+SYNC_INTERVAL_ENV = "DAI_NATS_SYNC_INTERVAL"
+# How often the server fsyncs (nats.conf explains the choice; bench_durability.py measures it).
+SYNC_ALWAYS = "always"
+SYNC_ONE_SERVER = "1s"
 HOST = "127.0.0.1"
 _EXE = "nats-server.exe" if os.name == "nt" else "nats-server"
 
@@ -82,6 +87,33 @@ def _tail(path: Path, offset: int, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterMember:
+    """What makes a server one member of a JetStream cluster on loopback (:mod:`.nats_cluster`).
+
+    ``name`` is the server's name and so its Raft identity: it must stay the same across
+    restarts. ``routes`` are the route ports of every member (its own among them: a server
+    recognises a route to itself and drops it)."""
+
+    name: str
+    route_port: int
+    routes: tuple[int, ...]
+    cluster: str = "dai"
+
+    def arguments(self) -> list[str]:
+        routes = ",".join(f"nats://{HOST}:{port}" for port in self.routes)
+        return [
+            "--name",
+            self.name,
+            "--cluster_name",
+            self.cluster,
+            "--cluster",
+            f"nats://{HOST}:{self.route_port}",
+            "--routes",
+            routes,
+        ]
+
+
 class NatsServer:
     """A nats-server child process with JetStream, storing under `<data_dir>/nats`.
 
@@ -89,7 +121,9 @@ class NatsServer:
     free one (read back from its ports file), any other value is used as given.
     Authorization is always on: the users' passwords and the auth callout's issuer come
     from `<data_dir>/credentials` (generated on first start). `tls` is a certificate and
-    its key file: client connections then use TLS (`tls://` URLs).
+    its key file: client connections then use TLS (`tls://` URLs). `member` makes it one server
+    of a cluster (:class:`ClusterMember`), storing under `<data_dir>/cluster/<name>` instead.
+    `sync_interval` is how often it fsyncs: `always` in a cluster, `1s` alone (nats.conf says why).
 
     The HTTP monitoring endpoint (`/healthz`, `/varz`, `/jsz`) listens on loopback too, on a port
     of its own for each server, since tests run several at once: `monitor_port=0` lets the server
@@ -104,9 +138,13 @@ class NatsServer:
         tls: tuple[Path, Path] | None = None,
         config: Path | None = None,
         monitor_port: int | None = None,
+        member: ClusterMember | None = None,
+        sync_interval: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
-        self.store_dir = self.data_dir / "nats"
+        self.member = member
+        self.sync_interval = sync_interval or (SYNC_ALWAYS if member else SYNC_ONE_SERVER)
+        self.store_dir = self.data_dir / "cluster" / member.name if member else self.data_dir / "nats"
         self.log_path = self.store_dir / "nats-server.log"
         self.credentials = PlatformCredentials.ensure(self.data_dir)
         self.tls = tls
@@ -141,6 +179,10 @@ class NatsServer:
         if self._proc is None:
             raise RuntimeError("NATS server has not been started")
         return self._proc
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     @property
     def url(self) -> str:
@@ -185,10 +227,12 @@ class NatsServer:
             str(self._monitor_port_to_ask()),
         ]
         cmd += ["--ports_file_dir", str(self.store_dir)]
+        if self.member is not None:
+            cmd += self.member.arguments()
         if self.tls is not None:
             cert, key = self.tls
             cmd += ["--tls", "--tlscert", str(cert), "--tlskey", str(key)]
-        env = {**os.environ, **self.credentials.server_environment()}
+        env = {**os.environ, **self.credentials.server_environment(), SYNC_INTERVAL_ENV: self.sync_interval}
         with self.log_path.open("ab") as log:
             log_offset = log.tell()
             # stdout/stderr go to the log rather than `-l`, so errors printed before

@@ -33,10 +33,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from democratic_ai.contracts.ordered import OrderedConsumer
+from democratic_ai.contracts.streams import stream_replicas
 
 from .sealing import CannotUnseal, KeyEncryptionKey, new_data_key, open_sealed, seal
 
@@ -100,8 +101,19 @@ class _Key:
 
 
 async def _bucket(js: JetStreamContext) -> KeyValue:
+    try:
+        return await js.key_value(BUCKET)
+    except BucketNotFoundError:
+        pass
+    # Same config from every replica: a concurrent create of it succeeds.
     return await js.create_key_value(
-        KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, description="JWT signing keys")
+        KeyValueConfig(
+            bucket=BUCKET,
+            history=1,
+            storage=StorageType.FILE,
+            description="JWT signing keys",
+            replicas=stream_replicas() or 1,
+        )
     )
 
 

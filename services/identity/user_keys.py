@@ -31,6 +31,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.kv import KeyValue
 
 from democratic_ai.contracts.ordered import OrderedConsumer
+from democratic_ai.contracts.streams import stream_replicas
 
 from .sealing import CannotUnseal, KeyEncryptionKey, is_sealed, new_data_key, open_sealed, seal
 
@@ -72,6 +73,7 @@ async def _open_bucket(js: JetStreamContext) -> KeyValue:
             duplicate_window=120.0,
             max_msgs_per_subject=1,
             storage=StorageType.FILE,
+            num_replicas=stream_replicas() or 1,
         )
     )
     return await js.key_value(USER_KEYS_BUCKET)

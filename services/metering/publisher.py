@@ -3,12 +3,14 @@
 The hot path only appends to a list (:meth:`UsagePublisher.add`). A background task takes up
 to ``max_batch`` events (1,000, as the seed) when that many are waiting, or whatever is there
 every ``max_delay`` seconds, and writes the batch to JetStream as plain publishes on
-``usage.<tenant>.<metric>``, each with its deterministic ``Nats-Msg-Id``. Only the batch's
-*last* message asks for an acknowledgement: one connection's publishes reach a stream in
-order, so the ack of the last one means the server has processed them all. Several batches
-may be in flight at once (pipelining); a batch whose ack is late, negative, or straddles a
-reconnect (which can drop buffered publishes) is sent again whole, and JetStream's duplicate
-window drops what it already stored.
+``usage.<tenant>.<metric>``, each with its deterministic ``Nats-Msg-Id`` and a reply subject
+for its acknowledgement: a batch counts as stored once every one of its messages is
+acknowledged. (The ack of the last message alone is not enough: in a cluster, a publish that
+arrives while the stream elects a new leader is dropped, and a later one of the same batch
+may be stored and acknowledged by the new leader.) Several batches may be in flight at once
+(pipelining); a batch with an ack late, negative, or straddling a reconnect (which can drop
+buffered publishes) is sent again whole, and JetStream's duplicate window drops what it
+already stored.
 
 **Why a crash loses nothing.** Events waiting in this buffer die with the process. They are
 not the only record of the call: the module wrote its answer to the MCP stream *before* it
@@ -74,6 +76,8 @@ class _Batch:
     sent_at: float = 0.0
     reconnects: int = 0
     attempts: int = 0
+    acked: int = 0  # messages of this attempt the stream acknowledged
+    refused: bool = False  # one of them was not stored: the batch goes again
 
 
 @dataclass
@@ -176,19 +180,29 @@ class UsagePublisher:
 
     async def _send(self, batch: _Batch) -> None:
         if batch.attempts == 0:
-            await self._window.acquire()
+            await self._take_window()
         token = f"{next(self._tokens):x}"
         batch.sent_at = time.monotonic()
         batch.reconnects = self._nc.stats["reconnects"]
         batch.attempts += 1
+        batch.acked, batch.refused = 0, False
         self._in_flight[token] = batch
         self._settled.clear()
         publish = self._nc.publish
-        frames = batch.frames
-        for subject, data, headers in frames[:-1]:
-            await publish(subject, data, headers=headers)
-        subject, data, headers = frames[-1]
-        await publish(subject, data, reply=self._prefix + token, headers=headers)
+        reply = self._prefix + token
+        for subject, data, headers in batch.frames:
+            await publish(subject, data, reply=reply, headers=headers)
+
+    async def _take_window(self) -> None:
+        """A slot for a new batch. While every slot is taken by batches whose acks are not coming
+        (lost in an outage or a leader election), send those again rather than wait for ever."""
+        while True:
+            try:
+                await asyncio.wait_for(self._window.acquire(), timeout=self.config.ack_timeout)
+            except TimeoutError:
+                await self._resend_overdue()
+            else:
+                return
 
     async def _resend_overdue(self) -> None:
         now = time.monotonic()
@@ -207,8 +221,8 @@ class UsagePublisher:
     async def _on_ack(self, msg: Msg) -> None:
         token = msg.subject[len(self._prefix) :]
         batch = self._in_flight.get(token)
-        if batch is None:
-            return  # the ack of an attempt already superseded
+        if batch is None or batch.refused:
+            return  # the ack of an attempt already superseded, or of one that goes again
         problem = ""
         if not msg.data:
             problem = f"no stream answered (status {msg.headers.get(NATS_STATUS) if msg.headers else '?'})"
@@ -224,9 +238,12 @@ class UsagePublisher:
             problem = "the connection was re-established while the batch was in flight"
         if problem:
             # Leave it in flight with an old timestamp: the run loop sends it again.
-            batch.sent_at = 0.0
+            batch.sent_at, batch.refused = 0.0, True
             log.warning("usage batch not stored (%s); it will be sent again", problem)
             self._wake.set()
+            return
+        batch.acked += 1
+        if batch.acked < len(batch.frames):
             return
         del self._in_flight[token]
         self._window.release()

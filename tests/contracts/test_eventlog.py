@@ -3,7 +3,9 @@ decides between concurrent writers, and a message id makes a retry harmless."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -11,7 +13,9 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import BadRequestError
 
+from democratic_ai.contracts.bus import connect
 from democratic_ai.contracts.eventlog import AppendConflict, append
+from democratic_ai.ops.nats_cluster import NatsCluster
 
 from support.names import unique
 
@@ -96,3 +100,22 @@ async def test_other_refusals_pass_through_unchanged(log: tuple[JetStreamContext
 
 def js_stream(prefix: str) -> str:
     return prefix.upper().replace("-", "_")
+
+
+async def test_racing_writers_on_a_replicated_stream_lose_with_a_conflict(tmp_path: Path) -> None:
+    """A replicated stream's leader refuses a racing append with another code (10164, "wrong
+    last sequence", while the winner is still being replicated): still a conflict to decide
+    again on, not a refusal to give up on."""
+    with NatsCluster(tmp_path) as cluster:
+        nc = await connect(cluster.bus("operator"), "eventlog-cluster-test")
+        try:
+            js = nc.jetstream()
+            await js.add_stream(StreamConfig(name="RACE", subjects=["race.>"], num_replicas=3))
+            outcomes = await asyncio.gather(
+                *(append(js, "race.one", b"x", expected=0) for _ in range(20)), return_exceptions=True
+            )
+        finally:
+            await nc.close()
+    winners = [o for o in outcomes if isinstance(o, int)]
+    assert winners == [1], outcomes
+    assert all(isinstance(o, AppendConflict) for o in outcomes if not isinstance(o, int)), outcomes
