@@ -192,9 +192,12 @@ class CallGate:
 
 
 def _span(kind: str, request: MCPMessage) -> AbstractContextManager[object]:
-    """The gateway's span of a call when tracing is on; nothing otherwise."""
+    """The gateway's span of a call when tracing is on (its call id an attribute, to find a call's
+    trace by the ``X-Call-Id`` its caller got); nothing otherwise."""
     if tracing.tracing_enabled():
-        return tracing.tracer.start_as_current_span(f"gateway {kind} {request.action}")
+        return tracing.tracer.start_as_current_span(
+            f"gateway {kind} {request.action}", attributes={"dai.call_id": request.correlation_id}
+        )
     return nullcontext()
 
 
