@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import TypeVar
 
 from opentelemetry import context as otel_context, propagate, trace
@@ -27,10 +27,19 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from .headers import TRACEPARENT
 
-__all__ = ["configure_tracing", "derived_context", "extract", "inject", "tracer", "tracing_enabled"]
+__all__ = [
+    "configure_tracing",
+    "derived_context",
+    "extract",
+    "in_context_of_now",
+    "inject",
+    "tracer",
+    "tracing_enabled",
+]
 
 _enabled = False
 _Headers = TypeVar("_Headers", bound=MutableMapping[str, str])
+_T = TypeVar("_T")
 tracer = trace.get_tracer("democratic_ai")
 
 
@@ -101,3 +110,21 @@ def derived_context(made_by: str | None) -> dict[str, str] | None:
 def extract(headers: Mapping[str, str] | None) -> otel_context.Context:
     """The trace context carried by ``headers`` (an empty context when there is none)."""
     return propagate.extract(headers or {})
+
+
+def in_context_of_now(function: Callable[[_T], None]) -> Callable[[_T], None]:
+    """``function``, run in the trace context current now whenever it is called later.
+
+    A streamed call ends in whichever task reads its stream, after the gateway's span of the call
+    has ended; its end is metered in the call's context all the same, so that its usage events
+    continue the call's trace (:func:`derived_context`)."""
+    saved = otel_context.get_current()
+
+    def run(argument: _T) -> None:
+        token = otel_context.attach(saved)
+        try:
+            function(argument)
+        finally:
+            otel_context.detach(token)
+
+    return run

@@ -153,6 +153,8 @@ class CallGate:
         cancels the call at the module. Raises as :meth:`call` does."""
         with _span("stream", request):
             on_end = await self._admit(principal, request, transport)
+            if tracing.tracing_enabled():  # it ends later, in the task that reads it: meter it in this span
+                on_end = tracing.in_context_of_now(on_end)
             return await self._router.open_stream(request, on_end=on_end)
 
     def policies(self, principal: Principal) -> list[PolicyState]:

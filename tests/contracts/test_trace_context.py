@@ -43,3 +43,16 @@ def test_an_answer_naming_another_trace_or_none_or_garbage_gets_the_current_span
 
 def test_nothing_without_a_current_span() -> None:
     assert tracing.derived_context(traceparent(CALL_TRACE, 0x1234)) is None
+
+
+def test_a_function_bound_in_a_span_runs_in_it_later_and_leaves_the_context_as_it_was() -> None:
+    seen: list[int] = []
+
+    def end(answer: object) -> None:
+        seen.append(trace.get_current_span().get_span_context().span_id)
+
+    with current(span_id=0xCA11):
+        bound = tracing.in_context_of_now(end)
+    bound(object())  # later, in a task with no span of the call
+    assert seen == [0xCA11]
+    assert not trace.get_current_span().get_span_context().is_valid

@@ -2,10 +2,11 @@
 
 Each process runs in the environment the README's Tracing section sets, and exports its spans
 over OTLP/HTTP to a receiver in this test (support/otlp.py) standing in for the collector. One
-HTTP call, then: spans of three services, one trace id, and each process's span a child of the
-previous process's — the gateway's call span and its router span, the module's span under the
-router's, and the usage projection's fold of the call's usage events under the module's span
-(the usage events continue from the span that made the answer).
+HTTP call, plain and then streamed (Server-Sent Events), and for each: spans of three services,
+one trace id, and each process's span a child of the previous process's — the gateway's call span
+and its router span, the module's span under the router's, and the usage projection's fold of
+the call's usage events under the module's span (the usage events continue from the span that
+made the answer).
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
+import aiohttp
 import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import subjects
+from democratic_ai.contracts.headers import HTTP_CALL_ID
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.projections import PROJECTIONS
 from democratic_ai.projections.recovery import CHECKPOINT as RECOVERY_CHECKPOINT
 from democratic_ai.schemas import app_dsn
 
-from support.client import http
 from support.gateway import gateway_ready, issue_key
 from support.modules import Echo
 from support.names import unique
@@ -106,6 +108,36 @@ async def module_serving(nc: NATS) -> None:
         await subscription.unsubscribe()
 
 
+async def call(url: str, key: str, accept: str = "application/json") -> str:
+    """One call of ``test.echo`` (streamed as Server-Sent Events when ``accept`` says so); its call id."""
+    headers = {"X-API-Key": key, "Accept": accept}
+    async with aiohttp.ClientSession() as session, session.post(url, json={"text": "trace me"}, headers=headers) as r:
+        body = await r.text()
+        assert r.status == 200 and r.content_type == accept, (r.status, body)
+        return r.headers[HTTP_CALL_ID]
+
+
+async def traced_to_the_fold(receiver: OtlpReceiver, call_id: str) -> list[ReceivedSpan]:
+    """The spans of the trace of call ``call_id``, once its usage projection's spans cover its four events."""
+
+    def call_span() -> ReceivedSpan | None:  # found by the call id, as an operator would
+        return next((s for s in receiver.spans if s.attributes.get("dai.call_id") == call_id), None)
+
+    root = await eventually(call_span, f"the gateway's span of call {call_id}", timeout=15)
+
+    def folded() -> int:
+        return sum(
+            int(s.attributes["dai.events"]) for s in receiver.of(root.trace_id) if s.service == PROJECTIONS_SERVICE
+        )
+
+    await eventually(
+        lambda: folded() >= USAGE_EVENTS_PER_CALL,
+        lambda: f"the fold of call {call_id}'s usage in its trace; received {receiver.spans}",
+        timeout=30,
+    )
+    return receiver.of(root.trace_id)
+
+
 def one(spans: list[ReceivedSpan], service: str, name: str) -> ReceivedSpan:
     found = [s for s in spans if s.service == service and s.name == name]
     assert len(found) == 1, (service, name, spans)
@@ -113,7 +145,7 @@ def one(spans: list[ReceivedSpan], service: str, name: str) -> ReceivedSpan:
 
 
 @pytest.mark.slow
-async def test_one_call_is_one_trace_across_gateway_module_and_usage_projection(
+async def test_a_call_is_one_trace_across_gateway_module_and_usage_projection_plain_or_streamed(
     nats_server: NatsServer, database_url: str, pool: asyncpg.Pool, nc: NATS
 ) -> None:
     await start_at_stream_ends(nc, pool)
@@ -156,46 +188,33 @@ async def test_one_call_is_one_trace_across_gateway_module_and_usage_projection(
                 url = f"http://127.0.0.1:{port}"
                 await gateway_ready(url, key)
                 await module_serving(nc)
-                status, body = await http(
-                    "POST",
-                    f"{url}/v1/capabilities/test.echo/invoke",
-                    json={"text": "trace me"},
-                    headers={"X-API-Key": key},
-                )
-                assert status == 200, body
-
-                def call_span() -> ReceivedSpan | None:  # found by the call id, as an operator would
-                    return next((s for s in receiver.spans if s.attributes.get("dai.call_id") == body["call_id"]), None)
-
-                root = await eventually(call_span, "the gateway's span of the call", timeout=15)
-
-                def folded() -> int:
-                    return sum(
-                        int(s.attributes["dai.events"])
-                        for s in receiver.of(root.trace_id)
-                        if s.service == PROJECTIONS_SERVICE
-                    )
-
-                await eventually(
-                    lambda: folded() >= USAGE_EVENTS_PER_CALL,
-                    lambda: f"the fold of the call's usage in its trace; received {receiver.spans}",
-                    timeout=30,
-                )
+                plain = await call(f"{url}/v1/capabilities/test.echo/invoke", key)
+                streamed = await call(f"{url}/v1/capabilities/test.echo/invoke", key, accept="text/event-stream")
+                traces = [await traced_to_the_fold(receiver, call_id) for call_id in (plain, streamed)]
         assert not receiver.refused
 
-    spans = receiver.of(root.trace_id)
-    assert {s.service for s in spans} == {GATEWAY, MODULE, PROJECTIONS_SERVICE}
-    # The README's resource attributes are on every process's spans.
-    attributes = dict(pair.split("=", 1) for pair in readme["OTEL_RESOURCE_ATTRIBUTES"].split(","))
-    assert attributes and all(attributes.items() <= s.resource.items() for s in spans)
-    assert (root.service, root.name, root.parent_span_id) == (GATEWAY, "gateway invoke test.echo", "")  # the root
-    router = one(spans, GATEWAY, "hub route test.echo")
-    handler = one(spans, MODULE, "module test.echo")
-    folds = [s for s in spans if s.service == PROJECTIONS_SERVICE]
-    assert router.parent_span_id == root.span_id  # the router's span, in the gateway, under the call's
-    assert handler.parent_span_id == router.span_id  # across NATS: the module's under the router's
-    # The usage events continue from the span that made the answer: the module's. Normally one
-    # fold span; two if the call's four events fell into two batches.
-    assert folds and all(s.name == "projection usage" and s.parent_span_id == handler.span_id for s in folds)
-    assert sum(int(s.attributes["dai.events"]) for s in folds) == USAGE_EVENTS_PER_CALL
+    for spans, (call_span, router_span, module_span) in zip(
+        traces,
+        [
+            ("gateway invoke test.echo", "hub route test.echo", "module test.echo"),
+            ("gateway stream test.echo", "hub stream test.echo", "module stream test.echo"),
+        ],
+        strict=True,
+    ):
+        assert {s.service for s in spans} == {GATEWAY, MODULE, PROJECTIONS_SERVICE}
+        # The README's resource attributes are on every process's spans.
+        attributes = dict(pair.split("=", 1) for pair in readme["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+        assert attributes and all(attributes.items() <= s.resource.items() for s in spans)
+        root = one(spans, GATEWAY, call_span)
+        assert root.parent_span_id == ""  # the call begins the trace
+        router = one(spans, GATEWAY, router_span)
+        handler = one(spans, MODULE, module_span)
+        folds = [s for s in spans if s.service == PROJECTIONS_SERVICE]
+        assert router.parent_span_id == root.span_id  # the router's span, in the gateway, under the call's
+        assert handler.parent_span_id == router.span_id  # across NATS: the module's under the router's
+        # The usage events continue from the span that made the answer: the module's. Normally one
+        # fold span; two if the call's four events fell into two batches.
+        assert folds and all(s.name == "projection usage" and s.parent_span_id == handler.span_id for s in folds)
+        assert sum(int(s.attributes["dai.events"]) for s in folds) == USAGE_EVENTS_PER_CALL
+        assert {s.attributes["messaging.destination.name"] for s in folds} == {"USAGE"}
     assert {s.attributes["messaging.destination.name"] for s in folds} == {"USAGE"}
