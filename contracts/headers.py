@@ -10,7 +10,9 @@ Three kinds of header travel, each in its own place:
   headers (``Accept``, ``Authorization``, ``Content-Encoding``…) keep their usual spelling.
 
 The W3C trace context (``traceparent``, ``tracestate``) is written and read by OpenTelemetry's
-propagator (:mod:`.tracing`); :data:`TRACEPARENT` names it for whoever looks at a message.
+propagator (:mod:`.tracing`); :data:`TRACEPARENT` names it for whoever looks at a message. It is
+a NATS header of a call and of a usage event, and — when the module traces — an MCP header of a
+call's last answer, naming the module's span (the call's usage events continue from it).
 """
 
 from __future__ import annotations

@@ -143,6 +143,7 @@ async def run_projections(
     unknown = sorted(set(names) - set(PROJECTIONS))
     if unknown:
         raise SystemExit(f"dai: unknown projection(s) {', '.join(unknown)}; known: {', '.join(sorted(PROJECTIONS))}")
+    tracing.configure_tracing("dai-projections")
     nc = await connect(options, "dai-projections", max_reconnect_attempts=-1)
     await ServerClock().refresh(nc, MCP_STREAM)  # warns if this host's clock is far from the server's
     # min_size=0: the pool connects on demand. With a floor, asyncpg itself would reconnect in

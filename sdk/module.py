@@ -434,6 +434,8 @@ class Module:
                         f"module {definition.action}", context=tracing.extract(headers)
                     ):
                         answer = await self._answer(definition, request)
+                        # The answer names the span that made it: the call's usage continues from there.
+                        tracing.inject(answer.headers)
                 else:
                     answer = await self._answer(definition, request)
             finally:

@@ -31,7 +31,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError
 
-from democratic_ai.contracts import ErrorCode, MCPMessage, streaming, subjects
+from democratic_ai.contracts import ErrorCode, MCPMessage, streaming, subjects, tracing
 from democratic_ai.contracts.headers import MCP_BYTES_IN, MCP_BYTES_OUT, MCP_COMPUTE_MS
 
 from .execution import Invocation
@@ -115,6 +115,8 @@ class ChunkSender:
         headers[MCP_COMPUTE_MS] = f"{compute_ms:.3f}"
         headers[MCP_BYTES_IN] = str(len(self.request.payload))
         headers[MCP_BYTES_OUT] = str(self._bytes_out + len(message.payload))
+        if tracing.tracing_enabled():
+            tracing.inject(headers)  # the module's span, when it ends the call: the usage continues from it
         try:
             await self._publish(message)
         except ConnectionClosedError:

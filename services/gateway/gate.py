@@ -153,6 +153,8 @@ class CallGate:
         cancels the call at the module. Raises as :meth:`call` does."""
         with _span("stream", request):
             on_end = await self._admit(principal, request, transport)
+            if tracing.tracing_enabled():  # it ends later, in the task that reads it: meter it in this span
+                on_end = tracing.in_context_of_now(on_end)
             return await self._router.open_stream(request, on_end=on_end)
 
     def policies(self, principal: Principal) -> list[PolicyState]:
@@ -192,9 +194,12 @@ class CallGate:
 
 
 def _span(kind: str, request: MCPMessage) -> AbstractContextManager[object]:
-    """The gateway's span of a call when tracing is on; nothing otherwise."""
+    """The gateway's span of a call when tracing is on (its call id an attribute, to find a call's
+    trace by the ``X-Call-Id`` its caller got); nothing otherwise."""
     if tracing.tracing_enabled():
-        return tracing.tracer.start_as_current_span(f"gateway {kind} {request.action}")
+        return tracing.tracer.start_as_current_span(
+            f"gateway {kind} {request.action}", attributes={"dai.call_id": request.correlation_id}
+        )
     return nullcontext()
 
 

@@ -12,6 +12,10 @@ may be stored and acknowledged by the new leader.) Several batches may be in fli
 buffered publishes) is sent again whole, and JetStream's duplicate window drops what it
 already stored.
 
+An event may travel with the trace context of its call (``traceparent``, when the gateway traces):
+it goes out as that message's NATS headers, and the usage projection continues the call's trace
+from it (``projections/spans.py``).
+
 **Why a crash loses nothing.** Events waiting in this buffer die with the process. They are
 not the only record of the call: the module wrote its answer to the MCP stream *before* it
 answered (``sdk/module.py``), so any call a client saw completed is in the log, with what is
@@ -88,6 +92,11 @@ class PublisherStats:
     dropped: int = 0  # events shed because the buffer was full
 
 
+_Queued = UsageEvent | tuple[UsageEvent, dict[str, str]]
+"""A buffered event, or one with the trace headers it goes out with. Only a traced event is a
+pair: without tracing, the hot path stays one ``list.extend``."""
+
+
 class UsagePublisher:
     """Buffer usage events and publish them in acknowledged, pipelined batches."""
 
@@ -95,7 +104,7 @@ class UsagePublisher:
         self._nc = nc
         self.config = config or PublisherConfig()
         self.stats = PublisherStats()
-        self._buffer: list[UsageEvent] = []
+        self._buffer: list[_Queued] = []
         self._in_flight: dict[str, _Batch] = {}
         self._tokens = itertools.count()
         self._prefix = ""
@@ -117,10 +126,14 @@ class UsagePublisher:
         self._subscription = await self._nc.subscribe(f"{self._prefix}*", cb=self._on_ack)
         self._task = asyncio.create_task(self._run(), name="usage-publisher")
 
-    def add(self, events: Sequence[UsageEvent]) -> None:
-        """Queue the events of a completed call. Never blocks and never raises."""
+    def add(self, events: Sequence[UsageEvent], trace: dict[str, str] | None = None) -> None:
+        """Queue the events of a completed call, each to be published with the headers ``trace``
+        (its trace context) if given. Never blocks and never raises."""
         buffer = self._buffer
-        buffer.extend(events)
+        if trace:
+            buffer.extend([(event, trace) for event in events])
+        else:
+            buffer.extend(events)
         self.stats.events += len(events)
         if len(buffer) >= self.config.max_batch:
             if len(buffer) > self.config.max_buffer:
@@ -171,7 +184,7 @@ class UsagePublisher:
             try:
                 while self._buffer:
                     batch, self._buffer = self._buffer[: config.max_batch], self._buffer[config.max_batch :]
-                    await self._send(_Batch([_frame(event) for event in batch]))
+                    await self._send(_Batch([_frame(queued) for queued in batch]))
                 await self._resend_overdue()
             except (ConnectionClosedError, OutboundBufferLimitError) as exc:
                 # Disconnected and nats-py's own buffer is full: keep the events and try later.
@@ -252,5 +265,10 @@ class UsagePublisher:
             self._settled.set()
 
 
-def _frame(event: UsageEvent) -> tuple[str, bytes, dict[str, str]]:
-    return usage_subject(event.tenant_id, event.metric), encode_event(event), {NATS_MSG_ID: message_id(event)}
+def _frame(queued: _Queued) -> tuple[str, bytes, dict[str, str]]:
+    if isinstance(queued, tuple):
+        event, trace = queued
+        headers = {**trace, NATS_MSG_ID: message_id(event)}
+    else:
+        event, headers = queued, {NATS_MSG_ID: message_id(queued)}
+    return usage_subject(event.tenant_id, event.metric), encode_event(event), headers

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 from nats.aio.client import Client as NATS
 
-from democratic_ai.contracts import MCPMessage
+from democratic_ai.contracts import MCPMessage, tracing
 from democratic_ai.contracts.call_usage import usage_of
-from democratic_ai.contracts.headers import NATS_MSG_ID
+from democratic_ai.contracts.headers import NATS_MSG_ID, TRACEPARENT
 from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.subjects import usage_subject
 from democratic_ai.contracts.usage_events import (
@@ -101,7 +101,11 @@ class Metering:
         call's outcome (every event of it carries the same one)."""
         events = usage_of(answer)
         self.meters.note(events)
-        self.publisher.add(events)
+        if tracing.tracing_enabled():
+            # Each event continues the call's trace, from the span that made the answer.
+            self.publisher.add(events, tracing.derived_context(answer.headers.get(TRACEPARENT)))
+        else:
+            self.publisher.add(events)
         return events[0].outcome
 
     def policies(self, principal: Principal, *, storage: bool = False) -> list[PolicyState]:
