@@ -261,3 +261,43 @@ def _string_literals() -> set[str]:
                 if isinstance(node, ast.Constant) and isinstance(node.value, str):
                     found.add(node.value)
     return found
+
+
+def test_only_prometheus_reaches_the_workers_metrics_and_nothing_the_silent_pods(
+    production: list[dict[str, Any]],
+) -> None:
+    policies = named(production, "NetworkPolicy").values()
+    for container in containers(production):
+        labels = container.workload["spec"]["template"]["metadata"]["labels"]
+        selecting = [p for p in policies if _selects(p["spec"]["podSelector"], labels)]
+        if _command(container) == "gateway":
+            assert selecting == [], "the gateway is the edge: its Service must stay reachable"
+            continue
+        assert len(selecting) == 1, (container.name, [p["metadata"]["name"] for p in selecting])
+        (policy,) = selecting
+        allowed = [port["port"] for rule in policy["spec"].get("ingress", []) for port in rule["ports"]]
+        assert allowed == [name for name in ("metrics",) if name in _port_names(container)], container.name
+        for rule in policy["spec"].get("ingress", []):
+            assert all("namespaceSelector" in peer or "podSelector" in peer for peer in rule["from"]), container.name
+
+
+def _port_names(container: Container) -> list[str]:
+    return [port["name"] for port in container.spec.get("ports", [])]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and the In, NotIn, Exists, DoesNotExist expressions) matches."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        matched = {
+            "In": present and labels.get(key) in values,
+            "NotIn": not present or labels.get(key) not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]
+        if not matched:
+            return False
+    return True
