@@ -4,17 +4,26 @@ The manifests are rendered by kustomize itself (``kubectl kustomize``, from the 
 kubectl) and validated against the Kubernetes API's own schemas (kubernetes-validate ships them,
 strict: an unknown field is an error). Then they are read with the platform's real settings:
 each container's command goes through the ``dai`` parser, its environment through the loaders
-that the processes run at start, its probes against a running gateway and running workers.
+that the processes run at start, its probes against a running gateway and running workers; the
+NetworkPolicies by which pods they select; the runbook's commands by the Secrets they make.
 """
 
 from __future__ import annotations
 
+import ast
+import base64
 import copy
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import kubernetes_validate
+import nkeys
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -24,9 +33,10 @@ from democratic_ai.ops.metrics_endpoint import metrics_address
 from democratic_ai.projections import PROJECTIONS
 from democratic_ai.services.billing import check_environment
 from democratic_ai.services.gateway import body_ceiling_from_env
+from democratic_ai.services.identity import KeyEncryptionKey
 
 from support.gateway import Gateway
-from support.manifests import K8S, Container, containers, load, named, render
+from support.manifests import K8S, Container, containers, kubectl, load, named, render
 from support.metrics import hub_worker, projections_worker, scrape_text
 from support.paths import REPO
 
@@ -198,7 +208,6 @@ def test_the_gateway_is_served_scaled_and_kept_available(production: list[dict[s
 
 
 async def test_the_gateway_probes_ask_its_real_routes(production: list[dict[str, Any]], gateway: Gateway) -> None:
-    import aiohttp
 
     (container,) = [c for c in containers(production) if _command(c) == "gateway"]
     probes = {kind: container.spec[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
@@ -252,7 +261,6 @@ def _configuration_table() -> set[str]:
 
 def _string_literals() -> set[str]:
     """Every string constant in the platform's modules (names the code reads from the environment among them)."""
-    import ast
 
     found = set()
     for folder in ("contracts", "hub", "projections", "schemas", "sdk", "services", "ops"):
@@ -301,3 +309,31 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
         if not matched:
             return False
     return True
+
+
+def test_the_runbook_makes_the_secrets_the_manifests_read(secrets: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """The runbook's commands, run with kubectl's client-side dry run, print the Secrets the
+    example shows, filled with working credentials."""
+    runbook = (REPO / "ops" / "RUNBOOK.md").read_text()
+    block = next(b for b in runbook.split("```sh\n")[1:] if "mkdir -m 700 dai-secrets" in b).split("```")[0]
+    script = block.replace("--namespace democratic-ai", "--namespace democratic-ai --dry-run=client -o json")
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    env = {**os.environ, "PATH": f"{kubectl().parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    made, decoder, text = {}, json.JSONDecoder(), done.stdout.strip()
+    while text:
+        doc, end = decoder.raw_decode(text)
+        made[doc["metadata"]["name"]] = {k: base64.b64decode(v).decode() for k, v in doc["data"].items()}
+        text = text[end:].strip()
+    assert set(made) == {"dai-bus", "dai-kek"}
+    for name, data in made.items():
+        assert set(data) == set(secrets[name]["stringData"]), name
+        assert all(value == value.strip() and value for value in data.values()), name
+    bus = made["dai-bus"]
+    for key in ("gateway", "hub", "projections", "busauth", "operator", "sys"):
+        assert role_of(bus[key]) == key
+    assert nkeys.from_seed(bytearray(bus["issuer-seed"].encode())).public_key.decode() == bus["issuer"]
+    KeyEncryptionKey.from_text(made["dai-kek"]["kek"])
