@@ -98,6 +98,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _stream_replicas(asked: int | None) -> int | None:
+    """``--replicas``, else ``DAI_STREAM_REPLICAS``; a bad setting stops with the fix."""
+    from democratic_ai.contracts.streams import stream_replicas
+
+    try:
+        return asked or stream_replicas()
+    except ValueError as exc:
+        raise SystemExit(f"dai: {exc}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dai", description="Democratic_AI: an open platform for sharing AI tools.")
     parser.add_argument(
@@ -120,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
         help="serve NATS clients over TLS with this certificate (PEM; needs --tls-key)",
     )
     up.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="the private key of --tls-cert (PEM)")
+    up.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N (3 or more) nats-servers as one JetStream cluster on loopback, every stream on 3 replicas,"
+        " the platform's processes spread over them (client ports from --nats-port on, else free ones)",
+    )
 
     env_help = (
         "print the export lines (NATS_URL, DATABASE_URL, the operator's credential) of the dai up"
@@ -141,6 +159,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     gateway.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     gateway.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+
+    streams = commands.add_parser("streams", help="the log's streams: ensure (create or update them)")
+    stream_commands = streams.add_subparsers(dest="streams_command", required=True, metavar="ACTION")
+    ensure = stream_commands.add_parser(
+        "ensure",
+        help="create or update every stream and key-value bucket as declared (needs NATS_URL, the operator's"
+        " credential); dai up does it itself",
+    )
+    ensure.add_argument(
+        "--replicas",
+        type=int,
+        choices=range(1, 6),
+        default=None,
+        metavar="N",
+        help="copies of each stream: 1 on one server, 3 in a cluster (default: DAI_STREAM_REPLICAS, else what"
+        " the server has, 1 for a new stream)",
+    )
 
     hub = commands.add_parser("hub", help="run the hub: module announcements and presence (needs NATS_URL)")
     _metrics_options(hub, HUB_METRICS_ENV)
@@ -384,7 +419,14 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("dai: --tls-cert and --tls-key go together")
         _billing_config()  # the gateway it starts would refuse a bad setting: say so once, before starting
         tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-        return up(UpOptions(data_dir=args.data_dir, port=args.port, nats_port=args.nats_port, tls=tls))
+        if args.cluster and args.cluster < 3:
+            raise SystemExit("dai: --cluster needs 3 or more servers: with fewer, losing one loses the Raft majority")
+        if args.cluster and os.environ.get("NATS_URL"):
+            raise SystemExit("dai: --cluster starts the cluster itself; unset NATS_URL, or leave --cluster out")
+        options = UpOptions(
+            data_dir=args.data_dir, port=args.port, nats_port=args.nats_port, tls=tls, cluster=args.cluster
+        )
+        return up(options)
 
     if args.command == "env":
         from .datadir import DataDirIdle, read_env
@@ -427,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         auth, system = _bus(), _bus(Path(_env("DAI_BUS_SYS_CREDENTIAL_FILE")))
         seed = Path(_env("DAI_BUS_ISSUER_SEED_FILE")).read_text()
         run_until_signalled(lambda stop: services.run_busauth(auth, system, seed, stop))
+    elif args.command == "streams":
+        for name, replicas in asyncio.run(services.ensure_platform_streams(_bus(), _stream_replicas(args.replicas))):
+            print(f"{name:24} {replicas} replica{'s' if replicas > 1 else ''}")
     elif args.command == "hub":
         from .metrics_endpoint import metrics_address
 

@@ -273,7 +273,7 @@ class Connection:
         self._first_error = asyncio.get_running_loop().create_future()
         connecting = asyncio.create_task(
             nc.connect(
-                self.options.url,
+                self.options.servers,
                 name=self.name,
                 inbox_prefix=self.inbox.encode(),
                 error_cb=self._on_error,

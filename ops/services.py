@@ -19,7 +19,7 @@ from democratic_ai.contracts.bus import BusOptions, connect
 from democratic_ai.contracts.envelope import Meta
 from democratic_ai.contracts.identity_events import UserRegistered
 from democratic_ai.contracts.server_clock import ServerClock
-from democratic_ai.contracts.streams import MCP_STREAM, REGISTRY_STREAM
+from democratic_ai.contracts.streams import MCP_STREAM, REGISTRY_STREAM, STREAMS, ensure_streams
 from democratic_ai.hub import Hub
 from democratic_ai.hub.metrics import HubMetrics
 from democratic_ai.projections import PROJECTIONS, ProjectionRunner, RecoveryConfig, UsageRecovery
@@ -50,6 +50,8 @@ from democratic_ai.services.identity import (
     check_kek,
     load_kek,
     rotate_signing_key,
+    signing_key_bucket,
+    user_key_bucket,
 )
 from democratic_ai.services.plans import load_plans
 
@@ -58,6 +60,7 @@ from .metrics_endpoint import MetricsAddress, serve_metrics
 __all__ = [
     "add_super_admin",
     "close_billing_periods",
+    "ensure_platform_streams",
     "env_seconds",
     "load_module_class",
     "rotate_jwt_key",
@@ -294,3 +297,18 @@ async def close_billing_periods(
         await pool.close()
         await nc.drain()
     return lines
+
+
+async def ensure_platform_streams(options: BusOptions, replicas: int | None) -> list[tuple[str, int]]:
+    """Create or update every stream of the log and the identity service's key-value buckets
+    (``dai streams ensure``); returns each stream's name and replicas as the server reports them."""
+    nc = await connect(options, "dai-streams")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, replicas)
+        shown = [(await js.stream_info(config.name)).config for config in STREAMS if config.name]
+        for bucket in (await signing_key_bucket(js, replicas), await user_key_bucket(js, replicas)):
+            shown.append((await bucket.status()).stream_info.config)
+        return [(config.name or "", config.num_replicas or 1) for config in shown]
+    finally:
+        await nc.close()

@@ -15,6 +15,7 @@ even when it is killed with SIGKILL (:mod:`.reaper`). Once ready it publishes, i
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from nats.js import JetStreamContext
 from democratic_ai.contracts import ensure_streams
 from democratic_ai.contracts.bus import CA_FILE_ENV, CREDENTIAL_FILE_ENV, BusOptions, connect
 from democratic_ai.contracts.headers import HTTP_API_KEY
+from democratic_ai.contracts.streams import REPLICAS_ENV
 from democratic_ai.schemas import app_dsn, create_pool, migrate
 from democratic_ai.services.identity import ensure_bootstrap
 from democratic_ai.services.identity.bootstrap import ensure_platform_module
@@ -42,6 +44,7 @@ from democratic_ai.services.identity.sealing import KEK_FILE_ENV
 
 from .credentials import PlatformCredentials
 from .datadir import DataDirInUse, DataDirLock, Holder, export_lines, write_env
+from .nats_cluster import NatsCluster
 from .nats_server import NatsServer
 from .ports import PortInUseError, ServerStartError, ensure_port_free
 from .postgres_server import PostgresServer, postmaster
@@ -64,6 +67,11 @@ class UpOptions:
     port: int = 8080
     nats_port: int | None = None  # None: the port of nats.conf (4222)
     tls: tuple[Path, Path] | None = None  # certificate and key: NATS clients connect over TLS
+    cluster: int = 0  # 0: one embedded nats-server; 3 or more: a JetStream cluster of that many
+
+
+def _member_name(member: NatsServer) -> str:
+    return f"nats-server {member.member.name}" if member.member else "nats-server"
 
 
 def _say(text: str) -> None:
@@ -71,7 +79,7 @@ def _say(text: str) -> None:
 
 
 async def _prepare(
-    operator: BusOptions, database_url: str, key_file: Path, credentials: PlatformCredentials
+    operator: BusOptions, database_url: str, key_file: Path, credentials: PlatformCredentials, replicas: int | None
 ) -> tuple[str | None, list[str]]:
     """Streams, migrations, the bootstrap admin key and the example modules' credentials.
 
@@ -80,7 +88,7 @@ async def _prepare(
     nc = await connect(operator, "dai-up")
     try:
         js = nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, replicas)
         modules = [
             module_id
             for module_id, spec in EXAMPLE_MODULES.items()
@@ -147,9 +155,9 @@ def _spawn(
     return process
 
 
-def _restart_nats(server: NatsServer, reaper: Reaper) -> subprocess.Popen[bytes]:
+def _restart_nats(server: NatsServer, reaper: Reaper, name: str = "nats-server") -> subprocess.Popen[bytes]:
     server.start()
-    reaper.watch(NATS, server.process.pid, "nats-server")
+    reaper.watch(NATS, server.process.pid, name)
     return server.process
 
 
@@ -160,9 +168,20 @@ def _start_children(
     credentials: PlatformCredentials,
     modules: list[str],
     port: int,
+    cluster: NatsCluster | None = None,
 ) -> None:
-    """The platform's processes: bus authorization first (every other connection needs it)."""
-    spawn = partial(_spawn, reaper)
+    """The platform's processes: bus authorization first (every other connection needs it).
+
+    On a cluster each process lists another member first, so they spread over the servers."""
+    preferred = itertools.count()  # a restarted process starts on the next member
+
+    def spawn(
+        name: str, args: list[str], env: dict[str, str], credential: Path, **extra: str
+    ) -> subprocess.Popen[bytes]:
+        if cluster is not None:
+            env = {**env, "NATS_URL": cluster.url_for(next(preferred))}
+        return _spawn(reaper, name, args, env, credential, **extra)
+
     children.start(
         "bus-auth",
         lambda: spawn(
@@ -280,7 +299,15 @@ def up(options: UpOptions) -> int:
             credentials = PlatformCredentials.ensure(data_dir)
             nats_url = os.environ.get("NATS_URL")
             nats_server: NatsServer | None = None
-            if not nats_url:
+            cluster: NatsCluster | None = None
+            if not nats_url and options.cluster:
+                cluster = NatsCluster(data_dir, options.cluster, port=options.nats_port, tls=options.tls)
+                stack.callback(cluster.stop)
+                cluster.start()
+                for member in cluster.servers:
+                    reaper.watch(NATS, member.process.pid, _member_name(member))
+                nats_url = cluster.url
+            elif not nats_url:
                 nats_server = NatsServer(data_dir, port=options.nats_port, tls=options.tls)
                 nats_server.start()
                 stack.callback(nats_server.stop)
@@ -306,6 +333,9 @@ def up(options: UpOptions) -> int:
         }
         env.pop("DAI_BUS_CREDENTIAL", None)  # each child gets its own role's credential file
         env[DATA_DIR_ENV] = str(data_dir)  # marks the platform's processes, should any outlive a crash
+        replicas = min(options.cluster, 3) if cluster is not None else None
+        if replicas is not None:
+            env[REPLICAS_ENV] = str(replicas)  # the buckets the gateway makes, like the streams
         if options.tls is not None and not env.get(CA_FILE_ENV):
             env[CA_FILE_ENV] = str(options.tls[0].resolve())  # a self-signed certificate is its own authority
         operator = BusOptions(
@@ -313,13 +343,16 @@ def up(options: UpOptions) -> int:
             credential=credentials.credential("operator"),
             ca_file=Path(env[CA_FILE_ENV]) if env.get(CA_FILE_ENV) else None,
         )
-        new_key, modules = asyncio.run(_prepare(operator, database_url, data_dir / "admin.key", credentials))
+        new_key, modules = asyncio.run(_prepare(operator, database_url, data_dir / "admin.key", credentials, replicas))
         children = Supervisor(_say)
         stack.callback(children.stop)
         if nats_server is not None:
             # Restarted on the same store and port, the bus comes back and every client resumes.
             children.adopt("nats-server", nats_server.process, partial(_restart_nats, nats_server, reaper))
-        _start_children(children, reaper, env, credentials, modules, options.port)
+        for member in cluster.servers if cluster is not None else ():
+            name = _member_name(member)
+            children.adopt(name, member.process, partial(_restart_nats, member, reaper, name))
+        _start_children(children, reaper, env, credentials, modules, options.port, cluster)
         gateway_url = f"http://127.0.0.1:{options.port}"
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
             signal.signal(sig, request_stop)
@@ -330,7 +363,8 @@ def up(options: UpOptions) -> int:
             return 1
         published = _operator_environment(env, credentials)
         write_env(data_dir, published)
-        _banner(gateway_url, nats_url, data_dir, new_key, published, nats_server.monitor_url if nats_server else None)
+        monitor = nats_server.monitor_url if nats_server else cluster.servers[0].monitor_url if cluster else None
+        _banner(gateway_url, nats_url, data_dir, new_key, published, monitor)
         # From here on a child that exits is restarted (with backoff); only a signal stops the platform.
         while not stop_requested:
             children.poll()

@@ -52,7 +52,7 @@ _DEFAULT_INBOX = "_INBOX"  # nats-py's, for a connection under a platform role's
 class BrokerArguments(TypedDict):
     """The arguments of ``NatsBroker`` that put it on the platform's bus: ``NatsBroker(**arguments)``."""
 
-    servers: str
+    servers: list[str]
     security: NatsSecurity
     inbox_prefix: str
     name: str  # the connection's name, as the server's monitoring shows it
@@ -78,7 +78,13 @@ def broker_arguments(bus: BusOptions | None = None) -> BrokerArguments:
         module_id = parse_module_credential(bus.credential).module_id
         security = NatsToken(bus.credential, ssl_context=tls)
         inbox, name = subjects.module_inbox(module_id), f"dai-module-{module_id}"
-    return {"servers": bus.url, "security": security, "inbox_prefix": inbox, "name": name, "max_reconnect_attempts": -1}
+    return {
+        "servers": bus.servers,
+        "security": security,
+        "inbox_prefix": inbox,
+        "name": name,
+        "max_reconnect_attempts": -1,
+    }
 
 
 class FastStreamModule:

@@ -16,8 +16,8 @@ from .permissions import ROLE_PERMISSIONS, Role, allows, permissions_of
 from .principal import Principal, authenticate, expiry_of, recheck
 from .sealing import CannotUnseal, KekUnavailable, KeyEncryptionKey, SealingError, generate_kek_file, load_kek
 from .service import IdentityService, IssuedKey, ModuleCredential, Tokens
-from .tokens import KeyRing, check_kek, rotate_signing_key
-from .user_keys import UserKeyStore
+from .tokens import KeyRing, check_kek, rotate_signing_key, signing_key_bucket
+from .user_keys import UserKeyStore, user_key_bucket
 
 __all__ = [
     "ROLE_PERMISSIONS",
@@ -55,4 +55,6 @@ __all__ = [
     "permissions_of",
     "recheck",
     "rotate_signing_key",
+    "signing_key_bucket",
+    "user_key_bucket",
 ]

@@ -50,6 +50,7 @@ __all__ = [
     "KeyRing",
     "check_kek",
     "rotate_signing_key",
+    "signing_key_bucket",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,9 @@ class _Key:
     created_at: datetime
 
 
-async def _bucket(js: JetStreamContext) -> KeyValue:
+async def signing_key_bucket(js: JetStreamContext, replicas: int | None = None) -> KeyValue:
+    """The JWT signing keys' bucket, made if it does not exist yet, on ``replicas`` copies
+    (default: :func:`~democratic_ai.contracts.streams.stream_replicas`, else one)."""
     try:
         return await js.key_value(BUCKET)
     except BucketNotFoundError:
@@ -112,7 +115,7 @@ async def _bucket(js: JetStreamContext) -> KeyValue:
             history=1,
             storage=StorageType.FILE,
             description="JWT signing keys",
-            replicas=stream_replicas() or 1,
+            replicas=replicas or stream_replicas() or 1,
         )
     )
 
@@ -127,7 +130,7 @@ def _b64(raw: bytes) -> str:
 
 async def rotate_signing_key(js: JetStreamContext, kek: KeyEncryptionKey) -> str:
     """Add a new signing key, sealed under ``kek``, used from now on; returns its kid."""
-    kv = await _bucket(js)
+    kv = await signing_key_bucket(js)
     private = Ed25519PrivateKey.generate()
     kid = uuid.uuid4().hex[:16]
     raw = private.private_bytes(
@@ -149,7 +152,7 @@ async def check_kek(js: JetStreamContext, kek: KeyEncryptionKey) -> None:
     it is not the KEK the gateways use. A command that seals a secret with another KEK (a password
     hash, through the user's data key) would record what no gateway can open. No key stored yet:
     nothing to tell by, and nothing raised."""
-    kv = await _bucket(js)
+    kv = await signing_key_bucket(js)
     try:
         names = await kv.keys()
     except NoKeysError:
@@ -194,7 +197,7 @@ class KeyRing:
         self._kv: KeyValue | None = None
 
     async def start(self, js: JetStreamContext) -> None:
-        self._kv = await _bucket(js)
+        self._kv = await signing_key_bucket(js)
         # The last value of every key, then each change; resumes by sequence after reconnects
         # and server restarts, so a rotation or a deletion is never missed.
         self._follower = OrderedConsumer(

@@ -35,7 +35,7 @@ from democratic_ai.contracts.streams import stream_replicas
 
 from .sealing import CannotUnseal, KeyEncryptionKey, is_sealed, new_data_key, open_sealed, seal
 
-__all__ = ["USER_KEYS_BUCKET", "UserKeyStore"]
+__all__ = ["USER_KEYS_BUCKET", "UserKeyStore", "user_key_bucket"]
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ def _kv_key(tenant_id: str, user_id: str) -> str:
     return f"{tenant_id}.{user_id}"
 
 
-async def _open_bucket(js: JetStreamContext) -> KeyValue:
-    """The bucket, made as ``create_key_value`` would make it but with message deletes allowed."""
+async def user_key_bucket(js: JetStreamContext, replicas: int | None = None) -> KeyValue:
+    """The bucket, made as ``create_key_value`` would make it but with message deletes allowed,
+    on ``replicas`` copies (default: :func:`~democratic_ai.contracts.streams.stream_replicas`, else one)."""
     try:
         return await js.key_value(USER_KEYS_BUCKET)
     except BucketNotFoundError:
@@ -73,7 +74,7 @@ async def _open_bucket(js: JetStreamContext) -> KeyValue:
             duplicate_window=120.0,
             max_msgs_per_subject=1,
             storage=StorageType.FILE,
-            num_replicas=stream_replicas() or 1,
+            num_replicas=replicas or stream_replicas() or 1,
         )
     )
     return await js.key_value(USER_KEYS_BUCKET)
@@ -96,7 +97,7 @@ class UserKeyStore:
         self._changes: OrderedConsumer | None = None
 
     async def start(self) -> None:
-        self._kv = await _open_bucket(self._js)
+        self._kv = await user_key_bucket(self._js)
         # Only removals matter to the cache (a put can only create a key no cache holds), so
         # new messages' headers suffice; the follower resumes by sequence across reconnects
         # and server restarts, so no removal is missed.

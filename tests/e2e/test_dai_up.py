@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import stat
@@ -29,7 +30,7 @@ from support.waiting import eventually_sync
 pytestmark = pytest.mark.slow
 
 
-def _start(data_dir: Path, port: int, nats_port: int) -> tuple[subprocess.Popen[str], str]:
+def _start(data_dir: Path, port: int, nats_port: int, *extra: str) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     process = subprocess.Popen(
         [
@@ -43,6 +44,7 @@ def _start(data_dir: Path, port: int, nats_port: int) -> tuple[subprocess.Popen[
             str(port),
             "--nats-port",
             str(nats_port),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -244,6 +246,89 @@ def test_a_killed_child_is_restarted_and_the_platform_serves_again(tmp_path: Pat
             reader.join(timeout=10)  # the pipe closes once dai up and its children are gone
             process.stdout.close()
     assert code == 0 and "dai: stopping" in "".join(lines)
+
+
+def test_up_cluster_runs_the_platform_on_three_servers_and_survives_losing_one(tmp_path: Path) -> None:
+    data_dir, port, nats_port = tmp_path / ".dai", free_port(), free_port()
+    while not all(_port_free(nats_port + n) for n in range(3)):  # the members take three ports in a row
+        nats_port = free_port()
+    process, banner = _start(data_dir, port, nats_port, "--cluster", "3")
+    lines: list[str] = []
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        urls = ",".join(f"nats://127.0.0.1:{nats_port + n}" for n in range(3))
+        assert f"nats     {urls}" in banner, banner
+        key = (data_dir / "admin.key").read_text().strip()
+        _served_within(port, key, 30)
+        env = {**os.environ, **_exported(data_dir)}
+        ensured = subprocess.run(
+            [sys.executable, "-m", "democratic_ai.ops.cli", "streams", "ensure"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        for stream in (
+            "MCP",
+            "USAGE",
+            "RATELIMIT",
+            "IDENTITY",
+            "BILLING",
+            "REGISTRY",
+            "KV_dai_jwt_keys",
+            "KV_dai_user_keys",
+        ):
+            assert re.search(rf"^{stream} +3 replicas$", ensured, flags=re.MULTILINE), ensured
+        members = [c for c in psutil.Process(process.pid).children() if c.name() == "nats-server"]
+        assert len(members) == 3
+        # The platform's processes spread over the members: each lists another one first.
+        platform = [p for p in psutil.Process(process.pid).children() if "democratic_ai.ops.cli" in p.cmdline()]
+        firsts = {p.environ()["NATS_URL"].split(",")[0] for p in platform}
+        assert len(firsts) == 3, firsts
+        members[0].kill()
+        _wait_for_line(
+            lines, rf"dai: [\d:]+ nats-server dai-\d \(pid {members[0].pid}\) exited with signal SIGKILL", timeout=10
+        )
+        _wait_for_line(lines, r"dai: [\d:]+ nats-server dai-\d restarted \(pid \d+\)", timeout=15)
+        _served_within(port, key, 30)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            reader.join(timeout=10)
+            process.stdout.close()
+    assert code == 0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _exported(data_dir: Path) -> dict[str, str]:
+    """The variables ``dai env`` exports for the dai up on ``data_dir``."""
+    printed = subprocess.run(
+        [sys.executable, "-m", "democratic_ai.ops.cli", "env", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    exported = {}
+    for line in printed.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        exported[name] = shlex.split(value)[0]
+    return exported
 
 
 def test_a_taken_port_is_a_one_line_error(tmp_path: Path) -> None:

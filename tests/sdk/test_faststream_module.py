@@ -283,7 +283,7 @@ def test_broker_arguments_present_a_module_credential_as_a_token_and_a_role_as_i
     credential = "dai-module.acme.fs-stamp." + "a" * 43
     arguments = broker_arguments(BusOptions(url="nats://127.0.0.1:4222", credential=credential))
     assert isinstance(arguments["security"], NatsToken) and arguments["security"].token == credential
-    assert arguments["inbox_prefix"] == "_INBOX.module.fs-stamp" and arguments["servers"] == "nats://127.0.0.1:4222"
+    assert arguments["inbox_prefix"] == "_INBOX.module.fs-stamp" and arguments["servers"] == ["nats://127.0.0.1:4222"]
     assert arguments["max_reconnect_attempts"] == -1
     operator = broker_arguments(nats_server.bus("operator"))
     assert isinstance(operator["security"], NatsUserPassword) and operator["security"].username == "operator"
