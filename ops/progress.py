@@ -38,6 +38,9 @@ class Progress:
             self._draw()
 
     def finish(self) -> None:
+        """The work is done: the bar shows full, whatever the estimate was (a backup's is the
+        stream's size, which its compressed archive falls short of)."""
+        self._total = self._done
         if self._enabled:
             self._draw()
             self._stream.write("\n")

@@ -224,6 +224,7 @@ async def test_a_backup_restored_on_a_wiped_server_serves_as_before(
         await ensure_streams(wiped.jetstream())
         out, _ = await run_script(restore_script, cwd=folder, env=_environment(server, database_url), timeout=300)
         assert f"restored {len(states)} streams from backup" in out
+        assert "(replaced)" in out  # the empty streams ensure_streams made
         for name in PROJECTIONS:
             assert f"rebuilt {name} from " in out
             assert f"{name}: equal to a rebuild from the log" in out
@@ -349,3 +350,50 @@ async def test_the_manifest_says_what_each_file_holds(nc: NATS, nats_server: Nat
             and stream["state"]["last_seq"] == states[stream["name"]]["last_seq"]
         )
     assert [s["name"] for s in manifest["streams"]] == sorted(states)
+
+
+# The process's own high-water mark (VmHWM): getrusage's ru_maxrss survives exec, so a child forked
+# from this test process would report the test's own peak.
+_PEAK_RSS = (
+    "import re, sys\n"
+    "from democratic_ai.ops.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "status = open('/proc/self/status').read()\n"
+    "print('peak-rss-kib', re.search(r'VmHWM:\\s*(\\d+)', status).group(1), file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+async def _peak_rss(env: dict[str, str], *args: str) -> int:
+    """The peak resident memory, in KiB, of one ``dai`` command (which must succeed)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PEAK_RSS, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, err.decode()
+    return int(err.decode().rsplit("peak-rss-kib ", 1)[1].split()[0])
+
+
+async def test_a_stream_larger_than_the_window_flows_in_bounded_memory(
+    nc: NATS, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """48 MB that do not compress: twelve times the snapshot's window, so the server sends on only
+    as the chunks are acknowledged; neither command holds the stream in memory."""
+    env = _environment(nats_server)
+    baseline = await _peak_rss(env, "backup", str(tmp_path / "small"))
+    js = nc.jetstream()
+    await js.add_stream(name="LARGE", subjects=["large.>"])
+    for n in range(192):
+        await js.publish_async(f"large.{n % 8}", os.urandom(256 * 1024))
+    await js.publish_async_completed()
+    before = await _log(nc)
+    large = await _peak_rss(env, "backup", str(tmp_path / "large"))
+    size = (tmp_path / "large" / "LARGE.tar.s2").stat().st_size
+    assert size > 48 * 1024 * 1024
+    assert large - baseline < 24 * 1024, f"the backup of {size:,} bytes grew the process by {large - baseline:,} KiB"
+
+    await js.delete_stream("LARGE")
+    await js.add_stream(name="LARGE", subjects=["large.>"])  # empty: replaced without --replace
+    restored = await _peak_rss(env, "restore", str(tmp_path / "large"), "--no-rebuild", "--replace")
+    assert restored - baseline < 24 * 1024, f"the restore grew the process by {restored - baseline:,} KiB"
+    assert await _log(nc) == before
