@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nats.errors
 
-from democratic_ai.contracts.bus import BusCredentialError, BusOptions, connect
+from democratic_ai.contracts.bus import BusCredentialError, BusOptions, connect, role_of
 from democratic_ai.projections import PROJECTIONS, ProjectionError, rebuild
 from democratic_ai.schemas import create_pool, migrate
 
@@ -39,6 +39,7 @@ from .backup import (
 )
 from .progress import Progress
 from .snapshots import SnapshotError
+from .status import OPERATOR_HINT
 
 __all__ = ["add_commands", "run"]
 
@@ -123,13 +124,21 @@ async def _quiet(error: Exception) -> None:
     """The command reports what fails, in one line; nats-py's error callback adds nothing to it."""
 
 
+def _operator(options: BusOptions) -> BusOptions:
+    """Only the operator may snapshot, delete and restore streams: any other credential is refused
+    here, before a restore has deleted a stream it then could not restore."""
+    if role_of(options.credential) != "operator":
+        raise BusCredentialError(f"dai backup and dai restore act as the operator; {OPERATOR_HINT}")
+    return options
+
+
 def run(args: argparse.Namespace, env: Callable[[str], str], bus: Callable[[], BusOptions]) -> int:
     """Run ``dai backup`` or ``dai restore``; an error is one line on stderr and its exit code."""
     try:
         if args.command == "backup":
-            return asyncio.run(backup_command(bus(), args.directory))
+            return asyncio.run(backup_command(_operator(bus()), args.directory))
         database_url = None if args.no_rebuild else env("DATABASE_URL")
-        return asyncio.run(restore_command(bus(), database_url, args.directory, replace=args.replace))
+        return asyncio.run(restore_command(_operator(bus()), database_url, args.directory, replace=args.replace))
     except BackupUnusable as exc:
         return _fail(exc, EXIT_UNUSABLE)
     except StreamsHoldData as exc:

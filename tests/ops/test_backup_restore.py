@@ -212,6 +212,7 @@ async def test_a_backup_restored_on_a_wiped_server_serves_as_before(
     [backup_script, restore_script] = section_scripts(REPO / "README.md", "## Back up and restore")
     out, _ = await run_script(backup_script, cwd=folder, env=_environment(nats_server))
     assert f"backed up {len(states)} streams into backup" in out
+    assert f'{{"name":"IDENTITY","messages":{states["IDENTITY"]["messages"]},' in out  # the jq summary
     manifest = json.loads((folder / "backup" / MANIFEST).read_text())
     assert {s["name"]: _comparable(s["state"]) for s in manifest["streams"]} == states
     assert await _log(nc) == before, "the platform wrote while it was backed up: the comparison below means nothing"
@@ -319,7 +320,7 @@ async def test_a_damaged_backup_is_refused_before_anything_changes(
     assert await _states(nc) == states
 
 
-async def test_a_backup_goes_only_into_an_empty_directory_and_a_restore_needs_a_database(
+async def test_a_backup_goes_only_into_an_empty_directory_and_a_restore_needs_the_operator_and_a_database(
     nc: NATS, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     directory = tmp_path / "backup"
@@ -330,6 +331,12 @@ async def test_a_backup_goes_only_into_an_empty_directory_and_a_restore_needs_a_
     code, out, err = await _dai(env, "backup", str(directory))
     assert (code, out) == (3, "") and "is not an empty directory" in err
     assert sorted(p.name for p in directory.iterdir()) == files
+    # Another role's credential: refused before anything is read or deleted.
+    gateway_env = {**env, **nats_server.environment("gateway")}
+    for command in (["backup", str(tmp_path / "other")], ["restore", str(directory), "--no-rebuild", "--replace"]):
+        code, out, err = await _dai(gateway_env, *command)
+        assert (code, out) == (2, "") and "act as the operator; connect as the operator" in err, err
+    assert not (tmp_path / "other").exists()
     # Without DATABASE_URL the read models could not be rebuilt: refused before anything is read.
     before = await _states(nc)
     code, out, err = await _dai(env, "restore", str(directory), "--replace")
