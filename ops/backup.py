@@ -103,7 +103,9 @@ class RestoreFailed(BackupError):
     pass
 
 
-class StreamBackup(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+class StreamBackup(msgspec.Struct, frozen=True):
+    """One stream of a backup; unknown fields are ignored, so a later dai may add some."""
+
     name: str
     file: str
     size: int
@@ -113,6 +115,9 @@ class StreamBackup(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
 
 
 class Manifest(msgspec.Struct, frozen=True):
+    """``manifest.json``: ``config`` and ``state`` of each stream are the server's own JSON, as the
+    snapshot answered them (a restore hands the configuration back as it came)."""
+
     format: str
     version: int
     platform_version: str
@@ -251,6 +256,9 @@ def read_backup(directory: Path) -> Manifest:
         raise NotABackup(
             f"{directory / MANIFEST} is of format version {manifest.version}; this dai reads version {FORMAT_VERSION}"
         )
+    names = [stream.name for stream in manifest.streams]
+    if len(set(names)) != len(names):
+        raise NotABackup(f"{directory / MANIFEST} lists a stream twice: is it a backup?")
     for stream in manifest.streams:
         _check_file(directory, stream)
     return manifest
@@ -296,9 +304,10 @@ async def restore(
     is deleted first; one that holds data is deleted only when ``replace`` is given, and
     otherwise nothing is changed."""
     existing = {s.name: await _existing_state(nc, s.name) for s in manifest.streams}
-    held = [name for name, state in existing.items() if state and (state["messages"] or state["last_seq"])]
+    # A stream that was ever written to, even if purged since: its sequences would be lost too.
+    held = {name: state for name, state in existing.items() if state and (state["messages"] or state["last_seq"])}
     if held and not replace:
-        listed = ", ".join(f"{name} ({existing[name]['messages']:,} messages)" for name in held)  # type: ignore[index]
+        listed = ", ".join(f"{name} ({state['messages']:,} messages)" for name, state in held.items())
         raise StreamsHoldData(
             f"these streams exist with data: {listed}; nothing was restored. Restore over them with"
             " --replace (their messages are deleted), or into a server without them"

@@ -404,3 +404,31 @@ async def test_a_stream_larger_than_the_window_flows_in_bounded_memory(
     restored = await _peak_rss(env, "restore", str(tmp_path / "large"), "--no-rebuild", "--replace")
     assert restored - baseline < 24 * 1024, f"the restore grew the process by {restored - baseline:,} KiB"
     assert await _log(nc) == before
+
+
+async def test_a_manifest_edited_by_hand_is_refused(nc: NATS, nats_server: NatsServer, tmp_path: Path) -> None:
+    directory = tmp_path / "backup"
+    states = await _backup(nc, nats_server, directory)
+    original = json.loads((directory / MANIFEST).read_text())
+    identity = next(s for s in original["streams"] if s["name"] == "IDENTITY")
+    edits = (
+        ({**original, "format": "nats-cli-backup"}, "is not the manifest of a dai backup"),
+        ({**original, "version": 2}, "is of format version 2; this dai reads version 1"),
+        ({**original, "streams": [*original["streams"], identity]}, "lists a stream twice"),
+        (
+            {**original, "streams": [{**identity, "file": "../IDENTITY.tar.s2"}]},
+            "names stream 'IDENTITY' inconsistently",
+        ),
+        ({**original, "streams": [{**identity, "size": "big"}]}, "is not the manifest of a backup: Expected `int`"),
+    )
+    env = _environment(nats_server)
+    for manifest, says in edits:
+        (directory / MANIFEST).write_text(json.dumps(manifest))
+        code, out, err = await _dai(env, "restore", str(directory), "--no-rebuild", "--replace")
+        assert (code, out) == (3, ""), (says, err)
+        assert says in err, err
+    assert await _states(nc) == states
+    # Fields a later dai may add are ignored: the original with one more restores.
+    (directory / MANIFEST).write_text(json.dumps({**original, "encrypted": False}))
+    code, _, err = await _dai(env, "restore", str(directory), "--no-rebuild", "--replace")
+    assert code == 0, err
