@@ -10,7 +10,8 @@ Snapshot
     "chunk_size", "window_size", "jsck"}`` answers the stream's configuration and its state as
     of the snapshot; then the chunks arrive on the deliver subject, each full one with a reply
     subject that must be answered (the flow control: the server keeps at most ``window_size``
-    unacknowledged, and gives up after 5 s without an acknowledgement). The last, partial chunk
+    unacknowledged, and gives up after 5 s without an acknowledgement); that subject ends with the
+    chunk's size and its index, counted from 1. The last, partial chunk
     has no reply subject; the end is an empty message, with a ``204`` status or none, and a
     failure is a ``408``/``500`` status with a description.
 Restore
@@ -120,7 +121,7 @@ async def snapshot_stream(
             timeout=LONG_TIMEOUT,
         )
         on_start(answer["state"])
-        size = 0
+        size = chunks = 0
         while True:
             try:
                 message = await subscription.next_msg(timeout=CHUNK_TIMEOUT)
@@ -134,6 +135,11 @@ async def snapshot_stream(
                 raise SnapshotError(f"the server stopped the snapshot of {stream}: {status} {description}".rstrip())
             if not message.data:
                 break  # the end: an empty message, with a 204 status or none
+            chunks += 1
+            if message.reply and not message.reply.endswith(f".{len(message.data)}.{chunks}"):
+                # The reply subject ends <size>.<index>: a chunk lost on the way (a slow consumer's
+                # dropped message) would otherwise leave a hole in the archive that nothing notices.
+                raise SnapshotError(f"the snapshot of {stream} lost a chunk: chunk {chunks} came as {message.reply}")
             out.write(message.data)
             size += len(message.data)
             on_chunk(message.data)
