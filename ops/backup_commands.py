@@ -8,7 +8,8 @@ needs ``DATABASE_URL``, checked before anything is restored; ``--no-rebuild`` re
 log and prints the commands that rebuild (for a database restored or rebuilt elsewhere).
 
 Exit codes: 0 done; 1 a server failed or refused (NATS unreachable, a snapshot or restore that did
-not complete, a rebuild that failed); 2 a usage error; 3 the directory cannot be used (not a
+not complete, a rebuild that failed) or ``NATS_URL``/``DATABASE_URL`` is not set (as for every dai
+command); 2 a usage error, or a credential that is not the operator's; 3 the directory cannot be used (not a
 backup, damaged, or ``dai backup`` into a directory that holds something); 4 a stream to restore
 exists with data and ``--replace`` was not given.
 """
