@@ -11,9 +11,9 @@ Snapshot
     of the snapshot; then the chunks arrive on the deliver subject, each full one with a reply
     subject that must be answered (the flow control: the server keeps at most ``window_size``
     unacknowledged, and gives up after 5 s without an acknowledgement); that subject ends with the
-    chunk's size and its index, counted from 1. The last, partial chunk
-    has no reply subject; the end is an empty message, with a ``204`` status or none, and a
-    failure is a ``408``/``500`` status with a description.
+    chunk's size and its index, counted from 1. The last, partial chunk has no reply subject;
+    the end is an empty message, with a ``204`` status or none, and a failure is a ``408`` or
+    ``500`` status with a description.
 Restore
     ``$JS.API.STREAM.RESTORE.<stream>`` with ``{"config", "state"}`` answers the subject to
     send the chunks to (the stream's name must be free). Each chunk is a request, answered
@@ -23,6 +23,11 @@ Restore
 
 Both run in bounded memory: a snapshot is written chunk by chunk, acknowledging each only once
 it is on disk; a restore reads one chunk at a time.
+
+Errors::
+
+    SnapshotError          the transfer did not complete (a timeout, a stall, a lost chunk)
+    └── JetStreamApiError  the API answered an error (a stream that does not exist, or does)
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from nats.aio.client import Client as NATS
-from nats.errors import TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 __all__ = ["JetStreamApiError", "SnapshotError", "StreamSnapshot", "api", "restore_stream", "snapshot_stream"]
 
@@ -80,6 +85,8 @@ async def api(nc: NATS, subject: str, body: dict[str, Any] | None = None, timeou
         message = await nc.request(full, json.dumps(body).encode() if body is not None else b"", timeout=timeout)
     except NatsTimeout:
         raise SnapshotError(f"the JetStream API did not answer {full} within {timeout:g} s") from None
+    except NoRespondersError:
+        raise SnapshotError(f"nothing answers {full}: is JetStream enabled on this server?") from None
     return _answer(full, message.data)
 
 
@@ -166,6 +173,8 @@ async def restore_stream(
             raise SnapshotError(
                 f"the server did not take a chunk of {name}'s snapshot within {CHUNK_TIMEOUT:g} s"
             ) from None
+        except NoRespondersError:
+            raise SnapshotError(f"the server dropped the restore of {name} (its log says why)") from None
         if reply.data:
             _answer(deliver, reply.data)  # an error (the only thing a chunk's answer carries)
         on_chunk(len(chunk))
