@@ -40,7 +40,15 @@ from typing import Any, BinaryIO
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
-__all__ = ["JetStreamApiError", "SnapshotError", "StreamSnapshot", "api", "restore_stream", "snapshot_stream"]
+__all__ = [
+    "RESTORE_CHUNK",
+    "JetStreamApiError",
+    "SnapshotError",
+    "StreamSnapshot",
+    "api",
+    "restore_stream",
+    "snapshot_stream",
+]
 
 _API = "$JS.API"
 # The server clamps the chunk to 1 KiB..1 MiB and the window to 1 KiB..32 MiB; with these a

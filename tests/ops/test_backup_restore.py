@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +32,14 @@ from democratic_ai.ops.backup import MANIFEST, stream_names
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.ops.postgres_server import PostgresServer
-from democratic_ai.ops.snapshots import JetStreamApiError, api
+from democratic_ai.ops.snapshots import (
+    RESTORE_CHUNK,
+    JetStreamApiError,
+    SnapshotError,
+    api,
+    restore_stream,
+    snapshot_stream,
+)
 from democratic_ai.projections import PROJECTIONS
 from democratic_ai.schemas import app_dsn
 from democratic_ai.services.billing import BillingConfig, BillingService, PostgresUsageTotals
@@ -432,3 +441,35 @@ async def test_a_manifest_edited_by_hand_is_refused(nc: NATS, nats_server: NatsS
     (directory / MANIFEST).write_text(json.dumps({**original, "encrypted": False}))
     code, _, err = await _dai(env, "restore", str(directory), "--no-rebuild", "--replace")
     assert code == 0, err
+
+
+class _StallingSource(io.BytesIO):
+    """An archive whose second chunk comes only after the server's 5 s patience has run out."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.reads += 1
+        if self.reads == 2:
+            time.sleep(6)  # blocks the loop on purpose: nothing reaches the server meanwhile
+        return super().read(size)
+
+
+async def test_a_restore_the_server_drops_fails_in_one_line_and_leaves_no_stream(
+    nc: NATS, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    await js.add_stream(name="STALL", subjects=["stall.>"])
+    for n in range(8):
+        await js.publish_async(f"stall.{n}", os.urandom(256 * 1024))
+    await js.publish_async_completed()
+    archive = io.BytesIO()
+    snapshot = await snapshot_stream(nc, "STALL", archive, lambda _: None, on_start=lambda _: None)
+    assert snapshot.size > 2 * RESTORE_CHUNK and snapshot.size == len(archive.getvalue())
+    await js.delete_stream("STALL")
+    with pytest.raises(SnapshotError, match="the server dropped the restore of STALL"):
+        await restore_stream(nc, snapshot.config, snapshot.state, _StallingSource(archive.getvalue()), lambda _: None)
+    with pytest.raises(JetStreamApiError, match="stream not found"):
+        await api(nc, "STREAM.INFO.STALL")
