@@ -131,6 +131,7 @@ class Restored:
     name: str
     state: dict[str, Any]
     replaced: bool  # an existing stream was deleted for it
+    consumers: int = 0  # the consumers the deleted stream had: processes that read the old log
 
 
 def _platform_version() -> str:
@@ -315,7 +316,7 @@ async def restore(
     restored: list[Restored] = []
     for stream in manifest.streams:
         try:
-            restored.append(await _restore_one(nc, directory, stream, existing[stream.name] is not None, progress_for))
+            restored.append(await _restore_one(nc, directory, stream, existing[stream.name], progress_for))
         except BackupError as exc:
             done = ", ".join(r.name for r in restored) or "none"
             raise RestoreFailed(f"{exc} (restored before it: {done}; run the restore again with --replace)") from None
@@ -323,12 +324,12 @@ async def restore(
 
 
 async def _restore_one(
-    nc: NATS, directory: Path, stream: StreamBackup, exists: bool, progress_for: ProgressFor
+    nc: NATS, directory: Path, stream: StreamBackup, existing: dict[str, Any] | None, progress_for: ProgressFor
 ) -> Restored:
     progress = progress_for(f"restore {stream.name}")
     progress.start(stream.size)
     try:
-        if exists:
+        if existing is not None:
             await api(nc, f"STREAM.DELETE.{stream.name}")
         with (directory / stream.file).open("rb") as source:
             info = await restore_stream(nc, stream.config, stream.state, source, progress.advance)
@@ -344,4 +345,4 @@ async def _restore_one(
     ]
     if differs:
         raise RestoreFailed(f"{stream.name} was restored with another state: {', '.join(differs)}")
-    return Restored(stream.name, state, exists)
+    return Restored(stream.name, state, existing is not None, existing.get("consumer_count", 0) if existing else 0)

@@ -33,6 +33,7 @@ from democratic_ai.schemas import create_pool, migrate
 from .backup import (
     BackupError,
     BackupUnusable,
+    Restored,
     StreamsHoldData,
     backup,
     read_backup,
@@ -77,6 +78,14 @@ def _line(name: str, state: dict) -> str:
     return f"{name:<20} {state['messages']:>10,} messages  seq {state['first_seq']}..{state['last_seq']}"
 
 
+def _replaced(stream: Restored) -> str:
+    if not stream.replaced:
+        return ""
+    if not stream.consumers:
+        return "  (replaced)"
+    return f"  (replaced, dropping {stream.consumers} consumer{'s' if stream.consumers != 1 else ''})"
+
+
 def _progress(label: str) -> Progress:
     return Progress(label, unit="bytes")
 
@@ -108,8 +117,13 @@ async def restore_command(bus: BusOptions, database_url: str | None, directory: 
                 await migrate(conn)
         restored = await restore(nc, directory, manifest, _progress, replace=replace)
         for stream in restored:
-            print(_line(stream.name, stream.state) + ("  (replaced)" if stream.replaced else ""))
+            print(_line(stream.name, stream.state) + _replaced(stream))
         print(f"restored {len(restored)} streams from {directory} (backed up {manifest.created_at.isoformat()})")
+        if any(stream.consumers for stream in restored):
+            print(
+                "platform processes were reading the replaced streams: restart them (with dai up: Ctrl-C, start"
+                " it again), they hold the old log in memory"
+            )
         if pool is None:
             print("rebuild the read models from the restored log:")
             for name in PROJECTIONS:

@@ -280,9 +280,12 @@ async def test_a_restore_over_streams_with_data_is_refused_unless_replace(
     assert "--replace" in err and out == ""
     assert await _states(nc) == later
 
+    # A process reading IDENTITY (a durable consumer stands for it): the restore says to restart it.
+    await nc.jetstream().add_consumer("IDENTITY", durable_name="reader")
     code, out, err = await _dai(env, "restore", str(tmp_path / "backup"), "--no-rebuild", "--replace")
     assert code == 0, err
     assert "(replaced)" in out and "dai projections rebuild identity" in out
+    assert "(replaced, dropping 1 consumer)" in out and "restart them" in out
     assert await _states(nc) == states  # the key written after the backup is gone with the replaced stream
 
 
