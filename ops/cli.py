@@ -383,6 +383,9 @@ def _parser() -> argparse.ArgumentParser:
         "modules", help="module instances and their endpoints' requests, errors and latency (needs NATS_URL)"
     )
     modules.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    from .backup_commands import add_commands as add_backup_commands
+
+    add_backup_commands(commands)
     _describe(parser)
     return parser
 
@@ -505,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         closed = asyncio.run(services.close_billing_periods(_bus(), _env("DATABASE_URL"), args.tenant, args.period))
         for line in closed:
             print(line)
+    elif args.command in ("backup", "restore"):
+        from . import backup_commands
+
+        return backup_commands.run(args, _env, _bus)
     elif args.command in ("status", "modules"):
         from . import status
 

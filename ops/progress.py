@@ -13,7 +13,11 @@ _WIDTH = 30
 
 
 class Progress:
-    def __init__(self, label: str, *, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+    def __init__(
+        self, label: str, *, stream: TextIO | None = None, enabled: bool | None = None, unit: str = "events"
+    ) -> None:
+        """``unit`` names what is counted, in the rate: events (replay), bytes (backup, restore)."""
+        self._unit = unit
         self._stream = stream if stream is not None else sys.stderr
         self._enabled = self._stream.isatty() if enabled is None else enabled
         self._label = label
@@ -34,6 +38,9 @@ class Progress:
             self._draw()
 
     def finish(self) -> None:
+        """The work is done: the bar shows full, whatever the estimate was (a backup's is the
+        stream's size, which its compressed archive falls short of)."""
+        self._total = self._done
         if self._enabled:
             self._draw()
             self._stream.write("\n")
@@ -48,6 +55,6 @@ class Progress:
         rate = self._done / max(self._drawn - self._started, 1e-9)
         self._stream.write(
             f"\r{self._label} [{'#' * filled}{'.' * (_WIDTH - filled)}] {self._done:,}/{self._total:,}"
-            f" {fraction:4.0%} {rate:,.0f} events/s"
+            f" {fraction:4.0%} {rate:,.0f} {self._unit}/s"
         )
         self._stream.flush()

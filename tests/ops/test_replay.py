@@ -189,8 +189,20 @@ def test_the_progress_bar_draws_only_where_asked() -> None:
         bar.start(4)
         bar.advance(4)
         bar.finish()
-    assert "4/4" in shown.getvalue() and "100%" in shown.getvalue()
+    assert "4/4" in shown.getvalue() and "100%" in shown.getvalue() and "events/s" in shown.getvalue()
     assert hidden.getvalue() == ""  # a StringIO is not a terminal
+
+
+def test_the_progress_bar_counts_bytes_for_a_backup() -> None:
+    shown = io.StringIO()
+    bar = Progress("backup MCP", stream=shown, enabled=True, unit="bytes")
+    bar.start(8192)  # the stream's size: its compressed archive falls short of it
+    bar.advance(4096)
+    bar.finish()
+    drawn = shown.getvalue().split("\r")
+    assert drawn[1].startswith("backup MCP [") and "0/8,192" in drawn[1]
+    assert "4,096/4,096" in drawn[-1] and "100%" in drawn[-1] and "bytes/s" in drawn[-1]
+    assert "events" not in shown.getvalue()
 
 
 async def test_the_command_writes_a_file_and_fails_in_one_line(
