@@ -46,7 +46,7 @@ from .credentials import PlatformCredentials
 from .datadir import DataDirInUse, DataDirLock, Holder, export_lines, write_env
 from .nats_cluster import NatsCluster
 from .nats_server import NatsServer
-from .ports import PortInUseError, ServerStartError, ensure_port_free
+from .ports import PortInUseError, ServerStartError, ensure_port_free, free_port
 from .postgres_server import PostgresServer, postmaster
 from .reaper import CHILD, DATA_DIR_ENV, NATS, POSTGRES, Reaper, die_with_parent, stop_leftovers
 from .services import load_module_class
@@ -59,6 +59,14 @@ EXAMPLE_MODULES = {
     "text-tools": "democratic_ai.sdk.examples.text_tools:TextTools",
     "image-tools": "democratic_ai.sdk.examples.image_tools:ImageTools",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsPorts:
+    """Where the hub and the projections serve ``/metrics`` (on 127.0.0.1)."""
+
+    hub: int
+    projections: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +176,7 @@ def _start_children(
     credentials: PlatformCredentials,
     modules: list[str],
     port: int,
+    metrics: MetricsPorts,
     cluster: NatsCluster | None = None,
 ) -> None:
     """The platform's processes: bus authorization first (every other connection needs it).
@@ -193,9 +202,17 @@ def _start_children(
             DAI_BUS_ISSUER_SEED_FILE=str(credentials.issuer_seed_file),
         ),
     )
-    children.start("hub", lambda: spawn("hub", ["hub"], env, credentials.file("hub")))
     children.start(
-        "projections", lambda: spawn("projections", ["projections", "run"], env, credentials.file("projections"))
+        "hub", lambda: spawn("hub", ["hub", "--metrics-port", str(metrics.hub)], env, credentials.file("hub"))
+    )
+    children.start(
+        "projections",
+        lambda: spawn(
+            "projections",
+            ["projections", "run", "--metrics-port", str(metrics.projections)],
+            env,
+            credentials.file("projections"),
+        ),
     )
     for module_id in modules:
         children.start(
@@ -352,7 +369,8 @@ def up(options: UpOptions) -> int:
         for member in cluster.servers if cluster is not None else ():
             name = _member_name(member)
             children.adopt(name, member.process, partial(_restart_nats, member, reaper, name))
-        _start_children(children, reaper, env, credentials, modules, options.port, cluster)
+        metrics = MetricsPorts(hub=free_port(), projections=free_port())  # kept across the children's restarts
+        _start_children(children, reaper, env, credentials, modules, options.port, metrics, cluster)
         gateway_url = f"http://127.0.0.1:{options.port}"
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
             signal.signal(sig, request_stop)
@@ -364,7 +382,7 @@ def up(options: UpOptions) -> int:
         published = _operator_environment(env, credentials)
         write_env(data_dir, published)
         monitor = nats_server.monitor_url if nats_server else cluster.servers[0].monitor_url if cluster else None
-        _banner(gateway_url, nats_url, data_dir, new_key, published, monitor)
+        _banner(gateway_url, nats_url, data_dir, new_key, published, monitor, metrics)
         # From here on a child that exits is restarted (with backoff); only a signal stops the platform.
         while not stop_requested:
             children.poll()
@@ -389,12 +407,18 @@ def _banner(
     new_key: str | None,
     published: dict[str, str],
     monitor_url: str | None = None,
+    metrics: MetricsPorts | None = None,
 ) -> None:
     key_file = data_dir / "admin.key"
     if new_key:
         _say(f"\nBootstrap admin API key (shown once, stored in {key_file}):\n\n    {new_key}\n")
     operator = data_dir / "credentials" / "operator.credential"
     monitor = f"  monitor  {monitor_url} (nats-server's /healthz, /varz, /jsz)\n" if monitor_url else ""
+    if metrics is not None:
+        monitor += (
+            f"  metrics  {gateway_url}/metrics (a key with metrics:read), http://127.0.0.1:{metrics.hub}/metrics"
+            f" (hub), http://127.0.0.1:{metrics.projections}/metrics (projections)\n"
+        )
     _say(
         f"Democratic_AI is up.\n  gateway  {gateway_url}\n  console  {gateway_url}/console (sign in with a user's"
         " e-mail and password; yourself, as a super admin of tenant system, once you have made one with"

@@ -128,6 +128,16 @@ def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None
         assert monitor is not None, banner
         with urllib.request.urlopen(f"{monitor.group(1)}/healthz", timeout=5) as response:
             assert json.loads(response.read()) == {"status": "ok"}
+        # The hub's and the projections' metrics are served where the banner says.
+        metrics = re.search(
+            r"^  metrics  .*?(http://127\.0\.0\.1:\d+/metrics) \(hub\), (http://\S+) \(projections\)",
+            banner,
+            flags=re.MULTILINE,
+        )
+        assert metrics is not None, banner
+        for url, family in ((metrics.group(1), "dai_hub_live_instances"), (metrics.group(2), "dai_projection_")):
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert family in response.read().decode(), url
         # The console comes with the package: its page and scripts are served from the installed files.
         assert f"  console  http://127.0.0.1:{port}/console " in banner
         for path in ("/console", "/console/static/app.js", "/console/static/i18n/shell.ja.json"):
@@ -171,10 +181,13 @@ def test_up_stop_up_keeps_the_admin_key_and_the_registry(tmp_path: Path) -> None
 
 
 def _child(process: subprocess.Popen[str], *words: str) -> psutil.Process:
-    """The child of ``dai up`` whose command line ends with ``words``."""
+    """The child of ``dai up`` running ``dai`` with arguments that start with ``words``."""
     for child in psutil.Process(process.pid).children():
-        if tuple(child.cmdline()[-len(words) :]) == words:
-            return child
+        command = child.cmdline()
+        if "democratic_ai.ops.cli" in command:
+            arguments = command[command.index("democratic_ai.ops.cli") + 1 :]
+            if tuple(arguments[: len(words)]) == words:
+                return child
     raise AssertionError(f"dai up has no child running {' '.join(words)}")
 
 
