@@ -23,10 +23,10 @@ from types import TracebackType
 
 from nats.js import JetStreamContext
 
-from democratic_ai.contracts.bus import CA_FILE_ENV, CREDENTIAL_FILE_ENV, BusOptions
+from democratic_ai.contracts.bus import BusOptions
 
 from .credentials import PlatformCredentials
-from .nats_server import ClusterMember, NatsServer
+from .nats_server import ClusterMember, NatsServer, role_bus, role_environment
 from .ports import ServerStartError, free_port
 
 __all__ = ["NatsCluster"]
@@ -84,16 +84,11 @@ class NatsCluster:
 
     def bus(self, role: str = "operator") -> BusOptions:
         """How a process of platform ``role`` connects to the cluster."""
-        return BusOptions(
-            url=self.url, credential=self.credentials.credential(role), ca_file=self.tls[0] if self.tls else None
-        )
+        return role_bus(self.url, self.credentials, self.tls, role)
 
     def environment(self, role: str = "operator") -> dict[str, str]:
         """The environment variables that make a ``dai`` command connect to the cluster as ``role``."""
-        env = {"NATS_URL": self.url, CREDENTIAL_FILE_ENV: str(self.credentials.file(role))}
-        if self.tls is not None:
-            env[CA_FILE_ENV] = str(self.tls[0])
-        return env
+        return role_environment(self.url, self.credentials, self.tls, role)
 
     def start(self, timeout: float = 30.0) -> None:
         """Start every member, then return once each reports JetStream healthy (a meta leader

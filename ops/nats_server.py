@@ -87,6 +87,21 @@ def _tail(path: Path, offset: int, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
 
 
+def role_bus(url: str, credentials: PlatformCredentials, tls: tuple[Path, Path] | None, role: str) -> BusOptions:
+    """How a process of platform ``role`` connects to the server(s) at ``url``."""
+    return BusOptions(url=url, credential=credentials.credential(role), ca_file=tls[0] if tls else None)
+
+
+def role_environment(
+    url: str, credentials: PlatformCredentials, tls: tuple[Path, Path] | None, role: str
+) -> dict[str, str]:
+    """The environment variables that make a ``dai`` command connect to ``url`` as ``role``."""
+    env = {"NATS_URL": url, CREDENTIAL_FILE_ENV: str(credentials.file(role))}
+    if tls is not None:
+        env[CA_FILE_ENV] = str(tls[0])
+    return env
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterMember:
     """What makes a server one member of a JetStream cluster on loopback (:mod:`.nats_cluster`).
@@ -190,16 +205,11 @@ class NatsServer:
 
     def bus(self, role: str = "operator") -> BusOptions:
         """How a process of platform ``role`` connects to this server."""
-        return BusOptions(
-            url=self.url, credential=self.credentials.credential(role), ca_file=self.tls[0] if self.tls else None
-        )
+        return role_bus(self.url, self.credentials, self.tls, role)
 
     def environment(self, role: str = "operator") -> dict[str, str]:
         """The environment variables that make a ``dai`` command connect to this server as ``role``."""
-        env = {"NATS_URL": self.url, CREDENTIAL_FILE_ENV: str(self.credentials.file(role))}
-        if self.tls is not None:
-            env[CA_FILE_ENV] = str(self.tls[0])
-        return env
+        return role_environment(self.url, self.credentials, self.tls, role)
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and return once it accepts clients with JetStream on."""

@@ -250,14 +250,7 @@ def test_a_killed_child_is_restarted_and_the_platform_serves_again(tmp_path: Pat
         _wait_for_line(lines, r"dai: [\d:]+ nats-server restarted \(pid \d+\)", timeout=15)
         _served_within(port, key, 15)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            reader.join(timeout=10)  # the pipe closes once dai up and its children are gone
-            process.stdout.close()
+        code = _stop_read(process, reader)
     assert code == 0 and "dai: stopping" in "".join(lines)
 
 
@@ -308,15 +301,21 @@ def test_up_cluster_runs_the_platform_on_three_servers_and_survives_losing_one(t
         _wait_for_line(lines, r"dai: [\d:]+ nats-server dai-\d restarted \(pid \d+\)", timeout=15)
         _served_within(port, key, 30)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            reader.join(timeout=10)
-            process.stdout.close()
+        code = _stop_read(process, reader)
     assert code == 0
+
+
+def _stop_read(process: subprocess.Popen[str], reader: threading.Thread) -> int:
+    """Stop ``dai up`` with Ctrl-C; its exit code, once ``reader`` has read all it printed."""
+    assert process.stdout is not None
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        reader.join(timeout=10)  # the pipe closes once dai up and its children are gone
+        process.stdout.close()
 
 
 def _port_free(port: int) -> bool:
