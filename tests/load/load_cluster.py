@@ -160,14 +160,17 @@ class Children:
         self.running: dict[str, asyncio.subprocess.Process] = {}
         self._files: list[IO[bytes]] = []
 
-    async def start(self, name: str, args: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
+    async def start(
+        self, name: str, args: list[str], env: dict[str, str], *, output: bool = False
+    ) -> asyncio.subprocess.Process:
+        """Start ``python args``; its standard output is a pipe if ``output``, else its log."""
         log = (self.logs / f"{name}.log").open("wb")
         self._files.append(log)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             *args,
             stdin=asyncio.subprocess.PIPE,  # bench_call_path's responder stops at its EOF
-            stdout=asyncio.subprocess.PIPE if name == "load" else log,
+            stdout=asyncio.subprocess.PIPE if output else log,
             stderr=log,
             env=env,
             start_new_session=True,  # Ctrl-C reaches only this process, which stops them in order
@@ -283,8 +286,9 @@ async def measure(
             str(args.seconds),
         ],
         env,
+        output=True,
     )
-    assert load.stdout is not None  # a pipe: Children.start gives the load generator one
+    assert load.stdout is not None  # output=True: a pipe
     groups = {"load generator": [load.pid], **groups}
     await asyncio.wait_for(load.stdout.readline(), READY_TIMEOUT)
     await asyncio.sleep(args.warmup)
@@ -514,12 +518,19 @@ def report(
         f"  (HTTP successes: {platform.succeeded} of the load generator, warm-up included,"
         f" and {primed} readiness calls)"
     )
-    print(f"\nCPU in the measured window, in cores (of {psutil.cpu_count()}) and µs per successful call")
+    print(f"\nCPU in the measured window: cores used (of {psutil.cpu_count()}) and µs per successful call")
+    per_call = {}
     for name, cpu, load in (("floor", floor_cpu, floor), ("platform", platform_cpu, platform)):
         calls = max(load.result.calls, 1)
-        cells = ", ".join(f"{group} {s / args.seconds:.2f} ({s / calls * 1e6:.0f} µs)" for group, s in cpu.items())
-        total = sum(cpu.values())
-        print(f"{name:<9} total {total / args.seconds:.2f} cores ({total / calls * 1e6:.0f} µs): {cells}")
+        per_call[name] = sum(cpu.values()) / calls * 1e6
+        print(f"  {name}: {sum(cpu.values()) / args.seconds:.2f} cores, {per_call[name]:.0f} µs")
+        for group, spent in cpu.items():
+            print(f"    {group:<24}{spent / args.seconds:>6.2f}{spent / calls * 1e6:>8.0f} µs")
+    # With the cores the limit and a fixed number in flight, latency goes as the CPU a call costs.
+    print(
+        f"CPU per call, platform / floor: {per_call['platform'] / per_call['floor']:.2f}; load average"
+        f" {os.getloadavg()[0]:.1f} (other work on the machine counts too)"
+    )
     return all(ok for *_, ok in checks)
 
 
