@@ -55,11 +55,12 @@ import asyncpg
 import psutil
 import uvloop
 from aiohttp import web
+from nats.js import JetStreamContext
 
 from democratic_ai.contracts import ensure_streams
 from democratic_ai.contracts.bus import CREDENTIAL_ENV, CREDENTIAL_FILE_ENV, BusOptions, connect
 from democratic_ai.contracts.envelope import Meta
-from democratic_ai.contracts.streams import REPLICAS_ENV, STREAMS
+from democratic_ai.contracts.streams import REPLICAS_ENV, STREAMS, USAGE_STREAM
 from democratic_ai.ops.nats_cluster import NatsCluster
 from democratic_ai.ops.ports import free_port
 from democratic_ai.ops.postgres_server import PostgresServer, postmaster
@@ -98,6 +99,7 @@ from bench_call_path import (  # noqa: E402
 TENANT = "load"
 REPLICAS = 3
 FOLD_TIMEOUT = 120.0  # seconds the projections get to fold the last usage after the load
+QUIET = 3.0  # seconds without a usage append after which every gateway has flushed its buffer
 STOP_TIMEOUT = 10.0  # seconds a child gets to stop after SIGTERM before it is killed
 P95_TARGET = 3.0  # p95(platform) / p95(floor)
 ERROR_TARGET = 0.001  # the largest error rate that passes (< 0.1 %)
@@ -156,6 +158,7 @@ class Children:
     """The processes this run started, by name; each logs to a file, all stop together."""
 
     def __init__(self, logs: Path) -> None:
+        logs.mkdir()
         self.logs = logs
         self.running: dict[str, asyncio.subprocess.Process] = {}
         self._files: list[IO[bytes]] = []
@@ -228,10 +231,8 @@ def plans_file(folder: Path) -> Path:
     return path
 
 
-async def issue_key(bus: BusOptions, kek: KeyEncryptionKey) -> str:
+async def issue_key(js: JetStreamContext, kek: KeyEncryptionKey) -> str:
     """The load tenant and a developer's API key of it, without a limit of its own."""
-    nc = await connect(bus, "load-identity")
-    js = nc.jetstream()
     index, user_keys = IdentityIndex(), UserKeyStore(js, kek)
     try:
         await index.start(js)
@@ -244,7 +245,6 @@ async def issue_key(bus: BusOptions, kek: KeyEncryptionKey) -> str:
     finally:
         await user_keys.stop()
         await index.stop()
-        await nc.drain()
 
 
 def tree_cpu(pid: int) -> float:
@@ -313,21 +313,27 @@ async def ready(urls: list[str], key: str, children: Children) -> None:
             await until_ok(partial(post, session, url, headers), url)
 
 
-async def folded_successes(pool: asyncpg.Pool, expected: int) -> int:
-    """The usage read model's successful api_calls of the load tenant, once it reaches ``expected``
-    or stops changing for 10 s (at most :data:`FOLD_TIMEOUT`)."""
+async def folded_successes(pool: asyncpg.Pool, js: JetStreamContext) -> int:
+    """The usage read model's successful api_calls of the load tenant, read once the usage
+    projection has applied all the USAGE stream holds and the stream has not grown for
+    :data:`QUIET` seconds (the gateways flush the usage they buffer within a second); at most
+    :data:`FOLD_TIMEOUT` seconds of waiting, then whatever is folded by then."""
     deadline = time.monotonic() + FOLD_TIMEOUT
     last, since = -1, time.monotonic()
-    while True:
-        count = await pool.fetchval(
-            "SELECT count(*) FROM usage_events WHERE tenant_id = $1 AND metric = 'api_calls' AND outcome = 'success'",
-            TENANT,
-        )
-        if count != last:
-            last, since = count, time.monotonic()
-        if count == expected or time.monotonic() > deadline or time.monotonic() - since > 10:
-            return count
+    while time.monotonic() < deadline:
+        sequence = (await js.stream_info(USAGE_STREAM)).state.last_seq
+        if sequence != last:
+            last, since = sequence, time.monotonic()
+        applied = await pool.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = 'usage'") or 0
+        if applied >= sequence and time.monotonic() - since >= QUIET:
+            break
         await asyncio.sleep(0.5)
+    else:
+        print(f"the usage projection had not caught up within {FOLD_TIMEOUT:g} s", file=sys.stderr)
+    return await pool.fetchval(
+        "SELECT count(*) FROM usage_events WHERE tenant_id = $1 AND metric = 'api_calls' AND outcome = 'success'",
+        TENANT,
+    )
 
 
 async def run(cluster: NatsCluster, postgres: PostgresServer, args: argparse.Namespace, folder: Path) -> bool:
@@ -337,53 +343,42 @@ async def run(cluster: NatsCluster, postgres: PostgresServer, args: argparse.Nam
         await migrate(conn)  # the read models, and the app role the gateways read them as
     finally:
         await conn.close()
+    children = Children(folder / "logs")
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     nc = await connect(cluster.bus("operator"), "load-operator")
     try:
         js = nc.jetstream()
         await ensure_streams(js, REPLICAS)
         await ensure_bootstrap(js)  # the system tenant, which the module belongs to as dai up's examples do
         credential = await ensure_platform_module(js, NoopModule.module_id, "bench", (CAPABILITY,), None)
-    finally:
-        await nc.drain()
-    kek = KeyEncryptionKey.from_text(cluster.credentials.kek_file.read_text())
-    key = await issue_key(cluster.bus("operator"), kek)
-    logs = folder / "logs"
-    logs.mkdir()
-    children = Children(logs)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
-    try:
+        key = await issue_key(js, KeyEncryptionKey.from_text(cluster.credentials.kek_file.read_text()))
         floor, floor_cpu = await run_floor(cluster, key, args, children)
         pg = postmaster(postgres.pgdata)
-        appended = await stream_sequences(cluster)
+        before = await stream_sequences(js)
         platform, platform_cpu, primed = await run_platform(
             cluster, database_url, credential, key, args, children, [pg.pid] if pg is not None else []
         )
         expected = platform.succeeded + primed
         print(f"waiting for the usage of {expected} successful calls to be folded ...", file=sys.stderr, flush=True)
-        folded = await folded_successes(pool, expected)
+        folded = await folded_successes(pool, js)
         children.check()
-        after = await stream_sequences(cluster)
-        appended = {name: after[name] - appended[name] for name in after}
+        after = await stream_sequences(js)
     except BaseException:
         print(children.tails(), file=sys.stderr)
         raise
     finally:
+        await nc.drain()
         await pool.close()
         await children.stop()
         children.close()
     ok = report(args, floor, floor_cpu, platform, platform_cpu, folded, expected, primed)
-    report_appends(appended, expected)
+    report_appends({name: after[name] - before[name] for name in after}, expected)
     return ok
 
 
-async def stream_sequences(cluster: NatsCluster) -> dict[str, int]:
+async def stream_sequences(js: JetStreamContext) -> dict[str, int]:
     """The last sequence of every stream: what has been appended to it, ever."""
-    nc = await connect(cluster.bus("operator"), "load-streams")
-    try:
-        js = nc.jetstream()
-        return {c.name: (await js.stream_info(c.name)).state.last_seq for c in STREAMS if c.name}
-    finally:
-        await nc.drain()
+    return {c.name: (await js.stream_info(c.name)).state.last_seq for c in STREAMS if c.name}
 
 
 def report_appends(appended: dict[str, int], calls: int) -> None:
