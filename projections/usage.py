@@ -119,7 +119,13 @@ class UsageProjection:
             PARTITION_SCHEMA,
             list(wanted),
         )
-        for name in set(wanted) - set(existing):
+        missing = set(wanted) - set(existing)
+        if missing:
+            # Workers of other partitions may be creating the same month: IF NOT EXISTS does not
+            # cover a concurrent CREATE, so creations take turns (until the creator commits),
+            # and the next in turn finds the table made.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('usage_events partitions'))")
+        for name in sorted(missing):
             _, start, end = _partition(wanted[name])
             await conn.execute(
                 f'CREATE TABLE IF NOT EXISTS {PARTITION_SCHEMA}."{name}" PARTITION OF {parent}'
