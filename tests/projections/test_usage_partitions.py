@@ -38,7 +38,9 @@ from democratic_ai.projections import (
 from democratic_ai.services.billing import PostgresUsageTotals
 
 from support.names import unique
+from support.paths import REPO
 from support.projections import caught_up
+from support.readme import run_script, section_scripts
 from support.usage import call_events, expected_totals, publish_usage, usage_snapshot, usage_totals
 from support.waiting import eventually
 
@@ -285,3 +287,33 @@ async def test_events_stored_before_the_stream_was_partitioned_are_folded_once(
     for tenant in tenants:
         mine = [e for e in old + new if e.tenant_id == tenant]
         assert await usage_totals(pool, tenant) == expected_totals(mine)
+
+
+@pytest.mark.slow
+async def test_the_readme_workers_fold_the_usage_and_status_shows_their_partitions(
+    nc: NATS, pool: asyncpg.Pool, nats_server: NatsServer, database_url: str, tmp_path: Path
+) -> None:
+    [script] = [b for b in section_scripts(REPO / "README.md", "## The log") if "--workers 2" in b]
+    await _start_at_stream_end(nc, pool)
+    tenants = _tenants_per_partition(1)
+    events = [e for tenant in tenants for e in call_events(tenant, 10)]
+    await publish_usage(nc, events)
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # the README runs .venv/bin/dai
+    env = {
+        "PATH": os.environ["PATH"],
+        **nats_server.environment("projections"),
+        "DATABASE_URL": database_url,
+        "DAI_LOG_LEVEL": "WARNING",
+    }
+    # The README leaves its workers running; here they stop once the usage is folded.
+    script += (
+        "until .venv/bin/dai projections status --json"
+        """ | jq -e '.projections[] | select(.name == "usage") | .lag_events == 0' > /dev/null; do sleep 0.2; done\n"""
+        "kill %1 %2\nwait\n"
+    )
+    out, _ = await run_script(script, cwd=tmp_path, env=env, timeout=120)
+    partitions = [line.split()[0] for line in out.splitlines() if line.startswith("usage.p")]
+    assert partitions == [f"usage.p{p:02d}" for p in range(USAGE_PARTITIONS.count)]
+    assert "PARTITION" in out and any(line.split()[:2] == ["usage", "USAGE"] for line in out.splitlines())
+    for tenant in tenants:
+        assert await usage_totals(pool, tenant) == expected_totals([e for e in events if e.tenant_id == tenant])
