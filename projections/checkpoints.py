@@ -137,7 +137,8 @@ class Checkpoints:
         return {name: last[p] for name, p in zip(self.names, self.partitions, strict=True)}
 
     async def read(self, conn: asyncpg.Connection) -> dict[str, int]:
-        """These checkpoints without locking (0 for a row not written yet)."""
+        """These checkpoints without locking; a row not written yet stands where :meth:`lock`
+        would create it (the pre-partition row's position, else 0)."""
         known = await read_checkpoints(conn)
         fallback = known.get(self._projection.name, 0) if self.partitions else 0
         return {name: known.get(name, fallback) for name in self.names}

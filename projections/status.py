@@ -57,7 +57,7 @@ async def projection_status(
         parts = tuple(
             [
                 await _status(js, projection, name, subjects, checkpoints.get(name, before), stream_last)
-                for name, subjects in _partitions(projection)
+                for name, subjects in _partitions(projection, projection.partitions.count)
             ]
         )
         statuses.append(
@@ -75,14 +75,11 @@ async def projection_status(
     return statuses
 
 
-def _partitions(projection: Projection) -> list[tuple[str, list[str]]]:
-    """Each partition's checkpoint name and filter subjects."""
-    assert projection.partitions is not None, "called for partitioned projections only"
+def _partitions(projection: Projection, count: int) -> list[tuple[str, list[str]]]:
+    """Each of the ``count`` partitions' checkpoint name and filter subjects."""
     return [
         (checkpoints.names[0], checkpoints.subjects)
-        for checkpoints in (
-            Checkpoints(projection, Share(projection.partitions.count, p)) for p in range(projection.partitions.count)
-        )
+        for checkpoints in (Checkpoints(projection, Share(count, p)) for p in range(count))
     ]
 
 

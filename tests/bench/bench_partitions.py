@@ -13,7 +13,9 @@ ready: the benchmark holds the lock of every partition's checkpoint row while th
 start (a worker reads its checkpoints under that lock before it follows), and releases it once
 each worker waits on it; it stops when every partition's checkpoint has reached the last event
 of that partition. Each round checks the read model (raw rows and aggregated events) before it
-counts.
+counts. It also prints the CPU time the workers, PostgreSQL and nats-server spent per event
+meanwhile: on a machine whose cores are all busy, throughput goes as 1 / total CPU per event,
+so a second worker helps only where cores are idle.
 
 Tenants are uniform by default (``--tenants`` of them): each worker gets about half of the
 events. With ``--skewed`` they follow bench_usage.py's Pareto traffic, where one tenant makes
@@ -34,9 +36,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import psutil
 import uvloop
 from bench_usage import events as skewed_events, publish, totals
 from nats.js import JetStreamContext
@@ -46,7 +50,7 @@ from democratic_ai.contracts.bus import connect
 from democratic_ai.contracts.partitions import USAGE_PARTITIONS
 from democratic_ai.contracts.usage_events import CallMetered
 from democratic_ai.ops.nats_server import NatsServer
-from democratic_ai.ops.postgres_server import PostgresServer
+from democratic_ai.ops.postgres_server import PostgresServer, postmaster
 from democratic_ai.projections import Checkpoints, UsageProjection
 from democratic_ai.schemas import create_pool, migrate
 
@@ -77,9 +81,50 @@ async def reset(pool: asyncpg.Pool) -> None:
         )
 
 
-async def _timed(pool: asyncpg.Pool, env: dict[str, str], workers: int, targets: dict[str, int], log: Path) -> float:
-    """Run ``workers`` worker processes until every partition reached its target; the seconds
-    from their release."""
+@dataclass(frozen=True, slots=True)
+class Servers:
+    nats: psutil.Process
+    postmaster: psutil.Process
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    seconds: float
+    cpu: dict[str, float]  # role → CPU seconds spent while folding
+
+
+def _cpu(processes: dict[int, psutil.Process]) -> dict[int, float]:
+    """Each live process's CPU seconds so far (user + system)."""
+    seconds = {}
+    for pid, process in processes.items():
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        seconds[pid] = times.user + times.system
+    return seconds
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two readings (a process born in between: all of its own)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+def _roles(servers: Servers, workers: list[subprocess.Popen[bytes]]) -> dict[str, dict[int, psutil.Process]]:
+    """The workers, nats-server, and PostgreSQL: the postmaster and every backend (the workers' too)."""
+    postgres = [servers.postmaster, *servers.postmaster.children(recursive=True)]
+    return {
+        "workers": {p.pid: psutil.Process(p.pid) for p in workers},
+        "postgres": {p.pid: p for p in postgres},
+        "nats-server": {servers.nats.pid: servers.nats},
+    }
+
+
+async def _timed(
+    pool: asyncpg.Pool, env: dict[str, str], workers: int, targets: dict[str, int], log: Path, servers: Servers
+) -> Round:
+    """Run ``workers`` worker processes until every partition reached its target: the seconds
+    from their release, and the CPU each role spent meanwhile."""
     command = [sys.executable, "-m", "democratic_ai.ops.cli", "projections", "run", "usage"]
     checkpoints = Checkpoints(USAGE)
     async with pool.acquire() as gate:
@@ -101,17 +146,20 @@ async def _timed(pool: asyncpg.Pool, env: dict[str, str], workers: int, targets:
                 if any(p.poll() is not None for p in processes):
                     raise SystemExit(f"a worker exited; see {log}")
                 await asyncio.sleep(0.02)
+            before = {role: _cpu(members) for role, members in _roles(servers, processes).items()}
             started = time.perf_counter()
             await transaction.commit()
             while not await _reached(pool, checkpoints, targets):
                 await asyncio.sleep(0.005)
             elapsed = time.perf_counter() - started
+            after = {role: _cpu(members) for role, members in _roles(servers, processes).items()}
+            cpu = {role: _spent(before[role], after[role]) for role in after}
         finally:
             for process in processes:
                 process.terminate()
             for process in processes:
                 process.wait(timeout=30)
-    return elapsed
+    return Round(elapsed, cpu)
 
 
 async def _waiting(pool: asyncpg.Pool) -> int:
@@ -130,7 +178,9 @@ async def _reached(pool: asyncpg.Pool, checkpoints: Checkpoints, targets: dict[s
     return all(done[name] >= target for name, target in targets.items())
 
 
-async def run(nats_server: NatsServer, database_url: str, args: argparse.Namespace, log: Path) -> None:
+async def run(
+    nats_server: NatsServer, postmaster: psutil.Process, database_url: str, args: argparse.Namespace, log: Path
+) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         await migrate(conn)
@@ -164,11 +214,15 @@ async def run(nats_server: NatsServer, database_url: str, args: argparse.Namespa
             ]
             print(f"{workers} worker(s): events per worker {' / '.join(f'{s:,}' for s in shares)}")
 
+        servers = Servers(psutil.Process(nats_server.process.pid), postmaster)
         rounds: dict[int, list[float]] = {1: [], 2: []}
+        cpu: dict[int, list[dict[str, float]]] = {1: [], 2: []}
         for _ in range(args.rounds):  # interleaved, so a noisy moment hits both alike
             for workers in (1, 2):
                 await reset(pool)
-                elapsed = await _timed(pool, env, workers, targets, log)
+                measured = await _timed(pool, env, workers, targets, log, servers)
+                elapsed = measured.seconds
+                cpu[workers].append(measured.cpu)
                 raw, folded = await totals(pool)
                 if raw != len(batch) or folded != len(batch):
                     raise SystemExit(
@@ -180,6 +234,15 @@ async def run(nats_server: NatsServer, database_url: str, args: argparse.Namespa
         print(f"{'1 worker (every partition)':<36}{one:>10,.0f} events/s")
         print(f"{'2 workers (8 partitions each)':<36}{two:>10,.0f} events/s")
         print(f"{'2 workers / 1 worker':<36}{two / one:>10.2f}")
+        print(f"\nCPU µs per event while folding (medians): {'workers':>10}{'postgres':>10}{'nats':>10}{'total':>10}")
+        for workers in (1, 2):
+            per = [
+                statistics.median(c[role] for c in cpu[workers]) / len(batch) * 1e6
+                for role in ("workers", "postgres", "nats-server")
+            ]
+            label = f"{workers} worker(s)"
+            print(f"{label:<41}" + "".join(f"{v:>10,.0f}" for v in per) + f"{sum(per):>10,.0f}")
+        print(f"cores on this machine: {os.cpu_count()}")
         print(
             "rounds (1 / 2 workers): "
             + ", ".join(f"{a:,.0f} / {b:,.0f}" for a, b in zip(rounds[1], rounds[2], strict=True))
@@ -209,7 +272,11 @@ def main() -> None:
         try:
             nats_server.start()
             postgres.start()
-            uvloop.run(run(nats_server, postgres.ensure_database("bench"), args, log))
+            database_url = postgres.ensure_database("bench")
+            serving = postmaster(postgres.pgdata)
+            if serving is None:
+                raise SystemExit("PostgreSQL started but no postmaster serves its data directory")
+            uvloop.run(run(nats_server, serving, database_url, args, log))
         except KeyboardInterrupt:
             sys.exit("interrupted")
         finally:
