@@ -24,6 +24,8 @@ from nats.js import JetStreamContext
 from nats.js.api import SubjectTransform
 from nats.js.errors import NotFoundError
 
+from .subjects import usage_subject
+
 __all__ = ["USAGE_PARTITIONS", "PartitionScheme", "partition_targets"]
 
 _FNV_OFFSET = 0x811C9DC5
@@ -115,4 +117,4 @@ async def _last_sequence(js: JetStreamContext, stream: str, subject: str) -> int
 
 
 # Fixed for the stream's life: 16 partitions allow up to 16 usage workers.
-USAGE_PARTITIONS = PartitionScheme("usage.*.*", key=1, count=16)
+USAGE_PARTITIONS = PartitionScheme(usage_subject("*", "*"), key=1, count=16)
