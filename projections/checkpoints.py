@@ -80,7 +80,13 @@ class Checkpoints:
             )
         self.partitions = tuple(p for p in range(scheme.count) if p % share.workers == share.worker)
         self.names = [partition_checkpoint(projection.name, p) for p in self.partitions]
-        self.subjects = [s for p in self.partitions for s in scheme.subjects(p)]
+        # One worker of all partitions follows the projection's one filter (``usage.>``): the
+        # same events, and a single filter costs the server less than one per partition.
+        self.subjects = (
+            [projection.filter_subject]
+            if share.workers == 1
+            else [s for p in self.partitions for s in scheme.subjects(p)]
+        )
         self._all = [partition_checkpoint(projection.name, p) for p in range(scheme.count)]
 
     async def lock(self, conn: asyncpg.Connection) -> dict[str, int]:
