@@ -7,9 +7,11 @@ whatever arrived while the previous batch was being folded (up to ``batch`` even
 Postgres writes one batch while the next one arrives.
 
 Partitioned (the usage projection): run as N workers, each given its :class:`~.checkpoints.Share`
-of the stream's partitions. A worker's consumer (``projection-<name>-<i>of<N>``) filters on its
-partitions' subjects, one checkpoint per partition (see :mod:`.checkpoints`); a single worker
-(the default) owns every partition and its consumer keeps the name ``projection-<name>``.
+of the stream's partitions. A worker's consumer (``projection-<name>-<i>of<N>``) follows the
+projection's whole filter and the worker folds only its partitions' events, with one checkpoint
+per partition (see :mod:`.checkpoints`, which says why the server does not filter them); a
+single worker (the default) owns every partition and its consumer keeps the name
+``projection-<name>``.
 
 Exactly once: a batch's rows and its last stream sequence commit in one transaction, and the
 runner starts from the checkpoint Postgres committed. A crash before the commit loses nothing
@@ -142,15 +144,17 @@ class ProjectionRunner:
             # A batch is in stream order: unless its first event is at or below a checkpoint (a
             # redelivery, or a partition another worker had folded further), all of it is fresh.
             fresh = self.checkpoints.fresh(messages, locked)
+            # Every event of this runner's partitions up to the batch's last one is folded once
+            # this commits (a batch of other workers' partitions only moves the checkpoints on).
+            last = messages[-1].metadata.sequence.stream
             if not fresh:
+                await self.checkpoints.advance(conn, last)
                 return min(locked.values())
             if careful:
                 quarantined = len(await quarantine.fold(conn, self.projection, fresh))
             else:
                 await self.projection.apply(conn, fresh)
                 quarantined = 0
-            # Every event of this runner's partitions up to the batch's last one is folded now.
-            last = messages[-1].metadata.sequence.stream
             await self.checkpoints.advance(conn, last)
         # Counted once committed: a batch whose commit failed is applied again and counted then.
         self.applied += len(fresh) - quarantined

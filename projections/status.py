@@ -17,8 +17,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from democratic_ai.contracts.partitions import PartitionScheme
+from democratic_ai.schemas.checkpoints import partition_checkpoint
+
 from .base import Projection
-from .checkpoints import Checkpoints, Share, read_checkpoints
+from .checkpoints import read_checkpoints
 from .quarantine import count_dead_letters
 
 __all__ = ["ProjectionStatus", "projection_status"]
@@ -57,7 +60,7 @@ async def projection_status(
         parts = tuple(
             [
                 await _status(js, projection, name, subjects, checkpoints.get(name, before), stream_last)
-                for name, subjects in _partitions(projection, projection.partitions.count)
+                for name, subjects in _partitions(projection, projection.partitions)
             ]
         )
         statuses.append(
@@ -75,12 +78,9 @@ async def projection_status(
     return statuses
 
 
-def _partitions(projection: Projection, count: int) -> list[tuple[str, list[str]]]:
-    """Each of the ``count`` partitions' checkpoint name and filter subjects."""
-    return [
-        (checkpoints.names[0], checkpoints.subjects)
-        for checkpoints in (Checkpoints(projection, Share(count, p)) for p in range(count))
-    ]
+def _partitions(projection: Projection, scheme: PartitionScheme) -> list[tuple[str, list[str]]]:
+    """Each partition's checkpoint name and filter subjects (the server counts its lag exactly)."""
+    return [(partition_checkpoint(projection.name, p), scheme.subjects(p)) for p in range(scheme.count)]
 
 
 async def _status(
