@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from functools import partial
 
@@ -91,7 +91,8 @@ class OrderedConsumer:
     """Hand every message of ``subject`` on ``stream`` to ``on_message`` (or, in batches, to
     ``on_batch``), once, in stream order (see the module docstring).
 
-    ``after``: the last sequence already applied elsewhere (a checkpoint): start right after it,
+    ``subject``: one filter subject, or several (a partitioned worker's partitions; they must not
+    overlap). ``after``: the last sequence already applied elsewhere (a checkpoint): start right after it,
     whatever ``start`` says. ``name``: the consumer's name (``nats consumer info STREAM NAME``);
     one follower per name, since making its consumer replaces any other of that name.
     """
@@ -100,7 +101,7 @@ class OrderedConsumer:
         self,
         js: JetStreamContext,
         stream: str,
-        subject: str,
+        subject: str | Sequence[str],
         on_message: Callable[[Msg], Awaitable[None]] | None = None,
         *,
         on_batch: Callable[[list[Msg]], Awaitable[None]] | None = None,
@@ -118,9 +119,12 @@ class OrderedConsumer:
             raise ValueError("heartbeat must be a positive number of seconds.")
         if batch < 1 or after < 0:
             raise ValueError("batch must be at least 1 and after at least 0.")
+        self._subjects = [subject] if isinstance(subject, str) else list(subject)
+        if not self._subjects:
+            raise ValueError("give at least one subject to follow.")
         self._js = js
         self._nc = connection_of(js)
-        self.stream, self.subject = stream, subject
+        self.stream, self.subject = stream, " ".join(self._subjects)
         self._on_message = on_message
         self._on_batch = on_batch
         self._batch = batch if on_batch is not None else 1
@@ -247,7 +251,10 @@ class OrderedConsumer:
         subscription = await self._nc.subscribe(inbox, cb=partial(self._deliver, self._generation))
         self._subscription = subscription
         config.deliver_subject = inbox
-        config.filter_subject = self.subject
+        if len(self._subjects) == 1:
+            config.filter_subject = self._subjects[0]
+        else:
+            config.filter_subjects = self._subjects
         config.ack_policy = AckPolicy.NONE
         config.max_deliver = 1
         config.flow_control = True

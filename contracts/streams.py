@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from .partitions import USAGE_PARTITIONS
 from .subjects import (
     ALL_BILLING,
     ALL_EVENTS,
@@ -99,6 +100,8 @@ STREAMS: tuple[StreamConfig, ...] = (
         storage=StorageType.FILE,
         max_age=400 * _DAY,  # a year of invoices can be recomputed from it
         duplicate_window=600.0,
+        # Appends the tenant's partition to every subject, so usage workers can split the tenants.
+        subject_transform=USAGE_PARTITIONS.transform(),
     ),
     StreamConfig(
         name=RATELIMIT_STREAM,

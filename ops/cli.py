@@ -297,6 +297,18 @@ def _parser() -> argparse.ArgumentParser:
     projection_commands = projections.add_subparsers(dest="projection_command", required=True, metavar="ACTION")
     prun = projection_commands.add_parser("run", help="fold events into read models (needs NATS_URL, DATABASE_URL)")
     prun.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default: all)")
+    prun.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="split the partitioned projections (usage) between N workers (default: $DAI_PROJECTION_WORKERS or 1)",
+    )
+    prun.add_argument(
+        "--worker",
+        type=int,
+        metavar="I",
+        help="which of the N workers this is, from 0 (default: $DAI_PROJECTION_WORKER or 0)",
+    )
     _metrics_options(prun, PROJECTIONS_METRICS_ENV)
     pstatus = projection_commands.add_parser(
         "status", help="each projection's position, lag and quarantined events (needs NATS_URL, DATABASE_URL)"
@@ -493,8 +505,11 @@ def main(argv: list[str] | None = None) -> int:
         from .metrics_endpoint import metrics_address
 
         metrics = metrics_address(args.metrics_port, args.metrics_host, PROJECTIONS_METRICS_ENV)
+        share = services.projection_share(args.workers, args.worker)
         options, database_url = _bus(), _env("DATABASE_URL")
-        run_until_signalled(lambda stop: services.run_projections(options, database_url, args.names, stop, metrics))
+        run_until_signalled(
+            lambda stop: services.run_projections(options, database_url, args.names, stop, metrics, share)
+        )
     elif args.command == "identity" and args.identity_command == "add-super-admin":
         options, kek = _bus(), _kek()  # both before the password: no typing it twice for nothing
         user = asyncio.run(services.add_super_admin(options, kek, args.email, _password(args.password_stdin)))

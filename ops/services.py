@@ -22,7 +22,14 @@ from democratic_ai.contracts.server_clock import ServerClock
 from democratic_ai.contracts.streams import MCP_STREAM, REGISTRY_STREAM, STREAMS, ensure_streams
 from democratic_ai.hub import Hub
 from democratic_ai.hub.metrics import HubMetrics
-from democratic_ai.projections import PROJECTIONS, ProjectionRunner, RecoveryConfig, UsageRecovery
+from democratic_ai.projections import (
+    PROJECTIONS,
+    Checkpoints,
+    ProjectionRunner,
+    RecoveryConfig,
+    Share,
+    UsageRecovery,
+)
 from democratic_ai.projections.admin import ProjectionsAdmin
 from democratic_ai.projections.metrics import ProjectionMetrics
 from democratic_ai.schemas import DatabaseOutage, DatabaseUnreachable, create_pool, migrate, on_database
@@ -63,6 +70,7 @@ __all__ = [
     "ensure_platform_streams",
     "env_seconds",
     "load_module_class",
+    "projection_share",
     "rotate_jwt_key",
     "run_busauth",
     "run_gateway",
@@ -72,6 +80,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+PROJECTION_WORKERS_ENV = "DAI_PROJECTION_WORKERS"  # how many workers split the partitioned projections
+PROJECTION_WORKER_ENV = "DAI_PROJECTION_WORKER"  # which of them this one is, from 0
 RECOVERY_GRACE_ENV = "DAI_USAGE_RECOVERY_GRACE"  # seconds an answer must age before recovery checks it
 
 
@@ -135,18 +145,56 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
     await runner.cleanup()
 
 
+def projection_share(workers: int | None, worker: int | None) -> Share:
+    """This worker's share of the partitioned projections: the options, else the environment
+    (``DAI_PROJECTION_WORKERS``, ``DAI_PROJECTION_WORKER``: a StatefulSet sets the latter from
+    its pod index), else one worker that folds every partition."""
+    count = workers if workers is not None else _env_int(PROJECTION_WORKERS_ENV, 1)
+    index = worker if worker is not None else _env_int(PROJECTION_WORKER_ENV, 0)
+    try:
+        return Share(count, index)
+    except ValueError as exc:
+        raise SystemExit(f"dai: {exc}") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"dai: {name} must be a whole number, not {raw!r}") from None
+
+
 async def run_projections(
     options: BusOptions,
     database_url: str,
     names: list[str],
     stop: asyncio.Event,
     metrics: MetricsAddress | None = None,
+    share: Share | None = None,
 ) -> None:
-    """Fold ``names`` (default: every projection) until ``stop``; serve their metrics at ``metrics`` if given."""
+    """Fold ``names`` (default: every projection) until ``stop``; serve their metrics at ``metrics`` if given.
+
+    With a ``share`` of several workers, only partitioned projections may be named, and this
+    worker folds its share of their partitions (see projections/checkpoints.py)."""
+    share = share or Share()
     unknown = sorted(set(names) - set(PROJECTIONS))
     if unknown:
         raise SystemExit(f"dai: unknown projection(s) {', '.join(unknown)}; known: {', '.join(sorted(PROJECTIONS))}")
     tracing.configure_tracing("dai-projections")
+    partitioned = sorted(name for name, p in PROJECTIONS.items() if p.partitions is not None)
+    if share.workers > 1 and (not names or set(names) - set(partitioned)):
+        raise SystemExit(
+            f"dai: only partitioned projections ({', '.join(partitioned)}) run as several workers;"
+            f" name them: dai projections run {' '.join(partitioned)} --workers {share.workers} --worker {share.worker}"
+        )
+    for name in names:
+        try:
+            Checkpoints(PROJECTIONS[name], share)
+        except ValueError as exc:
+            raise SystemExit(f"dai: {exc}") from None
     nc = await connect(options, "dai-projections", max_reconnect_attempts=-1)
     await ServerClock().refresh(nc, MCP_STREAM)  # warns if this host's clock is far from the server's
     # min_size=0: the pool connects on demand. With a floor, asyncpg itself would reconnect in
@@ -154,17 +202,24 @@ async def run_projections(
     # the database and say so once (then every 30 s).
     pool = await create_pool(database_url, min_size=0, max_size=max(2, len(names) + 1))
     await _migrate_when_reachable(pool, stop)
-    runners = [ProjectionRunner(nc.jetstream(), pool, PROJECTIONS[name]) for name in names or sorted(PROJECTIONS)]
-    log.info("projections running: %s", ", ".join(r.projection.name for r in runners))
+    runners = [
+        ProjectionRunner(nc.jetstream(), pool, PROJECTIONS[name], share=share) for name in names or sorted(PROJECTIONS)
+    ]
+    running = ", ".join(r.projection.name for r in runners)
+    if share.workers > 1:
+        partitions = " ".join(map(str, runners[0].checkpoints.partitions))
+        running += f" (worker {share.worker} of {share.workers}: partitions {partitions})"
+    log.info("projections running: %s", running)
     # Every worker answers for every projection (a retry takes the projection's checkpoint lock,
     # whichever process folds it): the console's Operations page asks whichever answers first.
     admin = ProjectionsAdmin(nc, pool, PROJECTIONS.values())
     await admin.start()
     tasks = [runner.run(stop) for runner in runners]
     recovery = None
-    if any(r.projection.name == "usage" for r in runners):
+    if any(r.projection.name == "usage" for r in runners) and share.worker == 0:
         # Recovery re-derives usage that crashed gateways never published; it checks the usage
-        # read model, so it runs next to the projection that keeps it.
+        # read model, so it runs next to the projection that keeps it — beside its first
+        # worker only, as one sweep covers every tenant.
         config = RecoveryConfig(grace=env_seconds(RECOVERY_GRACE_ENV, RecoveryConfig().grace))
         recovery = UsageRecovery(nc.jetstream(), pool, config)
         tasks.append(recovery.run(stop))

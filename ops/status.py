@@ -494,6 +494,13 @@ def render_projections(rows: list[dict[str, Any]] | None, error: str | None = No
         ],
         right=range(2, 7),
     )
+    partitions = [p for r in rows for p in r.get("partitions", ())]
+    if partitions:  # below the projections, whose table keeps one line each
+        lines += table(
+            ("PARTITION", "APPLIED", "LAG EVENTS", "LAG SECONDS"),
+            [(p["name"], p["applied"], p["lag_events"], f"{p['lag_seconds']:.3f}") for p in partitions],
+            right=range(1, 4),
+        )
     quarantined = [r["name"] for r in rows if r["quarantined"]]
     if quarantined:
         lines.append(

@@ -5,6 +5,8 @@ into a shadow schema first (see :mod:`.rebuild`); ``LogReader`` reads any window
 ``projection_status`` says how far behind each projection is and how many events it has
 quarantined; ``retry`` applies a projection's quarantined events again (see :mod:`.quarantine`).
 ``CallsProjection`` folds the MCP log into one row per gateway call (see :mod:`.calls`).
+``UsageProjection`` is partitioned: it can run as several workers, each with its ``Share`` of the
+USAGE stream's partitions and one of ``Checkpoints`` per partition (see :mod:`.checkpoints`).
 ``UsageRecovery`` runs beside the usage projection: it re-derives, from the MCP log, usage that
 no gateway published (see :mod:`.recovery`), on the same checkpoints table.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 from .base import Projection
 from .billing import BillingProjection
 from .calls import CallsProjection
+from .checkpoints import Checkpoints, Share
 from .errors import MissingReadModel, ProjectionError, ReadModelChanged, RebuildInProgress, UnfoldableEvent
 from .identity import IdentityProjection
 from .log import LogRange, LogReader, sequence_at
@@ -35,6 +38,7 @@ __all__ = [
     "AsOfResult",
     "BillingProjection",
     "CallsProjection",
+    "Checkpoints",
     "DeadLetter",
     "IdentityProjection",
     "LogRange",
@@ -49,6 +53,7 @@ __all__ = [
     "RecoveryConfig",
     "RegistryProjection",
     "RetryResult",
+    "Share",
     "TableComparison",
     "UnfoldableEvent",
     "UsageProjection",

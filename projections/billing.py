@@ -58,6 +58,7 @@ class BillingProjection:
     name = "billing"
     stream = BILLING_STREAM
     filter_subject = ALL_BILLING
+    partitions = None
     tables = (
         "billing_payments",
         "billing_invoice_lines",

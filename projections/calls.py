@@ -164,6 +164,7 @@ class CallsProjection:
     name = "calls"
     stream = MCP_STREAM
     filter_subject = subjects.records()  # requests, answers and events: the events are skipped
+    partitions = None
     tables = ("calls",)
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:

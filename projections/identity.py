@@ -43,6 +43,7 @@ class IdentityProjection:
     name = "identity"
     stream = IDENTITY_STREAM
     filter_subject = ALL_IDENTITY
+    partitions = None
     tables = ("identity_audit", "revoked_tokens", "modules", "api_keys", "users", "tenants")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:

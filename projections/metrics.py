@@ -20,7 +20,8 @@ the other subjects' messages stored after the checkpoint too — an upper bound,
 projection has folded the stream's last message. ``dai projections status`` counts events exactly,
 with a consumer per projection: too dear for every scrape.
 
-The only label is the projection's name, a fixed set.
+The only label is the projection's name, a fixed set; a worker of a partitioned projection reports
+the lowest checkpoint of its partitions (``dai projections status`` shows every partition's).
 """
 
 from __future__ import annotations
@@ -74,7 +75,6 @@ class _Collector(Collector):
         self._positions = positions
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        names = [runner.projection.name for runner in self._runners]
         positions = self._positions()
         if positions is not None:
             checkpoint = GaugeMetricFamily(
@@ -88,8 +88,12 @@ class _Collector(Collector):
                 "The projection's events in projection_dead_letters, waiting for `dai projections retry`.",
                 labels=_LABELS,
             )
-            for name in names:
-                applied = positions.checkpoints.get(name, 0)
+            for runner in self._runners:
+                name = runner.projection.name
+                # A partitioned worker's: the lowest of the checkpoints it owns (its instance
+                # label tells the workers apart).
+                before = positions.checkpoints.get(name, 0)
+                applied = min(positions.checkpoints.get(n, before) for n in runner.checkpoints.names)
                 checkpoint.add_metric([name], applied)
                 lag.add_metric([name], max(0, positions.stream_last[name] - applied))
                 quarantined.add_metric([name], positions.quarantined.get(name, 0))

@@ -31,7 +31,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from .base import Projection
-from .checkpoints import lock_checkpoint
+from .checkpoints import Checkpoints
 from .errors import UnfoldableEvent
 
 __all__ = [
@@ -196,7 +196,7 @@ async def retry(pool: asyncpg.Pool, projection: Projection, sequences: Sequence[
 async def _retry(conn: asyncpg.Connection, projection: Projection, sequences: Sequence[int] | None) -> RetryResult:
     """:func:`retry` inside the caller's transaction."""
     applied = failed = 0
-    await lock_checkpoint(conn, projection.name)
+    await Checkpoints(projection).lock(conn)  # every partition's: no runner folds meanwhile
     rows = await conn.fetch(
         f"SELECT stream, sequence, subject, payload FROM {TABLE}"
         " WHERE projection = $1 AND ($2::bigint[] IS NULL OR sequence = ANY($2)) ORDER BY sequence",

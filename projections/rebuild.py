@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,7 +32,7 @@ from nats.js import JetStreamContext
 
 from . import quarantine, shadow
 from .base import Projection
-from .checkpoints import advance_checkpoint, lock_checkpoint, read_checkpoints
+from .checkpoints import Checkpoints
 from .errors import RebuildInProgress
 from .log import LogRange, LogReader, sequence_at, stream_last_sequence
 
@@ -97,12 +97,14 @@ class _Builder:
                     await pending
         self.position = max(self.position, last)
 
-    async def catch_up(self, last: int, *, batch: int) -> None:
-        """Fold up to ``last`` inside the caller's transaction."""
+    async def catch_up(self, last: int, *, batch: int, keep: Callable[[Msg], bool] | None = None) -> None:
+        """Fold up to ``last`` inside the caller's transaction (only what ``keep`` keeps, if given)."""
         async with self._reader(last, batch) as reader:
             async for messages in reader:
-                await shadow.fold(self._conn, self._schema, self._projection, messages)
-                self.events += len(messages)
+                kept = messages if keep is None else [m for m in messages if keep(m)]
+                if kept:
+                    await shadow.fold(self._conn, self._schema, self._projection, kept)
+                self.events += len(kept)
         self.position = max(self.position, last)
 
     async def _commit(self, messages: list[Msg]) -> None:
@@ -148,14 +150,16 @@ async def rebuild(js: JetStreamContext, pool: asyncpg.Pool, projection: Projecti
         builder = _Builder(js, conn, projection, schema)
         target = await stream_last_sequence(js, projection.stream)
         await builder.build(target, batch=batch)
+        checkpoints = Checkpoints(projection)  # every partition's: the swap replaces all of them
         async with conn.transaction():
-            live = await lock_checkpoint(conn, projection.name)
-            # The live runner may have folded events past our target while we built: the shadow
-            # takes them too, or the swap would lose them (the runner has acknowledged them).
+            live = max((await checkpoints.lock(conn)).values())
+            # The live runners may have folded events past our target while we built: the shadow
+            # takes them too, or the swap would lose them (the runners have acknowledged them).
             await builder.catch_up(live, batch=batch)
             await shadow.replace_live(conn, schema, tables)
             await quarantine.replace_live(conn, schema, projection)
-            await advance_checkpoint(conn, projection.name, builder.position)
+            # The shadow holds every event up to its position, whatever its partition.
+            await checkpoints.advance(conn, builder.position)
     return builder.events
 
 
@@ -165,10 +169,13 @@ async def verify(
     """Rebuild into a shadow at the live checkpoint and compare each table's checksum with the live one."""
     async with _build_slot(pool, projection, "verify") as (conn, schema, tables):
         builder = _Builder(js, conn, projection, schema)
-        await builder.build((await read_checkpoints(conn)).get(projection.name, 0), batch=batch)
+        checkpoints = Checkpoints(projection)
+        # Up to the lowest checkpoint every partition has folded; then, locked, each partition
+        # up to its own (workers of a partitioned projection stand at different sequences).
+        await builder.build(min((await checkpoints.read(conn)).values()), batch=batch)
         async with conn.transaction():
-            live = await lock_checkpoint(conn, projection.name)
-            await builder.catch_up(live, batch=batch)
+            locked = await checkpoints.lock(conn)
+            await builder.catch_up(max(locked.values()), batch=batch, keep=checkpoints.keeper(locked))
             comparisons = [
                 TableComparison(
                     table=table.qualified,

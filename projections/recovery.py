@@ -64,12 +64,12 @@ from democratic_ai.contracts.call_usage import GATEWAY, at_of, is_metered, usage
 from democratic_ai.contracts.headers import NATS_MSG_ID
 from democratic_ai.contracts.ordered import OrderedConsumer
 from democratic_ai.contracts.server_clock import ServerClock
-from democratic_ai.contracts.streams import MCP_STREAM, USAGE_STREAM
+from democratic_ai.contracts.streams import MCP_STREAM
 from democratic_ai.contracts.subjects import ALL_RESPONSES, usage_subject
 from democratic_ai.contracts.usage_events import CallMetered, Metric, Outcome, encode_event, message_id
 from democratic_ai.schemas.outage import DatabaseOutage, on_database
 
-from .checkpoints import advance_checkpoint, lock_checkpoint, read_checkpoint
+from .checkpoints import Checkpoints, advance_checkpoint, lock_checkpoint, read_checkpoint
 from .usage import UsageProjection
 
 __all__ = ["RecoveryConfig", "UsageRecovery"]
@@ -201,17 +201,19 @@ class UsageRecovery:
         return published
 
     async def _wait_for_projection(self) -> None:
-        target = (await self._js.stream_info(USAGE_STREAM)).state.last_seq
+        checkpoints = Checkpoints(UsageProjection())  # every partition's, whichever worker folds it
+        targets = await checkpoints.targets(self._js)
         deadline = time.monotonic() + self.config.catch_up_timeout
         with on_database():
             async with self._pool.acquire() as conn:
                 while True:
-                    done = await read_checkpoint(conn, UsageProjection.name)
-                    if done >= target:
+                    done = await checkpoints.read(conn)
+                    behind = {name: (done[name], target) for name, target in targets.items() if done[name] < target}
+                    if not behind:
                         return
                     if time.monotonic() > deadline:
                         # Sweep anyway: what the read model lacks but the stream has is dropped as a duplicate.
-                        log.warning("the usage projection lags (%d < %d); sweeping without waiting", done, target)
+                        log.warning("the usage projection lags (%s); sweeping without waiting", _lags(behind))
                         return
                     await asyncio.sleep(0.05)
 
@@ -240,6 +242,10 @@ class UsageRecovery:
             for e in events
         ]
         await asyncio.wait_for(asyncio.gather(*futures), timeout=30.0)
+
+
+def _lags(behind: dict[str, tuple[int, int]]) -> str:
+    return ", ".join(f"{name} {done} < {target}" for name, (done, target) in sorted(behind.items()))
 
 
 async def _stopped(stop: asyncio.Event, seconds: float) -> bool:

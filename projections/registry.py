@@ -22,6 +22,7 @@ class RegistryProjection:
     name = "registry"
     stream = REGISTRY_STREAM
     filter_subject = ALL_REGISTRY
+    partitions = None
     tables = ("registry_capabilities", "registry_modules")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:

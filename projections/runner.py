@@ -6,6 +6,13 @@ by sequence after reconnects, server restarts and lost messages, and hands over 
 whatever arrived while the previous batch was being folded (up to ``batch`` events) — so
 Postgres writes one batch while the next one arrives.
 
+Partitioned (the usage projection): run as N workers, each given its :class:`~.checkpoints.Share`
+of the stream's partitions. A worker's consumer (``projection-<name>-<i>of<N>``) follows the
+projection's whole filter and the worker folds only its partitions' events, with one checkpoint
+per partition (see :mod:`.checkpoints`, which says why the server does not filter them); a
+single worker (the default) owns every partition and its consumer keeps the name
+``projection-<name>``.
+
 Exactly once: a batch's rows and its last stream sequence commit in one transaction, and the
 runner starts from the checkpoint Postgres committed. A crash before the commit loses nothing
 (the events are delivered again from the checkpoint); an event at or below the checkpoint
@@ -44,16 +51,17 @@ from democratic_ai.schemas.outage import DatabaseOutage, on_database
 
 from . import quarantine, spans
 from .base import Projection
-from .checkpoints import advance_checkpoint, lock_checkpoint
+from .checkpoints import Checkpoints, Share
 
 __all__ = ["ProjectionRunner", "consumer_name"]
 
 log = logging.getLogger(__name__)
 
 
-def consumer_name(projection: Projection) -> str:
-    """The consumer of the live runner: ``nats consumer info <STREAM> projection-<name>``."""
-    return f"projection-{projection.name}"
+def consumer_name(projection: Projection, share: Share | None = None) -> str:
+    """The consumer of the live runner: ``nats consumer info <STREAM> projection-<name>``
+    (``projection-usage-1of2`` for the second of two usage workers)."""
+    return f"projection-{projection.name}{(share or Share()).suffix()}"
 
 
 class ProjectionRunner:
@@ -61,16 +69,27 @@ class ProjectionRunner:
 
     ``run(stop)`` follows the stream from the projection's checkpoint until ``stop`` is set;
     ``apply(batch)`` folds one batch with its checkpoint in one transaction (see the module
-    docstring for what survives what). Run one per projection and database.
+    docstring for what survives what). Run one per projection and database — or, for a
+    partitioned projection, one per ``share`` of its partitions.
     """
 
-    def __init__(self, js: JetStreamContext, pool: asyncpg.Pool, projection: Projection, *, batch: int = 1024) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        pool: asyncpg.Pool,
+        projection: Projection,
+        *,
+        batch: int = 1024,
+        share: Share | None = None,
+    ) -> None:
         # A batch is what arrived while the previous one was folded, so a larger limit adds no
         # latency; under load it spreads each transaction's fixed cost over more events (bench_usage.py).
         self._js = js
         self._pool = pool
         self.projection = projection
         self._batch = batch
+        self.share = share or Share()
+        self.checkpoints = Checkpoints(projection, self.share)  # raises ValueError for a bad share
         # Since this runner started, for the worker's metrics (:mod:`.metrics`): events folded and
         # committed, events quarantined, and batches that failed on an event and were applied again.
         self.applied = 0
@@ -91,12 +110,12 @@ class ProjectionRunner:
         follower = OrderedConsumer(
             self._js,
             projection.stream,
-            projection.filter_subject,
+            self.checkpoints.subjects,
             on_batch=self._fold,
             batch=self._batch,
             after=last,
-            name=consumer_name(projection),
-            description=f"folds {projection.stream} into the {projection.name} read model",
+            name=consumer_name(projection, self.share),
+            description=f"folds {projection.stream} into the {projection.name} read model{self.share.suffix()}",
         )
         await follower.run(stop)
 
@@ -105,7 +124,8 @@ class ProjectionRunner:
             await self.apply(messages)
 
     async def apply(self, messages: Sequence[Msg]) -> int:
-        """Fold one batch in one transaction; returns the new checkpoint.
+        """Fold one batch in one transaction; returns the new checkpoint (the lowest of this
+        runner's, when nothing in the batch was fresh).
 
         The common case costs nothing extra: the batch is applied without savepoints, and only
         when it fails with one of :data:`.quarantine.EVENT_ERRORS` is it applied again, in a new
@@ -125,31 +145,34 @@ class ProjectionRunner:
         return await self._apply(messages, careful=True, started=started)
 
     async def _apply(self, messages: Sequence[Msg], *, careful: bool, started: int) -> int:
-        name = self.projection.name
         async with self._pool.acquire() as conn, conn.transaction():
-            last = await lock_checkpoint(conn, name)
-            # A batch is in stream order: unless its first event is at or below the checkpoint (a
-            # redelivery), all of it is fresh.
-            fresh = messages
-            if messages[0].metadata.sequence.stream <= last:
-                fresh = [m for m in messages if m.metadata.sequence.stream > last]
+            locked = await self.checkpoints.lock(conn)
+            # A batch is in stream order: unless its first event is at or below a checkpoint (a
+            # redelivery, or a partition another worker had folded further), all of it is fresh.
+            fresh = self.checkpoints.fresh(messages, locked)
+            # Every event of this runner's partitions up to the batch's last one is folded once
+            # this commits (a batch of other workers' partitions only moves the checkpoints on).
+            last = messages[-1].metadata.sequence.stream
             if not fresh:
-                return last
+                await self.checkpoints.advance(conn, last)
+                return min(locked.values())
             if careful:
                 letters = await quarantine.fold(conn, self.projection, fresh)
             else:
                 await self.projection.apply(conn, fresh)
                 letters = []
-            last = fresh[-1].metadata.sequence.stream
-            await advance_checkpoint(conn, name, last)
+            await self.checkpoints.advance(conn, last)
         # Counted once committed: a batch whose commit failed is applied again and counted then.
         self.applied += len(fresh) - len(letters)
         self.quarantined += len(letters)
         if started:
             stream = self.projection.stream
-            spans.record_fold(name, stream, fresh, started, time.time_ns(), {d.sequence for d in letters})
+            spans.record_fold(
+                self.projection.name, stream, fresh, started, time.time_ns(), {d.sequence for d in letters}
+            )
         return last
 
     async def _checkpoint(self) -> int:
+        """Where to follow from: the lowest of this runner's checkpoints."""
         async with self._pool.acquire() as conn, conn.transaction():
-            return await lock_checkpoint(conn, self.projection.name)
+            return min((await self.checkpoints.lock(conn)).values())

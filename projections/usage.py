@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
+from democratic_ai.contracts.partitions import USAGE_PARTITIONS
 from democratic_ai.contracts.streams import USAGE_STREAM
 from democratic_ai.contracts.subjects import ALL_USAGE
 from democratic_ai.contracts.usage_events import UsageEvent
@@ -91,6 +92,7 @@ class UsageProjection:
     name = "usage"
     stream = USAGE_STREAM
     filter_subject = ALL_USAGE
+    partitions = USAGE_PARTITIONS  # a tenant's events are folded in order, by one worker of several
     tables = ("usage_hourly", "usage_daily", "usage_events")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:
@@ -117,7 +119,13 @@ class UsageProjection:
             PARTITION_SCHEMA,
             list(wanted),
         )
-        for name in set(wanted) - set(existing):
+        missing = set(wanted) - set(existing)
+        if missing:
+            # Workers of other partitions may be creating the same month: IF NOT EXISTS does not
+            # cover a concurrent CREATE, so creations take turns (until the creator commits),
+            # and the next in turn finds the table made.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('usage_events partitions'))")
+        for name in sorted(missing):
             _, start, end = _partition(wanted[name])
             await conn.execute(
                 f'CREATE TABLE IF NOT EXISTS {PARTITION_SCHEMA}."{name}" PARTITION OF {parent}'

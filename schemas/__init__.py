@@ -9,7 +9,7 @@ from importlib import resources
 
 import asyncpg
 
-from .checkpoints import read_checkpoint, wait_for_checkpoint
+from .checkpoints import partition_checkpoint, read_checkpoint, wait_for_checkpoint
 from .database import create_pool
 from .outage import DatabaseOutage, DatabaseUnreachable, is_unreachable, on_database
 from .roles import APP_ROLE, UnsafeRole, app_dsn, check_app_role, ensure_app_role
@@ -29,6 +29,7 @@ __all__ = [
     "migrate",
     "migrations",
     "on_database",
+    "partition_checkpoint",
     "platform_transaction",
     "read_checkpoint",
     "tenant_transaction",

@@ -11,9 +11,14 @@ import asyncio
 
 import asyncpg
 
-__all__ = ["read_checkpoint", "wait_for_checkpoint"]
+__all__ = ["partition_checkpoint", "read_checkpoint", "wait_for_checkpoint"]
 
 _POLL_SECONDS = 0.01
+
+
+def partition_checkpoint(name: str, partition: int) -> str:
+    """The checkpoint row of one partition of a partitioned projection: ``usage.p07``."""
+    return f"{name}.p{partition:02d}"
 
 
 async def read_checkpoint(conn: asyncpg.Connection, name: str) -> int:

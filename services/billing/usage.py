@@ -17,15 +17,17 @@ was refused.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, time, timedelta
 from typing import Protocol
 
 import asyncpg
 from nats.js import JetStreamContext
 
+from democratic_ai.contracts.partitions import USAGE_PARTITIONS, partition_targets
 from democratic_ai.contracts.streams import USAGE_STREAM
 from democratic_ai.contracts.usage_events import BILLABLE
-from democratic_ai.schemas import tenant_transaction, wait_for_checkpoint
+from democratic_ai.schemas import partition_checkpoint, tenant_transaction, wait_for_checkpoint
 
 from .errors import UsageUnavailable
 
@@ -78,9 +80,9 @@ def _day_start(at: datetime) -> datetime:
 class PostgresUsageTotals:
     """:class:`UsageTotals` over the usage read model.
 
-    With ``js`` it first waits until the ``usage`` projection has applied everything the USAGE
-    stream held when the read began, so an invoice never misses an event that was already in
-    the log.
+    With ``js`` it first waits until the ``usage`` projection has applied every event of the
+    tenant the USAGE stream held when the read began — its partition's checkpoint, whichever
+    worker folds it — so an invoice never misses an event that was already in the log.
     """
 
     def __init__(
@@ -99,7 +101,7 @@ class PostgresUsageTotals:
         self._stream = stream
 
     async def totals(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, int]:
-        await self._caught_up()
+        await self._caught_up(tenant_id)
         first_full = _day_start(start) if start == _day_start(start) else _day_start(start) + timedelta(days=1)
         last_full = max(_day_start(end), first_full)  # whole days are [first_full, last_full)
         head_end = min(first_full, end)
@@ -128,13 +130,19 @@ class PostgresUsageTotals:
             raise UsageUnavailable(f"the usage read model is not installed ({exc}); run the usage projection") from None
         return {row["metric"]: int(row["total"]) for row in rows}
 
-    async def _caught_up(self) -> None:
+    async def _caught_up(self, tenant_id: str) -> None:
+        """Wait until the tenant's partition (and partition 0, for its events stored before
+        partitions existed) holds every event of the tenant the stream holds now."""
         if self._js is None:
             return
-        target = (await self._js.stream_info(self._stream)).state.last_seq
-        done = await wait_for_checkpoint(self._pool, self._projection, target, self._timeout)
-        if done < target:
-            raise UsageUnavailable(
-                f"the {self._projection} projection is at {done} of {target} {self._stream} events;"
-                " is the projection worker running?"
-            )
+        targets = await partition_targets(self._js, self._stream, USAGE_PARTITIONS, tenant_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        for partition, target in sorted(targets.items()):
+            name = partition_checkpoint(self._projection, partition)
+            done = await wait_for_checkpoint(self._pool, name, target, max(0.0, deadline - loop.time()))
+            if done < target:
+                raise UsageUnavailable(
+                    f"the {self._projection} projection's partition {partition} is at {done} of {target}"
+                    f" {self._stream} events; is the projection worker of that partition running?"
+                )

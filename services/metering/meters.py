@@ -144,8 +144,11 @@ class Meters:
         """Replay the current storage window, follow it, and start telling other replicas."""
         now = time.time()
         since = datetime.fromtimestamp(math.floor(now / storage_window) * storage_window, UTC)
+        storage = usage_subject("*", _STORAGE)
+        # Stored with the tenant's partition appended (contracts/partitions.py); the window may
+        # still hold events stored before that, without it.
         self._follower = OrderedConsumer(
-            self._nc.jetstream(), USAGE_STREAM, usage_subject("*", _STORAGE), self._on_storage, start=since
+            self._nc.jetstream(), USAGE_STREAM, [f"{storage}.*", storage], self._on_storage, start=since
         )
         await self._follower.start(timeout)
         self._teller = asyncio.create_task(self._tell(), name="meter-events")

@@ -44,7 +44,7 @@ from democratic_ai.contracts.subjects import usage_subject
 from democratic_ai.contracts.usage_events import CallMetered, encode_event, message_id
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.postgres_server import PostgresServer
-from democratic_ai.projections import ProjectionRunner, UsageProjection, rebuild
+from democratic_ai.projections import Checkpoints, ProjectionRunner, UsageProjection, rebuild
 from democratic_ai.schemas import create_pool, migrate
 
 METRICS = (
@@ -122,8 +122,9 @@ async def floor(js: JetStreamContext, count: int, batch: int, policy: AckPolicy)
 
 
 async def checkpoint(pool: asyncpg.Pool) -> int:
+    """The lowest of the usage partitions' checkpoints (one worker advances them together)."""
     async with pool.acquire() as conn:
-        return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = 'usage'") or 0
+        return min((await Checkpoints(UsageProjection()).read(conn)).values())
 
 
 async def totals(pool: asyncpg.Pool) -> tuple[int, int]:
@@ -134,10 +135,11 @@ async def totals(pool: asyncpg.Pool) -> tuple[int, int]:
 
 
 async def reset(pool: asyncpg.Pool) -> None:
-    """Empty the read models and forget the checkpoint: the next projection starts from scratch."""
+    """Empty the read models and forget the checkpoints: the next projection starts from scratch."""
     async with pool.acquire() as conn:
         await conn.execute(
-            "TRUNCATE usage_events, usage_daily, usage_hourly; DELETE FROM projection_checkpoints WHERE name = 'usage'"
+            "TRUNCATE usage_events, usage_daily, usage_hourly;"
+            " DELETE FROM projection_checkpoints WHERE name = 'usage' OR name LIKE 'usage.p%'"
         )
 
 

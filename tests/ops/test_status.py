@@ -164,7 +164,12 @@ async def test_projections_status_json(
     assert code == 0, err
     rows = json.loads(out)["projections"]
     assert [r["name"] for r in rows] == ["registry", "identity", "usage", "billing", "calls"]
-    assert set(rows[0]) == {"name", "stream", "applied", "stream_last", "lag_events", "lag_seconds", "quarantined"}
+    fields = {"name", "stream", "applied", "stream_last", "lag_events", "lag_seconds", "quarantined", "partitions"}
+    assert set(rows[0]) == fields and rows[0]["partitions"] == []
+    usage = rows[2]["partitions"]
+    assert [p["name"] for p in usage] == [f"usage.p{p:02d}" for p in range(16)] and set(usage[0]) == fields
+    assert rows[2]["applied"] == min(p["applied"] for p in usage)
+    assert rows[2]["lag_events"] == sum(p["lag_events"] for p in usage)
 
 
 async def test_without_database_url_the_projections_part_says_so(

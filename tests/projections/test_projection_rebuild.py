@@ -197,6 +197,7 @@ class OneModule:
     name: str
     filter_subject: str
     stream: str = "REGISTRY"
+    partitions: None = None
     tables: tuple[str, ...] = ()
 
     async def apply(self, conn: asyncpg.Connection, events: object) -> None:

@@ -36,6 +36,7 @@ class Values:
     name: str = field(default_factory=lambda: unique("values"))
     stream: str = _STREAM
     filter_subject: str = field(default_factory=lambda: f"poisontest.{uuid.uuid4().hex[:10]}")
+    partitions: None = None
     tables: tuple[str, ...] = ("poison_values",)
 
     async def apply(self, conn: asyncpg.Connection, events: object) -> None:

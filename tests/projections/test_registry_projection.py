@@ -79,6 +79,7 @@ class CountingProjection:
     name = "counting-test"
     stream = "REGISTRY"
     filter_subject = "registry.>"
+    partitions = None
     tables = ("counting_test",)
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:

@@ -4,7 +4,7 @@ events, partitioned by month on demand, and confined to one tenant for the app r
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -13,8 +13,6 @@ from nats.aio.client import Client as NATS
 
 from democratic_ai.contracts import ensure_streams
 from democratic_ai.contracts.bus import connect
-from democratic_ai.contracts.subjects import usage_subject
-from democratic_ai.contracts.usage_events import CallMetered, Outcome, encode_event, message_id
 from democratic_ai.ops.nats_server import NatsServer
 from democratic_ai.ops.ports import free_port
 from democratic_ai.projections import UsageProjection, rebuild
@@ -22,80 +20,14 @@ from democratic_ai.schemas import app_dsn, tenant_transaction
 
 from support.names import unique
 from support.projections import caught_up, kill_9_mid_batch
-from support.usage import forget_usage
-
-AGGREGATES = ("usage_daily", "usage_hourly")
-
-
-def _events(tenant: str, count: int, *, start: datetime | None = None) -> list[CallMetered]:
-    """``count`` calls' worth of events (api_calls and bytes_in), half of them a month earlier."""
-    start = start or datetime.now(UTC).replace(microsecond=0)
-    events = []
-    for i in range(count):
-        at = start - timedelta(days=31 if i % 2 else 0, seconds=i)
-        common = {
-            "tenant_id": tenant,
-            "at": at,
-            "call_id": f"{tenant}-{start:%Y%m%d}-{i}",
-            "capability": f"cap.c{i % 3}",
-            "module_id": f"m{i % 2}",
-            "outcome": Outcome.FAILED if i % 10 == 0 else Outcome.SUCCESS,
-        }
-        events.append(CallMetered(metric="api_calls", value=1, **common))
-        events.append(CallMetered(metric="bytes_in", value=100 + i % 7, **common))
-    return events
-
-
-async def _publish(nc: NATS, events: list[CallMetered], *, with_ids: bool = True) -> int:
-    js = nc.jetstream()
-    acks = [
-        await js.publish_async(
-            usage_subject(e.tenant_id, e.metric),
-            encode_event(e),
-            headers={"Nats-Msg-Id": message_id(e)} if with_ids else None,
-        )
-        for e in events
-    ]
-    await js.publish_async_completed()
-    return max(a.result().seq for a in acks)
-
-
-async def _snapshot(pool: asyncpg.Pool, tenant: str) -> dict[str, list[tuple]]:
-    async with pool.acquire() as conn:
-        snapshot = {
-            table: [
-                tuple(r)
-                for r in await conn.fetch(
-                    f"SELECT * FROM {table} WHERE tenant_id = $1 ORDER BY 1, 2, 3, 4, 5, 6", tenant
-                )
-            ]
-            for table in AGGREGATES
-        }
-        snapshot["raw"] = [
-            tuple(r)
-            for r in await conn.fetch(
-                "SELECT call_id, metric, at, value, outcome, capability, module_id FROM usage_events"
-                " WHERE tenant_id = $1 ORDER BY 1, 2",
-                tenant,
-            )
-        ]
-    return snapshot
-
-
-async def _totals(pool: asyncpg.Pool, tenant: str) -> dict[tuple[str, str], int]:
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT metric, outcome, sum(value)::bigint AS v FROM usage_daily WHERE tenant_id = $1 GROUP BY 1, 2",
-            tenant,
-        )
-    return {(r["metric"], r["outcome"]): r["v"] for r in rows}
-
-
-def _expected(events: list[CallMetered]) -> dict[tuple[str, str], int]:
-    totals: dict[tuple[str, str], int] = {}
-    for e in events:
-        totals[(e.metric, e.outcome)] = totals.get((e.metric, e.outcome), 0) + e.value
-    return totals
+from support.usage import (
+    call_events,
+    expected_totals,
+    forget_usage,
+    publish_usage,
+    usage_snapshot,
+    usage_totals,
+)
 
 
 @pytest.mark.slow
@@ -103,8 +35,8 @@ async def test_kill_9_of_the_worker_mid_batch_and_a_restart_equal_a_fresh_rebuil
     nc: NATS, pool: asyncpg.Pool, nats_server: object, database_url: str
 ) -> None:
     tenant = unique("bulk")
-    events = _events(tenant, 10_000)
-    last = await _publish(nc, events)
+    events = call_events(tenant, 10_000)
+    last = await publish_usage(nc, events)
     env = {
         **os.environ,
         **nats_server.environment("projections"),
@@ -112,11 +44,11 @@ async def test_kill_9_of_the_worker_mid_batch_and_a_restart_equal_a_fresh_rebuil
         "DAI_LOG_LEVEL": "WARNING",
     }
     await kill_9_mid_batch(pool, "usage", env, last)
-    live = await _snapshot(pool, tenant)
-    assert await _totals(pool, tenant) == _expected(events)
+    live = await usage_snapshot(pool, tenant)
+    assert await usage_totals(pool, tenant) == expected_totals(events)
     assert len(live["raw"]) == len(events)
     await rebuild(nc.jetstream(), pool, UsageProjection())
-    assert await _snapshot(pool, tenant) == live
+    assert await usage_snapshot(pool, tenant) == live
     await forget_usage(nc, tenant)
 
 
@@ -124,20 +56,20 @@ async def test_republishing_the_same_events_leaves_totals_unchanged(
     nc: NATS, pool: asyncpg.Pool, projections: None
 ) -> None:
     tenant = unique("again")
-    events = _events(tenant, 200)
-    await _publish(nc, events)
+    events = call_events(tenant, 200)
+    await publish_usage(nc, events)
     await caught_up(nc, pool, "usage")
-    before = await _snapshot(pool, tenant)
-    assert await _totals(pool, tenant) == _expected(events)
+    before = await usage_snapshot(pool, tenant)
+    assert await usage_totals(pool, tenant) == expected_totals(events)
     stream = (await nc.jetstream().stream_info("USAGE")).state.messages
     # With their message ids, JetStream drops the copies within its duplicate window…
-    await _publish(nc, events)
+    await publish_usage(nc, events)
     assert (await nc.jetstream().stream_info("USAGE")).state.messages == stream
     # …and without them (a republish after the window, by hand), the read model's keys do.
-    await _publish(nc, events, with_ids=False)
+    await publish_usage(nc, events, with_ids=False)
     assert (await nc.jetstream().stream_info("USAGE")).state.messages == stream + len(events)
     await caught_up(nc, pool, "usage")
-    assert await _snapshot(pool, tenant) == before
+    assert await usage_snapshot(pool, tenant) == before
 
 
 async def test_months_get_partitions_on_demand_and_the_app_role_sees_one_tenant(
@@ -145,7 +77,7 @@ async def test_months_get_partitions_on_demand_and_the_app_role_sees_one_tenant(
 ) -> None:
     mine, theirs = unique("mine"), unique("theirs")
     old = datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC)  # the last instant of a February
-    await _publish(nc, _events(mine, 4) + _events(theirs, 4) + _events(mine, 1, start=old))
+    await publish_usage(nc, call_events(mine, 4) + call_events(theirs, 4) + call_events(mine, 1, start=old))
     await caught_up(nc, pool, "usage")
     async with pool.acquire() as conn:
         partitions = {
@@ -182,12 +114,12 @@ async def test_a_rebuild_in_a_database_that_never_folded_makes_the_months_partit
     table, and the live table it is copied into gets the months' partitions on the way. (A bus
     of its own: a rebuild folds the whole stream, which the session's holds every test's usage.)"""
     tenant = unique("fresh")
-    events = _events(tenant, 20, start=datetime(2024, 7, 3, tzinfo=UTC))  # July and June 2024
+    events = call_events(tenant, 20, start=datetime(2024, 7, 3, tzinfo=UTC))  # July and June 2024
     with NatsServer(tmp_path / "bus", port=free_port()) as server:
         nc = await connect(server.bus("operator"), "rebuild-test")
         try:
             await ensure_streams(nc.jetstream())
-            await _publish(nc, events)
+            await publish_usage(nc, events)
             assert await rebuild(nc.jetstream(), pool, UsageProjection()) == len(events)
         finally:
             await nc.close()
@@ -197,4 +129,4 @@ async def test_a_rebuild_in_a_database_that_never_folded_makes_the_months_partit
             " WHERE i.inhparent = 'usage_events'::regclass ORDER BY 1"
         )
     assert [p["relname"] for p in partitions] == ["usage_events_2024_06", "usage_events_2024_07"]
-    assert await _totals(pool, tenant) == _expected(events)
+    assert await usage_totals(pool, tenant) == expected_totals(events)

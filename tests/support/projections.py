@@ -11,14 +11,19 @@ import asyncpg
 from nats.aio.client import Client as NATS
 
 from democratic_ai.projections import PROJECTIONS
+from democratic_ai.projections.checkpoints import Checkpoints
 
 from support.waiting import eventually
 
 
 async def checkpoint(pool: asyncpg.Pool, name: str) -> int:
-    """The last stream sequence projection ``name`` has applied in this test's database."""
+    """The last stream sequence projection ``name`` has applied in this test's database (a
+    partitioned projection: the lowest of its partitions')."""
+    if name not in PROJECTIONS:
+        async with pool.acquire() as conn:
+            return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", name) or 0
     async with pool.acquire() as conn:
-        return await conn.fetchval("SELECT last_sequence FROM projection_checkpoints WHERE name = $1", name) or 0
+        return min((await Checkpoints(PROJECTIONS[name]).read(conn)).values())
 
 
 async def reached(pool: asyncpg.Pool, name: str, target: int, timeout: float = 30.0) -> None:
@@ -31,9 +36,17 @@ async def reached(pool: asyncpg.Pool, name: str, target: int, timeout: float = 3
 
 
 async def caught_up(nc: NATS, pool: asyncpg.Pool, name: str, timeout: float = 10.0) -> None:
-    """Wait until projection ``name`` has applied everything its stream holds now."""
-    target = (await nc.jetstream().stream_info(PROJECTIONS[name].stream)).state.last_seq
-    await reached(pool, name, target, timeout)
+    """Wait until projection ``name`` has applied everything its stream holds now (each
+    partition of a partitioned one: up to its last event)."""
+    checkpoints = Checkpoints(PROJECTIONS[name])
+    targets = await checkpoints.targets(nc.jetstream())
+
+    async def applied() -> bool:
+        async with pool.acquire() as conn:
+            done = await checkpoints.read(conn)
+        return all(done[n] >= target for n, target in targets.items())
+
+    await eventually(applied, f"projection {name} to apply {targets}", timeout=timeout, interval=0.02)
 
 
 async def kill_9_mid_batch(pool: asyncpg.Pool, name: str, env: dict[str, str], last: int) -> None:

@@ -47,6 +47,7 @@ class PoisonValues:
     name: str = field(default_factory=lambda: unique("poison"))
     stream: str = POISON_STREAM
     filter_subject: str = field(default_factory=lambda: f"opspoison.{uuid.uuid4().hex[:10]}")
+    partitions: None = None
     tables: tuple[str, ...] = (_TABLE,)
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[Msg]) -> None:
