@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent(
         tracing.configure_tracing("test", exporter)
         nc = await connect(BusOptions.from_env(), "test")
         subscription = await nc.jetstream().pull_subscribe(
-            f"usage.{tenant}.*", stream="USAGE",
+            f"usage.{tenant}.>", stream="USAGE",
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy="none"))
         batch = await subscription.fetch(5, timeout=5)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)

@@ -36,7 +36,7 @@ async def test_a_traced_calls_events_carry_its_traceparent_and_an_untraced_calls
     finally:
         await publisher.stop()
     subscription = await nc.jetstream().pull_subscribe(
-        f"usage.{tenant}.*", stream="USAGE", config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy="none")
+        f"usage.{tenant}.>", stream="USAGE", config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy="none")
     )
     try:
         messages = await subscription.fetch(4, timeout=5)
