@@ -57,6 +57,7 @@ from support.modules import Echo
 from support.paths import REPO
 from support.projections import caught_up
 from support.readme import run_script, section_scripts
+from support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +110,21 @@ def _comparable(state: dict) -> dict:
     reports its first sequence as 0 or as the last + 1, and no first time."""
     keys = ("messages", "last_seq", "num_deleted", "bytes") + (("first_seq", "first_ts") if state["messages"] else ())
     return {key: state.get(key) for key in keys}
+
+
+async def _quiet_states(nc: NATS) -> dict[str, dict]:
+    """Each stream's state once nothing writes any more: a gateway gives back an idle rate-limit
+    lease (RATELIMIT) a lease period after its last call, and flushes usage in the meantime."""
+    previous = await _states(nc)
+
+    async def unchanged() -> dict[str, dict] | None:
+        nonlocal previous
+        await asyncio.sleep(2.5)  # longer than the gateway's lease period and its return loop (1 s each)
+        current = await _states(nc)
+        quiet, previous = current == previous, current
+        return current if quiet else None
+
+    return await eventually(unchanged, "the streams to stop growing", timeout=30, interval=0)
 
 
 async def _states(nc: NATS) -> dict[str, dict]:
@@ -215,8 +231,8 @@ async def test_a_backup_restored_on_a_wiped_server_serves_as_before(
     assert status == 200 and invoice["total"] > 0, invoice
     await _scratch_stream(nc)
 
+    states = await _quiet_states(nc)
     before = await _log(nc)
-    states = await _states(nc)
     assert {"MCP", "USAGE", "IDENTITY", "BILLING", "REGISTRY", "RATELIMIT", "KV_dai_jwt_keys", "SCRATCH"} <= set(states)
     [backup_script, restore_script] = section_scripts(REPO / "README.md", "## Back up and restore")
     out, _ = await run_script(backup_script, cwd=folder, env=_environment(nats_server))
